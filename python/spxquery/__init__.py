@@ -1,0 +1,1 @@
+"""spxquery namespace: this distribution provides :mod:`spxquery.drizzle3d`."""

@@ -1,0 +1,20 @@
+# Sourced by tools/demo.sh and tools/test.sh: make sure .venv exists, holds the
+# package's dependencies, and has the Rust extension built in release mode.
+# Safe to run repeatedly; cargo rebuilds only what changed.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    echo "==> creating virtual environment .venv" >&2
+    "$PY" -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade pip
+fi
+# shellcheck disable=SC1091
+source .venv/bin/activate
+if ! python -c "import maturin" 2>/dev/null; then
+    python -m pip install -q "maturin>=1.5,<2"
+fi
+echo "==> building the Rust extension (release) and installing spxquery-drizzle3d" >&2
+python -m maturin develop --release --extras test -q 2>&1 | grep -vE '^(📦|🔗|🐍|💻|🛠|✏️|📖|🍹|⚠️  Warning: .*pip)' >&2 || true
+python -c "import spxquery.drizzle3d._core" || { echo "error: the Rust extension did not build; see the messages above" >&2; exit 1; }
