@@ -1,0 +1,340 @@
+"""Spectral (Z) axis: the SPHEREx channel table and wavelength-bin grids.
+
+Wavelengths are in micrometres (um), frequencies in Hz. A :class:`ZGrid` holds
+``n_z + 1`` strictly increasing bin edges; bin ``k`` covers ``[edges[k], edges[k+1])``.
+
+The channel table comes from the bundled SPHEREx calibration product
+``spectral_channels_spx_cal-sch-v1-2026-106.fits`` (HDU ``SPECTRAL_CHANNELS``:
+102 rows = 6 detectors x 17 sub-channels; HDU ``CHANNEL_MAP``: 2040x2040 uint8
+sub-channel index per pixel, 1-17 on the detector, 0 or 18 outside).
+Table values are float32 in the file; they are converted to float64 without
+rounding, so grid edges compare exactly equal to the table columns.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+from astropy.io import fits
+
+from ._data import SPECTRAL_CHANNELS_FILE
+
+logger = logging.getLogger(__name__)
+
+#: Speed of light [m/s].
+_C_SI = 299792458.0
+
+#: Columns of the SPECTRAL_CHANNELS table, in order.
+SPECTRAL_COLUMNS = ("DETECTOR", "SUBCHAN", "WAVELENGTH", "WL_MIN", "WL_MAX", "R", "R_STD", "BANDWIDTH")
+
+#: Valid single-detector numbers.
+DETECTORS = (1, 2, 3, 4, 5, 6)
+
+ArrayLike = Union[np.ndarray, Sequence[float]]
+
+
+@dataclass
+class ZGrid:
+    """Spectral bin grid of one cube.
+
+    Attributes
+    ----------
+    edges : np.ndarray
+        ``(n_z + 1,)`` bin edges [um], strictly increasing.
+    centers : np.ndarray
+        ``(n_z,)`` bin centres [um] (arithmetic midpoints of the edges for the built-in grids).
+    widths : np.ndarray
+        ``(n_z,)`` bin widths [um] (``np.diff(edges)``).
+    """
+
+    edges: np.ndarray
+    centers: np.ndarray
+    widths: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.edges = np.asarray(self.edges, dtype=np.float64)
+        self.centers = np.asarray(self.centers, dtype=np.float64)
+        self.widths = np.asarray(self.widths, dtype=np.float64)
+        n = self.edges.size - 1
+        if self.edges.ndim != 1 or n < 1:
+            raise ValueError(f"ZGrid.edges must be 1-D with >= 2 values, got shape {self.edges.shape}")
+        if self.centers.shape != (n,) or self.widths.shape != (n,):
+            raise ValueError(
+                f"ZGrid: centers {self.centers.shape} and widths {self.widths.shape} "
+                f"must both have shape ({n},) for {n + 1} edges"
+            )
+
+    @classmethod
+    def from_edges(cls, edges: ArrayLike) -> "ZGrid":
+        """Build a grid from validated edges [um]; centres = midpoints, widths = diffs."""
+        e = validate_lambda_edges(edges)
+        return cls(edges=e, centers=0.5 * (e[:-1] + e[1:]), widths=np.diff(e))
+
+    @property
+    def n_z(self) -> int:
+        """Number of spectral bins."""
+        return int(self.centers.size)
+
+    def frequencies(self) -> np.ndarray:
+        """Frequency of each bin centre [Hz] (``c / centers``)."""
+        return _C_SI / (self.centers * 1e-6)
+
+    def delta_nu(self) -> np.ndarray:
+        """Frequency width of each bin [Hz], positive: ``c/edges[k] - c/edges[k+1]``."""
+        nu_hi = _C_SI / (self.edges[:-1] * 1e-6)  # shorter wavelength -> higher frequency
+        nu_lo = _C_SI / (self.edges[1:] * 1e-6)
+        return nu_hi - nu_lo
+
+    def resolving_power(self) -> np.ndarray:
+        """Resolving power of each bin, ``centers / widths`` (dimensionless)."""
+        return self.centers / self.widths
+
+    def is_log_uniform(self, rtol: float = 1e-9) -> bool:
+        """True when the edges are geometric (equal ``ln`` steps) to relative tolerance ``rtol``.
+
+        Such a grid can be written exactly as a FITS ``WAVE-LOG`` axis.
+        """
+        e = self.edges
+        if e.size < 2 or not np.all(e > 0):
+            return False
+        steps = np.diff(np.log(e))
+        if steps.size == 1:
+            return bool(steps[0] > 0)
+        ref = float(np.mean(steps))
+        return bool(ref > 0 and np.all(np.abs(steps - ref) <= rtol * ref))
+
+
+# ── Channel table ────────────────────────────────────────────────────────────
+
+
+@functools.lru_cache(maxsize=1)
+def _read_spectral_table() -> pd.DataFrame:
+    path = SPECTRAL_CHANNELS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"Bundled spectral channels file not found: {path}")
+    with fits.open(path) as hdul:
+        try:
+            data = hdul["SPECTRAL_CHANNELS"].data
+        except KeyError as exc:
+            raise ValueError(f"{path}: no HDU with EXTNAME 'SPECTRAL_CHANNELS'") from exc
+        missing = [c for c in SPECTRAL_COLUMNS if c not in data.columns.names]
+        if missing:
+            raise ValueError(f"{path}: SPECTRAL_CHANNELS lacks columns {missing}")
+        columns = {}
+        for name in SPECTRAL_COLUMNS:
+            col = np.asarray(data[name])
+            columns[name] = col.astype(np.int64) if name in ("DETECTOR", "SUBCHAN") else col.astype(np.float64)
+    df = pd.DataFrame(columns)
+    logger.debug("Loaded spectral table from %s: %d rows", path, len(df))
+    return df
+
+
+def load_spectral_table() -> pd.DataFrame:
+    """The SPECTRAL_CHANNELS table (102 rows).
+
+    Columns: DETECTOR, SUBCHAN (int64); WAVELENGTH, WL_MIN, WL_MAX [um], R, R_STD,
+    BANDWIDTH [um] (float64). Read once and cached; each call returns a copy.
+    """
+    return _read_spectral_table().copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _read_channel_map() -> np.ndarray:
+    path = SPECTRAL_CHANNELS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"Bundled spectral channels file not found: {path}")
+    with fits.open(path) as hdul:
+        try:
+            data = hdul["CHANNEL_MAP"].data
+        except KeyError as exc:
+            raise ValueError(f"{path}: no HDU with EXTNAME 'CHANNEL_MAP'") from exc
+        arr = np.array(data, dtype=np.uint8, copy=True)
+    arr.setflags(write=False)
+    logger.debug("Loaded channel map from %s: shape %s", path, arr.shape)
+    return arr
+
+
+def load_channel_map() -> np.ndarray:
+    """The 2040x2040 uint8 sub-channel map (1-17 on the detector, 0/18 outside).
+
+    Indexed ``[y, x]`` with 0-based pixels. Cached; the returned array is read-only.
+    """
+    return _read_channel_map()
+
+
+def _check_detector(detector: object) -> int:
+    if isinstance(detector, (bool, np.bool_)) or not isinstance(detector, numbers.Integral):
+        raise ValueError(f"detector must be an integer 1-6, got {detector!r}")
+    det = int(detector)
+    if det not in DETECTORS:
+        raise ValueError(f"detector must be 1-6, got {det}")
+    return det
+
+
+def detector_spectral_table(detector: int) -> pd.DataFrame:
+    """The 17 channels of one detector (1-6), sorted by WAVELENGTH, index reset."""
+    det = _check_detector(detector)
+    full = _read_spectral_table()
+    sub = full[full["DETECTOR"] == det].sort_values("WAVELENGTH", kind="stable").reset_index(drop=True)
+    if len(sub) == 0:
+        raise ValueError(f"No spectral channels for detector {det} in {SPECTRAL_CHANNELS_FILE}")
+    return sub.copy()
+
+
+# ── Grid builders ────────────────────────────────────────────────────────────
+
+
+def validate_lambda_edges(edges: object, name: str = "z_lambda_edges") -> np.ndarray:
+    """Check wavelength bin edges [um] and return them as a new float64 array.
+
+    Rules (each failure raises ValueError naming the rule and the offending value):
+    1-D, at least 2 values, all finite, all > 0, strictly increasing.
+    """
+    try:
+        arr = np.array(edges, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a 1-D sequence of numbers [um], got {edges!r}") from exc
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got an array of shape {arr.shape}")
+    if arr.size < 2:
+        raise ValueError(f"{name} must have at least 2 values (1 bin), got {arr.size}: {arr.tolist()}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name} must be finite, got {arr[i]} at index {i}")
+    bad = np.flatnonzero(arr <= 0)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{name} must be > 0 um, got {arr[i]} at index {i}")
+    bad = np.flatnonzero(np.diff(arr) <= 0)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"{name} must be strictly increasing, got {name}[{i}]={arr[i]} >= {name}[{i + 1}]={arr[i + 1]}"
+        )
+    return arr
+
+
+def _native_edges(wl_min: np.ndarray, wl_max: np.ndarray, wl_c: np.ndarray) -> np.ndarray:
+    """Edges of the native grid from channel columns sorted by wavelength.
+
+    Contract: ``edges = [WL_MIN[0], ..., WL_MIN[n-1], WL_MAX[n-1]]``. The SPHEREx table's
+    neighbouring channels overlap by ~1 nm (``WL_MAX[k] > WL_MIN[k+1]``); the boundary
+    between channels k and k+1 is then WL_MIN[k+1], so bins tile the band without overlap.
+    If a boundary is not strictly above the previous edge (a channel nested in or sharing a
+    WL_MIN with its neighbour), that boundary is replaced by the midpoint of the two channel
+    centres; if the edges are still not strictly increasing, ValueError is raised rather than
+    producing zero- or negative-width bins.
+    """
+    n = wl_c.size
+    edges = np.concatenate([wl_min, wl_max[-1:]]).astype(np.float64)
+    fixed = []
+    for k in range(1, n):
+        if not edges[k] > edges[k - 1]:
+            edges[k] = 0.5 * (wl_c[k - 1] + wl_c[k])
+            fixed.append(k)
+    if fixed:
+        logger.warning(
+            "Native spectral edges not strictly increasing at channel boundaries %s; "
+            "using the midpoint of neighbouring channel centres there",
+            fixed,
+        )
+    return validate_lambda_edges(edges, name="native spectral edges")
+
+
+def build_z_grid_native(detector: int) -> ZGrid:
+    """The 17 native channels of a detector as bins [um].
+
+    Edges = WL_MIN of each channel (sorted by wavelength) plus the last channel's WL_MAX
+    (see :func:`_native_edges` for how overlapping/non-monotonic channels are handled).
+    Centres are midpoints of the edges, widths their differences.
+    """
+    det = detector_spectral_table(detector)
+    edges = _native_edges(
+        det["WL_MIN"].to_numpy(np.float64),
+        det["WL_MAX"].to_numpy(np.float64),
+        det["WAVELENGTH"].to_numpy(np.float64),
+    )
+    return ZGrid.from_edges(edges)
+
+
+def oversampled_n_bins(lam_min: float, lam_max: float, r_eff: float) -> int:
+    """Number of constant-R bins spanning [lam_min, lam_max]: ``round(ln(max/min)/ln(1+1/R_eff))``, >= 1."""
+    n = int(round(math.log(lam_max / lam_min) / math.log1p(1.0 / r_eff)))
+    return max(1, n)
+
+
+def build_z_grid_oversampled(detector: int, z_oversample: float) -> ZGrid:
+    """Constant-resolving-power (log-spaced) grid spanning the detector's band.
+
+    ``R_eff = mean(R) * z_oversample``: ``z_oversample = 2`` gives about twice as many
+    bins, each half as wide as the mean native channel. The span is exactly
+    ``[WL_MIN of the bluest channel, WL_MAX of the reddest channel]`` [um], divided into
+    ``n = round(ln(max/min) / ln(1 + 1/R_eff))`` (at least 1) bins with equal log steps,
+    so the realised step ``ln(edges[k+1]/edges[k])`` differs from ``ln(1 + 1/R_eff)``
+    only by the rounding of ``n``.
+    """
+    zo = float(z_oversample)
+    if not math.isfinite(zo) or zo <= 0:
+        raise ValueError(f"z_oversample must be a finite number > 0, got {z_oversample!r}")
+    det = detector_spectral_table(detector)
+    r_mean = float(det["R"].mean())
+    r_eff = r_mean * zo
+    lam_min = float(det["WL_MIN"].iloc[0])
+    lam_max = float(det["WL_MAX"].iloc[-1])
+    n = oversampled_n_bins(lam_min, lam_max, r_eff)
+    edges = np.geomspace(lam_min, lam_max, n + 1)
+    edges[0] = lam_min
+    edges[-1] = lam_max
+    logger.debug(
+        "D%d oversampled grid: mean R=%.2f, R_eff=%.2f, %d bins over [%.6f, %.6f] um",
+        int(detector), r_mean, r_eff, n, lam_min, lam_max,
+    )
+    return ZGrid.from_edges(edges)
+
+
+def build_z_grid_custom(lambda_edges: ArrayLike) -> ZGrid:
+    """Grid from user edges [um]: 1-D, >= 2 values, finite, > 0, strictly increasing (else ValueError)."""
+    return ZGrid.from_edges(lambda_edges)
+
+
+def build_z_grid(
+    detector: int,
+    z_oversample: float = 1.0,
+    z_lambda_edges: Optional[ArrayLike] = None,
+) -> ZGrid:
+    """Choose the grid: custom edges if given, else native when ``z_oversample == 1``, else oversampled."""
+    if z_lambda_edges is not None:
+        grid = build_z_grid_custom(z_lambda_edges)
+        logger.info("D%s: custom Z grid (%d bins)", detector, grid.n_z)
+        return grid
+    if float(z_oversample) != 1.0:
+        grid = build_z_grid_oversampled(detector, z_oversample)
+        logger.info("D%s: oversampled Z grid (%d bins, R_eff = mean(R) x %g)", detector, grid.n_z, z_oversample)
+        return grid
+    grid = build_z_grid_native(detector)
+    logger.info("D%s: native Z grid (%d bins)", detector, grid.n_z)
+    return grid
+
+
+__all__ = [
+    "ZGrid",
+    "SPECTRAL_COLUMNS",
+    "DETECTORS",
+    "load_spectral_table",
+    "load_channel_map",
+    "detector_spectral_table",
+    "validate_lambda_edges",
+    "oversampled_n_bins",
+    "build_z_grid_native",
+    "build_z_grid_oversampled",
+    "build_z_grid_custom",
+    "build_z_grid",
+]
