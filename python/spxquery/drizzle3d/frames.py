@@ -106,13 +106,17 @@ class WaveTable:
 
 
 def _cell_index(psi: np.ndarray, knots: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Cell index ``i`` (knots[i] <= psi <= knots[i+1], first match) and fraction within it."""
-    n = len(knots)
-    i = np.searchsorted(knots, psi, side="left") - 1
-    i = np.clip(i, 0, n - 2)
-    d = knots[i + 1] - knots[i]
-    safe = np.where(d > 0, d, 1.0)
-    f = np.where(d > 0, (psi - knots[i]) / safe, 0.0)
+    """Cell index ``i`` (knots[i] <= psi <= knots[i+1], first match) and fraction within it.
+
+    Zero-length cells (repeated knots) are skipped; beyond the ends the outermost
+    non-degenerate cell is extrapolated linearly (wcslib returns NaN there when the
+    end cell is degenerate; pixel centres never fall there).
+    """
+    good = np.flatnonzero(np.diff(knots) > 0)
+    starts = knots[good]
+    j = np.clip(np.searchsorted(starts, psi, side="left") - 1, 0, good.size - 1)
+    i = good[j]
+    f = (psi - knots[i]) / (knots[i + 1] - knots[i])
     return i, f
 
 
@@ -238,6 +242,8 @@ def _read_wave_table(hdul: fits.HDUList, header: fits.Header, path: Path) -> Opt
         )
     if np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
         raise FrameError(path, f"{extname} control points {xcol}/{ycol} are not monotonic")
+    if np.count_nonzero(np.diff(x) > 0) < 1 or np.count_nonzero(np.diff(y) > 0) < 1:
+        raise FrameError(path, f"{extname} control points {xcol}/{ycol} need two distinct values each")
     return WaveTable(
         x=x,
         y=y,
