@@ -252,7 +252,7 @@ def cutout_meta(meta: FrameMeta, x0: int, y0: int, shape: tuple[int, int]) -> Fr
 def cutout_box(header: fits.Header, shape: tuple[int, int], ra: float, dec: float, size_deg: float) -> tuple[int, int, int, int]:
     """(x0, x1, y0, y1) 0-based half-open pixel box of an IRSA-style square cutout."""
     w = WCS(header)
-    xc, yc = (float(v) for v in w.all_world2pix(np.array([ra]), np.array([dec]), 0))
+    xc, yc = (float(v[0]) for v in w.all_world2pix(np.array([ra]), np.array([dec]), 0))
     pix = float(np.sqrt(abs(np.linalg.det(w.pixel_scale_matrix))))
     half = int(math.ceil(0.5 * float(size_deg) / pix))
     ny, nx = shape

@@ -418,7 +418,7 @@ def centroid_offsets(
     out = np.full((len(sky.point_sources), 2), np.nan)
     ny, nx = img.shape
     for i, src in enumerate(sky.point_sources):
-        ex, ey = (float(v) for v in cw.wcs_world2pix(np.array([src.ra]), np.array([src.dec]), 0))
+        ex, ey = (float(v[0]) for v in cw.wcs_world2pix(np.array([src.ra]), np.array([src.dec]), 0))
         cx, cy = int(round(ex)), int(round(ey))
         x0, x1 = cx - box_radius, cx + box_radius + 1
         y0, y1 = cy - box_radius, cy + box_radius + 1
@@ -572,7 +572,7 @@ def score_cube(
             cw = _celestial(output_wcs)
             errs = []
             for src in sky.extended_sources:
-                ex, ey = (int(round(float(v))) for v in cw.wcs_world2pix(np.array([src.ra]), np.array([src.dec]), 0))
+                ex, ey = (int(round(float(v[0]))) for v in cw.wcs_world2pix(np.array([src.ra]), np.array([src.dec]), 0))
                 if not (0 <= ey < sci.shape[1] and 0 <= ex < sci.shape[2]):
                     continue
                 spec = sci[:, ey, ex]
