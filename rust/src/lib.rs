@@ -4,6 +4,9 @@
 //! coordinates; wavelengths are in micrometres. Every public entry point is
 //! deterministic: the same inputs give the same bits for any thread count.
 
+pub mod engine;
+pub mod geometry;
+pub mod interp;
 pub mod spectral;
 
 #[cfg(feature = "python")]

@@ -1,0 +1,207 @@
+"""Cube accumulators and the per-image accumulation (Rust engine).
+
+Weight of one contribution of input pixel ``i`` to voxel ``(k, y, x)``:
+``w = min(1/variance_i, ivar_max) * f_xy * f_z``. Accumulators, shape
+``(n_z, n_y, n_x)``: ``flux_weighted = Σ w F`` (MJy/sr), ``weight_total = Σ w``,
+``var_accum = Σ w² σ²``, ``count_map`` (uint32, contributing input pixels),
+``and_mask`` / ``or_mask`` (uint32 AND / OR of the input FLAGS; AND is 0 where
+nothing landed). Results are bit-for-bit identical for any thread count.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+from astropy.wcs import WCS
+
+from . import _core
+from .config import Drizzle3DConfig
+from .spectral import ZGrid
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FrameStats:
+    """What one accumulation call did."""
+
+    n_pixels: int
+    """Input pixels that deposited into at least one voxel."""
+    n_contributions: int
+    """Voxel updates."""
+    planes: np.ndarray
+    """(n_z,) bool: planes that received anything."""
+
+
+@dataclass
+class DrizzleCube:
+    """Accumulation buffers of one detector's cube; arrays are ``(n_z, n_y, n_x)``."""
+
+    wcs: WCS
+    pixscale: float
+    zgrid: ZGrid
+    flux_weighted: np.ndarray
+    weight_total: np.ndarray
+    var_accum: np.ndarray
+    count_map: np.ndarray
+    and_mask: np.ndarray
+    or_mask: np.ndarray
+    config: Drizzle3DConfig
+    detector: int
+    n_inputs: int = 0
+    n_rejected: int = 0
+    n_input_sc: Optional[np.ndarray] = None
+    """(n_z,) uint32: input frames that contributed to each plane."""
+    frame_log: List[Dict[str, Any]] = field(default_factory=list)
+    """One entry per contributing frame: name, zodi_scale, n_pixels, ..."""
+
+    def __post_init__(self) -> None:
+        if self.n_input_sc is None:
+            self.n_input_sc = np.zeros(self.zgrid.n_z, dtype=np.uint32)
+
+    @property
+    def nz(self) -> int:
+        return self.zgrid.n_z
+
+    @property
+    def ny(self) -> int:
+        return self.flux_weighted.shape[1]
+
+    @property
+    def nx(self) -> int:
+        return self.flux_weighted.shape[2]
+
+    @property
+    def flux(self) -> np.ndarray:
+        """Weighted mean surface brightness (MJy/sr, float64); NaN where nothing landed."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.weight_total > 0, self.flux_weighted / self.weight_total, np.nan)
+
+    @property
+    def variance(self) -> np.ndarray:
+        """Propagated variance ``var_accum / weight_total²`` ((MJy/sr)², float64); NaN where empty."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.weight_total > 0, self.var_accum / self.weight_total**2, np.nan)
+
+    def finalize_masks(self) -> None:
+        """Seed compatibility: AND_MASK is already 0 wherever nothing landed."""
+        self.and_mask[self.count_map == 0] = 0
+
+    @classmethod
+    def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int) -> "DrizzleCube":
+        """Allocate an empty cube of ``(zgrid.n_z, config.output_ny(), config.output_nx())``."""
+        shape = (zgrid.n_z, config.output_ny(), config.output_nx())
+        nbytes = int(np.prod(shape)) * (3 * 8 + 3 * 4)
+        logger.info("D%d: allocating cube %s (%.1f MB of accumulators)", detector, "x".join(map(str, shape)), nbytes / 1e6)
+        return cls(
+            wcs=wcs,
+            pixscale=pixscale,
+            zgrid=zgrid,
+            flux_weighted=np.zeros(shape, dtype=np.float64),
+            weight_total=np.zeros(shape, dtype=np.float64),
+            var_accum=np.zeros(shape, dtype=np.float64),
+            count_map=np.zeros(shape, dtype=np.uint32),
+            and_mask=np.zeros(shape, dtype=np.uint32),
+            or_mask=np.zeros(shape, dtype=np.uint32),
+            config=config,
+            detector=detector,
+        )
+
+    def _accumulators(self) -> tuple:
+        return (self.flux_weighted, self.weight_total, self.var_accum, self.count_map, self.and_mask, self.or_mask)
+
+    def _record(self, n_pixels: int, n_contrib: int, planes: np.ndarray) -> FrameStats:
+        if n_pixels > 0:
+            self.n_inputs += 1
+            self.n_input_sc += planes.astype(np.uint32)
+        return FrameStats(int(n_pixels), int(n_contrib), planes)
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _u32(flags: np.ndarray) -> np.ndarray:
+    """Flags as uint32 (int32 FLAGS are reinterpreted bit for bit)."""
+    flags = np.asarray(flags)
+    if flags.dtype == np.uint32:
+        return flags
+    if flags.dtype == np.int32:
+        return flags.view(np.uint32)
+    return flags.astype(np.int64).astype(np.uint32)
+
+
+def _mask(mask: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    return None if mask is None else np.asarray(mask, dtype=bool)
+
+
+def drizzle_frame(
+    cube: DrizzleCube,
+    corners_x: np.ndarray,
+    corners_y: np.ndarray,
+    image: np.ndarray,
+    variance: np.ndarray,
+    flags: np.ndarray,
+    lambda_c: np.ndarray,
+    delta_lambda: np.ndarray,
+    exclude_mask: Optional[np.ndarray] = None,
+    *,
+    exclude_bits: int = 0,
+    threads: int = 0,
+) -> FrameStats:
+    """Drizzle one frame (or crop) straight from its corner map into ``cube``, in place.
+
+    ``image`` (MJy/sr), ``variance`` ((MJy/sr)²), ``flags``, ``lambda_c`` and
+    ``delta_lambda`` (um) are ``(ny, nx)``; ``corners_x/y`` are ``(ny+1, nx+1)``
+    output positions of the pixel corners (see :mod:`.spatial`). Pixels with
+    ``exclude_mask`` True or any of ``exclude_bits`` set are skipped, as are
+    pixels with non-finite value/wavelength/bandwidth, bandwidth <= 0 or
+    variance <= 0. ``threads=0`` uses all cores (``RAYON_NUM_THREADS``).
+    """
+    cfg = cube.config
+    n_pix, n_con, planes = _core.drizzle_frame(
+        *cube._accumulators(),
+        _f64(corners_x), _f64(corners_y), _f64(image), _f64(variance), _u32(flags),
+        _f64(lambda_c), _f64(delta_lambda),
+        np.ascontiguousarray(cube.zgrid.edges, dtype=np.float64),
+        float(cfg.xy_shrink), float(cfg.effective_z_shrink()), float(cfg.ivar_max), float(cfg.min_overlap),
+        cfg.kernel, int(exclude_bits) & 0xFFFFFFFF, _mask(exclude_mask), int(threads),
+    )
+    return cube._record(n_pix, n_con, planes)
+
+
+def drizzle_image(
+    cube: DrizzleCube,
+    image: np.ndarray,
+    variance: np.ndarray,
+    flags: np.ndarray,
+    lambda_c_map: np.ndarray,
+    delta_lambda_map: np.ndarray,
+    pixel_idx: np.ndarray,
+    out_y: np.ndarray,
+    out_x: np.ndarray,
+    f_xy: np.ndarray,
+    exclude_mask: Optional[np.ndarray] = None,
+) -> FrameStats:
+    """Accumulate one image from a flat contribution list (seed API), in place.
+
+    ``pixel_idx, out_y, out_x, f_xy`` come from
+    :func:`.spatial.compute_spatial_mapping`. Same weights and skip rules as
+    :func:`drizzle_frame`, which is faster (no contribution arrays).
+    """
+    cfg = cube.config
+    flat = lambda a: np.ascontiguousarray(_f64(a).ravel())  # noqa: E731
+    mask = _mask(exclude_mask)
+    n_pix, n_con, planes = _core.accumulate_contributions(
+        *cube._accumulators(),
+        flat(image), flat(variance), np.ascontiguousarray(_u32(flags).ravel()), flat(lambda_c_map), flat(delta_lambda_map),
+        np.ascontiguousarray(pixel_idx, dtype=np.int64), np.ascontiguousarray(out_y, dtype=np.int32),
+        np.ascontiguousarray(out_x, dtype=np.int32), np.ascontiguousarray(f_xy, dtype=np.float64),
+        np.ascontiguousarray(cube.zgrid.edges, dtype=np.float64),
+        float(cfg.effective_z_shrink()), float(cfg.ivar_max), float(cfg.min_overlap),
+        0, None if mask is None else np.ascontiguousarray(mask.ravel()),
+    )
+    return cube._record(n_pix, n_con, planes)
