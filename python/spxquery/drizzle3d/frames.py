@@ -279,6 +279,15 @@ def _validate(hdul: fits.HDUList, path: Path, detector: Optional[int]) -> FrameH
         raise
     except Exception as exc:
         raise FrameError(path, f"truncated or corrupt FITS structure ({type(exc).__name__}: {exc})") from exc
+    size = path.stat().st_size
+    for idx in range(len(hdul)):
+        info = hdul.fileinfo(idx)
+        if info is not None and int(info["datLoc"]) + int(info["datSpan"]) > size:
+            raise FrameError(
+                path,
+                f"truncated file: extension {hdul[idx].name or idx} needs "
+                f"{int(info['datLoc']) + int(info['datSpan'])} bytes, file has {size}",
+            )
     if "IMAGE" not in names:
         raise FrameError(path, f"not a SPHEREx L2 image: no IMAGE extension (extensions: {sorted(names)})")
     for ext in REQUIRED_EXTENSIONS:
@@ -371,12 +380,35 @@ def _angsep(ra1, dec1, ra2, dec2) -> np.ndarray:
 
 
 def _boundary(nx: int, ny: int, step: float = 20.0) -> Tuple[np.ndarray, np.ndarray]:
-    """Points on the outer edge of an (ny, nx) pixel grid (0-based, edges at -0.5 and n-0.5)."""
+    """Closed polygon (counter-clockwise, first point not repeated) along the outer edge of an
+    (ny, nx) pixel grid (0-based, edges at -0.5 and n-0.5), a point every ``step`` pixels."""
     xs = np.linspace(-0.5, nx - 0.5, max(2, int(math.ceil(nx / step)) + 1))
     ys = np.linspace(-0.5, ny - 0.5, max(2, int(math.ceil(ny / step)) + 1))
-    bx = np.concatenate([xs, xs, np.full(len(ys), -0.5), np.full(len(ys), nx - 0.5)])
-    by = np.concatenate([np.full(len(xs), -0.5), np.full(len(xs), ny - 0.5), ys, ys])
+    bx = np.concatenate([xs[:-1], np.full(len(ys) - 1, nx - 0.5), xs[::-1][:-1], np.full(len(ys) - 1, -0.5)])
+    by = np.concatenate([np.full(len(xs) - 1, -0.5), ys[:-1], np.full(len(xs) - 1, ny - 0.5), ys[::-1][:-1]])
     return bx, by
+
+
+def _clip_polygon(px: np.ndarray, py: np.ndarray, xmin: float, xmax: float, ymin: float, ymax: float):
+    """Sutherland-Hodgman clip of a closed polygon to a rectangle; returns (x, y) lists (maybe empty)."""
+    pts = list(zip(px.tolist(), py.tolist()))
+    for axis, bound, keep_ge in ((0, xmin, True), (0, xmax, False), (1, ymin, True), (1, ymax, False)):
+        if not pts:
+            break
+        inside = (lambda p: p[axis] >= bound) if keep_ge else (lambda p: p[axis] <= bound)
+        out = []
+        prev = pts[-1]
+        for cur in pts:
+            ci, pi = inside(cur), inside(prev)
+            if ci != pi:
+                t = (bound - prev[axis]) / (cur[axis] - prev[axis])
+                q = (prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1]))
+                out.append(q)
+            if ci:
+                out.append(cur)
+            prev = cur
+        pts = out
+    return [p[0] for p in pts], [p[1] for p in pts]
 
 
 def footprint_crop(
@@ -388,13 +420,15 @@ def footprint_crop(
     """Input-pixel box ``(x0, x1, y0, y1)`` (0-based, end-exclusive) whose droplets can touch the output.
 
     The outer boundary of the output region (``output_shape = (ny, nx)``), sampled
-    every 20 output pixels plus the corners, is projected into the input frame
-    with the full input WCS (SIP included); its bounding box is expanded by half an
-    input pixel (the largest droplet) plus ``margin_pix`` and clipped to the image.
-    The bounding box of the projected boundary also contains the projected interior,
-    so a frame lying wholly inside the output region gets the full frame. Returns None
-    when the frame and the region are disjoint (first tested on the sky with the
-    circumscribed circles, so far-away frames cost no projection).
+    every 20 output pixels plus the corners, is projected into the input frame with
+    the full input WCS (SIP included) as a polygon; the polygon is clipped
+    (Sutherland-Hodgman) to the frame grown by ``g`` = half an input pixel (the
+    largest droplet) + ``margin_pix``, and the bounding box of what remains, grown by
+    ``g`` and clipped to the image, is the crop. The clipped polygon contains the
+    projected interior, so a frame lying wholly inside the output region gets the
+    full frame. Returns None when the frame and the region are disjoint (first
+    tested on the sky with circumscribed circles, so far-away frames cost no
+    projection).
     """
     ny_in, nx_in = frame_header.shape
     ny_out, nx_out = int(output_shape[0]), int(output_shape[1])
@@ -418,7 +452,7 @@ def footprint_crop(
 
     bx, by = _boundary(nx_out, ny_out)
     ra, dec = out.wcs_pix2world(bx, by, 0)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         px, py = wcs_in.all_world2pix(ra, dec, 0, quiet=True)
     extra = 0.0
@@ -429,10 +463,14 @@ def footprint_crop(
         lx, ly = wcs_in.wcs_world2pix(ex, ey, 0)
         extra = float(np.max(np.hypot(lx - cx_in, ly - cy_in))) * 2.0 + 2.0
     grow = 0.5 + margin_pix + extra
-    x0 = int(math.floor(np.min(px) - grow))
-    x1 = int(math.ceil(np.max(px) + grow)) + 1
-    y0 = int(math.floor(np.min(py) - grow))
-    y1 = int(math.ceil(np.max(py) + grow)) + 1
+    # Keep only the part of the projected region within `grow` of the frame, then its bounding box.
+    qx, qy = _clip_polygon(px, py, -0.5 - grow, nx_in - 0.5 + grow, -0.5 - grow, ny_in - 0.5 + grow)
+    if not qx:
+        return None
+    x0 = int(math.floor(min(qx) - grow))
+    x1 = int(math.ceil(max(qx) + grow)) + 1
+    y0 = int(math.floor(min(qy) - grow))
+    y1 = int(math.ceil(max(qy) + grow)) + 1
     x0, x1 = max(x0, 0), min(x1, nx_in)
     y0, y1 = max(y0, 0), min(y1, ny_in)
     if x0 >= x1 or y0 >= y1:

@@ -1,0 +1,324 @@
+"""Reading SPHEREx L2 frames written by the simulator: QR2, QR3, cutouts, crops, rejections."""
+
+import dataclasses
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from spxquery.drizzle3d.config import Drizzle3DConfig
+from spxquery.drizzle3d.frames import FrameError, footprint_crop, open_frame, read_frame, wavelength_astropy
+from spxquery.drizzle3d.grid import build_output_wcs
+from spxquery.drizzle3d.simulate import (
+    PointSource, SkyModel, Spectrum, build_l2_hdulist, make_cutout, make_frame_meta, render_frame, write_l2_file,
+)
+
+RA0, DEC0, PA = 150.0, 2.0, 30.0
+ZODI_TRUE = 1.2
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """One rendered D3 frame written in both layouts, plus a cutout and a far-away frame."""
+    d = tmp_path_factory.mktemp("frames")
+    meta = make_frame_meta(3, RA0, DEC0, PA, "2025W18_2B_0001_1", release="qr2", zodi_scale_true=ZODI_TRUE)
+    sky = SkyModel(point_sources=[PointSource(RA0 + 0.02, DEC0 - 0.01, Spectrum(20.0))])
+    arr = render_frame(meta, sky)
+    out = {"meta": meta, "arrays": arr}
+    out["qr2"] = write_l2_file(build_l2_hdulist(meta, arr), d / "level2_2025W18_2B_0001_1D3_spx_l2b-v12-2025-164.fits")
+    meta3 = dataclasses.replace(meta, release="qr3", version="l2b-v20-2025-247")
+    out["qr3"] = write_l2_file(build_l2_hdulist(meta3, arr), d / "level2_2025W18_2B_0001_1D3_spx_l2b-v20-2025-247.fits")
+    with fits.open(out["qr3"]) as hdul:
+        cut = make_cutout(hdul, RA0 + 0.1, DEC0 + 0.05, 0.15)
+        out["cutout"] = write_l2_file(cut, d / "cutout_qr3.fits")
+    # the same pixels moved 40 deg away (only CRVAL changes)
+    far = d / "far.fits"
+    shutil.copy(out["qr2"], far)
+    with fits.open(far, mode="update") as hdul:
+        hdul["IMAGE"].header["CRVAL1"] = RA0 + 40.0
+    out["far"] = far
+    out["dir"] = d
+    return out
+
+
+def _cfg(**kw):
+    base = dict(center_ra=RA0 + 0.1, center_dec=DEC0 + 0.05, width=6.0, height=5.0, detector=3, progress=False)
+    base.update(kw)
+    return Drizzle3DConfig(**base)
+
+
+# ---------------------------------------------------------------- headers
+
+
+@pytest.mark.parametrize("layout", ["qr2", "qr3"])
+def test_open_frame_layouts(files, layout):
+    fh = open_frame(files[layout], 3)
+    assert fh.layout == layout.upper()
+    assert fh.detector == 3 and fh.shape == (2040, 2040) and not fh.is_cutout
+    assert fh.obsid == "2025W18_2B_0001_1"
+    assert fh.mjd == pytest.approx(files["meta"].mjd_avg)
+    assert fh.flag_bits["SOURCE"] == 21 and fh.flag_bits["HOT"] == 10
+    assert fh.wcs.sip is not None
+
+
+def test_open_cutout(files):
+    fh = open_frame(files["cutout"], 3)
+    assert fh.is_cutout and fh.layout == "QR3"
+    ny, nx = fh.shape
+    assert ny < 200 and nx < 200
+    x0, y0 = fh.parent_offset
+    # the cutout's celestial WCS is used directly in cutout pixels
+    full = open_frame(files["qr3"], 3)
+    ra, dec = fh.wcs.all_pix2world([0.0, nx - 1.0], [0.0, ny - 1.0], 0)
+    px, py = full.wcs.all_world2pix(ra, dec, 0)
+    np.testing.assert_allclose(px, [x0, x0 + nx - 1], atol=1e-6)
+    np.testing.assert_allclose(py, [y0, y0 + ny - 1], atol=1e-6)
+
+
+def test_flag_names_from_header(files, tmp_path):
+    # a QR3 file that names bit 30 'MYFLAG' and renames bit 21; the reader must use the header
+    p = tmp_path / "named.fits"
+    shutil.copy(files["qr3"], p)
+    with fits.open(p, mode="update") as hdul:
+        hdul["FLAGS"].header["MSKN0030"] = "MYFLAG"
+    fh = open_frame(p, 3)
+    assert fh.flag_bits["MYFLAG"] == 30
+    p2 = tmp_path / "named_qr2.fits"
+    shutil.copy(files["qr2"], p2)
+    with fits.open(p2, mode="update") as hdul:
+        hdul["FLAGS"].header["HIERARCH MP_SOURCE"] = 3
+    assert open_frame(p2, 3).flag_bits["SOURCE"] == 3
+
+
+# ---------------------------------------------------------------- wavelengths
+
+
+@pytest.mark.parametrize("which", ["qr2", "qr3", "cutout"])
+def test_wavelength_lookup_matches_astropy(files, which):
+    fh = open_frame(files[which], 3)
+    ny, nx = fh.shape
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.integers(0, nx, 3000), [0, nx - 1, 0, nx - 1]]).astype(float)
+    y = np.concatenate([rng.integers(0, ny, 3000), [0, 0, ny - 1, ny - 1]]).astype(float)
+    lam_ref, bw_ref = wavelength_astropy(files[which], x, y)
+    lam, bw = fh.wave.evaluate(x, y)
+    assert np.max(np.abs(lam - lam_ref)) < 1e-6
+    assert np.max(np.abs(bw - bw_ref)) < 1e-6
+    # the crop evaluation is the same function on pixel centres
+    lc, bc = fh.wave.evaluate_crop(5, 25, 7, 19)
+    lr, br = fh.wave.evaluate(np.arange(5, 25)[None, :], np.arange(7, 19)[:, None])
+    np.testing.assert_array_equal(lc, lr)
+    # the simulator's truth: wavelength falls with y, by ~0.78 um over D3
+    if which != "cutout":
+        assert lam_ref[np.argmin(y)] > lam_ref[np.argmax(y)]
+
+
+def test_wavelength_with_sip_left_on_differs(files):
+    """Guard: astropy's W WCS with the image SIP left on is wrong by far more than 1e-6 um."""
+    with fits.open(files["qr2"]) as hdul, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        w = WCS(hdul["IMAGE"].header, fobj=hdul, key="W")
+        x = np.array([10.0, 2000.0]), np.array([10.0, 2000.0])
+        lam_sip = w.pixel_to_world_values(*x)[0]
+    lam = open_frame(files["qr2"], 3).wave.evaluate(*x)[0]
+    if w.sip is not None:
+        assert np.max(np.abs(lam_sip - lam)) > 1e-4
+
+
+def test_cutout_wavelength_uses_parent_table(files):
+    cut = open_frame(files["cutout"], 3)
+    full = open_frame(files["qr3"], 3)
+    ny, nx = cut.shape
+    x0, y0 = (int(v) for v in cut.parent_offset)
+    np.testing.assert_array_equal(cut.wave.evaluate_crop(0, nx, 0, ny)[0], full.wave.evaluate_crop(x0, x0 + nx, y0, y0 + ny)[0])
+
+
+# ---------------------------------------------------------------- crop
+
+
+def _touching_pixels(fh, out_wcs, shape, box):
+    """Brute force: input pixels (in ``box``) whose full droplet corners bound an area meeting the output."""
+    bx0, bx1, by0, by1 = box
+    xs = np.arange(bx0, bx1 + 1) - 0.5
+    ys = np.arange(by0, by1 + 1) - 0.5
+    cx, cy = np.meshgrid(xs, ys)
+    ra, dec = fh.wcs.all_pix2world(cx, cy, 0)
+    ox, oy = out_wcs.wcs_world2pix(ra, dec, 0)
+    quad = lambda a: np.stack([a[:-1, :-1], a[:-1, 1:], a[1:, :-1], a[1:, 1:]])  # noqa: E731
+    qx, qy = quad(ox), quad(oy)
+    ny, nx = shape
+    hit = (qx.max(0) >= -0.5) & (qx.min(0) <= nx - 0.5) & (qy.max(0) >= -0.5) & (qy.min(0) <= ny - 0.5)
+    jj, ii = np.nonzero(hit)
+    return ii + bx0, jj + by0
+
+
+@pytest.mark.parametrize(
+    "dra,ddec,w,h,xyo",
+    [(0.1, 0.05, 6.0, 5.0, 1.0), (0.0, 0.0, 20.0, 12.0, 2.0), (1.62, 1.0, 30.0, 30.0, 1.0)],
+    ids=["small", "oversampled", "frame-corner"],
+)
+def test_crop_contains_every_touching_pixel(files, dra, ddec, w, h, xyo):
+    fh = open_frame(files["qr2"], 3)
+    cfg = _cfg(center_ra=RA0 + dra, center_dec=DEC0 + ddec, width=w, height=h, xy_oversample=xyo)
+    out = build_output_wcs(cfg)
+    shape = (cfg.output_ny(), cfg.output_nx())
+    crop = footprint_crop(fh, out, shape)
+    assert crop is not None
+    x0, x1, y0, y1 = crop
+    search = (max(x0 - 30, 0), min(x1 + 30, 2040) - 1, max(y0 - 30, 0), min(y1 + 30, 2040) - 1)
+    ii, jj = _touching_pixels(fh, out, shape, search)
+    assert ii.size > 0
+    assert ii.min() >= x0 and ii.max() < x1 and jj.min() >= y0 and jj.max() < y1
+    # and the crop is tight: at most a few pixels of slack on each side (unless clipped)
+    slack = [ii.min() - x0, x1 - 1 - ii.max(), jj.min() - y0, y1 - 1 - jj.max()]
+    assert max(slack) <= 4, slack
+
+
+def test_crop_full_frame_when_region_contains_frame(files):
+    fh = open_frame(files["qr2"], 3)
+    cfg = _cfg(center_ra=RA0, center_dec=DEC0, width=300.0, height=300.0)
+    assert footprint_crop(fh, build_output_wcs(cfg), (cfg.output_ny(), cfg.output_nx())) == (0, 2040, 0, 2040)
+
+
+def test_crop_none_when_disjoint(files):
+    fh = open_frame(files["qr2"], 3)
+    for dra, ddec in [(40.0, 0.0), (0.0, 2.6), (180.0, -60.0)]:
+        cfg = _cfg(center_ra=RA0 + dra, center_dec=DEC0 + ddec, width=10.0, height=10.0)
+        assert footprint_crop(fh, build_output_wcs(cfg), (cfg.output_ny(), cfg.output_nx())) is None
+
+
+def test_far_frame_reads_no_pixel_data(files, tmp_path):
+    """A frame outside the region must not decode any pixel: corrupt its compressed FLAGS
+    heap; reading far away still works (returns None), reading a touching region fails."""
+    p = tmp_path / "corrupt.fits"
+    shutil.copy(files["qr3"], p)
+    with fits.open(p) as hdul:
+        info = hdul.fileinfo(hdul.index_of("FLAGS"))
+        start, span = info["datLoc"], info["datSpan"]
+    with open(p, "r+b") as fh:
+        fh.seek(start)
+        fh.write(b"\xff" * span)
+    far_cfg = _cfg(center_ra=RA0 + 40.0)
+    assert read_frame(p, far_cfg, 3, build_output_wcs(far_cfg)) is None
+    near_cfg = _cfg()
+    with pytest.raises(FrameError, match="corrupt.fits.*unreadable"):
+        read_frame(p, near_cfg, 3, build_output_wcs(near_cfg))
+
+
+# ---------------------------------------------------------------- data
+
+
+@pytest.mark.parametrize("layout", ["qr2", "qr3"])
+def test_read_frame_crop_matches_full_read(files, layout):
+    cfg = _cfg(static_zodi=True)
+    out = build_output_wcs(cfg)
+    fr = read_frame(files[layout], cfg, 3, out)
+    assert fr is not None and fr.layout == layout.upper()
+    x0, x1, y0, y1 = fr.crop
+    arr = files["arrays"]
+    sl = (slice(y0, y1), slice(x0, x1))
+    np.testing.assert_allclose(fr.image, arr["image"][sl].astype(np.float64) - arr["zodi"][sl], rtol=0, atol=1e-5, equal_nan=True)
+    np.testing.assert_array_equal(fr.variance, arr["variance"][sl])
+    assert fr.flags.dtype == np.uint32
+    np.testing.assert_array_equal(fr.flags, arr["flags"][sl].view(np.uint32))
+    assert fr.zodi_scale == 1.0 and fr.zodi_source == "static"
+    lam_ref, bw_ref = wavelength_astropy(files[layout], *np.meshgrid(np.arange(x0, x1), np.arange(y0, y1)))
+    assert np.max(np.abs(fr.lambda_c - lam_ref)) < 1e-6 and np.max(np.abs(fr.delta_lambda - bw_ref)) < 1e-6
+    # corner map: output-grid positions of the input pixel corners, checked with astropy
+    assert fr.corners_x.shape == (y1 - y0 + 1, x1 - x0 + 1)
+    fh = open_frame(files[layout], 3)
+    jj = np.array([0, y1 - y0, (y1 - y0) // 2])
+    ii = np.array([0, x1 - x0, (x1 - x0) // 3])
+    ra, dec = fh.wcs.all_pix2world(x0 + ii - 0.5, y0 + jj - 0.5, 0)
+    ox, oy = out.wcs_world2pix(ra, dec, 0)
+    np.testing.assert_allclose(fr.corners_x[jj, ii], ox, atol=1e-3)
+    np.testing.assert_allclose(fr.corners_y[jj, ii], oy, atol=1e-3)
+    assert fr.exclude_mask is None  # default exclude_flags = []
+
+
+def test_qr2_qr3_cutout_read_identically(files):
+    cfg = _cfg(width=4.0, height=4.0)
+    out = build_output_wcs(cfg)
+    frs = {k: read_frame(files[k], cfg, 3, out) for k in ("qr2", "qr3", "cutout")}
+    a, b, c = frs["qr2"], frs["qr3"], frs["cutout"]
+    assert a.crop == b.crop
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.flags, b.flags)
+    # the cutout crop covers the same parent pixels
+    cx0, cy0 = (int(v) for v in c.extra["parent_offset"])
+    x0, x1, y0, y1 = c.crop
+    assert (x0 + cx0, x1 + cx0, y0 + cy0, y1 + cy0) == a.crop
+    np.testing.assert_array_equal(c.variance, a.variance)
+    np.testing.assert_array_equal(c.flags, a.flags)
+    np.testing.assert_allclose(c.lambda_c, a.lambda_c, atol=1e-12)
+    np.testing.assert_allclose(c.corners_x, a.corners_x, atol=1e-6)
+    np.testing.assert_allclose(c.corners_y, a.corners_y, atol=1e-6)
+
+
+def test_zodi_scale_recovered(files):
+    cfg = _cfg()
+    fr = read_frame(files["qr3"], cfg, 3, build_output_wcs(cfg))
+    assert fr.zodi_fit_ok and fr.zodi_source == "crop"
+    assert fr.zodi_scale == pytest.approx(ZODI_TRUE, rel=0.03)
+    # a tiny region: the fit falls back to a decimated subsample of the whole frame
+    tiny = _cfg(width=0.5, height=0.5)
+    fr = read_frame(files["qr3"], tiny, 3, build_output_wcs(tiny))
+    assert fr.image.size < 1000
+    assert fr.zodi_source == "subsample" and fr.zodi_scale == pytest.approx(ZODI_TRUE, rel=0.03)
+    off = _cfg(subtract_zodi=False)
+    fr = read_frame(files["qr3"], off, 3, build_output_wcs(off))
+    assert fr.zodi_scale is None
+
+
+def test_exclude_flags_by_name_and_number(files, tmp_path):
+    p = tmp_path / "named.fits"
+    shutil.copy(files["qr3"], p)
+    with fits.open(p, mode="update") as hdul:
+        hdul["FLAGS"].header["MSKN0010"] = "HOTPIX"  # the file calls bit 10 'HOTPIX'
+    for spec in (["HOTPIX"], [10]):
+        cfg = _cfg(exclude_flags=spec) if spec == [10] else _cfg()
+        if spec == ["HOTPIX"]:
+            cfg.exclude_flags = spec  # a name only this file defines: resolved with the file's own bits
+        fr = read_frame(p, cfg, 3, build_output_wcs(cfg))
+        hot = (fr.flags & np.uint32(1 << 10)) != 0
+        assert hot.any()
+        np.testing.assert_array_equal(fr.exclude_mask, hot)
+
+
+# ---------------------------------------------------------------- rejections
+
+
+def _write_without(src, dst, extname):
+    with fits.open(src) as hdul:
+        keep = [h.copy() for h in hdul if h.name != extname]
+        fits.HDUList(keep).writeto(dst)
+    return dst
+
+
+def test_rejections(files, tmp_path):
+    cases = {}
+    trunc = tmp_path / "truncated.fits"
+    data = files["qr2"].read_bytes()
+    trunc.write_bytes(data[: len(data) // 2])
+    cases[trunc] = "truncated"
+    text = tmp_path / "notes.fits"
+    text.write_text("this is not a FITS file\n" * 200)
+    cases[text] = "not a FITS file"
+    cases[_write_without(files["qr2"], tmp_path / "noflags.fits", "FLAGS")] = "missing extension FLAGS"
+    cases[_write_without(files["qr3"], tmp_path / "nowave.fits", "WCS-WAVE")] = "missing extension WCS-WAVE"
+    other = tmp_path / "other.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((4, 4)), name="SCI")]).writeto(other)
+    cases[other] = "not a SPHEREx L2 image"
+    cases[files["qr2"]] = "belongs to detector D3, expected D4"
+    for path, reason in cases.items():
+        det = 4 if path == files["qr2"] else 3
+        with pytest.raises(FrameError) as ei:
+            open_frame(path, det)
+        assert reason in ei.value.reason, (path.name, ei.value.reason)
+        assert ei.value.path == path and path.name in str(ei.value)
+        cfg = _cfg()
+        with pytest.raises(FrameError):
+            read_frame(path, cfg, det, build_output_wcs(cfg))
