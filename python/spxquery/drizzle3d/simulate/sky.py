@@ -265,44 +265,36 @@ class SkyModel:
         Point sources are integrated exactly (erf); extended sources with an ``n_quad`` x ``n_quad``
         Gauss-Legendre rule over the pixel.
         """
-        ra, dec, lam_lo, lam_hi = np.broadcast_arrays(
-            *(np.asarray(v, dtype=np.float64) for v in (ra, dec, lam_lo, lam_hi))
-        )
-        out = np.zeros(ra.shape, dtype=np.float64)
+        ra, dec = np.broadcast_arrays(np.asarray(ra, dtype=np.float64), np.asarray(dec, dtype=np.float64))
+        lam_lo, lam_hi = np.broadcast_arrays(np.asarray(lam_lo, dtype=np.float64), np.asarray(lam_hi, dtype=np.float64))
+        # spatial factors depend on position only, spectral factors on the band only: evaluate each
+        # on its own (un-broadcast) shape and combine by broadcasting
+        out = np.zeros(np.broadcast_shapes(ra.shape, lam_lo.shape), dtype=np.float64)
+        if out.size == 0:
+            return out
         s = float(pixel_size_deg)
         psf_sig_deg = (self.psf_sigma_arcsec if psf else 0.0) / 3600.0
         omega = (s * _DEG_RAD) ** 2
-        # spatial factors are independent of wavelength: compute on unique positions
-        pos = np.stack([ra.ravel(), dec.ravel()], axis=1)
-        upos, inv = np.unique(pos, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        ura, udec = upos[:, 0], upos[:, 1]
         for src in self.point_sources:
-            xi, eta = gnomonic(src.ra, src.dec, ura, udec)
+            xi, eta = gnomonic(src.ra, src.dec, ra, dec)
             sig = max(psf_sig_deg, 1e-12)
             r2 = math.sqrt(2.0) * sig
             px = 0.5 * (_erf((0.5 * s - xi) / r2) - _erf((-0.5 * s - xi) / r2))
             py = 0.5 * (_erf((0.5 * s - eta) / r2) - _erf((-0.5 * s - eta) / r2))
-            spatial = (px * py)[inv].reshape(ra.shape) * (MJY_PER_MJY / omega)
-            nz = spatial != 0.0
-            if np.any(nz):
-                out[nz] += spatial[nz] * src.spectrum.band_average(lam_lo[nz], lam_hi[nz])
+            out += px * py * (MJY_PER_MJY / omega) * src.spectrum.band_average(lam_lo, lam_hi)
         t, w = _gauss_legendre_unit(n_quad)
         for src in self.extended_sources:
             cov = src.covariance_arcsec2(psf_sig_deg * 3600.0)
             cov0 = src.covariance_arcsec2(0.0)
             peak = math.sqrt(np.linalg.det(cov0) / np.linalg.det(cov))
-            xi, eta = gnomonic(src.ra, src.dec, ura, udec)
-            xi_s = (xi * 3600.0)[:, None, None]
-            eta_s = (eta * 3600.0)[:, None, None]
-            nx = (t * s * 3600.0)[None, None, :]
-            ny = (t * s * 3600.0)[None, :, None]
+            xi, eta = gnomonic(src.ra, src.dec, ra, dec)
+            xi_s = (xi * 3600.0)[..., None, None]
+            eta_s = (eta * 3600.0)[..., None, None]
+            nx = t * s * 3600.0
+            ny = (t * s * 3600.0)[:, None]
             g = _gauss2d(nx - xi_s, ny - eta_s, cov)
-            spatial_u = peak * np.einsum("pij,i,j->p", g, w, w)
-            spatial = spatial_u[inv].reshape(ra.shape)
-            nz = spatial > 1e-300
-            if np.any(nz):
-                out[nz] += spatial[nz] * src.spectrum.band_average(lam_lo[nz], lam_hi[nz])
+            spatial = peak * np.einsum("...ij,i,j->...", g, w, w)
+            out += spatial * src.spectrum.band_average(lam_lo, lam_hi)
         return out
 
     def bright_positions(self) -> list[tuple[float, float]]:
