@@ -1,0 +1,179 @@
+"""Saving and loading cubes: 7-HDU layout, dtypes, 3-D WCS, atomic writes."""
+
+import os
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from spxquery.drizzle3d.accumulate import DrizzleCube
+from spxquery.drizzle3d.config import Drizzle3DConfig
+from spxquery.drizzle3d.grid import build_output_wcs
+from spxquery.drizzle3d.io import load_cube, save_cube
+from spxquery.drizzle3d.spectral import build_z_grid
+
+HDU_NAMES = ["PRIMARY", "SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT", "WAVELENGTH"]
+
+
+def _cube(z_oversample=1.0, z_lambda_edges=None, seed=0):
+    cfg = Drizzle3DConfig(
+        center_ra=150.0, center_dec=2.0, width=2.0, height=1.5, detector=3,
+        z_oversample=z_oversample, z_lambda_edges=z_lambda_edges, progress=False,
+    )
+    wcs = build_output_wcs(cfg)
+    zgrid = build_z_grid(3, cfg.z_oversample, cfg.z_lambda_edges)
+    cube = DrizzleCube.create(wcs, cfg.effective_pixscale(), zgrid, cfg, 3)
+    rng = np.random.default_rng(seed)
+    shape = cube.flux_weighted.shape
+    w = rng.uniform(0.5, 2.0, shape)
+    w[0, 0, :3] = 0.0  # empty voxels -> NaN in SCI/VARIANCE, 0 in COUNT/AND_MASK
+    cube.weight_total[...] = w
+    cube.flux_weighted[...] = w * rng.normal(1.0, 0.1, shape)
+    cube.var_accum[...] = w**2 * 0.01
+    count = rng.integers(1, 70000, shape).astype(np.uint32)  # > uint16 range
+    count[w == 0] = 0
+    cube.count_map[...] = count
+    cube.and_mask[...] = rng.integers(0, 2**32, shape, dtype=np.uint64).astype(np.uint32)
+    cube.or_mask[...] = np.uint32(0x80000001)
+    cube.n_input_sc[...] = np.arange(1, zgrid.n_z + 1, dtype=np.uint32) * 1000
+    cube.n_inputs = 12
+    cube.n_rejected = 3
+    cube.frame_log.extend(
+        {"name": f"level2_2025W18_2B_{i:04d}_1D3_spx_l2b-v12-2025-164.fits", "zodi_scale": 1.0 + 0.01 * i,
+         "zodi_source": "crop", "n_pixels": 100}
+        for i in range(12)
+    )
+    return cube
+
+
+def test_round_trip(tmp_path):
+    cube = _cube()
+    path = save_cube(cube, tmp_path / "c.fits")
+    with fits.open(path) as hdul:
+        assert [h.name for h in hdul] == HDU_NAMES
+        assert hdul["SCI"].data.dtype == np.dtype(">f4")
+    d = load_cube(path)
+    sci = cube.flux
+    np.testing.assert_array_equal(np.isnan(d["sci"]), np.isnan(sci))
+    np.testing.assert_allclose(d["sci"], sci.astype(np.float32), equal_nan=True)
+    np.testing.assert_allclose(d["variance"], cube.variance.astype(np.float32), equal_nan=True)
+    assert np.isnan(d["sci"][0, 0, 0]) and d["count"][0, 0, 0] == 0 and d["and_mask"][0, 0, 0] == 0
+    np.testing.assert_array_equal(d["count"], cube.count_map)
+    np.testing.assert_array_equal(d["or_mask"], cube.or_mask)
+    assert d["or_mask"].dtype == np.uint32 and d["and_mask"].dtype == np.uint32
+    m = cube.count_map > 0
+    np.testing.assert_array_equal(d["and_mask"][m], cube.and_mask[m])
+    h = d["header"]
+    for key, val in [("DETECTOR", 3), ("N_INPUTS", 12), ("N_REJECT", 3), ("NZ", cube.zgrid.n_z),
+                     ("NX", cube.flux_weighted.shape[2]), ("NY", cube.flux_weighted.shape[1]), ("BUNIT", "MJy/sr"),
+                     ("XYSHRINK", 0.8), ("KERNEL", "square")]:
+        assert h[key] == val, key
+    for key in ("ZSHRINK", "XYOVRSM", "ZOVRSM", "PIXSCALE", "EPIXSCLE", "LAM_MIN", "LAM_MAX", "DATE", "DRIZVER"):
+        assert key in h, key
+    assert h["LAM_MIN"] == pytest.approx(cube.zgrid.edges[0])
+    assert h["NFRAMLOG"] == 12
+    assert h["INF00012"].endswith("_0011_1D3_spx_l2b-v12-2025-164.fits")
+    assert h["ZSC00011"] == pytest.approx(1.10)
+
+
+def test_count_is_uint32_beyond_uint16(tmp_path):
+    cube = _cube()
+    path = save_cube(cube, tmp_path / "c.fits")
+    d = load_cube(path)
+    assert d["count"].dtype == np.uint32
+    assert d["count"].max() > 65535
+    cube.count_map[0, 0, 5] = np.uint32(4_000_000_000)
+    d = load_cube(save_cube(cube, tmp_path / "c2.fits"))
+    assert int(d["count"][0, 0, 5]) == 4_000_000_000
+
+
+def test_wavelength_table(tmp_path):
+    cube = _cube()
+    d = load_cube(save_cube(cube, tmp_path / "c.fits"))
+    wl = d["wavelength"]
+    z = cube.zgrid
+    assert list(wl.names) == ["INDEX", "LAMBDA", "LAMBDA_MIN", "LAMBDA_MAX", "DLAMBDA", "NU", "DNU", "R_EFF", "N_INPUT_SC"]
+    np.testing.assert_array_equal(wl["INDEX"], np.arange(z.n_z))
+    np.testing.assert_allclose(wl["LAMBDA"], z.centers)
+    np.testing.assert_allclose(wl["LAMBDA_MIN"], z.edges[:-1])
+    np.testing.assert_allclose(wl["LAMBDA_MAX"], z.edges[1:])
+    np.testing.assert_allclose(wl["DLAMBDA"], z.widths)
+    np.testing.assert_allclose(wl["NU"], z.frequencies())
+    np.testing.assert_allclose(wl["DNU"], z.delta_nu())
+    np.testing.assert_allclose(wl["R_EFF"], z.resolving_power())
+    np.testing.assert_array_equal(wl["N_INPUT_SC"], np.arange(1, z.n_z + 1) * 1000)
+
+
+def _wcs_lambda_um(path, n_z):
+    with fits.open(path) as hdul:
+        w = WCS(hdul["SCI"].header)
+    assert w.naxis == 3 and w.has_celestial and w.has_spectral
+    k = np.arange(n_z, dtype=float)
+    world = w.pixel_to_world(np.zeros(n_z), np.zeros(n_z), k)
+    spec = world[1]
+    return spec.to_value("um"), w
+
+
+def test_wcs_exact_for_log_grid(tmp_path):
+    cube = _cube(z_oversample=2.0)
+    assert cube.zgrid.is_log_uniform()
+    path = save_cube(cube, tmp_path / "c.fits")
+    lam, w = _wcs_lambda_um(path, cube.zgrid.n_z)
+    hdr = fits.getheader(path, "SCI")
+    assert hdr["CTYPE3"] == "WAVE-LOG"
+    np.testing.assert_allclose(lam, cube.zgrid.centers, rtol=1e-12, atol=0)
+    assert hdr["WAVEMAXE"] < 1e-9
+    # the celestial part is the cube's WCS: centre pixel -> centre of the field
+    ny, nx = cube.flux_weighted.shape[1:]
+    sky = w.celestial.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+    assert sky.ra.deg == pytest.approx(150.0, abs=1e-9) and sky.dec.deg == pytest.approx(2.0, abs=1e-9)
+
+
+def test_wcs_linear_with_max_error_for_native_grid(tmp_path):
+    cube = _cube()
+    assert not cube.zgrid.is_log_uniform()
+    path = save_cube(cube, tmp_path / "c.fits")
+    lam, _ = _wcs_lambda_um(path, cube.zgrid.n_z)
+    hdr = fits.getheader(path, "SCI")
+    assert hdr["CTYPE3"] == "WAVE"
+    err = np.max(np.abs(lam - cube.zgrid.centers))
+    assert hdr["WAVEMAXE"] == pytest.approx(err, rel=1e-6, abs=1e-12)
+    assert err > 0
+    assert fits.getheader(path, "VARIANCE")["CTYPE3"] == "WAVE"
+
+
+def test_file_exists_and_overwrite(tmp_path):
+    path = tmp_path / "c.fits"
+    save_cube(_cube(seed=1), path)
+    before = path.read_bytes()
+    with pytest.raises(FileExistsError, match="c.fits"):
+        save_cube(_cube(seed=2), path)
+    assert path.read_bytes() == before
+    save_cube(_cube(seed=2), path, overwrite=True)
+    assert path.read_bytes() != before
+    assert [p.name for p in tmp_path.iterdir()] == ["c.fits"]
+
+
+def test_atomic_failure_leaves_existing_file(tmp_path):
+    path = tmp_path / "c.fits"
+    save_cube(_cube(seed=1), path)
+    before = path.read_bytes()
+    bad = _cube(seed=2)
+    bad.n_input_sc = None  # the WAVELENGTH table cannot be built -> the write fails
+    with pytest.raises(ValueError, match="n_input_sc"):
+        save_cube(bad, path, overwrite=True)
+    assert path.read_bytes() == before
+    bad = _cube(seed=3)
+    bad.flux_weighted = bad.flux_weighted[:, :, :-1]  # inconsistent shapes fail inside writeto/flux
+    with pytest.raises(Exception):
+        save_cube(bad, path, overwrite=True)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["c.fits"]
+
+
+def test_load_cube_data_outlives_file(tmp_path):
+    path = save_cube(_cube(), tmp_path / "c.fits")
+    d = load_cube(path)
+    os.remove(path)
+    assert np.isfinite(d["sci"][1]).all() and d["wavelength"]["LAMBDA"].size == d["sci"].shape[0]
