@@ -8,7 +8,6 @@ import io
 import socket
 
 import numpy as np
-import astropy.units as u
 import pytest
 import pyvo
 import requests
@@ -21,6 +20,7 @@ from spxquery.drizzle3d.testing import (
     evaluate_adql,
     polygon_contains_point,
     polygon_intersects_circle,
+    simple_cutout,
     square_poly,
     write_index,
     write_small_frame,
@@ -178,27 +178,9 @@ def test_faults_drop_and_lie(archive):
         assert requests.get(url, timeout=5).content == data
 
 
-def _astropy_cutout(path, ra, dec, size_deg):
-    """Square cutout of every image HDU with astropy's Cutout2D (WCS kept)."""
-    from astropy.coordinates import SkyCoord
-    from astropy.nddata import Cutout2D
-    from astropy.wcs import WCS
-
-    with fits.open(path) as full:
-        wcs = WCS(full["IMAGE"].header)
-        out = fits.HDUList([fits.PrimaryHDU(header=full[0].header.copy())])
-        pos = SkyCoord(ra, dec, unit="deg")
-        for hdu in full[1:]:
-            cut = Cutout2D(hdu.data, pos, size_deg * u.deg, wcs=wcs)
-            h = hdu.header.copy()
-            h.update(cut.wcs.to_header())
-            out.append(fits.ImageHDU(cut.data, h, name=hdu.name))
-        return out
-
-
 def test_cutout_query_string(archive):
     root, rows = archive
-    with ArchiveServer(root, cutout_func=_astropy_cutout) as srv:
+    with ArchiveServer(root, cutout_func=simple_cutout) as srv:
         url = srv.url_for(rows[0]["uri"]) + "?center=10.0,0.0&size=0.02"
         r = requests.get(url, timeout=10)
         assert r.status_code == 200

@@ -38,6 +38,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -930,6 +931,32 @@ def write_small_frame(
         "producttype": producttype,
         "collection": f"spherex_{release}",
     }
+
+
+def simple_cutout(path: Path, ra: float, dec: float, size_deg: float) -> Any:
+    """Square cutout (``size_deg`` side, deg) of every 2-D image HDU using the
+    IMAGE WCS and astropy's Cutout2D; other HDUs copied whole. For tests that
+    need cutouts of :func:`write_small_frame` files."""
+    import astropy.units as u
+    from astropy.coordinates import SkyCoord
+    from astropy.io import fits
+    from astropy.nddata import Cutout2D
+    from astropy.wcs import WCS, FITSFixedWarning
+
+    with fits.open(path) as full, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FITSFixedWarning)
+        wcs = WCS(full["IMAGE"].header)
+        out = fits.HDUList([fits.PrimaryHDU(header=full[0].header.copy())])
+        pos = SkyCoord(ra, dec, unit="deg")
+        for hdu in full[1:]:
+            if hdu.data is not None and hdu.data.ndim == 2 and hdu.data.shape == full["IMAGE"].data.shape:
+                cut = Cutout2D(hdu.data, pos, size_deg * u.deg, wcs=wcs, mode="trim")
+                h = hdu.header.copy()
+                h.update(cut.wcs.to_header())
+                out.append(fits.ImageHDU(cut.data, h, name=hdu.name))
+            else:
+                out.append(hdu.copy())
+        return out
 
 
 def write_index(root: Path, rows: Sequence[Dict[str, Any]]) -> Path:
