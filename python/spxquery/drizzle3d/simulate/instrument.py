@@ -221,13 +221,13 @@ def _sip_terms(order: int, min_order: int) -> list[tuple[int, int]]:
 
 
 def default_sip(detector: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Forward SIP A, B coefficients (``'p_q' -> coef``), distortion ~2-4 pixels at the corners."""
+    """Forward SIP A, B coefficients (``'p_q' -> coef``), distortion ~3-6 pixels at the corners."""
     d = int(detector)
-    s = 1.0 + 0.1 * (d - 3.5)
-    a = {"2_0": 2.0e-6 * s, "1_1": -1.2e-6, "0_2": 1.0e-6 * s, "3_0": -1.5e-9, "2_1": 0.6e-9 * s,
-         "1_2": -1.1e-9, "0_3": 0.4e-9}
-    b = {"2_0": -0.8e-6, "1_1": 1.6e-6 * s, "0_2": -1.4e-6, "3_0": 0.5e-9, "2_1": -1.3e-9,
-         "1_2": 0.7e-9 * s, "0_3": -1.6e-9}
+    s = 0.5 * (1.0 + 0.1 * (d - 3.5))
+    a = {"2_0": 2.0e-6 * s, "1_1": -1.2e-6 * s, "0_2": 1.0e-6 * s, "3_0": -1.5e-9 * s, "2_1": 0.6e-9 * s,
+         "1_2": -1.1e-9 * s, "0_3": 0.4e-9 * s}
+    b = {"2_0": -0.8e-6 * s, "1_1": 1.6e-6 * s, "0_2": -1.4e-6 * s, "3_0": 0.5e-9 * s, "2_1": -1.3e-9 * s,
+         "1_2": 0.7e-9 * s, "0_3": -1.6e-9 * s}
     return a, b
 
 
