@@ -190,8 +190,8 @@ def test_wavelength_wcs_matches_intended(full_frames, rel):
     # SIP left on would shift wavelengths (the astropy pitfall), so the .sip = None matters
     w_sip = _quiet_wcs(h["IMAGE"].header, fobj=h, key="W")
     if w_sip.sip is not None:
-        lam_sip, _ = w_sip.all_pix2world(np.array([0.0]), np.array([0.0]), 0)
-        assert abs(lam_sip[0] - lam[0]) > 1e-4
+        lam_sip, _ = w_sip.all_pix2world(np.array([2039.0]), np.array([2039.0]), 0)
+        assert abs(lam_sip[0] - lam[3]) > 1e-4
 
 
 def test_wavelength_maps_follow_channel_map():

@@ -1,4 +1,19 @@
-"""SPHEREx Level 2 simulator: sky model, L2 files (QR2/QR3, cutouts), fields, truth and scoring."""
+"""SPHEREx Level 2 simulator: sky model, L2 files (QR2/QR3, cutouts), fields, truth and scoring.
+
+Typical use::
+
+    info = simulate_field(root, ra, dec, detectors=(3,), n_pointings=16, release="qr2",
+                          cutout_size_deg=None, seed=0)        # mirror tree + archive_index.json + truth.json
+    sky, truth = load_truth(root)
+    cube_truth = truth_cube(sky, output_wcs, zgrid)             # (n_z, ny, nx) MJy/sr, PSF-convolved
+    scores = score_cube(cube_sci, cube_var, cube_truth, sky=sky, output_wcs=output_wcs,
+                        wavelengths=zgrid.centers)
+
+Conventions: 0-based pixels, um, MJy/sr; point-source spectra in mJy, extended-source spectra
+in MJy/sr (peak, before the PSF). The intended geometry of a written file is
+``frame_pixel_to_world(meta, x, y)``; its intended wavelengths are ``wave_lookup_bilinear`` of
+the file's WCS-WAVE table.
+"""
 
 from .instrument import (
     FLAG_BITS, NPIX, PIXSCALE_ARCSEC, FrameMeta, detector_band, frame_pixel_to_world, frame_world_to_pixel,

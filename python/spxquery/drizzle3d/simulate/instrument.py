@@ -422,7 +422,8 @@ def zodi_spectrum(lam: ArrayLike) -> np.ndarray:
     """Zodiacal light at unit level [MJy/sr] versus wavelength [um]."""
     lam = np.asarray(lam, dtype=np.float64)
     p = ZODI_PARAMS
-    return p["scattered_amp"] * lam ** p["scattered_index"] + p["thermal_amp"] * lam ** p["thermal_index"]
+    ln = np.log(lam)
+    return p["scattered_amp"] * np.exp(p["scattered_index"] * ln) + p["thermal_amp"] * np.exp(p["thermal_index"] * ln)
 
 
 def zodi_map(meta: FrameMeta, lam: np.ndarray) -> np.ndarray:
