@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 
 from spxquery.drizzle3d.simulate import (
     FLAG_BITS, EmissionLine, ExtendedSource, PointSource, SkyModel, Spectrum, build_l2_hdulist,
@@ -23,7 +21,7 @@ from spxquery.drizzle3d.simulate import (
     wave_lookup_bilinear, wave_table, write_l2_file,
 )
 from spxquery.drizzle3d.simulate.instrument import wcs_cards
-from spxquery.drizzle3d.simulate.l2file import _wave_hdu, cutout_box, file_wave_table
+from spxquery.drizzle3d.simulate.l2file import _wave_hdu, cutout_box
 from spxquery.drizzle3d.simulate.sky import band_average, gnomonic
 from spxquery.drizzle3d.spectral import build_z_grid_native, build_z_grid_oversampled, load_spectral_table
 
