@@ -26,9 +26,9 @@ import numpy as np
 import requests
 
 from .config import Drizzle3DConfig
+from . import download as _download
 from .download import (
     CHUNK_SIZE,
-    DEFAULT_BACKOFF_BASE,
     DownloadFailure,
     DownloadReport,
     DownloadTask,
@@ -264,7 +264,7 @@ def run_tap_query(
 
     if mode not in ("auto", "sync", "async"):
         raise ValueError(f"mode must be 'auto', 'sync' or 'async', got {mode!r}")
-    base = DEFAULT_BACKOFF_BASE if backoff_base is None else float(backoff_base)
+    base = _download.DEFAULT_BACKOFF_BASE if backoff_base is None else float(backoff_base)
     sess = session if session is not None else _TimeoutSession(timeout)
     service = pyvo.dal.TAPService(tap_url, session=sess)
     modes = ["sync", "async"] if mode == "auto" else [mode]

@@ -254,44 +254,51 @@ def evaluate_adql(query: str, rows: Sequence[Dict[str, Any]]) -> Tuple[List[str]
 def _votable_bytes(
     columns: Sequence[str], rows: Sequence[Dict[str, Any]], status: str = "OK", message: str = ""
 ) -> bytes:
-    """Serialise rows to a TAP result VOTable (RESOURCE type="results")."""
-    from astropy.io.votable.tree import Field, Info, Resource, TableElement, VOTableFile
-
-    vot = VOTableFile()
-    res = Resource(type="results")
-    vot.resources.append(res)
-    info = Info(name="QUERY_STATUS", value="OK" if status == "OVERFLOW" else status)
+    """Serialise rows to a TAP result VOTable 1.4 (RESOURCE type="results",
+    TABLEDATA). Written by hand: astropy 8.0's C TABLEDATA writer corrupts the
+    heap intermittently (astropy issue 20419), which crashed threaded servers."""
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">',
+        ' <RESOURCE type="results">',
+    ]
+    first = "OK" if status == "OVERFLOW" else status
     if message:
-        info.content = message
-    res.infos.append(info)
+        out.append(f'  <INFO name="QUERY_STATUS" value="{first}">{xml_escape(message)}</INFO>')
+    else:
+        out.append(f'  <INFO name="QUERY_STATUS" value="{first}"/>')
     if status != "ERROR":
-        table = TableElement(vot)
-        res.tables.append(table)
-        fields = []
+        out.append("  <TABLE>")
         for name in columns:
             if name in _NUMERIC_COLUMNS:
-                fields.append(Field(vot, name=name, datatype=_NUMERIC_COLUMNS[name]))
+                out.append(f'   <FIELD name="{name}" ID="{name}" datatype="{_NUMERIC_COLUMNS[name]}"/>')
             elif name == _POLY_COLUMN:
-                fields.append(Field(vot, name=name, datatype="double", arraysize="*", xtype="polygon", unit="deg"))
+                out.append(f'   <FIELD name="{name}" ID="{name}" datatype="double" arraysize="*" xtype="polygon" unit="deg"/>')
             else:
-                fields.append(Field(vot, name=name, datatype="char", arraysize="*"))
-        table.fields.extend(fields)
-        table.create_arrays(len(rows))
-        for i, row in enumerate(rows):
-            vals = []
+                out.append(f'   <FIELD name="{name}" ID="{name}" datatype="char" arraysize="*"/>')
+        out.append("   <DATA><TABLEDATA>")
+        for row in rows:
+            cells = []
             for name in columns:
-                if name == _POLY_COLUMN:
-                    vals.append(np.asarray(row[name], dtype=float))
+                v = row.get(name)
+                if v is None:
+                    cells.append("<TD/>")
+                elif name == _POLY_COLUMN:
+                    cells.append("<TD>" + " ".join(repr(float(x)) for x in v) + "</TD>")
+                elif _NUMERIC_COLUMNS.get(name) == "long":
+                    cells.append(f"<TD>{int(v)}</TD>")
                 elif name in _NUMERIC_COLUMNS:
-                    vals.append(row[name])
+                    cells.append(f"<TD>{float(v)!r}</TD>")
                 else:
-                    vals.append("" if row.get(name) is None else str(row[name]))
-            table.array[i] = tuple(vals)
+                    cells.append(f"<TD>{xml_escape(str(v))}</TD>")
+            out.append("    <TR>" + "".join(cells) + "</TR>")
+        out.append("   </TABLEDATA></DATA>")
+        out.append("  </TABLE>")
     if status == "OVERFLOW":
-        res.infos.append(Info(name="QUERY_STATUS", value="OVERFLOW"))
-    buf = io.BytesIO()
-    vot.to_xml(buf)
-    return buf.getvalue()
+        out.append('  <INFO name="QUERY_STATUS" value="OVERFLOW"/>')
+    out.append(" </RESOURCE>")
+    out.append("</VOTABLE>")
+    return ("\n".join(out) + "\n").encode("utf-8")
 
 
 # ----------------------------------------------------------------------------
