@@ -113,6 +113,15 @@ def test_pyvo_sync_and_async_unchanged(archive):
             service.search(q.replace("a.uri", "a.bogus"))
 
 
+def test_vosi_tables_and_capabilities(archive):
+    root, _ = archive
+    with ArchiveServer(root) as srv:
+        service = pyvo.dal.TAPService(srv.tap_url)
+        assert sorted(service.tables.keys()) == ["spherex.artifact", "spherex.plane"]
+        assert "poly" in [c.name for c in service.tables["spherex.plane"].columns]
+        assert [c.standardid for c in service.capabilities] == ["ivo://ivoa.net/std/TAP"]
+
+
 def test_tap_fault_status_reaches_pyvo(archive):
     root, _ = archive
     with ArchiveServer(root) as srv:

@@ -479,7 +479,6 @@ def download_files(
     sess = make_session(max_workers) if own_session else session
     total_known = sum(t.expected_length for t in todo if t.expected_length is not None)
     bar = _Progress(total_known, progress, desc)
-    lock = threading.Lock()
 
     def work(task: DownloadTask) -> Tuple[DownloadTask, Optional[Path], Optional[str], _Fetcher]:
         fetcher = _Fetcher(
@@ -495,19 +494,18 @@ def download_files(
 
     try:
         with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="spx-dl") as pool:
-            for task, path, error, fetcher in pool.map(work, todo):
-                with lock:
-                    report.bytes_received += fetcher.received
-                    report.retries += fetcher.retries_used
-                    report.resumed += fetcher.resumed
-                    if path is not None:
-                        report.downloaded.append(path)
-                        for i in by_dest[Path(task.dest).resolve()]:
-                            report.paths[i] = path
-                    else:
-                        reason = error or "unknown error"
-                        report.failures.append(DownloadFailure(task.url, task.dest, reason))
-                        logger.error("download failed: %s -> %s: %s", task.url, task.dest, reason)
+            for task, path, error, fetcher in pool.map(work, todo):  # input order
+                report.bytes_received += fetcher.received
+                report.retries += fetcher.retries_used
+                report.resumed += fetcher.resumed
+                if path is not None:
+                    report.downloaded.append(path)
+                    for i in by_dest[Path(task.dest).resolve()]:
+                        report.paths[i] = path
+                else:
+                    reason = error or "unknown error"
+                    report.failures.append(DownloadFailure(task.url, task.dest, reason))
+                    logger.error("download failed: %s -> %s: %s", task.url, task.dest, reason)
     finally:
         bar.close()
         if own_session:

@@ -34,6 +34,7 @@ from .download import (
     DownloadTask,
     backoff_delay,
     download_files,
+    parse_retry_after,
 )
 
 logger = logging.getLogger(__name__)
@@ -212,12 +213,12 @@ def _describe_error(exc: BaseException) -> Tuple[str, bool, Optional[float]]:
     """(description, retryable, retry_after seconds) of a pyvo/requests error."""
     from pyvo.dal import DALFormatError, DALQueryError, DALServiceError
 
-    from .download import parse_retry_after
-
     cause: Optional[BaseException] = exc
     code: Optional[int] = getattr(exc, "code", None) if isinstance(exc, DALServiceError) else None
     response = None
-    while cause is not None:
+    seen: set = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
         resp = getattr(cause, "response", None)
         if resp is not None and response is None:
             response = resp

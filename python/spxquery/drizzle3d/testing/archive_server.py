@@ -613,6 +613,31 @@ _CAPABILITIES = b"""<?xml version="1.0" encoding="UTF-8"?>
 </vosi:capabilities>
 """
 
+def _tables_xml() -> bytes:
+    """VOSI tableset describing spherex.plane and spherex.artifact (simulated columns)."""
+    plane = ["obs_publisher_did", "energy_bandpassname", "energy_bounds_lower", "energy_bounds_upper",
+             "time_bounds_lower", "time_bounds_upper", "poly"]
+    artifact = ["uri", "contentlength", "contentchecksum", "producttype"]
+
+    def table(name: str, cols: Sequence[str]) -> str:
+        body = "".join(
+            f"<column><name>{c}</name><dataType xsi:type=\"vs:VOTableType\">"
+            f"{_NUMERIC_COLUMNS.get(c, 'double' if c == _POLY_COLUMN else 'char')}</dataType></column>"
+            for c in cols
+        )
+        return f"<table><name>{name}</name>{body}</table>"
+
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<vosi:tableset xmlns:vosi="http://www.ivoa.net/xml/VOSITables/v1.0" '
+        'xmlns:vs="http://www.ivoa.net/xml/VODataService/v1.1" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        "<schema><name>spherex</name>"
+        + table("spherex.plane", plane) + table("spherex.artifact", artifact)
+        + "</schema></vosi:tableset>"
+    ).encode()
+
+
 _AVAILABILITY = b"""<?xml version="1.0" encoding="UTF-8"?>
 <vosi:availability xmlns:vosi="http://www.ivoa.net/xml/VOSIAvailability/v1.0">
   <vosi:available>true</vosi:available>
@@ -725,6 +750,8 @@ class _Handler(BaseHTTPRequestHandler):
         arch = self.archive
         if sub == "/availability":
             return self._send(200, _AVAILABILITY, "text/xml")
+        if sub == "/tables":
+            return self._send(200, _tables_xml(), "text/xml")
         if sub == "/capabilities":
             return self._send(200, _CAPABILITIES.replace(b"BASE", arch.tap_url.encode()), "text/xml")
         if sub == "/sync":
