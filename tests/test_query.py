@@ -129,6 +129,16 @@ def test_sync_keeps_failing_falls_back_to_async(archive):
         assert "INTERSECTS" in srv.queries[-1]
 
 
+def test_sync_too_slow_switches_to_async(archive):
+    root, _ = archive
+    with ArchiveServer(root) as srv:
+        srv.faults.add("/TAP/sync", Fault(delay=1.0), times=-1)
+        res = query_observations(_cfg(srv, download_timeout=0.3, download_retries=5), backoff_base=0.01)
+        assert len(res[3]) == 2
+        assert srv.hits("/TAP/sync") == 2  # two timeouts, then no more waiting on sync
+        assert srv.hits("/TAP/async") >= 3
+
+
 def test_async_mode_on_request(archive):
     root, _ = archive
     with ArchiveServer(root) as srv:

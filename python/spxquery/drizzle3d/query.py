@@ -209,8 +209,8 @@ class _TimeoutSession(requests.Session):
         return super().request(method, url, *args, **kwargs)
 
 
-def _describe_error(exc: BaseException) -> Tuple[str, bool, Optional[float]]:
-    """(description, retryable, retry_after seconds) of a pyvo/requests error."""
+def _describe_error(exc: BaseException) -> Tuple[str, bool, Optional[float], bool]:
+    """(description, retryable, retry_after seconds, is_timeout) of a pyvo/requests error."""
     from pyvo.dal import DALFormatError, DALQueryError, DALServiceError
 
     cause: Optional[BaseException] = exc
@@ -222,23 +222,29 @@ def _describe_error(exc: BaseException) -> Tuple[str, bool, Optional[float]]:
         resp = getattr(cause, "response", None)
         if resp is not None and response is None:
             response = resp
-        if isinstance(cause, (requests.exceptions.Timeout, requests.exceptions.ConnectionError,
-                              requests.exceptions.ChunkedEncodingError)):
-            return f"{type(cause).__name__}: {cause}", True, None
+        if isinstance(cause, requests.exceptions.Timeout):
+            return f"{type(cause).__name__}: {cause}", True, None, True
+        if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+            return f"{type(cause).__name__}: {cause}", True, None, False
         cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
     if response is not None and not code:
         code = response.status_code
     retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
     if isinstance(exc, DALQueryError) and not code:
-        return f"query rejected by the service: {exc}", False, None
+        return f"query rejected by the service: {exc}", False, None, False
     if code:
         retryable = code in (408, 425, 429) or 500 <= code < 600
-        return f"HTTP {code}: {str(exc).strip()}", retryable, retry_after
+        return f"HTTP {code}: {str(exc).strip()}", retryable, retry_after, False
     if isinstance(exc, DALFormatError):
-        return f"unreadable response: {exc}", True, None
+        return f"unreadable response: {exc}", True, None, False
     if isinstance(exc, DALServiceError):
-        return f"service error: {exc}", True, None
-    return f"{type(exc).__name__}: {exc}", False, None
+        return f"service error: {exc}", True, None, False
+    return f"{type(exc).__name__}: {exc}", False, None, False
+
+
+#: In mode "auto", this many sync timeouts in a row switch to an async job
+#: (a query too slow for a sync answer will not get faster by repeating it).
+SYNC_TIMEOUTS_BEFORE_ASYNC = 2
 
 
 def run_tap_query(
@@ -254,7 +260,8 @@ def run_tap_query(
     """Run ``adql`` on the TAP service at ``tap_url``; returns an astropy Table.
 
     ``mode``: ``"sync"``, ``"async"`` or ``"auto"`` (sync, then async when
-    sync keeps failing with retryable errors or the result is truncated).
+    sync keeps failing with retryable errors, times out
+    :data:`SYNC_TIMEOUTS_BEFORE_ASYNC` times in a row, or the result is truncated).
     Retries (``retries`` extra attempts per mode) with exponential backoff on
     5xx/429/408, timeouts (``timeout`` s per HTTP exchange) and broken
     connections. Raises :class:`ArchiveQueryError` naming the URL and the last
@@ -272,6 +279,7 @@ def run_tap_query(
     history: List[str] = []
     truncated_at: Optional[int] = None
     for m in modes:
+        timeouts = 0
         for attempt in range(retries + 1):
             try:
                 with warnings.catch_warnings():
@@ -281,10 +289,15 @@ def run_tap_query(
                     else:
                         result = service.run_async(adql, timeout=ASYNC_JOB_TIMEOUT)
             except Exception as exc:  # pyvo raises several DAL* types, requests a few more
-                desc, retryable, retry_after = _describe_error(exc)
+                desc, retryable, retry_after, is_timeout = _describe_error(exc)
                 history.append(f"{m}: {desc}")
                 if not retryable:
                     raise ArchiveQueryError(f"TAP query to {tap_url} failed ({m}): {desc}") from exc
+                timeouts = timeouts + 1 if is_timeout else 0
+                if m == "sync" and mode == "auto" and timeouts >= SYNC_TIMEOUTS_BEFORE_ASYNC:
+                    logger.warning("TAP sync query to %s timed out %d times in a row; switching to an async job",
+                                   tap_url, timeouts)
+                    break
                 if attempt < retries:
                     delay = backoff_delay(attempt + 1, base, retry_after)
                     logger.warning("TAP %s query to %s failed (%s); retry %d/%d in %.2f s",
