@@ -322,7 +322,8 @@ class _Fetcher:
         if task.expected_length is not None and offset > task.expected_length:
             self._discard_part()
             offset = 0
-        headers: Dict[str, str] = {}
+        # identity: byte counts and Range offsets must refer to the file itself
+        headers: Dict[str, str] = {"Accept-Encoding": "identity"}
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
             if self.etag:
