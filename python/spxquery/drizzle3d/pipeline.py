@@ -1,0 +1,218 @@
+"""High-level Drizzle3D pipeline: query -> download -> per-detector drizzle -> save.
+
+``drizzle_detector`` drizzles a list of L2 files of one detector into a cube and
+saves ``output_dir/drizzle_D{N}.fits``. Files are read one ahead on a reader
+thread while the previous frame is accumulated (the Rust accumulation releases
+the GIL); frames are always accumulated in the order given, so the result is
+deterministic. Unusable files (not SPHEREx L2, truncated, missing extension,
+other detector) are skipped with one warning line naming the file and the
+reason and counted in ``n_rejected``; frames that do not touch the output region
+are skipped silently (debug log) and not counted as rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Tuple
+
+from astropy.wcs import WCS
+from tqdm.auto import tqdm
+
+from .accumulate import DrizzleCube, drizzle_frame
+from .config import Drizzle3DConfig
+from .frames import Frame, FrameError, read_frame
+from .grid import build_output_wcs
+from .io import save_cube
+from .spectral import build_z_grid
+
+logger = logging.getLogger(__name__)
+
+ALL_DETECTORS = (1, 2, 3, 4, 5, 6)
+
+
+def output_path_for(config: Drizzle3DConfig, detector: int) -> Path:
+    """``output_dir/drizzle_D{detector}.fits``."""
+    return Path(config.output_dir) / f"drizzle_D{int(detector)}.fits"
+
+
+def _detectors(config: Drizzle3DConfig) -> Tuple[int, ...]:
+    return ALL_DETECTORS if int(config.detector) == 0 else (int(config.detector),)
+
+
+def _read_one(path: Path, config: Drizzle3DConfig, detector: int, output_wcs: WCS, shape) -> Tuple[str, object]:
+    """('frame', Frame) | ('skip', None) | ('reject', reason) for one file (never raises)."""
+    try:
+        frame = read_frame(path, config, detector, output_wcs, shape)
+    except FrameError as exc:
+        return "reject", exc.reason
+    except Exception as exc:  # a broken file must never stop the run
+        return "reject", f"unexpected read error ({type(exc).__name__}: {exc})"
+    if frame is None:
+        return "skip", None
+    return "frame", frame
+
+
+def drizzle_detector(
+    fits_paths: Iterable[Path],
+    config: Drizzle3DConfig,
+    detector: int,
+    output_wcs: WCS,
+) -> Optional[Path]:
+    """Drizzle the L2 files ``fits_paths`` of one ``detector`` (1-6) onto ``output_wcs``.
+
+    Writes ``output_dir/drizzle_D{detector}.fits`` and returns its path, or returns
+    None (with a warning, nothing written) when no frame contributed. Raises
+    FileExistsError before any work when the output exists and ``config.overwrite``
+    is False.
+    """
+    detector = int(detector)
+    if detector not in ALL_DETECTORS:
+        raise ValueError(f"detector must be 1-6 for drizzle_detector, got {detector}")
+    out_path = output_path_for(config, detector)
+    if out_path.exists() and not config.overwrite:
+        raise FileExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
+
+    paths: List[Path] = [Path(p) for p in fits_paths]
+    zgrid = build_z_grid(detector, config.z_oversample, config.z_lambda_edges)
+    cube = DrizzleCube.create(output_wcs, config.effective_pixscale(), zgrid, config, detector)
+    shape = (config.output_ny(), config.output_nx())
+    logger.info(
+        "D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx)", detector, len(paths), zgrid.n_z, shape[0], shape[1]
+    )
+
+    n_rejected = 0
+    n_outside = 0
+    n_empty = 0
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(paths), desc=f"D{detector}", unit="frame", disable=not getattr(config, "progress", True))
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drizzle-D{detector}-reader") as pool:
+            remaining = iter(paths)
+            pending: deque = deque()
+
+            def submit_next() -> None:
+                p = next(remaining, None)
+                if p is not None:
+                    pending.append((p, pool.submit(_read_one, p, config, detector, output_wcs, shape)))
+
+            submit_next()
+            submit_next()  # one file read ahead of the one being accumulated
+            while pending:
+                path, fut = pending.popleft()
+                submit_next()
+                kind, payload = fut.result()
+                bar.update(1)
+                if kind == "reject":
+                    n_rejected += 1
+                    logger.warning("D%d: skipping %s: %s", detector, path, payload)
+                    continue
+                if kind == "skip":
+                    n_outside += 1
+                    logger.debug("D%d: %s does not touch the output region", detector, path.name)
+                    continue
+                frame: Frame = payload  # type: ignore[assignment]
+                stats = drizzle_frame(
+                    cube,
+                    frame.corners_x,
+                    frame.corners_y,
+                    frame.image,
+                    frame.variance,
+                    frame.flags,
+                    frame.lambda_c,
+                    frame.delta_lambda,
+                    exclude_mask=frame.exclude_mask,
+                )
+                n_pix = int(getattr(stats, "n_pixels", 0))
+                if n_pix == 0:
+                    n_empty += 1
+                    logger.debug("D%d: %s overlaps the region but no pixel landed", detector, path.name)
+                    continue
+                cube.frame_log.append(
+                    {
+                        "name": path.name,
+                        "obsid": frame.obsid,
+                        "mjd": frame.mjd,
+                        "zodi_scale": frame.zodi_scale,
+                        "zodi_source": frame.zodi_source,
+                        "n_pixels": n_pix,
+                        "crop": frame.crop,
+                    }
+                )
+    finally:
+        bar.close()
+
+    cube.n_rejected = n_rejected
+    elapsed = time.perf_counter() - t0
+    logger.info(
+        "D%d: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)",
+        detector, cube.n_inputs, n_rejected, n_outside, n_empty, elapsed,
+    )
+    logger.debug("D%d: %d of %d files did not touch the output region", detector, n_outside, len(paths))
+    if not cube.frame_log:
+        logger.warning("D%d: no frame contributed to the output region; no cube written", detector)
+        return None
+    return save_cube(cube, out_path, overwrite=config.overwrite)
+
+
+def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
+    """Top-level entry point: query -> download -> drizzle -> save, per detector.
+
+    ``config.detector`` 0 processes all six detectors. Returns ``{detector: output path}``
+    for the cubes written. Raises FileExistsError before any query when an output of a
+    requested detector exists and ``config.overwrite`` is False.
+    """
+    from .query import download_observations, query_observations, resolve_cutout
+
+    detectors = _detectors(config)
+    if not config.overwrite:
+        existing = [output_path_for(config, d) for d in detectors if output_path_for(config, d).exists()]
+        if existing:
+            raise FileExistsError(
+                "Output file(s) already exist: " + ", ".join(str(p) for p in existing) + " (set overwrite=True)"
+            )
+
+    logger.info(
+        "Drizzle3D: centre (%.6f, %.6f) deg, %.2f' x %.2f', detector %s",
+        config.center_ra, config.center_dec, config.width, config.height,
+        "all" if int(config.detector) == 0 else f"D{config.detector}",
+    )
+    output_wcs = build_output_wcs(config)
+    obs_by_det = query_observations(config)
+    if not obs_by_det:
+        logger.warning("No observations found for the target region")
+        return {}
+    cutout = resolve_cutout(config)
+
+    results: Dict[int, Path] = {}
+    for det in detectors:
+        observations = obs_by_det.get(det, [])
+        if not observations:
+            logger.warning("D%d: no observations found", det)
+            continue
+        logger.info("D%d: %d observations", det, len(observations))
+        fits_paths = download_observations(
+            observations,
+            output_dir=config.output_dir,
+            max_workers=config.download_workers,
+            skip_existing=config.skip_existing,
+            data_mirror=config.data_mirror,
+            cutout=cutout,
+            timeout=config.download_timeout,
+            retries=config.download_retries,
+            progress=config.progress,
+        )
+        if not fits_paths:
+            logger.warning("D%d: no files available, skipping", det)
+            continue
+        out = drizzle_detector(fits_paths, config, det, output_wcs)
+        if out is not None:
+            results[det] = out
+    logger.info("Drizzle3D complete: %d cube(s) written", len(results))
+    return results
+
+
+__all__ = ["drizzle", "drizzle_detector", "output_path_for"]
