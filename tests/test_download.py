@@ -245,6 +245,27 @@ def test_cutouts_named_apart_from_full_frames(archive, tmp_path):
         assert not list(tmp_path.rglob("*.part"))
 
 
+def test_cutout_cut_at_hdu_boundary_is_caught(archive, tmp_path):
+    """A cutout (no archive length) whose body stops exactly before the last HDU
+    is valid FITS; the required-extension check must still reject it."""
+    import io
+
+    import requests
+
+    root, rows = archive
+    with ArchiveServer(root, cutout_func=simple_cutout) as srv:
+        obs = _obs(rows[:1], srv)
+        url = obs[0].download_url + "?center=10.010000,0.000000&size=0.030000"
+        body = requests.get(url, timeout=5).content
+        with fits.open(io.BytesIO(body)) as h:
+            assert h[-1].name == "WCS-WAVE"
+            cut_at = h.fileinfo(len(h) - 1)["hdrLoc"]
+        srv.faults.add("0001_1D", Fault(content_length_delta=cut_at - len(body)))
+        report = download_observations_report(obs, tmp_path, cutout=(10.01, 0.0, 0.03), **FAST)
+        assert report.ok and report.retries == 1
+        assert report.verified[0].read_bytes() == body
+
+
 def test_check_fits_file_and_retry_after(tmp_path):
     good = tmp_path / "a.fits"
     fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU([[1.0, 2.0]])]).writeto(good)
@@ -263,6 +284,7 @@ def test_check_fits_file_and_retry_after(tmp_path):
     (tmp_path / "d.fits").write_bytes(b"SIMPLE  = garbage".ljust(2880, b" "))
     assert "FITS" in check_fits_file(tmp_path / "d.fits")
     assert check_fits_file(tmp_path / "missing.fits") == "file missing"
+    assert "WCS-WAVE" in check_fits_file(good, required_hdus=("WCS-WAVE",))
     assert parse_retry_after("3") == 3.0 and parse_retry_after(None) is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
 

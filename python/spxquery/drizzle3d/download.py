@@ -58,12 +58,15 @@ class DownloadFailed(RuntimeError):
 @dataclass
 class DownloadTask:
     """One file to fetch: ``url`` -> ``dest``; ``expected_length`` (bytes) and
-    ``checksum`` (``"md5:<hex>"``) come from the archive when known."""
+    ``checksum`` (``"md5:<hex>"``) come from the archive when known;
+    ``required_hdus`` = EXTNAMEs the file must contain (catches a transfer cut
+    exactly at an HDU boundary when no length is known, e.g. cutouts)."""
 
     url: str
     dest: Path
     expected_length: Optional[int] = None
     checksum: Optional[str] = None
+    required_hdus: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -138,14 +141,18 @@ def _file_digest(path: Path, algorithm: str) -> str:
 
 
 def check_fits_file(
-    path: Path, expected_length: Optional[int] = None, checksum: Optional[str] = None
+    path: Path,
+    expected_length: Optional[int] = None,
+    checksum: Optional[str] = None,
+    required_hdus: Sequence[str] = (),
 ) -> Optional[str]:
     """Why ``path`` is not a complete FITS file, or ``None`` when it is.
 
     Checks: exists; size == ``expected_length`` (bytes) when given; size is a
     whole number of 2880-byte blocks; astropy reads every HDU header and the
-    last HDU's data ends exactly at the end of the file; the digest matches
-    ``checksum`` (``"<alg>:<hex>"``, e.g. ``md5:...``) when given.
+    last HDU's data ends exactly at the end of the file; every EXTNAME in
+    ``required_hdus`` is present; the digest matches ``checksum``
+    (``"<alg>:<hex>"``, e.g. ``md5:...``) when given.
     """
     from astropy.io import fits
 
@@ -169,6 +176,7 @@ def check_fits_file(
                 for i in range(n):
                     info = hdul.fileinfo(i)
                     end = max(end, int(info["datLoc"]) + int(info["datSpan"]))
+                names = {str(h.name).upper() for h in hdul}
         for w in caught:
             if "truncat" in str(w.message).lower():
                 return f"FITS truncated: {w.message}"
@@ -176,6 +184,9 @@ def check_fits_file(
         return f"not readable as FITS ({type(exc).__name__}: {exc})"
     if end != size:
         return f"FITS structure ends at byte {end} but the file has {size} bytes"
+    missing = [h for h in required_hdus if h.upper() not in names]
+    if missing:
+        return f"missing extension(s) {', '.join(missing)} (have {', '.join(sorted(names))})"
     if checksum:
         alg, _, want = checksum.partition(":")
         alg = alg.strip().lower()
@@ -188,10 +199,10 @@ def check_fits_file(
     return None
 
 
-def is_complete_fits(path: Path, expected_length: Optional[int] = None) -> bool:
-    """True when ``path`` is a complete FITS file (size and structure; see
-    :func:`check_fits_file`)."""
-    return check_fits_file(path, expected_length) is None
+def is_complete_fits(path: Path, expected_length: Optional[int] = None, required_hdus: Sequence[str] = ()) -> bool:
+    """True when ``path`` is a complete FITS file (size, structure, required
+    extensions; see :func:`check_fits_file`)."""
+    return check_fits_file(path, expected_length, required_hdus=required_hdus) is None
 
 
 # ----------------------------------------------------------------------------
@@ -295,7 +306,7 @@ class _Fetcher:
                 total = self._attempt()
                 expected = task.expected_length if task.expected_length is not None else total
                 checksum = task.checksum if self.verify_checksum else None
-                reason = check_fits_file(self.part, expected, checksum)
+                reason = check_fits_file(self.part, expected, checksum, task.required_hdus)
                 if reason is not None:
                     raise _Retryable(f"verification failed: {reason}", keep_part=False)
                 os.replace(self.part, task.dest)
@@ -463,7 +474,7 @@ def download_files(
     for task in unique:
         if task.dest.exists():
             if skip_existing:
-                reason = check_fits_file(task.dest, task.expected_length)
+                reason = check_fits_file(task.dest, task.expected_length, required_hdus=task.required_hdus)
                 if reason is None:
                     report.skipped.append(task.dest)
                     for i in by_dest[Path(task.dest).resolve()]:

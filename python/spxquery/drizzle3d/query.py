@@ -49,6 +49,9 @@ CUTOUT_AUTO_MAX_DEG = 1.0
 SEARCH_MARGIN_DEG = 2 * 6.15 / 3600.0
 #: Overall wait for an async TAP job (s).
 ASYNC_JOB_TIMEOUT = 900.0
+#: Extensions every SPHEREx L2 file and IRSA cutout carries (spherex-l2.md) and the
+#: pipeline needs; a download lacking one is incomplete.
+REQUIRED_HDUS = ("IMAGE", "FLAGS", "VARIANCE", "WCS-WAVE")
 #: Artifact product types that are never science frames (a NULL type is kept).
 NON_SCIENCE_PRODUCT_TYPES = ("preview", "thumbnail", "calibration", "auxiliary", "info", "catalog", "noise", "weight")
 
@@ -669,9 +672,9 @@ def download_observations_report(
     for obs in observations:
         dest = output_dir / "images" / f"D{obs.detector}" / local_file_name(obs, cutout)
         if cutout is None:
-            tasks.append(DownloadTask(obs.download_url, dest, obs.content_length, obs.checksum))
+            tasks.append(DownloadTask(obs.download_url, dest, obs.content_length, obs.checksum, REQUIRED_HDUS))
         else:
-            tasks.append(DownloadTask(cutout_url(obs.download_url, cutout), dest))
+            tasks.append(DownloadTask(cutout_url(obs.download_url, cutout), dest, required_hdus=REQUIRED_HDUS))
     return download_files(
         tasks,
         max_workers=max_workers,

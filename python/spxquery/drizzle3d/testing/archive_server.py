@@ -921,8 +921,9 @@ def write_small_frame(
     producttype: str = "image",
     seed: int = 0,
 ) -> Dict[str, Any]:
-    """Write a small genuine multi-extension FITS frame (PRIMARY, IMAGE, FLAGS,
-    VARIANCE with a TAN WCS) under ``root`` and return its archive-index row."""
+    """Write a small genuine multi-extension FITS frame (PRIMARY, IMAGE with a
+    TAN WCS, FLAGS, VARIANCE, WCS-WAVE one-row table) under ``root`` and return
+    its archive-index row. Not a full L2 simulation (use ``simulate`` for that)."""
     from astropy.io import fits
 
     uri = frame_uri(obs_id, detector, version, date, release)
@@ -945,6 +946,11 @@ def write_small_frame(
         fits.ImageHDU(rng.normal(1.0, 0.1, (npix, npix)).astype(np.float32), hdr, name="IMAGE"),
         fits.ImageHDU(rng.integers(0, 4, (npix, npix)).astype(np.int32), name="FLAGS"),
         fits.ImageHDU(np.full((npix, npix), 0.01, np.float32), name="VARIANCE"),
+        fits.BinTableHDU.from_columns([
+            fits.Column("X", "3E", array=np.array([[1.0, npix / 2.0, float(npix)]], np.float32)),
+            fits.Column("Y", "3E", array=np.array([[1.0, npix / 2.0, float(npix)]], np.float32)),
+            fits.Column("VALUES", "18E", array=rng.uniform(1.0, 2.0, (1, 18)).astype(np.float32)),
+        ], name="WCS-WAVE"),
     ])
     hdul.writeto(path, overwrite=True)
     data = path.read_bytes()
