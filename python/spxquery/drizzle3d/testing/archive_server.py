@@ -1004,3 +1004,27 @@ def write_index(root: Path, rows: Sequence[Dict[str, Any]]) -> Path:
     path = Path(root) / "archive_index.json"
     path.write_text(json.dumps({"rows": list(rows)}, indent=1))
     return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m spxquery.drizzle3d.testing.archive_server ROOT [--port N]``:
+    serve a simulated archive until interrupted (logs the TAP URL)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve a simulated SPHEREx archive (TAP + files) on 127.0.0.1")
+    parser.add_argument("root", type=Path, help="directory with archive_index.json and the mirror tree")
+    parser.add_argument("--port", type=int, default=0, help="TCP port (0 = any free port)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with ArchiveServer(args.root, port=args.port) as srv:
+        logger.info("serving %s: tap_url=%s (SPXQUERY_TAP_URL=%s); Ctrl-C to stop", args.root, srv.tap_url, srv.tap_url)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            logger.info("stopping")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
