@@ -16,11 +16,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use crate::geometry::{classify_quad, for_each_bilinear_weight, for_each_pixel_overlap, Polygon, QuadShape};
+use crate::geometry::{classify_quad, fmax, fmin, for_each_bilinear_weight, for_each_quad_overlap, QuadShape};
 use crate::spectral;
 
 /// Output rows per band (one rayon task each). Results do not depend on it.
-pub const BAND_ROWS: usize = 4;
+pub const BAND_ROWS: usize = 16;
 
 /// Spatial kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,16 +88,22 @@ pub struct CubeMut<'a> {
     pub or_mask: ArrayViewMut3<'a, u32>,
 }
 
-/// One band of output rows `r0 .. r0 + rows` of every accumulator.
+/// One band of output rows `r0 .. r0 + rows` of every accumulator, as raw
+/// pointers sharing one set of strides (checked in [`CubeMut::shape`]). Bands
+/// come from `split_at` on the views, so they never overlap.
 struct Band<'a> {
     r0: usize,
-    flux: ArrayViewMut3<'a, f64>,
-    weight: ArrayViewMut3<'a, f64>,
-    var: ArrayViewMut3<'a, f64>,
-    count: ArrayViewMut3<'a, u32>,
-    and_mask: ArrayViewMut3<'a, u32>,
-    or_mask: ArrayViewMut3<'a, u32>,
+    rows: usize,
+    nz: usize,
+    nx: usize,
+    strides: [isize; 3],
+    f: [*mut f64; 3],
+    u: [*mut u32; 3],
+    _views: std::marker::PhantomData<&'a mut f64>,
 }
+
+// SAFETY: a band is the only handle to its disjoint slice of the accumulators.
+unsafe impl Send for Band<'_> {}
 
 impl<'a> CubeMut<'a> {
     /// `(n_z, ny, nx)`, after checking that all six arrays agree.
@@ -115,6 +121,11 @@ impl<'a> CubeMut<'a> {
                 return Err(format!("cube array {name} has shape {d:?}, flux_weighted has {s:?}"));
             }
         }
+        let st = self.flux.strides();
+        let all = [self.weight.strides(), self.var.strides(), self.count.strides(), self.and_mask.strides(), self.or_mask.strides()];
+        if all.iter().any(|o| *o != st) {
+            return Err("cube arrays must share one memory layout (use C-contiguous arrays)".to_string());
+        }
         Ok(s)
     }
 
@@ -131,8 +142,19 @@ impl<'a> CubeMut<'a> {
             let (v, v_rest) = var.split_at(Axis(1), n);
             let (c, c_rest) = count.split_at(Axis(1), n);
             let (a, a_rest) = and_mask.split_at(Axis(1), n);
-            let (o, o_rest) = or_mask.split_at(Axis(1), n);
-            bands.push(Band { r0, flux: f, weight: w, var: v, count: c, and_mask: a, or_mask: o });
+            let (mut o, o_rest) = or_mask.split_at(Axis(1), n);
+            let st = [f.strides()[0], f.strides()[1], f.strides()[2]];
+            let (mut f, mut w, mut v, mut c, mut a) = (f, w, v, c, a);
+            bands.push(Band {
+                r0,
+                rows: n,
+                nz: f.dim().0,
+                nx: f.dim().2,
+                strides: st,
+                f: [f.as_mut_ptr(), w.as_mut_ptr(), v.as_mut_ptr()],
+                u: [c.as_mut_ptr(), a.as_mut_ptr(), o.as_mut_ptr()],
+                _views: std::marker::PhantomData,
+            });
             flux = f_rest;
             weight = w_rest;
             var = v_rest;
@@ -177,25 +199,30 @@ impl Band<'_> {
     #[inline]
     fn deposit(&mut self, r: usize, c: usize, f_xy: f64, pix: &PixelValue, zov: &[(usize, f64)], min_overlap: f64, planes: &mut [bool]) -> usize {
         let rl = r - self.r0;
+        assert!(rl < self.rows && c < self.nx, "output pixel ({r}, {c}) outside band at row {}", self.r0);
+        let base = rl as isize * self.strides[1] + c as isize * self.strides[2];
         let mut n = 0;
         for &(k, f_z) in zov {
             let f = f_xy * f_z;
             if !(f > 0.0) || f < min_overlap {
                 continue;
             }
+            assert!(k < self.nz, "plane {k} outside the cube");
             let w = pix.ivar * f;
-            let idx = [k, rl, c];
-            self.flux[idx] += w * pix.value;
-            self.weight[idx] += w;
-            self.var[idx] += w * w * pix.variance;
-            let cnt = &mut self.count[idx];
-            if *cnt == 0 {
-                self.and_mask[idx] = pix.flags;
-            } else {
-                self.and_mask[idx] &= pix.flags;
+            let off = base + k as isize * self.strides[0];
+            // SAFETY: (k, rl, c) lies inside this band (asserted above); all six
+            // arrays share the strides, and the band's memory is disjoint from
+            // every other band's.
+            unsafe {
+                *self.f[0].offset(off) += w * pix.value;
+                *self.f[1].offset(off) += w;
+                *self.f[2].offset(off) += w * w * pix.variance;
+                let cnt = self.u[0].offset(off);
+                let and = self.u[1].offset(off);
+                *and = if *cnt == 0 { pix.flags } else { *and & pix.flags };
+                *cnt = (*cnt).saturating_add(1);
+                *self.u[2].offset(off) |= pix.flags;
             }
-            *cnt = cnt.saturating_add(1);
-            self.or_mask[idx] |= pix.flags;
             planes[k] = true;
             n += 1;
         }
@@ -282,7 +309,7 @@ impl FrameView<'_> {
 /// The spatial footprint of one input pixel on the output grid.
 #[derive(Clone, Copy, Debug)]
 pub enum Droplet {
-    Square { poly: Polygon, area: f64 },
+    Square { qx: [f64; 4], qy: [f64; 4], area: f64 },
     Point { x: f64, y: f64 },
 }
 
@@ -299,62 +326,25 @@ pub fn make_droplet(qx: &[f64; 4], qy: &[f64; 4], xy_shrink: f64, kernel: Kernel
     match kernel {
         Kernel::Bilinear => Some(Droplet::Point { x: mx, y: my }),
         Kernel::Square => {
-            let pts: [(f64, f64); 4] = std::array::from_fn(|k| (mx + xy_shrink * (qx[k] - mx), my + xy_shrink * (qy[k] - my)));
-            let poly = Polygon::from_points(&pts);
-            let area = poly.area();
+            let sx: [f64; 4] = std::array::from_fn(|k| mx + xy_shrink * (qx[k] - mx));
+            let sy: [f64; 4] = std::array::from_fn(|k| my + xy_shrink * (qy[k] - my));
+            let area = crate::geometry::quad_signed_area(&sx, &sy).abs();
             if !(area > 0.0) {
                 return None;
             }
-            Some(Droplet::Square { poly, area })
+            Some(Droplet::Square { qx: sx, qy: sy, area })
         }
     }
 }
 
 impl Droplet {
-    /// Output rows the droplet can touch, `(first, last)` inclusive, unclamped.
-    #[inline]
-    fn row_range(&self) -> (f64, f64) {
-        match self {
-            Droplet::Square { poly, .. } => {
-                let (_, _, y0, y1) = poly.bbox();
-                ((y0 + 0.5).floor(), (y1 + 0.5).floor())
-            }
-            Droplet::Point { y, .. } => (y.floor(), y.floor() + 1.0),
-        }
-    }
-
-    #[inline]
-    fn col_range(&self) -> (f64, f64) {
-        match self {
-            Droplet::Square { poly, .. } => {
-                let (x0, x1, _, _) = poly.bbox();
-                ((x0 + 0.5).floor(), (x1 + 0.5).floor())
-            }
-            Droplet::Point { x, .. } => (x.floor(), x.floor() + 1.0),
-        }
-    }
-
     /// Calls `emit(row, col, f_xy)` for output pixels in rows `row_lo..row_hi`.
     #[inline]
     pub fn for_each_overlap(&self, ny: usize, nx: usize, row_lo: usize, row_hi: usize, emit: impl FnMut(usize, usize, f64)) {
         match self {
-            Droplet::Square { poly, area } => for_each_pixel_overlap(poly, *area, ny, nx, row_lo, row_hi, emit),
+            Droplet::Square { qx, qy, area } => for_each_quad_overlap(qx, qy, *area, ny, nx, row_lo, row_hi, emit),
             Droplet::Point { x, y } => for_each_bilinear_weight(*x, *y, ny, nx, row_lo, row_hi, emit),
         }
-    }
-
-    /// The band range `(first, last)` the droplet touches inside a grid of
-    /// `ny x nx`, or None when it misses the grid entirely.
-    #[inline]
-    fn bands(&self, ny: usize, nx: usize, band_rows: usize) -> Option<(u32, u32)> {
-        let (r0, r1) = self.row_range();
-        let (c0, c1) = self.col_range();
-        let r0 = r0.max(0.0);
-        let r1 = r1.min(ny as f64 - 1.0);
-        if !(r0 <= r1) || c1 < 0.0 || c0 > nx as f64 - 1.0 {
-            return None;
-        }
-        Some(((r0 as usize / band_rows) as u32, (r1 as usize / band_rows) as u32))
     }
 }
 
@@ -406,6 +396,93 @@ fn merge_stats(n_z: usize, parts: Vec<(u64, Vec<bool>)>, touched: &[AtomicBool])
     FrameStats { n_pixels, n_contributions, planes }
 }
 
+/// An input pixel that passed every check and can land on the grid (16 bytes:
+/// the droplet itself is rebuilt in pass 2 rather than stored).
+struct Candidate {
+    j: u32,
+    i: u32,
+    band_lo: u32,
+    band_hi: u32,
+}
+
+/// Input pixels per side of the blocks that are rejected wholesale.
+const BLOCK: usize = 32;
+
+/// Whether the bounding box `(x0, x1, y0, y1)` misses the `ny x nx` grid.
+#[inline]
+fn misses_grid(x0: f64, x1: f64, y0: f64, y1: f64, ny: usize, nx: usize) -> bool {
+    !(x1 >= -0.5 && x0 <= nx as f64 - 0.5 && y1 >= -0.5 && y0 <= ny as f64 - 0.5)
+}
+
+/// Pass 1 of [`drizzle_frame`]: every valid input pixel whose droplet touches
+/// the grid, in row-major order. Blocks of input pixels are first tested by the
+/// bounding box of their boundary corners: for an injective (physical) mapping
+/// the image of a block is bounded by the image of its boundary, so a block
+/// whose boundary box misses the grid is skipped without visiting its pixels.
+/// Any non-finite corner on the boundary disables the shortcut for that block.
+fn candidates(frame: &FrameView<'_>, p: &Params, ny_out: usize, nx_out: usize) -> Vec<Candidate> {
+    let (ny, nx) = frame.image.dim();
+    let (cx, cy) = (&frame.corners_x, &frame.corners_y);
+    let n_brows = ny.div_ceil(BLOCK);
+    let n_bcols = nx.div_ceil(BLOCK);
+    let per_block_row: Vec<Vec<Candidate>> = (0..n_brows)
+        .into_par_iter()
+        .map(|br| {
+            let (j0, j1) = (br * BLOCK, ((br + 1) * BLOCK).min(ny));
+            let live: Vec<bool> = (0..n_bcols)
+                .map(|bc| {
+                    let (i0, i1) = (bc * BLOCK, ((bc + 1) * BLOCK).min(nx));
+                    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+                    let mut sum = 0.0;
+                    let mut take = |x: f64, y: f64| {
+                        sum += x + y; // NaN or infinity anywhere makes the sum non-finite
+                        x0 = fmin(x0, x);
+                        x1 = fmax(x1, x);
+                        y0 = fmin(y0, y);
+                        y1 = fmax(y1, y);
+                    };
+                    for jj in [j0, j1] {
+                        let (rx, ry) = (cx.row(jj), cy.row(jj));
+                        for ii in i0..=i1 {
+                            take(rx[ii], ry[ii]);
+                        }
+                    }
+                    for jj in j0 + 1..j1 {
+                        take(cx[[jj, i0]], cy[[jj, i0]]);
+                        take(cx[[jj, i1]], cy[[jj, i1]]);
+                    }
+                    !sum.is_finite() || !misses_grid(x0, x1, y0, y1, ny_out, nx_out)
+                })
+                .collect();
+            let mut out = Vec::new();
+            for j in j0..j1 {
+                for (bc, _) in live.iter().enumerate().filter(|(_, l)| **l) {
+                    for i in bc * BLOCK..((bc + 1) * BLOCK).min(nx) {
+                        let (qx, qy) = frame.quad(j, i);
+                        let (x0, x1) = (fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3])), fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3])));
+                        let (y0, y1) = (fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3])), fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3])));
+                        if !(qx.iter().chain(qy.iter()).sum::<f64>().is_finite()) || misses_grid(x0, x1, y0, y1, ny_out, nx_out) {
+                            continue;
+                        }
+                        if frame.pixel(j, i, p).is_none() {
+                            continue;
+                        }
+                        // Band range of the unshrunk quad: conservative (the droplet lies inside it).
+                        let r0 = fmax(crate::geometry::ffloor(y0 + 0.5), 0.0);
+                        let r1 = fmin(crate::geometry::ffloor(y1 + 0.5), ny_out as f64 - 1.0);
+                        if r0 <= r1 {
+                            let (band_lo, band_hi) = ((r0 as usize / BAND_ROWS) as u32, (r1 as usize / BAND_ROWS) as u32);
+                            out.push(Candidate { j: j as u32, i: i as u32, band_lo, band_hi });
+                        }
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    per_block_row.into_iter().flatten().collect()
+}
+
 /// Drizzles one frame into the cube: the fused entry point.
 ///
 /// `threads = 0` uses rayon's global pool (`RAYON_NUM_THREADS`).
@@ -420,26 +497,14 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
         return Err(format!("input of {ny} x {nx} pixels is too large"));
     }
     run_in_pool(threads, || {
-        // Pass 1: which bands each valid input pixel can touch.
-        let mut ranges: Vec<Option<(u32, u32)>> = vec![None; ny * nx];
-        ranges.par_chunks_mut(nx.max(1)).enumerate().for_each(|(j, row)| {
-            for (i, slot) in row.iter_mut().enumerate() {
-                let Some(pix) = frame.pixel(j, i, p) else { continue };
-                let mut any_z = false;
-                spectral::for_each_overlap(frame.lambda_c[[j, i]], frame.delta_lambda[[j, i]], p.z_shrink, &p.z_edges, |_, _| any_z = true);
-                if !any_z || !(pix.ivar > 0.0) {
-                    continue;
-                }
-                let (qx, qy) = frame.quad(j, i);
-                if let Some(d) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) {
-                    *slot = d.bands(ny_out, nx_out, BAND_ROWS);
-                }
-            }
-        });
+        // Pass 1: the input pixels that can land on the grid, in row-major order,
+        // with the bands they can touch.
+        let cands = candidates(frame, p, ny_out, nx_out);
+        let ranges: Vec<Option<(u32, u32)>> = cands.iter().map(|c| Some((c.band_lo, c.band_hi))).collect();
         let n_bands = ny_out.div_ceil(BAND_ROWS);
         let (offsets, items) = bucket_by_band(&ranges, n_bands);
         drop(ranges);
-        let touched: Vec<AtomicBool> = (0..ny * nx).map(|_| AtomicBool::new(false)).collect();
+        let touched: Vec<AtomicBool> = (0..cands.len()).map(|_| AtomicBool::new(false)).collect();
 
         // Pass 2: each band accumulates its pixels in input order.
         let parts: Vec<(u64, Vec<bool>)> = cube
@@ -451,20 +516,21 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
                 let mut n = 0u64;
                 let mut zov: Vec<(usize, f64)> = Vec::with_capacity(8);
                 let (row_lo, row_hi) = (band.r0, (band.r0 + BAND_ROWS).min(ny_out));
-                for &idx in &items[offsets[b]..offsets[b + 1]] {
-                    let (j, i) = (idx as usize / nx, idx as usize % nx);
+                for &ci in &items[offsets[b]..offsets[b + 1]] {
+                    let cand = &cands[ci as usize];
+                    let (j, i) = (cand.j as usize, cand.i as usize);
                     let Some(pix) = frame.pixel(j, i, p) else { continue };
                     zov.clear();
                     spectral::for_each_overlap(frame.lambda_c[[j, i]], frame.delta_lambda[[j, i]], p.z_shrink, &p.z_edges, |k, f| zov.push((k, f)));
                     let (qx, qy) = frame.quad(j, i);
-                    let Some(d) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { continue };
+                    let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { continue };
                     let mut deposited = 0;
-                    d.for_each_overlap(ny_out, nx_out, row_lo, row_hi, |r, c, f_xy| {
+                    droplet.for_each_overlap(ny_out, nx_out, row_lo, row_hi, |r, c, f_xy| {
                         deposited += band.deposit(r, c, f_xy, &pix, &zov, p.min_overlap, &mut planes);
                     });
                     if deposited > 0 {
                         n += deposited as u64;
-                        touched[idx as usize].store(true, Ordering::Relaxed);
+                        touched[ci as usize].store(true, Ordering::Relaxed);
                     }
                 }
                 (n, planes)
@@ -842,5 +908,52 @@ mod tests {
             let total_out: f64 = c.flux.iter().sum::<f64>() / ivar;
             prop_assert!((total_out - total_in).abs() < 1e-9 * total_in, "{} vs {}", total_out, total_in);
         }
+    }
+}
+
+#[cfg(test)]
+mod perf_probe {
+    //! `cargo test --release probe -- --ignored --nocapture`: timing probes
+    //! mirroring benchmarks/bench_kernel.py (run under callgrind for stable counts).
+    use super::*;
+    use ndarray::{Array2, Array3};
+
+    fn run(offset: f64, kernel: Kernel) {
+        let n = 2040;
+        let (c, s) = (23f64.to_radians().cos(), 23f64.to_radians().sin());
+        let map = |x: f64, y: f64| {
+            let (u, v) = (x - 1019.5, y - 1019.5);
+            (c * u - s * v + 149.5 + offset, s * u + c * v + 149.5)
+        };
+        let cx = Array2::from_shape_fn((n + 1, n + 1), |(j, i)| map(i as f64 - 0.5, j as f64 - 0.5).0);
+        let cy = Array2::from_shape_fn((n + 1, n + 1), |(j, i)| map(i as f64 - 0.5, j as f64 - 0.5).1);
+        let img = Array2::from_elem((n, n), 1.0);
+        let var = Array2::from_elem((n, n), 0.01);
+        let fl = Array2::<u32>::zeros((n, n));
+        let lam = Array2::from_shape_fn((n, n), |(j, _)| 2.4 - 0.8 * j as f64 / n as f64);
+        let dl = lam.mapv(|l| l / 41.0);
+        let edges: Vec<f64> = (0..18).map(|k| 1.6 * (2.45f64 / 1.6).powf(k as f64 / 17.0)).collect();
+        let p = Params { z_edges: edges, xy_shrink: 0.8, z_shrink: 0.8, ivar_max: 1e10, min_overlap: 0.0, kernel, exclude_bits: 0 };
+        let mut a = [Array3::<f64>::zeros((17, 300, 300)), Array3::zeros((17, 300, 300)), Array3::zeros((17, 300, 300))];
+        let mut b = [Array3::<u32>::zeros((17, 300, 300)), Array3::zeros((17, 300, 300)), Array3::zeros((17, 300, 300))];
+        let [f, w, v] = &mut a;
+        let [cn, am, om] = &mut b;
+        let frame = FrameView { corners_x: cx.view(), corners_y: cy.view(), image: img.view(), variance: var.view(), flags: fl.view(), lambda_c: lam.view(), delta_lambda: dl.view(), exclude: None };
+        let t = std::time::Instant::now();
+        let cube = CubeMut { flux: f.view_mut(), weight: w.view_mut(), var: v.view_mut(), count: cn.view_mut(), and_mask: am.view_mut(), or_mask: om.view_mut() };
+        let st = drizzle_frame(cube, &frame, &p, 1).unwrap();
+        eprintln!("{kernel:?} offset {offset}: {:?} ({} pixels, {} contributions)", t.elapsed(), st.n_pixels, st.n_contributions);
+    }
+
+    #[test]
+    #[ignore]
+    fn probe_on_grid() {
+        run(0.0, Kernel::Square);
+    }
+
+    #[test]
+    #[ignore]
+    fn probe_off_grid() {
+        run(10000.0, Kernel::Square);
     }
 }

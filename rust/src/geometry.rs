@@ -7,6 +7,26 @@
 //! rounding and works for any simple subject polygon, convex or not, because
 //! the clip window (a pixel) is convex.
 
+/// `min` without NaN handling (callers check finiteness): one instruction.
+#[inline(always)]
+pub fn fmin(a: f64, b: f64) -> f64 {
+    if a < b { a } else { b }
+}
+
+/// `max` without NaN handling (callers check finiteness).
+#[inline(always)]
+pub fn fmax(a: f64, b: f64) -> f64 {
+    if a > b { a } else { b }
+}
+
+/// `floor` for finite values of magnitude below 2^52 (pixel coordinates),
+/// without a libm call.
+#[inline(always)]
+pub fn ffloor(x: f64) -> f64 {
+    let t = x as i64 as f64;
+    if t > x { t - 1.0 } else { t }
+}
+
 /// Enough vertices for a quadrilateral clipped by four half-planes.
 pub const MAX_VERTICES: usize = 12;
 
@@ -183,11 +203,8 @@ pub fn classify_quad(x: &[f64; 4], y: &[f64; 4]) -> QuadShape {
     if !(x.iter().chain(y.iter()).all(|v| v.is_finite())) {
         return QuadShape::Degenerate;
     }
-    let area2: f64 = (0..4).map(|i| {
-        let j = (i + 1) % 4;
-        x[i] * y[j] - x[j] * y[i]
-    }).sum();
-    let scale = (0..4).map(|i| (x[i] - x[0]).abs() + (y[i] - y[0]).abs()).fold(0.0, f64::max);
+    let area2 = (x[0] - x[2]) * (y[1] - y[3]) - (x[1] - x[3]) * (y[0] - y[2]);
+    let scale = (x[2] - x[0]).abs() + (y[2] - y[0]).abs() + (x[3] - x[1]).abs() + (y[3] - y[1]).abs();
     if !(area2.abs() > 1e-12 * scale * scale) {
         return QuadShape::Degenerate;
     }
@@ -277,6 +294,212 @@ pub fn for_each_pixel_overlap(
             }
             c += 1.0;
         }
+    }
+}
+
+/// Mean of `clamp(p + t (q - p), 0, 1)` over `t` in `[0, 1]`.
+#[inline(always)]
+fn mean_clamped(p: f64, q: f64) -> f64 {
+    let (p, q) = if p <= q { (p, q) } else { (q, p) };
+    if q <= 0.0 {
+        return 0.0;
+    }
+    if p >= 1.0 {
+        return 1.0;
+    }
+    if p >= 0.0 && q <= 1.0 {
+        return 0.5 * (p + q);
+    }
+    let d = q - p; // > 0 here
+    let ta = if p < 0.0 { -p / d } else { 0.0 };
+    let tb = if q > 1.0 { (1.0 - p) / d } else { 1.0 };
+    let ya = if p < 0.0 { 0.0 } else { p };
+    let yb = if q > 1.0 { 1.0 } else { q };
+    0.5 * (ya + yb) * (tb - ta) + (1.0 - tb)
+}
+
+/// Signed area between the segment `(x1, y1) -> (x2, y2)` and the bottom of the
+/// unit square `[0, 1]^2`, with the segment clamped to the square: positive
+/// for left-to-right segments.
+#[inline(always)]
+fn edge_area(x1: f64, y1: f64, x2: f64, y2: f64) -> f64 {
+    let (xa, ya, xb, yb, sign) = if x1 < x2 { (x1, y1, x2, y2, 1.0) } else if x2 < x1 { (x2, y2, x1, y1, -1.0) } else { return 0.0 };
+    if xb <= 0.0 || xa >= 1.0 {
+        return 0.0;
+    }
+    let slope = (yb - ya) / (xb - xa);
+    let (xa2, ya2) = if xa < 0.0 { (0.0, ya + (0.0 - xa) * slope) } else { (xa, ya) };
+    let (xb2, yb2) = if xb > 1.0 { (1.0, yb - (xb - 1.0) * slope) } else { (xb, yb) };
+    sign * (xb2 - xa2) * mean_clamped(ya2, yb2)
+}
+
+/// Exact area of the intersection of the quadrilateral `(qx, qy)` (any
+/// orientation, simple) with the output pixel `(r, c)`, i.e. the square
+/// `[c - 0.5, c + 0.5] x [r - 0.5, r + 0.5]`: the sum of the clamped signed
+/// areas under the four edges (the "boxer" construction of drizzle).
+#[inline]
+pub fn quad_pixel_area(qx: &[f64; 4], qy: &[f64; 4], r: f64, c: f64) -> f64 {
+    let (ox, oy) = (c - 0.5, r - 0.5);
+    let x: [f64; 4] = std::array::from_fn(|k| qx[k] - ox);
+    let y: [f64; 4] = std::array::from_fn(|k| qy[k] - oy);
+    let s = edge_area(x[0], y[0], x[1], y[1]) + edge_area(x[1], y[1], x[2], y[2]) + edge_area(x[2], y[2], x[3], y[3]) + edge_area(x[3], y[3], x[0], y[0]);
+    s.abs()
+}
+
+/// Shoelace area (signed) of the quadrilateral.
+#[inline(always)]
+pub fn quad_signed_area(qx: &[f64; 4], qy: &[f64; 4]) -> f64 {
+    0.5 * ((qx[0] - qx[2]) * (qy[1] - qy[3]) - (qx[1] - qx[3]) * (qy[0] - qy[2]))
+}
+
+/// Clips the polygon `(x, y)[..n]` to the half-plane `coord <= b` (or
+/// `coord >= b` when `GE`), where coord is x (`Y = false`) or y (`Y = true`),
+/// writing at most `n + 2` vertices into `(ox, oy)`; returns the vertex count.
+/// Monomorphic in the axis and side so the inner loop has no dispatch.
+#[inline(always)]
+fn clip_into<const Y: bool, const GE: bool>(x: &[f64], y: &[f64], n: usize, b: f64, ox: &mut [f64; 8], oy: &mut [f64; 8]) -> usize {
+    let inside = |px: f64, py: f64| {
+        let v = if Y { py } else { px };
+        if GE { v >= b } else { v <= b }
+    };
+    let mut m = 0;
+    let (mut px, mut py) = (x[n - 1], y[n - 1]);
+    let mut pin = inside(px, py);
+    for i in 0..n {
+        let (qx, qy) = (x[i], y[i]);
+        let qin = inside(qx, qy);
+        if qin != pin && m < 8 {
+            if Y {
+                let t = (b - py) / (qy - py);
+                ox[m] = px + t * (qx - px);
+                oy[m] = b;
+            } else {
+                let t = (b - px) / (qx - px);
+                ox[m] = b;
+                oy[m] = py + t * (qy - py);
+            }
+            m += 1;
+        }
+        if qin && m < 8 {
+            ox[m] = qx;
+            oy[m] = qy;
+            m += 1;
+        }
+        px = qx;
+        py = qy;
+        pin = qin;
+    }
+    m
+}
+
+#[inline(always)]
+fn poly_area(x: &[f64; 8], y: &[f64; 8], n: usize) -> f64 {
+    if n < 3 {
+        return 0.0;
+    }
+    let mut s = 0.0;
+    let mut j = n - 1;
+    for i in 0..n {
+        s += (x[j] - x[i]) * (y[j] + y[i]);
+        j = i;
+    }
+    0.5 * s.abs()
+}
+
+/// Area of the quadrilateral with `x <= b` (`Y = false`) or `y <= b` (`Y = true`).
+#[inline(always)]
+fn quad_area_below<const Y: bool>(qx: &[f64; 4], qy: &[f64; 4], b: f64) -> f64 {
+    let (mut ox, mut oy) = ([0.0; 8], [0.0; 8]);
+    let m = clip_into::<Y, false>(qx, qy, 4, b, &mut ox, &mut oy);
+    poly_area(&ox, &oy, m)
+}
+
+/// Area of the quadrilateral inside the quadrant `x <= xb, y <= yb`.
+#[inline(always)]
+fn quad_area_in_quadrant(qx: &[f64; 4], qy: &[f64; 4], xb: f64, yb: f64) -> f64 {
+    let (mut ax, mut ay) = ([0.0; 8], [0.0; 8]);
+    let m = clip_into::<false, false>(qx, qy, 4, xb, &mut ax, &mut ay);
+    if m < 3 {
+        return 0.0;
+    }
+    let (mut bx, mut by) = ([0.0; 8], [0.0; 8]);
+    let k = clip_into::<true, false>(&ax, &ay, m, yb, &mut bx, &mut by);
+    poly_area(&bx, &by, k)
+}
+
+/// Like [`for_each_pixel_overlap`] for a quadrilateral droplet, computing each
+/// output pixel's area with [`quad_pixel_area`] (no polygon construction).
+#[inline]
+pub fn for_each_quad_overlap(
+    qx: &[f64; 4],
+    qy: &[f64; 4],
+    area: f64,
+    ny: usize,
+    nx: usize,
+    row_lo: usize,
+    row_hi: usize,
+    mut emit: impl FnMut(usize, usize, f64),
+) {
+    let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
+    let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
+    let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
+    let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
+    if !(x0 > -1e15 && x1 < 1e15 && y0 > -1e15 && y1 < 1e15) {
+        return; // not finite, or absurdly far away
+    }
+    let (cr0, cr1) = (ffloor(y0 + 0.5), ffloor(y1 + 0.5));
+    let (cc0, cc1) = (ffloor(x0 + 0.5), ffloor(x1 + 0.5));
+    let r_first = fmax(fmax(cr0, row_lo as f64), 0.0);
+    let r_last = fmin(fmin(cr1, row_hi as f64 - 1.0), ny as f64 - 1.0);
+    let c_first = fmax(cc0, 0.0);
+    let c_last = fmin(cc1, nx as f64 - 1.0);
+    if r_first > r_last || c_first > c_last {
+        return;
+    }
+    // Whole droplet inside a single output pixel: the common fast path.
+    if cc0 == cc1 && cr0 == cr1 {
+        emit(r_first as usize, c_first as usize, 1.0);
+        return;
+    }
+    let inv_area = 1.0 / area;
+    // At most 2 x 2 pixels: inclusion-exclusion from the areas left of the
+    // column boundary, below the row boundary, and in the quadrant of both.
+    if cr1 - cr0 <= 1.0 && cc1 - cc0 <= 1.0 {
+        let (xb, yb) = (cc0 + 0.5, cr0 + 0.5);
+        let left = if cc1 > cc0 { quad_area_below::<false>(qx, qy, xb) } else { area };
+        let below = if cr1 > cr0 { quad_area_below::<true>(qx, qy, yb) } else { area };
+        let both = if cc1 > cc0 && cr1 > cr0 { quad_area_in_quadrant(qx, qy, xb, yb) } else if cc1 > cc0 { left } else { below };
+        let cells = [
+            (cr0, cc0, both),
+            (cr0, cc1, below - both),
+            (cr1, cc0, left - both),
+            (cr1, cc1, area - left - below + both),
+        ];
+        let n_cells = if cc1 > cc0 && cr1 > cr0 { 4 } else { 2 };
+        let pick: [usize; 4] = if cc1 > cc0 && cr1 > cr0 { [0, 1, 2, 3] } else if cc1 > cc0 { [0, 1, 0, 0] } else { [0, 2, 0, 0] };
+        for &k in &pick[..n_cells] {
+            let (r, c, a) = cells[k];
+            if r < r_first || r > r_last || c < c_first || c > c_last {
+                continue;
+            }
+            let f = a * inv_area;
+            if f > NEGLIGIBLE {
+                emit(r as usize, c as usize, f);
+            }
+        }
+        return;
+    }
+    let mut r = r_first;
+    while r <= r_last {
+        let mut c = c_first;
+        while c <= c_last {
+            let f = quad_pixel_area(qx, qy, r, c) * inv_area;
+            if f > NEGLIGIBLE {
+                emit(r as usize, c as usize, f);
+            }
+            c += 1.0;
+        }
+        r += 1.0;
     }
 }
 
@@ -503,6 +726,29 @@ mod tests {
             let s: f64 = v.iter().map(|t| t.2).sum();
             prop_assert!((s - 1.0).abs() < 1e-12, "sum {}", s);
             prop_assert!(v.iter().all(|t| t.2 > 0.0 && t.2 <= 1.0 + 1e-15));
+        }
+
+        #[test]
+        fn boxer_agrees_with_polygon_clipping(
+            cx in 2.0f64..8.0, cy in 2.0f64..8.0,
+            pts in proptest::collection::vec((-1.5f64..1.5, -1.5f64..1.5), 4),
+        ) {
+            let qx: [f64; 4] = std::array::from_fn(|k| cx + pts[k].0);
+            let qy: [f64; 4] = std::array::from_fn(|k| cy + pts[k].1);
+            prop_assume!(classify_quad(&qx, &qy) == QuadShape::Simple);
+            let poly = Polygon::from_points(&(0..4).map(|k| (qx[k], qy[k])).collect::<Vec<_>>());
+            let area = poly.area();
+            let mut a = vec![];
+            for_each_pixel_overlap(&poly, area, 11, 11, 0, 11, |r, c, f| a.push((r, c, f)));
+            let mut b = vec![];
+            for_each_quad_overlap(&qx, &qy, area, 11, 11, 0, 11, |r, c, f| b.push((r, c, f)));
+            let sa: f64 = a.iter().map(|t| t.2).sum();
+            let sb: f64 = b.iter().map(|t| t.2).sum();
+            prop_assert!((sa - 1.0).abs() < 1e-12 && (sb - 1.0).abs() < 1e-12, "{} {}", sa, sb);
+            for &(r, c, f) in &a {
+                let g = b.iter().find(|t| t.0 == r && t.1 == c).map(|t| t.2).unwrap_or(0.0);
+                prop_assert!((f - g).abs() < 1e-13, "cell {},{}: {} vs {}", r, c, f, g);
+            }
         }
 
         #[test]

@@ -143,7 +143,9 @@ mod tests {
         fn fractions_sum_to_inside_fraction(lc in 0.5f64..2.0, dl in 1e-4f64..0.8, s in 0.01f64..=1.0) {
             let (_, f) = overlaps(lc, dl, s, &EDGES);
             let w = dl * s;
-            let inside = ((lc + w / 2.0).min(1.4) - (lc - w / 2.0).max(1.0)).max(0.0) / w;
+            // The top-hat as represented in floating point: [lo, hi].
+            let (lo, hi) = (lc - 0.5 * w, lc + 0.5 * w);
+            let inside = (hi.min(1.4) - lo.max(1.0)).max(0.0) / (hi - lo);
             let total: f64 = f.iter().sum();
             prop_assert!((total - inside).abs() < 1e-12, "{} vs {}", total, inside);
             prop_assert!(f.iter().all(|&x| x > 0.0 && x <= 1.0 + 1e-15));

@@ -1,0 +1,100 @@
+"""Kernel throughput: one 2040x2040 frame drizzled onto a 300x300 output grid.
+
+Compares, in one run and on the same pixmap (a SPHEREx-like rotated frame with a
+cubic distortion of a few pixels at the corners):
+  * this package's fused Rust kernel (square and bilinear), 1 thread and all threads;
+  * STScI drizzle's cdrizzle ``Drizzle.add_image`` (kernel="square"), which is single-threaded.
+Prints input pixels per second and ratios. Usage: python benchmarks/bench_kernel.py [--repeat N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+from spxquery.drizzle3d import _core
+
+N_IN = 2040
+N_OUT = 300
+PIXFRAC = 0.8
+
+
+def geometry():
+    """Output positions of input pixel centres and corners: rotation + cubic distortion."""
+    th = np.deg2rad(23.0)
+    c, s = np.cos(th), np.sin(th)
+
+    def f(x, y):
+        u, v = x - 1019.5, y - 1019.5
+        dx = 1.5e-6 * u * u - 8e-7 * u * v + 2e-9 * u**3
+        dy = 1.2e-6 * v * v + 9e-7 * u * v + 1.8e-9 * v**3
+        u, v = u + dx, v + dy
+        return c * u - s * v + (N_OUT - 1) / 2, s * u + c * v + (N_OUT - 1) / 2
+
+    yy, xx = np.mgrid[0:N_IN, 0:N_IN].astype(np.float64)
+    px, py = f(xx, yy)
+    cyy, cxx = np.mgrid[0 : N_IN + 1, 0 : N_IN + 1].astype(np.float64) - 0.5
+    cx, cy = f(cxx, cyy)
+    return np.dstack([px, py]), cx, cy
+
+
+def best_of(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=5)
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    image = rng.normal(1.0, 0.1, (N_IN, N_IN))
+    image32 = image.astype(np.float32)
+    variance = np.full((N_IN, N_IN), 0.01)
+    flags = np.zeros((N_IN, N_IN), np.uint32)
+    lam = np.tile(np.linspace(2.4, 1.6, N_IN)[:, None], (1, N_IN))
+    dlam = lam / 41.0
+    edges = np.geomspace(1.6, 2.45, 18)
+    pixmap, cx, cy = geometry()
+    n_threads = os.cpu_count() or 1
+
+    def ours(kernel, threads):
+        acc = [np.zeros((17, N_OUT, N_OUT)) for _ in range(3)] + [np.zeros((17, N_OUT, N_OUT), np.uint32) for _ in range(3)]
+        return lambda: _core.drizzle_frame(*acc, cx, cy, image, variance, flags, lam, dlam, edges, PIXFRAC, PIXFRAC, 1e10, 0.0, kernel, threads=threads)
+
+    rows = []
+    try:
+        from drizzle.resample import Drizzle
+
+        def cdrizzle():
+            d = Drizzle(kernel="square", out_shape=(N_OUT, N_OUT), fillval=0.0, disable_ctx=True)
+            d.add_image(image32, exptime=1.0, pixmap=pixmap, pixfrac=PIXFRAC, in_units="cps")
+
+        t_c = best_of(cdrizzle, args.repeat)
+        rows.append(("STScI cdrizzle add_image (square, 2-D only)", 1, t_c))
+    except ImportError:
+        t_c = None
+    for kernel in ("square", "bilinear"):
+        for threads in sorted({1, 2, n_threads}):
+            t = best_of(ours(kernel, threads), args.repeat)
+            rows.append((f"spxquery.drizzle3d {kernel} (3-D, 17 planes)", threads, t))
+    npix = N_IN * N_IN
+    print(f"# {N_IN}x{N_IN} input frame -> {N_OUT}x{N_OUT} output, pixfrac/xy_shrink={PIXFRAC}, best of {args.repeat}, {n_threads} cores")
+    print(f"{'implementation':48s} {'threads':>7s} {'seconds':>8s} {'Mpix/s':>8s} {'vs cdrizzle':>11s}")
+    for name, threads, t in rows:
+        ratio = f"{t_c / t:10.2f}x" if t_c else "        n/a"
+        print(f"{name:48s} {threads:7d} {t:8.4f} {npix / t / 1e6:8.1f} {ratio}")
+    sq = {th: t for name, th, t in rows if "square" in name}
+    if 1 in sq and 2 in sq:
+        print(f"square kernel speed-up 1 -> 2 threads: {sq[1] / sq[2]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
