@@ -1,11 +1,14 @@
-//! Exact droplet/pixel overlap areas by polygon clipping.
+//! Exact droplet/pixel overlap areas.
 //!
 //! A droplet is the quadrilateral footprint of an input pixel in output pixel
 //! coordinates, shrunk about its centre. Output pixel `(r, c)` covers
 //! `[c - 0.5, c + 0.5] x [r - 0.5, r + 0.5]`. Clipping a polygon against an
 //! axis-aligned half-plane (Sutherland–Hodgman) is exact up to floating-point
 //! rounding and works for any simple subject polygon, convex or not, because
-//! the clip window (a pixel) is convex.
+//! the clip window (a pixel) is convex. The engine computes areas without
+//! building polygons: inclusion–exclusion of half-plane clips for droplets
+//! within 2 x 2 pixels, the signed edge-area ("boxer") sum otherwise; the
+//! general clipper is kept as an independent reference for the tests.
 
 /// `min` without NaN handling (callers check finiteness): one instruction.
 #[inline(always)]
@@ -27,9 +30,11 @@ pub fn ffloor(x: f64) -> f64 {
     if t > x { t - 1.0 } else { t }
 }
 
+#[cfg(test)]
 /// Enough vertices for a quadrilateral clipped by four half-planes.
 pub const MAX_VERTICES: usize = 12;
 
+#[cfg(test)]
 /// A small polygon with inline storage (no heap allocation on the hot path).
 #[derive(Clone, Copy, Debug)]
 pub struct Polygon {
@@ -38,12 +43,14 @@ pub struct Polygon {
     y: [f64; MAX_VERTICES],
 }
 
+#[cfg(test)]
 impl Default for Polygon {
     fn default() -> Self {
         Polygon { n: 0, x: [0.0; MAX_VERTICES], y: [0.0; MAX_VERTICES] }
     }
 }
 
+#[cfg(test)]
 /// Which side of an axis-aligned line to keep.
 #[derive(Clone, Copy, Debug)]
 enum Keep {
@@ -53,6 +60,7 @@ enum Keep {
     YAtMost(f64),
 }
 
+#[cfg(test)]
 impl Keep {
     #[inline(always)]
     fn inside(self, x: f64, y: f64) -> bool {
@@ -81,6 +89,7 @@ impl Keep {
     }
 }
 
+#[cfg(test)]
 impl Polygon {
     /// Builds a polygon from vertices (at most [`MAX_VERTICES`]).
     pub fn from_points(points: &[(f64, f64)]) -> Self {
@@ -229,11 +238,15 @@ pub fn classify_quad(x: &[f64; 4], y: &[f64; 4]) -> QuadShape {
 /// vertices lying exactly on pixel boundaries and are dropped.
 const NEGLIGIBLE: f64 = 1e-14;
 
+/// Reference implementation by Sutherland–Hodgman clipping (tests only: the
+/// engine uses [`for_each_quad_overlap`]).
+///
 /// Calls `emit(row, col, fraction)` for every output pixel in rows
 /// `row_lo..row_hi` (clamped to `0..ny`) and columns `0..nx` that the droplet
 /// overlaps; `fraction = area(droplet ∩ pixel) / area(droplet)`.
 /// Parts of the droplet off the grid are lost (not renormalised).
 /// `area` must be the droplet's (positive) area.
+#[cfg(test)]
 #[inline]
 pub fn for_each_pixel_overlap(
     droplet: &Polygon,
@@ -551,9 +564,13 @@ mod tests {
         Polygon::from_points(&[(cx - h, cy - h), (cx + h, cy - h), (cx + h, cy + h), (cx - h, cy + h)])
     }
 
+    /// Overlaps by the engine's production path (the polygon must have 4 vertices).
     fn overlaps(p: &Polygon, ny: usize, nx: usize) -> Vec<(usize, usize, f64)> {
+        assert_eq!(p.len(), 4);
+        let qx: [f64; 4] = std::array::from_fn(|k| p.x[k]);
+        let qy: [f64; 4] = std::array::from_fn(|k| p.y[k]);
         let mut v = vec![];
-        for_each_pixel_overlap(p, p.area(), ny, nx, 0, ny, |r, c, f| v.push((r, c, f)));
+        for_each_quad_overlap(&qx, &qy, p.area(), ny, nx, 0, ny, |r, c, f| v.push((r, c, f)));
         v
     }
 
@@ -667,7 +684,8 @@ mod tests {
     fn row_window_restricts_rows() {
         let p = square(2.0, 2.5, 1.0);
         let mut v = vec![];
-        for_each_pixel_overlap(&p, p.area(), 5, 5, 3, 5, |r, c, f| v.push((r, c, f)));
+        let (qx, qy) = ([p.x[0], p.x[1], p.x[2], p.x[3]], [p.y[0], p.y[1], p.y[2], p.y[3]]);
+        for_each_quad_overlap(&qx, &qy, p.area(), 5, 5, 3, 5, |r, c, f| v.push((r, c, f)));
         assert_eq!(v.len(), 1);
         assert_eq!((v[0].0, v[0].1), (3, 2));
     }
@@ -744,10 +762,11 @@ mod tests {
             for_each_quad_overlap(&qx, &qy, area, 11, 11, 0, 11, |r, c, f| b.push((r, c, f)));
             let sa: f64 = a.iter().map(|t| t.2).sum();
             let sb: f64 = b.iter().map(|t| t.2).sum();
-            prop_assert!((sa - 1.0).abs() < 1e-12 && (sb - 1.0).abs() < 1e-12, "{} {}", sa, sb);
+            prop_assert!((sb - 1.0).abs() < 1e-12, "production sum {}", sb);
+            prop_assert!((sa - 1.0).abs() < 1e-10, "reference sum {}", sa);
             for &(r, c, f) in &a {
                 let g = b.iter().find(|t| t.0 == r && t.1 == c).map(|t| t.2).unwrap_or(0.0);
-                prop_assert!((f - g).abs() < 1e-13, "cell {},{}: {} vs {}", r, c, f, g);
+                prop_assert!((f - g).abs() < 1e-10, "cell {},{}: {} vs {}", r, c, f, g);
             }
         }
 
