@@ -200,6 +200,13 @@ fn accumulate_contributions<'py>(
     Ok((stats.n_pixels, stats.n_contributions, stats.planes.into_pyarray(py)))
 }
 
+/// Test hook: panics inside the detached, panic-guarded section, to show that a
+/// panic surfaces as a Python RuntimeError instead of aborting the interpreter.
+#[pyfunction]
+fn _panic_for_test(py: Python<'_>, message: String) -> PyResult<()> {
+    run_detached(py, "_panic_for_test", move || -> Result<(), String> { panic!("{message}") })
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;
@@ -207,6 +214,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(drizzle_frame, m)?)?;
     m.add_function(wrap_pyfunction!(spatial_mapping, m)?)?;
     m.add_function(wrap_pyfunction!(accumulate_contributions, m)?)?;
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
