@@ -483,6 +483,45 @@ fn candidates(frame: &FrameView<'_>, p: &Params, ny_out: usize, nx_out: usize) -
     per_block_row.into_iter().flatten().collect()
 }
 
+/// Shared driver of both entry points: buckets the items by the bands they can
+/// touch (`ranges[item]`), then lets one task per band visit its items in
+/// item order. `visit(item, band, row_lo, row_hi, planes, zov)` deposits and
+/// returns the number of voxel updates; `pixel_of(item)` names the input pixel
+/// (out of `n_pixels`) for the statistics.
+fn run_bands(
+    cube: CubeMut<'_>,
+    n_z: usize,
+    ny_out: usize,
+    ranges: &[Option<(u32, u32)>],
+    n_pixels: usize,
+    pixel_of: impl Fn(usize) -> usize + Sync,
+    visit: impl Fn(usize, &mut Band<'_>, usize, usize, &mut [bool], &mut Vec<(usize, f64)>) -> usize + Sync,
+) -> FrameStats {
+    let n_bands = ny_out.div_ceil(BAND_ROWS);
+    let (offsets, items) = bucket_by_band(ranges, n_bands);
+    let touched: Vec<AtomicBool> = (0..n_pixels).map(|_| AtomicBool::new(false)).collect();
+    let parts: Vec<(u64, Vec<bool>)> = cube
+        .into_bands(BAND_ROWS)
+        .into_par_iter()
+        .enumerate()
+        .map(|(b, mut band)| {
+            let mut planes = vec![false; n_z];
+            let mut n = 0u64;
+            let mut zov: Vec<(usize, f64)> = Vec::with_capacity(8);
+            let (row_lo, row_hi) = (band.r0, band.r0 + band.rows);
+            for &item in &items[offsets[b]..offsets[b + 1]] {
+                let deposited = visit(item as usize, &mut band, row_lo, row_hi, &mut planes, &mut zov);
+                if deposited > 0 {
+                    n += deposited as u64;
+                    touched[pixel_of(item as usize)].store(true, Ordering::Relaxed);
+                }
+            }
+            (n, planes)
+        })
+        .collect();
+    merge_stats(n_z, parts, &touched)
+}
+
 /// Drizzles one frame into the cube: the fused entry point.
 ///
 /// `threads = 0` uses rayon's global pool (`RAYON_NUM_THREADS`).
@@ -501,42 +540,19 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
         // with the bands they can touch.
         let cands = candidates(frame, p, ny_out, nx_out);
         let ranges: Vec<Option<(u32, u32)>> = cands.iter().map(|c| Some((c.band_lo, c.band_hi))).collect();
-        let n_bands = ny_out.div_ceil(BAND_ROWS);
-        let (offsets, items) = bucket_by_band(&ranges, n_bands);
-        drop(ranges);
-        let touched: Vec<AtomicBool> = (0..cands.len()).map(|_| AtomicBool::new(false)).collect();
-
-        // Pass 2: each band accumulates its pixels in input order.
-        let parts: Vec<(u64, Vec<bool>)> = cube
-            .into_bands(BAND_ROWS)
-            .into_par_iter()
-            .enumerate()
-            .map(|(b, mut band)| {
-                let mut planes = vec![false; nz];
-                let mut n = 0u64;
-                let mut zov: Vec<(usize, f64)> = Vec::with_capacity(8);
-                let (row_lo, row_hi) = (band.r0, (band.r0 + BAND_ROWS).min(ny_out));
-                for &ci in &items[offsets[b]..offsets[b + 1]] {
-                    let cand = &cands[ci as usize];
-                    let (j, i) = (cand.j as usize, cand.i as usize);
-                    let Some(pix) = frame.pixel(j, i, p) else { continue };
-                    zov.clear();
-                    spectral::for_each_overlap(frame.lambda_c[[j, i]], frame.delta_lambda[[j, i]], p.z_shrink, &p.z_edges, |k, f| zov.push((k, f)));
-                    let (qx, qy) = frame.quad(j, i);
-                    let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { continue };
-                    let mut deposited = 0;
-                    droplet.for_each_overlap(ny_out, nx_out, row_lo, row_hi, |r, c, f_xy| {
-                        deposited += band.deposit(r, c, f_xy, &pix, &zov, p.min_overlap, &mut planes);
-                    });
-                    if deposited > 0 {
-                        n += deposited as u64;
-                        touched[ci as usize].store(true, Ordering::Relaxed);
-                    }
-                }
-                (n, planes)
-            })
-            .collect();
-        merge_stats(nz, parts, &touched)
+        run_bands(cube, nz, ny_out, &ranges, cands.len(), |ci| ci, |ci, band, row_lo, row_hi, planes, zov| {
+            let (j, i) = (cands[ci].j as usize, cands[ci].i as usize);
+            let Some(pix) = frame.pixel(j, i, p) else { return 0 };
+            zov.clear();
+            spectral::for_each_overlap(frame.lambda_c[[j, i]], frame.delta_lambda[[j, i]], p.z_shrink, &p.z_edges, |k, f| zov.push((k, f)));
+            let (qx, qy) = frame.quad(j, i);
+            let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return 0 };
+            let mut deposited = 0;
+            droplet.for_each_overlap(ny_out, nx_out, row_lo, row_hi, |r, c, f_xy| {
+                deposited += band.deposit(r, c, f_xy, &pix, zov, p.min_overlap, planes);
+            });
+            deposited
+        })
     })
 }
 
@@ -664,39 +680,18 @@ pub fn accumulate_contributions(cube: CubeMut<'_>, c: &Contributions<'_>, p: &Pa
         }
     }
     run_in_pool(threads, || {
-        let n_bands = ny_out.div_ceil(BAND_ROWS);
         let ranges: Vec<Option<(u32, u32)>> = (0..m).map(|k| {
             let b = (c.out_y[k] as usize / BAND_ROWS) as u32;
             Some((b, b))
         }).collect();
-        let (offsets, items) = bucket_by_band(&ranges, n_bands);
-        drop(ranges);
-        let touched: Vec<AtomicBool> = (0..n_in).map(|_| AtomicBool::new(false)).collect();
-        let parts: Vec<(u64, Vec<bool>)> = cube
-            .into_bands(BAND_ROWS)
-            .into_par_iter()
-            .enumerate()
-            .map(|(b, mut band)| {
-                let mut planes = vec![false; nz];
-                let mut n = 0u64;
-                let mut zov: Vec<(usize, f64)> = Vec::with_capacity(8);
-                for &k in &items[offsets[b]..offsets[b + 1]] {
-                    let k = k as usize;
-                    let q = c.pixel_idx[k] as usize;
-                    let excluded = c.exclude.as_ref().is_some_and(|e| e[q]);
-                    let Some(pix) = pixel_value(c.image[q], c.variance[q], c.flags[q], c.lambda_c[q], c.delta_lambda[q], excluded, p) else { continue };
-                    zov.clear();
-                    spectral::for_each_overlap(c.lambda_c[q], c.delta_lambda[q], p.z_shrink, &p.z_edges, |kz, f| zov.push((kz, f)));
-                    let d = band.deposit(c.out_y[k] as usize, c.out_x[k] as usize, c.f_xy[k], &pix, &zov, p.min_overlap, &mut planes);
-                    if d > 0 {
-                        n += d as u64;
-                        touched[q].store(true, Ordering::Relaxed);
-                    }
-                }
-                (n, planes)
-            })
-            .collect();
-        merge_stats(nz, parts, &touched)
+        run_bands(cube, nz, ny_out, &ranges, n_in, |k| c.pixel_idx[k] as usize, |k, band, _, _, planes, zov| {
+            let q = c.pixel_idx[k] as usize;
+            let excluded = c.exclude.as_ref().is_some_and(|e| e[q]);
+            let Some(pix) = pixel_value(c.image[q], c.variance[q], c.flags[q], c.lambda_c[q], c.delta_lambda[q], excluded, p) else { return 0 };
+            zov.clear();
+            spectral::for_each_overlap(c.lambda_c[q], c.delta_lambda[q], p.z_shrink, &p.z_edges, |kz, f| zov.push((kz, f)));
+            band.deposit(c.out_y[k] as usize, c.out_x[k] as usize, c.f_xy[k], &pix, zov, p.min_overlap, planes)
+        })
     })
 }
 

@@ -64,6 +64,25 @@ fn params(z_edges: &[f64], xy_shrink: f64, z_shrink: f64, ivar_max: f64, min_ove
     Ok(Params { z_edges: z_edges.to_vec(), xy_shrink, z_shrink, ivar_max, min_overlap, kernel, exclude_bits })
 }
 
+/// The six accumulators of a cube as mutable views.
+fn cube_mut<'a>(
+    flux: &'a mut PyReadwriteArray3<'_, f64>,
+    weight: &'a mut PyReadwriteArray3<'_, f64>,
+    var: &'a mut PyReadwriteArray3<'_, f64>,
+    count: &'a mut PyReadwriteArray3<'_, u32>,
+    and_mask: &'a mut PyReadwriteArray3<'_, u32>,
+    or_mask: &'a mut PyReadwriteArray3<'_, u32>,
+) -> CubeMut<'a> {
+    CubeMut {
+        flux: flux.as_array_mut(),
+        weight: weight.as_array_mut(),
+        var: var.as_array_mut(),
+        count: count.as_array_mut(),
+        and_mask: and_mask.as_array_mut(),
+        or_mask: or_mask.as_array_mut(),
+    }
+}
+
 /// Drizzles one frame (or crop) into the cube accumulators in place.
 /// Returns `(n_pixels, n_contributions, planes)`; `planes[k]` is True when
 /// plane `k` received anything.
@@ -98,14 +117,7 @@ fn drizzle_frame<'py>(
     threads: usize,
 ) -> PyResult<(u64, u64, Bound<'py, PyArray1<bool>>)> {
     let p = params(slice_of(&z_edges, "z_edges")?, xy_shrink, z_shrink, ivar_max, min_overlap, kernel, exclude_bits)?;
-    let cube = CubeMut {
-        flux: flux.as_array_mut(),
-        weight: weight.as_array_mut(),
-        var: var.as_array_mut(),
-        count: count.as_array_mut(),
-        and_mask: and_mask.as_array_mut(),
-        or_mask: or_mask.as_array_mut(),
-    };
+    let cube = cube_mut(&mut flux, &mut weight, &mut var, &mut count, &mut and_mask, &mut or_mask);
     let frame = FrameView {
         corners_x: corners_x.as_array(),
         corners_y: corners_y.as_array(),
@@ -176,14 +188,7 @@ fn accumulate_contributions<'py>(
 ) -> PyResult<(u64, u64, Bound<'py, PyArray1<bool>>)> {
     // xy_shrink does not enter here (f_xy is given); any valid value will do.
     let p = params(slice_of(&z_edges, "z_edges")?, 1.0, z_shrink, ivar_max, min_overlap, "square", exclude_bits)?;
-    let cube = CubeMut {
-        flux: flux.as_array_mut(),
-        weight: weight.as_array_mut(),
-        var: var.as_array_mut(),
-        count: count.as_array_mut(),
-        and_mask: and_mask.as_array_mut(),
-        or_mask: or_mask.as_array_mut(),
-    };
+    let cube = cube_mut(&mut flux, &mut weight, &mut var, &mut count, &mut and_mask, &mut or_mask);
     let c = Contributions {
         image: image.as_array(),
         variance: variance.as_array(),
