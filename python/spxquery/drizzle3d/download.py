@@ -174,7 +174,7 @@ def check_fits_file(
                     return "no HDU"
                 end = 0
                 for i in range(n):
-                    info = hdul.fileinfo(i)
+                    info = hdul[i].fileinfo()  # HDUList.fileinfo re-serialises all headers
                     end = max(end, int(info["datLoc"]) + int(info["datSpan"]))
                 names = {str(h.name).upper() for h in hdul}
         for w in caught:

@@ -99,10 +99,23 @@ class WaveTable:
         return out[0], out[1]
 
     def evaluate_crop(self, x0: int, x1: int, y0: int, y1: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(lambda_c, delta_lambda) (um) on the pixel centres of rows y0:y1, columns x0:x1."""
-        xs = np.arange(x0, x1, dtype=np.float64)[None, :]
-        ys = np.arange(y0, y1, dtype=np.float64)[:, None]
-        return self.evaluate(xs, ys)
+        """(lambda_c, delta_lambda) (um) on the pixel centres of rows y0:y1, columns x0:x1.
+
+        Separable form of :meth:`evaluate` on a rectangular grid (interpolate along x
+        at every knot row, then along y): the same arithmetic in the same order, at a
+        fraction of the cost.
+        """
+        xs = np.arange(x0, x1, dtype=np.float64)
+        ys = np.arange(y0, y1, dtype=np.float64)
+        ix, fx = _cell_index(self.cdelt[0] * (xs + 1.0 - self.crpix[0]) + self.crval[0], self.x)
+        iy, fy = _cell_index(self.cdelt[1] * (ys + 1.0 - self.crpix[1]) + self.crval[1], self.y)
+        fy = fy[:, None]
+        out = []
+        for m in range(2):
+            v = self.values[..., m]
+            along_x = (1.0 - fx) * v[:, ix] + fx * v[:, ix + 1]  # (n knot rows, nx)
+            out.append((1.0 - fy) * along_x[iy] + fy * along_x[iy + 1])
+        return out[0], out[1]
 
 
 def _cell_index(psi: np.ndarray, knots: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -228,7 +241,7 @@ def _read_wave_table(hdul: fits.HDUList, header: fits.Header, path: Path) -> Opt
         tab = hdul[extname]
     except KeyError:
         raise FrameError(path, f"missing extension {extname} (wavelength lookup table)") from None
-    _check_complete(hdul, extname, path)
+    # (truncation of every extension, this one included, is checked by _validate)
     try:
         row = tab.data[0]
         x = np.asarray(row[xcol], dtype=np.float64).ravel()
@@ -254,18 +267,6 @@ def _read_wave_table(hdul: fits.HDUList, header: fits.Header, path: Path) -> Opt
     )
 
 
-def _check_complete(hdul: fits.HDUList, extname: str, path: Path) -> None:
-    """FrameError when the data of ``extname`` extends past the end of the file."""
-    idx = hdul.index_of(extname)
-    info = hdul.fileinfo(idx)
-    if info is None:
-        return
-    size = path.stat().st_size
-    end = int(info["datLoc"]) + int(info["datSpan"])
-    if end > size:
-        raise FrameError(path, f"truncated file: extension {extname} needs {end} bytes, file has {size}")
-
-
 def _hdu_shape(hdu) -> Tuple[int, ...]:
     h = hdu.header
     n = int(h.get("NAXIS", 0))
@@ -281,7 +282,8 @@ def _validate(hdul: fits.HDUList, path: Path, detector: Optional[int]) -> FrameH
         raise FrameError(path, f"truncated or corrupt FITS structure ({type(exc).__name__}: {exc})") from exc
     size = path.stat().st_size
     for idx in range(len(hdul)):
-        info = hdul.fileinfo(idx)
+        # The HDU's own fileinfo: HDUList.fileinfo() re-serialises every header per call.
+        info = hdul[idx].fileinfo()
         if info is not None and int(info["datLoc"]) + int(info["datSpan"]) > size:
             raise FrameError(
                 path,
@@ -301,7 +303,6 @@ def _validate(hdul: fits.HDUList, path: Path, detector: Optional[int]) -> FrameH
     if len(shape) != 2:
         raise FrameError(path, f"IMAGE is {len(shape)}-D (shape {shape}), expected 2-D")
     for ext in REQUIRED_EXTENSIONS:
-        _check_complete(hdul, ext, path)
         if ext != "IMAGE":
             s = _hdu_shape(hdul[ext])
             if s != shape:
@@ -515,6 +516,15 @@ def wavelength_astropy(path, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, 
     return np.asarray(lam, dtype=np.float64), np.asarray(dlam, dtype=np.float64)
 
 
+def _read_block(hdu, rows: slice, cols: slice) -> np.ndarray:
+    """Pixels ``[rows, cols]`` of an image HDU, reading only what is needed: a slice of
+    the memory map for plain images, only the needed tiles (``.section``) for
+    tile-compressed ones. (``.section`` on a plain image reads row by row.)"""
+    if isinstance(hdu, fits.CompImageHDU):
+        return hdu.section[rows, cols]
+    return np.array(hdu.data[rows, cols])
+
+
 def read_frame(
     path,
     config,
@@ -552,9 +562,10 @@ def read_frame(
             return None
         x0, x1, y0, y1 = crop
         try:
-            image = np.asarray(hdul["IMAGE"].section[y0:y1, x0:x1], dtype=np.float64)
-            variance = np.asarray(hdul["VARIANCE"].section[y0:y1, x0:x1], dtype=np.float32)
-            flags = _as_uint32(hdul["FLAGS"].section[y0:y1, x0:x1])
+            rows, cols = slice(y0, y1), slice(x0, x1)
+            image = np.asarray(_read_block(hdul["IMAGE"], rows, cols), dtype=np.float64)
+            variance = np.asarray(_read_block(hdul["VARIANCE"], rows, cols), dtype=np.float32)
+            flags = _as_uint32(_read_block(hdul["FLAGS"], rows, cols))
         except Exception as exc:
             raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
 
@@ -563,7 +574,7 @@ def read_frame(
         source = "none"
         if getattr(config, "subtract_zodi", True):
             try:
-                zodi = np.asarray(hdul["ZODI"].section[y0:y1, x0:x1], dtype=np.float64)
+                zodi = np.asarray(_read_block(hdul["ZODI"], rows, cols), dtype=np.float64)
             except Exception as exc:
                 raise FrameError(path, f"ZODI data unreadable ({type(exc).__name__}: {exc})") from exc
             if getattr(config, "static_zodi", False):
@@ -581,10 +592,11 @@ def read_frame(
                     # Crop too small for a robust fit: use every 16th row of the full frame.
                     step = ZODI_SUBSAMPLE_STEP
                     try:
-                        s_img = np.asarray(hdul["IMAGE"].section[::step, :], dtype=np.float64)
-                        s_zod = np.asarray(hdul["ZODI"].section[::step, :], dtype=np.float64)
-                        s_var = np.asarray(hdul["VARIANCE"].section[::step, :], dtype=np.float32)
-                        s_flg = _as_uint32(hdul["FLAGS"].section[::step, :])
+                        every = (slice(None, None, step), slice(None))
+                        s_img = np.asarray(_read_block(hdul["IMAGE"], *every), dtype=np.float64)
+                        s_zod = np.asarray(_read_block(hdul["ZODI"], *every), dtype=np.float64)
+                        s_var = np.asarray(_read_block(hdul["VARIANCE"], *every), dtype=np.float32)
+                        s_flg = _as_uint32(_read_block(hdul["FLAGS"], *every))
                     except Exception as exc:
                         raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
                     zodi_scale, zodi_ok = _zodi.fit_zodi_scale(
