@@ -357,12 +357,14 @@ fn run_in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<
     }
 }
 
-/// Stable counting sort of items into bands: returns `(offsets, items)` with
-/// the items of band `b` at `items[offsets[b]..offsets[b + 1]]`, in input order.
-fn bucket_by_band(ranges: &[Option<(u32, u32)>], n_bands: usize) -> (Vec<usize>, Vec<u32>) {
+/// Stable counting sort of `n_items` items into bands: returns `(offsets,
+/// items)` with the items of band `b` at `items[offsets[b]..offsets[b + 1]]`,
+/// in input order. `range(item)` gives the first and last band of an item.
+fn bucket_by_band(n_items: usize, n_bands: usize, range: impl Fn(usize) -> (u32, u32)) -> (Vec<usize>, Vec<u32>) {
     let mut counts = vec![0usize; n_bands + 1];
-    for (b0, b1) in ranges.iter().flatten() {
-        for b in *b0..=*b1 {
+    for idx in 0..n_items {
+        let (b0, b1) = range(idx);
+        for b in b0..=b1 {
             counts[b as usize + 1] += 1;
         }
     }
@@ -371,13 +373,12 @@ fn bucket_by_band(ranges: &[Option<(u32, u32)>], n_bands: usize) -> (Vec<usize>,
     }
     let mut fill = counts.clone();
     let mut items = vec![0u32; counts[n_bands]];
-    for (idx, r) in ranges.iter().enumerate() {
-        if let Some((b0, b1)) = r {
-            for b in *b0..=*b1 {
-                let slot = &mut fill[b as usize];
-                items[*slot] = idx as u32;
-                *slot += 1;
-            }
+    for idx in 0..n_items {
+        let (b0, b1) = range(idx);
+        for b in b0..=b1 {
+            let slot = &mut fill[b as usize];
+            items[*slot] = idx as u32;
+            *slot += 1;
         }
     }
     (counts, items)
@@ -396,13 +397,13 @@ fn merge_stats(n_z: usize, parts: Vec<(u64, Vec<bool>)>, touched: &[AtomicBool])
     FrameStats { n_pixels, n_contributions, planes }
 }
 
-/// An input pixel that passed every check and can land on the grid (16 bytes:
+/// An input pixel that passed every check and can land on the grid (8 bytes:
 /// the droplet itself is rebuilt in pass 2 rather than stored).
 struct Candidate {
-    j: u32,
-    i: u32,
-    band_lo: u32,
-    band_hi: u32,
+    /// Row-major input pixel index.
+    pixel: u32,
+    band_lo: u16,
+    band_hi: u16,
 }
 
 /// Input pixels per side of the blocks that are rejected wholesale.
@@ -471,8 +472,8 @@ fn candidates(frame: &FrameView<'_>, p: &Params, ny_out: usize, nx_out: usize) -
                         let r0 = fmax(crate::geometry::ffloor(y0 + 0.5), 0.0);
                         let r1 = fmin(crate::geometry::ffloor(y1 + 0.5), ny_out as f64 - 1.0);
                         if r0 <= r1 {
-                            let (band_lo, band_hi) = ((r0 as usize / BAND_ROWS) as u32, (r1 as usize / BAND_ROWS) as u32);
-                            out.push(Candidate { j: j as u32, i: i as u32, band_lo, band_hi });
+                            let (band_lo, band_hi) = ((r0 as usize / BAND_ROWS) as u16, (r1 as usize / BAND_ROWS) as u16);
+                            out.push(Candidate { pixel: (j * nx + i) as u32, band_lo, band_hi });
                         }
                     }
                 }
@@ -484,7 +485,7 @@ fn candidates(frame: &FrameView<'_>, p: &Params, ny_out: usize, nx_out: usize) -
 }
 
 /// Shared driver of both entry points: buckets the items by the bands they can
-/// touch (`ranges[item]`), then lets one task per band visit its items in
+/// touch (`range(item)`), then lets one task per band visit its items in
 /// item order. `visit(item, band, row_lo, row_hi, planes, zov)` deposits and
 /// returns the number of voxel updates; `pixel_of(item)` names the input pixel
 /// (out of `n_pixels`) for the statistics.
@@ -492,13 +493,14 @@ fn run_bands(
     cube: CubeMut<'_>,
     n_z: usize,
     ny_out: usize,
-    ranges: &[Option<(u32, u32)>],
+    n_items: usize,
+    range: impl Fn(usize) -> (u32, u32),
     n_pixels: usize,
     pixel_of: impl Fn(usize) -> usize + Sync,
     visit: impl Fn(usize, &mut Band<'_>, usize, usize, &mut [bool], &mut Vec<(usize, f64)>) -> usize + Sync,
 ) -> FrameStats {
     let n_bands = ny_out.div_ceil(BAND_ROWS);
-    let (offsets, items) = bucket_by_band(ranges, n_bands);
+    let (offsets, items) = bucket_by_band(n_items, n_bands, range);
     let touched: Vec<AtomicBool> = (0..n_pixels).map(|_| AtomicBool::new(false)).collect();
     let parts: Vec<(u64, Vec<bool>)> = cube
         .into_bands(BAND_ROWS)
@@ -535,13 +537,16 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
     if ny.checked_mul(nx).is_none_or(|n| n > u32::MAX as usize) {
         return Err(format!("input of {ny} x {nx} pixels is too large"));
     }
+    if ny_out.div_ceil(BAND_ROWS) > u16::MAX as usize {
+        return Err(format!("output grid of {ny_out} rows is too tall (at most {} rows)", u16::MAX as usize * BAND_ROWS));
+    }
     run_in_pool(threads, || {
         // Pass 1: the input pixels that can land on the grid, in row-major order,
         // with the bands they can touch.
         let cands = candidates(frame, p, ny_out, nx_out);
-        let ranges: Vec<Option<(u32, u32)>> = cands.iter().map(|c| Some((c.band_lo, c.band_hi))).collect();
-        run_bands(cube, nz, ny_out, &ranges, cands.len(), |ci| ci, |ci, band, row_lo, row_hi, planes, zov| {
-            let (j, i) = (cands[ci].j as usize, cands[ci].i as usize);
+        let band_range = |ci: usize| (cands[ci].band_lo as u32, cands[ci].band_hi as u32);
+        run_bands(cube, nz, ny_out, cands.len(), band_range, cands.len(), |ci| ci, |ci, band, row_lo, row_hi, planes, zov| {
+            let (j, i) = (cands[ci].pixel as usize / nx, cands[ci].pixel as usize % nx);
             let Some(pix) = frame.pixel(j, i, p) else { return 0 };
             zov.clear();
             spectral::for_each_overlap(frame.lambda_c[[j, i]], frame.delta_lambda[[j, i]], p.z_shrink, &p.z_edges, |k, f| zov.push((k, f)));
@@ -680,11 +685,11 @@ pub fn accumulate_contributions(cube: CubeMut<'_>, c: &Contributions<'_>, p: &Pa
         }
     }
     run_in_pool(threads, || {
-        let ranges: Vec<Option<(u32, u32)>> = (0..m).map(|k| {
+        let band_of = |k: usize| {
             let b = (c.out_y[k] as usize / BAND_ROWS) as u32;
-            Some((b, b))
-        }).collect();
-        run_bands(cube, nz, ny_out, &ranges, n_in, |k| c.pixel_idx[k] as usize, |k, band, _, _, planes, zov| {
+            (b, b)
+        };
+        run_bands(cube, nz, ny_out, m, band_of, n_in, |k| c.pixel_idx[k] as usize, |k, band, _, _, planes, zov| {
             let q = c.pixel_idx[k] as usize;
             let excluded = c.exclude.as_ref().is_some_and(|e| e[q]);
             let Some(pix) = pixel_value(c.image[q], c.variance[q], c.flags[q], c.lambda_c[q], c.delta_lambda[q], excluded, p) else { return 0 };
