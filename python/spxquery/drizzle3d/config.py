@@ -61,8 +61,8 @@ _GROUPS: List[Tuple[str, List[str]]] = [
         ["xy_oversample", "z_oversample", "z_lambda_edges"],
     ),
     (
-        "Query / download: mjd_range [min, max] or null; max_images >= 1 (frames per\n"
-        "detector); download_workers >= 1 (parallel downloads); skip_existing reuses verified\n"
+        "Query / download: mjd_range [min, max] or null; max_images >= 1 (frames matched,\n"
+        "all detectors together); download_workers >= 1 (parallel downloads); skip_existing reuses verified\n"
         "files; data_mirror = local copy of the archive (directory holding qr2/, qr3/, ...) or\n"
         "null to download; tap_url = TAP service (null = $SPXQUERY_TAP_URL or IRSA);\n"
         "use_cutouts: true/false/null (null = auto, cutouts when the region is much smaller\n"
@@ -163,7 +163,7 @@ class Drizzle3DConfig:
 
     # ── Query / download ───────────────────────────────────────────────────
     mjd_range: Optional[Tuple[float, float]] = None  # (mjd_min, mjd_max)
-    max_images: int = 500
+    max_images: int = 500  # cap on matched frames, all requested detectors together
     download_workers: int = 4
     skip_existing: bool = True
     data_mirror: Optional[Path] = None  # local mirror root (holds qr2/, qr3/, ...)
