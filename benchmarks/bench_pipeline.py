@@ -1,0 +1,608 @@
+"""End-to-end pipeline benchmark: this package vs spxquery 0.4.1 (pure numpy), same frames.
+
+What it does, in one invocation:
+
+1. Data: 16 full-size (2040x2040) QR2 detector-3 L2 frames written by this package's
+   simulator (``simulate_field(root, RA, Dec, detectors=(3,), n_pointings=16,
+   release='qr2', seed=...)``, ~70 MB each) into ``--data-dir`` (default
+   ~/.cache/spxdrizzle-bench/field16). Reused when ``archive_index.json`` lists the expected
+   frames and every file has the listed size and the field parameters match; regenerated
+   otherwise.
+2. The old package: a virtual environment OUTSIDE the repository (``--old-venv``, default
+   ~/.cache/spxdrizzle-bench/venv-spxquery041), created when missing with
+   ``python3 -m venv`` + ``pip install spxquery==0.4.1`` (needs network access to PyPI once).
+3. Runs, each in a fresh subprocess (``benchmarks/_spxquery041_runner.py``, the same
+   harness for both packages): for every cube size in ``--sizes`` (default 30' and 180',
+   i.e. 30'x30' and 3x3 deg, native D3 grid: xy_oversample=1, z_oversample=1, detector 3,
+   default xy_shrink, centred on the field centre), this package and spxquery 0.4.1 call
+   ``drizzle_detector(paths, config, 3, build_output_wcs(config))``. Timed: that call
+   (read + drizzle + write of the cube, both packages); the process total is also
+   reported. Peak memory: ``ru_maxrss`` of the child from ``os.wait4`` (per run), minus a
+   baseline (the peak RSS of a process that only imported the package) for the net value.
+   Accumulators: ours n_z*ny*nx*(3*8 + 3*4) bytes, 0.4.1's n_z*ny*nx*(3*8 + 2 + 2*4).
+   Memory target: peak RSS <= accumulators + 300 MB (MB = 2**20 bytes), checked raw and net.
+4. spxquery 0.4.1 on cubes larger than 1 deg is slow (~1-2 min per frame) and needs
+   ~12 GB: by default it drizzles only the first ``--frames`` (3) frames there; this
+   package is then timed on the same subset too, and the old/new ratio uses that subset.
+   A run longer than ``--time-cap`` minutes is killed and reported as '> cap'; the old
+   process has an address-space limit (``--mem-cap-gb``; a MemoryError is reported).
+5. Science parity (casual): SCI of both cubes where both are finite: slope of old vs new
+   (least squares through 0) over all common voxels; Pearson r and slope of the
+   wavelength-collapsed images per pixel and in 8x8-pixel block means; medians. 0.4.1
+   places pixels half a pixel off (and uses a bilinear point kernel), so only broad
+   agreement is expected, best seen in the block means.
+6. Prints a markdown table and writes it, with date, machine, load average, versions and
+   the exact command, under '## Pipeline: this package vs spxquery 0.4.1' in
+   ``--doc`` (default docs/performance.md; other sections of that file are kept).
+
+Examples::
+
+    python benchmarks/bench_pipeline.py                       # the full comparison
+    python benchmarks/bench_pipeline.py --skip-old --sizes 30 # quick: this package only
+    python benchmarks/bench_pipeline.py --frames 0            # old code on all frames at 3 deg
+
+Every run is a separate process; only one runs at a time. Outputs (cubes, logs, result
+JSON) go to ``--work-dir`` (default ~/.cache/spxdrizzle-bench/runs) and are overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RUNNER = HERE / "_spxquery041_runner.py"
+CACHE = Path.home() / ".cache" / "spxdrizzle-bench"
+DOC_HEADING = "## Pipeline: this package vs spxquery 0.4.1"
+OLD_SPEC = "spxquery==0.4.1"
+MIB = 1024.0 * 1024.0
+N_FRAMES = 16
+DETECTOR = 3
+FIELD_RA, FIELD_DEC, FIELD_SEED = 150.0, 2.0, 2026
+TARGET_RATIO = {30.0: 30.0, 180.0: 5.0}  # issue targets: >= 30x at 30', >= 5x at 3 deg
+MEM_HEADROOM_MIB = 300.0
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def mem_available_gib() -> Optional[float]:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / MIB
+    except OSError:
+        pass
+    return None
+
+
+# ── data ─────────────────────────────────────────────────────────────────────────────────
+
+
+def field_paths(root: Path) -> Optional[List[Path]]:
+    """Frame paths of a complete cached field (index order), or None when incomplete."""
+    index, params = root / "archive_index.json", root / "bench_field.json"
+    want = {"ra": FIELD_RA, "dec": FIELD_DEC, "seed": FIELD_SEED, "n_pointings": N_FRAMES,
+            "release": "qr2", "detectors": [DETECTOR]}
+    try:
+        if json.loads(params.read_text()) != want:
+            return None
+        rows = json.loads(index.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if len(rows) != N_FRAMES:
+        return None
+    paths = []
+    for row in rows:
+        rel = row["uri"].split("/data/spherex/", 1)[-1]  # ibe/data/spherex/qr2/level2/... -> qr2/level2/...
+        p = root / rel
+        if not p.is_file() or p.stat().st_size != int(row["contentlength"]):
+            return None
+        paths.append(p)
+    return paths
+
+
+def ensure_field(root: Path) -> List[Path]:
+    """The 16 cached frames, simulating them first when missing or incomplete."""
+    paths = field_paths(root)
+    if paths is not None:
+        log(f"data: reusing {len(paths)} frames in {root}")
+        return paths
+    from spxquery.drizzle3d.simulate import simulate_field
+
+    tmp = root.with_name(root.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"data: simulating {N_FRAMES} full-size QR2 D{DETECTOR} frames into {root} (~70 MB each) ...")
+    t0 = time.perf_counter()
+    simulate_field(tmp, FIELD_RA, FIELD_DEC, detectors=(DETECTOR,), n_pointings=N_FRAMES, release="qr2",
+                   seed=FIELD_SEED)
+    (tmp / "bench_field.json").write_text(json.dumps(
+        {"ra": FIELD_RA, "dec": FIELD_DEC, "seed": FIELD_SEED, "n_pointings": N_FRAMES, "release": "qr2",
+         "detectors": [DETECTOR]}))
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    log(f"data: done in {time.perf_counter() - t0:.0f} s")
+    paths = field_paths(root)
+    if paths is None:
+        raise RuntimeError(f"simulated field in {root} is incomplete (archive_index.json vs files)")
+    return paths
+
+
+# ── old package venv ─────────────────────────────────────────────────────────────────────
+
+
+def old_python(venv: Path, venv_python: str) -> Path:
+    """Interpreter of the spxquery 0.4.1 venv, creating the venv when missing."""
+    py = venv / "bin" / "python"
+    check = [str(py), "-c", "import importlib.metadata as m, spxquery.drizzle3d.pipeline; "
+             "assert m.version('spxquery') == '0.4.1', m.version('spxquery')"]
+    if py.exists() and subprocess.run(check, capture_output=True, cwd="/").returncode == 0:
+        return py
+    log(f"old package: creating {venv} with {venv_python} -m venv + pip install {OLD_SPEC} ...")
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([venv_python, "-m", "venv", "--clear", str(venv)], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"], check=True)
+    subprocess.run([str(py), "-m", "pip", "install", "-q", OLD_SPEC], check=True)
+    r = subprocess.run(check, capture_output=True, text=True, cwd="/")
+    if r.returncode != 0:
+        raise RuntimeError(f"{OLD_SPEC} in {venv} does not import: {r.stderr.strip()[-2000:]}")
+    return py
+
+
+# ── one subprocess run ───────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class Run:
+    impl: str  # "new" | "old"
+    size: float  # arcmin
+    n_frames: int
+    status: str = "ok"  # ok | > cap | MemoryError | failed
+    result: Dict = field(default_factory=dict)
+    wall_s: float = 0.0
+    maxrss_mib: float = 0.0
+    load_before: str = ""
+    load_after: str = ""
+    output: Optional[Path] = None
+
+
+def run_child(python: Path, args: List[str], log_path: Path, time_cap_s: float,
+              as_limit_bytes: Optional[int], rss_kill_mib: float) -> Tuple[str, float, float]:
+    """Run ``python RUNNER args`` in its own session; return (status, wall s, ru_maxrss MiB).
+
+    Polls with ``os.wait4`` (so ``ru_maxrss`` is this child's own peak) and kills the process
+    group past ``time_cap_s`` ('> cap') or when its RSS exceeds ``rss_kill_mib`` ('> mem cap').
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env["PYTHONUNBUFFERED"] = "1"
+
+    def preexec() -> None:
+        os.setsid()
+        if as_limit_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (as_limit_bytes, as_limit_bytes))
+
+    with open(log_path, "w") as lf:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([str(python), str(RUNNER), *args], stdout=lf, stderr=subprocess.STDOUT,
+                                cwd=str(log_path.parent), env=env, preexec_fn=preexec)
+        status = "ok"
+        while True:
+            pid, wstatus, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(wstatus)
+                break
+            elapsed = time.perf_counter() - t0
+            rss = _proc_rss_mib(proc.pid)
+            if elapsed > time_cap_s or (rss is not None and rss > rss_kill_mib):
+                status = "> cap" if elapsed > time_cap_s else "> mem cap"
+                os.killpg(proc.pid, signal.SIGKILL)
+                _, wstatus, ru = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(wstatus)
+                break
+            time.sleep(0.1)
+        wall = time.perf_counter() - t0
+    return status, wall, ru.ru_maxrss / 1024.0
+
+
+def _proc_rss_mib(pid: int) -> Optional[float]:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def runner_args(result: Path, paths_file: Optional[Path] = None, size: Optional[float] = None,
+                out_dir: Optional[Path] = None) -> List[str]:
+    if paths_file is None:
+        return ["--result", str(result), "--baseline"]
+    return ["--result", str(result), "--paths-file", str(paths_file), "--ra", repr(FIELD_RA), "--dec",
+            repr(FIELD_DEC), "--size-arcmin", repr(size), "--detector", str(DETECTOR), "--output-dir", str(out_dir)]
+
+
+def execute(python: Path, impl: str, tag: str, work: Path, cfg: argparse.Namespace, as_limit: Optional[int],
+            rss_kill_mib: float, paths: Optional[List[Path]] = None, size: Optional[float] = None) -> Run:
+    """One fresh-process run (baseline when ``paths`` is None); retries import failures (Rust rebuilds)."""
+    rdir = work / tag
+    rdir.mkdir(parents=True, exist_ok=True)
+    result_path = rdir / "result.json"
+    paths_file = None
+    if paths is not None:
+        paths_file = rdir / "paths.txt"
+        paths_file.write_text("".join(f"{p}\n" for p in paths))
+    run = Run(impl=impl, size=size or 0.0, n_frames=len(paths) if paths else 0)
+    for attempt in range(cfg.import_retries + 1):
+        result_path.unlink(missing_ok=True)
+        run.load_before = loadavg()
+        log(f"[{tag}] start (load {run.load_before}) ...")
+        status, wall, maxrss = run_child(python, runner_args(result_path, paths_file, size, rdir / "out"),
+                                         rdir / "run.log", cfg.time_cap * 60.0, as_limit, rss_kill_mib)
+        run.load_after = loadavg()
+        run.status, run.wall_s, run.maxrss_mib = status, wall, maxrss
+        run.result = json.loads(result_path.read_text()) if result_path.exists() else {}
+        err = run.result.get("error")
+        if status == "ok" and err and err.startswith("import failed") and attempt < cfg.import_retries:
+            log(f"[{tag}] {err}; retrying in 30 s (the extension may be being rebuilt)")
+            time.sleep(30)
+            continue
+        break
+    if run.status == "ok":
+        err = run.result.get("error")
+        if not run.result:
+            # killed without a result: RLIMIT_AS can make the interpreter abort instead of raising
+            tail = (rdir / "run.log").read_text()[-400:]
+            run.status = "MemoryError" if "MemoryError" in tail or "memory" in tail.lower() else "failed"
+            run.result = {"error": f"no result; log tail: {tail.strip()}"}
+        elif err:
+            run.status = "MemoryError" if err.startswith("MemoryError") else "failed"
+    if run.result.get("output"):
+        run.output = Path(run.result["output"])
+    msg = run.result.get("error") or ""
+    log(f"[{tag}] {run.status}: wall {wall:.1f} s, drizzle {run.result.get('drizzle_s', float('nan')):.1f} s, "
+        f"peak RSS {maxrss:.0f} MiB (load after {run.load_after}) {msg[:300]}")
+    return run
+
+
+# ── science parity ───────────────────────────────────────────────────────────────────────
+
+
+def parity(new_path: Path, old_path: Path) -> Dict[str, float]:
+    """Broad SCI agreement of two cubes on the same grid (old 0.4.1 has a half-pixel shift)."""
+    from astropy.io import fits
+
+    with fits.open(new_path, memmap=True) as a, fits.open(old_path, memmap=True) as b:
+        n = np.asarray(a["SCI"].data, dtype=np.float64)
+        o = np.asarray(b["SCI"].data, dtype=np.float64)
+    if n.shape != o.shape:
+        return {"error": f"shapes differ: {n.shape} vs {o.shape}"}  # type: ignore[dict-item]
+    both = np.isfinite(n) & np.isfinite(o)
+    out: Dict[str, float] = {"common_voxel_fraction": float(both.mean())}
+    if not both.any():
+        return out
+    nv, ov = n[both], o[both]
+    out["slope_old_vs_new"] = float(np.dot(ov, nv) / np.dot(nv, nv))
+    out["median_new"] = float(np.median(nv))
+    out["median_old"] = float(np.median(ov))
+    # per-plane medians over common pixels, and the wavelength-collapsed images
+    planes = [(float(np.median(n[k][both[k]])), float(np.median(o[k][both[k]])))
+              for k in range(n.shape[0]) if both[k].sum() > 100]
+    diffs = np.array([po - pn for pn, po in planes])
+    out["plane_median_abs_diff_max"] = float(np.max(np.abs(diffs))) if len(diffs) else float("nan")
+    out["plane_median_new_mean"] = float(np.mean([pn for pn, _ in planes])) if planes else float("nan")
+    nn = np.where(both, n, 0.0).sum(0)
+    oo = np.where(both, o, 0.0).sum(0)
+    cnt = both.sum(0)
+    cn, co = nn / np.maximum(cnt, 1), oo / np.maximum(cnt, 1)
+    for b in (1, 8):  # wavelength-collapsed images, then b x b block means (where all pixels are common)
+        k0, k1 = (cn.shape[0] // b) * b, (cn.shape[1] // b) * b
+
+        def block(a: np.ndarray) -> np.ndarray:
+            return a[:k0, :k1].reshape(k0 // b, b, k1 // b, b).mean(axis=(1, 3))
+
+        ok = block((cnt > 0).astype(np.float64)) == 1.0
+        x, y = block(cn)[ok], block(co)[ok]
+        if x.size > 10:
+            out[f"collapsed_pearson_r_{b}"] = float(np.corrcoef(x, y)[0, 1])
+            out[f"collapsed_slope_{b}"] = float(np.dot(y, x) / np.dot(x, x))
+    return out
+
+
+# ── report ───────────────────────────────────────────────────────────────────────────────
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_head() -> str:
+    try:
+        r = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return r.stdout.strip() + (" (+ uncommitted changes in the checkout)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def accum_mib(impl: str, shape: Tuple[int, int, int]) -> float:
+    per_voxel = (3 * 8 + 3 * 4) if impl == "new" else (3 * 8 + 2 + 2 * 4)
+    return shape[0] * shape[1] * shape[2] * per_voxel / MIB
+
+
+def expected_shape(size: float) -> Tuple[int, int, int]:
+    n = int(size * 60.0 / 6.15 + 1e-9)
+    return (17, n, n)
+
+
+def size_label(size: float) -> str:
+    return f"{size:g}'x{size:g}'" if size < 60 else f"{size / 60:g}°x{size / 60:g}°"
+
+
+def fmt(x: Optional[float], spec: str = ".2f") -> str:
+    return "—" if x is None or not np.isfinite(x) else format(x, spec)
+
+
+def per_frame(run: Run) -> Optional[float]:
+    d = run.result.get("drizzle_s")
+    return d / run.n_frames if (run.status == "ok" and d is not None and run.n_frames) else None
+
+
+def build_report(runs: List[Run], ratio_pairs: Dict[float, Tuple[Run, Run]], baselines: Dict[str, Run],
+                 parities: Dict[float, Dict], meta: Dict[str, str], cap_min: float) -> str:
+    L: List[str] = []
+    L.append(DOC_HEADING)
+    L.append("")
+    L.append(f"Measured {meta['date']} with `{meta['command']}`.")
+    L.append("")
+    L.append(f"- Machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['mem']}; load average (1/5/15 min) at "
+             f"start {meta['load_start']}, at end {meta['load_end']} (machine shared with other work).")
+    L.append(f"- This package: {meta['new_version']} (git {meta['git']}), Python {meta['new_python']}, numpy "
+             f"{meta['new_numpy']}, astropy {meta['new_astropy']}; Rust engine uses all CPUs.")
+    L.append(f"- spxquery 0.4.1 (PyPI, own venv {meta['old_venv']}): Python {meta['old_python']}, numpy "
+             f"{meta['old_numpy']}, astropy {meta['old_astropy']}.")
+    L.append(f"- Data: {N_FRAMES} simulated full-size (2040x2040) QR2 D3 frames (~70 MB each, "
+             f"`simulate_field(..., {FIELD_RA}, {FIELD_DEC}, detectors=(3,), n_pointings=16, release='qr2', "
+             f"seed={FIELD_SEED})`); cubes centred on the field centre, native D3 grid (xy_oversample=1, "
+             "z_oversample=1, 17 planes, default xy_shrink 0.8).")
+    L.append("- Timed: one `drizzle_detector(paths, config, 3, build_output_wcs(config))` call in a fresh process "
+             "(reads the files, drizzles, writes the cube FITS); 'process' = whole subprocess wall time incl. "
+             "imports. Peak RSS = `ru_maxrss` of that process; 'net' subtracts the peak RSS of a process that "
+             "only imported the package (baseline: this package "
+             f"{fmt(baselines['new'].maxrss_mib, '.0f')} MiB"
+             + (f", 0.4.1 {fmt(baselines['old'].maxrss_mib, '.0f')} MiB" if 'old' in baselines else "") + "). "
+             "Accumulators: ours n_z·ny·nx·(3·8+3·4) B, 0.4.1's n_z·ny·nx·(3·8+2+2·4) B. "
+             "Limit = accumulators + 300 MiB. MB here = MiB.")
+    L.append("")
+    L.append("| cube | implementation | frames | drizzle s | s / frame | old / new | process s | peak RSS MB "
+             "| net MB | accumulators MB | limit MB | raw ≤ limit | net ≤ limit |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|:-:|")
+    for r in runs:
+        shape = tuple(r.result.get("cube_shape") or expected_shape(r.size))
+        acc = accum_mib(r.impl, shape)  # type: ignore[arg-type]
+        limit = acc + MEM_HEADROOM_MIB
+        base = baselines.get(r.impl)
+        net = r.maxrss_mib - base.maxrss_mib if base else None
+        name = "this package" if r.impl == "new" else "spxquery 0.4.1"
+        ratio = ""
+        pair = ratio_pairs.get(r.size)
+        if pair and r is pair[1]:
+            pn, po = per_frame(pair[0]), per_frame(pair[1])
+            if pn and po:
+                ratio = f"**{po / pn:.1f}x**"
+            elif pair[1].status != "ok":
+                cap = pair[1].result.get("drizzle_s")
+                ratio = f"> {(cap or cap_min * 60) / pair[1].n_frames / pn:.0f}x" if pn and pair[1].status == "> cap" \
+                    else "n/a"
+        if r.status == "ok":
+            drz, pf = fmt(r.result.get("drizzle_s"), ".1f"), fmt(per_frame(r), ".3f")
+        elif r.status == "> cap":
+            drz, pf = f"> {cap_min:g} min (cap)", f"> {cap_min * 60 / r.n_frames:.0f}"
+        else:
+            drz, pf = r.status, "—"
+        frames = f"{r.n_frames}" + ("" if r.n_frames == N_FRAMES else f" of {N_FRAMES}")
+        ok_raw = "yes" if r.maxrss_mib <= limit else "no"
+        ok_net = ("yes" if net is not None and net <= limit else "no") if net is not None else "—"
+        L.append(f"| {size_label(r.size)} ({shape[1]}x{shape[2]}x{shape[0]}) | {name} | {frames} | {drz} | {pf} | "
+                 f"{ratio} | {fmt(r.wall_s, '.1f')} | {fmt(r.maxrss_mib, '.0f')} | {fmt(net, '.0f')} | "
+                 f"{fmt(acc, '.0f')} | {fmt(limit, '.0f')} | {ok_raw} | {ok_net} |")
+    L.append("")
+    # targets
+    tl = []
+    for size, (rn, ro) in sorted(ratio_pairs.items()):
+        pn, po = per_frame(rn), per_frame(ro)
+        target = TARGET_RATIO.get(size)
+        if pn and po:
+            verdict = "" if target is None else (" — target ≥ %gx: %s" % (target, "met" if po / pn >= target else "NOT met"))
+            tl.append(f"- {size_label(size)}: spxquery 0.4.1 {po:.2f} s/frame vs this package {pn:.3f} s/frame "
+                      f"on the same {rn.n_frames} frames = {po / pn:.1f}x{verdict}.")
+        else:
+            tl.append(f"- {size_label(size)}: spxquery 0.4.1 {ro.status} ({ro.result.get('error') or ''}).")
+    for r in runs:
+        if r.impl == "new" and r.status == "ok":
+            shape = tuple(r.result.get("cube_shape") or expected_shape(r.size))
+            limit = accum_mib("new", shape) + MEM_HEADROOM_MIB  # type: ignore[arg-type]
+            tl.append(f"- Memory, this package, {size_label(r.size)}, {r.n_frames} frames: peak {r.maxrss_mib:.0f} MB "
+                      f"(net {r.maxrss_mib - baselines['new'].maxrss_mib:.0f} MB) vs limit {limit:.0f} MB — "
+                      f"target {'met' if r.maxrss_mib <= limit else ('met on net only' if r.maxrss_mib - baselines['new'].maxrss_mib <= limit else 'NOT met')}.")
+    if tl:
+        L.append("Targets (issue: ≥ 30x at 30', ≥ 5x at 3°, peak ≤ accumulators + 300 MB):")
+        L.append("")
+        L.extend(tl)
+        L.append("")
+    if parities:
+        L.append("Science parity (SCI where both cubes are finite; 0.4.1 is offset by half a pixel, so only broad "
+                 "agreement is expected):")
+        L.append("")
+        for size, p in sorted(parities.items()):
+            if "error" in p:
+                L.append(f"- {size_label(size)}: {p['error']}")
+                continue
+            L.append(f"- {size_label(size)}: common voxels {p.get('common_voxel_fraction', 0):.0%}; slope old vs new "
+                     f"(all common voxels) {fmt(p.get('slope_old_vs_new'), '.3f')}; wavelength-collapsed images: "
+                     f"Pearson r {fmt(p.get('collapsed_pearson_r_1'), '.3f')} and slope "
+                     f"{fmt(p.get('collapsed_slope_1'), '.3f')} per pixel, r {fmt(p.get('collapsed_pearson_r_8'), '.3f')} "
+                     f"and slope {fmt(p.get('collapsed_slope_8'), '.3f')} in 8x8-pixel blocks; median SCI new "
+                     f"{fmt(p.get('median_new'), '.2e')} / old {fmt(p.get('median_old'), '.2e')} MJy/sr; largest "
+                     f"per-plane median difference {fmt(p.get('plane_median_abs_diff_max'), '.2e')} MJy/sr.")
+        L.append("")
+    return "\n".join(L)
+
+
+def write_doc(doc: Path, section: str) -> None:
+    """Replace (or append) the DOC_HEADING section of ``doc``; other sections are kept."""
+    text = doc.read_text() if doc.exists() else "# Performance\n"
+    lines = text.splitlines()
+    start = next((i for i, l in enumerate(lines) if l.strip() == DOC_HEADING), None)
+    if start is None:
+        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + ([""] + lines[end:] if end < len(lines) else [])) + "\n"
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(new)
+
+
+# ── main ─────────────────────────────────────────────────────────────────────────────────
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="30,180",
+                    help="comma-separated cube sizes in arcmin (square, native D3 grid); default 30,180 (30' and 3 deg)")
+    ap.add_argument("--skip-old", action="store_true", help="run this package only (no spxquery 0.4.1, no venv)")
+    ap.add_argument("--frames", type=int, default=3,
+                    help="frames drizzled by spxquery 0.4.1 on cubes larger than 1 deg (first N of the 16; this "
+                         "package is also timed on the same N for the ratio); 0 = all 16. Default 3")
+    ap.add_argument("--time-cap", type=float, default=15.0,
+                    help="minutes; a run longer than this is killed and reported as '> cap' (default 15)")
+    ap.add_argument("--mem-cap-gb", type=float, default=16.0,
+                    help="GiB; address-space limit of the spxquery 0.4.1 process and RSS kill threshold of every run "
+                         "(lowered to MemAvailable - 1 GiB when less is free); default 16")
+    ap.add_argument("--data-dir", type=Path, default=CACHE / "field16",
+                    help="cached simulated field (created when missing); default %(default)s")
+    ap.add_argument("--old-venv", type=Path, default=CACHE / "venv-spxquery041",
+                    help="virtual environment of spxquery 0.4.1 (created when missing); default %(default)s")
+    ap.add_argument("--venv-python", default=shutil.which("python3") or sys.executable,
+                    help="interpreter used to create --old-venv (Python >= 3.11); default %(default)s")
+    ap.add_argument("--new-python", type=Path, default=Path(sys.executable),
+                    help="interpreter with this package installed; default %(default)s")
+    ap.add_argument("--work-dir", type=Path, default=CACHE / "runs",
+                    help="per-run cubes, logs and result JSON (overwritten); default %(default)s")
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "performance.md",
+                    help="markdown file whose '%s' section is replaced by the table; default %%(default)s" % DOC_HEADING)
+    ap.add_argument("--no-doc", action="store_true", help="print the table only, do not write --doc")
+    ap.add_argument("--import-retries", type=int, default=3,
+                    help="retries (30 s apart) when this package fails to import (extension being rebuilt)")
+    cfg = ap.parse_args(argv)
+
+    sizes = [float(s) for s in cfg.sizes.split(",") if s.strip()]
+    command = "python benchmarks/bench_pipeline.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
+    load_start = loadavg()
+    avail = mem_available_gib()
+    mem_cap = cfg.mem_cap_gb if avail is None else min(cfg.mem_cap_gb, max(avail - 1.0, 1.0))
+    if mem_cap < cfg.mem_cap_gb:
+        log(f"memory cap lowered to {mem_cap:.1f} GiB (MemAvailable {avail:.1f} GiB)")
+    as_limit = int(mem_cap * 1024**3)
+    rss_kill = mem_cap * 1024.0
+    log(f"load average at start: {load_start}; sizes {sizes}; old code {'skipped' if cfg.skip_old else 'included'}")
+
+    paths = ensure_field(cfg.data_dir.expanduser())
+    oldpy = None if cfg.skip_old else old_python(cfg.old_venv.expanduser(), cfg.venv_python)
+    work = cfg.work_dir.expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+
+    baselines: Dict[str, Run] = {"new": execute(cfg.new_python, "new", "baseline-new", work, cfg, None, rss_kill)}
+    if oldpy:
+        baselines["old"] = execute(oldpy, "old", "baseline-old", work, cfg, as_limit, rss_kill)
+    runs: List[Run] = []
+    ratio_pairs: Dict[float, Tuple[Run, Run]] = {}
+    parities: Dict[float, Dict] = {}
+    for size in sizes:
+        tag = f"{size:g}arcmin"
+        new_all = execute(cfg.new_python, "new", f"new-{tag}", work, cfg, None, rss_kill, paths, size)
+        runs.append(new_all)
+        if not oldpy:
+            continue
+        n_old = N_FRAMES if (size <= 60.0 or cfg.frames <= 0) else min(cfg.frames, N_FRAMES)
+        new_ref = new_all
+        if n_old != N_FRAMES:
+            new_ref = execute(cfg.new_python, "new", f"new-{tag}-{n_old}frames", work, cfg, None, rss_kill,
+                              paths[:n_old], size)
+            runs.append(new_ref)
+        old = execute(oldpy, "old", f"old-{tag}" + ("" if n_old == N_FRAMES else f"-{n_old}frames"), work, cfg,
+                      as_limit, rss_kill, paths[:n_old], size)
+        runs.append(old)
+        ratio_pairs[size] = (new_ref, old)
+        if old.output and new_ref.output and old.output.exists() and new_ref.output.exists():
+            parities[size] = parity(new_ref.output, old.output)
+            log(f"parity {size_label(size)}: {parities[size]}")
+
+    nr = baselines["new"].result
+    orr = baselines["old"].result if "old" in baselines else {}
+    meminfo = f"{(mem_available_gib() or 0):.0f} GiB available"
+    try:
+        total = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal")).split()[1])
+        meminfo = f"{total / MIB:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
+    meta = {
+        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "command": command,
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu_model(),
+        "mem": meminfo,
+        "load_start": load_start,
+        "load_end": loadavg(),
+        "git": git_head(),
+        "new_version": f"spxquery-drizzle3d {nr.get('package_version', '?')}",
+        "new_python": nr.get("python", "?"),
+        "new_numpy": nr.get("numpy", "?"),
+        "new_astropy": nr.get("astropy", "?"),
+        "old_venv": str(cfg.old_venv).replace(str(Path.home()), "~"),
+        "old_python": orr.get("python", "—"),
+        "old_numpy": orr.get("numpy", "—"),
+        "old_astropy": orr.get("astropy", "—"),
+    }
+    report = build_report(runs, ratio_pairs, baselines, parities, meta, cfg.time_cap)
+    print(report)
+    if not cfg.no_doc:
+        write_doc(cfg.doc, report)
+        log(f"wrote the table to {cfg.doc}")
+    return 0 if all(r.status == "ok" for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
