@@ -448,10 +448,15 @@ def build_report(runs: List[Run], ratio_pairs: Dict[float, Tuple[Run, Run]], bas
             verdict = "" if target is None else (" — target ≥ %gx: %s" % (target, "met" if po / pn >= target else "NOT met"))
             tl.append(f"- {size_label(size)}: spxquery 0.4.1 {po:.2f} s/frame vs this package {pn:.3f} s/frame "
                       f"on the same {rn.n_frames} frames = {po / pn:.1f}x{verdict}.")
+        elif pn and ro.status == "> cap":
+            lo = cap_min * 60.0 / ro.n_frames
+            tl.append(f"- {size_label(size)}: spxquery 0.4.1 did not finish {ro.n_frames} frames within the "
+                      f"{cap_min:g}-min cap (> {lo:.0f} s/frame) vs this package {pn:.3f} s/frame = > {lo / pn:.0f}x.")
         else:
-            tl.append(f"- {size_label(size)}: spxquery 0.4.1 {ro.status} ({ro.result.get('error') or ''}).")
+            tl.append(f"- {size_label(size)}: spxquery 0.4.1 {ro.status}: {ro.result.get('error') or ''} "
+                      f"(peak RSS {ro.maxrss_mib:.0f} MB when it stopped).")
     for r in runs:
-        if r.impl == "new" and r.status == "ok":
+        if r.impl == "new" and r.status == "ok" and r.n_frames == N_FRAMES:
             shape = tuple(r.result.get("cube_shape") or expected_shape(r.size))
             limit = accum_mib("new", shape) + MEM_HEADROOM_MIB  # type: ignore[arg-type]
             tl.append(f"- Memory, this package, {size_label(r.size)}, {r.n_frames} frames: peak {r.maxrss_mib:.0f} MB "
