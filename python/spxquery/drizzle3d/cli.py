@@ -563,6 +563,11 @@ def config_from_args(args: argparse.Namespace, parser: Optional[argparse.Argumen
             cfg = Drizzle3DConfig.from_yaml_file(args.config)
         except FileNotFoundError:
             raise CLIError(f"config file not found: {args.config}") from None
+        except ValueError as exc:
+            if not changes:
+                raise CLIError(str(exc)) from None
+            # the flags may replace the offending value: merge the raw YAML with them, then validate
+            return _merge_yaml(args.config, changes, exc)
         try:
             return cfg.replace(**changes)
         except ValueError as exc:
@@ -576,6 +581,25 @@ def config_from_args(args: argparse.Namespace, parser: Optional[argparse.Argumen
         return Drizzle3DConfig(**changes)
     except ValueError as exc:
         raise CLIError(f"invalid option value: {exc}") from None
+
+
+def _merge_yaml(path: Path, changes: Dict[str, Any], original: ValueError) -> Any:
+    """Config from the YAML mapping at ``path`` updated with ``changes`` (CLIError if invalid)."""
+    import yaml
+
+    from .config import Drizzle3DConfig
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        raise CLIError(str(original)) from None
+    if not isinstance(data, dict):
+        raise CLIError(str(original))
+    data.update(changes)
+    try:
+        return Drizzle3DConfig.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(f"{path} with the command-line options: {exc}") from None
 
 
 def _usage(parser: Optional[argparse.ArgumentParser], message: str) -> None:
@@ -845,6 +869,8 @@ def _wrap(text: str, width: int = 100) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .io import load_cube
     from .quicklook import (
         brightest_pixel, cube_summary, default_plane, format_summary, plane_for_wavelength, world_to_pixel,
@@ -878,7 +904,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             plane = default_plane(cube)
         if args.at is not None:
             x, y = world_to_pixel(cube, args.at[0], args.at[1])
-            xi, yi = int(round(x)), int(round(y))
+            xi, yi = (int(round(x)), int(round(y))) if np.isfinite([x, y]).all() else (-1, -1)
             if not (0 <= xi < nx and 0 <= yi < ny):
                 raise CLIError(f"--at {args.at[0]} {args.at[1]} falls at pixel ({x:.1f}, {y:.1f}), outside the "
                                f"{nx} x {ny} image")
