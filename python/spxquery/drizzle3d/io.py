@@ -165,44 +165,103 @@ def _primary(cube) -> fits.PrimaryHDU:
     return fits.PrimaryHDU(header=h)
 
 
-def build_hdulist(cube) -> fits.HDUList:
-    """The 7 HDUs of ``cube`` (see module docstring)."""
-    count = np.asarray(cube.count_map)
-    if count.dtype != np.uint32:
-        count = count.astype(np.uint32)
-    and_mask = np.asarray(cube.and_mask, dtype=np.uint32).copy()
-    and_mask[count == 0] = 0
-    or_mask = np.asarray(cube.or_mask, dtype=np.uint32)
-    wcs_hdr = _cube_wcs_header(cube.wcs, cube.zgrid)
+def _image_header(name: str, dtype, shape, extra: fits.Header | None = None) -> fits.Header:
+    """Header of an image extension of ``dtype`` and ``shape`` (no data allocated)."""
+    hdu = fits.ImageHDU(np.broadcast_to(np.zeros((), dtype=dtype), shape), name=name)
+    if extra is not None:
+        hdu.header.update(extra)
+    return hdu.header
 
-    sci = fits.ImageHDU(np.asarray(cube.flux, dtype=np.float32), name="SCI")
-    sci.header.update(wcs_hdr)
-    sci.header["BUNIT"] = "MJy/sr"
-    var = fits.ImageHDU(np.asarray(cube.variance, dtype=np.float32), name="VARIANCE")
-    var.header.update(wcs_hdr)
-    var.header["BUNIT"] = "(MJy/sr)**2"
+
+def _planes(cube):
+    """Per-plane output arrays, one plane at a time: (SCI, VARIANCE, AND, OR, COUNT)."""
+    for k in range(cube.flux_weighted.shape[0]):
+        w = cube.weight_total[k]
+        covered = w > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            sci = np.where(covered, cube.flux_weighted[k] / w, np.nan).astype(np.float32)
+            var = np.where(covered, cube.var_accum[k] / (w * w), np.nan).astype(np.float32)
+        count = np.asarray(cube.count_map[k], dtype=np.uint32)
+        and_mask = np.where(count > 0, np.asarray(cube.and_mask[k], dtype=np.uint32), np.uint32(0))
+        yield sci, var, and_mask, np.asarray(cube.or_mask[k], dtype=np.uint32), count
+
+
+def _fits_bytes(a: np.ndarray) -> bytes:
+    """Big-endian FITS data bytes; uint32 as int32 with BZERO = 2**31."""
+    if a.dtype == np.uint32:
+        return (a ^ np.uint32(0x80000000)).view(np.int32).astype(">i4").tobytes()
+    return a.astype(a.dtype.newbyteorder(">")).tobytes()
+
+
+def _pad(f, nbytes: int) -> None:
+    if nbytes % 2880:
+        f.write(b"\0" * (2880 - nbytes % 2880))
+
+
+def build_hdulist(cube) -> fits.HDUList:
+    """The 7 HDUs of ``cube`` in memory (see module docstring). :func:`save_cube`
+    streams the same content plane by plane instead of building this."""
+    n_input_sc = _n_input_sc(cube)
+    wcs_hdr = _cube_wcs_header(cube.wcs, cube.zgrid)
+    arrays = [np.stack(a) for a in zip(*_planes(cube))]
+    hdus = [_primary(cube)]
+    for name, data in zip(("SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT"), arrays):
+        hdu = fits.ImageHDU(data, name=name)
+        hdu.header.update(_extension_keywords(name, wcs_hdr))
+        hdus.append(hdu)
+    hdus.append(_wavelength_table(cube.zgrid, n_input_sc))
+    return fits.HDUList(hdus)
+
+
+def _n_input_sc(cube) -> np.ndarray:
     n_input_sc = getattr(cube, "n_input_sc", None)
     if n_input_sc is None:
         raise ValueError("cube.n_input_sc is missing: cannot write the N_INPUT_SC column")
-    return fits.HDUList(
-        [
-            _primary(cube),
-            sci,
-            var,
-            fits.ImageHDU(and_mask, name="AND_MASK"),
-            fits.ImageHDU(or_mask, name="OR_MASK"),
-            fits.ImageHDU(count, name="COUNT"),
-            _wavelength_table(cube.zgrid, np.asarray(n_input_sc)),
-        ]
-    )
+    return np.asarray(n_input_sc)
+
+
+def _extension_keywords(name: str, wcs_hdr: fits.Header) -> fits.Header:
+    """WCS and BUNIT for SCI/VARIANCE; nothing for the masks and COUNT."""
+    extra = fits.Header()
+    if name in ("SCI", "VARIANCE"):
+        extra.update(wcs_hdr)
+        extra["BUNIT"] = "MJy/sr" if name == "SCI" else "(MJy/sr)**2"
+    return extra
+
+
+def _write_streamed(f, cube) -> None:
+    """Write the 7 HDUs to the open binary file ``f``: the five image extensions are
+    streamed plane by plane (memory: one plane of each, not whole-cube copies)."""
+    n_input_sc = _n_input_sc(cube)
+    shape = cube.flux_weighted.shape
+    wcs_hdr = _cube_wcs_header(cube.wcs, cube.zgrid)
+    f.write(_primary(cube).header.tostring().encode("ascii"))
+    names = ("SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT")
+    dtypes = (np.float32, np.float32, np.uint32, np.uint32, np.uint32)
+    for idx, (name, dtype) in enumerate(zip(names, dtypes)):
+        f.write(_image_header(name, dtype, shape, _extension_keywords(name, wcs_hdr)).tostring().encode("ascii"))
+        nbytes = 0
+        for planes in _planes(cube):
+            chunk = _fits_bytes(planes[idx])
+            f.write(chunk)
+            nbytes += len(chunk)
+        _pad(f, nbytes)
+    table = fits.HDUList([fits.PrimaryHDU(), _wavelength_table(cube.zgrid, n_input_sc)])
+    import io as _io
+
+    buf = _io.BytesIO()
+    table.writeto(buf)
+    primary_len = len(fits.PrimaryHDU().header.tostring())
+    f.write(buf.getvalue()[primary_len:])  # the table extension without its dummy primary
 
 
 def save_cube(cube, path, overwrite: bool = False) -> Path:
     """Write ``cube`` as a 7-HDU FITS file, atomically (temporary file + rename).
 
-    Raises FileExistsError when ``path`` exists and ``overwrite`` is False. On any
-    error the temporary file is removed and an existing ``path`` is left untouched.
-    Returns the path written.
+    The image extensions are written plane by plane, so the extra memory is a few
+    planes, not copies of the cube. Raises FileExistsError when ``path`` exists and
+    ``overwrite`` is False. On any error the temporary file is removed and an
+    existing ``path`` is left untouched. Returns the path written.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -212,8 +271,7 @@ def save_cube(cube, path, overwrite: bool = False) -> Path:
     tmp_path = Path(tmp.name)
     try:
         with tmp:
-            hdul = build_hdulist(cube)
-            hdul.writeto(tmp)
+            _write_streamed(tmp, cube)
             tmp.flush()
             os.fsync(tmp.fileno())
         if path.exists() and not overwrite:

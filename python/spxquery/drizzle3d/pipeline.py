@@ -3,7 +3,7 @@
 ``drizzle_detector`` drizzles a list of L2 files of one detector into a cube and
 saves ``output_dir/drizzle_D{N}.fits``. Files are read one ahead on a reader
 thread while the previous frame is accumulated (the Rust accumulation releases
-the GIL); frames are always accumulated in the order given, so the result is
+the GIL) when crops are small; large crops are read one at a time; frames are always accumulated in the order given, so the result is
 deterministic. Unusable files (not SPHEREx L2, truncated, missing extension,
 other detector) are skipped with one warning line naming the file and the
 reason and counted in ``n_rejected``; frames that do not touch the output region
@@ -32,6 +32,11 @@ from .spectral import build_z_grid
 logger = logging.getLogger(__name__)
 
 ALL_DETECTORS = (1, 2, 3, 4, 5, 6)
+
+#: Largest crop (input pixels) for which the next file is read while the current
+#: one is accumulated; above it (e.g. whole frames for degree-sized cubes) one frame
+#: is held at a time, to keep peak memory near the cube's accumulators.
+READ_AHEAD_MAX_PIXELS = 1_000_000
 
 
 def output_path_for(config: Drizzle3DConfig, detector: int) -> Path:
@@ -100,11 +105,15 @@ def drizzle_detector(
                     pending.append((p, pool.submit(_read_one, p, config, detector, output_wcs, shape)))
 
             submit_next()
-            submit_next()  # one file read ahead of the one being accumulated
             while pending:
                 path, fut = pending.popleft()
-                submit_next()
                 kind, payload = fut.result()
+                del fut  # the future would keep the frame alive
+                # Read the next file while this one is accumulated, unless this crop is
+                # large: then hold one frame at a time to bound memory (3-degree cubes).
+                small = kind != "frame" or payload.image.size <= READ_AHEAD_MAX_PIXELS
+                if small:
+                    submit_next()
                 bar.update(1)
                 if kind == "reject":
                     n_rejected += 1
@@ -115,6 +124,15 @@ def drizzle_detector(
                     logger.debug("D%d: %s does not touch the output region", detector, path.name)
                     continue
                 frame: Frame = payload  # type: ignore[assignment]
+                del payload
+                entry = {
+                    "name": path.name,
+                    "obsid": frame.obsid,
+                    "mjd": frame.mjd,
+                    "zodi_scale": frame.zodi_scale,
+                    "zodi_source": frame.zodi_source,
+                    "crop": frame.crop,
+                }
                 stats = drizzle_frame(
                     cube,
                     frame.corners_x,
@@ -126,22 +144,16 @@ def drizzle_detector(
                     frame.delta_lambda,
                     exclude_mask=frame.exclude_mask,
                 )
+                del frame
+                if not small:
+                    submit_next()
                 n_pix = int(getattr(stats, "n_pixels", 0))
                 if n_pix == 0:
                     n_empty += 1
                     logger.debug("D%d: %s overlaps the region but no pixel landed", detector, path.name)
                     continue
-                cube.frame_log.append(
-                    {
-                        "name": path.name,
-                        "obsid": frame.obsid,
-                        "mjd": frame.mjd,
-                        "zodi_scale": frame.zodi_scale,
-                        "zodi_source": frame.zodi_source,
-                        "n_pixels": n_pix,
-                        "crop": frame.crop,
-                    }
-                )
+                entry["n_pixels"] = n_pix
+                cube.frame_log.append(entry)
     finally:
         bar.close()
 
