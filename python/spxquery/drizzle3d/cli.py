@@ -763,7 +763,7 @@ def _demo_explanation(cube_path: Path, archive: Path, pngs: Mapping[str, Path], 
             continue
         d = math.hypot(x - bx, y - by)
         if nearest is None or d < nearest[0]:
-            nearest = (d, s.name)
+            nearest = (d, s.name, s.spectrum.continuum_index)
         sp = s.spectrum
         parts.append(f"{s.name} ({sp.continuum_amp:g} mJy x (lambda/um)^{sp.continuum_index:g}) at pixel ({x:.0f}, {y:.0f})")
     ext_txt = ""
@@ -775,9 +775,12 @@ def _demo_explanation(cube_path: Path, archive: Path, pngs: Mapping[str, Path], 
                        f"({e.sigma_major_arcsec:g}\" x {e.sigma_minor_arcsec:g}\" sigma) with an emission line at "
                        f"{lines}" + (f" -- its spectrum is in {ext_png.name}." if ext_png is not None else "."))
     n_frames = len(truth.get("frames", []))
-    bright = (f" The brightest pixel ({bx}, {by}), circled, is {nearest[1]}; {pngs['spectrum'].name} shows its "
-              f"spectrum with 1-sigma error bars (rising: a red source)." if nearest and nearest[0] <= 3 else
-              f" The circle marks the brightest pixel ({bx}, {by}); {pngs['spectrum'].name} is its spectrum.")
+    if nearest is not None and nearest[0] <= 3:
+        red = " (rising: a red source)" if nearest[2] > 0 else ""
+        bright = (f" The brightest pixel ({bx}, {by}), circled, is {nearest[1]}; {pngs['spectrum'].name} shows its "
+                  f"spectrum with 1-sigma error bars{red}.")
+    else:
+        bright = f" The circle marks the brightest pixel ({bx}, {by}); {pngs['spectrum'].name} is its spectrum."
     return (
         f"What you are looking at: {n_frames} simulated SPHEREx exposures (cutouts, two roll angles, each seeing the "
         f"field at different wavelengths) drizzled into a {cube['sci'].shape[0]}-plane cube of "

@@ -192,7 +192,10 @@ def _image_png(
         ax.plot([mark[0]], [mark[1]], marker="o", markersize=14, markerfacecolor="none",
                 markeredgecolor="cyan", markeredgewidth=1.2)
     ax.set_title(title, fontsize=10)
-    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    # ticks evenly spaced in the stretched scale, so that they never pile up near zero
+    ticks = norm.inverse(np.linspace(0.0, 1.0, 6))
+    cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, ticks=np.asarray(ticks, dtype=float))
+    cb.ax.set_yticklabels([f"{t:.2g}" for t in np.asarray(ticks, dtype=float)])
     cb.set_label(label)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tight layout vs WCSAxes
