@@ -113,7 +113,8 @@ class DrizzleCube:
     def _accumulators(self) -> tuple:
         return (self.flux_weighted, self.weight_total, self.var_accum, self.count_map, self.and_mask, self.or_mask)
 
-    def _record(self, n_pixels: int, n_contrib: int, planes: np.ndarray) -> FrameStats:
+    def record_frame(self, n_pixels: int, n_contrib: int, planes: np.ndarray) -> FrameStats:
+        """Count one input frame that put ``n_pixels`` pixels into ``planes`` (bool, n_z)."""
         if n_pixels > 0:
             self.n_inputs += 1
             self.n_input_sc += planes.astype(np.uint32)
@@ -151,6 +152,7 @@ def drizzle_frame(
     *,
     exclude_bits: int = 0,
     threads: int = 0,
+    record: bool = True,
 ) -> FrameStats:
     """Drizzle one frame (or crop) straight from its corner map into ``cube``, in place.
 
@@ -160,6 +162,8 @@ def drizzle_frame(
     ``exclude_mask`` True or any of ``exclude_bits`` set are skipped, as are
     pixels with non-finite value/wavelength/bandwidth, bandwidth <= 0 or
     variance <= 0. ``threads=0`` uses all cores (``RAYON_NUM_THREADS``).
+    ``record=False`` leaves ``n_inputs`` / ``n_input_sc`` alone (for a frame drizzled
+    in several pieces; call :meth:`DrizzleCube.record_frame` once with the totals).
     """
     cfg = cube.config
     n_pix, n_con, planes = _core.drizzle_frame(
@@ -170,7 +174,9 @@ def drizzle_frame(
         float(cfg.xy_shrink), float(cfg.effective_z_shrink()), float(cfg.ivar_max), float(cfg.min_overlap),
         cfg.kernel, int(exclude_bits) & 0xFFFFFFFF, _mask(exclude_mask), int(threads),
     )
-    return cube._record(n_pix, n_con, planes)
+    if not record:
+        return FrameStats(int(n_pix), int(n_con), planes)
+    return cube.record_frame(n_pix, n_con, planes)
 
 
 def drizzle_image(
@@ -204,4 +210,4 @@ def drizzle_image(
         float(cfg.effective_z_shrink()), float(cfg.ivar_max), float(cfg.min_overlap),
         0, None if mask is None else np.ascontiguousarray(mask.ravel()),
     )
-    return cube._record(n_pix, n_con, planes)
+    return cube.record_frame(n_pix, n_con, planes)

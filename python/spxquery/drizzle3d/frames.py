@@ -24,7 +24,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 from astropy.io import fits
@@ -525,6 +525,184 @@ def _read_block(hdu, rows: slice, cols: slice) -> np.ndarray:
     return np.array(hdu.data[rows, cols])
 
 
+#: Crops larger than this (input pixels) are read and drizzled in strips of rows of
+#: about this many pixels, so that a whole frame never sits in memory at once.
+STRIP_PIXELS = 1_000_000
+
+
+def _read_crop_arrays(hdul, path: Path, rows: slice, cols: slice, with_zodi: bool):
+    """(image float64, variance float32, zodi float64 or None) of one block."""
+    try:
+        image = np.asarray(_read_block(hdul["IMAGE"], rows, cols), dtype=np.float64)
+        variance = np.asarray(_read_block(hdul["VARIANCE"], rows, cols), dtype=np.float32)
+        zodi = np.asarray(_read_block(hdul["ZODI"], rows, cols), dtype=np.float64) if with_zodi else None
+    except Exception as exc:
+        raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
+    return image, variance, zodi
+
+
+def _fit_zodi_subsample(hdul, fh: FrameHeader, path: Path, bad: int, src_bit: int) -> Tuple[float, bool]:
+    """Zodi scale fitted on every ``ZODI_SUBSAMPLE_STEP``-th row of the whole frame."""
+    every = (slice(None, None, ZODI_SUBSAMPLE_STEP), slice(None))
+    try:
+        s_img = np.asarray(_read_block(hdul["IMAGE"], *every), dtype=np.float64)
+        s_zod = np.asarray(_read_block(hdul["ZODI"], *every), dtype=np.float64)
+        s_var = np.asarray(_read_block(hdul["VARIANCE"], *every), dtype=np.float32)
+        s_flg = _as_uint32(_read_block(hdul["FLAGS"], *every))
+    except Exception as exc:
+        raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
+    return _zodi.fit_zodi_scale(s_img, s_zod, s_var, s_flg, bad, src_bit, name=path.name)
+
+
+@dataclass
+class FrameSource:
+    """A frame that touches the output region, with its crop, flags and zodi scale
+    decided; :meth:`frames` yields its pixels as :class:`Frame` pieces (strips of
+    rows for large crops, the whole crop otherwise), in row order."""
+
+    path: Path
+    header: FrameHeader
+    crop: Tuple[int, int, int, int]  # (x0, x1, y0, y1), 0-based, end-exclusive
+    flags: np.ndarray  # uint32, whole crop (decompressed up front so errors surface early)
+    exclude_bits: int
+    zodi_scale: Optional[float]
+    zodi_fit_ok: bool
+    zodi_source: str
+    output_wcs: WCS
+    strip_rows: int
+    _cached: Optional[tuple] = None  # (image, variance, zodi) of the whole crop, if read
+
+    @property
+    def n_pixels(self) -> int:
+        x0, x1, y0, y1 = self.crop
+        return (x1 - x0) * (y1 - y0)
+
+    def frames(self) -> "Iterator[Frame]":
+        """The crop's pixels as :class:`Frame` pieces of at most ``strip_rows`` rows."""
+        from .spatial import corner_map
+
+        x0, x1, y0, y1 = self.crop
+        fh = self.header
+        out = self.output_wcs.celestial if self.output_wcs.naxis != 2 else self.output_wcs
+        hdul = None if self._cached is not None else _open_fits(self.path)
+        try:
+            for ya in range(y0, y1, self.strip_rows):
+                yb = min(ya + self.strip_rows, y1)
+                if self._cached is not None:
+                    image, variance, zodi = self._cached
+                    self._cached = None
+                else:
+                    image, variance, zodi = _read_crop_arrays(
+                        hdul, self.path, slice(ya, yb), slice(x0, x1), self.zodi_scale is not None
+                    )
+                if self.zodi_scale is not None:
+                    image -= self.zodi_scale * zodi
+                del zodi
+                flags = self.flags[ya - y0 : yb - y0]
+                bits = np.uint32(int(self.exclude_bits) & 0xFFFFFFFF)
+                exclude = (flags & bits) != 0 if self.exclude_bits else None
+                lam, dlam = fh.wave.evaluate_crop(x0, x1, ya, yb)
+                corners_x, corners_y = corner_map(fh.wcs, out, x0, ya, x1 - x0, yb - ya)
+                yield Frame(
+                    path=self.path,
+                    obsid=fh.obsid,
+                    detector=fh.detector,
+                    mjd=fh.mjd,
+                    image=image,
+                    variance=variance,
+                    flags=flags,
+                    exclude_mask=exclude,
+                    lambda_c=lam,
+                    delta_lambda=dlam,
+                    corners_x=corners_x,
+                    corners_y=corners_y,
+                    crop=(x0, x1, ya, yb),
+                    zodi_scale=self.zodi_scale,
+                    zodi_fit_ok=self.zodi_fit_ok,
+                    zodi_source=self.zodi_source,
+                    layout=fh.layout,
+                    extra={"parent_offset": fh.parent_offset, "is_cutout": fh.is_cutout},
+                )
+        finally:
+            if hdul is not None:
+                hdul.close()
+
+
+def prepare_frame(
+    path,
+    config,
+    detector: Optional[int],
+    output_wcs: WCS,
+    output_shape: Optional[Tuple[int, int]] = None,
+    margin_pix: float = DEFAULT_CROP_MARGIN,
+    strip_pixels: int = STRIP_PIXELS,
+) -> Optional[FrameSource]:
+    """Validate one L2 file, find its crop and zodi scale; pixels are read later by
+    :meth:`FrameSource.frames`. Returns None when the frame misses the output region.
+
+    Crops of at most ``strip_pixels`` pixels are read now (one piece); larger crops are
+    read in strips of rows, and their zodi scale is fitted on a subsample of the whole
+    frame. Raises :class:`FrameError` for unusable files.
+    """
+    path = Path(path)
+    if output_shape is None:
+        output_shape = (config.output_ny(), config.output_nx())
+    hdul = _open_fits(path)
+    try:
+        fh = _validate(hdul, path, detector)
+        crop = footprint_crop(fh, output_wcs, output_shape, margin_pix)
+        if crop is None:
+            return None
+        x0, x1, y0, y1 = crop
+        rows, cols = slice(y0, y1), slice(x0, x1)
+        try:
+            flags = _as_uint32(_read_block(hdul["FLAGS"], rows, cols))
+        except Exception as exc:
+            raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
+        n_pix = (x1 - x0) * (y1 - y0)
+        subtract = bool(getattr(config, "subtract_zodi", True))
+        cached = None
+        if n_pix <= strip_pixels:
+            cached = _read_crop_arrays(hdul, path, rows, cols, subtract)
+        zodi_scale: Optional[float] = None
+        zodi_ok = False
+        source = "none"
+        if subtract:
+            if getattr(config, "static_zodi", False):
+                zodi_scale, source = 1.0, "static"
+            else:
+                bad = _bits(ZODI_BAD_FLAG_NAMES, fh.flag_bits)
+                src_bit = fh.flag_bits.get("SOURCE", 21)
+                n_bg = 0
+                if cached is not None:
+                    image, variance, zodi = cached
+                    n_bg = int(np.count_nonzero(_zodi.background_mask(image, zodi, variance, flags, bad, src_bit)))
+                if n_bg >= _zodi.DEFAULT_MIN_PIXELS:
+                    zodi_scale, zodi_ok = _zodi.fit_zodi_scale(image, zodi, variance, flags, bad, src_bit, name=path.name)
+                    source = "crop" if zodi_ok else "fallback"
+                else:
+                    # Crop too small for a robust fit, or read later in strips: fit on
+                    # every 16th row of the whole frame.
+                    zodi_scale, zodi_ok = _fit_zodi_subsample(hdul, fh, path, bad, src_bit)
+                    source = "subsample" if zodi_ok else "fallback"
+    finally:
+        hdul.close()
+    bitmask = _flags.exclude_bitmask(getattr(config, "exclude_flags", []) or [], fh.flag_bits)
+    return FrameSource(
+        path=path,
+        header=fh,
+        crop=crop,
+        flags=flags,
+        exclude_bits=int(bitmask),
+        zodi_scale=zodi_scale,
+        zodi_fit_ok=zodi_ok,
+        zodi_source=source,
+        output_wcs=output_wcs,
+        strip_rows=max(1, int(strip_pixels) // max(1, x1 - x0)),
+        _cached=cached,
+    )
+
+
 def read_frame(
     path,
     config,
@@ -533,7 +711,7 @@ def read_frame(
     output_shape: Optional[Tuple[int, int]] = None,
     margin_pix: float = DEFAULT_CROP_MARGIN,
 ) -> Optional[Frame]:
-    """Read the part of one L2 file that can land in the output region.
+    """Read the part of one L2 file that can land in the output region, in one piece.
 
     Parameters
     ----------
@@ -549,94 +727,13 @@ def read_frame(
 
     Raises
     ------
-    FrameError for unusable files (see :func:`open_frame`).
+    FrameError for unusable files (see :func:`open_frame`). The pipeline uses
+    :func:`prepare_frame`, which reads large crops in strips.
     """
-    path = Path(path)
-    if output_shape is None:
-        output_shape = (config.output_ny(), config.output_nx())
-    hdul = _open_fits(path)
-    try:
-        fh = _validate(hdul, path, detector)
-        crop = footprint_crop(fh, output_wcs, output_shape, margin_pix)
-        if crop is None:
-            return None
-        x0, x1, y0, y1 = crop
-        try:
-            rows, cols = slice(y0, y1), slice(x0, x1)
-            image = np.asarray(_read_block(hdul["IMAGE"], rows, cols), dtype=np.float64)
-            variance = np.asarray(_read_block(hdul["VARIANCE"], rows, cols), dtype=np.float32)
-            flags = _as_uint32(_read_block(hdul["FLAGS"], rows, cols))
-        except Exception as exc:
-            raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
-
-        zodi_scale: Optional[float] = None
-        zodi_ok = False
-        source = "none"
-        if getattr(config, "subtract_zodi", True):
-            try:
-                zodi = np.asarray(_read_block(hdul["ZODI"], rows, cols), dtype=np.float64)
-            except Exception as exc:
-                raise FrameError(path, f"ZODI data unreadable ({type(exc).__name__}: {exc})") from exc
-            if getattr(config, "static_zodi", False):
-                zodi_scale, source = 1.0, "static"
-            else:
-                bad = _bits(ZODI_BAD_FLAG_NAMES, fh.flag_bits)
-                src_bit = fh.flag_bits.get("SOURCE", 21)
-                n_bg = int(np.count_nonzero(_zodi.background_mask(image, zodi, variance, flags, bad, src_bit)))
-                if n_bg >= _zodi.DEFAULT_MIN_PIXELS:
-                    zodi_scale, zodi_ok = _zodi.fit_zodi_scale(
-                        image, zodi, variance, flags, bad, src_bit, name=path.name
-                    )
-                    source = "crop" if zodi_ok else "fallback"
-                else:
-                    # Crop too small for a robust fit: use every 16th row of the full frame.
-                    step = ZODI_SUBSAMPLE_STEP
-                    try:
-                        every = (slice(None, None, step), slice(None))
-                        s_img = np.asarray(_read_block(hdul["IMAGE"], *every), dtype=np.float64)
-                        s_zod = np.asarray(_read_block(hdul["ZODI"], *every), dtype=np.float64)
-                        s_var = np.asarray(_read_block(hdul["VARIANCE"], *every), dtype=np.float32)
-                        s_flg = _as_uint32(_read_block(hdul["FLAGS"], *every))
-                    except Exception as exc:
-                        raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
-                    zodi_scale, zodi_ok = _zodi.fit_zodi_scale(
-                        s_img, s_zod, s_var, s_flg, bad, src_bit, name=path.name
-                    )
-                    source = "subsample" if zodi_ok else "fallback"
-            image -= zodi_scale * zodi
-    finally:
-        hdul.close()
-
-    bitmask = _flags.exclude_bitmask(getattr(config, "exclude_flags", []) or [], fh.flag_bits)
-    exclude = (flags & np.uint32(int(bitmask) & 0xFFFFFFFF)) != 0 if bitmask else None
-
-    lam, dlam = fh.wave.evaluate_crop(x0, x1, y0, y1)
-
-    from .spatial import corner_map
-
-    out = output_wcs.celestial if output_wcs.naxis != 2 else output_wcs
-    corners_x, corners_y = corner_map(fh.wcs, out, x0, y0, x1 - x0, y1 - y0)
-
-    return Frame(
-        path=path,
-        obsid=fh.obsid,
-        detector=fh.detector,
-        mjd=fh.mjd,
-        image=image,
-        variance=variance,
-        flags=flags,
-        exclude_mask=exclude,
-        lambda_c=lam,
-        delta_lambda=dlam,
-        corners_x=corners_x,
-        corners_y=corners_y,
-        crop=crop,
-        zodi_scale=zodi_scale,
-        zodi_fit_ok=zodi_ok,
-        zodi_source=source,
-        layout=fh.layout,
-        extra={"parent_offset": fh.parent_offset, "is_cutout": fh.is_cutout},
-    )
+    source = prepare_frame(path, config, detector, output_wcs, output_shape, margin_pix, strip_pixels=2**62)
+    if source is None:
+        return None
+    return next(source.frames())
 
 
 __all__ = [
@@ -647,5 +744,7 @@ __all__ = [
     "open_frame",
     "footprint_crop",
     "read_frame",
+    "prepare_frame",
+    "FrameSource",
     "wavelength_astropy",
 ]

@@ -3,7 +3,8 @@
 ``drizzle_detector`` drizzles a list of L2 files of one detector into a cube and
 saves ``output_dir/drizzle_D{N}.fits``. Files are read one ahead on a reader
 thread while the previous frame is accumulated (the Rust accumulation releases
-the GIL) when crops are small; large crops are read one at a time; frames are always accumulated in the order given, so the result is
+the GIL) when crops are small; large crops (e.g. whole frames for degree-sized
+cubes) are read one file at a time, in strips of rows; frames are always accumulated in the order given, so the result is
 deterministic. Unusable files (not SPHEREx L2, truncated, missing extension,
 other detector) are skipped with one warning line naming the file and the
 reason and counted in ``n_rejected``; frames that do not touch the output region
@@ -19,12 +20,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+import numpy as np
 from astropy.wcs import WCS
 from tqdm.auto import tqdm
 
 from .accumulate import DrizzleCube, drizzle_frame
 from .config import Drizzle3DConfig
-from .frames import Frame, FrameError, read_frame
+from .frames import FrameError, FrameSource, prepare_frame
 from .grid import build_output_wcs
 from .io import save_cube
 from .spectral import build_z_grid
@@ -49,9 +51,9 @@ def _detectors(config: Drizzle3DConfig) -> Tuple[int, ...]:
 
 
 def _read_one(path: Path, config: Drizzle3DConfig, detector: int, output_wcs: WCS, shape) -> Tuple[str, object]:
-    """('frame', Frame) | ('skip', None) | ('reject', reason) for one file (never raises)."""
+    """('frame', FrameSource) | ('skip', None) | ('reject', reason) for one file (never raises)."""
     try:
-        frame = read_frame(path, config, detector, output_wcs, shape)
+        frame = prepare_frame(path, config, detector, output_wcs, shape)
     except FrameError as exc:
         return "reject", exc.reason
     except Exception as exc:  # a broken file must never stop the run
@@ -111,7 +113,7 @@ def drizzle_detector(
                 del fut  # the future would keep the frame alive
                 # Read the next file while this one is accumulated, unless this crop is
                 # large: then hold one frame at a time to bound memory (3-degree cubes).
-                small = kind != "frame" or payload.image.size <= READ_AHEAD_MAX_PIXELS
+                small = kind != "frame" or payload.n_pixels <= READ_AHEAD_MAX_PIXELS
                 if small:
                     submit_next()
                 bar.update(1)
@@ -123,31 +125,40 @@ def drizzle_detector(
                     n_outside += 1
                     logger.debug("D%d: %s does not touch the output region", detector, path.name)
                     continue
-                frame: Frame = payload  # type: ignore[assignment]
+                source: FrameSource = payload  # type: ignore[assignment]
                 del payload
+                n_pix, n_con, planes = 0, 0, np.zeros(cube.nz, dtype=bool)
+                # Large crops come in strips of rows, in row order: each voxel still
+                # sums its contributions in input-pixel order.
+                for piece in source.frames():
+                    stats = drizzle_frame(
+                        cube,
+                        piece.corners_x,
+                        piece.corners_y,
+                        piece.image,
+                        piece.variance,
+                        piece.flags,
+                        piece.lambda_c,
+                        piece.delta_lambda,
+                        exclude_mask=piece.exclude_mask,
+                        record=False,
+                    )
+                    del piece
+                    n_pix += stats.n_pixels
+                    n_con += stats.n_contributions
+                    planes |= stats.planes
+                cube.record_frame(n_pix, n_con, planes)
                 entry = {
                     "name": path.name,
-                    "obsid": frame.obsid,
-                    "mjd": frame.mjd,
-                    "zodi_scale": frame.zodi_scale,
-                    "zodi_source": frame.zodi_source,
-                    "crop": frame.crop,
+                    "obsid": source.header.obsid,
+                    "mjd": source.header.mjd,
+                    "zodi_scale": source.zodi_scale,
+                    "zodi_source": source.zodi_source,
+                    "crop": source.crop,
                 }
-                stats = drizzle_frame(
-                    cube,
-                    frame.corners_x,
-                    frame.corners_y,
-                    frame.image,
-                    frame.variance,
-                    frame.flags,
-                    frame.lambda_c,
-                    frame.delta_lambda,
-                    exclude_mask=frame.exclude_mask,
-                )
-                del frame
+                del source
                 if not small:
                     submit_next()
-                n_pix = int(getattr(stats, "n_pixels", 0))
                 if n_pix == 0:
                     n_empty += 1
                     logger.debug("D%d: %s overlaps the region but no pixel landed", detector, path.name)
