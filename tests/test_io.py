@@ -200,3 +200,15 @@ def test_streamed_file_is_valid_fits_and_matches_astropy_writer(tmp_path):
             for key in ("BITPIX", "NAXIS1", "NAXIS2", "NAXIS3", "CTYPE3", "CRVAL3", "CDELT3", "BUNIT"):
                 assert ha.header.get(key) == hb.header.get(key), (ha.name, key)
         assert a["COUNT"].data[0, 0, 0] == 2**32 - 1
+
+
+def test_saved_cube_has_normal_file_permissions(tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = save_cube(_cube(), tmp_path / "perm.fits")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

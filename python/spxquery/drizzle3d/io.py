@@ -173,17 +173,26 @@ def _image_header(name: str, dtype, shape, extra: fits.Header | None = None) -> 
     return hdu.header
 
 
-def _planes(cube):
-    """Per-plane output arrays, one plane at a time: (SCI, VARIANCE, AND, OR, COUNT)."""
-    for k in range(cube.flux_weighted.shape[0]):
+#: The image extensions in file order, with their data types.
+IMAGE_EXTENSIONS = (("SCI", np.float32), ("VARIANCE", np.float32), ("AND_MASK", np.uint32), ("OR_MASK", np.uint32), ("COUNT", np.uint32))
+
+
+def _plane(cube, name: str, k: int) -> np.ndarray:
+    """Plane ``k`` of the output extension ``name`` (SCI and VARIANCE NaN where empty)."""
+    if name in ("SCI", "VARIANCE"):
         w = cube.weight_total[k]
+        out = np.full(w.shape, np.nan, dtype=np.float64)
         covered = w > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            sci = np.where(covered, cube.flux_weighted[k] / w, np.nan).astype(np.float32)
-            var = np.where(covered, cube.var_accum[k] / (w * w), np.nan).astype(np.float32)
-        count = np.asarray(cube.count_map[k], dtype=np.uint32)
-        and_mask = np.where(count > 0, np.asarray(cube.and_mask[k], dtype=np.uint32), np.uint32(0))
-        yield sci, var, and_mask, np.asarray(cube.or_mask[k], dtype=np.uint32), count
+        if name == "SCI":
+            np.divide(cube.flux_weighted[k], w, out=out, where=covered)
+        else:
+            np.divide(cube.var_accum[k], w * w, out=out, where=covered)
+        return out.astype(np.float32)
+    if name == "AND_MASK":
+        return np.where(cube.count_map[k] > 0, np.asarray(cube.and_mask[k], dtype=np.uint32), np.uint32(0))
+    if name == "OR_MASK":
+        return np.asarray(cube.or_mask[k], dtype=np.uint32)
+    return np.asarray(cube.count_map[k], dtype=np.uint32)
 
 
 def _fits_bytes(a: np.ndarray) -> bytes:
@@ -203,9 +212,9 @@ def build_hdulist(cube) -> fits.HDUList:
     streams the same content plane by plane instead of building this."""
     n_input_sc = _n_input_sc(cube)
     wcs_hdr = _cube_wcs_header(cube.wcs, cube.zgrid)
-    arrays = [np.stack(a) for a in zip(*_planes(cube))]
     hdus = [_primary(cube)]
-    for name, data in zip(("SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT"), arrays):
+    for name, _ in IMAGE_EXTENSIONS:
+        data = np.stack([_plane(cube, name, k) for k in range(cube.flux_weighted.shape[0])])
         hdu = fits.ImageHDU(data, name=name)
         hdu.header.update(_extension_keywords(name, wcs_hdr))
         hdus.append(hdu)
@@ -236,13 +245,11 @@ def _write_streamed(f, cube) -> None:
     shape = cube.flux_weighted.shape
     wcs_hdr = _cube_wcs_header(cube.wcs, cube.zgrid)
     f.write(_primary(cube).header.tostring().encode("ascii"))
-    names = ("SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT")
-    dtypes = (np.float32, np.float32, np.uint32, np.uint32, np.uint32)
-    for idx, (name, dtype) in enumerate(zip(names, dtypes)):
+    for name, dtype in IMAGE_EXTENSIONS:
         f.write(_image_header(name, dtype, shape, _extension_keywords(name, wcs_hdr)).tostring().encode("ascii"))
         nbytes = 0
-        for planes in _planes(cube):
-            chunk = _fits_bytes(planes[idx])
+        for k in range(shape[0]):
+            chunk = _fits_bytes(_plane(cube, name, k))
             f.write(chunk)
             nbytes += len(chunk)
         _pad(f, nbytes)
@@ -274,6 +281,10 @@ def save_cube(cube, path, overwrite: bool = False) -> Path:
             _write_streamed(tmp, cube)
             tmp.flush()
             os.fsync(tmp.fileno())
+        # NamedTemporaryFile is created 0600; give the cube the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         if path.exists() and not overwrite:
             raise FileExistsError(f"Output file already exists: {path} (appeared while writing)")
         os.replace(tmp_path, path)
