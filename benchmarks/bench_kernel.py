@@ -20,6 +20,7 @@ from spxquery.drizzle3d import _core
 N_IN = 2040
 N_OUT = 300
 PIXFRAC = 0.8
+KERNEL_HEADING = "## Kernel: one frame, this package vs STScI drizzle"
 
 
 def geometry():
@@ -52,7 +53,8 @@ def best_of(fn, repeat):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=5, help="runs per implementation; the best is kept (default 5)")
+    ap.add_argument("--doc", action="store_true", help="also record the table in docs/performance.md")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
     image = rng.normal(1.0, 0.1, (N_IN, N_IN))
@@ -90,14 +92,30 @@ def main() -> None:
     t = best_of(ours("square", 1, np.array([0.5, 5.5])), args.repeat)
     rows.append(("spxquery.drizzle3d square (1 plane)", 1, t))
     npix = N_IN * N_IN
-    print(f"# {N_IN}x{N_IN} input frame -> {N_OUT}x{N_OUT} output, pixfrac/xy_shrink={PIXFRAC}, best of {args.repeat}, {n_threads} cores")
-    print(f"{'implementation':48s} {'threads':>7s} {'seconds':>8s} {'Mpix/s':>8s} {'vs cdrizzle':>11s}")
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    lines = [
+        KERNEL_HEADING,
+        "",
+        f"Measured {time.strftime('%Y-%m-%d %H:%M')} with `python benchmarks/bench_kernel.py --repeat {args.repeat}` "
+        f"({n_threads} cores, load average {load}): a {N_IN}x{N_IN} input frame with a rotated, distorted "
+        f"mapping onto a {N_OUT}x{N_OUT} output grid, xy_shrink = pixfrac = {PIXFRAC}, best of {args.repeat} runs. "
+        "Input pixels/s counts all pixels of the frame (most fall outside the output grid).",
+        "",
+        "| implementation | threads | seconds | Mpix/s | vs cdrizzle |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, threads, t in rows:
-        ratio = f"{t_c / t:10.2f}x" if t_c else "        n/a"
-        print(f"{name:48s} {threads:7d} {t:8.4f} {npix / t / 1e6:8.1f} {ratio}")
+        ratio = f"{t_c / t:.2f}x" if t_c else "n/a"
+        lines.append(f"| {name} | {threads} | {t:.4f} | {npix / t / 1e6:.1f} | {ratio} |")
     sq = {th: t for name, th, t in rows if "square (3-D" in name}
     if 1 in sq and 2 in sq:
-        print(f"square kernel speed-up 1 -> 2 threads: {sq[1] / sq[2]:.2f}x")
+        lines += ["", f"Square kernel speed-up from 1 to 2 threads: {sq[1] / sq[2]:.2f}x."]
+    report = "\n".join(lines)
+    print(report)
+    if args.doc:
+        from _doc import DOC, write_section
+
+        write_section(DOC, KERNEL_HEADING, report)
 
 
 if __name__ == "__main__":

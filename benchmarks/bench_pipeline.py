@@ -497,16 +497,9 @@ def build_report(runs: List[Run], ratio_pairs: Dict[float, Tuple[Run, Run]], bas
 
 def write_doc(doc: Path, section: str) -> None:
     """Replace (or append) the DOC_HEADING section of ``doc``; other sections are kept."""
-    text = doc.read_text() if doc.exists() else "# Performance\n"
-    lines = text.splitlines()
-    start = next((i for i, l in enumerate(lines) if l.strip() == DOC_HEADING), None)
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + ([""] + lines[end:] if end < len(lines) else [])) + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(new)
+    from _doc import write_section
+
+    write_section(doc, DOC_HEADING, section)
 
 
 # ── main ─────────────────────────────────────────────────────────────────────────────────

@@ -35,6 +35,13 @@ _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 _IMAGE_EXTS = ("IMAGE", "FLAGS", "VARIANCE", "ZODI")
 
 
+
+def _isot(mjd: float) -> str:
+    """ISO-8601 UTC time of an MJD (what real headers carry beside MJD-*)."""
+    from astropy.time import Time
+
+    return Time(float(mjd), format="mjd", scale="utc").isot
+
 def l2_filename(obsid: str, detector: int, version: str) -> str:
     """Archive file name ``level2_<OBSID>D<det>_spx_<version>.fits`` (version like ``l2b-v12-2025-164``)."""
     return f"level2_{obsid}D{int(detector)}_spx_{version}.fits"
@@ -198,6 +205,8 @@ def _image_header(meta: FrameMeta, extname: str, bunit: str | None) -> fits.Head
     h["MJD-BEG"] = (float(meta.mjd_beg), "[d] exposure start")
     h["MJD-END"] = (float(meta.mjd_end), "[d] exposure end")
     h["MJD-AVG"] = (float(meta.mjd_avg), "[d] exposure mid-time")
+    for key, mjd in (("DATE-BEG", meta.mjd_beg), ("DATE-END", meta.mjd_end), ("DATE-AVG", meta.mjd_avg)):
+        h[key] = (_isot(mjd), "UTC, from " + key.replace("DATE", "MJD"))
     h["PSF_FWHM"] = (float(meta.psf_fwhm_arcsec), "[arcsec] PSF FWHM")
     for key, val, com in wcs_cards(meta):
         h[key] = (val, com)
