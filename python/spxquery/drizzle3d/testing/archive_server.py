@@ -72,6 +72,11 @@ _STRING_COLUMNS = (
 _POLY_COLUMN = "poly"
 
 
+
+
+class CutoutUnavailable(RuntimeError):
+    """The server was asked for a cutout but has no function to make one (HTTP 501)."""
+
 class AdqlError(ValueError):
     """The query uses something this simulated TAP service does not understand."""
 
@@ -553,7 +558,7 @@ class ArchiveServer:
             return cached
         func = self.cutout_func or _default_cutout_func()
         if func is None:
-            raise NotImplementedError("no cutout function available (spxquery.drizzle3d.simulate.make_cutout)")
+            raise CutoutUnavailable("no cutout function available (spxquery.drizzle3d.simulate.make_cutout)")
         ra_s, dec_s = query["center"][0].split(",")[:2]
         ra = float(ra_s.rstrip("d"))
         dec = float(dec_s.rstrip("d"))
@@ -821,7 +826,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(400, b"cutouts need both center and size\n")
             try:
                 data = arch.cutout_bytes(path, qs)
-            except NotImplementedError as exc:
+            except CutoutUnavailable as exc:
                 return self._send(501, f"{exc}\n".encode())
             except ValueError as exc:
                 return self._send(400, f"bad cutout request: {exc}\n".encode())
