@@ -72,10 +72,9 @@ _STRING_COLUMNS = (
 _POLY_COLUMN = "poly"
 
 
-
-
 class CutoutUnavailable(RuntimeError):
     """The server was asked for a cutout but has no function to make one (HTTP 501)."""
+
 
 class AdqlError(ValueError):
     """The query uses something this simulated TAP service does not understand."""
