@@ -450,3 +450,16 @@ def test_python_m_usage_error_exit_code():
     assert r.returncode == 2
     assert "argument --detector: must be an integer 0 (all six) or 1-6, got 7" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_demo_keeps_the_truth_beside_the_cube(tmp_path, capsys):
+    """Regression: the demo's message pointed at archive/truth.json, which is deleted
+    without --keep. The truth now stays beside the cube."""
+    from spxquery.drizzle3d.cli import main
+
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--output-dir", str(out), "--n-pointings", "4"]) == 0
+    text = capsys.readouterr().out
+    truth = out / "truth.json"
+    assert truth.is_file() and not (out / "archive").exists()
+    assert str(truth) in text

@@ -745,12 +745,12 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _demo_explanation(cube_path: Path, archive: Path, pngs: Mapping[str, Path], ext_png: Optional[Path]) -> str:
+def _demo_explanation(cube_path: Path, truth: Path, pngs: Mapping[str, Path], ext_png: Optional[Path]) -> str:
     from .io import load_cube
     from .quicklook import brightest_pixel, world_to_pixel
     from .simulate import load_truth
 
-    sky, truth = load_truth(archive)
+    sky, meta = load_truth(truth)
     cube = load_cube(cube_path)
     bx, by = brightest_pixel(cube)
     ny, nx = cube["sci"].shape[1:]
@@ -774,7 +774,7 @@ def _demo_explanation(cube_path: Path, archive: Path, pngs: Mapping[str, Path], 
             ext_txt = (f" The elliptical smudge at pixel ({x:.0f}, {y:.0f}) is {e.name}, an extended source "
                        f"({e.sigma_major_arcsec:g}\" x {e.sigma_minor_arcsec:g}\" sigma) with an emission line at "
                        f"{lines}" + (f" -- its spectrum is in {ext_png.name}." if ext_png is not None else "."))
-    n_frames = len(truth.get("frames", []))
+    n_frames = len(meta.get("frames", []))
     if nearest is not None and nearest[0] <= 3:
         red = " (rising: a red source)" if nearest[2] > 0 else ""
         bright = (f" The brightest pixel ({bx}, {by}), circled, is {nearest[1]}; {pngs['spectrum'].name} shows its "
@@ -786,7 +786,7 @@ def _demo_explanation(cube_path: Path, archive: Path, pngs: Mapping[str, Path], 
         f"field at different wavelengths) drizzled into a {cube['sci'].shape[0]}-plane cube of "
         f"{ny} x {nx} pixels of 6.15\". {pngs['collapsed'].name} is the inverse-variance mean over all planes "
         f"(x = 0-based column, y = row; north up, east left). Point sources: " + "; ".join(parts) + "." + bright
-        + ext_txt + f" {pngs['plane'].name} is a single wavelength plane. The true sky is in {archive / 'truth.json'}."
+        + ext_txt + f" {pngs['plane'].name} is a single wavelength plane. The true sky is in {truth}."
     )
 
 
@@ -843,13 +843,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                                         title=f"D{det} spectrum of the extended source {e.name} "
                                               f"(pixel {int(round(x))}, {int(round(y))})")
     t_end = time.perf_counter()
-    explanation = _demo_explanation(cube_path, archive, pngs, ext_png)
+    truth = out / "truth.json"  # the true sky stays beside the cube, with or without --keep
+    shutil.copyfile(archive / "truth.json", truth)
+    explanation = _demo_explanation(cube_path, truth, pngs, ext_png)
     if not args.keep:
         shutil.rmtree(archive)
     print(f"demo finished in {t_end - t_start:.1f} s (simulate {t_sim - t_start:.1f} s, query + drizzle "
           f"{t_drz - t_sim:.1f} s over {n_queries} TAP query, pictures {t_end - t_drz:.1f} s)")
     print("wrote:")
     print(f"  {cube_path}   (cube: SCI, VARIANCE, AND_MASK, OR_MASK, COUNT, WAVELENGTH)")
+    print(f"  {truth}   (the simulated true sky)")
     for p in list(pngs.values()) + ([ext_png] if ext_png is not None else []):
         print(f"  {p}")
     if args.keep:
