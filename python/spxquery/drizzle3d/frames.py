@@ -531,10 +531,11 @@ STRIP_PIXELS = 1_000_000
 
 
 def _read_crop_arrays(hdul, path: Path, rows: slice, cols: slice, with_zodi: bool):
-    """(image float64, variance float32, zodi float64 or None) of one block."""
+    """(image, variance, zodi or None) of one block, float64 as the engine takes them
+    (read once in the engine's dtype: no per-strip conversion copy later)."""
     try:
         image = np.asarray(_read_block(hdul["IMAGE"], rows, cols), dtype=np.float64)
-        variance = np.asarray(_read_block(hdul["VARIANCE"], rows, cols), dtype=np.float32)
+        variance = np.asarray(_read_block(hdul["VARIANCE"], rows, cols), dtype=np.float64)
         zodi = np.asarray(_read_block(hdul["ZODI"], rows, cols), dtype=np.float64) if with_zodi else None
     except Exception as exc:
         raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc

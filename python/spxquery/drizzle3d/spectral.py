@@ -114,25 +114,30 @@ class ZGrid:
 # ── Channel table ────────────────────────────────────────────────────────────
 
 
-@functools.lru_cache(maxsize=1)
-def _read_spectral_table() -> pd.DataFrame:
+def _bundled_hdu_data(extname: str):
+    """Data of extension ``extname`` of the bundled calibration file, loaded into memory."""
     path = SPECTRAL_CHANNELS_FILE
     if not path.exists():
         raise FileNotFoundError(f"Bundled spectral channels file not found: {path}")
-    with fits.open(path) as hdul:
+    with fits.open(path, memmap=False) as hdul:
         try:
-            data = hdul["SPECTRAL_CHANNELS"].data
+            return hdul[extname].data
         except KeyError as exc:
-            raise ValueError(f"{path}: no HDU with EXTNAME 'SPECTRAL_CHANNELS'") from exc
-        missing = [c for c in SPECTRAL_COLUMNS if c not in data.columns.names]
-        if missing:
-            raise ValueError(f"{path}: SPECTRAL_CHANNELS lacks columns {missing}")
-        columns = {}
-        for name in SPECTRAL_COLUMNS:
-            col = np.asarray(data[name])
-            columns[name] = col.astype(np.int64) if name in ("DETECTOR", "SUBCHAN") else col.astype(np.float64)
+            raise ValueError(f"{path}: no HDU with EXTNAME '{extname}'") from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _read_spectral_table() -> pd.DataFrame:
+    data = _bundled_hdu_data("SPECTRAL_CHANNELS")
+    missing = [c for c in SPECTRAL_COLUMNS if c not in data.columns.names]
+    if missing:
+        raise ValueError(f"{SPECTRAL_CHANNELS_FILE}: SPECTRAL_CHANNELS lacks columns {missing}")
+    columns = {}
+    for name in SPECTRAL_COLUMNS:
+        col = np.asarray(data[name])
+        columns[name] = col.astype(np.int64) if name in ("DETECTOR", "SUBCHAN") else col.astype(np.float64)
     df = pd.DataFrame(columns)
-    logger.debug("Loaded spectral table from %s: %d rows", path, len(df))
+    logger.debug("Loaded spectral table: %d rows", len(df))
     return df
 
 
@@ -147,17 +152,9 @@ def load_spectral_table() -> pd.DataFrame:
 
 @functools.lru_cache(maxsize=1)
 def _read_channel_map() -> np.ndarray:
-    path = SPECTRAL_CHANNELS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"Bundled spectral channels file not found: {path}")
-    with fits.open(path) as hdul:
-        try:
-            data = hdul["CHANNEL_MAP"].data
-        except KeyError as exc:
-            raise ValueError(f"{path}: no HDU with EXTNAME 'CHANNEL_MAP'") from exc
-        arr = np.array(data, dtype=np.uint8, copy=True)
+    arr = np.array(_bundled_hdu_data("CHANNEL_MAP"), dtype=np.uint8, copy=True)
     arr.setflags(write=False)
-    logger.debug("Loaded channel map from %s: shape %s", path, arr.shape)
+    logger.debug("Loaded channel map: shape %s", arr.shape)
     return arr
 
 
