@@ -209,7 +209,8 @@ pub enum QuadShape {
 
 /// Classifies the quadrilateral `(x[k], y[k])`, k = 0..4, in order.
 pub fn classify_quad(x: &[f64; 4], y: &[f64; 4]) -> QuadShape {
-    if !(x.iter().chain(y.iter()).all(|v| v.is_finite())) {
+    // Any NaN or infinity makes the sum non-finite (and absurdly large values are rejected too).
+    if !(x[0] + x[1] + x[2] + x[3] + y[0] + y[1] + y[2] + y[3]).is_finite() {
         return QuadShape::Degenerate;
     }
     let area2 = (x[0] - x[2]) * (y[1] - y[3]) - (x[1] - x[3]) * (y[0] - y[2]);
@@ -236,7 +237,7 @@ pub fn classify_quad(x: &[f64; 4], y: &[f64; 4]) -> QuadShape {
 
 /// Fractions below this (relative to the droplet area) are rounding noise from
 /// vertices lying exactly on pixel boundaries and are dropped.
-const NEGLIGIBLE: f64 = 1e-14;
+pub const NEGLIGIBLE: f64 = 1e-14;
 
 /// Reference implementation by Sutherland–Hodgman clipping (tests only: the
 /// engine uses [`for_each_quad_overlap`]).
@@ -365,79 +366,208 @@ pub fn quad_signed_area(qx: &[f64; 4], qy: &[f64; 4]) -> f64 {
     0.5 * ((qx[0] - qx[2]) * (qy[1] - qy[3]) - (qx[1] - qx[3]) * (qy[0] - qy[2]))
 }
 
-/// Clips the polygon `(x, y)[..n]` to the half-plane `coord <= b` (or
-/// `coord >= b` when `GE`), where coord is x (`Y = false`) or y (`Y = true`),
-/// writing at most `n + 2` vertices into `(ox, oy)`; returns the vertex count.
-/// Monomorphic in the axis and side so the inner loop has no dispatch.
+/// Twice the integral of `min(v, 0) du` along a straight segment traversed
+/// from `u = a1` (where `v = t1`) to `u = a2` (`v = t2`); `inv_slope` is
+/// `du/dv` of the segment's line (used only when the segment crosses `v = 0`).
+///
+/// No crossing: the trapezoid `(a2 - a1) (min(t1,0) + min(t2,0))`. Crossing:
+/// with `n = min(v, 0)`, the antiderivative along the line is `n^2 du/dv / 2`,
+/// so the integral is `(n2^2 - n1^2) du/dv / 2`, bounded because `|n| <= |dv|`
+/// there. Branch-free (the two cases are selected, not branched on).
 #[inline(always)]
-fn clip_into<const Y: bool, const GE: bool>(x: &[f64], y: &[f64], n: usize, b: f64, ox: &mut [f64; 8], oy: &mut [f64; 8]) -> usize {
-    let inside = |px: f64, py: f64| {
-        let v = if Y { py } else { px };
-        if GE { v >= b } else { v <= b }
-    };
-    let mut m = 0;
-    let (mut px, mut py) = (x[n - 1], y[n - 1]);
-    let mut pin = inside(px, py);
-    for i in 0..n {
-        let (qx, qy) = (x[i], y[i]);
-        let qin = inside(qx, qy);
-        if qin != pin && m < 8 {
-            if Y {
-                let t = (b - py) / (qy - py);
-                ox[m] = px + t * (qx - px);
-                oy[m] = b;
-            } else {
-                let t = (b - px) / (qx - px);
-                ox[m] = b;
-                oy[m] = py + t * (qy - py);
+fn twice_negative_integral(a1: f64, a2: f64, t1: f64, t2: f64, inv_slope: f64) -> f64 {
+    let (n1, n2) = (fmin(t1, 0.0), fmin(t2, 0.0));
+    let crossing = (n2 * n2 - n1 * n1) * inv_slope;
+    let trapezoid = (a2 - a1) * (n1 + n2);
+    if t1 * t2 < 0.0 { crossing } else { trapezoid }
+}
+
+/// Most output pixels per side of a [`Footprint`].
+pub const FOOTPRINT_MAX: usize = 4;
+
+/// The fractions of a droplet's weight in the output pixels of its bounding
+/// box: `f[a][b]` belongs to output pixel `(r0 + a, c0 + b)`. Rows and
+/// columns may lie off the grid (callers skip them).
+#[derive(Clone, Copy, Debug)]
+pub struct Footprint {
+    pub r0: isize,
+    pub c0: isize,
+    pub nr: usize,
+    pub nc: usize,
+    pub f: [[f64; FOOTPRINT_MAX]; FOOTPRINT_MAX],
+}
+
+/// The common case of [`quad_footprint`]: a droplet whose bounding box spans
+/// at most 2 x 2 output pixels. Returns the first output pixel `(r0, c0)` and
+/// the fractions `f[a][b]` of pixels `(r0 + a, c0 + b)` (a row or column
+/// beyond the bounding box gets 0 up to rounding); `None` for larger or
+/// non-finite droplets. The values are those of [`quad_footprint`].
+#[inline(always)]
+pub fn quad_footprint_2x2(qx: &[f64; 4], qy: &[f64; 4]) -> Option<(isize, isize, [[f64; 2]; 2])> {
+    let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
+    let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
+    let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
+    let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
+    if !(x0 > -1e15 && x1 < 1e15 && y0 > -1e15 && y1 < 1e15) {
+        return None;
+    }
+    let (cr0, cc0) = (ffloor(y0 + 0.5), ffloor(x0 + 0.5));
+    if !(ffloor(y1 + 0.5) - cr0 <= 1.0 && ffloor(x1 + 0.5) - cc0 <= 1.0) {
+        return None;
+    }
+    let u: [f64; 4] = std::array::from_fn(|k| qx[k] - (cc0 + 0.5));
+    let v: [f64; 4] = std::array::from_fn(|k| qy[k] - (cr0 + 0.5));
+    Some((cr0 as isize, cc0 as isize, fractions_2x2(&u, &v)))
+}
+
+/// Exact footprint of the quadrilateral `(qx, qy)` (simple, either
+/// orientation, positive area) when its bounding box spans at most
+/// [`FOOTPRINT_MAX`] output pixels per side; `None` when it is larger or not
+/// finite.
+///
+/// With `u, v` measured from a pixel corner `(X, Y)`, Green's theorem gives
+/// every needed area as a line integral of `v du` over parts of the edges:
+/// the part of the quadrilateral with `u <= 0` integrates over the edge parts
+/// with `u <= 0` (the cut along `u = 0` has `du = 0`), the part with `v <= 0`
+/// integrates `min(v, 0)` (the cut has `v = 0`), and the quadrant combines
+/// both. Each edge is linear, so each integral is closed-form: no polygon is
+/// built. The cumulative fractions at the inner pixel corners are then
+/// differenced into per-pixel fractions.
+#[inline(always)]
+pub fn quad_footprint(qx: &[f64; 4], qy: &[f64; 4]) -> Option<Footprint> {
+    let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
+    let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
+    let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
+    let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
+    if !(x0 > -1e15 && x1 < 1e15 && y0 > -1e15 && y1 < 1e15) {
+        return None;
+    }
+    let (cr0, cc0) = (ffloor(y0 + 0.5), ffloor(x0 + 0.5));
+    let nr = (ffloor(y1 + 0.5) - cr0) as usize + 1;
+    let nc = (ffloor(x1 + 0.5) - cc0) as usize + 1;
+    if nr > FOOTPRINT_MAX || nc > FOOTPRINT_MAX {
+        return None;
+    }
+    let mut fp = Footprint { r0: cr0 as isize, c0: cc0 as isize, nr, nc, f: [[0.0; FOOTPRINT_MAX]; FOOTPRINT_MAX] };
+    // Inner corners at u = a (a < nc - 1) and v = b (b < nr - 1), relative to
+    // the first one; the table sizes are compile-time constants per case.
+    let u: [f64; 4] = std::array::from_fn(|k| qx[k] - (cc0 + 0.5));
+    let v: [f64; 4] = std::array::from_fn(|k| qy[k] - (cr0 + 0.5));
+    // Droplets within 2 x 2 pixels (nearly all) take one branch-free path: an
+    // inner corner beyond the droplet gives fraction 0 to the extra row or column.
+    if nr <= 2 && nc <= 2 {
+        fp.nr = 2;
+        fp.nc = 2;
+        let f = fractions_2x2(&u, &v);
+        fp.f[0][..2].copy_from_slice(&f[0]);
+        fp.f[1][..2].copy_from_slice(&f[1]);
+    } else {
+        fill_footprint::<3, 3>(&u, &v, &mut fp);
+    }
+    Some(fp)
+}
+
+/// [`fill_footprint`] for one inner corner at `u = v = 0`, written lane-wise
+/// over the four edges (so the compiler can use SIMD); same arithmetic.
+#[inline(always)]
+fn fractions_2x2(u: &[f64; 4], v: &[f64; 4]) -> [[f64; 2]; 2] {
+    let (u1, v1) = (*u, *v);
+    let u2 = [u[1], u[2], u[3], u[0]];
+    let v2 = [v[1], v[2], v[3], v[0]];
+    let mut tot = [0.0; 4];
+    let mut lef = [0.0; 4];
+    let mut bel = [0.0; 4];
+    let mut qua = [0.0; 4];
+    for k in 0..4 {
+        let (du, dv) = (u2[k] - u1[k], v2[k] - v1[k]);
+        let prod = du * dv;
+        let nonzero = prod != 0.0;
+        let r = 1.0 / if nonzero { prod } else { 1.0 };
+        let slope = if nonzero { dv * dv * r } else { 0.0 };
+        let inv_slope = if nonzero { du * du * r } else { 0.0 };
+        tot[k] = du * (v1[k] + v2[k]);
+        bel[k] = twice_negative_integral(u1[k], u2[k], v1[k], v2[k], inv_slope);
+        let (a1, a2) = (fmin(u1[k], 0.0), fmin(u2[k], 0.0));
+        let w1 = if u1[k] > 0.0 { v1[k] - u1[k] * slope } else { v1[k] };
+        let w2 = if u2[k] > 0.0 { v2[k] - u2[k] * slope } else { v2[k] };
+        lef[k] = (a2 - a1) * (w1 + w2);
+        qua[k] = twice_negative_integral(a1, a2, w1, w2, inv_slope);
+    }
+    let sum = |a: [f64; 4]| (a[0] + a[1]) + (a[2] + a[3]);
+    let inv = 1.0 / sum(tot);
+    let (left, below, both) = (sum(lef) * inv, sum(bel) * inv, sum(qua) * inv);
+    [[both, below - both], [left - both, 1.0 - left - below + both]]
+}
+
+/// Fills `fp.f` for a footprint with `NB` inner row corners and `NA` inner
+/// column corners (at `v = 0..NB`, `u = 0..NA`); the larger cases go through
+/// `<3, 3>`, where corners beyond `fp.nr`/`fp.nc` lie outside the
+/// quadrilateral and change nothing.
+#[inline(always)]
+fn fill_footprint<const NB: usize, const NA: usize>(u: &[f64; 4], v: &[f64; 4], fp: &mut Footprint) {
+    let (mut total, mut left, mut below, mut quadrant) = (0.0, [0.0; NA], [0.0; NB], [[0.0; NB]; NA]);
+    for k in 0..4 {
+        let n = (k + 1) & 3;
+        let (u1, v1, u2, v2) = (u[k], v[k], u[n], v[n]);
+        let (du, dv) = (u2 - u1, v2 - v1);
+        // dv/du and du/dv from one division; 0 where undefined (then unused or
+        // multiplied by a zero length).
+        let prod = du * dv;
+        let r = 1.0 / if prod != 0.0 { prod } else { 1.0 };
+        let slope = if prod != 0.0 { dv * dv * r } else { 0.0 };
+        let inv_slope = if prod != 0.0 { du * du * r } else { 0.0 };
+        total += du * (v1 + v2);
+        for (b, acc) in below.iter_mut().enumerate() {
+            let y = b as f64;
+            *acc += twice_negative_integral(u1, u2, v1 - y, v2 - y, inv_slope);
+        }
+        // The part of the edge with u <= a runs from u = min(u1, a) to min(u2, a);
+        // v at a clamped end is interpolated from that end.
+        for (a, (l, q)) in left.iter_mut().zip(quadrant.iter_mut()).enumerate() {
+            let x = a as f64;
+            let (a1, a2) = (fmin(u1, x), fmin(u2, x));
+            let w1 = if u1 > x { v1 - (u1 - x) * slope } else { v1 };
+            let w2 = if u2 > x { v2 - (u2 - x) * slope } else { v2 };
+            *l += (a2 - a1) * (w1 + w2);
+            for (b, acc) in q.iter_mut().enumerate() {
+                let y = b as f64;
+                *acc += twice_negative_integral(a1, a2, w1 - y, w2 - y, inv_slope);
             }
-            m += 1;
         }
-        if qin && m < 8 {
-            ox[m] = qx;
-            oy[m] = qy;
-            m += 1;
+    }
+    // Cumulative fraction g[b][a]: below row corner b - 1 and left of column
+    // corner a - 1 (index 0: nothing; index N + 1: everything).
+    let inv = 1.0 / total;
+    let mut g = [[0.0; FOOTPRINT_MAX + 1]; FOOTPRINT_MAX + 1];
+    for b in 0..=NB {
+        for a in 0..=NA {
+            g[b + 1][a + 1] = match (b == NB, a == NA) {
+                (true, true) => 1.0,
+                (true, false) => left[a] * inv,
+                (false, true) => below[b] * inv,
+                (false, false) => quadrant[a][b] * inv,
+            };
         }
-        px = qx;
-        py = qy;
-        pin = qin;
     }
-    m
+    for b in 0..=NB {
+        for a in 0..=NA {
+            fp.f[b][a] = g[b + 1][a + 1] - g[b + 1][a] - g[b][a + 1] + g[b][a];
+        }
+    }
 }
 
+/// Bilinear weights of the point `(px, py)` on the four output pixel centres
+/// around it, as `(r0, c0, w)` with `w[a][b]` for pixel `(r0 + a, c0 + b)`
+/// (the values of [`for_each_bilinear_weight`]); `None` when not finite.
 #[inline(always)]
-fn poly_area(x: &[f64; 8], y: &[f64; 8], n: usize) -> f64 {
-    if n < 3 {
-        return 0.0;
+pub fn bilinear_footprint_2x2(px: f64, py: f64) -> Option<(isize, isize, [[f64; 2]; 2])> {
+    if !(px.abs() < 1e15 && py.abs() < 1e15) {
+        return None;
     }
-    let mut s = 0.0;
-    let mut j = n - 1;
-    for i in 0..n {
-        s += (x[j] - x[i]) * (y[j] + y[i]);
-        j = i;
-    }
-    0.5 * s.abs()
-}
-
-/// Area of the quadrilateral with `x <= b` (`Y = false`) or `y <= b` (`Y = true`).
-#[inline(always)]
-fn quad_area_below<const Y: bool>(qx: &[f64; 4], qy: &[f64; 4], b: f64) -> f64 {
-    let (mut ox, mut oy) = ([0.0; 8], [0.0; 8]);
-    let m = clip_into::<Y, false>(qx, qy, 4, b, &mut ox, &mut oy);
-    poly_area(&ox, &oy, m)
-}
-
-/// Area of the quadrilateral inside the quadrant `x <= xb, y <= yb`.
-#[inline(always)]
-fn quad_area_in_quadrant(qx: &[f64; 4], qy: &[f64; 4], xb: f64, yb: f64) -> f64 {
-    let (mut ax, mut ay) = ([0.0; 8], [0.0; 8]);
-    let m = clip_into::<false, false>(qx, qy, 4, xb, &mut ax, &mut ay);
-    if m < 3 {
-        return 0.0;
-    }
-    let (mut bx, mut by) = ([0.0; 8], [0.0; 8]);
-    let k = clip_into::<true, false>(&ax, &ay, m, yb, &mut bx, &mut by);
-    poly_area(&bx, &by, k)
+    let (xf, yf) = (ffloor(px), ffloor(py));
+    let (fx, fy) = (px - xf, py - yf);
+    let (wy, wx) = ([1.0 - fy, fy], [1.0 - fx, fx]);
+    Some((yf as isize, xf as isize, [[wy[0] * wx[0], wy[0] * wx[1]], [wy[1] * wx[0], wy[1] * wx[1]]]))
 }
 
 /// Like [`for_each_pixel_overlap`] for a quadrilateral droplet, computing each
@@ -469,39 +599,22 @@ pub fn for_each_quad_overlap(
     if r_first > r_last || c_first > c_last {
         return;
     }
-    // Whole droplet inside a single output pixel: the common fast path.
-    if cc0 == cc1 && cr0 == cr1 {
-        emit(r_first as usize, c_first as usize, 1.0);
-        return;
-    }
-    let inv_area = 1.0 / area;
-    // At most 2 x 2 pixels: inclusion-exclusion from the areas left of the
-    // column boundary, below the row boundary, and in the quadrant of both.
-    if cr1 - cr0 <= 1.0 && cc1 - cc0 <= 1.0 {
-        let (xb, yb) = (cc0 + 0.5, cr0 + 0.5);
-        let left = if cc1 > cc0 { quad_area_below::<false>(qx, qy, xb) } else { area };
-        let below = if cr1 > cr0 { quad_area_below::<true>(qx, qy, yb) } else { area };
-        let both = if cc1 > cc0 && cr1 > cr0 { quad_area_in_quadrant(qx, qy, xb, yb) } else if cc1 > cc0 { left } else { below };
-        let cells = [
-            (cr0, cc0, both),
-            (cr0, cc1, below - both),
-            (cr1, cc0, left - both),
-            (cr1, cc1, area - left - below + both),
-        ];
-        let n_cells = if cc1 > cc0 && cr1 > cr0 { 4 } else { 2 };
-        let pick: [usize; 4] = if cc1 > cc0 && cr1 > cr0 { [0, 1, 2, 3] } else if cc1 > cc0 { [0, 1, 0, 0] } else { [0, 2, 0, 0] };
-        for &k in &pick[..n_cells] {
-            let (r, c, a) = cells[k];
-            if r < r_first || r > r_last || c < c_first || c > c_last {
+    if let Some(fp) = quad_footprint(qx, qy) {
+        for (a, row) in fp.f.iter().enumerate().take(fp.nr) {
+            let r = fp.r0 + a as isize;
+            if (r as f64) < r_first || (r as f64) > r_last {
                 continue;
             }
-            let f = a * inv_area;
-            if f > NEGLIGIBLE {
-                emit(r as usize, c as usize, f);
+            for (b, &f) in row.iter().enumerate().take(fp.nc) {
+                let c = fp.c0 + b as isize;
+                if (c as f64) >= c_first && (c as f64) <= c_last && f > NEGLIGIBLE {
+                    emit(r as usize, c as usize, f);
+                }
             }
         }
         return;
     }
+    let inv_area = 1.0 / area;
     let mut r = r_first;
     while r <= r_last {
         let mut c = c_first;
