@@ -11,7 +11,9 @@
 //! `count += 1`, `and_mask &= flags` (set to `flags` on the first
 //! contribution, so it stays 0 where nothing landed), `or_mask |= flags`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
@@ -330,13 +332,25 @@ impl Droplet {
     }
 }
 
+/// Runs `f` in a rayon pool of `threads` threads (`0`: the global pool).
+/// Pools are built once per thread count and kept for later calls.
 fn run_in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<T, String> {
     if threads == 0 {
-        Ok(f())
-    } else {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?;
-        Ok(pool.install(f))
+        return Ok(f());
     }
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let pool = {
+        let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        match pools.get(&threads) {
+            Some(pool) => Arc::clone(pool),
+            None => {
+                let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?);
+                pools.insert(threads, Arc::clone(&pool));
+                pool
+            }
+        }
+    };
+    Ok(pool.install(f))
 }
 
 /// Stable counting sort of `n_items` items into bands: returns `(offsets,
@@ -379,9 +393,13 @@ fn merge_stats(n_z: usize, parts: Vec<(u64, Vec<bool>)>, touched: &[AtomicBool])
     FrameStats { n_pixels, n_contributions, planes }
 }
 
-/// Input pixels per side of the blocks that are rejected (or assigned to
-/// bands) wholesale.
-const BLOCK: usize = 32;
+/// Input pixels per side of the blocks that are assigned to bands (and
+/// rejected) wholesale.
+const BLOCK: usize = 16;
+
+/// Blocks per side of the super-blocks tested first, so that the far parts of
+/// a frame cost a few boundary reads per super-block.
+const SUPER: usize = 8;
 
 /// How far (in output pixels) beyond its corners' bounding box a droplet can
 /// reach output pixel centres it gives weight to: a square droplet touches
@@ -403,52 +421,71 @@ struct LiveBlock {
     band_hi: u32,
 }
 
+/// The bounding box `(x0, x1, y0, y1)` of the corners on the boundary of the
+/// input pixel block `rows j0..j1, columns i0..i1`, or `None` when one of them
+/// is not finite.
+fn boundary_box(frame: &FrameView<'_>, j0: usize, j1: usize, i0: usize, i1: usize) -> Option<(f64, f64, f64, f64)> {
+    let (cx, cy) = (&frame.corners_x, &frame.corners_y);
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
+    let mut sum = 0.0;
+    let mut take = |x: f64, y: f64| {
+        sum += x + y; // NaN or infinity anywhere makes the sum non-finite
+        x0 = fmin(x0, x);
+        x1 = fmax(x1, x);
+        y0 = fmin(y0, y);
+        y1 = fmax(y1, y);
+    };
+    for jj in [j0, j1] {
+        let (rx, ry) = (cx.row(jj), cy.row(jj));
+        for ii in i0..=i1 {
+            take(rx[ii], ry[ii]);
+        }
+    }
+    for jj in j0 + 1..j1 {
+        take(cx[[jj, i0]], cy[[jj, i0]]);
+        take(cx[[jj, i1]], cy[[jj, i1]]);
+    }
+    sum.is_finite().then_some((x0, x1, y0, y1))
+}
+
 /// The blocks of the frame whose droplets can reach the `ny_out x nx_out`
-/// grid, in block row-major order. For an injective (physical) mapping the
-/// image of a block is bounded by the image of its boundary, so the bounding
-/// box of the boundary corners bounds every droplet in the block. A
-/// non-finite boundary corner makes the block reach every band (its pixels
-/// are then tested one by one).
+/// grid, in a fixed order (super-block rows, super-blocks, then blocks
+/// row-major). For an injective (physical) mapping the image of a block is
+/// bounded by the image of its boundary, so the bounding box of the boundary
+/// corners bounds every droplet in the block; `m` widens it by the kernel's
+/// reach. A non-finite boundary corner makes a block reach every band (its
+/// pixels are then tested one by one).
 fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize) -> Vec<LiveBlock> {
     let (ny, nx) = frame.image.dim();
-    let (cx, cy) = (&frame.corners_x, &frame.corners_y);
     let n_bands = ny_out.div_ceil(BAND_ROWS) as u32;
-    (0..ny.div_ceil(BLOCK))
+    let reaches = |bbox: Option<(f64, f64, f64, f64)>| match bbox {
+        None => Some((0, n_bands - 1)),
+        Some((x0, x1, y0, y1)) => (x1 + m > 0.0 && x0 - m < nx_out as f64 - 1.0 && y1 + m > 0.0 && y0 - m < ny_out as f64 - 1.0).then(|| {
+            let r0 = fmax(ffloor(y0 - m), 0.0) as usize;
+            let r1 = fmin(ffloor(y1 + m), ny_out as f64 - 1.0) as usize;
+            ((r0 / BAND_ROWS) as u32, (r1 / BAND_ROWS) as u32)
+        }),
+    };
+    let side = BLOCK * SUPER;
+    (0..ny.div_ceil(side))
         .into_par_iter()
-        .map(|br| {
-            let (j0, j1) = (br * BLOCK, ((br + 1) * BLOCK).min(ny));
+        .map(|sr| {
+            let (sj0, sj1) = (sr * side, ((sr + 1) * side).min(ny));
             let mut live = Vec::new();
-            for i0 in (0..nx).step_by(BLOCK) {
-                let i1 = (i0 + BLOCK).min(nx);
-                let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-                let mut sum = 0.0;
-                let mut take = |x: f64, y: f64| {
-                    sum += x + y; // NaN or infinity anywhere makes the sum non-finite
-                    x0 = fmin(x0, x);
-                    x1 = fmax(x1, x);
-                    y0 = fmin(y0, y);
-                    y1 = fmax(y1, y);
-                };
-                for jj in [j0, j1] {
-                    let (rx, ry) = (cx.row(jj), cy.row(jj));
-                    for ii in i0..=i1 {
-                        take(rx[ii], ry[ii]);
+            for si0 in (0..nx).step_by(side) {
+                let si1 = (si0 + side).min(nx);
+                if reaches(boundary_box(frame, sj0, sj1, si0, si1)).is_none() {
+                    continue;
+                }
+                for j0 in (sj0..sj1).step_by(BLOCK) {
+                    let j1 = (j0 + BLOCK).min(ny);
+                    for i0 in (si0..si1).step_by(BLOCK) {
+                        let i1 = (i0 + BLOCK).min(nx);
+                        if let Some((band_lo, band_hi)) = reaches(boundary_box(frame, j0, j1, i0, i1)) {
+                            live.push(LiveBlock { j0: j0 as u32, i0: i0 as u32, band_lo, band_hi });
+                        }
                     }
                 }
-                for jj in j0 + 1..j1 {
-                    take(cx[[jj, i0]], cy[[jj, i0]]);
-                    take(cx[[jj, i1]], cy[[jj, i1]]);
-                }
-                let (band_lo, band_hi) = if !sum.is_finite() {
-                    (0, n_bands - 1)
-                } else if x1 + m > 0.0 && x0 - m < nx_out as f64 - 1.0 && y1 + m > 0.0 && y0 - m < ny_out as f64 - 1.0 {
-                    let r0 = fmax(ffloor(y0 - m), 0.0) as usize;
-                    let r1 = fmin(ffloor(y1 + m), ny_out as f64 - 1.0) as usize;
-                    ((r0 / BAND_ROWS) as u32, (r1 / BAND_ROWS) as u32)
-                } else {
-                    continue;
-                };
-                live.push(LiveBlock { j0: j0 as u32, i0: i0 as u32, band_lo, band_hi });
             }
             live
         })
@@ -513,24 +550,6 @@ impl FrameRow {
     }
 }
 
-/// Bit set over input pixels, shared by the band tasks, for the pixels whose
-/// droplets may reach more than one band (so each is counted once).
-struct PixelSet(Vec<AtomicU64>);
-
-impl PixelSet {
-    fn new(n: usize) -> Self {
-        PixelSet((0..n.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
-    }
-
-    fn insert(&self, k: usize) {
-        self.0[k / 64].fetch_or(1 << (k % 64), Ordering::Relaxed);
-    }
-
-    fn len(&self) -> u64 {
-        self.0.iter().map(|w| w.load(Ordering::Relaxed).count_ones() as u64).sum()
-    }
-}
-
 /// Shared driver of both entry points: buckets the items by the bands they can
 /// touch (`range(item)`), then lets one task per band visit its items in
 /// item order. `visit(item, band, row_lo, row_hi, planes, zov)` deposits and
@@ -592,13 +611,13 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
         let blocks = live_blocks(frame, m, ny_out, nx_out);
         let n_bands = ny_out.div_ceil(BAND_ROWS);
         let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (blocks[b].band_lo, blocks[b].band_hi));
-        let shared = PixelSet::new(ny * nx);
-        let parts: Vec<(u64, u64, Vec<bool>)> = cube
+        let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = cube
             .into_bands(BAND_ROWS)
             .into_par_iter()
             .enumerate()
             .map(|(b, band)| {
                 let mut task = BandTask::new(band, p, m, ny_out, nx_out);
+                let mut shared = Vec::new();
                 for &bi in &items[offsets[b]..offsets[b + 1]] {
                     let blk = &blocks[bi as usize];
                     let (j0, i0) = (blk.j0 as usize, blk.i0 as usize);
@@ -607,17 +626,21 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
                         let row = unsafe { FrameRow::new(frame, j) };
                         for i in i0..(i0 + BLOCK).min(nx) {
                             if unsafe { task.pixel(&row, i) } {
-                                shared.insert(j * nx + i);
+                                shared.push((j * nx + i) as u32);
                             }
                         }
                     }
                 }
-                (task.n_pixels, task.n_contributions, task.planes)
+                (task.n_pixels, task.n_contributions, task.planes, shared)
             })
             .collect();
+        // Pixels that may reach several bands are counted once.
+        let mut shared: Vec<u32> = parts.iter().flat_map(|t| t.3.iter().copied()).collect();
+        shared.sort_unstable();
+        shared.dedup();
         let mut planes = vec![false; nz];
-        let (mut n_pixels, mut n_contributions) = (shared.len(), 0);
-        for (np, nc, pl) in parts {
+        let (mut n_pixels, mut n_contributions) = (shared.len() as u64, 0);
+        for (np, nc, pl, _) in parts {
             n_pixels += np;
             n_contributions += nc;
             for (acc, v) in planes.iter_mut().zip(pl) {
@@ -641,6 +664,8 @@ struct BandTask<'a, 'p> {
     negligible: f64,
     /// Spectral overlaps `(plane, f_z)` of the current pixel.
     zov: Vec<(usize, f64)>,
+    /// First plane of the previous pixel (a search hint).
+    z_hint: usize,
     /// Input pixels that deposited and can reach only this band.
     n_pixels: u64,
     n_contributions: u64,
@@ -654,7 +679,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             Kernel::Bilinear => 0.0,
         };
         let nz = band.nz;
-        BandTask { band, p, m, ny_out, nx_out, negligible, zov: Vec::with_capacity(8), n_pixels: 0, n_contributions: 0, planes: vec![false; nz] }
+        BandTask { band, p, m, ny_out, nx_out, negligible, zov: Vec::with_capacity(8), z_hint: 0, n_pixels: 0, n_contributions: 0, planes: vec![false; nz] }
     }
 
     /// Drizzles input pixel `i` of `row` into this band. Returns true when the
@@ -684,7 +709,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let Some(pix) = pix else { return false };
         let zov = &mut self.zov;
         zov.clear();
-        spectral::for_each_overlap(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, |k, f| zov.push((k, f)));
+        spectral::for_each_overlap_hinted(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, &mut self.z_hint, |k, f| zov.push((k, f)));
         if zov.is_empty() {
             return false;
         }
@@ -1194,7 +1219,7 @@ mod perf_probe {
         for _ in 0..reps {
             let t = std::time::Instant::now();
             let cube = CubeMut { flux: f.view_mut(), weight: w.view_mut(), var: v.view_mut(), count: cn.view_mut(), and_mask: am.view_mut(), or_mask: om.view_mut() };
-            st = drizzle_frame(cube, &frame, &p, 1).unwrap();
+            st = drizzle_frame(cube, &frame, &p, std::env::var("PROBE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1)).unwrap();
             best = best.min(t.elapsed().as_secs_f64());
         }
         eprintln!("{kernel:?} offset {offset} planes {nz}: best {:.2} ms of {reps} ({} pixels, {} contributions)", best * 1e3, st.n_pixels, st.n_contributions);

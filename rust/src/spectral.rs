@@ -17,11 +17,35 @@ pub const INLINE_BINS: usize = 8;
 /// user input). Returns without emitting anything when the top-hat is empty or
 /// any input is not finite.
 #[inline]
-pub fn for_each_overlap(
+pub fn for_each_overlap(lambda_c: f64, delta_lambda: f64, z_shrink: f64, edges: &[f64], emit: impl FnMut(usize, f64)) {
+    let mut no_hint = usize::MAX;
+    for_each_overlap_hinted(lambda_c, delta_lambda, z_shrink, edges, &mut no_hint, emit);
+}
+
+/// The first bin whose upper edge lies above `lo` (`edges.len() - 1` when
+/// none does). `hint`, a guess (e.g. the previous pixel's answer), is checked
+/// in O(1) before falling back to a binary search; the answer is the same.
+#[inline(always)]
+fn first_bin(edges: &[f64], lo: f64, hint: Option<usize>) -> usize {
+    let n_bins = edges.len() - 1;
+    if let Some(k) = hint {
+        if k < n_bins && edges[k + 1] > lo && (k == 0 || edges[k] <= lo) {
+            return k;
+        }
+    }
+    edges[1..].partition_point(|&e| e <= lo)
+}
+
+/// [`for_each_overlap`] starting the bin search at `*hint` and leaving the
+/// first overlapped bin there (neighbouring pixels have nearly equal
+/// wavelengths). Emits exactly what [`for_each_overlap`] emits.
+#[inline]
+pub fn for_each_overlap_hinted(
     lambda_c: f64,
     delta_lambda: f64,
     z_shrink: f64,
     edges: &[f64],
+    hint: &mut usize,
     mut emit: impl FnMut(usize, f64),
 ) {
     let width = delta_lambda * z_shrink;
@@ -34,8 +58,8 @@ pub fn for_each_overlap(
     // wholly inside one bin gets exactly 1.0.
     let span = hi - lo;
     let n_bins = edges.len() - 1;
-    // First bin whose upper edge lies above `lo`.
-    let mut k = edges[1..].partition_point(|&e| e <= lo);
+    let mut k = first_bin(edges, lo, Some(*hint));
+    *hint = k;
     while k < n_bins && edges[k] < hi {
         let overlap = hi.min(edges[k + 1]) - lo.max(edges[k]);
         if overlap > 0.0 {
