@@ -449,8 +449,7 @@ fn boundary_box(frame: &FrameView<'_>, j0: usize, j1: usize, i0: usize, i1: usiz
 }
 
 /// The blocks of the frame whose droplets can reach the `ny_out x nx_out`
-/// grid, in a fixed order (super-block rows, super-blocks, then blocks
-/// row-major). For an injective (physical) mapping the image of a block is
+/// grid (in super-block order). For an injective (physical) mapping the image of a block is
 /// bounded by the image of its boundary, so the bounding box of the boundary
 /// corners bounds every droplet in the block; `m` widens it by the kernel's
 /// reach. A non-finite boundary corner makes a block reach every band (its
@@ -608,7 +607,8 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
     }
     let m = reach(p.kernel);
     run_in_pool(threads, || {
-        let blocks = live_blocks(frame, m, ny_out, nx_out);
+        let mut blocks = live_blocks(frame, m, ny_out, nx_out);
+        blocks.sort_unstable_by_key(|b| (b.j0, b.i0));
         let n_bands = ny_out.div_ceil(BAND_ROWS);
         let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (blocks[b].band_lo, blocks[b].band_hi));
         let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = cube
@@ -618,15 +618,20 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
             .map(|(b, band)| {
                 let mut task = BandTask::new(band, p, m, ny_out, nx_out);
                 let mut shared = Vec::new();
-                for &bi in &items[offsets[b]..offsets[b + 1]] {
-                    let blk = &blocks[bi as usize];
-                    let (j0, i0) = (blk.j0 as usize, blk.i0 as usize);
+                // Row-major over the band's blocks: one block row at a time, each
+                // input row across all of its live blocks (sequential reads).
+                let mine = &items[offsets[b]..offsets[b + 1]];
+                for group in mine.chunk_by(|&x, &y| blocks[x as usize].j0 == blocks[y as usize].j0) {
+                    let j0 = blocks[group[0] as usize].j0 as usize;
                     for j in j0..(j0 + BLOCK).min(ny) {
                         // SAFETY: the frame was checked above; j and i are inside it.
                         let row = unsafe { FrameRow::new(frame, j) };
-                        for i in i0..(i0 + BLOCK).min(nx) {
-                            if unsafe { task.pixel(&row, i) } {
-                                shared.push((j * nx + i) as u32);
+                        for &bi in group {
+                            let i0 = blocks[bi as usize].i0 as usize;
+                            for i in i0..(i0 + BLOCK).min(nx) {
+                                if unsafe { task.pixel(&row, i) } {
+                                    shared.push((j * nx + i) as u32);
+                                }
                             }
                         }
                     }
@@ -719,6 +724,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
             Droplet::Point { x, y } => bilinear_footprint_2x2(x, y),
         };
         let deposited = match small {
+            Some((r0, c0, f)) if f[0][0] == 1.0 && r0 >= row_lo as isize && r0 < row_hi as isize && c0 >= 0 && c0 < self.nx_out as isize => {
+                // The whole droplet in one output pixel (common for small input pixels).
+                self.band.deposit(r0 as usize, c0 as usize, 1.0, &pix, &self.zov, p.min_overlap, &mut self.planes)
+            }
             Some((r0, c0, f)) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
                 self.deposit_2x2(r0 as usize, c0 as usize, &f, &pix)
             }
@@ -787,7 +796,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
         assert!(rl + 1 < band.rows && c0 + 1 < band.nx, "2 x 2 cells at ({r0}, {c0}) outside band at row {}", band.r0);
         let st = band.strides;
         let min_overlap = self.p.min_overlap;
-        let live_xy = [[f_xy[0][0] > self.negligible, f_xy[0][1] > self.negligible], [f_xy[1][0] > self.negligible, f_xy[1][1] > self.negligible]];
+        let neg = self.negligible;
+        let live_xy = [[f_xy[0][0] > neg, f_xy[0][1] > neg], [f_xy[1][0] > neg, f_xy[1][1] > neg]];
         let mut n = 0;
         for &(k, f_z) in &self.zov {
             assert!(k < band.nz, "plane {k} outside the cube");
@@ -798,7 +808,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 let mut hit = [0u32; 2];
                 for b in 0..2 {
                     let f = f_xy[a][b] * f_z;
-                    let keep = live_xy[a][b] && f > 0.0 && f >= min_overlap;
+                    let keep = live_xy[a][b] & (f > 0.0) & (f >= min_overlap);
                     w[b] = if keep { pix.ivar * f } else { 0.0 };
                     hit[b] = keep as u32;
                 }
@@ -812,9 +822,11 @@ impl<'a, 'p> BandTask<'a, 'p> {
                         *band.f[2].offset(o) += wb * wb * pix.variance;
                         let cnt = band.u[0].offset(o);
                         let and = band.u[1].offset(o);
+                        // Kept: (and | first) & flags, where `first` is all ones on the
+                        // first contribution; skipped: unchanged.
                         let mask = 0u32.wrapping_sub(hb);
                         let first = 0u32.wrapping_sub((*cnt == 0) as u32);
-                        *and = (*and & !mask) | (((*and | first) & pix.flags) & mask);
+                        *and = (*and | (first & mask)) & (pix.flags | !mask);
                         *cnt = (*cnt).saturating_add(hb);
                         *band.u[2].offset(o) |= pix.flags & mask;
                     }

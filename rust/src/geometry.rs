@@ -22,11 +22,12 @@ pub fn fmax(a: f64, b: f64) -> f64 {
     if a > b { a } else { b }
 }
 
-/// `floor` for finite values of magnitude below 2^52 (pixel coordinates),
-/// without a libm call.
+/// `floor` for values of magnitude below 2^51 (pixel coordinates), without
+/// a libm call: adding and subtracting 1.5 * 2^52 rounds to an integer.
 #[inline(always)]
 pub fn ffloor(x: f64) -> f64 {
-    let t = x as i64 as f64;
+    const ROUND: f64 = 6755399441055744.0;
+    let t = (x + ROUND) - ROUND;
     if t > x { t - 1.0 } else { t }
 }
 
@@ -412,8 +413,13 @@ pub fn quad_footprint_2x2(qx: &[f64; 4], qy: &[f64; 4]) -> Option<(isize, isize,
         return None;
     }
     let (cr0, cc0) = (ffloor(y0 + 0.5), ffloor(x0 + 0.5));
-    if !(ffloor(y1 + 0.5) - cr0 <= 1.0 && ffloor(x1 + 0.5) - cc0 <= 1.0) {
+    let (dr, dc) = (ffloor(y1 + 0.5) - cr0, ffloor(x1 + 0.5) - cc0);
+    if !(dr <= 1.0 && dc <= 1.0) {
         return None;
+    }
+    if dr == 0.0 && dc == 0.0 {
+        // Inside one output pixel (the values the general path gives too).
+        return Some((cr0 as isize, cc0 as isize, [[1.0, 0.0], [0.0, 0.0]]));
     }
     let u: [f64; 4] = std::array::from_fn(|k| qx[k] - (cc0 + 0.5));
     let v: [f64; 4] = std::array::from_fn(|k| qy[k] - (cr0 + 0.5));
@@ -881,6 +887,13 @@ mod tests {
                 let g = b.iter().find(|t| t.0 == r && t.1 == c).map(|t| t.2).unwrap_or(0.0);
                 prop_assert!((f - g).abs() < 1e-10, "cell {},{}: {} vs {}", r, c, f, g);
             }
+        }
+
+        #[test]
+        fn ffloor_is_floor(x in -1e12f64..1e12, half in proptest::bool::ANY) {
+            let x = if half { (x * 2.0).round() / 2.0 } else { x };
+            prop_assert_eq!(ffloor(x), x.floor());
+            prop_assert_eq!(ffloor(x * 1e-9), (x * 1e-9).floor());
         }
 
         #[test]
