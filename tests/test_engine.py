@@ -303,11 +303,12 @@ def test_seed_api_matches_fused_path():
 
 
 @pytest.mark.parametrize("kernel", ["square", "bilinear"])
-@pytest.mark.parametrize("scale", [0.08, 0.3, 1.1, 3.0])
+@pytest.mark.parametrize("scale", [0.08, 0.3, 1.1, 3.0, 6.0])
 def test_fused_path_matches_seed_api_across_bands(kernel, scale):
     """Regression: with input pixels smaller than output pixels, the bilinear kernel lost the
     share of pixels whose centre lay within one output pixel of a band boundary (48 output
-    rows span three bands of rows)."""
+    rows span three bands of rows). Scales 3 and 6 exercise the 3x3-4x4 footprints and the general
+    per-pixel area path."""
     n = int(40 / scale)
     corners = affine_corners(n, n, rotation(0.2, scale), (4.0, 3.0))
     arrays = frame_arrays(n, n, seed=2)

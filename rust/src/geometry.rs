@@ -6,9 +6,10 @@
 //! axis-aligned half-plane (Sutherland–Hodgman) is exact up to floating-point
 //! rounding and works for any simple subject polygon, convex or not, because
 //! the clip window (a pixel) is convex. The engine computes areas without
-//! building polygons: inclusion–exclusion of half-plane clips for droplets
-//! within 2 x 2 pixels, the signed edge-area ("boxer") sum otherwise; the
-//! general clipper is kept as an independent reference for the tests.
+//! building polygons: closed-form edge integrals (Green's theorem) for
+//! droplets within 4 x 4 pixels ([`quad_footprint`]), the signed edge-area
+//! ("boxer") sum otherwise; the general clipper is kept as an independent
+//! reference for the tests.
 
 /// `min` without NaN handling (callers check finiteness): one instruction.
 #[inline(always)]
@@ -649,26 +650,18 @@ pub fn for_each_bilinear_weight(
     row_hi: usize,
     mut emit: impl FnMut(usize, usize, f64),
 ) {
-    if !(px.is_finite() && py.is_finite()) {
-        return;
-    }
-    let xf = px.floor();
-    let yf = py.floor();
-    let fx = px - xf;
-    let fy = py - yf;
-    let wy = [1.0 - fy, fy];
-    let wx = [1.0 - fx, fx];
-    for dy in 0..2 {
-        let r = yf + dy as f64;
-        if r < 0.0 || r >= ny as f64 || r < row_lo as f64 || r >= row_hi as f64 || wy[dy] <= 0.0 {
+    let Some((r0, c0, w)) = bilinear_footprint_2x2(px, py) else { return };
+    let (r_lo, r_hi) = (row_lo as isize, row_hi.min(ny) as isize);
+    for (a, wr) in w.iter().enumerate() {
+        let r = r0 + a as isize;
+        if r < r_lo || r >= r_hi {
             continue;
         }
-        for dx in 0..2 {
-            let c = xf + dx as f64;
-            if c < 0.0 || c >= nx as f64 || wx[dx] <= 0.0 {
-                continue;
+        for (b, &wb) in wr.iter().enumerate() {
+            let c = c0 + b as isize;
+            if c >= 0 && c < nx as isize && wb > 0.0 {
+                emit(r as usize, c as usize, wb);
             }
-            emit(r as usize, c as usize, wy[dy] * wx[dx]);
         }
     }
 }
