@@ -605,6 +605,9 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
     if ny_out.div_ceil(BAND_ROWS) > u16::MAX as usize {
         return Err(format!("output grid of {ny_out} rows is too tall (at most {} rows)", u16::MAX as usize * BAND_ROWS));
     }
+    if nz == 0 || ny_out == 0 || nx_out == 0 || ny == 0 || nx == 0 {
+        return Ok(FrameStats { n_pixels: 0, n_contributions: 0, planes: vec![false; nz] });
+    }
     let m = reach(p.kernel);
     run_in_pool(threads, || {
         let mut blocks = live_blocks(frame, m, ny_out, nx_out);
@@ -1124,6 +1127,23 @@ mod tests {
             assert_eq!(whole.count, strips.count);
             assert_eq!(whole.and_mask, strips.and_mask);
         }
+    }
+
+    #[test]
+    fn empty_cubes_and_frames_deposit_nothing() {
+        // Regression: a zero-row cube with a non-finite corner panicked (band range underflow).
+        let mut f = affine_frame(6, 5, rotation(0.0, 1.0), [0.0, 0.0], |_, _| 1.0);
+        f.cx.fill(f64::NAN);
+        for (ny, nx) in [(0, 4), (4, 0), (0, 0)] {
+            for kernel in [Kernel::Square, Kernel::Bilinear] {
+                let mut c = Cube::new(3, ny, nx);
+                let st = drizzle_frame(c.view(), &f.view(), &params(kernel, 0.8), 1).unwrap();
+                assert_eq!((st.n_pixels, st.n_contributions, st.planes.len()), (0, 0, 3));
+            }
+        }
+        let empty = affine_frame(0, 5, rotation(0.0, 1.0), [0.0, 0.0], |_, _| 1.0);
+        let mut c = Cube::new(3, 4, 4);
+        assert_eq!(drizzle_frame(c.view(), &empty.view(), &params(Kernel::Square, 0.8), 1).unwrap().n_pixels, 0);
     }
 
     #[test]
