@@ -1243,8 +1243,11 @@ mod tests {
 
 #[cfg(test)]
 mod perf_probe {
-    //! `cargo test --release probe -- --ignored --nocapture`: timing probes
-    //! mirroring benchmarks/bench_kernel.py (run under callgrind for stable counts).
+    //! `cargo test --release --lib probe_ -- --ignored --nocapture`: timing probes
+    //! mirroring geometry A of benchmarks/bench_kernel.py (run under callgrind for
+    //! stable counts). Environment: `PROBE_REPS` (runs, best kept; default 5),
+    //! `PROBE_THREADS` (default 1), `PROBE_CROP` (set: only the 440 x 440 input
+    //! pixels around the grid, as the pipeline's crops).
     use super::*;
     use ndarray::{Array2, Array3};
 
