@@ -549,11 +549,12 @@ impl FrameRow {
     }
 }
 
-/// Shared driver of both entry points: buckets the items by the bands they can
-/// touch (`range(item)`), then lets one task per band visit its items in
+/// Driver of [`accumulate_contributions`]: buckets the items by the bands they
+/// can touch (`range(item)`), then lets one task per band visit its items in
 /// item order. `visit(item, band, row_lo, row_hi, planes, zov)` deposits and
 /// returns the number of voxel updates; `pixel_of(item)` names the input pixel
 /// (out of `n_pixels`) for the statistics.
+#[allow(clippy::too_many_arguments)]
 fn run_bands(
     cube: CubeMut<'_>,
     n_z: usize,

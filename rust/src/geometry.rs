@@ -577,9 +577,11 @@ pub fn bilinear_footprint_2x2(px: f64, py: f64) -> Option<(isize, isize, [[f64; 
     Some((yf as isize, xf as isize, [[wy[0] * wx[0], wy[0] * wx[1]], [wy[1] * wx[0], wy[1] * wx[1]]]))
 }
 
-/// Like [`for_each_pixel_overlap`] for a quadrilateral droplet, computing each
-/// output pixel's area with [`quad_pixel_area`] (no polygon construction).
+/// Like [`for_each_pixel_overlap`] for a quadrilateral droplet, without
+/// building polygons: [`quad_footprint`] for droplets within 4 x 4 output
+/// pixels, [`quad_pixel_area`] per pixel for larger ones.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 pub fn for_each_quad_overlap(
     qx: &[f64; 4],
     qy: &[f64; 4],
