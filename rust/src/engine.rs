@@ -18,7 +18,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
-use crate::geometry::{bilinear_footprint_2x2, classify_quad, ffloor, fmax, fmin, for_each_bilinear_weight, for_each_quad_overlap, quad_footprint, quad_footprint_2x2, Footprint, QuadShape, FOOTPRINT_MAX};
+use crate::geometry::{
+    bilinear_footprint_2x2, classify_quad, ffloor, fmax, fmin, for_each_bilinear_weight, for_each_quad_overlap, quad_footprint, quad_footprint_2x2,
+    Footprint, QuadShape, FOOTPRINT_MAX,
+};
 use crate::spectral;
 
 /// Output rows per band (one rayon task each). Results do not depend on it.
@@ -688,7 +691,19 @@ impl<'a, 'p> BandTask<'a, 'p> {
             Kernel::Bilinear => 0.0,
         };
         let nz = band.nz;
-        BandTask { band, p, m, ny_out, nx_out, negligible, zov: Vec::with_capacity(8), z_hint: 0, n_pixels: 0, n_contributions: 0, planes: vec![false; nz] }
+        BandTask {
+            band,
+            p,
+            m,
+            ny_out,
+            nx_out,
+            negligible,
+            zov: Vec::with_capacity(8),
+            z_hint: 0,
+            n_pixels: 0,
+            n_contributions: 0,
+            planes: vec![false; nz],
+        }
     }
 
     /// Drizzles input pixel `i` of `row` into this band. Returns true when the
@@ -936,7 +951,9 @@ pub fn accumulate_contributions(cube: CubeMut<'_>, c: &Contributions<'_>, p: &Pa
         return Err(format!("cube has {nz} planes but z_edges define {} bins", p.n_z()));
     }
     let n_in = c.image.len();
-    for (name, n) in [("variance", c.variance.len()), ("flags", c.flags.len()), ("lambda_c_map", c.lambda_c.len()), ("delta_lambda_map", c.delta_lambda.len())] {
+    for (name, n) in
+        [("variance", c.variance.len()), ("flags", c.flags.len()), ("lambda_c_map", c.lambda_c.len()), ("delta_lambda_map", c.delta_lambda.len())]
+    {
         if n != n_in {
             return Err(format!("{name} has {n} pixels, image has {n_in}"));
         }
@@ -972,14 +989,23 @@ pub fn accumulate_contributions(cube: CubeMut<'_>, c: &Contributions<'_>, p: &Pa
             let b = (c.out_y[k] as usize / BAND_ROWS) as u32;
             (b, b)
         };
-        run_bands(cube, nz, ny_out, m, band_of, n_in, |k| c.pixel_idx[k] as usize, |k, band, _, _, planes, zov| {
-            let q = c.pixel_idx[k] as usize;
-            let excluded = c.exclude.as_ref().is_some_and(|e| e[q]);
-            let Some(pix) = pixel_value(c.image[q], c.variance[q], c.flags[q], c.lambda_c[q], c.delta_lambda[q], excluded, p) else { return 0 };
-            zov.clear();
-            spectral::for_each_overlap(c.lambda_c[q], c.delta_lambda[q], p.z_shrink, &p.z_edges, |kz, f| zov.push((kz, f)));
-            band.deposit(c.out_y[k] as usize, c.out_x[k] as usize, c.f_xy[k], &pix, zov, p.min_overlap, planes)
-        })
+        run_bands(
+            cube,
+            nz,
+            ny_out,
+            m,
+            band_of,
+            n_in,
+            |k| c.pixel_idx[k] as usize,
+            |k, band, _, _, planes, zov| {
+                let q = c.pixel_idx[k] as usize;
+                let excluded = c.exclude.as_ref().is_some_and(|e| e[q]);
+                let Some(pix) = pixel_value(c.image[q], c.variance[q], c.flags[q], c.lambda_c[q], c.delta_lambda[q], excluded, p) else { return 0 };
+                zov.clear();
+                spectral::for_each_overlap(c.lambda_c[q], c.delta_lambda[q], p.z_shrink, &p.z_edges, |kz, f| zov.push((kz, f)));
+                band.deposit(c.out_y[k] as usize, c.out_x[k] as usize, c.f_xy[k], &pix, zov, p.min_overlap, planes)
+            },
+        )
     })
 }
 
@@ -1266,7 +1292,8 @@ mod perf_probe {
         let fl = Array2::<u32>::zeros((n, n));
         let lam = Array2::from_shape_fn((n, n), |(j, _)| 2.4 - 0.8 * j as f64 / n as f64);
         let dl = lam.mapv(|l| l / 41.0);
-        let edges: Vec<f64> = if n_planes == 1 { vec![0.5, 5.5] } else { (0..=n_planes).map(|k| 1.6 * (2.45f64 / 1.6).powf(k as f64 / n_planes as f64)).collect() };
+        let edges: Vec<f64> =
+            if n_planes == 1 { vec![0.5, 5.5] } else { (0..=n_planes).map(|k| 1.6 * (2.45f64 / 1.6).powf(k as f64 / n_planes as f64)).collect() };
         let nz = edges.len() - 1;
         let p = Params { z_edges: edges, xy_shrink: 0.8, z_shrink: 0.8, ivar_max: 1e10, min_overlap: 0.0, kernel, exclude_bits: 0 };
         let mut a = [Array3::<f64>::ones((nz, 300, 300)), Array3::ones((nz, 300, 300)), Array3::ones((nz, 300, 300))];
@@ -1277,19 +1304,41 @@ mod perf_probe {
         let (j0, j1, i0, i1) = if crop { (800, 1240, 800, 1240) } else { (0, n, 0, n) };
         use ndarray::s;
         let (cx, cy) = (cx.slice(s![j0..=j1, i0..=i1]).to_owned(), cy.slice(s![j0..=j1, i0..=i1]).to_owned());
-        let (img, var, fl) = (img.slice(s![j0..j1, i0..i1]).to_owned(), var.slice(s![j0..j1, i0..i1]).to_owned(), fl.slice(s![j0..j1, i0..i1]).to_owned());
+        let (img, var, fl) =
+            (img.slice(s![j0..j1, i0..i1]).to_owned(), var.slice(s![j0..j1, i0..i1]).to_owned(), fl.slice(s![j0..j1, i0..i1]).to_owned());
         let (lam, dl) = (lam.slice(s![j0..j1, i0..i1]).to_owned(), dl.slice(s![j0..j1, i0..i1]).to_owned());
-        let frame = FrameView { corners_x: cx.view(), corners_y: cy.view(), image: img.view(), variance: var.view(), flags: fl.view(), lambda_c: lam.view(), delta_lambda: dl.view(), exclude: None };
+        let frame = FrameView {
+            corners_x: cx.view(),
+            corners_y: cy.view(),
+            image: img.view(),
+            variance: var.view(),
+            flags: fl.view(),
+            lambda_c: lam.view(),
+            delta_lambda: dl.view(),
+            exclude: None,
+        };
         let reps: usize = std::env::var("PROBE_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
         let mut best = f64::INFINITY;
         let mut st = FrameStats::default();
         for _ in 0..reps {
             let t = std::time::Instant::now();
-            let cube = CubeMut { flux: f.view_mut(), weight: w.view_mut(), var: v.view_mut(), count: cn.view_mut(), and_mask: am.view_mut(), or_mask: om.view_mut() };
+            let cube = CubeMut {
+                flux: f.view_mut(),
+                weight: w.view_mut(),
+                var: v.view_mut(),
+                count: cn.view_mut(),
+                and_mask: am.view_mut(),
+                or_mask: om.view_mut(),
+            };
             st = drizzle_frame(cube, &frame, &p, std::env::var("PROBE_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(1)).unwrap();
             best = best.min(t.elapsed().as_secs_f64());
         }
-        eprintln!("{kernel:?} offset {offset} planes {nz}: best {:.2} ms of {reps} ({} pixels, {} contributions)", best * 1e3, st.n_pixels, st.n_contributions);
+        eprintln!(
+            "{kernel:?} offset {offset} planes {nz}: best {:.2} ms of {reps} ({} pixels, {} contributions)",
+            best * 1e3,
+            st.n_pixels,
+            st.n_contributions
+        );
     }
 
     #[test]

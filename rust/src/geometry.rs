@@ -14,13 +14,21 @@
 /// `min` without NaN handling (callers check finiteness): one instruction.
 #[inline(always)]
 pub fn fmin(a: f64, b: f64) -> f64 {
-    if a < b { a } else { b }
+    if a < b {
+        a
+    } else {
+        b
+    }
 }
 
 /// `max` without NaN handling (callers check finiteness).
 #[inline(always)]
 pub fn fmax(a: f64, b: f64) -> f64 {
-    if a > b { a } else { b }
+    if a > b {
+        a
+    } else {
+        b
+    }
 }
 
 /// `floor` for values of magnitude below 2^51 (pixel coordinates), without
@@ -29,7 +37,11 @@ pub fn fmax(a: f64, b: f64) -> f64 {
 pub fn ffloor(x: f64) -> f64 {
     const ROUND: f64 = 6755399441055744.0;
     let t = (x + ROUND) - ROUND;
-    if t > x { t - 1.0 } else { t }
+    if t > x {
+        t - 1.0
+    } else {
+        t
+    }
 }
 
 #[cfg(test)]
@@ -339,7 +351,13 @@ fn mean_clamped(p: f64, q: f64) -> f64 {
 /// for left-to-right segments.
 #[inline(always)]
 fn edge_area(x1: f64, y1: f64, x2: f64, y2: f64) -> f64 {
-    let (xa, ya, xb, yb, sign) = if x1 < x2 { (x1, y1, x2, y2, 1.0) } else if x2 < x1 { (x2, y2, x1, y1, -1.0) } else { return 0.0 };
+    let (xa, ya, xb, yb, sign) = if x1 < x2 {
+        (x1, y1, x2, y2, 1.0)
+    } else if x2 < x1 {
+        (x2, y2, x1, y1, -1.0)
+    } else {
+        return 0.0;
+    };
     if xb <= 0.0 || xa >= 1.0 {
         return 0.0;
     }
@@ -358,7 +376,8 @@ pub fn quad_pixel_area(qx: &[f64; 4], qy: &[f64; 4], r: f64, c: f64) -> f64 {
     let (ox, oy) = (c - 0.5, r - 0.5);
     let x: [f64; 4] = std::array::from_fn(|k| qx[k] - ox);
     let y: [f64; 4] = std::array::from_fn(|k| qy[k] - oy);
-    let s = edge_area(x[0], y[0], x[1], y[1]) + edge_area(x[1], y[1], x[2], y[2]) + edge_area(x[2], y[2], x[3], y[3]) + edge_area(x[3], y[3], x[0], y[0]);
+    let s =
+        edge_area(x[0], y[0], x[1], y[1]) + edge_area(x[1], y[1], x[2], y[2]) + edge_area(x[2], y[2], x[3], y[3]) + edge_area(x[3], y[3], x[0], y[0]);
     s.abs()
 }
 
@@ -381,7 +400,11 @@ fn twice_negative_integral(a1: f64, a2: f64, t1: f64, t2: f64, inv_slope: f64) -
     let (n1, n2) = (fmin(t1, 0.0), fmin(t2, 0.0));
     let crossing = (n2 * n2 - n1 * n1) * inv_slope;
     let trapezoid = (a2 - a1) * (n1 + n2);
-    if t1 * t2 < 0.0 { crossing } else { trapezoid }
+    if t1 * t2 < 0.0 {
+        crossing
+    } else {
+        trapezoid
+    }
 }
 
 /// Most output pixels per side of a [`Footprint`].
@@ -643,15 +666,7 @@ pub fn for_each_quad_overlap(
 /// `emit(row, col, weight)` for those inside the grid and in rows
 /// `row_lo..row_hi`.
 #[inline]
-pub fn for_each_bilinear_weight(
-    px: f64,
-    py: f64,
-    ny: usize,
-    nx: usize,
-    row_lo: usize,
-    row_hi: usize,
-    mut emit: impl FnMut(usize, usize, f64),
-) {
+pub fn for_each_bilinear_weight(px: f64, py: f64, ny: usize, nx: usize, row_lo: usize, row_hi: usize, mut emit: impl FnMut(usize, usize, f64)) {
     let Some((r0, c0, w)) = bilinear_footprint_2x2(px, py) else { return };
     let (r_lo, r_hi) = (row_lo as isize, row_hi.min(ny) as isize);
     for (a, wr) in w.iter().enumerate() {

@@ -17,12 +17,7 @@ use rayon::prelude::*;
 fn weights(t: f64) -> [f64; 4] {
     let t2 = t * t;
     let t3 = t2 * t;
-    [
-        0.5 * (-t3 + 2.0 * t2 - t),
-        0.5 * (3.0 * t3 - 5.0 * t2 + 2.0),
-        0.5 * (-3.0 * t3 + 4.0 * t2 + t),
-        0.5 * (t3 - t2),
-    ]
+    [0.5 * (-t3 + 2.0 * t2 - t), 0.5 * (3.0 * t3 - 5.0 * t2 + 2.0), 0.5 * (-3.0 * t3 + 4.0 * t2 + t), 0.5 * (t3 - t2)]
 }
 
 /// For each dense index `0..n`, the first of the four coarse nodes and the
@@ -33,10 +28,7 @@ fn stencil(n: usize, step: usize, k: usize) -> Result<Vec<(usize, [f64; 4])>, St
     }
     let needed = (n.saturating_sub(1)) as f64 / step as f64 + 3.0;
     if (k as f64) < needed {
-        return Err(format!(
-            "coarse grid of {k} nodes at step {step} does not cover {n} dense points (needs {})",
-            needed.ceil()
-        ));
+        return Err(format!("coarse grid of {k} nodes at step {step} does not cover {n} dense points (needs {})", needed.ceil()));
     }
     Ok((0..n)
         .map(|j| {
@@ -82,9 +74,7 @@ mod tests {
     use super::*;
 
     fn coarse_of(f: impl Fn(f64, f64) -> f64, step: usize, ky: usize, kx: usize) -> Array2<f64> {
-        Array2::from_shape_fn((ky, kx), |(a, b)| {
-            f(((b as f64) - 1.0) * step as f64, ((a as f64) - 1.0) * step as f64)
-        })
+        Array2::from_shape_fn((ky, kx), |(a, b)| f(((b as f64) - 1.0) * step as f64, ((a as f64) - 1.0) * step as f64))
     }
 
     #[test]

@@ -146,7 +146,8 @@ fn spatial_mapping<'py>(
     xy_shrink: f64,
     kernel: &str,
     threads: usize,
-) -> PyResult<(Bound<'py, PyArray2<bool>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<(Bound<'py, PyArray2<bool>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<f64>>)>
+{
     let kernel = Kernel::parse(kernel).map_err(PyValueError::new_err)?;
     let (cx, cy) = (corners_x.as_array(), corners_y.as_array());
     let shape = (cx.dim().0.saturating_sub(1), cx.dim().1.saturating_sub(1));

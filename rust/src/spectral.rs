@@ -40,14 +40,7 @@ fn first_bin(edges: &[f64], lo: f64, hint: Option<usize>) -> usize {
 /// first overlapped bin there (neighbouring pixels have nearly equal
 /// wavelengths). Emits exactly what [`for_each_overlap`] emits.
 #[inline]
-pub fn for_each_overlap_hinted(
-    lambda_c: f64,
-    delta_lambda: f64,
-    z_shrink: f64,
-    edges: &[f64],
-    hint: &mut usize,
-    mut emit: impl FnMut(usize, f64),
-) {
+pub fn for_each_overlap_hinted(lambda_c: f64, delta_lambda: f64, z_shrink: f64, edges: &[f64], hint: &mut usize, mut emit: impl FnMut(usize, f64)) {
     let width = delta_lambda * z_shrink;
     if !(width > 0.0) || !width.is_finite() || !lambda_c.is_finite() || edges.len() < 2 {
         return;
@@ -87,7 +80,11 @@ pub fn validate_edges(edges: &[f64]) -> Result<(), String> {
     }
     for (i, w) in edges.windows(2).enumerate() {
         if !w[0].is_finite() || !w[1].is_finite() {
-            return Err(format!("z_edges must be finite, got {} at index {}", if w[0].is_finite() { w[1] } else { w[0] }, if w[0].is_finite() { i + 1 } else { i }));
+            return Err(format!(
+                "z_edges must be finite, got {} at index {}",
+                if w[0].is_finite() { w[1] } else { w[0] },
+                if w[0].is_finite() { i + 1 } else { i }
+            ));
         }
         if !(w[1] > w[0]) {
             return Err(format!("z_edges must be strictly increasing, got {} then {} at index {}", w[0], w[1], i + 1));
