@@ -435,8 +435,11 @@ def test_python_m_interrupted_simulation_exits_130(tmp_path):
             time.sleep(0.2)
         assert list((tmp_path / "f").rglob("*.fits")), "simulation did not start"
         proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=20) == 130
-        err = proc.stderr.read()
+        # The interrupt is handled when the main thread next runs Python code, which on a
+        # loaded machine can be a while into the current frame: generous timeout; the
+        # pipes are drained while waiting.
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 130
         assert "interrupted" in err and "Traceback" not in err
     finally:
         if proc.poll() is None:
