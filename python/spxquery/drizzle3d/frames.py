@@ -109,12 +109,18 @@ class WaveTable:
         ys = np.arange(y0, y1, dtype=np.float64)
         ix, fx = _cell_index(self.cdelt[0] * (xs + 1.0 - self.crpix[0]) + self.crval[0], self.x)
         iy, fy = _cell_index(self.cdelt[1] * (ys + 1.0 - self.crpix[1]) + self.crval[1], self.y)
-        fy = fy[:, None]
+        wy0, wy1 = (1.0 - fy)[:, None], fy[:, None]
         out = []
         for m in range(2):
             v = self.values[..., m]
             along_x = (1.0 - fx) * v[:, ix] + fx * v[:, ix + 1]  # (n knot rows, nx)
-            out.append((1.0 - fy) * along_x[iy] + fy * along_x[iy + 1])
+            # (1 - fy) * along_x[iy] + fy * along_x[iy + 1], with two full-size arrays only
+            res = np.take(along_x, iy, axis=0)
+            res *= wy0
+            upper = np.take(along_x, iy + 1, axis=0)
+            upper *= wy1
+            res += upper
+            out.append(res)
         return out[0], out[1]
 
 
