@@ -606,9 +606,6 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
     if ny.checked_mul(nx).is_none_or(|n| n > u32::MAX as usize) {
         return Err(format!("input of {ny} x {nx} pixels is too large"));
     }
-    if ny_out.div_ceil(BAND_ROWS) > u16::MAX as usize {
-        return Err(format!("output grid of {ny_out} rows is too tall (at most {} rows)", u16::MAX as usize * BAND_ROWS));
-    }
     if nz == 0 || ny_out == 0 || nx_out == 0 || ny == 0 || nx == 0 {
         return Ok(FrameStats { n_pixels: 0, n_contributions: 0, planes: vec![false; nz] });
     }
