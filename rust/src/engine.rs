@@ -1170,6 +1170,40 @@ mod tests {
         assert_eq!(drizzle_frame(c.view(), &empty.view(), &params(Kernel::Square, 0.8), 1).unwrap().n_pixels, 0);
     }
 
+    /// Drizzles `f` with the fused path and with the seed API (contribution list,
+    /// then accumulation) and checks that they agree voxel for voxel, with the same
+    /// statistics. Returns the number of contributing pixels.
+    fn assert_fused_equals_seed(f: &Frame, p: &Params, shape: (usize, usize, usize)) -> u64 {
+        let (nz, ny, nx) = shape;
+        let mut fused = Cube::new(nz, ny, nx);
+        let st = drizzle_frame(fused.view(), &f.view(), p, 2).unwrap();
+        let m = spatial_mapping(f.cx.view(), f.cy.view(), ny, nx, p.xy_shrink, p.kernel, 2).unwrap();
+        let flat = |a: &Array2<f64>| a.iter().copied().collect::<Vec<f64>>();
+        let (img, var, lam, dlam) = (flat(&f.image), flat(&f.variance), flat(&f.lam), flat(&f.dlam));
+        let flags: Vec<u32> = f.flags.iter().copied().collect();
+        let c = Contributions {
+            image: ArrayView1::from(&img),
+            variance: ArrayView1::from(&var),
+            flags: ArrayView1::from(&flags),
+            lambda_c: ArrayView1::from(&lam),
+            delta_lambda: ArrayView1::from(&dlam),
+            exclude: None,
+            pixel_idx: ArrayView1::from(&m.pixel_idx),
+            out_y: ArrayView1::from(&m.out_y),
+            out_x: ArrayView1::from(&m.out_x),
+            f_xy: ArrayView1::from(&m.f_xy),
+        };
+        let mut seed = Cube::new(nz, ny, nx);
+        let ss = accumulate_contributions(seed.view(), &c, p, 2).unwrap();
+        assert_eq!((st.n_pixels, st.n_contributions, &st.planes), (ss.n_pixels, ss.n_contributions, &ss.planes));
+        for (a, b) in fused.flux.iter().zip(seed.flux.iter()).chain(fused.var.iter().zip(seed.var.iter())) {
+            assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        assert_eq!(fused.count, seed.count);
+        assert_eq!((&fused.and_mask, &fused.or_mask), (&seed.and_mask, &seed.or_mask));
+        st.n_pixels
+    }
+
     #[test]
     fn fused_path_equals_seed_path_and_counts_each_pixel_once() {
         // Pixels whose droplets straddle band boundaries are drizzled by two band
@@ -1180,34 +1214,8 @@ mod tests {
         {
             let mut f = affine_frame(40, 37, rotation(theta, scale), [16.0, 14.0], |j, i| ((j * 13 + i * 7) % 11) as f64 - 3.0);
             f.image[[5, 5]] = f64::NAN;
-            let p = params(kernel, 0.7);
-            let mut fused = Cube::new(3, 33, 29);
-            let st = drizzle_frame(fused.view(), &f.view(), &p, 2).unwrap();
-            let m = spatial_mapping(f.cx.view(), f.cy.view(), 33, 29, 0.7, kernel, 2).unwrap();
-            let flat = |a: &Array2<f64>| a.iter().copied().collect::<Vec<f64>>();
-            let (img, var, lam, dlam) = (flat(&f.image), flat(&f.variance), flat(&f.lam), flat(&f.dlam));
-            let flags: Vec<u32> = f.flags.iter().copied().collect();
-            let c = Contributions {
-                image: ArrayView1::from(&img),
-                variance: ArrayView1::from(&var),
-                flags: ArrayView1::from(&flags),
-                lambda_c: ArrayView1::from(&lam),
-                delta_lambda: ArrayView1::from(&dlam),
-                exclude: None,
-                pixel_idx: ArrayView1::from(&m.pixel_idx),
-                out_y: ArrayView1::from(&m.out_y),
-                out_x: ArrayView1::from(&m.out_x),
-                f_xy: ArrayView1::from(&m.f_xy),
-            };
-            let mut seed = Cube::new(3, 33, 29);
-            let ss = accumulate_contributions(seed.view(), &c, &p, 2).unwrap();
-            assert!(st.n_pixels > 20, "{theta} {scale}: {}", st.n_pixels);
-            assert_eq!((st.n_pixels, st.n_contributions, &st.planes), (ss.n_pixels, ss.n_contributions, &ss.planes), "{theta} {scale} {kernel:?}");
-            for (a, b) in fused.flux.iter().zip(seed.flux.iter()).chain(fused.var.iter().zip(seed.var.iter())) {
-                assert!((a - b).abs() <= 1e-12 * (1.0 + b.abs()), "{a} vs {b}");
-            }
-            assert_eq!(fused.count, seed.count);
-            assert_eq!((&fused.and_mask, &fused.or_mask), (&seed.and_mask, &seed.or_mask));
+            let n = assert_fused_equals_seed(&f, &params(kernel, 0.7), (3, 33, 29));
+            assert!(n > 20, "{theta} {scale}: {n}");
         }
     }
 
@@ -1268,6 +1276,21 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn fused_path_equals_seed_path_for_random_geometry(theta in 0.0f64..6.3, scale in 0.15f64..4.5, shrink in 0.1f64..=1.0,
+                                                           tx in -2.0f64..2.0, ty in -2.0f64..2.0, min_overlap in prop_oneof![Just(0.0), 0.0f64..0.3],
+                                                           flip in proptest::bool::ANY, bilinear in proptest::bool::ANY) {
+            // Every path of the fused engine (single pixel, branch-free 2x2, band and grid
+            // edges, 4x4 footprints, per-pixel areas) against the seed API.
+            let mut a = rotation(theta, scale);
+            if flip { a[0][0] = -a[0][0]; a[1][0] = -a[1][0]; }
+            let n = (24.0 / scale).ceil() as usize + 2;
+            let f = affine_frame(n, n, a, [17.0 + tx, 19.0 + ty], |j, i| ((j * 7 + i * 3) % 5) as f64 + 0.5);
+            let mut p = params(if bilinear { Kernel::Bilinear } else { Kernel::Square }, shrink);
+            p.min_overlap = min_overlap;
+            assert_fused_equals_seed(&f, &p, (3, 37, 35));
+        }
 
         #[test]
         fn constant_image_gives_the_constant(theta in 0.0f64..6.3, scale in 0.3f64..2.5, shrink in 0.1f64..=1.0,
