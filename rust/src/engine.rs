@@ -19,8 +19,7 @@ use ndarray::{ArrayView1, ArrayView2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 use crate::geometry::{
-    bilinear_footprint_2x2, classify_quad, ffloor, fmax, fmin, for_each_bilinear_weight, for_each_quad_overlap, quad_footprint, quad_footprint_2x2,
-    Footprint, QuadShape, FOOTPRINT_MAX,
+    bilinear_footprint_2x2, classify_quad, ffloor, fmax, fmin, for_each_bilinear_weight, for_each_quad_overlap, quad_footprint_2x2, QuadShape,
 };
 use crate::spectral;
 
@@ -383,7 +382,9 @@ fn bucket_by_band(n_items: usize, n_bands: usize, range: impl Fn(usize) -> (u32,
     (counts, items)
 }
 
-fn merge_stats(n_z: usize, parts: Vec<(u64, Vec<bool>)>, touched: &[AtomicBool]) -> FrameStats {
+/// Statistics from the band tasks' `(voxel updates, planes hit)` and the number
+/// of contributing input pixels.
+fn merge_stats(n_z: usize, parts: impl IntoIterator<Item = (u64, Vec<bool>)>, n_pixels: u64) -> FrameStats {
     let mut planes = vec![false; n_z];
     let mut n_contributions = 0;
     for (n, p) in parts {
@@ -392,7 +393,6 @@ fn merge_stats(n_z: usize, parts: Vec<(u64, Vec<bool>)>, touched: &[AtomicBool])
             *acc |= v;
         }
     }
-    let n_pixels = touched.iter().filter(|t| t.load(Ordering::Relaxed)).count() as u64;
     FrameStats { n_pixels, n_contributions, planes }
 }
 
@@ -590,7 +590,7 @@ fn run_bands(
             (n, planes)
         })
         .collect();
-    merge_stats(n_z, parts, &touched)
+    merge_stats(n_z, parts, touched.iter().filter(|t| t.load(Ordering::Relaxed)).count() as u64)
 }
 
 /// Drizzles one frame into the cube: the fused entry point.
@@ -647,16 +647,8 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
         let mut shared: Vec<u32> = parts.iter().flat_map(|t| t.3.iter().copied()).collect();
         shared.sort_unstable();
         shared.dedup();
-        let mut planes = vec![false; nz];
-        let (mut n_pixels, mut n_contributions) = (shared.len() as u64, 0);
-        for (np, nc, pl, _) in parts {
-            n_pixels += np;
-            n_contributions += nc;
-            for (acc, v) in planes.iter_mut().zip(pl) {
-                *acc |= v;
-            }
-        }
-        FrameStats { n_pixels, n_contributions, planes }
+        let n_pixels = shared.len() as u64 + parts.iter().map(|t| t.0).sum::<u64>();
+        merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _)| (nc, pl)), n_pixels)
     })
 }
 
@@ -747,25 +739,18 @@ impl<'a, 'p> BandTask<'a, 'p> {
             Some((r0, c0, f)) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
                 self.deposit_2x2(r0 as usize, c0 as usize, &f, &pix)
             }
-            Some((r0, c0, f)) => {
-                let mut fp = Footprint { r0, c0, nr: 2, nc: 2, f: [[0.0; FOOTPRINT_MAX]; FOOTPRINT_MAX] };
-                fp.f[0][..2].copy_from_slice(&f[0]);
-                fp.f[1][..2].copy_from_slice(&f[1]);
-                self.deposit_footprint(&fp, &pix)
-            }
+            // At the band's or the grid's edge: check each pixel.
+            Some((r0, c0, f)) => self.deposit_checked(r0, c0, &f, &pix),
+            // Larger than 2 x 2 output pixels (or absurdly far away).
             None => match droplet {
-                Droplet::Square { qx, qy, area } => match quad_footprint(&qx, &qy) {
-                    Some(fp) => self.deposit_footprint(&fp, &pix),
-                    None => {
-                        // Larger than the footprint table (or absurdly far away).
-                        let mut n = 0;
-                        let (band, zov, planes) = (&mut self.band, &self.zov, &mut self.planes);
-                        for_each_quad_overlap(&qx, &qy, area, self.ny_out, self.nx_out, row_lo, row_hi, |r, c, f| {
-                            n += band.deposit(r, c, f, &pix, zov, p.min_overlap, planes);
-                        });
-                        n
-                    }
-                },
+                Droplet::Square { qx, qy, area } => {
+                    let mut n = 0;
+                    let (band, zov, planes) = (&mut self.band, &self.zov, &mut self.planes);
+                    for_each_quad_overlap(&qx, &qy, area, self.ny_out, self.nx_out, row_lo, row_hi, |r, c, f| {
+                        n += band.deposit(r, c, f, &pix, zov, p.min_overlap, planes);
+                    });
+                    n
+                }
                 Droplet::Point { .. } => 0,
             },
         };
@@ -781,18 +766,19 @@ impl<'a, 'p> BandTask<'a, 'p> {
         !alone
     }
 
-    /// Deposits the cells of `fp` that lie in this band and on the grid.
+    /// Deposits those of the 2 x 2 output pixels from `(r0, c0)` that lie in
+    /// this band and on the grid.
     #[inline(always)]
-    fn deposit_footprint(&mut self, fp: &Footprint, pix: &PixelValue) -> usize {
+    fn deposit_checked(&mut self, r0: isize, c0: isize, f_xy: &[[f64; 2]; 2], pix: &PixelValue) -> usize {
         let (row_lo, row_hi) = (self.band.r0 as isize, ((self.band.r0 + self.band.rows).min(self.ny_out)) as isize);
         let mut n = 0;
-        for (a, fr) in fp.f.iter().enumerate().take(fp.nr) {
-            let r = fp.r0 + a as isize;
+        for (a, fr) in f_xy.iter().enumerate() {
+            let r = r0 + a as isize;
             if r < row_lo || r >= row_hi {
                 continue;
             }
-            for (b, &f) in fr.iter().enumerate().take(fp.nc) {
-                let c = fp.c0 + b as isize;
+            for (b, &f) in fr.iter().enumerate() {
+                let c = c0 + b as isize;
                 if c >= 0 && c < self.nx_out as isize && f > self.negligible {
                     n += self.band.deposit(r as usize, c as usize, f, pix, &self.zov, self.p.min_overlap, &mut self.planes);
                 }

@@ -7,7 +7,7 @@
 //! rounding and works for any simple subject polygon, convex or not, because
 //! the clip window (a pixel) is convex. The engine computes areas without
 //! building polygons: closed-form edge integrals (Green's theorem) for
-//! droplets within 4 x 4 pixels ([`quad_footprint`]), the signed edge-area
+//! droplets within 4 x 4 pixels ([`quad_footprint_2x2`]), the signed edge-area
 //! ("boxer") sum otherwise; the general clipper is kept as an independent
 //! reference for the tests.
 
@@ -408,27 +408,26 @@ fn twice_negative_integral(a1: f64, a2: f64, t1: f64, t2: f64, inv_slope: f64) -
 }
 
 /// Most output pixels per side of a [`Footprint`].
-pub const FOOTPRINT_MAX: usize = 4;
+const FOOTPRINT_MAX: usize = 4;
 
 /// The fractions of a droplet's weight in the output pixels of its bounding
 /// box: `f[a][b]` belongs to output pixel `(r0 + a, c0 + b)`. Rows and
 /// columns may lie off the grid (callers skip them).
 #[derive(Clone, Copy, Debug)]
-pub struct Footprint {
-    pub r0: isize,
-    pub c0: isize,
-    pub nr: usize,
-    pub nc: usize,
-    pub f: [[f64; FOOTPRINT_MAX]; FOOTPRINT_MAX],
+struct Footprint {
+    r0: isize,
+    c0: isize,
+    nr: usize,
+    nc: usize,
+    f: [[f64; FOOTPRINT_MAX]; FOOTPRINT_MAX],
 }
 
-/// The common case of [`quad_footprint`]: a droplet whose bounding box spans
-/// at most 2 x 2 output pixels. Returns the first output pixel `(r0, c0)` and
-/// the fractions `f[a][b]` of pixels `(r0 + a, c0 + b)` (a row or column
-/// beyond the bounding box gets 0 up to rounding); `None` for larger or
-/// non-finite droplets. The values are those of [`quad_footprint`].
+/// The output pixels spanned by the bounding box of the quadrilateral
+/// `(qx, qy)`: `(first row, last row, first column, last column)` (pixel `r`
+/// covers `[r - 0.5, r + 0.5]`; the span may lie partly off the grid). `None`
+/// when a corner is not finite or absurdly far away.
 #[inline(always)]
-pub fn quad_footprint_2x2(qx: &[f64; 4], qy: &[f64; 4]) -> Option<(isize, isize, [[f64; 2]; 2])> {
+fn pixel_span(qx: &[f64; 4], qy: &[f64; 4]) -> Option<(f64, f64, f64, f64)> {
     let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
     let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
     let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
@@ -436,65 +435,81 @@ pub fn quad_footprint_2x2(qx: &[f64; 4], qy: &[f64; 4]) -> Option<(isize, isize,
     if !(x0 > -1e15 && x1 < 1e15 && y0 > -1e15 && y1 < 1e15) {
         return None;
     }
-    let (cr0, cc0) = (ffloor(y0 + 0.5), ffloor(x0 + 0.5));
-    let (dr, dc) = (ffloor(y1 + 0.5) - cr0, ffloor(x1 + 0.5) - cc0);
-    if !(dr <= 1.0 && dc <= 1.0) {
-        return None;
-    }
-    if dr == 0.0 && dc == 0.0 {
-        // Inside one output pixel (the values the general path gives too).
-        return Some((cr0 as isize, cc0 as isize, [[1.0, 0.0], [0.0, 0.0]]));
+    Some((ffloor(y0 + 0.5), ffloor(y1 + 0.5), ffloor(x0 + 0.5), ffloor(x1 + 0.5)))
+}
+
+/// Fractions of a droplet spanning at most 2 x 2 output pixels from
+/// `(cr0, cc0)`, for pixels `(cr0 + a, cc0 + b)`; a row or column beyond the
+/// span gets 0 up to rounding.
+#[inline(always)]
+fn fractions_from(qx: &[f64; 4], qy: &[f64; 4], cr0: f64, cc0: f64, one_pixel: bool) -> [[f64; 2]; 2] {
+    if one_pixel {
+        return [[1.0, 0.0], [0.0, 0.0]];
     }
     let u: [f64; 4] = std::array::from_fn(|k| qx[k] - (cc0 + 0.5));
     let v: [f64; 4] = std::array::from_fn(|k| qy[k] - (cr0 + 0.5));
-    Some((cr0 as isize, cc0 as isize, fractions_2x2(&u, &v)))
+    fractions_2x2(&u, &v)
+}
+
+/// The common case of the overlaps: a droplet whose bounding box spans at
+/// most 2 x 2 output pixels. Returns the first output pixel `(r0, c0)` and the
+/// fractions `f[a][b]` of pixels `(r0 + a, c0 + b)` (a row or column beyond the
+/// bounding box gets 0 up to rounding); `None` for larger or non-finite
+/// droplets. [`for_each_quad_overlap`] emits the same values.
+///
+/// With `u, v` measured from the inner pixel corner `(X, Y)`, Green's theorem
+/// gives every needed area as a line integral of `v du` over parts of the
+/// edges: the part of the quadrilateral with `u <= 0` integrates over the edge
+/// parts with `u <= 0` (the cut along `u = 0` has `du = 0`), the part with
+/// `v <= 0` integrates `min(v, 0)` (the cut has `v = 0`), and the quadrant
+/// combines both. Each edge is linear, so each integral is closed-form: no
+/// polygon is built. The fractions at the corner, differenced, give each
+/// pixel's fraction.
+#[inline(always)]
+pub fn quad_footprint_2x2(qx: &[f64; 4], qy: &[f64; 4]) -> Option<(isize, isize, [[f64; 2]; 2])> {
+    let (cr0, cr1, cc0, cc1) = pixel_span(qx, qy)?;
+    if !(cr1 - cr0 <= 1.0 && cc1 - cc0 <= 1.0) {
+        return None;
+    }
+    Some((cr0 as isize, cc0 as isize, fractions_from(qx, qy, cr0, cc0, cr1 == cr0 && cc1 == cc0)))
 }
 
 /// Exact footprint of the quadrilateral `(qx, qy)` (simple, either
-/// orientation, positive area) when its bounding box spans at most
-/// [`FOOTPRINT_MAX`] output pixels per side; `None` when it is larger or not
-/// finite.
-///
-/// With `u, v` measured from a pixel corner `(X, Y)`, Green's theorem gives
-/// every needed area as a line integral of `v du` over parts of the edges:
-/// the part of the quadrilateral with `u <= 0` integrates over the edge parts
-/// with `u <= 0` (the cut along `u = 0` has `du = 0`), the part with `v <= 0`
-/// integrates `min(v, 0)` (the cut has `v = 0`), and the quadrant combines
-/// both. Each edge is linear, so each integral is closed-form: no polygon is
-/// built. The cumulative fractions at the inner pixel corners are then
-/// differenced into per-pixel fractions.
+/// orientation, positive area) within the pixel span `span` (from
+/// [`pixel_span`]) when it covers at most [`FOOTPRINT_MAX`] output pixels per
+/// side; `None` when it is larger. The integrals of [`quad_footprint_2x2`]
+/// at every inner corner, differenced.
 #[inline(always)]
-pub fn quad_footprint(qx: &[f64; 4], qy: &[f64; 4]) -> Option<Footprint> {
-    let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
-    let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
-    let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
-    let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
-    if !(x0 > -1e15 && x1 < 1e15 && y0 > -1e15 && y1 < 1e15) {
-        return None;
-    }
-    let (cr0, cc0) = (ffloor(y0 + 0.5), ffloor(x0 + 0.5));
-    let nr = (ffloor(y1 + 0.5) - cr0) as usize + 1;
-    let nc = (ffloor(x1 + 0.5) - cc0) as usize + 1;
+fn footprint_in_span(qx: &[f64; 4], qy: &[f64; 4], span: (f64, f64, f64, f64)) -> Option<Footprint> {
+    let (cr0, cr1, cc0, cc1) = span;
+    let (nr, nc) = ((cr1 - cr0) as usize + 1, (cc1 - cc0) as usize + 1);
     if nr > FOOTPRINT_MAX || nc > FOOTPRINT_MAX {
         return None;
     }
     let mut fp = Footprint { r0: cr0 as isize, c0: cc0 as isize, nr, nc, f: [[0.0; FOOTPRINT_MAX]; FOOTPRINT_MAX] };
-    // Inner corners at u = a (a < nc - 1) and v = b (b < nr - 1), relative to
-    // the first one; the table sizes are compile-time constants per case.
-    let u: [f64; 4] = std::array::from_fn(|k| qx[k] - (cc0 + 0.5));
-    let v: [f64; 4] = std::array::from_fn(|k| qy[k] - (cr0 + 0.5));
-    // Droplets within 2 x 2 pixels (nearly all) take one branch-free path: an
-    // inner corner beyond the droplet gives fraction 0 to the extra row or column.
     if nr <= 2 && nc <= 2 {
+        // The same values as quad_footprint_2x2.
+        let f = fractions_from(qx, qy, cr0, cc0, nr == 1 && nc == 1);
         fp.nr = 2;
         fp.nc = 2;
-        let f = fractions_2x2(&u, &v);
         fp.f[0][..2].copy_from_slice(&f[0]);
         fp.f[1][..2].copy_from_slice(&f[1]);
     } else {
-        fill_footprint::<3, 3>(&u, &v, &mut fp);
+        let u: [f64; 4] = std::array::from_fn(|k| qx[k] - (cc0 + 0.5));
+        let v: [f64; 4] = std::array::from_fn(|k| qy[k] - (cr0 + 0.5));
+        fill_footprint(&u, &v, &mut fp);
     }
     Some(fp)
+}
+
+/// `(dv/du, du/dv)` of an edge from one division; 0 where undefined (then
+/// unused or multiplied by a zero length).
+#[inline(always)]
+fn slopes(du: f64, dv: f64) -> (f64, f64) {
+    let prod = du * dv;
+    let nonzero = prod != 0.0;
+    let r = 1.0 / if nonzero { prod } else { 1.0 };
+    (if nonzero { dv * dv * r } else { 0.0 }, if nonzero { du * du * r } else { 0.0 })
 }
 
 /// [`fill_footprint`] for one inner corner at `u = v = 0`, written lane-wise
@@ -510,11 +525,7 @@ fn fractions_2x2(u: &[f64; 4], v: &[f64; 4]) -> [[f64; 2]; 2] {
     let mut qua = [0.0; 4];
     for k in 0..4 {
         let (du, dv) = (u2[k] - u1[k], v2[k] - v1[k]);
-        let prod = du * dv;
-        let nonzero = prod != 0.0;
-        let r = 1.0 / if nonzero { prod } else { 1.0 };
-        let slope = if nonzero { dv * dv * r } else { 0.0 };
-        let inv_slope = if nonzero { du * du * r } else { 0.0 };
+        let (slope, inv_slope) = slopes(du, dv);
         tot[k] = du * (v1[k] + v2[k]);
         bel[k] = twice_negative_integral(u1[k], u2[k], v1[k], v2[k], inv_slope);
         let (a1, a2) = (fmin(u1[k], 0.0), fmin(u2[k], 0.0));
@@ -529,23 +540,19 @@ fn fractions_2x2(u: &[f64; 4], v: &[f64; 4]) -> [[f64; 2]; 2] {
     [[both, below - both], [left - both, 1.0 - left - below + both]]
 }
 
-/// Fills `fp.f` for a footprint with `NB` inner row corners and `NA` inner
-/// column corners (at `v = 0..NB`, `u = 0..NA`); the larger cases go through
-/// `<3, 3>`, where corners beyond `fp.nr`/`fp.nc` lie outside the
+/// Fills `fp.f` from the inner corners at `u = 0..NA`, `v = 0..NB` (relative
+/// to the first one); corners beyond `fp.nr`/`fp.nc` lie outside the
 /// quadrilateral and change nothing.
 #[inline(always)]
-fn fill_footprint<const NB: usize, const NA: usize>(u: &[f64; 4], v: &[f64; 4], fp: &mut Footprint) {
+fn fill_footprint(u: &[f64; 4], v: &[f64; 4], fp: &mut Footprint) {
+    const NA: usize = FOOTPRINT_MAX - 1;
+    const NB: usize = FOOTPRINT_MAX - 1;
     let (mut total, mut left, mut below, mut quadrant) = (0.0, [0.0; NA], [0.0; NB], [[0.0; NB]; NA]);
     for k in 0..4 {
         let n = (k + 1) & 3;
         let (u1, v1, u2, v2) = (u[k], v[k], u[n], v[n]);
         let (du, dv) = (u2 - u1, v2 - v1);
-        // dv/du and du/dv from one division; 0 where undefined (then unused or
-        // multiplied by a zero length).
-        let prod = du * dv;
-        let r = 1.0 / if prod != 0.0 { prod } else { 1.0 };
-        let slope = if prod != 0.0 { dv * dv * r } else { 0.0 };
-        let inv_slope = if prod != 0.0 { du * du * r } else { 0.0 };
+        let (slope, inv_slope) = slopes(du, dv);
         total += du * (v1 + v2);
         for (b, acc) in below.iter_mut().enumerate() {
             let y = b as f64;
@@ -601,8 +608,9 @@ pub fn bilinear_footprint_2x2(px: f64, py: f64) -> Option<(isize, isize, [[f64; 
 }
 
 /// Like [`for_each_pixel_overlap`] for a quadrilateral droplet, without
-/// building polygons: [`quad_footprint`] for droplets within 4 x 4 output
-/// pixels, [`quad_pixel_area`] per pixel for larger ones.
+/// building polygons: the closed-form integrals of [`quad_footprint_2x2`] for
+/// droplets within 4 x 4 output pixels, [`quad_pixel_area`] per pixel for
+/// larger ones.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub fn for_each_quad_overlap(
@@ -615,15 +623,8 @@ pub fn for_each_quad_overlap(
     row_hi: usize,
     mut emit: impl FnMut(usize, usize, f64),
 ) {
-    let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
-    let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
-    let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
-    let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
-    if !(x0 > -1e15 && x1 < 1e15 && y0 > -1e15 && y1 < 1e15) {
-        return; // not finite, or absurdly far away
-    }
-    let (cr0, cr1) = (ffloor(y0 + 0.5), ffloor(y1 + 0.5));
-    let (cc0, cc1) = (ffloor(x0 + 0.5), ffloor(x1 + 0.5));
+    let Some(span) = pixel_span(qx, qy) else { return };
+    let (cr0, cr1, cc0, cc1) = span;
     let r_first = fmax(fmax(cr0, row_lo as f64), 0.0);
     let r_last = fmin(fmin(cr1, row_hi as f64 - 1.0), ny as f64 - 1.0);
     let c_first = fmax(cc0, 0.0);
@@ -631,7 +632,7 @@ pub fn for_each_quad_overlap(
     if r_first > r_last || c_first > c_last {
         return;
     }
-    if let Some(fp) = quad_footprint(qx, qy) {
+    if let Some(fp) = footprint_in_span(qx, qy, span) {
         for (a, row) in fp.f.iter().enumerate().take(fp.nr) {
             let r = fp.r0 + a as isize;
             if (r as f64) < r_first || (r as f64) > r_last {
