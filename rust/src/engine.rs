@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use crate::geometry::{
     bilinear_footprint_2x2, classify_quad, ffloor, fmax, fmin, for_each_bilinear_weight, for_each_quad_overlap, quad_footprint_2x2, QuadShape,
 };
+use crate::lanes::{footprints, Lane, Shape, LANES};
 use crate::spectral;
 
 /// Output rows per band (one rayon task each). Results do not depend on it.
@@ -621,25 +622,7 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
             .enumerate()
             .map(|(b, band)| {
                 let mut task = BandTask::new(band, p, m, ny_out, nx_out);
-                let mut shared = Vec::new();
-                // Row-major over the band's blocks: one block row at a time, each
-                // input row across all of its live blocks (sequential reads).
-                let mine = &items[offsets[b]..offsets[b + 1]];
-                for group in mine.chunk_by(|&x, &y| blocks[x as usize].j0 == blocks[y as usize].j0) {
-                    let j0 = blocks[group[0] as usize].j0 as usize;
-                    for j in j0..(j0 + BLOCK).min(ny) {
-                        // SAFETY: the frame was checked above; j and i are inside it.
-                        let row = unsafe { FrameRow::new(frame, j) };
-                        for &bi in group {
-                            let i0 = blocks[bi as usize].i0 as usize;
-                            for i in i0..(i0 + BLOCK).min(nx) {
-                                if unsafe { task.pixel(&row, i) } {
-                                    shared.push((j * nx + i) as u32);
-                                }
-                            }
-                        }
-                    }
-                }
+                let shared = task.scan(frame, &blocks, &items[offsets[b]..offsets[b + 1]]);
                 (task.n_pixels, task.n_contributions, task.planes, shared)
             })
             .collect();
@@ -650,6 +633,26 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
         let n_pixels = shared.len() as u64 + parts.iter().map(|t| t.0).sum::<u64>();
         merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _)| (nc, pl)), n_pixels)
     })
+}
+
+/// Tests can switch off the AVX2 build of the scan to compare it with the
+/// portable one (both give the same bits).
+#[cfg(test)]
+static PORTABLE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[inline(always)]
+fn portable_only() -> bool {
+    #[cfg(test)]
+    return PORTABLE_ONLY.load(Ordering::Relaxed);
+    #[cfg(not(test))]
+    false
+}
+
+/// Where a droplet lands: within the 2 x 2 output pixels from `(r0, c0)` with
+/// fractions `f[a][b]`, or a larger square droplet `(qx, qy, area)`.
+enum Spot {
+    Cells(isize, isize, [[f64; 2]; 2]),
+    Quad([f64; 4], [f64; 4], f64),
 }
 
 /// One band's task in [`drizzle_frame`]: its slice of the cube and what it has
@@ -695,6 +698,53 @@ impl<'a, 'p> BandTask<'a, 'p> {
         }
     }
 
+    /// Drizzles the band's blocks `mine` (indices into `blocks`, sorted) of the
+    /// checked `frame`; returns the input pixels that deposited here and may
+    /// also reach another band. Uses AVX2 where the CPU has it (same bits).
+    fn scan(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && !portable_only() {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            return unsafe { self.scan_avx2(frame, blocks, mine) };
+        }
+        self.scan_any(frame, blocks, mine)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn scan_avx2(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        self.scan_any(frame, blocks, mine)
+    }
+
+    #[inline(always)]
+    fn scan_any(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        let (ny, nx) = frame.image.dim();
+        let unit = frame.corners_x.strides()[1] == 1 && frame.corners_y.strides()[1] == 1;
+        let mut shared = Vec::new();
+        // Row-major over the band's blocks: one block row at a time, each
+        // input row across all of its live blocks (sequential reads).
+        for group in mine.chunk_by(|&x, &y| blocks[x as usize].j0 == blocks[y as usize].j0) {
+            let j0 = blocks[group[0] as usize].j0 as usize;
+            for j in j0..(j0 + BLOCK).min(ny) {
+                // SAFETY: the frame was checked by the caller; j and i are inside it.
+                let row = unsafe { FrameRow::new(frame, j) };
+                for &bi in group {
+                    let i0 = blocks[bi as usize].i0 as usize;
+                    if unit && i0 + BLOCK <= nx {
+                        unsafe { self.block(&row, i0, j * nx, &mut shared) };
+                        continue;
+                    }
+                    for i in i0..(i0 + BLOCK).min(nx) {
+                        if unsafe { self.pixel(&row, i) } {
+                            shared.push((j * nx + i) as u32);
+                        }
+                    }
+                }
+            }
+        }
+        shared
+    }
+
     /// Drizzles input pixel `i` of `row` into this band. Returns true when the
     /// pixel deposited here and may also reach another band (the caller then
     /// counts it in the shared set instead of `n_pixels`).
@@ -717,6 +767,77 @@ impl<'a, 'p> BandTask<'a, 'p> {
         if !(x1 + m > 0.0 && x0 - m < (self.nx_out - 1) as f64) {
             return false;
         }
+        let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
+        let cells = match droplet {
+            Droplet::Square { qx, qy, .. } => quad_footprint_2x2(&qx, &qy),
+            Droplet::Point { x, y } => bilinear_footprint_2x2(x, y),
+        };
+        let fp = match (cells, droplet) {
+            (Some((r0, c0, f)), _) => Spot::Cells(r0, c0, f),
+            (None, Droplet::Square { qx, qy, area }) => Spot::Quad(qx, qy, area),
+            (None, Droplet::Point { .. }) => return false,
+        };
+        unsafe { self.land(row, i, y0, y1, fp) }
+    }
+
+    /// Drizzles the [`BLOCK`] pixels from column `i0` of `row` (all inside the
+    /// frame; corner rows contiguous): rejection and footprints a batch of
+    /// [`LANES`] pixels at a time, then [`Self::land`] per pixel in column order.
+    /// Marks pixels that may reach another band in `shared` (row-major index
+    /// `base + i`). Same results as [`Self::pixel`] on each pixel.
+    ///
+    /// SAFETY: columns `i0 .. i0 + BLOCK` (and corner column `i0 + BLOCK`) must
+    /// exist in the checked frame behind `row`, whose corner rows have unit stride.
+    #[inline(always)]
+    unsafe fn block(&mut self, row: &FrameRow, i0: usize, base: usize, shared: &mut Vec<u32>) {
+        let m = self.m;
+        let (lo, hi) = (self.band.r0 as f64, (self.band.r0 + self.band.rows - 1) as f64);
+        let x_hi = (self.nx_out - 1) as f64;
+        let square = self.p.kernel == Kernel::Square;
+        for i in (i0..i0 + BLOCK).step_by(LANES) {
+            let at = |r: &RawRow<f64>, k: usize| -> Lane { std::array::from_fn(|l| unsafe { *r.ptr.add(i + k + l) }) };
+            let qy = [at(&row.cy0, 0), at(&row.cy0, 1), at(&row.cy1, 1), at(&row.cy1, 0)];
+            let qx = [at(&row.cx0, 0), at(&row.cx0, 1), at(&row.cx1, 1), at(&row.cx1, 0)];
+            let y0: Lane = std::array::from_fn(|l| fmin(fmin(qy[0][l], qy[1][l]), fmin(qy[2][l], qy[3][l])));
+            let y1: Lane = std::array::from_fn(|l| fmax(fmax(qy[0][l], qy[1][l]), fmax(qy[2][l], qy[3][l])));
+            let x0: Lane = std::array::from_fn(|l| fmin(fmin(qx[0][l], qx[1][l]), fmin(qx[2][l], qx[3][l])));
+            let x1: Lane = std::array::from_fn(|l| fmax(fmax(qx[0][l], qx[1][l]), fmax(qx[2][l], qx[3][l])));
+            let reach: [bool; LANES] = std::array::from_fn(|l| (y1[l] + m > lo) & (y0[l] - m < hi) & (x1[l] + m > 0.0) & (x0[l] - m < x_hi));
+            if !reach.iter().any(|&r| r) {
+                continue;
+            }
+            let fp = footprints(&qx, &qy, self.p.xy_shrink, square);
+            for l in 0..LANES {
+                if !reach[l] {
+                    continue;
+                }
+                let spot = match fp.shape[l] {
+                    Shape::Skip => continue,
+                    Shape::Small => Spot::Cells(fp.r0[l] as isize, fp.c0[l] as isize, [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]]),
+                    Shape::Large => {
+                        let (qx, qy) = (std::array::from_fn(|k| qx[k][l]), std::array::from_fn(|k| qy[k][l]));
+                        match make_droplet(&qx, &qy, self.p.xy_shrink, self.p.kernel) {
+                            Some(Droplet::Square { qx, qy, area }) => Spot::Quad(qx, qy, area),
+                            _ => continue,
+                        }
+                    }
+                };
+                if unsafe { self.land(row, i + l, y0[l], y1[l], spot) } {
+                    shared.push((base + i + l) as u32);
+                }
+            }
+        }
+    }
+
+    /// Deposits pixel `i` of `row`, whose unshrunk quadrilateral spans output
+    /// rows `y0 ..= y1` and whose droplet covers `spot`, after the value checks
+    /// and spectral overlaps. Returns what [`Self::pixel`] returns.
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`.
+    #[inline(always)]
+    unsafe fn land(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, spot: Spot) -> bool {
+        let (p, m) = (self.p, self.m);
+        let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
         let excluded = row.exclude.is_some_and(|e| unsafe { e.at(i) });
         let pix = unsafe { pixel_value(row.image.at(i), row.variance.at(i), row.flags.at(i), row.lam.at(i), row.dlam.at(i), excluded, p) };
         let Some(pix) = pix else { return false };
@@ -726,33 +847,25 @@ impl<'a, 'p> BandTask<'a, 'p> {
         if zov.is_empty() {
             return false;
         }
-        let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
-        let small = match droplet {
-            Droplet::Square { qx, qy, .. } => quad_footprint_2x2(&qx, &qy),
-            Droplet::Point { x, y } => bilinear_footprint_2x2(x, y),
-        };
-        let deposited = match small {
-            Some((r0, c0, f)) if f[0][0] == 1.0 && r0 >= row_lo as isize && r0 < row_hi as isize && c0 >= 0 && c0 < self.nx_out as isize => {
+        let deposited = match spot {
+            Spot::Cells(r0, c0, f) if f[0][0] == 1.0 && r0 >= row_lo as isize && r0 < row_hi as isize && c0 >= 0 && c0 < self.nx_out as isize => {
                 // The whole droplet in one output pixel (common for small input pixels).
                 self.band.deposit(r0 as usize, c0 as usize, 1.0, &pix, &self.zov, p.min_overlap, &mut self.planes)
             }
-            Some((r0, c0, f)) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
+            Spot::Cells(r0, c0, f) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
                 self.deposit_2x2(r0 as usize, c0 as usize, &f, &pix)
             }
             // At the band's or the grid's edge: check each pixel.
-            Some((r0, c0, f)) => self.deposit_checked(r0, c0, &f, &pix),
+            Spot::Cells(r0, c0, f) => self.deposit_checked(r0, c0, &f, &pix),
             // Larger than 2 x 2 output pixels (or absurdly far away).
-            None => match droplet {
-                Droplet::Square { qx, qy, area } => {
-                    let mut n = 0;
-                    let (band, zov, planes) = (&mut self.band, &self.zov, &mut self.planes);
-                    for_each_quad_overlap(&qx, &qy, area, self.ny_out, self.nx_out, row_lo, row_hi, |r, c, f| {
-                        n += band.deposit(r, c, f, &pix, zov, p.min_overlap, planes);
-                    });
-                    n
-                }
-                Droplet::Point { .. } => 0,
-            },
+            Spot::Quad(qx, qy, area) => {
+                let mut n = 0;
+                let (band, zov, planes) = (&mut self.band, &self.zov, &mut self.planes);
+                for_each_quad_overlap(&qx, &qy, area, self.ny_out, self.nx_out, row_lo, row_hi, |r, c, f| {
+                    n += band.deposit(r, c, f, &pix, zov, p.min_overlap, planes);
+                });
+                n
+            }
         };
         if deposited == 0 {
             return false;
@@ -1203,6 +1316,68 @@ mod tests {
             let n = assert_fused_equals_seed(&f, &params(kernel, 0.7), (3, 33, 29));
             assert!(n > 20, "{theta} {scale}: {n}");
         }
+    }
+
+    /// Drizzles `f` once with contiguous corner rows (whole blocks go through
+    /// the SIMD lanes) and once with strided corner rows (every pixel through
+    /// the scalar path); the cubes must be bit for bit the same.
+    fn assert_lanes_equal_scalar(f: &Frame, p: &Params, shape: (usize, usize, usize)) {
+        let (nz, ny, nx) = shape;
+        let strided = |a: &Array2<f64>| {
+            let mut wide = Array2::from_elem((a.nrows(), 2 * a.ncols()), f64::NAN);
+            wide.slice_mut(ndarray::s![.., ..;2]).assign(a);
+            wide
+        };
+        let (wx, wy) = (strided(&f.cx), strided(&f.cy));
+        let mut view = f.view();
+        assert_eq!(view.corners_x.strides()[1], 1);
+        let mut lanes = Cube::new(nz, ny, nx);
+        let a = drizzle_frame(lanes.view(), &view, p, 2).unwrap();
+        view.corners_x = wx.slice(ndarray::s![.., ..;2]);
+        view.corners_y = wy.slice(ndarray::s![.., ..;2]);
+        let mut scalar = Cube::new(nz, ny, nx);
+        let b = drizzle_frame(scalar.view(), &view, p, 2).unwrap();
+        assert_eq!((a.n_pixels, a.n_contributions, &a.planes), (b.n_pixels, b.n_contributions, &b.planes));
+        let bits = |c: &Cube| -> Vec<u64> { c.flux.iter().chain(c.weight.iter()).chain(c.var.iter()).map(|v| v.to_bits()).collect() };
+        assert!(bits(&lanes) == bits(&scalar), "SIMD lanes and the scalar path differ");
+        assert_eq!((&lanes.count, &lanes.and_mask, &lanes.or_mask), (&scalar.count, &scalar.and_mask, &scalar.or_mask));
+    }
+
+    #[test]
+    fn simd_lanes_equal_the_scalar_path_with_bad_corners_and_values() {
+        for (theta, scale, kernel, shrink) in
+            [(0.4, 1.0, Kernel::Square, 0.8), (0.4, 1.0, Kernel::Bilinear, 0.8), (2.5, 0.3, Kernel::Square, 1.0), (1.0, 2.6, Kernel::Square, 0.5)]
+        {
+            let mut f = affine_frame(24, 45, rotation(theta, scale), [20.0, 6.0], |j, i| ((j * 13 + i * 7) % 11) as f64 - 3.0);
+            f.cx[[3, 4]] = f64::NAN; // four pixels lose their droplet
+            f.cy[[7, 20]] = f64::INFINITY;
+            f.cx[[9, 30]] = 1e300;
+            // A folded (bow-tie) pixel: swap two corners of pixel (12, 10).
+            let t = f.cx[[12, 10]];
+            f.cx[[12, 10]] = f.cx[[12, 11]];
+            f.cx[[12, 11]] = t;
+            f.image[[5, 5]] = f64::NAN;
+            f.variance[[6, 17]] = 0.0;
+            f.dlam[[8, 18]] = -1.0;
+            let shape = (3, 40, 50);
+            assert_lanes_equal_scalar(&f, &params(kernel, shrink), shape);
+            assert_fused_equals_seed(&f, &params(kernel, shrink), shape);
+        }
+    }
+
+    #[test]
+    fn avx2_and_portable_builds_give_the_same_bits() {
+        let f = affine_frame(64, 80, rotation(0.4, 1.1), [10.0, -20.0], |j, i| ((j * 13 + i * 7) % 11) as f64 - 3.0);
+        let run = |portable: bool| {
+            PORTABLE_ONLY.store(portable, Ordering::Relaxed);
+            let mut c = Cube::new(3, 60, 70);
+            drizzle_frame(c.view(), &f.view(), &params(Kernel::Square, 0.8), 1).unwrap();
+            PORTABLE_ONLY.store(false, Ordering::Relaxed);
+            c.flux.iter().chain(c.var.iter()).map(|v| v.to_bits()).collect::<Vec<u64>>()
+        };
+        let (portable, native) = (run(true), run(false));
+        assert!(portable.iter().any(|&b| b != 0));
+        assert!(portable == native, "AVX2 and portable builds differ");
     }
 
     #[test]

@@ -396,7 +396,7 @@ pub fn quad_signed_area(qx: &[f64; 4], qy: &[f64; 4]) -> f64 {
 /// so the integral is `(n2^2 - n1^2) du/dv / 2`, bounded because `|n| <= |dv|`
 /// there. Branch-free (the two cases are selected, not branched on).
 #[inline(always)]
-fn twice_negative_integral(a1: f64, a2: f64, t1: f64, t2: f64, inv_slope: f64) -> f64 {
+pub(crate) fn twice_negative_integral(a1: f64, a2: f64, t1: f64, t2: f64, inv_slope: f64) -> f64 {
     let (n1, n2) = (fmin(t1, 0.0), fmin(t2, 0.0));
     let crossing = (n2 * n2 - n1 * n1) * inv_slope;
     let trapezoid = (a2 - a1) * (n1 + n2);
@@ -495,9 +495,7 @@ fn footprint_in_span(qx: &[f64; 4], qy: &[f64; 4], span: (f64, f64, f64, f64)) -
         fp.f[0][..2].copy_from_slice(&f[0]);
         fp.f[1][..2].copy_from_slice(&f[1]);
     } else {
-        let u: [f64; 4] = std::array::from_fn(|k| qx[k] - (cc0 + 0.5));
-        let v: [f64; 4] = std::array::from_fn(|k| qy[k] - (cr0 + 0.5));
-        fill_footprint(&u, &v, &mut fp);
+        fill_footprint(qx, qy, &mut fp);
     }
     Some(fp)
 }
@@ -512,10 +510,12 @@ fn slopes(du: f64, dv: f64) -> (f64, f64) {
     (if nonzero { dv * dv * r } else { 0.0 }, if nonzero { du * du * r } else { 0.0 })
 }
 
-/// [`fill_footprint`] for one inner corner at `u = v = 0`, written lane-wise
-/// over the four edges (so the compiler can use SIMD); same arithmetic.
+/// Twice the areas (all with the same sign, that of the orientation) of the
+/// whole quadrilateral `(u, v)` and of its parts with `u <= 0`, with `v <= 0`
+/// and with both, by the edge integrals of [`quad_footprint_2x2`]; written
+/// lane-wise over the four edges so the compiler can use SIMD.
 #[inline(always)]
-fn fractions_2x2(u: &[f64; 4], v: &[f64; 4]) -> [[f64; 2]; 2] {
+fn corner_integrals(u: &[f64; 4], v: &[f64; 4]) -> [f64; 4] {
     let (u1, v1) = (*u, *v);
     let u2 = [u[1], u[2], u[3], u[0]];
     let v2 = [v[1], v[2], v[3], v[0]];
@@ -535,50 +535,54 @@ fn fractions_2x2(u: &[f64; 4], v: &[f64; 4]) -> [[f64; 2]; 2] {
         qua[k] = twice_negative_integral(a1, a2, w1, w2, inv_slope);
     }
     let sum = |a: [f64; 4]| (a[0] + a[1]) + (a[2] + a[3]);
-    let inv = 1.0 / sum(tot);
-    let (left, below, both) = (sum(lef) * inv, sum(bel) * inv, sum(qua) * inv);
+    [sum(tot), sum(lef), sum(bel), sum(qua)]
+}
+
+/// The fractions of the 2 x 2 pixels around the inner corner `u = v = 0`.
+#[inline(always)]
+fn fractions_2x2(u: &[f64; 4], v: &[f64; 4]) -> [[f64; 2]; 2] {
+    let [tot, lef, bel, qua] = corner_integrals(u, v);
+    let inv = 1.0 / tot;
+    let (left, below, both) = (lef * inv, bel * inv, qua * inv);
     [[both, below - both], [left - both, 1.0 - left - below + both]]
 }
 
-/// Fills `fp.f` from the inner corners at `u = 0..NA`, `v = 0..NB` (relative
-/// to the first one); corners beyond `fp.nr`/`fp.nc` lie outside the
-/// quadrilateral and change nothing.
+/// Fills `fp.f` for the quadrilateral `(qx, qy)` from the integrals of
+/// [`corner_integrals`] at the inner corners of the span (its outer edges
+/// hold everything): corner `(a, b)` lies at `x = c0 + a + 0.5`,
+/// `y = r0 + b + 0.5`, evaluated exactly as the one corner of
+/// [`fractions_2x2`].
 #[inline(always)]
-fn fill_footprint(u: &[f64; 4], v: &[f64; 4], fp: &mut Footprint) {
-    const NA: usize = FOOTPRINT_MAX - 1;
-    const NB: usize = FOOTPRINT_MAX - 1;
-    let (mut total, mut left, mut below, mut quadrant) = (0.0, [0.0; NA], [0.0; NB], [[0.0; NB]; NA]);
-    for k in 0..4 {
-        let n = (k + 1) & 3;
-        let (u1, v1, u2, v2) = (u[k], v[k], u[n], v[n]);
-        let (du, dv) = (u2 - u1, v2 - v1);
-        let (slope, inv_slope) = slopes(du, dv);
-        total += du * (v1 + v2);
-        for (b, acc) in below.iter_mut().enumerate() {
-            let y = b as f64;
-            *acc += twice_negative_integral(u1, u2, v1 - y, v2 - y, inv_slope);
-        }
-        // The part of the edge with u <= a runs from u = min(u1, a) to min(u2, a);
-        // v at a clamped end is interpolated from that end.
-        for (a, (l, q)) in left.iter_mut().zip(quadrant.iter_mut()).enumerate() {
-            let x = a as f64;
-            let (a1, a2) = (fmin(u1, x), fmin(u2, x));
-            let w1 = if u1 > x { v1 - (u1 - x) * slope } else { v1 };
-            let w2 = if u2 > x { v2 - (u2 - x) * slope } else { v2 };
-            *l += (a2 - a1) * (w1 + w2);
-            for (b, acc) in q.iter_mut().enumerate() {
-                let y = b as f64;
-                *acc += twice_negative_integral(a1, a2, w1 - y, w2 - y, inv_slope);
+fn fill_footprint(qx: &[f64; 4], qy: &[f64; 4], fp: &mut Footprint) {
+    const N: usize = FOOTPRINT_MAX - 1;
+    let (na, nb) = (fp.nc - 1, fp.nr - 1);
+    let (c0, r0) = (fp.c0 as f64, fp.r0 as f64);
+    let (mut inv, mut left, mut below, mut quadrant) = (0.0, [0.0; N], [0.0; N], [[0.0; N]; N]);
+    // At least one corner, for the total (a span one pixel high or wide has no
+    // inner corner on that axis; the values on that axis are then unused).
+    for a in 0..na.max(1) {
+        let u: [f64; 4] = std::array::from_fn(|k| qx[k] - (c0 + (a as f64 + 0.5)));
+        for b in 0..nb.max(1) {
+            let v: [f64; 4] = std::array::from_fn(|k| qy[k] - (r0 + (b as f64 + 0.5)));
+            let [tot, lef, bel, qua] = corner_integrals(&u, &v);
+            if a == 0 && b == 0 {
+                inv = 1.0 / tot;
             }
+            if b == 0 {
+                left[a] = lef;
+            }
+            if a == 0 {
+                below[b] = bel;
+            }
+            quadrant[a][b] = qua;
         }
     }
     // Cumulative fraction g[b][a]: below row corner b - 1 and left of column
-    // corner a - 1 (index 0: nothing; index N + 1: everything).
-    let inv = 1.0 / total;
+    // corner a - 1 (index 0: nothing; beyond the last inner corner: everything).
     let mut g = [[0.0; FOOTPRINT_MAX + 1]; FOOTPRINT_MAX + 1];
-    for b in 0..=NB {
-        for a in 0..=NA {
-            g[b + 1][a + 1] = match (b == NB, a == NA) {
+    for b in 0..=nb {
+        for a in 0..=na {
+            g[b + 1][a + 1] = match (b == nb, a == na) {
                 (true, true) => 1.0,
                 (true, false) => left[a] * inv,
                 (false, true) => below[b] * inv,
@@ -586,8 +590,8 @@ fn fill_footprint(u: &[f64; 4], v: &[f64; 4], fp: &mut Footprint) {
             };
         }
     }
-    for b in 0..=NB {
-        for a in 0..=NA {
+    for b in 0..=nb {
+        for a in 0..=na {
             fp.f[b][a] = g[b + 1][a + 1] - g[b + 1][a] - g[b][a + 1] + g[b][a];
         }
     }

@@ -11,6 +11,7 @@
 pub mod engine;
 pub mod geometry;
 pub mod interp;
+pub mod lanes;
 pub mod spectral;
 
 #[cfg(feature = "python")]
