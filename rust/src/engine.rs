@@ -24,8 +24,17 @@ use crate::geometry::{
 use crate::lanes::{footprints, Lane, Shape, LANES};
 use crate::spectral;
 
-/// Output rows per band (one rayon task each). Results do not depend on it.
+/// Output rows per band of the seed API's accumulation (one rayon task each).
+/// Results do not depend on it.
 pub const BAND_ROWS: usize = 16;
+
+/// Output rows per band of [`drizzle_frame`] when run on `threads` threads:
+/// about four bands per thread so that rayon can balance the load, and
+/// between 16 and 64 rows (input blocks that straddle two bands are scanned
+/// by both, so taller bands scan less). Results do not depend on it.
+fn band_rows(ny_out: usize, threads: usize) -> usize {
+    ny_out.div_ceil(4 * threads.max(1)).clamp(16, 64)
+}
 
 /// Spatial kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -458,15 +467,15 @@ fn boundary_box(frame: &FrameView<'_>, j0: usize, j1: usize, i0: usize, i1: usiz
 /// corners bounds every droplet in the block; `m` widens it by the kernel's
 /// reach. A non-finite boundary corner makes a block reach every band (its
 /// pixels are then tested one by one).
-fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize) -> Vec<LiveBlock> {
+fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, rows: usize) -> Vec<LiveBlock> {
     let (ny, nx) = frame.image.dim();
-    let n_bands = ny_out.div_ceil(BAND_ROWS) as u32;
+    let n_bands = ny_out.div_ceil(rows) as u32;
     let reaches = |bbox: Option<(f64, f64, f64, f64)>| match bbox {
         None => Some((0, n_bands - 1)),
         Some((x0, x1, y0, y1)) => (x1 + m > 0.0 && x0 - m < nx_out as f64 - 1.0 && y1 + m > 0.0 && y0 - m < ny_out as f64 - 1.0).then(|| {
             let r0 = fmax(ffloor(y0 - m), 0.0) as usize;
             let r1 = fmin(ffloor(y1 + m), ny_out as f64 - 1.0) as usize;
-            ((r0 / BAND_ROWS) as u32, (r1 / BAND_ROWS) as u32)
+            ((r0 / rows) as u32, (r1 / rows) as u32)
         }),
     };
     let side = BLOCK * SUPER;
@@ -612,12 +621,13 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
     }
     let m = reach(p.kernel);
     run_in_pool(threads, || {
-        let mut blocks = live_blocks(frame, m, ny_out, nx_out);
+        let rows = band_rows(ny_out, rayon::current_num_threads());
+        let mut blocks = live_blocks(frame, m, ny_out, nx_out, rows);
         blocks.sort_unstable_by_key(|b| (b.j0, b.i0));
-        let n_bands = ny_out.div_ceil(BAND_ROWS);
+        let n_bands = ny_out.div_ceil(rows);
         let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (blocks[b].band_lo, blocks[b].band_hi));
         let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = cube
-            .into_bands(BAND_ROWS)
+            .into_bands(rows)
             .into_par_iter()
             .enumerate()
             .map(|(b, band)| {
@@ -912,44 +922,61 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let st = band.strides;
         let min_overlap = self.p.min_overlap;
         let neg = self.negligible;
-        let live_xy = [[f_xy[0][0] > neg, f_xy[0][1] > neg], [f_xy[1][0] > neg, f_xy[1][1] > neg]];
+        let live_xy = [f_xy[0][0] > neg, f_xy[0][1] > neg, f_xy[1][0] > neg, f_xy[1][1] > neg];
+        let f_cells = [f_xy[0][0], f_xy[0][1], f_xy[1][0], f_xy[1][1]];
+        let (value, variance, flags) = (pix.value, pix.variance, pix.flags);
         let mut n = 0;
         for &(k, f_z) in &self.zov {
             assert!(k < band.nz, "plane {k} outside the cube");
-            let mut any = false;
-            for a in 0..2 {
-                let off = k as isize * st[0] + (rl + a) as isize * st[1] + c0 as isize * st[2];
-                let mut w = [0.0; 2];
-                let mut hit = [0u32; 2];
-                for b in 0..2 {
-                    let f = f_xy[a][b] * f_z;
-                    let keep = live_xy[a][b] & (f > 0.0) & (f >= min_overlap);
-                    w[b] = if keep { pix.ivar * f } else { 0.0 };
-                    hit[b] = keep as u32;
-                }
-                // SAFETY: (k, rl + a, c0 + b) lies inside this band (asserted above);
-                // all six arrays share the strides; bands are disjoint.
-                unsafe {
-                    for (b, (&wb, &hb)) in w.iter().zip(hit.iter()).enumerate() {
-                        let o = off + b as isize * st[2];
-                        *band.f[0].offset(o) += wb * pix.value;
-                        *band.f[1].offset(o) += wb;
-                        *band.f[2].offset(o) += wb * wb * pix.variance;
+            let f: [f64; 4] = std::array::from_fn(|c| f_cells[c] * f_z);
+            let keep: [bool; 4] = std::array::from_fn(|c| live_xy[c] & (f[c] > 0.0) & (f[c] >= min_overlap));
+            let offs: [isize; 4] = std::array::from_fn(|c| k as isize * st[0] + (rl + c / 2) as isize * st[1] + (c0 + c % 2) as isize * st[2]);
+            // SAFETY: (k, rl + a, c0 + b) lies inside this band (asserted above);
+            // all six arrays share the strides; bands are disjoint.
+            unsafe {
+                if keep == [true; 4] {
+                    // The common case: every cell receives weight.
+                    for c in 0..4 {
+                        let (o, w) = (offs[c], pix.ivar * f[c]);
+                        *band.f[0].offset(o) += w * value;
+                        *band.f[1].offset(o) += w;
+                        *band.f[2].offset(o) += w * w * variance;
                         let cnt = band.u[0].offset(o);
                         let and = band.u[1].offset(o);
-                        // Kept: (and | first) & flags, where `first` is all ones on the
-                        // first contribution; skipped: unchanged.
-                        let mask = 0u32.wrapping_sub(hb);
+                        // AND of the flags, starting from the first contribution's (branch-free).
                         let first = 0u32.wrapping_sub((*cnt == 0) as u32);
-                        *and = (*and | (first & mask)) & (pix.flags | !mask);
-                        *cnt = (*cnt).saturating_add(hb);
-                        *band.u[2].offset(o) |= pix.flags & mask;
+                        *and = (*and | first) & flags;
+                        *cnt = (*cnt).saturating_add(1);
+                        *band.u[2].offset(o) |= flags;
                     }
+                    n += 4;
+                    self.planes[k] = true;
+                    continue;
                 }
-                n += (hit[0] + hit[1]) as usize;
-                any |= (hit[0] | hit[1]) != 0;
+                // Some cells are skipped: they get a zero weight (adding 0.0 leaves
+                // a sum unchanged) and no count or flags, without branches per cell.
+                let mut hits = 0;
+                for c in 0..4 {
+                    let o = offs[c];
+                    let hb = keep[c] as u32;
+                    let w = if keep[c] { pix.ivar * f[c] } else { 0.0 };
+                    *band.f[0].offset(o) += w * value;
+                    *band.f[1].offset(o) += w;
+                    *band.f[2].offset(o) += w * w * variance;
+                    let cnt = band.u[0].offset(o);
+                    let and = band.u[1].offset(o);
+                    // Kept: (and | first) & flags, where `first` is all ones on the
+                    // first contribution; skipped: unchanged.
+                    let mask = 0u32.wrapping_sub(hb);
+                    let first = 0u32.wrapping_sub((*cnt == 0) as u32);
+                    *and = (*and | (first & mask)) & (flags | !mask);
+                    *cnt = (*cnt).saturating_add(hb);
+                    *band.u[2].offset(o) |= flags & mask;
+                    hits += hb as usize;
+                }
+                n += hits;
+                self.planes[k] |= hits > 0;
             }
-            self.planes[k] |= any;
         }
         n
     }
@@ -1200,24 +1227,30 @@ mod tests {
 
     #[test]
     fn bitwise_identical_for_any_thread_count() {
-        let f = affine_frame(40, 37, rotation(0.3, 0.8), [5.0, -3.0], |j, i| (j * 31 + i * 17) as f64 % 7.0 - 2.0);
-        let mut results = vec![];
-        for threads in [1, 2, 3, 8] {
-            for kernel in [Kernel::Square, Kernel::Bilinear] {
-                let mut c = Cube::new(3, 33, 29);
-                let stats = drizzle_frame(c.view(), &f.view(), &params(kernel, 0.7), threads).unwrap();
-                results.push((threads, kernel, stats.n_contributions, c.flux, c.weight, c.var, c.count, c.and_mask, c.or_mask));
+        // The second grid is tall enough for the band height to change with the
+        // number of threads (64, 33, 22 and 16 rows).
+        let small = affine_frame(40, 37, rotation(0.3, 0.8), [5.0, -3.0], |j, i| (j * 31 + i * 17) as f64 % 7.0 - 2.0);
+        let tall = affine_frame(120, 110, rotation(0.3, 2.1), [60.0, -10.0], |j, i| (j * 31 + i * 17) as f64 % 7.0 - 2.0);
+        for (f, (ny, nx)) in [(&small, (33, 29)), (&tall, (260, 250))] {
+            let mut results = vec![];
+            for threads in [1, 2, 3, 8] {
+                for kernel in [Kernel::Square, Kernel::Bilinear] {
+                    let mut c = Cube::new(3, ny, nx);
+                    let stats = drizzle_frame(c.view(), &f.view(), &params(kernel, 0.7), threads).unwrap();
+                    results.push((threads, kernel, stats.n_contributions, c.flux, c.weight, c.var, c.count, c.and_mask, c.or_mask));
+                }
             }
-        }
-        for r in &results[2..] {
-            let base = &results[if r.1 == Kernel::Square { 0 } else { 1 }];
-            assert_eq!(r.2, base.2);
-            assert!(r.3.iter().zip(base.3.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "flux differs at {} threads", r.0);
-            assert!(r.4.iter().zip(base.4.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
-            assert!(r.5.iter().zip(base.5.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
-            assert_eq!(r.6, base.6);
-            assert_eq!(r.7, base.7);
-            assert_eq!(r.8, base.8);
+            assert!(results[0].2 > 1000);
+            for r in &results[2..] {
+                let base = &results[if r.1 == Kernel::Square { 0 } else { 1 }];
+                assert_eq!(r.2, base.2);
+                assert!(r.3.iter().zip(base.3.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "flux differs at {} threads", r.0);
+                assert!(r.4.iter().zip(base.4.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert!(r.5.iter().zip(base.5.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
+                assert_eq!(r.6, base.6);
+                assert_eq!(r.7, base.7);
+                assert_eq!(r.8, base.8);
+            }
         }
     }
 
