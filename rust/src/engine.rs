@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use crate::geometry::{
     bilinear_footprint_2x2, classify_quad, ffloor, fmax, fmin, for_each_bilinear_weight, for_each_quad_overlap, quad_footprint_2x2, QuadShape,
 };
-use crate::lanes::{footprints, Lane, Shape, LANES};
+use crate::lanes::{footprints, footprints_medium, Lane, Shape, LANES};
 use crate::spectral;
 
 /// Output rows per band of the seed API's accumulation (one rayon task each).
@@ -659,9 +659,11 @@ fn portable_only() -> bool {
 }
 
 /// Where a droplet lands: within the 2 x 2 output pixels from `(r0, c0)` with
-/// fractions `f[a][b]`, or a larger square droplet `(qx, qy, area)`.
+/// fractions `f[a][b]`, within 3 x 3, or a larger square droplet `(qx, qy, area)`.
 enum Spot {
     Cells(isize, isize, [[f64; 2]; 2]),
+    /// Within the 3 x 3 output pixels from `(r0, c0)`, `f[a][b]` for `(r0 + a, c0 + b)`.
+    Cells3(isize, isize, [[f64; 3]; 3]),
     Quad([f64; 4], [f64; 4], f64),
 }
 
@@ -817,6 +819,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 continue;
             }
             let fp = footprints(&qx, &qy, self.p.xy_shrink, square);
+            let f3 = if fp.shape.contains(&Shape::Medium) { footprints_medium(&fp) } else { [[[0.0; LANES]; 3]; 3] };
             for l in 0..LANES {
                 if !reach[l] {
                     continue;
@@ -824,6 +827,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 let spot = match fp.shape[l] {
                     Shape::Skip => continue,
                     Shape::Small => Spot::Cells(fp.r0[l] as isize, fp.c0[l] as isize, [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]]),
+                    Shape::Medium => {
+                        Spot::Cells3(fp.r0[l] as isize, fp.c0[l] as isize, std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l])))
+                    }
                     Shape::Large => {
                         let (qx, qy) = (std::array::from_fn(|k| qx[k][l]), std::array::from_fn(|k| qy[k][l]));
                         match make_droplet(&qx, &qy, self.p.xy_shrink, self.p.kernel) {
@@ -867,6 +873,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             }
             // At the band's or the grid's edge: check each pixel.
             Spot::Cells(r0, c0, f) => self.deposit_checked(r0, c0, &f, &pix),
+            Spot::Cells3(r0, c0, f) => self.deposit_checked(r0, c0, &f, &pix),
             // Larger than 2 x 2 output pixels (or absurdly far away).
             Spot::Quad(qx, qy, area) => {
                 let mut n = 0;
@@ -889,10 +896,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
         !alone
     }
 
-    /// Deposits those of the 2 x 2 output pixels from `(r0, c0)` that lie in
-    /// this band and on the grid.
+    /// Deposits those of the N x N output pixels from `(r0, c0)` that lie in
+    /// this band and on the grid (and have a weight above rounding noise).
     #[inline(always)]
-    fn deposit_checked(&mut self, r0: isize, c0: isize, f_xy: &[[f64; 2]; 2], pix: &PixelValue) -> usize {
+    fn deposit_checked<const N: usize>(&mut self, r0: isize, c0: isize, f_xy: &[[f64; N]; N], pix: &PixelValue) -> usize {
         let (row_lo, row_hi) = (self.band.r0 as isize, ((self.band.r0 + self.band.rows).min(self.ny_out)) as isize);
         let mut n = 0;
         for (a, fr) in f_xy.iter().enumerate() {
@@ -922,32 +929,38 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let st = band.strides;
         let min_overlap = self.p.min_overlap;
         let neg = self.negligible;
-        let live_xy = [f_xy[0][0] > neg, f_xy[0][1] > neg, f_xy[1][0] > neg, f_xy[1][1] > neg];
         let f_cells = [f_xy[0][0], f_xy[0][1], f_xy[1][0], f_xy[1][1]];
-        let (value, variance, flags) = (pix.value, pix.variance, pix.flags);
+        let live = f_cells.iter().enumerate().fold(0u32, |m, (c, &f)| m | (((f > neg) as u32) << c));
+        let (value, variance, flags, ivar) = (pix.value, pix.variance, pix.flags, pix.ivar);
+        let base = rl as isize * st[1] + c0 as isize * st[2];
+        let cell = [0, st[2], st[1], st[1] + st[2]];
         let mut n = 0;
         for &(k, f_z) in &self.zov {
             assert!(k < band.nz, "plane {k} outside the cube");
+            let off = base + k as isize * st[0];
             let f: [f64; 4] = std::array::from_fn(|c| f_cells[c] * f_z);
-            let keep: [bool; 4] = std::array::from_fn(|c| live_xy[c] & (f[c] > 0.0) & (f[c] >= min_overlap));
-            let offs: [isize; 4] = std::array::from_fn(|c| k as isize * st[0] + (rl + c / 2) as isize * st[1] + (c0 + c % 2) as isize * st[2]);
+            let keep = f.iter().enumerate().fold(live, |m, (c, &fc)| m & !((!((fc > 0.0) & (fc >= min_overlap)) as u32) << c));
             // SAFETY: (k, rl + a, c0 + b) lies inside this band (asserted above);
             // all six arrays share the strides; bands are disjoint.
             unsafe {
-                if keep == [true; 4] {
+                if keep == 0b1111 {
                     // The common case: every cell receives weight.
                     for c in 0..4 {
-                        let (o, w) = (offs[c], pix.ivar * f[c]);
+                        let (o, w) = (off + cell[c], ivar * f[c]);
                         *band.f[0].offset(o) += w * value;
                         *band.f[1].offset(o) += w;
                         *band.f[2].offset(o) += w * w * variance;
                         let cnt = band.u[0].offset(o);
                         let and = band.u[1].offset(o);
-                        // AND of the flags, starting from the first contribution's (branch-free).
-                        let first = 0u32.wrapping_sub((*cnt == 0) as u32);
-                        *and = (*and | first) & flags;
+                        if flags == 0 {
+                            *and = 0;
+                        } else {
+                            // AND of the flags, starting from the first contribution's.
+                            let first = 0u32.wrapping_sub((*cnt == 0) as u32);
+                            *and = (*and | first) & flags;
+                            *band.u[2].offset(o) |= flags;
+                        }
                         *cnt = (*cnt).saturating_add(1);
-                        *band.u[2].offset(o) |= flags;
                     }
                     n += 4;
                     self.planes[k] = true;
@@ -955,11 +968,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 }
                 // Some cells are skipped: they get a zero weight (adding 0.0 leaves
                 // a sum unchanged) and no count or flags, without branches per cell.
-                let mut hits = 0;
                 for c in 0..4 {
-                    let o = offs[c];
-                    let hb = keep[c] as u32;
-                    let w = if keep[c] { pix.ivar * f[c] } else { 0.0 };
+                    let o = off + cell[c];
+                    let hb = (keep >> c) & 1;
+                    let w = if hb != 0 { ivar * f[c] } else { 0.0 };
                     *band.f[0].offset(o) += w * value;
                     *band.f[1].offset(o) += w;
                     *band.f[2].offset(o) += w * w * variance;
@@ -972,10 +984,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
                     *and = (*and | (first & mask)) & (flags | !mask);
                     *cnt = (*cnt).saturating_add(hb);
                     *band.u[2].offset(o) |= flags & mask;
-                    hits += hb as usize;
                 }
-                n += hits;
-                self.planes[k] |= hits > 0;
+                n += keep.count_ones() as usize;
+                self.planes[k] |= keep != 0;
             }
         }
         n

@@ -500,6 +500,18 @@ fn footprint_in_span(qx: &[f64; 4], qy: &[f64; 4], span: (f64, f64, f64, f64)) -
     Some(fp)
 }
 
+/// The general path's footprint of a quadrilateral on an unbounded grid
+/// (tests): first output pixel, rows, columns and `f[a][b]` for pixel
+/// `(r0 + a, c0 + b)`.
+#[cfg(test)]
+pub(crate) type GeneralFootprint = (isize, isize, usize, usize, [[f64; FOOTPRINT_MAX]; FOOTPRINT_MAX]);
+
+#[cfg(test)]
+pub(crate) fn quad_footprint(qx: &[f64; 4], qy: &[f64; 4]) -> Option<GeneralFootprint> {
+    let fp = footprint_in_span(qx, qy, pixel_span(qx, qy)?)?;
+    Some((fp.r0, fp.c0, fp.nr, fp.nc, fp.f))
+}
+
 /// `(dv/du, du/dv)` of an edge from one division; 0 where undefined (then
 /// unused or multiplied by a zero length).
 #[inline(always)]

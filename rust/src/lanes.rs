@@ -28,18 +28,29 @@ pub enum Shape {
     Skip,
     /// The footprint lies within the 2 x 2 output pixels from `(r0, c0)`.
     Small,
-    /// Larger than 2 x 2 output pixels (or absurdly far away): the general path.
+    /// Three output pixels along one axis and at most two along the other:
+    /// see [`footprints_medium`].
+    Medium,
+    /// Larger (or absurdly far away): the general path.
     Large,
 }
 
 /// Footprints of [`LANES`] droplets: for a `Small` lane `l`, `f[2a + b][l]`
-/// is the fraction of output pixel `(r0[l] + a, c0[l] + b)`.
+/// is the fraction of output pixel `(r0[l] + a, c0[l] + b)`. The span is
+/// rows `r0 ..= r1`, columns `c0 ..= c1`.
 #[derive(Clone, Copy, Debug)]
 pub struct Footprints {
     pub shape: [Shape; LANES],
     pub r0: Lane,
     pub c0: Lane,
+    pub r1: Lane,
+    pub c1: Lane,
     pub f: [Lane; 4],
+    /// The shrunk corners and the integrals at the first inner corner
+    /// (`1 / total`, left, below, both), for [`footprints_medium`].
+    sx: [Lane; 4],
+    sy: [Lane; 4],
+    first: [Lane; 4],
 }
 
 #[inline(always)]
@@ -76,7 +87,8 @@ pub fn footprints(qx: &[Lane; 4], qy: &[Lane; 4], xy_shrink: f64, square: bool) 
         let (gx, gy) = (lane(|l| 1.0 - fx[l]), lane(|l| 1.0 - fy[l]));
         let shape = std::array::from_fn(|l| if simple[l] & (mx[l].abs() < 1e15) & (my[l].abs() < 1e15) { Shape::Small } else { Shape::Skip });
         let f = [lane(|l| gy[l] * gx[l]), lane(|l| gy[l] * fx[l]), lane(|l| fy[l] * gx[l]), lane(|l| fy[l] * fx[l])];
-        return Footprints { shape, r0: yf, c0: xf, f };
+        let (r1, c1) = (lane(|l| yf[l] + 1.0), lane(|l| xf[l] + 1.0));
+        return Footprints { shape, r0: yf, c0: xf, r1, c1, f, sx: *qx, sy: *qy, first: [[0.0; LANES]; 4] };
     }
     let sx: [Lane; 4] = std::array::from_fn(|k| lane(|l| mx[l] + xy_shrink * (qx[k][l] - mx[l])));
     let sy: [Lane; 4] = std::array::from_fn(|k| lane(|l| my[l] + xy_shrink * (qy[k][l] - my[l])));
@@ -90,16 +102,41 @@ pub fn footprints(qx: &[Lane; 4], qy: &[Lane; 4], xy_shrink: f64, square: bool) 
     let (cc0, cc1) = (lane(|l| ffloor(x0[l] + 0.5)), lane(|l| ffloor(x1[l] + 0.5)));
     let shape = std::array::from_fn(|l| {
         let in_range = (x0[l] > -1e15) & (x1[l] < 1e15) & (y0[l] > -1e15) & (y1[l] < 1e15);
-        let small = (cr1[l] - cr0[l] <= 1.0) & (cc1[l] - cc0[l] <= 1.0);
-        match (simple[l] & (area[l] > 0.0), in_range & small) {
-            (false, _) => Shape::Skip,
-            (true, true) => Shape::Small,
-            (true, false) => Shape::Large,
+        let (rows, cols) = (cr1[l] - cr0[l], cc1[l] - cc0[l]);
+        let small = (rows <= 1.0) & (cols <= 1.0);
+        let medium = ((rows == 2.0) & (cols <= 1.0)) | ((rows <= 1.0) & (cols == 2.0));
+        match (simple[l] & (area[l] > 0.0), in_range & small, in_range & medium) {
+            (false, _, _) => Shape::Skip,
+            (true, true, _) => Shape::Small,
+            (true, false, true) => Shape::Medium,
+            (true, false, false) => Shape::Large,
         }
     });
-    // fractions_from / fractions_2x2, edge k from corner k to corner k + 1
-    let u: [Lane; 4] = std::array::from_fn(|k| lane(|l| sx[k][l] - (cc0[l] + 0.5)));
-    let v: [Lane; 4] = std::array::from_fn(|k| lane(|l| sy[k][l] - (cr0[l] + 0.5)));
+    // fractions_from / fractions_2x2
+    let [tot, lef, bel, qua] = corner_integrals(&sx, &sy, &cc0, &cr0, &[0.5; LANES], &[0.5; LANES]);
+    let inv = lane(|l| 1.0 / tot[l]);
+    let left = lane(|l| lef[l] * inv[l]);
+    let below = lane(|l| bel[l] * inv[l]);
+    let both = lane(|l| qua[l] * inv[l]);
+    let one = std::array::from_fn::<bool, LANES, _>(|l| (cr1[l] == cr0[l]) & (cc1[l] == cc0[l]));
+    let f = [
+        lane(|l| if one[l] { 1.0 } else { both[l] }),
+        lane(|l| if one[l] { 0.0 } else { below[l] - both[l] }),
+        lane(|l| if one[l] { 0.0 } else { left[l] - both[l] }),
+        lane(|l| if one[l] { 0.0 } else { 1.0 - left[l] - below[l] + both[l] }),
+    ];
+    Footprints { shape, r0: cr0, c0: cc0, r1: cr1, c1: cc1, f, sx, sy, first: [inv, lef, bel, qua] }
+}
+
+/// The edge integrals of `geometry::corner_integrals` lane by lane, at the
+/// corner `x = c0 + da`, `y = r0 + db` of the quadrilaterals `(sx, sy)`: twice
+/// the areas of the whole and of the parts left of, below, and left of and
+/// below the corner.
+#[inline(always)]
+fn corner_integrals(sx: &[Lane; 4], sy: &[Lane; 4], c0: &Lane, r0: &Lane, da: &Lane, db: &Lane) -> [Lane; 4] {
+    // Edge k runs from corner k to corner k + 1.
+    let u: [Lane; 4] = std::array::from_fn(|k| lane(|l| sx[k][l] - (c0[l] + da[l])));
+    let v: [Lane; 4] = std::array::from_fn(|k| lane(|l| sy[k][l] - (r0[l] + db[l])));
     let mut tot = [[0.0; LANES]; 4];
     let mut lef = [[0.0; LANES]; 4];
     let mut bel = [[0.0; LANES]; 4];
@@ -124,38 +161,84 @@ pub fn footprints(qx: &[Lane; 4], qy: &[Lane; 4], xy_shrink: f64, square: bool) 
         qua[k] = lane(|l| twice_negative_integral(a1[l], a2[l], w1[l], w2[l], inv_slope[l]));
     }
     let sum4 = |a: &[Lane; 4], l: usize| (a[0][l] + a[1][l]) + (a[2][l] + a[3][l]);
-    let inv = lane(|l| 1.0 / sum4(&tot, l));
-    let left = lane(|l| sum4(&lef, l) * inv[l]);
-    let below = lane(|l| sum4(&bel, l) * inv[l]);
-    let both = lane(|l| sum4(&qua, l) * inv[l]);
-    let one = std::array::from_fn::<bool, LANES, _>(|l| (cr1[l] == cr0[l]) & (cc1[l] == cc0[l]));
-    let f = [
-        lane(|l| if one[l] { 1.0 } else { both[l] }),
-        lane(|l| if one[l] { 0.0 } else { below[l] - both[l] }),
-        lane(|l| if one[l] { 0.0 } else { left[l] - both[l] }),
-        lane(|l| if one[l] { 0.0 } else { 1.0 - left[l] - below[l] + both[l] }),
-    ];
-    Footprints { shape, r0: cr0, c0: cc0, f }
+    [lane(|l| sum4(&tot, l)), lane(|l| sum4(&lef, l)), lane(|l| sum4(&bel, l)), lane(|l| sum4(&qua, l))]
+}
+
+/// The fractions of `Medium` droplets (three output pixels along one axis, at
+/// most two along the other) in the 3 x 3 output pixels from `(r0, c0)`:
+/// `f[a][b][l]` for pixel `(r0 + a, c0 + b)`, zero beyond the lane's span.
+/// The scalar general path's arithmetic (`geometry::fill_footprint`): the
+/// integrals at the span's two inner corners along the long axis, each
+/// evaluated like the single corner of the 2 x 2 case, then the cumulative
+/// fractions differenced; a `Medium` lane holds the scalar path's bits.
+#[inline(always)]
+pub fn footprints_medium(fp: &Footprints) -> [[Lane; 3]; 3] {
+    let rows = lane(|l| fp.r1[l] - fp.r0[l]); // inner row corners (nb)
+    let cols = lane(|l| fp.c1[l] - fp.c0[l]); // inner column corners (na)
+    let wide = std::array::from_fn::<bool, LANES, _>(|l| cols[l] == 2.0);
+    // The second inner corner: (1, 0) for three columns, (0, 1) for three rows.
+    let da = lane(|l| if wide[l] { 1.5 } else { 0.5 });
+    let db = lane(|l| if wide[l] { 0.5 } else { 1.5 });
+    let [_, lef1, bel1, qua1] = corner_integrals(&fp.sx, &fp.sy, &fp.c0, &fp.r0, &da, &db);
+    let [inv, lef0, bel0, qua0] = fp.first;
+    // left[a] is needed for a < na (a <= 1), below[b] for b < nb, quadrant
+    // [a][b] for a < na and b < nb: (0, 0) and the second corner.
+    let left = [lef0, lef1];
+    let below = [bel0, bel1];
+    let quadrant = |a: usize, b: usize| if a + b == 0 { &qua0 } else { &qua1 };
+    // g[b][a]: cumulative fraction below row corner b - 1 and left of column
+    // corner a - 1 (index 0: nothing; past the last inner corner: everything).
+    let mut g = [[[0.0; LANES]; 4]; 4];
+    for b in 0..3 {
+        for a in 0..3 {
+            g[b + 1][a + 1] = lane(|l| match (b as f64 >= rows[l], a as f64 >= cols[l]) {
+                (true, true) => 1.0,
+                (true, false) => left[a.min(1)][l] * inv[l],
+                (false, true) => below[b.min(1)][l] * inv[l],
+                (false, false) => quadrant(a, b)[l] * inv[l],
+            });
+        }
+    }
+    std::array::from_fn(|b| {
+        std::array::from_fn(|a| {
+            lane(|l| {
+                let f = g[b + 1][a + 1][l] - g[b + 1][a][l] - g[b][a + 1][l] + g[b][a][l];
+                if (b as f64 <= rows[l]) & (a as f64 <= cols[l]) {
+                    f
+                } else {
+                    0.0
+                }
+            })
+        })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::{make_droplet, Droplet, Kernel};
-    use crate::geometry::{bilinear_footprint_2x2, quad_footprint_2x2};
+    use crate::geometry::{bilinear_footprint_2x2, quad_footprint, quad_footprint_2x2};
     use proptest::prelude::*;
 
+    /// Shape and, for small and medium droplets, first output pixel and 3 x 3 fractions.
+    type Answer = (Shape, Option<(isize, isize, [[f64; 3]; 3])>);
+
     /// The scalar path's answer for one quadrilateral, in the lanes' terms.
-    fn scalar(qx: &[f64; 4], qy: &[f64; 4], shrink: f64, kernel: Kernel) -> (Shape, Option<(isize, isize, [f64; 4])>) {
+    fn scalar(qx: &[f64; 4], qy: &[f64; 4], shrink: f64, kernel: Kernel) -> Answer {
         let Some(d) = make_droplet(qx, qy, shrink, kernel) else { return (Shape::Skip, None) };
         let small = match d {
             Droplet::Square { qx, qy, .. } => quad_footprint_2x2(&qx, &qy),
             Droplet::Point { x, y } => bilinear_footprint_2x2(x, y),
         };
-        match small {
-            Some((r0, c0, f)) => (Shape::Small, Some((r0, c0, [f[0][0], f[0][1], f[1][0], f[1][1]]))),
-            None if kernel == Kernel::Square => (Shape::Large, None),
-            None => (Shape::Skip, None),
+        if let Some((r0, c0, f)) = small {
+            return (Shape::Small, Some((r0, c0, [[f[0][0], f[0][1], 0.0], [f[1][0], f[1][1], 0.0], [0.0; 3]])));
+        }
+        let Droplet::Square { qx, qy, .. } = d else { return (Shape::Skip, None) };
+        match quad_footprint(&qx, &qy) {
+            Some((r0, c0, nr, nc, f)) if (nr == 3 && nc <= 2) || (nr <= 2 && nc == 3) => {
+                (Shape::Medium, Some((r0, c0, std::array::from_fn(|a| std::array::from_fn(|b| if a < nr && b < nc { f[a][b] } else { 0.0 })))))
+            }
+            _ => (Shape::Large, None),
         }
     }
 
@@ -169,13 +252,19 @@ mod tests {
             }
         }
         let fp = footprints(&qx, &qy, shrink, kernel == Kernel::Square);
+        let f3 = footprints_medium(&fp);
         for (l, (x, y)) in quads.iter().enumerate() {
             let (shape, cells) = scalar(x, y, shrink, kernel);
             assert_eq!(fp.shape[l], shape, "lane {l}: {x:?} {y:?}");
-            if let Some((r0, c0, f)) = cells {
-                assert_eq!((fp.r0[l] as isize, fp.c0[l] as isize), (r0, c0), "lane {l}");
-                for (k, (lanes, want)) in fp.f.iter().zip(f).enumerate() {
-                    assert_eq!(lanes[l].to_bits(), want.to_bits(), "lane {l} cell {k}: {} vs {want}", lanes[l]);
+            let Some((r0, c0, want)) = cells else { continue };
+            assert_eq!((fp.r0[l] as isize, fp.c0[l] as isize), (r0, c0), "lane {l}");
+            let got: [[f64; 3]; 3] = match shape {
+                Shape::Small => [[fp.f[0][l], fp.f[1][l], 0.0], [fp.f[2][l], fp.f[3][l], 0.0], [0.0; 3]],
+                _ => std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l])),
+            };
+            for (a, (g, w)) in got.iter().zip(want.iter()).enumerate() {
+                for b in 0..3 {
+                    assert_eq!(g[b].to_bits(), w[b].to_bits(), "lane {l} cell ({a}, {b}): {} vs {}", g[b], w[b]);
                 }
             }
         }
@@ -205,6 +294,10 @@ mod tests {
             ([0.0, 1.0, nan, 0.0], [0.0, 0.0, 1.0, 1.0]), // not finite
             ([1e300, 1e300 + 1e290, 1e300, 1e300 - 1e290], [0.0, 1e290, 2e290, 1e290]),
             quad(2.0, 2.0, 0.4, 3.5, 2.5, 0.2), // large
+            quad(2.0, 2.0, 0.4, 1.9, 1.2, 0.1), // three columns or rows
+            quad(2.0, 2.0, 0.0, 2.4, 0.3, 0.0), // medium, one row
+            quad(2.0, 2.0, 0.0, 0.3, 2.4, 0.0), // medium, one column
+            quad(2.0, 2.6, 0.0, 0.7, 2.4, 0.0), // medium, two columns
             quad(0.5, 0.5, 0.0, 1.0, 1.0, 0.0), // corners on pixel edges
             ([0.2, 0.8, 0.2, 0.8], [0.2, 0.3, 0.7, 0.9]),
         ];
