@@ -650,6 +650,7 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
 #[cfg(test)]
 static PORTABLE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn portable_only() -> bool {
     #[cfg(test)]
