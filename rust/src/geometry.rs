@@ -623,7 +623,7 @@ pub fn bilinear_footprint_2x2(px: f64, py: f64) -> Option<(isize, isize, [[f64; 
     Some((yf as isize, xf as isize, [[wy[0] * wx[0], wy[0] * wx[1]], [wy[1] * wx[0], wy[1] * wx[1]]]))
 }
 
-/// Like [`for_each_pixel_overlap`] for a quadrilateral droplet, without
+/// Like `for_each_pixel_overlap` (the tests' clipping reference) for a quadrilateral droplet, without
 /// building polygons: the closed-form integrals of [`quad_footprint_2x2`] for
 /// droplets within 4 x 4 output pixels, [`quad_pixel_area`] per pixel for
 /// larger ones.
