@@ -19,7 +19,8 @@ use ndarray::{ArrayView1, ArrayView2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 use crate::geometry::{
-    bilinear_footprint_2x2, classify_quad, ffloor, fmax, fmin, for_each_bilinear_weight, for_each_quad_overlap, quad_footprint_2x2, QuadShape,
+    bilinear_footprint_2x2, classify_quad, ffloor, fmax, fmin, for_each_bilinear_weight, for_each_cell, for_each_quad_overlap, quad_footprint_2x2,
+    QuadShape,
 };
 use crate::lanes::{footprints, footprints_medium, Lane, Shape, LANES};
 use crate::spectral;
@@ -901,20 +902,12 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// this band and on the grid (and have a weight above rounding noise).
     #[inline(always)]
     fn deposit_checked<const N: usize>(&mut self, r0: isize, c0: isize, f_xy: &[[f64; N]; N], pix: &PixelValue) -> usize {
-        let (row_lo, row_hi) = (self.band.r0 as isize, ((self.band.r0 + self.band.rows).min(self.ny_out)) as isize);
+        let rows = self.band.r0 as isize..(self.band.r0 + self.band.rows).min(self.ny_out) as isize;
+        let (band, zov, planes, min_overlap) = (&mut self.band, &self.zov, &mut self.planes, self.p.min_overlap);
         let mut n = 0;
-        for (a, fr) in f_xy.iter().enumerate() {
-            let r = r0 + a as isize;
-            if r < row_lo || r >= row_hi {
-                continue;
-            }
-            for (b, &f) in fr.iter().enumerate() {
-                let c = c0 + b as isize;
-                if c >= 0 && c < self.nx_out as isize && f > self.negligible {
-                    n += self.band.deposit(r as usize, c as usize, f, pix, &self.zov, self.p.min_overlap, &mut self.planes);
-                }
-            }
-        }
+        for_each_cell(r0, c0, f_xy, rows, 0..self.nx_out as isize, self.negligible, |r, c, f| {
+            n += band.deposit(r, c, f, pix, zov, min_overlap, planes);
+        });
         n
     }
 

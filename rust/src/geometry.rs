@@ -649,18 +649,8 @@ pub fn for_each_quad_overlap(
         return;
     }
     if let Some(fp) = footprint_in_span(qx, qy, span) {
-        for (a, row) in fp.f.iter().enumerate().take(fp.nr) {
-            let r = fp.r0 + a as isize;
-            if (r as f64) < r_first || (r as f64) > r_last {
-                continue;
-            }
-            for (b, &f) in row.iter().enumerate().take(fp.nc) {
-                let c = fp.c0 + b as isize;
-                if (c as f64) >= c_first && (c as f64) <= c_last && f > NEGLIGIBLE {
-                    emit(r as usize, c as usize, f);
-                }
-            }
-        }
+        let (rows, cols) = (r_first as isize..r_last as isize + 1, c_first as isize..c_last as isize + 1);
+        for_each_cell(fp.r0, fp.c0, &fp.f, rows, cols, NEGLIGIBLE, emit);
         return;
     }
     let inv_area = 1.0 / area;
@@ -683,18 +673,33 @@ pub fn for_each_quad_overlap(
 /// `emit(row, col, weight)` for those inside the grid and in rows
 /// `row_lo..row_hi`.
 #[inline]
-pub fn for_each_bilinear_weight(px: f64, py: f64, ny: usize, nx: usize, row_lo: usize, row_hi: usize, mut emit: impl FnMut(usize, usize, f64)) {
+pub fn for_each_bilinear_weight(px: f64, py: f64, ny: usize, nx: usize, row_lo: usize, row_hi: usize, emit: impl FnMut(usize, usize, f64)) {
     let Some((r0, c0, w)) = bilinear_footprint_2x2(px, py) else { return };
-    let (r_lo, r_hi) = (row_lo as isize, row_hi.min(ny) as isize);
-    for (a, wr) in w.iter().enumerate() {
+    for_each_cell(r0, c0, &w, row_lo as isize..row_hi.min(ny) as isize, 0..nx as isize, 0.0, emit);
+}
+
+/// Calls `emit(r, c, f[a][b])` for the cells `(r, c) = (r0 + a, c0 + b)` of an
+/// N x N block of fractions that lie in `rows` and `cols` and exceed `floor`,
+/// in row-major order.
+#[inline(always)]
+pub fn for_each_cell<const N: usize>(
+    r0: isize,
+    c0: isize,
+    f: &[[f64; N]; N],
+    rows: std::ops::Range<isize>,
+    cols: std::ops::Range<isize>,
+    floor: f64,
+    mut emit: impl FnMut(usize, usize, f64),
+) {
+    for (a, fr) in f.iter().enumerate() {
         let r = r0 + a as isize;
-        if r < r_lo || r >= r_hi {
+        if !rows.contains(&r) {
             continue;
         }
-        for (b, &wb) in wr.iter().enumerate() {
+        for (b, &fc) in fr.iter().enumerate() {
             let c = c0 + b as isize;
-            if c >= 0 && c < nx as isize && wb > 0.0 {
-                emit(r as usize, c as usize, wb);
+            if cols.contains(&c) && fc > floor {
+                emit(r as usize, c as usize, fc);
             }
         }
     }

@@ -548,7 +548,7 @@ def _read_crop_arrays(hdul, path: Path, rows: slice, cols: slice, with_zodi: boo
     return image, variance, zodi
 
 
-def _fit_zodi_subsample(hdul, fh: FrameHeader, path: Path, bad: int, src_bit: int) -> Tuple[float, bool]:
+def _fit_zodi_subsample(hdul, path: Path, bad: int, src_bit: int) -> Tuple[float, bool]:
     """Zodi scale fitted on every ``ZODI_SUBSAMPLE_STEP``-th row of the whole frame."""
     every = (slice(None, None, ZODI_SUBSAMPLE_STEP), slice(None))
     try:
@@ -592,6 +592,7 @@ class FrameSource:
         fh = self.header
         out = self.output_wcs.celestial if self.output_wcs.naxis != 2 else self.output_wcs
         hdul = None if self._cached is not None else _open_fits(self.path)
+        bits = np.uint32(int(self.exclude_bits) & 0xFFFFFFFF)
         try:
             for ya in range(y0, y1, self.strip_rows):
                 yb = min(ya + self.strip_rows, y1)
@@ -606,7 +607,6 @@ class FrameSource:
                     image -= self.zodi_scale * zodi
                 del zodi
                 flags = self.flags[ya - y0 : yb - y0]
-                bits = np.uint32(int(self.exclude_bits) & 0xFFFFFFFF)
                 exclude = (flags & bits) != 0 if self.exclude_bits else None
                 lam, dlam = fh.wave.evaluate_crop(x0, x1, ya, yb)
                 corners_x, corners_y = corner_map(fh.wcs, out, x0, ya, x1 - x0, yb - ya)
@@ -690,7 +690,7 @@ def prepare_frame(
                 else:
                     # Crop too small for a robust fit, or read later in strips: fit on
                     # every 16th row of the whole frame.
-                    zodi_scale, zodi_ok = _fit_zodi_subsample(hdul, fh, path, bad, src_bit)
+                    zodi_scale, zodi_ok = _fit_zodi_subsample(hdul, path, bad, src_bit)
                     source = "subsample" if zodi_ok else "fallback"
     finally:
         hdul.close()
