@@ -680,6 +680,10 @@ struct BandTask<'a, 'p> {
     nx_out: usize,
     /// Smallest weight fraction that is deposited.
     negligible: f64,
+    /// Smallest voxel fraction `f_xy * f_z` that is deposited: `min_overlap`,
+    /// or the smallest positive double when that is 0 (`f >= keep_from` is
+    /// then `f > 0 && f >= min_overlap`, the test of [`Band::deposit`]).
+    keep_from: f64,
     /// Spectral overlaps `(plane, f_z)` of the current pixel.
     zov: Vec<(usize, f64)>,
     /// First plane of the previous pixel (a search hint).
@@ -704,6 +708,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             ny_out,
             nx_out,
             negligible,
+            keep_from: if p.min_overlap > 0.0 { p.min_overlap } else { f64::from_bits(1) },
             zov: Vec::with_capacity(8),
             z_hint: 0,
             n_pixels: 0,
@@ -921,10 +926,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let rl = r0 - band.r0;
         assert!(rl + 1 < band.rows && c0 + 1 < band.nx, "2 x 2 cells at ({r0}, {c0}) outside band at row {}", band.r0);
         let st = band.strides;
-        let min_overlap = self.p.min_overlap;
+        let keep_from = self.keep_from;
         let neg = self.negligible;
-        let f_cells = [f_xy[0][0], f_xy[0][1], f_xy[1][0], f_xy[1][1]];
-        let live = f_cells.iter().enumerate().fold(0u32, |m, (c, &f)| m | (((f > neg) as u32) << c));
+        // Cells with a negligible fraction get nothing (a zero fraction fails `keep_from`).
+        let f_cells = [f_xy[0][0], f_xy[0][1], f_xy[1][0], f_xy[1][1]].map(|f| if f > neg { f } else { 0.0 });
         let (value, variance, flags, ivar) = (pix.value, pix.variance, pix.flags, pix.ivar);
         let base = rl as isize * st[1] + c0 as isize * st[2];
         let cell = [0, st[2], st[1], st[1] + st[2]];
@@ -933,7 +938,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
             assert!(k < band.nz, "plane {k} outside the cube");
             let off = base + k as isize * st[0];
             let f: [f64; 4] = std::array::from_fn(|c| f_cells[c] * f_z);
-            let keep = f.iter().enumerate().fold(live, |m, (c, &fc)| m & !((!((fc > 0.0) & (fc >= min_overlap)) as u32) << c));
+            let keep = (f[0] >= keep_from) as u32
+                | ((f[1] >= keep_from) as u32) << 1
+                | ((f[2] >= keep_from) as u32) << 2
+                | ((f[3] >= keep_from) as u32) << 3;
             // SAFETY: (k, rl + a, c0 + b) lies inside this band (asserted above);
             // all six arrays share the strides; bands are disjoint.
             unsafe {
@@ -960,15 +968,16 @@ impl<'a, 'p> BandTask<'a, 'p> {
                     self.planes[k] = true;
                     continue;
                 }
-                // Some cells are skipped: they get a zero weight (adding 0.0 leaves
-                // a sum unchanged) and no count or flags, without branches per cell.
+                // Some cells are skipped: they add -0.0 (which leaves every sum's
+                // bits unchanged) and no count or flags, without branches per cell.
                 for c in 0..4 {
                     let o = off + cell[c];
                     let hb = (keep >> c) & 1;
-                    let w = if hb != 0 { ivar * f[c] } else { 0.0 };
-                    *band.f[0].offset(o) += w * value;
-                    *band.f[1].offset(o) += w;
-                    *band.f[2].offset(o) += w * w * variance;
+                    let w = ivar * f[c];
+                    let (a, b, v) = if hb != 0 { (w * value, w, w * w * variance) } else { (-0.0, -0.0, -0.0) };
+                    *band.f[0].offset(o) += a;
+                    *band.f[1].offset(o) += b;
+                    *band.f[2].offset(o) += v;
                     let cnt = band.u[0].offset(o);
                     let and = band.u[1].offset(o);
                     // Kept: (and | first) & flags, where `first` is all ones on the
@@ -1416,6 +1425,32 @@ mod tests {
         let (portable, native) = (run(true), run(false));
         assert!(portable.iter().any(|&b| b != 0));
         assert!(portable == native, "AVX2 and portable builds differ");
+    }
+
+    #[test]
+    fn voxels_that_receive_nothing_keep_their_bits() {
+        // Regression: the 2 x 2 fast path added a zero weight to cells below
+        // min_overlap, which turned a -0.0 already in the cube into +0.0. Cells
+        // that receive nothing must keep their bits exactly.
+        let f = affine_frame(40, 37, rotation(0.4, 1.0), [2.0, 1.5], |j, i| ((j * 13 + i * 7) % 11) as f64 - 3.0);
+        let mut p = params(Kernel::Square, 0.8);
+        p.min_overlap = 0.15;
+        let mut cube = Cube::new(3, 45, 45);
+        for a in [&mut cube.flux, &mut cube.weight, &mut cube.var] {
+            a.fill(-0.0);
+        }
+        let st = drizzle_frame(cube.view(), &f.view(), &p, 1).unwrap();
+        assert!(st.n_contributions > 1000);
+        let mut untouched = 0;
+        for (idx, &n) in cube.count.indexed_iter() {
+            if n == 0 {
+                untouched += 1;
+                for a in [&cube.flux, &cube.weight, &cube.var] {
+                    assert_eq!(a[idx].to_bits(), (-0.0f64).to_bits(), "voxel {idx:?}");
+                }
+            }
+        }
+        assert!(untouched > 100, "{untouched}");
     }
 
     #[test]

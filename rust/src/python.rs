@@ -31,6 +31,9 @@ fn slice_of<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -
     a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array")))
 }
 
+/// Output bin indices and fractions.
+type BinFractions<'py> = (Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<f64>>);
+
 /// Spectral overlaps of one top-hat `[lambda_c ± delta_lambda*z_shrink/2]` (um)
 /// with the bins given by `z_edges` (um). Returns `(z_idx int32, f_z float64)`.
 #[pyfunction]
@@ -40,7 +43,7 @@ fn spectral_overlaps<'py>(
     delta_lambda: f64,
     z_shrink: f64,
     z_edges: PyReadonlyArray1<'py, f64>,
-) -> PyResult<(Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<f64>>)> {
+) -> PyResult<BinFractions<'py>> {
     let edges = slice_of(&z_edges, "z_edges")?;
     let (idx, frac) = run_detached(py, "spectral_overlaps", move || {
         spectral::validate_edges(edges)?;
@@ -136,7 +139,7 @@ fn drizzle_frame<'py>(
 /// `(valid (ny, nx) bool, pixel_idx int64, out_y int32, out_x int32, f_xy float64)`.
 #[pyfunction]
 #[pyo3(signature = (corners_x, corners_y, out_ny, out_nx, xy_shrink, kernel, threads=0))]
-#[allow(clippy::type_complexity)]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn spatial_mapping<'py>(
     py: Python<'py>,
     corners_x: PyReadonlyArray2<'py, f64>,
