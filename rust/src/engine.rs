@@ -1574,8 +1574,14 @@ mod perf_probe {
     use ndarray::{Array2, Array3};
 
     fn run(offset: f64, kernel: Kernel, n_planes: usize) {
+        run_scaled(offset, 1.0, kernel, n_planes)
+    }
+
+    /// `scale`: output pixels per input pixel (1: geometry A; 300 / 2040 * 0.98:
+    /// geometry B, the whole frame on the grid).
+    fn run_scaled(offset: f64, scale: f64, kernel: Kernel, n_planes: usize) {
         let n = 2040;
-        let (c, s) = (23f64.to_radians().cos(), 23f64.to_radians().sin());
+        let (c, s) = (scale * 23f64.to_radians().cos(), scale * 23f64.to_radians().sin());
         let map = |x: f64, y: f64| {
             let (u, v) = (x - 1019.5, y - 1019.5);
             (c * u - s * v + 149.5 + offset, s * u + c * v + 149.5)
@@ -1652,6 +1658,12 @@ mod perf_probe {
     #[ignore]
     fn probe_bilinear_17() {
         run(0.0, Kernel::Bilinear, 17);
+    }
+
+    #[test]
+    #[ignore]
+    fn probe_whole_frame() {
+        run_scaled(0.0, 0.7 * 300.0 / 2040.0, Kernel::Square, 17);
     }
 
     #[test]
