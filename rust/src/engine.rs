@@ -684,8 +684,10 @@ struct BandTask<'a, 'p> {
     /// or the smallest positive double when that is 0 (`f >= keep_from` is
     /// then `f > 0 && f >= min_overlap`, the test of [`Band::deposit`]).
     keep_from: f64,
-    /// Spectral overlaps `(plane, f_z)` of the current pixel.
-    zov: Vec<(usize, f64)>,
+    /// Spectral overlaps `(plane, f_z)` of the current pixel: the first
+    /// `n_zov` entries (room for one per plane, so filling it never allocates).
+    zov_buf: Vec<(usize, f64)>,
+    n_zov: usize,
     /// First plane of the previous pixel (a search hint).
     z_hint: usize,
     /// Input pixels that deposited and can reach only this band.
@@ -709,7 +711,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
             nx_out,
             negligible,
             keep_from: if p.min_overlap > 0.0 { p.min_overlap } else { f64::from_bits(1) },
-            zov: Vec::with_capacity(8),
+            zov_buf: vec![(0, 0.0); nz],
+            n_zov: 0,
             z_hint: 0,
             n_pixels: 0,
             n_contributions: 0,
@@ -864,16 +867,20 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let excluded = row.exclude.is_some_and(|e| unsafe { e.at(i) });
         let pix = unsafe { pixel_value(row.image.at(i), row.variance.at(i), row.flags.at(i), row.lam.at(i), row.dlam.at(i), excluded, p) };
         let Some(pix) = pix else { return false };
-        let zov = &mut self.zov;
-        zov.clear();
-        spectral::for_each_overlap_hinted(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, &mut self.z_hint, |k, f| zov.push((k, f)));
-        if zov.is_empty() {
+        let (buf, mut n) = (&mut self.zov_buf, 0);
+        // Each plane is emitted at most once, so `n` stays within the buffer.
+        spectral::for_each_overlap_hinted(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, &mut self.z_hint, |k, f| {
+            buf[n] = (k, f);
+            n += 1;
+        });
+        if n == 0 {
             return false;
         }
+        self.n_zov = n;
         let deposited = match spot {
             Spot::Cells(r0, c0, f) if f[0][0] == 1.0 && r0 >= row_lo as isize && r0 < row_hi as isize && c0 >= 0 && c0 < self.nx_out as isize => {
                 // The whole droplet in one output pixel (common for small input pixels).
-                self.band.deposit(r0 as usize, c0 as usize, 1.0, &pix, &self.zov, p.min_overlap, &mut self.planes)
+                self.band.deposit(r0 as usize, c0 as usize, 1.0, &pix, &self.zov_buf[..self.n_zov], p.min_overlap, &mut self.planes)
             }
             Spot::Cells(r0, c0, f) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
                 self.deposit_2x2(r0 as usize, c0 as usize, &f, &pix)
@@ -884,7 +891,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             // Larger than 2 x 2 output pixels (or absurdly far away).
             Spot::Quad(qx, qy, area) => {
                 let mut n = 0;
-                let (band, zov, planes) = (&mut self.band, &self.zov, &mut self.planes);
+                let (band, zov, planes) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes);
                 for_each_quad_overlap(&qx, &qy, area, self.ny_out, self.nx_out, row_lo, row_hi, |r, c, f| {
                     n += band.deposit(r, c, f, &pix, zov, p.min_overlap, planes);
                 });
@@ -908,7 +915,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     #[inline(always)]
     fn deposit_checked<const N: usize>(&mut self, r0: isize, c0: isize, f_xy: &[[f64; N]; N], pix: &PixelValue) -> usize {
         let rows = self.band.r0 as isize..(self.band.r0 + self.band.rows).min(self.ny_out) as isize;
-        let (band, zov, planes, min_overlap) = (&mut self.band, &self.zov, &mut self.planes, self.p.min_overlap);
+        let (band, zov, planes, min_overlap) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes, self.p.min_overlap);
         let mut n = 0;
         for_each_cell(r0, c0, f_xy, rows, 0..self.nx_out as isize, self.negligible, |r, c, f| {
             n += band.deposit(r, c, f, pix, zov, min_overlap, planes);
@@ -934,7 +941,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let base = rl as isize * st[1] + c0 as isize * st[2];
         let cell = [0, st[2], st[1], st[1] + st[2]];
         let mut n = 0;
-        for &(k, f_z) in &self.zov {
+        for &(k, f_z) in &self.zov_buf[..self.n_zov] {
             assert!(k < band.nz, "plane {k} outside the cube");
             let off = base + k as isize * st[0];
             let f: [f64; 4] = std::array::from_fn(|c| f_cells[c] * f_z);
