@@ -307,8 +307,8 @@ def test_seed_api_matches_fused_path():
 def test_fused_path_matches_seed_api_across_bands(kernel, scale):
     """Regression: with input pixels smaller than output pixels, the bilinear kernel lost the
     share of pixels whose centre lay within one output pixel of a band boundary (48 output
-    rows span three bands of rows). Scales 3 and 6 exercise the 3x3-4x4 footprints and the general
-    per-pixel area path."""
+    rows span three bands of rows). Scales 3 and 6 exercise droplets wider than 2x2 output pixels (the
+    general per-pixel area path)."""
     n = int(40 / scale)
     corners = affine_corners(n, n, rotation(0.2, scale), (4.0, 3.0))
     arrays = frame_arrays(n, n, seed=2)

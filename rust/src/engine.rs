@@ -91,6 +91,17 @@ impl Params {
     fn n_z(&self) -> usize {
         self.z_edges.len() - 1
     }
+
+    /// Smallest voxel fraction `f_xy * f_z` that is deposited: `min_overlap`,
+    /// or the smallest positive double when that is 0, so that `f >= keep_from`
+    /// is `f > 0 && f >= min_overlap` (and false for NaN).
+    fn keep_from(&self) -> f64 {
+        if self.min_overlap > 0.0 {
+            self.min_overlap
+        } else {
+            f64::from_bits(1)
+        }
+    }
 }
 
 /// The six accumulators of a cube, each `(n_z, ny, nx)`.
@@ -213,41 +224,52 @@ pub fn pixel_value(value: f64, variance: f64, flags: u32, lam: f64, dlam: f64, e
 
 impl Band<'_> {
     /// Adds one pixel's contribution to output pixel `(r, c)` (global row)
-    /// for every spectral overlap. Returns whether anything was deposited.
+    /// for every spectral overlap whose voxel fraction is at least
+    /// `keep_from` ([`Params::keep_from`]). Returns the number of voxel updates.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn deposit(&mut self, r: usize, c: usize, f_xy: f64, pix: &PixelValue, zov: &[(usize, f64)], min_overlap: f64, planes: &mut [bool]) -> usize {
+    fn deposit(&mut self, r: usize, c: usize, f_xy: f64, pix: &PixelValue, zov: &[(usize, f64)], keep_from: f64, planes: &mut [bool]) -> usize {
         let rl = r - self.r0;
         assert!(rl < self.rows && c < self.nx, "output pixel ({r}, {c}) outside band at row {}", self.r0);
         let base = rl as isize * self.strides[1] + c as isize * self.strides[2];
         let mut n = 0;
         for &(k, f_z) in zov {
             let f = f_xy * f_z;
-            if !(f > 0.0) || f < min_overlap {
+            if !(f >= keep_from) {
                 continue;
             }
             assert!(k < self.nz, "plane {k} outside the cube");
-            let w = pix.ivar * f;
-            let off = base + k as isize * self.strides[0];
-            // SAFETY: (k, rl, c) lies inside this band (asserted above); all six
-            // arrays share the strides, and the band's memory is disjoint from
-            // every other band's.
-            unsafe {
-                *self.f[0].offset(off) += w * pix.value;
-                *self.f[1].offset(off) += w;
-                *self.f[2].offset(off) += w * w * pix.variance;
-                let cnt = self.u[0].offset(off);
-                let and = self.u[1].offset(off);
-                // AND of the flags, starting from the first contribution's (branch-free).
-                let first = 0u32.wrapping_sub((*cnt == 0) as u32);
-                *and = (*and | first) & pix.flags;
-                *cnt = (*cnt).saturating_add(1);
-                *self.u[2].offset(off) |= pix.flags;
-            }
+            // SAFETY: (k, rl, c) lies inside this band (asserted above).
+            unsafe { self.add(base + k as isize * self.strides[0], pix.ivar * f, pix) };
             planes[k] = true;
             n += 1;
         }
         n
+    }
+
+    /// Adds weight `w` of `pix` to the voxel at offset `o` of the six arrays:
+    /// flux, weight, variance, count, and the flag masks (AND starting from the
+    /// first contribution's flags, so it stays 0 where nothing landed).
+    ///
+    /// SAFETY: `o` must be a voxel of this band (all six arrays share the
+    /// strides, and the band's memory is disjoint from every other band's).
+    #[inline(always)]
+    unsafe fn add(&mut self, o: isize, w: f64, pix: &PixelValue) {
+        unsafe {
+            *self.f[0].offset(o) += w * pix.value;
+            *self.f[1].offset(o) += w;
+            *self.f[2].offset(o) += w * w * pix.variance;
+            let cnt = self.u[0].offset(o);
+            let and = self.u[1].offset(o);
+            if pix.flags == 0 {
+                *and = 0;
+            } else {
+                let first = 0u32.wrapping_sub((*cnt == 0) as u32);
+                *and = (*and | first) & pix.flags;
+                *self.u[2].offset(o) |= pix.flags;
+            }
+            *cnt = (*cnt).saturating_add(1);
+        }
     }
 }
 
@@ -680,9 +702,7 @@ struct BandTask<'a, 'p> {
     nx_out: usize,
     /// Smallest weight fraction that is deposited.
     negligible: f64,
-    /// Smallest voxel fraction `f_xy * f_z` that is deposited: `min_overlap`,
-    /// or the smallest positive double when that is 0 (`f >= keep_from` is
-    /// then `f > 0 && f >= min_overlap`, the test of [`Band::deposit`]).
+    /// [`Params::keep_from`].
     keep_from: f64,
     /// Spectral overlaps `(plane, f_z)` of the current pixel: the first
     /// `n_zov` entries (room for one per plane, so filling it never allocates).
@@ -710,7 +730,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             ny_out,
             nx_out,
             negligible,
-            keep_from: if p.min_overlap > 0.0 { p.min_overlap } else { f64::from_bits(1) },
+            keep_from: p.keep_from(),
             zov_buf: vec![(0, 0.0); nz],
             n_zov: 0,
             z_hint: 0,
@@ -880,7 +900,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let deposited = match spot {
             Spot::Cells(r0, c0, f) if f[0][0] == 1.0 && r0 >= row_lo as isize && r0 < row_hi as isize && c0 >= 0 && c0 < self.nx_out as isize => {
                 // The whole droplet in one output pixel (common for small input pixels).
-                self.band.deposit(r0 as usize, c0 as usize, 1.0, &pix, &self.zov_buf[..self.n_zov], p.min_overlap, &mut self.planes)
+                self.band.deposit(r0 as usize, c0 as usize, 1.0, &pix, &self.zov_buf[..self.n_zov], self.keep_from, &mut self.planes)
             }
             Spot::Cells(r0, c0, f) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
                 self.deposit_2x2(r0 as usize, c0 as usize, &f, &pix)
@@ -891,9 +911,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
             // Larger than 2 x 2 output pixels (or absurdly far away).
             Spot::Quad(qx, qy, area) => {
                 let mut n = 0;
-                let (band, zov, planes) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes);
+                let (band, zov, planes, keep_from) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes, self.keep_from);
                 for_each_quad_overlap(&qx, &qy, area, self.ny_out, self.nx_out, row_lo, row_hi, |r, c, f| {
-                    n += band.deposit(r, c, f, &pix, zov, p.min_overlap, planes);
+                    n += band.deposit(r, c, f, &pix, zov, keep_from, planes);
                 });
                 n
             }
@@ -915,10 +935,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
     #[inline(always)]
     fn deposit_checked<const N: usize>(&mut self, r0: isize, c0: isize, f_xy: &[[f64; N]; N], pix: &PixelValue) -> usize {
         let rows = self.band.r0 as isize..(self.band.r0 + self.band.rows).min(self.ny_out) as isize;
-        let (band, zov, planes, min_overlap) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes, self.p.min_overlap);
+        let (band, zov, planes, keep_from) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes, self.keep_from);
         let mut n = 0;
         for_each_cell(r0, c0, f_xy, rows, 0..self.nx_out as isize, self.negligible, |r, c, f| {
-            n += band.deposit(r, c, f, pix, zov, min_overlap, planes);
+            n += band.deposit(r, c, f, pix, zov, keep_from, planes);
         });
         n
     }
@@ -955,21 +975,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 if keep == 0b1111 {
                     // The common case: every cell receives weight.
                     for c in 0..4 {
-                        let (o, w) = (off + cell[c], ivar * f[c]);
-                        *band.f[0].offset(o) += w * value;
-                        *band.f[1].offset(o) += w;
-                        *band.f[2].offset(o) += w * w * variance;
-                        let cnt = band.u[0].offset(o);
-                        let and = band.u[1].offset(o);
-                        if flags == 0 {
-                            *and = 0;
-                        } else {
-                            // AND of the flags, starting from the first contribution's.
-                            let first = 0u32.wrapping_sub((*cnt == 0) as u32);
-                            *and = (*and | first) & flags;
-                            *band.u[2].offset(o) |= flags;
-                        }
-                        *cnt = (*cnt).saturating_add(1);
+                        band.add(off + cell[c], ivar * f[c], pix);
                     }
                     n += 4;
                     self.planes[k] = true;
@@ -1128,6 +1134,7 @@ pub fn accumulate_contributions(cube: CubeMut<'_>, c: &Contributions<'_>, p: &Pa
             return Err(format!("f_xy[{k}] = {f} must be finite and >= 0"));
         }
     }
+    let keep_from = p.keep_from();
     run_in_pool(threads, || {
         let band_of = |k: usize| {
             let b = (c.out_y[k] as usize / BAND_ROWS) as u32;
@@ -1147,7 +1154,7 @@ pub fn accumulate_contributions(cube: CubeMut<'_>, c: &Contributions<'_>, p: &Pa
                 let Some(pix) = pixel_value(c.image[q], c.variance[q], c.flags[q], c.lambda_c[q], c.delta_lambda[q], excluded, p) else { return 0 };
                 zov.clear();
                 spectral::for_each_overlap(c.lambda_c[q], c.delta_lambda[q], p.z_shrink, &p.z_edges, |kz, f| zov.push((kz, f)));
-                band.deposit(c.out_y[k] as usize, c.out_x[k] as usize, c.f_xy[k], &pix, zov, p.min_overlap, planes)
+                band.deposit(c.out_y[k] as usize, c.out_x[k] as usize, c.f_xy[k], &pix, zov, keep_from, planes)
             },
         )
     })

@@ -5,9 +5,8 @@
 //! The fraction for bin `k` is `overlap length / width`. There is no
 //! renormalisation: the part of the top-hat outside the grid is lost.
 
-/// Largest number of output bins a single top-hat may touch before we treat the
-/// call as a caller error (a top-hat wider than the whole grid is fine; this is
-/// only the capacity hint of the small inline buffer).
+/// Initial capacity of the vectors [`overlaps`] fills (a hint only: a top-hat
+/// may touch any number of bins).
 pub const INLINE_BINS: usize = 8;
 
 /// Calls `emit(bin_index, fraction)` for every bin that overlaps the top-hat
@@ -23,15 +22,14 @@ pub fn for_each_overlap(lambda_c: f64, delta_lambda: f64, z_shrink: f64, edges: 
 }
 
 /// The first bin whose upper edge lies above `lo` (`edges.len() - 1` when
-/// none does). `hint`, a guess (e.g. the previous pixel's answer), is checked
-/// in O(1) before falling back to a binary search; the answer is the same.
+/// none does). `hint`, a guess (e.g. the previous pixel's answer; any value,
+/// `usize::MAX` for none), is checked in O(1) before falling back to a binary
+/// search; the answer is the same.
 #[inline(always)]
-fn first_bin(edges: &[f64], lo: f64, hint: Option<usize>) -> usize {
+fn first_bin(edges: &[f64], lo: f64, hint: usize) -> usize {
     let n_bins = edges.len() - 1;
-    if let Some(k) = hint {
-        if k < n_bins && edges[k + 1] > lo && (k == 0 || edges[k] <= lo) {
-            return k;
-        }
+    if hint < n_bins && edges[hint + 1] > lo && (hint == 0 || edges[hint] <= lo) {
+        return hint;
     }
     edges[1..].partition_point(|&e| e <= lo)
 }
@@ -51,7 +49,7 @@ pub fn for_each_overlap_hinted(lambda_c: f64, delta_lambda: f64, z_shrink: f64, 
     // wholly inside one bin gets exactly 1.0.
     let span = hi - lo;
     let n_bins = edges.len() - 1;
-    let mut k = first_bin(edges, lo, Some(*hint));
+    let mut k = first_bin(edges, lo, *hint);
     *hint = k;
     while k < n_bins && edges[k] < hi {
         let overlap = hi.min(edges[k + 1]) - lo.max(edges[k]);
