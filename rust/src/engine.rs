@@ -30,11 +30,15 @@ use crate::spectral;
 pub const BAND_ROWS: usize = 16;
 
 /// Output rows per band of [`drizzle_frame`] when run on `threads` threads:
-/// about four bands per thread so that rayon can balance the load, and
-/// between 16 and 64 rows (input blocks that straddle two bands are scanned
-/// by both, so taller bands scan less). Results do not depend on it.
+/// one band on one thread (nothing to balance, and no input block is scanned
+/// twice); otherwise about four bands per thread so that rayon can balance the
+/// load, and between 16 and 64 rows (input blocks that straddle two bands are
+/// scanned by both, so taller bands scan less). Results do not depend on it.
 fn band_rows(ny_out: usize, threads: usize) -> usize {
-    ny_out.div_ceil(4 * threads.max(1)).clamp(16, 64)
+    if threads <= 1 {
+        return ny_out.max(1);
+    }
+    ny_out.div_ceil(4 * threads).clamp(16, 64)
 }
 
 /// Spatial kernel.
@@ -673,6 +677,19 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
 #[cfg(test)]
 static PORTABLE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Tests can switch off the AVX-512 build to compare the AVX2 build with it.
+#[cfg(test)]
+static AVX2_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn avx2_only() -> bool {
+    #[cfg(test)]
+    return AVX2_ONLY.load(Ordering::Relaxed);
+    #[cfg(not(test))]
+    false
+}
+
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 fn portable_only() -> bool {
@@ -745,6 +762,16 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// also reach another band. Uses AVX2 where the CPU has it (same bits).
     fn scan(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl")
+            && !portable_only()
+            && !avx2_only()
+        {
+            // SAFETY: the CPU supports these features (checked just above).
+            return unsafe { self.scan_avx512(frame, blocks, mine) };
+        }
+        #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && !portable_only() {
             // SAFETY: the CPU supports AVX2 (checked just above).
             return unsafe { self.scan_avx2(frame, blocks, mine) };
@@ -755,6 +782,14 @@ impl<'a, 'p> BandTask<'a, 'p> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     fn scan_avx2(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        self.scan_any(frame, blocks, mine)
+    }
+
+    /// The AVX2 build with the AVX-512 instruction set (32 vector registers,
+    /// mask registers): same arithmetic, so the same bits as the other builds.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl")]
+    fn scan_avx512(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         self.scan_any(frame, blocks, mine)
     }
 
@@ -854,6 +889,26 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 if !reach[l] {
                     continue;
                 }
+                // The common case: a droplet within 2 x 2 output pixels, all inside this band and the grid.
+                let (r0, c0) = (fp.r0[l], fp.c0[l]);
+                let inside = |n: f64| r0 >= lo && r0 + n <= hi && c0 >= 0.0 && c0 + n <= x_hi;
+                let landed = match fp.shape[l] {
+                    Shape::Small if inside(1.0) => {
+                        let f = [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]];
+                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0 as usize, c0 as usize, &f) })
+                    }
+                    Shape::Medium if inside(2.0) => {
+                        let f: [[f64; 3]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
+                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0 as usize, c0 as usize, &f) })
+                    }
+                    _ => None,
+                };
+                if let Some(shared_pixel) = landed {
+                    if shared_pixel {
+                        shared.push((base + i + l) as u32);
+                    }
+                    continue;
+                }
                 let spot = match fp.shape[l] {
                     Shape::Skip => continue,
                     Shape::Small => Spot::Cells(fp.r0[l] as isize, fp.c0[l] as isize, [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]]),
@@ -875,6 +930,73 @@ impl<'a, 'p> BandTask<'a, 'p> {
         }
     }
 
+    /// [`Self::land`] for a droplet within the N x N output pixels from
+    /// `(r0, c0)` (fractions `f[a][b]` for `(r0 + a, c0 + b)`), all inside this
+    /// band and the grid: the voxel updates of [`Self::deposit_2x2`] and
+    /// [`Self::deposit_checked`] (each voxel receives at most one update per
+    /// pixel, so their order within the pixel does not matter), with each
+    /// plane deposited as the spectral overlaps are found.
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`; the N x N
+    /// output pixels must lie in this band and on the grid.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn land_cells<const N: usize>(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, r0: usize, c0: usize, f: &[[f64; N]; N]) -> bool {
+        let p = self.p;
+        let excluded = row.exclude.is_some_and(|e| unsafe { e.at(i) });
+        let pix = unsafe { pixel_value(row.image.at(i), row.variance.at(i), row.flags.at(i), row.lam.at(i), row.dlam.at(i), excluded, p) };
+        let Some(pix) = pix else { return false };
+        let (band, planes, keep_from, neg) = (&mut self.band, &mut self.planes, self.keep_from, self.negligible);
+        debug_assert!(r0 >= band.r0 && r0 + N <= band.r0 + band.rows && c0 + N <= band.nx);
+        let st = band.strides;
+        let nz = band.nz;
+        let base = (r0 - band.r0) as isize * st[1] + c0 as isize * st[2];
+        // Cells with a negligible fraction get nothing (a zero fraction fails `keep_from`).
+        let f = f.map(|fr| fr.map(|x| if x > neg { x } else { 0.0 }));
+        let (buf, mut n_z) = (&mut self.zov_buf, 0);
+        // Each plane is emitted at most once, so `n_z` stays within the buffer.
+        spectral::for_each_overlap_hinted(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, &mut self.z_hint, |k, f_z| {
+            buf[n_z] = (k, f_z);
+            n_z += 1;
+        });
+        let mut n = 0usize;
+        for &(k, f_z) in &buf[..n_z] {
+            assert!(k < nz, "plane {k} outside the cube");
+            let before = n;
+            for (a, fr) in f.iter().enumerate() {
+                let off = base + k as isize * st[0] + a as isize * st[1];
+                for (b, &fc) in fr.iter().enumerate() {
+                    let fc = fc * f_z;
+                    if fc >= keep_from {
+                        // SAFETY: (k, r0 + a, c0 + b) lies inside this band (the caller's
+                        // contract); all six arrays share the strides; bands are disjoint.
+                        unsafe { band.add(off + b as isize * st[2], pix.ivar * fc, &pix) };
+                        n += 1;
+                    }
+                }
+            }
+            planes[k] |= n > before;
+        }
+        if n == 0 {
+            return false;
+        }
+        self.n_contributions += n as u64;
+        self.count_pixel(y0, y1)
+    }
+
+    /// Counts a pixel that deposited here when no other band can receive it;
+    /// returns true when another band may (the caller then counts it in the
+    /// shared set instead).
+    #[inline(always)]
+    fn count_pixel(&mut self, y0: f64, y1: f64) -> bool {
+        let (row_lo, row_hi, m) = (self.band.r0, self.band.r0 + self.band.rows, self.m);
+        let alone = (row_lo == 0 || y0 - m >= row_lo as f64 - 1.0) && (row_hi == self.ny_out || y1 + m <= row_hi as f64);
+        if alone {
+            self.n_pixels += 1;
+        }
+        !alone
+    }
+
     /// Deposits pixel `i` of `row`, whose unshrunk quadrilateral spans output
     /// rows `y0 ..= y1` and whose droplet covers `spot`, after the value checks
     /// and spectral overlaps. Returns what [`Self::pixel`] returns.
@@ -882,7 +1004,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// SAFETY: `i` must be a column of the checked frame behind `row`.
     #[inline(always)]
     unsafe fn land(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, spot: Spot) -> bool {
-        let (p, m) = (self.p, self.m);
+        let p = self.p;
         let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
         let excluded = row.exclude.is_some_and(|e| unsafe { e.at(i) });
         let pix = unsafe { pixel_value(row.image.at(i), row.variance.at(i), row.flags.at(i), row.lam.at(i), row.dlam.at(i), excluded, p) };
@@ -922,12 +1044,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             return false;
         }
         self.n_contributions += deposited as u64;
-        // Count the pixel here when no other band can receive it.
-        let alone = (row_lo == 0 || y0 - m >= row_lo as f64 - 1.0) && (row_hi == self.ny_out || y1 + m <= row_hi as f64);
-        if alone {
-            self.n_pixels += 1;
-        }
-        !alone
+        self.count_pixel(y0, y1)
     }
 
     /// Deposits those of the N x N output pixels from `(r0, c0)` that lie in
@@ -1427,18 +1544,24 @@ mod tests {
     }
 
     #[test]
-    fn avx2_and_portable_builds_give_the_same_bits() {
+    fn avx512_avx2_and_portable_builds_give_the_same_bits() {
         let f = affine_frame(64, 80, rotation(0.4, 1.1), [10.0, -20.0], |j, i| ((j * 13 + i * 7) % 11) as f64 - 3.0);
-        let run = |portable: bool| {
+        let run = |portable: bool, avx2: bool, kernel: Kernel| {
             PORTABLE_ONLY.store(portable, Ordering::Relaxed);
+            AVX2_ONLY.store(avx2, Ordering::Relaxed);
             let mut c = Cube::new(3, 60, 70);
-            drizzle_frame(c.view(), &f.view(), &params(Kernel::Square, 0.8), 1).unwrap();
+            drizzle_frame(c.view(), &f.view(), &params(kernel, 0.8), 1).unwrap();
             PORTABLE_ONLY.store(false, Ordering::Relaxed);
-            c.flux.iter().chain(c.var.iter()).map(|v| v.to_bits()).collect::<Vec<u64>>()
+            AVX2_ONLY.store(false, Ordering::Relaxed);
+            let floats = c.flux.iter().chain(c.weight.iter()).chain(c.var.iter()).map(|v| v.to_bits());
+            floats.chain(c.count.iter().chain(c.and_mask.iter()).chain(c.or_mask.iter()).map(|&v| v as u64)).collect::<Vec<u64>>()
         };
-        let (portable, native) = (run(true), run(false));
-        assert!(portable.iter().any(|&b| b != 0));
-        assert!(portable == native, "AVX2 and portable builds differ");
+        for kernel in [Kernel::Square, Kernel::Bilinear] {
+            let (portable, avx2, native) = (run(true, false, kernel), run(false, true, kernel), run(false, false, kernel));
+            assert!(portable.iter().any(|&b| b != 0));
+            assert!(portable == avx2, "AVX2 and portable builds differ ({kernel:?})");
+            assert!(native == avx2, "AVX-512 and AVX2 builds differ ({kernel:?})");
+        }
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! The fraction for bin `k` is `overlap length / width`. There is no
 //! renormalisation: the part of the top-hat outside the grid is lost.
 
+use crate::geometry::{fmax, fmin};
+
 /// Initial capacity of the vectors [`overlaps`] fills (a hint only: a top-hat
 /// may touch any number of bins).
 pub const INLINE_BINS: usize = 8;
@@ -37,7 +39,7 @@ fn first_bin(edges: &[f64], lo: f64, hint: usize) -> usize {
 /// [`for_each_overlap`] starting the bin search at `*hint` and leaving the
 /// first overlapped bin there (neighbouring pixels have nearly equal
 /// wavelengths). Emits exactly what [`for_each_overlap`] emits.
-#[inline]
+#[inline(always)]
 pub fn for_each_overlap_hinted(lambda_c: f64, delta_lambda: f64, z_shrink: f64, edges: &[f64], hint: &mut usize, mut emit: impl FnMut(usize, f64)) {
     let width = delta_lambda * z_shrink;
     if !(width > 0.0) || !width.is_finite() || !lambda_c.is_finite() || edges.len() < 2 {
@@ -52,7 +54,8 @@ pub fn for_each_overlap_hinted(lambda_c: f64, delta_lambda: f64, z_shrink: f64, 
     let mut k = first_bin(edges, lo, *hint);
     *hint = k;
     while k < n_bins && edges[k] < hi {
-        let overlap = hi.min(edges[k + 1]) - lo.max(edges[k]);
+        // Plain min/max: every operand is finite here.
+        let overlap = fmin(hi, edges[k + 1]) - fmax(lo, edges[k]);
         if overlap > 0.0 {
             emit(k, overlap / span);
         }
