@@ -30,15 +30,13 @@ use crate::spectral;
 pub const BAND_ROWS: usize = 16;
 
 /// Output rows per band of [`drizzle_frame`] when run on `threads` threads:
-/// one band on one thread (nothing to balance, and no input block is scanned
-/// twice); otherwise about four bands per thread so that rayon can balance the
-/// load, and between 16 and 64 rows (input blocks that straddle two bands are
-/// scanned by both, so taller bands scan less). Results do not depend on it.
+/// about four bands per thread so that rayon can balance the load, and
+/// between 16 and 64 rows (input blocks that straddle two bands are scanned
+/// by both, so taller bands scan less; shorter bands keep the part of the cube
+/// a band works on small, which matters even on one thread). Results do not
+/// depend on it.
 fn band_rows(ny_out: usize, threads: usize) -> usize {
-    if threads <= 1 {
-        return ny_out.max(1);
-    }
-    ny_out.div_ceil(4 * threads).clamp(16, 64)
+    ny_out.div_ceil(4 * threads.max(1)).clamp(16, 64)
 }
 
 /// Spatial kernel.
@@ -891,14 +889,20 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 }
                 // The common case: a droplet within 2 x 2 output pixels, all inside this band and the grid.
                 let (r0, c0) = (fp.r0[l], fp.c0[l]);
-                let inside = |n: f64| r0 >= lo && r0 + n <= hi && c0 >= 0.0 && c0 + n <= x_hi;
+                let inside = |rows: f64, cols: f64| r0 >= lo && r0 + rows <= hi && c0 >= 0.0 && c0 + cols <= x_hi;
+                let wide = fp.c1[l] - c0 == 2.0;
                 let landed = match fp.shape[l] {
-                    Shape::Small if inside(1.0) => {
+                    Shape::Small if inside(1.0, 1.0) => {
                         let f = [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]];
                         Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0 as usize, c0 as usize, &f) })
                     }
-                    Shape::Medium if inside(2.0) => {
-                        let f: [[f64; 3]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
+                    // Three columns and at most two rows (the third row of `f3` is zero), or the transpose.
+                    Shape::Medium if wide && inside(1.0, 2.0) => {
+                        let f: [[f64; 3]; 2] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
+                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0 as usize, c0 as usize, &f) })
+                    }
+                    Shape::Medium if !wide && inside(2.0, 1.0) => {
+                        let f: [[f64; 2]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
                         Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0 as usize, c0 as usize, &f) })
                     }
                     _ => None,
@@ -930,24 +934,33 @@ impl<'a, 'p> BandTask<'a, 'p> {
         }
     }
 
-    /// [`Self::land`] for a droplet within the N x N output pixels from
+    /// [`Self::land`] for a droplet within the R x C output pixels from
     /// `(r0, c0)` (fractions `f[a][b]` for `(r0 + a, c0 + b)`), all inside this
     /// band and the grid: the voxel updates of [`Self::deposit_2x2`] and
     /// [`Self::deposit_checked`] (each voxel receives at most one update per
     /// pixel, so their order within the pixel does not matter), with each
     /// plane deposited as the spectral overlaps are found.
     ///
-    /// SAFETY: `i` must be a column of the checked frame behind `row`; the N x N
+    /// SAFETY: `i` must be a column of the checked frame behind `row`; the R x C
     /// output pixels must lie in this band and on the grid.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn land_cells<const N: usize>(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, r0: usize, c0: usize, f: &[[f64; N]; N]) -> bool {
+    unsafe fn land_cells<const R: usize, const C: usize>(
+        &mut self,
+        row: &FrameRow,
+        i: usize,
+        y0: f64,
+        y1: f64,
+        r0: usize,
+        c0: usize,
+        f: &[[f64; C]; R],
+    ) -> bool {
         let p = self.p;
         let excluded = row.exclude.is_some_and(|e| unsafe { e.at(i) });
         let pix = unsafe { pixel_value(row.image.at(i), row.variance.at(i), row.flags.at(i), row.lam.at(i), row.dlam.at(i), excluded, p) };
         let Some(pix) = pix else { return false };
         let (band, planes, keep_from, neg) = (&mut self.band, &mut self.planes, self.keep_from, self.negligible);
-        debug_assert!(r0 >= band.r0 && r0 + N <= band.r0 + band.rows && c0 + N <= band.nx);
+        debug_assert!(r0 >= band.r0 && r0 + R <= band.r0 + band.rows && c0 + C <= band.nx);
         let st = band.strides;
         let nz = band.nz;
         let base = (r0 - band.r0) as isize * st[1] + c0 as isize * st[2];
@@ -959,23 +972,45 @@ impl<'a, 'p> BandTask<'a, 'p> {
             buf[n_z] = (k, f_z);
             n_z += 1;
         });
+        // The pointers and values in locals, so that the compiler need not
+        // reload them after every store into the cube. The arithmetic is that
+        // of `Band::add`.
+        let ([pf, pw, pv], [pc, pa, po]) = (band.f, band.u);
+        let (value, variance, ivar, flags) = (pix.value, pix.variance, pix.ivar, pix.flags);
+        let cell: [[isize; C]; R] = std::array::from_fn(|a| std::array::from_fn(|b| a as isize * st[1] + b as isize * st[2]));
         let mut n = 0usize;
         for &(k, f_z) in &buf[..n_z] {
             assert!(k < nz, "plane {k} outside the cube");
-            let before = n;
-            for (a, fr) in f.iter().enumerate() {
-                let off = base + k as isize * st[0] + a as isize * st[1];
-                for (b, &fc) in fr.iter().enumerate() {
-                    let fc = fc * f_z;
+            let off = base + k as isize * st[0];
+            let mut kept = 0usize;
+            for a in 0..R {
+                for b in 0..C {
+                    let fc = f[a][b] * f_z;
                     if fc >= keep_from {
+                        let o = off + cell[a][b];
+                        let w = ivar * fc;
                         // SAFETY: (k, r0 + a, c0 + b) lies inside this band (the caller's
                         // contract); all six arrays share the strides; bands are disjoint.
-                        unsafe { band.add(off + b as isize * st[2], pix.ivar * fc, &pix) };
-                        n += 1;
+                        unsafe {
+                            *pf.offset(o) += w * value;
+                            *pw.offset(o) += w;
+                            *pv.offset(o) += w * w * variance;
+                            let cnt = pc.offset(o);
+                            if flags == 0 {
+                                *pa.offset(o) = 0;
+                            } else {
+                                let first = 0u32.wrapping_sub((*cnt == 0) as u32);
+                                *pa.offset(o) = (*pa.offset(o) | first) & flags;
+                                *po.offset(o) |= flags;
+                            }
+                            *cnt = (*cnt).saturating_add(1);
+                        }
+                        kept += 1;
                     }
                 }
             }
-            planes[k] |= n > before;
+            n += kept;
+            planes[k] |= kept > 0;
         }
         if n == 0 {
             return false;
@@ -1534,6 +1569,11 @@ mod tests {
             let t = f.cx[[12, 10]];
             f.cx[[12, 10]] = f.cx[[12, 11]];
             f.cx[[12, 11]] = t;
+            // Variances that are not powers of two, so that every rounding of the
+            // weight arithmetic shows in the bits.
+            f.variance.indexed_iter_mut().for_each(|((j, i), v)| *v = 0.23 + 0.0137 * ((j * 5 + i * 3) % 7) as f64);
+            // Unflagged pixels among flagged ones (the deposit has a path for each).
+            f.flags.indexed_iter_mut().filter(|((j, i), _)| (j * 7 + i) % 4 == 0).for_each(|(_, v)| *v = 0);
             f.image[[5, 5]] = f64::NAN;
             f.variance[[6, 17]] = 0.0;
             f.dlam[[8, 18]] = -1.0;
