@@ -29,14 +29,37 @@ use crate::spectral;
 /// Results do not depend on it.
 pub const BAND_ROWS: usize = 16;
 
-/// Output rows per band of [`drizzle_frame`] when run on `threads` threads:
-/// about four bands per thread so that rayon can balance the load, and
-/// between 16 and 64 rows (input blocks that straddle two bands are scanned
-/// by both, so taller bands scan less; shorter bands keep the part of the cube
-/// a band works on small, which matters even on one thread). Results do not
-/// depend on it.
-fn band_rows(ny_out: usize, threads: usize) -> usize {
-    ny_out.div_ceil(4 * threads.max(1)).clamp(16, 64)
+/// Band boundaries of [`drizzle_frame`] on `threads` threads: one band per
+/// thread, the boundaries chosen so that each band has about the same work,
+/// estimated from the live input blocks (each block's pixels spread evenly
+/// over the output rows it can reach, `rows[b] = (first, last)`). One band per
+/// thread scans the fewest blocks twice (a block that straddles two bands is
+/// scanned by both); balancing the work keeps every thread busy when the
+/// frame covers the grid unevenly. Returns the first row of each band and
+/// `ny_out` at the end. Results do not depend on it.
+fn band_starts(ny_out: usize, threads: usize, rows: impl Iterator<Item = (u32, u32)>) -> Vec<usize> {
+    let n_bands = threads.clamp(1, ny_out.max(1));
+    if n_bands == 1 {
+        return vec![0, ny_out];
+    }
+    // Work per output row, then the rows where the cumulative work crosses k / n_bands.
+    let mut work = vec![0.0f64; ny_out];
+    for (r0, r1) in rows {
+        let share = 1.0 / (r1 - r0 + 1) as f64;
+        work[r0 as usize..=r1 as usize].iter_mut().for_each(|w| *w += share);
+    }
+    let total: f64 = work.iter().sum();
+    let mut starts = vec![0];
+    let mut cum = 0.0;
+    for (r, w) in work.iter().enumerate() {
+        cum += w;
+        let next = starts.len();
+        if next < n_bands && cum >= total * next as f64 / n_bands as f64 && r + 1 < ny_out && r + 1 > *starts.last().unwrap() {
+            starts.push(r + 1);
+        }
+    }
+    starts.push(ny_out);
+    starts
 }
 
 /// Spatial kernel.
@@ -157,14 +180,26 @@ impl<'a> CubeMut<'a> {
         Ok(s)
     }
 
+    /// The cube cut into bands of `rows` output rows.
     fn into_bands(self, rows: usize) -> Vec<Band<'a>> {
         let ny = self.flux.dim().1;
-        let mut bands = Vec::with_capacity(ny.div_ceil(rows));
+        let starts: Vec<usize> = (0..ny).step_by(rows.max(1)).chain([ny]).collect();
+        self.into_bands_at(&starts)
+    }
+
+    /// The cube cut into bands of output rows `starts[b] .. starts[b + 1]`
+    /// (`starts` increasing from 0 to the number of rows).
+    fn into_bands_at(self, starts: &[usize]) -> Vec<Band<'a>> {
+        let ny = self.flux.dim().1;
+        assert!(starts.first() == Some(&0) && starts.last() == Some(&ny) && starts.windows(2).all(|w| w[0] < w[1] || ny == 0));
+        let mut bands = Vec::with_capacity(starts.len());
         let (mut flux, mut weight, mut var) = (self.flux, self.weight, self.var);
         let (mut count, mut and_mask, mut or_mask) = (self.count, self.and_mask, self.or_mask);
-        let mut r0 = 0;
-        while r0 < ny {
-            let n = rows.min(ny - r0);
+        for w in starts.windows(2) {
+            let (r0, n) = (w[0], w[1] - w[0]);
+            if n == 0 {
+                continue;
+            }
             let (f, f_rest) = flux.split_at(Axis(1), n);
             let (w, w_rest) = weight.split_at(Axis(1), n);
             let (v, v_rest) = var.split_at(Axis(1), n);
@@ -189,7 +224,6 @@ impl<'a> CubeMut<'a> {
             count = c_rest;
             and_mask = a_rest;
             or_mask = o_rest;
-            r0 += n;
         }
         bands
     }
@@ -450,13 +484,13 @@ fn reach(kernel: Kernel) -> f64 {
     }
 }
 
-/// A block of input pixels whose droplets can reach the grid, and the bands
-/// of output rows they can touch.
+/// A block of input pixels whose droplets can reach the grid, and the output
+/// rows `row_lo ..= row_hi` they can touch.
 struct LiveBlock {
     j0: u32,
     i0: u32,
-    band_lo: u32,
-    band_hi: u32,
+    row_lo: u32,
+    row_hi: u32,
 }
 
 /// The bounding box `(x0, x1, y0, y1)` of the corners on the boundary of the
@@ -492,15 +526,14 @@ fn boundary_box(frame: &FrameView<'_>, j0: usize, j1: usize, i0: usize, i1: usiz
 /// corners bounds every droplet in the block; `m` widens it by the kernel's
 /// reach. A non-finite boundary corner makes a block reach every band (its
 /// pixels are then tested one by one).
-fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, rows: usize) -> Vec<LiveBlock> {
+fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize) -> Vec<LiveBlock> {
     let (ny, nx) = frame.image.dim();
-    let n_bands = ny_out.div_ceil(rows) as u32;
     let reaches = |bbox: Option<(f64, f64, f64, f64)>| match bbox {
-        None => Some((0, n_bands - 1)),
+        None => Some((0, ny_out as u32 - 1)),
         Some((x0, x1, y0, y1)) => (x1 + m > 0.0 && x0 - m < nx_out as f64 - 1.0 && y1 + m > 0.0 && y0 - m < ny_out as f64 - 1.0).then(|| {
-            let r0 = fmax(ffloor(y0 - m), 0.0) as usize;
-            let r1 = fmin(ffloor(y1 + m), ny_out as f64 - 1.0) as usize;
-            ((r0 / rows) as u32, (r1 / rows) as u32)
+            let r0 = fmax(ffloor(y0 - m), 0.0) as u32;
+            let r1 = fmin(ffloor(y1 + m), ny_out as f64 - 1.0) as u32;
+            (r0, r1)
         }),
     };
     let side = BLOCK * SUPER;
@@ -518,8 +551,8 @@ fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, rows
                     let j1 = (j0 + BLOCK).min(ny);
                     for i0 in (si0..si1).step_by(BLOCK) {
                         let i1 = (i0 + BLOCK).min(nx);
-                        if let Some((band_lo, band_hi)) = reaches(boundary_box(frame, j0, j1, i0, i1)) {
-                            live.push(LiveBlock { j0: j0 as u32, i0: i0 as u32, band_lo, band_hi });
+                        if let Some((row_lo, row_hi)) = reaches(boundary_box(frame, j0, j1, i0, i1)) {
+                            live.push(LiveBlock { j0: j0 as u32, i0: i0 as u32, row_lo, row_hi });
                         }
                     }
                 }
@@ -646,13 +679,14 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
     }
     let m = reach(p.kernel);
     run_in_pool(threads, || {
-        let rows = band_rows(ny_out, rayon::current_num_threads());
-        let mut blocks = live_blocks(frame, m, ny_out, nx_out, rows);
+        let mut blocks = live_blocks(frame, m, ny_out, nx_out);
         blocks.sort_unstable_by_key(|b| (b.j0, b.i0));
-        let n_bands = ny_out.div_ceil(rows);
-        let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (blocks[b].band_lo, blocks[b].band_hi));
+        let starts = band_starts(ny_out, rayon::current_num_threads(), blocks.iter().map(|b| (b.row_lo, b.row_hi)));
+        let n_bands = starts.len() - 1;
+        let band_of = |r: u32| starts.partition_point(|&s| s <= r as usize) as u32 - 1;
+        let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (band_of(blocks[b].row_lo), band_of(blocks[b].row_hi)));
         let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = cube
-            .into_bands(rows)
+            .into_bands_at(&starts)
             .into_par_iter()
             .enumerate()
             .map(|(b, band)| {
@@ -1406,9 +1440,27 @@ mod tests {
     }
 
     #[test]
+    fn bands_share_the_work_evenly() {
+        // Uniform work: equal heights.
+        let uniform = (0..100u32).map(|r| (r, r));
+        assert_eq!(band_starts(100, 4, uniform), vec![0, 25, 50, 75, 100]);
+        // All the work in rows 60..80: the boundaries fall there.
+        let s = band_starts(100, 2, (60..80u32).map(|r| (r, r)));
+        assert_eq!(s, vec![0, 70, 100]);
+        // A block reaching rows 0..=99 counts a hundredth per row.
+        let s = band_starts(100, 2, [(0u32, 99u32)].into_iter().chain((0..10).map(|_| (90, 99))));
+        assert!(s[1] > 90 && s[1] < 99, "{s:?}");
+        // More threads than rows; no work at all; one thread.
+        assert_eq!(band_starts(3, 8, (0..3u32).map(|r| (r, r))), vec![0, 1, 2, 3]);
+        let s = band_starts(50, 4, std::iter::empty());
+        assert!(s.windows(2).all(|w| w[0] < w[1]) && s[0] == 0 && *s.last().unwrap() == 50 && s.len() <= 5);
+        assert_eq!(band_starts(50, 1, (0..50u32).map(|r| (r, r))), vec![0, 50]);
+    }
+
+    #[test]
     fn bitwise_identical_for_any_thread_count() {
-        // The second grid is tall enough for the band height to change with the
-        // number of threads (64, 33, 22 and 16 rows).
+        // One band per thread, with boundaries that follow the work (1, 2, 3
+        // and 8 bands on each grid).
         let small = affine_frame(40, 37, rotation(0.3, 0.8), [5.0, -3.0], |j, i| (j * 31 + i * 17) as f64 % 7.0 - 2.0);
         let tall = affine_frame(120, 110, rotation(0.3, 2.1), [60.0, -10.0], |j, i| (j * 31 + i * 17) as f64 % 7.0 - 2.0);
         for (f, (ny, nx)) in [(&small, (33, 29)), (&tall, (260, 250))] {
