@@ -811,6 +811,8 @@ struct BandTask<'a, 'p> {
     n_pixels: u64,
     n_contributions: u64,
     planes: Vec<bool>,
+    /// Per plane, the cube offset / 8 of the last prefetch (see [`CUBE_AHEAD`]).
+    pf_last: Vec<isize>,
 }
 
 impl<'a, 'p> BandTask<'a, 'p> {
@@ -834,6 +836,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             n_pixels: 0,
             n_contributions: 0,
             planes: vec![false; nz],
+            pf_last: vec![isize::MIN; nz],
         }
     }
 
@@ -1060,6 +1063,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let pix = unsafe { pixel_value(row.image.at(i), row.variance.at(i), row.flags.at(i), row.lam.at(i), row.dlam.at(i), excluded, p) };
         let Some(pix) = pix else { return false };
         let (band, planes, keep_from, neg) = (&mut self.band, &mut self.planes, self.keep_from, self.negligible);
+        let pf_last = &mut self.pf_last;
         debug_assert!(r0 >= band.r0 && r0 + R <= band.r0 + band.rows && c0 + C <= band.nx);
         let st = band.strides;
         let nz = band.nz;
@@ -1081,7 +1085,14 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let mut n = 0usize;
         for &(k, f_z) in &buf[..n_z] {
             assert!(k < nz, "plane {k} outside the cube");
-            if let Some(at) = prefetch_at {
+            if let Some(at) = prefetch_at.filter(|&at| {
+                // Once per cache line of the float arrays and plane (a line holds
+                // eight neighbouring cells, which the next pixels target too).
+                let line = (at + k as isize * st[0]) >> 3;
+                let fresh = pf_last[k] != line;
+                pf_last[k] = line;
+                fresh
+            }) {
                 let o = at + k as isize * st[0];
                 // SAFETY: `at` is the offset of a voxel of this band in plane 0 (see `block`).
                 unsafe {
