@@ -509,31 +509,74 @@ struct LiveBlock {
     row_hi: u32,
 }
 
-/// The bounding box `(x0, x1, y0, y1)` of the corners on the boundary of the
-/// input pixel block `rows j0..j1, columns i0..i1`, or `None` when one of them
-/// is not finite.
-fn boundary_box(frame: &FrameView<'_>, j0: usize, j1: usize, i0: usize, i1: usize) -> Option<(f64, f64, f64, f64)> {
-    let (cx, cy) = (&frame.corners_x, &frame.corners_y);
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::INFINITY, f64::NEG_INFINITY, f64::INFINITY, f64::NEG_INFINITY);
-    let mut sum = 0.0;
-    let mut take = |x: f64, y: f64| {
-        sum += x + y; // NaN or infinity anywhere makes the sum non-finite
-        x0 = fmin(x0, x);
-        x1 = fmax(x1, x);
-        y0 = fmin(y0, y);
-        y1 = fmax(y1, y);
-    };
-    for jj in [j0, j1] {
-        let (rx, ry) = (cx.row(jj), cy.row(jj));
-        for ii in i0..=i1 {
-            take(rx[ii], ry[ii]);
+/// The bounding box of a set of corners, and whether all were finite.
+#[derive(Clone, Copy)]
+struct CornerBox {
+    x0: f64,
+    x1: f64,
+    y0: f64,
+    y1: f64,
+    /// Sum of all coordinates: NaN or infinity anywhere makes it non-finite.
+    sum: f64,
+}
+
+impl CornerBox {
+    const EMPTY: CornerBox = CornerBox { x0: f64::INFINITY, x1: f64::NEG_INFINITY, y0: f64::INFINITY, y1: f64::NEG_INFINITY, sum: 0.0 };
+
+    #[inline(always)]
+    fn take(&mut self, x: f64, y: f64) {
+        self.sum += x + y;
+        self.x0 = fmin(self.x0, x);
+        self.x1 = fmax(self.x1, x);
+        self.y0 = fmin(self.y0, y);
+        self.y1 = fmax(self.y1, y);
+    }
+
+    #[inline(always)]
+    fn union(self, o: CornerBox) -> CornerBox {
+        CornerBox { x0: fmin(self.x0, o.x0), x1: fmax(self.x1, o.x1), y0: fmin(self.y0, o.y0), y1: fmax(self.y1, o.y1), sum: self.sum + o.sum }
+    }
+
+    /// `(x0, x1, y0, y1)`, or `None` when a corner was not finite.
+    fn bbox(self) -> Option<(f64, f64, f64, f64)> {
+        self.sum.is_finite().then_some((self.x0, self.x1, self.y0, self.y1))
+    }
+}
+
+/// The bounding box of the corners `(xs[k], ys[k])`, `k` in `lo ..= hi`, with
+/// four independent accumulators (a single one makes every min and max wait
+/// for the previous one).
+#[inline(always)]
+fn corners_box(xs: &ArrayView1<'_, f64>, ys: &ArrayView1<'_, f64>, lo: usize, hi: usize) -> CornerBox {
+    let mut acc = [CornerBox::EMPTY; 4];
+    let mut k = lo;
+    while k + 3 <= hi {
+        for (a, b) in acc.iter_mut().enumerate() {
+            b.take(xs[k + a], ys[k + a]);
         }
+        k += 4;
     }
-    for jj in j0 + 1..j1 {
-        take(cx[[jj, i0]], cy[[jj, i0]]);
-        take(cx[[jj, i1]], cy[[jj, i1]]);
+    while k <= hi {
+        acc[0].take(xs[k], ys[k]);
+        k += 1;
     }
-    sum.is_finite().then_some((x0, x1, y0, y1))
+    acc[0].union(acc[1]).union(acc[2].union(acc[3]))
+}
+
+/// The corners `(j, i0 ..= i1)` (one row: contiguous reads).
+fn row_box(frame: &FrameView<'_>, j: usize, i0: usize, i1: usize) -> CornerBox {
+    corners_box(&frame.corners_x.row(j), &frame.corners_y.row(j), i0, i1)
+}
+
+/// The corners `(j0 ..= j1, i)` (one column: a cache line per corner, so each
+/// column segment is read once and shared by the blocks on both sides).
+fn column_box(frame: &FrameView<'_>, j0: usize, j1: usize, i: usize) -> CornerBox {
+    corners_box(&frame.corners_x.column(i), &frame.corners_y.column(i), j0, j1)
+}
+
+/// Boundaries `lo, lo + step, ..., hi` (the last one `hi`).
+fn cuts(lo: usize, hi: usize, step: usize) -> Vec<usize> {
+    (lo..hi).step_by(step).chain(std::iter::once(hi)).collect()
 }
 
 /// The blocks of the frame whose droplets can reach the `ny_out x nx_out`
@@ -541,7 +584,9 @@ fn boundary_box(frame: &FrameView<'_>, j0: usize, j1: usize, i0: usize, i1: usiz
 /// bounded by the image of its boundary, so the bounding box of the boundary
 /// corners bounds every droplet in the block; `m` widens it by the kernel's
 /// reach. A non-finite boundary corner makes a block reach every band (its
-/// pixels are then tested one by one).
+/// pixels are then tested one by one). Super-blocks are tested first; each
+/// boundary segment (a row or column of corners between two cuts) is read
+/// once and shared by the two (super-)blocks it separates.
 fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize) -> Vec<LiveBlock> {
     let (ny, nx) = frame.image.dim();
     let reaches = |bbox: Option<(f64, f64, f64, f64)>| match bbox {
@@ -553,24 +598,32 @@ fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize) -> V
         }),
     };
     let side = BLOCK * SUPER;
+    let super_cols = cuts(0, nx, side);
     (0..ny.div_ceil(side))
         .into_par_iter()
         .map(|sr| {
             let (sj0, sj1) = (sr * side, ((sr + 1) * side).min(ny));
             let mut live = Vec::new();
-            for si0 in (0..nx).step_by(side) {
-                let si1 = (si0 + side).min(nx);
-                if reaches(boundary_box(frame, sj0, sj1, si0, si1)).is_none() {
+            let sides: Vec<CornerBox> = super_cols.iter().map(|&i| column_box(frame, sj0, sj1, i)).collect();
+            for (s, w) in super_cols.windows(2).enumerate() {
+                let (si0, si1) = (w[0], w[1]);
+                let outline = row_box(frame, sj0, si0, si1).union(row_box(frame, sj1, si0, si1)).union(sides[s]).union(sides[s + 1]);
+                if reaches(outline.bbox()).is_none() {
                     continue;
                 }
+                let cols = cuts(si0, si1, BLOCK);
+                let mut top: Vec<CornerBox> = cols.windows(2).map(|c| row_box(frame, sj0, c[0], c[1])).collect();
                 for j0 in (sj0..sj1).step_by(BLOCK) {
                     let j1 = (j0 + BLOCK).min(ny);
-                    for i0 in (si0..si1).step_by(BLOCK) {
-                        let i1 = (i0 + BLOCK).min(nx);
-                        if let Some((row_lo, row_hi)) = reaches(boundary_box(frame, j0, j1, i0, i1)) {
-                            live.push(LiveBlock { j0: j0 as u32, i0: i0 as u32, row_lo, row_hi });
+                    let bottom: Vec<CornerBox> = cols.windows(2).map(|c| row_box(frame, j1, c[0], c[1])).collect();
+                    let left_right: Vec<CornerBox> = cols.iter().map(|&i| column_box(frame, j0, j1, i)).collect();
+                    for b in 0..cols.len() - 1 {
+                        let outline = top[b].union(bottom[b]).union(left_right[b]).union(left_right[b + 1]);
+                        if let Some((row_lo, row_hi)) = reaches(outline.bbox()) {
+                            live.push(LiveBlock { j0: j0 as u32, i0: cols[b] as u32, row_lo, row_hi });
                         }
                     }
+                    top = bottom;
                 }
             }
             live
