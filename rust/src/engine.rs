@@ -805,31 +805,18 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
     })
 }
 
-/// Tests can switch off the AVX2 build of the scan to compare it with the
-/// portable one (both give the same bits).
+/// Tests can cap the build of the scan to compare the builds (all give the
+/// same bits): 0 the widest the CPU has, 1 at most AVX2, 2 portable.
 #[cfg(test)]
-static PORTABLE_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Tests can switch off the AVX-512 build to compare the AVX2 build with it.
-#[cfg(test)]
-static AVX2_ONLY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static BUILD_CAP: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn avx2_only() -> bool {
+fn build_cap() -> u8 {
     #[cfg(test)]
-    return AVX2_ONLY.load(Ordering::Relaxed);
+    return BUILD_CAP.load(Ordering::Relaxed);
     #[cfg(not(test))]
-    false
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn portable_only() -> bool {
-    #[cfg(test)]
-    return PORTABLE_ONLY.load(Ordering::Relaxed);
-    #[cfg(not(test))]
-    false
+    0
 }
 
 /// Where a droplet lands: within the 2 x 2 output pixels from `(r0, c0)` with
@@ -895,20 +882,19 @@ impl<'a, 'p> BandTask<'a, 'p> {
 
     /// Drizzles the band's blocks `mine` (indices into `blocks`, sorted) of the
     /// checked `frame`; returns the input pixels that deposited here and may
-    /// also reach another band. Uses AVX2 where the CPU has it (same bits).
+    /// also reach another band. Uses the AVX-512 or AVX2 build where the CPU has it (same bits).
     fn scan(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512dq")
             && std::is_x86_feature_detected!("avx512vl")
-            && !portable_only()
-            && !avx2_only()
+            && build_cap() == 0
         {
             // SAFETY: the CPU supports these features (checked just above).
             return unsafe { self.scan_avx512(frame, blocks, mine) };
         }
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && !portable_only() {
+        if std::arch::is_x86_feature_detected!("avx2") && build_cap() <= 1 {
             // SAFETY: the CPU supports AVX2 (checked just above).
             return unsafe { self.scan_avx2(frame, blocks, mine) };
         }
@@ -1000,7 +986,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
 
     /// Drizzles the [`BLOCK`] pixels from column `i0` of `row` (all inside the
     /// frame; corner rows contiguous): rejection and footprints a batch of
-    /// [`LANES`] pixels at a time, then [`Self::land`] per pixel in column order.
+    /// [`LANES`] pixels at a time, then each pixel in column order: the fast path
+    /// ([`Self::land_cells`]) where its cells lie inside the band and grid, else [`Self::land`].
     /// Marks pixels that may reach another band in `shared` (row-major index
     /// `base + i`). Same results as [`Self::pixel`] on each pixel.
     ///
@@ -1783,18 +1770,16 @@ mod tests {
     #[test]
     fn avx512_avx2_and_portable_builds_give_the_same_bits() {
         let f = affine_frame(64, 80, rotation(0.4, 1.1), [10.0, -20.0], |j, i| ((j * 13 + i * 7) % 11) as f64 - 3.0);
-        let run = |portable: bool, avx2: bool, kernel: Kernel| {
-            PORTABLE_ONLY.store(portable, Ordering::Relaxed);
-            AVX2_ONLY.store(avx2, Ordering::Relaxed);
+        let run = |cap: u8, kernel: Kernel| {
+            BUILD_CAP.store(cap, Ordering::Relaxed);
             let mut c = Cube::new(3, 60, 70);
             drizzle_frame(c.view(), &f.view(), &params(kernel, 0.8), 1).unwrap();
-            PORTABLE_ONLY.store(false, Ordering::Relaxed);
-            AVX2_ONLY.store(false, Ordering::Relaxed);
+            BUILD_CAP.store(0, Ordering::Relaxed);
             let floats = c.flux.iter().chain(c.weight.iter()).chain(c.var.iter()).map(|v| v.to_bits());
             floats.chain(c.count.iter().chain(c.and_mask.iter()).chain(c.or_mask.iter()).map(|&v| v as u64)).collect::<Vec<u64>>()
         };
         for kernel in [Kernel::Square, Kernel::Bilinear] {
-            let (portable, avx2, native) = (run(true, false, kernel), run(false, true, kernel), run(false, false, kernel));
+            let (portable, avx2, native) = (run(2, kernel), run(1, kernel), run(0, kernel));
             assert!(portable.iter().any(|&b| b != 0));
             assert!(portable == avx2, "AVX2 and portable builds differ ({kernel:?})");
             assert!(native == avx2, "AVX-512 and AVX2 builds differ ({kernel:?})");
