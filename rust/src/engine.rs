@@ -252,10 +252,11 @@ pub fn pixel_value(value: f64, variance: f64, flags: u32, lam: f64, dlam: f64, e
     if excluded || flags & p.exclude_bits != 0 {
         return None;
     }
-    if !value.is_finite() || !lam.is_finite() || !dlam.is_finite() || !(dlam > 0.0) {
-        return None;
-    }
-    if !variance.is_finite() || !(variance > 0.0) {
+    // `x - x` is 0 for every finite `x` and NaN otherwise, so the sum is 0 exactly
+    // when all four are finite (one test instead of four).
+    #[allow(clippy::eq_op)] // deliberate: `x - x` is the finiteness test
+    let finite = (value - value) + (lam - lam) + (dlam - dlam) + (variance - variance) == 0.0;
+    if !(finite && dlam > 0.0 && variance > 0.0) {
         return None;
     }
     Some(PixelValue { value, variance, ivar: (1.0 / variance).min(p.ivar_max), flags, lambda_c: lam, delta_lambda: dlam })
@@ -1843,22 +1844,37 @@ mod tests {
 
     #[test]
     fn invalid_pixels_are_skipped() {
-        let mut f = affine_frame(4, 4, rotation(0.0, 1.0), [0.0, 0.0], |_, _| 1.0);
-        f.image[[0, 0]] = f64::NAN;
-        f.variance[[0, 1]] = 0.0;
-        f.variance[[0, 2]] = f64::INFINITY;
-        f.lam[[0, 3]] = f64::NAN;
-        f.dlam[[1, 0]] = 0.0;
-        f.dlam[[1, 1]] = -1.0;
-        f.flags[[1, 2]] = 1 << 7;
+        // 20 columns: the first 16 go through the SIMD block path, the rest pixel by pixel.
+        let mut f = affine_frame(4, 20, rotation(0.0, 1.0), [0.0, 0.0], |_, _| 1.0);
+        type Spoil = fn(&mut Frame, usize, usize);
+        let bad: [((usize, usize), Spoil); 14] = [
+            ((0, 0), |f, j, i| f.image[[j, i]] = f64::NAN),
+            ((0, 1), |f, j, i| f.variance[[j, i]] = 0.0),
+            ((0, 2), |f, j, i| f.variance[[j, i]] = f64::INFINITY),
+            ((0, 3), |f, j, i| f.lam[[j, i]] = f64::NAN),
+            ((1, 0), |f, j, i| f.dlam[[j, i]] = 0.0),
+            ((1, 1), |f, j, i| f.dlam[[j, i]] = -1.0),
+            ((1, 2), |f, j, i| f.flags[[j, i]] = 1 << 7),
+            ((2, 5), |f, j, i| f.image[[j, i]] = f64::NEG_INFINITY),
+            ((2, 6), |f, j, i| f.variance[[j, i]] = f64::NAN),
+            ((2, 7), |f, j, i| f.variance[[j, i]] = -0.5),
+            ((2, 8), |f, j, i| f.lam[[j, i]] = f64::INFINITY),
+            ((2, 9), |f, j, i| f.dlam[[j, i]] = f64::INFINITY),
+            ((3, 17), |f, j, i| f.image[[j, i]] = f64::INFINITY),
+            ((3, 18), |f, j, i| f.dlam[[j, i]] = f64::NAN),
+        ];
+        for ((j, i), spoil) in bad {
+            spoil(&mut f, j, i);
+        }
         let mut p = params(Kernel::Square, 1.0);
         p.exclude_bits = 1 << 7;
-        let mut c = Cube::new(3, 4, 4);
+        let mut c = Cube::new(3, 4, 20);
         let stats = drizzle_frame(c.view(), &f.view(), &p, 1).unwrap();
-        assert_eq!(stats.n_pixels, 16 - 7);
-        for (j, i) in [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)] {
+        assert_eq!(stats.n_pixels, 80 - bad.len() as u64);
+        for ((j, i), _) in bad {
             assert_eq!(c.count.slice(ndarray::s![.., j, i]).sum(), 0, "pixel {j},{i}");
         }
+        assert!(c.flux.iter().all(|v| v.is_finite()));
     }
 
     #[test]
