@@ -1024,6 +1024,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
             let ahead = CUBE_AHEAD as f64;
             let pf_r: Lane = std::array::from_fn(|l| fmin(fmax(ffloor(fp.r0[l] + ahead * (qy[3][l] - qy[0][l]) + 0.5), lo), hi));
             let pf_c: Lane = std::array::from_fn(|l| fmin(fmax(ffloor(fp.c0[l] + ahead * (qx[3][l] - qx[0][l]) + 0.5), 0.0), x_hi));
+            // The voxel offset in plane 0 of the band (exact: whole numbers far below 2^53;
+            // the clamping maps NaN to the band's first row and column 0).
+            let (st_r, st_c) = (self.band.strides[1] as f64, self.band.strides[2] as f64);
+            let pf_off: Lane = std::array::from_fn(|l| (pf_r[l] - lo) * st_r + pf_c[l] * st_c);
             let f3 = if fp.shape.contains(&Shape::Medium) { footprints_medium(&fp) } else { [[[0.0; LANES]; 3]; 3] };
             for l in 0..LANES {
                 if !reach[l] {
@@ -1033,25 +1037,26 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 let (r0, c0) = (fp.r0[l], fp.c0[l]);
                 let inside = |rows: f64, cols: f64| r0 >= lo && r0 + rows <= hi && c0 >= 0.0 && c0 + cols <= x_hi;
                 let wide = fp.c1[l] - c0 == 2.0;
-                // (The clamping above maps NaN to the band's first row.)
-                let pf = if prefetching && pf_r[l] >= lo && pf_c[l] >= 0.0 {
-                    Some((pf_r[l] as usize - self.band.r0) as isize * self.band.strides[1] + pf_c[l] as isize * self.band.strides[2])
-                } else {
-                    None
-                };
+                // SAFETY: `pf_off` is finite and a whole number (see above).
+                let pf = prefetching.then(|| unsafe { pf_off[l].to_int_unchecked::<isize>() });
+                // SAFETY (the casts): `inside` makes `r0`, `c0` finite whole numbers in 0 .. 2^32.
+                let cells = || unsafe { (r0.to_int_unchecked::<usize>(), c0.to_int_unchecked::<usize>()) };
                 let landed = match fp.shape[l] {
                     Shape::Small if inside(1.0, 1.0) => {
                         let f = [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]];
-                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0 as usize, c0 as usize, &f, pf) })
+                        let (r0, c0) = cells();
+                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     // Three columns and at most two rows (the third row of `f3` is zero), or the transpose.
                     Shape::Medium if wide && inside(1.0, 2.0) => {
                         let f: [[f64; 3]; 2] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
-                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0 as usize, c0 as usize, &f, pf) })
+                        let (r0, c0) = cells();
+                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     Shape::Medium if !wide && inside(2.0, 1.0) => {
                         let f: [[f64; 2]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
-                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0 as usize, c0 as usize, &f, pf) })
+                        let (r0, c0) = cells();
+                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     _ => None,
                 };
