@@ -37,7 +37,8 @@ pub const BAND_ROWS: usize = 16;
 /// per thread scans the fewest input blocks twice (a block that straddles two
 /// bands is scanned by both); with the cube cells prefetched (see
 /// [`CUBE_AHEAD`]) shorter bands gain nothing from their smaller part of the
-/// cube (measured: 300-row bands 5-11% faster than 40-150-row bands). Returns
+/// cube (measured: 300-row bands 5-11% faster than 40- and 80-row bands,
+/// 150-row ones alike). Returns
 /// the first row of each band and `ny_out` at the end. Results do not depend
 /// on it.
 fn band_starts(ny_out: usize, threads: usize, rows: impl Iterator<Item = (u32, u32)>) -> Vec<usize> {
@@ -151,9 +152,60 @@ struct Band<'a> {
     nz: usize,
     nx: usize,
     strides: [isize; 3],
+    vox: Voxels,
+    _views: std::marker::PhantomData<&'a mut f64>,
+}
+
+/// Base pointers of the six accumulators of a band (flux, weight, variance;
+/// count, AND, OR), which share their strides. Copied into locals by the fast
+/// path so that the compiler need not reload them after every store.
+#[derive(Clone, Copy)]
+struct Voxels {
     f: [*mut f64; 3],
     u: [*mut u32; 3],
-    _views: std::marker::PhantomData<&'a mut f64>,
+}
+
+impl Voxels {
+    /// Adds weight `w` of a pixel (`value`, `variance`, `flags`) to the voxel
+    /// at offset `o` of the six arrays: flux, weight, variance, count, and the
+    /// flag masks (AND starting from the first contribution's flags, so it
+    /// stays 0 where nothing landed). The one voxel update of every path.
+    ///
+    /// SAFETY: `o` must be a voxel of the band these pointers belong to (all six
+    /// arrays share the strides, and a band's memory is disjoint from every
+    /// other band's).
+    #[inline(always)]
+    unsafe fn add(self, o: isize, w: f64, value: f64, variance: f64, flags: u32) {
+        unsafe {
+            *self.f[0].offset(o) += w * value;
+            *self.f[1].offset(o) += w;
+            *self.f[2].offset(o) += w * w * variance;
+            let cnt = self.u[0].offset(o);
+            let and = self.u[1].offset(o);
+            if flags == 0 {
+                *and = 0;
+            } else {
+                let first = 0u32.wrapping_sub((*cnt == 0) as u32);
+                *and = (*and | first) & flags;
+                *self.u[2].offset(o) |= flags;
+            }
+            *cnt = (*cnt).saturating_add(1);
+        }
+    }
+
+    /// Asks for the cache lines of voxel offset `o` in the arrays a pixel with
+    /// `flags` updates (the OR mask only when flags are set).
+    #[inline(always)]
+    fn prefetch(self, o: isize, flags: u32) {
+        prefetch(self.f[0].wrapping_offset(o));
+        prefetch(self.f[1].wrapping_offset(o));
+        prefetch(self.f[2].wrapping_offset(o));
+        prefetch(self.u[0].wrapping_offset(o));
+        prefetch(self.u[1].wrapping_offset(o));
+        if flags != 0 {
+            prefetch(self.u[2].wrapping_offset(o));
+        }
+    }
 }
 
 // SAFETY: a band is the only handle to its disjoint slice of the accumulators.
@@ -217,8 +269,7 @@ impl<'a> CubeMut<'a> {
                 nz: f.dim().0,
                 nx: f.dim().2,
                 strides: st,
-                f: [f.as_mut_ptr(), w.as_mut_ptr(), v.as_mut_ptr()],
-                u: [c.as_mut_ptr(), a.as_mut_ptr(), o.as_mut_ptr()],
+                vox: Voxels { f: [f.as_mut_ptr(), w.as_mut_ptr(), v.as_mut_ptr()], u: [c.as_mut_ptr(), a.as_mut_ptr(), o.as_mut_ptr()] },
                 _views: std::marker::PhantomData,
             });
             flux = f_rest;
@@ -287,29 +338,12 @@ impl Band<'_> {
         n
     }
 
-    /// Adds weight `w` of `pix` to the voxel at offset `o` of the six arrays:
-    /// flux, weight, variance, count, and the flag masks (AND starting from the
-    /// first contribution's flags, so it stays 0 where nothing landed).
+    /// [`Voxels::add`] for `pix`.
     ///
-    /// SAFETY: `o` must be a voxel of this band (all six arrays share the
-    /// strides, and the band's memory is disjoint from every other band's).
+    /// SAFETY: `o` must be a voxel of this band.
     #[inline(always)]
     unsafe fn add(&mut self, o: isize, w: f64, pix: &PixelValue) {
-        unsafe {
-            *self.f[0].offset(o) += w * pix.value;
-            *self.f[1].offset(o) += w;
-            *self.f[2].offset(o) += w * w * pix.variance;
-            let cnt = self.u[0].offset(o);
-            let and = self.u[1].offset(o);
-            if pix.flags == 0 {
-                *and = 0;
-            } else {
-                let first = 0u32.wrapping_sub((*cnt == 0) as u32);
-                *and = (*and | first) & pix.flags;
-                *self.u[2].offset(o) |= pix.flags;
-            }
-            *cnt = (*cnt).saturating_add(1);
-        }
+        unsafe { self.vox.add(o, w, pix.value, pix.variance, pix.flags) }
     }
 }
 
@@ -677,10 +711,10 @@ const INPUT_AHEAD: usize = 2;
 /// Input rows ahead of the current one whose cube cells are prefetched: the
 /// droplets of the next rows land on cells next to this row's, and those that
 /// no earlier row touched come from main memory when the cube is not in the
-/// cache (as in a pipeline, where reading files evicts it between frames). A
-/// prefetch two to five rows ahead made one frame of the kernel benchmark
-/// ~23% faster (measured; one row ahead gained 7%, the pixel's own cells
-/// nothing).
+/// cache (as in a pipeline, where reading files evicts it between frames).
+/// Measured on one frame of the kernel benchmark: 8.0 ms prefetching the
+/// pixel's own cells, 7.5 ms one row ahead, 6.2 ms two rows ahead (three to
+/// five alike).
 const CUBE_AHEAD: usize = 2;
 
 impl FrameRow {
@@ -978,6 +1012,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
             Droplet::Point { x, y } => bilinear_footprint_2x2(x, y),
         };
         let fp = match (cells, droplet) {
+            (Some((r0, c0, f)), _) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
+                // All four cells inside this band and the grid: the fast path.
+                return unsafe { self.land_cells(row, i, y0, y1, r0 as usize, c0 as usize, &f, None) };
+            }
             (Some((r0, c0, f)), _) => Spot::Cells(r0, c0, f),
             (None, Droplet::Square { qx, qy, area }) => Spot::Quad(qx, qy, area),
             (None, Droplet::Point { .. }) => return false,
@@ -1089,10 +1127,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
 
     /// [`Self::land`] for a droplet within the R x C output pixels from
     /// `(r0, c0)` (fractions `f[a][b]` for `(r0 + a, c0 + b)`), all inside this
-    /// band and the grid: the voxel updates of [`Self::deposit_2x2`] and
-    /// [`Self::deposit_checked`] (each voxel receives at most one update per
-    /// pixel, so their order within the pixel does not matter), with each
-    /// plane deposited as the spectral overlaps are found.
+    /// band and the grid: the voxel updates of [`Self::deposit_checked`] (each
+    /// voxel receives at most one update per pixel, so their order within the
+    /// pixel does not matter), with each plane deposited as the spectral
+    /// overlaps are found.
     ///
     /// SAFETY: `i` must be a column of the checked frame behind `row`; the R x C
     /// output pixels must lie in this band and on the grid.
@@ -1128,9 +1166,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
             n_z += 1;
         });
         // The pointers and values in locals, so that the compiler need not
-        // reload them after every store into the cube. The arithmetic is that
-        // of `Band::add`.
-        let ([pf, pw, pv], [pc, pa, po]) = (band.f, band.u);
+        // reload them after every store into the cube.
+        let vox = band.vox;
         let (value, variance, ivar, flags) = (pix.value, pix.variance, pix.ivar, pix.flags);
         let cell: [[isize; C]; R] = std::array::from_fn(|a| std::array::from_fn(|b| a as isize * st[1] + b as isize * st[2]));
         let mut n = 0usize;
@@ -1144,18 +1181,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 pf_last[k] = line;
                 fresh
             }) {
-                let o = at + k as isize * st[0];
-                // SAFETY: `at` is the offset of a voxel of this band in plane 0 (see `block`).
-                unsafe {
-                    prefetch(pf.offset(o));
-                    prefetch(pw.offset(o));
-                    prefetch(pv.offset(o));
-                    prefetch(pc.offset(o));
-                    prefetch(pa.offset(o));
-                    if flags != 0 {
-                        prefetch(po.offset(o));
-                    }
-                }
+                vox.prefetch(at + k as isize * st[0], flags);
             }
             let off = base + k as isize * st[0];
             let mut kept = 0usize;
@@ -1163,24 +1189,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 for b in 0..C {
                     let fc = f[a][b] * f_z;
                     if fc >= keep_from {
-                        let o = off + cell[a][b];
-                        let w = ivar * fc;
-                        // SAFETY: (k, r0 + a, c0 + b) lies inside this band (the caller's
-                        // contract); all six arrays share the strides; bands are disjoint.
-                        unsafe {
-                            *pf.offset(o) += w * value;
-                            *pw.offset(o) += w;
-                            *pv.offset(o) += w * w * variance;
-                            let cnt = pc.offset(o);
-                            if flags == 0 {
-                                *pa.offset(o) = 0;
-                            } else {
-                                let first = 0u32.wrapping_sub((*cnt == 0) as u32);
-                                *pa.offset(o) = (*pa.offset(o) | first) & flags;
-                                *po.offset(o) |= flags;
-                            }
-                            *cnt = (*cnt).saturating_add(1);
-                        }
+                        // SAFETY: (k, r0 + a, c0 + b) lies inside this band (the caller's contract).
+                        unsafe { vox.add(off + cell[a][b], ivar * fc, value, variance, flags) };
                         kept += 1;
                     }
                 }
@@ -1235,14 +1245,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
         }
         self.n_zov = n;
         let deposited = match spot {
-            Spot::Cells(r0, c0, f) if f[0][0] == 1.0 && r0 >= row_lo as isize && r0 < row_hi as isize && c0 >= 0 && c0 < self.nx_out as isize => {
-                // The whole droplet in one output pixel (common for small input pixels).
-                self.band.deposit(r0 as usize, c0 as usize, 1.0, &pix, &self.zov_buf[..self.n_zov], self.keep_from, &mut self.planes)
-            }
-            Spot::Cells(r0, c0, f) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
-                self.deposit_2x2(r0 as usize, c0 as usize, &f, &pix)
-            }
-            // At the band's or the grid's edge: check each pixel.
+            // At the band's or the grid's edge (callers send droplets inside both
+            // to `land_cells`): check each pixel.
             Spot::Cells(r0, c0, f) => self.deposit_checked(r0, c0, &f, &pix),
             Spot::Cells3(r0, c0, f) => self.deposit_checked(r0, c0, &f, &pix),
             // Larger than 2 x 2 output pixels (or absurdly far away).
@@ -1272,71 +1276,6 @@ impl<'a, 'p> BandTask<'a, 'p> {
         for_each_cell(r0, c0, f_xy, rows, 0..self.nx_out as isize, self.negligible, |r, c, f| {
             n += band.deposit(r, c, f, pix, zov, keep_from, planes);
         });
-        n
-    }
-
-    /// Deposits the 2 x 2 output pixels from `(r0, c0)`, all inside this band
-    /// and the grid, without branches per cell: cells whose weight is
-    /// skipped get a zero weight (adding 0.0 leaves a sum unchanged) and no
-    /// count or flags. The arithmetic per cell is that of [`Band::deposit`].
-    #[inline(always)]
-    fn deposit_2x2(&mut self, r0: usize, c0: usize, f_xy: &[[f64; 2]; 2], pix: &PixelValue) -> usize {
-        let band = &mut self.band;
-        let rl = r0 - band.r0;
-        assert!(rl + 1 < band.rows && c0 + 1 < band.nx, "2 x 2 cells at ({r0}, {c0}) outside band at row {}", band.r0);
-        let st = band.strides;
-        let keep_from = self.keep_from;
-        let neg = self.negligible;
-        // Cells with a negligible fraction get nothing (a zero fraction fails `keep_from`).
-        let f_cells = [f_xy[0][0], f_xy[0][1], f_xy[1][0], f_xy[1][1]].map(|f| if f > neg { f } else { 0.0 });
-        let (value, variance, flags, ivar) = (pix.value, pix.variance, pix.flags, pix.ivar);
-        let base = rl as isize * st[1] + c0 as isize * st[2];
-        let cell = [0, st[2], st[1], st[1] + st[2]];
-        let mut n = 0;
-        for &(k, f_z) in &self.zov_buf[..self.n_zov] {
-            assert!(k < band.nz, "plane {k} outside the cube");
-            let off = base + k as isize * st[0];
-            let f: [f64; 4] = std::array::from_fn(|c| f_cells[c] * f_z);
-            let keep = (f[0] >= keep_from) as u32
-                | ((f[1] >= keep_from) as u32) << 1
-                | ((f[2] >= keep_from) as u32) << 2
-                | ((f[3] >= keep_from) as u32) << 3;
-            // SAFETY: (k, rl + a, c0 + b) lies inside this band (asserted above);
-            // all six arrays share the strides; bands are disjoint.
-            unsafe {
-                if keep == 0b1111 {
-                    // The common case: every cell receives weight.
-                    for c in 0..4 {
-                        band.add(off + cell[c], ivar * f[c], pix);
-                    }
-                    n += 4;
-                    self.planes[k] = true;
-                    continue;
-                }
-                // Some cells are skipped: they add -0.0 (which leaves every sum's
-                // bits unchanged) and no count or flags, without branches per cell.
-                for c in 0..4 {
-                    let o = off + cell[c];
-                    let hb = (keep >> c) & 1;
-                    let w = ivar * f[c];
-                    let (a, b, v) = if hb != 0 { (w * value, w, w * w * variance) } else { (-0.0, -0.0, -0.0) };
-                    *band.f[0].offset(o) += a;
-                    *band.f[1].offset(o) += b;
-                    *band.f[2].offset(o) += v;
-                    let cnt = band.u[0].offset(o);
-                    let and = band.u[1].offset(o);
-                    // Kept: (and | first) & flags, where `first` is all ones on the
-                    // first contribution; skipped: unchanged.
-                    let mask = 0u32.wrapping_sub(hb);
-                    let first = 0u32.wrapping_sub((*cnt == 0) as u32);
-                    *and = (*and | (first & mask)) & (flags | !mask);
-                    *cnt = (*cnt).saturating_add(hb);
-                    *band.u[2].offset(o) |= flags & mask;
-                }
-                n += keep.count_ones() as usize;
-                self.planes[k] |= keep != 0;
-            }
-        }
         n
     }
 }
@@ -1904,7 +1843,7 @@ mod tests {
         fn fused_path_equals_seed_path_for_random_geometry(theta in 0.0f64..6.3, scale in 0.15f64..4.5, shrink in 0.1f64..=1.0,
                                                            tx in -2.0f64..2.0, ty in -2.0f64..2.0, min_overlap in prop_oneof![Just(0.0), 0.0f64..0.3],
                                                            flip in proptest::bool::ANY, bilinear in proptest::bool::ANY) {
-            // Every path of the fused engine (single pixel, branch-free 2x2, band and grid
+            // Every path of the fused engine (2x2 and three-pixel fast path, band and grid
             // edges, 4x4 footprints, per-pixel areas) against the seed API.
             let mut a = rotation(theta, scale);
             if flip { a[0][0] = -a[0][0]; a[1][0] = -a[1][0]; }
