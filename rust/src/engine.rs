@@ -1066,7 +1066,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             // the clamping maps NaN to the band's first row and column 0).
             let (st_r, st_c) = (self.band.strides[1] as f64, self.band.strides[2] as f64);
             let pf_off: Lane = std::array::from_fn(|l| (pf_r[l] - lo) * st_r + pf_c[l] * st_c);
-            let f3 = if fp.shape.contains(&Shape::Medium) { footprints_medium(&fp) } else { [[[0.0; LANES]; 3]; 3] };
+            let f3 = if fp.any_medium() { footprints_medium(&fp) } else { [[[0.0; LANES]; 3]; 3] };
             for l in 0..LANES {
                 if !reach[l] {
                     continue;
@@ -1079,7 +1079,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 let pf = prefetching.then(|| unsafe { pf_off[l].to_int_unchecked::<isize>() });
                 // SAFETY (the casts): `inside` makes `r0`, `c0` finite whole numbers in 0 .. 2^32.
                 let cells = || unsafe { (r0.to_int_unchecked::<usize>(), c0.to_int_unchecked::<usize>()) };
-                let landed = match fp.shape[l] {
+                let landed = match fp.shape(l) {
                     Shape::Small if inside(1.0, 1.0) => {
                         let f = [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]];
                         let (r0, c0) = cells();
@@ -1104,7 +1104,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                     }
                     continue;
                 }
-                let spot = match fp.shape[l] {
+                let spot = match fp.shape(l) {
                     Shape::Skip => continue,
                     Shape::Small => Spot::Cells(fp.r0[l] as isize, fp.c0[l] as isize, [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]]),
                     Shape::Medium => {

@@ -40,7 +40,9 @@ pub enum Shape {
 /// rows `r0 ..= r1`, columns `c0 ..= c1`.
 #[derive(Clone, Copy, Debug)]
 pub struct Footprints {
-    pub shape: [Shape; LANES],
+    /// The lanes' [`Shape`]s as numbers (see [`Footprints::shape`]): computed
+    /// with vector selects instead of a branch per lane.
+    kind: Lane,
     pub r0: Lane,
     pub c0: Lane,
     pub r1: Lane,
@@ -51,6 +53,35 @@ pub struct Footprints {
     sx: [Lane; 4],
     sy: [Lane; 4],
     first: [Lane; 4],
+}
+
+/// Codes of [`Shape`] in [`Footprints::kind`].
+const SKIP: f64 = 0.0;
+const SMALL: f64 = 1.0;
+const MEDIUM: f64 = 2.0;
+const LARGE: f64 = 3.0;
+
+impl Footprints {
+    /// What lane `l`'s droplet needs.
+    #[inline(always)]
+    pub fn shape(&self, l: usize) -> Shape {
+        let k = self.kind[l];
+        if k == SMALL {
+            Shape::Small
+        } else if k == MEDIUM {
+            Shape::Medium
+        } else if k == SKIP {
+            Shape::Skip
+        } else {
+            Shape::Large
+        }
+    }
+
+    /// Whether any lane is [`Shape::Medium`].
+    #[inline(always)]
+    pub fn any_medium(&self) -> bool {
+        self.kind.iter().fold(false, |a, &k| a | (k == MEDIUM))
+    }
 }
 
 #[inline(always)]
@@ -85,10 +116,10 @@ pub fn footprints(qx: &[Lane; 4], qy: &[Lane; 4], xy_shrink: f64, square: bool) 
         let (xf, yf) = (lane(|l| ffloor(mx[l])), lane(|l| ffloor(my[l])));
         let (fx, fy) = (lane(|l| mx[l] - xf[l]), lane(|l| my[l] - yf[l]));
         let (gx, gy) = (lane(|l| 1.0 - fx[l]), lane(|l| 1.0 - fy[l]));
-        let shape = std::array::from_fn(|l| if simple[l] & (mx[l].abs() < 1e15) & (my[l].abs() < 1e15) { Shape::Small } else { Shape::Skip });
+        let kind = lane(|l| if simple[l] & (mx[l].abs() < 1e15) & (my[l].abs() < 1e15) { SMALL } else { SKIP });
         let f = [lane(|l| gy[l] * gx[l]), lane(|l| gy[l] * fx[l]), lane(|l| fy[l] * gx[l]), lane(|l| fy[l] * fx[l])];
         let (r1, c1) = (lane(|l| yf[l] + 1.0), lane(|l| xf[l] + 1.0));
-        return Footprints { shape, r0: yf, c0: xf, r1, c1, f, sx: *qx, sy: *qy, first: [[0.0; LANES]; 4] };
+        return Footprints { kind, r0: yf, c0: xf, r1, c1, f, sx: *qx, sy: *qy, first: [[0.0; LANES]; 4] };
     }
     let sx: [Lane; 4] = std::array::from_fn(|k| lane(|l| mx[l] + xy_shrink * (qx[k][l] - mx[l])));
     let sy: [Lane; 4] = std::array::from_fn(|k| lane(|l| my[l] + xy_shrink * (qy[k][l] - my[l])));
@@ -100,16 +131,22 @@ pub fn footprints(qx: &[Lane; 4], qy: &[Lane; 4], xy_shrink: f64, square: bool) 
     let y1 = lane(|l| fmax(fmax(sy[0][l], sy[1][l]), fmax(sy[2][l], sy[3][l])));
     let (cr0, cr1) = (lane(|l| ffloor(y0[l] + 0.5)), lane(|l| ffloor(y1[l] + 0.5)));
     let (cc0, cc1) = (lane(|l| ffloor(x0[l] + 0.5)), lane(|l| ffloor(x1[l] + 0.5)));
-    let shape = std::array::from_fn(|l| {
+    let kind = lane(|l| {
         let in_range = (x0[l] > -1e15) & (x1[l] < 1e15) & (y0[l] > -1e15) & (y1[l] < 1e15);
         let (rows, cols) = (cr1[l] - cr0[l], cc1[l] - cc0[l]);
-        let small = (rows <= 1.0) & (cols <= 1.0);
-        let medium = ((rows == 2.0) & (cols <= 1.0)) | ((rows <= 1.0) & (cols == 2.0));
-        match (simple[l] & (area[l] > 0.0), in_range & small, in_range & medium) {
-            (false, _, _) => Shape::Skip,
-            (true, true, _) => Shape::Small,
-            (true, false, true) => Shape::Medium,
-            (true, false, false) => Shape::Large,
+        let small = in_range & (rows <= 1.0) & (cols <= 1.0);
+        let medium = in_range & (((rows == 2.0) & (cols <= 1.0)) | ((rows <= 1.0) & (cols == 2.0)));
+        let k = if small {
+            SMALL
+        } else if medium {
+            MEDIUM
+        } else {
+            LARGE
+        };
+        if simple[l] & (area[l] > 0.0) {
+            k
+        } else {
+            SKIP
         }
     });
     // fractions_from / fractions_2x2
@@ -125,7 +162,7 @@ pub fn footprints(qx: &[Lane; 4], qy: &[Lane; 4], xy_shrink: f64, square: bool) 
         lane(|l| if one[l] { 0.0 } else { left[l] - both[l] }),
         lane(|l| if one[l] { 0.0 } else { 1.0 - left[l] - below[l] + both[l] }),
     ];
-    Footprints { shape, r0: cr0, c0: cc0, r1: cr1, c1: cc1, f, sx, sy, first: [inv, lef, bel, qua] }
+    Footprints { kind, r0: cr0, c0: cc0, r1: cr1, c1: cc1, f, sx, sy, first: [inv, lef, bel, qua] }
 }
 
 /// The edge integrals of `geometry::corner_integrals` lane by lane, at the
@@ -255,7 +292,7 @@ mod tests {
         let f3 = footprints_medium(&fp);
         for (l, (x, y)) in quads.iter().enumerate() {
             let (shape, cells) = scalar(x, y, shrink, kernel);
-            assert_eq!(fp.shape[l], shape, "lane {l}: {x:?} {y:?}");
+            assert_eq!(fp.shape(l), shape, "lane {l}: {x:?} {y:?}");
             let Some((r0, c0, want)) = cells else { continue };
             assert_eq!((fp.r0[l] as isize, fp.c0[l] as isize), (r0, c0), "lane {l}");
             let got: [[f64; 3]; 3] = match shape {
