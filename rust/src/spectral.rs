@@ -42,7 +42,11 @@ fn first_bin(edges: &[f64], lo: f64, hint: usize) -> usize {
 #[inline(always)]
 pub fn for_each_overlap_hinted(lambda_c: f64, delta_lambda: f64, z_shrink: f64, edges: &[f64], hint: &mut usize, mut emit: impl FnMut(usize, f64)) {
     let width = delta_lambda * z_shrink;
-    if !(width > 0.0) || !width.is_finite() || !lambda_c.is_finite() || edges.len() < 2 {
+    // `x - x` is 0 for every finite `x` and NaN otherwise: one floating-point
+    // test for both (the compiler turns `is_finite` into integer bit tests).
+    #[allow(clippy::eq_op)] // deliberate: `x - x` is the finiteness test
+    let finite = (width - width) + (lambda_c - lambda_c) == 0.0;
+    if !(finite && width > 0.0) || edges.len() < 2 {
         return;
     }
     let lo = lambda_c - 0.5 * width;
