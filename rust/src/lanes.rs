@@ -136,18 +136,9 @@ pub fn footprints(qx: &[Lane; 4], qy: &[Lane; 4], xy_shrink: f64, square: bool) 
         let (rows, cols) = (cr1[l] - cr0[l], cc1[l] - cc0[l]);
         let small = in_range & (rows <= 1.0) & (cols <= 1.0);
         let medium = in_range & (((rows == 2.0) & (cols <= 1.0)) | ((rows <= 1.0) & (cols == 2.0)));
-        let k = if small {
-            SMALL
-        } else if medium {
-            MEDIUM
-        } else {
-            LARGE
-        };
-        if simple[l] & (area[l] > 0.0) {
-            k
-        } else {
-            SKIP
-        }
+        // Small and medium exclude each other: SMALL, MEDIUM or LARGE without branches.
+        let one = |c: bool| if c { 1.0 } else { 0.0 };
+        one(simple[l] & (area[l] > 0.0)) * (LARGE - (LARGE - SMALL) * one(small) - (LARGE - MEDIUM) * one(medium))
     });
     // fractions_from / fractions_2x2
     let [tot, lef, bel, qua] = corner_integrals(&sx, &sy, &cc0, &cr0, &[0.5; LANES], &[0.5; LANES]);
