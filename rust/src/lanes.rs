@@ -219,11 +219,17 @@ pub fn footprints_medium(fp: &Footprints) -> [[Lane; 3]; 3] {
     let mut g = [[[0.0; LANES]; 4]; 4];
     for b in 0..3 {
         for a in 0..3 {
-            g[b + 1][a + 1] = lane(|l| match (b as f64 >= rows[l], a as f64 >= cols[l]) {
-                (true, true) => 1.0,
-                (true, false) => left[a.min(1)][l] * inv[l],
-                (false, true) => below[b.min(1)][l] * inv[l],
-                (false, false) => quadrant(a, b)[l] * inv[l],
+            // Past the last row corner (`all_b`) and / or column corner (`all_a`);
+            // selects, not branches.
+            g[b + 1][a + 1] = lane(|l| {
+                let (all_b, all_a) = (b as f64 >= rows[l], a as f64 >= cols[l]);
+                let below_only = if all_b { 1.0 } else { below[b.min(1)][l] * inv[l] };
+                let with_left = if all_b { left[a.min(1)][l] * inv[l] } else { quadrant(a, b)[l] * inv[l] };
+                if all_a {
+                    below_only
+                } else {
+                    with_left
+                }
             });
         }
     }
