@@ -310,7 +310,9 @@ pub fn pixel_value(value: f64, variance: f64, flags: u32, lam: f64, dlam: f64, e
     if !(finite && dlam > 0.0 && variance > 0.0) {
         return None;
     }
-    Some(PixelValue { value, variance, ivar: (1.0 / variance).min(p.ivar_max), flags, lambda_c: lam, delta_lambda: dlam })
+    // 1 / variance is positive (infinite at most), never NaN: a plain minimum.
+    let ivar = 1.0 / variance;
+    Some(PixelValue { value, variance, ivar: if ivar < p.ivar_max { ivar } else { p.ivar_max }, flags, lambda_c: lam, delta_lambda: dlam })
 }
 
 impl Band<'_> {
@@ -686,6 +688,19 @@ impl<T: Copy> RawRow<T> {
     unsafe fn at(&self, i: usize) -> T {
         unsafe { *self.ptr.offset(i as isize * self.step) }
     }
+
+    /// [`Self::at`], with the step known to be 1 when `UNIT` (no multiplication).
+    ///
+    /// SAFETY: `i` must be a column of the view; `UNIT` only if the step is 1.
+    #[inline(always)]
+    unsafe fn get<const UNIT: bool>(&self, i: usize) -> T {
+        debug_assert!(!UNIT || self.step == 1);
+        if UNIT {
+            unsafe { *self.ptr.add(i) }
+        } else {
+            unsafe { self.at(i) }
+        }
+    }
 }
 
 /// Row `j` of every per-pixel array of a checked frame, and corner rows `j`
@@ -953,7 +968,12 @@ impl<'a, 'p> BandTask<'a, 'p> {
     #[inline(always)]
     fn scan_any(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         let (ny, nx) = frame.image.dim();
-        let unit = frame.corners_x.strides()[1] == 1 && frame.corners_y.strides()[1] == 1;
+        // The SIMD block path reads rows with unit stride (else pixel by pixel).
+        let unit = [frame.corners_x.strides()[1], frame.corners_y.strides()[1], frame.image.strides()[1], frame.variance.strides()[1]]
+            .into_iter()
+            .chain([frame.flags.strides()[1], frame.lambda_c.strides()[1], frame.delta_lambda.strides()[1]])
+            .chain(frame.exclude.as_ref().map(|e| e.strides()[1]))
+            .all(|st| st == 1);
         let mut shared = Vec::new();
         // Row-major over the band's blocks: one block row at a time, each
         // input row across all of its live blocks (sequential reads).
@@ -1014,7 +1034,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let fp = match (cells, droplet) {
             (Some((r0, c0, f)), _) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
                 // All four cells inside this band and the grid: the fast path.
-                return unsafe { self.land_cells(row, i, y0, y1, r0 as usize, c0 as usize, &f, None) };
+                return unsafe { self.land_cells::<2, 2, false>(row, i, y0, y1, r0 as usize, c0 as usize, &f, None) };
             }
             (Some((r0, c0, f)), _) => Spot::Cells(r0, c0, f),
             (None, Droplet::Square { qx, qy, area }) => Spot::Quad(qx, qy, area),
@@ -1024,14 +1044,14 @@ impl<'a, 'p> BandTask<'a, 'p> {
     }
 
     /// Drizzles the [`BLOCK`] pixels from column `i0` of `row` (all inside the
-    /// frame; corner rows contiguous): rejection and footprints a batch of
+    /// frame; all rows contiguous): rejection and footprints a batch of
     /// [`LANES`] pixels at a time, then each pixel in column order: the fast path
     /// ([`Self::land_cells`]) where its cells lie inside the band and grid, else [`Self::land`].
     /// Marks pixels that may reach another band in `shared` (row-major index
     /// `base + i`). Same results as [`Self::pixel`] on each pixel.
     ///
     /// SAFETY: columns `i0 .. i0 + BLOCK` (and corner column `i0 + BLOCK`) must
-    /// exist in the checked frame behind `row`, whose corner rows have unit stride.
+    /// exist in the checked frame behind `row`, whose rows all have unit stride.
     #[inline(always)]
     unsafe fn block(&mut self, row: &FrameRow, i0: usize, base: usize, shared: &mut Vec<u32>) {
         let m = self.m;
@@ -1083,18 +1103,18 @@ impl<'a, 'p> BandTask<'a, 'p> {
                     Shape::Small if inside(1.0, 1.0) => {
                         let f = [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]];
                         let (r0, c0) = cells();
-                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                        Some(unsafe { self.land_cells::<2, 2, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     // Three columns and at most two rows (the third row of `f3` is zero), or the transpose.
                     Shape::Medium if wide && inside(1.0, 2.0) => {
                         let f: [[f64; 3]; 2] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
                         let (r0, c0) = cells();
-                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                        Some(unsafe { self.land_cells::<2, 3, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     Shape::Medium if !wide && inside(2.0, 1.0) => {
                         let f: [[f64; 2]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
                         let (r0, c0) = cells();
-                        Some(unsafe { self.land_cells(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                        Some(unsafe { self.land_cells::<3, 2, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     _ => None,
                 };
@@ -1133,10 +1153,11 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// overlaps are found.
     ///
     /// SAFETY: `i` must be a column of the checked frame behind `row`; the R x C
-    /// output pixels must lie in this band and on the grid.
+    /// output pixels must lie in this band and on the grid; `UNIT` only if the
+    /// frame's rows have unit stride.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn land_cells<const R: usize, const C: usize>(
+    unsafe fn land_cells<const R: usize, const C: usize, const UNIT: bool>(
         &mut self,
         row: &FrameRow,
         i: usize,
@@ -1148,8 +1169,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
         prefetch_at: Option<isize>,
     ) -> bool {
         let p = self.p;
-        let excluded = row.exclude.is_some_and(|e| unsafe { e.at(i) });
-        let pix = unsafe { pixel_value(row.image.at(i), row.variance.at(i), row.flags.at(i), row.lam.at(i), row.dlam.at(i), excluded, p) };
+        let excluded = row.exclude.is_some_and(|e| unsafe { e.get::<UNIT>(i) });
+        let (value, variance, flags) = unsafe { (row.image.get::<UNIT>(i), row.variance.get::<UNIT>(i), row.flags.get::<UNIT>(i)) };
+        let pix = unsafe { pixel_value(value, variance, flags, row.lam.get::<UNIT>(i), row.dlam.get::<UNIT>(i), excluded, p) };
         let Some(pix) = pix else { return false };
         let (band, planes, keep_from, neg) = (&mut self.band, &mut self.planes, self.keep_from, self.negligible);
         let pf_last = &mut self.pf_last;
