@@ -1714,6 +1714,16 @@ mod tests {
         let bits = |c: &Cube| -> Vec<u64> { c.flux.iter().chain(c.weight.iter()).chain(c.var.iter()).map(|v| v.to_bits()).collect() };
         assert!(bits(&lanes) == bits(&scalar), "SIMD lanes and the scalar path differ");
         assert_eq!((&lanes.count, &lanes.and_mask, &lanes.or_mask), (&scalar.count, &scalar.and_mask, &scalar.or_mask));
+        // Contiguous corners but a strided image: the block path reads rows
+        // with unit stride only, so these pixels too go the scalar way.
+        let wi = strided(&f.image);
+        let mut view = f.view();
+        view.image = wi.slice(ndarray::s![.., ..;2]);
+        let mut strided_image = Cube::new(nz, ny, nx);
+        let c = drizzle_frame(strided_image.view(), &view, p, 2).unwrap();
+        assert_eq!((a.n_pixels, a.n_contributions), (c.n_pixels, c.n_contributions));
+        assert!(bits(&lanes) == bits(&strided_image), "SIMD lanes and the scalar path (strided image) differ");
+        assert_eq!((&lanes.count, &lanes.and_mask, &lanes.or_mask), (&strided_image.count, &strided_image.and_mask, &strided_image.or_mask));
     }
 
     #[test]
