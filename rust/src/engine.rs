@@ -1098,7 +1098,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 // SAFETY: `pf_off` is finite and a whole number (see above).
                 let pf = prefetching.then(|| unsafe { pf_off[l].to_int_unchecked::<isize>() });
                 // SAFETY (the casts): `inside` makes `r0`, `c0` finite whole numbers in 0 .. 2^32.
-                let cells = || unsafe { (r0.to_int_unchecked::<usize>(), c0.to_int_unchecked::<usize>()) };
+                let cells = || unsafe { (r0.to_int_unchecked::<isize>() as usize, c0.to_int_unchecked::<isize>() as usize) };
                 let landed = match fp.shape(l) {
                     Shape::Small if inside(1.0, 1.0) => {
                         let f = [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]];
