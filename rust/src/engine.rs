@@ -522,9 +522,13 @@ fn merge_stats(n_z: usize, parts: impl IntoIterator<Item = (u64, Vec<bool>)>, n_
 /// rejected) wholesale.
 const BLOCK: usize = 16;
 
-/// Blocks per side of the super-blocks tested first, so that the far parts of
-/// a frame cost a few boundary reads per super-block.
+/// Blocks per side of the super-blocks tested before their blocks.
 const SUPER: usize = 8;
+
+/// Super-blocks per side of the regions tested first, so that the far parts
+/// of a frame cost a few boundary reads per region (the column reads, a cache
+/// line per corner, dominate).
+const TOP: usize = 4;
 
 /// How far (in output pixels) beyond its corners' bounding box a droplet can
 /// reach output pixel centres it gives weight to: a square droplet touches
@@ -621,9 +625,11 @@ fn cuts(lo: usize, hi: usize, step: usize) -> Vec<usize> {
 /// bounded by the image of its boundary, so the bounding box of the boundary
 /// corners bounds every droplet in the block; `m` widens it by the kernel's
 /// reach. A non-finite boundary corner makes a block reach every band (its
-/// pixels are then tested one by one). Super-blocks are tested first; each
-/// boundary segment (a row or column of corners between two cuts) is read
-/// once and shared by the two (super-)blocks it separates.
+/// pixels are then tested one by one). Regions of [`TOP`] x [`TOP`]
+/// super-blocks are tested first, then the super-blocks of live regions, then
+/// the blocks of live super-blocks; at each level a boundary segment (a row or
+/// column of corners between two cuts) is read once and shared by the two
+/// parts it separates.
 fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize) -> Vec<LiveBlock> {
     let (ny, nx) = frame.image.dim();
     let reaches = |bbox: Option<(f64, f64, f64, f64)>| match bbox {
@@ -635,32 +641,48 @@ fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize) -> V
         }),
     };
     let side = BLOCK * SUPER;
-    let super_cols = cuts(0, nx, side);
-    (0..ny.div_ceil(side))
+    let top = side * TOP;
+    // The blocks of super-row `sj0 .. sj1` between corner columns `ci0` and `ci1`.
+    let super_row = |sj0: usize, sj1: usize, ci0: usize, ci1: usize, live: &mut Vec<LiveBlock>| {
+        let super_cols = cuts(ci0, ci1, side);
+        let sides: Vec<CornerBox> = super_cols.iter().map(|&i| column_box(frame, sj0, sj1, i)).collect();
+        for (s, w) in super_cols.windows(2).enumerate() {
+            let (si0, si1) = (w[0], w[1]);
+            let outline = row_box(frame, sj0, si0, si1).union(row_box(frame, sj1, si0, si1)).union(sides[s]).union(sides[s + 1]);
+            if reaches(outline.bbox()).is_none() {
+                continue;
+            }
+            let cols = cuts(si0, si1, BLOCK);
+            let mut top: Vec<CornerBox> = cols.windows(2).map(|c| row_box(frame, sj0, c[0], c[1])).collect();
+            for j0 in (sj0..sj1).step_by(BLOCK) {
+                let j1 = (j0 + BLOCK).min(ny);
+                let bottom: Vec<CornerBox> = cols.windows(2).map(|c| row_box(frame, j1, c[0], c[1])).collect();
+                let left_right: Vec<CornerBox> = cols.iter().map(|&i| column_box(frame, j0, j1, i)).collect();
+                for b in 0..cols.len() - 1 {
+                    let outline = top[b].union(bottom[b]).union(left_right[b]).union(left_right[b + 1]);
+                    if let Some((row_lo, row_hi)) = reaches(outline.bbox()) {
+                        live.push(LiveBlock { j0: j0 as u32, i0: cols[b] as u32, row_lo, row_hi });
+                    }
+                }
+                top = bottom;
+            }
+        }
+    };
+    let top_cols = cuts(0, nx, top);
+    (0..ny.div_ceil(top))
         .into_par_iter()
-        .map(|sr| {
-            let (sj0, sj1) = (sr * side, ((sr + 1) * side).min(ny));
+        .map(|tr| {
+            let (tj0, tj1) = (tr * top, ((tr + 1) * top).min(ny));
             let mut live = Vec::new();
-            let sides: Vec<CornerBox> = super_cols.iter().map(|&i| column_box(frame, sj0, sj1, i)).collect();
-            for (s, w) in super_cols.windows(2).enumerate() {
-                let (si0, si1) = (w[0], w[1]);
-                let outline = row_box(frame, sj0, si0, si1).union(row_box(frame, sj1, si0, si1)).union(sides[s]).union(sides[s + 1]);
+            let sides: Vec<CornerBox> = top_cols.iter().map(|&i| column_box(frame, tj0, tj1, i)).collect();
+            for (t, w) in top_cols.windows(2).enumerate() {
+                let (ti0, ti1) = (w[0], w[1]);
+                let outline = row_box(frame, tj0, ti0, ti1).union(row_box(frame, tj1, ti0, ti1)).union(sides[t]).union(sides[t + 1]);
                 if reaches(outline.bbox()).is_none() {
                     continue;
                 }
-                let cols = cuts(si0, si1, BLOCK);
-                let mut top: Vec<CornerBox> = cols.windows(2).map(|c| row_box(frame, sj0, c[0], c[1])).collect();
-                for j0 in (sj0..sj1).step_by(BLOCK) {
-                    let j1 = (j0 + BLOCK).min(ny);
-                    let bottom: Vec<CornerBox> = cols.windows(2).map(|c| row_box(frame, j1, c[0], c[1])).collect();
-                    let left_right: Vec<CornerBox> = cols.iter().map(|&i| column_box(frame, j0, j1, i)).collect();
-                    for b in 0..cols.len() - 1 {
-                        let outline = top[b].union(bottom[b]).union(left_right[b]).union(left_right[b + 1]);
-                        if let Some((row_lo, row_hi)) = reaches(outline.bbox()) {
-                            live.push(LiveBlock { j0: j0 as u32, i0: cols[b] as u32, row_lo, row_hi });
-                        }
-                    }
-                    top = bottom;
+                for sj0 in (tj0..tj1).step_by(side) {
+                    super_row(sj0, (sj0 + side).min(tj1), ti0, ti1, &mut live);
                 }
             }
             live
@@ -1688,6 +1710,24 @@ mod tests {
             f.image[[5, 5]] = f64::NAN;
             let n = assert_fused_equals_seed(&f, &params(kernel, 0.7), (3, 33, 29));
             assert!(n > 20, "{theta} {scale}: {n}");
+        }
+    }
+
+    #[test]
+    fn live_blocks_across_region_boundaries_find_every_pixel() {
+        // A frame larger than the regions tested first (TOP super-blocks), the
+        // grid seeing a patch that straddles region, super-block and block
+        // boundaries, or lies inside one region: the fused path (live blocks)
+        // must find every pixel the seed path (all pixels) finds.
+        let side = (BLOCK * SUPER * TOP) as f64;
+        for (centre, theta) in [((side, side), 0.4), ((side, 2.0 * side), 1.3), ((1.5 * side, 0.5 * side), 2.9)] {
+            let a = rotation(theta, 1.0);
+            // Input pixel `centre` lands on output pixel (30, 30).
+            let t = [30.0 - (a[0][0] * centre.0 + a[0][1] * centre.1), 30.0 - (a[1][0] * centre.0 + a[1][1] * centre.1)];
+            let mut f = affine_frame(1100, 1300, a, t, |j, i| ((j * 13 + i * 7) % 11) as f64 - 3.0);
+            f.lam = Array2::from_shape_fn((1100, 1300), |(j, i)| 1.0 + 0.05 * ((j + 2 * i) % 9) as f64);
+            let n = assert_fused_equals_seed(&f, &params(Kernel::Square, 0.8), (3, 61, 60));
+            assert!(n > 3000, "{centre:?}: {n}");
         }
     }
 
