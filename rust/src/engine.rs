@@ -1969,7 +1969,8 @@ mod perf_probe {
     //! mirroring geometry A of benchmarks/bench_kernel.py (run under callgrind for
     //! stable counts). Environment: `PROBE_REPS` (runs, best kept; default 5),
     //! `PROBE_THREADS` (default 1), `PROBE_CROP` (set: only the 440 x 440 input
-    //! pixels around the grid, as the pipeline's crops).
+    //! pixels around the grid, as the pipeline's crops), `PROBE_COLD` (set: the
+    //! caches flushed before each run).
     use super::*;
     use ndarray::{Array2, Array3};
 
@@ -2021,7 +2022,15 @@ mod perf_probe {
         let reps: usize = std::env::var("PROBE_REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
         let mut best = f64::INFINITY;
         let mut st = FrameStats::default();
-        for _ in 0..reps {
+        // PROBE_COLD: read 64 MiB before each run, so that the frame and cube
+        // come from main memory (as in the benchmark, where implementations
+        // take turns, and in a pipeline).
+        let mut junk = if std::env::var("PROBE_COLD").is_ok() { vec![1.0f64; 8 << 20] } else { Vec::new() };
+        for rep in 0..reps {
+            if !junk.is_empty() {
+                junk[rep % 1000] += 1.0;
+                std::hint::black_box(junk.iter().sum::<f64>());
+            }
             let t = std::time::Instant::now();
             let cube = CubeMut {
                 flux: f.view_mut(),
