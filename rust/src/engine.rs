@@ -934,6 +934,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
             Kernel::Bilinear => 0.0,
         };
         let nz = band.nz;
+        // The fast path relies on this: spectral overlaps name planes below
+        // `p.n_z()`, so they index the cube and the per-plane buffers unchecked.
+        assert_eq!(nz, p.n_z(), "cube planes vs z_edges");
         BandTask {
             band,
             p,
@@ -1203,26 +1206,34 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let base = (r0 - band.r0) as isize * st[1] + c0 as isize * st[2];
         // Cells with a negligible fraction get nothing (a zero fraction fails `keep_from`).
         let f = f.map(|fr| fr.map(|x| if x > neg { x } else { 0.0 }));
-        let (buf, mut n_z) = (&mut self.zov_buf, 0);
-        // Each plane is emitted at most once, so `n_z` stays within the buffer.
+        let (buf, mut n_z) = (self.zov_buf.as_mut_ptr(), 0);
+        debug_assert_eq!(self.zov_buf.len(), nz);
+        // Each plane is emitted at most once and is below `nz` (the planes of
+        // `p.z_edges`; see `BandTask::new`), so `n_z` stays within the buffer.
         spectral::for_each_overlap_hinted(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, &mut self.z_hint, |k, f_z| {
-            buf[n_z] = (k, f_z);
+            // SAFETY: `n_z < nz`, the buffer's length (above).
+            unsafe { buf.add(n_z).write((k, f_z)) };
             n_z += 1;
         });
+        // SAFETY: the first `n_z` entries were just written.
+        let zov = unsafe { std::slice::from_raw_parts(buf, n_z) };
         // The pointers and values in locals, so that the compiler need not
         // reload them after every store into the cube.
         let vox = band.vox;
         let (value, variance, ivar, flags) = (pix.value, pix.variance, pix.ivar, pix.flags);
         let cell: [[isize; C]; R] = std::array::from_fn(|a| std::array::from_fn(|b| a as isize * st[1] + b as isize * st[2]));
         let mut n = 0usize;
-        for &(k, f_z) in &buf[..n_z] {
-            assert!(k < nz, "plane {k} outside the cube");
+        for &(k, f_z) in zov {
+            // `k < nz`: the per-plane buffers (length `nz`) are indexed unchecked.
+            debug_assert!(k < nz && pf_last.len() == nz && planes.len() == nz);
             if let Some(at) = prefetch_at.filter(|&at| {
                 // Once per cache line of the float arrays and plane (a line holds
                 // eight neighbouring cells, which the next pixels target too).
                 let line = (at + k as isize * st[0]) >> 3;
-                let fresh = pf_last[k] != line;
-                pf_last[k] = line;
+                // SAFETY: `k < nz` (above).
+                let last = unsafe { pf_last.get_unchecked_mut(k) };
+                let fresh = *last != line;
+                *last = line;
                 fresh
             }) {
                 vox.prefetch(at + k as isize * st[0], flags);
@@ -1240,7 +1251,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 }
             }
             n += kept;
-            planes[k] |= kept > 0;
+            // SAFETY: `k < nz` (above).
+            unsafe { *planes.get_unchecked_mut(k) |= kept > 0 };
         }
         if n == 0 {
             return false;
