@@ -630,7 +630,7 @@ fn cuts(lo: usize, hi: usize, step: usize) -> Vec<usize> {
 /// the blocks of live super-blocks; at each level a boundary segment (a row or
 /// column of corners between two cuts) is read once and shared by the two
 /// parts it separates.
-fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize) -> Vec<LiveBlock> {
+fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, sequential: bool) -> Vec<LiveBlock> {
     let (ny, nx) = frame.image.dim();
     let reaches = |bbox: Option<(f64, f64, f64, f64)>| match bbox {
         None => Some((0, ny_out as u32 - 1)),
@@ -669,26 +669,25 @@ fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize) -> V
         }
     };
     let top_cols = cuts(0, nx, top);
-    (0..ny.div_ceil(top))
-        .into_par_iter()
-        .map(|tr| {
-            let (tj0, tj1) = (tr * top, ((tr + 1) * top).min(ny));
-            let mut live = Vec::new();
-            let sides: Vec<CornerBox> = top_cols.iter().map(|&i| column_box(frame, tj0, tj1, i)).collect();
-            for (t, w) in top_cols.windows(2).enumerate() {
-                let (ti0, ti1) = (w[0], w[1]);
-                let outline = row_box(frame, tj0, ti0, ti1).union(row_box(frame, tj1, ti0, ti1)).union(sides[t]).union(sides[t + 1]);
-                if reaches(outline.bbox()).is_none() {
-                    continue;
-                }
-                for sj0 in (tj0..tj1).step_by(side) {
-                    super_row(sj0, (sj0 + side).min(tj1), ti0, ti1, &mut live);
-                }
+    map_collect(sequential, (0..ny.div_ceil(top)).collect(), |tr| {
+        let (tj0, tj1) = (tr * top, ((tr + 1) * top).min(ny));
+        let mut live = Vec::new();
+        let sides: Vec<CornerBox> = top_cols.iter().map(|&i| column_box(frame, tj0, tj1, i)).collect();
+        for (t, w) in top_cols.windows(2).enumerate() {
+            let (ti0, ti1) = (w[0], w[1]);
+            let outline = row_box(frame, tj0, ti0, ti1).union(row_box(frame, tj1, ti0, ti1)).union(sides[t]).union(sides[t + 1]);
+            if reaches(outline.bbox()).is_none() {
+                continue;
             }
-            live
-        })
-        .flatten()
-        .collect()
+            for sj0 in (tj0..tj1).step_by(side) {
+                super_row(sj0, (sj0 + side).min(tj1), ti0, ti1, &mut live);
+            }
+        }
+        live
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Unchecked reads from one row of a 2-D view whose shape the caller checked.
@@ -851,30 +850,44 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
         return Ok(FrameStats { n_pixels: 0, n_contributions: 0, planes: vec![false; nz] });
     }
     let m = reach(p.kernel);
-    run_in_pool(threads, || {
-        let mut blocks = live_blocks(frame, m, ny_out, nx_out);
+    // One thread: on the calling thread, without a pool (whose worker, asleep
+    // between calls, takes tens of microseconds to wake).
+    let run = move |sequential: bool| {
+        let mut blocks = live_blocks(frame, m, ny_out, nx_out, sequential);
         blocks.sort_unstable_by_key(|b| (b.j0, b.i0));
-        let starts = band_starts(ny_out, rayon::current_num_threads(), blocks.iter().map(|b| (b.row_lo, b.row_hi)));
+        let n_threads = if sequential { 1 } else { rayon::current_num_threads() };
+        let starts = band_starts(ny_out, n_threads, blocks.iter().map(|b| (b.row_lo, b.row_hi)));
         let n_bands = starts.len() - 1;
         let band_of = |r: u32| starts.partition_point(|&s| s <= r as usize) as u32 - 1;
         let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (band_of(blocks[b].row_lo), band_of(blocks[b].row_hi)));
-        let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = cube
-            .into_bands_at(&starts)
-            .into_par_iter()
-            .enumerate()
-            .map(|(b, band)| {
-                let mut task = BandTask::new(band, p, m, ny_out, nx_out);
-                let shared = task.scan(frame, &blocks, &items[offsets[b]..offsets[b + 1]]);
-                (task.n_pixels, task.n_contributions, task.planes, shared)
-            })
-            .collect();
+        let bands: Vec<(usize, Band<'_>)> = cube.into_bands_at(&starts).into_iter().enumerate().collect();
+        let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = map_collect(sequential, bands, |(b, band)| {
+            let mut task = BandTask::new(band, p, m, ny_out, nx_out);
+            let shared = task.scan(frame, &blocks, &items[offsets[b]..offsets[b + 1]]);
+            (task.n_pixels, task.n_contributions, task.planes, shared)
+        });
         // Pixels that may reach several bands are counted once.
         let mut shared: Vec<u32> = parts.iter().flat_map(|t| t.3.iter().copied()).collect();
         shared.sort_unstable();
         shared.dedup();
         let n_pixels = shared.len() as u64 + parts.iter().map(|t| t.0).sum::<u64>();
         merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _)| (nc, pl)), n_pixels)
-    })
+    };
+    if threads == 1 {
+        Ok(run(true))
+    } else {
+        run_in_pool(threads, move || run(false))
+    }
+}
+
+/// `items` mapped by `f` and collected in order: on the current rayon pool,
+/// or on this thread when `sequential`.
+fn map_collect<T: Send, R: Send>(sequential: bool, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
+    if sequential {
+        items.into_iter().map(f).collect()
+    } else {
+        items.into_par_iter().map(f).collect()
+    }
 }
 
 /// Tests can cap the build of the scan to compare the builds (all give the
