@@ -462,19 +462,47 @@ fn run_in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> Result<
     if threads == 0 {
         return Ok(f());
     }
+    Ok(pool_of(threads)?.install(f))
+}
+
+/// The rayon pool of `threads` (> 0) threads, built on first use and kept.
+fn pool_of(threads: usize) -> Result<Arc<rayon::ThreadPool>, String> {
     static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
-    let pool = {
-        let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
-        match pools.get(&threads) {
-            Some(pool) => Arc::clone(pool),
-            None => {
-                let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?);
-                pools.insert(threads, Arc::clone(&pool));
-                pool
-            }
+    let mut pools = POOLS.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(pool) = pools.get(&threads) {
+        return Ok(Arc::clone(pool));
+    }
+    let pool = Arc::new(rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| e.to_string())?);
+    pools.insert(threads, Arc::clone(&pool));
+    Ok(pool)
+}
+
+/// `f(0), ..., f(n - 1)` in index order, computed by the calling thread and
+/// the workers of `helpers` (each taking the next index when it finishes one).
+/// The calling thread starts at once, while the helpers (asleep between calls,
+/// tens of microseconds to wake) join in; which thread computes what does not
+/// change the results.
+fn run_indexed<R: Send>(helpers: Option<&rayon::ThreadPool>, n: usize, f: impl Fn(usize) -> R + Sync) -> Vec<R> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<Mutex<Option<R>>> = (0..n).map(|_| Mutex::new(None)).collect();
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
         }
+        let r = f(i);
+        *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
     };
-    Ok(pool.install(f))
+    match helpers {
+        Some(pool) if n > 1 => pool.in_place_scope(|s| {
+            for _ in 0..pool.current_num_threads().min(n - 1) {
+                s.spawn(|_| work());
+            }
+            work();
+        }),
+        _ => work(),
+    }
+    slots.into_iter().map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner()).expect("every index is computed")).collect()
 }
 
 /// Stable counting sort of `n_items` items into bands: returns `(offsets,
@@ -630,7 +658,7 @@ fn cuts(lo: usize, hi: usize, step: usize) -> Vec<usize> {
 /// the blocks of live super-blocks; at each level a boundary segment (a row or
 /// column of corners between two cuts) is read once and shared by the two
 /// parts it separates.
-fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, sequential: bool) -> Vec<LiveBlock> {
+fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, helpers: Option<&rayon::ThreadPool>) -> Vec<LiveBlock> {
     let (ny, nx) = frame.image.dim();
     let reaches = |bbox: Option<(f64, f64, f64, f64)>| match bbox {
         None => Some((0, ny_out as u32 - 1)),
@@ -669,7 +697,7 @@ fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, sequ
         }
     };
     let top_cols = cuts(0, nx, top);
-    map_collect(sequential, (0..ny.div_ceil(top)).collect(), |tr| {
+    run_indexed(helpers, ny.div_ceil(top), |tr| {
         let (tj0, tj1) = (tr * top, ((tr + 1) * top).min(ny));
         let mut live = Vec::new();
         let sides: Vec<CornerBox> = top_cols.iter().map(|&i| column_box(frame, tj0, tj1, i)).collect();
@@ -835,7 +863,8 @@ fn run_bands(
 
 /// Drizzles one frame into the cube: the fused entry point.
 ///
-/// `threads = 0` uses rayon's global pool (`RAYON_NUM_THREADS`).
+/// `threads`: the calling thread and `threads - 1` pool workers; `0`: as many
+/// threads as rayon's global pool has (`RAYON_NUM_THREADS`).
 pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threads: usize) -> Result<FrameStats, String> {
     p.validate()?;
     let (nz, ny_out, nx_out) = cube.shape()?;
@@ -850,44 +879,29 @@ pub fn drizzle_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threa
         return Ok(FrameStats { n_pixels: 0, n_contributions: 0, planes: vec![false; nz] });
     }
     let m = reach(p.kernel);
-    // One thread: on the calling thread, without a pool (whose worker, asleep
-    // between calls, takes tens of microseconds to wake).
-    let run = move |sequential: bool| {
-        let mut blocks = live_blocks(frame, m, ny_out, nx_out, sequential);
-        blocks.sort_unstable_by_key(|b| (b.j0, b.i0));
-        let n_threads = if sequential { 1 } else { rayon::current_num_threads() };
-        let starts = band_starts(ny_out, n_threads, blocks.iter().map(|b| (b.row_lo, b.row_hi)));
-        let n_bands = starts.len() - 1;
-        let band_of = |r: u32| starts.partition_point(|&s| s <= r as usize) as u32 - 1;
-        let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (band_of(blocks[b].row_lo), band_of(blocks[b].row_hi)));
-        let bands: Vec<(usize, Band<'_>)> = cube.into_bands_at(&starts).into_iter().enumerate().collect();
-        let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = map_collect(sequential, bands, |(b, band)| {
-            let mut task = BandTask::new(band, p, m, ny_out, nx_out);
-            let shared = task.scan(frame, &blocks, &items[offsets[b]..offsets[b + 1]]);
-            (task.n_pixels, task.n_contributions, task.planes, shared)
-        });
-        // Pixels that may reach several bands are counted once.
-        let mut shared: Vec<u32> = parts.iter().flat_map(|t| t.3.iter().copied()).collect();
-        shared.sort_unstable();
-        shared.dedup();
-        let n_pixels = shared.len() as u64 + parts.iter().map(|t| t.0).sum::<u64>();
-        merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _)| (nc, pl)), n_pixels)
-    };
-    if threads == 1 {
-        Ok(run(true))
-    } else {
-        run_in_pool(threads, move || run(false))
-    }
-}
-
-/// `items` mapped by `f` and collected in order: on the current rayon pool,
-/// or on this thread when `sequential`.
-fn map_collect<T: Send, R: Send>(sequential: bool, items: Vec<T>, f: impl Fn(T) -> R + Sync + Send) -> Vec<R> {
-    if sequential {
-        items.into_iter().map(f).collect()
-    } else {
-        items.into_par_iter().map(f).collect()
-    }
+    // The calling thread and `threads - 1` pool workers (see `run_indexed`).
+    let threads = if threads == 0 { rayon::current_num_threads() } else { threads };
+    let pool = if threads > 1 { Some(pool_of(threads - 1)?) } else { None };
+    let helpers = pool.as_deref();
+    let mut blocks = live_blocks(frame, m, ny_out, nx_out, helpers);
+    blocks.sort_unstable_by_key(|b| (b.j0, b.i0));
+    let starts = band_starts(ny_out, threads, blocks.iter().map(|b| (b.row_lo, b.row_hi)));
+    let n_bands = starts.len() - 1;
+    let band_of = |r: u32| starts.partition_point(|&s| s <= r as usize) as u32 - 1;
+    let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (band_of(blocks[b].row_lo), band_of(blocks[b].row_hi)));
+    let bands: Vec<Mutex<Option<Band<'_>>>> = cube.into_bands_at(&starts).into_iter().map(|b| Mutex::new(Some(b))).collect();
+    let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = run_indexed(helpers, bands.len(), |b| {
+        let band = bands[b].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each band is taken once");
+        let mut task = BandTask::new(band, p, m, ny_out, nx_out);
+        let shared = task.scan(frame, &blocks, &items[offsets[b]..offsets[b + 1]]);
+        (task.n_pixels, task.n_contributions, task.planes, shared)
+    });
+    // Pixels that may reach several bands are counted once.
+    let mut shared: Vec<u32> = parts.iter().flat_map(|t| t.3.iter().copied()).collect();
+    shared.sort_unstable();
+    shared.dedup();
+    let n_pixels = shared.len() as u64 + parts.iter().map(|t| t.0).sum::<u64>();
+    Ok(merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _)| (nc, pl)), n_pixels))
 }
 
 /// Tests can cap the build of the scan to compare the builds (all give the
