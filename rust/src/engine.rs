@@ -1147,8 +1147,11 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 let (r0, c0) = (fp.r0[l], fp.c0[l]);
                 let inside = |rows: f64, cols: f64| r0 >= lo && r0 + rows <= hi && c0 >= 0.0 && c0 + cols <= x_hi;
                 let wide = fp.c1[l] - c0 == 2.0;
+                // Every other lane: neighbouring pixels target the same cache lines
+                // (measured on the extension: ~1.5% faster than every lane; the
+                // first lane only was slower).
                 // SAFETY: `pf_off` is finite and a whole number (see above).
-                let pf = prefetching.then(|| unsafe { pf_off[l].to_int_unchecked::<isize>() });
+                let pf = (prefetching && l % 2 == 0).then(|| unsafe { pf_off[l].to_int_unchecked::<isize>() });
                 // SAFETY (the casts): `inside` makes `r0`, `c0` finite whole numbers in 0 .. 2^32.
                 let cells = || unsafe { (r0.to_int_unchecked::<isize>() as usize, c0.to_int_unchecked::<isize>() as usize) };
                 let landed = match fp.shape(l) {
