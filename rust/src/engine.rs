@@ -671,16 +671,22 @@ fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, help
     };
     let side = BLOCK * SUPER;
     let top = side * TOP;
+    // Of the parts of pixel rows `j0 .. j1` between consecutive column cuts `cols`,
+    // those whose outline reaches the grid.
+    let live_parts = |j0: usize, j1: usize, cols: &[usize]| -> Vec<(usize, usize)> {
+        let sides: Vec<CornerBox> = cols.iter().map(|&i| column_box(frame, j0, j1, i)).collect();
+        let mut live = Vec::new();
+        for (s, w) in cols.windows(2).enumerate() {
+            let outline = row_box(frame, j0, w[0], w[1]).union(row_box(frame, j1, w[0], w[1])).union(sides[s]).union(sides[s + 1]);
+            if reaches(outline.bbox()).is_some() {
+                live.push((w[0], w[1]));
+            }
+        }
+        live
+    };
     // The blocks of super-row `sj0 .. sj1` between corner columns `ci0` and `ci1`.
     let super_row = |sj0: usize, sj1: usize, ci0: usize, ci1: usize, live: &mut Vec<LiveBlock>| {
-        let super_cols = cuts(ci0, ci1, side);
-        let sides: Vec<CornerBox> = super_cols.iter().map(|&i| column_box(frame, sj0, sj1, i)).collect();
-        for (s, w) in super_cols.windows(2).enumerate() {
-            let (si0, si1) = (w[0], w[1]);
-            let outline = row_box(frame, sj0, si0, si1).union(row_box(frame, sj1, si0, si1)).union(sides[s]).union(sides[s + 1]);
-            if reaches(outline.bbox()).is_none() {
-                continue;
-            }
+        for (si0, si1) in live_parts(sj0, sj1, &cuts(ci0, ci1, side)) {
             let cols = cuts(si0, si1, BLOCK);
             let mut top: Vec<CornerBox> = cols.windows(2).map(|c| row_box(frame, sj0, c[0], c[1])).collect();
             for j0 in (sj0..sj1).step_by(BLOCK) {
@@ -701,13 +707,7 @@ fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, help
     run_indexed(helpers, ny.div_ceil(top), |tr| {
         let (tj0, tj1) = (tr * top, ((tr + 1) * top).min(ny));
         let mut live = Vec::new();
-        let sides: Vec<CornerBox> = top_cols.iter().map(|&i| column_box(frame, tj0, tj1, i)).collect();
-        for (t, w) in top_cols.windows(2).enumerate() {
-            let (ti0, ti1) = (w[0], w[1]);
-            let outline = row_box(frame, tj0, ti0, ti1).union(row_box(frame, tj1, ti0, ti1)).union(sides[t]).union(sides[t + 1]);
-            if reaches(outline.bbox()).is_none() {
-                continue;
-            }
+        for (ti0, ti1) in live_parts(tj0, tj1, &top_cols) {
             for sj0 in (tj0..tj1).step_by(side) {
                 super_row(sj0, (sj0 + side).min(tj1), ti0, ti1, &mut live);
             }
