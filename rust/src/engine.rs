@@ -988,9 +988,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// also reach another band. Uses the AVX-512 or AVX2 build where the CPU has it (same bits).
     fn scan(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("avx512dq")
-            && std::is_x86_feature_detected!("avx512vl")
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
             && build_cap() == 0
         {
             // SAFETY: the CPU supports these features (checked just above).
@@ -1205,8 +1205,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// `(r0, c0)` (fractions `f[a][b]` for `(r0 + a, c0 + b)`), all inside this
     /// band and the grid: the voxel updates of [`Self::deposit_checked`] (each
     /// voxel receives at most one update per pixel, so their order within the
-    /// pixel does not matter), with each plane deposited as the spectral
-    /// overlaps are found.
+    /// pixel does not matter), the six array pointers and the pixel's values in
+    /// locals.
     ///
     /// SAFETY: `i` must be a column of the checked frame behind `row`; the R x C
     /// output pixels must lie in this band and on the grid; `UNIT` only if the
@@ -1224,11 +1224,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
         f: &[[f64; C]; R],
         prefetch_at: Option<isize>,
     ) -> bool {
-        let p = self.p;
-        let excluded = row.exclude.is_some_and(|e| unsafe { e.get::<UNIT>(i) });
-        let (value, variance, flags) = unsafe { (row.image.get::<UNIT>(i), row.variance.get::<UNIT>(i), row.flags.get::<UNIT>(i)) };
-        let pix = unsafe { pixel_value(value, variance, flags, row.lam.get::<UNIT>(i), row.dlam.get::<UNIT>(i), excluded, p) };
-        let Some(pix) = pix else { return false };
+        let Some((pix, n_z)) = (unsafe { self.value_and_overlaps::<UNIT>(row, i) }) else { return false };
+        // SAFETY: the first `n_z` entries were just written.
+        let zov = unsafe { self.zov_buf.get_unchecked(..n_z) };
         let (band, planes, keep_from, neg) = (&mut self.band, &mut self.planes, self.keep_from, self.negligible);
         let pf_last = &mut self.pf_last;
         debug_assert!(r0 >= band.r0 && r0 + R <= band.r0 + band.rows && c0 + C <= band.nx);
@@ -1237,17 +1235,6 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let base = (r0 - band.r0) as isize * st[1] + c0 as isize * st[2];
         // Cells with a negligible fraction get nothing (a zero fraction fails `keep_from`).
         let f = f.map(|fr| fr.map(|x| if x > neg { x } else { 0.0 }));
-        let (buf, mut n_z) = (self.zov_buf.as_mut_ptr(), 0);
-        debug_assert_eq!(self.zov_buf.len(), nz);
-        // Each plane is emitted at most once and is below `nz` (the planes of
-        // `p.z_edges`; see `BandTask::new`), so `n_z` stays within the buffer.
-        spectral::for_each_overlap_hinted(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, &mut self.z_hint, |k, f_z| {
-            // SAFETY: `n_z < nz`, the buffer's length (above).
-            unsafe { buf.add(n_z).write((k, f_z)) };
-            n_z += 1;
-        });
-        // SAFETY: the first `n_z` entries were just written.
-        let zov = unsafe { std::slice::from_raw_parts(buf, n_z) };
         // The pointers and values in locals, so that the compiler need not
         // reload them after every store into the cube.
         let vox = band.vox;
@@ -1292,6 +1279,30 @@ impl<'a, 'p> BandTask<'a, 'p> {
         self.count_pixel(y0, y1)
     }
 
+    /// The value of pixel `i` of `row` ([`pixel_value`]) and its spectral
+    /// overlaps, written to the start of `zov_buf` (their number returned);
+    /// `None` when the pixel is skipped.
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`; `UNIT`
+    /// only if the frame's rows have unit stride.
+    #[inline(always)]
+    unsafe fn value_and_overlaps<const UNIT: bool>(&mut self, row: &FrameRow, i: usize) -> Option<(PixelValue, usize)> {
+        let p = self.p;
+        let excluded = row.exclude.is_some_and(|e| unsafe { e.get::<UNIT>(i) });
+        let (value, variance, flags) = unsafe { (row.image.get::<UNIT>(i), row.variance.get::<UNIT>(i), row.flags.get::<UNIT>(i)) };
+        let pix = pixel_value(value, variance, flags, unsafe { row.lam.get::<UNIT>(i) }, unsafe { row.dlam.get::<UNIT>(i) }, excluded, p)?;
+        let (buf, mut n) = (self.zov_buf.as_mut_ptr(), 0);
+        debug_assert_eq!(self.zov_buf.len(), self.band.nz);
+        // Each plane is emitted at most once and is below the cube's plane count
+        // (the planes of `p.z_edges`; see `BandTask::new`), the buffer's length.
+        spectral::for_each_overlap_hinted(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, &mut self.z_hint, |k, f_z| {
+            // SAFETY: `n` is below the buffer's length (above).
+            unsafe { buf.add(n).write((k, f_z)) };
+            n += 1;
+        });
+        Some((pix, n))
+    }
+
     /// Counts a pixel that deposited here when no other band can receive it;
     /// returns true when another band may (the caller then counts it in the
     /// shared set instead).
@@ -1316,17 +1327,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// SAFETY: `i` must be a column of the checked frame behind `row`.
     #[inline(never)]
     unsafe fn land(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, spot: Spot) -> bool {
-        let p = self.p;
         let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
-        let excluded = row.exclude.is_some_and(|e| unsafe { e.at(i) });
-        let pix = unsafe { pixel_value(row.image.at(i), row.variance.at(i), row.flags.at(i), row.lam.at(i), row.dlam.at(i), excluded, p) };
-        let Some(pix) = pix else { return false };
-        let (buf, mut n) = (&mut self.zov_buf, 0);
-        // Each plane is emitted at most once, so `n` stays within the buffer.
-        spectral::for_each_overlap_hinted(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, &mut self.z_hint, |k, f| {
-            buf[n] = (k, f);
-            n += 1;
-        });
+        let Some((pix, n)) = (unsafe { self.value_and_overlaps::<false>(row, i) }) else { return false };
         if n == 0 {
             return false;
         }
