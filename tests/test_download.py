@@ -10,23 +10,27 @@ from pathlib import Path
 import pytest
 from astropy.io import fits
 
-from spxquery.drizzle3d.download import (
-    DownloadTask,
-    check_fits_file,
-    download_files,
+from spxquery.drizzle3d.archive.download import DownloadTask, download_files
+from spxquery.drizzle3d.archive.fetch import resolve_mirror
+from spxquery.drizzle3d.archive.locations import FrameLocation, cutout_url, locate_frame
+from spxquery.drizzle3d.archive.retry import (
+    MAX_BACKOFF,
+    MAX_RETRY_AFTER,
+    backoff_delay,
+    is_retryable_status,
     parse_retry_after,
 )
+from spxquery.drizzle3d.archive.verify import check_fits_file
 from spxquery.drizzle3d.query import (
     DrizzleObservation,
     download_observations,
     download_observations_report,
     local_file_name,
     mirror_path,
-    resolve_mirror,
 )
 from spxquery.drizzle3d.testing import ArchiveServer, Fault, simple_cutout, write_index, write_small_frame
 
-FAST = dict(backoff_base=0.01, progress=False, timeout=5.0)
+FAST = {"backoff_base": 0.01, "progress": False, "timeout": 5.0}
 
 
 @pytest.fixture(scope="module")
@@ -326,3 +330,35 @@ def test_local_names_never_collide(archive):
     assert cut == full[:-5] + "_cutout_10.000000_-0.500000_0.100000deg.fits"
     assert cut != local_file_name(o, (10.0, -0.5, 0.2))
     assert os.sep not in local_file_name(DrizzleObservation("a", "D1", 1, 0.0, "https://h/x/..%2f..%2fevil.fits"))
+
+
+def test_retry_policy():
+    assert all(is_retryable_status(c) for c in (408, 425, 429, 500, 503, 504, 599))
+    assert not any(is_retryable_status(c) for c in (200, 206, 301, 400, 403, 404, 416, 600))
+    for attempt in range(1, 12):
+        d = backoff_delay(attempt, 1.0)
+        assert 0.5 * min(MAX_BACKOFF, 2.0 ** (attempt - 1)) <= d <= 1.5 * min(MAX_BACKOFF, 2.0 ** (attempt - 1))
+    assert backoff_delay(1, 0.01, retry_after=7.0) == 7.0  # the server's wait wins
+    assert backoff_delay(1, 0.01, retry_after=1e6) == MAX_RETRY_AFTER  # but is capped
+
+
+def test_locate_frame_says_where_the_bytes_are(archive, tmp_path):
+    root, rows = archive
+    url = "https://irsa.ipac.caltech.edu/" + rows[1]["uri"]
+    o = DrizzleObservation("2025W18_2B_0002_1", "D3", 3, 0.0, url, content_length=rows[1]["contentlength"],
+                           checksum=rows[1]["contentchecksum"])
+    m = locate_frame(o, data_mirror=root, output_dir=tmp_path, cutout=(10.0, 0.0, 0.1))  # the mirror wins
+    assert m == FrameLocation("mirror", mirror_path(root, url), url, rows[1]["contentlength"],
+                              rows[1]["contentchecksum"])
+    assert m.path.is_file() and m.path.stat().st_size == m.expected_length
+    d = locate_frame(o, output_dir=tmp_path)
+    assert d == FrameLocation("download", tmp_path / "images" / "D3" / local_file_name(o), url,
+                              rows[1]["contentlength"], rows[1]["contentchecksum"])
+    c = locate_frame(o, output_dir=tmp_path, cutout=(10.0, 0.0, 0.1))
+    assert c.kind == "download" and c.url == cutout_url(url, (10.0, 0.0, 0.1))
+    assert c.path == tmp_path / "images" / "D3" / local_file_name(o, (10.0, 0.0, 0.1))
+    assert c.expected_length is None and c.checksum is None  # the archive describes the whole file only
+    with pytest.raises(ValueError, match="data_mirror or output_dir"):
+        locate_frame(o)
+    with pytest.raises(ValueError, match="no '/ibe/data/spherex/'"):
+        locate_frame(DrizzleObservation("x", "D1", 1, 0.0, "https://example.org/x.fits"), data_mirror=root)

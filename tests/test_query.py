@@ -12,22 +12,14 @@ import numpy as np
 import pytest
 import pyvo
 
-from spxquery.drizzle3d import download as dl
+from spxquery.drizzle3d.archive import retry
+from spxquery.drizzle3d.archive.adql import build_adql
+from spxquery.drizzle3d.archive.locations import cutout_size_deg, data_base_url
+from spxquery.drizzle3d.archive.observations import deduplicate_newest, parse_version
+from spxquery.drizzle3d.archive.search import SEARCH_MARGIN_DEG, TooManyFramesError
+from spxquery.drizzle3d.archive.tap import ArchiveQueryError, run_tap_query
 from spxquery.drizzle3d.config import Drizzle3DConfig
-from spxquery.drizzle3d.query import (
-    SEARCH_MARGIN_DEG,
-    ArchiveQueryError,
-    DrizzleObservation,
-    TooManyFramesError,
-    build_adql,
-    cutout_size_deg,
-    data_base_url,
-    deduplicate_newest,
-    parse_version,
-    query_observations,
-    resolve_cutout,
-    run_tap_query,
-)
+from spxquery.drizzle3d.query import DrizzleObservation, query_observations, resolve_cutout
 from spxquery.drizzle3d.testing import ArchiveServer, Fault, write_index, write_small_frame
 
 RA, DEC = 10.0, 0.0
@@ -37,7 +29,10 @@ RA, DEC = 10.0, 0.0
 def archive(tmp_path_factory):
     """Region: 6' x 6' at (10, 0); search radius = half-diagonal + margin ~ 0.074 deg."""
     root = tmp_path_factory.mktemp("qarch")
-    w = lambda *a, **k: write_small_frame(root, *a, **k)  # noqa: E731
+
+    def w(*a, **k):
+        return write_small_frame(root, *a, **k)
+
     rows = {
         "A_old": w("2025W18_2B_0001_1", 3, ra=RA, dec=DEC, mjd=60800.0, version=12, date="2025-164"),
         "A_new": w("2025W18_2B_0001_1", 3, ra=RA, dec=DEC, mjd=60800.0, version=13, date="2025-200"),
@@ -56,8 +51,8 @@ def archive(tmp_path_factory):
 
 
 def _cfg(srv, **kw):
-    base = dict(center_ra=RA, center_dec=DEC, width=6.0, height=6.0, detector=3, tap_url=srv.tap_url,
-                mjd_range=(60790.0, 60850.0), download_timeout=5.0, download_retries=2, progress=False)
+    base = {"center_ra": RA, "center_dec": DEC, "width": 6.0, "height": 6.0, "detector": 3, "tap_url": srv.tap_url,
+            "mjd_range": (60790.0, 60850.0), "download_timeout": 5.0, "download_retries": 2, "progress": False}
     base.update(kw)
     return Drizzle3DConfig(**base)
 
@@ -208,7 +203,10 @@ def test_adql_only_takes_validated_numbers():
 def test_versions_and_dedup():
     assert parse_version("https://x/qr3/level2/p/l2b-v20-2025-247/3/level2_A_1D3_spx_l2b-v20-2025-247.fits") == (20, 2025, 247)
     assert parse_version("no-version.fits") == (-1, -1, -1)
-    mk = lambda oid, det, url, mjd=1.0: DrizzleObservation(oid, f"D{det}", det, mjd, url)  # noqa: E731
+
+    def mk(oid, det, url, mjd=1.0):
+        return DrizzleObservation(oid, f"D{det}", det, mjd, url)
+
     obs = [
         mk("A", 3, "u/l2b-v12-2025-164/x_l2b-v12-2025-164.fits", 2.0),
         mk("A", 3, "u/l2b-v12-2025-170/x_l2b-v12-2025-170.fits", 2.0),  # same version, later date wins
@@ -250,8 +248,9 @@ def field(tmp_path_factory):
 
 
 def _field_cfg(srv, out, **kw):
-    base = dict(center_ra=150.0, center_dec=2.0, width=4.0, height=4.0, detector=3, tap_url=srv.tap_url,
-                output_dir=out, progress=False, use_cutouts=False, download_timeout=0.5, download_retries=3)
+    base = {"center_ra": 150.0, "center_dec": 2.0, "width": 4.0, "height": 4.0, "detector": 3,
+            "tap_url": srv.tap_url, "output_dir": out, "progress": False, "use_cutouts": False,
+            "download_timeout": 0.5, "download_retries": 3}
     base.update(kw)
     return Drizzle3DConfig(**base)
 
@@ -260,7 +259,7 @@ def test_pipeline_end_to_end_download_cutout_and_mirror(field, tmp_path, monkeyp
     pipeline = pytest.importorskip("spxquery.drizzle3d.pipeline")
     from spxquery.drizzle3d.io import load_cube
 
-    monkeypatch.setattr(dl, "DEFAULT_BACKOFF_BASE", 0.01)  # our own knob: fast retries
+    monkeypatch.setattr(retry, "DEFAULT_BACKOFF_BASE", 0.01)  # our own knob: fast retries
     current = {p.name: p for _, p in field.current_frames()}
     superseded = {p.name for m, p in zip(field.frames, field.paths) if m.extra.get("superseded")}
     assert len(current) == 6 and len(superseded) == 2
@@ -298,3 +297,30 @@ def test_pipeline_end_to_end_download_cutout_and_mirror(field, tmp_path, monkeyp
     cube_m = load_cube(res_m[3])
     np.testing.assert_array_equal(cube_m["sci"], cube_dl["sci"])
     np.testing.assert_array_equal(cube_m["count"], cube_dl["count"])
+
+
+def test_query_module_keeps_the_041_api():
+    """``spxquery.drizzle3d.query`` is the 0.4.1 API module: its names are the archive
+    package's objects, with the 0.4.1 signatures."""
+    import inspect
+
+    from spxquery.drizzle3d import archive, query
+    from spxquery.drizzle3d.archive import fetch, locations, observations, search
+
+    assert query.DrizzleObservation is observations.DrizzleObservation
+    assert query.query_observations is search.query_observations is archive.query_observations
+    assert query.download_observations is fetch.download_observations
+    for name in ("resolve_cutout", "mirror_path", "local_file_name"):
+        assert getattr(query, name) is getattr(locations, name)
+    assert query.download_observations_report is fetch.download_observations_report
+    for name in query.__all__:
+        assert getattr(query, name).__module__.startswith("spxquery.drizzle3d.archive."), name
+    o = DrizzleObservation("2025W18_2B_0001_1", "D3", 3, 60800.5, "https://h/x.fits")  # 0.4.1 positional order
+    assert (o.obs_id, o.band, o.detector, o.mjd, o.download_url) == ("2025W18_2B_0001_1", "D3", 3, 60800.5,
+                                                                     "https://h/x.fits")
+    params = inspect.signature(query.download_observations).parameters
+    assert [(p.name, p.default) for p in list(params.values())[:5]] == [
+        ("observations", inspect.Parameter.empty), ("output_dir", inspect.Parameter.empty), ("max_workers", 4),
+        ("skip_existing", True), ("data_mirror", None),
+    ]
+    assert next(iter(inspect.signature(query.query_observations).parameters)) == "config"

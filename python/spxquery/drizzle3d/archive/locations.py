@@ -1,0 +1,164 @@
+"""Where a frame's bytes are: archive URLs, cutout URLs, mirror paths, local file names.
+
+An archive ``uri`` is relative to the parent of the TAP endpoint; the part of a URL after
+``/ibe/data/spherex/`` is the path in a mirror tree (and the key in the S3 copy). A cutout
+is the file URL with ``?center=<ra>,<dec>&size=<deg>``. :func:`locate_frame` turns one
+observation and the run's settings into a :class:`FrameLocation`, the one answer to "where
+are this frame's bytes, and what must they look like". Angles in degrees, sizes in bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote, urljoin, urlsplit
+
+from .adql import format_number
+
+if TYPE_CHECKING:
+    from ..config import Drizzle3DConfig
+    from .observations import DrizzleObservation
+
+logger = logging.getLogger(__name__)
+
+#: Path marker after which an archive URL maps onto a mirror / S3 key.
+DATA_MARKER = "/ibe/data/spherex/"
+#: Side of a SPHEREx frame on the sky (deg).
+FRAME_SIZE_DEG = 3.5
+#: Auto rule: cutouts when the cutout side (region diagonal + 2 margins) is below this (deg).
+CUTOUT_AUTO_MAX_DEG = 1.0
+
+#: A cutout request: (ra, dec, side), deg.
+Cutout = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class FrameLocation:
+    """Where one frame's bytes are, and what they must look like.
+
+    ``kind``: ``"mirror"`` (``path`` is the file in a local mirror tree; no network) or
+    ``"download"`` (``url`` is fetched into ``path``, the download cache).
+    ``url``: what to fetch (the archive's file URL, or its cutout URL).
+    ``expected_length`` (bytes) and ``checksum`` (``md5:<hex>``): the archive's
+    description of the bytes at ``url``; None when it gives none (cutouts).
+    """
+
+    kind: Literal["mirror", "download"]
+    path: Path
+    url: str
+    expected_length: int | None = None
+    checksum: str | None = None
+
+
+def url_file_name(url: str) -> str:
+    """Last path component of ``url`` (unquoted), e.g. ``level2_..._l2b-v20-2025-247.fits``."""
+    return PurePosixPath(unquote(urlsplit(url).path)).name
+
+
+def data_base_url(tap_url: str) -> str:
+    """Root that archive ``uri`` values are relative to: the parent of the TAP
+    endpoint (``https://irsa.ipac.caltech.edu/TAP`` -> ``https://irsa.ipac.caltech.edu/``)."""
+    return urljoin(tap_url.rstrip("/") + "/", "..")
+
+
+def mirror_path(data_mirror: Path, url: str) -> Path:
+    """Local path of ``url`` in a mirror: ``data_mirror`` / the part of the URL
+    path after ``/ibe/data/spherex/``. ValueError when the URL has no such part
+    or the path would leave the mirror root."""
+    root = Path(data_mirror).resolve()
+    path = unquote(urlsplit(url).path)
+    idx = path.find(DATA_MARKER)
+    if idx < 0:
+        raise ValueError(f"URL {url!r} has no {DATA_MARKER!r} part; cannot map it into the mirror {root}")
+    rel = path[idx + len(DATA_MARKER):]
+    parts = PurePosixPath(rel).parts
+    if not rel or rel.startswith("/") or any(p == ".." for p in parts):
+        raise ValueError(f"URL {url!r} maps outside the mirror root {root}")
+    local = (root / Path(*parts)).resolve()
+    if not local.is_relative_to(root):
+        raise ValueError(f"URL {url!r} maps to {local}, outside the mirror root {root}")
+    return local
+
+
+def cutout_size_deg(config: Drizzle3DConfig) -> float:
+    """Side (deg) of a square cutout covering the region at any frame rotation:
+    the region's diagonal plus ``cutout_margin_arcmin`` on each side."""
+    return 2.0 * config.spatial_radius_deg() + 2.0 * config.cutout_margin_arcmin / 60.0
+
+
+def resolve_cutout(config: Drizzle3DConfig) -> Cutout | None:
+    """``(ra, dec, size_deg)`` when cutouts should be requested, else None.
+
+    ``use_cutouts`` True/False forces; None (auto) turns cutouts on when the
+    cutout side is below :data:`CUTOUT_AUTO_MAX_DEG` (a frame is ~3.5 deg).
+    Mirror mode never uses cutouts (the mirror holds full frames).
+    """
+    size = cutout_size_deg(config)
+    use = config.use_cutouts
+    if use is None:
+        use = size < CUTOUT_AUTO_MAX_DEG
+    if not use:
+        return None
+    if size >= FRAME_SIZE_DEG:
+        logger.info("cutout side %.2f deg >= frame size; cutouts still requested as configured", size)
+    return (float(config.center_ra), float(config.center_dec), float(size))
+
+
+def _format_cutout(cutout: Cutout) -> tuple[str, str, str]:
+    if len(cutout) != 3:
+        raise ValueError(f"cutout must be (ra, dec, size_deg), got {cutout!r}")
+    ra = format_number("cutout ra", cutout[0], 0.0, 360.0)
+    dec = format_number("cutout dec", cutout[1], -90.0, 90.0)
+    size = format_number("cutout size (deg)", cutout[2], 1e-6, 180.0)
+    return f"{float(ra):.6f}", f"{float(dec):.6f}", f"{float(size):.6f}"
+
+
+def cutout_url(url: str, cutout: Cutout) -> str:
+    """IRSA cutout URL: ``url?center=<ra>,<dec>&size=<deg>`` (degrees)."""
+    ra, dec, size = _format_cutout(cutout)
+    sep = "&" if urlsplit(url).query else "?"
+    return f"{url}{sep}center={ra},{dec}&size={size}"
+
+
+def local_file_name(obs: DrizzleObservation, cutout: Cutout | None = None) -> str:
+    """Local file name: the URL's file name; cutouts get
+    ``<stem>_cutout_<ra>_<dec>_<size>deg.fits`` so they never collide with full frames."""
+    name = obs.file_name
+    if not name or name in (".", "..") or not name.lower().endswith(".fits"):
+        name = f"{obs.obs_id}D{obs.detector}.fits"
+    name = re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+    if cutout is None:
+        return name
+    ra, dec, size = _format_cutout(cutout)
+    return f"{name[:-5]}_cutout_{ra}_{dec}_{size}deg.fits"
+
+
+def download_path(output_dir: Path, obs: DrizzleObservation, cutout: Cutout | None = None) -> Path:
+    """Download-cache path of a frame: ``output_dir/images/D{N}/<local file name>``."""
+    return Path(output_dir) / "images" / f"D{obs.detector}" / local_file_name(obs, cutout)
+
+
+def locate_frame(
+    obs: DrizzleObservation,
+    *,
+    data_mirror: Path | None = None,
+    output_dir: Path | None = None,
+    cutout: Cutout | None = None,
+) -> FrameLocation:
+    """Where the bytes of ``obs`` are (``data_mirror`` given: its mirror file; ``cutout``
+    is ignored there, a mirror holds full frames) or will be (``output_dir``: the download
+    cache, fetched from the file URL or its cutout URL). ValueError when the frame has no
+    place in the mirror or neither root is given."""
+    if data_mirror is not None:
+        path = mirror_path(Path(data_mirror), obs.download_url)
+        return FrameLocation("mirror", path, obs.download_url, obs.content_length, obs.checksum)
+    if output_dir is None:
+        raise ValueError("locate_frame needs data_mirror or output_dir")
+    dest = download_path(Path(output_dir), obs, cutout)
+    if cutout is None:
+        return FrameLocation("download", dest, obs.download_url, obs.content_length, obs.checksum)
+    # the archive's length and checksum describe the whole file, not a cutout of it
+    return FrameLocation("download", dest, cutout_url(obs.download_url, cutout))

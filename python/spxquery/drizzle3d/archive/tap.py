@@ -1,0 +1,174 @@
+"""Running one ADQL query on a TAP service (pyvo), with retries and the sync -> async fallback.
+
+Errors are classified once (:func:`describe_error`): 5xx, 429, 408, timeouts and broken
+connections are retried with backoff (:mod:`.retry`); a rejected query fails at once. In mode
+``"auto"`` a query that keeps failing, times out repeatedly or comes back truncated
+(``QUERY_STATUS = OVERFLOW``) is sent again as an async (UWS) job. A truncated result is
+never returned silently: the table's ``meta["spx_truncated"]`` says so. Times in seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any
+
+import requests
+
+from .retry import backoff_base as _backoff_base
+from .retry import backoff_delay, is_retryable_status, parse_retry_after
+
+logger = logging.getLogger(__name__)
+
+#: Overall wait for an async TAP job (s).
+ASYNC_JOB_TIMEOUT = 900.0
+#: In mode "auto", this many sync timeouts in a row switch to an async job
+#: (a query too slow for a sync answer will not get faster by repeating it).
+SYNC_TIMEOUTS_BEFORE_ASYNC = 2
+
+
+class ArchiveQueryError(RuntimeError):
+    """The TAP service could not answer (after retries) or answered unusably."""
+
+
+class _TimeoutSession(requests.Session):
+    """Session applying a default timeout (s) to requests that set none
+    (pyvo's sync queries pass no timeout)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self.default_timeout = timeout
+
+    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.default_timeout
+        return super().request(method, url, *args, **kwargs)
+
+
+def describe_error(exc: BaseException) -> tuple[str, bool, float | None, bool]:
+    """(description, retryable, retry_after seconds, is_timeout) of a pyvo/requests error."""
+    from pyvo.dal import DALFormatError, DALQueryError, DALServiceError
+
+    cause: BaseException | None = exc
+    code: int | None = getattr(exc, "code", None) if isinstance(exc, DALServiceError) else None
+    response = None
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        resp = getattr(cause, "response", None)
+        if resp is not None and response is None:
+            response = resp
+        if isinstance(cause, requests.exceptions.Timeout):
+            return f"{type(cause).__name__}: {cause}", True, None, True
+        if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+            return f"{type(cause).__name__}: {cause}", True, None, False
+        cause = getattr(cause, "cause", None) or cause.__cause__ or cause.__context__
+    if response is not None and not code:
+        code = response.status_code
+    retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
+    if isinstance(exc, DALQueryError) and not code:
+        return f"query rejected by the service: {exc}", False, None, False
+    if code:
+        return f"HTTP {code}: {str(exc).strip()}", is_retryable_status(code), retry_after, False
+    if isinstance(exc, DALFormatError):
+        return f"unreadable response: {exc}", True, None, False
+    if isinstance(exc, DALServiceError):
+        return f"service error: {exc}", True, None, False
+    return f"{type(exc).__name__}: {exc}", False, None, False
+
+
+def _submit(service: Any, adql: str, mode: str) -> Any:
+    """One sync query or one async job; pyvo's overflow warning is ours to report."""
+    from pyvo.dal import DALOverflowWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DALOverflowWarning)
+        if mode == "sync":
+            return service.run_sync(adql)
+        return service.run_async(adql, timeout=ASYNC_JOB_TIMEOUT)
+
+
+def _run_mode(
+    service: Any, adql: str, mode: str, *, tap_url: str, auto: bool, last: bool, retries: int, base: float,
+    history: list[str],
+) -> Any:
+    """Up to ``retries + 1`` attempts in ``mode``: the result table (with
+    ``meta["spx_truncated"]``), or None when this mode gave up. Each failure is
+    appended to ``history``; a non-retryable one raises :class:`ArchiveQueryError`."""
+    timeouts = 0
+    for attempt in range(retries + 1):
+        try:
+            result = _submit(service, adql, mode)
+        except Exception as exc:  # pyvo raises several DAL* types, requests a few more
+            desc, retryable, retry_after, is_timeout = describe_error(exc)
+            history.append(f"{mode}: {desc}")
+            if not retryable:
+                raise ArchiveQueryError(f"TAP query to {tap_url} failed ({mode}): {desc}") from exc
+            timeouts = timeouts + 1 if is_timeout else 0
+            if mode == "sync" and auto and timeouts >= SYNC_TIMEOUTS_BEFORE_ASYNC:
+                logger.warning("TAP sync query to %s timed out %d times in a row; switching to an async job",
+                               tap_url, timeouts)
+                return None
+            if attempt < retries:
+                delay = backoff_delay(attempt + 1, base, retry_after)
+                logger.warning("TAP %s query to %s failed (%s); retry %d/%d in %.2f s",
+                               mode, tap_url, desc, attempt + 1, retries, delay)
+                time.sleep(delay)
+            continue
+        table = result.to_table()
+        truncated = (result.query_status or "OK").upper() == "OVERFLOW"
+        table.meta["spx_truncated"] = truncated
+        if truncated:
+            history.append(f"{mode}: result truncated by the service at {len(table)} rows")
+            logger.warning("TAP %s result from %s truncated at %d rows", mode, tap_url, len(table))
+        elif mode == "async" and auto:
+            logger.info("TAP async query to %s succeeded after sync failures", tap_url)
+        return table
+    if not last:
+        logger.warning("TAP sync query to %s failed %d times; trying an async job", tap_url, retries + 1)
+    return None
+
+
+def run_tap_query(
+    tap_url: str,
+    adql: str,
+    *,
+    mode: str = "auto",
+    timeout: float = 60.0,
+    retries: int = 5,
+    backoff_base: float | None = None,
+    session: requests.Session | None = None,
+) -> Any:
+    """Run ``adql`` on the TAP service at ``tap_url``; returns an astropy Table.
+
+    ``mode``: ``"sync"``, ``"async"`` or ``"auto"`` (sync, then async when
+    sync keeps failing with retryable errors, times out
+    :data:`SYNC_TIMEOUTS_BEFORE_ASYNC` times in a row, or the result is truncated).
+    Retries (``retries`` extra attempts per mode) with exponential backoff on
+    5xx/429/408, timeouts (``timeout`` s per HTTP exchange) and broken
+    connections. Raises :class:`ArchiveQueryError` naming the URL and the last
+    error. A truncated (OVERFLOW) result is never returned silently.
+    """
+    import pyvo
+
+    if mode not in ("auto", "sync", "async"):
+        raise ValueError(f"mode must be 'auto', 'sync' or 'async', got {mode!r}")
+    base = _backoff_base(backoff_base)
+    service = pyvo.dal.TAPService(tap_url, session=session if session is not None else _TimeoutSession(timeout))
+    modes = ["sync", "async"] if mode == "auto" else [mode]
+    history: list[str] = []
+    truncated_at: int | None = None
+    for m in modes:
+        table = _run_mode(service, adql, m, tap_url=tap_url, auto=mode == "auto", last=m == modes[-1],
+                          retries=retries, base=base, history=history)
+        if table is None:
+            continue
+        if not table.meta["spx_truncated"] or m == modes[-1]:
+            return table
+        truncated_at = len(table)  # try the next mode
+    last = history[-1] if history else "no attempt made"
+    extra = f" (truncated at {truncated_at} rows)" if truncated_at is not None else ""
+    raise ArchiveQueryError(
+        f"TAP query to {tap_url} failed after {len(history)} attempts{extra}; last error: {last}"
+    )
