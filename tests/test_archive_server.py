@@ -174,7 +174,7 @@ def test_faults_drop_and_lie(archive):
         url = srv.url_for(rows[0]["uri"])
         srv.faults.add("0001_1D3", Fault(drop_after=3000))
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
-            requests.get(url, timeout=5).content
+            _ = requests.get(url, timeout=5).content
         srv.faults.add("0001_1D3", Fault(content_length_delta=-500))
         r = requests.get(url, timeout=5)
         assert len(r.content) == len(data) - 500

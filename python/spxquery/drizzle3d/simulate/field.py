@@ -9,18 +9,26 @@ Layout written under ``root``::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from ..testing.archive_index import INDEX_FILE, load_index, write_index
+from ..testing.archive_index import index_row as make_index_row
 from .instrument import (
-    NPIX, PHOTON_GAIN, READ_NOISE, ZODI_PARAMS, FrameMeta, detector_band, frame_pixel_to_world,
+    NPIX,
+    PHOTON_GAIN,
+    READ_NOISE,
+    ZODI_PARAMS,
+    FrameMeta,
+    detector_band,
+    frame_pixel_to_world,
     make_frame_meta,
 )
 from .l2file import build_l2_hdulist, cutout_box, cutout_meta, l2_relpath, make_cutout, render_frame, write_l2_file
@@ -29,8 +37,16 @@ from .sky import EmissionLine, ExtendedSource, PointSource, SkyModel, Spectrum, 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FieldInfo", "default_sky", "solve_pointing", "simulate_frame", "simulate_field", "frame_footprint",
-    "index_row", "load_truth", "load_index", "RELEASE_VERSIONS",
+    "RELEASE_VERSIONS",
+    "FieldInfo",
+    "default_sky",
+    "frame_footprint",
+    "index_row",
+    "load_index",
+    "load_truth",
+    "simulate_field",
+    "simulate_frame",
+    "solve_pointing",
 ]
 
 #: Current and superseded processing versions per release.
@@ -40,7 +56,6 @@ RELEASE_VERSIONS = {
 }
 EXPOSURE_DAYS = 112.0 / 86400.0
 TRUTH_FILE = "truth.json"
-INDEX_FILE = "archive_index.json"
 
 
 def default_sky(center_ra: float, center_dec: float, detectors: Sequence[int] = (3,),
@@ -91,31 +106,11 @@ def frame_footprint(meta: FrameMeta) -> list[float]:
     return [float(v) for pair in zip(ra, dec) for v in pair]
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def index_row(meta: FrameMeta, path: Path) -> dict[str, Any]:
     """One archive_index.json row for the file at ``path`` described by ``meta``."""
-    lo, hi = detector_band(meta.detector)
-    return {
-        "obs_publisher_did": f"ivo://irsa.ipac/spherex_{meta.release}?{meta.obsid}/D{meta.detector}",
-        "energy_bandpassname": f"SPHEREx-D{meta.detector}",
-        "energy_bounds_lower": lo * 1e-6,
-        "energy_bounds_upper": hi * 1e-6,
-        "time_bounds_lower": float(meta.mjd_beg),
-        "time_bounds_upper": float(meta.mjd_end),
-        "poly": frame_footprint(meta),
-        "uri": f"ibe/data/spherex/{meta.relpath}",
-        "contentlength": int(path.stat().st_size),
-        "contentchecksum": f"md5:{_md5(path)}",
-        "producttype": "image",
-        "collection": f"spherex_{meta.release}",
-    }
+    return make_index_row(path, f"ibe/data/spherex/{meta.relpath}", release=meta.release, obs_id=meta.obsid,
+                          detector=meta.detector, band_um=detector_band(meta.detector),
+                          mjd=(float(meta.mjd_beg), float(meta.mjd_end)), poly=frame_footprint(meta))
 
 
 def simulate_frame(path: str | Path, meta: FrameMeta, sky: SkyModel,
@@ -158,6 +153,45 @@ class FieldInfo:
         return [(m, p) for m, p in zip(self.frames, self.paths) if not m.extra.get("superseded")]
 
 
+def _pointings(n_pointings: int, seed: int, pa_deg: float, y_range: tuple[float, float],
+               x_jitter: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per pointing: (x, y) detector pixel (0-based) of the field centre, position angle (deg)
+    and zodi level (relative), drawn from ``seed`` (see :func:`simulate_field`)."""
+    rng = np.random.default_rng([int(seed), 7])
+    ys = np.linspace(y_range[0], y_range[1], n_pointings) if n_pointings > 1 else np.array([0.5 * sum(y_range)])
+    ys = ys[rng.permutation(n_pointings)]
+    xs = (NPIX - 1) / 2.0 + rng.uniform(-x_jitter, x_jitter, n_pointings)
+    pas = pa_deg + 180.0 * (np.arange(n_pointings) % 2) + rng.uniform(-2.0, 2.0, n_pointings)
+    zl = 1.0 + 0.1 * np.sin(np.arange(n_pointings) * 1.3)
+    return xs, ys, pas, zl
+
+
+def _checked_detectors(release: str, n_pointings: int, detectors: Sequence[int]) -> tuple[int, ...]:
+    """``detectors`` as ints after checking the arguments of :func:`simulate_field` (ValueError)."""
+    if release not in RELEASE_VERSIONS:
+        raise ValueError(f"release must be one of {sorted(RELEASE_VERSIONS)}, got {release!r}")
+    if n_pointings < 1:
+        raise ValueError(f"n_pointings must be >= 1, got {n_pointings}")
+    out = tuple(int(d) for d in detectors)
+    for d in out:
+        detector_band(d)
+    return out
+
+
+def _write_truth(path: Path, sky: SkyModel, field_params: dict[str, Any], frames: Sequence[FrameMeta]) -> None:
+    """Write ``truth.json``: sky model, zodi and noise laws, field parameters, frame metas."""
+    truth = {
+        "sky": sky.to_dict(),
+        "zodi": dict(ZODI_PARAMS),
+        "noise": {"read_noise": READ_NOISE, "photon_gain": PHOTON_GAIN,
+                  "variance": "read_noise**2 + photon_gain * max(sky + zodi_scale_true * ZODI, 0)"},
+        "field": field_params,
+        "frames": [m.to_dict() for m in frames],
+    }
+    with open(path, "w") as f:
+        json.dump(truth, f, indent=1)
+
+
 def simulate_field(
     root: str | Path,
     center_ra: float,
@@ -190,25 +224,14 @@ def simulate_field(
     zodi level +20%) of the first two exposures of the first detector. Writes the mirror tree,
     ``archive_index.json`` and ``truth.json`` under ``root``.
     """
-    if release not in RELEASE_VERSIONS:
-        raise ValueError(f"release must be one of {sorted(RELEASE_VERSIONS)}, got {release!r}")
-    if n_pointings < 1:
-        raise ValueError(f"n_pointings must be >= 1, got {n_pointings}")
-    detectors = tuple(int(d) for d in detectors)
-    for d in detectors:
-        detector_band(d)
+    detectors = _checked_detectors(release, n_pointings, detectors)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     plan = plan or ("2025W18_2B" if release == "qr2" else "2025W30_1C")
     version, old_version = RELEASE_VERSIONS[release]
     if sky is None:
         sky = default_sky(center_ra, center_dec, detectors)
-    rng = np.random.default_rng([int(seed), 7])
-    ys = np.linspace(y_range[0], y_range[1], n_pointings) if n_pointings > 1 else np.array([0.5 * sum(y_range)])
-    ys = ys[rng.permutation(n_pointings)]
-    xs = (NPIX - 1) / 2.0 + rng.uniform(-x_jitter, x_jitter, n_pointings)
-    pas = pa_deg + 180.0 * (np.arange(n_pointings) % 2) + rng.uniform(-2.0, 2.0, n_pointings)
-    zl = 1.0 + 0.1 * np.sin(np.arange(n_pointings) * 1.3)
+    xs, ys, pas, zl = _pointings(n_pointings, seed, pa_deg, y_range, x_jitter)
     cut = None if cutout_size_deg is None else (center_ra, center_dec, float(cutout_size_deg))
     info = FieldInfo(root=root, index_path=root / INDEX_FILE, truth_path=root / TRUTH_FILE, sky=sky,
                      center_ra=float(center_ra), center_dec=float(center_dec), release=release, detectors=detectors)
@@ -235,21 +258,12 @@ def simulate_field(
                 info.paths.append(path)
                 rows.append(index_row(out, path))
                 logger.info("wrote %s", path)
-    with open(info.index_path, "w") as f:
-        json.dump({"rows": rows}, f, indent=1)
-    truth = {
-        "sky": sky.to_dict(),
-        "zodi": dict(ZODI_PARAMS),
-        "noise": {"read_noise": READ_NOISE, "photon_gain": PHOTON_GAIN,
-                  "variance": "read_noise**2 + photon_gain * max(sky + zodi_scale_true * ZODI, 0)"},
-        "field": {"center_ra": float(center_ra), "center_dec": float(center_dec), "release": release,
-                  "detectors": list(detectors), "n_pointings": n_pointings, "seed": int(seed),
-                  "cutout_size_deg": cutout_size_deg, "zodi_scale_true": zodi_scale_true,
-                  "noise_scale": noise_scale},
-        "frames": [m.to_dict() for m in info.frames],
-    }
-    with open(info.truth_path, "w") as f:
-        json.dump(truth, f, indent=1)
+    write_index(root, rows)
+    field_params = {"center_ra": float(center_ra), "center_dec": float(center_dec), "release": release,
+                    "detectors": list(detectors), "n_pointings": n_pointings, "seed": int(seed),
+                    "cutout_size_deg": cutout_size_deg, "zodi_scale_true": zodi_scale_true,
+                    "noise_scale": noise_scale}
+    _write_truth(info.truth_path, sky, field_params, info.frames)
     return info
 
 
@@ -269,12 +283,3 @@ def load_truth(root: str | Path) -> tuple[SkyModel, dict[str, Any]]:
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{p}: not a simulator truth file ({exc})") from exc
     return sky, d
-
-
-def load_index(root: str | Path) -> list[dict[str, Any]]:
-    """Rows of ``root/archive_index.json``."""
-    p = Path(root)
-    if p.is_dir():
-        p = p / INDEX_FILE
-    with open(p) as f:
-        return json.load(f)["rows"]

@@ -1,0 +1,68 @@
+"""Programmable misbehaviour of the simulated archive: status codes, delays, cut or lying bodies.
+
+A :class:`FaultPlan` holds per-path queues of :class:`Fault` objects; each request whose path
+contains a queue's match string consumes the next fault (``times`` per fault, -1 = forever).
+Every applied fault is recorded in ``FaultPlan.applied``. Times in seconds, sizes in bytes.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Fault:
+    """One injected misbehaviour, applied to one matching request.
+
+    status: answer this HTTP status (with ``retry_after`` seconds if given).
+    delay: sleep this long (s) before answering (use > client timeout).
+    drop_after: send only this many body bytes, then close the connection.
+    content_length_delta: advertise Content-Length = true length + delta.
+    ignore_range: answer 200 with the whole file even when Range was asked.
+    """
+
+    status: int | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+    drop_after: int | None = None
+    content_length_delta: int = 0
+    ignore_range: bool = False
+
+
+class FaultPlan:
+    """Per-path fault queues. ``add(match, *faults, times=1)``: the next requests
+    whose path contains ``match`` get the faults in order (each ``times`` times;
+    ``times=-1`` = forever)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: list[list[Any]] = []  # [match, fault, remaining]
+        self.applied: list[tuple[str, Fault]] = []
+
+    def add(self, match: str, *faults: Fault, times: int = 1) -> FaultPlan:
+        with self._lock:
+            for f in faults:
+                self._entries.append([match, f, times])
+        return self
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def pending(self) -> int:
+        """Number of one-shot faults not yet consumed."""
+        with self._lock:
+            return sum(e[2] for e in self._entries if e[2] > 0)
+
+    def take(self, path: str) -> Fault | None:
+        """The next fault for a request to ``path`` (consumed), or None."""
+        with self._lock:
+            for entry in self._entries:
+                if entry[0] in path and entry[2] != 0:
+                    if entry[2] > 0:
+                        entry[2] -= 1
+                    self.applied.append((path, entry[1]))
+                    return entry[1]
+        return None

@@ -1,0 +1,64 @@
+"""TAP result documents of the simulated service: VOTable 1.4, TABLEDATA, written by hand.
+
+Written by hand because astropy 8.0's C TABLEDATA writer corrupts the heap intermittently
+(astropy issue 20419), which crashed threaded servers. ``status`` ``"OVERFLOW"`` puts the
+second ``QUERY_STATUS`` after the table, as TAP requires for a truncated result; ``"ERROR"``
+writes no table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from xml.sax.saxutils import escape as xml_escape
+
+from .tap_schema import NUMERIC_COLUMNS, POLY_COLUMN
+
+
+def _field(name: str) -> str:
+    if name in NUMERIC_COLUMNS:
+        return f'   <FIELD name="{name}" ID="{name}" datatype="{NUMERIC_COLUMNS[name]}"/>'
+    if name == POLY_COLUMN:
+        return f'   <FIELD name="{name}" ID="{name}" datatype="double" arraysize="*" xtype="polygon" unit="deg"/>'
+    return f'   <FIELD name="{name}" ID="{name}" datatype="char" arraysize="*"/>'
+
+
+def _cell(name: str, v: Any) -> str:
+    if v is None:
+        return "<TD/>"
+    if name == POLY_COLUMN:
+        return "<TD>" + " ".join(repr(float(x)) for x in v) + "</TD>"
+    if NUMERIC_COLUMNS.get(name) == "long":
+        return f"<TD>{int(v)}</TD>"
+    if name in NUMERIC_COLUMNS:
+        return f"<TD>{float(v)!r}</TD>"
+    return f"<TD>{xml_escape(str(v))}</TD>"
+
+
+def votable_bytes(
+    columns: Sequence[str], rows: Sequence[dict[str, Any]], status: str = "OK", message: str = ""
+) -> bytes:
+    """Serialise ``rows`` (their ``columns``) to a TAP result VOTable
+    (RESOURCE type="results") with ``QUERY_STATUS`` ``status`` and ``message``."""
+    out = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        '<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">',
+        ' <RESOURCE type="results">',
+    ]
+    first = "OK" if status == "OVERFLOW" else status
+    if message:
+        out.append(f'  <INFO name="QUERY_STATUS" value="{first}">{xml_escape(message)}</INFO>')
+    else:
+        out.append(f'  <INFO name="QUERY_STATUS" value="{first}"/>')
+    if status != "ERROR":
+        out.append("  <TABLE>")
+        out.extend(_field(name) for name in columns)
+        out.append("   <DATA><TABLEDATA>")
+        out.extend("    <TR>" + "".join(_cell(name, row.get(name)) for name in columns) + "</TR>" for row in rows)
+        out.append("   </TABLEDATA></DATA>")
+        out.append("  </TABLE>")
+    if status == "OVERFLOW":
+        out.append('  <INFO name="QUERY_STATUS" value="OVERFLOW"/>')
+    out.append(" </RESOURCE>")
+    out.append("</VOTABLE>")
+    return ("\n".join(out) + "\n").encode("utf-8")
