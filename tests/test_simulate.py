@@ -14,11 +14,33 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from spxquery.drizzle3d.simulate import (
-    FLAG_BITS, EmissionLine, ExtendedSource, PointSource, SkyModel, Spectrum, build_l2_hdulist,
-    centroid_offsets, default_sky, detector_band, emission_line_centre, frame_pixel_to_world,
-    frame_world_to_pixel, load_index, load_truth, make_cutout, make_frame_meta, normalised_residuals,
-    render_frame, score_cube, simulate_field, simulate_frame, solve_pointing, truth_cube,
-    wave_lookup_bilinear, wave_table, write_l2_file,
+    FLAG_BITS,
+    EmissionLine,
+    ExtendedSource,
+    PointSource,
+    SkyModel,
+    Spectrum,
+    build_l2_hdulist,
+    centroid_offsets,
+    default_sky,
+    detector_band,
+    emission_line_centre,
+    frame_pixel_to_world,
+    frame_world_to_pixel,
+    load_index,
+    load_truth,
+    make_cutout,
+    make_frame_meta,
+    normalised_residuals,
+    render_frame,
+    score_cube,
+    simulate_field,
+    simulate_frame,
+    solve_pointing,
+    truth_cube,
+    wave_lookup_bilinear,
+    wave_table,
+    write_l2_file,
 )
 from spxquery.drizzle3d.simulate.instrument import wcs_cards
 from spxquery.drizzle3d.simulate.l2file import _wave_hdu, cutout_box
@@ -160,7 +182,6 @@ def test_celestial_wcs_matches_intended(full_frames, rel):
 @pytest.mark.parametrize("rel", ["qr2", "qr3"])
 def test_wavelength_wcs_matches_intended(full_frames, rel):
     h = full_frames[rel]["hdul"]
-    meta = full_frames[rel]["meta"]
     ww = _wave_wcs(h)
     t = h["WCS-WAVE"].data
     rng = np.random.default_rng(6)
@@ -213,7 +234,7 @@ def test_wavelength_maps_follow_channel_map():
 @pytest.mark.parametrize("det", [3, 4])
 def test_qr3_irregular_wave_grid_read_by_astropy(det, tmp_path):
     meta = make_frame_meta(det, RA0, DEC0, 0.0, "2025W30_1C_0001_1", release="qr3")
-    tx, ty, vals = wave_table(det, "qr3")
+    _, ty, _ = wave_table(det, "qr3")
     assert ty.size == 10 and np.sum(np.diff(ty) == 0) == 1  # one duplicated edge row
     h = fits.Header()
     h["NAXIS"], h["NAXIS1"], h["NAXIS2"] = 2, 2040, 2040
@@ -253,7 +274,7 @@ def test_flags_decompress_to_intended_bits(full_frames, rel):
     assert nonfunc.sum() == 2040
     assert 0 < (flags & (1 << FLAG_BITS["TRANSIENT"]) != 0).sum() <= 200
     # SOURCE marks where the noiseless sky is bright, e.g. at the point source on the centre
-    x, y = (int(round(float(v[0]))) for v in frame_world_to_pixel(full_frames[rel]["meta"], np.array([RA0]), np.array([DEC0])))
+    x, y = (round(float(v[0])) for v in frame_world_to_pixel(full_frames[rel]["meta"], np.array([RA0]), np.array([DEC0])))
     assert src[y, x] and not src[5, 5]
     assert h["IMAGE"].header["L2 N_HOT"] == hot.sum()
 
@@ -494,7 +515,7 @@ def test_frame_matches_truth_on_extended_source():
     sky = SkyModel(extended_sources=[ext], psf_fwhm_arcsec=13.53)
     m = _meta("qr2", pa=0.0)
     arr = render_frame(m, sky)
-    xc, yc = (int(round(float(v[0]))) for v in frame_world_to_pixel(m, np.array([RA0]), np.array([DEC0])))
+    xc, yc = (round(float(v[0])) for v in frame_world_to_pixel(m, np.array([RA0]), np.array([DEC0])))
     ys, xs = np.mgrid[yc - 3:yc + 4, xc - 3:xc + 4]
     ra, dec = frame_pixel_to_world(m, xs.astype(float), ys.astype(float))
     lam, bw = arr["lam"][ys, xs], arr["bw"][ys, xs]

@@ -15,25 +15,69 @@ in MJy/sr (peak, before the PSF). The intended geometry of a written file is
 the file's WCS-WAVE table.
 """
 
+from .field import (
+    FieldInfo,
+    default_sky,
+    frame_footprint,
+    load_index,
+    load_truth,
+    simulate_field,
+    simulate_frame,
+    solve_pointing,
+)
 from .instrument import (
-    FLAG_BITS, NPIX, PIXSCALE_ARCSEC, FrameMeta, detector_band, frame_pixel_to_world, frame_world_to_pixel,
-    lvf_model, make_frame_meta, wave_lookup_bilinear, wave_table, zodi_spectrum,
+    FLAG_BITS,
+    NPIX,
+    PIXSCALE_ARCSEC,
+    FrameMeta,
+    detector_band,
+    frame_pixel_to_world,
+    frame_world_to_pixel,
+    lvf_model,
+    make_frame_meta,
+    wave_lookup_bilinear,
+    wave_table,
+    zodi_spectrum,
 )
 from .l2file import build_l2_hdulist, l2_filename, l2_relpath, make_cutout, render_frame, write_l2_file
-from .field import (
-    FieldInfo, default_sky, frame_footprint, load_index, load_truth, simulate_field, simulate_frame, solve_pointing,
-)
-from .sky import (
-    EmissionLine, ExtendedSource, PointSource, SkyModel, Spectrum, centroid_offsets, emission_line_centre,
-    normalised_residuals, score_cube, truth_cube,
-)
+from .scoring import centroid_offsets, emission_line_centre, normalised_residuals, score_cube
+from .sky import EmissionLine, ExtendedSource, PointSource, SkyModel, Spectrum, truth_cube
 
 __all__ = [
-    "FieldInfo", "default_sky", "frame_footprint", "load_index", "load_truth", "simulate_field",
-    "simulate_frame", "solve_pointing",
-    "FLAG_BITS", "NPIX", "PIXSCALE_ARCSEC", "FrameMeta", "detector_band", "frame_pixel_to_world",
-    "frame_world_to_pixel", "lvf_model", "make_frame_meta", "wave_lookup_bilinear", "wave_table",
-    "zodi_spectrum", "build_l2_hdulist", "l2_filename", "l2_relpath", "make_cutout", "render_frame",
-    "write_l2_file", "EmissionLine", "ExtendedSource", "PointSource", "SkyModel", "Spectrum",
-    "centroid_offsets", "emission_line_centre", "normalised_residuals", "score_cube", "truth_cube",
+    "FLAG_BITS",
+    "NPIX",
+    "PIXSCALE_ARCSEC",
+    "EmissionLine",
+    "ExtendedSource",
+    "FieldInfo",
+    "FrameMeta",
+    "PointSource",
+    "SkyModel",
+    "Spectrum",
+    "build_l2_hdulist",
+    "centroid_offsets",
+    "default_sky",
+    "detector_band",
+    "emission_line_centre",
+    "frame_footprint",
+    "frame_pixel_to_world",
+    "frame_world_to_pixel",
+    "l2_filename",
+    "l2_relpath",
+    "load_index",
+    "load_truth",
+    "lvf_model",
+    "make_cutout",
+    "make_frame_meta",
+    "normalised_residuals",
+    "render_frame",
+    "score_cube",
+    "simulate_field",
+    "simulate_frame",
+    "solve_pointing",
+    "truth_cube",
+    "wave_lookup_bilinear",
+    "wave_table",
+    "write_l2_file",
+    "zodi_spectrum",
 ]

@@ -299,7 +299,7 @@ class FrameMeta:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FrameMeta":
+    def from_dict(cls, d: dict[str, Any]) -> FrameMeta:
         d = dict(d)
         d["crpix"] = tuple(d["crpix"])
         d["shape"] = tuple(d["shape"])

@@ -19,16 +19,32 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from .instrument import (
-    FLAG_BITS, NPIX, PHOTON_GAIN, READ_NOISE, FrameMeta, frame_pixel_to_world, frame_world_to_pixel,
-    wave_lookup_bilinear, wave_table, wcs_cards, zodi_map,
+    FLAG_BITS,
+    NPIX,
+    PHOTON_GAIN,
+    READ_NOISE,
+    FrameMeta,
+    frame_pixel_to_world,
+    frame_world_to_pixel,
+    wave_lookup_bilinear,
+    wave_table,
+    wcs_cards,
+    zodi_map,
 )
 from .sky import MJY_PER_MJY, SkyModel, _gauss2d, _gauss_legendre_unit, gnomonic
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "l2_filename", "l2_relpath", "frame_rng", "file_wave_table", "render_frame", "build_l2_hdulist",
-    "write_l2_file", "make_cutout", "cutout_meta",
+    "build_l2_hdulist",
+    "cutout_meta",
+    "file_wave_table",
+    "frame_rng",
+    "l2_filename",
+    "l2_relpath",
+    "make_cutout",
+    "render_frame",
+    "write_l2_file",
 ]
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -61,8 +77,11 @@ def frame_rng(meta: FrameMeta, stream: int) -> np.random.Generator:
 def file_wave_table(meta: FrameMeta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X, Y, VALUES) exactly as stored in the file (float32-rounded, returned as float64)."""
     tx, ty, vals = wave_table(meta.detector, meta.wave_grid)
-    r = lambda a: np.asarray(a, dtype=np.float32).astype(np.float64)  # noqa: E731
-    return r(tx), r(ty), r(vals)
+
+    def as_stored(a: np.ndarray) -> np.ndarray:
+        return np.asarray(a, dtype=np.float32).astype(np.float64)
+
+    return as_stored(tx), as_stored(ty), as_stored(vals)
 
 
 def _render_sources(meta: FrameMeta, sky: SkyModel, lam: np.ndarray, bw: np.ndarray, n_quad: int = 4) -> np.ndarray:
@@ -81,10 +100,10 @@ def _render_sources(meta: FrameMeta, sky: SkyModel, lam: np.ndarray, bw: np.ndar
         # mJy -> MJy, times the PSF normalised per steradian
         norm = MJY_PER_MJY / (2.0 * math.pi * (psf_sig * math.pi / 648000.0) ** 2)
         srcs.append((s, cov, norm))
-    for s in sky.extended_sources:
-        cov = s.covariance_arcsec2(psf_sig)
-        norm = math.sqrt(np.linalg.det(s.covariance_arcsec2(0.0)) / np.linalg.det(cov))
-        srcs.append((s, cov, norm))
+    for e in sky.extended_sources:
+        cov = e.covariance_arcsec2(psf_sig)
+        norm = math.sqrt(np.linalg.det(e.covariance_arcsec2(0.0)) / np.linalg.det(cov))
+        srcs.append((e, cov, norm))
     if not srcs:
         return img
     ras = np.array([s.ra for s, _, _ in srcs])
@@ -92,11 +111,11 @@ def _render_sources(meta: FrameMeta, sky: SkyModel, lam: np.ndarray, bw: np.ndar
     xs, ys = frame_world_to_pixel(meta, ras, decs)
     for (src, cov, norm), xc, yc in zip(srcs, xs, ys):
         sig_pix = math.sqrt(np.max(np.linalg.eigvalsh(cov))) / pix_arcsec
-        r = int(math.ceil(6.0 * sig_pix)) + 2
+        r = math.ceil(6.0 * sig_pix) + 2
         if not (np.isfinite(xc) and np.isfinite(yc)):
             continue
-        x0, x1 = max(int(math.floor(xc)) - r, 0), min(int(math.floor(xc)) + r + 2, nx)
-        y0, y1 = max(int(math.floor(yc)) - r, 0), min(int(math.floor(yc)) + r + 2, ny)
+        x0, x1 = max(math.floor(xc) - r, 0), min(math.floor(xc) + r + 2, nx)
+        y0, y1 = max(math.floor(yc) - r, 0), min(math.floor(yc) + r + 2, ny)
         if x0 >= x1 or y0 >= y1:
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
@@ -137,7 +156,7 @@ def render_frame(meta: FrameMeta, sky: SkyModel, source_threshold: float = 0.05,
     image = (signal + noise * np.sqrt(variance) * np.float32(meta.noise_scale)).astype(np.float32)
     flags = np.zeros((ny, nx), dtype=np.int32)
     frng = frame_rng(meta, 1)
-    n_hot = int(round(n_hot_fraction * nx * ny))
+    n_hot = round(n_hot_fraction * nx * ny)
     hot = frng.choice(nx * ny, size=n_hot, replace=False)
     image.ravel()[hot] = (1e4 * (1.0 + frng.random(n_hot))).astype(np.float32)
     flags.ravel()[hot] |= 1 << FLAG_BITS["HOT"]
@@ -164,8 +183,7 @@ def _psf_hdu(meta: FrameMeta, psf_size: int, psf_zones: int, oversamp: int) -> f
     psf = np.outer(g, g)
     psf = (psf / psf.sum()).astype(np.float32)
     centres = (np.arange(psf_zones) + 0.5) * NPIX / psf_zones + 0.5  # 1-based pixel
-    zx, zy = np.meshgrid(centres, centres)
-    zx, zy = zx.ravel(), zy.ravel()
+    zx, zy = (a.ravel() for a in np.meshgrid(centres, centres))
     nzone = psf_zones * psf_zones
     if meta.release == "qr2":
         hdu = fits.ImageHDU(np.ascontiguousarray(np.broadcast_to(psf, (nzone, psf_size, psf_size))), name="PSF")
@@ -255,7 +273,7 @@ def write_l2_file(hdul: fits.HDUList, path: str | Path) -> Path:
 def cutout_meta(meta: FrameMeta, x0: int, y0: int, shape: tuple[int, int]) -> FrameMeta:
     """Meta of a cutout starting at parent pixel (x0, y0) (relative to ``meta``'s own grid)."""
     return replace(meta, crpix=(meta.crpix[0] - x0, meta.crpix[1] - y0), x0=meta.x0 + x0, y0=meta.y0 + y0,
-                   shape=tuple(shape), extra=dict(meta.extra))
+                   shape=(int(shape[0]), int(shape[1])), extra=dict(meta.extra))
 
 
 def cutout_box(header: fits.Header, shape: tuple[int, int], ra: float, dec: float, size_deg: float) -> tuple[int, int, int, int]:
@@ -263,9 +281,9 @@ def cutout_box(header: fits.Header, shape: tuple[int, int], ra: float, dec: floa
     w = WCS(header)
     xc, yc = (float(v[0]) for v in w.all_world2pix(np.array([ra]), np.array([dec]), 0))
     pix = float(np.sqrt(abs(np.linalg.det(w.pixel_scale_matrix))))
-    half = int(math.ceil(0.5 * float(size_deg) / pix))
+    half = math.ceil(0.5 * float(size_deg) / pix)
     ny, nx = shape
-    ix, iy = int(round(xc)), int(round(yc))
+    ix, iy = round(xc), round(yc)
     x0, x1 = max(ix - half, 0), min(ix + half + 1, nx)
     y0, y1 = max(iy - half, 0), min(iy + half + 1, ny)
     if x0 >= x1 or y0 >= y1:
