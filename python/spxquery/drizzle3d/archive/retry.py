@@ -51,7 +51,7 @@ def parse_retry_after(value: str | None) -> float | None:
 def backoff_delay(attempt: int, base: float, retry_after: float | None = None) -> float:
     """Delay (s) before retry number ``attempt`` (1-based): exponential with
     jitter, at least the server's ``Retry-After`` (capped)."""
-    delay = min(MAX_BACKOFF, base * (2 ** (attempt - 1))) * random.uniform(0.5, 1.5)
+    delay = min(MAX_BACKOFF, base * 2.0 ** min(attempt - 1, 64)) * random.uniform(0.5, 1.5)
     if retry_after is not None:
         delay = max(delay, min(retry_after, MAX_RETRY_AFTER))
     return delay

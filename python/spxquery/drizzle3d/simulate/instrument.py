@@ -423,7 +423,10 @@ def zodi_spectrum(lam: ArrayLike) -> np.ndarray:
     lam = np.asarray(lam, dtype=np.float64)
     p = ZODI_PARAMS
     ln = np.log(lam)
-    return p["scattered_amp"] * np.exp(p["scattered_index"] * ln) + p["thermal_amp"] * np.exp(p["thermal_index"] * ln)
+    zodi: np.ndarray = p["scattered_amp"] * np.exp(p["scattered_index"] * ln) + p["thermal_amp"] * np.exp(
+        p["thermal_index"] * ln
+    )
+    return zodi
 
 
 def zodi_map(meta: FrameMeta, lam: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def _isot(mjd: float) -> str:
     """ISO-8601 UTC time of an MJD (what real headers carry beside MJD-*)."""
     from astropy.time import Time
 
-    return Time(float(mjd), format="mjd", scale="utc").isot
+    return str(Time(float(mjd), format="mjd", scale="utc").isot)
 
 def l2_filename(obsid: str, detector: int, version: str) -> str:
     """Archive file name ``level2_<OBSID>D<det>_spx_<version>.fits`` (version like ``l2b-v12-2025-164``)."""

@@ -25,7 +25,8 @@ def _pixel_gauss_model(p: np.ndarray, xx: np.ndarray, yy: np.ndarray) -> np.ndar
     r2 = math.sqrt(2.0) * sig
     px = 0.5 * (_erf((xx + 0.5 - x0) / r2) - _erf((xx - 0.5 - x0) / r2))
     py = 0.5 * (_erf((yy + 0.5 - y0) / r2) - _erf((yy - 0.5 - y0) / r2))
-    return amp * px * py + bg
+    model: np.ndarray = amp * px * py + bg
+    return model
 
 
 def _fit_pixel_gaussian(img: np.ndarray, xx: np.ndarray, yy: np.ndarray, p0: np.ndarray) -> np.ndarray:
@@ -175,7 +176,8 @@ def normalised_residuals(sci: ArrayLike, var: ArrayLike, truth: ArrayLike, mask:
     ok = np.isfinite(sci) & np.isfinite(var) & (var > 0) & np.isfinite(truth)
     if mask is not None:
         ok &= np.asarray(mask, dtype=bool)
-    return (sci[ok] - truth[ok]) / np.sqrt(var[ok])
+    res: np.ndarray = (sci[ok] - truth[ok]) / np.sqrt(var[ok])
+    return res
 
 
 def score_cube(

@@ -195,7 +195,8 @@ def _gauss2d(dxi: np.ndarray, deta: np.ndarray, cov: np.ndarray) -> np.ndarray:
     """exp(-0.5 d^T cov^-1 d) for offsets in arcsec."""
     inv = np.linalg.inv(cov)
     q = inv[0, 0] * dxi * dxi + 2.0 * inv[0, 1] * dxi * deta + inv[1, 1] * deta * deta
-    return np.exp(-0.5 * q)
+    g: np.ndarray = np.exp(-0.5 * q)
+    return g
 
 
 @dataclass

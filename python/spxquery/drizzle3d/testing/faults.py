@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass
@@ -31,6 +30,13 @@ class Fault:
     ignore_range: bool = False
 
 
+@dataclass
+class _Queue:
+    match: str
+    fault: Fault
+    remaining: int  # -1 = forever
+
+
 class FaultPlan:
     """Per-path fault queues. ``add(match, *faults, times=1)``: the next requests
     whose path contains ``match`` get the faults in order (each ``times`` times;
@@ -38,13 +44,13 @@ class FaultPlan:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: list[list[Any]] = []  # [match, fault, remaining]
+        self._entries: list[_Queue] = []
         self.applied: list[tuple[str, Fault]] = []
 
     def add(self, match: str, *faults: Fault, times: int = 1) -> FaultPlan:
         with self._lock:
             for f in faults:
-                self._entries.append([match, f, times])
+                self._entries.append(_Queue(match, f, times))
         return self
 
     def clear(self) -> None:
@@ -54,15 +60,15 @@ class FaultPlan:
     def pending(self) -> int:
         """Number of one-shot faults not yet consumed."""
         with self._lock:
-            return sum(e[2] for e in self._entries if e[2] > 0)
+            return sum(e.remaining for e in self._entries if e.remaining > 0)
 
     def take(self, path: str) -> Fault | None:
         """The next fault for a request to ``path`` (consumed), or None."""
         with self._lock:
             for entry in self._entries:
-                if entry[0] in path and entry[2] != 0:
-                    if entry[2] > 0:
-                        entry[2] -= 1
-                    self.applied.append((path, entry[1]))
-                    return entry[1]
+                if entry.match in path and entry.remaining != 0:
+                    if entry.remaining > 0:
+                        entry.remaining -= 1
+                    self.applied.append((path, entry.fault))
+                    return entry.fault
         return None
