@@ -746,7 +746,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def _demo_explanation(cube_path: Path, truth: Path, pngs: Mapping[str, Path], ext_png: Optional[Path]) -> str:
-    from .io import load_cube
+    from .cubefile import load_cube
     from .quicklook import brightest_pixel, world_to_pixel
     from .simulate import load_truth
 
@@ -877,7 +877,7 @@ def _wrap(text: str, width: int = 100) -> str:
 def cmd_inspect(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .io import load_cube
+    from .cubefile import load_cube
     from .quicklook import (
         brightest_pixel, cube_summary, default_plane, format_summary, plane_for_wavelength, world_to_pixel,
         write_quicklooks,

@@ -28,7 +28,7 @@ from .accumulate import DrizzleCube, drizzle_frame
 from .config import Drizzle3DConfig
 from .frames import FrameError, FrameSource, prepare_frame
 from .grid import build_output_wcs
-from .io import save_cube
+from .cubefile import save_cube
 from .spectral import build_z_grid
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .io import load_cube
+from .cubefile import load_cube
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Saving and loading cubes: 7-HDU layout, dtypes, 3-D WCS, atomic writes."""
+"""The cube file: 7-HDU layout, dtypes, 3-D WCS, atomic writes; the 0.4.1 ``io`` module path."""
 
 import os
 
@@ -10,7 +10,7 @@ from astropy.wcs import WCS
 from spxquery.drizzle3d.accumulate import DrizzleCube
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.grid import build_output_wcs
-from spxquery.drizzle3d.io import load_cube, save_cube
+from spxquery.drizzle3d.cubefile import load_cube, save_cube
 from spxquery.drizzle3d.spectral import build_z_grid
 
 HDU_NAMES = ["PRIMARY", "SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT", "WAVELENGTH"]
@@ -184,7 +184,7 @@ def test_streamed_file_is_valid_fits_and_matches_astropy_writer(tmp_path):
     same cube written by astropy from build_hdulist."""
     from astropy.io import fits
 
-    from spxquery.drizzle3d.io import build_hdulist
+    from spxquery.drizzle3d.cubefile import build_hdulist
 
     cube = _cube(seed=3)
     cube.count_map[0, 0, 0] = 2**32 - 1
@@ -212,3 +212,11 @@ def test_saved_cube_has_normal_file_permissions(tmp_path):
     finally:
         os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_io_module_keeps_the_041_names():
+    """``spxquery.drizzle3d.io`` (spxquery 0.4.1 API) re-exports the cube file's writer and reader."""
+    from spxquery.drizzle3d import cubefile, io
+
+    assert io.save_cube is cubefile.save_cube and io.load_cube is cubefile.load_cube
+    assert set(io.__all__) == {"save_cube", "load_cube"}
