@@ -1,9 +1,15 @@
 """Drizzle3D configuration: what region to drizzle, how, and where to write it.
 
+Every field is described once, next to its declaration, by ``metadata=setting(...)``: group,
+help text, unit, allowed values (:mod:`.settings` rules), the cube header keyword recording it
+(or why none does) and its ``spxdrizzle run`` option (or None: config file only). Validation,
+the YAML file, the command line and the cube header all follow from that description
+(:mod:`.settings`).
+
 Units: ``center_ra``/``center_dec`` in degrees (ICRS), ``width``/``height`` in arcmin,
-wavelengths in um, times in MJD, pixel scales in arcsec. The first 22 fields keep the
-order and defaults of spxquery 0.4.1, so positional construction keeps working; the
-fields after ``overwrite`` are extensions of this implementation.
+wavelengths in um, times in MJD, pixel scales in arcsec. The first 22 fields keep the order
+and defaults of the spxquery 0.4.1 API, so positional construction keeps working; the fields
+after ``overwrite`` are extensions of this implementation.
 
 Every field is validated on construction; an invalid value raises ValueError naming the
 field, the value and the allowed range. Use :meth:`Drizzle3DConfig.replace` to change
@@ -16,16 +22,20 @@ import dataclasses
 import json
 import logging
 import math
-import numbers
 import os
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import yaml
 
-from .flags import validate_exclude_flags
+from .flags import parse_flag_words, validate_exclude_flags
+from .settings import (
+    Bool, Checked, Choice, Cli, Fits, Int, NoHeader, PathRule, Real, Url, described, groups_in_order, is_real,
+    setting, validate,
+)
 from .spectral import validate_lambda_edges
 
 logger = logging.getLogger(__name__)
@@ -37,102 +47,48 @@ TAP_URL_ENV = "SPXQUERY_TAP_URL"
 #: Accepted values of ``kernel``.
 KERNELS = ("square", "bilinear")
 
-# Field groups, in the order they are written to YAML, with the header of each group.
-_GROUPS: List[Tuple[str, List[str]]] = [
-    (
-        "Target sky region: centre (ICRS, deg; RA in [0, 360), Dec in [-90, 90]) and size of\n"
-        "the output image (arcmin, > 0).",
-        ["center_ra", "center_dec", "width", "height"],
-    ),
-    (
-        "Detector: 0 = all six (D1-D6, one cube each), 1-6 = that detector only.",
-        ["detector"],
-    ),
-    (
-        "Droplet shrink (input kernel): linear size of each input pixel's droplet relative to\n"
-        "the pixel, in (0, 1]. z_shrink = spectral shrink (null = same as xy_shrink).\n"
-        "kernel: 'square' (exact-area drizzle) or 'bilinear' (point kernel).",
-        ["xy_shrink", "z_shrink", "kernel"],
-    ),
-    (
-        "Output grid: xy_oversample > 0 (1.0 = native 6.15 arcsec/pixel, 2.0 = 3.075);\n"
-        "z_oversample > 0 (1.0 = the 17 native channels, 2.0 = constant-R bins twice as\n"
-        "narrow); z_lambda_edges = custom wavelength bin edges in um (overrides z_oversample).",
-        ["xy_oversample", "z_oversample", "z_lambda_edges"],
-    ),
-    (
-        "Query / download: mjd_range [min, max] or null; max_images >= 1 (frames matched,\n"
-        "all detectors together); download_workers >= 1 (parallel downloads); skip_existing reuses verified\n"
-        "files; data_mirror = local copy of the archive (directory holding qr2/, qr3/, ...) or\n"
-        "null to download; tap_url = TAP service (null = $SPXQUERY_TAP_URL or IRSA);\n"
-        "use_cutouts: true/false/null (null = auto, cutouts when the region is much smaller\n"
-        "than a frame); cutout_margin_arcmin >= 0; download_timeout > 0 s; download_retries >= 0.",
-        [
-            "mjd_range",
-            "max_images",
-            "download_workers",
-            "skip_existing",
-            "data_mirror",
-            "tap_url",
-            "use_cutouts",
-            "cutout_margin_arcmin",
-            "download_timeout",
-            "download_retries",
-        ],
-    ),
-    (
-        "Pre-processing: subtract_zodi subtracts the ZODI extension; static_zodi uses it as is\n"
-        "(otherwise its scale is fitted per frame); exclude_flags = FLAGS bits (0-31) or names\n"
-        "(e.g. HOT, NONFUNC, GHOST*) whose pixels are dropped.",
-        ["subtract_zodi", "static_zodi", "exclude_flags"],
-    ),
-    (
-        "Accumulation: ivar_max > 0 caps the inverse-variance weight; min_overlap in [0, 1)\n"
-        "drops contributions whose overlap fraction f_xy * f_z is below it.",
-        ["ivar_max", "min_overlap"],
-    ),
-    (
-        "Output: output_dir receives drizzle_D{N}.fits; overwrite replaces existing cubes;\n"
-        "progress shows progress bars.",
-        ["output_dir", "overwrite", "progress"],
-    ),
-]
+#: Setting groups in the order the YAML file lists them, with the title written above each.
+GROUPS: Dict[str, str] = {
+    "region": "Target sky region: centre (ICRS) and size of the output image",
+    "detector": "Detector",
+    "shrink": "Droplet shrink (input kernel)",
+    "grid": "Output grid",
+    "archive": "Query / download",
+    "preprocess": "Pre-processing of each frame",
+    "accumulate": "Accumulation",
+    "output": "Output: where the cubes go",
+}
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+def _mjd_range(name: str, value: Any) -> Tuple[float, float]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{name} must be None or (mjd_min, mjd_max), got {value!r}")
+    if not all(is_real(v) and math.isfinite(float(v)) for v in value):
+        raise ValueError(f"{name} must be two finite MJDs (mjd_min < mjd_max), got {value!r}")
+    lo, hi = float(value[0]), float(value[1])
+    if not lo < hi:
+        raise ValueError(f"{name} must be increasing (mjd_min < mjd_max), got ({lo}, {hi})")
+    return lo, hi
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+def _exclude_flags(name: str, value: Any) -> List[Union[int, str]]:
+    try:
+        return validate_exclude_flags(value)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc} (got {value!r})") from None
 
 
-def _real(name: str, value: Any, rule: str) -> float:
-    if not _is_real(value):
-        raise ValueError(f"{name} must be a number ({rule}), got {value!r}")
-    v = float(value)
-    if math.isnan(v):
-        raise ValueError(f"{name} must be a number ({rule}), got NaN")
-    return v
+def _lambda_edges(name: str, value: Any) -> np.ndarray:
+    return validate_lambda_edges(value, name=name)
 
 
-def _finite(name: str, value: Any, rule: str) -> float:
-    v = _real(name, value, rule)
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite ({rule}), got {v}")
-    return v
+_NOT_THE_CUBE = "how the frames are found and fetched, not what the cube holds"
 
-
-def _bool(name: str, value: Any) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
-
-
-def _path(name: str, value: Any) -> Path:
-    if isinstance(value, (str, os.PathLike)) and str(value).strip() != "":
-        return Path(value)
-    raise ValueError(f"{name} must be a non-empty path, got {value!r}")
+#: First lines of a YAML config file.
+_YAML_PREAMBLE = (
+    "# SPHEREx Drizzle3D configuration (spxquery.drizzle3d).\n"
+    "# Load with Drizzle3DConfig.from_yaml_file(path). Units: deg, arcmin, um, MJD, s.\n"
+)
 
 
 @dataclass(eq=False)
@@ -143,147 +99,128 @@ class Drizzle3DConfig:
     (``xy_oversample``, ``z_oversample``) sets the output grid resolution.
     """
 
-    # ── Target sky region ──────────────────────────────────────────────────
-    center_ra: float  # deg, [0, 360)
-    center_dec: float  # deg, [-90, 90]
-    width: float  # arcmin, > 0
-    height: float  # arcmin, > 0
+    # ── spxquery 0.4.1 API fields, in its order ───────────────────────────────
+    center_ra: float = field(metadata=setting(
+        group="region", unit="deg", rule=Real(0.0, 360.0, hi_open=True),
+        help="region centre, ICRS right ascension",
+        header=Fits("RA_CEN", "[deg] output centre"), cli=Cli("--ra", "DEG")))
+    center_dec: float = field(metadata=setting(
+        group="region", unit="deg", rule=Real(-90.0, 90.0),
+        help="region centre, ICRS declination",
+        header=Fits("DEC_CEN", "[deg] output centre"), cli=Cli("--dec", "DEG")))
+    width: float = field(metadata=setting(
+        group="region", unit="arcmin", rule=Real(0.0, lo_open=True),
+        help="output image width (along RA)",
+        header=NoHeader("NX x EPIXSCLE is the grid's width"), cli=Cli("--width", "ARCMIN")))
+    height: float = field(metadata=setting(
+        group="region", unit="arcmin", rule=Real(0.0, lo_open=True),
+        help="output image height (along Dec)",
+        header=NoHeader("NY x EPIXSCLE is the grid's height"), cli=Cli("--height", "ARCMIN")))
+    detector: int = field(default=0, metadata=setting(
+        group="detector", rule=Int(0, 6, "0 (all six) or 1-6"),
+        help="detector to drizzle (one cube per detector)",
+        header=NoHeader("DETECTOR holds the cube's own detector"), cli=Cli("--detector", "N")))
+    xy_shrink: float = field(default=0.8, metadata=setting(
+        group="shrink", rule=Real(0.0, 1.0, lo_open=True),
+        help="linear size of each input pixel's droplet relative to the pixel",
+        header=Fits("XYSHRINK", "spatial droplet shrink"), cli=Cli("--xy-shrink", "F")))
+    z_shrink: Optional[float] = field(default=None, metadata=setting(
+        group="shrink", rule=Real(0.0, 1.0, lo_open=True),
+        help="spectral droplet size relative to the pixel's bandwidth (None: same as xy_shrink)",
+        header=Fits("ZSHRINK", "spectral droplet shrink", value=lambda c: c.effective_z_shrink()),
+        cli=Cli("--z-shrink", "F")))
+    xy_oversample: float = field(default=1.0, metadata=setting(
+        group="grid", rule=Real(0.0, lo_open=True),
+        help="output pixels per native pixel: pixel scale = 6.15\"/xy_oversample",
+        header=Fits("XYOVRSM", "spatial output oversampling"), cli=Cli("--xy-oversample", "F")))
+    z_oversample: float = field(default=1.0, metadata=setting(
+        group="grid", rule=Real(0.0, lo_open=True),
+        help="1 = the 17 native channels; otherwise constant-R bins with R_eff = mean(R) x z_oversample",
+        header=Fits("ZOVRSM", "spectral output oversampling"), cli=Cli("--z-oversample", "F")))
+    z_lambda_edges: Optional[np.ndarray] = field(default=None, metadata=setting(
+        group="grid", unit="um", rule=Checked(_lambda_edges, "list of float", "strictly increasing, > 0", numbers=True),
+        help="custom wavelength bin edges (overrides z_oversample)",
+        header=NoHeader("the WAVELENGTH table lists every bin")))
+    mjd_range: Optional[Tuple[float, float]] = field(default=None, metadata=setting(
+        group="archive", unit="MJD", rule=Checked(_mjd_range, "[float, float]", "min < max", numbers=True),
+        help="only frames whose exposure overlaps this time interval",
+        header=NoHeader(_NOT_THE_CUBE), cli=Cli("--mjd-range", ("MIN", "MAX"), nargs=2, type=float, convert=tuple)))
+    max_images: int = field(default=500, metadata=setting(
+        group="archive", unit="frames", rule=Int(1),
+        help="cap on the frames matched, all requested detectors together",
+        header=NoHeader(_NOT_THE_CUBE), cli=Cli("--max-images", "N")))
+    download_workers: int = field(default=4, metadata=setting(
+        group="archive", rule=Int(1), help="parallel downloads",
+        header=NoHeader(_NOT_THE_CUBE), cli=Cli("--workers", "N")))
+    skip_existing: bool = field(default=True, metadata=setting(
+        group="archive", rule=Bool(), help="reuse already downloaded, verified files",
+        header=NoHeader(_NOT_THE_CUBE)))
+    data_mirror: Optional[Path] = field(default=None, metadata=setting(
+        group="archive", rule=PathRule(),
+        help="root of a local archive mirror (holding qr2/, qr3/, ...): no downloads",
+        header=NoHeader(_NOT_THE_CUBE), cli=Cli("--mirror", "DIR")))
+    subtract_zodi: bool = field(default=True, metadata=setting(
+        group="preprocess", rule=Bool(), help="subtract the ZODI extension (zodiacal-light model)",
+        header=Fits("ZODISUB", "zodi model subtracted"), cli=Cli("--no-zodi", store=False)))
+    static_zodi: bool = field(default=False, metadata=setting(
+        group="preprocess", rule=Bool(),
+        help="subtract ZODI as is; otherwise its scale is fitted per frame (recorded as ZSCnnnnn)",
+        header=Fits("ZODISTAT", "zodi scale fixed at 1.0")))
+    exclude_flags: List[Union[int, str]] = field(default_factory=list, metadata=setting(
+        group="preprocess", rule=Checked(_exclude_flags, "list of int/str"),
+        help="FLAGS bits (0-31) or names (case-insensitive, GHOST* wildcards) whose pixels are dropped; "
+             "see flags.RECOMMENDED_EXCLUDE_FLAGS",
+        header=NoHeader("bit names are per file; the masks record the flags of what landed"),
+        cli=Cli("--exclude-flags", "FLAG", nargs="+", convert=parse_flag_words,
+                note="'recommended' = the recommended set; 'none' = keep all")))
+    ivar_max: float = field(default=1e10, metadata=setting(
+        group="accumulate", unit="(MJy/sr)^-2", rule=Real(0.0, lo_open=True),
+        help="cap on the inverse-variance weight",
+        header=Fits("IVARMAX", "inverse-variance cap")))
+    min_overlap: float = field(default=0.0, metadata=setting(
+        group="accumulate", rule=Real(0.0, 1.0, hi_open=True),
+        help="drop contributions whose overlap fraction f_xy x f_z is below this",
+        header=Fits("MINOVRLP", "minimum f_xy*f_z")))
+    output_dir: Path = field(default=Path("drizzle_output"), metadata=setting(
+        group="output", rule=PathRule(), help="where drizzle_D{N}.fits (and images/) go",
+        header=NoHeader("where the file is, not what it holds"), cli=Cli("--output-dir", "DIR")))
+    overwrite: bool = field(default=False, metadata=setting(
+        group="output", rule=Bool(), help="replace existing cubes (otherwise FileExistsError before any work)",
+        header=NoHeader("how the file was written, not what it holds"), cli=Cli("--overwrite", store=True)))
 
-    # ── Detector selection ─────────────────────────────────────────────────
-    detector: int = 0  # 0 = all detectors D1-D6; 1-6 = one
+    # ── extensions (not in spxquery 0.4.1) ─────────────────────────────────────
+    kernel: str = field(default="square", metadata=setting(
+        group="shrink", rule=Choice(KERNELS),
+        help="square: exact-area drizzle of the shrunken droplet; bilinear: point kernel "
+             "(like 0.4.1's, without its shift)",
+        header=Fits("KERNEL", "drizzle kernel"), cli=Cli("--kernel")))
+    tap_url: Optional[str] = field(default=None, metadata=setting(
+        group="archive", rule=Url(),
+        help=f"TAP service (None: ${TAP_URL_ENV}, else {DEFAULT_TAP_URL})",
+        header=NoHeader(_NOT_THE_CUBE), cli=Cli("--tap-url", "URL")))
+    use_cutouts: Optional[bool] = field(default=None, metadata=setting(
+        group="archive", rule=Bool(),
+        help="fetch IRSA cutouts instead of full frames (None: when the cutout side is < 1 deg)",
+        header=NoHeader(_NOT_THE_CUBE), cli=Cli("--cutouts", words={"auto": None, "yes": True, "no": False})))
+    cutout_margin_arcmin: float = field(default=2.0, metadata=setting(
+        group="archive", unit="arcmin", rule=Real(0.0), help="margin around the region's diagonal in a cutout",
+        header=NoHeader(_NOT_THE_CUBE)))
+    download_timeout: float = field(default=60.0, metadata=setting(
+        group="archive", unit="s", rule=Real(0.0, lo_open=True), help="per-request timeout",
+        header=NoHeader(_NOT_THE_CUBE)))
+    download_retries: int = field(default=5, metadata=setting(
+        group="archive", rule=Int(0), help="retries per download or TAP query",
+        header=NoHeader(_NOT_THE_CUBE)))
+    progress: bool = field(default=True, metadata=setting(
+        group="output", rule=Bool(), help="show progress bars",
+        header=NoHeader("how the run looked, not what the cube holds")))
 
-    # ── Droplet shrink ─────────────────────────────────────────────────────
-    xy_shrink: float = 0.8  # (0, 1]
-    z_shrink: Optional[float] = None  # (0, 1]; None = xy_shrink
-
-    # ── Output grid ────────────────────────────────────────────────────────
-    xy_oversample: float = 1.0  # 1.0 -> 6.15"/pix
-    z_oversample: float = 1.0  # 1.0 -> 17 native channels
-    z_lambda_edges: Optional[np.ndarray] = None  # custom bin edges [um]
-
-    # ── Query / download ───────────────────────────────────────────────────
-    mjd_range: Optional[Tuple[float, float]] = None  # (mjd_min, mjd_max)
-    max_images: int = 500  # cap on matched frames, all requested detectors together
-    download_workers: int = 4
-    skip_existing: bool = True
-    data_mirror: Optional[Path] = None  # local mirror root (holds qr2/, qr3/, ...)
-
-    # ── Pre-processing ─────────────────────────────────────────────────────
-    subtract_zodi: bool = True
-    static_zodi: bool = False
-    exclude_flags: List[Union[int, str]] = field(default_factory=list)
-
-    # ── Accumulation ───────────────────────────────────────────────────────
-    ivar_max: float = 1e10
-    min_overlap: float = 0.0
-
-    # ── Output ─────────────────────────────────────────────────────────────
-    output_dir: Path = Path("drizzle_output")
-    overwrite: bool = False
-
-    # ── Extensions (not in spxquery 0.4.1) ─────────────────────────────────
-    kernel: str = "square"  # "square" (exact-area drizzle) or "bilinear" (point kernel)
-    tap_url: Optional[str] = None  # None -> $SPXQUERY_TAP_URL -> IRSA
-    use_cutouts: Optional[bool] = None  # None = auto
-    cutout_margin_arcmin: float = 2.0
-    download_timeout: float = 60.0  # s
-    download_retries: int = 5
-    progress: bool = True
-
-    # ── Constants ──────────────────────────────────────────────────────────
+    # ── constants ──────────────────────────────────────────────────────────────
     BASE_PIXSCALE: float = field(default=6.15, init=False, repr=False)  # arcsec/pixel
 
     def __post_init__(self) -> None:
         """Validate and normalise every field (ValueError names field, value and range)."""
-        self.center_ra = _finite("center_ra", self.center_ra, "deg in [0, 360)")
-        if not 0.0 <= self.center_ra < 360.0:
-            raise ValueError(f"center_ra must be in [0, 360) deg, got {self.center_ra}")
-        self.center_dec = _finite("center_dec", self.center_dec, "deg in [-90, 90]")
-        if not -90.0 <= self.center_dec <= 90.0:
-            raise ValueError(f"center_dec must be in [-90, 90] deg, got {self.center_dec}")
-        for name in ("width", "height"):
-            v = _finite(name, getattr(self, name), "arcmin > 0")
-            if not v > 0:
-                raise ValueError(f"{name} must be > 0 arcmin, got {v}")
-            setattr(self, name, v)
-
-        if not _is_int(self.detector) or not 0 <= int(self.detector) <= 6:
-            raise ValueError(f"detector must be an integer 0 (all) or 1-6, got {self.detector!r}")
-        self.detector = int(self.detector)
-
-        self.xy_shrink = _finite("xy_shrink", self.xy_shrink, "in (0, 1]")
-        if not 0.0 < self.xy_shrink <= 1.0:
-            raise ValueError(f"xy_shrink must be in (0, 1], got {self.xy_shrink}")
-        if self.z_shrink is not None:
-            self.z_shrink = _finite("z_shrink", self.z_shrink, "None or in (0, 1]")
-            if not 0.0 < self.z_shrink <= 1.0:
-                raise ValueError(f"z_shrink must be None or in (0, 1], got {self.z_shrink}")
-
-        for name in ("xy_oversample", "z_oversample"):
-            v = _finite(name, getattr(self, name), "> 0")
-            if not v > 0:
-                raise ValueError(f"{name} must be > 0, got {v}")
-            setattr(self, name, v)
-        if self.z_lambda_edges is not None:
-            self.z_lambda_edges = validate_lambda_edges(self.z_lambda_edges, name="z_lambda_edges")
-
-        if self.mjd_range is not None:
-            mr = self.mjd_range
-            if isinstance(mr, (str, bytes)) or not hasattr(mr, "__len__") or len(mr) != 2:
-                raise ValueError(f"mjd_range must be None or (mjd_min, mjd_max), got {mr!r}")
-            lo = _finite("mjd_range", mr[0], "two finite MJDs, min < max")
-            hi = _finite("mjd_range", mr[1], "two finite MJDs, min < max")
-            if not lo < hi:
-                raise ValueError(f"mjd_range must be increasing (mjd_min < mjd_max), got ({lo}, {hi})")
-            self.mjd_range = (lo, hi)
-
-        for name in ("max_images", "download_workers"):
-            v = getattr(self, name)
-            if not _is_int(v) or int(v) < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-            setattr(self, name, int(v))
-
-        for name in ("skip_existing", "subtract_zodi", "static_zodi", "overwrite", "progress"):
-            setattr(self, name, _bool(name, getattr(self, name)))
-
-        if self.data_mirror is not None:
-            self.data_mirror = _path("data_mirror", self.data_mirror)
-        self.output_dir = _path("output_dir", self.output_dir)
-
-        try:
-            self.exclude_flags = validate_exclude_flags(self.exclude_flags)
-        except ValueError as exc:
-            raise ValueError(f"exclude_flags: {exc} (got {self.exclude_flags!r})") from None
-
-        self.ivar_max = _finite("ivar_max", self.ivar_max, "> 0")
-        if not self.ivar_max > 0:
-            raise ValueError(f"ivar_max must be > 0, got {self.ivar_max}")
-        self.min_overlap = _finite("min_overlap", self.min_overlap, "in [0, 1)")
-        if not 0.0 <= self.min_overlap < 1.0:
-            raise ValueError(f"min_overlap must be in [0, 1), got {self.min_overlap}")
-
-        if not isinstance(self.kernel, str) or self.kernel.strip().lower() not in KERNELS:
-            raise ValueError(f"kernel must be one of {list(KERNELS)}, got {self.kernel!r}")
-        self.kernel = self.kernel.strip().lower()
-
-        if self.tap_url is not None:
-            if not isinstance(self.tap_url, str) or not self.tap_url.strip().lower().startswith(
-                ("http://", "https://")
-            ):
-                raise ValueError(f"tap_url must be None or an http(s) URL, got {self.tap_url!r}")
-            self.tap_url = self.tap_url.strip()
-        if self.use_cutouts is not None:
-            self.use_cutouts = _bool("use_cutouts", self.use_cutouts)
-        self.cutout_margin_arcmin = _finite("cutout_margin_arcmin", self.cutout_margin_arcmin, "arcmin >= 0")
-        if not self.cutout_margin_arcmin >= 0:
-            raise ValueError(f"cutout_margin_arcmin must be >= 0 arcmin, got {self.cutout_margin_arcmin}")
-        self.download_timeout = _finite("download_timeout", self.download_timeout, "seconds > 0")
-        if not self.download_timeout > 0:
-            raise ValueError(f"download_timeout must be > 0 seconds, got {self.download_timeout}")
-        if not _is_int(self.download_retries) or int(self.download_retries) < 0:
-            raise ValueError(f"download_retries must be an integer >= 0, got {self.download_retries!r}")
-        self.download_retries = int(self.download_retries)
-
+        validate(self)
         nx, ny = self.output_nx(), self.output_ny()
         if nx < 1 or ny < 1:
             raise ValueError(
@@ -332,28 +269,20 @@ class Drizzle3DConfig:
 
     def replace(self, **changes: Any) -> "Drizzle3DConfig":
         """A validated copy with ``changes`` applied (unknown names raise ValueError)."""
-        unknown = sorted(set(changes) - set(_init_field_names()))
+        unknown = sorted(set(changes) - {d.name for d in described(self)})
         if unknown:
-            raise ValueError(f"unknown Drizzle3DConfig field(s): {unknown}")
+            raise ValueError(f"unknown {type(self).__name__} field(s): {unknown}")
         return dataclasses.replace(self, **changes)
 
     # ── Serialisation ──────────────────────────────────────────────────────
 
     def to_dict(self) -> Dict[str, Any]:
         """Every init field as plain JSON/YAML types (Path -> str, arrays/tuples -> lists)."""
-        d: Dict[str, Any] = {}
-        for name in _init_field_names():
-            v = getattr(self, name)
-            if isinstance(v, Path):
-                v = str(v)
-            elif isinstance(v, np.ndarray):
-                v = [float(x) for x in v]
-            elif name == "mjd_range" and v is not None:
-                v = [float(v[0]), float(v[1])]
-            elif name == "exclude_flags":
-                v = list(v)
-            d[name] = v
-        return d
+        out = {}
+        for d in described(self):
+            v = getattr(self, d.name)
+            out[d.name] = None if v is None else d.setting.rule.plain(v)
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> "Drizzle3DConfig":
@@ -366,27 +295,20 @@ class Drizzle3DConfig:
             raise ValueError(f"config must be a mapping of field names to values, got {type(data).__name__}")
         data = dict(data)
         data.pop("BASE_PIXSCALE", None)  # non-init constant written by some 0.4.1 files
-        names = _init_field_names()
+        fields = described(cls)
+        names = [d.name for d in fields]
         unknown = sorted(str(k) for k in data if k not in names)
         if unknown:
-            raise ValueError(f"unknown config key(s): {unknown}; valid keys: {list(names)}")
-        required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING]
-        missing = [k for k in required if k not in data]
+            raise ValueError(f"unknown config key(s): {unknown}; valid keys: {names}")
+        missing = [d.name for d in fields if d.required and d.name not in data]
         if missing:
             raise ValueError(f"missing required config key(s): {missing}")
-        for key in _FLOAT_FIELDS:
-            if isinstance(data.get(key), str):
-                data[key] = _str_to_float(key, data[key])
-        if isinstance(data.get("z_lambda_edges"), list):
-            data["z_lambda_edges"] = [_str_to_float("z_lambda_edges", x) if isinstance(x, str) else x
-                                      for x in data["z_lambda_edges"]]
-        if isinstance(data.get("mjd_range"), list):
-            data["mjd_range"] = tuple(_str_to_float("mjd_range", x) if isinstance(x, str) else x
-                                      for x in data["mjd_range"])
+        for d in fields:
+            if d.name in data:
+                data[d.name] = d.setting.rule.from_text(data[d.name])
         return cls(**data)
 
-    # 0.4.1 names
+    # spxquery 0.4.1 API names
     def _to_dict(self) -> Dict[str, Any]:
         return self.to_dict()
 
@@ -407,25 +329,24 @@ class Drizzle3DConfig:
             raise ValueError(f"invalid config JSON: {exc}") from exc
         return cls.from_dict(data)
 
+    def yaml_text(self, preamble: str = _YAML_PREAMBLE, blocks: Optional[Mapping[str, str]] = None) -> str:
+        """The config as commented YAML: ``preamble``, then each group under its title, each
+        field under a comment with its help, unit and allowed range. ``blocks`` replaces the
+        YAML of the fields it names (text ending with a newline)."""
+        d = self.to_dict()
+        parts = [preamble]
+        for group, fields in groups_in_order(self, list(GROUPS)):
+            parts.append(f"\n# ── {GROUPS.get(group, group)}\n")
+            for f in fields:
+                parts.append(_comment(f.summary()))
+                parts.append((blocks or {}).get(f.name) or _yaml_block({f.name: d[f.name]}))
+        return "".join(parts)
+
     def to_yaml_file(self, filepath: Union[str, Path]) -> None:
-        """Write the config as YAML with a commented header per field group (creates parents)."""
+        """Write :meth:`yaml_text` to ``filepath`` (creates parents)."""
         filepath = Path(filepath)
         filepath.parent.mkdir(parents=True, exist_ok=True)
-        d = self.to_dict()
-        parts = [
-            "# SPHEREx Drizzle3D configuration (spxquery.drizzle3d).\n"
-            "# Load with Drizzle3DConfig.from_yaml_file(path). Units: deg, arcmin, um, MJD, s.\n"
-        ]
-        written = set()
-        for header, keys in _GROUPS:
-            parts.append("\n" + "".join(f"# {line}\n" for line in header.split("\n")))
-            chunk = {k: d[k] for k in keys}
-            written.update(keys)
-            parts.append(_yaml_block(chunk))
-        rest = {k: v for k, v in d.items() if k not in written}
-        if rest:
-            parts.append("\n# Other settings\n" + _yaml_block(rest))
-        filepath.write_text("".join(parts), encoding="utf-8")
+        filepath.write_text(self.yaml_text(), encoding="utf-8")
         logger.debug("Wrote config to %s", filepath)
 
     @classmethod
@@ -447,9 +368,7 @@ class Drizzle3DConfig:
             raise ValueError(f"{filepath}: expected a YAML mapping of config fields, got {type(data).__name__}")
         try:
             return cls.from_dict(data)
-        except ValueError as exc:
-            raise ValueError(f"{filepath}: {exc}") from exc
-        except TypeError as exc:  # defensive: should be unreachable after key checks
+        except (ValueError, TypeError) as exc:  # TypeError: defensive, unreachable after the key checks
             raise ValueError(f"{filepath}: {exc}") from exc
 
 
@@ -462,25 +381,22 @@ _FlowListDumper.add_representer(
 )
 
 
+def _comment(text: str, width: int = 100) -> str:
+    """``text`` as YAML comment lines of at most ``width`` characters; the allowed range (after
+    the last ``"; "``) is never split."""
+    head, sep, rng = text.rpartition("; ")
+    lines = textwrap.wrap(head or rng, width - 2)
+    if head:
+        if len(lines[-1]) + 2 + len(rng) <= width - 2:
+            lines[-1] += sep + rng
+        else:
+            lines[-1] += ";"
+            lines.append(rng)
+    return "".join(f"# {ln}\n" for ln in lines)
+
+
 def _yaml_block(mapping: Dict[str, Any]) -> str:
     return yaml.dump(mapping, Dumper=_FlowListDumper, default_flow_style=False, sort_keys=False, width=100)
 
 
-_FLOAT_FIELDS = (
-    "center_ra", "center_dec", "width", "height", "xy_shrink", "z_shrink", "xy_oversample",
-    "z_oversample", "ivar_max", "min_overlap", "cutout_margin_arcmin", "download_timeout",
-)
-
-
-def _str_to_float(name: str, s: str) -> Any:
-    try:
-        return float(s)
-    except ValueError:
-        return s  # let field validation report it with the field's rule
-
-
-def _init_field_names() -> Tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(Drizzle3DConfig) if f.init)
-
-
-__all__ = ["Drizzle3DConfig", "DEFAULT_TAP_URL", "TAP_URL_ENV", "KERNELS"]
+__all__ = ["Drizzle3DConfig", "DEFAULT_TAP_URL", "TAP_URL_ENV", "KERNELS", "GROUPS"]

@@ -32,6 +32,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from .settings import header_cards
+
 logger = logging.getLogger(__name__)
 
 #: Keyword-series prefixes in the PRIMARY header (5-digit 1-based index follows).
@@ -134,10 +136,6 @@ def _primary(cube) -> fits.PrimaryHDU:
     h["BAND_NM"] = (f"D{int(cube.detector)}", "band name")
     h["N_INPUTS"] = (int(cube.n_inputs), "input frames that contributed")
     h["N_REJECT"] = (int(cube.n_rejected), "input files rejected (unusable)")
-    h["XYSHRINK"] = (float(cfg.xy_shrink), "spatial droplet shrink")
-    h["ZSHRINK"] = (float(cfg.effective_z_shrink()), "spectral droplet shrink")
-    h["XYOVRSM"] = (float(cfg.xy_oversample), "spatial output oversampling")
-    h["ZOVRSM"] = (float(cfg.z_oversample), "spectral output oversampling")
     base = getattr(cfg, "BASE_PIXSCALE", 6.15)
     h["PIXSCALE"] = (float(base), "[arcsec] native pixel scale")
     h["EPIXSCLE"] = (float(cube.pixscale), "[arcsec] output pixel scale")
@@ -147,13 +145,8 @@ def _primary(cube) -> fits.PrimaryHDU:
     h["NZ"] = (int(n_z), "spectral planes")
     h["NX"] = (int(n_x), "spatial x size")
     h["NY"] = (int(n_y), "spatial y size")
-    h["KERNEL"] = (str(getattr(cfg, "kernel", "square")), "drizzle kernel")
-    h["ZODISUB"] = (bool(cfg.subtract_zodi), "zodi model subtracted")
-    h["ZODISTAT"] = (bool(cfg.static_zodi), "zodi scale fixed at 1.0")
-    h["IVARMAX"] = (float(cfg.ivar_max), "inverse-variance cap")
-    h["MINOVRLP"] = (float(cfg.min_overlap), "minimum f_xy*f_z")
-    h["RA_CEN"] = (float(cfg.center_ra), "[deg] output centre")
-    h["DEC_CEN"] = (float(cfg.center_dec), "[deg] output centre")
+    for keyword, value, comment in header_cards(cfg):  # the settings, from their descriptions
+        h[keyword] = (value, comment)
     v = _versions()
     h["DRIZVER"] = (v["package"], "spxquery.drizzle3d version")
     h["COREVER"] = (v["core"], "Rust core version")

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import numbers
 import re
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +221,34 @@ def exclude_bitmask(exclude_flags: Any, bits: Mapping[str, int] = DEFAULT_FLAG_B
     return mask
 
 
+def parse_flag_words(words: Sequence[str]) -> List[FlagSpec]:
+    """Flag specifications from command-line words: bit numbers, names, ``recommended`` (the
+    :data:`RECOMMENDED_EXCLUDE_FLAGS`) and ``none`` (nothing); validated later by the config."""
+    out: List[FlagSpec] = []
+    for w in words:
+        low = w.strip().lower()
+        if low == "none":
+            continue
+        if low == "recommended":
+            out.extend(RECOMMENDED_EXCLUDE_FLAGS)
+        elif w.strip().isdigit():
+            out.append(int(w))
+        else:
+            out.append(w.strip())
+    return out
+
+
+def as_uint32(flags: Any) -> np.ndarray:
+    """FLAGS values as native uint32: int32 (the files' type, any byte order) reinterpreted
+    bit for bit, native uint32 as is (no copy), other integer types converted modulo 2**32."""
+    a = np.asarray(flags)
+    if a.dtype == np.uint32:
+        return a
+    if a.dtype.kind == "i" and a.dtype.itemsize == 4:
+        return a.astype(np.int32, copy=False).view(np.uint32)
+    return a.astype(np.int64).astype(np.uint32)
+
+
 def describe_bits(value: int, bits: Mapping[str, int] = DEFAULT_FLAG_BITS) -> List[str]:
     """Names of the bits set in ``value`` (bit order); unnamed bits appear as ``BIT<n>``."""
     v = int(value) & 0xFFFFFFFF  # int32 FLAGS values are reinterpreted as uint32
@@ -241,5 +271,7 @@ __all__ = [
     "normalize_flag_spec",
     "validate_exclude_flags",
     "exclude_bitmask",
+    "parse_flag_words",
+    "as_uint32",
     "describe_bits",
 ]
