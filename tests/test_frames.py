@@ -1,4 +1,4 @@
-"""Reading SPHEREx L2 frames written by the simulator: QR2, QR3, cutouts, crops, rejections."""
+"""Reading SPHEREx L2 frames written by the simulator: QR2, QR3, cutouts, crops, strips, rejections."""
 
 import dataclasses
 import shutil
@@ -10,8 +10,9 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from spxquery.drizzle3d.config import Drizzle3DConfig
-from spxquery.drizzle3d.frames import FrameError, footprint_crop, open_frame, read_frame, wavelength_astropy
-from spxquery.drizzle3d.grid import build_output_wcs
+from spxquery.drizzle3d.footprint import footprint_crop
+from spxquery.drizzle3d.frames import FrameError, open_frame, prepare_frame
+from spxquery.drizzle3d.grid import OutputGrid, build_output_wcs
 from spxquery.drizzle3d.simulate import (
     PointSource, SkyModel, Spectrum, build_l2_hdulist, make_cutout, make_frame_meta, render_frame, write_l2_file,
 )
@@ -44,6 +45,45 @@ def files(tmp_path_factory):
     return out
 
 
+def wavelength_astropy(path, x, y):
+    """Reference (lambda_c, delta_lambda) in um from astropy's ``W`` WCS with SIP switched off."""
+    from astropy import log as alog
+
+    with fits.open(path) as hdul, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        level = alog.level
+        alog.setLevel("ERROR")
+        try:
+            w = WCS(hdul["IMAGE"].header, fobj=hdul, key="W")
+        finally:
+            alog.setLevel(level)
+        w.sip = None
+        lam, dlam = w.pixel_to_world_values(np.asarray(x, float), np.asarray(y, float))
+    return np.asarray(lam, dtype=np.float64), np.asarray(dlam, dtype=np.float64)
+
+
+def wave_at(frame, x, y):
+    """(lambda_c, delta_lambda) of the frame's lookup at integer pixels ``x``, ``y``."""
+    ny, nx = frame.shape
+    lam, dlam = frame.wave.evaluate_crop(0, nx, 0, ny)
+    yi, xi = np.asarray(y, int), np.asarray(x, int)
+    return lam[yi, xi], dlam[yi, xi]
+
+
+def grid_of(cfg, det=3):
+    return OutputGrid.for_detector(cfg, det)
+
+
+def read_whole(path, cfg, det=3):
+    """``(frame, strip)``: the frame prepared for ``cfg``'s grid with its crop in one strip (None: outside)."""
+    frame = prepare_frame(path, cfg, grid_of(cfg, det), strip_pixels=2**62)
+    if frame is None:
+        return None
+    strips = list(frame.strips())
+    assert len(strips) == 1
+    return frame, strips[0]
+
+
 def _cfg(**kw):
     base = dict(center_ra=RA0 + 0.1, center_dec=DEC0 + 0.05, width=6.0, height=5.0, detector=3, progress=False)
     base.update(kw)
@@ -56,7 +96,7 @@ def _cfg(**kw):
 @pytest.mark.parametrize("layout", ["qr2", "qr3"])
 def test_open_frame_layouts(files, layout):
     fh = open_frame(files[layout], 3)
-    assert fh.layout == layout.upper()
+    assert fh.flags_compressed == (layout == "qr3")
     assert fh.detector == 3 and fh.shape == (2040, 2040) and not fh.is_cutout
     assert fh.obsid == "2025W18_2B_0001_1"
     assert fh.mjd == pytest.approx(files["meta"].mjd_avg)
@@ -66,7 +106,7 @@ def test_open_frame_layouts(files, layout):
 
 def test_open_cutout(files):
     fh = open_frame(files["cutout"], 3)
-    assert fh.is_cutout and fh.layout == "QR3"
+    assert fh.is_cutout and fh.flags_compressed
     ny, nx = fh.shape
     assert ny < 200 and nx < 200
     x0, y0 = fh.parent_offset
@@ -104,13 +144,14 @@ def test_wavelength_lookup_matches_astropy(files, which):
     x = np.concatenate([rng.integers(0, nx, 3000), [0, nx - 1, 0, nx - 1]]).astype(float)
     y = np.concatenate([rng.integers(0, ny, 3000), [0, 0, ny - 1, ny - 1]]).astype(float)
     lam_ref, bw_ref = wavelength_astropy(files[which], x, y)
-    lam, bw = fh.wave.evaluate(x, y)
+    lam, bw = wave_at(fh, x, y)
     assert np.max(np.abs(lam - lam_ref)) < 1e-6
     assert np.max(np.abs(bw - bw_ref)) < 1e-6
-    # the crop evaluation is the same function on pixel centres
+    # a crop's lookup is the same numbers as the whole frame's at those pixels
     lc, bc = fh.wave.evaluate_crop(5, 25, 7, 19)
-    lr, br = fh.wave.evaluate(np.arange(5, 25)[None, :], np.arange(7, 19)[:, None])
+    lr, br = wave_at(fh, np.arange(5, 25)[None, :], np.arange(7, 19)[:, None])
     np.testing.assert_array_equal(lc, lr)
+    np.testing.assert_array_equal(bc, br)
     # the simulator's truth: wavelength falls with y, by ~0.78 um over D3
     if which != "cutout":
         assert lam_ref[np.argmin(y)] > lam_ref[np.argmax(y)]
@@ -123,7 +164,7 @@ def test_wavelength_with_sip_left_on_differs(files):
         w = WCS(hdul["IMAGE"].header, fobj=hdul, key="W")
         x = np.array([10.0, 2000.0]), np.array([10.0, 2000.0])
         lam_sip = w.pixel_to_world_values(*x)[0]
-    lam = open_frame(files["qr2"], 3).wave.evaluate(*x)[0]
+    lam = wave_at(open_frame(files["qr2"], 3), *x)[0]
     if w.sip is not None:
         assert np.max(np.abs(lam_sip - lam)) > 1e-4
 
@@ -165,7 +206,7 @@ def test_crop_contains_every_touching_pixel(files, dra, ddec, w, h, xyo):
     cfg = _cfg(center_ra=RA0 + dra, center_dec=DEC0 + ddec, width=w, height=h, xy_oversample=xyo)
     out = build_output_wcs(cfg)
     shape = (cfg.output_ny(), cfg.output_nx())
-    crop = footprint_crop(fh, out, shape)
+    crop = footprint_crop(fh, grid_of(cfg))
     assert crop is not None
     x0, x1, y0, y1 = crop
     search = (max(x0 - 30, 0), min(x1 + 30, 2040) - 1, max(y0 - 30, 0), min(y1 + 30, 2040) - 1)
@@ -180,14 +221,14 @@ def test_crop_contains_every_touching_pixel(files, dra, ddec, w, h, xyo):
 def test_crop_full_frame_when_region_contains_frame(files):
     fh = open_frame(files["qr2"], 3)
     cfg = _cfg(center_ra=RA0, center_dec=DEC0, width=300.0, height=300.0)
-    assert footprint_crop(fh, build_output_wcs(cfg), (cfg.output_ny(), cfg.output_nx())) == (0, 2040, 0, 2040)
+    assert footprint_crop(fh, grid_of(cfg)) == (0, 2040, 0, 2040)
 
 
 def test_crop_none_when_disjoint(files):
     fh = open_frame(files["qr2"], 3)
     for dra, ddec in [(40.0, 0.0), (0.0, 2.6), (180.0, -60.0)]:
         cfg = _cfg(center_ra=RA0 + dra, center_dec=DEC0 + ddec, width=10.0, height=10.0)
-        assert footprint_crop(fh, build_output_wcs(cfg), (cfg.output_ny(), cfg.output_nx())) is None
+        assert footprint_crop(fh, grid_of(cfg)) is None
 
 
 def test_far_frame_reads_no_pixel_data(files, tmp_path):
@@ -202,29 +243,29 @@ def test_far_frame_reads_no_pixel_data(files, tmp_path):
         fh.seek(start)
         fh.write(b"\xff" * span)
     far_cfg = _cfg(center_ra=RA0 + 40.0)
-    assert read_frame(p, far_cfg, 3, build_output_wcs(far_cfg)) is None
+    assert read_whole(p, far_cfg) is None
     near_cfg = _cfg()
     with pytest.raises(FrameError, match="corrupt.fits.*unreadable"):
-        read_frame(p, near_cfg, 3, build_output_wcs(near_cfg))
+        read_whole(p, near_cfg)
 
 
 # ---------------------------------------------------------------- data
 
 
 @pytest.mark.parametrize("layout", ["qr2", "qr3"])
-def test_read_frame_crop_matches_full_read(files, layout):
+def test_prepared_crop_matches_full_read(files, layout):
     cfg = _cfg(static_zodi=True)
     out = build_output_wcs(cfg)
-    fr = read_frame(files[layout], cfg, 3, out)
-    assert fr is not None and fr.layout == layout.upper()
-    x0, x1, y0, y1 = fr.crop
+    frame, fr = read_whole(files[layout], cfg)
+    assert frame.flags_compressed == (layout == "qr3")
+    x0, x1, y0, y1 = frame.crop
     arr = files["arrays"]
     sl = (slice(y0, y1), slice(x0, x1))
     np.testing.assert_allclose(fr.image, arr["image"][sl].astype(np.float64) - arr["zodi"][sl], rtol=0, atol=1e-5, equal_nan=True)
     np.testing.assert_array_equal(fr.variance, arr["variance"][sl])
     assert fr.flags.dtype == np.uint32
     np.testing.assert_array_equal(fr.flags, arr["flags"][sl].view(np.uint32))
-    assert fr.zodi_scale == 1.0 and fr.zodi_source == "static"
+    assert frame.zodi.scale == 1.0 and frame.zodi.source == "static" and not frame.zodi.fitted
     lam_ref, bw_ref = wavelength_astropy(files[layout], *np.meshgrid(np.arange(x0, x1), np.arange(y0, y1)))
     assert np.max(np.abs(fr.lambda_c - lam_ref)) < 1e-6 and np.max(np.abs(fr.delta_lambda - bw_ref)) < 1e-6
     # corner map: output-grid positions of the input pixel corners, checked with astropy
@@ -242,15 +283,15 @@ def test_read_frame_crop_matches_full_read(files, layout):
 def test_qr2_qr3_cutout_read_identically(files):
     cfg = _cfg(width=4.0, height=4.0)
     out = build_output_wcs(cfg)
-    frs = {k: read_frame(files[k], cfg, 3, out) for k in ("qr2", "qr3", "cutout")}
-    a, b, c = frs["qr2"], frs["qr3"], frs["cutout"]
-    assert a.crop == b.crop
+    frs = {k: read_whole(files[k], cfg) for k in ("qr2", "qr3", "cutout")}
+    (fa, a), (fb, b), (fc, c) = frs["qr2"], frs["qr3"], frs["cutout"]
+    assert fa.crop == fb.crop
     np.testing.assert_array_equal(a.image, b.image)
     np.testing.assert_array_equal(a.flags, b.flags)
     # the cutout crop covers the same parent pixels
-    cx0, cy0 = (int(v) for v in c.extra["parent_offset"])
-    x0, x1, y0, y1 = c.crop
-    assert (x0 + cx0, x1 + cx0, y0 + cy0, y1 + cy0) == a.crop
+    cx0, cy0 = (int(v) for v in fc.parent_offset)
+    x0, x1, y0, y1 = fc.crop
+    assert (x0 + cx0, x1 + cx0, y0 + cy0, y1 + cy0) == fa.crop
     np.testing.assert_array_equal(c.variance, a.variance)
     np.testing.assert_array_equal(c.flags, a.flags)
     np.testing.assert_allclose(c.lambda_c, b.lambda_c, atol=1e-12)  # same (QR3) table as the cutout's parent
@@ -261,17 +302,16 @@ def test_qr2_qr3_cutout_read_identically(files):
 
 def test_zodi_scale_recovered(files):
     cfg = _cfg()
-    fr = read_frame(files["qr3"], cfg, 3, build_output_wcs(cfg))
-    assert fr.zodi_fit_ok and fr.zodi_source == "crop"
-    assert fr.zodi_scale == pytest.approx(ZODI_TRUE, rel=0.03)
+    frame, _ = read_whole(files["qr3"], cfg)
+    assert frame.zodi.fitted and frame.zodi.source == "crop"
+    assert frame.zodi.scale == pytest.approx(ZODI_TRUE, rel=0.03)
     # a tiny region: the fit falls back to a decimated subsample of the whole frame
     tiny = _cfg(width=0.5, height=0.5)
-    fr = read_frame(files["qr3"], tiny, 3, build_output_wcs(tiny))
+    frame, fr = read_whole(files["qr3"], tiny)
     assert fr.image.size < 1000
-    assert fr.zodi_source == "subsample" and fr.zodi_scale == pytest.approx(ZODI_TRUE, rel=0.03)
-    off = _cfg(subtract_zodi=False)
-    fr = read_frame(files["qr3"], off, 3, build_output_wcs(off))
-    assert fr.zodi_scale is None
+    assert frame.zodi.source == "subsample" and frame.zodi.scale == pytest.approx(ZODI_TRUE, rel=0.03)
+    frame, fr = read_whole(files["qr3"], _cfg(subtract_zodi=False))
+    assert frame.zodi.scale is None and frame.zodi.source == "none"
 
 
 def test_exclude_flags_by_name_and_number(files, tmp_path):
@@ -283,10 +323,45 @@ def test_exclude_flags_by_name_and_number(files, tmp_path):
         cfg = _cfg(exclude_flags=spec) if spec == [10] else _cfg()
         if spec == ["HOTPIX"]:
             cfg.exclude_flags = spec  # a name only this file defines: resolved with the file's own bits
-        fr = read_frame(p, cfg, 3, build_output_wcs(cfg))
+        frame, fr = read_whole(p, cfg)
         hot = (fr.flags & np.uint32(1 << 10)) != 0
         assert hot.any()
         np.testing.assert_array_equal(fr.exclude_mask, hot)
+
+
+@pytest.mark.parametrize("layout", ["qr2", "qr3"])
+def test_strips_are_the_whole_crop_in_row_order(files, layout):
+    """A crop read in strips of rows gives the same pixels as one read; the flags and the exclude
+    mask are decided once for the whole crop and only sliced per strip."""
+    cfg = _cfg(width=12.0, height=10.0, exclude_flags=["HOT", "NONFUNC"])
+    grid = grid_of(cfg)
+    whole = prepare_frame(files[layout], cfg, grid, strip_pixels=2**62)
+    small = prepare_frame(files[layout], cfg, grid, strip_pixels=5000)
+    assert small.crop == whole.crop and small.zodi.source == "subsample" and whole.zodi.source == "crop"
+    x0, x1, y0, y1 = whole.crop
+    assert small.exclude_mask.shape == (y1 - y0, x1 - x0) and small.exclude_mask.any()
+    bits = (1 << small.flag_bits["HOT"]) | (1 << small.flag_bits["NONFUNC"])
+    np.testing.assert_array_equal(small.exclude_mask, (small.flags & np.uint32(bits)) != 0)
+    pieces = list(small.strips())
+    assert len(pieces) > 3 and all(p.image.shape[0] <= small.strip_rows for p in pieces)
+    assert all(np.shares_memory(p.exclude_mask, small.exclude_mask) for p in pieces)
+    (one,) = list(whole.strips())
+    for name in ("variance", "flags", "lambda_c", "delta_lambda", "exclude_mask"):
+        np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p in pieces]), getattr(one, name), name)
+    # the image differs only by the zodi scale (fitted on the crop vs on the frame's subsample)
+    zodi = files["arrays"]["zodi"][y0:y1, x0:x1].astype(np.float64)
+    np.testing.assert_allclose(np.concatenate([p.image for p in pieces]) + small.zodi.scale * zodi,
+                               one.image + whole.zodi.scale * zodi, rtol=0, atol=1e-12, equal_nan=True)
+    cx = np.concatenate([p.corners_x[:-1] for p in pieces] + [pieces[-1].corners_x[-1:]])
+    np.testing.assert_allclose(cx, one.corners_x, atol=2e-3)
+
+
+def test_frame_of_another_detector_or_not_prepared(files):
+    cfg = _cfg()
+    with pytest.raises(FrameError, match="belongs to detector D3, expected D4"):
+        prepare_frame(files["qr2"], cfg, grid_of(cfg, 4))
+    with pytest.raises(ValueError, match="prepare_frame"):
+        next(open_frame(files["qr2"]).strips())
 
 
 # ---------------------------------------------------------------- rejections
@@ -322,4 +397,4 @@ def test_rejections(files, tmp_path):
         assert ei.value.path == path and path.name in str(ei.value)
         cfg = _cfg()
         with pytest.raises(FrameError):
-            read_frame(path, cfg, det, build_output_wcs(cfg))
+            read_whole(path, cfg, det)

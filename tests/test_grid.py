@@ -1,4 +1,4 @@
-"""build_output_wcs: centring, pixel scale, orientation, shape."""
+"""The output grid: build_output_wcs (centring, pixel scale, orientation, shape) and OutputGrid."""
 
 import numpy as np
 import pytest
@@ -98,3 +98,38 @@ def test_header_round_trip():
     np.testing.assert_allclose(back.wcs.crpix, wcs.wcs.crpix)
     np.testing.assert_allclose(back.wcs.crval, [45.0, 10.0])
     np.testing.assert_allclose(back.wcs.cdelt, wcs.wcs.cdelt)
+
+
+def test_output_grid_is_the_config_grid():
+    from spxquery.drizzle3d.grid import OutputGrid
+    from spxquery.drizzle3d.spectral import build_z_grid
+
+    cfg = Drizzle3DConfig(150.0, 2.2, 10.0, 6.0, detector=0, xy_oversample=2.0, z_oversample=1.5)
+    g = OutputGrid.for_detector(cfg, 4)
+    assert g.shape == (cfg.output_ny(), cfg.output_nx()) == (g.ny, g.nx)
+    assert g.cube_shape == (g.zgrid.n_z, g.ny, g.nx) and g.nz == g.zgrid.n_z
+    assert g.pixscale == cfg.effective_pixscale()
+    assert g.wcs.to_header() == build_output_wcs(cfg).to_header()
+    np.testing.assert_array_equal(g.zgrid.edges, build_z_grid(4, 1.5, None).edges)
+    assert g.plane_detector.shape == (g.nz,) and g.detectors == (4,) and g.detector == 4
+
+
+def test_output_grid_keeps_a_given_wcs_and_the_detector_of_each_plane():
+    from astropy.wcs import WCS
+
+    from spxquery.drizzle3d.grid import OutputGrid, celestial
+
+    cfg = Drizzle3DConfig(45.0, 10.0, 5.0, 4.0)
+    w2 = build_output_wcs(cfg)
+    assert celestial(w2) is w2
+    w3 = WCS(naxis=3)
+    w3.wcs.ctype = ["RA---TAN", "DEC--TAN", "WAVE"]
+    w3.wcs.crval = [45.0, 10.0, 1e-6]
+    assert celestial(w3).naxis == 2 and list(celestial(w3).wcs.ctype) == ["RA---TAN", "DEC--TAN"]
+    g = OutputGrid.for_detector(cfg, 2, wcs=w3)
+    assert g.wcs.naxis == 2 and g.shape == (cfg.output_ny(), cfg.output_nx())
+    # planes of several detectors in one grid (room for an all-detector cube)
+    g.plane_detector = np.repeat([2, 5], [10, g.nz - 10])
+    assert g.detectors == (2, 5)
+    with pytest.raises(ValueError, match=r"detectors \[2, 5\]"):
+        g.detector

@@ -32,6 +32,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from .grid import celestial
 from .settings import header_cards
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,7 @@ def spectral_wcs_keywords(zgrid) -> Dict[str, Any]:
 
 def _cube_wcs_header(wcs_2d: WCS, zgrid) -> fits.Header:
     """3-D WCS header: the celestial WCS of the cube plus the spectral axis."""
-    cel = wcs_2d.celestial if wcs_2d.naxis != 2 else wcs_2d
-    src = cel.to_header(relax=False)
+    src = celestial(wcs_2d).to_header(relax=False)
     hdr = fits.Header()
     hdr["WCSAXES"] = 3
     for card in src.cards:

@@ -1,14 +1,38 @@
-"""Output spatial grid: the 2-D celestial WCS of a drizzled cube."""
+"""The output grid of a cube: celestial WCS, shape, pixel scale and spectral planes.
+
+:class:`OutputGrid` is computed once per cube from the configuration and passed whole: the
+frame reader crops and maps frames onto it, the cube is allocated on it, the writer records it.
+Conventions: 0-based pixels, ``shape = (ny, nx)``, pixel scale in arcsec, wavelengths in um.
+A part of the grid (a tile of a later tiled run) is a sub-array ``[y0:y1, x0:x1]`` of this
+grid, never a new projection; each spectral plane records the detector it belongs to, so that
+planes of several detectors can share one grid.
+
+:func:`build_output_wcs` (spxquery 0.4.1 API) builds the celestial WCS.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
 
+import numpy as np
 from astropy.wcs import WCS
 
 from .config import Drizzle3DConfig
+from .spectral import ZGrid, build_z_grid
 
 logger = logging.getLogger(__name__)
+
+
+def celestial(wcs: WCS) -> WCS:
+    """The 2-D celestial part of ``wcs`` (``wcs`` itself when it has two axes)."""
+    return wcs.celestial if wcs.naxis != 2 else wcs
+
+
+def output_shape(config: Drizzle3DConfig) -> Tuple[int, int]:
+    """``(ny, nx)`` of the output image [pixels] (see ``Drizzle3DConfig.output_nx``)."""
+    return config.output_ny(), config.output_nx()
 
 
 def build_output_wcs(config: Drizzle3DConfig) -> WCS:
@@ -19,8 +43,7 @@ def build_output_wcs(config: Drizzle3DConfig) -> WCS:
     ``(output_ny, output_nx)`` image: 0-based pixel ``((nx-1)/2, (ny-1)/2)``, i.e. FITS
     ``CRPIX = ((nx+1)/2, (ny+1)/2)``. ``pixel_shape`` is set to ``(nx, ny)``.
     """
-    nx = config.output_nx()
-    ny = config.output_ny()
+    ny, nx = output_shape(config)
     scale_deg = config.effective_pixscale() / 3600.0
 
     w = WCS(naxis=2)
@@ -41,4 +64,67 @@ def build_output_wcs(config: Drizzle3DConfig) -> WCS:
     return w
 
 
-__all__ = ["build_output_wcs"]
+@dataclass(eq=False)
+class OutputGrid:
+    """Where a cube's voxels are: celestial WCS and ``(ny, nx)``, pixel scale, spectral bins
+    and the detector of each plane."""
+
+    wcs: WCS
+    """2-D celestial WCS of the image (0-based pixel ``(x, y)``)."""
+    shape: Tuple[int, int]
+    """``(ny, nx)`` [pixels]."""
+    pixscale: float
+    """Output pixel scale [arcsec]."""
+    zgrid: ZGrid
+    """Spectral bins [um]."""
+    plane_detector: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    """``(n_z,)`` detector (1-6) of each plane."""
+
+    @classmethod
+    def for_detector(cls, config: Drizzle3DConfig, detector: int, wcs: Optional[WCS] = None) -> "OutputGrid":
+        """The grid of one detector's cube: ``config``'s region and spectral bins for ``detector``.
+
+        ``wcs`` replaces the configured celestial WCS (its 2-D part is used); the shape always
+        comes from the configuration.
+        """
+        zgrid = build_z_grid(detector, config.z_oversample, config.z_lambda_edges)
+        return cls(
+            wcs=celestial(wcs) if wcs is not None else build_output_wcs(config),
+            shape=output_shape(config),
+            pixscale=config.effective_pixscale(),
+            zgrid=zgrid,
+            plane_detector=np.full(zgrid.n_z, int(detector), dtype=np.int64),
+        )
+
+    @property
+    def ny(self) -> int:
+        return int(self.shape[0])
+
+    @property
+    def nx(self) -> int:
+        return int(self.shape[1])
+
+    @property
+    def nz(self) -> int:
+        return self.zgrid.n_z
+
+    @property
+    def cube_shape(self) -> Tuple[int, int, int]:
+        """``(n_z, ny, nx)`` of the accumulators."""
+        return self.nz, self.ny, self.nx
+
+    @property
+    def detectors(self) -> Tuple[int, ...]:
+        """The detectors of the planes, each once, in plane order."""
+        return tuple(int(d) for d in dict.fromkeys(self.plane_detector.tolist()))
+
+    @property
+    def detector(self) -> int:
+        """The one detector of a single-detector grid (ValueError when planes have several)."""
+        dets = self.detectors
+        if len(dets) != 1:
+            raise ValueError(f"the grid's planes belong to detectors {list(dets)}, not to one")
+        return dets[0]
+
+
+__all__ = ["OutputGrid", "build_output_wcs", "celestial", "output_shape"]

@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
@@ -26,10 +26,9 @@ from tqdm.auto import tqdm
 
 from .accumulate import DrizzleCube, drizzle_frame
 from .config import Drizzle3DConfig
-from .frames import FrameError, FrameSource, prepare_frame
-from .grid import build_output_wcs
 from .cubefile import save_cube
-from .spectral import build_z_grid
+from .frames import Frame, FrameError, prepare_frame
+from .grid import OutputGrid, build_output_wcs
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +49,10 @@ def _detectors(config: Drizzle3DConfig) -> Tuple[int, ...]:
     return ALL_DETECTORS if int(config.detector) == 0 else (int(config.detector),)
 
 
-def _read_one(path: Path, config: Drizzle3DConfig, detector: int, output_wcs: WCS, shape) -> Tuple[str, object]:
-    """('frame', FrameSource) | ('skip', None) | ('reject', reason) for one file (never raises)."""
+def _read_one(path: Path, config: Drizzle3DConfig, grid: OutputGrid) -> Tuple[str, object]:
+    """('frame', Frame) | ('skip', None) | ('reject', reason) for one file (never raises)."""
     try:
-        frame = prepare_frame(path, config, detector, output_wcs, shape)
+        frame = prepare_frame(path, config, grid)
     except FrameError as exc:
         return "reject", exc.reason
     except Exception as exc:  # a broken file must never stop the run
@@ -61,6 +60,52 @@ def _read_one(path: Path, config: Drizzle3DConfig, detector: int, output_wcs: WC
     if frame is None:
         return "skip", None
     return "frame", frame
+
+
+def _read_ahead(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid) -> Iterator[Tuple[Path, str, Any]]:
+    """``(path, kind, payload)`` of each file in order (see :func:`_read_one`). The next file is
+    read on a thread while the caller accumulates this one, unless this one's crop is large
+    (e.g. whole frames for degree-sized cubes): then one frame is held at a time, to keep peak
+    memory near the cube's accumulators. The caller drops the payload before asking for more."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drizzle-D{grid.detector}-reader") as pool:
+        remaining = iter(paths)
+        pending: Deque[Tuple[Path, Future]] = deque()
+
+        def submit_next() -> None:
+            p = next(remaining, None)
+            if p is not None:
+                pending.append((p, pool.submit(_read_one, p, config, grid)))
+
+        submit_next()
+        while pending:
+            path, fut = pending.popleft()
+            kind, payload = fut.result()
+            del fut  # the future would keep the frame alive
+            small = kind != "frame" or payload.n_pixels <= READ_AHEAD_MAX_PIXELS  # type: ignore[attr-defined]
+            if small:
+                submit_next()
+            yield path, kind, payload
+            del payload
+            if not small:
+                submit_next()
+
+
+def _drizzle_frame(cube: DrizzleCube, frame: Frame) -> Dict[str, Any]:
+    """Accumulate ``frame`` into ``cube`` strip by strip, count it once; its frame-log entry.
+
+    Large crops come in strips of rows, in row order: each voxel still sums its contributions
+    in input-pixel order.
+    """
+    n_pix, n_con, planes = 0, 0, np.zeros(cube.nz, dtype=bool)
+    for strip in frame.strips():
+        stats = drizzle_frame(cube, *strip, record=False)
+        del strip
+        n_pix += stats.n_pixels
+        n_con += stats.n_contributions
+        planes |= stats.planes
+    cube.record_frame(n_pix, n_con, planes)
+    return {"name": frame.name, "obsid": frame.obsid, "mjd": frame.mjd, "zodi_scale": frame.zodi.scale,
+            "zodi_source": frame.zodi.source, "crop": frame.crop, "n_pixels": n_pix}
 
 
 def drizzle_detector(
@@ -84,97 +129,34 @@ def drizzle_detector(
         raise FileExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
 
     paths: List[Path] = [Path(p) for p in fits_paths]
-    zgrid = build_z_grid(detector, config.z_oversample, config.z_lambda_edges)
-    cube = DrizzleCube.create(output_wcs, config.effective_pixscale(), zgrid, config, detector)
-    shape = (config.output_ny(), config.output_nx())
-    logger.info(
-        "D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx)", detector, len(paths), zgrid.n_z, shape[0], shape[1]
-    )
+    grid = OutputGrid.for_detector(config, detector, output_wcs)
+    cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector)
+    logger.info("D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx)", detector, len(paths), *grid.cube_shape)
 
-    n_rejected = 0
-    n_outside = 0
-    n_empty = 0
+    counts = {"reject": 0, "skip": 0, "empty": 0}
     t0 = time.perf_counter()
-    bar = tqdm(total=len(paths), desc=f"D{detector}", unit="frame", disable=not getattr(config, "progress", True))
-    try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drizzle-D{detector}-reader") as pool:
-            remaining = iter(paths)
-            pending: deque = deque()
-
-            def submit_next() -> None:
-                p = next(remaining, None)
-                if p is not None:
-                    pending.append((p, pool.submit(_read_one, p, config, detector, output_wcs, shape)))
-
-            submit_next()
-            while pending:
-                path, fut = pending.popleft()
-                kind, payload = fut.result()
-                del fut  # the future would keep the frame alive
-                # Read the next file while this one is accumulated, unless this crop is
-                # large: then hold one frame at a time to bound memory (3-degree cubes).
-                small = kind != "frame" or payload.n_pixels <= READ_AHEAD_MAX_PIXELS
-                if small:
-                    submit_next()
-                bar.update(1)
-                if kind == "reject":
-                    n_rejected += 1
-                    logger.warning("D%d: skipping %s: %s", detector, path, payload)
-                    continue
-                if kind == "skip":
-                    n_outside += 1
-                    logger.debug("D%d: %s does not touch the output region", detector, path.name)
-                    continue
-                source: FrameSource = payload  # type: ignore[assignment]
-                del payload
-                n_pix, n_con, planes = 0, 0, np.zeros(cube.nz, dtype=bool)
-                # Large crops come in strips of rows, in row order: each voxel still
-                # sums its contributions in input-pixel order.
-                for piece in source.frames():
-                    stats = drizzle_frame(
-                        cube,
-                        piece.corners_x,
-                        piece.corners_y,
-                        piece.image,
-                        piece.variance,
-                        piece.flags,
-                        piece.lambda_c,
-                        piece.delta_lambda,
-                        exclude_mask=piece.exclude_mask,
-                        record=False,
-                    )
-                    del piece
-                    n_pix += stats.n_pixels
-                    n_con += stats.n_contributions
-                    planes |= stats.planes
-                cube.record_frame(n_pix, n_con, planes)
-                entry = {
-                    "name": path.name,
-                    "obsid": source.header.obsid,
-                    "mjd": source.header.mjd,
-                    "zodi_scale": source.zodi_scale,
-                    "zodi_source": source.zodi_source,
-                    "crop": source.crop,
-                }
-                del source
-                if not small:
-                    submit_next()
-                if n_pix == 0:
-                    n_empty += 1
+    with tqdm(total=len(paths), desc=f"D{detector}", unit="frame", disable=not config.progress) as bar:
+        for path, kind, payload in _read_ahead(paths, config, grid):
+            bar.update(1)
+            if kind == "reject":
+                logger.warning("D%d: skipping %s: %s", detector, path, payload)
+            elif kind == "skip":
+                logger.debug("D%d: %s does not touch the output region", detector, path.name)
+            else:
+                entry = _drizzle_frame(cube, payload)
+                if entry["n_pixels"] > 0:
+                    cube.frame_log.append(entry)
+                else:
+                    kind = "empty"
                     logger.debug("D%d: %s overlaps the region but no pixel landed", detector, path.name)
-                    continue
-                entry["n_pixels"] = n_pix
-                cube.frame_log.append(entry)
-    finally:
-        bar.close()
+            del payload
+            counts[kind] = counts.get(kind, 0) + 1
 
-    cube.n_rejected = n_rejected
-    elapsed = time.perf_counter() - t0
+    cube.n_rejected = counts["reject"]
     logger.info(
         "D%d: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)",
-        detector, cube.n_inputs, n_rejected, n_outside, n_empty, elapsed,
+        detector, cube.n_inputs, counts["reject"], counts["skip"], counts["empty"], time.perf_counter() - t0,
     )
-    logger.debug("D%d: %d of %d files did not touch the output region", detector, n_outside, len(paths))
     if not cube.frame_log:
         logger.warning("D%d: no frame contributed to the output region; no cube written", detector)
         return None

@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .cubefile import load_cube
+from .grid import celestial
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,7 @@ def _cube(cube: CubeLike) -> Mapping[str, Any]:
 
 def _celestial_wcs(cube: Mapping[str, Any]) -> Any:
     wcs = cube.get("wcs")
-    if wcs is None:
-        return None
-    return wcs.celestial if getattr(wcs, "naxis", 2) > 2 else wcs
+    return None if wcs is None else celestial(wcs)
 
 
 def wavelengths(cube: CubeLike) -> Tuple[np.ndarray, np.ndarray]:

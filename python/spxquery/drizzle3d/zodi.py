@@ -1,30 +1,115 @@
-"""Zodiacal-light subtraction for SPHEREx L2 images.
+"""Zodiacal light: every rule deciding what is subtracted from a SPHEREx L2 image.
 
-The L2 ``ZODI`` extension is a model of the zodiacal light (MJy/sr) that is NOT
-subtracted from ``IMAGE``. ``subtract_zodi`` removes ``scale * ZODI``, where
-``scale`` is 1.0 (``static=True``) or the weighted least-squares amplitude
-fitted on background pixels (finite, not SOURCE, no bad flag):
+The L2 ``ZODI`` extension is a model of the zodiacal light (MJy/sr) that is NOT subtracted
+from ``IMAGE``. A frame's pixels become ``IMAGE - scale * ZODI``, with the scale chosen per
+frame by :func:`frame_scale` from the frame alone:
 
-    scale = sum(w * I * Z) / sum(w * Z^2),   w = 1 / VARIANCE
+* ``subtract_zodi`` false: nothing is subtracted (source ``none``);
+* ``static_zodi``: scale 1.0 (``static``);
+* otherwise the weighted least-squares amplitude on background pixels (finite, variance > 0,
+  neither SOURCE nor any of :data:`BAD_FLAG_NAMES`)::
 
-When fewer than ``min_pixels`` background pixels are usable, or the fitted
-scale lies outside (0, 10], the scale falls back to 1.0 with a warning.
+      scale = sum(w * I * Z) / sum(w * Z^2),   w = 1 / VARIANCE
+
+  fitted on the crop that is drizzled when it has been read whole and holds at least
+  :data:`MIN_PIXELS` background pixels (``crop``), else on every :data:`SUBSAMPLE_STEP`-th row
+  of the whole frame (``subsample``); a fit with too few pixels, a degenerate model or a scale
+  outside ``(SCALE_MIN, SCALE_MAX]`` falls back to 1.0 with a warning (``fallback``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from .flags import as_uint32
+
 logger = logging.getLogger(__name__)
 
+#: Flags that disqualify a pixel from the zodi fit (looked up by name in the file's bits).
+BAD_FLAG_NAMES = (
+    "TRANSIENT", "OVERFLOW", "SUR_ERROR", "NONFUNC", "DICHROIC", "MISSING_DATA",
+    "HOT", "COLD", "PHANMISS", "NONLINEAR", "PERSIST", "OUTLIER",
+)
+#: Bit of the SOURCE flag when the file does not name it.
+DEFAULT_SOURCE_BIT = 21
 #: Minimum number of background pixels for a fitted scale.
-DEFAULT_MIN_PIXELS = 1000
+MIN_PIXELS = 1000
 #: Accepted range of the fitted scale: (SCALE_MIN, SCALE_MAX].
 SCALE_MIN = 0.0
 SCALE_MAX = 10.0
+#: Decimation (rows) of the whole-frame subsample fitted when the crop is not enough.
+SUBSAMPLE_STEP = 16
+
+
+class ZodiPixels(NamedTuple):
+    """The arrays a fit uses, same shape: IMAGE, ZODI (MJy/sr), VARIANCE ((MJy/sr)^2), FLAGS."""
+
+    image: np.ndarray
+    zodi: np.ndarray
+    variance: Optional[np.ndarray]
+    flags: Optional[np.ndarray]
+
+
+@dataclass(frozen=True)
+class ZodiScale:
+    """What is subtracted from one frame: ``scale * ZODI`` (``scale`` None: nothing), and which
+    rule chose the scale: ``none``, ``static``, ``crop``, ``subsample`` or ``fallback``."""
+
+    scale: Optional[float]
+    source: str
+
+    @property
+    def fitted(self) -> bool:
+        """True when the scale is a valid fit."""
+        return self.source in ("crop", "subsample")
+
+    def subtract(self, image: np.ndarray, zodi: Optional[np.ndarray]) -> None:
+        """``image -= scale * zodi`` in place (nothing when the scale is None)."""
+        if self.scale is not None:
+            image -= self.scale * zodi
+
+
+NOT_SUBTRACTED = ZodiScale(None, "none")
+
+
+def fit_bits(flag_bits: Mapping[str, int]) -> Tuple[int, int]:
+    """``(bad_bits, source_bit)`` of a file: the mask of :data:`BAD_FLAG_NAMES` and the SOURCE bit."""
+    bad = 0
+    for name in BAD_FLAG_NAMES:
+        if name in flag_bits:
+            bad |= 1 << int(flag_bits[name])
+    return bad, int(flag_bits.get("SOURCE", DEFAULT_SOURCE_BIT))
+
+
+def frame_scale(
+    config: Any,
+    flag_bits: Mapping[str, int],
+    crop: Optional[ZodiPixels],
+    read_subsample: Callable[[int], ZodiPixels],
+    name: str = "",
+) -> ZodiScale:
+    """The zodi scale of one frame (rules in the module docstring).
+
+    ``config`` gives ``subtract_zodi`` and ``static_zodi``; ``flag_bits`` are the file's flag
+    names; ``crop`` holds the crop's pixels when they were read whole (None otherwise);
+    ``read_subsample(step)`` reads every ``step``-th row of the whole frame (called only when
+    needed); ``name`` names the file in warnings.
+    """
+    if not config.subtract_zodi:
+        return NOT_SUBTRACTED
+    if config.static_zodi:
+        return ZodiScale(1.0, "static")
+    bad, source_bit = fit_bits(flag_bits)
+    if crop is not None and np.count_nonzero(background_mask(*crop, bad, source_bit)) >= MIN_PIXELS:
+        scale, ok = fit_zodi_scale(*crop, bad, source_bit, name=name)
+        return ZodiScale(scale, "crop" if ok else "fallback")
+    # Crop too small for a robust fit, or read later in strips: fit on a subsample of the frame.
+    scale, ok = fit_zodi_scale(*read_subsample(SUBSAMPLE_STEP), bad, source_bit, name=name)
+    return ZodiScale(scale, "subsample" if ok else "fallback")
 
 
 def background_mask(
@@ -49,10 +134,7 @@ def background_mask(
         if source_bit is not None:
             reject |= 1 << int(source_bit)
         if reject:
-            f = np.asarray(flags)
-            if f.dtype != np.uint32:
-                f = f.astype(np.int64, copy=False).astype(np.uint32)
-            ok &= (f & np.uint32(reject & 0xFFFFFFFF)) == 0
+            ok &= (as_uint32(flags) & np.uint32(reject & 0xFFFFFFFF)) == 0
     return ok
 
 
@@ -63,7 +145,7 @@ def fit_zodi_scale(
     flags: Optional[np.ndarray],
     bad_bits: int,
     source_bit: Optional[int],
-    min_pixels: int = DEFAULT_MIN_PIXELS,
+    min_pixels: int = MIN_PIXELS,
     name: str = "",
 ) -> Tuple[float, bool]:
     """Fit ``image ~ scale * zodi`` on background pixels by weighted least squares.
@@ -111,31 +193,7 @@ def fit_zodi_scale(
     return scale, True
 
 
-def subtract_zodi(
-    image: np.ndarray,
-    zodi: np.ndarray,
-    variance: Optional[np.ndarray] = None,
-    flags: Optional[np.ndarray] = None,
-    bad_bits: int = 0,
-    source_bit: Optional[int] = 21,
-    static: bool = False,
-    scale: Optional[float] = None,
-    min_pixels: int = DEFAULT_MIN_PIXELS,
-    name: str = "",
-) -> Tuple[np.ndarray, float, bool]:
-    """Return ``(image - scale * zodi, scale, fitted_ok)`` as float64 (MJy/sr).
-
-    ``static=True`` uses scale 1.0 without fitting; a given ``scale`` is used
-    as is (e.g. fitted beforehand on a larger subsample of the frame);
-    otherwise the scale is fitted on this image with :func:`fit_zodi_scale`.
-    ``fitted_ok`` is False for static/fallback scales.
-    """
-    ok = False
-    if static:
-        s = 1.0
-    elif scale is not None:
-        s, ok = float(scale), True
-    else:
-        s, ok = fit_zodi_scale(image, zodi, variance, flags, bad_bits, source_bit, min_pixels, name)
-    out = np.asarray(image, dtype=np.float64) - s * np.asarray(zodi, dtype=np.float64)
-    return out, s, ok
+__all__ = [
+    "BAD_FLAG_NAMES", "MIN_PIXELS", "SUBSAMPLE_STEP", "ZodiPixels", "ZodiScale", "NOT_SUBTRACTED",
+    "fit_bits", "frame_scale", "background_mask", "fit_zodi_scale",
+]

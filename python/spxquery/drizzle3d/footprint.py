@@ -1,0 +1,130 @@
+"""Which input pixels of a frame can land on the output grid: the footprint crop.
+
+A frame's pixels are read only inside the crop: the bounding box of the part of the output
+region that the frame sees, projected into the frame's pixels (0-based, end-exclusive box
+``(x0, x1, y0, y1)``) and grown by the largest droplet plus a margin. Far-away frames are
+ruled out on the sky first, at the cost of a few header values.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import TYPE_CHECKING, List, Optional, Tuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .frames import Frame
+    from .grid import OutputGrid
+
+#: Extra margin (input pixels) added around the crop for corner-map error and edge sampling.
+DEFAULT_CROP_MARGIN = 1.0
+
+
+def _angsep(ra1, dec1, ra2, dec2) -> np.ndarray:
+    """Angular separation (deg) by the haversine formula."""
+    r1, d1, r2, d2 = map(np.radians, (ra1, dec1, ra2, dec2))
+    a = np.sin((d2 - d1) / 2) ** 2 + np.cos(d1) * np.cos(d2) * np.sin((r2 - r1) / 2) ** 2
+    return np.degrees(2 * np.arcsin(np.sqrt(np.clip(a, 0, 1))))
+
+
+def _boundary(nx: int, ny: int, step: float = 20.0) -> Tuple[np.ndarray, np.ndarray]:
+    """Closed polygon (counter-clockwise, first point not repeated) along the outer edge of an
+    (ny, nx) pixel grid (0-based, edges at -0.5 and n-0.5), a point every ``step`` pixels."""
+    xs = np.linspace(-0.5, nx - 0.5, max(2, int(math.ceil(nx / step)) + 1))
+    ys = np.linspace(-0.5, ny - 0.5, max(2, int(math.ceil(ny / step)) + 1))
+    bx = np.concatenate([xs[:-1], np.full(len(ys) - 1, nx - 0.5), xs[::-1][:-1], np.full(len(ys) - 1, -0.5)])
+    by = np.concatenate([np.full(len(xs) - 1, -0.5), ys[:-1], np.full(len(xs) - 1, ny - 0.5), ys[::-1][:-1]])
+    return bx, by
+
+
+def _clip_polygon(px: np.ndarray, py: np.ndarray, xmin: float, xmax: float, ymin: float, ymax: float):
+    """Sutherland-Hodgman clip of a closed polygon to a rectangle; returns (x, y) lists (maybe empty)."""
+    pts = list(zip(px.tolist(), py.tolist()))
+    for axis, bound, keep_ge in ((0, xmin, True), (0, xmax, False), (1, ymin, True), (1, ymax, False)):
+        if not pts:
+            break
+        inside = (lambda p: p[axis] >= bound) if keep_ge else (lambda p: p[axis] <= bound)
+        out = []
+        prev = pts[-1]
+        for cur in pts:
+            ci, pi = inside(cur), inside(prev)
+            if ci != pi:
+                t = (bound - prev[axis]) / (cur[axis] - prev[axis])
+                q = (prev[0] + t * (cur[0] - prev[0]), prev[1] + t * (cur[1] - prev[1]))
+                out.append(q)
+            if ci:
+                out.append(cur)
+            prev = cur
+        pts = out
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def footprint_crop(
+    frame: "Frame",
+    grid: "OutputGrid",
+    margin_pix: float = DEFAULT_CROP_MARGIN,
+) -> Optional[Tuple[int, int, int, int]]:
+    """Input-pixel box ``(x0, x1, y0, y1)`` (0-based, end-exclusive) whose droplets can touch the output.
+
+    The outer boundary of the output region (``grid.shape = (ny, nx)``), sampled
+    every 20 output pixels plus the corners, is projected into the input frame with
+    the full input WCS (SIP included) as a polygon; the polygon is clipped
+    (Sutherland-Hodgman) to the frame grown by ``g`` = half an input pixel (the
+    largest droplet) + ``margin_pix``, and the bounding box of what remains, grown by
+    ``g`` and clipped to the image, is the crop. The clipped polygon contains the
+    projected interior, so a frame lying wholly inside the output region gets the
+    full frame. Returns None when the frame and the region are disjoint (first
+    tested on the sky with circumscribed circles, so far-away frames cost no
+    projection).
+    """
+    ny_in, nx_in = frame.shape
+    ny_out, nx_out = grid.shape
+    wcs_in = frame.wcs
+    out = grid.wcs
+
+    # Coarse sky test with circumscribed circles.
+    cx_in, cy_in = np.array([-0.5, nx_in - 0.5, -0.5, nx_in - 0.5, (nx_in - 1) / 2]), np.array(
+        [-0.5, -0.5, ny_in - 0.5, ny_in - 0.5, (ny_in - 1) / 2]
+    )
+    ra_in, dec_in = wcs_in.all_pix2world(cx_in, cy_in, 0)
+    r_in = float(np.max(_angsep(ra_in[4], dec_in[4], ra_in[:4], dec_in[:4])))
+    cx_out = np.array([-0.5, nx_out - 0.5, -0.5, nx_out - 0.5, (nx_out - 1) / 2])
+    cy_out = np.array([-0.5, -0.5, ny_out - 0.5, ny_out - 0.5, (ny_out - 1) / 2])
+    ra_out, dec_out = out.wcs_pix2world(cx_out, cy_out, 0)
+    r_out = float(np.max(_angsep(ra_out[4], dec_out[4], ra_out[:4], dec_out[:4])))
+    in_scale_deg = float(np.sqrt(abs(np.linalg.det(wcs_in.pixel_scale_matrix))))
+    sep = float(_angsep(ra_in[4], dec_in[4], ra_out[4], dec_out[4]))
+    if sep > r_in + r_out + (margin_pix + 1.0) * in_scale_deg:
+        return None
+
+    bx, by = _boundary(nx_out, ny_out)
+    ra, dec = out.wcs_pix2world(bx, by, 0)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        px, py = wcs_in.all_world2pix(ra, dec, 0, quiet=True)
+    extra = 0.0
+    if not (np.all(np.isfinite(px)) and np.all(np.isfinite(py))):
+        # SIP inversion failed far outside the frame: use the linear part plus a distortion margin.
+        px, py = wcs_in.wcs_world2pix(ra, dec, 0)
+        ex, ey = wcs_in.all_pix2world(cx_in, cy_in, 0)
+        lx, ly = wcs_in.wcs_world2pix(ex, ey, 0)
+        extra = float(np.max(np.hypot(lx - cx_in, ly - cy_in))) * 2.0 + 2.0
+    grow = 0.5 + margin_pix + extra
+    # Keep only the part of the projected region within `grow` of the frame, then its bounding box.
+    qx, qy = _clip_polygon(px, py, -0.5 - grow, nx_in - 0.5 + grow, -0.5 - grow, ny_in - 0.5 + grow)
+    if not qx:
+        return None
+    x0 = int(math.floor(min(qx) - grow))
+    x1 = int(math.ceil(max(qx) + grow)) + 1
+    y0 = int(math.floor(min(qy) - grow))
+    y1 = int(math.ceil(max(qy) + grow)) + 1
+    x0, x1 = max(x0, 0), min(x1, nx_in)
+    y0, y1 = max(y0, 0), min(y1, ny_in)
+    if x0 >= x1 or y0 >= y1:
+        return None
+    return x0, x1, y0, y1
+
+
+__all__ = ["footprint_crop", "DEFAULT_CROP_MARGIN"]
