@@ -9,8 +9,8 @@ from astropy.wcs import WCS
 
 from spxquery.drizzle3d.accumulate import DrizzleCube
 from spxquery.drizzle3d.config import Drizzle3DConfig
-from spxquery.drizzle3d.grid import build_output_wcs
 from spxquery.drizzle3d.cubefile import load_cube, save_cube
+from spxquery.drizzle3d.grid import build_output_wcs
 from spxquery.drizzle3d.spectral import build_z_grid
 
 HDU_NAMES = ["PRIMARY", "SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT", "WAVELENGTH"]
@@ -93,7 +93,8 @@ def test_wavelength_table(tmp_path):
     d = load_cube(save_cube(cube, tmp_path / "c.fits"))
     wl = d["wavelength"]
     z = cube.zgrid
-    assert list(wl.names) == ["INDEX", "LAMBDA", "LAMBDA_MIN", "LAMBDA_MAX", "DLAMBDA", "NU", "DNU", "R_EFF", "N_INPUT_SC"]
+    assert list(wl.names) == ["INDEX", "LAMBDA", "LAMBDA_MIN", "LAMBDA_MAX", "DLAMBDA", "NU", "DNU", "R_EFF",
+                              "N_INPUT_SC"]
     np.testing.assert_array_equal(wl["INDEX"], np.arange(z.n_z))
     np.testing.assert_allclose(wl["LAMBDA"], z.centers)
     np.testing.assert_allclose(wl["LAMBDA_MIN"], z.edges[:-1])
@@ -166,7 +167,7 @@ def test_atomic_failure_leaves_existing_file(tmp_path):
     assert path.read_bytes() == before
     bad = _cube(seed=3)
     bad.flux_weighted = bad.flux_weighted[:, :, :-1]  # inconsistent shapes fail inside writeto/flux
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         save_cube(bad, path, overwrite=True)
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["c.fits"]

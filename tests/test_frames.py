@@ -14,7 +14,14 @@ from spxquery.drizzle3d.footprint import footprint_crop
 from spxquery.drizzle3d.frames import FrameError, open_frame, prepare_frame
 from spxquery.drizzle3d.grid import OutputGrid, build_output_wcs
 from spxquery.drizzle3d.simulate import (
-    PointSource, SkyModel, Spectrum, build_l2_hdulist, make_cutout, make_frame_meta, render_frame, write_l2_file,
+    PointSource,
+    SkyModel,
+    Spectrum,
+    build_l2_hdulist,
+    make_cutout,
+    make_frame_meta,
+    render_frame,
+    write_l2_file,
 )
 
 RA0, DEC0, PA = 150.0, 2.0, 30.0
@@ -174,7 +181,8 @@ def test_cutout_wavelength_uses_parent_table(files):
     full = open_frame(files["qr3"], 3)
     ny, nx = cut.shape
     x0, y0 = (int(v) for v in cut.parent_offset)
-    np.testing.assert_array_equal(cut.wave.evaluate_crop(0, nx, 0, ny)[0], full.wave.evaluate_crop(x0, x0 + nx, y0, y0 + ny)[0])
+    np.testing.assert_array_equal(cut.wave.evaluate_crop(0, nx, 0, ny)[0],
+                                  full.wave.evaluate_crop(x0, x0 + nx, y0, y0 + ny)[0])
 
 
 # ---------------------------------------------------------------- crop
@@ -261,7 +269,8 @@ def test_prepared_crop_matches_full_read(files, layout):
     x0, x1, y0, y1 = frame.crop
     arr = files["arrays"]
     sl = (slice(y0, y1), slice(x0, x1))
-    np.testing.assert_allclose(fr.image, arr["image"][sl].astype(np.float64) - arr["zodi"][sl], rtol=0, atol=1e-5, equal_nan=True)
+    np.testing.assert_allclose(fr.image, arr["image"][sl].astype(np.float64) - arr["zodi"][sl], rtol=0, atol=1e-5,
+                               equal_nan=True)
     np.testing.assert_array_equal(fr.variance, arr["variance"][sl])
     assert fr.flags.dtype == np.uint32
     np.testing.assert_array_equal(fr.flags, arr["flags"][sl].view(np.uint32))
@@ -282,7 +291,6 @@ def test_prepared_crop_matches_full_read(files, layout):
 
 def test_qr2_qr3_cutout_read_identically(files):
     cfg = _cfg(width=4.0, height=4.0)
-    out = build_output_wcs(cfg)
     frs = {k: read_whole(files[k], cfg) for k in ("qr2", "qr3", "cutout")}
     (fa, a), (fb, b), (fc, c) = frs["qr2"], frs["qr3"], frs["cutout"]
     assert fa.crop == fb.crop

@@ -1,9 +1,9 @@
 """The output grid: build_output_wcs (centring, pixel scale, orientation, shape) and OutputGrid."""
 
+import astropy.units as u
 import numpy as np
 import pytest
 from astropy.coordinates import SkyCoord
-import astropy.units as u
 
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.grid import build_output_wcs

@@ -19,7 +19,15 @@ from spxquery.drizzle3d.config import GROUPS, Drizzle3DConfig
 from spxquery.drizzle3d.cubefile import save_cube
 from spxquery.drizzle3d.grid import build_output_wcs
 from spxquery.drizzle3d.settings import (
-    Cli, Fits, Int, NoHeader, Real, described, header_cards, reference_table, setting,
+    Cli,
+    Fits,
+    Int,
+    NoHeader,
+    Real,
+    described,
+    header_cards,
+    reference_table,
+    setting,
 )
 from spxquery.drizzle3d.spectral import build_z_grid
 

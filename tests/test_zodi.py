@@ -8,8 +8,16 @@ import pytest
 
 from spxquery.drizzle3d.flags import DEFAULT_FLAG_BITS
 from spxquery.drizzle3d.zodi import (
-    BAD_FLAG_NAMES, MIN_PIXELS, NOT_SUBTRACTED, SUBSAMPLE_STEP, ZodiPixels, ZodiScale, background_mask, fit_bits,
-    fit_zodi_scale, frame_scale,
+    BAD_FLAG_NAMES,
+    MIN_PIXELS,
+    NOT_SUBTRACTED,
+    SUBSAMPLE_STEP,
+    ZodiPixels,
+    ZodiScale,
+    background_mask,
+    fit_bits,
+    fit_zodi_scale,
+    frame_scale,
 )
 
 SOURCE = 21

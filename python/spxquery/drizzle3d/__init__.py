@@ -7,7 +7,7 @@ A fast, exact implementation of the ``spxquery.drizzle3d`` API with a Rust core:
     results = drizzle(config)   # {3: Path("drizzle_output/drizzle_D3.fits")}
 """
 
-from ._core import __version__ as _core_version
+from . import _core  # noqa: F401  (the Rust extension: a broken build fails here, at import)
 from .accumulate import DrizzleCube
 from .config import Drizzle3DConfig
 from .pipeline import drizzle

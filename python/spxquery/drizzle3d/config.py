@@ -33,8 +33,21 @@ import yaml
 
 from .flags import parse_flag_words, validate_exclude_flags
 from .settings import (
-    Bool, Checked, Choice, Cli, Fits, Int, NoHeader, PathRule, Real, Url, described, groups_in_order, is_real,
-    setting, validate,
+    Bool,
+    Checked,
+    Choice,
+    Cli,
+    Fits,
+    Int,
+    NoHeader,
+    PathRule,
+    Real,
+    Url,
+    described,
+    groups_in_order,
+    is_real,
+    setting,
+    validate,
 )
 from .spectral import validate_lambda_edges
 

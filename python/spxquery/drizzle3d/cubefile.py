@@ -170,7 +170,10 @@ def _image_header(name: str, dtype, shape, extra: fits.Header | None = None) -> 
 
 
 #: The image extensions in file order, with their data types.
-IMAGE_EXTENSIONS = (("SCI", np.float32), ("VARIANCE", np.float32), ("AND_MASK", np.uint32), ("OR_MASK", np.uint32), ("COUNT", np.uint32))
+IMAGE_EXTENSIONS = (
+    ("SCI", np.float32), ("VARIANCE", np.float32), ("AND_MASK", np.uint32), ("OR_MASK", np.uint32),
+    ("COUNT", np.uint32),
+)
 
 
 def _plane(cube, name: str, k: int) -> np.ndarray:

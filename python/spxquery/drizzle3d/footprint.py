@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import TYPE_CHECKING, List, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def _clip_polygon(px: np.ndarray, py: np.ndarray, xmin: float, xmax: float, ymin
     for axis, bound, keep_ge in ((0, xmin, True), (0, xmax, False), (1, ymin, True), (1, ymax, False)):
         if not pts:
             break
-        inside = (lambda p: p[axis] >= bound) if keep_ge else (lambda p: p[axis] <= bound)
+        inside = (lambda p, a=axis, b=bound: p[a] >= b) if keep_ge else (lambda p, a=axis, b=bound: p[a] <= b)
         out = []
         prev = pts[-1]
         for cur in pts:

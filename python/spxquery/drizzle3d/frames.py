@@ -360,7 +360,9 @@ def prepare_frame(
         pixels = None
         if (x1 - x0) * (y1 - y0) <= strip_pixels:
             pixels = _read_pixels(hdul, path, rows, cols, bool(config.subtract_zodi))
-        crop_fit = None if pixels is None else _zodi.ZodiPixels(pixels[0], pixels[2], pixels[1], flags)
+        crop_fit = None
+        if pixels is not None and pixels[2] is not None:
+            crop_fit = _zodi.ZodiPixels(image=pixels[0], zodi=pixels[2], variance=pixels[1], flags=flags)
         zodi = _zodi.frame_scale(config, frame.flag_bits, crop_fit, _subsample_reader(hdul, path), name=path.name)
     finally:
         hdul.close()

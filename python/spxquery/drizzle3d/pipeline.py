@@ -4,8 +4,8 @@
 saves ``output_dir/drizzle_D{N}.fits``. Files are read one ahead on a reader
 thread while the previous frame is accumulated (the Rust accumulation releases
 the GIL) when crops are small; large crops (e.g. whole frames for degree-sized
-cubes) are read one file at a time, in strips of rows; frames are always accumulated in the order given, so the result is
-deterministic. Unusable files (not SPHEREx L2, truncated, missing extension,
+cubes) are read one file at a time, in strips of rows; frames are always accumulated in
+the order given, so the result is deterministic. Unusable files (not SPHEREx L2, truncated, missing extension,
 other detector) are skipped with one warning line naming the file and the
 reason and counted in ``n_rejected``; frames that do not touch the output region
 are skipped silently (debug log) and not counted as rejected.
@@ -81,7 +81,7 @@ def _read_ahead(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid) ->
             path, fut = pending.popleft()
             kind, payload = fut.result()
             del fut  # the future would keep the frame alive
-            small = kind != "frame" or payload.n_pixels <= READ_AHEAD_MAX_PIXELS  # type: ignore[attr-defined]
+            small = kind != "frame" or payload.n_pixels <= READ_AHEAD_MAX_PIXELS
             if small:
                 submit_next()
             yield path, kind, payload

@@ -69,8 +69,11 @@ class ZodiScale:
 
     def subtract(self, image: np.ndarray, zodi: Optional[np.ndarray]) -> None:
         """``image -= scale * zodi`` in place (nothing when the scale is None)."""
-        if self.scale is not None:
-            image -= self.scale * zodi
+        if self.scale is None:
+            return
+        if zodi is None:
+            raise ValueError(f"zodi scale {self.scale} ({self.source}) given without the ZODI pixels")
+        image -= self.scale * zodi
 
 
 NOT_SUBTRACTED = ZodiScale(None, "none")

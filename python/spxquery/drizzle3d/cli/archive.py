@@ -77,7 +77,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     root: Path = args.root
     if not (root / "archive_index.json").is_file():
-        raise CLIError(f"{root}/archive_index.json not found: not a simulated archive (write one with '{PROG} simulate')")
+        raise CLIError(f"{root}/archive_index.json not found: not a simulated archive "
+                       f"(write one with '{PROG} simulate')")
     server = _archive_server_cls()(root, port=args.port)
     try:
         server.start()
@@ -123,7 +124,9 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 def add_simulate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``simulate`` command."""
     p = sub.add_parser(
-        "simulate", parents=[common], usage="%(prog)s DIR [--ra DEG --dec DEG] [--n-pointings N] [options]", formatter_class=argparse.RawDescriptionHelpFormatter, help="write a simulated archive to test settings",
+        "simulate", parents=[common],
+        usage="%(prog)s DIR [--ra DEG --dec DEG] [--n-pointings N] [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter, help="write a simulated archive to test settings",
         description="Write a simulated SPHEREx field: an IRSA-like mirror tree, archive_index.json and\n"
                     "truth.json (the true sky). Serve it with 'serve' and drizzle it with 'run --mirror'.",
         epilog=f"example:\n  {PROG} simulate my_field --n-pointings 12\n  {PROG} serve my_field --port 8765 &\n"
@@ -155,7 +158,9 @@ def add_simulate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``serve`` command."""
     p = sub.add_parser(
-        "serve", parents=[common], usage="%(prog)s DIR [--port N]", formatter_class=argparse.RawDescriptionHelpFormatter, help="serve a simulated archive on 127.0.0.1",
+        "serve", parents=[common],
+        usage="%(prog)s DIR [--port N]",
+        formatter_class=argparse.RawDescriptionHelpFormatter, help="serve a simulated archive on 127.0.0.1",
         description="Serve DIR (written by 'simulate') as an IRSA-like TAP service and file server on\n"
                     "127.0.0.1 until Ctrl-C. Prints the TAP URL to pass to 'run --tap-url'.",
         epilog=f"example:\n  {PROG} serve my_field --port 8765",

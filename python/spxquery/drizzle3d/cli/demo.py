@@ -106,7 +106,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``demo`` command."""
     p = sub.add_parser(
-        "demo", parents=[common], usage="%(prog)s [--output-dir DIR] [--n-pointings N] [--keep] [options]", formatter_class=argparse.RawDescriptionHelpFormatter, help="offline demo: simulate, serve, drizzle, draw",
+        "demo", parents=[common],
+        usage="%(prog)s [--output-dir DIR] [--n-pointings N] [--keep] [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter, help="offline demo: simulate, serve, drizzle, draw",
         description="Simulate a small field of SPHEREx cutouts, serve it on 127.0.0.1 (IRSA-like TAP), drizzle it\n"
                     "in mirror mode and write the cube and quick-look PNGs. No network access beyond 127.0.0.1.",
         epilog=f"example:\n  {PROG} demo --output-dir spxdrizzle_demo",

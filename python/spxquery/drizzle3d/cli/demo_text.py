@@ -28,7 +28,8 @@ def demo_explanation(cube_path: Path, truth: Path, pngs: Mapping[str, Path], ext
         if nearest is None or d < nearest[0]:
             nearest = (d, s.name, s.spectrum.continuum_index)
         sp = s.spectrum
-        parts.append(f"{s.name} ({sp.continuum_amp:g} mJy x (lambda/um)^{sp.continuum_index:g}) at pixel ({x:.0f}, {y:.0f})")
+        parts.append(f"{s.name} ({sp.continuum_amp:g} mJy x (lambda/um)^{sp.continuum_index:g}) "
+                     f"at pixel ({x:.0f}, {y:.0f})")
     ext_txt = ""
     for e in sky.extended_sources:
         x, y = world_to_pixel(cube, e.ra, e.dec)

@@ -16,7 +16,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     from ..cubefile import load_cube
     from ..quicklook import (
-        brightest_pixel, cube_summary, default_plane, format_summary, plane_for_wavelength, world_to_pixel,
+        brightest_pixel,
+        cube_summary,
+        default_plane,
+        format_summary,
+        plane_for_wavelength,
+        world_to_pixel,
         write_quicklooks,
     )
 
@@ -74,7 +79,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``inspect`` command."""
     p = sub.add_parser(
-        "inspect", parents=[common], usage="%(prog)s CUBE.fits [--plane K | --wavelength UM] [--at RA DEC | --pixel X Y] [options]", formatter_class=argparse.RawDescriptionHelpFormatter, help="summary and quick-look PNGs of a cube",
+        "inspect", parents=[common],
+        usage="%(prog)s CUBE.fits [--plane K | --wavelength UM] [--at RA DEC | --pixel X Y] [options]",
+        formatter_class=argparse.RawDescriptionHelpFormatter, help="summary and quick-look PNGs of a cube",
         description="Print a summary of a drizzled cube and write <stem>_collapsed.png, <stem>_plane<k>.png\n"
                     "and <stem>_spectrum.png.",
         epilog=f"examples:\n  {PROG} inspect drizzle_output/drizzle_D3.fits\n"

@@ -73,7 +73,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     quiet = bool(getattr(args, "quiet", False))
     args.verbose, args.quiet = verbose, quiet
     # the sub-parser, so that run-time usage checks print its usage line
-    args._subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+    args._subparser = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr, index]
     try:
         with logging_setup(verbose, quiet):
             return int(args.func(args) or 0)

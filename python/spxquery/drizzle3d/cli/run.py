@@ -52,7 +52,8 @@ def quicklooks(path: Path, **kwargs: Any) -> Dict[str, Path]:
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``run`` command: a positional CONFIG.yaml and one option per described setting."""
     p = sub.add_parser(
-        "run", parents=[common], usage="%(prog)s [CONFIG.yaml] [--ra DEG --dec DEG --size ARCMIN] [options]",
+        "run", parents=[common],
+        usage="%(prog)s [CONFIG.yaml] [--ra DEG --dec DEG --size ARCMIN] [options]",
         formatter_class=argparse.RawDescriptionHelpFormatter, help="drizzle a region (YAML config and/or flags)",
         description="Query the archive, fetch the frames and drizzle one cube per detector.\n"
                     "Flags override the values of CONFIG.yaml; without CONFIG.yaml, --ra, --dec and\n"

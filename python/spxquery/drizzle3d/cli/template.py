@@ -64,7 +64,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``init`` command."""
     p = sub.add_parser(
-        "init", parents=[common], usage="%(prog)s CONFIG.yaml [--force] [--ra DEG --dec DEG --size ARCMIN --detector N]",
+        "init", parents=[common],
+        usage="%(prog)s CONFIG.yaml [--force] [--ra DEG --dec DEG --size ARCMIN --detector N]",
         formatter_class=argparse.RawDescriptionHelpFormatter, help="write a commented YAML config template",
         description="Write a commented YAML configuration (with the recommended exclude_flags) to CONFIG.yaml.",
         epilog=f"example:\n  {PROG} init m51.yaml --ra 202.4696 --dec 47.1952 --size 10 --detector 3\n"
