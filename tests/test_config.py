@@ -16,7 +16,7 @@ from spxquery.drizzle3d.flags import DEFAULT_FLAG_BITS
 
 BASE = dict(center_ra=150.0, center_dec=2.2, width=10.0, height=8.0)
 
-SEED_FIELDS = [
+API_041_FIELDS = [
     ("center_ra", None), ("center_dec", None), ("width", None), ("height", None),
     ("detector", 0), ("xy_shrink", 0.8), ("z_shrink", None), ("xy_oversample", 1.0),
     ("z_oversample", 1.0), ("z_lambda_edges", None), ("mjd_range", None), ("max_images", 500),
@@ -41,15 +41,15 @@ def test_field_order_and_defaults():
     import dataclasses
 
     fields = [f for f in dataclasses.fields(Drizzle3DConfig) if f.init]
-    assert [f.name for f in fields] == [n for n, _ in SEED_FIELDS + EXTRA_FIELDS]
+    assert [f.name for f in fields] == [n for n, _ in API_041_FIELDS + EXTRA_FIELDS]
     c = make()
-    for name, default in SEED_FIELDS[4:] + EXTRA_FIELDS:
+    for name, default in API_041_FIELDS[4:] + EXTRA_FIELDS:
         assert getattr(c, name) == default, name
     assert c.BASE_PIXSCALE == 6.15
     assert "BASE_PIXSCALE" not in c.to_dict()
 
 
-def test_positional_construction_seed_order():
+def test_positional_construction_041_order():
     c = Drizzle3DConfig(
         10.0, -5.0, 6.0, 4.0, 3, 0.7, 0.5, 2.0, 1.5, None, (60000.0, 60010.0), 50, 2, False,
         Path("/mirror"), False, True, [0, 10], 1e8, 0.1, Path("out"), True,
@@ -310,7 +310,7 @@ def test_yaml_file_has_group_comments(tmp_path):
     data = yaml.safe_load(text)
     assert data["z_lambda_edges"] == [1.0, 1.5, 2.0]
     assert data["exclude_flags"] == ["HOT", 3]
-    assert set(data) == {n for n, _ in SEED_FIELDS + EXTRA_FIELDS}
+    assert set(data) == {n for n, _ in API_041_FIELDS + EXTRA_FIELDS}
 
 
 def test_yaml_missing_file(tmp_path):

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 RA0, DEC0 = 150.0, 2.0
 N_POINTINGS = 16
 ZODI_TRUE = 1.1
-#: Flags excluded in the science runs (the config default stays [] like the seed).
+#: Flags excluded in the science runs (the config default stays [], as in the spxquery 0.4.1 API).
 EXCLUDE = ["TRANSIENT", "SUR_ERROR", "NONFUNC", "MISSING_DATA", "HOT", "COLD", "NONLINEAR", "PERSIST", "PHANMISS"]
 
 
