@@ -121,13 +121,19 @@ class Real(Rule):
         return _float_text(value)
 
     def parse_arg(self, text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number {self.range()}, got {text!r}") from None
-        if not self.inside(v):
-            raise argparse.ArgumentTypeError(f"must be a number {self.range()}, got {text}")
-        return v
+        return _parse_number(text, float, f"a number {self.range()}", self.inside)
+
+
+def _parse_number(text: str, convert: Callable[[str], Any], what: str, inside: Callable[[Any], bool]) -> Any:
+    """An argparse type's work: ``convert(text)`` inside the range, else ArgumentTypeError
+    saying ``must be <what>, got <text>``."""
+    try:
+        v = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if not inside(v):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+    return v
 
 
 def _float_text(value: Any) -> Any:
@@ -162,13 +168,7 @@ class Int(Rule):
         return int(value)
 
     def parse_arg(self, text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer {self.range()}, got {text!r}") from None
-        if not self.inside(v):
-            raise argparse.ArgumentTypeError(f"must be an integer {self.range()}, got {v}")
-        return v
+        return _parse_number(text, int, f"an integer {self.range()}", self.inside)
 
 
 class Bool(Rule):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..settings import Int, Real
-from .common import DEMO_DEC, DEMO_RA, PROG, CLIError, setting_type
+from .common import DEMO_DEC, DEMO_RA, PROG, CLIError, add_command, setting_type
 from .logs import simulate_with_progress
 
 
@@ -123,10 +123,10 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def add_simulate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``simulate`` command."""
-    p = sub.add_parser(
-        "simulate", parents=[common],
+    p = add_command(
+        sub, common, "simulate",
         usage="%(prog)s DIR [--ra DEG --dec DEG] [--n-pointings N] [options]",
-        formatter_class=argparse.RawDescriptionHelpFormatter, help="write a simulated archive to test settings",
+        help="write a simulated archive to test settings",
         description="Write a simulated SPHEREx field: an IRSA-like mirror tree, archive_index.json and\n"
                     "truth.json (the true sky). Serve it with 'serve' and drizzle it with 'run --mirror'.",
         epilog=f"example:\n  {PROG} simulate my_field --n-pointings 12\n  {PROG} serve my_field --port 8765 &\n"
@@ -157,10 +157,10 @@ def add_simulate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def add_serve_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``serve`` command."""
-    p = sub.add_parser(
-        "serve", parents=[common],
+    p = add_command(
+        sub, common, "serve",
         usage="%(prog)s DIR [--port N]",
-        formatter_class=argparse.RawDescriptionHelpFormatter, help="serve a simulated archive on 127.0.0.1",
+        help="serve a simulated archive on 127.0.0.1",
         description="Serve DIR (written by 'simulate') as an IRSA-like TAP service and file server on\n"
                     "127.0.0.1 until Ctrl-C. Prints the TAP URL to pass to 'run --tap-url'.",
         epilog=f"example:\n  {PROG} serve my_field --port 8765",

@@ -31,6 +31,14 @@ def setting_type(name: str) -> Callable[[str], Any]:
     return by_name(Drizzle3DConfig)[name].setting.rule.parse_arg
 
 
+def add_command(sub: Any, common: argparse.ArgumentParser, name: str, *, usage: str, help: str, description: str,
+                epilog: str) -> argparse.ArgumentParser:
+    """The parser of sub-command ``name``: the shared ``-v``/``-q`` options, description and
+    epilog printed as written."""
+    return sub.add_parser(name, parents=[common], usage=usage, help=help, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def common_parent() -> argparse.ArgumentParser:
     """The ``-v``/``-q`` options, accepted before and after the command."""
     p = argparse.ArgumentParser(add_help=False)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..settings import Int, Real
 from .archive import _archive_server_cls, loopback_no_proxy
-from .common import DEMO_DEC, DEMO_RA, PROG, CLIError
+from .common import DEMO_DEC, DEMO_RA, PROG, CLIError, add_command
 from .logs import show_progress, simulate_with_progress
 
 logger = logging.getLogger(__name__)
@@ -105,10 +105,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``demo`` command."""
-    p = sub.add_parser(
-        "demo", parents=[common],
+    p = add_command(
+        sub, common, "demo",
         usage="%(prog)s [--output-dir DIR] [--n-pointings N] [--keep] [options]",
-        formatter_class=argparse.RawDescriptionHelpFormatter, help="offline demo: simulate, serve, drizzle, draw",
+        help="offline demo: simulate, serve, drizzle, draw",
         description="Simulate a small field of SPHEREx cutouts, serve it on 127.0.0.1 (IRSA-like TAP), drizzle it\n"
                     "in mirror mode and write the cube and quick-look PNGs. No network access beyond 127.0.0.1.",
         epilog=f"example:\n  {PROG} demo --output-dir spxdrizzle_demo",

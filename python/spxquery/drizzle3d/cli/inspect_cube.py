@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..settings import Int, Real
-from .common import PROG, CLIError
+from .common import PROG, CLIError, add_command
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -78,10 +78,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``inspect`` command."""
-    p = sub.add_parser(
-        "inspect", parents=[common],
+    p = add_command(
+        sub, common, "inspect",
         usage="%(prog)s CUBE.fits [--plane K | --wavelength UM] [--at RA DEC | --pixel X Y] [options]",
-        formatter_class=argparse.RawDescriptionHelpFormatter, help="summary and quick-look PNGs of a cube",
+        help="summary and quick-look PNGs of a cube",
         description="Print a summary of a drizzled cube and write <stem>_collapsed.png, <stem>_plane<k>.png\n"
                     "and <stem>_spectrum.png.",
         epilog=f"examples:\n  {PROG} inspect drizzle_output/drizzle_D3.fits\n"

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Dict
 
-from .common import PROG, CLIError
+from .common import PROG, CLIError, add_command
 from .logs import show_progress
 from .options import ARCHIVE, add_config_options, config_from_args
 
@@ -51,10 +51,10 @@ def quicklooks(path: Path, **kwargs: Any) -> Dict[str, Path]:
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``run`` command: a positional CONFIG.yaml and one option per described setting."""
-    p = sub.add_parser(
-        "run", parents=[common],
+    p = add_command(
+        sub, common, "run",
         usage="%(prog)s [CONFIG.yaml] [--ra DEG --dec DEG --size ARCMIN] [options]",
-        formatter_class=argparse.RawDescriptionHelpFormatter, help="drizzle a region (YAML config and/or flags)",
+        help="drizzle a region (YAML config and/or flags)",
         description="Query the archive, fetch the frames and drizzle one cube per detector.\n"
                     "Flags override the values of CONFIG.yaml; without CONFIG.yaml, --ra, --dec and\n"
                     "--size (or --width and --height) are required.",

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import _YAML_PREAMBLE, Drizzle3DConfig
 from ..flags import FLAG_DESCRIPTIONS, INFORMATIONAL_FLAGS, RECOMMENDED_EXCLUDE_FLAGS
-from .common import DEMO_DEC, DEMO_RA, PROG, CLIError, setting_type
+from .common import DEMO_DEC, DEMO_RA, PROG, CLIError, add_command, setting_type
 
 _HEAD = (
     "# spxdrizzle configuration. Edit center_ra/center_dec/width/height (and detector), then:\n"
@@ -63,10 +63,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``init`` command."""
-    p = sub.add_parser(
-        "init", parents=[common],
+    p = add_command(
+        sub, common, "init",
         usage="%(prog)s CONFIG.yaml [--force] [--ra DEG --dec DEG --size ARCMIN --detector N]",
-        formatter_class=argparse.RawDescriptionHelpFormatter, help="write a commented YAML config template",
+        help="write a commented YAML config template",
         description="Write a commented YAML configuration (with the recommended exclude_flags) to CONFIG.yaml.",
         epilog=f"example:\n  {PROG} init m51.yaml --ra 202.4696 --dec 47.1952 --size 10 --detector 3\n"
                f"  {PROG} run m51.yaml",
