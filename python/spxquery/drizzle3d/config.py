@@ -98,7 +98,7 @@ def _lambda_edges(name: str, value: Any) -> np.ndarray:
 _NOT_THE_CUBE = "how the frames are found and fetched, not what the cube holds"
 
 #: First lines of a YAML config file.
-_YAML_PREAMBLE = (
+YAML_PREAMBLE = (
     "# SPHEREx Drizzle3D configuration (spxquery.drizzle3d).\n"
     "# Load with Drizzle3DConfig.from_yaml_file(path). Units: deg, arcmin, um, MJD, s.\n"
 )
@@ -342,7 +342,7 @@ class Drizzle3DConfig:
             raise ValueError(f"invalid config JSON: {exc}") from exc
         return cls.from_dict(data)
 
-    def yaml_text(self, preamble: str = _YAML_PREAMBLE, blocks: Optional[Mapping[str, str]] = None) -> str:
+    def yaml_text(self, preamble: str = YAML_PREAMBLE, blocks: Optional[Mapping[str, str]] = None) -> str:
         """The config as commented YAML: ``preamble``, then each group under its title, each
         field under a comment with its help, unit and allowed range. ``blocks`` replaces the
         YAML of the fields it names (text ending with a newline)."""

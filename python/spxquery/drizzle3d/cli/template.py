@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..config import _YAML_PREAMBLE, Drizzle3DConfig
+from ..config import YAML_PREAMBLE, Drizzle3DConfig
 from ..flags import FLAG_DESCRIPTIONS, INFORMATIONAL_FLAGS, RECOMMENDED_EXCLUDE_FLAGS
 from .common import DEMO_DEC, DEMO_RA, PROG, CLIError, add_command, setting_type
 
@@ -38,7 +38,7 @@ def template_text(ra: float = DEMO_RA, dec: float = DEMO_DEC, size: float = 10.0
     """YAML text of a commented configuration template with the recommended ``exclude_flags``."""
     cfg = Drizzle3DConfig(center_ra=ra, center_dec=dec, width=size, height=size, detector=detector,
                           exclude_flags=list(RECOMMENDED_EXCLUDE_FLAGS))
-    text = cfg.yaml_text(preamble=_HEAD + _YAML_PREAMBLE, blocks={"exclude_flags": _exclude_flags_block()})
+    text = cfg.yaml_text(preamble=_HEAD + YAML_PREAMBLE, blocks={"exclude_flags": _exclude_flags_block()})
     with tempfile.TemporaryDirectory() as tmp:  # the template must load back as the same config
         p = Path(tmp) / "check.yaml"
         p.write_text(text, encoding="utf-8")
