@@ -8,11 +8,12 @@ from typing import Mapping, Optional
 
 from ..cubefile import load_cube
 from ..quicklook import brightest_pixel, world_to_pixel
-from ..simulate import load_truth
 
 
 def demo_explanation(cube_path: Path, truth: Path, pngs: Mapping[str, Path], ext_png: Optional[Path]) -> str:
     """What the demo's pictures show, in words: the simulated sources found in the cube."""
+    from ..simulate import load_truth  # test scaffolding: imported when the demo runs
+
     sky, meta = load_truth(truth)
     cube = load_cube(cube_path)
     bx, by = brightest_pixel(cube)
