@@ -7,10 +7,9 @@ A fast, exact implementation of the ``spxquery.drizzle3d`` API with a Rust core:
     results = drizzle(config)   # {3: Path("drizzle_output/drizzle_D3.fits")}
 """
 
-from . import _core  # noqa: F401  (the Rust extension: a broken build fails here, at import)
+from ._core import __version__  # the Rust extension (a broken build fails here); rust/Cargo.toml's version
 from .accumulate import DrizzleCube
 from .config import Drizzle3DConfig
 from .pipeline import drizzle
 
-__version__ = "0.1.0"
 __all__ = ["Drizzle3DConfig", "drizzle", "DrizzleCube", "__version__"]
