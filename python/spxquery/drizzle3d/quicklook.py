@@ -4,7 +4,9 @@ All functions take either a cube path (read with :func:`spxquery.drizzle3d.io.lo
 dict that ``load_cube`` returns. Conventions: 0-based pixels ``(x, y)`` of the output image
 (pixel ``j`` covers ``[j-0.5, j+0.5]``), plane ``k`` 0-based, wavelengths in um, SCI in MJy/sr.
 No pyplot and no global backend switch: figures are drawn on their own Agg canvas, so this
-module works without a display and does not disturb an interactive session.
+module works without a display and does not disturb an interactive session. matplotlib is the
+optional ``plot`` extra, imported only when a picture is drawn: the summary and the pixel helpers
+work without it.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from .cubefile import load_cube
 from .grid import celestial
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 logger = logging.getLogger(__name__)
 
 CubeLike = Union[str, Path, Mapping[str, Any]]
+
+#: How to install what the pictures need (matplotlib).
+PLOT_INSTALL = "pip install 'spxquery-drizzle3d[plot]'"
 
 #: Percentiles (of finite pixels) mapped to the ends of the colour scale.
 STRETCH_PERCENTILES = (1.0, 99.8)
@@ -153,6 +159,12 @@ def stretch_limits(img: np.ndarray, percentiles: Tuple[float, float] = STRETCH_P
 
 
 def _new_figure(figsize: Tuple[float, float]) -> Figure:
+    """A figure on its own Agg canvas; ImportError saying how to install matplotlib when it is missing."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:
+        raise ImportError(f"quick-look pictures need matplotlib, which is not installed: {PLOT_INSTALL}") from exc
     fig = Figure(figsize=figsize, dpi=100)
     FigureCanvasAgg(fig)
     return fig
@@ -167,13 +179,13 @@ def _image_png(
     mark: Optional[Tuple[float, float]] = None,
 ) -> Path:
     """Draw ``img`` with an asinh percentile stretch and RA/Dec axes; returns the PNG path."""
+    fig = _new_figure((6.0, 5.2))
     from matplotlib.colors import AsinhNorm  # matplotlib >= 3.6
 
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
     vmin, vmax = stretch_limits(img)
     norm = AsinhNorm(linear_width=max((vmax - vmin) * 0.05, 1e-12), vmin=vmin, vmax=vmax)
-    fig = _new_figure((6.0, 5.2))
     wcs = _celestial_wcs(cube)
     if wcs is not None:
         ax = fig.add_subplot(1, 1, 1, projection=wcs)
