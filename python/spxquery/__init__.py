@@ -1,1 +1,0 @@
-"""spxquery namespace: this distribution provides :mod:`spxquery.drizzle3d`."""
