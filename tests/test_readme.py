@@ -69,7 +69,10 @@ def test_output_format_names_every_hdu_and_column():
 
 def test_demo_pictures_exist_and_are_small():
     text = _text()
-    for rel in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
+    raw = "https://raw.githubusercontent.com/spxquery-drizzle3d/spxquery-drizzle3d/main/"  # see test_packaging
+    for url in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", text):
+        assert url.startswith(raw), url  # absolute, so that the pictures show on PyPI too
+        rel = url[len(raw):]
         p = ROOT / rel
         assert p.is_file(), rel
         assert 5_000 < p.stat().st_size < 200_000, (rel, p.stat().st_size)
