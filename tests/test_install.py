@@ -12,6 +12,8 @@ package when spxquery is absent), so the three install orders the README describ
   repair command, and the repair gives the state above; uninstalling ours then leaves spxquery
   working, and reinstalling spxquery 0.4.1 brings its own drizzle3d back.
 
+The sdist is checked too: it builds (as pip builds it where no wheel fits) the same wheel.
+
 Marked ``install`` (deselected by default; ``.ci/run`` runs ``python -m pytest -m install``): the
 wheel is built once (``maturin build --release``, reusing the release build of ``tools/env.sh``),
 and each venv installs its dependencies from PyPI through pip's cache.
@@ -26,7 +28,7 @@ import sys
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -64,9 +66,11 @@ print(cubes[3])
 """
 
 
-def _run(cmd: Sequence[object], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def _run(cmd: Sequence[object], cwd: Path, check: bool = True,
+         extra_env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env.update(extra_env or {})
     proc = subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     if check and proc.returncode != 0:
@@ -163,6 +167,21 @@ def test_sdist_holds_what_a_build_needs(dists, version):
             "rust/Cargo.toml", "rust/src/lib.rs", "python/spxquery/drizzle3d/py.typed",
             "python/spxquery/drizzle3d/__init__.py"} <= names
     assert "python/spxquery/__init__.py" not in names
+
+
+def test_sdist_builds_the_same_wheel(dists, tmp_path):
+    """What pip does where no wheel fits: build from the sdist, in an isolated build environment
+    (maturin from PyPI, as build-system.requires says) and a fresh cargo target directory."""
+    env_target = {"CARGO_TARGET_DIR": str(tmp_path / "target")}
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", tmp_path / "out", dists["sdist"]], cwd=tmp_path,
+         extra_env=env_target)
+    (built,) = list((tmp_path / "out").glob("*.whl"))
+    assert "-cp310-abi3-" in built.name
+
+    def package_files(wheel: Path) -> set:
+        return {n for n in zipfile.ZipFile(wheel).namelist() if not n.endswith((".dist-info/RECORD", ".json"))}
+
+    assert package_files(built) == package_files(dists["wheel"])
 
 
 def test_alone(dists, version, tmp_path):

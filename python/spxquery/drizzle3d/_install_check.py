@@ -23,7 +23,7 @@ import base64
 import hashlib
 import sys
 from importlib import metadata
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import List, Optional, Sequence, Tuple
 
 DISTRIBUTION = "spxquery-drizzle3d"
@@ -55,7 +55,7 @@ def damaged_files(dist: Optional[metadata.Distribution] = None) -> List[Tuple[st
         if not rel.startswith(PACKAGE_DIR) or entry.hash is None:
             continue
         try:
-            data = entry.locate().read_bytes()  # type: ignore[union-attr]
+            data = Path(entry.locate()).read_bytes()
         except OSError:
             damaged.append((rel, "missing"))
             continue
