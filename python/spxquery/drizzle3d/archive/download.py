@@ -12,6 +12,14 @@ the FITS structure present up to the last byte, and the archive checksum
 are retried with exponential backoff and jitter (:mod:`.retry`); other HTTP
 errors fail the file at once. Failures are collected per file, never raised
 for one file.
+
+Budgets: a body is never written past the file's length (the archive's, else the
+server's, else :data:`MAX_UNSTATED_BYTES`); each file has one deadline for all its
+attempts together (``deadline`` s); Ctrl-C (or any exception in the calling thread)
+stops every running transfer within about a second (:mod:`.guard`), leaving only
+``.part`` files, which a later run resumes. A file kept from an earlier run is reused
+only after the same checks as a download, archive checksum included; a record beside
+it (:func:`~.verify.verify_cached`) spares rehashing it on later runs.
 """
 
 from __future__ import annotations
@@ -22,24 +30,30 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-from requests.adapters import HTTPAdapter
 
+from ..textlimits import short_repr, short_text
+from .guard import TransferGuard, TransferStopped, Watchdog, make_session
+from .locations import source_key
 from .retry import backoff_base as _backoff_base
 from .retry import backoff_delay, is_retryable_status, parse_retry_after
-from .verify import check_fits_file
+from .verify import check_fits_file, verify_cached, write_record
 
 logger = logging.getLogger(__name__)
 
 #: Streaming chunk size (bytes). A transfer broken mid-chunk loses that chunk
 #: (urllib3 discards a short read), so the resume offset is a multiple of it.
 CHUNK_SIZE = 1 << 16
-
-USER_AGENT = "spxquery-drizzle3d (+https://github.com/spxquery)"
+#: Longest file (bytes) accepted when neither the archive nor the server states its length
+#: (cutouts); a full SPHEREx frame is ~70 MB, a cutout ~5 MB.
+MAX_UNSTATED_BYTES = 1 << 30
+#: Default time budget (s) of one file, all attempts and waits included.
+DEFAULT_DEADLINE = 900.0
+#: How long (s) an interrupted batch waits for its transfers to stop before it returns.
+CANCEL_GRACE = 1.0
 
 
 class DownloadFailed(RuntimeError):
@@ -119,17 +133,6 @@ class _FatalError(Exception):
     pass
 
 
-def make_session(max_workers: int = 4) -> requests.Session:
-    """A ``requests.Session`` whose connection pool fits ``max_workers`` threads
-    (urllib3 retries disabled: retries are ours)."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(4, int(max_workers)), max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.headers["User-Agent"] = USER_AGENT
-    return session
-
-
 _RE_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _TRANSIENT = (
     requests.exceptions.ConnectionError,
@@ -154,12 +157,14 @@ def _int_header(value: str | None) -> int | None:
 
 
 class _Fetcher:
-    """Fetch one task with retries; reports bytes through ``on_bytes``."""
+    """Fetch one task with retries under ``guard`` (deadline, cancellation); reports
+    bytes through ``on_bytes``."""
 
     def __init__(
         self,
         session: requests.Session,
         task: DownloadTask,
+        guard: TransferGuard,
         *,
         timeout: float,
         retries: int,
@@ -172,6 +177,7 @@ class _Fetcher:
         self.chunk_size = int(chunk_size)
         self.session = session
         self.task = task
+        self.guard = guard
         self.timeout = timeout
         self.retries = retries
         self.backoff_base = backoff_base
@@ -195,8 +201,10 @@ class _Fetcher:
         task = self.task
         task.dest.parent.mkdir(parents=True, exist_ok=True)
         attempt = 0
+        last = ""
         while True:
             try:
+                self.guard.check()
                 total = self._attempt()
                 expected = task.expected_length if task.expected_length is not None else total
                 checksum = task.checksum if self.verify_checksum else None
@@ -204,25 +212,32 @@ class _Fetcher:
                 if reason is not None:
                     raise _RetryableError(f"verification failed: {reason}", keep_part=False)
                 os.replace(self.part, task.dest)
+                write_record(task.dest, source_key(task.url), checksum, task.required_hdus)
                 return task.dest
             except _RetryableError as exc:
                 if not exc.keep_part:
                     self._discard_part()
+                last = exc.reason
                 attempt += 1
                 if attempt > self.retries:
                     raise DownloadFailed(f"{exc.reason} (gave up after {attempt} attempts)") from None
                 delay = backoff_delay(attempt, self.backoff_base, exc.retry_after)
                 logger.info("retry %d/%d of %s in %.2f s: %s", attempt, self.retries, task.url, delay, exc.reason)
                 self.retries_used += 1
-                time.sleep(delay)
+                self.guard.sleep(delay)
             except _FatalError as exc:
                 self._discard_part()
                 raise DownloadFailed(str(exc)) from None
+            except TransferStopped as stop:
+                if stop.cancelled:
+                    raise
+                raise DownloadFailed(stop.reason + (f"; last error: {last}" if last else "")) from None
 
     def _resume_offset(self) -> int:
         """Bytes already in ``.part`` that a Range request can continue from."""
         offset = self.part.stat().st_size if self.part.exists() else 0
-        if self.task.expected_length is not None and offset > self.task.expected_length:
+        limit = self.task.expected_length if self.task.expected_length is not None else MAX_UNSTATED_BYTES
+        if offset > limit:
             self._discard_part()
             offset = 0
         return offset
@@ -238,17 +253,27 @@ class _Fetcher:
             if self.etag:
                 headers["If-Range"] = self.etag
         try:
-            with self.session.get(self.task.url, headers=headers, stream=True, timeout=self.timeout) as r:
+            with self.guard.active(), self.session.get(
+                self.task.url, headers=headers, stream=True, timeout=self.timeout
+            ) as r:
+                # sessions made elsewhere do not register their connections: do it here
+                self.guard.attach(getattr(r.raw, "connection", None) or getattr(r.raw, "_connection", None))
+                self.guard.check()
                 if r.status_code == 416 and offset > 0:
                     m = re.search(r"/(\d+)", r.headers.get("Content-Range", ""))
                     if m and int(m.group(1)) == offset:
                         return offset  # the .part already holds the whole resource
                     raise _RetryableError(f"HTTP 416 resuming at byte {offset}", keep_part=False)
                 total, mode = self._accept(r, offset)
-                self._stream(r, mode)
-                return total
+                self._stream(r, mode, offset, total)
         except _TRANSIENT as exc:
-            raise _RetryableError(f"{type(exc).__name__}: {exc}") from None
+            self.guard.check()  # an exchange broken by the guard ends with the guard's reason
+            raise _RetryableError(f"{type(exc).__name__}: {short_text(str(exc))}") from None
+        except _RetryableError:
+            self.guard.check()
+            raise
+        self.guard.check()  # a body cut by the guard must not reach verification
+        return total
 
     def _accept(self, r: requests.Response, offset: int) -> tuple[int | None, str]:
         """Check the answer to a request resuming at ``offset``: (full length
@@ -256,14 +281,14 @@ class _Fetcher:
         task, status = self.task, r.status_code
         if is_retryable_status(status):
             retry_after = parse_retry_after(r.headers.get("Retry-After"))
-            raise _RetryableError(f"HTTP {status} {r.reason}", retry_after=retry_after)
+            raise _RetryableError(f"HTTP {status} {short_text(r.reason)}", retry_after=retry_after)
         if status not in (200, 206):
-            raise _FatalError(f"HTTP {status} {r.reason}")
+            raise _FatalError(f"HTTP {status} {short_text(r.reason)}")
         if status == 206:
             m = _RE_CONTENT_RANGE.match(r.headers.get("Content-Range", ""))
             if not m or int(m.group(1)) != offset:
                 raise _RetryableError(
-                    f"bad Content-Range {r.headers.get('Content-Range')!r} for a resume at byte {offset}",
+                    f"bad Content-Range {short_text(r.headers.get('Content-Range'))!r} for a resume at byte {offset}",
                     keep_part=False,
                 )
             total = int(m.group(3)) if m.group(3) != "*" else None
@@ -280,24 +305,35 @@ class _Fetcher:
                 f"server length {total} bytes != archive contentlength {task.expected_length} bytes",
                 keep_part=False,
             )
+        if total is not None and task.expected_length is None and total > MAX_UNSTATED_BYTES:
+            raise _FatalError(f"server announces {total} bytes, more than the {MAX_UNSTATED_BYTES} bytes "
+                              "accepted for a file of unstated length")
         if total is not None and not self.total_announced:
             self.on_total(total)
             self.total_announced = True
         self.etag = r.headers.get("ETag") or self.etag
         return total, mode
 
-    def _stream(self, r: requests.Response, mode: str) -> None:
-        """Write the body of ``r`` to ``.part`` (``mode`` "ab" or "wb"); a body
-        shorter than its Content-Length is a broken transfer."""
+    def _stream(self, r: requests.Response, mode: str, offset: int, total: int | None) -> None:
+        """Write the body of ``r`` to ``.part`` (``mode`` "ab" at byte ``offset``, or "wb"),
+        never past the file's length; a body shorter than its Content-Length is a broken
+        transfer, one longer than the file is refused."""
         body_len = _int_header(r.headers.get("Content-Length"))
+        full = self.task.expected_length if self.task.expected_length is not None else total
+        allowed = (full if full is not None else MAX_UNSTATED_BYTES) - (offset if mode == "ab" else 0)
         got = 0
         with open(self.part, mode) as f:
             for chunk in r.iter_content(self.chunk_size):
-                if chunk:
-                    f.write(chunk)
-                    got += len(chunk)
-                    self.received += len(chunk)
-                    self.on_bytes(len(chunk))
+                if not chunk:
+                    continue
+                if got + len(chunk) > allowed:
+                    what = f"the file's {full} bytes" if full is not None else f"{MAX_UNSTATED_BYTES} bytes"
+                    raise _RetryableError(f"server sent more than {what}; transfer stopped", keep_part=False)
+                f.write(chunk)
+                got += len(chunk)
+                self.received += len(chunk)
+                self.on_bytes(len(chunk))
+                self.guard.check()
         if body_len is not None and got != body_len:
             raise _RetryableError(f"connection ended after {got} of {body_len} bytes")
 
@@ -328,21 +364,23 @@ class _Progress:
         self.bar.close()
 
 
-def _check_arguments(max_workers: int, retries: int, timeout: float) -> None:
+def _check_arguments(max_workers: int, retries: int, timeout: float, deadline: float) -> None:
     if max_workers < 1:
-        raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        raise ValueError(f"max_workers must be >= 1, got {short_repr(max_workers)}")
     if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
-    if not (timeout > 0):
-        raise ValueError(f"timeout must be > 0 s, got {timeout}")
+        raise ValueError(f"retries must be >= 0, got {short_repr(retries)}")
+    if not (0 < timeout < float("inf")):
+        raise ValueError(f"timeout must be a finite number > 0 s, got {short_repr(timeout)}")
+    if not (0 < deadline < float("inf")):
+        raise ValueError(f"deadline must be a finite number > 0 s, got {short_repr(deadline)}")
 
 
 def _plan(
-    tasks: Sequence[DownloadTask], skip_existing: bool, report: DownloadReport
+    tasks: Sequence[DownloadTask], skip_existing: bool, verify_checksum: bool, report: DownloadReport
 ) -> tuple[list[DownloadTask], dict[Path, list[int]]]:
     """(tasks still to transfer, input indices of each destination): one transfer per
-    destination even if the input repeats a file; complete files already in place
-    are recorded in ``report`` and left out."""
+    destination even if the input repeats a file; files already in place that pass the
+    checks of a download (checksum included) are recorded in ``report`` and left out."""
     by_dest: dict[Path, list[int]] = {}
     unique: list[DownloadTask] = []
     for i, task in enumerate(tasks):
@@ -353,16 +391,73 @@ def _plan(
         by_dest[key].append(i)
     todo: list[DownloadTask] = []
     for task in unique:
-        if task.dest.exists() and skip_existing:
-            reason = check_fits_file(task.dest, task.expected_length, required_hdus=task.required_hdus)
+        if skip_existing and (task.dest.exists() or task.dest.is_symlink()):
+            checksum = task.checksum if verify_checksum else None
+            reason = verify_cached(task.dest, task.expected_length, checksum, task.required_hdus,
+                                   source=source_key(task.url))
             if reason is None:
                 report.skipped.append(task.dest)
                 for i in by_dest[Path(task.dest).resolve()]:
                     report.paths[i] = task.dest
                 continue
-            logger.warning("existing %s is not complete (%s); downloading it again", task.dest, reason)
+            logger.warning("existing %s is not a verified copy (%s); downloading it again", task.dest, reason)
         todo.append(task)
     return todo, by_dest
+
+
+_Result = tuple[DownloadTask, "Path | None", "str | None", "_Fetcher | None"]
+
+
+def _run_parallel(
+    work: Callable[[DownloadTask], _Result], tasks: Sequence[DownloadTask], max_workers: int,
+    cancel: threading.Event, watchdog: Watchdog,
+) -> list[_Result]:
+    """``work`` on every task with ``max_workers`` daemon threads; results in input order.
+
+    Daemon threads, so that a transfer that cannot be stopped at once (e.g. a connect
+    under way) never holds up the interpreter's exit. Any exception in the calling thread
+    (Ctrl-C) sets ``cancel``, stops the running transfers through ``watchdog``, waits at
+    most :data:`CANCEL_GRACE` s for them and is raised again."""
+    results: list[_Result | None] = [None] * len(tasks)
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    next_index = iter(range(len(tasks)))
+    threads = []
+
+    def worker() -> None:
+        while not cancel.is_set():
+            with lock:
+                i = next(next_index, None)
+            if i is None:
+                return
+            try:
+                results[i] = work(tasks[i])
+            except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+                with lock:
+                    errors.append(exc)
+                cancel.set()
+
+    for n in range(min(max_workers, len(tasks))):
+        t = threading.Thread(target=worker, name=f"spx-dl-{n}", daemon=True)
+        t.start()
+        threads.append(t)
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.25)
+    except BaseException:
+        cancel.set()
+        watchdog.poke_all()
+        end = time.monotonic() + CANCEL_GRACE
+        for t in threads:
+            t.join(max(0.0, end - time.monotonic()))
+        raise
+    stopped = [e for e in errors if not (isinstance(e, TransferStopped) and e.cancelled)]
+    if stopped:
+        raise stopped[0]
+    if errors:
+        raise KeyboardInterrupt("downloads cancelled")
+    return [r for r in results if r is not None]
 
 
 def download_files(
@@ -378,57 +473,70 @@ def download_files(
     verify_checksum: bool = True,
     desc: str = "download",
     chunk_size: int = CHUNK_SIZE,
+    deadline: float = DEFAULT_DEADLINE,
+    cancel: threading.Event | None = None,
 ) -> DownloadReport:
     """Fetch ``tasks`` with ``max_workers`` threads over one shared session.
 
-    ``timeout`` (s) applies to connecting and to each socket read; ``retries``
-    is the number of extra attempts per file; ``backoff_base`` (s) defaults to
-    :data:`~.retry.DEFAULT_BACKOFF_BASE`; ``chunk_size`` (bytes) is the
-    streaming unit. Existing final files are kept only when complete
-    (:func:`~.verify.is_complete_fits`), otherwise fetched again. Never raises
-    for a single file: see ``DownloadReport.failures``.
+    ``timeout`` (s) applies to connecting and to each socket read; ``deadline`` (s) to
+    each file as a whole (every attempt and wait); ``retries`` is the number of extra
+    attempts per file; ``backoff_base`` (s) defaults to
+    :data:`~.retry.DEFAULT_BACKOFF_BASE`; ``chunk_size`` (bytes) is the streaming unit.
+    Existing final files are kept only when they pass the checks of a download
+    (:func:`~.verify.verify_cached`), otherwise fetched again. Setting ``cancel`` (or
+    Ctrl-C in the calling thread) stops every transfer within about a second and raises
+    KeyboardInterrupt; only ``.part`` files are left. Never raises for a single file:
+    see ``DownloadReport.failures``.
     """
-    _check_arguments(max_workers, retries, timeout)
+    _check_arguments(max_workers, retries, timeout, deadline)
     base = _backoff_base(backoff_base)
     report = DownloadReport(requested=len(tasks), paths=[None] * len(tasks))
-    todo, by_dest = _plan(tasks, skip_existing, report)
+    todo, by_dest = _plan(tasks, skip_existing, verify_checksum, report)
     if not todo:
         logger.info("download: %s", report.summary())
         return report
 
+    cancel = cancel if cancel is not None else threading.Event()
     sess = session if session is not None else make_session(max_workers)
     bar = _Progress(sum(t.expected_length for t in todo if t.expected_length is not None), progress, desc)
 
-    def work(task: DownloadTask) -> tuple[DownloadTask, Path | None, str | None, _Fetcher]:
-        fetcher = _Fetcher(
-            sess, task, timeout=timeout, retries=retries, backoff_base=base,
-            on_bytes=bar.add, on_total=bar.grow, verify_checksum=verify_checksum, chunk_size=chunk_size,
-        )
-        try:
-            return task, fetcher.run(), None, fetcher
-        except DownloadFailed as exc:
-            return task, None, str(exc), fetcher
-        except OSError as exc:  # local disk problems: name them, do not kill the batch
-            return task, None, f"local file error: {exc}", fetcher
+    with Watchdog() as watchdog:
 
-    try:
-        with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="spx-dl") as pool:
-            for task, path, error, fetcher in pool.map(work, todo):  # input order
-                report.bytes_received += fetcher.received
-                report.retries += fetcher.retries_used
-                report.resumed += fetcher.resumed
-                if path is not None:
-                    report.downloaded.append(path)
-                    for i in by_dest[Path(task.dest).resolve()]:
-                        report.paths[i] = path
-                else:
-                    reason = error or "unknown error"
-                    report.failures.append(DownloadFailure(task.url, task.dest, reason))
-                    logger.error("download failed: %s -> %s: %s", task.url, task.dest, reason)
-    finally:
-        bar.close()
-        if session is None:
-            sess.close()
+        def work(task: DownloadTask) -> _Result:
+            with watchdog.watching(TransferGuard(cancel, deadline)) as guard:
+                fetcher = _Fetcher(
+                    sess, task, guard, timeout=timeout, retries=retries, backoff_base=base,
+                    on_bytes=bar.add, on_total=bar.grow, verify_checksum=verify_checksum, chunk_size=chunk_size,
+                )
+                try:
+                    return task, fetcher.run(), None, fetcher
+                except DownloadFailed as exc:
+                    return task, None, str(exc), fetcher
+                except requests.RequestException as exc:  # e.g. an invalid URL: this file only
+                    return task, None, f"request error: {type(exc).__name__}: {short_text(str(exc))}", fetcher
+                except OSError as exc:  # local disk problems: name them, do not kill the batch
+                    return task, None, f"local file error: {exc}", fetcher
+
+        try:
+            results = _run_parallel(work, todo, max_workers, cancel, watchdog)
+        finally:
+            bar.close()
+            if session is None:
+                sess.close()
+
+    for task, path, error, fetcher in results:  # input order
+        if fetcher is not None:
+            report.bytes_received += fetcher.received
+            report.retries += fetcher.retries_used
+            report.resumed += fetcher.resumed
+        if path is not None:
+            report.downloaded.append(path)
+            for i in by_dest[Path(task.dest).resolve()]:
+                report.paths[i] = path
+        else:
+            reason = error or "unknown error"
+            report.failures.append(DownloadFailure(task.url, task.dest, reason))
+            logger.error("download failed: %s -> %s: %s", task.url, task.dest, reason)
 
     if report.failures:
         logger.warning("download: %s", report.summary())

@@ -16,6 +16,7 @@ from typing import Any
 
 import requests
 
+from ..textlimits import short_text
 from .retry import backoff_base as _backoff_base
 from .retry import backoff_delay, is_retryable_status, parse_retry_after
 
@@ -47,7 +48,13 @@ class _TimeoutSession(requests.Session):
 
 
 def describe_error(exc: BaseException) -> tuple[str, bool, float | None, bool]:
-    """(description, retryable, retry_after seconds, is_timeout) of a pyvo/requests error."""
+    """(description, retryable, retry_after seconds, is_timeout) of a pyvo/requests error;
+    the description is bounded (a server's error text can be any size)."""
+    desc, retryable, retry_after, is_timeout = _describe(exc)
+    return short_text(desc), retryable, retry_after, is_timeout
+
+
+def _describe(exc: BaseException) -> tuple[str, bool, float | None, bool]:
     from pyvo.dal import DALFormatError, DALQueryError, DALServiceError
 
     cause: BaseException | None = exc
@@ -169,6 +176,8 @@ def run_tap_query(
         truncated_at = len(table)  # try the next mode
     last = history[-1] if history else "no attempt made"
     extra = f" (truncated at {truncated_at} rows)" if truncated_at is not None else ""
+    earlier = list(dict.fromkeys(h for h in history[:-1] if h != last))[:2]  # distinct, bounded
+    before = f"; before that: {'; '.join(earlier)}" if earlier else ""
     raise ArchiveQueryError(
-        f"TAP query to {tap_url} failed after {len(history)} attempts{extra}; last error: {last}"
+        f"TAP query to {tap_url} failed after {len(history)} attempts{extra}; last error: {last}{before}"
     )

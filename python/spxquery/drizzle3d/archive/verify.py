@@ -5,12 +5,20 @@ the stated length (bytes) and a whole number of 2880-byte blocks, astropy reads 
 header and the last HDU's data ends exactly at the end of the file, every required
 extension (EXTNAME) is present, and its digest matches the archive's ``md5:<hex>``.
 Used for downloads, files kept from an earlier run, and mirror files alike.
+
+A file that passed is given a small record beside it (``.<name>.verified``: its size,
+modification time and inode, the source it came from, the checksum and extensions checked),
+so that a rerun trusts an unchanged file without hashing it again (:func:`verify_cached`);
+any change of size, time or inode, another source or another checksum means a full check.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +29,42 @@ logger = logging.getLogger(__name__)
 FITS_BLOCK = 2880
 #: Read size (bytes) for checksums.
 _DIGEST_BLOCK = 1 << 20
+#: Largest verification record read (bytes); a larger one is ignored.
+_RECORD_MAX_BYTES = 1 << 16
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a file (missing, a directory, a FIFO, a device, a
+    socket; through a symbolic link it says where the link points), or None for a regular
+    file. Never opens the path, so a FIFO or ``/dev/zero`` is never read."""
+    path = Path(path)
+    link = ""
+    if path.is_symlink():
+        try:
+            link = f" (a symbolic link to {os.readlink(path)})"
+        except OSError:
+            link = " (a symbolic link)"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"does not exist{link}"
+    except OSError as exc:
+        return f"cannot be examined{link}: {exc.strerror or exc}"
+    if stat.S_ISREG(mode):
+        return None
+    for test, what in _KINDS:
+        if test(mode):
+            return f"is {what}{link}, not a file"
+    return f"is not a regular file{link}"
 
 
 def file_digest(path: Path, algorithm: str) -> str:
@@ -75,10 +119,10 @@ def check_fits_file(
     (``"<alg>:<hex>"``, e.g. ``md5:...``) when given.
     """
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return "file missing"
+    odd = not_a_regular_file(path)
+    if odd is not None:
+        return "file missing" if odd.startswith("does not exist") else odd
+    size = path.stat().st_size
     if expected_length is not None and size != int(expected_length):
         return f"size {size} bytes != expected {int(expected_length)} bytes"
     if size == 0 or size % FITS_BLOCK:
@@ -102,3 +146,72 @@ def is_complete_fits(path: Path, expected_length: int | None = None, required_hd
     """True when ``path`` is a complete FITS file (size, structure, required
     extensions; see :func:`check_fits_file`)."""
     return check_fits_file(path, expected_length, required_hdus=required_hdus) is None
+
+
+def record_path(path: Path) -> Path:
+    """Where the verification record of ``path`` lives: ``.<name>.verified`` beside it."""
+    path = Path(path)
+    return path.with_name("." + path.name + ".verified")
+
+
+def _stat_key(path: Path) -> dict[str, int]:
+    st = path.stat()
+    return {"size": int(st.st_size), "mtime_ns": int(st.st_mtime_ns), "ino": int(st.st_ino)}
+
+
+def write_record(path: Path, source: str, checksum: str | None, required_hdus: Sequence[str]) -> None:
+    """Record that ``path``, as it is now, passed :func:`check_fits_file` with ``checksum``
+    and ``required_hdus`` for ``source`` (written atomically; a failure only loses the cache)."""
+    rec = record_path(path)
+    tmp = rec.with_name(rec.name + f".tmp{os.getpid()}")
+    try:
+        doc = {**_stat_key(path), "source": source, "checksum": (checksum or "").strip().lower(),
+               "hdus": sorted(h.upper() for h in required_hdus)}
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, rec)
+    except OSError as exc:
+        logger.debug("no verification record for %s: %s", path, exc)
+        tmp.unlink(missing_ok=True)
+
+
+def _record_says_verified(path: Path, source: str, checksum: str | None, required_hdus: Sequence[str]) -> bool:
+    rec = record_path(path)
+    try:
+        with open(rec, "rb") as f:
+            raw = f.read(_RECORD_MAX_BYTES + 1)
+        doc = json.loads(raw) if len(raw) <= _RECORD_MAX_BYTES else None
+        key = _stat_key(path)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(doc, dict) or any(doc.get(k) != v for k, v in key.items()):
+        return False
+    if doc.get("source") != source:
+        return False
+    if checksum and doc.get("checksum") != checksum.strip().lower():
+        return False
+    hdus = doc.get("hdus")
+    return isinstance(hdus, list) and {h.upper() for h in required_hdus} <= set(hdus)
+
+
+def verify_cached(
+    path: Path,
+    expected_length: int | None = None,
+    checksum: str | None = None,
+    required_hdus: Sequence[str] = (),
+    source: str = "",
+) -> str | None:
+    """:func:`check_fits_file`, skipped when the file's record says that the same checks
+    passed for the same ``source`` and the file has not changed since (size, modification
+    time, inode); a pass is recorded. Returns why ``path`` is not complete, or None."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    if size is not None and (expected_length is None or size == int(expected_length)):
+        if _record_says_verified(path, source, checksum, required_hdus):
+            return None
+    reason = check_fits_file(path, expected_length, checksum, required_hdus)
+    if reason is None:
+        write_record(path, source, checksum, required_hdus)
+    return reason
