@@ -15,9 +15,11 @@ from pathlib import Path
 
 import requests
 
-from .download import CHUNK_SIZE, DownloadFailure, DownloadReport, DownloadTask, download_files
-from .locations import Cutout, locate_frame
+from ..textlimits import short_text
+from .download import CHUNK_SIZE, DEFAULT_DEADLINE, DownloadFailure, DownloadReport, DownloadTask, download_files
+from .locations import Cutout, locate_frame, source_key
 from .observations import DrizzleObservation
+from .verify import not_a_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +28,27 @@ logger = logging.getLogger(__name__)
 REQUIRED_HDUS = ("IMAGE", "FLAGS", "VARIANCE", "WCS-WAVE")
 
 
+def _identity(obs: DrizzleObservation) -> tuple[str, int]:
+    return (obs.obs_id, obs.detector)
+
+
+def _duplicate(obs: DrizzleObservation, first: DrizzleObservation, where: Path) -> str:
+    return (f"the archive lists the same file {short_text(obs.download_url)} for {obs.obs_id}/D{obs.detector} "
+            f"and {first.obs_id}/D{first.detector}; it is used once, for the first ({where})")
+
+
 def resolve_mirror(observations: Sequence[DrizzleObservation], data_mirror: Path) -> DownloadReport:
     """Mirror mode: locate each observation under ``data_mirror`` (no network).
-    Missing files, wrong sizes and paths escaping the root are failures."""
+    Missing files, paths that are no regular file (a directory, a FIFO, a device: named as
+    such, never opened), wrong sizes, paths escaping the root and a file claimed by a second
+    observation are failures."""
     report = DownloadReport(requested=len(observations), paths=[None] * len(observations))
     root = Path(data_mirror)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data_mirror {root} is not a directory")
+    odd = not_a_regular_file(root)
+    if odd is None or not root.is_dir():
+        raise FileNotFoundError(f"data_mirror {root} {odd or 'is a file'}, not a directory (the local copy of "
+                                "the archive, holding qr2/, qr3/, ...)")
+    owners: dict[Path, DrizzleObservation] = {}
     for i, obs in enumerate(observations):
         try:
             loc = locate_frame(obs, data_mirror=root)
@@ -40,9 +56,17 @@ def resolve_mirror(observations: Sequence[DrizzleObservation], data_mirror: Path
             report.failures.append(DownloadFailure(obs.download_url, root, str(exc)))
             logger.warning("mirror: %s", exc)
             continue
-        if not loc.path.is_file():
-            report.failures.append(DownloadFailure(obs.download_url, loc.path, "missing from mirror"))
-            logger.warning("mirror file not found: %s (for %s)", loc.path, obs.download_url)
+        first = owners.setdefault(loc.path, obs)
+        if first is not obs and _identity(first) != _identity(obs):
+            reason = _duplicate(obs, first, loc.path)
+            report.failures.append(DownloadFailure(obs.download_url, loc.path, reason))
+            logger.warning("mirror: %s", reason)
+            continue
+        odd = not_a_regular_file(loc.path)
+        if odd is not None:
+            reason = "missing from mirror" if odd.startswith("does not exist") else f"mirror path {odd}"
+            report.failures.append(DownloadFailure(obs.download_url, loc.path, reason))
+            logger.warning("mirror file %s %s (for %s)", loc.path, odd, obs.download_url)
             continue
         size = loc.path.stat().st_size
         if loc.expected_length is not None and size != loc.expected_length:
@@ -59,6 +83,38 @@ def resolve_mirror(observations: Sequence[DrizzleObservation], data_mirror: Path
     return report
 
 
+def _download_tasks(
+    observations: Sequence[DrizzleObservation], output_dir: Path, cutout: Cutout | None
+) -> tuple[list[DownloadTask | None], list[DownloadFailure]]:
+    """One task per observation (None for a failure). A file (URL) listed again for the same
+    exposure and detector is the same task; listed for another one, it is used once, for the
+    first, and the repeat is a failure; a file whose local name another file already has is
+    moved to its tagged name (:func:`~.locations.local_file_name`)."""
+    tasks: list[DownloadTask | None] = []
+    failures: list[DownloadFailure] = []
+    by_source: dict[str, tuple[DownloadTask, DrizzleObservation]] = {}
+    taken: set[Path] = set()
+    for obs in observations:
+        loc = locate_frame(obs, output_dir=Path(output_dir), cutout=cutout)
+        seen = by_source.get(source_key(loc.url))
+        if seen is not None:
+            if _identity(seen[1]) == _identity(obs):
+                tasks.append(seen[0])
+                continue
+            reason = _duplicate(obs, seen[1], seen[0].dest)
+            failures.append(DownloadFailure(loc.url, seen[0].dest, reason))
+            logger.warning("download: %s", reason)
+            tasks.append(None)
+            continue
+        if loc.path in taken:  # two files, one name: name this one apart
+            loc = locate_frame(obs, output_dir=Path(output_dir), cutout=cutout, tagged=True)
+        task = DownloadTask(loc.url, loc.path, loc.expected_length, loc.checksum, REQUIRED_HDUS)
+        by_source[source_key(loc.url)] = (task, obs)
+        taken.add(loc.path)
+        tasks.append(task)
+    return tasks, failures
+
+
 def download_observations_report(
     observations: Sequence[DrizzleObservation],
     output_dir: Path,
@@ -73,18 +129,17 @@ def download_observations_report(
     session: requests.Session | None = None,
     backoff_base: float | None = None,
     chunk_size: int = CHUNK_SIZE,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> DownloadReport:
     """Like :func:`download_observations` but returns the full :class:`~.download.DownloadReport`."""
     if data_mirror is not None:
         if cutout is not None:
             logger.info("mirror mode reads full frames; cutout request ignored")
         return resolve_mirror(observations, Path(data_mirror))
-    tasks = []
-    for obs in observations:
-        loc = locate_frame(obs, output_dir=Path(output_dir), cutout=cutout)
-        tasks.append(DownloadTask(loc.url, loc.path, loc.expected_length, loc.checksum, REQUIRED_HDUS))
-    return download_files(
-        tasks,
+    planned, failures = _download_tasks(observations, Path(output_dir), cutout)
+    todo = [t for t in planned if t is not None]
+    done = download_files(
+        todo,
         max_workers=max_workers,
         skip_existing=skip_existing,
         timeout=timeout,
@@ -93,7 +148,18 @@ def download_observations_report(
         progress=progress,
         session=session,
         chunk_size=chunk_size,
+        deadline=deadline,
     )
+    if not failures:
+        return done
+    done_paths = iter(done.paths)
+    report = DownloadReport(
+        requested=len(observations), paths=[next(done_paths) if t is not None else None for t in planned],
+        downloaded=done.downloaded, skipped=done.skipped, failures=failures + done.failures,
+        bytes_received=done.bytes_received, retries=done.retries, resumed=done.resumed,
+    )
+    logger.warning("download: %s", report.summary())
+    return report
 
 
 def download_observations(
@@ -109,6 +175,7 @@ def download_observations(
     progress: bool = True,
     session: requests.Session | None = None,
     backoff_base: float | None = None,
+    deadline: float = DEFAULT_DEADLINE,
 ) -> list[Path]:
     """Verified local files for ``observations``, in input order (failures are
     left out, logged per file and summarised in one warning).
@@ -116,11 +183,12 @@ def download_observations(
     Download mode: ``output_dir/images/D{N}/<file name from URL>`` (cutouts:
     ``<stem>_cutout_<ra>_<dec>_<size>deg.fits``; ``cutout`` = (ra, dec,
     size_deg), see :func:`~.locations.resolve_cutout`). Mirror mode (``data_mirror``):
-    ``data_mirror / <URL part after /ibe/data/spherex/>``, no network.
+    ``data_mirror / <URL part after /ibe/data/spherex/>``, no network. ``timeout`` (s)
+    bounds each socket operation, ``deadline`` (s) each file as a whole.
     """
     report = download_observations_report(
         observations, output_dir, max_workers, skip_existing, data_mirror,
         cutout=cutout, timeout=timeout, retries=retries, progress=progress,
-        session=session, backoff_base=backoff_base,
+        session=session, backoff_base=backoff_base, deadline=deadline,
     )
     return report.verified

@@ -9,7 +9,9 @@ are this frame's bytes, and what must they look like". Angles in degrees, sizes 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -30,6 +32,11 @@ DATA_MARKER = "/ibe/data/spherex/"
 FRAME_SIZE_DEG = 3.5
 #: Auto rule: cutouts when the cutout side (region diagonal + 2 margins) is below this (deg).
 CUTOUT_AUTO_MAX_DEG = 1.0
+#: Longest archive file name used as is, and longest part of a name taken over (characters);
+#: file systems allow 255 bytes, a cutout adds ~50.
+MAX_NAME_CHARS = 160
+MAX_STEM_CHARS = 80
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 #: A cutout request: (ra, dec, side), deg.
 Cutout = tuple[float, float, float]
@@ -77,7 +84,9 @@ def mirror_path(data_mirror: Path, url: str) -> Path:
     parts = PurePosixPath(rel).parts
     if not rel or rel.startswith("/") or any(p == ".." for p in parts):
         raise ValueError(f"URL {url!r} maps outside the mirror root {root}")
-    local = (root / Path(*parts)).resolve()
+    # lexically (no symlink resolved): a link inside the mirror is the user's choice, and a
+    # link to something that is no file is reported as what it is when the file is checked
+    local = Path(os.path.normpath(root / Path(*parts)))
     if not local.is_relative_to(root):
         raise ValueError(f"URL {url!r} maps to {local}, outside the mirror root {root}")
     return local
@@ -123,22 +132,45 @@ def cutout_url(url: str, cutout: Cutout) -> str:
     return f"{url}{sep}center={ra},{dec}&size={size}"
 
 
-def local_file_name(obs: DrizzleObservation, cutout: Cutout | None = None) -> str:
-    """Local file name: the URL's file name; cutouts get
+def source_key(url: str) -> str:
+    """What identifies the bytes at ``url`` whatever the host (a mirror of the archive
+    serves the same file): its path and query."""
+    parts = urlsplit(url)
+    return parts.path + ("?" + parts.query if parts.query else "")
+
+
+def _url_tag(url: str) -> str:
+    return hashlib.sha256(source_key(url).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+
+
+def local_file_name(obs: DrizzleObservation, cutout: Cutout | None = None, *, tagged: bool = False) -> str:
+    """Local file name of a frame, the same in every run and never shared by two frames.
+
+    The URL's file name when it is the archive's name of this very frame
+    (``level2_<OBSID>D<det>_...fits``: one per exposure and detector); otherwise, or when
+    ``tagged``, that name's safe part + ``_<OBSID>D<det>_<hash of the URL's path>.fits``
+    (bounded length, only ``[A-Za-z0-9._+-]``). Cutouts get
     ``<stem>_cutout_<ra>_<dec>_<size>deg.fits`` so they never collide with full frames."""
-    name = obs.file_name
-    if not name or name in (".", "..") or not name.lower().endswith(".fits"):
-        name = f"{obs.obs_id}D{obs.detector}.fits"
-    name = re.sub(r"[^A-Za-z0-9._+-]", "_", name)
+    raw = obs.file_name
+    name = _UNSAFE.sub("_", raw)
+    own = f"level2_{obs.obs_id}D{obs.detector}_"
+    if tagged or not (name == raw and name.startswith(own) and name.endswith(".fits")
+                      and len(name) <= MAX_NAME_CHARS):
+        stem = name[:-5] if name.lower().endswith(".fits") else name
+        stem = stem.strip("._")[:MAX_STEM_CHARS] or "frame"
+        ident = _UNSAFE.sub("_", f"{obs.obs_id}D{obs.detector}")[:MAX_STEM_CHARS]
+        name = f"{stem}_{ident}_{_url_tag(obs.download_url)}.fits"
     if cutout is None:
         return name
     ra, dec, size = _format_cutout(cutout)
     return f"{name[:-5]}_cutout_{ra}_{dec}_{size}deg.fits"
 
 
-def download_path(output_dir: Path, obs: DrizzleObservation, cutout: Cutout | None = None) -> Path:
+def download_path(
+    output_dir: Path, obs: DrizzleObservation, cutout: Cutout | None = None, *, tagged: bool = False
+) -> Path:
     """Download-cache path of a frame: ``output_dir/images/D{N}/<local file name>``."""
-    return Path(output_dir) / "images" / f"D{obs.detector}" / local_file_name(obs, cutout)
+    return Path(output_dir) / "images" / f"D{obs.detector}" / local_file_name(obs, cutout, tagged=tagged)
 
 
 def locate_frame(
@@ -147,17 +179,19 @@ def locate_frame(
     data_mirror: Path | None = None,
     output_dir: Path | None = None,
     cutout: Cutout | None = None,
+    tagged: bool = False,
 ) -> FrameLocation:
     """Where the bytes of ``obs`` are (``data_mirror`` given: its mirror file; ``cutout``
     is ignored there, a mirror holds full frames) or will be (``output_dir``: the download
-    cache, fetched from the file URL or its cutout URL). ValueError when the frame has no
-    place in the mirror or neither root is given."""
+    cache, fetched from the file URL or its cutout URL; ``tagged``: under the name with the
+    URL's hash, see :func:`local_file_name`). ValueError when the frame has no place in the
+    mirror or neither root is given."""
     if data_mirror is not None:
         path = mirror_path(Path(data_mirror), obs.download_url)
         return FrameLocation("mirror", path, obs.download_url, obs.content_length, obs.checksum)
     if output_dir is None:
         raise ValueError("locate_frame needs data_mirror or output_dir")
-    dest = download_path(Path(output_dir), obs, cutout)
+    dest = download_path(Path(output_dir), obs, cutout, tagged=tagged)
     if cutout is None:
         return FrameLocation("download", dest, obs.download_url, obs.content_length, obs.checksum)
     # the archive's length and checksum describe the whole file, not a cutout of it

@@ -70,7 +70,7 @@ def search_frames(
     logger.debug("ADQL: %s", adql)
     table = run_tap_query(tap_url, adql, mode=mode, timeout=timeout, retries=retries,
                           backoff_base=backoff_base, session=session)
-    observations = deduplicate_newest(rows_to_observations(table, data_base_url(tap_url)))
+    observations = deduplicate_newest(rows_to_observations(table, data_base_url(tap_url), source=tap_url))
     counts: dict[int, int] = {}
     for obs in observations:
         counts[obs.detector] = counts.get(obs.detector, 0) + 1
