@@ -299,7 +299,8 @@ def test_mirror_mode(archive, tmp_path, caplog):
     obs = [DrizzleObservation("x", "D1", 1, 0.0, base + r["uri"], content_length=r["contentlength"]) for r in rows]
     obs.insert(2, DrizzleObservation("gone", "D1", 1, 0.0, base + "ibe/data/spherex/qr2/level2/nope.fits"))
     obs.insert(0, DrizzleObservation("evil", "D1", 1, 0.0, base + "ibe/data/spherex/../../../etc/passwd"))
-    obs.append(DrizzleObservation("short", "D1", 1, 0.0, base + rows[0]["uri"], content_length=rows[0]["contentlength"] + 1))
+    too_long = rows[0]["contentlength"] + 1
+    obs.append(DrizzleObservation("x", "D1", 1, 0.0, base + rows[0]["uri"], content_length=too_long))
     with caplog.at_level(logging.WARNING, logger="spxquery.drizzle3d"):
         paths = download_observations(obs, tmp_path / "unused", data_mirror=root)
     assert paths == [root.resolve() / r["uri"][len("ibe/data/spherex/"):] for r in rows]
@@ -323,7 +324,7 @@ def test_download_files_validates_arguments(tmp_path):
 
 def test_local_names_never_collide(archive):
     _, rows = archive
-    o = DrizzleObservation("2025W18_2B_0001_1", "D1", 1, 0.0, "https://h/" + rows[0]["uri"])
+    o = DrizzleObservation("2025W18_2B_0001_1", "D2", 2, 0.0, "https://h/" + rows[0]["uri"])
     full = local_file_name(o)
     cut = local_file_name(o, (10.0, -0.5, 0.1))
     assert full == rows[0]["uri"].rsplit("/", 1)[1]

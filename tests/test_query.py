@@ -274,8 +274,8 @@ def test_pipeline_end_to_end_download_cutout_and_mirror(field, tmp_path, monkeyp
         res = pipeline.drizzle(_field_cfg(srv, out))
         assert srv.faults.pending() == 0
         assert "INTERSECTS" in srv.queries[-1] and "'SPHEREx-D3'" in srv.queries[-1]
-        got = sorted((out / "images" / "D3").iterdir())
-        assert [p.name for p in got] == names  # newest versions only, no .part
+        got = sorted(p for p in (out / "images" / "D3").iterdir() if not p.name.startswith("."))
+        assert [p.name for p in got] == names  # newest versions only, no .part (hidden: verification records)
         for p in got:
             assert p.read_bytes() == current[p.name].read_bytes()
         cube_dl = load_cube(res[3])
@@ -284,7 +284,7 @@ def test_pipeline_end_to_end_download_cutout_and_mirror(field, tmp_path, monkeyp
         # cutout mode: the server cuts each file; new names, full frames untouched
         out_c = tmp_path / "cut"
         res_c = pipeline.drizzle(_field_cfg(srv, out_c, use_cutouts=True))
-        cut_files = sorted((out_c / "images" / "D3").iterdir())
+        cut_files = sorted(p for p in (out_c / "images" / "D3").iterdir() if not p.name.startswith("."))
         assert len(cut_files) == 6 and all("_cutout_150.000000_2.000000_" in p.name for p in cut_files)
         assert all(p.stat().st_size < current[p.name.split("_cutout_")[0] + ".fits"].stat().st_size for p in cut_files)
         assert load_cube(res_c[3])["header"]["N_INPUTS"] == 6

@@ -20,6 +20,12 @@ class Fault:
     drop_after: send only this many body bytes, then close the connection.
     content_length_delta: advertise Content-Length = true length + delta.
     ignore_range: answer 200 with the whole file even when Range was asked.
+    rate: send the body at this many bytes per second (a trickle).
+    extra_bytes: send this many junk bytes after the file (counted in Content-Length unless
+        ``no_length``); made as they are sent, so a huge number is an endless body.
+    no_length: send no Content-Length (the body ends when the connection closes).
+    body: answer this body (status ``status`` or 200) instead of the resource, e.g. a
+        hand-made TAP answer; ``content_type`` is its type.
     """
 
     status: int | None = None
@@ -28,6 +34,17 @@ class Fault:
     drop_after: int | None = None
     content_length_delta: int = 0
     ignore_range: bool = False
+    rate: float | None = None
+    extra_bytes: int = 0
+    no_length: bool = False
+    body: bytes | None = None
+    content_type: str = "application/x-votable+xml"
+
+    @property
+    def alters_framing(self) -> bool:
+        """True when the answer's length cannot be trusted (the connection closes after it)."""
+        return bool(self.content_length_delta or self.drop_after is not None or self.extra_bytes
+                    or self.no_length)
 
 
 @dataclass

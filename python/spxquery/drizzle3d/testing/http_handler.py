@@ -132,13 +132,16 @@ class ArchiveHandler(BaseHTTPRequestHandler):
             end = time.monotonic() + fault.delay
             while time.monotonic() < end and not self.archive.stopping:
                 time.sleep(0.02)
-        if fault.status is not None:
+        if fault.status is not None or fault.body is not None:
             headers = {}
             if fault.retry_after is not None:
                 headers["Retry-After"] = f"{fault.retry_after:g}"
             if self.command == "POST":
                 self._read_params()  # drain the body so the connection stays usable
-            self._send(fault.status, f"injected fault: HTTP {fault.status}\n".encode(), headers=headers)
+            if fault.body is not None:
+                self._send(fault.status or 200, fault.body, fault.content_type, headers=headers)
+            elif fault.status is not None:
+                self._send(fault.status, f"injected fault: HTTP {fault.status}\n".encode(), headers=headers)
             return True, fault
         return False, fault
 
@@ -269,26 +272,39 @@ class ArchiveHandler(BaseHTTPRequestHandler):
         return None
 
     def _send_body(self, body: bytes, status: int, etag: str, content_range: str, fault: Fault | None) -> None:
-        """Send a file body in chunks; a fault may announce a wrong length or cut the body."""
-        advertised = len(body) + (fault.content_length_delta if fault else 0)
+        """Send a file body in chunks; a fault may announce a wrong length, cut the body,
+        trickle it, append junk or send no length."""
+        extra = fault.extra_bytes if fault else 0
+        advertised = len(body) + extra + (fault.content_length_delta if fault else 0)
         self.send_response(status)
         self.send_header("Content-Type", "application/fits")
-        self.send_header("Content-Length", str(advertised))
+        if not (fault is not None and fault.no_length):
+            self.send_header("Content-Length", str(advertised))
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", etag)
         self.send_header("Last-Modified", email.utils.formatdate(usegmt=True))
         if status == 206:
             self.send_header("Content-Range", content_range)
-        if fault is not None and (fault.content_length_delta != 0 or fault.drop_after is not None):
+        if fault is not None and fault.alters_framing:
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
         if self.command == "HEAD":
             return
-        limit = len(body) if fault is None or fault.drop_after is None else min(len(body), fault.drop_after)
-        step = self.archive.chunk_size
-        for i in range(0, limit, step):
-            self.wfile.write(body[i:min(i + step, limit)])
+        limit = len(body) + extra
+        if fault is not None and fault.drop_after is not None:
+            limit = min(limit, fault.drop_after)
+        rate = fault.rate if fault is not None else None
+        step = self.archive.chunk_size if not rate else max(1, min(self.archive.chunk_size, int(rate / 20)))
+        i = 0
+        while i < limit and not self.archive.stopping:
+            n = min(step, limit - i)
+            piece = body[i:i + n] if i + n <= len(body) else body[i:] + b"\0" * (i + n - max(i, len(body)))
+            self.wfile.write(piece)
+            i += n
+            if rate:
+                self.wfile.flush()
+                time.sleep(n / rate)
         self.wfile.flush()
         if fault is not None and fault.drop_after is not None:
             try:  # abrupt close mid-body

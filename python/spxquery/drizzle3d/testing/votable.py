@@ -15,7 +15,11 @@ from xml.sax.saxutils import escape as xml_escape
 from .tap_schema import NUMERIC_COLUMNS, POLY_COLUMN
 
 
-def _field(name: str) -> str:
+def _field(name: str, datatypes: dict[str, str]) -> str:
+    if name in datatypes:
+        kind = datatypes[name].removesuffix("[]")
+        size = ' arraysize="*"' if kind == "char" or datatypes[name].endswith("[]") else ""
+        return f'   <FIELD name="{name}" ID="{name}" datatype="{kind}"{size}/>'
     if name in NUMERIC_COLUMNS:
         return f'   <FIELD name="{name}" ID="{name}" datatype="{NUMERIC_COLUMNS[name]}"/>'
     if name == POLY_COLUMN:
@@ -23,9 +27,12 @@ def _field(name: str) -> str:
     return f'   <FIELD name="{name}" ID="{name}" datatype="char" arraysize="*"/>'
 
 
-def _cell(name: str, v: Any) -> str:
+def _cell(name: str, v: Any, datatypes: dict[str, str]) -> str:
     if v is None:
         return "<TD/>"
+    if name in datatypes:
+        text = " ".join(str(x) for x in v) if isinstance(v, (list, tuple)) else str(v)
+        return f"<TD>{xml_escape(text)}</TD>"
     if name == POLY_COLUMN:
         return "<TD>" + " ".join(repr(float(x)) for x in v) + "</TD>"
     if NUMERIC_COLUMNS.get(name) == "long":
@@ -36,10 +43,15 @@ def _cell(name: str, v: Any) -> str:
 
 
 def votable_bytes(
-    columns: Sequence[str], rows: Sequence[dict[str, Any]], status: str = "OK", message: str = ""
+    columns: Sequence[str], rows: Sequence[dict[str, Any]], status: str = "OK", message: str = "",
+    datatypes: dict[str, str] | None = None,
 ) -> bytes:
     """Serialise ``rows`` (their ``columns``) to a TAP result VOTable
-    (RESOURCE type="results") with ``QUERY_STATUS`` ``status`` and ``message``."""
+    (RESOURCE type="results") with ``QUERY_STATUS`` ``status`` and ``message``.
+    ``datatypes`` declares some columns with another VOTable datatype (``"double[]"``: an
+    array) and writes their cells as given (``str(value)``), e.g. a hostile answer with
+    ``contentlength`` '12abc'."""
+    types = dict(datatypes or {})
     out = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         '<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3">',
@@ -52,9 +64,10 @@ def votable_bytes(
         out.append(f'  <INFO name="QUERY_STATUS" value="{first}"/>')
     if status != "ERROR":
         out.append("  <TABLE>")
-        out.extend(_field(name) for name in columns)
+        out.extend(_field(name, types) for name in columns)
         out.append("   <DATA><TABLEDATA>")
-        out.extend("    <TR>" + "".join(_cell(name, row.get(name)) for name in columns) + "</TR>" for row in rows)
+        for row in rows:
+            out.append("    <TR>" + "".join(_cell(name, row.get(name), types) for name in columns) + "</TR>")
         out.append("   </TABLEDATA></DATA>")
         out.append("  </TABLE>")
     if status == "OVERFLOW":
