@@ -400,6 +400,21 @@ def test_two_frames_sharing_a_file_name_get_two_files(archive, tmp_path, tmp_pat
     assert paths[0].name == same_name and obs[1].obs_id in paths[1].name
 
 
+def test_one_exposure_from_two_places_gets_two_files(archive, tmp_path):
+    """The same exposure and detector at two URLs with one file name (e.g. two collections,
+    passed without de-duplication): the second is fetched to its tagged name."""
+    root, rows = archive
+    uri2 = rows[2]["uri"].replace("/qr2/", "/qr2_wide/")
+    dst = root / uri2[len("ibe/data/spherex/"):]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(_source(root, rows[2]))
+    with ArchiveServer(root) as srv, bounded(30):
+        obs = _obs([rows[2], dict(rows[2], uri=uri2)], srv)
+        paths = download_observations(obs, tmp_path, **FAST)
+        assert srv.hits("/ibe/") == 2
+    assert len(set(paths)) == 2 and paths[0].name == rows[2]["uri"].rsplit("/", 1)[1]
+
+
 def test_same_url_for_two_observations_is_fetched_once_and_reported(archive, tmp_path, caplog):
     root, rows = archive
     with ArchiveServer(root) as srv, bounded(30):
