@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from hostile_support import bounded, no_partial_under_final_name, run_python, wait_for
 
+from hostile_support import bounded, no_partial_under_final_name, run_python, wait_for
 from spxquery.drizzle3d import Drizzle3DConfig
 from spxquery.drizzle3d.archive import download as download_mod
 from spxquery.drizzle3d.archive import retry, verify

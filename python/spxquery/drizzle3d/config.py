@@ -50,6 +50,8 @@ from .settings import (
     validate,
 )
 from .spectral import validate_lambda_edges
+from .textlimits import short_repr
+from .yaml_limits import load_yaml_file
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,12 @@ DEFAULT_TAP_URL = "https://irsa.ipac.caltech.edu/TAP"
 TAP_URL_ENV = "SPXQUERY_TAP_URL"
 #: Accepted values of ``kernel``.
 KERNELS = ("square", "bilinear")
+#: Width and height stay below this (arcmin): a tangent-plane grid ends 90 deg from its centre.
+MAX_SIDE_ARCMIN = 10800.0
+#: Largest ``xy_oversample`` / ``z_oversample`` (0.06" pixels; ~100x the native resolving power).
+MAX_OVERSAMPLE = 100.0
+#: Largest cutout side IRSA's service takes (deg).
+MAX_CUTOUT_DEG = 180.0
 
 #: Setting groups in the order the YAML file lists them, with the title written above each.
 GROUPS: Dict[str, str] = {
@@ -75,9 +83,9 @@ GROUPS: Dict[str, str] = {
 
 def _mjd_range(name: str, value: Any) -> Tuple[float, float]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
-        raise ValueError(f"{name} must be None or (mjd_min, mjd_max), got {value!r}")
+        raise ValueError(f"{name} must be None or (mjd_min, mjd_max), got {short_repr(value)}")
     if not all(is_real(v) and math.isfinite(float(v)) for v in value):
-        raise ValueError(f"{name} must be two finite MJDs (mjd_min < mjd_max), got {value!r}")
+        raise ValueError(f"{name} must be two finite MJDs (mjd_min < mjd_max), got {short_repr(value)}")
     lo, hi = float(value[0]), float(value[1])
     if not lo < hi:
         raise ValueError(f"{name} must be increasing (mjd_min < mjd_max), got ({lo}, {hi})")
@@ -88,7 +96,7 @@ def _exclude_flags(name: str, value: Any) -> List[Union[int, str]]:
     try:
         return validate_exclude_flags(value)
     except ValueError as exc:
-        raise ValueError(f"{name}: {exc} (got {value!r})") from None
+        raise ValueError(f"{name}: {exc} (got {short_repr(value)})") from None
 
 
 def _lambda_edges(name: str, value: Any) -> np.ndarray:
@@ -122,11 +130,11 @@ class Drizzle3DConfig:
         help="region centre, ICRS declination",
         header=Fits("DEC_CEN", "[deg] output centre"), cli=Cli("--dec", "DEG")))
     width: float = field(metadata=setting(
-        group="region", unit="arcmin", rule=Real(0.0, lo_open=True),
+        group="region", unit="arcmin", rule=Real(0.0, MAX_SIDE_ARCMIN, lo_open=True, hi_open=True),
         help="output image width (along RA)",
         header=NoHeader("NX x EPIXSCLE is the grid's width"), cli=Cli("--width", "ARCMIN")))
     height: float = field(metadata=setting(
-        group="region", unit="arcmin", rule=Real(0.0, lo_open=True),
+        group="region", unit="arcmin", rule=Real(0.0, MAX_SIDE_ARCMIN, lo_open=True, hi_open=True),
         help="output image height (along Dec)",
         header=NoHeader("NY x EPIXSCLE is the grid's height"), cli=Cli("--height", "ARCMIN")))
     detector: int = field(default=0, metadata=setting(
@@ -143,11 +151,11 @@ class Drizzle3DConfig:
         header=Fits("ZSHRINK", "spectral droplet shrink", value=lambda c: c.effective_z_shrink()),
         cli=Cli("--z-shrink", "F")))
     xy_oversample: float = field(default=1.0, metadata=setting(
-        group="grid", rule=Real(0.0, lo_open=True),
+        group="grid", rule=Real(0.0, MAX_OVERSAMPLE, lo_open=True),
         help="output pixels per native pixel: pixel scale = 6.15\"/xy_oversample",
         header=Fits("XYOVRSM", "spatial output oversampling"), cli=Cli("--xy-oversample", "F")))
     z_oversample: float = field(default=1.0, metadata=setting(
-        group="grid", rule=Real(0.0, lo_open=True),
+        group="grid", rule=Real(0.0, MAX_OVERSAMPLE, lo_open=True),
         help="1 = the 17 native channels; otherwise constant-R bins with R_eff = mean(R) x z_oversample",
         header=Fits("ZOVRSM", "spectral output oversampling"), cli=Cli("--z-oversample", "F")))
     z_lambda_edges: Optional[np.ndarray] = field(default=None, metadata=setting(
@@ -163,7 +171,7 @@ class Drizzle3DConfig:
         help="cap on the frames matched, all requested detectors together",
         header=NoHeader(_NOT_THE_CUBE), cli=Cli("--max-images", "N")))
     download_workers: int = field(default=4, metadata=setting(
-        group="archive", rule=Int(1), help="parallel downloads",
+        group="archive", rule=Int(1, 64), help="parallel downloads",
         header=NoHeader(_NOT_THE_CUBE), cli=Cli("--workers", "N")))
     skip_existing: bool = field(default=True, metadata=setting(
         group="archive", rule=Bool(), help="reuse already downloaded, verified files",
@@ -216,17 +224,22 @@ class Drizzle3DConfig:
         help="fetch IRSA cutouts instead of full frames (None: when the cutout side is < 1 deg)",
         header=NoHeader(_NOT_THE_CUBE), cli=Cli("--cutouts", words={"auto": None, "yes": True, "no": False})))
     cutout_margin_arcmin: float = field(default=2.0, metadata=setting(
-        group="archive", unit="arcmin", rule=Real(0.0), help="margin around the region's diagonal in a cutout",
+        group="archive", unit="arcmin", rule=Real(0.0, 600.0), help="margin around the region's diagonal in a cutout",
         header=NoHeader(_NOT_THE_CUBE)))
     download_timeout: float = field(default=60.0, metadata=setting(
-        group="archive", unit="s", rule=Real(0.0, lo_open=True), help="per-request timeout",
+        group="archive", unit="s", rule=Real(0.0, 86400.0, lo_open=True),
+        help="timeout of each request and each socket read",
         header=NoHeader(_NOT_THE_CUBE)))
     download_retries: int = field(default=5, metadata=setting(
-        group="archive", rule=Int(0), help="retries per download or TAP query",
+        group="archive", rule=Int(0, 100), help="retries per download or TAP query",
         header=NoHeader(_NOT_THE_CUBE)))
     progress: bool = field(default=True, metadata=setting(
         group="output", rule=Bool(), help="show progress bars",
         header=NoHeader("how the run looked, not what the cube holds")))
+    download_deadline: float = field(default=900.0, metadata=setting(
+        group="archive", unit="s", rule=Real(0.0, 604800.0, lo_open=True),
+        help="longest time for one file, every attempt and wait included (ends a trickling transfer)",
+        header=NoHeader(_NOT_THE_CUBE)))
 
     # ── constants ──────────────────────────────────────────────────────────────
     BASE_PIXSCALE: float = field(default=6.15, init=False, repr=False)  # arcsec/pixel
@@ -234,12 +247,24 @@ class Drizzle3DConfig:
     def __post_init__(self) -> None:
         """Validate and normalise every field (ValueError names field, value and range)."""
         validate(self)
+        self._check_derived()
+
+    def _check_derived(self) -> None:
+        """Values later stages derive from several fields, checked now under the fields' names."""
         nx, ny = self.output_nx(), self.output_ny()
         if nx < 1 or ny < 1:
             raise ValueError(
                 f"output grid would be {nx} x {ny} pixels (width={self.width}, height={self.height} "
                 f"arcmin at {self.effective_pixscale():.4g} arcsec/pixel); enlarge width/height to at "
                 f"least {self.effective_pixscale() / 60.0:.4g} arcmin or increase xy_oversample"
+            )
+        side = 2.0 * self.spatial_radius_deg() + 2.0 * self.cutout_margin_arcmin / 60.0
+        if self.use_cutouts and side > MAX_CUTOUT_DEG:
+            raise ValueError(
+                f"use_cutouts=True asks for cutouts {side:.4g} deg wide (the region's diagonal from width="
+                f"{self.width:g} and height={self.height:g} arcmin, plus 2 x cutout_margin_arcmin="
+                f"{self.cutout_margin_arcmin:g}), more than the {MAX_CUTOUT_DEG:g} deg a cutout can have; "
+                "shrink the region or set use_cutouts to null (auto) or false"
             )
 
     # ── Derived quantities ─────────────────────────────────────────────────
@@ -310,9 +335,11 @@ class Drizzle3DConfig:
         data.pop("BASE_PIXSCALE", None)  # non-init constant written by some 0.4.1 files
         fields = described(cls)
         names = [d.name for d in fields]
-        unknown = sorted(str(k) for k in data if k not in names)
+        unknown = sorted(str(k)[:200] for k in data if k not in names)
         if unknown:
-            raise ValueError(f"unknown config key(s): {unknown}; valid keys: {names}")
+            shown = ", ".join(short_repr(k, 40) for k in unknown[:10]) + (f" (+{len(unknown) - 10} more)"
+                                                                         if len(unknown) > 10 else "")
+            raise ValueError(f"unknown config key(s): {shown}; valid keys: {', '.join(names)}")
         missing = [d.name for d in fields if d.required and d.name not in data]
         if missing:
             raise ValueError(f"missing required config key(s): {missing}")
@@ -340,6 +367,8 @@ class Drizzle3DConfig:
             data = json.loads(json_str)
         except json.JSONDecodeError as exc:
             raise ValueError(f"invalid config JSON: {exc}") from exc
+        except RecursionError:
+            raise ValueError("invalid config JSON: nested too deeply") from None
         return cls.from_dict(data)
 
     def yaml_text(self, preamble: str = YAML_PREAMBLE, blocks: Optional[Mapping[str, str]] = None) -> str:
@@ -366,17 +395,13 @@ class Drizzle3DConfig:
     def from_yaml_file(cls, filepath: Union[str, Path]) -> "Drizzle3DConfig":
         """Read a config written by :meth:`to_yaml_file` (or by hand; ``yaml.safe_load`` only).
 
-        FileNotFoundError if the file does not exist; ValueError if it is not valid YAML, not
-        a mapping, has unknown keys, or holds invalid values (messages name the file).
+        FileNotFoundError if the file does not exist (or is a directory, a FIFO, a device);
+        ValueError if it is larger than 1 MiB, not UTF-8, not valid YAML, nested deeper than
+        32 levels or larger than 100,000 values with its aliases expanded, not a mapping, has
+        unknown keys, or holds invalid values (messages name the file; :mod:`.yaml_limits`).
         """
         filepath = Path(filepath)
-        if not filepath.is_file():
-            raise FileNotFoundError(f"Config file not found: {filepath}")
-        try:
-            with open(filepath, "r", encoding="utf-8") as f:
-                data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise ValueError(f"{filepath}: invalid YAML: {exc}") from exc
+        data = load_yaml_file(filepath)
         if not isinstance(data, dict):
             raise ValueError(f"{filepath}: expected a YAML mapping of config fields, got {type(data).__name__}")
         try:

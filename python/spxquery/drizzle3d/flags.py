@@ -19,6 +19,8 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .textlimits import short_repr
+
 logger = logging.getLogger(__name__)
 
 FlagSpec = Union[int, str]
@@ -161,7 +163,7 @@ def normalize_flag_spec(item: Any, bits: Mapping[str, int] = DEFAULT_FLAG_BITS) 
     """Validate one flag specification: an int 0-31 (returned as int) or a known name
     or wildcard (returned upper-case). ValueError names the offending item."""
     if isinstance(item, bool):
-        raise ValueError(f"flag must be a bit number 0-31 or a flag name, got {item!r}")
+        raise ValueError(f"flag must be a bit number 0-31 or a flag name, got {short_repr(item)}")
     if isinstance(item, numbers.Integral):
         b = int(item)
         if not 0 <= b <= 31:
@@ -172,16 +174,16 @@ def normalize_flag_spec(item: Any, bits: Mapping[str, int] = DEFAULT_FLAG_BITS) 
         if name.isdigit():
             return normalize_flag_spec(int(name), bits)
         if not _NAME_RE.match(name):
-            raise ValueError(f"invalid flag name {item!r}")
+            raise ValueError(f"invalid flag name {short_repr(item)}")
         if name.endswith("*"):
             prefix = name[:-1]
             if not any(k.upper().startswith(prefix) for k in bits):
-                raise ValueError(f"flag wildcard {item!r} matches no known flag; known: {sorted(bits)}")
+                raise ValueError(f"flag wildcard {short_repr(item)} matches no known flag; known: {sorted(bits)}")
             return name
         if name not in {k.upper() for k in bits}:
-            raise ValueError(f"unknown flag name {item!r}; known: {sorted(bits)}")
+            raise ValueError(f"unknown flag name {short_repr(item)}; known: {sorted(bits)}")
         return name
-    raise ValueError(f"flag must be a bit number 0-31 or a flag name, got {item!r} ({type(item).__name__})")
+    raise ValueError(f"flag must be a bit number 0-31 or a flag name, got {short_repr(item)} ({type(item).__name__})")
 
 
 def validate_exclude_flags(
@@ -196,7 +198,7 @@ def validate_exclude_flags(
     if isinstance(exclude_flags, (str, numbers.Integral)) and not isinstance(exclude_flags, bool):
         exclude_flags = [exclude_flags]
     if isinstance(exclude_flags, Mapping) or not isinstance(exclude_flags, Iterable):
-        raise ValueError(f"exclude_flags must be a list of bit numbers 0-31 or flag names, got {exclude_flags!r}")
+        raise ValueError(f"exclude_flags must be a list of bit numbers 0-31 or flag names, got {short_repr(exclude_flags)}")
     return [normalize_flag_spec(item, bits) for item in exclude_flags]
 
 

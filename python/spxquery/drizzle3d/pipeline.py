@@ -29,6 +29,7 @@ from .config import Drizzle3DConfig
 from .cubefile import save_cube
 from .frames import Frame, FrameError, prepare_frame
 from .grid import OutputGrid, build_output_wcs
+from .preflight import OutputExistsError, preflight
 
 logger = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def drizzle_detector(
         raise ValueError(f"detector must be 1-6 for drizzle_detector, got {detector}")
     out_path = output_path_for(config, detector)
     if out_path.exists() and not config.overwrite:
-        raise FileExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
+        raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
 
     paths: List[Path] = [Path(p) for p in fits_paths]
     grid = OutputGrid.for_detector(config, detector, output_wcs)
@@ -167,18 +168,16 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
     """Top-level entry point: query -> download -> drizzle -> save, per detector.
 
     ``config.detector`` 0 processes all six detectors. Returns ``{detector: output path}``
-    for the cubes written. Raises FileExistsError before any query when an output of a
-    requested detector exists and ``config.overwrite`` is False.
+    for the cubes written. Before any query (:func:`~.preflight.preflight`): OutputExistsError
+    (a FileExistsError) when an output of a requested detector exists and ``config.overwrite``
+    is False; OSError naming ``output_dir`` when it is no directory or not writable;
+    RunBudgetError (a ValueError) when the accumulators or the cube files would not fit in
+    memory or on disk.
     """
     from .query import download_observations, query_observations, resolve_cutout
 
     detectors = _detectors(config)
-    if not config.overwrite:
-        existing = [output_path_for(config, d) for d in detectors if output_path_for(config, d).exists()]
-        if existing:
-            raise FileExistsError(
-                "Output file(s) already exist: " + ", ".join(str(p) for p in existing) + " (set overwrite=True)"
-            )
+    preflight(config, detectors)  # outputs, memory, disk: before the first query
 
     logger.info(
         "Drizzle3D: centre (%.6f, %.6f) deg, %.2f' x %.2f', detector %s",
@@ -209,6 +208,7 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
             timeout=config.download_timeout,
             retries=config.download_retries,
             progress=config.progress,
+            deadline=config.download_deadline,
         )
         if not fits_paths:
             logger.warning("D%d: no files available, skipping", det)

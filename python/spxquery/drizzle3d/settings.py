@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .textlimits import short_repr
+
 # ── rules: which values a setting takes ──────────────────────────────────────
 
 
@@ -107,7 +109,7 @@ class Real(Rule):
         rng = ("None or " if none_ok else "") + self.range()
         rule = f"{unit} {rng}".strip()
         if not is_real(value):
-            raise ValueError(f"{name} must be a number ({rule}), got {value!r}")
+            raise ValueError(f"{name} must be a number ({rule}), got {short_repr(value)}")
         v = float(value)
         if math.isnan(v):
             raise ValueError(f"{name} must be a number ({rule}), got NaN")
@@ -130,7 +132,7 @@ def _parse_number(text: str, convert: Callable[[str], Any], what: str, inside: C
     try:
         v = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"must be {what}, got {short_repr(text)}") from None
     if not inside(v):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return v
@@ -164,7 +166,7 @@ class Int(Rule):
 
     def check(self, name: str, value: Any, unit: str, none_ok: bool) -> int:
         if not is_int(value) or not self.inside(int(value)):
-            raise ValueError(f"{name} must be {'None or ' if none_ok else ''}an integer {self.range()}, got {value!r}")
+            raise ValueError(f"{name} must be {'None or ' if none_ok else ''}an integer {self.range()}, got {short_repr(value)}")
         return int(value)
 
     def parse_arg(self, text: str) -> int:
@@ -179,7 +181,7 @@ class Bool(Rule):
 
     def check(self, name: str, value: Any, unit: str, none_ok: bool) -> bool:
         if not isinstance(value, (bool, np.bool_)):
-            raise ValueError(f"{name} must be {'None, ' if none_ok else ''}true or false, got {value!r}")
+            raise ValueError(f"{name} must be {'None, ' if none_ok else ''}true or false, got {short_repr(value)}")
         return bool(value)
 
 
@@ -192,7 +194,7 @@ class PathRule(Rule):
     def check(self, name: str, value: Any, unit: str, none_ok: bool) -> Path:
         if isinstance(value, (str, os.PathLike)) and str(value).strip() != "":
             return Path(value)
-        raise ValueError(f"{name} must be {'None or ' if none_ok else ''}a non-empty path, got {value!r}")
+        raise ValueError(f"{name} must be {'None or ' if none_ok else ''}a non-empty path, got {short_repr(value)}")
 
     def plain(self, value: Any) -> Any:
         return str(value)
@@ -215,7 +217,7 @@ class Choice(Rule):
 
     def check(self, name: str, value: Any, unit: str, none_ok: bool) -> str:
         if not isinstance(value, str) or value.strip().lower() not in self.options:
-            raise ValueError(f"{name} must be one of {list(self.options)}, got {value!r}")
+            raise ValueError(f"{name} must be one of {list(self.options)}, got {short_repr(value)}")
         return value.strip().lower()
 
 
@@ -230,7 +232,7 @@ class Url(Rule):
 
     def check(self, name: str, value: Any, unit: str, none_ok: bool) -> str:
         if not isinstance(value, str) or not value.strip().lower().startswith(("http://", "https://")):
-            raise ValueError(f"{name} must be {'None or ' if none_ok else ''}an http(s) URL, got {value!r}")
+            raise ValueError(f"{name} must be {'None or ' if none_ok else ''}an http(s) URL, got {short_repr(value)}")
         return value.strip()
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 from astropy.io import fits
 
 from ._data import SPECTRAL_CHANNELS_FILE
+from .textlimits import short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def load_channel_map() -> np.ndarray:
 
 def _check_detector(detector: object) -> int:
     if isinstance(detector, (bool, np.bool_)) or not isinstance(detector, numbers.Integral):
-        raise ValueError(f"detector must be an integer 1-6, got {detector!r}")
+        raise ValueError(f"detector must be an integer 1-6, got {short_repr(detector)}")
     det = int(detector)
     if det not in DETECTORS:
         raise ValueError(f"detector must be 1-6, got {det}")
@@ -197,7 +198,7 @@ def validate_lambda_edges(edges: object, name: str = "z_lambda_edges") -> np.nda
     try:
         arr = np.array(edges, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a 1-D sequence of numbers [um], got {edges!r}") from exc
+        raise ValueError(f"{name} must be a 1-D sequence of numbers [um], got {short_repr(edges)}") from exc
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got an array of shape {arr.shape}")
     if arr.size < 2:
@@ -280,7 +281,7 @@ def build_z_grid_oversampled(detector: int, z_oversample: float) -> ZGrid:
     """
     zo = float(z_oversample)
     if not math.isfinite(zo) or zo <= 0:
-        raise ValueError(f"z_oversample must be a finite number > 0, got {z_oversample!r}")
+        raise ValueError(f"z_oversample must be a finite number > 0, got {short_repr(z_oversample)}")
     det = detector_spectral_table(detector)
     r_mean = float(det["R"].mean())
     r_eff = r_mean * zo

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import requests
 
+from ..filekind import not_a_regular_file
 from ..textlimits import short_text
 from .download import CHUNK_SIZE, DEFAULT_DEADLINE, DownloadFailure, DownloadReport, DownloadTask, download_files
 from .locations import Cutout, locate_frame, source_key
 from .observations import DrizzleObservation
-from .verify import not_a_regular_file
 
 logger = logging.getLogger(__name__)
 

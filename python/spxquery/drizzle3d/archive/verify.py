@@ -18,10 +18,11 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+
+from ..filekind import not_a_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -31,40 +32,6 @@ FITS_BLOCK = 2880
 _DIGEST_BLOCK = 1 << 20
 #: Largest verification record read (bytes); a larger one is ignored.
 _RECORD_MAX_BYTES = 1 << 16
-
-
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO (named pipe)"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-    (stat.S_ISSOCK, "a socket"),
-)
-
-
-def not_a_regular_file(path: Path) -> str | None:
-    """Why ``path`` cannot be read as a file (missing, a directory, a FIFO, a device, a
-    socket; through a symbolic link it says where the link points), or None for a regular
-    file. Never opens the path, so a FIFO or ``/dev/zero`` is never read."""
-    path = Path(path)
-    link = ""
-    if path.is_symlink():
-        try:
-            link = f" (a symbolic link to {os.readlink(path)})"
-        except OSError:
-            link = " (a symbolic link)"
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return f"does not exist{link}"
-    except OSError as exc:
-        return f"cannot be examined{link}: {exc.strerror or exc}"
-    if stat.S_ISREG(mode):
-        return None
-    for test, what in _KINDS:
-        if test(mode):
-            return f"is {what}{link}, not a file"
-    return f"is not a regular file{link}"
 
 
 def file_digest(path: Path, algorithm: str) -> str:

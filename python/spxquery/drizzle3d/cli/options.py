@@ -11,10 +11,9 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Type
 
-import yaml
-
 from ..config import GROUPS, Drizzle3DConfig
 from ..settings import TAKES_ARGUMENT, Choice, Described, described, format_value, groups_in_order
+from ..yaml_limits import load_yaml_file
 from .common import CLIError, usage_error
 
 REGION = "target region (required without CONFIG.yaml)"
@@ -150,8 +149,8 @@ def config_from_args(args: argparse.Namespace, parser: Optional[argparse.Argumen
     if getattr(args, "config", None) is not None:
         try:
             cfg = config_cls.from_yaml_file(args.config)
-        except FileNotFoundError:
-            raise CLIError(f"config file not found: {args.config}") from None
+        except FileNotFoundError as exc:  # missing, or a directory, a FIFO, a device: the message says
+            raise CLIError(str(exc)[:1].lower() + str(exc)[1:]) from None
         except ValueError as exc:
             if not changes:
                 raise CLIError(str(exc)) from None
@@ -173,8 +172,8 @@ def config_from_args(args: argparse.Namespace, parser: Optional[argparse.Argumen
 def _merge_yaml(path: Path, changes: Dict[str, Any], original: ValueError, config_cls: Type[Drizzle3DConfig]) -> Any:
     """Config from the YAML mapping at ``path`` updated with ``changes`` (CLIError if invalid)."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+        data = load_yaml_file(Path(path))  # the same bounds as the first reading
+    except (OSError, ValueError):
         raise CLIError(str(original)) from None
     if not isinstance(data, dict):
         raise CLIError(str(original))

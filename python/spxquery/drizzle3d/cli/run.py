@@ -18,6 +18,7 @@ logger = logging.getLogger(__name__)
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..pipeline import drizzle
+    from ..preflight import OutputExistsError
 
     cfg = config_from_args(args, getattr(args, "_subparser", None))
     cfg = cfg.replace(progress=show_progress(args) and cfg.progress)
@@ -26,7 +27,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         results = drizzle(cfg)
-    except FileExistsError as exc:
+    except OutputExistsError as exc:  # only an existing cube is cured by overwriting it
         raise CLIError(f"{exc}; pass --overwrite (or set overwrite: true) to replace") from exc
     if not results:
         raise CLIError("no cube was written: no frame of the archive contributed to the region "

@@ -1,0 +1,155 @@
+"""What a run needs, checked before the first archive query: no existing cube in the way
+(unless ``overwrite``), an output directory that is a directory and writable, memory for the
+accumulators of the largest cube and disk for the cubes.
+
+A run that cannot finish must say so at once, naming the setting and what to change, not
+after the query and the downloads (a 1.2 TiB accumulator once failed with MemoryError only
+then; an unwritable output directory ended with "no frame contributed"). Sizes in bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import shutil
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from .config import Drizzle3DConfig
+from .spectral import build_z_grid
+
+logger = logging.getLogger(__name__)
+
+#: Accumulator bytes per voxel: flux, weight and variance sums (float64), count, AND and OR masks (uint32).
+ACCUMULATOR_BYTES_PER_VOXEL = 3 * 8 + 3 * 4
+#: Cube file bytes per voxel: SCI and VARIANCE (float32), AND_MASK, OR_MASK and COUNT (uint32).
+FILE_BYTES_PER_VOXEL = 5 * 4
+#: Memory kept aside for everything else of a run (frames being read, the interpreter).
+MEMORY_HEADROOM = 512 << 20
+
+_ADVICE = ("drizzle a smaller region (width/height), use larger pixels (a smaller xy_oversample), fewer "
+           "wavelength bins (z_oversample, z_lambda_edges) or one detector at a time (detector=1..6)")
+
+
+class OutputExistsError(FileExistsError):
+    """A cube the run would write exists and ``overwrite`` is False (the one case where
+    overwriting is the advice)."""
+
+
+class RunBudgetError(ValueError):
+    """The run needs more memory or disk than there is; the message says how much and what to change."""
+
+
+def output_paths(config: Drizzle3DConfig, detectors: Sequence[int]) -> List[Path]:
+    """``output_dir/drizzle_D{N}.fits`` of each detector."""
+    return [Path(config.output_dir) / f"drizzle_D{int(d)}.fits" for d in detectors]
+
+
+def _gib(n: float) -> str:
+    return f"{n / (1 << 30):.3g} GiB"
+
+
+def available_memory() -> Optional[int]:
+    """Bytes this process can still allocate: the kernel's MemAvailable, bounded by the
+    address-space limit (RLIMIT_AS) minus what the process maps; None when unknown."""
+    found: List[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        used = 0
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmSize:"):
+                        used = int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        found.append(max(0, soft - used))
+    return min(found) if found else None
+
+
+def free_disk(path: Path) -> Optional[int]:
+    """Free bytes on the file system that holds ``path`` (or its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def cube_shapes(config: Drizzle3DConfig, detectors: Sequence[int]) -> List[Tuple[int, int, int, int]]:
+    """``(detector, n_z, ny, nx)`` of each cube the run would make."""
+    ny, nx = config.output_ny(), config.output_nx()
+    return [(int(d), build_z_grid(int(d), config.z_oversample, config.z_lambda_edges).n_z, ny, nx)
+            for d in detectors]
+
+
+def check_outputs(config: Drizzle3DConfig, detectors: Sequence[int]) -> None:
+    """OutputExistsError when a cube exists and ``overwrite`` is False; OSError naming
+    ``output_dir`` when it is no directory, cannot be created or is not writable, or when a
+    cube's path is a directory."""
+    out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output_dir {out} is a file, not a directory; choose another output_dir")
+    for path in output_paths(config, detectors):
+        if path.is_dir():
+            raise IsADirectoryError(f"output {path} is a directory, not a cube file; move it away or choose "
+                                    "another output_dir")
+    existing = [p for p in output_paths(config, detectors) if p.exists()]
+    if existing and not config.overwrite:
+        raise OutputExistsError("Output file(s) already exist: " + ", ".join(str(p) for p in existing)
+                                + " (set overwrite=True to replace them)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"output_dir {out} cannot be created: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=out, prefix=".spxdrizzle-write-test-"):
+            pass
+    except OSError as exc:
+        raise type(exc)(exc.errno, f"output_dir {out} is not writable: {exc.strerror or exc}") from None
+
+
+def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: Optional[int] = None,
+                 disk: Optional[int] = None) -> None:
+    """RunBudgetError when the accumulators of the largest cube do not fit in the memory
+    available (``memory``, default :func:`available_memory`) or the cubes do not fit on the
+    output disk (``disk``, default :func:`free_disk`). Cubes are made one detector at a time."""
+    shapes = cube_shapes(config, detectors)
+    det, nz, ny, nx = max(shapes, key=lambda s: s[1] * s[2] * s[3])
+    need = nz * ny * nx * ACCUMULATOR_BYTES_PER_VOXEL
+    memory = available_memory() if memory is None else memory
+    if memory is not None and need + MEMORY_HEADROOM > memory:
+        raise RunBudgetError(
+            f"the D{det} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x "
+            f"{ACCUMULATOR_BYTES_PER_VOXEL} bytes), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
+            f"available for them; {_ADVICE}"
+        )
+    files = sum(n * y * x * FILE_BYTES_PER_VOXEL for _, n, y, x in shapes)
+    disk = free_disk(Path(config.output_dir)) if disk is None else disk
+    if disk is not None and files > disk:
+        raise RunBudgetError(
+            f"the cube file(s) need {_gib(files)} in output_dir {config.output_dir}, which has {_gib(disk)} free; "
+            f"free some space, choose another output_dir, or {_ADVICE}"
+        )
+    logger.debug("budget: largest accumulators %s (D%d), cube files %s", _gib(need), det, _gib(files))
+
+
+def preflight(config: Drizzle3DConfig, detectors: Sequence[int]) -> None:
+    """Everything :func:`check_outputs` and :func:`check_budget` check, budget first (a run too
+    big for this machine should not create its output directory)."""
+    check_budget(config, detectors)
+    check_outputs(config, detectors)
+
+
+__all__ = ["OutputExistsError", "RunBudgetError", "available_memory", "check_budget", "check_outputs",
+           "cube_shapes", "free_disk", "output_paths", "preflight"]
