@@ -65,6 +65,8 @@ KERNELS = ("square", "bilinear")
 MAX_SIDE_ARCMIN = 10800.0
 #: Largest ``xy_oversample`` / ``z_oversample`` (0.06" pixels; ~100x the native resolving power).
 MAX_OVERSAMPLE = 100.0
+#: Largest MJD of ``mjd_range`` (the year 4596).
+MAX_MJD = 1e6
 #: Largest cutout side IRSA's service takes (deg).
 MAX_CUTOUT_DEG = 180.0
 
@@ -84,8 +86,8 @@ GROUPS: Dict[str, str] = {
 def _mjd_range(name: str, value: Any) -> Tuple[float, float]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise ValueError(f"{name} must be None or (mjd_min, mjd_max), got {short_repr(value)}")
-    if not all(is_real(v) and math.isfinite(float(v)) for v in value):
-        raise ValueError(f"{name} must be two finite MJDs (mjd_min < mjd_max), got {short_repr(value)}")
+    if not all(is_real(v) and 0.0 <= float(v) <= MAX_MJD for v in value):
+        raise ValueError(f"{name} must be two MJDs in [0, {MAX_MJD:g}] (mjd_min < mjd_max), got {short_repr(value)}")
     lo, hi = float(value[0]), float(value[1])
     if not lo < hi:
         raise ValueError(f"{name} must be increasing (mjd_min < mjd_max), got ({lo}, {hi})")
@@ -163,7 +165,7 @@ class Drizzle3DConfig:
         help="custom wavelength bin edges (overrides z_oversample)",
         header=NoHeader("the WAVELENGTH table lists every bin")))
     mjd_range: Optional[Tuple[float, float]] = field(default=None, metadata=setting(
-        group="archive", unit="MJD", rule=Checked(_mjd_range, "[float, float]", "min < max", numbers=True),
+        group="archive", unit="MJD", rule=Checked(_mjd_range, "[float, float]", "0 <= min < max <= 1e6", numbers=True),
         help="only frames whose exposure overlaps this time interval",
         header=NoHeader(_NOT_THE_CUBE), cli=Cli("--mjd-range", ("MIN", "MAX"), nargs=2, type=float, convert=tuple)))
     max_images: int = field(default=500, metadata=setting(

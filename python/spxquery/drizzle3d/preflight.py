@@ -1,6 +1,6 @@
-"""What a run needs, checked before the first archive query: no existing cube in the way
-(unless ``overwrite``), an output directory that is a directory and writable, memory for the
-accumulators of the largest cube and disk for the cubes.
+"""What a run needs, checked before the first archive query: a mirror that is a directory,
+no existing cube in the way (unless ``overwrite``), an output directory that is a directory
+and writable, memory for the accumulators of the largest cube and disk for the cubes.
 
 A run that cannot finish must say so at once, naming the setting and what to change, not
 after the query and the downloads (a 1.2 TiB accumulator once failed with MemoryError only
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .config import Drizzle3DConfig
+from .filekind import not_a_regular_file
 from .spectral import build_z_grid
 
 logger = logging.getLogger(__name__)
@@ -144,12 +145,27 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
     logger.debug("budget: largest accumulators %s (D%d), cube files %s", _gib(need), det, _gib(files))
 
 
+def check_inputs(config: Drizzle3DConfig) -> None:
+    """NotADirectoryError / FileNotFoundError naming ``data_mirror`` when it is set and is not
+    an existing directory (a file, a FIFO, a device are named as such)."""
+    if config.data_mirror is None:
+        return
+    root = Path(config.data_mirror)
+    odd = not_a_regular_file(root)
+    if odd is None:
+        raise NotADirectoryError(f"data_mirror {root} is a file, not a directory (the local copy of the archive, "
+                                 "holding qr2/, qr3/, ...)")
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_mirror {root} {odd}; it must be the directory holding qr2/, qr3/, ...")
+
+
 def preflight(config: Drizzle3DConfig, detectors: Sequence[int]) -> None:
-    """Everything :func:`check_outputs` and :func:`check_budget` check, budget first (a run too
-    big for this machine should not create its output directory)."""
-    check_budget(config, detectors)
+    """Everything :func:`check_inputs`, :func:`check_outputs` and :func:`check_budget` check,
+    in that order (the free disk is measured in the output directory itself)."""
+    check_inputs(config)
     check_outputs(config, detectors)
+    check_budget(config, detectors)
 
 
 __all__ = ["OutputExistsError", "RunBudgetError", "available_memory", "check_budget", "check_outputs",
-           "cube_shapes", "free_disk", "output_paths", "preflight"]
+           "check_inputs", "cube_shapes", "free_disk", "output_paths", "preflight"]
