@@ -59,6 +59,16 @@ def run_cli(*args: str, timeout: float = 120.0, cwd: Path | None = None,
                           timeout=timeout, cwd=cwd, env=full_env, preexec_fn=_limit_memory)
 
 
+def small_archive(root: Path, ra: float, dec: float, step: float, n: int = 4) -> tuple[Path, list[dict]]:
+    """``n`` small detector-3 frames along RA (``step`` deg apart) and their index under ``root``."""
+    from spxquery.drizzle3d.testing import write_index, write_small_frame
+
+    rows = [write_small_frame(root, f"2025W18_2B_000{i}_1", 3, ra=ra + step * i, dec=dec, mjd=60800.0 + i,
+                              npix=48, seed=i) for i in range(1, n + 1)]
+    write_index(root, rows)
+    return root, rows
+
+
 def no_partial_under_final_name(root: Path) -> list[Path]:
     """Files under ``root`` with a final FITS name that are not complete FITS files."""
     from spxquery.drizzle3d.archive.verify import check_fits_file

@@ -29,6 +29,7 @@ from spxquery.drizzle3d.query import (
     mirror_path,
 )
 from spxquery.drizzle3d.testing import ArchiveServer, Fault, simple_cutout, write_index, write_small_frame
+from spxquery.drizzle3d.testing.small_frames import row_observation, row_path
 
 FAST = {"backoff_base": 0.01, "progress": False, "timeout": 5.0}
 
@@ -46,17 +47,11 @@ def archive(tmp_path_factory):
 
 
 def _obs(rows, srv):
-    out = []
-    for r in rows:
-        obs_id = r["obs_publisher_did"].split("?")[1].split("/")[0]
-        det = int(r["energy_bandpassname"][-1])
-        out.append(DrizzleObservation(obs_id, f"D{det}", det, r["time_bounds_lower"], srv.url_for(r["uri"]),
-                                      content_length=r["contentlength"], checksum=r["contentchecksum"]))
-    return out
+    return [row_observation(r, srv.url_for(r["uri"])) for r in rows]
 
 
 def _source(root, row) -> bytes:
-    return (root / row["uri"][len("ibe/data/spherex/"):]).read_bytes()
+    return row_path(root, row).read_bytes()
 
 
 def _assert_all_good(paths, root, rows, out_dir):

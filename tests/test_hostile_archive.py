@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hostile_support import bounded, no_partial_under_final_name, run_python, wait_for
+from hostile_support import bounded, no_partial_under_final_name, run_python, small_archive, wait_for
 from spxquery.drizzle3d import Drizzle3DConfig
 from spxquery.drizzle3d.archive import download as download_mod
 from spxquery.drizzle3d.archive import retry, verify
@@ -33,7 +33,8 @@ from spxquery.drizzle3d.query import (
     local_file_name,
     query_observations,
 )
-from spxquery.drizzle3d.testing import ArchiveServer, Fault, write_index, write_small_frame
+from spxquery.drizzle3d.testing import ArchiveServer, Fault
+from spxquery.drizzle3d.testing.small_frames import row_observation, row_path
 from spxquery.drizzle3d.testing.votable import votable_bytes
 
 pytestmark = pytest.mark.hostile
@@ -46,11 +47,7 @@ COLUMNS = ["obs_publisher_did", "energy_bandpassname", "energy_bounds_lower", "e
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile_archive")
-    rows = [write_small_frame(root, f"2025W18_2B_000{i}_1", 3, ra=RA + 0.01 * i, dec=DEC, mjd=60800.0 + i,
-                              npix=48, seed=i) for i in range(1, 5)]
-    write_index(root, rows)
-    return root, rows
+    return small_archive(tmp_path_factory.mktemp("hostile_archive"), RA, DEC, 0.01)
 
 
 @pytest.fixture(autouse=True)
@@ -66,17 +63,11 @@ def _cfg(srv, tmp_path, **kw):
 
 
 def _obs(rows, srv):
-    out = []
-    for r in rows:
-        obs_id = r["obs_publisher_did"].split("?")[1].split("/")[0]
-        det = int(r["energy_bandpassname"][-1])
-        out.append(DrizzleObservation(obs_id, f"D{det}", det, r["time_bounds_lower"], srv.url_for(r["uri"]),
-                                      content_length=r["contentlength"], checksum=r["contentchecksum"]))
-    return out
+    return [row_observation(r, srv.url_for(r["uri"])) for r in rows]
 
 
 def _source(root, row) -> bytes:
-    return (root / row["uri"][len("ibe/data/spherex/"):]).read_bytes()
+    return row_path(root, row).read_bytes()
 
 
 def _warnings(caplog, text):

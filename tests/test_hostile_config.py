@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hostile_support import bounded, no_partial_under_final_name, run_cli
+from hostile_support import bounded, no_partial_under_final_name, run_cli, small_archive
 from spxquery.drizzle3d import Drizzle3DConfig, drizzle
 from spxquery.drizzle3d import preflight as preflight_mod
 from spxquery.drizzle3d.cubefile import load_cube
 from spxquery.drizzle3d.preflight import OutputExistsError, RunBudgetError
-from spxquery.drizzle3d.testing import ArchiveServer, load_index, write_index, write_small_frame
+from spxquery.drizzle3d.testing import ArchiveServer, load_index
 
 pytestmark = pytest.mark.hostile
 
@@ -143,11 +143,7 @@ def test_deeply_nested_json_is_a_valueerror():
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    root = tmp_path_factory.mktemp("hostile_cfg_archive")
-    rows = [write_small_frame(root, f"2025W18_2B_000{i}_1", 3, ra=RA + 0.005 * i, dec=DEC, mjd=60800.0 + i,
-                              npix=48, seed=i) for i in range(1, 5)]
-    write_index(root, rows)
-    return root, rows
+    return small_archive(tmp_path_factory.mktemp("hostile_cfg_archive"), RA, DEC, 0.005)
 
 
 def _run_cfg(srv, out, **kw):

@@ -85,3 +85,19 @@ def write_small_frame(
     hdul.writeto(path, overwrite=True)
     return index_row(path, uri, release=release, obs_id=obs_id, detector=detector, band_um=_BANDS_UM[int(detector)],
                      mjd=(mjd, mjd + 0.001), poly=square_poly(ra, dec, half_deg), producttype=producttype)
+
+
+def row_path(root: Path, row: dict[str, Any]) -> Path:
+    """The file of index ``row`` under the archive ``root``."""
+    return Path(root) / str(row["uri"])[len(_DATA_PREFIX):]
+
+
+def row_observation(row: dict[str, Any], url: str) -> Any:
+    """The :class:`~spxquery.drizzle3d.archive.DrizzleObservation` the archive's search makes of
+    index ``row``, fetched from ``url`` (e.g. ``server.url_for(row["uri"])``)."""
+    from ..archive.observations import DrizzleObservation
+
+    obs_id = str(row["obs_publisher_did"]).split("?")[1].split("/")[0]
+    det = int(str(row["energy_bandpassname"])[-1])
+    return DrizzleObservation(obs_id, f"D{det}", det, float(row["time_bounds_lower"]), url,
+                              content_length=row["contentlength"], checksum=row["contentchecksum"])
