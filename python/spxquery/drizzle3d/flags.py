@@ -198,7 +198,8 @@ def validate_exclude_flags(
     if isinstance(exclude_flags, (str, numbers.Integral)) and not isinstance(exclude_flags, bool):
         exclude_flags = [exclude_flags]
     if isinstance(exclude_flags, Mapping) or not isinstance(exclude_flags, Iterable):
-        raise ValueError(f"exclude_flags must be a list of bit numbers 0-31 or flag names, got {short_repr(exclude_flags)}")
+        raise ValueError("exclude_flags must be a list of bit numbers 0-31 or flag names, "
+                         f"got {short_repr(exclude_flags)}")
     return [normalize_flag_spec(item, bits) for item in exclude_flags]
 
 

@@ -166,7 +166,8 @@ class Int(Rule):
 
     def check(self, name: str, value: Any, unit: str, none_ok: bool) -> int:
         if not is_int(value) or not self.inside(int(value)):
-            raise ValueError(f"{name} must be {'None or ' if none_ok else ''}an integer {self.range()}, got {short_repr(value)}")
+            none = "None or " if none_ok else ""
+            raise ValueError(f"{name} must be {none}an integer {self.range()}, got {short_repr(value)}")
         return int(value)
 
     def parse_arg(self, text: str) -> int:
