@@ -1,21 +1,18 @@
-"""The cube file: the 7-HDU FITS layout of a drizzled cube, written atomically and read back.
+"""The cube file: the FITS layout of a drizzled cube, written atomically and read back.
 
 (:mod:`.io` re-exports :func:`save_cube` and :func:`load_cube` under their spxquery 0.4.1 path.)
 
-HDUs: 0 PRIMARY (metadata, input files and their zodi scales), 1 SCI (float32,
-MJy/sr), 2 VARIANCE (float32, (MJy/sr)^2), 3 AND_MASK (uint32), 4 OR_MASK (uint32),
-5 COUNT (uint32, contributing input pixels), 6 WAVELENGTH (binary table).
+The seven HDUs of the 0.4.1 layout come first, in this order: 0 PRIMARY (metadata, input
+files and their zodi scales), 1 SCI (float32, MJy/sr), 2 VARIANCE (float32, ``MJy2 / sr2``),
+3 AND_MASK (uint32), 4 OR_MASK (uint32), 5 COUNT (uint32, contributing input pixels),
+6 WAVELENGTH (binary table). New content follows them, found by EXTNAME: 7 WCS-TAB (the exact
+plane centres of the alternate WCS, :mod:`.cubewcs`).
 
-SCI and VARIANCE carry a 3-D WCS (RA---TAN, DEC--TAN, wavelength in metres):
-
-* log-uniform z grids (``zgrid.is_log_uniform()``): ``CTYPE3 = 'WAVE-LOG'``, exact —
-  the arithmetic bin centres of a geometric grid form a geometric series, so
-  ``lambda_k = CRVAL3 * exp(CDELT3 * k / CRVAL3)`` reproduces ``zgrid.centers``;
-* otherwise ``CTYPE3 = 'WAVE'``, the least-squares linear fit of the centres, with
-  its largest deviation (um) in ``WAVEMAXE``; the WAVELENGTH table is the exact
-  reference in both cases.
-
-Plane ``k`` (0-based) of the cube is FITS pixel ``k + 1`` on axis 3.
+Every image extension carries the same two 3-D WCSs (:mod:`.cubewcs`): the primary one with a
+``WAVE-LOG`` least-squares spectral axis (its largest error in ``WAVEMAXE``, um) and the exact
+alternate WCS ``W`` (``WAVE-TAB``). Plane ``k`` (0-based) of the cube is FITS pixel ``k + 1`` on
+axis 3. TELESCOP, INSTRUME, the inputs' time span (MJD-BEG/MJD-END, DATE-OBS) and SPECSYS
+are in the PRIMARY header and in every image extension's header.
 """
 
 from __future__ import annotations
@@ -26,13 +23,15 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 from astropy.io import fits
+from astropy.time import Time
 from astropy.wcs import WCS
 
-from .grid import celestial
+from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_hdu
+from .progress import progress_bar
 from .settings import header_cards
 
 logger = logging.getLogger(__name__)
@@ -40,6 +39,10 @@ logger = logging.getLogger(__name__)
 #: Keyword-series prefixes in the PRIMARY header (5-digit 1-based index follows).
 INPUT_KEY = "INF"  # input file name
 ZODI_KEY = "ZSC"  # zodi scale applied to that input
+#: ``BUNIT`` of the image extensions that have a unit (strings astropy's ``u.Unit`` parses).
+EXTENSION_UNITS = {"SCI": "MJy/sr", "VARIANCE": "MJy2 / sr2"}
+#: PRIMARY ``FILETYPE`` of a cube file (how readers recognise one).
+FILETYPE = "DRIZZLED_CUBE"
 
 
 def _versions() -> Dict[str, str]:
@@ -50,62 +53,6 @@ def _versions() -> Dict[str, str]:
     except Exception:  # pragma: no cover - the extension is always built in this package
         core_version = "unknown"
     return {"package": str(__version__), "core": str(core_version)}
-
-
-def spectral_wcs_keywords(zgrid) -> Dict[str, Any]:
-    """Axis-3 keywords (CTYPE3, CUNIT3, CRPIX3, CRVAL3, CDELT3 and WAVEMAXE) for ``zgrid``.
-
-    ``WAVEMAXE`` is the largest |WCS - centre| over the planes in um (0 for WAVE-LOG
-    up to rounding).
-    """
-    centers_m = np.asarray(zgrid.centers, dtype=np.float64) * 1e-6
-    n = centers_m.size
-    k = np.arange(n, dtype=np.float64)
-    if n >= 2 and zgrid.is_log_uniform():
-        crval = float(centers_m[0])
-        # ln steps of the centres: mean over the grid (all equal for a geometric grid).
-        dln = float(np.mean(np.diff(np.log(centers_m))))
-        cdelt = crval * dln
-        model = crval * np.exp(cdelt * k / crval)
-        ctype = "WAVE-LOG"
-    elif n >= 2:
-        a, b = np.polynomial.polynomial.polyfit(k, centers_m, 1)
-        crval, cdelt = float(a), float(b)
-        model = crval + cdelt * k
-        ctype = "WAVE"
-    else:
-        crval = float(centers_m[0])
-        cdelt = float(zgrid.widths[0]) * 1e-6
-        model = np.array([crval])
-        ctype = "WAVE"
-    maxerr_um = float(np.max(np.abs(model - centers_m))) * 1e6
-    return {
-        "CTYPE3": ctype,
-        "CUNIT3": "m",
-        "CRPIX3": 1.0,
-        "CRVAL3": crval,
-        "CDELT3": cdelt,
-        "WAVEMAXE": maxerr_um,
-    }
-
-
-def _cube_wcs_header(wcs_2d: WCS, zgrid) -> fits.Header:
-    """3-D WCS header: the celestial WCS of the cube plus the spectral axis."""
-    src = celestial(wcs_2d).to_header(relax=False)
-    hdr = fits.Header()
-    hdr["WCSAXES"] = 3
-    for card in src.cards:
-        if card.keyword in ("WCSAXES", "COMMENT", "HISTORY", ""):
-            continue
-        hdr[card.keyword] = (card.value, card.comment)
-    spec = spectral_wcs_keywords(zgrid)
-    hdr["CTYPE3"] = (spec["CTYPE3"], "exact (log grid)" if spec["CTYPE3"] == "WAVE-LOG" else "linear approximation")
-    hdr["CUNIT3"] = "m"
-    hdr["CRPIX3"] = (spec["CRPIX3"], "FITS pixel of plane 0")
-    hdr["CRVAL3"] = (spec["CRVAL3"], "[m] wavelength of plane 0")
-    hdr["CDELT3"] = (spec["CDELT3"], "[m]")
-    hdr["WAVEMAXE"] = (spec["WAVEMAXE"], "[um] max |WCS - LAMBDA|; exact: WAVELENGTH HDU")
-    return hdr
 
 
 def _wavelength_table(zgrid, n_input_sc: np.ndarray) -> fits.BinTableHDU:
@@ -124,14 +71,52 @@ def _wavelength_table(zgrid, n_input_sc: np.ndarray) -> fits.BinTableHDU:
     return fits.BinTableHDU.from_columns(cols, name="WAVELENGTH")
 
 
+def observation_cards(cube) -> List[Tuple[str, Any, str]]:
+    """TELESCOP, INSTRUME and the inputs' time span: MJD-BEG/MJD-END (earliest start, latest
+    end of the contributing frames, from ``cube.frame_log``), with DATE-OBS/MJD-OBS = the start
+    and the matching DATE-BEG/DATE-END (ISO, UTC). Times are left out when no frame has one."""
+    cards: List[Tuple[str, Any, str]] = [("TELESCOP", "SPHEREx", "telescope"), ("INSTRUME", "SPHEREx", "instrument")]
+    starts, ends = [], []
+    for entry in getattr(cube, "frame_log", []) or []:
+        mid = _finite_or_nan(entry.get("mjd"))  # a frame without MJD-BEG/END spans its mid-time
+        beg, end = _finite_or_nan(entry.get("mjd_beg")), _finite_or_nan(entry.get("mjd_end"))
+        beg, end = (beg if np.isfinite(beg) else mid), (end if np.isfinite(end) else mid)
+        if np.isfinite(beg) and np.isfinite(end):
+            starts.append(beg)
+            ends.append(end)
+    if starts:
+        beg, end = min(starts), max(ends)
+        cards += [
+            ("DATE-OBS", _isot(beg), "UTC start of the earliest input frame"),
+            ("MJD-OBS", beg, "[d] MJD of DATE-OBS"),
+            ("DATE-BEG", _isot(beg), "UTC start of the earliest input frame"),
+            ("MJD-BEG", beg, "[d] start of the earliest input frame"),
+            ("DATE-END", _isot(end), "UTC end of the latest input frame"),
+            ("MJD-END", end, "[d] end of the latest input frame"),
+        ]
+    return cards
+
+
+def _finite_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _isot(mjd: float) -> str:
+    """ISO-8601 UTC time of ``mjd`` (to the microsecond, consistent with the MJD for wcslib)."""
+    return str(Time(mjd, format="mjd", scale="utc", precision=6).isot)
+
+
 def _primary(cube) -> fits.PrimaryHDU:
     cfg = cube.config
     zgrid = cube.zgrid
     n_z, n_y, n_x = cube.flux_weighted.shape
     h = fits.PrimaryHDU().header
-    h["TELESCOP"] = "SPHEREx"
-    h["INSTRUME"] = "SPHEREx"
-    h["FILETYPE"] = ("DRIZZLED_CUBE", "spxquery.drizzle3d output")
+    for keyword, value, comment in observation_cards(cube)[:2]:
+        h[keyword] = (value, comment)
+    h["FILETYPE"] = (FILETYPE, "spxquery.drizzle3d output")
     h["DETECTOR"] = (int(cube.detector), "SPHEREx detector (1-6)")
     h["BAND_NM"] = (f"D{int(cube.detector)}", "band name")
     h["N_INPUTS"] = (int(cube.n_inputs), "input frames that contributed")
@@ -147,6 +132,9 @@ def _primary(cube) -> fits.PrimaryHDU:
     h["NY"] = (int(n_y), "spatial y size")
     for keyword, value, comment in header_cards(cfg):  # the settings, from their descriptions
         h[keyword] = (value, comment)
+    for keyword, value, comment in observation_cards(cube)[2:]:
+        h[keyword] = (value, comment)
+    h["SPECSYS"] = (SPECSYS, "spectral frame of the WCS: the observatory's")
     v = _versions()
     h["DRIZVER"] = (v["package"], "spxquery.drizzle3d version")
     h["COREVER"] = (v["core"], "Rust core version")
@@ -206,18 +194,23 @@ def _pad(f, nbytes: int) -> None:
         f.write(b"\0" * (2880 - nbytes % 2880))
 
 
+def _tables(cube) -> List[fits.BinTableHDU]:
+    """The table HDUs after the image extensions, in file order: WAVELENGTH (the seventh HDU
+    of the 0.4.1 layout), then WCS-TAB. Later additions are appended here, after the seven."""
+    return [_wavelength_table(cube.zgrid, _n_input_sc(cube)), wcs_tab_hdu(cube.zgrid)]
+
+
 def build_hdulist(cube) -> fits.HDUList:
-    """The 7 HDUs of ``cube`` in memory (see module docstring). :func:`save_cube`
+    """The HDUs of ``cube`` in memory (see module docstring). :func:`save_cube`
     streams the same content plane by plane instead of building this."""
-    n_input_sc = _n_input_sc(cube)
-    wcs_hdr = _cube_wcs_header(cube.wcs, cube.zgrid)
-    hdus = [_primary(cube)]
+    extra = _extension_cards(cube)
+    hdus: List[Any] = [_primary(cube)]
     for name, _ in IMAGE_EXTENSIONS:
         data = np.stack([_plane(cube, name, k) for k in range(cube.flux_weighted.shape[0])])
         hdu = fits.ImageHDU(data, name=name)
-        hdu.header.update(_extension_keywords(name, wcs_hdr))
+        hdu.header.update(_extension_keywords(name, extra))
         hdus.append(hdu)
-    hdus.append(_wavelength_table(cube.zgrid, n_input_sc))
+    hdus.extend(_tables(cube))
     return fits.HDUList(hdus)
 
 
@@ -228,44 +221,57 @@ def _n_input_sc(cube) -> np.ndarray:
     return np.asarray(n_input_sc)
 
 
-def _extension_keywords(name: str, wcs_hdr: fits.Header) -> fits.Header:
-    """WCS and BUNIT for SCI/VARIANCE; nothing for the masks and COUNT."""
+def _extension_cards(cube) -> fits.Header:
+    """The cards every image extension shares: observation facts, then both WCSs."""
     extra = fits.Header()
-    if name in ("SCI", "VARIANCE"):
-        extra.update(wcs_hdr)
-        extra["BUNIT"] = "MJy/sr" if name == "SCI" else "(MJy/sr)**2"
+    for keyword, value, comment in observation_cards(cube):
+        extra[keyword] = (value, comment)
+    extra.extend(cube_wcs_header(cube.wcs, cube.zgrid), end=True)
     return extra
 
 
-def _write_streamed(f, cube) -> None:
-    """Write the 7 HDUs to the open binary file ``f``: the five image extensions are
-    streamed plane by plane (memory: one plane of each, not whole-cube copies)."""
-    n_input_sc = _n_input_sc(cube)
+def _extension_keywords(name: str, shared: fits.Header) -> fits.Header:
+    """The header cards of image extension ``name``: ``shared`` (:func:`_extension_cards`),
+    its BUNIT if it has a unit, and UTYPE on VARIANCE (read by astropy's ``CCDData``)."""
+    extra = shared.copy()
+    if name in EXTENSION_UNITS:
+        extra["BUNIT"] = (EXTENSION_UNITS[name], "unit of the data")
+    if name == "VARIANCE":
+        extra["UTYPE"] = ("VarianceUncertainty", "uncertainty type of SCI (astropy CCDData)")
+    return extra
+
+
+def _write_streamed(f, cube, progress: bool = False) -> None:
+    """Write the HDUs to the open binary file ``f``: the five image extensions are streamed
+    plane by plane (memory: one plane of each, not whole-cube copies)."""
+    tables = _tables(cube)  # built first: a cube that cannot be written fails before any byte
     shape = cube.flux_weighted.shape
-    wcs_hdr = _cube_wcs_header(cube.wcs, cube.zgrid)
+    extra = _extension_cards(cube)
     f.write(_primary(cube).header.tostring().encode("ascii"))
-    for name, dtype in IMAGE_EXTENSIONS:
-        f.write(_image_header(name, dtype, shape, _extension_keywords(name, wcs_hdr)).tostring().encode("ascii"))
-        nbytes = 0
-        for k in range(shape[0]):
-            chunk = _fits_bytes(_plane(cube, name, k))
-            f.write(chunk)
-            nbytes += len(chunk)
-        _pad(f, nbytes)
-    table = fits.HDUList([fits.PrimaryHDU(), _wavelength_table(cube.zgrid, n_input_sc)])
+    with progress_bar(len(IMAGE_EXTENSIONS) * shape[0], f"write D{cube.detector}", "plane", progress) as bar:
+        for name, dtype in IMAGE_EXTENSIONS:
+            f.write(_image_header(name, dtype, shape, _extension_keywords(name, extra)).tostring().encode("ascii"))
+            nbytes = 0
+            for k in range(shape[0]):
+                chunk = _fits_bytes(_plane(cube, name, k))
+                f.write(chunk)
+                nbytes += len(chunk)
+                bar.update(1)
+            _pad(f, nbytes)
     buf = io.BytesIO()
-    table.writeto(buf)
+    fits.HDUList([fits.PrimaryHDU(), *tables]).writeto(buf)
     primary_len = len(fits.PrimaryHDU().header.tostring())
-    f.write(buf.getvalue()[primary_len:])  # the table extension without its dummy primary
+    f.write(buf.getvalue()[primary_len:])  # the table extensions without their dummy primary
 
 
-def save_cube(cube, path, overwrite: bool = False) -> Path:
-    """Write ``cube`` as a 7-HDU FITS file, atomically (temporary file + rename).
+def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) -> Path:
+    """Write ``cube`` as a FITS file (module docstring), atomically (temporary file + rename).
 
     The image extensions are written plane by plane, so the extra memory is a few
     planes, not copies of the cube. Raises FileExistsError when ``path`` exists and
     ``overwrite`` is False. On any error the temporary file is removed and an
-    existing ``path`` is left untouched. Returns the path written.
+    existing ``path`` is left untouched. ``progress``: a bar over the planes written (on a
+    terminal only, :mod:`.progress`). Returns the path written.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -275,7 +281,7 @@ def save_cube(cube, path, overwrite: bool = False) -> Path:
     tmp_path = Path(tmp.name)
     try:
         with tmp:
-            _write_streamed(tmp, cube)
+            _write_streamed(tmp, cube, progress)
             tmp.flush()
             os.fsync(tmp.fileno())
         # NamedTemporaryFile is created 0600; give the cube the usual permissions.
@@ -321,4 +327,4 @@ def load_cube(path) -> Dict[str, Any]:
     return out
 
 
-__all__ = ["save_cube", "load_cube", "build_hdulist", "spectral_wcs_keywords"]
+__all__ = ["save_cube", "load_cube", "build_hdulist", "spectral_wcs_keywords", "observation_cards", "FILETYPE"]

@@ -96,6 +96,8 @@ class Frame:
     parent_offset: Tuple[float, float] = (0.0, 0.0)
     """A cutout's offset: parent pixel = file pixel + offset."""
     is_cutout: bool = False
+    mjd_span: Tuple[float, float] = (float("nan"), float("nan"))
+    """(MJD-BEG, MJD-END) of the exposure (NaN when the header lacks them)."""
     grid: Optional[OutputGrid] = None
     crop: Tuple[int, int, int, int] = (0, 0, 0, 0)
     """``(x0, x1, y0, y1)``: 0-based, end-exclusive box of the pixels that can land on the grid."""
@@ -238,6 +240,18 @@ def _mjd(header: fits.Header) -> float:
     return float(mjd)
 
 
+def _mjd_span(header: fits.Header) -> Tuple[float, float]:
+    """(MJD-BEG, MJD-END), each NaN when missing or not a number."""
+
+    def value(key: str) -> float:
+        try:
+            return float(header.get(key, float("nan")))
+        except (TypeError, ValueError):
+            return float("nan")
+
+    return value("MJD-BEG"), value("MJD-END")
+
+
 def _read_header(hdul: fits.HDUList, path: Path, detectors: Optional[Sequence[int]]) -> Frame:
     """The validated header facts of an open file (``detectors``: the accepted ones, None: any)."""
     shape = _check_structure(hdul, path)
@@ -264,7 +278,7 @@ def _read_header(hdul: fits.HDUList, path: Path, detectors: Optional[Sequence[in
     is_cutout = offset != (0.0, 0.0) or abs(wave.crpix[0] - wave.crval[0]) > 0 or abs(wave.crpix[1] - wave.crval[1]) > 0
     return Frame(path=path, obsid=str(header.get("OBSID", path.stem)), detector=det, mjd=_mjd(header), shape=shape,
                  wcs=wcs, flag_bits=dict(bits), wave=wave, flags_compressed=isinstance(flags_hdu, fits.CompImageHDU),
-                 parent_offset=offset, is_cutout=is_cutout)
+                 parent_offset=offset, is_cutout=is_cutout, mjd_span=_mjd_span(header))
 
 
 def open_frame(path: Any, detector: Optional[int] = None) -> Frame:

@@ -105,7 +105,8 @@ def _drizzle_frame(cube: DrizzleCube, frame: Frame) -> Dict[str, Any]:
         n_con += stats.n_contributions
         planes |= stats.planes
     cube.record_frame(n_pix, n_con, planes)
-    return {"name": frame.name, "obsid": frame.obsid, "mjd": frame.mjd, "zodi_scale": frame.zodi.scale,
+    return {"name": frame.name, "obsid": frame.obsid, "mjd": frame.mjd, "mjd_beg": frame.mjd_span[0],
+            "mjd_end": frame.mjd_span[1], "zodi_scale": frame.zodi.scale,
             "zodi_source": frame.zodi.source, "crop": frame.crop, "n_pixels": n_pix}
 
 
@@ -161,7 +162,7 @@ def drizzle_detector(
     if not cube.frame_log:
         logger.warning("D%d: no frame contributed to the output region; no cube written", detector)
         return None
-    return save_cube(cube, out_path, overwrite=config.overwrite)
+    return save_cube(cube, out_path, overwrite=config.overwrite, progress=config.progress)
 
 
 def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:

@@ -1,0 +1,145 @@
+"""World coordinates of the cube file: a standard 3-D WCS and an exact alternate one.
+
+Every image extension of a cube (SCI, VARIANCE, AND_MASK, OR_MASK, COUNT) carries two WCSs
+with the same celestial axes (``RA---TAN``, ``DEC--TAN``, 0-based pixel ``(x, y)``):
+
+* the primary WCS (no key): axis 3 is ``WAVE-LOG`` in metres, the least-squares fit of the
+  plane centres (:func:`wave_log_fit`) ``lambda_k = CRVAL3 * exp(CDELT3 * k / CRVAL3)`` (plane ``k`` is FITS pixel
+  ``k + 1``). It is exact (to rounding) for constant-R grids, whose bin centres form a
+  geometric series; for the native channel grid, which is not geometric, it is the best
+  standard approximation, and its largest error over the planes (um) is ``WAVEMAXE``. Every
+  reader that builds a WCS from the header alone (``WCS(header)``, spectral-cube, specutils)
+  sees this axis.
+* the alternate WCS ``W`` (:data:`ALT_KEY`): axis 3 is ``WAVE-TAB`` in um (FITS WCS Paper III),
+  the exact plane centres read from the one-row table extension ``WCS-TAB``
+  (:data:`TAB_EXTNAME`, column ``COORDS``), which follows the seven HDUs of the 0.4.1 layout.
+  Read it with ``WCS(header, fobj=hdulist, key="W")`` (:func:`exact_wcs`). Between plane
+  centres the table is interpolated linearly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict
+
+import numpy as np
+from astropy.io import fits
+from astropy.wcs import WCS
+
+from .grid import celestial
+
+#: Key letter of the exact (``-TAB``) alternate WCS (the letter SPHEREx L2 files use for wavelengths).
+ALT_KEY = "W"
+#: EXTNAME of the ``-TAB`` coordinate table, and its column of plane centres [um].
+TAB_EXTNAME = "WCS-TAB"
+TAB_COLUMN = "COORDS"
+#: Spectral reference frame. SPHEREx wavelengths are the filter calibration in the observatory's
+#: frame: no Doppler correction is applied to the frames, and a cube mixes exposures of many
+#: dates, so the axis is topocentric (the observer being the spacecraft). The observatory's
+#: motion (<= 37 km/s relative to the barycentre) moves wavelengths by <= 1.3e-4 of their
+#: value, about 1% of a channel at R = 130.
+SPECSYS = "TOPOCENT"
+
+#: Header keywords that take an alternate-WCS key letter (Paper I-III keyed keywords).
+_KEYED = re.compile(
+    r"^(WCSAXES|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CNAME\d|PC\d_\d|CD\d_\d|PV\d_\d+|PS\d_\d+"
+    r"|LONPOLE|LATPOLE|RADESYS|EQUINOX|WCSNAME|SPECSYS)$"
+)
+
+
+def wave_log_fit(centers_um: Any) -> Dict[str, float]:
+    """Least-squares ``WAVE-LOG`` axis through the plane centres (um).
+
+    ``lambda_k = CRVAL3 * exp(CDELT3 * k / CRVAL3)`` is a straight line in ``ln(lambda)``; the
+    fit minimises ``sum_k (ln(axis_k) - ln(centre_k))**2``, the errors relative to the
+    wavelength, i.e. in units of the channel widths (which grow with the wavelength at a
+    roughly constant resolving power). Returns ``CRVAL3``, ``CDELT3`` (m) and ``WAVEMAXE``
+    (um): the largest ``|axis_k - centre_k|``. One plane: the axis passes through it with
+    ``CDELT3`` = 1 nm (the value only sets the pixel's extent).
+    """
+    c = np.asarray(centers_um, dtype=np.float64) * 1e-6
+    if c.ndim != 1 or c.size < 1 or not np.all(np.isfinite(c)) or np.any(c <= 0):
+        raise ValueError(f"plane centres must be a non-empty 1-D array of positive um, got {centers_um!r}")
+    if c.size == 1:
+        return {"CRVAL3": float(c[0]), "CDELT3": 1e-9, "WAVEMAXE": 0.0}
+    k = np.arange(c.size, dtype=np.float64)
+    log0, rate = np.polynomial.polynomial.polyfit(k, np.log(c), 1)
+    crval = float(np.exp(log0))
+    cdelt = crval * float(rate)
+    model = crval * np.exp(cdelt * k / crval)
+    return {"CRVAL3": crval, "CDELT3": cdelt, "WAVEMAXE": float(np.max(np.abs(model - c))) * 1e6}
+
+
+def spectral_wcs_keywords(zgrid: Any) -> Dict[str, Any]:
+    """Axis-3 keywords of the primary WCS for ``zgrid``: ``CTYPE3 = 'WAVE-LOG'``, ``CUNIT3``,
+    ``CRPIX3``, ``CRVAL3``, ``CDELT3`` (m) and ``WAVEMAXE`` (um; see :func:`wave_log_fit`)."""
+    fit = wave_log_fit(zgrid.centers)
+    return {"CTYPE3": "WAVE-LOG", "CUNIT3": "m", "CRPIX3": 1.0, **fit}
+
+
+def cube_wcs_header(wcs_2d: WCS, zgrid: Any) -> fits.Header:
+    """The WCS cards of every image extension: primary 3-D WCS, then alternate WCS ``W``."""
+    src = celestial(wcs_2d).to_header(relax=False)
+    hdr = fits.Header()
+    hdr["WCSAXES"] = 3
+    for card in src.cards:
+        if card.keyword not in ("WCSAXES", "COMMENT", "HISTORY", ""):
+            hdr[card.keyword] = (card.value, card.comment)
+    spec = spectral_wcs_keywords(zgrid)
+    hdr["CTYPE3"] = ("WAVE-LOG", "least-squares fit; exact: WCS W (WAVE-TAB)")
+    hdr["CUNIT3"] = "m"
+    hdr["CRPIX3"] = (spec["CRPIX3"], "FITS pixel of plane 0")
+    hdr["CRVAL3"] = (spec["CRVAL3"], "[m] wavelength of plane 0 (fit)")
+    hdr["CDELT3"] = (spec["CDELT3"], "[m] WAVE-LOG step (fit)")
+    hdr["WAVEMAXE"] = (spec["WAVEMAXE"], "[um] max error of axis 3 WAVE-LOG vs LAMBDA")
+    hdr["SPECSYS"] = (SPECSYS, "spectral frame: the observatory's")
+    hdr["WCSNAME"] = ("WAVE-LOG FIT", "spectral axis: best standard approximation")
+    hdr.extend(_alternate_cards(src), end=True)
+    return hdr
+
+
+def _alternate_cards(celestial_header: fits.Header) -> fits.Header:
+    """Alternate WCS ``W``: the celestial cards keyed ``W``, axis 3 a ``WAVE-TAB``."""
+    alt = fits.Header()
+    alt["WCSAXES" + ALT_KEY] = 3
+    for card in celestial_header.cards:
+        if _KEYED.match(card.keyword) and card.keyword not in ("WCSAXES", "WCSNAME"):
+            alt[card.keyword + ALT_KEY] = (card.value, card.comment)
+    for key, value, comment in (
+        ("CTYPE3", "WAVE-TAB", f"exact plane centres from table {TAB_EXTNAME}"),
+        ("CUNIT3", "um", ""),
+        ("CRPIX3", 1.0, "FITS pixel of plane 0"),
+        ("CRVAL3", 1.0, "table index of plane 0"),
+        ("CDELT3", 1.0, "one table row per plane"),
+        ("PS3_0", TAB_EXTNAME, "EXTNAME of the coordinate table"),
+        ("PS3_1", TAB_COLUMN, "column of plane centres [um]"),
+        ("SPECSYS", SPECSYS, "spectral frame: the observatory's"),
+        ("WCSNAME", "EXACT", "spectral axis: exact plane centres"),
+    ):
+        alt[key + ALT_KEY] = (value, comment)
+    return alt
+
+
+def wcs_tab_hdu(zgrid: Any) -> fits.BinTableHDU:
+    """The ``-TAB`` coordinate table: one row, column ``COORDS`` = the plane centres (um),
+    dimensions ``(1, n_z)`` as Paper III requires for a one-axis table."""
+    centers = np.asarray(zgrid.centers, dtype=np.float64)
+    n = centers.size
+    col = fits.Column(name=TAB_COLUMN, format=f"{n}D", dim=f"(1,{n})", unit="um", array=centers.reshape(1, n, 1))
+    hdu = fits.BinTableHDU.from_columns([col], name=TAB_EXTNAME)
+    hdu.header["COMMENT"] = f"FITS WCS Paper III -TAB coordinates of axis 3 of alternate WCS {ALT_KEY}"
+    return hdu
+
+
+def exact_wcs(header: fits.Header, hdulist: fits.HDUList) -> WCS:
+    """The exact 3-D WCS ``W`` of an image extension ``header`` of the open cube ``hdulist``:
+    ``pixel_to_world`` gives the plane centres of the WAVELENGTH table exactly."""
+    if f"CTYPE3{ALT_KEY}" not in header:
+        raise ValueError(f"the header has no alternate WCS {ALT_KEY} (a cube written before -TAB support?)")
+    wcs = WCS(header, fobj=hdulist, key=ALT_KEY)
+    wcs.sip = None  # never present in a cube; astropy can carry SIP terms onto alternate WCSs
+    return wcs
+
+
+__all__ = ["ALT_KEY", "TAB_EXTNAME", "TAB_COLUMN", "SPECSYS", "wave_log_fit", "spectral_wcs_keywords",
+           "cube_wcs_header", "wcs_tab_hdu", "exact_wcs"]
