@@ -16,7 +16,7 @@ from spxquery.drizzle3d.archive import retry
 from spxquery.drizzle3d.archive.adql import build_adql
 from spxquery.drizzle3d.archive.locations import cutout_size_deg, data_base_url
 from spxquery.drizzle3d.archive.observations import deduplicate_newest, parse_version
-from spxquery.drizzle3d.archive.search import SEARCH_MARGIN_DEG, TooManyFramesError
+from spxquery.drizzle3d.archive.search import SEARCH_MARGIN_DEG, spread_in_time
 from spxquery.drizzle3d.archive.tap import ArchiveQueryError, run_tap_query
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.query import DrizzleObservation, query_observations, resolve_cutout
@@ -161,16 +161,25 @@ def test_query_error_is_not_retried(archive):
         assert srv.hits("/TAP/") == 1
 
 
-def test_too_many_frames(archive):
+def test_max_images_caps_each_detector_without_raising(archive, caplog):
     root, _ = archive
     with ArchiveServer(root) as srv:
-        with pytest.raises(TooManyFramesError) as info:
-            query_observations(_cfg(srv, max_images=1), backoff_base=0.01)
-        assert isinstance(info.value, ValueError)
-        msg = str(info.value)
-        assert "2 frames" in msg and "max_images=1" in msg and "D3: 2" in msg
-        for hint in ("raise max_images", "mjd_range", "detector", "region"):
-            assert hint in msg
+        everything = query_observations(_cfg(srv), backoff_base=0.01)
+        with caplog.at_level(logging.WARNING, logger="spxquery.drizzle3d"):
+            capped = query_observations(_cfg(srv, max_images=1), backoff_base=0.01)
+    assert {d: len(v) for d, v in everything.items()} == {3: 2}
+    assert {d: len(v) for d, v in capped.items()} == {3: 1}
+    assert capped[3][0] in everything[3]
+    assert "D3: 2 frames match; max_images=1 keeps 1 spread evenly in time, 1 left out" in caplog.text
+
+
+def test_spread_in_time_is_even_and_deterministic():
+    obs = [DrizzleObservation(f"2025W18_2B_{i:04d}_1", "D3", 3, 60800.0 + i, f"u{i}") for i in range(10)]
+    assert [o.mjd - 60800 for o in spread_in_time(obs, 4)] == [0, 3, 6, 9]
+    assert [o.mjd - 60800 for o in spread_in_time(obs, 5)] == [0, 2, 4, 7, 9]
+    assert spread_in_time(obs, 10) == obs and spread_in_time(obs, 50) == obs
+    assert len(spread_in_time(obs, 1)) == 1 and len(spread_in_time(obs, 9)) == 9
+    assert spread_in_time(obs, 4) == spread_in_time(list(obs), 4)
 
 
 def test_truncated_result_is_never_silent(archive):

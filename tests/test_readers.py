@@ -132,3 +132,24 @@ def test_registered_format_leaves_other_fits_files_alone(tmp_path, drizzled_cube
     _within(cube.spectral_axis.to_value(u.um), lam, maxerr)  # the primary axis: spectral-cube's reader
     with pytest.raises(TypeError, match="takes no options"):
         spectral_cube.SpectralCube.read(path, hdu="SCI", format="spxdrizzle")
+
+
+def test_registration_in_either_import_order(drizzled_cubes):
+    """In a fresh interpreter: spectral-cube imported before this package, specutils after it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, spectral_cube\n"
+        "import spxquery.drizzle3d\n"
+        "import specutils\n"
+        "cube = spectral_cube.SpectralCube.read(sys.argv[1])\n"
+        "sp = specutils.Spectrum.read(sys.argv[1])\n"
+        "print(cube.spectral_axis.to_value('um')[0], sp.spectral_axis.to_value('um')[0])\n"
+    )
+    path = drizzled_cubes.paths["native"]
+    res = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lam, _ = _truth(path)
+    a, b = (float(v) for v in res.stdout.split())
+    assert a == pytest.approx(lam[0], rel=1e-15) and b == lam[0]

@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import yaml
 
-from .flags import parse_flag_words, validate_exclude_flags
+from .flags import RECOMMENDED_EXCLUDE_FLAGS, parse_flag_words, validate_exclude_flags
 from .settings import (
     Bool,
     Checked,
@@ -170,7 +170,8 @@ class Drizzle3DConfig:
         header=NoHeader(_NOT_THE_CUBE), cli=Cli("--mjd-range", ("MIN", "MAX"), nargs=2, type=float, convert=tuple)))
     max_images: int = field(default=500, metadata=setting(
         group="archive", unit="frames", rule=Int(1),
-        help="cap on the frames matched, all requested detectors together",
+        help="cap on the frames per detector; above it, frames spread evenly in time are kept (a warning "
+             "says how many were left out)",
         header=NoHeader(_NOT_THE_CUBE), cli=Cli("--max-images", "N")))
     download_workers: int = field(default=4, metadata=setting(
         group="archive", rule=Int(1, 64), help="parallel downloads",
@@ -195,7 +196,8 @@ class Drizzle3DConfig:
              "see flags.RECOMMENDED_EXCLUDE_FLAGS",
         header=NoHeader("bit names are per file; the masks record the flags of what landed"),
         cli=Cli("--exclude-flags", "FLAG", nargs="+", convert=parse_flag_words,
-                note="'recommended' = the recommended set; 'none' = keep all")))
+                note="'recommended' = the recommended set; 'none' = keep all",
+                run_default=("recommended", lambda: list(RECOMMENDED_EXCLUDE_FLAGS)))))
     ivar_max: float = field(default=1e10, metadata=setting(
         group="accumulate", unit="(MJy/sr)^-2", rule=Real(0.0, lo_open=True),
         help="cap on the inverse-variance weight",
@@ -236,7 +238,7 @@ class Drizzle3DConfig:
         group="archive", rule=Int(0, 100), help="retries per download or TAP query",
         header=NoHeader(_NOT_THE_CUBE)))
     progress: bool = field(default=True, metadata=setting(
-        group="output", rule=Bool(), help="show progress bars",
+        group="output", rule=Bool(), help="show progress bars (only on a terminal or in Jupyter)",
         header=NoHeader("how the run looked, not what the cube holds")))
     download_deadline: float = field(default=900.0, metadata=setting(
         group="archive", unit="s", rule=Real(0.0, 604800.0, lo_open=True),

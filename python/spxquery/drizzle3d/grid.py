@@ -35,6 +35,21 @@ def output_shape(config: Drizzle3DConfig) -> Tuple[int, int]:
     return config.output_ny(), config.output_nx()
 
 
+#: A region narrower than this many output pixels gets a warning (degrees typed for arcmin?).
+SMALL_REGION_PIXELS = 10
+
+
+def small_region_warning(config: Drizzle3DConfig) -> Optional[str]:
+    """A warning when the region is narrower than :data:`SMALL_REGION_PIXELS` pixels on a side
+    (e.g. ``--size 0.5`` meant as degrees gives 4 x 4 pixels), suggesting arcmin; else None."""
+    ny, nx = output_shape(config)
+    if min(nx, ny) >= SMALL_REGION_PIXELS:
+        return None
+    return (f"the region is only {nx} x {ny} pixels ({config.width:g}' x {config.height:g}' at "
+            f"{config.effective_pixscale():.4g}\"/pixel): width and height are in arcmin; if you meant degrees, "
+            f"use {config.width * 60:g} x {config.height * 60:g} arcmin (--size {config.width * 60:g})")
+
+
 def build_output_wcs(config: Drizzle3DConfig) -> WCS:
     """2-D gnomonic (RA---TAN / DEC--TAN, ICRS) WCS of the output image.
 
@@ -127,4 +142,4 @@ class OutputGrid:
         return dets[0]
 
 
-__all__ = ["OutputGrid", "build_output_wcs", "celestial", "output_shape"]
+__all__ = ["OutputGrid", "build_output_wcs", "celestial", "output_shape", "small_region_warning"]

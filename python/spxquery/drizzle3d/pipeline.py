@@ -22,14 +22,14 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
-from tqdm.auto import tqdm
 
 from .accumulate import DrizzleCube, drizzle_frame
 from .config import Drizzle3DConfig
 from .cubefile import save_cube
 from .frames import Frame, FrameError, prepare_frame
-from .grid import OutputGrid, build_output_wcs
+from .grid import OutputGrid, build_output_wcs, small_region_warning
 from .preflight import OutputExistsError, preflight
+from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def drizzle_detector(
 
     counts = {"reject": 0, "skip": 0, "empty": 0}
     t0 = time.perf_counter()
-    with tqdm(total=len(paths), desc=f"D{detector}", unit="frame", disable=not config.progress) as bar:
+    with progress_bar(len(paths), f"D{detector}", "frame", config.progress) as bar:
         for path, kind, payload in _read_ahead(paths, config, grid):
             bar.update(1)
             if kind == "reject":
@@ -173,9 +173,10 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
     (a FileExistsError) when an output of a requested detector exists and ``config.overwrite``
     is False; OSError naming ``output_dir`` when it is no directory or not writable;
     RunBudgetError (a ValueError) when the accumulators or the cube files would not fit in
-    memory or on disk.
+    memory or on disk. FileNotFoundError (naming an example path) when ``data_mirror`` holds none
+    of the frames of any detector. Warns when the region is only a few pixels wide (:func:`.grid.small_region_warning`).
     """
-    from .query import download_observations, query_observations, resolve_cutout
+    from .query import download_observations_report, query_observations, resolve_cutout
 
     detectors = _detectors(config)
     preflight(config, detectors)  # outputs, memory, disk: before the first query
@@ -185,6 +186,9 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
         config.center_ra, config.center_dec, config.width, config.height,
         "all" if int(config.detector) == 0 else f"D{config.detector}",
     )
+    small = small_region_warning(config)
+    if small is not None:
+        logger.warning("%s", small)
     output_wcs = build_output_wcs(config)
     obs_by_det = query_observations(config)
     if not obs_by_det:
@@ -193,13 +197,14 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
     cutout = resolve_cutout(config)
 
     results: Dict[int, Path] = {}
+    mirror_has_none: List[str] = []
     for det in detectors:
         observations = obs_by_det.get(det, [])
         if not observations:
             logger.warning("D%d: no observations found", det)
             continue
         logger.info("D%d: %d observations", det, len(observations))
-        fits_paths = download_observations(
+        report = download_observations_report(
             observations,
             output_dir=config.output_dir,
             max_workers=config.download_workers,
@@ -211,14 +216,29 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
             progress=config.progress,
             deadline=config.download_deadline,
         )
+        fits_paths = report.verified
         if not fits_paths:
+            none = _mirror_has_none(report, config)
+            if none is not None:
+                mirror_has_none.append(f"D{det}: {none}")
             logger.warning("D%d: no files available, skipping", det)
             continue
         out = drizzle_detector(fits_paths, config, det, output_wcs)
         if out is not None:
             results[det] = out
+    if not results and mirror_has_none and len(mirror_has_none) == sum(1 for d in detectors if obs_by_det.get(d)):
+        raise FileNotFoundError(mirror_has_none[0])
     logger.info("Drizzle3D complete: %d cube(s) written", len(results))
     return results
+
+
+def _mirror_has_none(report: Any, config: Drizzle3DConfig) -> Optional[str]:
+    """The message of a mirror holding none of a detector's files (mirror mode only)."""
+    if config.data_mirror is None:
+        return None
+    from .archive.fetch import mirror_has_none
+
+    return mirror_has_none(report, Path(config.data_mirror))
 
 
 __all__ = ["drizzle", "drizzle_detector", "output_path_for"]

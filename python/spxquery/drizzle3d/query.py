@@ -18,13 +18,13 @@ from .archive.locations import (
     resolve_cutout,
 )
 from .archive.observations import DrizzleObservation, deduplicate_newest, parse_version, rows_to_observations
-from .archive.search import TooManyFramesError, query_observations, search_frames
-from .archive.tap import ArchiveQueryError, run_tap_query
+from .archive.search import query_observations, search_frames
+from .archive.tap import ArchiveQueryError, ArchiveUnreachableError, run_tap_query
 
 __all__ = [
     "ArchiveQueryError",
+    "ArchiveUnreachableError",
     "DrizzleObservation",
-    "TooManyFramesError",
     "build_adql",
     "cutout_size_deg",
     "cutout_url",

@@ -309,7 +309,9 @@ class Cli:
     ``store``: the option takes no argument and sets this value (``--overwrite`` -> True; an
     option storing False reads "do not <help>", so its help should start with a verb);
     ``convert`` turns the parsed value(s) into the field value; ``note`` adds words for the
-    command line only (e.g. keywords it accepts).
+    command line only (e.g. keywords it accepts); ``run_default`` = (words for ``--help``, a
+    function giving the value) that ``run`` uses when neither the option nor CONFIG.yaml sets
+    the field (None: the field's own default).
     """
 
     flag: str
@@ -320,6 +322,7 @@ class Cli:
     store: Any = TAKES_ARGUMENT
     convert: Optional[Callable[[Any], Any]] = None
     note: str = ""
+    run_default: Optional[Tuple[str, Callable[[], Any]]] = None
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,14 @@ Modules, one concern each (the usual path through them is top to bottom):
 from .fetch import download_observations, download_observations_report, resolve_mirror
 from .locations import FrameLocation, locate_frame, resolve_cutout
 from .observations import DrizzleObservation
-from .search import TooManyFramesError, query_observations, search_frames
-from .tap import ArchiveQueryError
+from .search import query_observations, search_frames
+from .tap import ArchiveQueryError, ArchiveUnreachableError
 
 __all__ = [
     "ArchiveQueryError",
+    "ArchiveUnreachableError",
     "DrizzleObservation",
     "FrameLocation",
-    "TooManyFramesError",
     "download_observations",
     "download_observations_report",
     "locate_frame",

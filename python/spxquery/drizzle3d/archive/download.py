@@ -342,12 +342,10 @@ class _Progress:
     """Thread-safe byte counter feeding one tqdm bar."""
 
     def __init__(self, total: int, enabled: bool, desc: str) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
         self._lock = threading.Lock()
-        self.bar = tqdm(
-            total=total or None, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, disable=not enabled
-        )
+        self.bar = progress_bar(total or None, desc, "B", enabled, unit_scale=True, unit_divisor=1024)
         self.net = 0
 
     def add(self, n: int) -> None:

@@ -37,11 +37,16 @@ def _duplicate(obs: DrizzleObservation, first: DrizzleObservation, where: Path) 
             f"and {first.obs_id}/D{first.detector}; it is used once, for the first ({where})")
 
 
+#: Missing mirror files named one by one in warnings; the rest are counted (and logged at debug level).
+MISSING_NAMED = 3
+
+
 def resolve_mirror(observations: Sequence[DrizzleObservation], data_mirror: Path) -> DownloadReport:
     """Mirror mode: locate each observation under ``data_mirror`` (no network).
     Missing files, paths that are no regular file (a directory, a FIFO, a device: named as
     such, never opened), wrong sizes, paths escaping the root and a file claimed by a second
-    observation are failures."""
+    observation are failures. A mirror holding none of the files gets one warning with an
+    example path (see :func:`mirror_has_none`); a few missing files are named, the rest counted."""
     report = DownloadReport(requested=len(observations), paths=[None] * len(observations))
     root = Path(data_mirror)
     odd = not_a_regular_file(root)
@@ -63,9 +68,11 @@ def resolve_mirror(observations: Sequence[DrizzleObservation], data_mirror: Path
             logger.warning("mirror: %s", reason)
             continue
         odd = not_a_regular_file(loc.path)
+        if odd is not None and odd.startswith("does not exist"):
+            report.failures.append(DownloadFailure(obs.download_url, loc.path, MISSING_FROM_MIRROR))
+            continue  # logged after the loop: once when the mirror holds none of the files
         if odd is not None:
-            reason = "missing from mirror" if odd.startswith("does not exist") else f"mirror path {odd}"
-            report.failures.append(DownloadFailure(obs.download_url, loc.path, reason))
+            report.failures.append(DownloadFailure(obs.download_url, loc.path, f"mirror path {odd}"))
             logger.warning("mirror file %s %s (for %s)", loc.path, odd, obs.download_url)
             continue
         size = loc.path.stat().st_size
@@ -76,8 +83,16 @@ def resolve_mirror(observations: Sequence[DrizzleObservation], data_mirror: Path
             continue
         report.paths[i] = loc.path
         report.skipped.append(loc.path)
-    if report.failures:
-        logger.warning("mirror %s: %s", root, report.summary())
+    none = mirror_has_none(report, root)
+    missing = [f for f in report.failures if f.reason == MISSING_FROM_MIRROR]
+    for k, f in enumerate(missing):
+        level = logging.WARNING if none is None and k < MISSING_NAMED else logging.DEBUG
+        logger.log(level, "mirror file not found: %s (for %s)", f.dest, f.url)
+    if none is not None:
+        logger.warning("%s", none)
+    elif report.failures:
+        more = f" ({len(missing) - MISSING_NAMED} more missing files not named)" if len(missing) > MISSING_NAMED else ""
+        logger.warning("mirror %s: %s%s", root, report.summary(), more)
     else:
         logger.info("mirror %s: %s", root, report.summary())
     return report
@@ -113,6 +128,23 @@ def _download_tasks(
         taken.add(loc.path)
         tasks.append(task)
     return tasks, failures
+
+
+#: ``DownloadFailure.reason`` of a file absent from the mirror.
+MISSING_FROM_MIRROR = "missing from mirror"
+
+
+def mirror_has_none(report: DownloadReport, root: Path) -> str | None:
+    """The message for a mirror that holds none of the requested files (with one example path),
+    or None when it holds some (or nothing was requested)."""
+    if report.requested == 0 or report.verified:
+        return None
+    absent = [f for f in report.failures if f.reason == MISSING_FROM_MIRROR]
+    if len(absent) != report.requested:
+        return None
+    return (f"data_mirror {root} holds none of the {report.requested} files the archive lists for the region "
+            f"(looked for e.g. {absent[0].dest}); data_mirror must be the directory that holds the archive "
+            f"tree (qr2/, qr3/, ... as in the URLs after /ibe/data/spherex/)")
 
 
 def download_observations_report(

@@ -1,9 +1,9 @@
 """The frame search: every SPHEREx frame touching a region, newest version each, by detector.
 
 One ADQL query (:mod:`.adql`) run on the TAP service (:mod:`.tap`), its rows turned into
-observations and de-duplicated (:mod:`.observations`), capped by ``max_images``, grouped by
-detector and ordered by time. The search circle is the region's half-diagonal plus
-:data:`SEARCH_MARGIN_DEG`. Angles in degrees, times in MJD.
+observations and de-duplicated (:mod:`.observations`), grouped by detector, ordered by time
+and capped at ``max_images`` per detector (:func:`spread_in_time`). The search circle is the
+region's half-diagonal plus :data:`SEARCH_MARGIN_DEG`. Angles in degrees, times in MJD.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import requests
 
+from ..progress import waiting
 from .adql import build_adql
 from .locations import data_base_url
 from .observations import DrizzleObservation, deduplicate_newest, rows_to_observations
@@ -28,20 +29,17 @@ logger = logging.getLogger(__name__)
 SEARCH_MARGIN_DEG = 2 * 6.15 / 3600.0
 
 
-class TooManyFramesError(ValueError):
-    """More frames match than ``max_images`` allows."""
-
-    def __init__(self, n_matched: int, max_images: int, per_detector: dict[int, int], at_least: bool = False) -> None:
-        counts = ", ".join(f"D{d}: {n}" for d, n in sorted(per_detector.items()))
-        more = "at least " if at_least else ""
-        super().__init__(
-            f"{more}{n_matched} frames match the region ({counts}), more than max_images={max_images}. "
-            f"To proceed: raise max_images (>= {n_matched}), narrow mjd_range, choose one detector "
-            f"(detector=1..6), or shrink the region (width/height)."
-        )
-        self.n_matched = n_matched
-        self.max_images = max_images
-        self.per_detector = dict(per_detector)
+def spread_in_time(observations: list[DrizzleObservation], cap: int) -> list[DrizzleObservation]:
+    """At most ``cap`` of the time-ordered ``observations``: all of them when they fit, else
+    ``cap`` frames evenly spaced in time order (first and last included). Deterministic; spreads
+    the frames over the survey's visits, i.e. over positions on the detector and wavelengths."""
+    n = len(observations)
+    if n <= cap:
+        return list(observations)
+    if cap == 1:
+        return [observations[n // 2]]
+    keep = sorted({int(round(i * (n - 1) / (cap - 1))) for i in range(cap)})
+    return [observations[i] for i in keep]
 
 
 def search_frames(
@@ -58,38 +56,42 @@ def search_frames(
     retries: int = 5,
     backoff_base: float | None = None,
     session: requests.Session | None = None,
+    progress: bool = False,
 ) -> dict[int, list[DrizzleObservation]]:
     """Frames intersecting the circle (deg), newest version each, grouped by
-    detector and ordered by time. ``max_images`` caps the total number of
-    frames over all detectors (:class:`TooManyFramesError`)."""
+    detector and ordered by time; at most ``max_images`` per detector, spread in
+    time (:func:`spread_in_time`; a log line says how many were left out).
+    ``progress``: the elapsed time of the query on a terminal."""
     if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 1:
         raise ValueError(f"max_images must be an integer >= 1, got {max_images!r}")
     adql = build_adql(ra, dec, radius_deg, detector, mjd_range)
     logger.info("querying %s: circle (%.5f, %.5f, r=%.4f deg), detector=%s, mjd_range=%s",
                 tap_url, ra, dec, radius_deg, detector or "all", mjd_range)
     logger.debug("ADQL: %s", adql)
-    table = run_tap_query(tap_url, adql, mode=mode, timeout=timeout, retries=retries,
-                          backoff_base=backoff_base, session=session)
+    with waiting("TAP query", enabled=progress):
+        table = run_tap_query(tap_url, adql, mode=mode, timeout=timeout, retries=retries,
+                              backoff_base=backoff_base, session=session)
     observations = deduplicate_newest(rows_to_observations(table, data_base_url(tap_url), source=tap_url))
-    counts: dict[int, int] = {}
-    for obs in observations:
-        counts[obs.detector] = counts.get(obs.detector, 0) + 1
-    truncated = bool(table.meta.get("spx_truncated"))
-    if len(observations) > max_images:
-        raise TooManyFramesError(len(observations), int(max_images), counts, at_least=truncated)
-    if truncated:
+    if table.meta.get("spx_truncated"):
         raise ArchiveQueryError(
             f"TAP service {tap_url} truncated the result at {len(table)} rows even with an async job; "
             f"the frame list would be incomplete. Narrow mjd_range, choose one detector or shrink the region."
         )
     grouped: dict[int, list[DrizzleObservation]] = {}
-    for obs in observations:
+    for obs in observations:  # in time order
         grouped.setdefault(obs.detector, []).append(obs)
     if not grouped:
         logger.warning("no SPHEREx frames intersect the region at (%.5f, %.5f) r=%.4f deg (detector=%s, mjd_range=%s)",
                        ra, dec, radius_deg, detector or "all", mjd_range)
     for det in sorted(grouped):
-        logger.info("D%d: %d frames", det, len(grouped[det]))
+        found = len(grouped[det])
+        grouped[det] = spread_in_time(grouped[det], int(max_images))
+        if found > max_images:
+            logger.warning("D%d: %d frames match; max_images=%d keeps %d spread evenly in time, %d left out "
+                           "(raise max_images or narrow mjd_range to choose)", det, found, max_images,
+                           len(grouped[det]), found - len(grouped[det]))
+        else:
+            logger.info("D%d: %d frames", det, found)
     return dict(sorted(grouped.items()))
 
 
@@ -102,8 +104,8 @@ def query_observations(
 ) -> dict[int, list[DrizzleObservation]]:
     """Frames whose footprint INTERSECTS the output region of ``config``:
     ``{detector: [DrizzleObservation, ...]}`` (time-ordered, newest processing
-    per OBSID and detector). TAP URL from ``config.resolved_tap_url()``;
-    timeout/retries from ``download_timeout``/``download_retries``."""
+    per OBSID and detector; at most ``max_images`` per detector). TAP URL from
+    ``config.resolved_tap_url()``; timeout/retries from ``download_timeout``/``download_retries``."""
     radius = config.spatial_radius_deg() + SEARCH_MARGIN_DEG
     return search_frames(
         config.resolved_tap_url(),
@@ -118,4 +120,5 @@ def query_observations(
         retries=config.download_retries,
         backoff_base=backoff_base,
         session=session,
+        progress=config.progress,
     )

@@ -1,7 +1,9 @@
 """Running one ADQL query on a TAP service (pyvo), with retries and the sync -> async fallback.
 
 Errors are classified once (:func:`describe_error`): 5xx, 429, 408, timeouts and broken
-connections are retried with backoff (:mod:`.retry`); a rejected query fails at once. In mode
+connections are retried with backoff (:mod:`.retry`); a rejected query fails at once, and so
+does a service that cannot be reached at all (connection refused, unknown host name:
+:class:`ArchiveUnreachableError`, one line naming the URL), where retrying would only wait. In mode
 ``"auto"`` a query that keeps failing, times out repeatedly or comes back truncated
 (``QUERY_STATUS = OVERFLOW``) is sent again as an async (UWS) job. A truncated result is
 never returned silently: the table's ``meta["spx_truncated"]`` says so. Times in seconds.
@@ -10,9 +12,11 @@ never returned silently: the table's ``meta["spx_truncated"]`` says so. Times in
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import warnings
-from typing import Any
+from typing import Any, Iterator
+from urllib.parse import urlsplit
 
 import requests
 
@@ -33,6 +37,10 @@ class ArchiveQueryError(RuntimeError):
     """The TAP service could not answer (after retries) or answered unusably."""
 
 
+class ArchiveUnreachableError(ArchiveQueryError, ConnectionError):
+    """The TAP service cannot be reached at all: connection refused or unknown host name."""
+
+
 class _TimeoutSession(requests.Session):
     """Session applying a default timeout (s) to requests that set none
     (pyvo's sync queries pass no timeout)."""
@@ -45,6 +53,34 @@ class _TimeoutSession(requests.Session):
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.default_timeout
         return super().request(method, url, *args, **kwargs)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what caused it: pyvo's ``cause``, ``__cause__``/``__context__``, urllib3's
+    ``reason`` and exceptions wrapped in ``args`` (requests wraps urllib3's errors that way)."""
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        linked = [getattr(e, "cause", None), e.__cause__, e.__context__, getattr(e, "reason", None), *e.args[:1]]
+        todo.extend(x for x in linked if isinstance(x, BaseException))
+
+
+def unreachable_reason(exc: BaseException, url: str) -> str | None:
+    """Why ``url`` cannot be reached, when ``exc`` says so for certain (connection refused,
+    host name unknown), else None (a timeout or a dropped connection may pass)."""
+    parts = urlsplit(url)
+    host = parts.hostname or url
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    for e in _causes(exc):
+        if isinstance(e, socket.gaierror):
+            return f"host name {host!r} not found ({e.strerror or e})"
+        if isinstance(e, ConnectionRefusedError):
+            return f"connection refused by {host} port {port} (no service listens there)"
+    return None
 
 
 def describe_error(exc: BaseException) -> tuple[str, bool, float | None, bool]:
@@ -108,6 +144,12 @@ def _run_mode(
         try:
             result = _submit(service, adql, mode)
         except Exception as exc:  # pyvo raises several DAL* types, requests a few more
+            unreachable = unreachable_reason(exc, tap_url)
+            if unreachable is not None:
+                raise ArchiveUnreachableError(
+                    f"cannot reach the TAP service {tap_url}: {unreachable}; check tap_url (--tap-url) "
+                    f"or $SPXQUERY_TAP_URL"
+                ) from exc
             desc, retryable, retry_after, is_timeout = describe_error(exc)
             history.append(f"{mode}: {desc}")
             if not retryable:

@@ -52,6 +52,8 @@ def _default_words(d: Described) -> str:
     assert cli is not None
     if cli.store is not TAKES_ARGUMENT or d.required:
         return ""
+    if cli.run_default is not None:
+        return cli.run_default[0]
     if cli.words is not None:
         return next((w for w, v in cli.words.items() if v == d.default), "")
     if d.default is None:
@@ -128,6 +130,22 @@ def changes_from_args(args: argparse.Namespace, parser: Optional[argparse.Argume
     if mirror is not None and not Path(mirror).is_dir():
         raise CLIError(f"--mirror {mirror}: not a directory")
     return changes
+
+
+def apply_run_defaults(cfg: Any, args: argparse.Namespace) -> Any:
+    """``cfg`` with the ``run_default`` of every field that neither its option nor CONFIG.yaml
+    set (e.g. the recommended ``exclude_flags``; the Python defaults stay spxquery 0.4.1's)."""
+    in_yaml: Dict[str, Any] = {}
+    if getattr(args, "config", None) is not None:
+        data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))  # read fine by config_from_args
+        in_yaml = data if isinstance(data, dict) else {}
+    changes = {}
+    for d in described(type(cfg)):
+        cli = d.setting.cli
+        if cli is None or cli.run_default is None or getattr(args, d.name, None) is not None or d.name in in_yaml:
+            continue
+        changes[d.name] = cli.run_default[1]()
+    return cfg.replace(**changes) if changes else cfg
 
 
 def _missing_options(changes: Dict[str, Any], config_cls: Type[Drizzle3DConfig]) -> List[str]:

@@ -11,7 +11,7 @@ from typing import Any, Dict
 
 from .common import PROG, CLIError, add_command
 from .logs import show_progress
-from .options import ARCHIVE, add_config_options, config_from_args
+from .options import ARCHIVE, add_config_options, apply_run_defaults, config_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +22,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args, getattr(args, "_subparser", None))
     cfg = cfg.replace(progress=show_progress(args) and cfg.progress)
+    cfg = apply_run_defaults(cfg, args)
+    logger.info("exclude_flags: %s", " ".join(map(str, cfg.exclude_flags)) or "none (every pixel is used)")
     logger.info("run: centre (%.6f, %.6f) deg, %g' x %g', detector %s, output %s", cfg.center_ra, cfg.center_dec,
                 cfg.width, cfg.height, "all" if cfg.detector == 0 else cfg.detector, cfg.output_dir)
     t0 = time.perf_counter()
