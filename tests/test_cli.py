@@ -19,7 +19,13 @@ from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.flags import FLAG_DESCRIPTIONS, INFORMATIONAL_FLAGS, RECOMMENDED_EXCLUDE_FLAGS
 from spxquery.drizzle3d.io import load_cube
 from spxquery.drizzle3d.query import build_adql
-from spxquery.drizzle3d.quicklook import brightest_pixel, collapsed_image, pixel_to_world, world_to_pixel
+from spxquery.drizzle3d.quicklook import (
+    brightest_pixel,
+    brightest_source,
+    collapsed_image,
+    pixel_to_world,
+    world_to_pixel,
+)
 from spxquery.drizzle3d.simulate import load_truth
 from spxquery.drizzle3d.testing.archive_server import ArchiveServer
 
@@ -302,7 +308,7 @@ def test_inspect(flag_run, tmp_path, capsys):
     wl = cube["wavelength"]
     k = int(np.flatnonzero((wl["LAMBDA_MIN"] <= 2.0) & (wl["LAMBDA_MAX"] >= 2.0))[0])
     for needle in ("17 planes x 58 x 58", "N_INPUTS 5", "COUNT > 0", "zodi scales", "1.6360-2.4400 um",
-                   "spectrum at pixel (20, 31)", f"plane {k} ="):
+                   'aperture spectrum (r = 18") around pixel (20, 31)', f"plane {k} ="):
         assert needle in stdout, (needle, stdout)
     names = sorted(p.name for p in png_dir.iterdir())
     assert names == ["drizzle_D3_collapsed.png", f"drizzle_D3_plane{k}.png", "drizzle_D3_spectrum.png"]
@@ -310,8 +316,8 @@ def test_inspect(flag_run, tmp_path, capsys):
         img = mpimg.imread(png_dir / name)
         assert img.ndim == 3 and img[..., :3].std() > 0.05
     # --pixel and --plane; --no-png writes nothing
-    assert main(["-q", "inspect", str(cube_path), "--pixel", "3", "4", "--plane", "0", "--png-dir",
-                 str(tmp_path / "p2")]) == 0
+    assert main(["-q", "inspect", str(cube_path), "--pixel", "3", "4", "--plane", "0", "--aperture", "0",
+                 "--png-dir", str(tmp_path / "p2")]) == 0
     assert (tmp_path / "p2" / "drizzle_D3_plane0.png").is_file()
     assert "spectrum at pixel (3, 4)" in capsys.readouterr().out
     assert main(["inspect", str(cube_path), "--no-png", "--png-dir", str(tmp_path / "none")]) == 0
@@ -371,9 +377,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     sky, _ = load_truth(out / "archive")
     ps3 = next(s for s in sky.point_sources if s.name == "ps3")
     sx, sy = world_to_pixel(cube, ps3.ra, ps3.dec)
-    bx, by = brightest_pixel(cube)
+    bx, by = brightest_source(cube)
     assert np.hypot(bx - sx, by - sy) <= 1.5
-    assert f"brightest pixel ({bx}, {by}), circled, is ps3" in " ".join(stdout.split())
+    assert f"brightest source, circled at pixel ({bx}, {by}), is ps3" in " ".join(stdout.split())
     for p in pngs:
         img = mpimg.imread(p)
         assert img.ndim == 3 and img.shape[0] > 200 and img[..., :3].std() > 0.05

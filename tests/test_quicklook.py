@@ -2,6 +2,7 @@
 the PNGs exist, are images that are not uniform, and the brightest spot of the collapsed image
 is where the simulated truth puts the brightest source."""
 
+import logging
 import warnings
 
 import matplotlib.image as mpimg
@@ -169,3 +170,58 @@ def test_summary(made):
     text = ql.format_summary(s, made["path"])
     for word in ("17 planes", f"{ny} x {nx}", "N_INPUTS 6", "COUNT > 0", "zodi scales", s["inputs"][0]):
         assert word in text, word
+
+
+def test_spectrum_at_rounds_to_the_pixel_holding_the_position(made):
+    cube = made["cube"]
+    for dx, expected in [(0.4, 20), (0.6, 21), (-0.4, 20), (-0.6, 19)]:
+        s = ql.spectrum_at(cube, 20 + dx, 30.0)
+        np.testing.assert_array_equal(s["flux"], cube["sci"][:, 30, expected].astype(float))
+    ra, dec = ql.pixel_to_world(cube, 33.7, 12.2)  # the README's idiom: world_to_pixel, then spectrum_at
+    s = ql.spectrum_at(cube, *ql.world_to_pixel(cube, ra, dec))
+    np.testing.assert_array_equal(s["flux"], cube["sci"][:, 12, 34].astype(float))
+
+
+def test_brightest_source_and_its_aperture_spectrum(made):
+    """The quick-look spectrum is an aperture spectrum of the brightest source (by integrated
+    flux), in mJy: the same as read_cube's spectrum, smooth where a peak pixel jumps."""
+    from astropy import units as u
+
+    from spxquery.drizzle3d import read_cube
+
+    cube = made["cube"]
+    bx, by = ql.brightest_source(cube)
+    lam = ql.wavelengths(cube)[0]
+
+    def true_flux(s):
+        x, y = ql.world_to_pixel(cube, s.ra, s.dec)
+        inside = 3 <= x < cube["sci"].shape[2] - 3 and 3 <= y < cube["sci"].shape[1] - 3
+        return float(np.mean(s.spectrum.value(lam))) if inside else -np.inf
+
+    src = max(made["sky"].point_sources, key=true_flux)
+    sx, sy = ql.world_to_pixel(cube, src.ra, src.dec)
+    assert np.hypot(bx - sx, by - sy) <= 1.5, ((bx, by), (sx, sy), src.name)
+    a = ql.aperture_spectrum(cube, bx, by)
+    assert a["radius_arcsec"] == ql.QUICKLOOK_APERTURE_ARCSEC and a["n_pixels"] == 25  # r = 2.93 pixels
+    ref = read_cube(made["path"]).spectrum(ql.pixel_to_world(cube, bx, by), radius=a["radius_arcsec"] * u.arcsec)
+    np.testing.assert_array_equal(a["bad"], ref.mask)
+    good = ~a["bad"]
+    assert good.sum() >= 10
+    np.testing.assert_allclose(a["flux"][good], ref.flux.to_value(u.mJy)[good], rtol=1e-9)
+    np.testing.assert_allclose(a["error"][good] ** 2, ref.uncertainty.array[good], rtol=1e-9)
+    assert np.isnan(a["flux"][a["bad"]]).all()
+    # the aperture spectrum varies smoothly where the peak pixel jumps from plane to plane
+    peak = ql.spectrum_at(cube, bx, by)["flux"][good]
+    flux = a["flux"][good]
+    assert np.std(np.diff(np.log(flux))) < np.std(np.diff(np.log(peak)))
+
+
+def test_write_quicklooks_draws_the_aperture_spectrum(made, tmp_path, caplog):
+    bx, by = ql.brightest_source(made["cube"])
+    with caplog.at_level(logging.INFO, logger="spxquery.drizzle3d.quicklook"):
+        ql.write_quicklooks(made["path"], tmp_path, plane=2)
+    assert f'spectrum: aperture r = 18" (25 pixels) around pixel ({bx}, {by})' in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="spxquery.drizzle3d.quicklook"):
+        ql.write_quicklooks(made["path"], tmp_path, plane=2, aperture_arcsec=None, position=(10.6, 3.2))
+    assert "spectrum: pixel (11, 3)" in caplog.text

@@ -1,8 +1,10 @@
-"""The README's promises: the two commands at the top, quickstarts that run as written
-(executed here, offline, in a temporary directory), a configuration table listing every
-Drizzle3DConfig field, and the demo picture it shows."""
+"""The README's promises: the two commands at the top, quickstarts and analysis examples that run
+as written (executed here, offline, in a temporary directory), a configuration table listing
+every Drizzle3DConfig field, and the demo picture it shows."""
 
+import contextlib
 import dataclasses
+import io
 import os
 import re
 import signal
@@ -63,7 +65,8 @@ def test_output_format_names_every_hdu_and_column():
     text = _text()
     section = text[text.index("## Output format"):text.index("## Performance")]
     for name in ("PRIMARY", "SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT", "WAVELENGTH", "N_INPUT_SC",
-                 "LAMBDA_MIN", "R_EFF", "N_INPUTS", "N_REJECT", "WAVE-LOG", "WAVEMAXE", "INFnnnnn", "ZSCnnnnn"):
+                 "LAMBDA_MIN", "R_EFF", "N_INPUTS", "N_REJECT", "WAVE-LOG", "WAVEMAXE", "INFnnnnn", "ZSCnnnnn",
+                 "WCS-TAB", "WAVE-TAB", "SPECSYS", "MJD-BEG", "MJD-END", "DATE-OBS", "TELESCOP", "MJy2 / sr2"):
         assert name in section, name
 
 
@@ -81,20 +84,73 @@ def test_demo_pictures_exist_and_are_small():
     assert "docs/images/demo_collapsed.png" in text
 
 
-def test_python_quickstart_runs_as_written(tmp_path, monkeypatch, capsys):
-    code = _block_after("quickstart", "python")
-    monkeypatch.chdir(tmp_path)
+def _run_block(marker: str, cwd: Path) -> tuple:
+    """Execute the README's ```python block after ``<!-- marker -->`` in ``cwd``: (namespace, stdout)."""
+    code = _block_after(marker, "python")
     namespace = {"__name__": "__readme__"}
-    exec(compile(code, str(README) + ":quickstart", "exec"), namespace)
-    out = capsys.readouterr().out
-    cube_path = tmp_path / "my_cubes" / "drizzle_D3.fits"
+    out = io.StringIO()
+    here = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, f"{README}:{marker}", "exec"), namespace)
+    finally:
+        os.chdir(here)
+    return namespace, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory):
+    """The Python quickstart, run once as written; the analysis examples run on its cube."""
+    where = tmp_path_factory.mktemp("readme")
+    namespace, out = _run_block("quickstart", where)
+    return where, namespace, out
+
+
+def test_python_quickstart_runs_as_written(quickstart):
+    where, namespace, out = quickstart
+    cube_path = where / "my_cubes" / "drizzle_D3.fits"
     assert namespace["cubes"] == {3: Path("my_cubes/drizzle_D3.fits")}
     assert cube_path.is_file()
     assert "(17, 78, 78)" in out  # the shape the comment promises
     cube = load_cube(cube_path)
     assert cube["header"]["N_INPUTS"] == 8
     for suffix in ("collapsed", "spectrum"):
-        assert (tmp_path / "my_cubes" / f"drizzle_D3_{suffix}.png").is_file()
+        assert (where / "my_cubes" / f"drizzle_D3_{suffix}.png").is_file()
+
+
+def test_analysis_example_runs_as_written(quickstart):
+    """read_cube: exact wavelengths, an aperture spectrum in mJy, images, the spectral-cube view."""
+    import astropy.units as u
+
+    where, _, _ = quickstart
+    ns, out = _run_block("analysis", where)
+    cube, sp = ns["cube"], ns["sp"]
+    lam = load_cube(where / "my_cubes" / "drizzle_D3.fits")["wavelength"]["LAMBDA"]
+    assert list(cube.wavelength.to_value(u.um)) == list(lam) and "um" in out
+    assert sp.flux.unit == u.mJy and sp.meta["n_pixels"] > 20 and (~sp.mask).sum() >= 8
+    assert 5 < float(sp.flux[~sp.mask].to_value(u.mJy).mean()) < 60  # the 30 mJy x lambda^-1 source
+    assert ns["pixel"].flux.unit == u.MJy / u.sr
+    assert ns["image"].meta["planes"] and ns["plane"].meta["bin"][0] <= 2.0 * u.um <= ns["plane"].meta["bin"][1]
+    assert "1.9925" in out  # spectral_slab(1.98, 2.01): the plane whose bin holds the request
+
+
+def test_readers_example_runs_as_written(quickstart):
+    """spectral-cube, specutils and astropy read the cube as the README shows."""
+    import astropy.units as u
+    import numpy as np
+
+    where, _, _ = quickstart
+    ns, _ = _run_block("readers", where)
+    lam = np.asarray(load_cube(where / "my_cubes" / "drizzle_D3.fits")["wavelength"]["LAMBDA"])
+    np.testing.assert_allclose(ns["sc"].spectral_axis.to_value(u.um), lam, rtol=1e-15)
+    np.testing.assert_array_equal(ns["spec"].spectral_axis.to_value(u.um), lam)
+    assert ns["ccd"].unit == u.MJy / u.sr and type(ns["ccd"].uncertainty).__name__ == "VarianceUncertainty"
+    n = lam.size
+    exact = ns["exact"].pixel_to_world(np.zeros(n), np.zeros(n), np.arange(n))[1].to_value(u.um)
+    approx = ns["approx"].pixel_to_world(np.zeros(n), np.zeros(n), np.arange(n))[1].to_value(u.um)
+    np.testing.assert_array_equal(exact, lam)
+    assert 0 < np.max(np.abs(approx - lam)) <= 0.0054  # the native D3 grid: WAVEMAXE 5.4 nm (README)
 
 
 def _port_free(port: int) -> bool:

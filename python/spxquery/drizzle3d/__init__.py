@@ -8,8 +8,8 @@ A fast, exact implementation of the ``spxquery.drizzle3d`` API with a Rust core:
     cube = read_cube(results[3])  # units, the exact WCS, spectrum(), image(), plane(), to_spectral_cube()
 """
 
-from ._core import __version__  # the Rust extension (a broken build fails here); rust/Cargo.toml's version
 from . import formats as _formats
+from ._core import __version__  # the Rust extension (a broken build fails here); rust/Cargo.toml's version
 from .accumulate import DrizzleCube
 from .config import Drizzle3DConfig
 from .pipeline import drizzle

@@ -62,6 +62,37 @@ def _skycoord(position: Any) -> SkyCoord:
         raise TypeError(f"position must be a SkyCoord or (ra, dec) in deg, got {position!r}") from exc
 
 
+def bad_voxels(sci: np.ndarray, variance: np.ndarray, count: np.ndarray, and_mask: np.ndarray,
+               flags: Sequence[Union[int, str]] = RECOMMENDED_EXCLUDE_FLAGS) -> np.ndarray:
+    """True where nothing landed (COUNT = 0, SCI not finite, VARIANCE not >= 0) or every input
+    pixel of the voxel had one of ``flags`` (AND_MASK)."""
+    bits = np.uint32(exclude_bitmask(list(flags)))
+    with np.errstate(invalid="ignore"):
+        no_data = (np.asarray(count) == 0) | ~np.isfinite(sci) | ~(np.asarray(variance) >= 0)
+    return no_data | ((np.asarray(and_mask, dtype=np.uint32) & bits) != 0)
+
+
+def aperture_sums(sci: np.ndarray, variance: np.ndarray, bad: np.ndarray, mask: np.ndarray,
+                  pixel_solid_angle_sr: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per plane: flux density [mJy] = sum over the (ny, nx) ``mask`` of SCI [MJy/sr] x the pixel
+    solid angle; its variance [mJy^2] (pixel variances summed: a lower bound, drizzled pixels
+    being correlated); True where an aperture pixel is ``bad`` in the plane."""
+    scale = pixel_solid_angle_sr * (1.0 * u.MJy).to_value(FLUX_UNIT)
+    flux = np.nansum(np.asarray(sci, dtype=np.float64)[:, mask], axis=1) * scale
+    var = np.nansum(np.asarray(variance, dtype=np.float64)[:, mask], axis=1) * scale**2
+    return flux, var, np.any(np.asarray(bad)[:, mask], axis=1)
+
+
+def pixel_solid_angle(celestial_wcs: WCS, position: Optional[Any] = None) -> u.Quantity:
+    """Solid angle of one pixel [sr] at ``position`` (default: the tangent point). For a gnomonic
+    (TAN) projection: the tangent-plane area x cos^3 of the distance from the tangent point."""
+    area = proj_plane_pixel_area(celestial_wcs) * u.deg**2
+    if position is not None and celestial_wcs.wcs.ctype[0].endswith("-TAN"):
+        tangent = SkyCoord(*celestial_wcs.wcs.crval, unit="deg", frame="icrs")
+        area = area * np.cos(_skycoord(position).separation(tangent).rad) ** 3
+    return area.to(u.sr)
+
+
 @dataclass(frozen=True)
 class Aperture:
     """A circular aperture on the cube's image: ``mask`` (ny, nx) bool, True for the pixels whose
@@ -145,11 +176,7 @@ class Cube:
 
     def bad(self, flags: Sequence[Union[int, str]] = RECOMMENDED_EXCLUDE_FLAGS) -> np.ndarray:
         """(n_z, ny, nx) bool: no data, or every contributing input pixel had one of ``flags``."""
-        bits = np.uint32(exclude_bitmask(list(flags)))
-        sci, var = self.sci.value, self.variance.value
-        with np.errstate(invalid="ignore"):
-            no_data = (self.count == 0) | ~np.isfinite(sci) | ~(var >= 0)
-        return no_data | ((self.and_mask & bits) != 0)
+        return bad_voxels(self.sci.value, self.variance.value, self.count, self.and_mask, flags)
 
     # ── positions ──────────────────────────────────────────────────────────────
     def pixel(self, position: Any) -> Tuple[int, int]:
@@ -168,11 +195,7 @@ class Cube:
         """Solid angle of one pixel [sr] at ``position`` (default: the tangent point). For the
         gnomonic (TAN) projection of the cube it is the tangent-plane area x cos^3 of the
         distance from the tangent point."""
-        area = proj_plane_pixel_area(self.celestial_wcs) * u.deg**2
-        if position is not None and self.celestial_wcs.wcs.ctype[0].endswith("-TAN"):
-            tangent = SkyCoord(*self.celestial_wcs.wcs.crval, unit="deg", frame="icrs")
-            area = area * np.cos(_skycoord(position).separation(tangent).rad) ** 3
-        return area.to(u.sr)
+        return pixel_solid_angle(self.celestial_wcs, position)
 
     def aperture(self, position: Any, radius: u.Quantity) -> Aperture:
         """The circular :class:`Aperture` of ``radius`` (an angle) around ``position``."""
@@ -213,12 +236,9 @@ class Cube:
             meta.update(pixel=(x, y))
         else:
             ap = self.aperture(c, radius)
-            omega = ap.pixel_solid_angle.to_value(u.sr)
-            scale = (1.0 * u.MJy).to_value(FLUX_UNIT)
-            sel = ap.mask
-            flux = np.nansum(self.sci.value[:, sel], axis=1) * omega * scale * FLUX_UNIT
-            var = np.nansum(self.variance.value[:, sel], axis=1) * (omega * scale) ** 2 * FLUX_UNIT**2
-            mask = np.any(bad[:, sel], axis=1)
+            f, v, mask = aperture_sums(self.sci.value, self.variance.value, bad, ap.mask,
+                                       ap.pixel_solid_angle.to_value(u.sr))
+            flux, var = f * FLUX_UNIT, v * FLUX_UNIT**2
             meta.update(aperture=ap, n_pixels=ap.n_pixels)
         return spectrum_cls(flux=flux, spectral_axis=self.wavelength, uncertainty=VarianceUncertainty(var),
                             mask=np.asarray(mask, dtype=bool), meta=meta)
@@ -299,4 +319,5 @@ def read_cube(path: Union[str, Path]) -> Cube:
     return Cube(path)
 
 
-__all__ = ["Cube", "Aperture", "read_cube", "SCI_UNIT", "VARIANCE_UNIT", "FLUX_UNIT"]
+__all__ = ["Cube", "Aperture", "read_cube", "bad_voxels", "aperture_sums", "pixel_solid_angle", "SCI_UNIT",
+           "VARIANCE_UNIT", "FLUX_UNIT"]

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
+from astropy.wcs.utils import proj_plane_pixel_scales
 
 from .cubefile import load_cube
 from .grid import celestial
@@ -33,6 +34,10 @@ PLOT_INSTALL = "pip install 'spxquery-drizzle3d[plot]'"
 
 #: Percentiles (of finite pixels) mapped to the ends of the colour scale.
 STRETCH_PERCENTILES = (1.0, 99.8)
+
+#: Radius of the quick-look aperture [arcsec]: 2.9 native pixels, which hold nearly all of a
+#: point source's flux; the peak pixel of an undersampled source jumps +-15% between planes.
+QUICKLOOK_APERTURE_ARCSEC = 18.0
 
 
 def _cube(cube: CubeLike) -> Mapping[str, Any]:
@@ -126,12 +131,19 @@ def plane_for_wavelength(cube: CubeLike, wavelength_um: float) -> int:
     return int(hit[0])
 
 
-def spectrum_at(cube: CubeLike, x: int, y: int) -> Dict[str, np.ndarray]:
-    """Spectrum at 0-based pixel (x, y): ``wavelength``, ``dlambda`` [um], ``flux`` [MJy/sr],
-    ``error`` = sqrt(VARIANCE) [MJy/sr] (NaN where nothing landed) and ``count``."""
+def nearest_pixel(x: float, y: float) -> Tuple[int, int]:
+    """The 0-based pixel containing position (x, y): pixel ``j`` covers ``[j - 0.5, j + 0.5)``."""
+    return int(np.floor(float(x) + 0.5)), int(np.floor(float(y) + 0.5))
+
+
+def spectrum_at(cube: CubeLike, x: float, y: float) -> Dict[str, np.ndarray]:
+    """Spectrum of the pixel containing 0-based position (x, y) (rounded, so that
+    ``spectrum_at(cube, *world_to_pixel(cube, ra, dec))`` takes the right pixel): ``wavelength``,
+    ``dlambda`` [um], ``flux`` [MJy/sr], ``error`` = sqrt(VARIANCE) [MJy/sr] (NaN where nothing
+    landed) and ``count``."""
     c = _cube(cube)
     n_z, ny, nx = c["sci"].shape
-    x, y = int(x), int(y)
+    x, y = nearest_pixel(x, y)
     if not (0 <= x < nx and 0 <= y < ny):
         raise ValueError(f"pixel (x={x}, y={y}) is outside the cube's image (nx={nx}, ny={ny})")
     lam, dlam = wavelengths(c)
@@ -145,6 +157,76 @@ def spectrum_at(cube: CubeLike, x: int, y: int) -> Dict[str, np.ndarray]:
         "error": err,
         "count": np.asarray(c["count"][:, y, x]),
     }
+
+
+def _pixel_scale_arcsec(cube: Mapping[str, Any]) -> float:
+    wcs = _celestial_wcs(cube)
+    if wcs is None:
+        raise ValueError("cube has no WCS")
+    return float(np.mean(proj_plane_pixel_scales(wcs))) * 3600.0
+
+
+def _disk_offsets(radius_px: float) -> np.ndarray:
+    """(dy, dx) of the pixels whose centre lies within ``radius_px`` of a pixel centre (>= itself)."""
+    r = int(np.floor(radius_px))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    keep = dy**2 + dx**2 <= radius_px**2
+    return np.column_stack([dy[keep], dx[keep]]) if keep.any() else np.zeros((1, 2), dtype=int)
+
+
+def aperture_mask(shape: Tuple[int, int], x: int, y: int, radius_px: float) -> np.ndarray:
+    """(ny, nx) bool: the pixels whose centre lies within ``radius_px`` of pixel (x, y)."""
+    ny, nx = shape
+    yy, xx = np.mgrid[0:ny, 0:nx]
+    mask = (yy - y) ** 2 + (xx - x) ** 2 <= radius_px**2
+    mask[y, x] = True
+    return mask
+
+
+def aperture_spectrum(cube: CubeLike, x: float, y: float,
+                      radius_arcsec: float = QUICKLOOK_APERTURE_ARCSEC) -> Dict[str, Any]:
+    """Aperture spectrum around the pixel containing (x, y): ``wavelength``, ``dlambda`` [um],
+    ``flux`` [mJy] (SCI summed over the pixels within ``radius_arcsec`` times the pixel solid
+    angle), ``error`` [mJy] (pixel variances summed: a lower bound), ``bad`` (an aperture pixel
+    has no data or an all-flagged voxel: flux NaN), ``n_pixels``, ``radius_arcsec``."""
+    from .analysis import aperture_sums, bad_voxels, pixel_solid_angle
+
+    c = _cube(cube)
+    n_z, ny, nx = c["sci"].shape
+    x, y = nearest_pixel(x, y)
+    if not (0 <= x < nx and 0 <= y < ny):
+        raise ValueError(f"pixel (x={x}, y={y}) is outside the cube's image (nx={nx}, ny={ny})")
+    mask = aperture_mask((ny, nx), x, y, radius_arcsec / _pixel_scale_arcsec(c))
+    bad = bad_voxels(c["sci"], c["variance"], c["count"], c["and_mask"])
+    wcs = _celestial_wcs(c)
+    omega = pixel_solid_angle(wcs, wcs.pixel_to_world(x, y)).to_value("sr")
+    flux, var, masked = aperture_sums(c["sci"], c["variance"], bad, mask, omega)
+    lam, dlam = wavelengths(c)
+    return {"wavelength": lam, "dlambda": dlam, "flux": np.where(masked, np.nan, flux),
+            "error": np.where(masked, np.nan, np.sqrt(var)), "bad": masked, "n_pixels": int(mask.sum()),
+            "radius_arcsec": float(radius_arcsec)}
+
+
+def brightest_source(cube: CubeLike, radius_arcsec: float = QUICKLOOK_APERTURE_ARCSEC,
+                     min_coverage: float = 0.5) -> Tuple[int, int]:
+    """0-based (x, y) of the brightest source: where the aperture of ``radius_arcsec`` holds the
+    most of :func:`collapsed_image`, among pixels covered in at least ``min_coverage`` times the
+    largest number of covered planes. ValueError when the cube holds no data."""
+    c = _cube(cube)
+    img = collapsed_image(c)
+    cov = plane_coverage(c)
+    ok = np.isfinite(img) & (cov >= max(1, min_coverage * cov.max()))
+    if not ok.any():
+        raise ValueError("the cube holds no finite data; no brightest source")
+    offsets = _disk_offsets(radius_arcsec / _pixel_scale_arcsec(c))
+    r = int(np.abs(offsets).max())
+    ny, nx = img.shape
+    padded = np.pad(np.where(np.isfinite(img), img, 0.0), r)
+    total = np.zeros_like(img)
+    for dy, dx in offsets:
+        total += padded[r + dy:r + dy + ny, r + dx:r + dx + nx]
+    y, x = np.unravel_index(np.argmax(np.where(ok, total, -np.inf)), img.shape)
+    return int(x), int(y)
 
 
 def stretch_limits(img: np.ndarray, percentiles: Tuple[float, float] = STRETCH_PERCENTILES) -> Tuple[float, float]:
@@ -244,28 +326,32 @@ def plot_plane(cube: CubeLike, png: Union[str, Path], plane: int,
     return _image_png(np.asarray(c["sci"][k], dtype=np.float64), c, png, title, "MJy/sr", mark)
 
 
-def plot_spectrum(cube: CubeLike, png: Union[str, Path], x: int, y: int, title: Optional[str] = None) -> Path:
-    """PNG of the spectrum at 0-based pixel (x, y): SCI with sqrt(VARIANCE) error bars against
-    wavelength (horizontal bars = bin width). Returns the PNG path."""
+def plot_spectrum(cube: CubeLike, png: Union[str, Path], x: float, y: float, title: Optional[str] = None,
+                  radius_arcsec: Optional[float] = None) -> Path:
+    """PNG of the spectrum at 0-based pixel (x, y) against wavelength (horizontal bars = bin
+    width): without ``radius_arcsec`` SCI with sqrt(VARIANCE) error bars [MJy/sr]; with it the
+    :func:`aperture_spectrum` [mJy]. Returns the PNG path."""
     c = _cube(cube)
-    s = spectrum_at(c, x, y)
+    fig = _new_figure((6.4, 4.0))
+    x, y = nearest_pixel(x, y)
+    s = spectrum_at(c, x, y) if radius_arcsec is None else aperture_spectrum(c, x, y, radius_arcsec)
     png = Path(png)
     png.parent.mkdir(parents=True, exist_ok=True)
-    fig = _new_figure((6.4, 4.0))
     ax = fig.add_subplot(1, 1, 1)
     ok = np.isfinite(s["flux"])
     ax.errorbar(s["wavelength"][ok], s["flux"][ok], yerr=s["error"][ok], xerr=0.5 * s["dlambda"][ok],
                 fmt="o", ms=3.5, color="C0", ecolor="0.45", elinewidth=1.0, capsize=0)
     ax.axhline(0.0, color="0.8", lw=0.8, zorder=0)
     ax.set_xlabel("wavelength [um]")
-    ax.set_ylabel("surface brightness [MJy/sr]")
+    ax.set_ylabel("surface brightness [MJy/sr]" if radius_arcsec is None else "flux density [mJy]")
     if title is None:
         try:
             ra, dec = pixel_to_world(c, x, y)
             where = f"pixel ({x}, {y}) = RA {ra:.5f}, Dec {dec:.5f}"
         except ValueError:
             where = f"pixel ({x}, {y})"
-        title = f"{_name(c)} spectrum at {where}"
+        what = "spectrum" if radius_arcsec is None else f"aperture spectrum (r = {radius_arcsec:g}\")"
+        title = f"{_name(c)} {what} at {where}"
     ax.set_title(title, fontsize=10)
     if not ok.any():
         ax.text(0.5, 0.5, "no data at this position", transform=ax.transAxes, ha="center", va="center")
@@ -288,12 +374,15 @@ def write_quicklooks(
     plane: Optional[int] = None,
     position: Optional[Tuple[int, int]] = None,
     cube: Optional[Mapping[str, Any]] = None,
+    aperture_arcsec: Optional[float] = QUICKLOOK_APERTURE_ARCSEC,
 ) -> Dict[str, Path]:
     """Write ``<stem>_collapsed.png``, ``<stem>_plane<k>.png`` and ``<stem>_spectrum.png``.
 
     ``out_dir`` defaults to the cube's directory; ``plane`` (0-based) defaults to
     :func:`default_plane`; ``position`` = 0-based (x, y) of the spectrum, default
-    :func:`brightest_pixel`. ``cube`` = an already loaded cube (skips reading the file).
+    :func:`brightest_source`. The spectrum is the :func:`aperture_spectrum` of radius
+    ``aperture_arcsec`` [mJy] (None: the pixel's surface brightness, and ``position`` defaults
+    to :func:`brightest_pixel`). ``cube`` = an already loaded cube (skips reading the file).
     Returns ``{"collapsed": path, "plane": path, "spectrum": path}``.
     """
     cube_path = Path(cube_path)
@@ -301,11 +390,19 @@ def write_quicklooks(
     out = Path(out_dir) if out_dir is not None else cube_path.parent
     stem = cube_path.stem
     k = default_plane(c) if plane is None else int(plane)
-    x, y = brightest_pixel(c) if position is None else (int(position[0]), int(position[1]))
+    if position is not None:
+        x, y = nearest_pixel(*position)
+    else:
+        x, y = brightest_pixel(c) if aperture_arcsec is None else brightest_source(c, aperture_arcsec)
+    if aperture_arcsec is None:
+        logger.info("spectrum: pixel (%d, %d)", x, y)
+    else:
+        n = int(aperture_mask(c["sci"].shape[1:], x, y, aperture_arcsec / _pixel_scale_arcsec(c)).sum())
+        logger.info("spectrum: aperture r = %g\" (%d pixels) around pixel (%d, %d)", aperture_arcsec, n, x, y)
     paths = {
         "collapsed": plot_collapsed(c, out / f"{stem}_collapsed.png", mark=(x, y)),
         "plane": plot_plane(c, out / f"{stem}_plane{k}.png", k, mark=(x, y)),
-        "spectrum": plot_spectrum(c, out / f"{stem}_spectrum.png", x, y),
+        "spectrum": plot_spectrum(c, out / f"{stem}_spectrum.png", x, y, radius_arcsec=aperture_arcsec),
     }
     logger.info("quick-look PNGs: %s", ", ".join(str(p) for p in paths.values()))
     return paths
@@ -399,7 +496,8 @@ def format_summary(summary: Mapping[str, Any], path: Union[str, Path, None] = No
 
 
 __all__ = [
-    "collapsed_image", "plane_coverage", "brightest_pixel", "world_to_pixel", "pixel_to_world",
+    "collapsed_image", "plane_coverage", "brightest_pixel", "brightest_source", "aperture_spectrum", "aperture_mask",
+    "nearest_pixel", "QUICKLOOK_APERTURE_ARCSEC", "world_to_pixel", "pixel_to_world",
     "plane_for_wavelength", "spectrum_at", "stretch_limits", "plot_collapsed", "plot_plane",
     "plot_spectrum", "default_plane", "write_quicklooks", "cube_summary", "format_summary", "wavelengths",
 ]

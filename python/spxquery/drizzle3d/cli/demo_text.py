@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from ..cubefile import load_cube
-from ..quicklook import brightest_pixel, world_to_pixel
+from ..quicklook import QUICKLOOK_APERTURE_ARCSEC, brightest_source, world_to_pixel
 
 
 def demo_explanation(cube_path: Path, truth: Path, pngs: Mapping[str, Path], ext_png: Optional[Path]) -> str:
@@ -16,7 +16,7 @@ def demo_explanation(cube_path: Path, truth: Path, pngs: Mapping[str, Path], ext
 
     sky, meta = load_truth(truth)
     cube = load_cube(cube_path)
-    bx, by = brightest_pixel(cube)
+    bx, by = brightest_source(cube)
     ny, nx = cube["sci"].shape[1:]
     parts = []
     nearest = None
@@ -42,10 +42,12 @@ def demo_explanation(cube_path: Path, truth: Path, pngs: Mapping[str, Path], ext
     n_frames = len(meta.get("frames", []))
     if nearest is not None and nearest[0] <= 3:
         red = " (rising: a red source)" if nearest[2] > 0 else ""
-        bright = (f" The brightest pixel ({bx}, {by}), circled, is {nearest[1]}; {pngs['spectrum'].name} shows its "
-                  f"spectrum with 1-sigma error bars{red}.")
+        bright = (f" The brightest source, circled at pixel ({bx}, {by}), is {nearest[1]}; "
+                  f"{pngs['spectrum'].name} shows its spectrum{red}: the flux density [mJy] in an aperture of "
+                  f"{QUICKLOOK_APERTURE_ARCSEC:g}\" radius, with 1-sigma error bars.")
     else:
-        bright = f" The circle marks the brightest pixel ({bx}, {by}); {pngs['spectrum'].name} is its spectrum."
+        bright = (f" The circle marks the brightest source, at pixel ({bx}, {by}); {pngs['spectrum'].name} is its "
+                  f"spectrum in an aperture of {QUICKLOOK_APERTURE_ARCSEC:g}\" radius.")
     return (
         f"What you are looking at: {n_frames} simulated SPHEREx exposures (cutouts, two roll angles, each seeing the "
         f"field at different wavelengths) drizzled into a {cube['sci'].shape[0]}-plane cube of "

@@ -7,6 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..quicklook import QUICKLOOK_APERTURE_ARCSEC
 from ..settings import Int, Real
 from .common import PROG, CLIError, add_command
 
@@ -17,6 +18,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from ..cubefile import load_cube
     from ..quicklook import (
         brightest_pixel,
+        brightest_source,
         cube_summary,
         default_plane,
         format_summary,
@@ -32,6 +34,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         cube = load_cube(path)
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise CLIError(f"{path} is not a drizzled cube ({type(exc).__name__}: {exc})") from exc
+    aperture = args.aperture or None  # 0: the pixel's own spectrum
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         summary = cube_summary(cube)
@@ -64,11 +67,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             position = (xi, yi)
         else:
             try:
-                position = brightest_pixel(cube)
+                position = brightest_pixel(cube) if aperture is None else brightest_source(cube, aperture)
             except ValueError as exc:
                 raise CLIError(f"{path}: {exc}") from None
-        pngs = write_quicklooks(path, args.png_dir, plane=plane, position=position, cube=cube)
-    print(f"spectrum at pixel ({position[0]}, {position[1]}); plane {plane} = "
+        pngs = write_quicklooks(path, args.png_dir, plane=plane, position=position, cube=cube,
+                                aperture_arcsec=aperture)
+    what = "spectrum at pixel" if aperture is None else f"aperture spectrum (r = {aperture:g}\") around pixel"
+    print(f"{what} ({position[0]}, {position[1]}); plane {plane} = "
           f"{float(cube['wavelength']['LAMBDA'][plane]):.4f} um")
     print("wrote:")
     for p in pngs.values():
@@ -80,7 +85,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """The ``inspect`` command."""
     p = add_command(
         sub, common, "inspect",
-        usage="%(prog)s CUBE.fits [--plane K | --wavelength UM] [--at RA DEC | --pixel X Y] [options]",
+        usage="%(prog)s CUBE.fits [--plane K | --wavelength UM] [--at RA DEC | --pixel X Y] [--aperture ARCSEC] "
+              "[options]",
         help="summary and quick-look PNGs of a cube",
         description="Print a summary of a drizzled cube and write <stem>_collapsed.png, <stem>_plane<k>.png\n"
                     "and <stem>_spectrum.png.",
@@ -95,9 +101,12 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="draw the plane containing this wavelength [um]")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--at", nargs=2, type=float, metavar=("RA", "DEC"),
-                   help="spectrum position [deg] (default: brightest pixel of the collapsed image)")
+                   help="spectrum position [deg] (default: the brightest source of the collapsed image)")
     g.add_argument("--pixel", nargs=2, type=int, metavar=("X", "Y"),
                    help="spectrum position as 0-based pixel (x, y)")
+    p.add_argument("--aperture", type=Real(0.0).parse_arg, default=QUICKLOOK_APERTURE_ARCSEC, metavar="ARCSEC",
+                   help=f"radius of the spectrum's aperture [arcsec]; the spectrum is a flux density [mJy]; "
+                        f"0 = the pixel's surface brightness [MJy/sr] (default {QUICKLOOK_APERTURE_ARCSEC:g})")
     p.add_argument("--png-dir", type=Path, metavar="DIR", help="where the PNGs go (default: next to the cube)")
     p.add_argument("--no-png", action="store_true", help="print the summary only")
     p.set_defaults(func=cmd_inspect)
