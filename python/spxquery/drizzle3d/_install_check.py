@@ -20,6 +20,7 @@ Only the standard library is imported here, so the check runs whatever the state
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import sys
 from importlib import metadata
@@ -50,16 +51,19 @@ def damaged_files(dist: Optional[metadata.Distribution] = None) -> List[Tuple[st
         except metadata.PackageNotFoundError:
             return []
     damaged: List[Tuple[str, str]] = []
-    for entry in dist.files or []:
-        rel = str(PurePosixPath(entry))
-        if not rel.startswith(PACKAGE_DIR) or entry.hash is None:
+    # RECORD itself, not ``dist.files``: importlib_metadata >= 6 (imported by astropy's plugins when
+    # asdf-astropy is installed) drops the files that no longer exist from ``files``.
+    for row in csv.reader((dist.read_text("RECORD") or "").splitlines()):
+        rel, digest = str(PurePosixPath(row[0])) if row else "", row[1] if len(row) > 1 else ""
+        mode, _, value = digest.partition("=")
+        if not rel.startswith(PACKAGE_DIR) or not value:
             continue
         try:
-            data = Path(entry.locate()).read_bytes()
+            data = Path(str(dist.locate_file(rel))).read_bytes()
         except OSError:
             damaged.append((rel, "missing"))
             continue
-        if _digest(data, entry.hash.mode) != entry.hash.value:
+        if _digest(data, mode) != value:
             damaged.append((rel, "replaced"))
     return damaged
 
