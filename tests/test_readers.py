@@ -153,3 +153,21 @@ def test_registration_in_either_import_order(drizzled_cubes):
     lam, _ = _truth(path)
     a, b = (float(v) for v in res.stdout.split())
     assert a == pytest.approx(lam[0], rel=1e-15) and b == lam[0]
+
+
+def test_time_span_and_observatory_keywords(drizzled_cubes):
+    """MJD-BEG/MJD-END are the contributing frames' earliest start and latest end (pipeline output)."""
+    from astropy.time import Time
+
+    from spxquery.drizzle3d.simulate import load_truth
+
+    _, meta = load_truth(drizzled_cubes.field.root)
+    frames = meta["frames"]
+    path = drizzled_cubes.paths["native"]
+    assert fits.getval(path, "N_INPUTS") == len(frames)
+    for ext in ("PRIMARY", "SCI", "COUNT"):
+        h = fits.getheader(path, ext)
+        assert h["MJD-BEG"] == min(f.mjd_beg for f in frames)
+        assert h["MJD-END"] == max(f.mjd_end for f in frames)
+        assert Time(h["DATE-OBS"], scale="utc").mjd == pytest.approx(h["MJD-BEG"], abs=1e-8)
+        assert (h["TELESCOP"], h["INSTRUME"], h["SPECSYS"]) == ("SPHEREx", "SPHEREx", "TOPOCENT")

@@ -90,14 +90,20 @@ def brightest_pixel(cube: CubeLike, min_coverage: float = 0.5) -> Tuple[int, int
     """0-based (x, y) of the maximum of :func:`collapsed_image`, among pixels covered in at
     least ``min_coverage`` times the largest number of covered planes (so that a noisy pixel
     at the edge of the coverage cannot win). ValueError when the cube holds no data."""
-    c = _cube(cube)
+    img, ok = _well_covered(_cube(cube), min_coverage, "brightest pixel")
+    y, x = np.unravel_index(np.argmax(np.where(ok, img, -np.inf)), img.shape)
+    return int(x), int(y)
+
+
+def _well_covered(c: Mapping[str, Any], min_coverage: float, what: str) -> Tuple[np.ndarray, np.ndarray]:
+    """(:func:`collapsed_image`, pixels with data covered in at least ``min_coverage`` times the
+    largest number of covered planes); ValueError naming ``what`` when no pixel qualifies."""
     img = collapsed_image(c)
     cov = plane_coverage(c)
     ok = np.isfinite(img) & (cov >= max(1, min_coverage * cov.max()))
     if not ok.any():
-        raise ValueError("the cube holds no finite data; no brightest pixel")
-    y, x = np.unravel_index(np.argmax(np.where(ok, img, -np.inf)), img.shape)
-    return int(x), int(y)
+        raise ValueError(f"the cube holds no finite data; no {what}")
+    return img, ok
 
 
 def world_to_pixel(cube: CubeLike, ra: float, dec: float) -> Tuple[float, float]:
@@ -213,11 +219,7 @@ def brightest_source(cube: CubeLike, radius_arcsec: float = QUICKLOOK_APERTURE_A
     most of :func:`collapsed_image`, among pixels covered in at least ``min_coverage`` times the
     largest number of covered planes. ValueError when the cube holds no data."""
     c = _cube(cube)
-    img = collapsed_image(c)
-    cov = plane_coverage(c)
-    ok = np.isfinite(img) & (cov >= max(1, min_coverage * cov.max()))
-    if not ok.any():
-        raise ValueError("the cube holds no finite data; no brightest source")
+    img, ok = _well_covered(c, min_coverage, "brightest source")
     offsets = _disk_offsets(radius_arcsec / _pixel_scale_arcsec(c))
     r = int(np.abs(offsets).max())
     ny, nx = img.shape
