@@ -137,7 +137,7 @@ def apply_run_defaults(cfg: Any, args: argparse.Namespace) -> Any:
     set (e.g. the recommended ``exclude_flags``; the Python defaults stay spxquery 0.4.1's)."""
     in_yaml: Dict[str, Any] = {}
     if getattr(args, "config", None) is not None:
-        data = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))  # read fine by config_from_args
+        data = load_yaml_file(Path(args.config))  # read fine, within the same bounds, by config_from_args
         in_yaml = data if isinstance(data, dict) else {}
     changes = {}
     for d in described(type(cfg)):
