@@ -13,6 +13,7 @@ Prints input pixels per second and ratios. Usage: python benchmarks/bench_kernel
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 
@@ -24,6 +25,9 @@ N_IN = 2040
 N_OUT = 300
 PIXFRAC = 0.8
 KERNEL_HEADING = "## Kernel: one frame, this package vs STScI drizzle"
+#: The cube's accumulators (names as in ``DrizzleCube.accumulators()``) and their types.
+ACCUMULATORS = [("flux_weighted", np.float64), ("weight_total", np.float64), ("var_accum", np.float64),
+                ("count_map", np.uint32), ("and_mask", np.uint32), ("or_mask", np.uint32)]
 
 
 def geometry():
@@ -62,10 +66,12 @@ def whole_frame_geometry():
 def cpu_description() -> str:
     """CPU model and the widest vector instruction set the engine's scan uses on it (Linux)."""
     try:
-        info = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
     except OSError:
         return "CPU unknown"
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "CPU unknown")
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                 "CPU unknown")
     flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
     simd = "AVX-512" if {"avx512f", "avx512dq", "avx512vl"} <= set(flags) else "AVX2" if "avx2" in flags else "portable"
     return f"{model}, {simd} build of the scan"
@@ -114,14 +120,18 @@ def main() -> None:
     half = 0.5 * dlam * PIXFRAC
     plane_weights = [
         (np.clip(np.minimum(lam + half, hi) - np.maximum(lam - half, lo), 0.0, None) / (2 * half)).astype(np.float32)
-        for lo, hi in zip(edges[:-1], edges[1:])
+        for lo, hi in itertools.pairwise(edges)
     ]
 
     def measure(pixmap, cx, cy, repeat, context_rows):
         def ours(kernel, threads, z_edges=edges):
-            nz = len(z_edges) - 1
-            acc = [np.zeros((nz, N_OUT, N_OUT)) for _ in range(3)] + [np.zeros((nz, N_OUT, N_OUT), np.uint32) for _ in range(3)]
-            return lambda: _core.drizzle_frame(*acc, cx, cy, image, variance, flags, lam, dlam, z_edges, PIXFRAC, PIXFRAC, 1e10, 0.0, kernel, threads=threads)
+            shape = (len(z_edges) - 1, N_OUT, N_OUT)
+            cube = {name: np.zeros(shape, dtype) for name, dtype in ACCUMULATORS}
+            params = _core.EngineParams(z_edges=z_edges, xy_shrink=PIXFRAC, z_shrink=PIXFRAC, ivar_max=1e10,
+                                        min_overlap=0.0, kernel=kernel)
+            frame = {"corners_x": cx, "corners_y": cy, "image": image, "variance": variance, "flags": flags,
+                     "lambda_c": lam, "delta_lambda": dlam}
+            return lambda: _core.accumulate_frame(cube=cube, params=params, **frame, threads=threads)
 
         # (name, threads, callable) timed interleaved; the slow plane-by-plane context is timed apart.
         timed = []
@@ -152,7 +162,8 @@ def main() -> None:
                         d = Drizzle(kernel="square", out_shape=(N_OUT, N_OUT), fillval=0.0, disable_ctx=True)
                         d.add_image(image32, exptime=1.0, pixmap=pixmap, pixfrac=PIXFRAC, in_units="cps", weight_map=fz)
 
-                context.append(("STScI cdrizzle, 17 planes (one add_image per plane)", 1, best_of(cdrizzle_cube, max(1, repeat // 5))))
+                t_planes = best_of(cdrizzle_cube, max(1, repeat // 5))
+                context.append(("STScI cdrizzle, 17 planes (one add_image per plane)", 1, t_planes))
         except ImportError:
             pass
         for kernel in ("square", "bilinear") if context_rows else ("square",):
@@ -161,15 +172,16 @@ def main() -> None:
         # Context: the same frame onto a single wavelength plane (2-D work, as cdrizzle does).
         timed.append(("spxquery.drizzle3d square (1 plane)", 1, ours("square", 1, np.array([0.5, 5.5]))))
         best = best_of_interleaved([fn for _, _, fn in timed], repeat)
-        rows = [(name, threads, t) for (name, threads, _), t in zip(timed, best)]
+        rows = [(name, threads, t) for (name, threads, _), t in zip(timed, best, strict=True)]
         rows[2:2] = context
         return rows
 
     geometries = [
-        ("A", "SPHEREx scale: output pixels the size of input pixels, frame rotated by 23 deg with a cubic "
-         "distortion; the 300x300 grid sees the middle ~2% of the frame (most pixels fall outside)", geometry(), args.repeat, True),
-        ("B", "whole frame scaled onto the grid (output pixels 6.9 input pixels wide, droplets 0.12 output "
-         "pixels): every pixel lands", whole_frame_geometry(), max(2, args.repeat // 3), False),
+        ("A", ("SPHEREx scale: output pixels the size of input pixels, frame rotated by 23 deg with a cubic "
+               "distortion; the 300x300 grid sees the middle ~2% of the frame (most pixels fall outside)"), geometry(),
+         args.repeat, True),
+        ("B", ("whole frame scaled onto the grid (output pixels 6.9 input pixels wide, droplets 0.12 output "
+               "pixels): every pixel lands"), whole_frame_geometry(), max(2, args.repeat // 3), False),
     ]
     npix = N_IN * N_IN
     load = " ".join(f"{v:.2f}" for v in os.getloadavg())
@@ -177,10 +189,10 @@ def main() -> None:
     lines = [
         KERNEL_HEADING,
         "",
-        f"Measured {time.strftime('%Y-%m-%d %H:%M')} with `python benchmarks/bench_kernel.py --repeat {args.repeat}` "
-        f"({n_threads} cores, {cpu}, load average {load}): one {N_IN}x{N_IN} input frame onto a {N_OUT}x{N_OUT} output "
-        f"grid, xy_shrink = pixfrac = {PIXFRAC}, best of N runs (the implementations called in turn within each "
-        f"round, so that all see the same machine). Input pixels/s counts all pixels of the frame.",
+        (f"Measured {time.strftime('%Y-%m-%d %H:%M')} with `python benchmarks/bench_kernel.py --repeat {args.repeat}` "
+         f"({n_threads} cores, {cpu}, load average {load}): one {N_IN}x{N_IN} input frame onto a {N_OUT}x{N_OUT} "
+         f"output grid, xy_shrink = pixfrac = {PIXFRAC}, best of N runs (the implementations called in turn within "
+         f"each round, so that all see the same machine). Input pixels/s counts all pixels of the frame."),
     ]
     for tag, description, (pixmap, cx, cy), repeat, context_rows in geometries:
         rows = measure(pixmap, cx, cy, repeat, context_rows)
@@ -201,8 +213,9 @@ def main() -> None:
             lines += ["", f"Geometry {tag}: square kernel speed-up from 1 to 2 threads: {sq[1] / sq[2]:.2f}x."]
         t_cube = next((t for name, _, t in rows if name.startswith("STScI cdrizzle, 17 planes")), None)
         if t_cube and 1 in sq:
-            lines += ["", f"Geometry {tag}, the same 17-plane cube: cdrizzle plane by plane {t_cube:.3f} s vs this "
-                      f"package {sq[1]:.4f} s on one thread = {t_cube / sq[1]:.1f}x (context, not the issue's target)."]
+            lines += ["", (f"Geometry {tag}, the same 17-plane cube: cdrizzle plane by plane {t_cube:.3f} s vs this "
+                           f"package {sq[1]:.4f} s on one thread = {t_cube / sq[1]:.1f}x (context, not the issue's "
+                           "target).")]
         if tag == "A" and t_c and 1 in sq:
             one = t_c / sq[1]
             scaling = sq[1] / sq[2] if 2 in sq else float("nan")

@@ -77,7 +77,7 @@ def test_aligned_pixels_land_whole_and_shifted_pixels_split_by_area():
 
 
 def test_xy_shrink_shrinks_the_droplet_regression_defect_2():
-    """Seed defect 2: xy_shrink only scaled weights. Here it changes where flux lands."""
+    """spxquery 0.4.1 defect 2: xy_shrink only scaled weights. Here it changes where flux lands."""
     out = {}
     for shrink in (1.0, 0.5):
         cube = make_cube(5, 5, xy_shrink=shrink)
@@ -89,7 +89,7 @@ def test_xy_shrink_shrinks_the_droplet_regression_defect_2():
 
 
 def test_bilinear_point_kernel_has_no_half_pixel_shift_regression_defect_1():
-    """Seed defect 1: its bilinear kernel put centres at ox + 0.5. A pixel centred on an
+    """spxquery 0.4.1 defect 1: its bilinear kernel put centres at ox + 0.5. A pixel centred on an
     output pixel centre must land entirely in that pixel."""
     cube = make_cube(8, 8, kernel="bilinear")
     corners = affine_corners(1, 1, np.eye(2), (5.0, 3.0))
@@ -112,11 +112,10 @@ def test_pixels_are_skipped_for_each_documented_reason():
     variance[0, 2] = np.inf
     lam[0, 3] = np.nan
     dlam[1, 0] = 0.0
-    flags[1, 1] = 1 << 10
     excl = np.zeros((2, 4), bool)
-    excl[1, 2] = True
+    excl[1, 1:3] = True  # e.g. flagged bits the configuration excludes
     stats = drizzle_frame(cube, *affine_corners(2, 4, np.eye(2), (3, 3)), image, variance, flags, lam, dlam,
-                          exclude_mask=excl, exclude_bits=1 << 10)
+                          exclude_mask=excl)
     assert stats.n_pixels == 1
     assert cube.count_map.sum() == 1
     assert cube.count_map[1, 4, 6] == 1  # pixel (1, 3) at output (3+3, 3+1)
@@ -181,9 +180,11 @@ def test_errors_become_value_errors_naming_the_array():
     with pytest.raises(ValueError, match="kernel"):
         drizzle_frame(bad, *affine_corners(2, 2, np.eye(2), (1, 1)), image, variance, flags, lam, dlam)
     with pytest.raises(ValueError, match="pixel_idx"):
-        drizzle_image(cube, image, variance, flags, lam, dlam, np.array([7]), np.array([0]), np.array([0]), np.array([1.0]))
+        drizzle_image(cube, image, variance, flags, lam, dlam, np.array([7]), np.array([0]), np.array([0]),
+                      np.array([1.0]))
     with pytest.raises(ValueError, match="outside"):
-        drizzle_image(cube, image, variance, flags, lam, dlam, np.array([0]), np.array([4]), np.array([0]), np.array([1.0]))
+        drizzle_image(cube, image, variance, flags, lam, dlam, np.array([0]), np.array([4]), np.array([0]),
+                      np.array([1.0]))
 
 
 def test_the_same_array_twice_is_refused_not_corrupted():
@@ -191,6 +192,93 @@ def test_the_same_array_twice_is_refused_not_corrupted():
     cube.weight_total = cube.flux_weighted  # aliasing two accumulators
     with pytest.raises(Exception, match="(?i)borrow|alias|already"):
         run(cube, affine_corners(2, 2, np.eye(2), (1, 1)), frame_arrays(2, 2))
+
+
+# ---------------------------------------------------------------------------
+# The engine-parameter object and the keyword-only binding
+
+
+def _params(**kw):
+    args = {"z_edges": WIDE_EDGES, "xy_shrink": 0.8, "z_shrink": 1.0, "ivar_max": 1e10, "min_overlap": 0.0,
+            "kernel": "square", **kw}
+    return _core.EngineParams(**args)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("z_edges", [1.0]), ("z_edges", [1.0, 1.0]), ("z_edges", [1.0, np.nan]), ("xy_shrink", 0.0), ("xy_shrink", np.nan),
+    ("z_shrink", 1.5), ("ivar_max", 0.0), ("min_overlap", 1.0), ("min_overlap", -0.1), ("kernel", "gaussian"),
+])
+def test_engine_params_name_the_bad_parameter(name, value):
+    with pytest.raises(ValueError, match=f"^{name}"):
+        _params(**{name: value})
+
+
+def test_engine_params_hold_the_settings_and_survive_pickling():
+    import pickle
+
+    p = _params(xy_shrink=0.7, z_shrink=0.5, min_overlap=0.1, kernel="bilinear")
+    assert (p.n_z, p.xy_shrink, p.z_shrink, p.ivar_max, p.min_overlap, p.kernel) == (3, 0.7, 0.5, 1e10, 0.1, "bilinear")
+    np.testing.assert_array_equal(p.z_edges, WIDE_EDGES)
+    q = pickle.loads(pickle.dumps(p))
+    assert q.as_dict() == p.as_dict() and type(q) is _core.EngineParams
+    assert "kernel='bilinear'" in repr(p).replace('"', "'")
+
+
+def test_entry_points_take_keywords_only():
+    cube = make_cube(4, 4)
+    (cx, cy), arrays = affine_corners(2, 2, np.eye(2), (1, 1)), frame_arrays(2, 2)
+    with pytest.raises(TypeError):
+        _core.EngineParams(WIDE_EDGES, 0.8, 1.0, 1e10, 0.0, "square")
+    with pytest.raises(TypeError):
+        _core.accumulate_frame(cube.accumulators(), cube.engine_params, cx, cy, *arrays)
+    with pytest.raises(TypeError):
+        _core.spectral_overlaps(1.0, 0.1, 1.0, WIDE_EDGES)
+    with pytest.raises(TypeError):
+        _core.densify(np.zeros((5, 5)), 16, 4, 4)
+
+
+def test_cube_builds_its_engine_params_once_and_again_when_the_config_changes():
+    import dataclasses
+
+    cube = make_cube(5, 5, xy_shrink=1.0)
+    first = cube.engine_params
+    assert cube.engine_params is first and first.xy_shrink == 1.0
+    corners = affine_corners(1, 1, np.eye(2), (2.25, 2.0))
+    run(cube, corners, frame_arrays(1, 1, value=1.0))
+    assert cube.engine_params is first
+    # A user swaps the config (0.4.1 dataclass): the next frame uses the new droplet size.
+    cube.config = dataclasses.replace(cube.config, xy_shrink=0.5)
+    run(cube, corners, frame_arrays(1, 1, value=1.0))
+    assert cube.engine_params is not first and cube.engine_params.xy_shrink == 0.5
+    w = cube.weight_total[1, 2]
+    assert w[3] == pytest.approx(0.25 * w.sum() / 2)  # first frame 1/4 in column 3, the second none
+    # ... or edits a setting in place, or swaps the spectral grid.
+    second = cube.engine_params
+    cube.config.min_overlap = 0.2
+    assert cube.engine_params is not second and cube.engine_params.min_overlap == 0.2
+    third = cube.engine_params
+    cube.zgrid = ZGrid.from_edges(np.array([0.5, 1.0, 1.5, 2.5]))
+    assert cube.engine_params is not third and cube.engine_params.z_edges[-1] == 2.5
+    assert cube.engine_params.z_shrink == cube.config.effective_z_shrink()
+
+
+def test_cube_and_params_that_do_not_fit_are_reported():
+    cube = make_cube(4, 4)
+    corners, arrays = affine_corners(2, 2, np.eye(2), (1, 1)), frame_arrays(2, 2)
+    image, variance, flags, lam, dlam = arrays
+    frame = {"corners_x": corners[0], "corners_y": corners[1], "image": image, "variance": variance,
+             "flags": flags.view(np.uint32), "lambda_c": lam, "delta_lambda": dlam}
+    with pytest.raises(ValueError, match="planes"):
+        _core.accumulate_frame(cube=cube.accumulators(), params=_params(z_edges=[0.5, 1.0, 2.0]), **frame)
+    incomplete = cube.accumulators()
+    del incomplete["or_mask"]
+    with pytest.raises(KeyError, match="or_mask"):
+        _core.accumulate_frame(cube=incomplete, params=cube.engine_params, **frame)
+    wrong = cube.accumulators()
+    wrong["count_map"] = wrong["count_map"].astype(np.int64)
+    with pytest.raises(TypeError, match="count_map"):
+        _core.accumulate_frame(cube=wrong, params=cube.engine_params, **frame)
+    assert cube.count_map.sum() == 0
 
 
 # ---------------------------------------------------------------------------
@@ -206,7 +294,8 @@ affine = st.tuples(
 def test_fractions_sum_to_one_inside_the_grid(geom, shrink, kernel):
     theta, scale, flip, tx, ty = geom
     cx, cy = affine_corners(6, 6, rotation(theta, scale, flip), (20 + tx, 20 + ty))
-    valid, pix, oy, ox, f = _core.spatial_mapping(cx, cy, 40, 40, shrink, kernel)
+    valid, pix, _, _, f = _core.spatial_mapping(corners_x=cx, corners_y=cy, out_ny=40, out_nx=40, xy_shrink=shrink,
+                                                kernel=kernel)
     assert valid.all()
     sums = np.bincount(pix, weights=f, minlength=36)
     np.testing.assert_allclose(sums, 1.0, atol=1e-12, rtol=0)
@@ -283,28 +372,33 @@ def test_bitwise_identical_for_any_thread_count(kernel):
     for threads in (1, 2, 3, 7):
         cube = make_cube(120, 130, xy_shrink=0.8, kernel=kernel)
         run(cube, corners, arrays, threads=threads)
-        results.append([a.tobytes() for a in cube._accumulators()])
+        results.append([a.tobytes() for a in cube.accumulators().values()])
     for r in results[1:]:
         assert r == results[0]
 
 
-def test_seed_api_matches_fused_path():
+def _mapping(corners, ny, nx, xy_shrink, kernel):
+    cx, cy = corners
+    return _core.spatial_mapping(corners_x=cx, corners_y=cy, out_ny=ny, out_nx=nx, xy_shrink=xy_shrink, kernel=kernel)
+
+
+def test_0_4_1_api_matches_fused_path():
     rng = np.random.default_rng(1)
     corners = affine_corners(30, 30, rotation(0.2, 1.1), (4.0, 3.0))
     arrays = frame_arrays(30, 30, seed=2)
     arrays = (*arrays[:3], rng.uniform(0.9, 1.9, (30, 30)), arrays[4] * 20)
     fused = make_cube(40, 40, xy_shrink=0.6)
     run(fused, corners, arrays)
-    seed_api = make_cube(40, 40, xy_shrink=0.6)
-    _, pix, oy, ox, f = _core.spatial_mapping(*corners, 40, 40, 0.6, "square")
-    drizzle_image(seed_api, *arrays, pix, oy, ox, f)
-    for a, b in zip(fused._accumulators(), seed_api._accumulators()):
+    listed = make_cube(40, 40, xy_shrink=0.6)
+    _, pix, oy, ox, f = _mapping(corners, 40, 40, 0.6, "square")
+    drizzle_image(listed, *arrays, pix, oy, ox, f)
+    for a, b in zip(fused.accumulators().values(), listed.accumulators().values(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("kernel", ["square", "bilinear"])
 @pytest.mark.parametrize("scale", [0.08, 0.3, 1.1, 3.0, 6.0])
-def test_fused_path_matches_seed_api_across_bands(kernel, scale):
+def test_fused_path_matches_0_4_1_api_across_bands(kernel, scale):
     """Regression: with input pixels smaller than output pixels, the bilinear kernel lost the
     share of pixels whose centre lay within one output pixel of a band boundary (48 output
     rows span three bands of rows). Scales 3 and 6 exercise droplets wider than 2x2 output pixels (the
@@ -314,10 +408,10 @@ def test_fused_path_matches_seed_api_across_bands(kernel, scale):
     arrays = frame_arrays(n, n, seed=2)
     fused = make_cube(48, 48, xy_shrink=0.6, kernel=kernel)
     run(fused, corners, arrays)
-    seed_api = make_cube(48, 48, xy_shrink=0.6, kernel=kernel)
-    _, pix, oy, ox, f = _core.spatial_mapping(*corners, 48, 48, 0.6, kernel)
-    drizzle_image(seed_api, *arrays, pix, oy, ox, f)
-    for a, b in zip(fused._accumulators(), seed_api._accumulators()):
+    listed = make_cube(48, 48, xy_shrink=0.6, kernel=kernel)
+    _, pix, oy, ox, f = _mapping(corners, 48, 48, 0.6, kernel)
+    drizzle_image(listed, *arrays, pix, oy, ox, f)
+    for a, b in zip(fused.accumulators().values(), listed.accumulators().values(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -398,7 +492,7 @@ def test_corner_map_matches_full_astropy_evaluation_with_sip():
         assert err < 1e-3, f"crop {(x0, y0, nx, ny)}: max error {err:.2e} output pixel"
 
 
-def test_compute_spatial_mapping_seed_signature():
+def test_compute_spatial_mapping_0_4_1_signature():
     inp = WCS(naxis=2)
     inp.wcs.ctype = ["RA---TAN", "DEC--TAN"]
     inp.wcs.crval = [30.0, -5.0]

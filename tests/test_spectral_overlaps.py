@@ -29,7 +29,7 @@ def test_fractions_sum_to_the_fraction_of_the_top_hat_inside_the_grid(edges, lam
     assert np.all(frac > 0) and np.all(frac <= 1.0)
     assert np.all(np.diff(idx) == 1)  # contiguous, increasing bins
     # Each fraction is the overlap length of that bin.
-    for k, f in zip(idx, frac):
+    for k, f in zip(idx, frac, strict=True):
         ov = min(hi, edges[k + 1]) - max(lo, edges[k])
         assert f == pytest.approx(ov / (hi - lo), rel=1e-9, abs=1e-12)
 

@@ -3,20 +3,22 @@
 The release build inlines almost everything into one function (the band scan), so
 callgrind's own per-function totals say little. This script maps every executed
 instruction address to its inline stack (``addr2line -i``) and charges it to the
-innermost frame that lies in ``rust/src/*.rs``, named by the enclosing ``fn`` of that
-source line (standard-library code inlined into our functions is charged to them).
+innermost frame that lies in ``rust/src/*.rs`` or ``rust/benches/*.rs``, named by the
+enclosing ``fn`` of that source line (standard-library code inlined into our functions is
+charged to them).
 
-Usage (a test binary built with line tables, run under callgrind with per-instruction
-counts)::
+Usage (the probe binary of ``rust/benches/probe.rs``, built with line tables, run under
+callgrind with per-instruction counts)::
 
-    CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo test --release --lib --no-run
+    CARGO_PROFILE_BENCH_DEBUG=line-tables-only cargo bench --bench probe --no-run   # prints the binary
     PROBE_REPS=3 valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file=cg.out \\
-        target/release/deps/_core-HASH --exact engine::perf_probe::probe_square_17 --ignored
-    python tools/callgrind_by_function.py cg.out target/release/deps/_core-HASH --calls 3
+        target/release/deps/probe-HASH square_17
+    python tools/callgrind_by_function.py cg.out target/release/deps/probe-HASH --calls 3
 
 Prints millions of instructions per call (``--calls``: how many calls the run made, so
 the probe's set-up, counted once, is diluted; subtract it by hand or use a difference of
-two runs for exact figures). ``--lines`` splits each function by source line.
+two runs, ``PROBE_REPS=1`` and ``3``, for exact figures). ``--lines`` splits each function
+by source line.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ import re
 import subprocess
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "rust" / "src"
+RUST = Path(__file__).resolve().parent.parent / "rust"
+#: A Rust function definition (any visibility, unsafe or const).
+FN = re.compile(r"\s*(?:pub(?:\([a-z]+\))? )?(?:unsafe )?(?:const )?fn (\w+)")
 
 
 def instruction_costs(profile: Path, binary: Path) -> collections.Counter:
@@ -80,13 +84,11 @@ def instruction_costs(profile: Path, binary: Path) -> collections.Counter:
 
 
 def source_functions() -> dict[str, list[tuple[int, str]]]:
-    """For each source file, the (line, name) of every `fn` definition."""
+    """For each source file (by name), the (line, name) of every `fn` definition."""
     found = {}
-    for path in SRC.glob("*.rs"):
+    for path in [*RUST.glob("src/*.rs"), *RUST.glob("benches/*.rs")]:
         lines = path.read_text().splitlines()
-        found[path.name] = [
-            (n + 1, m.group(1)) for n, text in enumerate(lines) if (m := re.match(r"\s*(?:pub(?:\([a-z]+\))? )?(?:unsafe )?(?:const )?fn (\w+)", text))
-        ]
+        found[path.name] = [(n + 1, m.group(1)) for n, text in enumerate(lines) if (m := FN.match(text))]
     return found
 
 
@@ -102,10 +104,11 @@ def main() -> None:
     costs = instruction_costs(args.profile, args.binary)
     addrs = sorted(costs)
     out = subprocess.run(
-        ["addr2line", "-i", "-f", "-C", "-a", "-e", str(args.binary)], input="\n".join(hex(a) for a in addrs), capture_output=True, text=True, check=True
+        ["addr2line", "-i", "-f", "-C", "-a", "-e", str(args.binary)],
+        input="\n".join(hex(a) for a in addrs), capture_output=True, text=True, check=True,
     ).stdout.splitlines()
     frames: dict[int, list[tuple[str, str]]] = {}
-    current, pending = None, None
+    current, pending = 0, None
     for text in out:
         if text.startswith("0x"):
             current, pending = int(text, 16), None

@@ -1,13 +1,15 @@
-//! Droplet footprints of several neighbouring input pixels at once.
+//! Droplet footprints of several neighbouring input pixels at once (SIMD lanes).
 //!
 //! The same arithmetic as the scalar path ([`classify_quad`],
-//! [`crate::engine::make_droplet`], [`quad_footprint_2x2`],
+//! [`crate::droplet::make_droplet`], [`quad_footprint_2x2`],
 //! [`bilinear_footprint_2x2`]), written lane by lane over [`LANES`] pixels
 //! with selects instead of branches so that the compiler maps each step to
 //! one SIMD instruction. IEEE operations are the same in every lane and
 //! nothing is fused or reassociated, so every lane holds exactly the bits the
 //! scalar functions give (tested below): results do not depend on the SIMD
-//! width the machine offers.
+//! width the machine offers. This module and [`crate::geometry`] must stay
+//! bit-identical to each other: a change to the arithmetic of one must be
+//! made in the other.
 //!
 //! [`classify_quad`]: crate::geometry::classify_quad
 //! [`quad_footprint_2x2`]: crate::geometry::quad_footprint_2x2
@@ -250,8 +252,9 @@ pub fn footprints_medium(fp: &Footprints) -> [[Lane; 3]; 3] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{make_droplet, Droplet, Kernel};
+    use crate::droplet::{make_droplet, Droplet};
     use crate::geometry::{bilinear_footprint_2x2, quad_footprint, quad_footprint_2x2};
+    use crate::params::Kernel;
     use proptest::prelude::*;
 
     /// Shape and, for small and medium droplets, first output pixel and 3 x 3 fractions.

@@ -3,16 +3,52 @@
 //! Conventions: output pixel `j` covers `[j - 0.5, j + 0.5]` in 0-based pixel
 //! coordinates; wavelengths are in micrometres. Every public entry point is
 //! deterministic: the same inputs give the same bits for any thread count.
+//!
+//! Where each concept lives:
+//! - [`params`]: the kernel, the settings and [`Params`] (validated once).
+//! - [`frame`]: a frame as handed over ([`FrameView`]), the pixel skip rules.
+//! - [`cube`]: the accumulators ([`CubeMut`]), bands of rows, the voxel update.
+//! - [`droplet`]: an input pixel's footprint and how far it reaches.
+//! - [`geometry`]: exact droplet/pixel overlaps (scalar); [`lanes`]: the same
+//!   arithmetic over several pixels at once (SIMD), bit-identical to it.
+//! - [`spectral`]: a pixel's spectral top-hat against the wavelength bins.
+//! - `culling`: the input blocks that can reach the grid.
+//! - `schedule`: thread pools, band layout, bucketing.
+//! - [`scan`]: the fused path, [`accumulate_frame`] and the SIMD band scan.
+//! - [`contributions`]: the spxquery 0.4.1 API's contribution lists.
+//! - [`interp`]: dense corner maps from a coarse grid.
+//! - `python` (feature `python`): the `_core` extension module.
+//! - `reference_clipper` (tests only): polygon clipping, the reference the
+//!   exact overlaps are tested against.
 
 // `!(x > 0.0)` is used on purpose throughout: unlike `x <= 0.0` it is also
 // true for NaN, so invalid values are rejected by the same test.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
-pub mod engine;
+pub mod contributions;
+pub mod cube;
+mod culling;
+pub mod droplet;
+pub mod frame;
 pub mod geometry;
 pub mod interp;
 pub mod lanes;
+pub mod params;
+mod prefetch;
+pub mod scan;
+mod schedule;
 pub mod spectral;
 
 #[cfg(feature = "python")]
 mod python;
+
+#[cfg(test)]
+mod engine_tests;
+#[cfg(test)]
+mod reference_clipper;
+
+pub use contributions::{accumulate_contributions, spatial_mapping, Contributions, SpatialMapping};
+pub use cube::{CubeMut, FrameStats};
+pub use frame::FrameView;
+pub use params::{Kernel, Params, Settings};
+pub use scan::accumulate_frame;

@@ -1,14 +1,26 @@
-//! Python bindings (`spxquery.drizzle3d._core`). Shape and value checks become
-//! `ValueError`; a panic is caught and becomes `RuntimeError`. All heavy work
-//! runs with the GIL released.
+//! Python bindings (`spxquery.drizzle3d._core`; types in `_core.pyi`).
+//!
+//! [`EngineParams`] holds the engine's parameters, validated once (a
+//! `ValueError` names the parameter); `DrizzleCube` builds one per cube and
+//! passes it to every call. Every entry point takes keyword arguments only, so
+//! two values cannot be swapped silently. A cube's accumulators come as one
+//! mapping from name to array (`DrizzleCube.accumulators()`), read by
+//! [`CubeArrays`]: an optional accumulator of a later issue is one more
+//! (optional) entry there, and the call sites do not change. Shape and value
+//! checks become `ValueError`; a panic is caught and becomes `RuntimeError`.
+//! All heavy work runs with the GIL released.
 
-use ndarray::Array2;
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray3};
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use ndarray::{Array2, Dimension};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray, PyReadwriteArray3};
+use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
 
-use crate::engine::{self, Contributions, CubeMut, FrameView, Kernel, Params};
-use crate::{interp, spectral};
+use crate::contributions::{self, Contributions};
+use crate::cube::{CubeMut, FrameStats};
+use crate::frame::FrameView;
+use crate::params::{Kernel, Params, Settings};
+use crate::{interp, scan, spectral};
 
 /// Runs `f` with the GIL released and turns a panic into a RuntimeError.
 fn run_detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> Result<T, String> + Send) -> PyResult<T> {
@@ -27,8 +39,247 @@ fn run_detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> Result<
     }
 }
 
-fn slice_of<'a, T: numpy::Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
+fn slice_of<'a, T: Element>(a: &'a PyReadonlyArray1<'_, T>, name: &str) -> PyResult<&'a [T]> {
     a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array")))
+}
+
+/// The engine's parameters for one cube, validated once (see `_core.pyi`).
+#[pyclass(frozen, module = "spxquery.drizzle3d._core", name = "EngineParams")]
+pub struct EngineParams {
+    params: Params,
+}
+
+#[pymethods]
+impl EngineParams {
+    #[new]
+    #[pyo3(signature = (*, z_edges, xy_shrink, z_shrink, ivar_max, min_overlap, kernel))]
+    fn new(z_edges: Vec<f64>, xy_shrink: f64, z_shrink: f64, ivar_max: f64, min_overlap: f64, kernel: &str) -> PyResult<Self> {
+        let kernel = Kernel::parse(kernel).map_err(PyValueError::new_err)?;
+        let settings = Settings { z_edges, xy_shrink, z_shrink, ivar_max, min_overlap, kernel };
+        Ok(EngineParams { params: Params::new(settings).map_err(PyValueError::new_err)? })
+    }
+
+    /// Output wavelength bin edges (um), a copy.
+    #[getter]
+    fn z_edges<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<f64>> {
+        PyArray1::from_slice(py, &self.params.z_edges)
+    }
+
+    #[getter]
+    fn xy_shrink(&self) -> f64 {
+        self.params.xy_shrink
+    }
+
+    #[getter]
+    fn z_shrink(&self) -> f64 {
+        self.params.z_shrink
+    }
+
+    #[getter]
+    fn ivar_max(&self) -> f64 {
+        self.params.ivar_max
+    }
+
+    #[getter]
+    fn min_overlap(&self) -> f64 {
+        self.params.min_overlap
+    }
+
+    #[getter]
+    fn kernel(&self) -> &'static str {
+        self.params.kernel.name()
+    }
+
+    /// Number of output wavelength planes.
+    #[getter]
+    fn n_z(&self) -> usize {
+        self.params.n_z()
+    }
+
+    /// The keyword arguments that rebuild this object.
+    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("z_edges", self.params.z_edges.clone())?;
+        d.set_item("xy_shrink", self.params.xy_shrink)?;
+        d.set_item("z_shrink", self.params.z_shrink)?;
+        d.set_item("ivar_max", self.params.ivar_max)?;
+        d.set_item("min_overlap", self.params.min_overlap)?;
+        d.set_item("kernel", self.params.kernel.name())?;
+        Ok(d)
+    }
+
+    /// Pickling (e.g. to dask workers): rebuilt from its keyword arguments.
+    fn __getnewargs_ex__<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyTuple>, Bound<'py, PyDict>)> {
+        Ok((PyTuple::empty(py), self.as_dict(py)?))
+    }
+
+    fn __repr__(&self) -> String {
+        let p = &self.params;
+        format!(
+            "EngineParams(n_z={}, z_edges=[{} .. {}], xy_shrink={}, z_shrink={}, ivar_max={}, min_overlap={}, kernel={:?})",
+            p.n_z(),
+            p.z_edges[0],
+            p.z_edges[p.n_z()],
+            p.xy_shrink,
+            p.z_shrink,
+            p.ivar_max,
+            p.min_overlap,
+            p.kernel.name()
+        )
+    }
+}
+
+/// Array `name` of the mapping `cube`, writable; errors name the array.
+fn cube_array<'py, T: Element, D: Dimension>(cube: &Bound<'py, PyAny>, name: &str) -> PyResult<PyReadwriteArray<'py, T, D>> {
+    let value = cube.get_item(name).map_err(|_| PyKeyError::new_err(format!("cube has no accumulator {name:?}")))?;
+    value.extract::<PyReadwriteArray<'py, T, D>>().map_err(|e| {
+        let py = cube.py();
+        PyErr::from_type(e.get_type(py), format!("cube array {name}: {}", e.value(py)))
+    })
+}
+
+/// The accumulators of a cube, from a mapping of name -> array (the names of
+/// the `DrizzleCube` fields). An optional accumulator joins as an `Option`
+/// field read when its name is in the mapping, and as an `Option` in
+/// [`CubeMut`].
+struct CubeArrays<'py> {
+    flux_weighted: PyReadwriteArray3<'py, f64>,
+    weight_total: PyReadwriteArray3<'py, f64>,
+    var_accum: PyReadwriteArray3<'py, f64>,
+    count_map: PyReadwriteArray3<'py, u32>,
+    and_mask: PyReadwriteArray3<'py, u32>,
+    or_mask: PyReadwriteArray3<'py, u32>,
+}
+
+impl<'py> CubeArrays<'py> {
+    fn extract(cube: &Bound<'py, PyAny>) -> PyResult<Self> {
+        Ok(CubeArrays {
+            flux_weighted: cube_array(cube, "flux_weighted")?,
+            weight_total: cube_array(cube, "weight_total")?,
+            var_accum: cube_array(cube, "var_accum")?,
+            count_map: cube_array(cube, "count_map")?,
+            and_mask: cube_array(cube, "and_mask")?,
+            or_mask: cube_array(cube, "or_mask")?,
+        })
+    }
+
+    fn view(&mut self) -> CubeMut<'_> {
+        CubeMut {
+            flux: self.flux_weighted.as_array_mut(),
+            weight: self.weight_total.as_array_mut(),
+            var: self.var_accum.as_array_mut(),
+            count: self.count_map.as_array_mut(),
+            and_mask: self.and_mask.as_array_mut(),
+            or_mask: self.or_mask.as_array_mut(),
+        }
+    }
+}
+
+/// `(n_pixels, n_contributions, planes)` of a call.
+type Stats<'py> = (u64, u64, Bound<'py, PyArray1<bool>>);
+
+fn stats_of(py: Python<'_>, s: FrameStats) -> Stats<'_> {
+    (s.n_pixels, s.n_contributions, s.planes.into_pyarray(py))
+}
+
+/// Drizzles one frame (or crop, or strip of rows) into the cube's
+/// accumulators in place, straight from its corner map.
+#[pyfunction]
+#[pyo3(signature = (*, cube, params, corners_x, corners_y, image, variance, flags, lambda_c, delta_lambda, exclude_mask=None, threads=0))]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_frame<'py>(
+    py: Python<'py>,
+    cube: &Bound<'py, PyAny>,
+    params: &Bound<'py, EngineParams>,
+    corners_x: PyReadonlyArray2<'py, f64>,
+    corners_y: PyReadonlyArray2<'py, f64>,
+    image: PyReadonlyArray2<'py, f64>,
+    variance: PyReadonlyArray2<'py, f64>,
+    flags: PyReadonlyArray2<'py, u32>,
+    lambda_c: PyReadonlyArray2<'py, f64>,
+    delta_lambda: PyReadonlyArray2<'py, f64>,
+    exclude_mask: Option<PyReadonlyArray2<'py, bool>>,
+    threads: usize,
+) -> PyResult<Stats<'py>> {
+    let p = &params.get().params;
+    let mut arrays = CubeArrays::extract(cube)?;
+    let cube = arrays.view();
+    let frame = FrameView {
+        corners_x: corners_x.as_array(),
+        corners_y: corners_y.as_array(),
+        image: image.as_array(),
+        variance: variance.as_array(),
+        flags: flags.as_array(),
+        lambda_c: lambda_c.as_array(),
+        delta_lambda: delta_lambda.as_array(),
+        exclude: exclude_mask.as_ref().map(|e| e.as_array()),
+    };
+    let stats = run_detached(py, "accumulate_frame", move || scan::accumulate_frame(cube, &frame, p, threads))?;
+    Ok(stats_of(py, stats))
+}
+
+/// Accumulates a flat contribution list (the spxquery 0.4.1 API) in place.
+#[pyfunction]
+#[pyo3(signature = (*, cube, params, image, variance, flags, lambda_c, delta_lambda, pixel_idx, out_y, out_x, f_xy,
+                    exclude_mask=None, threads=0))]
+#[allow(clippy::too_many_arguments)]
+fn accumulate_contributions<'py>(
+    py: Python<'py>,
+    cube: &Bound<'py, PyAny>,
+    params: &Bound<'py, EngineParams>,
+    image: PyReadonlyArray1<'py, f64>,
+    variance: PyReadonlyArray1<'py, f64>,
+    flags: PyReadonlyArray1<'py, u32>,
+    lambda_c: PyReadonlyArray1<'py, f64>,
+    delta_lambda: PyReadonlyArray1<'py, f64>,
+    pixel_idx: PyReadonlyArray1<'py, i64>,
+    out_y: PyReadonlyArray1<'py, i32>,
+    out_x: PyReadonlyArray1<'py, i32>,
+    f_xy: PyReadonlyArray1<'py, f64>,
+    exclude_mask: Option<PyReadonlyArray1<'py, bool>>,
+    threads: usize,
+) -> PyResult<Stats<'py>> {
+    let p = &params.get().params;
+    let mut arrays = CubeArrays::extract(cube)?;
+    let cube = arrays.view();
+    let c = Contributions {
+        image: image.as_array(),
+        variance: variance.as_array(),
+        flags: flags.as_array(),
+        lambda_c: lambda_c.as_array(),
+        delta_lambda: delta_lambda.as_array(),
+        exclude: exclude_mask.as_ref().map(|e| e.as_array()),
+        pixel_idx: pixel_idx.as_array(),
+        out_y: out_y.as_array(),
+        out_x: out_x.as_array(),
+        f_xy: f_xy.as_array(),
+    };
+    let stats = run_detached(py, "accumulate_contributions", move || contributions::accumulate_contributions(cube, &c, p, threads))?;
+    Ok(stats_of(py, stats))
+}
+
+/// The flat mapping of the spxquery 0.4.1 API from a corner map:
+/// `(valid (ny, nx) bool, pixel_idx int64, out_y int32, out_x int32, f_xy float64)`.
+#[pyfunction]
+#[pyo3(signature = (*, corners_x, corners_y, out_ny, out_nx, xy_shrink, kernel, threads=0))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn spatial_mapping<'py>(
+    py: Python<'py>,
+    corners_x: PyReadonlyArray2<'py, f64>,
+    corners_y: PyReadonlyArray2<'py, f64>,
+    out_ny: usize,
+    out_nx: usize,
+    xy_shrink: f64,
+    kernel: &str,
+    threads: usize,
+) -> PyResult<(Bound<'py, PyArray2<bool>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<f64>>)>
+{
+    let kernel = Kernel::parse(kernel).map_err(PyValueError::new_err)?;
+    let (cx, cy) = (corners_x.as_array(), corners_y.as_array());
+    let shape = (cx.dim().0.saturating_sub(1), cx.dim().1.saturating_sub(1));
+    let m = run_detached(py, "spatial_mapping", move || contributions::spatial_mapping(cx, cy, out_ny, out_nx, xy_shrink, kernel, threads))?;
+    let valid = Array2::from_shape_vec(shape, m.valid).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok((valid.into_pyarray(py), m.pixel_idx.into_pyarray(py), m.out_y.into_pyarray(py), m.out_x.into_pyarray(py), m.f_xy.into_pyarray(py)))
 }
 
 /// Output bin indices and fractions.
@@ -37,6 +288,7 @@ type BinFractions<'py> = (Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<f64>>);
 /// Spectral overlaps of one top-hat `[lambda_c ± delta_lambda*z_shrink/2]` (um)
 /// with the bins given by `z_edges` (um). Returns `(z_idx int32, f_z float64)`.
 #[pyfunction]
+#[pyo3(signature = (*, lambda_c, delta_lambda, z_shrink, z_edges))]
 fn spectral_overlaps<'py>(
     py: Python<'py>,
     lambda_c: f64,
@@ -55,158 +307,11 @@ fn spectral_overlaps<'py>(
 /// Dense `(ny, nx)` grid from a coarse grid by Catmull-Rom interpolation;
 /// coarse node `(a, b)` lies at dense index `((a-1)*step, (b-1)*step)`.
 #[pyfunction]
+#[pyo3(signature = (*, coarse, step, ny, nx))]
 fn densify<'py>(py: Python<'py>, coarse: PyReadonlyArray2<'py, f64>, step: usize, ny: usize, nx: usize) -> PyResult<Bound<'py, PyArray2<f64>>> {
     let c = coarse.as_array();
     let out: Array2<f64> = run_detached(py, "densify", move || interp::densify(c, step, ny, nx))?;
     Ok(out.into_pyarray(py))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn params(z_edges: &[f64], xy_shrink: f64, z_shrink: f64, ivar_max: f64, min_overlap: f64, kernel: &str, exclude_bits: u32) -> PyResult<Params> {
-    let kernel = Kernel::parse(kernel).map_err(PyValueError::new_err)?;
-    Ok(Params { z_edges: z_edges.to_vec(), xy_shrink, z_shrink, ivar_max, min_overlap, kernel, exclude_bits })
-}
-
-/// The six accumulators of a cube as mutable views.
-fn cube_mut<'a>(
-    flux: &'a mut PyReadwriteArray3<'_, f64>,
-    weight: &'a mut PyReadwriteArray3<'_, f64>,
-    var: &'a mut PyReadwriteArray3<'_, f64>,
-    count: &'a mut PyReadwriteArray3<'_, u32>,
-    and_mask: &'a mut PyReadwriteArray3<'_, u32>,
-    or_mask: &'a mut PyReadwriteArray3<'_, u32>,
-) -> CubeMut<'a> {
-    CubeMut {
-        flux: flux.as_array_mut(),
-        weight: weight.as_array_mut(),
-        var: var.as_array_mut(),
-        count: count.as_array_mut(),
-        and_mask: and_mask.as_array_mut(),
-        or_mask: or_mask.as_array_mut(),
-    }
-}
-
-/// Drizzles one frame (or crop) into the cube accumulators in place.
-/// Returns `(n_pixels, n_contributions, planes)`; `planes[k]` is True when
-/// plane `k` received anything.
-#[pyfunction]
-#[pyo3(signature = (flux, weight, var, count, and_mask, or_mask, corners_x, corners_y, image, variance, flags,
-                    lambda_c, delta_lambda, z_edges, xy_shrink, z_shrink, ivar_max, min_overlap, kernel,
-                    exclude_bits=0, exclude_mask=None, threads=0))]
-#[allow(clippy::too_many_arguments)]
-fn drizzle_frame<'py>(
-    py: Python<'py>,
-    mut flux: PyReadwriteArray3<'py, f64>,
-    mut weight: PyReadwriteArray3<'py, f64>,
-    mut var: PyReadwriteArray3<'py, f64>,
-    mut count: PyReadwriteArray3<'py, u32>,
-    mut and_mask: PyReadwriteArray3<'py, u32>,
-    mut or_mask: PyReadwriteArray3<'py, u32>,
-    corners_x: PyReadonlyArray2<'py, f64>,
-    corners_y: PyReadonlyArray2<'py, f64>,
-    image: PyReadonlyArray2<'py, f64>,
-    variance: PyReadonlyArray2<'py, f64>,
-    flags: PyReadonlyArray2<'py, u32>,
-    lambda_c: PyReadonlyArray2<'py, f64>,
-    delta_lambda: PyReadonlyArray2<'py, f64>,
-    z_edges: PyReadonlyArray1<'py, f64>,
-    xy_shrink: f64,
-    z_shrink: f64,
-    ivar_max: f64,
-    min_overlap: f64,
-    kernel: &str,
-    exclude_bits: u32,
-    exclude_mask: Option<PyReadonlyArray2<'py, bool>>,
-    threads: usize,
-) -> PyResult<(u64, u64, Bound<'py, PyArray1<bool>>)> {
-    let p = params(slice_of(&z_edges, "z_edges")?, xy_shrink, z_shrink, ivar_max, min_overlap, kernel, exclude_bits)?;
-    let cube = cube_mut(&mut flux, &mut weight, &mut var, &mut count, &mut and_mask, &mut or_mask);
-    let frame = FrameView {
-        corners_x: corners_x.as_array(),
-        corners_y: corners_y.as_array(),
-        image: image.as_array(),
-        variance: variance.as_array(),
-        flags: flags.as_array(),
-        lambda_c: lambda_c.as_array(),
-        delta_lambda: delta_lambda.as_array(),
-        exclude: exclude_mask.as_ref().map(|e| e.as_array()),
-    };
-    let stats = run_detached(py, "drizzle_frame", move || engine::drizzle_frame(cube, &frame, &p, threads))?;
-    Ok((stats.n_pixels, stats.n_contributions, stats.planes.into_pyarray(py)))
-}
-
-/// Seed-compatible flat mapping from a corner map: returns
-/// `(valid (ny, nx) bool, pixel_idx int64, out_y int32, out_x int32, f_xy float64)`.
-#[pyfunction]
-#[pyo3(signature = (corners_x, corners_y, out_ny, out_nx, xy_shrink, kernel, threads=0))]
-#[allow(clippy::type_complexity, clippy::too_many_arguments)]
-fn spatial_mapping<'py>(
-    py: Python<'py>,
-    corners_x: PyReadonlyArray2<'py, f64>,
-    corners_y: PyReadonlyArray2<'py, f64>,
-    out_ny: usize,
-    out_nx: usize,
-    xy_shrink: f64,
-    kernel: &str,
-    threads: usize,
-) -> PyResult<(Bound<'py, PyArray2<bool>>, Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<i32>>, Bound<'py, PyArray1<f64>>)>
-{
-    let kernel = Kernel::parse(kernel).map_err(PyValueError::new_err)?;
-    let (cx, cy) = (corners_x.as_array(), corners_y.as_array());
-    let shape = (cx.dim().0.saturating_sub(1), cx.dim().1.saturating_sub(1));
-    let m = run_detached(py, "spatial_mapping", move || engine::spatial_mapping(cx, cy, out_ny, out_nx, xy_shrink, kernel, threads))?;
-    let valid = Array2::from_shape_vec(shape, m.valid).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-    Ok((valid.into_pyarray(py), m.pixel_idx.into_pyarray(py), m.out_y.into_pyarray(py), m.out_x.into_pyarray(py), m.f_xy.into_pyarray(py)))
-}
-
-/// Seed-compatible accumulation of a flat contribution list (1-D per-pixel arrays).
-#[pyfunction]
-#[pyo3(signature = (flux, weight, var, count, and_mask, or_mask, image, variance, flags, lambda_c, delta_lambda,
-                    pixel_idx, out_y, out_x, f_xy, z_edges, z_shrink, ivar_max, min_overlap,
-                    exclude_bits=0, exclude_mask=None, threads=0))]
-#[allow(clippy::too_many_arguments)]
-fn accumulate_contributions<'py>(
-    py: Python<'py>,
-    mut flux: PyReadwriteArray3<'py, f64>,
-    mut weight: PyReadwriteArray3<'py, f64>,
-    mut var: PyReadwriteArray3<'py, f64>,
-    mut count: PyReadwriteArray3<'py, u32>,
-    mut and_mask: PyReadwriteArray3<'py, u32>,
-    mut or_mask: PyReadwriteArray3<'py, u32>,
-    image: PyReadonlyArray1<'py, f64>,
-    variance: PyReadonlyArray1<'py, f64>,
-    flags: PyReadonlyArray1<'py, u32>,
-    lambda_c: PyReadonlyArray1<'py, f64>,
-    delta_lambda: PyReadonlyArray1<'py, f64>,
-    pixel_idx: PyReadonlyArray1<'py, i64>,
-    out_y: PyReadonlyArray1<'py, i32>,
-    out_x: PyReadonlyArray1<'py, i32>,
-    f_xy: PyReadonlyArray1<'py, f64>,
-    z_edges: PyReadonlyArray1<'py, f64>,
-    z_shrink: f64,
-    ivar_max: f64,
-    min_overlap: f64,
-    exclude_bits: u32,
-    exclude_mask: Option<PyReadonlyArray1<'py, bool>>,
-    threads: usize,
-) -> PyResult<(u64, u64, Bound<'py, PyArray1<bool>>)> {
-    // xy_shrink does not enter here (f_xy is given); any valid value will do.
-    let p = params(slice_of(&z_edges, "z_edges")?, 1.0, z_shrink, ivar_max, min_overlap, "square", exclude_bits)?;
-    let cube = cube_mut(&mut flux, &mut weight, &mut var, &mut count, &mut and_mask, &mut or_mask);
-    let c = Contributions {
-        image: image.as_array(),
-        variance: variance.as_array(),
-        flags: flags.as_array(),
-        lambda_c: lambda_c.as_array(),
-        delta_lambda: delta_lambda.as_array(),
-        exclude: exclude_mask.as_ref().map(|e| e.as_array()),
-        pixel_idx: pixel_idx.as_array(),
-        out_y: out_y.as_array(),
-        out_x: out_x.as_array(),
-        f_xy: f_xy.as_array(),
-    };
-    let stats = run_detached(py, "accumulate_contributions", move || engine::accumulate_contributions(cube, &c, &p, threads))?;
-    Ok((stats.n_pixels, stats.n_contributions, stats.planes.into_pyarray(py)))
 }
 
 /// Test hook: panics inside the detached, panic-guarded section, to show that a
@@ -218,11 +323,12 @@ fn _panic_for_test(py: Python<'_>, message: String) -> PyResult<()> {
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<EngineParams>()?;
+    m.add_function(wrap_pyfunction!(accumulate_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(accumulate_contributions, m)?)?;
+    m.add_function(wrap_pyfunction!(spatial_mapping, m)?)?;
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;
     m.add_function(wrap_pyfunction!(densify, m)?)?;
-    m.add_function(wrap_pyfunction!(drizzle_frame, m)?)?;
-    m.add_function(wrap_pyfunction!(spatial_mapping, m)?)?;
-    m.add_function(wrap_pyfunction!(accumulate_contributions, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

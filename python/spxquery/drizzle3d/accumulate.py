@@ -6,13 +6,19 @@ Weight of one contribution of input pixel ``i`` to voxel ``(k, y, x)``:
 ``var_accum = Σ w² σ²``, ``count_map`` (uint32, contributing input pixels),
 ``and_mask`` / ``or_mask`` (uint32 AND / OR of the input FLAGS; AND is 0 where
 nothing landed). Results are bit-for-bit identical for any thread count.
+
+The engine's parameters (wavelength bin edges, shrink factors, ``ivar_max``,
+``min_overlap``, kernel) are validated once per cube into a
+``_core.EngineParams`` (:attr:`DrizzleCube.engine_params`) that every call hands
+to Rust; the accumulators go to Rust as one mapping
+(:meth:`DrizzleCube.accumulators`).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 from astropy.wcs import WCS
@@ -53,10 +59,12 @@ class DrizzleCube:
     detector: int
     n_inputs: int = 0
     n_rejected: int = 0
-    n_input_sc: Optional[np.ndarray] = None
+    n_input_sc: np.ndarray | None = None
     """(n_z,) uint32: input frames that contributed to each plane."""
-    frame_log: List[Dict[str, Any]] = field(default_factory=list)
+    frame_log: list[dict[str, Any]] = field(default_factory=list)
     """One entry per contributing frame: name, zodi_scale, n_pixels, ..."""
+    _engine: tuple[tuple, _core.EngineParams] | None = field(default=None, init=False, repr=False, compare=False)
+    """The engine parameters and the settings they were built from (see :attr:`engine_params`)."""
 
     def __post_init__(self) -> None:
         if self.n_input_sc is None:
@@ -86,17 +94,40 @@ class DrizzleCube:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(self.weight_total > 0, self.var_accum / self.weight_total**2, np.nan)
 
-    def finalize_masks(self) -> None:
-        """Seed compatibility: AND_MASK is already 0 wherever nothing landed."""
-        self.and_mask[self.count_map == 0] = 0
+    @property
+    def engine_params(self) -> _core.EngineParams:
+        """The engine's parameters for this cube, validated once (ValueError naming the parameter).
+
+        Built from ``config`` and ``zgrid`` on first use and kept; rebuilt when either is replaced
+        or one of the settings the engine reads changes.
+        """
+        settings = _engine_settings(self.config, self.zgrid)
+        if self._engine is None or not _same_settings(self._engine[0], settings):
+            edges, xy_shrink, z_shrink, ivar_max, min_overlap, kernel = settings
+            params = _core.EngineParams(z_edges=np.ascontiguousarray(edges, dtype=np.float64), xy_shrink=xy_shrink,
+                                        z_shrink=z_shrink, ivar_max=ivar_max, min_overlap=min_overlap, kernel=kernel)
+            self._engine = (settings, params)
+        return self._engine[1]
+
+    def accumulators(self) -> dict[str, np.ndarray]:
+        """The six accumulator arrays by field name, as the engine takes them."""
+        return {
+            "flux_weighted": self.flux_weighted,
+            "weight_total": self.weight_total,
+            "var_accum": self.var_accum,
+            "count_map": self.count_map,
+            "and_mask": self.and_mask,
+            "or_mask": self.or_mask,
+        }
 
     @classmethod
-    def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int) -> "DrizzleCube":
+    def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int) -> DrizzleCube:
         """Allocate an empty cube of ``(zgrid.n_z, config.output_ny(), config.output_nx())``."""
         shape = (zgrid.n_z, config.output_ny(), config.output_nx())
         nbytes = int(np.prod(shape)) * (3 * 8 + 3 * 4)
-        logger.info("D%d: allocating cube %s (%.1f MB of accumulators)", detector, "x".join(map(str, shape)), nbytes / 1e6)
-        return cls(
+        logger.info("D%d: allocating cube %s (%.1f MB of accumulators)", detector, "x".join(map(str, shape)),
+                    nbytes / 1e6)
+        cube = cls(
             wcs=wcs,
             pixscale=pixscale,
             zgrid=zgrid,
@@ -109,16 +140,27 @@ class DrizzleCube:
             config=config,
             detector=detector,
         )
-
-    def _accumulators(self) -> tuple:
-        return (self.flux_weighted, self.weight_total, self.var_accum, self.count_map, self.and_mask, self.or_mask)
+        _ = cube.engine_params  # validated now, not at the first frame
+        return cube
 
     def record_frame(self, n_pixels: int, n_contrib: int, planes: np.ndarray) -> FrameStats:
         """Count one input frame that put ``n_pixels`` pixels into ``planes`` (bool, n_z)."""
         if n_pixels > 0:
+            assert self.n_input_sc is not None  # set in __post_init__
             self.n_inputs += 1
             self.n_input_sc += planes.astype(np.uint32)
         return FrameStats(int(n_pixels), int(n_contrib), planes)
+
+
+def _engine_settings(config: Drizzle3DConfig, zgrid: ZGrid) -> tuple:
+    """What the engine reads from a cube's configuration and spectral grid."""
+    return (zgrid.edges, float(config.xy_shrink), float(config.effective_z_shrink()), float(config.ivar_max),
+            float(config.min_overlap), config.kernel)
+
+
+def _same_settings(a: tuple, b: tuple) -> bool:
+    """The same edges array (the very object, unchanged) and equal scalars."""
+    return a[0] is b[0] and a[1:] == b[1:]
 
 
 def _f64(a: np.ndarray) -> np.ndarray:
@@ -135,7 +177,12 @@ def _u32(flags: np.ndarray) -> np.ndarray:
     return flags.astype(np.int64).astype(np.uint32)
 
 
-def _mask(mask: Optional[np.ndarray]) -> Optional[np.ndarray]:
+def _flat(a: np.ndarray) -> np.ndarray:
+    """A per-pixel array as contiguous float64, flattened row-major."""
+    return np.ascontiguousarray(_f64(a).ravel())
+
+
+def _mask(mask: np.ndarray | None) -> np.ndarray | None:
     return None if mask is None else np.asarray(mask, dtype=bool)
 
 
@@ -148,9 +195,8 @@ def drizzle_frame(
     flags: np.ndarray,
     lambda_c: np.ndarray,
     delta_lambda: np.ndarray,
-    exclude_mask: Optional[np.ndarray] = None,
+    exclude_mask: np.ndarray | None = None,
     *,
-    exclude_bits: int = 0,
     threads: int = 0,
     record: bool = True,
 ) -> FrameStats:
@@ -159,20 +205,16 @@ def drizzle_frame(
     ``image`` (MJy/sr), ``variance`` ((MJy/sr)²), ``flags``, ``lambda_c`` and
     ``delta_lambda`` (um) are ``(ny, nx)``; ``corners_x/y`` are ``(ny+1, nx+1)``
     output positions of the pixel corners (see :mod:`.spatial`). Pixels with
-    ``exclude_mask`` True or any of ``exclude_bits`` set are skipped, as are
-    pixels with non-finite value/wavelength/bandwidth, bandwidth <= 0 or
-    variance <= 0. ``threads=0`` uses all cores (``RAYON_NUM_THREADS``).
+    ``exclude_mask`` True are skipped, as are pixels with non-finite
+    value/wavelength/bandwidth, bandwidth <= 0 or variance <= 0. ``threads=0`` uses all cores (``RAYON_NUM_THREADS``).
     ``record=False`` leaves ``n_inputs`` / ``n_input_sc`` alone (for a frame drizzled
     in several pieces; call :meth:`DrizzleCube.record_frame` once with the totals).
     """
-    cfg = cube.config
-    n_pix, n_con, planes = _core.drizzle_frame(
-        *cube._accumulators(),
-        _f64(corners_x), _f64(corners_y), _f64(image), _f64(variance), _u32(flags),
-        _f64(lambda_c), _f64(delta_lambda),
-        np.ascontiguousarray(cube.zgrid.edges, dtype=np.float64),
-        float(cfg.xy_shrink), float(cfg.effective_z_shrink()), float(cfg.ivar_max), float(cfg.min_overlap),
-        cfg.kernel, int(exclude_bits) & 0xFFFFFFFF, _mask(exclude_mask), int(threads),
+    n_pix, n_con, planes = _core.accumulate_frame(
+        cube=cube.accumulators(), params=cube.engine_params,
+        corners_x=_f64(corners_x), corners_y=_f64(corners_y), image=_f64(image), variance=_f64(variance),
+        flags=_u32(flags), lambda_c=_f64(lambda_c), delta_lambda=_f64(delta_lambda),
+        exclude_mask=_mask(exclude_mask), threads=int(threads),
     )
     if not record:
         return FrameStats(int(n_pix), int(n_con), planes)
@@ -190,24 +232,21 @@ def drizzle_image(
     out_y: np.ndarray,
     out_x: np.ndarray,
     f_xy: np.ndarray,
-    exclude_mask: Optional[np.ndarray] = None,
+    exclude_mask: np.ndarray | None = None,
 ) -> FrameStats:
-    """Accumulate one image from a flat contribution list (seed API), in place.
+    """Accumulate one image from a flat contribution list (spxquery 0.4.1 API), in place.
 
     ``pixel_idx, out_y, out_x, f_xy`` come from
     :func:`.spatial.compute_spatial_mapping`. Same weights and skip rules as
     :func:`drizzle_frame`, which is faster (no contribution arrays).
     """
-    cfg = cube.config
-    flat = lambda a: np.ascontiguousarray(_f64(a).ravel())  # noqa: E731
     mask = _mask(exclude_mask)
     n_pix, n_con, planes = _core.accumulate_contributions(
-        *cube._accumulators(),
-        flat(image), flat(variance), np.ascontiguousarray(_u32(flags).ravel()), flat(lambda_c_map), flat(delta_lambda_map),
-        np.ascontiguousarray(pixel_idx, dtype=np.int64), np.ascontiguousarray(out_y, dtype=np.int32),
-        np.ascontiguousarray(out_x, dtype=np.int32), np.ascontiguousarray(f_xy, dtype=np.float64),
-        np.ascontiguousarray(cube.zgrid.edges, dtype=np.float64),
-        float(cfg.effective_z_shrink()), float(cfg.ivar_max), float(cfg.min_overlap),
-        0, None if mask is None else np.ascontiguousarray(mask.ravel()),
+        cube=cube.accumulators(), params=cube.engine_params,
+        image=_flat(image), variance=_flat(variance), flags=np.ascontiguousarray(_u32(flags).ravel()),
+        lambda_c=_flat(lambda_c_map), delta_lambda=_flat(delta_lambda_map),
+        pixel_idx=np.ascontiguousarray(pixel_idx, dtype=np.int64), out_y=np.ascontiguousarray(out_y, dtype=np.int32),
+        out_x=np.ascontiguousarray(out_x, dtype=np.int32), f_xy=np.ascontiguousarray(f_xy, dtype=np.float64),
+        exclude_mask=None if mask is None else np.ascontiguousarray(mask.ravel()),
     )
     return cube.record_frame(n_pix, n_con, planes)

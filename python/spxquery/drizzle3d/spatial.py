@@ -15,7 +15,6 @@ the interpolation error is far below 1e-3 output pixel (see tests).
 from __future__ import annotations
 
 import logging
-from typing import Tuple
 
 import numpy as np
 from astropy.wcs import WCS
@@ -32,7 +31,7 @@ def _celestial(wcs: WCS) -> WCS:
     return wcs.celestial if wcs.naxis > 2 else wcs
 
 
-def transform_pixels(input_wcs: WCS, output_wcs: WCS, x: np.ndarray, y: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def transform_pixels(input_wcs: WCS, output_wcs: WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact input pixel -> output pixel positions (0-based), SIP included."""
     ra, dec = _celestial(input_wcs).all_pix2world(x, y, 0)
     ox, oy = _celestial(output_wcs).all_world2pix(ra, dec, 0)
@@ -47,7 +46,7 @@ def corner_map(
     nx: int,
     ny: int,
     step: int = DEFAULT_CORNER_STEP,
-) -> Tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """Output positions of the corners of input pixels ``x0..x0+nx-1, y0..y0+ny-1``.
 
     Returns ``(corners_x, corners_y)``, float64, shape ``(ny + 1, nx + 1)``.
@@ -71,20 +70,20 @@ def corner_map(
         # Far off the projection (e.g. beyond 90 deg from the output centre): exact, per corner.
         logger.debug("coarse corner grid has non-finite points; evaluating every corner exactly")
         return corner_map(input_wcs, output_wcs, x0, y0, nx, ny, step=1)
-    cx = _core.densify(np.ascontiguousarray(ox), step, ny + 1, nx + 1)
-    cy = _core.densify(np.ascontiguousarray(oy), step, ny + 1, nx + 1)
+    cx = _core.densify(coarse=np.ascontiguousarray(ox), step=step, ny=ny + 1, nx=nx + 1)
+    cy = _core.densify(coarse=np.ascontiguousarray(oy), step=step, ny=ny + 1, nx=nx + 1)
     return cx, cy
 
 
 def compute_spatial_mapping(
     input_wcs: WCS,
-    input_shape: Tuple[int, int],
+    input_shape: tuple[int, int],
     output_wcs: WCS,
-    output_shape: Tuple[int, int],
+    output_shape: tuple[int, int],
     xy_shrink: float,
     kernel: str = "square",
-) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For each input pixel, the output pixels its droplet touches (seed API).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each input pixel, the output pixels its droplet touches (spxquery 0.4.1 API).
 
     Returns ``(valid_mask (ny_in, nx_in) bool, pixel_idx int64, out_y int32,
     out_x int32, f_xy float64)``: contribution ``k`` sends the fraction
@@ -98,7 +97,8 @@ def compute_spatial_mapping(
     ny_in, nx_in = (int(v) for v in input_shape)
     ny_out, nx_out = (int(v) for v in output_shape)
     cx, cy = corner_map(input_wcs, output_wcs, 0, 0, nx_in, ny_in)
-    return _core.spatial_mapping(cx, cy, ny_out, nx_out, float(xy_shrink), kernel)
+    return _core.spatial_mapping(corners_x=cx, corners_y=cy, out_ny=ny_out, out_nx=nx_out, xy_shrink=float(xy_shrink),
+                                 kernel=kernel)
 
 
 def compute_spectral_overlaps(
@@ -108,8 +108,8 @@ def compute_spectral_overlaps(
     z_edges: np.ndarray,
     z_centers: np.ndarray | None = None,
     z_widths: np.ndarray | None = None,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """Overlaps of one input pixel's spectral top-hat with the output bins (seed API).
+) -> tuple[np.ndarray, np.ndarray]:
+    """Overlaps of one input pixel's spectral top-hat with the output bins (spxquery 0.4.1 API).
 
     The top-hat spans ``lambda_c ± delta_lambda * z_shrink / 2`` (um). Returns
     ``(z_idx int32, f_z float64)`` with ``f_z`` = overlap length / top-hat width.
@@ -118,4 +118,5 @@ def compute_spectral_overlaps(
     accepted for compatibility and not needed.
     """
     edges = np.ascontiguousarray(z_edges, dtype=np.float64)
-    return _core.spectral_overlaps(float(lambda_c), float(delta_lambda), float(z_shrink), edges)
+    return _core.spectral_overlaps(lambda_c=float(lambda_c), delta_lambda=float(delta_lambda), z_shrink=float(z_shrink),
+                                   z_edges=edges)

@@ -1,0 +1,561 @@
+//! The fused path: [`accumulate_frame`] drizzles a frame (or crop) straight
+//! from its corner map into the cube, one band of output rows per thread.
+//!
+//! Within a band, input pixels are visited in increasing input index, so every
+//! voxel sums its contributions in the same order for any thread count, band
+//! layout or strip of rows: the result is bit-for-bit reproducible.
+//! [`BandTask`] is one band's work: the SIMD block scan ([`BandTask::block`],
+//! footprints from [`crate::lanes`]), the scalar path for the rest
+//! ([`BandTask::pixel`]), the fast landing of droplets inside the band and grid
+//! ([`BandTask::land_cells`], with the cube prefetched ahead) and the general
+//! one ([`BandTask::land`]). The scan is compiled for AVX-512, AVX2 and
+//! portable code ([`Isa`]), all giving the same bits.
+
+use std::sync::Mutex;
+
+use crate::cube::{Band, CubeMut, FrameStats};
+use crate::culling::{live_blocks, LiveBlock, BLOCK};
+use crate::droplet::{make_droplet, reach, Droplet};
+use crate::frame::{pixel_value, FrameRow, FrameView, PixelValue, RawRow};
+use crate::geometry::{bilinear_footprint_2x2, ffloor, fmax, fmin, for_each_cell, for_each_quad_overlap, quad_footprint_2x2};
+use crate::lanes::{footprints, footprints_medium, Lane, Shape, LANES};
+use crate::params::{Kernel, Params};
+use crate::schedule::{band_starts, bucket_by_band, merge_stats, pool_of, run_indexed};
+use crate::spectral;
+
+/// Input rows ahead of the current one whose pixels are prefetched: the scan
+/// reads each row's live part only (a few KiB per array), too short for the
+/// hardware prefetcher to pick up each new row in time (~4% faster).
+const INPUT_AHEAD: usize = 2;
+
+/// Input rows ahead of the current one whose cube cells are prefetched: the
+/// droplets of the next rows land on cells next to this row's, and those that
+/// no earlier row touched come from main memory when the cube is not in the
+/// cache (as in a pipeline, where reading files evicts it between frames).
+/// Measured on one frame of the kernel benchmark: 8.0 ms prefetching the
+/// pixel's own cells, 7.5 ms one row ahead, 6.2 ms two rows ahead (three to
+/// five alike).
+const CUBE_AHEAD: usize = 2;
+
+/// Drizzles one frame (or crop, or strip of rows) into the cube: the fused
+/// entry point. Returns what was deposited; cube, frame and parameters that do
+/// not fit each other are an error naming the array.
+///
+/// `threads`: the calling thread and `threads - 1` pool workers; `0`: as many
+/// threads as rayon's global pool has (`RAYON_NUM_THREADS`).
+pub fn accumulate_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threads: usize) -> Result<FrameStats, String> {
+    accumulate_frame_with(cube, frame, p, threads, Isa::widest())
+}
+
+/// [`accumulate_frame`] with the band scan built for `isa` at most (tests
+/// compare the builds; all give the same bits).
+pub(crate) fn accumulate_frame_with(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threads: usize, isa: Isa) -> Result<FrameStats, String> {
+    let (nz, ny_out, nx_out) = cube.shape()?;
+    p.check_planes(nz)?;
+    let (ny, nx) = frame.check()?;
+    if ny.checked_mul(nx).is_none_or(|n| n > u32::MAX as usize) {
+        return Err(format!("input of {ny} x {nx} pixels is too large"));
+    }
+    if nz == 0 || ny_out == 0 || nx_out == 0 || ny == 0 || nx == 0 {
+        return Ok(FrameStats { n_pixels: 0, n_contributions: 0, planes: vec![false; nz] });
+    }
+    let isa = isa.min(Isa::widest());
+    let m = reach(p.kernel);
+    // The calling thread and `threads - 1` pool workers (see `run_indexed`).
+    let threads = if threads == 0 { rayon::current_num_threads() } else { threads };
+    let pool = if threads > 1 { Some(pool_of(threads - 1)?) } else { None };
+    let helpers = pool.as_deref();
+    let mut blocks = live_blocks(frame, m, ny_out, nx_out, helpers);
+    blocks.sort_unstable_by_key(|b| (b.j0, b.i0));
+    let starts = band_starts(ny_out, threads, blocks.iter().map(|b| (b.row_lo, b.row_hi)));
+    let n_bands = starts.len() - 1;
+    let band_of = |r: u32| starts.partition_point(|&s| s <= r as usize) as u32 - 1;
+    let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (band_of(blocks[b].row_lo), band_of(blocks[b].row_hi)));
+    let bands: Vec<Mutex<Option<Band<'_>>>> = cube.into_bands_at(&starts).into_iter().map(|b| Mutex::new(Some(b))).collect();
+    let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = run_indexed(helpers, bands.len(), |b| {
+        let band = bands[b].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each band is taken once");
+        let mut task = BandTask::new(band, p, m, ny_out, nx_out, isa);
+        let shared = task.scan(frame, &blocks, &items[offsets[b]..offsets[b + 1]]);
+        (task.n_pixels, task.n_contributions, task.planes, shared)
+    });
+    // Pixels that may reach several bands are counted once.
+    let mut shared: Vec<u32> = parts.iter().flat_map(|t| t.3.iter().copied()).collect();
+    shared.sort_unstable();
+    shared.dedup();
+    let n_pixels = shared.len() as u64 + parts.iter().map(|t| t.0).sum::<u64>();
+    Ok(merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _)| (nc, pl)), n_pixels))
+}
+
+/// The instruction sets the band scan is compiled for, narrowest first. The
+/// builds run the same arithmetic, so they give the same bits (tested).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Isa {
+    Portable,
+    Avx2,
+    /// AVX2 code with the AVX-512 registers (32 vector registers, mask registers).
+    Avx512,
+}
+
+impl Isa {
+    /// The widest build this CPU runs.
+    pub(crate) fn widest() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") && has!("avx512dq") && has!("avx512vl") {
+                return Isa::Avx512;
+            }
+            if has!("avx2") {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+}
+
+/// Where a droplet lands: within the 2 x 2 output pixels from `(r0, c0)` with
+/// fractions `f[a][b]`, within 3 x 3, or a larger square droplet `(qx, qy, area)`.
+enum Spot {
+    Cells(isize, isize, [[f64; 2]; 2]),
+    /// Within the 3 x 3 output pixels from `(r0, c0)`, `f[a][b]` for `(r0 + a, c0 + b)`.
+    Cells3(isize, isize, [[f64; 3]; 3]),
+    Quad([f64; 4], [f64; 4], f64),
+}
+
+/// One band's task in [`accumulate_frame`]: its slice of the cube and what it has
+/// deposited.
+struct BandTask<'a, 'p> {
+    band: Band<'a>,
+    p: &'p Params,
+    /// See [`reach`].
+    m: f64,
+    ny_out: usize,
+    nx_out: usize,
+    /// Smallest weight fraction that is deposited.
+    negligible: f64,
+    /// [`Params::keep_from`].
+    keep_from: f64,
+    /// Spectral overlaps `(plane, f_z)` of the current pixel: the first
+    /// `n_zov` entries (room for one per plane, so filling it never allocates).
+    zov_buf: Vec<(usize, f64)>,
+    n_zov: usize,
+    /// First plane of the previous pixel (a search hint).
+    z_hint: usize,
+    /// Input pixels that deposited and can reach only this band.
+    n_pixels: u64,
+    n_contributions: u64,
+    planes: Vec<bool>,
+    /// Per plane, the cube offset / 8 of the last prefetch (see [`CUBE_AHEAD`]).
+    pf_last: Vec<isize>,
+    /// The build of the scan: at most [`Isa::widest`].
+    isa: Isa,
+}
+
+impl<'a, 'p> BandTask<'a, 'p> {
+    fn new(band: Band<'a>, p: &'p Params, m: f64, ny_out: usize, nx_out: usize, isa: Isa) -> Self {
+        let negligible = match p.kernel {
+            Kernel::Square => crate::geometry::NEGLIGIBLE,
+            Kernel::Bilinear => 0.0,
+        };
+        let nz = band.nz;
+        // The fast path relies on this: spectral overlaps name planes below
+        // `p.n_z()`, so they index the cube and the per-plane buffers unchecked.
+        assert_eq!(nz, p.n_z(), "cube planes vs z_edges");
+        BandTask {
+            band,
+            p,
+            m,
+            ny_out,
+            nx_out,
+            negligible,
+            keep_from: p.keep_from(),
+            zov_buf: vec![(0, 0.0); nz],
+            n_zov: 0,
+            z_hint: 0,
+            n_pixels: 0,
+            n_contributions: 0,
+            planes: vec![false; nz],
+            pf_last: vec![isize::MIN; nz],
+            isa,
+        }
+    }
+
+    /// Drizzles the band's blocks `mine` (indices into `blocks`, sorted) of the
+    /// checked `frame`; returns the input pixels that deposited here and may
+    /// also reach another band. Uses the build `self.isa` (same bits in each).
+    fn scan(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        match self.isa {
+            // SAFETY: the CPU supports these features (`isa` is at most `Isa::widest()`).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { self.scan_avx512(frame, blocks, mine) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { self.scan_avx2(frame, blocks, mine) },
+            _ => self.scan_any(frame, blocks, mine),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn scan_avx2(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        self.scan_any(frame, blocks, mine)
+    }
+
+    /// The AVX2 build with the AVX-512 instruction set (32 vector registers,
+    /// mask registers): same arithmetic, so the same bits as the other builds.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl")]
+    fn scan_avx512(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        self.scan_any(frame, blocks, mine)
+    }
+
+    #[inline(always)]
+    fn scan_any(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        let (ny, nx) = frame.image.dim();
+        // The SIMD block path reads rows with unit stride (else pixel by pixel).
+        let unit = [frame.corners_x.strides()[1], frame.corners_y.strides()[1], frame.image.strides()[1], frame.variance.strides()[1]]
+            .into_iter()
+            .chain([frame.flags.strides()[1], frame.lambda_c.strides()[1], frame.delta_lambda.strides()[1]])
+            .chain(frame.exclude.as_ref().map(|e| e.strides()[1]))
+            .all(|st| st == 1);
+        let mut shared = Vec::new();
+        // Row-major over the band's blocks: one block row at a time, each
+        // input row across all of its live blocks (sequential reads).
+        for group in mine.chunk_by(|&x, &y| blocks[x as usize].j0 == blocks[y as usize].j0) {
+            let j0 = blocks[group[0] as usize].j0 as usize;
+            for j in j0..(j0 + BLOCK).min(ny) {
+                // SAFETY: the frame was checked by the caller; j and i are inside it.
+                let row = unsafe { FrameRow::new(frame, j) };
+                // The same columns a few rows further on, fetched ahead (see `block`).
+                let ahead = (j + INPUT_AHEAD < ny).then(|| unsafe { FrameRow::new(frame, j + INPUT_AHEAD) });
+                for &bi in group {
+                    let i0 = blocks[bi as usize].i0 as usize;
+                    if let Some(a) = &ahead {
+                        a.prefetch(i0);
+                    }
+                    if unit && i0 + BLOCK <= nx {
+                        unsafe { self.block(&row, i0, j * nx, &mut shared) };
+                        continue;
+                    }
+                    for i in i0..(i0 + BLOCK).min(nx) {
+                        if unsafe { self.pixel(&row, i) } {
+                            shared.push((j * nx + i) as u32);
+                        }
+                    }
+                }
+            }
+        }
+        shared
+    }
+
+    /// Drizzles input pixel `i` of `row` into this band. Returns true when the
+    /// pixel deposited here and may also reach another band (the caller then
+    /// counts it in the shared set instead of `n_pixels`).
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`.
+    #[inline(always)]
+    unsafe fn pixel(&mut self, row: &FrameRow, i: usize) -> bool {
+        let (p, m) = (self.p, self.m);
+        let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
+        // Cheap rejection by the rows and columns the unshrunk quadrilateral can reach.
+        let qy = unsafe { [row.cy0.at(i), row.cy0.at(i + 1), row.cy1.at(i + 1), row.cy1.at(i)] };
+        let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
+        let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
+        if !(y1 + m > row_lo as f64 && y0 - m < (row_hi - 1) as f64) {
+            return false;
+        }
+        let qx = unsafe { [row.cx0.at(i), row.cx0.at(i + 1), row.cx1.at(i + 1), row.cx1.at(i)] };
+        let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
+        let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
+        if !(x1 + m > 0.0 && x0 - m < (self.nx_out - 1) as f64) {
+            return false;
+        }
+        let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
+        let cells = match droplet {
+            Droplet::Square { qx, qy, .. } => quad_footprint_2x2(&qx, &qy),
+            Droplet::Point { x, y } => bilinear_footprint_2x2(x, y),
+        };
+        let fp = match (cells, droplet) {
+            (Some((r0, c0, f)), _) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
+                // All four cells inside this band and the grid: the fast path.
+                return unsafe { self.land_cells::<2, 2, false>(row, i, y0, y1, r0 as usize, c0 as usize, &f, None) };
+            }
+            (Some((r0, c0, f)), _) => Spot::Cells(r0, c0, f),
+            (None, Droplet::Square { qx, qy, area }) => Spot::Quad(qx, qy, area),
+            (None, Droplet::Point { .. }) => return false,
+        };
+        unsafe { self.land(row, i, y0, y1, fp) }
+    }
+
+    /// Drizzles the [`BLOCK`] pixels from column `i0` of `row` (all inside the
+    /// frame; all rows contiguous): rejection and footprints a batch of
+    /// [`LANES`] pixels at a time, then each pixel in column order: the fast path
+    /// ([`Self::land_cells`]) where its cells lie inside the band and grid, else [`Self::land`].
+    /// Marks pixels that may reach another band in `shared` (row-major index
+    /// `base + i`). Same results as [`Self::pixel`] on each pixel.
+    ///
+    /// SAFETY: columns `i0 .. i0 + BLOCK` (and corner column `i0 + BLOCK`) must
+    /// exist in the checked frame behind `row`, whose rows all have unit stride.
+    #[inline(always)]
+    unsafe fn block(&mut self, row: &FrameRow, i0: usize, base: usize, shared: &mut Vec<u32>) {
+        let m = self.m;
+        let (lo, hi) = (self.band.r0 as f64, (self.band.r0 + self.band.rows - 1) as f64);
+        let x_hi = (self.nx_out - 1) as f64;
+        let square = self.p.kernel == Kernel::Square;
+        for i in (i0..i0 + BLOCK).step_by(LANES) {
+            let at = |r: &RawRow<f64>, k: usize| -> Lane { std::array::from_fn(|l| unsafe { *r.ptr.add(i + k + l) }) };
+            let qy = [at(&row.cy0, 0), at(&row.cy0, 1), at(&row.cy1, 1), at(&row.cy1, 0)];
+            let qx = [at(&row.cx0, 0), at(&row.cx0, 1), at(&row.cx1, 1), at(&row.cx1, 0)];
+            let y0: Lane = std::array::from_fn(|l| fmin(fmin(qy[0][l], qy[1][l]), fmin(qy[2][l], qy[3][l])));
+            let y1: Lane = std::array::from_fn(|l| fmax(fmax(qy[0][l], qy[1][l]), fmax(qy[2][l], qy[3][l])));
+            let x0: Lane = std::array::from_fn(|l| fmin(fmin(qx[0][l], qx[1][l]), fmin(qx[2][l], qx[3][l])));
+            let x1: Lane = std::array::from_fn(|l| fmax(fmax(qx[0][l], qx[1][l]), fmax(qx[2][l], qx[3][l])));
+            let reach: [bool; LANES] = std::array::from_fn(|l| (y1[l] + m > lo) & (y0[l] - m < hi) & (x1[l] + m > 0.0) & (x0[l] - m < x_hi));
+            if !reach.iter().any(|&r| r) {
+                continue;
+            }
+            let fp = footprints(&qx, &qy, self.p.xy_shrink, square);
+            // Where this column's pixel lands `ahead` input rows further on (the
+            // corner map's step from one input row to the next), clamped into
+            // the band and grid: its cube lines are fetched now.
+            // Only where an input row moves the droplets by a good part of an
+            // output pixel: smaller input pixels land on the previous rows' cells
+            // (measured: the bookkeeping alone cost 11% when every droplet was a
+            // tenth of an output pixel).
+            let prefetching = (qy[3][0] - qy[0][0]).abs() + (qx[3][0] - qx[0][0]).abs() > 0.5;
+            let ahead = CUBE_AHEAD as f64;
+            let pf_r: Lane = std::array::from_fn(|l| fmin(fmax(ffloor(fp.r0[l] + ahead * (qy[3][l] - qy[0][l]) + 0.5), lo), hi));
+            let pf_c: Lane = std::array::from_fn(|l| fmin(fmax(ffloor(fp.c0[l] + ahead * (qx[3][l] - qx[0][l]) + 0.5), 0.0), x_hi));
+            // The voxel offset in plane 0 of the band (exact: whole numbers far below 2^53;
+            // the clamping maps NaN to the band's first row and column 0).
+            let (st_r, st_c) = (self.band.strides[1] as f64, self.band.strides[2] as f64);
+            let pf_off: Lane = std::array::from_fn(|l| (pf_r[l] - lo) * st_r + pf_c[l] * st_c);
+            let f3 = if fp.any_medium() { footprints_medium(&fp) } else { [[[0.0; LANES]; 3]; 3] };
+            for l in 0..LANES {
+                if !reach[l] {
+                    continue;
+                }
+                // The common case: a droplet within 2 x 2 output pixels, all inside this band and the grid.
+                let (r0, c0) = (fp.r0[l], fp.c0[l]);
+                let inside = |rows: f64, cols: f64| r0 >= lo && r0 + rows <= hi && c0 >= 0.0 && c0 + cols <= x_hi;
+                let wide = fp.c1[l] - c0 == 2.0;
+                // Every other lane: neighbouring pixels target the same cache lines
+                // (measured on the extension: ~1.5% faster than every lane; the
+                // first lane only was slower).
+                // SAFETY: `pf_off` is finite and a whole number (see above).
+                let pf = (prefetching && l % 2 == 0).then(|| unsafe { pf_off[l].to_int_unchecked::<isize>() });
+                // SAFETY (the casts): `inside` makes `r0`, `c0` finite whole numbers in 0 .. 2^32.
+                let cells = || unsafe { (r0.to_int_unchecked::<isize>() as usize, c0.to_int_unchecked::<isize>() as usize) };
+                let landed = match fp.shape(l) {
+                    Shape::Small if inside(1.0, 1.0) => {
+                        let f = [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]];
+                        let (r0, c0) = cells();
+                        Some(unsafe { self.land_cells::<2, 2, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                    }
+                    // Three columns and at most two rows (the third row of `f3` is zero), or the transpose.
+                    Shape::Medium if wide && inside(1.0, 2.0) => {
+                        let f: [[f64; 3]; 2] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
+                        let (r0, c0) = cells();
+                        Some(unsafe { self.land_cells::<2, 3, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                    }
+                    Shape::Medium if !wide && inside(2.0, 1.0) => {
+                        let f: [[f64; 2]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
+                        let (r0, c0) = cells();
+                        Some(unsafe { self.land_cells::<3, 2, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                    }
+                    _ => None,
+                };
+                if let Some(shared_pixel) = landed {
+                    if shared_pixel {
+                        shared.push((base + i + l) as u32);
+                    }
+                    continue;
+                }
+                let spot = match fp.shape(l) {
+                    Shape::Skip => continue,
+                    Shape::Small => Spot::Cells(fp.r0[l] as isize, fp.c0[l] as isize, [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]]),
+                    Shape::Medium => {
+                        Spot::Cells3(fp.r0[l] as isize, fp.c0[l] as isize, std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l])))
+                    }
+                    Shape::Large => {
+                        let (qx, qy) = (std::array::from_fn(|k| qx[k][l]), std::array::from_fn(|k| qy[k][l]));
+                        match make_droplet(&qx, &qy, self.p.xy_shrink, self.p.kernel) {
+                            Some(Droplet::Square { qx, qy, area }) => Spot::Quad(qx, qy, area),
+                            _ => continue,
+                        }
+                    }
+                };
+                if unsafe { self.land(row, i + l, y0[l], y1[l], spot) } {
+                    shared.push((base + i + l) as u32);
+                }
+            }
+        }
+    }
+
+    /// [`Self::land`] for a droplet within the R x C output pixels from
+    /// `(r0, c0)` (fractions `f[a][b]` for `(r0 + a, c0 + b)`), all inside this
+    /// band and the grid: the voxel updates of [`Self::deposit_checked`] (each
+    /// voxel receives at most one update per pixel, so their order within the
+    /// pixel does not matter), the six array pointers and the pixel's values in
+    /// locals.
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`; the R x C
+    /// output pixels must lie in this band and on the grid; `UNIT` only if the
+    /// frame's rows have unit stride.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn land_cells<const R: usize, const C: usize, const UNIT: bool>(
+        &mut self,
+        row: &FrameRow,
+        i: usize,
+        y0: f64,
+        y1: f64,
+        r0: usize,
+        c0: usize,
+        f: &[[f64; C]; R],
+        prefetch_at: Option<isize>,
+    ) -> bool {
+        let Some((pix, n_z)) = (unsafe { self.value_and_overlaps::<UNIT>(row, i) }) else { return false };
+        // SAFETY: the first `n_z` entries were just written.
+        let zov = unsafe { self.zov_buf.get_unchecked(..n_z) };
+        let (band, planes, keep_from, neg) = (&mut self.band, &mut self.planes, self.keep_from, self.negligible);
+        let pf_last = &mut self.pf_last;
+        debug_assert!(r0 >= band.r0 && r0 + R <= band.r0 + band.rows && c0 + C <= band.nx);
+        let st = band.strides;
+        let nz = band.nz;
+        let base = (r0 - band.r0) as isize * st[1] + c0 as isize * st[2];
+        // Cells with a negligible fraction get nothing (a zero fraction fails `keep_from`).
+        let f = f.map(|fr| fr.map(|x| if x > neg { x } else { 0.0 }));
+        // The pointers and values in locals, so that the compiler need not
+        // reload them after every store into the cube.
+        let vox = band.vox;
+        let (value, variance, ivar, flags) = (pix.value, pix.variance, pix.ivar, pix.flags);
+        let cell: [[isize; C]; R] = std::array::from_fn(|a| std::array::from_fn(|b| a as isize * st[1] + b as isize * st[2]));
+        let mut n = 0usize;
+        for &(k, f_z) in zov {
+            // `k < nz`: the per-plane buffers (length `nz`) are indexed unchecked.
+            debug_assert!(k < nz && pf_last.len() == nz && planes.len() == nz);
+            if let Some(at) = prefetch_at.filter(|&at| {
+                // Once per cache line of the float arrays and plane (a line holds
+                // eight neighbouring cells, which the next pixels target too).
+                let line = (at + k as isize * st[0]) >> 3;
+                // SAFETY: `k < nz` (above).
+                let last = unsafe { pf_last.get_unchecked_mut(k) };
+                let fresh = *last != line;
+                *last = line;
+                fresh
+            }) {
+                vox.prefetch(at + k as isize * st[0], flags);
+            }
+            let off = base + k as isize * st[0];
+            let mut kept = 0usize;
+            for a in 0..R {
+                for b in 0..C {
+                    let fc = f[a][b] * f_z;
+                    if fc >= keep_from {
+                        // SAFETY: (k, r0 + a, c0 + b) lies inside this band (the caller's contract).
+                        unsafe { vox.add(off + cell[a][b], ivar * fc, value, variance, flags) };
+                        kept += 1;
+                    }
+                }
+            }
+            n += kept;
+            // SAFETY: `k < nz` (above).
+            unsafe { *planes.get_unchecked_mut(k) |= kept > 0 };
+        }
+        if n == 0 {
+            return false;
+        }
+        self.n_contributions += n as u64;
+        self.count_pixel(y0, y1)
+    }
+
+    /// The value of pixel `i` of `row` ([`pixel_value`]) and its spectral
+    /// overlaps, written to the start of `zov_buf` (their number returned);
+    /// `None` when the pixel is skipped.
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`; `UNIT`
+    /// only if the frame's rows have unit stride.
+    #[inline(always)]
+    unsafe fn value_and_overlaps<const UNIT: bool>(&mut self, row: &FrameRow, i: usize) -> Option<(PixelValue, usize)> {
+        let p = self.p;
+        let excluded = row.exclude.is_some_and(|e| unsafe { e.get::<UNIT>(i) });
+        let (value, variance, flags) = unsafe { (row.image.get::<UNIT>(i), row.variance.get::<UNIT>(i), row.flags.get::<UNIT>(i)) };
+        let pix = pixel_value(value, variance, flags, unsafe { row.lam.get::<UNIT>(i) }, unsafe { row.dlam.get::<UNIT>(i) }, excluded, p)?;
+        let (buf, mut n) = (self.zov_buf.as_mut_ptr(), 0);
+        debug_assert_eq!(self.zov_buf.len(), self.band.nz);
+        // Each plane is emitted at most once and is below the cube's plane count
+        // (the planes of `p.z_edges`; see `BandTask::new`), the buffer's length.
+        spectral::for_each_overlap_hinted(pix.lambda_c, pix.delta_lambda, p.z_shrink, &p.z_edges, &mut self.z_hint, |k, f_z| {
+            // SAFETY: `n` is below the buffer's length (above).
+            unsafe { buf.add(n).write((k, f_z)) };
+            n += 1;
+        });
+        Some((pix, n))
+    }
+
+    /// Counts a pixel that deposited here when no other band can receive it;
+    /// returns true when another band may (the caller then counts it in the
+    /// shared set instead).
+    #[inline(always)]
+    fn count_pixel(&mut self, y0: f64, y1: f64) -> bool {
+        let (row_lo, row_hi, m) = (self.band.r0, self.band.r0 + self.band.rows, self.m);
+        let alone = (row_lo == 0 || y0 - m >= row_lo as f64 - 1.0) && (row_hi == self.ny_out || y1 + m <= row_hi as f64);
+        if alone {
+            self.n_pixels += 1;
+        }
+        !alone
+    }
+
+    /// Deposits pixel `i` of `row`, whose unshrunk quadrilateral spans output
+    /// rows `y0 ..= y1` and whose droplet covers `spot`, after the value checks
+    /// and spectral overlaps. Returns what [`Self::pixel`] returns.
+    ///
+    /// Not inlined: the band scan's hot loop (the fast path) keeps more in
+    /// registers without this rarer path's code (2-3% faster); the results do
+    /// not depend on the instruction set it is compiled for.
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`.
+    #[inline(never)]
+    unsafe fn land(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, spot: Spot) -> bool {
+        let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
+        let Some((pix, n)) = (unsafe { self.value_and_overlaps::<false>(row, i) }) else { return false };
+        if n == 0 {
+            return false;
+        }
+        self.n_zov = n;
+        let deposited = match spot {
+            // At the band's or the grid's edge (callers send droplets inside both
+            // to `land_cells`): check each pixel.
+            Spot::Cells(r0, c0, f) => self.deposit_checked(r0, c0, &f, &pix),
+            Spot::Cells3(r0, c0, f) => self.deposit_checked(r0, c0, &f, &pix),
+            // Larger than 2 x 2 output pixels (or absurdly far away).
+            Spot::Quad(qx, qy, area) => {
+                let mut n = 0;
+                let (band, zov, planes, keep_from) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes, self.keep_from);
+                for_each_quad_overlap(&qx, &qy, area, self.ny_out, self.nx_out, row_lo, row_hi, |r, c, f| {
+                    n += band.deposit(r, c, f, &pix, zov, keep_from, planes);
+                });
+                n
+            }
+        };
+        if deposited == 0 {
+            return false;
+        }
+        self.n_contributions += deposited as u64;
+        self.count_pixel(y0, y1)
+    }
+
+    /// Deposits those of the N x N output pixels from `(r0, c0)` that lie in
+    /// this band and on the grid (and have a weight above rounding noise).
+    #[inline(always)]
+    fn deposit_checked<const N: usize>(&mut self, r0: isize, c0: isize, f_xy: &[[f64; N]; N], pix: &PixelValue) -> usize {
+        let rows = self.band.r0 as isize..(self.band.r0 + self.band.rows).min(self.ny_out) as isize;
+        let (band, zov, planes, keep_from) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes, self.keep_from);
+        let mut n = 0;
+        for_each_cell(r0, c0, f_xy, rows, 0..self.nx_out as isize, self.negligible, |r, c, f| {
+            n += band.deposit(r, c, f, pix, zov, keep_from, planes);
+        });
+        n
+    }
+}
