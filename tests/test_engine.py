@@ -513,3 +513,41 @@ def test_compute_spatial_mapping_0_4_1_signature():
     rows, cols = np.unravel_index(pix, (16, 20))
     np.testing.assert_array_equal(oy, rows + 4)
     np.testing.assert_array_equal(ox, cols + 2)
+
+
+# ---------------------------------------------------------------------------
+# The type stub describes the extension
+
+
+def _stub_signatures():
+    """Parameters ``(name, kind, has default)`` of each function (and ``EngineParams.__init__``) in _core.pyi."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(_core.__file__).parent / "_core.pyi").read_text())
+
+    def params(fn):
+        a = fn.args
+        pos = [(p.arg, "POSITIONAL_OR_KEYWORD") for p in a.posonlyargs + a.args if p.arg != "self"]
+        n_pos_defaults = len(a.defaults)
+        out = [(n, k, i >= len(pos) - n_pos_defaults) for i, (n, k) in enumerate(pos)]
+        out += [(p.arg, "KEYWORD_ONLY", d is not None) for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
+        return out
+
+    sigs = {fn.name: params(fn) for fn in tree.body if isinstance(fn, ast.FunctionDef)}
+    for cls in (c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "EngineParams"):
+        init = next(f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+        sigs["EngineParams"] = params(init)
+    return sigs
+
+
+def test_core_stub_matches_every_entry_point():
+    import inspect
+
+    stub = _stub_signatures()
+    public = {n for n in dir(_core) if callable(getattr(_core, n)) and not n.startswith("__")}
+    assert public == set(stub)
+    for name, expected in stub.items():
+        runtime = inspect.signature(getattr(_core, name))
+        got = [(p.name, p.kind.name, p.default is not inspect.Parameter.empty) for p in runtime.parameters.values()]
+        assert got == expected, name

@@ -1,0 +1,143 @@
+"""Rust core of spxquery.drizzle3d (the ``_core`` extension module; source in ``rust/src``).
+
+Every entry point takes keyword arguments only. Conventions: 0-based pixel coordinates,
+output pixel ``j`` covers ``[j - 0.5, j + 0.5]``; wavelengths in um; images in MJy/sr,
+variances in (MJy/sr)². Shape, type and value errors raise ``ValueError`` (``TypeError`` for
+an array of the wrong dtype, ``KeyError`` for a missing accumulator) naming the array or
+parameter; an internal panic raises ``RuntimeError``. Heavy work runs with the GIL released,
+and results are bit-for-bit identical for any ``threads`` (0: all cores, ``RAYON_NUM_THREADS``).
+"""
+
+from collections.abc import Mapping
+from typing import Any, TypeAlias, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+
+F64Array: TypeAlias = npt.NDArray[np.float64]
+U32Array: TypeAlias = npt.NDArray[np.uint32]
+BoolArray: TypeAlias = npt.NDArray[np.bool_]
+
+class CubeArrays(TypedDict):
+    """A cube's accumulators, each ``(n_z, ny, nx)``, C-contiguous, written in place
+    (``DrizzleCube.accumulators()``)."""
+
+    flux_weighted: F64Array
+    weight_total: F64Array
+    var_accum: F64Array
+    count_map: U32Array
+    and_mask: U32Array
+    or_mask: U32Array
+
+class EngineParams:
+    """The engine's parameters for one cube, validated once (``ValueError`` naming the parameter).
+
+    ``z_edges``: output wavelength bin edges (um), finite, strictly increasing, at least two;
+    ``xy_shrink``, ``z_shrink``: droplet size relative to the input pixel / bandwidth, in (0, 1];
+    ``ivar_max``: cap on the inverse variance, > 0; ``min_overlap``: smallest voxel fraction
+    ``f_xy * f_z`` deposited, in [0, 1); ``kernel``: ``"square"`` or ``"bilinear"``.
+    Picklable; immutable.
+    """
+
+    def __init__(
+        self,
+        *,
+        z_edges: npt.ArrayLike,
+        xy_shrink: float,
+        z_shrink: float,
+        ivar_max: float,
+        min_overlap: float,
+        kernel: str,
+    ) -> None: ...
+    @property
+    def z_edges(self) -> F64Array:
+        """A copy of the bin edges (um)."""
+    @property
+    def xy_shrink(self) -> float: ...
+    @property
+    def z_shrink(self) -> float: ...
+    @property
+    def ivar_max(self) -> float: ...
+    @property
+    def min_overlap(self) -> float: ...
+    @property
+    def kernel(self) -> str: ...
+    @property
+    def n_z(self) -> int:
+        """Number of output wavelength planes."""
+    def as_dict(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this object."""
+
+def accumulate_frame(
+    *,
+    cube: CubeArrays | Mapping[str, np.ndarray],
+    params: EngineParams,
+    corners_x: F64Array,
+    corners_y: F64Array,
+    image: F64Array,
+    variance: F64Array,
+    flags: U32Array,
+    lambda_c: F64Array,
+    delta_lambda: F64Array,
+    exclude_mask: BoolArray | None = None,
+    threads: int = 0,
+) -> tuple[int, int, BoolArray]:
+    """Drizzle one frame (or crop, or strip of rows) into ``cube`` in place, from its corner map.
+
+    ``corners_x/y``: ``(ny + 1, nx + 1)`` output positions of the input pixel corners; the
+    per-pixel arrays and ``exclude_mask`` (True: skip) are ``(ny, nx)``. Returns ``(n_pixels,
+    n_contributions, planes)``: input pixels that deposited, voxel updates, and ``(n_z,)`` bool,
+    the planes that received anything.
+    """
+
+def accumulate_contributions(
+    *,
+    cube: CubeArrays | Mapping[str, np.ndarray],
+    params: EngineParams,
+    image: F64Array,
+    variance: F64Array,
+    flags: U32Array,
+    lambda_c: F64Array,
+    delta_lambda: F64Array,
+    pixel_idx: npt.NDArray[np.int64],
+    out_y: npt.NDArray[np.int32],
+    out_x: npt.NDArray[np.int32],
+    f_xy: F64Array,
+    exclude_mask: BoolArray | None = None,
+    threads: int = 0,
+) -> tuple[int, int, BoolArray]:
+    """Accumulate a flat contribution list (spxquery 0.4.1 API) into ``cube`` in place.
+
+    Per-pixel arrays are 1-D (flattened row-major); contribution ``k`` sends the fraction
+    ``f_xy[k]`` of pixel ``pixel_idx[k]`` to output pixel ``(out_y[k], out_x[k])``.
+    ``params.xy_shrink`` and ``params.kernel`` do not enter (``f_xy`` is given). Returns what
+    :func:`accumulate_frame` returns.
+    """
+
+def spatial_mapping(
+    *,
+    corners_x: F64Array,
+    corners_y: F64Array,
+    out_ny: int,
+    out_nx: int,
+    xy_shrink: float,
+    kernel: str,
+    threads: int = 0,
+) -> tuple[BoolArray, npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int32], F64Array]:
+    """The flat contribution list of a corner map (spxquery 0.4.1 API): ``(valid (ny, nx),
+    pixel_idx, out_y, out_x, f_xy)``, ordered by input pixel, then output row, then column."""
+
+def spectral_overlaps(
+    *, lambda_c: float, delta_lambda: float, z_shrink: float, z_edges: F64Array
+) -> tuple[npt.NDArray[np.int32], F64Array]:
+    """Overlaps of the top-hat ``lambda_c ± delta_lambda * z_shrink / 2`` (um) with the bins:
+    ``(z_idx, f_z)``, ``f_z`` = overlap length / top-hat width."""
+
+def densify(*, coarse: F64Array, step: int, ny: int, nx: int) -> F64Array:
+    """Dense ``(ny, nx)`` grid from a coarse one by Catmull-Rom interpolation; coarse node
+    ``(a, b)`` lies at dense index ``((a - 1) * step, (b - 1) * step)``."""
+
+def _panic_for_test(message: str) -> None:
+    """Test hook: panics in the detached section (raises ``RuntimeError``)."""
