@@ -25,6 +25,7 @@ from astropy.wcs import WCS
 
 from . import _core
 from .config import Drizzle3DConfig
+from .flags import as_uint32
 from .spectral import ZGrid
 
 logger = logging.getLogger(__name__)
@@ -167,16 +168,6 @@ def _f64(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
 
-def _u32(flags: np.ndarray) -> np.ndarray:
-    """Flags as uint32 (int32 FLAGS are reinterpreted bit for bit)."""
-    flags = np.asarray(flags)
-    if flags.dtype == np.uint32:
-        return flags
-    if flags.dtype == np.int32:
-        return flags.view(np.uint32)
-    return flags.astype(np.int64).astype(np.uint32)
-
-
 def _flat(a: np.ndarray) -> np.ndarray:
     """A per-pixel array as contiguous float64, flattened row-major."""
     return np.ascontiguousarray(_f64(a).ravel())
@@ -213,7 +204,7 @@ def drizzle_frame(
     n_pix, n_con, planes = _core.accumulate_frame(
         cube=cube.accumulators(), params=cube.engine_params,
         corners_x=_f64(corners_x), corners_y=_f64(corners_y), image=_f64(image), variance=_f64(variance),
-        flags=_u32(flags), lambda_c=_f64(lambda_c), delta_lambda=_f64(delta_lambda),
+        flags=as_uint32(flags), lambda_c=_f64(lambda_c), delta_lambda=_f64(delta_lambda),
         exclude_mask=_mask(exclude_mask), threads=int(threads),
     )
     if not record:
@@ -243,7 +234,7 @@ def drizzle_image(
     mask = _mask(exclude_mask)
     n_pix, n_con, planes = _core.accumulate_contributions(
         cube=cube.accumulators(), params=cube.engine_params,
-        image=_flat(image), variance=_flat(variance), flags=np.ascontiguousarray(_u32(flags).ravel()),
+        image=_flat(image), variance=_flat(variance), flags=np.ascontiguousarray(as_uint32(flags).ravel()),
         lambda_c=_flat(lambda_c_map), delta_lambda=_flat(delta_lambda_map),
         pixel_idx=np.ascontiguousarray(pixel_idx, dtype=np.int64), out_y=np.ascontiguousarray(out_y, dtype=np.int32),
         out_x=np.ascontiguousarray(out_x, dtype=np.int32), f_xy=np.ascontiguousarray(f_xy, dtype=np.float64),

@@ -20,6 +20,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from . import _core
+from .grid import celestial
 
 logger = logging.getLogger(__name__)
 
@@ -27,14 +28,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_CORNER_STEP = 16
 
 
-def _celestial(wcs: WCS) -> WCS:
-    return wcs.celestial if wcs.naxis > 2 else wcs
-
-
 def transform_pixels(input_wcs: WCS, output_wcs: WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Exact input pixel -> output pixel positions (0-based), SIP included."""
-    ra, dec = _celestial(input_wcs).all_pix2world(x, y, 0)
-    ox, oy = _celestial(output_wcs).all_world2pix(ra, dec, 0)
+    ra, dec = celestial(input_wcs).all_pix2world(x, y, 0)
+    ox, oy = celestial(output_wcs).all_world2pix(ra, dec, 0)
     return np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)
 
 
