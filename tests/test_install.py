@@ -141,8 +141,8 @@ def test_wheel_is_abi3_and_holds_license_and_typing_marker(dists, version):
         assert "Tag: cp310-abi3-" in z.read(f"{info}/WHEEL").decode()
         assert z.read(f"{info}/licenses/LICENSE") == (ROOT / "LICENSE").read_bytes()
     assert "spxquery/__init__.py" not in names  # spxquery stays a namespace package
-    assert {"spxquery/drizzle3d/py.typed", "spxquery/drizzle3d/_core.abi3.so"} <= names
-    assert not [n for n in names if n.startswith("spxquery/drizzle3d/_core.") and "abi3" not in n]
+    assert {"spxquery/drizzle3d/py.typed", "spxquery/drizzle3d/_core.abi3.so", "spxquery/drizzle3d/_core.pyi"} <= names
+    assert not [n for n in names if n.startswith("spxquery/drizzle3d/_core.") and n.endswith(".so") and "abi3" not in n]
     # every module name of 0.4.1's drizzle3d is ours (a module or a package, which wins over a
     # module): a stale 0.4.1 file left in our directory can never be imported in place of ours
     for mod in MODULES_041:
