@@ -10,10 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use ndarray::{ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
-use crate::cube::{Band, CubeMut, FrameStats};
 use crate::droplet::make_droplet;
 use crate::frame::pixel_value;
 use crate::params::{Kernel, Params};
+use crate::scan::{Band, CubeMut, FrameStats};
 use crate::schedule::{bucket_by_band, merge_stats, run_in_pool};
 use crate::spectral;
 

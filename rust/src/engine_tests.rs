@@ -6,10 +6,10 @@ use ndarray::{Array2, Array3, ArrayView1};
 use proptest::prelude::*;
 
 use crate::contributions::{accumulate_contributions, spatial_mapping, Contributions};
-use crate::cube::CubeMut;
 use crate::culling::{BLOCK, SUPER, TOP};
 use crate::frame::FrameView;
 use crate::params::{Kernel, Params, Settings};
+use crate::scan::CubeMut;
 use crate::scan::{accumulate_frame, accumulate_frame_with, Isa};
 
 struct Cube {

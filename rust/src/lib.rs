@@ -7,14 +7,14 @@
 //! Where each concept lives:
 //! - [`params`]: the kernel, the settings and [`Params`] (validated once).
 //! - [`frame`]: a frame as handed over ([`FrameView`]), the pixel skip rules.
-//! - [`cube`]: the accumulators ([`CubeMut`]), bands of rows, the voxel update.
 //! - [`droplet`]: an input pixel's footprint and how far it reaches.
 //! - [`geometry`]: exact droplet/pixel overlaps (scalar); [`lanes`]: the same
 //!   arithmetic over several pixels at once (SIMD), bit-identical to it.
 //! - [`spectral`]: a pixel's spectral top-hat against the wavelength bins.
 //! - `culling`: the input blocks that can reach the grid.
 //! - `schedule`: thread pools, band layout, bucketing.
-//! - [`scan`]: the fused path, [`accumulate_frame`] and the SIMD band scan.
+//! - [`scan`]: the fused path, [`accumulate_frame`], the SIMD band scan, and the
+//!   accumulators it writes ([`CubeMut`], bands of rows, the voxel update).
 //! - [`contributions`]: the spxquery 0.4.1 API's contribution lists.
 //! - [`interp`]: dense corner maps from a coarse grid.
 //! - `python` (feature `python`): the `_core` extension module.
@@ -26,7 +26,6 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod contributions;
-pub mod cube;
 mod culling;
 pub mod droplet;
 pub mod frame;
@@ -48,7 +47,6 @@ mod engine_tests;
 mod reference_clipper;
 
 pub use contributions::{accumulate_contributions, spatial_mapping, Contributions, SpatialMapping};
-pub use cube::{CubeMut, FrameStats};
 pub use frame::FrameView;
 pub use params::{Kernel, Params, Settings};
-pub use scan::accumulate_frame;
+pub use scan::{accumulate_frame, CubeMut, FrameStats};

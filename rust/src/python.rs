@@ -17,9 +17,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::contributions::{self, Contributions};
-use crate::cube::{CubeMut, FrameStats};
 use crate::frame::FrameView;
 use crate::params::{Kernel, Params, Settings};
+use crate::scan::{CubeMut, FrameStats};
 use crate::{interp, scan, spectral};
 
 /// Runs `f` with the GIL released and turns a panic into a RuntimeError.

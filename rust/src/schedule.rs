@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::cube::FrameStats;
+use crate::scan::FrameStats;
 
 /// Band boundaries of [`crate::scan::accumulate_frame`] on `threads` threads: one band per
 /// thread, the boundaries chosen so that each band has about the same work,
