@@ -8,6 +8,7 @@ rotated by 23 deg with a cubic distortion of a few pixels at the corners, so the
 grid sees the middle ~2% of the frame (the issue's target geometry); (B) the whole frame
 scaled onto the grid (output pixels 6.9 input pixels wide), so every pixel lands.
 Prints input pixels per second and ratios. Usage: python benchmarks/bench_kernel.py [--repeat N]
+(``--call-once square`` drizzles geometry A once, untimed, for instruction counts under callgrind).
 """
 
 from __future__ import annotations
@@ -102,19 +103,46 @@ def best_of_interleaved(fns, repeat):
     return best
 
 
+def pixel_arrays() -> dict:
+    """The frame's per-pixel arrays (image, variance, flags, wavelength, bandwidth), keyed as ``_core`` takes them."""
+    rng = np.random.default_rng(0)
+    lam = np.tile(np.linspace(2.4, 1.6, N_IN)[:, None], (1, N_IN))
+    return {"image": rng.normal(1.0, 0.1, (N_IN, N_IN)), "variance": np.full((N_IN, N_IN), 0.01),
+            "flags": np.zeros((N_IN, N_IN), np.uint32), "lambda_c": lam, "delta_lambda": lam / 41.0}
+
+
+#: The 17 output planes (um).
+EDGES = np.geomspace(1.6, 2.45, 18)
+
+
+def kernel_call(cx, cy, pixels, kernel, threads, z_edges=EDGES):
+    """A callable that drizzles the frame into a fresh 300x300 cube with this package's kernel."""
+    shape = (len(z_edges) - 1, N_OUT, N_OUT)
+    cube = {name: np.zeros(shape, dtype) for name, dtype in ACCUMULATORS}
+    params = _core.EngineParams(z_edges=z_edges, xy_shrink=PIXFRAC, z_shrink=PIXFRAC, ivar_max=1e10, min_overlap=0.0,
+                                kernel=kernel)
+    return lambda: _core.accumulate_frame(cube=cube, params=params, corners_x=cx, corners_y=cy, **pixels,
+                                          threads=threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5, help="runs per implementation; the best is kept (default 5)")
     ap.add_argument("--doc", action="store_true", help="also record the table in docs/performance.md")
+    ap.add_argument("--call-once", choices=["square", "bilinear"], metavar="KERNEL",
+                    help="only drizzle geometry A once on one thread with this kernel, untimed (to run under "
+                         "valgrind --tool=callgrind --toggle-collect='_core::*BandTask::scan')")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
-    image = rng.normal(1.0, 0.1, (N_IN, N_IN))
+    pixels = pixel_arrays()
+    if args.call_once:
+        _, cx, cy = geometry()
+        n_pix, n_con, _ = kernel_call(cx, cy, pixels, args.call_once, 1)()
+        print(f"{args.call_once}: {n_pix} pixels, {n_con} contributions")
+        return
+    image, variance = pixels["image"], pixels["variance"]
+    lam, dlam = pixels["lambda_c"], pixels["delta_lambda"]
     image32 = image.astype(np.float32)
-    variance = np.full((N_IN, N_IN), 0.01)
-    flags = np.zeros((N_IN, N_IN), np.uint32)
-    lam = np.tile(np.linspace(2.4, 1.6, N_IN)[:, None], (1, N_IN))
-    dlam = lam / 41.0
-    edges = np.geomspace(1.6, 2.45, 18)
+    edges = EDGES
     n_threads = os.cpu_count() or 1
     # Spectral fraction of every pixel in each plane (top-hat of width dlam * z_shrink).
     half = 0.5 * dlam * PIXFRAC
@@ -125,13 +153,7 @@ def main() -> None:
 
     def measure(pixmap, cx, cy, repeat, context_rows):
         def ours(kernel, threads, z_edges=edges):
-            shape = (len(z_edges) - 1, N_OUT, N_OUT)
-            cube = {name: np.zeros(shape, dtype) for name, dtype in ACCUMULATORS}
-            params = _core.EngineParams(z_edges=z_edges, xy_shrink=PIXFRAC, z_shrink=PIXFRAC, ivar_max=1e10,
-                                        min_overlap=0.0, kernel=kernel)
-            frame = {"corners_x": cx, "corners_y": cy, "image": image, "variance": variance, "flags": flags,
-                     "lambda_c": lam, "delta_lambda": dlam}
-            return lambda: _core.accumulate_frame(cube=cube, params=params, **frame, threads=threads)
+            return kernel_call(cx, cy, pixels, kernel, threads, z_edges)
 
         # (name, threads, callable) timed interleaved; the slow plane-by-plane context is timed apart.
         timed = []
