@@ -12,11 +12,12 @@ def write_section(doc: Path, heading: str, section: str) -> None:
     (up to the next ``## `` heading); every other section is kept."""
     text = doc.read_text() if doc.exists() else "# Performance\n"
     lines = text.splitlines()
-    start = next((i for i, l in enumerate(lines) if l.strip() == heading), None)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
     if start is None:
         new = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     else:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + ([""] + lines[end:] if end < len(lines) else [])) + "\n"
+        tail = [""] + lines[end:] if end < len(lines) else []
+        new = "\n".join(lines[:start] + section.rstrip("\n").splitlines() + tail) + "\n"
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(new)

@@ -34,7 +34,6 @@ _T_START = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402
@@ -93,10 +92,10 @@ def main() -> int:
         import astropy
         import numpy as np
 
+        import spxquery.drizzle3d as pkg
         from spxquery.drizzle3d.config import Drizzle3DConfig
         from spxquery.drizzle3d.grid import build_output_wcs
         from spxquery.drizzle3d.pipeline import drizzle_detector
-        import spxquery.drizzle3d as pkg
     except Exception as exc:  # the Rust extension may be mid-rebuild: the caller retries
         result["error"] = f"import failed: {type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()

@@ -277,7 +277,8 @@ def test_check_fits_file_and_retry_after(tmp_path):
     assert check_fits_file(tmp_path / "b.fits") is None
     assert "expected" in check_fits_file(tmp_path / "b.fits", size)
     (tmp_path / "e.fits").write_bytes(data[:-2880])  # image data cut short
-    assert "truncated" in check_fits_file(tmp_path / "e.fits").lower() or "ends at" in check_fits_file(tmp_path / "e.fits")
+    why = check_fits_file(tmp_path / "e.fits")
+    assert "truncated" in why.lower() or "ends at" in why
     (tmp_path / "c.fits").write_bytes(data[:-2880] + b"\0" * 100)
     assert "2880" in check_fits_file(tmp_path / "c.fits")
     (tmp_path / "d.fits").write_bytes(b"SIMPLE  = garbage".ljust(2880, b" "))

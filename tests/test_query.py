@@ -84,7 +84,8 @@ def test_intersects_dedup_and_filters(archive, caplog):
         r = float(q.split("CIRCLE('ICRS', 10.0, 0.0, ")[1].split(")")[0])
         assert r == pytest.approx(math.hypot(6, 6) / 120 + SEARCH_MARGIN_DEG)
         # the seed's centre-point query misses the edge frame on the very same server
-        seed_q = q.replace(q[q.index("INTERSECTS"):q.index("= 1") + 3], "CONTAINS(POINT('ICRS', 10.0, 0.0), p.poly) = 1")
+        centre_point = "CONTAINS(POINT('ICRS', 10.0, 0.0), p.poly) = 1"
+        seed_q = q.replace(q[q.index("INTERSECTS"):q.index("= 1") + 3], centre_point)
         seed = pyvo.dal.TAPService(srv.tap_url).search(seed_q).to_table()
         assert not any("0002_1" in d for d in seed["obs_publisher_did"])
 
@@ -210,7 +211,8 @@ def test_adql_only_takes_validated_numbers():
 
 
 def test_versions_and_dedup():
-    assert parse_version("https://x/qr3/level2/p/l2b-v20-2025-247/3/level2_A_1D3_spx_l2b-v20-2025-247.fits") == (20, 2025, 247)
+    url = "https://x/qr3/level2/p/l2b-v20-2025-247/3/level2_A_1D3_spx_l2b-v20-2025-247.fits"
+    assert parse_version(url) == (20, 2025, 247)
     assert parse_version("no-version.fits") == (-1, -1, -1)
 
     def mk(oid, det, url, mjd=1.0):

@@ -274,7 +274,8 @@ def test_flags_decompress_to_intended_bits(full_frames, rel):
     assert nonfunc.sum() == 2040
     assert 0 < (flags & (1 << FLAG_BITS["TRANSIENT"]) != 0).sum() <= 200
     # SOURCE marks where the noiseless sky is bright, e.g. at the point source on the centre
-    x, y = (round(float(v[0])) for v in frame_world_to_pixel(full_frames[rel]["meta"], np.array([RA0]), np.array([DEC0])))
+    centre = frame_world_to_pixel(full_frames[rel]["meta"], np.array([RA0]), np.array([DEC0]))
+    x, y = (round(float(v[0])) for v in centre)
     assert src[y, x] and not src[5, 5]
     assert h["IMAGE"].header["L2 N_HOT"] == hot.sum()
 

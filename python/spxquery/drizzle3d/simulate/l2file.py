@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 _FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+_STRUCTURE_KEYS = ("XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT")
 _IMAGE_EXTS = ("IMAGE", "FLAGS", "VARIANCE", "ZODI")
 
 
@@ -125,9 +126,9 @@ def _render_sources(meta: FrameMeta, sky: SkyModel, lam: np.ndarray, bw: np.ndar
         xi, eta = gnomonic(ra, dec, src.ra, src.dec)
         g = _gauss2d(xi * 3600.0, eta * 3600.0, cov)
         spatial = norm * np.einsum("abij,ij->ab", g, ww)
-        l = lam[y0:y1, x0:x1]
+        lc = lam[y0:y1, x0:x1]
         b = bw[y0:y1, x0:x1]
-        img[y0:y1, x0:x1] += spatial * src.spectrum.band_average(l - 0.5 * b, l + 0.5 * b)
+        img[y0:y1, x0:x1] += spatial * src.spectrum.band_average(lc - 0.5 * b, lc + 0.5 * b)
     return img
 
 
@@ -143,7 +144,8 @@ def render_frame(meta: FrameMeta, sky: SkyModel, source_threshold: float = 0.05,
     """
     ny, nx = meta.shape
     if (ny, nx) != (NPIX, NPIX) or meta.x0 or meta.y0:
-        raise ValueError(f"render_frame needs a full {NPIX}x{NPIX} frame meta, got shape {meta.shape} at ({meta.x0}, {meta.y0})")
+        raise ValueError(f"render_frame needs a full {NPIX}x{NPIX} frame meta, "
+                         f"got shape {meta.shape} at ({meta.x0}, {meta.y0})")
     tx, ty, vals = file_wave_table(meta)
     lam, bw = wave_lookup_bilinear(tx, ty, vals, np.arange(nx, dtype=np.float64)[None, :],
                                    np.arange(ny, dtype=np.float64)[:, None])
@@ -177,7 +179,8 @@ def render_frame(meta: FrameMeta, sky: SkyModel, source_threshold: float = 0.05,
 
 def _psf_hdu(meta: FrameMeta, psf_size: int, psf_zones: int, oversamp: int) -> fits.hdu.base.ExtensionHDU:
     """QR2: PSF image cube (psf_zones^2, psf_size, psf_size); QR3: EPSF binary table (one row per zone)."""
-    sig = meta.psf_fwhm_arcsec * _FWHM_TO_SIGMA / (math.sqrt(abs(np.linalg.det(np.asarray(meta.cd)))) * 3600.0) * oversamp
+    pixel_arcsec = math.sqrt(abs(np.linalg.det(np.asarray(meta.cd)))) * 3600.0
+    sig = meta.psf_fwhm_arcsec * _FWHM_TO_SIGMA / pixel_arcsec * oversamp
     c = (psf_size - 1) / 2.0
     g = np.exp(-0.5 * ((np.arange(psf_size) - c) / sig) ** 2)
     psf = np.outer(g, g)
@@ -257,7 +260,8 @@ def build_l2_hdulist(meta: FrameMeta, arrays: dict[str, np.ndarray], psf_size: i
                                       tile_shape=(1, flags.shape[1]))
     var = fits.ImageHDU(arrays["variance"], header=_image_header(meta, "VARIANCE", "(MJy/sr)^2"), name="VARIANCE")
     zodi = fits.ImageHDU(arrays["zodi"], header=_image_header(meta, "ZODI", "MJy/sr"), name="ZODI")
-    return fits.HDUList([prim, image, flags_hdu, var, zodi, _psf_hdu(meta, psf_size, psf_zones, oversamp), _wave_hdu(meta)])
+    psf = _psf_hdu(meta, psf_size, psf_zones, oversamp)
+    return fits.HDUList([prim, image, flags_hdu, var, zodi, psf, _wave_hdu(meta)])
 
 
 def write_l2_file(hdul: fits.HDUList, path: str | Path) -> Path:
@@ -276,7 +280,9 @@ def cutout_meta(meta: FrameMeta, x0: int, y0: int, shape: tuple[int, int]) -> Fr
                    shape=(int(shape[0]), int(shape[1])), extra=dict(meta.extra))
 
 
-def cutout_box(header: fits.Header, shape: tuple[int, int], ra: float, dec: float, size_deg: float) -> tuple[int, int, int, int]:
+def cutout_box(
+    header: fits.Header, shape: tuple[int, int], ra: float, dec: float, size_deg: float
+) -> tuple[int, int, int, int]:
     """(x0, x1, y0, y1) 0-based half-open pixel box of an IRSA-style square cutout."""
     w = WCS(header)
     xc, yc = (float(v[0]) for v in w.all_world2pix(np.array([ra]), np.array([dec]), 0))
@@ -287,7 +293,8 @@ def cutout_box(header: fits.Header, shape: tuple[int, int], ra: float, dec: floa
     x0, x1 = max(ix - half, 0), min(ix + half + 1, nx)
     y0, y1 = max(iy - half, 0), min(iy + half + 1, ny)
     if x0 >= x1 or y0 >= y1:
-        raise ValueError(f"cutout centre ({ra}, {dec}) size {size_deg} deg does not overlap the {nx}x{ny} image (pixel {xc:.1f}, {yc:.1f})")
+        raise ValueError(f"cutout centre ({ra}, {dec}) size {size_deg} deg does not overlap the {nx}x{ny} image "
+                         f"(pixel {xc:.1f}, {yc:.1f})")
     return x0, x1, y0, y1
 
 
@@ -314,7 +321,7 @@ def make_cutout(full: fits.HDUList | str | Path, ra: float, dec: float, size_deg
                         h[key] = float(h[key]) - off
                 data = np.ascontiguousarray(hdu.data[y0:y1, x0:x1])
                 if isinstance(hdu, fits.CompImageHDU):
-                    for k in [k for k in h if k.startswith("Z") or k in ("XTENSION", "BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT")]:
+                    for k in [k for k in h if k.startswith("Z") or k in _STRUCTURE_KEYS]:
                         del h[k]
                     out.append(fits.CompImageHDU(data, header=h, name=name, compression_type="RICE_1",
                                                  tile_shape=(1, data.shape[1])))

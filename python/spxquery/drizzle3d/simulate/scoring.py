@@ -40,7 +40,8 @@ def _fit_pixel_gaussian(img: np.ndarray, xx: np.ndarray, yy: np.ndarray, p0: np.
         for k in range(p.size):
             dp = np.zeros_like(p)
             dp[k] = 1e-6 * max(abs(p[k]), 1e-3)
-            jac[:, k] = ((_pixel_gauss_model(p + dp, xx, yy) - _pixel_gauss_model(p - dp, xx, yy)) / (2 * dp[k])).ravel()
+            diff = _pixel_gauss_model(p + dp, xx, yy) - _pixel_gauss_model(p - dp, xx, yy)
+            jac[:, k] = (diff / (2 * dp[k])).ravel()
         a = jac.T @ jac
         g = jac.T @ res.ravel()
         step = np.linalg.solve(a + lam * np.diag(np.diag(a) + 1e-30), g)
@@ -90,7 +91,8 @@ def centroid_offsets(
         if good.sum() < 0.7 * cut.size:
             continue
         c, xg, yg = cut[good], xx[good], yy[good]
-        bg0 = float(np.median(np.concatenate([cut[0][np.isfinite(cut[0])], cut[-1][np.isfinite(cut[-1])]]))) if cut.size else 0.0
+        edges = [cut[0][np.isfinite(cut[0])], cut[-1][np.isfinite(cut[-1])]]
+        bg0 = float(np.median(np.concatenate(edges))) if cut.size else 0.0
         w = np.clip(c - bg0, 0, None)
         if w.sum() <= 0:
             continue
@@ -227,7 +229,8 @@ def score_cube(
             white = np.nanmean(sci, axis=0) if sci.ndim == 3 else sci
         offs = centroid_offsets(white, output_wcs, sky)
         res["centroid_offsets"] = offs
-        res["max_centroid_offset"] = float(np.nanmax(np.hypot(offs[:, 0], offs[:, 1]))) if np.isfinite(offs).any() else float("nan")
+        res["max_centroid_offset"] = (float(np.nanmax(np.hypot(offs[:, 0], offs[:, 1])))
+                                      if np.isfinite(offs).any() else float("nan"))
         if wavelengths is not None and sci.ndim == 3:
             lam = np.asarray(wavelengths, dtype=np.float64)
             cw = _celestial(output_wcs)

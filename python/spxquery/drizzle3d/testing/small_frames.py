@@ -24,7 +24,10 @@ _DATA_PREFIX = "ibe/data/spherex/"
 def frame_uri(
     obs_id: str, detector: int, version: int = 12, date: str = "2025-164", release: str = "qr2"
 ) -> str:
-    """IRSA-style ``uri`` of an L2 frame (``ibe/data/spherex/<release>/level2/<plan>/l2b-v<ver>-<date>/<det>/<file>``)."""
+    """IRSA-style ``uri`` of an L2 frame.
+
+    ``ibe/data/spherex/<release>/level2/<plan>/l2b-v<ver>-<date>/<det>/<file>``
+    """
     plan = "_".join(obs_id.split("_")[:2])
     tag = f"l2b-v{version}-{date}"
     return f"{_DATA_PREFIX}{release}/level2/{plan}/{tag}/{detector}/level2_{obs_id}D{detector}_spx_{tag}.fits"
