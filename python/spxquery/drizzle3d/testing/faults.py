@@ -25,7 +25,8 @@ class Fault:
         ``no_length``); made as they are sent, so a huge number is an endless body.
     no_length: send no Content-Length (the body ends when the connection closes).
     body: answer this body (status ``status`` or 200) instead of the resource, e.g. a
-        hand-made TAP answer; ``content_type`` is its type.
+        hand-made TAP answer; ``content_type`` is its type; ``extra_bytes``, ``no_length``,
+        ``drop_after``, ``rate`` and ``content_length_delta`` apply to it too.
     """
 
     status: int | None = None

@@ -138,7 +138,9 @@ class ArchiveHandler(BaseHTTPRequestHandler):
                 headers["Retry-After"] = f"{fault.retry_after:g}"
             if self.command == "POST":
                 self._read_params()  # drain the body so the connection stays usable
-            if fault.body is not None:
+            if fault.body is not None and (fault.alters_framing or fault.rate):  # e.g. an endless TAP answer
+                self._send_body(fault.body, fault.status or 200, '"fault"', "", fault, fault.content_type)
+            elif fault.body is not None:
                 self._send(fault.status or 200, fault.body, fault.content_type, headers=headers)
             elif fault.status is not None:
                 self._send(fault.status, f"injected fault: HTTP {fault.status}\n".encode(), headers=headers)
@@ -271,13 +273,14 @@ class ArchiveHandler(BaseHTTPRequestHandler):
         self._send_body(data[start:end + 1], status, etag, f"bytes {start}-{end}/{size}", fault)
         return None
 
-    def _send_body(self, body: bytes, status: int, etag: str, content_range: str, fault: Fault | None) -> None:
-        """Send a file body in chunks; a fault may announce a wrong length, cut the body,
-        trickle it, append junk or send no length."""
+    def _send_body(self, body: bytes, status: int, etag: str, content_range: str, fault: Fault | None,
+                   content_type: str = "application/fits") -> None:
+        """Send a file body (or a fault's body) in chunks; a fault may announce a wrong length,
+        cut the body, trickle it, append junk or send no length."""
         extra = fault.extra_bytes if fault else 0
         advertised = len(body) + extra + (fault.content_length_delta if fault else 0)
         self.send_response(status)
-        self.send_header("Content-Type", "application/fits")
+        self.send_header("Content-Type", content_type)
         if not (fault is not None and fault.no_length):
             self.send_header("Content-Length", str(advertised))
         self.send_header("Accept-Ranges", "bytes")
