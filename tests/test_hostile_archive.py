@@ -1,4 +1,4 @@
-"""Hostile-input corpus, archive side (issue 16, classes 2, 4, 5, 6, 7): odd TAP answers, lying
+"""Hostile-input corpus, archive side (issue 16, classes 2, 4, 5, 6, 7): odd or endless TAP answers, lying
 or endless or trickling file servers, colliding local names, altered files kept from an earlier
 run, Ctrl-C during downloads, mirror paths that are no files. Everything runs against the real
 loopback archive server (pyvo and requests unchanged); each case is bounded in time and asserts
@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from hostile_support import bounded, no_partial_under_final_name, run_python, small_archive, wait_for
 from spxquery.drizzle3d import Drizzle3DConfig
 from spxquery.drizzle3d.archive import download as download_mod
-from spxquery.drizzle3d.archive import retry, verify
+from spxquery.drizzle3d.archive import retry, tap_answer, verify
 from spxquery.drizzle3d.archive.download import DownloadTask, download_files
 from spxquery.drizzle3d.archive.observations import MAX_ROW_WARNINGS
 from spxquery.drizzle3d.archive.tap import ArchiveQueryError
@@ -127,19 +128,96 @@ def test_odd_tap_value_skips_its_row(archive, tmp_path, caplog, case):
     assert shown in message
 
 
-def test_unparseable_integer_cell_is_a_clear_error(archive, tmp_path):
-    """A value that breaks the VOTable itself (text in a column declared long) makes the whole
-    answer unreadable: one error naming the service, the row and the column, no traceback."""
+def test_text_in_a_long_column_skips_its_row(archive, tmp_path, caplog):
+    """'12abc' in a column declared long (as IRSA declares contentlength) breaks astropy's
+    VOTable parser for the whole answer: the answer is read again with that column as text and
+    just that row is skipped, with one warning; a NULL (empty) cell of the column stays NULL."""
     root, rows = archive
-    body = votable_bytes(COLUMNS, rows[:3] + [dict(rows[3], contentlength="12abc")],
-                         datatypes={"contentlength": "long"})
+    body = votable_bytes(COLUMNS, [rows[0], rows[1], dict(rows[2], contentlength=""),
+                                   dict(rows[3], contentlength="12abc")], datatypes={"contentlength": "long"})
+    with ArchiveServer(root) as srv, bounded(20):
+        srv.faults.add("/TAP/sync", Fault(body=body))
+        with caplog.at_level(logging.WARNING):
+            got = query_observations(_cfg(srv, tmp_path))
+        assert srv.hits("/TAP/") == 1  # read once, not retried
+    obs = got[3]
+    assert [o.obs_id for o in obs] == [f"2025W18_2B_000{i}_1" for i in (1, 2, 3)]
+    assert [o.content_length for o in obs] == [rows[0]["contentlength"], rows[1]["contentlength"], None]
+    warned = _warnings(caplog, "TAP row 3 skipped")
+    assert len(warned) == 1 and "contentlength='12abc'" in warned[0].getMessage(), caplog.text
+    assert len(_warnings(caplog, "skipped")) == 1
+
+
+_IRSA_SHAPED = b"""<?xml version="1.0" encoding="UTF-8"?>
+<VOTABLE version="1.4" xmlns="http://www.ivoa.net/xml/VOTable/v1.3"><RESOURCE type="results">
+<INFO name="QUERY_STATUS" value="OK"/><TABLE>
+<FIELD name="obs id" datatype="char" arraysize="*"/>
+<FIELD name="contentlength" datatype="long" ucd="phys.size;meta.file" unit="byte">
+ <DESCRIPTION>size (bytes)</DESCRIPTION><VALUES null="-1"/></FIELD>
+<FIELD name="t" datatype="double" width="12" precision="5"/>
+<DATA><TABLEDATA>
+<TR><TD>a</TD><TD>123</TD><TD>1.5</TD></TR><TR><TD>b</TD><TD>12abc</TD><TD>2.5</TD></TR>
+<TR><TD>c</TD><TD></TD><TD>3.5</TD></TR><TR><TD>d</TD><TD>-1</TD><TD>4.5</TD></TR>
+</TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>"""
+
+
+def test_numeric_field_read_as_text_keeps_its_null_and_the_other_columns():
+    """A FIELD as IRSA writes it (no ID, a description, a NULL value) read again as text: its
+    NULL value stays NULL, the other columns keep their types."""
+    table = tap_answer.parse_answer(_IRSA_SHAPED).get_first_table().to_table()
+    assert list(table["contentlength"].filled("NULL")) == ["123", "12abc", "", "NULL"]
+    assert table["t"].dtype.kind == "f" and list(table["t"]) == [1.5, 2.5, 3.5, 4.5]
+    assert list(table["obs_id"]) == ["a", "b", "c", "d"]
+
+
+def test_odd_cells_in_two_numeric_columns_of_an_async_answer(archive, tmp_path, caplog):
+    """Two columns broken in two rows (one long, one double), in the result of an async job:
+    both columns are read as text, both rows skipped, the others used."""
+    root, rows = archive
+    body = votable_bytes(COLUMNS, [rows[0], dict(rows[1], time_bounds_lower="yesterday"), rows[2],
+                                   dict(rows[3], contentlength="12abc")],
+                         datatypes={"contentlength": "long", "time_bounds_lower": "double"})
+    with ArchiveServer(root) as srv, bounded(20):
+        srv.faults.add("/results/result", Fault(body=body))
+        with caplog.at_level(logging.WARNING):
+            got = query_observations(_cfg(srv, tmp_path), mode="async")
+    assert [o.obs_id for o in got[3]] == ["2025W18_2B_0001_1", "2025W18_2B_0003_1"]
+    assert len(_warnings(caplog, "TAP row 1 skipped: time_bounds_lower")) == 1
+    assert len(_warnings(caplog, "TAP row 3 skipped: contentlength")) == 1
+
+
+def test_broken_answer_of_another_kind_is_still_a_clear_error(archive, tmp_path):
+    """Only cells of numeric columns are read again as text; a broken document stays one error."""
+    root, rows = archive
+    body = votable_bytes(COLUMNS, rows).replace(b"</TR>", b"</TD></TR>", 1)
     with ArchiveServer(root) as srv, bounded(20):
         srv.faults.add("/TAP", Fault(body=body), times=-1)
         with pytest.raises(ArchiveQueryError) as err:
-            query_observations(_cfg(srv, tmp_path))
+            query_observations(_cfg(srv, tmp_path), mode="sync")
+        url = srv.tap_url
+    assert url in str(err.value) and "unreadable response" in str(err.value) and len(str(err.value)) < 2000
+
+
+@pytest.mark.parametrize("mode,path", [("auto", "/TAP/sync"), ("async", "/results/result")])
+def test_endless_tap_answer_is_refused_at_the_cap(archive, tmp_path, monkeypatch, mode, path):
+    """An answer longer than MAX_TAP_ANSWER_BYTES (here 1 MiB; the body never ends) is one
+    error naming the URL and the limit, read no further than the cap, and not retried."""
+    root, rows = archive
+    monkeypatch.setattr(tap_answer, "MAX_TAP_ANSWER_BYTES", 1 << 20)
+    with ArchiveServer(root) as srv, bounded(20):
+        srv.faults.add(path, Fault(body=votable_bytes(COLUMNS, rows), extra_bytes=1 << 40), times=-1)
+        tracemalloc.start()
+        try:
+            with pytest.raises(ArchiveQueryError) as err:
+                query_observations(_cfg(srv, tmp_path), mode=mode)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert srv.hits(path) == 1
         url = srv.tap_url
     text = str(err.value)
-    assert url in text and "12abc" in text and "contentlength" in text and len(text) < 1000
+    assert text.startswith("the TAP answer from " + url) and "larger than 1048576 bytes" in text and len(text) < 1000
+    assert peak < 16 << 20
 
 
 def test_many_bad_rows_give_bounded_warnings(archive, tmp_path, caplog):

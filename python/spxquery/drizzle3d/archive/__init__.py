@@ -4,6 +4,7 @@ Modules, one concern each (the usual path through them is top to bottom):
 
 - :mod:`.adql`: the ADQL text of the frame search, from validated numbers only.
 - :mod:`.tap`: running a query on a TAP service with retries and the sync -> async fallback.
+- :mod:`.tap_answer`: reading one TAP answer: bounded bytes, a VOTable, odd numeric cells as text.
 - :mod:`.observations`: :class:`DrizzleObservation` (one frame as the archive describes it),
   TAP rows -> observations, newest processing version per exposure and detector.
 - :mod:`.search`: :func:`query_observations` / :func:`search_frames`, the whole search.

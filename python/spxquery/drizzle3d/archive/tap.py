@@ -6,11 +6,15 @@ does a service that cannot be reached at all (connection refused, unknown host n
 :class:`ArchiveUnreachableError`, one line naming the URL), where retrying would only wait. In mode
 ``"auto"`` a query that keeps failing, times out repeatedly or comes back truncated
 (``QUERY_STATUS = OVERFLOW``) is sent again as an async (UWS) job. A truncated result is
-never returned silently: the table's ``meta["spx_truncated"]`` says so. Times in seconds.
+never returned silently: the table's ``meta["spx_truncated"]`` says so. pyvo sends the
+requests; the answers are read by :mod:`.tap_answer` (bounded in size, an odd cell in a numeric
+column read as text so that only its row is skipped). Times in seconds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import socket
 import time
@@ -23,6 +27,7 @@ import requests
 from ..textlimits import short_text
 from .retry import backoff_base as _backoff_base
 from .retry import backoff_delay, is_retryable_status, parse_retry_after
+from .tap_answer import AnswerTooLargeError, read_answer
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +126,58 @@ def _describe(exc: BaseException) -> tuple[str, bool, float | None, bool]:
     return f"{type(exc).__name__}: {exc}", False, None, False
 
 
+def _sync_result(service: Any, adql: str) -> Any:
+    """One sync query, its answer read by :mod:`.tap_answer` (bounded, lenient on odd cells);
+    errors as pyvo's ``run_sync`` raises them."""
+    from pyvo.dal import DALFormatError
+    from pyvo.dal.tap import TAPResults
+
+    query = service.create_query(adql)
+    try:
+        stream = query.execute_stream()
+        try:
+            votable = read_answer(stream.read, query.queryurl)
+        finally:
+            stream.close()  # never drain the rest of an answer refused as too large
+    except Exception as exc:
+        query.raise_if_error()  # an HTTP error status says more than its body
+        if isinstance(exc, AnswerTooLargeError):
+            raise
+        raise DALFormatError(exc, query.queryurl) from exc
+    return TAPResults(votable, url=query.queryurl, session=getattr(service, "_session", None))
+
+
+def _async_result(service: Any, adql: str) -> Any:
+    """One async (UWS) job as pyvo's ``run_async`` runs it, its result read by
+    :mod:`.tap_answer`; the job is deleted afterwards."""
+    from pyvo.dal import DALFormatError, DALQueryError, DALServiceError
+    from pyvo.dal.tap import TAPResults
+
+    job = service.submit_job(adql).run().wait(timeout=ASYNC_JOB_TIMEOUT)
+    try:
+        job.raise_if_error()
+        url = job.result_uri
+        if url is None:
+            raise DALServiceError(reason="No result URI available", url=job.url)
+        try:
+            response = job._session.get(url, stream=True)
+            response.raise_for_status()
+        except requests.RequestException as exc:
+            raise DALServiceError.from_except(exc, job.url) from exc
+        try:
+            votable = read_answer(functools.partial(response.raw.read, decode_content=True), url)
+        except AnswerTooLargeError:
+            raise
+        except Exception as exc:
+            raise DALFormatError(exc, url) from exc
+        finally:
+            response.close()
+    finally:
+        with contextlib.suppress(DALServiceError, DALQueryError, requests.RequestException):
+            job.delete()
+    return TAPResults(votable, url=url, session=job._session)
+
+
 def _submit(service: Any, adql: str, mode: str) -> Any:
     """One sync query or one async job; pyvo's overflow warning is ours to report."""
     from pyvo.dal import DALOverflowWarning
@@ -128,8 +185,8 @@ def _submit(service: Any, adql: str, mode: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DALOverflowWarning)
         if mode == "sync":
-            return service.run_sync(adql)
-        return service.run_async(adql, timeout=ASYNC_JOB_TIMEOUT)
+            return _sync_result(service, adql)
+        return _async_result(service, adql)
 
 
 def _run_mode(
@@ -143,6 +200,8 @@ def _run_mode(
     for attempt in range(retries + 1):
         try:
             result = _submit(service, adql, mode)
+        except AnswerTooLargeError as exc:  # not retried: the same answer again would be as large
+            raise ArchiveQueryError(str(exc)) from exc
         except Exception as exc:  # pyvo raises several DAL* types, requests a few more
             unreachable = unreachable_reason(exc, tap_url)
             if unreachable is not None:
