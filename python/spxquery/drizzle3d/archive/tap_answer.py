@@ -98,6 +98,8 @@ def _as_text(data: bytes, column: str) -> tuple[bytes, str | None] | None:
 
 def _mask_nulls(votable: Any, nulls: dict[str, str]) -> None:
     """Mask the cells of columns read as text that hold their FIELD's NULL value."""
+    if not nulls:
+        return  # nothing to do, and an error answer has no table
     array = votable.get_first_table().array
     for column, null in nulls.items():
         if column in array.dtype.names:
