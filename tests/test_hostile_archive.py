@@ -157,17 +157,19 @@ _IRSA_SHAPED = b"""<?xml version="1.0" encoding="UTF-8"?>
 <FIELD name="t" datatype="double" width="12" precision="5"/>
 <DATA><TABLEDATA>
 <TR><TD>a</TD><TD>123</TD><TD>1.5</TD></TR><TR><TD>b</TD><TD>12abc</TD><TD>2.5</TD></TR>
-<TR><TD>c</TD><TD></TD><TD>3.5</TD></TR><TR><TD>d</TD><TD>-1</TD><TD>4.5</TD></TR>
+<TR><TD>c</TD><TD>NaN</TD><TD>3.5</TD></TR><TR><TD>d</TD><TD>-1</TD><TD>4.5</TD></TR>
+<TR><TD>e</TD><TD/><TD>5.5</TD></TR>
 </TABLEDATA></DATA></TABLE></RESOURCE></VOTABLE>"""
 
 
 def test_numeric_field_read_as_text_keeps_its_null_and_the_other_columns():
-    """A FIELD as IRSA writes it (no ID, a description, a NULL value) read again as text: its
-    NULL value stays NULL, the other columns keep their types."""
+    """A FIELD as IRSA writes it (no ID, a description, a NULL value) read again as text: what
+    the declared type reads as NULL (NaN, the NULL value, empty) stays NULL, the other columns
+    keep their types."""
     table = tap_answer.parse_answer(_IRSA_SHAPED).get_first_table().to_table()
-    assert list(table["contentlength"].filled("NULL")) == ["123", "12abc", "", "NULL"]
-    assert table["t"].dtype.kind == "f" and list(table["t"]) == [1.5, 2.5, 3.5, 4.5]
-    assert list(table["obs_id"]) == ["a", "b", "c", "d"]
+    assert list(table["contentlength"].filled("NULL")) == ["123", "12abc", "NULL", "NULL", "NULL"]
+    assert table["t"].dtype.kind == "f" and list(table["t"]) == [1.5, 2.5, 3.5, 4.5, 5.5]
+    assert list(table["obs_id"]) == ["a", "b", "c", "d", "e"]
 
 
 def test_odd_cells_in_two_numeric_columns_of_an_async_answer(archive, tmp_path, caplog):

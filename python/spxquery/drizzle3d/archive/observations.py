@@ -102,8 +102,6 @@ def _value(row: Any, name: str) -> Any:
         return None
     if isinstance(v, bytes):
         v = v.decode("utf-8", errors="replace")
-    if isinstance(v, (str, np.str_)) and not v.strip():
-        return None  # an empty cell is NULL, also in a numeric column read as text
     return v
 
 
@@ -123,12 +121,12 @@ def _text(row: Any, name: str) -> str | None:
 
 
 def _real(row: Any, name: str) -> float | None:
-    """A finite float (numbers written as text accepted), None when NULL (NaN, also as text,
-    is a VOTable float's NULL); _BadRow when not a number."""
+    """A finite float (numbers written as text accepted), None when NULL (NaN is a VOTable
+    float's NULL); _BadRow when not a number."""
     v = _value(row, name)
     if v is None:
         return None
-    if isinstance(v, (str, np.str_)) and (_RE_NUMBER.match(str(v)) or str(v).strip().lower() == "nan"):
+    if isinstance(v, (str, np.str_)) and _RE_NUMBER.match(str(v)):
         v = float(v)
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise _bad(name, v, "is not a number")

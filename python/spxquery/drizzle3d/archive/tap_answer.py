@@ -6,7 +6,7 @@ huge answer is refused (:class:`AnswerTooLargeError`) instead of filling the mem
 are parsed with astropy's VOTable parser, as pyvo does; when a cell of a numeric column cannot
 be read as its declared type (``contentlength`` '12abc' in a column declared ``long``, as IRSA
 declares it), astropy refuses the whole answer, so the answer is parsed again with that FIELD
-declared as text (``char``; its ``VALUES null`` cells stay NULL): the row checks of
+declared as text (``char``; cells the type reads as NULL stay NULL): the row checks of
 :mod:`.observations` then skip just the rows whose values are no numbers, with their warnings.
 Sizes in bytes.
 """
@@ -96,20 +96,20 @@ def _as_text(data: bytes, column: str) -> tuple[bytes, str | None] | None:
     return None
 
 
-def _mask_nulls(votable: Any, nulls: dict[str, str]) -> None:
-    """Mask the cells of columns read as text that hold their FIELD's NULL value."""
-    if not nulls:
-        return  # nothing to do, and an error answer has no table
+def _mask_nulls(votable: Any, nulls: dict[str, str | None]) -> None:
+    """Mask the cells of the columns read as text that the declared type would have read as
+    NULL: empty, 'NaN' (any case) or the FIELD's ``VALUES null``."""
     array = votable.get_first_table().array
     for column, null in nulls.items():
         if column in array.dtype.names:
-            array.mask[column] |= np.array([str(v).strip() == null for v in array.data[column]], dtype=bool)
+            blank = {"", "nan", (null or "").lower()}
+            array.mask[column] |= np.array([str(v).strip().lower() in blank for v in array.data[column]], dtype=bool)
 
 
 def parse_answer(data: bytes) -> Any:
     """The VOTable of ``data`` (astropy's parser, as pyvo uses it). A numeric column with a cell
     that is no number of its type is read as text, column by column (at most once per FIELD;
-    its NULL value stays NULL); any other parse error is raised as astropy raises it."""
+    its NULL cells stay NULL); any other parse error is raised as astropy raises it."""
     from astropy.io.votable import parse
 
     as_text: dict[str, str | None] = {}
@@ -124,7 +124,8 @@ def parse_answer(data: bytes) -> Any:
                 raise
             data, as_text[column] = changed
             continue
-        _mask_nulls(votable, {c: null for c, null in as_text.items() if null is not None})
+        if as_text:  # (an error answer has no table)
+            _mask_nulls(votable, as_text)
         return votable
 
 
