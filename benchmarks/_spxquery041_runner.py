@@ -148,6 +148,13 @@ def main() -> int:
         out = drizzle_detector(paths, config, args.detector, output_wcs)
         result["drizzle_s"] = time.perf_counter() - t0
         result["output"] = str(out) if out is not None else None
+        if os.environ.get("SPXDRIZZLE_STAGE_TIMES"):
+            try:  # this package only (spxquery 0.4.1 has no stage times)
+                from spxquery.drizzle3d import stagetimes
+
+                result["stages"] = stagetimes.snapshot()
+            except ImportError:
+                pass
         if out is not None:
             from astropy.io import fits
 

@@ -65,6 +65,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+import _doc
+import _stages
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RUNNER = HERE / "_spxquery041_runner.py"
@@ -191,7 +194,8 @@ class Run:
 
 
 def run_child(python: Path, args: List[str], log_path: Path, time_cap_s: float,
-              as_limit_bytes: Optional[int], rss_kill_mib: float) -> Tuple[str, float, float]:
+              as_limit_bytes: Optional[int], rss_kill_mib: float,
+              extra_env: Optional[Dict[str, str]] = None) -> Tuple[str, float, float]:
     """Run ``python RUNNER args`` in its own session; return (status, wall s, ru_maxrss MiB).
 
     Polls with ``os.wait4`` (so ``ru_maxrss`` is this child's own peak) and kills the process
@@ -199,6 +203,7 @@ def run_child(python: Path, args: List[str], log_path: Path, time_cap_s: float,
     """
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra_env or {})
 
     def preexec() -> None:
         os.setsid()
@@ -275,7 +280,8 @@ def execute(python: Path, impl: str, tag: str, work: Path, cfg: argparse.Namespa
         run.load_before = loadavg()
         log(f"[{tag}] start (load {run.load_before}) ...")
         status, wall, maxrss = run_child(python, runner_args(result_path, paths_file, size, rdir / "out"),
-                                         rdir / "run.log", cfg.time_cap * 60.0, as_limit, rss_kill_mib)
+                                         rdir / "run.log", cfg.time_cap * 60.0, as_limit, rss_kill_mib,
+                                         _stages.ENV if (cfg.stages and impl == "new") else None)
         run.load_after = loadavg()
         run.status, run.wall_s, run.maxrss_mib = status, wall, maxrss
         run.result = json.loads(result_path.read_text()) if result_path.exists() else {}
@@ -544,6 +550,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "performance.md",
                     help="markdown file whose '%s' section is replaced by the table; default %%(default)s" % DOC_HEADING)
     ap.add_argument("--no-doc", action="store_true", help="print the table only, do not write --doc")
+    ap.add_argument("--stages", action="store_true",
+                    help="time each stage of the frame path in this package's runs and write the per-stage table "
+                         "(ms per frame, wall and CPU) under its own heading of --doc")
     ap.add_argument("--import-retries", type=int, default=3,
                     help="retries (30 s apart) when this package fails to import (extension being rebuilt)")
     cfg = ap.parse_args(argv)
@@ -618,9 +627,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     }
     report = build_report(runs, ratio_pairs, baselines, parities, meta, cfg.time_cap)
     print(report)
+    staged = [(f"{size_label(r.size)}, {r.n_frames} frames", r.n_frames, r.result["drizzle_s"], r.result["stages"])
+              for r in runs if r.impl == "new" and r.status == "ok" and r.result.get("stages")]
+    stage_report = _stages.stage_section(staged, meta) if staged else ""
+    print(stage_report)
     if not cfg.no_doc:
         write_doc(cfg.doc, report)
-        log(f"wrote the table to {cfg.doc}")
+        if stage_report:
+            _doc.write_section(cfg.doc, _stages.DOC_HEADING, stage_report)
+        log(f"wrote the table(s) to {cfg.doc}")
     return 0 if all(r.status == "ok" for r in runs) else 1
 
 

@@ -36,6 +36,7 @@ from . import zodi as _zodi
 from .footprint import DEFAULT_CROP_MARGIN, footprint_crop
 from .grid import OutputGrid
 from .spatial import corner_map
+from .stagetimes import stage
 from .wavetable import WaveTable, read_wave_table
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,8 @@ class Frame:
         if self.grid is None or self.flags is None:
             raise ValueError(f"{self.name}: strips() needs a frame from prepare_frame")
         x0, x1, y0, y1 = self.crop
-        hdul = None if self._pixels is not None else _open_fits(self.path)
+        with stage("open"):
+            hdul = None if self._pixels is not None else _open_fits(self.path)
         try:
             for ya in range(y0, y1, self.strip_rows):
                 yb = min(ya + self.strip_rows, y1)
@@ -133,13 +135,17 @@ class Frame:
                     image, variance, zodi = self._pixels
                     self._pixels = None  # handed over once; a second pass reads the file
                 else:
-                    image, variance, zodi = _read_pixels(hdul, self.path, slice(ya, yb), slice(x0, x1),
-                                                         self.zodi.scale is not None)
-                self.zodi.subtract(image, zodi)
+                    with stage("rows"):
+                        image, variance, zodi = _read_pixels(hdul, self.path, slice(ya, yb), slice(x0, x1),
+                                                             self.zodi.scale is not None)
+                with stage("zodi"):
+                    self.zodi.subtract(image, zodi)
                 del zodi
                 rows = slice(ya - y0, yb - y0)
-                lam, dlam = self.wave.evaluate_crop(x0, x1, ya, yb)
-                corners_x, corners_y = corner_map(self.wcs, self.grid.wcs, x0, ya, x1 - x0, yb - ya)
+                with stage("wavelengths"):
+                    lam, dlam = self.wave.evaluate_crop(x0, x1, ya, yb)
+                with stage("corners"):
+                    corners_x, corners_y = corner_map(self.wcs, self.grid.wcs, x0, ya, x1 - x0, yb - ya)
                 exclude = None if self.exclude_mask is None else self.exclude_mask[rows]
                 yield Strip(corners_x, corners_y, image, variance, self.flags[rows], lam, dlam, exclude)
         finally:
@@ -254,20 +260,25 @@ def _mjd_span(header: fits.Header) -> Tuple[float, float]:
 
 def _read_header(hdul: fits.HDUList, path: Path, detectors: Optional[Sequence[int]]) -> Frame:
     """The validated header facts of an open file (``detectors``: the accepted ones, None: any)."""
-    shape = _check_structure(hdul, path)
-    header = hdul["IMAGE"].header
-    det = _parse_detector(header, path)
+    with stage("open"):
+        shape = _check_structure(hdul, path)
+    with stage("headers"):
+        header = hdul["IMAGE"].header
+        det = _parse_detector(header, path)
     if detectors is not None and det not in detectors:
         expected = " or ".join(f"D{d}" for d in detectors)
         raise FrameError(path, f"belongs to detector D{det}, expected {expected}")
-    wcs = _celestial_wcs(header, path)
+    with stage("wcs"):
+        wcs = _celestial_wcs(header, path)
     try:
-        wave = read_wave_table(hdul, header)
+        with stage("wave"):
+            wave = read_wave_table(hdul, header)
     except ValueError as exc:
         raise FrameError(path, str(exc)) from None
     flags_hdu = hdul["FLAGS"]
     try:
-        bits = _flags.flag_bits_from_header(flags_hdu.header)
+        with stage("headers"):
+            bits = _flags.flag_bits_from_header(flags_hdu.header)
     except Exception as exc:
         raise FrameError(path, f"FLAGS header unreadable ({type(exc).__name__}: {exc})") from exc
     crpix_a = (header.get("CRPIX1A"), header.get("CRPIX2A"))
@@ -362,26 +373,33 @@ def prepare_frame(
     are rejected. Raises :class:`FrameError` for unusable files.
     """
     path = Path(path)
-    hdul = _open_fits(path)
+    with stage("open"):
+        hdul = _open_fits(path)
     try:
         frame = _read_header(hdul, path, grid.detectors)
-        crop = footprint_crop(frame, grid, margin_pix)
+        with stage("crop"):
+            crop = footprint_crop(frame, grid, margin_pix)
         if crop is None:
             return None
         x0, x1, y0, y1 = crop
         rows, cols = slice(y0, y1), slice(x0, x1)
-        flags = _read_flags(hdul, path, rows, cols)
+        with stage("flags"):
+            flags = _read_flags(hdul, path, rows, cols)
         pixels = None
         if (x1 - x0) * (y1 - y0) <= strip_pixels:
-            pixels = _read_pixels(hdul, path, rows, cols, bool(config.subtract_zodi))
+            with stage("rows"):
+                pixels = _read_pixels(hdul, path, rows, cols, bool(config.subtract_zodi))
         crop_fit = None
         if pixels is not None and pixels[2] is not None:
             crop_fit = _zodi.ZodiPixels(image=pixels[0], zodi=pixels[2], variance=pixels[1], flags=flags)
-        zodi = _zodi.frame_scale(config, frame.flag_bits, crop_fit, _subsample_reader(hdul, path), name=path.name)
+        with stage("zodi"):
+            zodi = _zodi.frame_scale(config, frame.flag_bits, crop_fit, _subsample_reader(hdul, path),
+                                     name=path.name)
     finally:
         hdul.close()
-    bits = _flags.exclude_bitmask(config.exclude_flags or [], frame.flag_bits)
-    exclude = (flags & np.uint32(bits)) != 0 if bits else None
+    with stage("flags"):
+        bits = _flags.exclude_bitmask(config.exclude_flags or [], frame.flag_bits)
+        exclude = (flags & np.uint32(bits)) != 0 if bits else None
     return replace(frame, grid=grid, crop=crop, flags=flags, exclude_mask=exclude, zodi=zodi,
                    strip_rows=max(1, int(strip_pixels) // max(1, x1 - x0)), _pixels=pixels)
 

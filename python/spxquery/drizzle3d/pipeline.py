@@ -30,6 +30,7 @@ from .frames import Frame, FrameError, prepare_frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
 from .preflight import OutputExistsError, preflight
 from .progress import progress_bar
+from .stagetimes import stage
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ def _drizzle_frame(cube: DrizzleCube, frame: Frame) -> Dict[str, Any]:
     """
     n_pix, n_con, planes = 0, 0, np.zeros(cube.nz, dtype=bool)
     for strip in frame.strips():
-        stats = drizzle_frame(cube, *strip, record=False)
+        with stage("kernel"):
+            stats = drizzle_frame(cube, *strip, record=False)
         del strip
         n_pix += stats.n_pixels
         n_con += stats.n_contributions
@@ -162,7 +164,8 @@ def drizzle_detector(
     if not cube.frame_log:
         logger.warning("D%d: no frame contributed to the output region; no cube written", detector)
         return None
-    return save_cube(cube, out_path, overwrite=config.overwrite, progress=config.progress)
+    with stage("write"):
+        return save_cube(cube, out_path, overwrite=config.overwrite, progress=config.progress)
 
 
 def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:

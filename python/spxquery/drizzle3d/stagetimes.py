@@ -1,0 +1,90 @@
+"""Per-stage times of the frame path: where each millisecond of a frame goes.
+
+Off by default (one module-global test per stage). The pipeline benchmark turns it on
+(``benchmarks/bench_pipeline.py --stages``, or ``SPXDRIZZLE_STAGE_TIMES=1`` in the environment)
+and prints the totals: wall seconds (``time.perf_counter``) and CPU seconds of the calling
+thread (``time.thread_time``), summed over frames and threads, and the number of calls.
+
+Stages, in the order a frame meets them (:data:`STAGES`): ``open`` (the file and its
+structure), ``headers`` (keywords of the needed extensions, checks), ``wcs`` (the celestial
+WCS), ``wave`` (the ``WCS-WAVE`` table), ``crop`` (the footprint on the grid), ``rows``
+(IMAGE/VARIANCE/ZODI pixels), ``flags`` (FLAGS pixels, decompressed), ``zodi`` (the scale
+fit), ``wavelengths`` (per-pixel lookup), ``corners`` (the corner map), ``kernel`` (the Rust
+accumulation), ``write`` (the cube file).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Dict
+
+#: The stages, in the order a frame meets them.
+STAGES = ("open", "headers", "wcs", "wave", "crop", "rows", "flags", "zodi", "wavelengths", "corners", "kernel",
+          "write")
+
+_enabled = os.environ.get("SPXDRIZZLE_STAGE_TIMES", "") not in ("", "0")
+_lock = threading.Lock()
+_totals: Dict[str, list] = {}
+
+
+class _Timer:
+    __slots__ = ("name", "w0", "c0")
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> "_Timer":
+        self.w0 = time.perf_counter()
+        self.c0 = time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.w0
+        cpu = time.thread_time() - self.c0
+        with _lock:
+            t = _totals.setdefault(self.name, [0.0, 0.0, 0])
+            t[0] += wall
+            t[1] += cpu
+            t[2] += 1
+
+
+class _Off:
+    __slots__ = ()
+
+    def __enter__(self) -> "_Off":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_OFF = _Off()
+
+
+def stage(name: str):  # -> a context manager
+    """``with stage("rows"): ...`` adds the block's wall and CPU time to stage ``name`` (when on)."""
+    return _Timer(name) if _enabled else _OFF
+
+
+def enable(on: bool = True) -> None:
+    """Turn the timing on (or off); totals are kept until :func:`reset`."""
+    global _enabled
+    _enabled = bool(on)
+
+
+def reset() -> None:
+    """Forget all totals."""
+    with _lock:
+        _totals.clear()
+
+
+def snapshot() -> Dict[str, Dict[str, float]]:
+    """``{stage: {"wall_s", "cpu_s", "calls"}}`` summed since the last :func:`reset`, in :data:`STAGES` order."""
+    with _lock:
+        names = [s for s in STAGES if s in _totals] + sorted(set(_totals) - set(STAGES))
+        return {n: {"wall_s": _totals[n][0], "cpu_s": _totals[n][1], "calls": _totals[n][2]} for n in names}
+
+
+__all__ = ["STAGES", "stage", "enable", "reset", "snapshot"]
