@@ -6,43 +6,50 @@ in um, surface brightness in MJy/sr, variance in (MJy/sr)^2, flags as uint32.
 A :class:`Frame` is the one type from the reader to the engine:
 
 1. :func:`open_frame` reads and validates the headers (by EXTNAME) and the small ``WCS-WAVE``
-   table: the frame's header facts (:class:`FrameError` for unusable files).
+   table: the frame's header facts (:class:`FrameError` for unusable files). Bytes come from
+   the data-access layer (:mod:`.access`); the FITS structure and the keywords are parsed and
+   checked here (:mod:`.fitsstructure`, :mod:`.l2layout`, :mod:`.framewcs`,
+   :mod:`.wavetable`) before any C library sees them.
 2. :func:`prepare_frame` selects what can land on an :class:`~.grid.OutputGrid`: the
    footprint crop (:mod:`.footprint`), its flags and exclude mask (computed once), and the
    zodi scale (:mod:`.zodi`). A frame that does not touch the grid costs one header read.
 3. :meth:`Frame.strips` yields the crop's pixel arrays in strips of rows, as
    :class:`Strip` tuples in the argument order of ``accumulate.drizzle_frame``: only the
-   rectangle is read (``hdu.section``: memory-mapped rows of plain images, the needed tiles of
-   RICE-compressed FLAGS), zodi-subtracted, with wavelengths and the corner map.
+   rectangle is read (:mod:`.pixels`: rows of plain images, the needed tiles of compressed
+   FLAGS), zodi-subtracted, with wavelengths and the corner map.
 
 Everything computed per frame (crop excepted) depends on the frame alone, never on the grid.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from astropy.io import fits
-from astropy.wcs import WCS, FITSFixedWarning
+from astropy.wcs import WCS
 
 from . import flags as _flags
 from . import zodi as _zodi
+from .access import AccessError, ByteSource, open_source
+from .fitsheader import Header, HeaderError
+from .fitsstructure import StructureError, read_structure
+from .fitstable import TableError
 from .footprint import DEFAULT_CROP_MARGIN, footprint_crop
+from .framewcs import WcsError, celestial_wcs
 from .grid import OutputGrid
+from .l2layout import REQUIRED_EXTENSIONS, L2Layout, LayoutError, l2_layout
+from .pixels import PixelError, read_flags, read_image
 from .spatial import corner_map
 from .stagetimes import stage
-from .wavetable import WaveTable, read_wave_table
+from .wavetable import WaveTable, check_wave_table, read_wave_table
 
 logger = logging.getLogger(__name__)
 
-#: Extensions the drizzle needs (PSF / EPSF are not read).
-REQUIRED_EXTENSIONS = ("IMAGE", "FLAGS", "VARIANCE", "ZODI")
 #: Crops larger than this (input pixels) are read and drizzled in strips of rows of about
 #: this many pixels, so that a whole frame never sits in memory at once; smaller crops are
 #: read whole by :func:`prepare_frame`.
@@ -94,6 +101,8 @@ class Frame:
     wave: WaveTable
     flags_compressed: bool
     """FLAGS is tile-compressed (QR3 and later)."""
+    layout: L2Layout
+    """Where the file's images are (offsets, types, tiles)."""
     parent_offset: Tuple[float, float] = (0.0, 0.0)
     """A cutout's offset: parent pixel = file pixel + offset."""
     is_cutout: bool = False
@@ -126,8 +135,7 @@ class Frame:
         if self.grid is None or self.flags is None:
             raise ValueError(f"{self.name}: strips() needs a frame from prepare_frame")
         x0, x1, y0, y1 = self.crop
-        with stage("open"):
-            hdul = None if self._pixels is not None else _open_fits(self.path)
+        src = None if self._pixels is not None else _open(self.path)
         try:
             for ya in range(y0, y1, self.strip_rows):
                 yb = min(ya + self.strip_rows, y1)
@@ -135,8 +143,9 @@ class Frame:
                     image, variance, zodi = self._pixels
                     self._pixels = None  # handed over once; a second pass reads the file
                 else:
+                    assert src is not None
                     with stage("rows"):
-                        image, variance, zodi = _read_pixels(hdul, self.path, slice(ya, yb), slice(x0, x1),
+                        image, variance, zodi = _read_pixels(src, self.layout, self.path, range(ya, yb), x0, x1,
                                                              self.zodi.scale is not None)
                 with stage("zodi"):
                     self.zodi.subtract(image, zodi)
@@ -149,36 +158,34 @@ class Frame:
                 exclude = None if self.exclude_mask is None else self.exclude_mask[rows]
                 yield Strip(corners_x, corners_y, image, variance, self.flags[rows], lam, dlam, exclude)
         finally:
-            if hdul is not None:
-                hdul.close()
+            if src is not None:
+                src.close()
 
 
 # --------------------------------------------------------------------------- headers
 
+#: What the readers below raise for a file that cannot be used (the message is the reason).
+_READ_ERRORS = (AccessError, StructureError, LayoutError, PixelError, HeaderError, TableError, WcsError)
 
-def _open_fits(path: Path) -> fits.HDUList:
+
+def _reason(exc: BaseException) -> str:
+    return exc.reason if isinstance(exc, AccessError) else str(exc)
+
+
+def _open(path: Path) -> ByteSource:
     try:
-        if not path.is_file():
-            raise FrameError(path, "file does not exist")
-        if path.stat().st_size < 2880:
-            raise FrameError(path, f"not a FITS file (only {path.stat().st_size} bytes)")
-        with open(path, "rb") as fh:
-            if fh.read(6) != b"SIMPLE":
-                raise FrameError(path, "not a FITS file (no SIMPLE card)")
-        return fits.open(path, memmap=True, lazy_load_hdus=True)
-    except FrameError:
-        raise
-    except Exception as exc:  # astropy raises OSError/ValueError/... for corrupt files
-        raise FrameError(path, f"unreadable FITS file ({type(exc).__name__}: {exc})") from exc
+        return open_source(path)
+    except AccessError as exc:
+        raise FrameError(path, exc.reason) from None
 
 
-def _parse_detector(header: fits.Header, path: Path) -> int:
+def _parse_detector(header: Header, path: Path) -> int:
     val = header.get("DETECTOR")
     if val is not None:
         m = re.search(r"([1-6])", str(val))
         if m and str(val).strip().upper().lstrip("D") == m.group(1):
             return int(m.group(1))
-        raise FrameError(path, f"IMAGE keyword DETECTOR = {val!r} is not a SPHEREx detector 1-6")
+        raise FrameError(path, f"IMAGE keyword DETECTOR = {str(val)[:20]!r} is not a SPHEREx detector 1-6")
     m = _DET_FROM_NAME.search(path.name)
     if m:
         logger.debug("%s: no DETECTOR keyword, detector taken from the file name", path.name)
@@ -186,110 +193,81 @@ def _parse_detector(header: fits.Header, path: Path) -> int:
     raise FrameError(path, "not a SPHEREx L2 image: IMAGE header has no DETECTOR keyword")
 
 
-def _hdu_shape(hdu) -> Tuple[int, ...]:
-    h = hdu.header
-    n = int(h.get("NAXIS", 0))
-    return tuple(int(h[f"NAXIS{i}"]) for i in range(n, 0, -1))
-
-
-def _check_structure(hdul: fits.HDUList, path: Path) -> Tuple[int, int]:
-    """Every extension complete, the required ones present with one 2-D shape: ``(ny, nx)``."""
+def _mjd(header: Header) -> float:
+    """MJD-AVG, else the middle of MJD-BEG/MJD-END, else NaN (metadata only: never fatal)."""
     try:
-        names = {str(h.name).upper() for h in hdul}
-    except FrameError:
-        raise
-    except Exception as exc:
-        raise FrameError(path, f"truncated or corrupt FITS structure ({type(exc).__name__}: {exc})") from exc
-    size = path.stat().st_size
-    for idx in range(len(hdul)):
-        # The HDU's own fileinfo: HDUList.fileinfo() re-serialises every header per call.
-        info = hdul[idx].fileinfo()
-        if info is not None and int(info["datLoc"]) + int(info["datSpan"]) > size:
-            raise FrameError(
-                path,
-                f"truncated file: extension {hdul[idx].name or idx} needs "
-                f"{int(info['datLoc']) + int(info['datSpan'])} bytes, file has {size}",
-            )
-    if "IMAGE" not in names:
-        raise FrameError(path, f"not a SPHEREx L2 image: no IMAGE extension (extensions: {sorted(names)})")
-    for ext in REQUIRED_EXTENSIONS:
-        if ext not in names:
-            raise FrameError(path, f"missing extension {ext}")
-    shape = _hdu_shape(hdul["IMAGE"])
-    if len(shape) != 2:
-        raise FrameError(path, f"IMAGE is {len(shape)}-D (shape {shape}), expected 2-D")
-    for ext in REQUIRED_EXTENSIONS[1:]:
-        s = _hdu_shape(hdul[ext])
-        if s != shape:
-            raise FrameError(path, f"extension {ext} has shape {s}, IMAGE has {shape}")
-    return shape[0], shape[1]
-
-
-def _celestial_wcs(header: fits.Header, path: Path) -> WCS:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FITSFixedWarning)
-        try:
-            wcs = WCS(header, naxis=2)
-        except Exception as exc:
-            raise FrameError(path, f"invalid celestial WCS ({type(exc).__name__}: {exc})") from exc
-    if not wcs.has_celestial or wcs.naxis != 2:
-        raise FrameError(path, "not a SPHEREx L2 image: IMAGE has no celestial WCS")
-    return wcs
-
-
-def _mjd(header: fits.Header) -> float:
-    """MJD-AVG, else the middle of MJD-BEG/MJD-END, else NaN."""
-    mjd = header.get("MJD-AVG")
-    if mjd is None:
-        beg, end = header.get("MJD-BEG"), header.get("MJD-END")
-        mjd = 0.5 * (float(beg) + float(end)) if beg is not None and end is not None else float("nan")
+        mjd = header.get_float("MJD-AVG", None)
+        if mjd is None:
+            beg, end = header.get_float("MJD-BEG", None), header.get_float("MJD-END", None)
+            mjd = 0.5 * (beg + end) if beg is not None and end is not None else float("nan")
+    except HeaderError as exc:
+        logger.debug("%s; MJD unknown", exc)
+        return float("nan")
     return float(mjd)
 
 
-def _mjd_span(header: fits.Header) -> Tuple[float, float]:
-    """(MJD-BEG, MJD-END), each NaN when missing or not a number."""
+def _mjd_span(header: Header) -> Tuple[float, float]:
+    """(MJD-BEG, MJD-END), each NaN when missing or not a number (metadata only: never fatal)."""
 
     def value(key: str) -> float:
         try:
-            return float(header.get(key, float("nan")))
-        except (TypeError, ValueError):
+            return header.get_float(key, float("nan"))
+        except HeaderError:
             return float("nan")
 
     return value("MJD-BEG"), value("MJD-END")
 
 
-def _read_header(hdul: fits.HDUList, path: Path, detectors: Optional[Sequence[int]]) -> Frame:
+@functools.lru_cache(maxsize=8)
+def _band(detector: int) -> Tuple[float, float]:
+    """The detector's band (um): the lowest and highest channel edges of the channel table."""
+    from .spectral import detector_spectral_table
+
+    t = detector_spectral_table(detector)
+    return float(t["WL_MIN"].min()), float(t["WL_MAX"].max())
+
+
+def _read_header(src: ByteSource, path: Path, detectors: Optional[Sequence[int]]) -> Frame:
     """The validated header facts of an open file (``detectors``: the accepted ones, None: any)."""
-    with stage("open"):
-        shape = _check_structure(hdul, path)
-    with stage("headers"):
-        header = hdul["IMAGE"].header
-        det = _parse_detector(header, path)
-    if detectors is not None and det not in detectors:
-        expected = " or ".join(f"D{d}" for d in detectors)
-        raise FrameError(path, f"belongs to detector D{det}, expected {expected}")
-    with stage("wcs"):
-        wcs = _celestial_wcs(header, path)
     try:
-        with stage("wave"):
-            wave = read_wave_table(hdul, header)
-    except ValueError as exc:
-        raise FrameError(path, str(exc)) from None
-    flags_hdu = hdul["FLAGS"]
-    try:
+        with stage("open"):
+            layout = l2_layout(read_structure(src))
         with stage("headers"):
-            bits = _flags.flag_bits_from_header(flags_hdu.header)
-    except Exception as exc:
-        raise FrameError(path, f"FLAGS header unreadable ({type(exc).__name__}: {exc})") from exc
-    crpix_a = (header.get("CRPIX1A"), header.get("CRPIX2A"))
-    if crpix_a[0] is not None and crpix_a[1] is not None:
-        offset = (1.0 - float(crpix_a[0]), 1.0 - float(crpix_a[1]))
-    else:
-        offset = (0.0, 0.0)
-    is_cutout = offset != (0.0, 0.0) or abs(wave.crpix[0] - wave.crval[0]) > 0 or abs(wave.crpix[1] - wave.crval[1]) > 0
-    return Frame(path=path, obsid=str(header.get("OBSID", path.stem)), detector=det, mjd=_mjd(header), shape=shape,
-                 wcs=wcs, flag_bits=dict(bits), wave=wave, flags_compressed=isinstance(flags_hdu, fits.CompImageHDU),
-                 parent_offset=offset, is_cutout=is_cutout, mjd_span=_mjd_span(header))
+            header = layout.hdus["IMAGE"].header
+            det = _parse_detector(header, path)
+            if detectors is not None and det not in detectors:
+                expected = " or ".join(f"D{d}" for d in detectors)
+                raise FrameError(path, f"belongs to detector D{det}, expected {expected}")
+            bits = _flags.flag_bits_from_header(dict(layout.hdus["FLAGS"].header.items(("MP_", "MSKN"))))
+            offset = (1.0 - header.get_float("CRPIX1A"), 1.0 - header.get_float("CRPIX2A")) \
+                if "CRPIX1A" in header and "CRPIX2A" in header else (0.0, 0.0)
+            obsid = str(header.get("OBSID", path.stem))[:80]
+            mjd = _mjd(header)
+            mjd_span = _mjd_span(header)
+        with stage("wcs"):
+            if "CTYPE1" not in header:
+                raise FrameError(path, "not a SPHEREx L2 image: IMAGE has no celestial WCS (no CTYPE1)")
+            try:
+                wcs = celestial_wcs(header, layout.shape)
+            except WcsError as exc:
+                raise FrameError(path, f"celestial WCS: {exc}") from None
+        with stage("wave"):
+            try:
+                wave = read_wave_table(src, layout.hdus, header)
+            except ValueError as exc:
+                if isinstance(exc, _READ_ERRORS) and not isinstance(exc, (HeaderError, TableError)):
+                    raise
+                raise FrameError(path, str(exc)) from None
+            try:
+                check_wave_table(wave, layout.shape, _band(det))
+            except ValueError as exc:
+                raise FrameError(path, str(exc)) from None
+    except _READ_ERRORS as exc:
+        raise FrameError(path, _reason(exc)) from None
+    is_cutout = offset != (0.0, 0.0) or wave.crpix != wave.crval
+    return Frame(path=path, obsid=obsid, detector=det, mjd=mjd, shape=layout.shape, wcs=wcs, flag_bits=dict(bits),
+                 wave=wave, flags_compressed=layout.flags_compressed, layout=layout, parent_offset=offset,
+                 is_cutout=is_cutout, mjd_span=mjd_span)
 
 
 def open_frame(path: Any, detector: Optional[int] = None) -> Frame:
@@ -300,59 +278,45 @@ def open_frame(path: Any, detector: Optional[int] = None) -> Frame:
     images, are truncated, lack an extension or belong to another detector.
     """
     path = Path(path)
-    hdul = _open_fits(path)
-    try:
-        return _read_header(hdul, path, (detector,) if detector else None)
-    finally:
-        hdul.close()
+    with stage("open"):
+        src = _open(path)
+    with src:
+        return _read_header(src, path, (detector,) if detector else None)
 
 
 # --------------------------------------------------------------------------- pixels
 
 
-def _read_block(hdu, rows: slice, cols: slice) -> np.ndarray:
-    """Pixels ``[rows, cols]`` of an image HDU, reading only what is needed: a slice of
-    the memory map for plain images, only the needed tiles (``.section``) for
-    tile-compressed ones. (``.section`` on a plain image reads row by row.)"""
-    if isinstance(hdu, fits.CompImageHDU):
-        return hdu.section[rows, cols]
-    return np.array(hdu.data[rows, cols])
-
-
-def _read_pixels(hdul: fits.HDUList, path: Path, rows: slice, cols: slice,
+def _read_pixels(src: ByteSource, layout: L2Layout, path: Path, rows: range, x0: int, x1: int,
                  with_zodi: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(image, variance, zodi or None) of one block, float64 as the engine takes them
     (read once in the engine's dtype: no per-strip conversion copy later)."""
     try:
-        image = np.asarray(_read_block(hdul["IMAGE"], rows, cols), dtype=np.float64)
-        variance = np.asarray(_read_block(hdul["VARIANCE"], rows, cols), dtype=np.float64)
-        zodi = np.asarray(_read_block(hdul["ZODI"], rows, cols), dtype=np.float64) if with_zodi else None
-    except Exception as exc:
-        raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
+        image = read_image(src, layout.image, rows, x0, x1)
+        variance = read_image(src, layout.variance, rows, x0, x1)
+        zodi = read_image(src, layout.zodi, rows, x0, x1) if with_zodi else None
+    except _READ_ERRORS as exc:
+        raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
     return image, variance, zodi
 
 
-def _read_flags(hdul: fits.HDUList, path: Path, rows: slice, cols: slice) -> np.ndarray:
+def _read_flags(src: ByteSource, layout: L2Layout, path: Path, rows: range, x0: int, x1: int) -> np.ndarray:
     try:
-        return _flags.as_uint32(_read_block(hdul["FLAGS"], rows, cols))
-    except Exception as exc:
-        raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
+        return read_flags(src, layout.flags, rows, x0, x1)
+    except _READ_ERRORS as exc:
+        raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
 
 
-def _subsample_reader(hdul: fits.HDUList, path: Path) -> Any:
+def _subsample_reader(src: ByteSource, layout: L2Layout, path: Path) -> Any:
     """``read(step)``: every ``step``-th row of the whole frame as :class:`.zodi.ZodiPixels`."""
 
     def read(step: int) -> _zodi.ZodiPixels:
-        every = (slice(None, None, step), slice(None))
-        try:
-            return _zodi.ZodiPixels(
-                image=np.asarray(_read_block(hdul["IMAGE"], *every), dtype=np.float64),
-                zodi=np.asarray(_read_block(hdul["ZODI"], *every), dtype=np.float64),
-                variance=np.asarray(_read_block(hdul["VARIANCE"], *every), dtype=np.float32),
-                flags=_flags.as_uint32(_read_block(hdul["FLAGS"], *every)),
-            )
-        except Exception as exc:
-            raise FrameError(path, f"pixel data unreadable ({type(exc).__name__}: {exc})") from exc
+        rows = range(0, layout.shape[0], step)
+        nx = layout.shape[1]
+        image, variance, zodi = _read_pixels(src, layout, path, rows, 0, nx, True)
+        assert zodi is not None
+        return _zodi.ZodiPixels(image=image, zodi=zodi, variance=variance,
+                                flags=_read_flags(src, layout, path, rows, 0, nx))
 
     return read
 
@@ -374,29 +338,27 @@ def prepare_frame(
     """
     path = Path(path)
     with stage("open"):
-        hdul = _open_fits(path)
-    try:
-        frame = _read_header(hdul, path, grid.detectors)
+        src = _open(path)
+    with src:
+        frame = _read_header(src, path, grid.detectors)
         with stage("crop"):
             crop = footprint_crop(frame, grid, margin_pix)
         if crop is None:
             return None
         x0, x1, y0, y1 = crop
-        rows, cols = slice(y0, y1), slice(x0, x1)
+        rows = range(y0, y1)
         with stage("flags"):
-            flags = _read_flags(hdul, path, rows, cols)
+            flags = _read_flags(src, frame.layout, path, rows, x0, x1)
         pixels = None
         if (x1 - x0) * (y1 - y0) <= strip_pixels:
             with stage("rows"):
-                pixels = _read_pixels(hdul, path, rows, cols, bool(config.subtract_zodi))
+                pixels = _read_pixels(src, frame.layout, path, rows, x0, x1, bool(config.subtract_zodi))
         crop_fit = None
         if pixels is not None and pixels[2] is not None:
             crop_fit = _zodi.ZodiPixels(image=pixels[0], zodi=pixels[2], variance=pixels[1], flags=flags)
         with stage("zodi"):
-            zodi = _zodi.frame_scale(config, frame.flag_bits, crop_fit, _subsample_reader(hdul, path),
+            zodi = _zodi.frame_scale(config, frame.flag_bits, crop_fit, _subsample_reader(src, frame.layout, path),
                                      name=path.name)
-    finally:
-        hdul.close()
     with stage("flags"):
         bits = _flags.exclude_bitmask(config.exclude_flags or [], frame.flag_bits)
         exclude = (flags & np.uint32(bits)) != 0 if bits else None

@@ -9,10 +9,14 @@ the parent detector, so a cutout's wavelengths equal its parent frame's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Dict, Mapping, Tuple
 
 import numpy as np
-from astropy.io import fits
+
+from .access import ByteSource
+from .fitsheader import Header, HeaderError
+from .fitsstructure import Hdu
+from .fitstable import Column, TableError, cell_values, descriptors, element_bytes, heap_start, table_columns
 
 #: Default name of the wavelength lookup table extension.
 WAVE_EXTNAME = "WCS-WAVE"
@@ -73,48 +77,125 @@ def _cell_index(psi: np.ndarray, knots: np.ndarray) -> Tuple[np.ndarray, np.ndar
     return i, f
 
 
-def read_wave_table(hdul: fits.HDUList, header: fits.Header) -> WaveTable:
-    """Parse the ``W`` WAVE-TAB WCS of ``header`` (the IMAGE header) and its table in ``hdul``.
+#: Tolerance on the table's wavelengths beyond the detector's band, as a fraction of the band.
+BAND_TOLERANCE = 0.15
 
-    Raises ValueError with the reason when either is missing or inconsistent.
-    """
-    if str(header.get("CTYPE1W", "")).upper() != "WAVE-TAB":
-        raise ValueError("not a SPHEREx L2 image: IMAGE header has no WAVE-TAB wavelength WCS (CTYPE1W)")
-    extname = str(header.get("PS1_0W", WAVE_EXTNAME)).strip()
-    vcol = str(header.get("PS1_1W", "VALUES")).strip()
-    xcol = str(header.get("PS1_2W", "X")).strip()
-    ycol = str(header.get("PS2_2W", "Y")).strip()
+
+def _w_keywords(header: Header) -> Tuple[str, str, str, str]:
+    """``(table extension, VALUES column, X column, Y column)`` of the ``W`` WAVE-TAB WCS, after
+    checking its keywords (FITS Paper III, the SPHEREx layout: two axes, one table)."""
+    for i in (1, 2):
+        ctype = header.get_str(f"CTYPE{i}W", "").strip().upper()
+        if ctype != "WAVE-TAB":
+            what = "missing" if f"CTYPE{i}W" not in header else f"{ctype!r:.20}"
+            raise ValueError(f"not a SPHEREx L2 image: IMAGE header has no WAVE-TAB wavelength WCS (CTYPE{i}W {what})")
+    if header.get_int("WCSAXESW", 2) != 2:
+        raise ValueError(f"WCSAXESW = {header.get('WCSAXESW')!r} but the wavelength lookup has two axes")
+    ext = [header.get_str(f"PS{i}_0W", WAVE_EXTNAME).strip().upper() for i in (1, 2)]
+    vals = [header.get_str(f"PS{i}_1W", "VALUES").strip().upper() for i in (1, 2)]
+    idx = [header.get_str(f"PS{i}_2W", name).strip().upper() for i, name in ((1, "X"), (2, "Y"))]
+    if ext[0] != ext[1] or vals[0] != vals[1]:
+        raise ValueError(f"PS1_0W/PS2_0W = {ext} and PS1_1W/PS2_1W = {vals} must name one table and one column")
+    for i in (1, 2):
+        if header.get_int(f"PV{i}_3W", i) != i:
+            raise ValueError(f"PV{i}_3W = {header.get(f'PV{i}_3W')!r}: axis {i} must be axis {i} of {vals[0]}")
+        unit = header.get_str(f"CUNIT{i}W", "um").strip().lower()
+        if unit not in ("um", "micron", "microns"):
+            raise ValueError(f"CUNIT{i}W = {unit!r:.20}: wavelengths must be in um")
     for key in ("PC1_2W", "PC2_1W", "CD1_2W", "CD2_1W", "CD1_1W", "CD2_2W"):
-        if key in header and float(header[key]) not in (0.0, 1.0):
-            raise ValueError(f"unsupported wavelength WCS: {key} = {header[key]!r}")
+        if key in header and header.get_float(key) not in (0.0, 1.0):
+            raise ValueError(f"unsupported wavelength WCS: {key} = {header.get_float(key)!r}")
+    return ext[0], vals[0], idx[0], idx[1]
+
+
+def _table_row(src: ByteSource, hdus: Mapping[str, Hdu], extname: str) -> Tuple[Hdu, Dict[str, Column], np.ndarray]:
+    tab = hdus.get(extname)
+    if tab is None:
+        raise ValueError(f"missing extension {extname} (wavelength lookup table)")
+    if tab.xtension != "BINTABLE":
+        raise ValueError(f"PS1_0W names extension {extname}, which is not a binary table "
+                         f"({tab.xtension or 'primary'} HDU)")
+    cols = table_columns(tab)
+    if tab.shape[0] < 1:
+        raise ValueError(f"{extname} table has no rows")
+    row = src.read(tab.data_offset, tab.shape[1])
+    return tab, cols, row
+
+
+def _column(src: ByteSource, tab: Hdu, cols: Mapping[str, Column], name: str, row: np.ndarray) -> np.ndarray:
+    """The numbers of one cell of the table's first row (a fixed array or a heap array)."""
+    col = cols.get(name)
+    if col is None:
+        raise ValueError(f"{tab.label} table has no column {name} (columns: {sorted(cols)[:10]})")
+    if not col.is_descriptor:
+        return cell_values(row, col).astype(np.float64)
+    count, offset = (int(v[0]) for v in descriptors(row.reshape(1, -1), col))
+    heap, heap_bytes = heap_start(tab)
+    nbytes = count * element_bytes(col.heap_code)
+    if count < 0 or offset < 0 or offset + nbytes > heap_bytes:
+        raise ValueError(f"{tab.label} column {name} points outside the table's heap")
+    cell = Column(name, 0, nbytes, col.heap_code, count)
+    return cell_values(src.read(heap + offset, nbytes), cell).astype(np.float64)
+
+
+def check_wave_table(wave: "WaveTable", shape: Tuple[int, int], band: Tuple[float, float]) -> None:
+    """ValueError unless the lookup is finite, positive, inside ``band`` (um, widened by
+    :data:`BAND_TOLERANCE`) and covers the image's pixels (``shape = (ny, nx)``)."""
+    lo, hi = band
+    tol = BAND_TOLERANCE * (hi - lo)
+    lam, bw = wave.values[..., 0], wave.values[..., 1]
+    if not (np.all(np.isfinite(wave.values)) and np.all(np.isfinite(wave.x)) and np.all(np.isfinite(wave.y))):
+        raise ValueError(f"{WAVE_EXTNAME} table holds non-finite values")
+    if not (np.all(lam > 0) and np.all(bw > 0)):
+        raise ValueError(f"{WAVE_EXTNAME} wavelengths/bandwidths are not all positive "
+                         f"(min {float(lam.min()):.4g} / {float(bw.min()):.4g} um)")
+    if float(lam.min()) < lo - tol or float(lam.max()) > hi + tol or float(bw.max()) > hi - lo:
+        raise ValueError(f"{WAVE_EXTNAME} wavelengths {float(lam.min()):.4g}-{float(lam.max()):.4g} um "
+                         f"(bandwidths up to {float(bw.max()):.4g} um) do not fit the detector's band "
+                         f"{lo:.4g}-{hi:.4g} um")
+    for axis, (knots, n) in enumerate(((wave.x, shape[1]), (wave.y, shape[0]))):
+        psi = wave.cdelt[axis] * (np.array([0.0, n - 1.0]) + 1.0 - wave.crpix[axis]) + wave.crval[axis]
+        margin = 1.0 + abs(wave.cdelt[axis])
+        if float(psi.min()) < knots[0] - margin or float(psi.max()) > knots[-1] + margin:
+            key = "XY"[axis]
+            raise ValueError(f"the image's pixels map to {key} = {float(psi.min()):.6g}-{float(psi.max()):.6g} of "
+                             f"{WAVE_EXTNAME}, which covers {knots[0]:.6g}-{knots[-1]:.6g} "
+                             f"(CRPIX{axis + 1}W/CRVAL{axis + 1}W/CDELT{axis + 1}W)")
+
+
+def read_wave_table(src: ByteSource, hdus: Mapping[str, Hdu], header: Header) -> WaveTable:
+    """The ``W`` WAVE-TAB lookup of ``header`` (the IMAGE header) from its table among ``hdus``.
+
+    Raises ValueError with the reason when the keywords or the table are missing or
+    inconsistent (values are checked by :func:`check_wave_table`).
+    """
     try:
-        tab = hdul[extname]
-    except KeyError:
-        raise ValueError(f"missing extension {extname} (wavelength lookup table)") from None
-    # (truncation of every extension, this one included, is checked by the frame reader)
+        extname, vcol, xcol, ycol = _w_keywords(header)
+        crpix = (header.get_float("CRPIX1W", 1.0), header.get_float("CRPIX2W", 1.0))
+        crval = (header.get_float("CRVAL1W", 1.0), header.get_float("CRVAL2W", 1.0))
+        cdelt = (header.get_float("CDELT1W", 1.0), header.get_float("CDELT2W", 1.0))
+    except HeaderError as exc:
+        raise ValueError(str(exc)) from None
+    for i, d in enumerate(cdelt):
+        if d == 0.0:
+            raise ValueError(f"CDELT{i + 1}W = 0: every pixel would get the same wavelength")
     try:
-        row = tab.data[0]
-        x = np.asarray(row[xcol], dtype=np.float64).ravel()
-        y = np.asarray(row[ycol], dtype=np.float64).ravel()
-        values = np.asarray(row[vcol], dtype=np.float64)
-    except Exception as exc:
-        raise ValueError(f"{extname} table unreadable ({type(exc).__name__}: {exc})") from exc
-    if values.shape != (len(y), len(x), 2) or len(x) < 2 or len(y) < 2:
+        tab, cols, row = _table_row(src, hdus, extname)
+        x = _column(src, tab, cols, xcol, row)
+        y = _column(src, tab, cols, ycol, row)
+        values = _column(src, tab, cols, vcol, row)
+    except (TableError, HeaderError) as exc:
+        raise ValueError(f"{extname} table unreadable ({exc})") from None
+    if len(x) < 2 or len(y) < 2 or values.size != len(y) * len(x) * 2:
         raise ValueError(
-            f"{extname} {vcol} has shape {values.shape}, expected ({len(y)}, {len(x)}, 2) from {xcol}/{ycol}"
+            f"{extname} {vcol} has {values.size} values, expected ({len(y)}, {len(x)}, 2) from {xcol}/{ycol}"
         )
+    values = values.reshape(len(y), len(x), 2)
     if np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
         raise ValueError(f"{extname} control points {xcol}/{ycol} are not monotonic")
     if np.count_nonzero(np.diff(x) > 0) < 1 or np.count_nonzero(np.diff(y) > 0) < 1:
         raise ValueError(f"{extname} control points {xcol}/{ycol} need two distinct values each")
-    return WaveTable(
-        x=x,
-        y=y,
-        values=values,
-        crpix=(float(header.get("CRPIX1W", 1.0)), float(header.get("CRPIX2W", 1.0))),
-        crval=(float(header.get("CRVAL1W", 1.0)), float(header.get("CRVAL2W", 1.0))),
-        cdelt=(float(header.get("CDELT1W", 1.0)), float(header.get("CDELT2W", 1.0))),
-    )
+    return WaveTable(x=x, y=y, values=values, crpix=crpix, crval=crval, cdelt=cdelt)
 
 
-__all__ = ["WaveTable", "read_wave_table", "WAVE_EXTNAME"]
+__all__ = ["WaveTable", "read_wave_table", "check_wave_table", "WAVE_EXTNAME", "BAND_TOLERANCE"]

@@ -1,0 +1,246 @@
+"""A small, strict FITS header: 80-character cards, values parsed on demand.
+
+Only the keywords a reader asks for are parsed, each strictly (FITS 4.0 section 4.2): a
+string in single quotes (``''`` is a quote; trailing blanks dropped; the OGIP ``CONTINUE``
+convention for long strings), a logical ``T``/``F``, an integer, a real (``E`` or ``D``
+exponent), or nothing (undefined), then optionally a ``/`` comment. Anything else is a
+:class:`HeaderError` naming the header, the keyword and the value, as is a keyword that
+appears twice when it is asked for. ``HIERARCH`` cards are found by the words after
+``HIERARCH`` (``HIERARCH MP_HOT = 10`` is keyword ``MP_HOT``). Cards without a value
+(``COMMENT``, ``HISTORY``, blank) are ignored. No C library sees the text.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+CARD = 80
+BLOCK = 2880
+
+_MISSING: Any = object()
+_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][+-]?\d+)?)\s*(?:/.*)?$")
+_INTEGER = re.compile(r"[+-]?\d+$")
+_LOGICAL = re.compile(r"\s*([TF])\s*(?:/.*)?$")
+_UNDEFINED = re.compile(r"\s*(?:/.*)?$")
+_AFTER_STRING = re.compile(r"\s*(?:/.*)?$")
+#: Keywords whose cards never carry a value (FITS 4.4.2.4), and HIERARCH (indexed by its words).
+_COMMENTARY = ("COMMENT", "HISTORY", "")
+_NO_VALUE = ("COMMENT ", "HISTORY ", "        ", "HIERARCH")
+
+
+class HeaderError(ValueError):
+    """A keyword that is missing, repeated or malformed where it is needed."""
+
+
+def _show(text: str, limit: int = 40) -> str:
+    """``text`` for a message: printable, at most ``limit`` characters."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in text.strip())
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class Header:
+    """The keywords of one header. ``where`` names it in messages (e.g. ``"IMAGE header"``).
+
+    ``text`` holds whole cards up to, not including, the ``END`` card.
+    """
+
+    def __init__(self, text: str, where: str):
+        self.where = where
+        self._text = text
+        self._index: Optional[Dict[str, List[int]]] = None
+        self._hierarch = "HIERARCH" in text  # then short keywords may hide in HIERARCH cards too
+
+    # ------------------------------------------------------------------ cards
+    def _card(self, i: int) -> str:
+        return self._text[i * CARD:(i + 1) * CARD]
+
+    @property
+    def n_cards(self) -> int:
+        return len(self._text) // CARD
+
+    def _build_index(self) -> Dict[str, List[int]]:
+        text = self._text
+        heads = [text[i:i + 10] for i in range(0, len(text), CARD)]
+        pairs = [(h[:8].rstrip(), j) for j, h in enumerate(heads) if h[8:] == "= " and h[:8] not in _NO_VALUE]
+        for j, h in enumerate(heads):
+            if h.startswith("HIERARCH"):
+                card = self._card(j)
+                eq = card.find("=", 9)
+                if eq > 0:
+                    pairs.append((" ".join(card[9:eq].split()).upper(), j))
+        index: Dict[str, List[int]] = {key: [j] for key, j in pairs}
+        if len(index) != len(pairs):  # repeated keywords: keep every position
+            index = {}
+            for key, j in pairs:
+                index.setdefault(key, []).append(j)
+        return index
+
+    def find(self, key: str) -> int:
+        """Card number of the first standard (8-character) keyword ``key`` with a value, or -1,
+        without building the index (for the few keywords read from every header)."""
+        where = self._positions(key)
+        return where[0] if where else -1
+
+    def _positions(self, key: str) -> List[int]:
+        """Card numbers of ``key``: from the index when built, else (standard keywords) by
+        searching the text for the card-aligned ``KEYWORD= ``, which is cheaper for a few keys."""
+        if key in _COMMENTARY:
+            return []
+        if self._index is not None or self._hierarch or len(key) > 8 or " " in key:
+            return self.index.get(key, [])
+        text = self._text
+        probe = f"{key:<8}= "
+        out = []
+        pos = text.find(probe)
+        while pos >= 0:
+            if pos % CARD == 0:
+                out.append(pos // CARD)
+            pos = text.find(probe, pos + 1)
+        return out
+
+    def value_at(self, key: str, card: int) -> Any:
+        """The parsed value of card number ``card`` (named ``key`` in messages)."""
+        return self._parse(key, card)
+
+    @property
+    def index(self) -> Dict[str, List[int]]:
+        if self._index is None:
+            self._index = self._build_index()
+        return self._index
+
+    def _value_text(self, i: int) -> str:
+        card = self._card(i)
+        if card.startswith("HIERARCH"):
+            return card[card.find("=") + 1:]
+        return card[10:]
+
+    def __contains__(self, key: str) -> bool:
+        return bool(self._positions(key))
+
+    def keys(self) -> List[str]:
+        return list(self.index)
+
+    # ------------------------------------------------------------------ values
+    def _parse(self, key: str, i: int) -> Any:
+        raw = self._value_text(i)
+        s = raw.lstrip()
+        if s.startswith("'"):
+            value, rest = _string(s)
+            if value is None or not _AFTER_STRING.match(rest):
+                raise HeaderError(f"{self.where}: keyword {key} has a malformed string value {_show(raw)}")
+            # OGIP long strings: a value ending in '&' continues in the following CONTINUE cards.
+            j = i + 1
+            while value.endswith("&") and j < self.n_cards and self._card(j).startswith("CONTINUE"):
+                more, rest = _string(self._card(j)[8:].lstrip())
+                if more is None:
+                    break
+                value = value[:-1] + more
+                j += 1
+            return value
+        m = _LOGICAL.match(s)
+        if m:
+            return m.group(1) == "T"
+        m = _NUMBER.match(s)
+        if m:
+            num = m.group(1)
+            if _INTEGER.match(num):
+                return int(num)
+            return float(num.replace("D", "E").replace("d", "e"))
+        if _UNDEFINED.match(s):
+            return None
+        raise HeaderError(f"{self.where}: keyword {key} has a malformed value {_show(raw)}")
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` (str, bool, int, float, or None when undefined); ``default``
+        when absent. :class:`HeaderError` when repeated or malformed."""
+        where = self._positions(key)
+        if not where:
+            return default
+        if len(where) > 1:
+            raise HeaderError(f"{self.where}: keyword {key} appears {len(where)} times")
+        return self._parse(key, where[0])
+
+    def _required(self, key: str, default: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise HeaderError(f"{self.where}: keyword {key} is missing")
+            return default
+        return value
+
+    def get_int(self, key: str, default: Any = _MISSING) -> int:
+        """An integer keyword; :class:`HeaderError` when missing (no default) or not an integer."""
+        value = self._required(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise HeaderError(f"{self.where}: keyword {key} = {_show(str(value))} is not an integer")
+        return value
+
+    def get_float(self, key: str, default: Any = _MISSING) -> float:
+        """A finite real keyword (an integer value is accepted); :class:`HeaderError` when
+        missing (no default), not a number, NaN or infinite."""
+        value = self._required(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise HeaderError(f"{self.where}: keyword {key} = {_show(str(value))} is not a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise HeaderError(f"{self.where}: keyword {key} = {value} is not finite")
+        return value
+
+    def get_str(self, key: str, default: Any = _MISSING) -> str:
+        """A string keyword, without trailing blanks; :class:`HeaderError` when missing (no
+        default) or not a string."""
+        value = self._required(key, default)
+        if value is default and default is not _MISSING:
+            return value
+        if not isinstance(value, str):
+            raise HeaderError(f"{self.where}: keyword {key} = {_show(str(value))} is not a string")
+        return value
+
+    def items(self, prefixes: Tuple[str, ...] = ("",)) -> Iterator[Tuple[str, Any]]:
+        """``(keyword, value)`` of every valued card whose keyword starts with one of
+        ``prefixes`` (default: all) and parses (malformed ones are skipped)."""
+        for key, where in self.index.items():
+            if not key.startswith(prefixes):
+                continue
+            for i in where:
+                try:
+                    yield key, self._parse(key, i)
+                except HeaderError:
+                    continue
+
+
+def _string(s: str) -> Tuple[Optional[str], str]:
+    """A quoted FITS string at the start of ``s``: ``(value, rest)``, value None when unclosed."""
+    out = []
+    i = 1
+    n = len(s)
+    while i < n:
+        j = s.find("'", i)
+        if j < 0:
+            return None, ""
+        out.append(s[i:j])
+        if j + 1 < n and s[j + 1] == "'":
+            out.append("'")
+            i = j + 2
+            continue
+        return "".join(out).rstrip(), s[j + 1:]
+    return None, ""
+
+
+def find_end(text: str) -> int:
+    """Index (characters) of the ``END`` card in ``text`` (card-aligned), or -1."""
+    pos = text.find("END")
+    while pos >= 0:
+        if pos % CARD == 0 and text[pos + 3:pos + CARD].strip() == "":
+            return pos
+        pos = text.find("END", pos + 1)
+    return -1
+
+
+__all__ = ["BLOCK", "CARD", "Header", "HeaderError", "find_end"]

@@ -1,0 +1,219 @@
+"""The FITS reading layer of the frame reader: byte sources, the strict card parser, the HDU walk."""
+
+import os
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spxquery.drizzle3d.access import MAX_RANGE_BYTES, AccessError, LocalFile, open_source
+from spxquery.drizzle3d.fitsheader import Header, HeaderError
+from spxquery.drizzle3d.fitsstructure import MAX_HDUS, StructureError, read_structure
+
+
+def _header(*cards: str, where: str = "TEST header") -> Header:
+    return Header("".join(f"{c:<80}" for c in cards), where)
+
+
+# ---------------------------------------------------------------- byte sources
+
+
+def test_local_file_ranges(tmp_path):
+    p = tmp_path / "bytes.bin"
+    p.write_bytes(bytes(range(256)) * 40)
+    with open_source(p) as src:
+        assert src.size == 10240 and src.name == "bytes.bin"
+        a, b = src.read_ranges([(0, 4), (300, 3)])
+        assert a.tolist() == [0, 1, 2, 3] and b.tolist() == [44, 45, 46]
+        assert not a.flags.writeable
+        assert src.read(10240, 0).size == 0
+        for bad in [(10238, 3), (-1, 2), (0, -1)]:
+            with pytest.raises(AccessError, match="asked for"):
+                src.read(*bad)
+    with pytest.raises(AccessError, match="after close"):
+        src.read(0, 1)
+    src.close()  # idempotent
+
+
+def test_local_file_budget_and_expected_length(tmp_path, monkeypatch):
+    p = tmp_path / "b.bin"
+    p.write_bytes(b"x" * 5000)
+    with pytest.raises(AccessError, match="archive lists 4000"):
+        LocalFile(p, expected_length=4000)
+    monkeypatch.setattr("spxquery.drizzle3d.access.MAX_RANGE_BYTES", 1000)
+    with LocalFile(p, expected_length=5000) as src, pytest.raises(AccessError, match="exceeds"):
+        src.read(0, 2000)
+    assert MAX_RANGE_BYTES >= 1 << 30
+
+
+def test_local_file_truncated_while_open(tmp_path):
+    p = tmp_path / "t.bin"
+    p.write_bytes(b"y" * 8000)
+    with LocalFile(p) as src:
+        os.truncate(p, 3000)
+        with pytest.raises(AccessError, match="ended at byte 3000"):
+            src.read(2000, 4000)
+
+
+def test_local_file_refuses_what_is_not_a_regular_file(tmp_path):
+    cases = {tmp_path: "a directory"}
+    fifo = tmp_path / "fifo.fits"
+    os.mkfifo(fifo)
+    cases[fifo] = "a FIFO"
+    link = tmp_path / "zero.fits"
+    link.symlink_to("/dev/zero")
+    cases[link] = "a device"
+    cases[tmp_path / "missing.fits"] = "does not exist"
+    for path, why in cases.items():
+        with pytest.raises(AccessError, match=why):
+            open_source(path)
+
+
+# ---------------------------------------------------------------- cards
+
+
+def test_card_values():
+    h = _header(
+        "SIMPLE  =                    T / conforms",
+        "BITPIX  =                  -32",
+        "S1      = 'O''HARA   '         / quote doubled, trailing blanks dropped",
+        "S2      = '  lead'",
+        "F1      =            1.5D-3",
+        "F2      = -.5E+2 / comment",
+        "I1      = +42",
+        "U1      =                      / undefined",
+        "LONG    = 'abc&'",
+        "CONTINUE  'def&'",
+        "CONTINUE  'ghi'",
+        "HIERARCH MP_HOT = 10 / bit",
+        "HIERARCH L2 N_HOT = 7",
+        "COMMENT = not a value",
+        "BAD     = 1.2.3",
+        "BADS    = 'unclosed",
+        "DUP     = 1",
+        "DUP     = 2",
+    )
+    assert h.get("SIMPLE") is True and h.get_int("BITPIX") == -32
+    assert h.get("S1") == "O'HARA" and h.get("S2") == "  lead"
+    assert h.get_float("F1") == 1.5e-3 and h.get_float("F2") == -50.0
+    assert h.get_int("I1") == 42 and h.get_float("I1") == 42.0
+    assert h.get("U1") is None and "U1" in h
+    assert h.get("LONG") == "abcdefghi"
+    assert h.get("MP_HOT") == 10 and h.get("L2 N_HOT") == 7
+    assert "COMMENT" not in h and h.get("MISSING", "d") == "d"
+    with pytest.raises(HeaderError, match="TEST header: keyword BAD has a malformed value"):
+        h.get("BAD")
+    with pytest.raises(HeaderError, match="keyword BADS has a malformed string"):
+        h.get("BADS")
+    with pytest.raises(HeaderError, match="keyword DUP appears 2 times"):
+        h.get("DUP")
+    with pytest.raises(HeaderError, match="keyword S1 = .O'HARA. is not a number"):
+        h.get_float("S1")
+    with pytest.raises(HeaderError, match="keyword F1 = '0.0015' is not an integer"):
+        h.get_int("F1")
+    with pytest.raises(HeaderError, match="keyword NOPE is missing"):
+        h.get_str("NOPE")
+    assert dict(h.items(("MP_",))) == {"MP_HOT": 10}
+
+
+def test_non_finite_numbers_are_refused():
+    h = _header("A       = NaN", "B       = 1E999")
+    with pytest.raises(HeaderError, match="keyword A has a malformed value"):
+        h.get_float("A")
+    with pytest.raises(HeaderError, match="keyword B = inf is not finite"):
+        h.get_float("B")
+
+
+_keys = st.from_regex(r"[A-Z][A-Z0-9_]{0,7}", fullmatch=True).filter(lambda k: k not in ("COMMENT", "HISTORY",
+                                                                                      "CONTINUE", "END"))
+_values = st.one_of(
+    st.booleans(),
+    st.integers(-(2**62), 2**62),
+    st.floats(allow_nan=False, allow_infinity=False, width=64),
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(_keys, _values, min_size=1, max_size=12))
+def test_cards_parse_as_astropy_wrote_them(cards):
+    """Property: every value astropy writes reads back as written (strings: trailing blanks dropped;
+    numbers: as astropy reads its own text). astropy 8 itself misreads a string holding ``'/``
+    (``'x''/y'`` reads as ``x'``), so strings are compared with the value written."""
+    hdr = fits.Header()
+    for k, v in cards.items():
+        hdr[k] = v
+    text = hdr.tostring()
+    ours = Header(text[:text.rindex("END     ")] if "END     " in text else text, "h")
+    back = fits.Header.fromstring(text)
+    for k in cards:
+        mine, theirs = ours.get(k), back[k]
+        if isinstance(theirs, str):
+            assert mine == cards[k].rstrip(), k
+        else:
+            assert type(mine) is type(theirs) and mine == theirs, (k, mine, theirs)
+
+
+# ---------------------------------------------------------------- structure
+
+
+@pytest.fixture(scope="module")
+def mef(tmp_path_factory):
+    """A small multi-extension file with an image, a compressed image and a table."""
+    p = tmp_path_factory.mktemp("mef") / "mef.fits"
+    hdul = fits.HDUList([
+        fits.PrimaryHDU(),
+        fits.ImageHDU(np.arange(35, dtype=np.float32).reshape(5, 7), name="IMAGE"),
+        fits.CompImageHDU(np.arange(35, dtype=np.int32).reshape(5, 7), name="FLAGS", compression_type="RICE_1",
+                          tile_shape=(1, 7)),
+        fits.BinTableHDU.from_columns([fits.Column("X", "3E", array=np.ones((2, 3), np.float32))], name="TAB"),
+    ])
+    hdul.writeto(p)
+    return p
+
+
+def test_structure_matches_astropy(mef):
+    with open_source(mef) as src:
+        hdus = read_structure(src)
+    with fits.open(mef, disable_image_compression=True) as ref:
+        assert [h.name for h in hdus] == ["PRIMARY", "IMAGE", "FLAGS", "TAB"]
+        for ours, theirs in zip(hdus, ref):
+            info = theirs.fileinfo()
+            assert ours.header_offset == info["hdrLoc"] and ours.data_offset == info["datLoc"]
+            assert ours.data_bytes <= info["datSpan"] < ours.data_bytes + 2880
+    assert hdus[1].shape == (5, 7) and hdus[1].bitpix == -32
+    assert hdus[2].is_compressed_image and hdus[2].pcount > 0
+    assert hdus[3].xtension == "BINTABLE" and hdus[3].shape == (2, 12)
+
+
+def test_structure_rejections(mef, tmp_path):
+    data = mef.read_bytes()
+    cases = {
+        "truncated": (data[: len(data) - 3000], "truncated file"),
+        "garbage": (b"NOTFITS" + data[7:], "not a FITS file"),
+        "short": (data[:2000], "only 2000 bytes"),
+        "no_end": (data[:2880].replace(b"END" + b" " * 77, b" " * 80) + b" " * 2880 * 3, "no END card"),
+        "bitpix": (data.replace(b"BITPIX  =                  -32", b"BITPIX  =                  -31", 1),
+                   "BITPIX = -31"),
+        "naxis": (data.replace(b"NAXIS1  =                    7", b"NAXIS1  =                   -7", 1),
+                  "NAXIS1 = -7"),
+    }
+    for name, (blob, why) in cases.items():
+        p = tmp_path / f"{name}.fits"
+        p.write_bytes(blob)
+        with open_source(p) as src, pytest.raises(StructureError, match=why):
+            read_structure(src)
+
+
+def test_structure_budgets(tmp_path):
+    p = tmp_path / "many.fits"
+    fits.HDUList([fits.PrimaryHDU()] + [fits.ImageHDU(name=f"E{i}") for i in range(MAX_HDUS + 1)]).writeto(p)
+    with open_source(p) as src, pytest.raises(StructureError, match=f"more than {MAX_HDUS} HDUs"):
+        read_structure(src)
+    # a header that never ends costs a bounded read
+    blob = b"SIMPLE  =                    T" + b" " * 50 + b"COMMENT " * 10 * 36 * 1200
+    p.write_bytes(blob[: len(blob) // 2880 * 2880])
+    with open_source(p) as src, pytest.raises(StructureError, match="no END card within"):
+        read_structure(src)
