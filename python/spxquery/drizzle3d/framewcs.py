@@ -38,7 +38,7 @@ MAX_SIP_SHIFT_PIX = 100.0
 #: Largest SIP order accepted.
 MAX_SIP_ORDER = 9
 #: Largest error (pixels) of the inverse SIP (AP/BP) undoing the forward one on the image.
-MAX_SIP_INVERSE_ERROR_PIX = 0.5
+MAX_SIP_INVERSE_ERROR_PIX = 2.0
 
 
 class WcsError(ValueError):
