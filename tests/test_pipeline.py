@@ -178,3 +178,33 @@ def test_no_contribution_returns_none(field, tmp_path, caplog):
         assert drizzle_detector(field["info"].paths[:2], cfg, 3, build_output_wcs(cfg)) is None
     assert "no frame contributed" in caplog.text
     assert not (tmp_path / "drizzle_D3.fits").exists()
+
+
+def test_read_ahead_keeps_order_within_any_budget(field):
+    """Regression: with a budget smaller than one strip the reader thread and the kernel once
+    waited for each other forever. Every budget gives the same items in file order."""
+    import threading
+
+    from spxquery.drizzle3d.grid import OutputGrid
+    from spxquery.drizzle3d.readahead import ReadAhead
+
+    config = field["cfg"]
+    grid = OutputGrid.for_detector(config, 3)
+    paths = list(field["info"].paths)[:3] + [field["root"] / "missing.fits"]
+    runs = []
+    for budget in (1, 10**6, 10**10):
+        out = []
+        done = threading.Event()
+
+        def consume(out=out, budget=budget):
+            for item in ReadAhead(paths, config, grid, budget_bytes=budget):
+                out.append((item.path.name, item.kind))
+            done.set()
+
+        t = threading.Thread(target=consume, daemon=True)
+        t.start()
+        assert done.wait(60), f"read-ahead with a {budget}-byte budget did not finish"
+        runs.append(out)
+    assert runs[0] == runs[1] == runs[2]
+    kinds = [k for _, k in runs[0]]
+    assert kinds.count("frame") == kinds.count("end") == 3 and kinds[-1] == "reject"

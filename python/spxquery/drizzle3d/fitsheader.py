@@ -25,6 +25,8 @@ _INTEGER = re.compile(r"[+-]?\d+$")
 _LOGICAL = re.compile(r"\s*([TF])\s*(?:/.*)?$")
 _UNDEFINED = re.compile(r"\s*(?:/.*)?$")
 _AFTER_STRING = re.compile(r"\s*(?:/.*)?$")
+#: Keywords looked up by scanning the text before the header builds its index of all cards.
+_SCANS_BEFORE_INDEX = 12
 #: Keywords whose cards never carry a value (FITS 4.4.2.4), and HIERARCH (indexed by its words).
 _COMMENTARY = ("COMMENT", "HISTORY", "")
 _NO_VALUE = ("COMMENT ", "HISTORY ", "        ", "HIERARCH")
@@ -50,7 +52,9 @@ class Header:
         self.where = where
         self._text = text
         self._index: Optional[Dict[str, List[int]]] = None
-        self._hierarch = "HIERARCH" in text  # then short keywords may hide in HIERARCH cards too
+        self._maybe_hierarch = "HIERARCH" in text  # then keywords may hide in HIERARCH cards too
+        self._hier: Optional[Dict[str, List[int]]] = None
+        self._lookups = 0
 
     # ------------------------------------------------------------------ cards
     def _card(self, i: int) -> str:
@@ -64,18 +68,29 @@ class Header:
         text = self._text
         heads = [text[i:i + 10] for i in range(0, len(text), CARD)]
         pairs = [(h[:8].rstrip(), j) for j, h in enumerate(heads) if h[8:] == "= " and h[:8] not in _NO_VALUE]
-        for j, h in enumerate(heads):
-            if h.startswith("HIERARCH"):
-                card = self._card(j)
-                eq = card.find("=", 9)
-                if eq > 0:
-                    pairs.append((" ".join(card[9:eq].split()).upper(), j))
+        for key, where in self.hierarch.items():
+            pairs += [(key, j) for j in where]
         index: Dict[str, List[int]] = {key: [j] for key, j in pairs}
         if len(index) != len(pairs):  # repeated keywords: keep every position
             index = {}
             for key, j in pairs:
                 index.setdefault(key, []).append(j)
         return index
+
+    @property
+    def hierarch(self) -> Dict[str, List[int]]:
+        """Card numbers of the ``HIERARCH`` keywords (found without walking every card)."""
+        if self._hier is None:
+            self._hier = {}
+            text = self._text
+            pos = text.find("HIERARCH ")
+            while pos >= 0:
+                if pos % CARD == 0:
+                    eq = text.find("=", pos + 9, pos + CARD)
+                    if eq > 0:
+                        self._hier.setdefault(" ".join(text[pos + 9:eq].split()).upper(), []).append(pos // CARD)
+                pos = text.find("HIERARCH ", pos + 1)
+        return self._hier
 
     def find(self, key: str) -> int:
         """Card number of the first standard (8-character) keyword ``key`` with a value, or -1,
@@ -88,8 +103,14 @@ class Header:
         searching the text for the card-aligned ``KEYWORD= ``, which is cheaper for a few keys."""
         if key in _COMMENTARY:
             return []
-        if self._index is not None or self._hierarch or len(key) > 8 or " " in key:
+        if self._index is not None:
+            return self._index.get(key, [])
+        self._lookups += 1
+        if self._lookups > _SCANS_BEFORE_INDEX:  # many keywords wanted: one pass over the cards is cheaper
             return self.index.get(key, [])
+        hier = self.hierarch.get(key, []) if self._maybe_hierarch else []
+        if len(key) > 8 or " " in key:
+            return hier
         text = self._text
         probe = f"{key:<8}= "
         out = []
@@ -98,7 +119,7 @@ class Header:
             if pos % CARD == 0:
                 out.append(pos // CARD)
             pos = text.find(probe, pos + 1)
-        return out
+        return sorted(out + hier) if hier else out
 
     def value_at(self, key: str, card: int) -> Any:
         """The parsed value of card number ``card`` (named ``key`` in messages)."""

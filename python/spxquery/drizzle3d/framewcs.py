@@ -107,11 +107,9 @@ def _sip_matrix(header: Header, prefix: str, required: bool) -> Optional[np.ndar
 
 def _poly(m: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``sum m[i, j] u**i v**j`` (i + j <= order) at the points ``u``, ``v`` (1-D arrays)."""
-    order = m.shape[0] - 1
-    upow = u[:, None] ** np.arange(order + 1)  # (n, order+1)
-    vpow = v[:, None] ** np.arange(order + 1)
-    tri = np.add.outer(np.arange(order + 1), np.arange(order + 1)) <= order
-    return np.einsum("ni,nj,ij->n", upow, vpow, np.where(tri, m, 0.0))
+    powers = np.arange(m.shape[0])
+    tri = np.add.outer(powers, powers) <= m.shape[0] - 1
+    return np.sum((u[:, None] ** powers @ np.where(tri, m, 0.0)) * v[:, None] ** powers, axis=1)
 
 
 def _check_sip(sip: Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]],
@@ -119,8 +117,8 @@ def _check_sip(sip: Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional
     """Distortion bounded and not folding over the image; the inverse undoing it."""
     a, b, ap, bp = sip
     ny, nx = shape
-    xs = np.linspace(0.5, nx + 0.5, 9)  # 1-based pixel edges of the image and points between
-    ys = np.linspace(0.5, ny + 0.5, 9)
+    xs = np.linspace(0.5, nx + 0.5, 7)  # 1-based pixel edges of the image and points between
+    ys = np.linspace(0.5, ny + 0.5, 7)
     u, v = (g.ravel() for g in np.meshgrid(xs - crpix[0], ys - crpix[1]))
     h = 0.5  # central differences, half a pixel each way
     uu = np.concatenate([u, u + h, u - h, u, u])

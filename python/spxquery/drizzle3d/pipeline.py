@@ -1,24 +1,21 @@
 """High-level Drizzle3D pipeline: query -> download -> per-detector drizzle -> save.
 
 ``drizzle_detector`` drizzles a list of L2 files of one detector into a cube and
-saves ``output_dir/drizzle_D{N}.fits``. Files are read one ahead on a reader
-thread while the previous frame is accumulated (the Rust accumulation releases
-the GIL) when crops are small; large crops (e.g. whole frames for degree-sized
-cubes) are read one file at a time, in strips of rows; frames are always accumulated in
-the order given, so the result is deterministic. Unusable files (not SPHEREx L2, truncated, missing extension,
-other detector) are skipped with one warning line naming the file and the
-reason and counted in ``n_rejected``; frames that do not touch the output region
-are skipped silently (debug log) and not counted as rejected.
+saves ``output_dir/drizzle_D{N}.fits``. A reader thread (:mod:`.readahead`) prepares the
+files, in strips of rows ready for the engine, while this thread runs the Rust accumulation
+(which releases the GIL); strips are accumulated in the order of the files, so the result is
+deterministic, and the strips in flight stay within a memory budget. Unusable files (not
+SPHEREx L2, truncated, missing extension, other detector, failed checks) are skipped with one
+warning line naming the file and the reason and counted in ``n_rejected``; frames that do not
+touch the output region are skipped silently (debug log) and not counted as rejected.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
@@ -26,21 +23,16 @@ from astropy.wcs import WCS
 from .accumulate import DrizzleCube, drizzle_frame
 from .config import Drizzle3DConfig
 from .cubefile import save_cube
-from .frames import Frame, FrameError, prepare_frame
+from .frames import Frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
 from .preflight import OutputExistsError, preflight
 from .progress import progress_bar
+from .readahead import ReadAhead
 from .stagetimes import stage
 
 logger = logging.getLogger(__name__)
 
 ALL_DETECTORS = (1, 2, 3, 4, 5, 6)
-
-#: Largest crop (input pixels) for which the next file is read while the current
-#: one is accumulated; above it (e.g. whole frames for degree-sized cubes) one frame
-#: is held at a time, to keep peak memory near the cube's accumulators.
-READ_AHEAD_MAX_PIXELS = 1_000_000
-
 
 def output_path_for(config: Drizzle3DConfig, detector: int) -> Path:
     """``output_dir/drizzle_D{detector}.fits``."""
@@ -51,65 +43,26 @@ def _detectors(config: Drizzle3DConfig) -> Tuple[int, ...]:
     return ALL_DETECTORS if int(config.detector) == 0 else (int(config.detector),)
 
 
-def _read_one(path: Path, config: Drizzle3DConfig, grid: OutputGrid) -> Tuple[str, object]:
-    """('frame', Frame) | ('skip', None) | ('reject', reason) for one file (never raises)."""
-    try:
-        frame = prepare_frame(path, config, grid)
-    except FrameError as exc:
-        return "reject", exc.reason
-    except Exception as exc:  # a broken file must never stop the run
-        return "reject", f"unexpected read error ({type(exc).__name__}: {exc})"
-    if frame is None:
-        return "skip", None
-    return "frame", frame
+class _FrameTotals:
+    """What the strips of one frame put into the cube."""
+
+    def __init__(self, nz: int):
+        self.n_pixels = 0
+        self.n_contributions = 0
+        self.n_strips = 0
+        self.planes = np.zeros(nz, dtype=bool)
+
+    def add(self, stats: Any) -> None:
+        self.n_pixels += stats.n_pixels
+        self.n_contributions += stats.n_contributions
+        self.planes |= stats.planes
+        self.n_strips += 1
 
 
-def _read_ahead(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid) -> Iterator[Tuple[Path, str, Any]]:
-    """``(path, kind, payload)`` of each file in order (see :func:`_read_one`). The next file is
-    read on a thread while the caller accumulates this one, unless this one's crop is large
-    (e.g. whole frames for degree-sized cubes): then one frame is held at a time, to keep peak
-    memory near the cube's accumulators. The caller drops the payload before asking for more."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drizzle-D{grid.detector}-reader") as pool:
-        remaining = iter(paths)
-        pending: Deque[Tuple[Path, Future]] = deque()
-
-        def submit_next() -> None:
-            p = next(remaining, None)
-            if p is not None:
-                pending.append((p, pool.submit(_read_one, p, config, grid)))
-
-        submit_next()
-        while pending:
-            path, fut = pending.popleft()
-            kind, payload = fut.result()
-            del fut  # the future would keep the frame alive
-            small = kind != "frame" or payload.n_pixels <= READ_AHEAD_MAX_PIXELS
-            if small:
-                submit_next()
-            yield path, kind, payload
-            del payload
-            if not small:
-                submit_next()
-
-
-def _drizzle_frame(cube: DrizzleCube, frame: Frame) -> Dict[str, Any]:
-    """Accumulate ``frame`` into ``cube`` strip by strip, count it once; its frame-log entry.
-
-    Large crops come in strips of rows, in row order: each voxel still sums its contributions
-    in input-pixel order.
-    """
-    n_pix, n_con, planes = 0, 0, np.zeros(cube.nz, dtype=bool)
-    for strip in frame.strips():
-        with stage("kernel"):
-            stats = drizzle_frame(cube, *strip, record=False)
-        del strip
-        n_pix += stats.n_pixels
-        n_con += stats.n_contributions
-        planes |= stats.planes
-    cube.record_frame(n_pix, n_con, planes)
+def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
     return {"name": frame.name, "obsid": frame.obsid, "mjd": frame.mjd, "mjd_beg": frame.mjd_span[0],
-            "mjd_end": frame.mjd_span[1], "zodi_scale": frame.zodi.scale,
-            "zodi_source": frame.zodi.source, "crop": frame.crop, "n_pixels": n_pix}
+            "mjd_end": frame.mjd_span[1], "zodi_scale": frame.zodi.scale, "zodi_source": frame.zodi.source,
+            "crop": frame.crop, "n_pixels": n_pixels}
 
 
 def drizzle_detector(
@@ -139,21 +92,38 @@ def drizzle_detector(
 
     counts = {"reject": 0, "skip": 0, "empty": 0}
     t0 = time.perf_counter()
+    frame: Optional[Frame] = None
+    totals = _FrameTotals(cube.nz)
     with progress_bar(len(paths), f"D{detector}", "frame", config.progress) as bar:
-        for path, kind, payload in _read_ahead(paths, config, grid):
+        for path, kind, payload in ReadAhead(paths, config, grid):
+            if kind == "frame":
+                frame, totals = payload, _FrameTotals(cube.nz)
+                continue
+            if kind == "strip":
+                with stage("kernel"):
+                    totals.add(drizzle_frame(cube, *payload, record=False))
+                del payload
+                continue
             bar.update(1)
-            if kind == "reject":
+            if kind == "reject" or (kind == "broken" and totals.n_strips == 0):
                 logger.warning("D%d: skipping %s: %s", detector, path, payload)
+                kind = "reject"
+            elif kind == "broken":
+                logger.error("D%d: %s: %s; the cube holds %d of its pixels", detector, path, payload,
+                             totals.n_pixels)
+                kind = "reject"
             elif kind == "skip":
                 logger.debug("D%d: %s does not touch the output region", detector, path.name)
-            else:
-                entry = _drizzle_frame(cube, payload)
-                if entry["n_pixels"] > 0:
-                    cube.frame_log.append(entry)
+            elif kind == "end":
+                assert frame is not None
+                cube.record_frame(totals.n_pixels, totals.n_contributions, totals.planes)
+                if totals.n_pixels > 0:
+                    cube.frame_log.append(_log_entry(frame, totals.n_pixels))
+                    kind = "frame"
                 else:
                     kind = "empty"
                     logger.debug("D%d: %s overlaps the region but no pixel landed", detector, path.name)
-            del payload
+                frame = None
             counts[kind] = counts.get(kind, 0) + 1
 
     cube.n_rejected = counts["reject"]

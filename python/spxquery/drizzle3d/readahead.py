@@ -1,0 +1,160 @@
+"""The frame loop's reader: files become strips on a reader thread while the kernel runs.
+
+:class:`ReadAhead` walks the files in the order given, on one thread: each file is prepared
+(:func:`.frames.prepare_frame`: headers, checks, crop, flags, zodi scale) and cut into strips
+ready for the engine (pixels read, zodi subtracted, wavelengths, corner map), and everything
+is handed to the caller in that same order as :class:`Item` s. So the caller's thread only runs
+the kernel (which releases the GIL), the reading of the next files overlaps it on the other
+core, and voxel sums keep their input order: the cube is bit-identical to a sequential run.
+
+Memory: the strips handed over and not yet taken back stay within ``budget_bytes``
+(:data:`READ_AHEAD_BYTES`; one strip is always allowed), so a run holds at most about two
+strips beside the accumulators, whatever the frames. A file that cannot be used never stops
+the loop: it becomes a ``reject`` item with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from pathlib import Path
+from typing import Any, Iterator, List, NamedTuple, Optional
+
+import numpy as np
+
+from .frames import FrameError, prepare_frame
+from .grid import OutputGrid
+
+logger = logging.getLogger(__name__)
+
+#: Bytes of prepared strips allowed in flight between the reader thread and the kernel.
+READ_AHEAD_BYTES = 64 * 1024 * 1024
+
+
+class Item(NamedTuple):
+    """One step of the loop, in file order. ``kind``:
+
+    * ``reject``: the file cannot be used (``payload``: the reason);
+    * ``skip``: the frame does not touch the grid;
+    * ``frame``: a frame whose strips follow (``payload``: the :class:`~.frames.Frame`);
+    * ``strip``: the next strip of the current frame (``payload``: a :class:`~.frames.Strip`);
+    * ``end``: the current frame's strips are all there;
+    * ``broken``: reading failed after some strips of the frame were handed over (``payload``:
+      the reason; those strips may have been drizzled already).
+    """
+
+    path: Path
+    kind: str
+    payload: Any
+
+
+def _nbytes(payload: Any) -> int:
+    if isinstance(payload, tuple):
+        return sum(a.nbytes for a in payload if isinstance(a, np.ndarray))
+    return 0
+
+
+class ReadAhead:
+    """Iterate over :class:`Item` s of ``paths`` prepared for ``grid`` (see the module docs)."""
+
+    def __init__(self, paths: List[Path], config: Any, grid: OutputGrid, budget_bytes: int = READ_AHEAD_BYTES):
+        self.paths = [Path(p) for p in paths]
+        self.config = config
+        self.grid = grid
+        self.budget = int(budget_bytes)
+        self._items: "queue.Queue[Optional[Item]]" = queue.Queue()
+        self._cv = threading.Condition()
+        self._in_flight = 0
+        self._stop = False
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name=f"drizzle-reader-{grid.detectors}", daemon=True)
+
+    # ------------------------------------------------------------------ reader thread
+    def _put(self, item: Item) -> bool:
+        """Hand ``item`` over once the budget allows; False when the loop was stopped."""
+        n = _nbytes(item.payload) if item.kind == "strip" else 0
+        with self._cv:
+            while not self._stop and self._in_flight > 0 and self._in_flight + n > self.budget:
+                self._cv.wait()
+            if self._stop:
+                return False
+            self._in_flight += n
+        self._items.put(item)
+        return True
+
+    def _frame_items(self, path: Path) -> Iterator[Item]:
+        try:
+            frame = prepare_frame(path, self.config, self.grid)
+        except FrameError as exc:
+            yield Item(path, "reject", exc.reason)
+            return
+        except Exception as exc:  # a broken file must never stop the run
+            yield Item(path, "reject", f"unexpected read error ({type(exc).__name__}: {exc})")
+            return
+        if frame is None:
+            yield Item(path, "skip", None)
+            return
+        yield Item(path, "frame", frame)
+        n = 0
+        try:
+            for strip in frame.strips():
+                yield Item(path, "strip", strip)
+                del strip
+                n += 1
+        except Exception as exc:
+            reason = exc.reason if isinstance(exc, FrameError) else f"{type(exc).__name__}: {exc}"
+            yield Item(path, "broken", f"read failed after {n} strip(s) ({reason})")
+            return
+        yield Item(path, "end", None)
+
+    def _run(self) -> None:
+        try:
+            for path in self.paths:
+                for item in self._frame_items(path):
+                    if not self._put(item):
+                        return
+                    del item
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            self._error = exc
+        finally:
+            self._items.put(None)
+
+    # ------------------------------------------------------------------ caller
+    def __iter__(self) -> Iterator[Item]:
+        self._thread.start()
+        taken = 0
+        try:
+            while True:
+                if taken:  # the previous strip is done with: its bytes leave the budget
+                    with self._cv:
+                        self._in_flight -= taken
+                        self._cv.notify_all()
+                    taken = 0
+                item = self._items.get()
+                if item is None:
+                    break
+                if item.kind == "strip":
+                    taken = _nbytes(item.payload)
+                yield item
+                del item
+            if self._error is not None:
+                raise self._error
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the reader thread (pending strips are dropped) and wait for it."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._thread.is_alive():
+            while self._thread.is_alive():
+                try:
+                    self._items.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self._thread.join()
+
+
+__all__ = ["Item", "ReadAhead", "READ_AHEAD_BYTES"]
