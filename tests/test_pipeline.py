@@ -196,7 +196,7 @@ def test_read_ahead_keeps_order_within_any_budget(field):
         out = []
         done = threading.Event()
 
-        def consume(out=out, budget=budget):
+        def consume(out=out, budget=budget, done=done):
             for item in ReadAhead(paths, config, grid, budget_bytes=budget):
                 out.append((item.path.name, item.kind))
             done.set()
