@@ -20,15 +20,13 @@ CARD = 80
 BLOCK = 2880
 
 _MISSING: Any = object()
-_NUMBER = re.compile(r"\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:[EeDd][+-]?\d+)?)\s*(?:/.*)?$")
-_INTEGER = re.compile(r"[+-]?\d+$")
-_LOGICAL = re.compile(r"\s*([TF])\s*(?:/.*)?$")
-_UNDEFINED = re.compile(r"\s*(?:/.*)?$")
+_NUMBER_CHARS = "0123456789+-.EeDd"
+#: Each card: its keyword when columns 9-10 are the value indicator "= ", else nothing.
+_CARD_KEY = re.compile(r"(.{8})= .{70}|.{80}", re.S)
+#: Standard keywords looked up by searching the text before a header indexes all its cards.
+_SCANS_BEFORE_INDEX = 6
 _AFTER_STRING = re.compile(r"\s*(?:/.*)?$")
-#: Keywords looked up by scanning the text before the header builds its index of all cards.
-_SCANS_BEFORE_INDEX = 12
-#: Keywords whose cards never carry a value (FITS 4.4.2.4), and HIERARCH (indexed by its words).
-_COMMENTARY = ("COMMENT", "HISTORY", "")
+#: Cards that never carry a value (FITS 4.4.2.4), and HIERARCH (indexed by the words after it).
 _NO_VALUE = ("COMMENT ", "HISTORY ", "        ", "HIERARCH")
 
 
@@ -52,7 +50,6 @@ class Header:
         self.where = where
         self._text = text
         self._index: Optional[Dict[str, List[int]]] = None
-        self._maybe_hierarch = "HIERARCH" in text  # then keywords may hide in HIERARCH cards too
         self._hier: Optional[Dict[str, List[int]]] = None
         self._lookups = 0
 
@@ -66,10 +63,11 @@ class Header:
 
     def _build_index(self) -> Dict[str, List[int]]:
         text = self._text
-        heads = [text[i:i + 10] for i in range(0, len(text), CARD)]
-        pairs = [(h[:8].rstrip(), j) for j, h in enumerate(heads) if h[8:] == "= " and h[:8] not in _NO_VALUE]
-        for key, where in self.hierarch.items():
-            pairs += [(key, j) for j in where]
+        keys = _CARD_KEY.findall(text)  # the keyword of each card with a value indicator, else ''
+        pairs = [(k.rstrip(), j) for j, k in enumerate(keys) if k and k not in _NO_VALUE]
+        if "HIERARCH" in text:
+            for key, where in self._hierarch().items():
+                pairs += [(key, j) for j in where]
         index: Dict[str, List[int]] = {key: [j] for key, j in pairs}
         if len(index) != len(pairs):  # repeated keywords: keep every position
             index = {}
@@ -77,9 +75,8 @@ class Header:
                 index.setdefault(key, []).append(j)
         return index
 
-    @property
-    def hierarch(self) -> Dict[str, List[int]]:
-        """Card numbers of the ``HIERARCH`` keywords (found without walking every card)."""
+    def _hierarch(self) -> Dict[str, List[int]]:
+        """Card numbers of the ``HIERARCH`` keywords, by the words after ``HIERARCH``."""
         if self._hier is None:
             self._hier = {}
             text = self._text
@@ -92,25 +89,22 @@ class Header:
                 pos = text.find("HIERARCH ", pos + 1)
         return self._hier
 
-    def find(self, key: str) -> int:
-        """Card number of the first standard (8-character) keyword ``key`` with a value, or -1,
-        without building the index (for the few keywords read from every header)."""
-        where = self._positions(key)
-        return where[0] if where else -1
+    @property
+    def index(self) -> Dict[str, List[int]]:
+        """Card numbers of every keyword with a value (HIERARCH ones by their words)."""
+        if self._index is None:
+            self._index = self._build_index()
+        return self._index
 
     def _positions(self, key: str) -> List[int]:
-        """Card numbers of ``key``: from the index when built, else (standard keywords) by
-        searching the text for the card-aligned ``KEYWORD= ``, which is cheaper for a few keys."""
-        if key in _COMMENTARY:
-            return []
+        """Card numbers of ``key``. The first few lookups of standard keywords search the text
+        for the card-aligned ``KEYWORD= `` (cheaper than indexing a header read for a few
+        keywords); later ones use the index of all cards."""
         if self._index is not None:
             return self._index.get(key, [])
         self._lookups += 1
-        if self._lookups > _SCANS_BEFORE_INDEX:  # many keywords wanted: one pass over the cards is cheaper
+        if self._lookups > _SCANS_BEFORE_INDEX or len(key) > 8 or " " in key:
             return self.index.get(key, [])
-        hier = self.hierarch.get(key, []) if self._maybe_hierarch else []
-        if len(key) > 8 or " " in key:
-            return hier
         text = self._text
         probe = f"{key:<8}= "
         out = []
@@ -119,17 +113,18 @@ class Header:
             if pos % CARD == 0:
                 out.append(pos // CARD)
             pos = text.find(probe, pos + 1)
-        return sorted(out + hier) if hier else out
+        if "HIERARCH" in text and key in self._hierarch():
+            out = sorted(out + self._hierarch()[key])
+        return out
+
+    def find(self, key: str) -> int:
+        """Card number of the first card of keyword ``key``, or -1."""
+        where = self._positions(key)
+        return where[0] if where else -1
 
     def value_at(self, key: str, card: int) -> Any:
         """The parsed value of card number ``card`` (named ``key`` in messages)."""
         return self._parse(key, card)
-
-    @property
-    def index(self) -> Dict[str, List[int]]:
-        if self._index is None:
-            self._index = self._build_index()
-        return self._index
 
     def _value_text(self, i: int) -> str:
         card = self._card(i)
@@ -146,7 +141,7 @@ class Header:
     # ------------------------------------------------------------------ values
     def _parse(self, key: str, i: int) -> Any:
         raw = self._value_text(i)
-        s = raw.lstrip()
+        s = raw.strip()
         if s.startswith("'"):
             value, rest = _string(s)
             if value is None or not _AFTER_STRING.match(rest):
@@ -160,17 +155,21 @@ class Header:
                 value = value[:-1] + more
                 j += 1
             return value
-        m = _LOGICAL.match(s)
-        if m:
-            return m.group(1) == "T"
-        m = _NUMBER.match(s)
-        if m:
-            num = m.group(1)
-            if _INTEGER.match(num):
-                return int(num)
-            return float(num.replace("D", "E").replace("d", "e"))
-        if _UNDEFINED.match(s):
+        slash = s.find("/")
+        token = (s[:slash] if slash >= 0 else s).rstrip()
+        if not token:
             return None
+        if token in ("T", "F"):
+            return token == "T"
+        # Numbers: only digits, signs, '.', and E/D exponents (no nan/inf/underscores), then
+        # Python's own strict conversion.
+        if not token.strip(_NUMBER_CHARS):
+            try:
+                if token.isdigit() or (token[0] in "+-" and token[1:].isdigit()):
+                    return int(token)
+                return float(token.replace("D", "E").replace("d", "e"))
+            except ValueError:
+                pass
         raise HeaderError(f"{self.where}: keyword {key} has a malformed value {_show(raw)}")
 
     def get(self, key: str, default: Any = None) -> Any:

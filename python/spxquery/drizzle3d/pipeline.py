@@ -33,6 +33,9 @@ from .stagetimes import stage
 logger = logging.getLogger(__name__)
 
 ALL_DETECTORS = (1, 2, 3, 4, 5, 6)
+#: Strips of fewer input pixels than this run the kernel on this thread alone: waking the pool's
+#: threads costs more than they save on small crops, and the reader thread has the other core.
+KERNEL_POOL_MIN_PIXELS = 65536
 
 def output_path_for(config: Drizzle3DConfig, detector: int) -> Path:
     """``output_dir/drizzle_D{detector}.fits``."""
@@ -100,8 +103,9 @@ def drizzle_detector(
                 frame, totals = payload, _FrameTotals(cube.nz)
                 continue
             if kind == "strip":
+                threads = 1 if payload.image.size < KERNEL_POOL_MIN_PIXELS else 0
                 with stage("kernel"):
-                    totals.add(drizzle_frame(cube, *payload, record=False))
+                    totals.add(drizzle_frame(cube, *payload, record=False, threads=threads))
                 del payload
                 continue
             bar.update(1)
