@@ -20,6 +20,7 @@ LABELS = {
     "wcs": "celestial WCS",
     "wave": "WCS-WAVE table",
     "crop": "footprint crop",
+    "sample": "fixed sample of rows: read, sanity verdict",
     "rows": "read IMAGE/VARIANCE/ZODI rows",
     "flags": "read + decompress FLAGS, exclude mask",
     "zodi": "zodi fit + subtraction",

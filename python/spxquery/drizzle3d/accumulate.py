@@ -60,6 +60,8 @@ class DrizzleCube:
     detector: int
     n_inputs: int = 0
     n_rejected: int = 0
+    n_empty: int = 0
+    """Frames that overlap the region but landed no pixel (all flagged, non-finite or off the grid)."""
     n_input_sc: np.ndarray | None = None
     """(n_z,) uint32: input frames that contributed to each plane."""
     frame_log: list[dict[str, Any]] = field(default_factory=list)

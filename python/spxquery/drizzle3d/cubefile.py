@@ -121,6 +121,7 @@ def _primary(cube) -> fits.PrimaryHDU:
     h["BAND_NM"] = (f"D{int(cube.detector)}", "band name")
     h["N_INPUTS"] = (int(cube.n_inputs), "input frames that contributed")
     h["N_REJECT"] = (int(cube.n_rejected), "input files rejected (unusable)")
+    h["N_EMPTY"] = (int(getattr(cube, "n_empty", 0)), "frames on the region that landed no pixel")
     base = getattr(cfg, "BASE_PIXSCALE", 6.15)
     h["PIXSCALE"] = (float(base), "[arcsec] native pixel scale")
     h["EPIXSCLE"] = (float(cube.pixscale), "[arcsec] output pixel scale")

@@ -40,6 +40,7 @@ from .fitsheader import Header, HeaderError
 from .fitsstructure import StructureError, read_structure
 from .fitstable import TableError
 from .footprint import DEFAULT_CROP_MARGIN, footprint_crop
+from .framesample import FrameSample, sample_rows, sample_verdict
 from .framewcs import WcsError, celestial_wcs
 from .grid import OutputGrid
 from .l2layout import REQUIRED_EXTENSIONS, L2Layout, LayoutError, l2_layout
@@ -307,6 +308,24 @@ def _read_flags(src: ByteSource, layout: L2Layout, path: Path, rows: range, x0: 
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
 
 
+def _read_sample(src: ByteSource, layout: L2Layout, path: Path, with_zodi: bool) -> FrameSample:
+    """The frame's fixed sample (:mod:`.framesample`); FrameError when its verdict rejects it."""
+    rows = sample_rows(layout.shape)
+    nx = layout.shape[1]
+    image, variance, zodi = _read_pixels(src, layout, path, rows, 0, nx, with_zodi)
+    sample = FrameSample(rows, image, zodi, variance, _read_flags(src, layout, path, rows, 0, nx))
+    reason = sample_verdict(sample)
+    if reason:
+        raise FrameError(path, reason)
+    return sample
+
+
+def _crop_of(a: np.ndarray, crop: Tuple[int, int, int, int]) -> np.ndarray:
+    """The crop ``(x0, x1, y0, y1)`` of a whole-frame array, as a new contiguous array."""
+    x0, x1, y0, y1 = crop
+    return np.ascontiguousarray(a[y0:y1, x0:x1])
+
+
 def _subsample_reader(src: ByteSource, layout: L2Layout, path: Path) -> Any:
     """``read(step)``: every ``step``-th row of the whole frame as :class:`.zodi.ZodiPixels`."""
 
@@ -346,13 +365,21 @@ def prepare_frame(
         if crop is None:
             return None
         x0, x1, y0, y1 = crop
+        with_zodi = bool(config.subtract_zodi)
+        with stage("sample"):
+            sample = _read_sample(src, frame.layout, path, with_zodi)
+        whole = sample.rows == range(0, frame.shape[0])  # the sample holds every pixel: no second read
         rows = range(y0, y1)
         with stage("flags"):
-            flags = _read_flags(src, frame.layout, path, rows, x0, x1)
+            flags = _crop_of(sample.flags, crop) if whole else _read_flags(src, frame.layout, path, rows, x0, x1)
         pixels = None
         if (x1 - x0) * (y1 - y0) <= strip_pixels:
             with stage("rows"):
-                pixels = _read_pixels(src, frame.layout, path, rows, x0, x1, bool(config.subtract_zodi))
+                if whole:
+                    pixels = (_crop_of(sample.image, crop), _crop_of(sample.variance, crop),
+                              None if sample.zodi is None else _crop_of(sample.zodi, crop))
+                else:
+                    pixels = _read_pixels(src, frame.layout, path, rows, x0, x1, with_zodi)
         crop_fit = None
         if pixels is not None and pixels[2] is not None:
             crop_fit = _zodi.ZodiPixels(image=pixels[0], zodi=pixels[2], variance=pixels[1], flags=flags)

@@ -126,11 +126,13 @@ def drizzle_detector(
                     kind = "frame"
                 else:
                     kind = "empty"
-                    logger.debug("D%d: %s overlaps the region but no pixel landed", detector, path.name)
+                    logger.warning("D%d: %s overlaps the region but landed no pixel (all flagged, non-finite or "
+                                   "off the grid); counted in N_EMPTY", detector, path)
                 frame = None
             counts[kind] = counts.get(kind, 0) + 1
 
     cube.n_rejected = counts["reject"]
+    cube.n_empty = counts["empty"]
     logger.info(
         "D%d: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)",
         detector, cube.n_inputs, counts["reject"], counts["skip"], counts["empty"], time.perf_counter() - t0,

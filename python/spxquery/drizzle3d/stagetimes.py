@@ -7,7 +7,8 @@ thread (``time.thread_time``), summed over frames and threads, and the number of
 
 Stages, in the order a frame meets them (:data:`STAGES`): ``open`` (the file and its
 structure), ``headers`` (keywords of the needed extensions, checks), ``wcs`` (the celestial
-WCS), ``wave`` (the ``WCS-WAVE`` table), ``crop`` (the footprint on the grid), ``rows``
+WCS), ``wave`` (the ``WCS-WAVE`` table), ``crop`` (the footprint on the grid), ``sample`` (the
+frame's fixed sample of rows, read and judged), ``rows``
 (IMAGE/VARIANCE/ZODI pixels), ``flags`` (FLAGS pixels, decompressed), ``zodi`` (the scale
 fit), ``wavelengths`` (per-pixel lookup), ``corners`` (the corner map), ``kernel`` (the Rust
 accumulation), ``write`` (the cube file).
@@ -21,8 +22,8 @@ import time
 from typing import Dict
 
 #: The stages, in the order a frame meets them.
-STAGES = ("open", "headers", "wcs", "wave", "crop", "rows", "flags", "zodi", "wavelengths", "corners", "kernel",
-          "write")
+STAGES = ("open", "headers", "wcs", "wave", "crop", "sample", "rows", "flags", "zodi", "wavelengths", "corners",
+          "kernel", "write")
 
 _enabled = os.environ.get("SPXDRIZZLE_STAGE_TIMES", "") not in ("", "0")
 _lock = threading.Lock()
