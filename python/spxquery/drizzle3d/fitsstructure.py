@@ -25,6 +25,7 @@ MAX_HEADER_BLOCKS = 1000
 #: Blocks read at a time while looking for a header's END card.
 HEADER_CHUNK_BLOCKS = 4
 _BITPIX = (8, 16, 32, 64, -32, -64)
+_PRINTABLE = bytes(range(32, 127))
 
 
 class StructureError(ValueError):
@@ -72,9 +73,16 @@ def _read_header_text(src: ByteSource, offset: int, index: int) -> str:
         n_blocks = min(HEADER_CHUNK_BLOCKS, (src.size - pos) // BLOCK)
         if n_blocks == 0:
             raise StructureError(f"truncated file: header of HDU {index} ends in a partial 2880-byte block")
-        chunk = src.read(pos, n_blocks * BLOCK).tobytes().decode("latin-1")
-        parts.append(chunk)
+        raw = src.read(pos, n_blocks * BLOCK).tobytes()
+        if not parts and index > 0 and not raw.startswith(b"XTENSION= "):
+            raise StructureError(f"HDU {index} does not start with an XTENSION card (garbage after HDU {index - 1}?)")
+        chunk = raw.decode("latin-1")
         end = find_end(chunk)
+        printable = raw[: end if end >= 0 else len(raw)].translate(None, _PRINTABLE)
+        if printable:
+            raise StructureError(f"header of HDU {index} has no END card before bytes that are not FITS header "
+                                 "text (ASCII 32-126)")
+        parts.append(chunk)
         if end >= 0:
             return "".join(parts[:-1]) + chunk[:end]
         blocks += n_blocks
