@@ -17,6 +17,7 @@
 //!   accumulators it writes ([`CubeMut`], bands of rows, the voxel update).
 //! - [`contributions`]: the spxquery 0.4.1 API's contribution lists.
 //! - [`interp`]: dense corner maps from a coarse grid.
+//! - [`rice`]: the FITS RICE_1 tile decoder of the frame reader (FLAGS).
 //! - `python` (feature `python`): the `_core` extension module.
 //! - `reference_clipper` (tests only): polygon clipping, the reference the
 //!   exact overlaps are tested against.
@@ -34,6 +35,7 @@ pub mod interp;
 pub mod lanes;
 pub mod params;
 mod prefetch;
+pub mod rice;
 pub mod scan;
 mod schedule;
 pub mod spectral;
