@@ -41,23 +41,28 @@ class WaveTable:
         wcslib's -TAB arithmetic: the pixel positions go through ``psi = CDELT*(p + 1 -
         CRPIX) + CRVAL``, each axis is inverted piecewise-linearly (:func:`_cell_index`), and
         VALUES are interpolated bilinearly -- in separable form on the rectangular grid
-        (along x at every knot row, then along y), with two full-size arrays only.
+        (along x at every knot row, then along y, one cell of rows at a time: three passes over
+        the output).
         """
         xs = np.arange(x0, x1, dtype=np.float64)
         ys = np.arange(y0, y1, dtype=np.float64)
         ix, fx = _cell_index(self.cdelt[0] * (xs + 1.0 - self.crpix[0]) + self.crval[0], self.x)
         iy, fy = _cell_index(self.cdelt[1] * (ys + 1.0 - self.crpix[1]) + self.crval[1], self.y)
-        wy0, wy1 = (1.0 - fy)[:, None], fy[:, None]
+        # rows in one cell of the table share their two knot rows: runs of equal iy
+        cuts = np.flatnonzero(np.diff(iy)) + 1
+        runs = list(zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [len(iy)]]).tolist()))
+        wy0, wy1 = 1.0 - fy, fy
+        upper = np.empty((len(ys), len(xs)))
         out = []
         for m in range(2):
             v = self.values[..., m]
             along_x = (1.0 - fx) * v[:, ix] + fx * v[:, ix + 1]  # (n knot rows, nx)
-            # (1 - fy) * along_x[iy] + fy * along_x[iy + 1], with two full-size arrays only
-            res = np.take(along_x, iy, axis=0)
-            res *= wy0
-            upper = np.take(along_x, iy + 1, axis=0)
-            upper *= wy1
-            res += upper
+            res = np.empty((len(ys), len(xs)))
+            for a, b in runs:  # (1 - fy) * along_x[iy] + fy * along_x[iy + 1], row by row of the cell
+                k = iy[a]
+                np.multiply.outer(wy0[a:b], along_x[k], out=res[a:b])
+                np.multiply.outer(wy1[a:b], along_x[k + 1], out=upper[a:b])
+                res[a:b] += upper[a:b]
             out.append(res)
         return out[0], out[1]
 
