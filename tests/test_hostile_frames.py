@@ -368,7 +368,7 @@ def test_all_bad_frames_through_the_command_line(corpus, tmp_path):
     with ArchiveServer(root) as srv:
         proc = run_cli("run", "--ra", str(RA), "--dec", str(DEC), "--width", "6", "--height", "6", "--detector", "3",
                        "--tap-url", srv.tap_url, "--mirror", str(root), "--cutouts", "no", "--max-images", "1000",
-                       "--output-dir", str(tmp_path / "out"), timeout=300)
+                       "--exclude-flags", "none", "--output-dir", str(tmp_path / "out"), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cube = load_cube(tmp_path / "out" / "drizzle_D3.fits")
     _assert_same_cube(cube, corpus["ref"])
