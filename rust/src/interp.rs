@@ -40,38 +40,66 @@ fn stencil(n: usize, step: usize, k: usize) -> Result<Vec<(usize, [f64; 4])>, St
         .collect())
 }
 
+/// Dense grids of fewer points than this are interpolated on the calling thread.
+pub const PARALLEL_MIN_POINTS: usize = 1 << 20;
+
 /// Interpolates the coarse grid `coarse` (nodes as described in the module
 /// docs) onto a dense `(ny, nx)` grid.
 pub fn densify(coarse: ArrayView2<f64>, step: usize, ny: usize, nx: usize) -> Result<Array2<f64>, String> {
+    densify_on(coarse, step, ny, nx, ny * nx >= PARALLEL_MIN_POINTS)
+}
+
+/// [`densify`] on the pool's threads (`parallel`) or on the calling thread: the same values.
+fn densify_on(coarse: ArrayView2<f64>, step: usize, ny: usize, nx: usize, parallel: bool) -> Result<Array2<f64>, String> {
     if step == 0 {
         return Err("step must be >= 1".into());
     }
     let (ky, kx) = coarse.dim();
     let sy = stencil(ny, step, ky)?;
     let sx = stencil(nx, step, kx)?;
+    // Small grids stay on the calling thread: waking the pool costs more than the work (and the
+    // frame reader calls this beside the kernel). The values are the same either way.
     // Pass 1: along x for every coarse row.
     let mut rows = Array2::<f64>::zeros((ky, nx));
-    rows.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(a, mut out)| {
+    let pass1 = |(a, mut out): (usize, ndarray::ArrayViewMut1<f64>)| {
         let src = coarse.row(a);
         for (i, &(b0, w)) in sx.iter().enumerate() {
             out[i] = w[0] * src[b0] + w[1] * src[b0 + 1] + w[2] * src[b0 + 2] + w[3] * src[b0 + 3];
         }
-    });
+    };
+    if parallel {
+        rows.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(pass1);
+    } else {
+        rows.axis_iter_mut(Axis(0)).enumerate().for_each(pass1);
+    }
     // Pass 2: along y.
     let mut dense = Array2::<f64>::zeros((ny, nx));
-    dense.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(|(j, mut out)| {
+    let pass2 = |(j, mut out): (usize, ndarray::ArrayViewMut1<f64>)| {
         let (a0, w) = sy[j];
         let (r0, r1, r2, r3) = (rows.row(a0), rows.row(a0 + 1), rows.row(a0 + 2), rows.row(a0 + 3));
         for i in 0..nx {
             out[i] = w[0] * r0[i] + w[1] * r1[i] + w[2] * r2[i] + w[3] * r3[i];
         }
-    });
+    };
+    if parallel {
+        dense.axis_iter_mut(Axis(0)).into_par_iter().enumerate().for_each(pass2);
+    } else {
+        dense.axis_iter_mut(Axis(0)).enumerate().for_each(pass2);
+    }
     Ok(dense)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calling_thread_and_pool_give_the_same_bits() {
+        let coarse = coarse_of(|x, y| (0.001 * x * y).sin() * 50.0 + 0.3 * x - 0.2 * y, 16, 14, 12);
+        let a = densify_on(coarse.view(), 16, 161, 130, false).unwrap();
+        let b = densify_on(coarse.view(), 16, 161, 130, true).unwrap();
+        assert!(a.iter().zip(b.iter()).all(|(u, v)| u.to_bits() == v.to_bits()));
+    }
 
     fn coarse_of(f: impl Fn(f64, f64) -> f64, step: usize, ky: usize, kx: usize) -> Array2<f64> {
         Array2::from_shape_fn((ky, kx), |(a, b)| f(((b as f64) - 1.0) * step as f64, ((a as f64) - 1.0) * step as f64))

@@ -18,7 +18,8 @@
 //! - [`contributions`]: the spxquery 0.4.1 API's contribution lists.
 //! - [`interp`]: dense corner maps from a coarse grid.
 //! - [`rice`]: the FITS RICE_1 tile decoder of the frame reader (FLAGS).
-//! - `python` (feature `python`): the `_core` extension module.
+//! - `python` (feature `python`): the `_core` extension module;
+//!   `python_tiles`: its binding of [`rice`].
 //! - `reference_clipper` (tests only): polygon clipping, the reference the
 //!   exact overlaps are tested against.
 
@@ -42,6 +43,8 @@ pub mod spectral;
 
 #[cfg(feature = "python")]
 mod python;
+#[cfg(feature = "python")]
+mod python_tiles;
 
 #[cfg(test)]
 mod engine_tests;

@@ -23,7 +23,7 @@ use crate::scan::{CubeMut, FrameStats};
 use crate::{interp, scan, spectral};
 
 /// Runs `f` with the GIL released and turns a panic into a RuntimeError.
-fn run_detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> Result<T, String> + Send) -> PyResult<T> {
+pub(crate) fn run_detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> Result<T, String> + Send) -> PyResult<T> {
     let out = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
     match out {
         Ok(Ok(v)) => Ok(v),
@@ -330,6 +330,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;
     m.add_function(wrap_pyfunction!(densify, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
+    crate::python_tiles::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -170,7 +170,7 @@ def _tiled_flags(hdu: Hdu) -> TiledImage:
     params = _zparams(hdu)
     bytepix = params.get("BYTEPIX", abs(zbitpix) // 8)
     blocksize = params.get("BLOCKSIZE", 32)
-    if bytepix not in (1, 2, 4, 8) or not 1 <= blocksize <= 1 << 16:
+    if bytepix not in (1, 2, 4) or not 1 <= blocksize <= 1 << 16:  # CFITSIO's RICE_1 has no 8-byte form
         raise LayoutError(f"{hdu.name}: BYTEPIX = {bytepix}, BLOCKSIZE = {blocksize} are not valid RICE parameters")
     n_tiles = -(-shape[0] // tile[0])
     if hdu.shape[0] != n_tiles:

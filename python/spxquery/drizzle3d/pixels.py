@@ -19,7 +19,7 @@ import numpy as np
 from .access import ByteSource
 from .fitstable import descriptors
 from .l2layout import FlagsPart, PlainImage, TiledImage
-from .tiles import rice_decode
+from .tiles import rice_decode_rows
 
 #: Heap ranges closer than this (bytes) are fetched as one.
 MERGE_GAP_BYTES = 1 << 16
@@ -75,19 +75,11 @@ def read_flags(src: ByteSource, part: FlagsPart, rows: range, x0: int, x1: int) 
         view = raw.view(part.dtype)[:, x0:x1] if rows.step == 1 else raw.view(part.dtype)
         return _as_flags(view, part.bzero)
     tiles = sorted({y // part.tile_rows for y in rows})
-    decoded = _decode_tiles(src, part, tiles)
-    whole = np.concatenate([decoded[k] for k in tiles]) if len(tiles) > 1 else decoded[tiles[0]]
-    first = {}  # tile -> its first row in `whole`
-    n = 0
-    for k in tiles:
-        first[k] = n
-        n += decoded[k].shape[0]
+    whole, first = _decode_tiles(src, part, tiles, x0, x1)  # FLAGS of the tiles' rows, columns x0:x1
     if part.tile_rows == 1 and rows.step == 1:
-        picked = whole[:, x0:x1]  # one tile per row, all rows wanted
-    else:
-        at = np.array([first[y // part.tile_rows] + y % part.tile_rows for y in rows], dtype=np.intp)
-        picked = whole[at, x0:x1]
-    return _as_flags(picked, part.bzero)
+        return whole  # one tile per row, all rows wanted
+    at = np.array([first[y // part.tile_rows] + y % part.tile_rows for y in rows], dtype=np.intp)
+    return whole[at]
 
 
 def _merged_ranges(spans: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
@@ -102,60 +94,79 @@ def _merged_ranges(spans: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
     return out
 
 
-def _tile_spans(src: ByteSource, part: TiledImage, tiles: Sequence[int]) -> Dict[int, Tuple[str, int, int]]:
-    """Tile -> (codec, heap offset, bytes), from the descriptors of the tiles' table rows."""
-    if not tiles:
-        return {}
+_CODECS = ("RICE_1", "GZIP_1", "RAW")
+
+
+def _tile_spans(src: ByteSource, part: TiledImage, tiles: Sequence[int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(codec index into _CODECS, heap offset, bytes)`` of each tile, from the descriptors of the
+    tiles' table rows (a tile stored in a fallback column when its COMPRESSED_DATA is empty)."""
     k0, k1 = tiles[0], tiles[-1] + 1
     rows = src.read(part.rows_offset + k0 * part.row_bytes, (k1 - k0) * part.row_bytes).reshape(k1 - k0, -1)
-    cols = [(part.codec, part.column), ("GZIP_1", part.gzip_column), ("RAW", part.raw_column)]
-    found: Dict[int, Tuple[str, int, int]] = {}
-    for codec, col in cols:
-        if col is None:
-            continue
-        count, offset = descriptors(rows, col)
-        for k in tiles:
-            n, off = int(count[k - k0]), int(offset[k - k0])
-            if k in found or n == 0:
-                continue
-            if n < 0 or off < 0 or off + n > part.heap_bytes:
-                raise PixelError(f"{part.name}: tile {k} claims heap bytes {off}-{off + n}, the heap has "
-                                 f"{part.heap_bytes}")
-            found[k] = (codec, off, n)
-    missing = [k for k in tiles if k not in found]
-    if missing:
-        raise PixelError(f"{part.name}: tile {missing[0]} holds no data")
-    return found
+    pick = np.asarray(tiles, dtype=np.intp) - k0
+    count, offset = (a[pick] for a in descriptors(rows, part.column))
+    codec = np.full(len(tiles), _CODECS.index(part.codec), dtype=np.intp)
+    for index, col in ((1, part.gzip_column), (2, part.raw_column)):
+        if col is not None:
+            c2, o2 = (a[pick] for a in descriptors(rows, col))
+            take = (count == 0) & (c2 != 0)
+            count[take], offset[take], codec[take] = c2[take], o2[take], index
+    bad = np.flatnonzero((count <= 0) | (offset < 0) | (offset + count > part.heap_bytes))
+    if bad.size:
+        i = int(bad[0])
+        if count[i] == 0:
+            raise PixelError(f"{part.name}: tile {tiles[i]} holds no data")
+        raise PixelError(f"{part.name}: tile {tiles[i]} claims heap bytes {int(offset[i])}-"
+                         f"{int(offset[i] + count[i])}, the heap has {part.heap_bytes}")
+    return codec, offset, count
 
 
-def _decode_tiles(src: ByteSource, part: TiledImage, tiles: Sequence[int]) -> Dict[int, np.ndarray]:
-    """Tile -> its decoded pixels ``(rows in tile, nx)`` (integers of the file's type)."""
-    spans = _tile_spans(src, part, tiles)
-    ranges = _merged_ranges([(part.heap_offset + off, n) for _, off, n in spans.values()])
+def _decode_tiles(src: ByteSource, part: TiledImage, tiles: Sequence[int], x0: int,
+                  x1: int) -> Tuple[np.ndarray, Dict[int, int]]:
+    """The uint32 FLAGS, columns ``x0:x1``, of every row of ``tiles`` (in order), and the first of
+    those rows of each tile. RICE_1 tiles are decoded in one call of the Rust decoder (GIL
+    released); tiles stored otherwise (GZIP_1, uncompressed) one by one here."""
+    codec, offset, count = _tile_spans(src, part, tiles)
+    ranges = _merged_ranges(list(zip((part.heap_offset + offset).tolist(), count.tolist())))
     bufs = src.read_ranges(ranges)
+    heap = bufs[0] if len(bufs) == 1 else np.concatenate(bufs)
+    range_start = np.array([r[0] for r in ranges], dtype=np.int64)
+    in_buf = np.cumsum([0] + [n for _, n in ranges])[:-1]
+    pos = part.heap_offset + offset
+    i = np.searchsorted(range_start, pos, side="right") - 1
+    at = in_buf[i] + pos - range_start[i]  # where each tile's bytes are in `heap`
     ny, nx = part.shape
-    out: Dict[int, np.ndarray] = {}
-    for k, (codec, off, n) in spans.items():
-        pos = part.heap_offset + off
-        i = max(j for j, (start, _) in enumerate(ranges) if start <= pos)
-        data = bufs[i][pos - ranges[i][0]:pos - ranges[i][0] + n]
-        nrows = min(part.tile_rows, ny - k * part.tile_rows)
-        npix = nrows * nx
+    nrows = np.minimum(part.tile_rows, ny - np.asarray(tiles) * part.tile_rows)
+    firsts = np.concatenate([[0], np.cumsum(nrows)])
+    first = dict(zip(tiles, firsts[:-1].tolist()))
+    if np.all(codec == 0):  # every tile RICE_1
         try:
-            if codec == "RICE_1":
-                values = rice_decode(data, npix, part.bytepix, part.blocksize)
-            elif codec == "GZIP_1":
-                # at most one byte more than the tile needs: a decompression bomb stops there
-                raw = zlib.decompressobj(47).decompress(data.tobytes(), npix * part.bytepix + 1)
-                values = np.frombuffer(raw, dtype=f">i{part.bytepix}")
+            return rice_decode_rows(heap, at, count, nrows, nx, x0, x1, part.bytepix, part.blocksize,
+                                    part.bzero), first
+        except ValueError as exc:
+            raise PixelError(f"{part.name}: {exc} (of tiles {tiles[0]}-{tiles[-1]})") from None
+    out = np.empty((int(firsts[-1]), x1 - x0), dtype=np.uint32)
+    for j, k in enumerate(tiles):
+        n_rows, n, data = int(nrows[j]), int(count[j]), heap[int(at[j]):int(at[j]) + int(count[j])]
+        npix = n_rows * nx
+        try:
+            if _CODECS[codec[j]] == "RICE_1":
+                got = rice_decode_rows(data, [0], [n], [n_rows], nx, x0, x1, part.bytepix, part.blocksize, part.bzero)
             else:
-                values = np.frombuffer(data.tobytes(), dtype=part.dtype)
+                if _CODECS[codec[j]] == "GZIP_1":
+                    # at most one byte more than the tile needs: a decompression bomb stops there
+                    raw = zlib.decompressobj(47).decompress(data.tobytes(), npix * part.bytepix + 1)
+                    values = np.frombuffer(raw, dtype=f">i{part.bytepix}")
+                else:
+                    values = np.frombuffer(data.tobytes(), dtype=part.dtype)
+                if values.size != npix:
+                    raise PixelError(f"{part.name}: tile {k} holds {values.size} pixels, expected {npix}")
+                got = _as_flags(values.reshape(n_rows, nx)[:, x0:x1], part.bzero)
         except (ValueError, zlib.error) as exc:
+            if isinstance(exc, PixelError):
+                raise
             raise PixelError(f"{part.name}: tile {k} does not decompress ({exc})") from None
-        if values.size != npix:
-            raise PixelError(f"{part.name}: tile {k} holds {values.size} pixels, expected {npix}")
-        out[k] = values.reshape(nrows, nx)
-    return out
+        out[first[k]:first[k] + n_rows] = got
+    return out, first
 
 
 __all__ = ["PixelError", "read_image", "read_flags", "MERGE_GAP_BYTES"]

@@ -1,24 +1,29 @@
 """Decompression of FITS ``RICE_1`` tiles (the tile-compressed FLAGS of QR3 and later).
 
-:func:`rice_decode` turns the bytes of one tile into its integer pixels (native byte order,
-``bytepix`` bytes each). Malformed bytes are a ``ValueError``, never a crash or a read past
-the buffer.
+:func:`rice_decode_rows` hands whole-row tiles to the Rust decoder (``_core.rice_decode_rows``,
+``rust/src/rice.rs``: CFITSIO's algorithm with every read bounds-checked, run with the GIL
+released) and gets their FLAGS back as uint32, columns ``x0:x1`` only. Malformed bytes are a
+``ValueError`` naming the tile, never a crash or a read past the buffer.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
-from astropy.io.fits.hdu.compressed._codecs import Rice1
+
+from . import _core
 
 
-def rice_decode(data: np.ndarray, npix: int, bytepix: int, blocksize: int) -> np.ndarray:
-    """The ``npix`` integers (``int{8*bytepix}``) of one RICE_1 tile from its bytes ``data``."""
-    try:
-        return Rice1(blocksize=blocksize, bytepix=bytepix, tilesize=npix).decode(np.asarray(data, np.uint8))
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"RICE_1 decoding failed ({type(exc).__name__}: {exc})") from None
+def rice_decode_rows(heap: np.ndarray, offsets: Sequence[int], lengths: Sequence[int], rows: Sequence[int],
+                     nx: int, x0: int, x1: int, bytepix: int, blocksize: int, bzero: int) -> np.ndarray:
+    """FLAGS ``(sum(rows), x1 - x0)`` uint32 of RICE_1 tiles of whole rows of ``nx`` pixels: tile ``k``
+    is ``heap[offsets[k]:offsets[k] + lengths[k]]`` and holds ``rows[k]`` rows; ``bytepix`` 2
+    values are sign-extended, then the unsigned offset ``bzero`` is added modulo 2**32."""
+    return _core.rice_decode_rows(
+        heap=np.ascontiguousarray(heap, dtype=np.uint8), offsets=np.asarray(offsets, dtype=np.int64),
+        lengths=np.asarray(lengths, dtype=np.int64), rows=np.asarray(rows, dtype=np.int64), nx=int(nx), x0=int(x0),
+        x1=int(x1), bytepix=int(bytepix), blocksize=int(blocksize), bzero=int(bzero))
 
 
-__all__ = ["rice_decode"]
+__all__ = ["rice_decode_rows"]
