@@ -8,15 +8,18 @@ released) and gets their FLAGS back as uint32, columns ``x0:x1`` only. Malformed
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 
 from . import _core
 
 
-def rice_decode_rows(heap: np.ndarray, offsets: Sequence[int], lengths: Sequence[int], rows: Sequence[int],
-                     nx: int, x0: int, x1: int, bytepix: int, blocksize: int, bzero: int) -> np.ndarray:
+Sizes = Union[Sequence[int], np.ndarray]
+
+
+def rice_decode_rows(heap: np.ndarray, offsets: Sizes, lengths: Sizes, rows: Sizes, nx: int, x0: int, x1: int,
+                     bytepix: int, blocksize: int, bzero: int) -> np.ndarray:
     """FLAGS ``(sum(rows), x1 - x0)`` uint32 of RICE_1 tiles of whole rows of ``nx`` pixels: tile ``k``
     is ``heap[offsets[k]:offsets[k] + lengths[k]]`` and holds ``rows[k]`` rows; ``bytepix`` 2
     values are sign-extended, then the unsigned offset ``bzero`` is added modulo 2**32."""
