@@ -311,15 +311,26 @@ def test_qr2_qr3_cutout_read_identically(files):
 def test_zodi_scale_recovered(files):
     cfg = _cfg()
     frame, _ = read_whole(files["qr3"], cfg)
-    assert frame.zodi.fitted and frame.zodi.source == "crop"
+    assert frame.zodi.fitted and frame.zodi.source == "sample"
     assert frame.zodi.scale == pytest.approx(ZODI_TRUE, rel=0.03)
-    # a tiny region: the fit falls back to a decimated subsample of the whole frame
-    tiny = _cfg(width=0.5, height=0.5)
-    frame, fr = read_whole(files["qr3"], tiny)
-    assert fr.image.size < 1000
-    assert frame.zodi.source == "subsample" and frame.zodi.scale == pytest.approx(ZODI_TRUE, rel=0.03)
     frame, fr = read_whole(files["qr3"], _cfg(subtract_zodi=False))
     assert frame.zodi.scale is None and frame.zodi.source == "none"
+
+
+@pytest.mark.parametrize("layout", ["qr2", "qr3", "cutout"])
+def test_zodi_scale_depends_on_the_frame_alone(files, layout):
+    """The scale is fitted on the frame's own fixed sample: the same bits for any region, size,
+    oversampling or strip size (what makes tiled runs equal one-piece runs)."""
+    regions = [dict(), dict(width=0.5, height=0.5), dict(width=12.0, height=10.0, xy_oversample=2.0),
+               dict(center_ra=RA0 + 0.12, center_dec=DEC0 + 0.03, width=3.0, height=7.0)]
+    scales = set()
+    for kw in regions:
+        for strip_pixels in (2**62, 5000):
+            cfg = _cfg(**kw)
+            frame = prepare_frame(files[layout], cfg, grid_of(cfg), strip_pixels=strip_pixels)
+            assert frame is not None and frame.zodi.source == "sample"
+            scales.add(frame.zodi.scale)
+    assert len(scales) == 1 and next(iter(scales)) == pytest.approx(ZODI_TRUE, rel=0.03)
 
 
 def test_exclude_flags_by_name_and_number(files, tmp_path):
@@ -345,7 +356,7 @@ def test_strips_are_the_whole_crop_in_row_order(files, layout):
     grid = grid_of(cfg)
     whole = prepare_frame(files[layout], cfg, grid, strip_pixels=2**62)
     small = prepare_frame(files[layout], cfg, grid, strip_pixels=5000)
-    assert small.crop == whole.crop and small.zodi.source == "subsample" and whole.zodi.source == "crop"
+    assert small.crop == whole.crop and small.zodi == whole.zodi and whole.zodi.source == "sample"
     x0, x1, y0, y1 = whole.crop
     assert small.exclude_mask.shape == (y1 - y0, x1 - x0) and small.exclude_mask.any()
     bits = (1 << small.flag_bits["HOT"]) | (1 << small.flag_bits["NONFUNC"])
@@ -356,10 +367,8 @@ def test_strips_are_the_whole_crop_in_row_order(files, layout):
     (one,) = list(whole.strips())
     for name in ("variance", "flags", "lambda_c", "delta_lambda", "exclude_mask"):
         np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p in pieces]), getattr(one, name), name)
-    # the image differs only by the zodi scale (fitted on the crop vs on the frame's subsample)
-    zodi = files["arrays"]["zodi"][y0:y1, x0:x1].astype(np.float64)
-    np.testing.assert_allclose(np.concatenate([p.image for p in pieces]) + small.zodi.scale * zodi,
-                               one.image + whole.zodi.scale * zodi, rtol=0, atol=1e-12, equal_nan=True)
+    # the same zodi scale (fitted on the frame's sample), hence the same image bits
+    np.testing.assert_array_equal(np.concatenate([p.image for p in pieces]), one.image)
     cx = np.concatenate([p.corners_x[:-1] for p in pieces] + [pieces[-1].corners_x[-1:]])
     np.testing.assert_allclose(cx, one.corners_x, atol=2e-3)
 

@@ -1,10 +1,13 @@
 """Golden regression test: cubes stay identical, bit for bit, across refactors and speed-ups.
 
 The digests below were recorded with the code of main at 6e5b4ce (before the architecture
-rework of issue 15). Each case drizzles simulated frames (QR2 cutouts, QR3 full frames; square
-and bilinear kernels; whole-crop reads and crops read in strips of rows; fitted, subsample and
-static zodi) and hashes every data array of the cube file (SCI, VARIANCE, AND_MASK, OR_MASK,
-COUNT, the WAVELENGTH table) and the inputs' bookkeeping keywords. A change of any bit fails.
+rework of issue 15); the four cases with a fitted zodi scale were re-recorded when the scale
+became a property of the frame alone (issue 23: fitted on the frame's fixed sample of rows
+instead of on the crop or a decimated subsample), the static-zodi case is unchanged. Each case
+drizzles simulated frames (QR2 cutouts, QR3 full frames; square and bilinear kernels;
+whole-crop reads and crops read in strips of rows; fitted and static zodi) and hashes every
+data array of the cube file (SCI, VARIANCE, AND_MASK, OR_MASK, COUNT, the WAVELENGTH table)
+and the inputs' bookkeeping keywords. A change of any bit fails.
 
 The input frames are hashed too, so that a change of the simulator is reported as such rather
 than as an engine regression. If a change is meant to alter a cube (a fixed defect), re-record
@@ -39,20 +42,19 @@ CASES = {
     "qr2_cutouts_square": (
         "qr2_cutouts",
         dict(width=8.0, height=8.0, exclude_flags=list(RECOMMENDED_EXCLUDE_FLAGS)),
-        "605225708f66bc54592e99f96921292c7d7b6da15a7cc1b98e6897590d36aa3c",
+        "02594ac127bd86b90982dacabd74d1261bf8272254064e60a200724ae7451205",
     ),
     "qr2_cutouts_bilinear_oversampled": (
         "qr2_cutouts",
         dict(width=6.0, height=7.0, kernel="bilinear", xy_oversample=2.0, z_oversample=2.0, xy_shrink=0.6,
              exclude_flags=["HOT", "NONFUNC"]),
-        "fc9def592e2da357087d188bfddbbd9710dad762e28f95d5d9e66d2cc7065e28",
+        "afe5e6a7708fb94e8c7ac0f332f4b1aa5bcf5ddfd2cfb60915af5ea55cc87eb7",
     ),
-    # 110' at 24.6"/pixel: each frame's crop exceeds 1 M pixels and is read in strips of rows,
-    # and its zodi scale is fitted on a subsample of the whole frame.
+    # 110' at 24.6"/pixel: each frame's crop exceeds 1 M pixels and is read in strips of rows.
     "qr3_full_square_strips": (
         "qr3_full",
         dict(width=110.0, height=110.0, xy_oversample=0.25, exclude_flags=list(RECOMMENDED_EXCLUDE_FLAGS)),
-        "8fc790355d9e62436c303e16b427edf8dfb77c774df1e693dd066ccef66b223a",
+        "cf4f1ae8069f7cfede2c319a2f836422f1b3e3e2ee2fa9e577cda78c68035d6f",
     ),
     "qr3_full_bilinear_crop_static_zodi": (
         "qr3_full",
@@ -63,7 +65,7 @@ CASES = {
     "qr3_full_square_crop_fitted_zodi": (
         "qr3_full",
         dict(width=30.0, height=30.0, z_shrink=0.5, ivar_max=50.0, exclude_flags=["HOT"]),
-        "98776c9f2d39e93d52a05c7082e296b28f528b37b6e63db61b9b406fe4033c00",
+        "055e420d2a07d6c7c4173ba27031e12048f345d526d10c014686e43dc22eaf00",
     ),
 }
 

@@ -11,7 +11,6 @@ from spxquery.drizzle3d.zodi import (
     BAD_FLAG_NAMES,
     MIN_PIXELS,
     NOT_SUBTRACTED,
-    SUBSAMPLE_STEP,
     ZodiPixels,
     ZodiScale,
     background_mask,
@@ -94,61 +93,41 @@ def _config(subtract=True, static=False):
     return SimpleNamespace(subtract_zodi=subtract, static_zodi=static)
 
 
-class _Subsample:
-    """read_subsample(step) that records its calls and returns a scene with a known scale."""
-
-    def __init__(self, scale=1.2):
-        self.calls = []
-        self.scale = scale
-
-    def __call__(self, step):
-        self.calls.append(step)
-        return ZodiPixels(*_scene(scale=self.scale, n=120, seed=5))
-
-
 BITS = {**DEFAULT_FLAG_BITS, "SOURCE": SOURCE}
 
 
 def test_rule_no_subtraction_and_static():
-    sub = _Subsample()
-    crop = ZodiPixels(*_scene())
-    assert frame_scale(_config(subtract=False), BITS, crop, sub) is NOT_SUBTRACTED
-    assert frame_scale(_config(subtract=False, static=True), BITS, crop, sub).scale is None
-    static = frame_scale(_config(static=True), BITS, crop, sub)
+    sample = ZodiPixels(*_scene())
+    assert frame_scale(_config(subtract=False), BITS, sample) is NOT_SUBTRACTED
+    assert frame_scale(_config(subtract=False, static=True), BITS, sample).scale is None
+    static = frame_scale(_config(static=True), BITS, None)  # no sample needed
     assert static == ZodiScale(1.0, "static") and not static.fitted
-    assert sub.calls == []  # no pixel of the frame read for either
 
 
-def test_rule_crop_fit_when_the_crop_has_enough_background():
-    sub = _Subsample()
-    z = frame_scale(_config(), BITS, ZodiPixels(*_scene(scale=1.37)), sub, name="a.fits")
-    assert z.source == "crop" and z.fitted and z.scale == pytest.approx(1.37, rel=0.01)
-    assert sub.calls == []
-
-
-@pytest.mark.parametrize("crop", [None, "small"], ids=["read-in-strips", "too-few-background-pixels"])
-def test_rule_subsample_fit_otherwise(crop):
-    sub = _Subsample(scale=0.8)
-    pixels = None if crop is None else ZodiPixels(*_scene(scale=3.0, n=20))
-    assert pixels is None or background_mask(*pixels, 0, SOURCE).sum() < MIN_PIXELS
-    z = frame_scale(_config(), BITS, pixels, sub)
-    assert sub.calls == [SUBSAMPLE_STEP]
-    assert z.source == "subsample" and z.scale == pytest.approx(0.8, rel=0.01)
+def test_rule_fit_on_the_frames_sample():
+    z = frame_scale(_config(), BITS, ZodiPixels(*_scene(scale=1.37)), name="a.fits")
+    assert z.source == "sample" and z.fitted and z.scale == pytest.approx(1.37, rel=0.01)
+    with pytest.raises(ValueError, match="a.fits: a fitted zodi scale needs the frame's sample"):
+        frame_scale(_config(), BITS, None, name="a.fits")
 
 
 def test_rule_fallback(caplog):
+    small = ZodiPixels(*_scene(scale=3.0, n=20))
+    assert background_mask(*small, 0, SOURCE).sum() < MIN_PIXELS
     with caplog.at_level(logging.WARNING, logger="spxquery.drizzle3d.zodi"):
-        z = frame_scale(_config(), BITS, ZodiPixels(*_scene(scale=12.0)), _Subsample(), name="b.fits")
+        z = frame_scale(_config(), BITS, ZodiPixels(*_scene(scale=12.0)), name="b.fits")
         assert z == ZodiScale(1.0, "fallback") and not z.fitted
-        z = frame_scale(_config(), BITS, None, _Subsample(scale=-1.0), name="c.fits")
+        z = frame_scale(_config(), BITS, ZodiPixels(*_scene(scale=-1.0)), name="c.fits")
         assert z == ZodiScale(1.0, "fallback")
-    assert "b.fits" in caplog.text and "c.fits" in caplog.text
+        z = frame_scale(_config(), BITS, small, name="d.fits")
+        assert z == ZodiScale(1.0, "fallback")
+    assert "b.fits" in caplog.text and "c.fits" in caplog.text and "only" in caplog.text
 
 
 def test_subtract_in_place():
     img, zodi, var, flags = _scene(scale=2.0)
     out = img.copy()
-    ZodiScale(0.5, "crop").subtract(out, zodi)
+    ZodiScale(0.5, "sample").subtract(out, zodi)
     np.testing.assert_array_equal(out[5:], (img - 0.5 * zodi)[5:])
     out = img.copy()
     NOT_SUBTRACTED.subtract(out, None)

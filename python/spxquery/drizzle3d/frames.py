@@ -326,20 +326,6 @@ def _crop_of(a: np.ndarray, crop: Tuple[int, int, int, int]) -> np.ndarray:
     return np.ascontiguousarray(a[y0:y1, x0:x1])
 
 
-def _subsample_reader(src: ByteSource, layout: L2Layout, path: Path) -> Any:
-    """``read(step)``: every ``step``-th row of the whole frame as :class:`.zodi.ZodiPixels`."""
-
-    def read(step: int) -> _zodi.ZodiPixels:
-        rows = range(0, layout.shape[0], step)
-        nx = layout.shape[1]
-        image, variance, zodi = _read_pixels(src, layout, path, rows, 0, nx, True)
-        assert zodi is not None
-        return _zodi.ZodiPixels(image=image, zodi=zodi, variance=variance,
-                                flags=_read_flags(src, layout, path, rows, 0, nx))
-
-    return read
-
-
 def prepare_frame(
     path: Any,
     config: Any,
@@ -350,7 +336,8 @@ def prepare_frame(
     """Validate one L2 file and select what can land on ``grid``: crop, flags, exclude mask,
     zodi scale. Returns None when the frame misses the grid.
 
-    ``config`` gives ``exclude_flags``, ``subtract_zodi`` and ``static_zodi``. Crops of at
+    ``config`` gives ``exclude_flags``, ``subtract_zodi`` and ``static_zodi`` (the zodi scale is
+    fitted on the frame's fixed sample: the same for any grid). Crops of at
     most ``strip_pixels`` pixels are read now (one strip later); larger crops are read in
     strips of rows by :meth:`Frame.strips`. Frames of a detector without planes in ``grid``
     are rejected. Raises :class:`FrameError` for unusable files.
@@ -380,12 +367,10 @@ def prepare_frame(
                               None if sample.zodi is None else _crop_of(sample.zodi, crop))
                 else:
                     pixels = _read_pixels(src, frame.layout, path, rows, x0, x1, with_zodi)
-        crop_fit = None
-        if pixels is not None and pixels[2] is not None:
-            crop_fit = _zodi.ZodiPixels(image=pixels[0], zodi=pixels[2], variance=pixels[1], flags=flags)
-        with stage("zodi"):
-            zodi = _zodi.frame_scale(config, frame.flag_bits, crop_fit, _subsample_reader(src, frame.layout, path),
-                                     name=path.name)
+    with stage("zodi"):
+        fit_on = None if sample.zodi is None else _zodi.ZodiPixels(sample.image, sample.zodi, sample.variance,
+                                                                  sample.flags)
+        zodi = _zodi.frame_scale(config, frame.flag_bits, fit_on, name=path.name)
     with stage("flags"):
         bits = _flags.exclude_bitmask(config.exclude_flags or [], frame.flag_bits)
         exclude = (flags & np.uint32(bits)) != 0 if bits else None

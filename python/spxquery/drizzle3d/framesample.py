@@ -3,7 +3,8 @@
 Every frame that touches the grid is looked at on the same pixels whatever the region: whole
 rows, evenly spaced (:func:`sample_rows`: about :data:`SAMPLE_PIXELS` pixels; every row of a
 small file such as an IRSA cutout). :class:`FrameSample` holds IMAGE, VARIANCE, ZODI (MJy/sr,
-(MJy/sr)^2) and FLAGS (uint32) of those rows; :func:`sample_verdict` says why a frame cannot
+(MJy/sr)^2) and FLAGS (uint32) of those rows, on which the zodi scale is fitted (:mod:`.zodi`);
+:func:`sample_verdict` says why a frame cannot
 be drizzled (no finite IMAGE pixel, IMAGE all zero or never positive; no finite positive
 VARIANCE; ZODI, when it is subtracted, never finite, all zero or never positive) or None.
 A frame that passes can still land nothing (for instance when its bad pixels avoid the

@@ -11,17 +11,18 @@ frame by :func:`frame_scale` from the frame alone:
 
       scale = sum(w * I * Z) / sum(w * Z^2),   w = 1 / VARIANCE
 
-  fitted on the crop that is drizzled when it has been read whole and holds at least
-  :data:`MIN_PIXELS` background pixels (``crop``), else on every :data:`SUBSAMPLE_STEP`-th row
-  of the whole frame (``subsample``); a fit with too few pixels, a degenerate model or a scale
-  outside ``(SCALE_MIN, SCALE_MAX]`` falls back to 1.0 with a warning (``fallback``).
+  fitted once per frame on the frame's fixed sample of its own pixels
+  (:mod:`.framesample`: whole rows, about 65536 pixels; every pixel of a cutout), the same
+  whatever the output region, tile or strip (source ``sample``); a fit with fewer than
+  :data:`MIN_PIXELS` background pixels, a degenerate model or a scale outside
+  ``(SCALE_MIN, SCALE_MAX]`` falls back to 1.0 with a warning (``fallback``).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -41,8 +42,6 @@ MIN_PIXELS = 1000
 #: Accepted range of the fitted scale: (SCALE_MIN, SCALE_MAX].
 SCALE_MIN = 0.0
 SCALE_MAX = 10.0
-#: Decimation (rows) of the whole-frame subsample fitted when the crop is not enough.
-SUBSAMPLE_STEP = 16
 
 
 class ZodiPixels(NamedTuple):
@@ -57,7 +56,7 @@ class ZodiPixels(NamedTuple):
 @dataclass(frozen=True)
 class ZodiScale:
     """What is subtracted from one frame: ``scale * ZODI`` (``scale`` None: nothing), and which
-    rule chose the scale: ``none``, ``static``, ``crop``, ``subsample`` or ``fallback``."""
+    rule chose the scale: ``none``, ``static``, ``sample`` or ``fallback``."""
 
     scale: Optional[float]
     source: str
@@ -65,7 +64,7 @@ class ZodiScale:
     @property
     def fitted(self) -> bool:
         """True when the scale is a valid fit."""
-        return self.source in ("crop", "subsample")
+        return self.source == "sample"
 
     def subtract(self, image: np.ndarray, zodi: Optional[np.ndarray]) -> None:
         """``image -= scale * zodi`` in place (nothing when the scale is None)."""
@@ -91,28 +90,24 @@ def fit_bits(flag_bits: Mapping[str, int]) -> Tuple[int, int]:
 def frame_scale(
     config: Any,
     flag_bits: Mapping[str, int],
-    crop: Optional[ZodiPixels],
-    read_subsample: Callable[[int], ZodiPixels],
+    sample: Optional[ZodiPixels],
     name: str = "",
 ) -> ZodiScale:
     """The zodi scale of one frame (rules in the module docstring).
 
     ``config`` gives ``subtract_zodi`` and ``static_zodi``; ``flag_bits`` are the file's flag
-    names; ``crop`` holds the crop's pixels when they were read whole (None otherwise);
-    ``read_subsample(step)`` reads every ``step``-th row of the whole frame (called only when
-    needed); ``name`` names the file in warnings.
+    names; ``sample`` holds the frame's fixed sample (needed only for a fit); ``name`` names
+    the file in warnings.
     """
     if not config.subtract_zodi:
         return NOT_SUBTRACTED
     if config.static_zodi:
         return ZodiScale(1.0, "static")
+    if sample is None:
+        raise ValueError(f"{name}: a fitted zodi scale needs the frame's sample")
     bad, source_bit = fit_bits(flag_bits)
-    if crop is not None and np.count_nonzero(background_mask(*crop, bad, source_bit)) >= MIN_PIXELS:
-        scale, ok = fit_zodi_scale(*crop, bad, source_bit, name=name)
-        return ZodiScale(scale, "crop" if ok else "fallback")
-    # Crop too small for a robust fit, or read later in strips: fit on a subsample of the frame.
-    scale, ok = fit_zodi_scale(*read_subsample(SUBSAMPLE_STEP), bad, source_bit, name=name)
-    return ZodiScale(scale, "subsample" if ok else "fallback")
+    scale, ok = fit_zodi_scale(*sample, bad, source_bit, name=name)
+    return ZodiScale(scale, "sample" if ok else "fallback")
 
 
 def background_mask(
@@ -197,6 +192,6 @@ def fit_zodi_scale(
 
 
 __all__ = [
-    "BAD_FLAG_NAMES", "MIN_PIXELS", "SUBSAMPLE_STEP", "ZodiPixels", "ZodiScale", "NOT_SUBTRACTED",
+    "BAD_FLAG_NAMES", "MIN_PIXELS", "ZodiPixels", "ZodiScale", "NOT_SUBTRACTED",
     "fit_bits", "frame_scale", "background_mask", "fit_zodi_scale",
 ]
