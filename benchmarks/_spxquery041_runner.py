@@ -34,6 +34,7 @@ _T_START = time.perf_counter()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
 import sys  # noqa: E402

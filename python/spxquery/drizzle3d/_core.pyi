@@ -139,5 +139,24 @@ def densify(*, coarse: F64Array, step: int, ny: int, nx: int) -> F64Array:
     """Dense ``(ny, nx)`` grid from a coarse one by Catmull-Rom interpolation; coarse node
     ``(a, b)`` lies at dense index ``((a - 1) * step, (b - 1) * step)``."""
 
+def rice_decode_rows(
+    *,
+    heap: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    lengths: npt.NDArray[np.int64],
+    rows: npt.NDArray[np.int64],
+    nx: int,
+    x0: int,
+    x1: int,
+    bytepix: int,
+    blocksize: int,
+    bzero: int,
+) -> U32Array:
+    """Decode FITS RICE_1 tiles of whole rows of ``nx`` pixels (tile ``k`` is
+    ``heap[offsets[k]:offsets[k] + lengths[k]]`` and holds ``rows[k]`` rows; ``bytepix`` 1, 2
+    or 4) and return columns ``x0:x1`` of every row as a ``(sum(rows), x1 - x0)`` uint32 array:
+    16-bit values sign-extended, then ``bzero`` added modulo 2**32. A malformed tile raises
+    ``ValueError`` naming it; any byte string is decoded or refused, never read past."""
+
 def _panic_for_test(message: str) -> None:
     """Test hook: panics in the detached section (raises ``RuntimeError``)."""

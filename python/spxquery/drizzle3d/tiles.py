@@ -14,7 +14,6 @@ import numpy as np
 
 from . import _core
 
-
 Sizes = Union[Sequence[int], np.ndarray]
 
 
