@@ -406,36 +406,10 @@ def per_frame(run: Run) -> Optional[float]:
     return d / run.n_frames if (run.status == "ok" and d is not None and run.n_frames) else None
 
 
-def build_report(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], baselines: Dict[str, Run],
-                 parities: Dict[str, Dict], meta: Dict[str, str], cap_min: float) -> str:
+def table_lines(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], baselines: Dict[str, Run],
+                cap_min: float) -> List[str]:
+    """One markdown table row per run (the header is :func:`build_report`'s)."""
     L: List[str] = []
-    L.append(DOC_HEADING)
-    L.append("")
-    L.append(f"Measured {meta['date']} with `{meta['command']}`.")
-    L.append("")
-    L.append(f"- Machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['mem']}; load average (1/5/15 min) at "
-             f"start {meta['load_start']}, at end {meta['load_end']} (machine shared with other work).")
-    L.append(f"- This package: {meta['new_version']} (git {meta['git']}), Python {meta['new_python']}, numpy "
-             f"{meta['new_numpy']}, astropy {meta['new_astropy']}; Rust engine uses all CPUs.")
-    L.append(f"- spxquery 0.4.1 (PyPI, own venv {meta['old_venv']}): Python {meta['old_python']}, numpy "
-             f"{meta['old_numpy']}, astropy {meta['old_astropy']}.")
-    L.append(f"- Data: {N_FRAMES} simulated full-size (2040x2040) QR2 D3 frames (~70 MB each, "
-             f"`simulate_field(..., {FIELD_RA}, {FIELD_DEC}, detectors=(3,), n_pointings=16, release='qr2', "
-             f"seed={FIELD_SEED})`); cubes centred on the field centre, native D3 grid (xy_oversample=1, "
-             "z_oversample=1, 17 planes, default xy_shrink 0.8).")
-    L.append("- Timed: one `drizzle_detector(paths, config, 3, build_output_wcs(config))` call in a fresh process "
-             "(reads the files, drizzles, writes the cube FITS; the files are read once beforehand, so both packages "
-             "read from the page cache); 'process' = whole subprocess wall time incl. "
-             "imports. Peak RSS = `ru_maxrss` of that process; 'net' subtracts the peak RSS of a process that "
-             "only imported the package (baseline: this package "
-             f"{fmt(baselines['new'].maxrss_mib, '.0f')} MiB"
-             + (f", 0.4.1 {fmt(baselines['old'].maxrss_mib, '.0f')} MiB" if 'old' in baselines else "") + "). "
-             "Accumulators: ours n_z·ny·nx·(3·8+3·4) B, 0.4.1's n_z·ny·nx·(3·8+2+2·4) B. "
-             "Limit = accumulators + 300 MiB. MB here = MiB.")
-    L.append("")
-    L.append("| cube | implementation | frames | drizzle s | s / frame | old / new | process s | peak RSS MB "
-             "| net MB | accumulators MB | limit MB | raw ≤ limit | net ≤ limit |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|:-:|")
     for r in runs:
         shape = tuple(r.result.get("cube_shape") or expected_shape(r.size))
         acc = accum_mib(r.impl, shape)  # type: ignore[arg-type]
@@ -466,16 +440,22 @@ def build_report(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], basel
         L.append(f"| {what} ({shape[1]}x{shape[2]}x{shape[0]}) | {name} | {frames} | {drz} | {pf} | "
                  f"{ratio} | {fmt(r.wall_s, '.1f')} | {fmt(r.maxrss_mib, '.0f')} | {fmt(net, '.0f')} | "
                  f"{fmt(acc, '.0f')} | {fmt(limit, '.0f')} | {ok_raw} | {ok_net} |")
-    L.append("")
-    # targets
+    return L
+
+
+def target_lines(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], baselines: Dict[str, Run],
+                 cap_min: float) -> List[str]:
+    """The verdict of each target (per-frame time, ratio to 0.4.1, memory), one bullet each."""
     tl = []
+    for r in runs:  # per-frame targets: this package on all frames of the case, with or without the old code
+        pf = per_frame(r)
+        if r.impl == "new" and r.n_frames == r.n_total and pf and r.case in TARGET_PER_FRAME:
+            goal = TARGET_PER_FRAME[r.case]
+            tl.append(f"- {r.case}: this package {1e3 * pf:.2f} ms per frame — target ≤ {1e3 * goal:g} ms: "
+                      f"{'met' if pf <= goal else 'NOT met'}.")
     for case, (rn, ro) in ratio_pairs.items():
         pn, po = per_frame(rn), per_frame(ro)
         target = TARGET_RATIO.get(case)
-        if pn and case in TARGET_PER_FRAME:
-            goal = TARGET_PER_FRAME[case]
-            tl.append(f"- {case}: this package {1e3 * pn:.2f} ms per frame — target ≤ {1e3 * goal:g} ms: "
-                      f"{'met' if pn <= goal else 'NOT met'}.")
         if pn and po:
             verdict = "" if target is None else f" — target ≥ {target:g}x: {'met' if po / pn >= target else 'NOT met'}"
             tl.append(f"- {case}: spxquery 0.4.1 {po:.3f} s/frame vs this package {pn:.4f} s/frame "
@@ -505,6 +485,42 @@ def build_report(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], basel
             verdict = "met" if r.maxrss_mib <= limit else ("met on net only" if net <= limit else "NOT met")
             tl.append(f"- Memory, this package, {r.case}, {r.n_frames} frames: peak {r.maxrss_mib:.0f} MB "
                       f"(net {net:.0f} MB) vs limit {limit:.0f} MB — target {verdict}.")
+    return tl
+
+
+def build_report(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], baselines: Dict[str, Run],
+                 parities: Dict[str, Dict], meta: Dict[str, str], cap_min: float) -> str:
+    L: List[str] = []
+    L.append(DOC_HEADING)
+    L.append("")
+    L.append(f"Measured {meta['date']} with `{meta['command']}`.")
+    L.append("")
+    L.append(f"- Machine: {meta['nproc']} CPUs ({meta['cpu']}), {meta['mem']}; load average (1/5/15 min) at "
+             f"start {meta['load_start']}, at end {meta['load_end']} (machine shared with other work).")
+    L.append(f"- This package: {meta['new_version']} (git {meta['git']}), Python {meta['new_python']}, numpy "
+             f"{meta['new_numpy']}, astropy {meta['new_astropy']}; Rust engine uses all CPUs.")
+    L.append(f"- spxquery 0.4.1 (PyPI, own venv {meta['old_venv']}): Python {meta['old_python']}, numpy "
+             f"{meta['old_numpy']}, astropy {meta['old_astropy']}.")
+    L.append(f"- Data: {N_FRAMES} simulated full-size (2040x2040) QR2 D3 frames (~70 MB each, "
+             f"`simulate_field(..., {FIELD_RA}, {FIELD_DEC}, detectors=(3,), n_pointings=16, release='qr2', "
+             f"seed={FIELD_SEED})`); cubes centred on the field centre, native D3 grid (xy_oversample=1, "
+             "z_oversample=1, 17 planes, default xy_shrink 0.8).")
+    L.append("- Timed: one `drizzle_detector(paths, config, 3, build_output_wcs(config))` call in a fresh process "
+             "(reads the files, drizzles, writes the cube FITS; the files are read once beforehand, so both packages "
+             "read from the page cache); 'process' = whole subprocess wall time incl. "
+             "imports. Peak RSS = `ru_maxrss` of that process; 'net' subtracts the peak RSS of a process that "
+             "only imported the package (baseline: this package "
+             f"{fmt(baselines['new'].maxrss_mib, '.0f')} MiB"
+             + (f", 0.4.1 {fmt(baselines['old'].maxrss_mib, '.0f')} MiB" if 'old' in baselines else "") + "). "
+             "Accumulators: ours n_z·ny·nx·(3·8+3·4) B, 0.4.1's n_z·ny·nx·(3·8+2+2·4) B. "
+             "Limit = accumulators + 300 MiB. MB here = MiB.")
+    L.append("")
+    L.append("| cube | implementation | frames | drizzle s | s / frame | old / new | process s | peak RSS MB "
+             "| net MB | accumulators MB | limit MB | raw ≤ limit | net ≤ limit |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|:-:|")
+    L.extend(table_lines(runs, ratio_pairs, baselines, cap_min))
+    L.append("")
+    tl = target_lines(runs, ratio_pairs, baselines, cap_min)
     if tl:
         L.append("Targets (issues 3 and 23: 30' ≤ 8 ms per frame and ≥ 250x, 3° ≥ 5x, deep field ≤ 5 ms per frame; "
                  "peak ≤ accumulators + 300 MB):")
@@ -541,7 +557,78 @@ def write_doc(doc: Path, section: str) -> None:
 # ── main ─────────────────────────────────────────────────────────────────────────────────
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float, Tuple[float, float], int]],
+              oldpy: Optional[Path], work: Path, as_limit: int, rss_kill: float
+              ) -> Tuple[List[Run], Dict[str, Tuple[Run, Run]], Dict[str, Dict], List[Run]]:
+    """Every case ``(label, paths, size, centre, frames for the old code)``: this package on all
+    frames (and again with stage clocks when ``--stages``), the old code and this package on the
+    old code's frames. Returns the runs, the (new, old) pair and the parity of each case, and
+    the staged runs."""
+    runs: List[Run] = []
+    ratio_pairs: Dict[str, Tuple[Run, Run]] = {}
+    parities: Dict[str, Dict] = {}
+    staged: List[Run] = []
+    for case, case_paths, size, centre, n_old in cases:
+        tag = f"{size:g}arcmin" + ("-deep" if case == DEEP_CASE else "")
+        kw = dict(case=case, centre=centre)
+        new_all = execute(cfg.new_python, "new", f"new-{tag}", work, cfg, None, rss_kill, case_paths, size, **kw)
+        new_all.n_total = len(case_paths)
+        runs.append(new_all)
+        if cfg.stages:  # separate runs: the stage clocks cost time of their own
+            staged.append(execute(cfg.new_python, "new", f"new-{tag}-stages", work, cfg, None, rss_kill, case_paths,
+                                  size, stages=True, **kw))
+        if not oldpy:
+            continue
+        new_ref = new_all
+        if n_old != len(case_paths):
+            new_ref = execute(cfg.new_python, "new", f"new-{tag}-{n_old}frames", work, cfg, None, rss_kill,
+                              case_paths[:n_old], size, **kw)
+            new_ref.n_total = len(case_paths)
+            runs.append(new_ref)
+        old = execute(oldpy, "old", f"old-{tag}" + ("" if n_old == len(case_paths) else f"-{n_old}frames"), work, cfg,
+                      as_limit, rss_kill, case_paths[:n_old], size, **kw)
+        old.n_total = len(case_paths)
+        runs.append(old)
+        ratio_pairs[case] = (new_ref, old)
+        if old.output and new_ref.output and old.output.exists() and new_ref.output.exists():
+            parities[case] = parity(new_ref.output, old.output)
+            log(f"parity {case}: {parities[case]}")
+    return runs, ratio_pairs, parities, staged
+
+
+def run_meta(cfg: argparse.Namespace, command: str, load_start: str, baselines: Dict[str, Run]) -> Dict[str, str]:
+    """Date, command, machine, load, git and versions of both packages, for the report."""
+    nr = baselines["new"].result
+    orr = baselines["old"].result if "old" in baselines else {}
+    meminfo = f"{(mem_available_gib() or 0):.0f} GiB available"
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        total = int(next(ln for ln in lines if ln.startswith("MemTotal")).split()[1])
+        meminfo = f"{total / MIB:.0f} GiB RAM"
+    except (OSError, StopIteration):
+        pass
+    return {
+        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "command": command,
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu_model(),
+        "mem": meminfo,
+        "load_start": load_start,
+        "load_end": loadavg(),
+        "git": git_head(),
+        "new_version": f"spxquery-drizzle3d {nr.get('package_version', '?')}",
+        "new_python": nr.get("python", "?"),
+        "new_numpy": nr.get("numpy", "?"),
+        "new_astropy": nr.get("astropy", "?"),
+        "old_venv": str(cfg.old_venv).replace(str(Path.home()), "~"),
+        "old_python": orr.get("python", "—"),
+        "old_numpy": orr.get("numpy", "—"),
+        "old_astropy": orr.get("astropy", "—"),
+    }
+
+
+def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="30,180",
                     help="comma-separated cube sizes in arcmin (square, native D3 grid); default 30,180 "
@@ -580,7 +667,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                          "(ms per frame, wall and CPU) under its own heading of --doc")
     ap.add_argument("--import-retries", type=int, default=3,
                     help="retries (30 s apart) when this package fails to import (extension being rebuilt)")
-    cfg = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    cfg = parse_args(argv)
 
     sizes = [float(s) for s in cfg.sizes.split(",") if s.strip()]
     command = "python benchmarks/bench_pipeline.py" + "".join(" " + shlex.quote(a) for a in (argv or sys.argv[1:]))
@@ -601,68 +692,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     baselines: Dict[str, Run] = {"new": execute(cfg.new_python, "new", "baseline-new", work, cfg, None, rss_kill)}
     if oldpy:
         baselines["old"] = execute(oldpy, "old", "baseline-old", work, cfg, as_limit, rss_kill)
-    runs: List[Run] = []
-    ratio_pairs: Dict[str, Tuple[Run, Run]] = {}
-    parities: Dict[str, Dict] = {}
     cases = [(size_label(size), paths, size, (FIELD_RA, FIELD_DEC),
               N_FRAMES if (size <= 60.0 or cfg.frames <= 0) else min(cfg.frames, N_FRAMES)) for size in sizes]
     if cfg.deep_frames > 0:
         deep = _deepfield.deep_field(cfg.data_dir.expanduser().parent, cfg.deep_frames, cfg.deep_distinct)
         cases.append((DEEP_CASE, deep, cfg.deep_size, (_deepfield.DEEP_RA, _deepfield.DEEP_DEC), len(deep)))
-    staged: List[Run] = []
-    for case, case_paths, size, centre, n_old in cases:
-        tag = f"{size:g}arcmin" + ("-deep" if case == DEEP_CASE else "")
-        kw = dict(case=case, centre=centre)
-        new_all = execute(cfg.new_python, "new", f"new-{tag}", work, cfg, None, rss_kill, case_paths, size, **kw)
-        new_all.n_total = len(case_paths)
-        runs.append(new_all)
-        if cfg.stages:  # separate runs: the stage clocks cost time of their own
-            staged.append(execute(cfg.new_python, "new", f"new-{tag}-stages", work, cfg, None, rss_kill, case_paths,
-                                  size, stages=True, **kw))
-        if not oldpy:
-            continue
-        new_ref = new_all
-        if n_old != len(case_paths):
-            new_ref = execute(cfg.new_python, "new", f"new-{tag}-{n_old}frames", work, cfg, None, rss_kill,
-                              case_paths[:n_old], size, **kw)
-            new_ref.n_total = len(case_paths)
-            runs.append(new_ref)
-        old = execute(oldpy, "old", f"old-{tag}" + ("" if n_old == len(case_paths) else f"-{n_old}frames"), work, cfg,
-                      as_limit, rss_kill, case_paths[:n_old], size, **kw)
-        old.n_total = len(case_paths)
-        runs.append(old)
-        ratio_pairs[case] = (new_ref, old)
-        if old.output and new_ref.output and old.output.exists() and new_ref.output.exists():
-            parities[case] = parity(new_ref.output, old.output)
-            log(f"parity {case}: {parities[case]}")
-
-    nr = baselines["new"].result
-    orr = baselines["old"].result if "old" in baselines else {}
-    meminfo = f"{(mem_available_gib() or 0):.0f} GiB available"
-    try:
-        lines = Path("/proc/meminfo").read_text().splitlines()
-        total = int(next(ln for ln in lines if ln.startswith("MemTotal")).split()[1])
-        meminfo = f"{total / MIB:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        pass
-    meta = {
-        "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "command": command,
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu_model(),
-        "mem": meminfo,
-        "load_start": load_start,
-        "load_end": loadavg(),
-        "git": git_head(),
-        "new_version": f"spxquery-drizzle3d {nr.get('package_version', '?')}",
-        "new_python": nr.get("python", "?"),
-        "new_numpy": nr.get("numpy", "?"),
-        "new_astropy": nr.get("astropy", "?"),
-        "old_venv": str(cfg.old_venv).replace(str(Path.home()), "~"),
-        "old_python": orr.get("python", "—"),
-        "old_numpy": orr.get("numpy", "—"),
-        "old_astropy": orr.get("astropy", "—"),
-    }
+    runs, ratio_pairs, parities, staged = run_cases(cfg, cases, oldpy, work, as_limit, rss_kill)
+    meta = run_meta(cfg, command, load_start, baselines)
     report = build_report(runs, ratio_pairs, baselines, parities, meta, cfg.time_cap)
     print(report)
     stage_runs = [(f"{r.case}, {r.n_frames} frames", r.n_frames, r.result["drizzle_s"], r.result["stages"])
