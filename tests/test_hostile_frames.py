@@ -27,6 +27,7 @@ from spxquery.drizzle3d import Drizzle3DConfig
 from spxquery.drizzle3d.grid import build_output_wcs
 from spxquery.drizzle3d.io import load_cube
 from spxquery.drizzle3d.pipeline import drizzle, drizzle_detector
+from spxquery.drizzle3d.quicklook import cube_summary, format_summary
 from spxquery.drizzle3d.testing import ArchiveServer, load_index, write_index
 
 pytestmark = pytest.mark.hostile
@@ -289,6 +290,7 @@ def test_bad_frame_is_skipped_with_its_reason(corpus, case, tmp_path, caplog):
     if words == "empty":
         assert cube["header"]["N_REJECT"] == 0 and cube["header"]["N_EMPTY"] == 1
         assert "landed no pixel" in lines[0]
+        assert "N_REJECT 0, N_EMPTY 1;" in format_summary(cube_summary(out))  # what `spxdrizzle inspect` shows
     else:
         assert len(named) == 1, [r.getMessage() for r in named]  # the reason, nothing else
         assert cube["header"]["N_REJECT"] == 1 and cube["header"]["N_EMPTY"] == 0

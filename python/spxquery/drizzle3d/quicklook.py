@@ -412,7 +412,7 @@ def write_quicklooks(
 
 def cube_summary(cube: CubeLike) -> Dict[str, Any]:
     """Facts about a cube: shape (n_z, ny, nx), wavelength range [um], bins, coverage (fraction
-    of voxels with COUNT > 0; min/median/max COUNT over those), N_INPUTS, N_REJECT, input
+    of voxels with COUNT > 0; min/median/max COUNT over those), N_INPUTS, N_REJECT, N_EMPTY, input
     frames and their zodi scales, pixel scale [arcsec], centre (RA, Dec) [deg]."""
     c = _cube(cube)
     h = c.get("header", {}) or {}
@@ -449,6 +449,7 @@ def cube_summary(cube: CubeLike) -> Dict[str, Any]:
         "count_max": int(cnt.max()) if cnt.size else 0,
         "n_inputs": int(h.get("N_INPUTS", 0)),
         "n_rejected": int(h.get("N_REJECT", 0)),
+        "n_empty": int(h.get("N_EMPTY", 0)),
         "inputs": inputs,
         "zodi_scales": np.asarray(scales, dtype=np.float64),
         "sci_range": (float(finite.min()), float(finite.max())) if finite.size else (np.nan, np.nan),
@@ -478,7 +479,8 @@ def format_summary(summary: Mapping[str, Any], path: Union[str, Path, None] = No
                  f"(centres {lam[0]:.4f}..{lam[-1]:.4f} um, R {np.nanmin(R):.0f}-{np.nanmax(R):.0f})")
     lines.append(f"coverage     {100 * s['coverage']:.1f}% of voxels have COUNT > 0; COUNT min/median/max "
                  f"{s['count_min']}/{s['count_median']:g}/{s['count_max']} input pixels")
-    lines.append(f"inputs       N_INPUTS {s['n_inputs']}, N_REJECT {s['n_rejected']}; frames per plane "
+    lines.append(f"inputs       N_INPUTS {s['n_inputs']}, N_REJECT {s['n_rejected']}, N_EMPTY {s.get('n_empty', 0)}; "
+                 "frames per plane "
                  f"(N_INPUT_SC) {int(np.min(s['n_input_sc']))}-{int(np.max(s['n_input_sc']))}")
     z = s["zodi_scales"]
     if z.size:
