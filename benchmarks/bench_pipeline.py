@@ -27,6 +27,11 @@ What it does, in one invocation:
    package is then timed on the same subset too, and the old/new ratio uses that subset.
    A run longer than ``--time-cap`` minutes is killed and reported as '> cap'; the old
    process has an address-space limit (``--mem-cap-gb``; a MemoryError is reported).
+   The deep field (``--deep-frames`` IRSA-style 0.2 deg cutouts of one place, default 2000,
+   into a ``--deep-size`` cube; ``benchmarks/_deepfield.py``) is drizzled whole by this
+   package; spxquery 0.4.1 drizzles its first ``--deep-old-frames`` (200), compared likewise.
+   ``--stages`` adds one run per case with the stage clocks on and writes the per-stage table
+   (ms per frame) under its own heading.
 5. Science parity (casual): SCI of both cubes where both are finite: slope of old vs new
    (least squares through 0) over all common voxels; Pearson r and slope of the
    wavelength-collapsed images per pixel and in 8x8-pixel block means; medians. 0.4.1
@@ -41,6 +46,8 @@ Examples::
     python benchmarks/bench_pipeline.py                       # the full comparison
     python benchmarks/bench_pipeline.py --skip-old --sizes 30 # quick: this package only
     python benchmarks/bench_pipeline.py --frames 0            # old code on all frames at 3 deg
+    python benchmarks/bench_pipeline.py --stages              # everything, plus the per-stage table
+    python benchmarks/bench_pipeline.py --skip-old --stages   # this package only, with the stage table
 
 Every run is a separate process; only one runs at a time. Outputs (cubes, logs, result
 JSON) go to ``--work-dir`` (default ~/.cache/spxdrizzle-bench/runs) and are overwritten.
@@ -662,6 +669,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--deep-distinct", type=int, default=200,
                     help="distinct simulated cutouts behind the deep field (reused under new names); default 200")
     ap.add_argument("--deep-size", type=float, default=8.0, help="deep-field cube side [arcmin]; default 8")
+    ap.add_argument("--deep-old-frames", type=int, default=200,
+                    help="deep-field cutouts drizzled by spxquery 0.4.1 (the first N; this package is also timed "
+                         "on the same N for the ratio); 0 = all. Default 200")
     ap.add_argument("--stages", action="store_true",
                     help="time each stage of the frame path in this package's runs and write the per-stage table "
                          "(ms per frame, wall and CPU) under its own heading of --doc")
@@ -696,7 +706,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               N_FRAMES if (size <= 60.0 or cfg.frames <= 0) else min(cfg.frames, N_FRAMES)) for size in sizes]
     if cfg.deep_frames > 0:
         deep = _deepfield.deep_field(cfg.data_dir.expanduser().parent, cfg.deep_frames, cfg.deep_distinct)
-        cases.append((DEEP_CASE, deep, cfg.deep_size, (_deepfield.DEEP_RA, _deepfield.DEEP_DEC), len(deep)))
+        n_old = len(deep) if cfg.deep_old_frames <= 0 else min(cfg.deep_old_frames, len(deep))
+        cases.append((DEEP_CASE, deep, cfg.deep_size, (_deepfield.DEEP_RA, _deepfield.DEEP_DEC), n_old))
     runs, ratio_pairs, parities, staged = run_cases(cfg, cases, oldpy, work, as_limit, rss_kill)
     meta = run_meta(cfg, command, load_start, baselines)
     report = build_report(runs, ratio_pairs, baselines, parities, meta, cfg.time_cap)
