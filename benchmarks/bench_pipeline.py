@@ -437,7 +437,7 @@ def table_lines(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], baseli
         if r.status == "ok":
             drz, pf = fmt(r.result.get("drizzle_s"), ".1f"), fmt(per_frame(r), ".3f")
         elif r.status == "> cap":
-            drz, pf = f"> {cap_min:g} min (cap)", f"> {cap_min * 60 / r.n_frames:.0f}"
+            drz, pf = f"> {cap_min:g} min (cap)", f"> {cap_min * 60 / r.n_frames:.3g}"
         else:
             drz, pf = r.status, "—"
         frames = f"{r.n_frames}" + ("" if r.n_frames == r.n_total else f" of {r.n_total}")
@@ -470,7 +470,7 @@ def target_lines(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], basel
         elif pn and ro.status == "> cap":
             lo = cap_min * 60.0 / ro.n_frames
             tl.append(f"- {case}: spxquery 0.4.1 did not finish {ro.n_frames} frames within the "
-                      f"{cap_min:g}-min cap (> {lo:.0f} s/frame) vs this package {pn:.3f} s/frame = > {lo / pn:.0f}x.")
+                      f"{cap_min:g}-min cap (> {lo:.3g} s/frame) vs this package {pn:.3f} s/frame = > {lo / pn:.0f}x.")
         else:
             tl.append(f"- {case}: spxquery 0.4.1 {ro.status}: {ro.result.get('error') or ''} "
                       f"(peak RSS {ro.maxrss_mib:.0f} MB when it stopped).")
