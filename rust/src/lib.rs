@@ -18,8 +18,7 @@
 //! - [`contributions`]: the spxquery 0.4.1 API's contribution lists.
 //! - [`interp`]: dense corner maps from a coarse grid.
 //! - [`rice`]: the FITS RICE_1 tile decoder of the frame reader (FLAGS).
-//! - `python` (feature `python`): the `_core` extension module;
-//!   `python_tiles`: its binding of [`rice`].
+//! - `python` (feature `python`): the `_core` extension module.
 //! - `reference_clipper` (tests only): polygon clipping, the reference the
 //!   exact overlaps are tested against.
 
@@ -43,8 +42,6 @@ pub mod spectral;
 
 #[cfg(feature = "python")]
 mod python;
-#[cfg(feature = "python")]
-mod python_tiles;
 
 #[cfg(test)]
 mod engine_tests;

@@ -11,7 +11,7 @@
 //! All heavy work runs with the GIL released.
 
 use ndarray::{Array2, Dimension};
-use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray, PyReadwriteArray3};
+use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray, PyReadwriteArray3};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -19,11 +19,12 @@ use pyo3::types::{PyDict, PyTuple};
 use crate::contributions::{self, Contributions};
 use crate::frame::FrameView;
 use crate::params::{Kernel, Params, Settings};
+use crate::rice::{self, Columns, RiceParams, Tile};
 use crate::scan::{CubeMut, FrameStats};
 use crate::{interp, scan, spectral};
 
 /// Runs `f` with the GIL released and turns a panic into a RuntimeError.
-pub(crate) fn run_detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> Result<T, String> + Send) -> PyResult<T> {
+fn run_detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> Result<T, String> + Send) -> PyResult<T> {
     let out = py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
     match out {
         Ok(Ok(v)) => Ok(v),
@@ -314,6 +315,51 @@ fn densify<'py>(py: Python<'py>, coarse: PyReadonlyArray2<'py, f64>, step: usize
     Ok(out.into_pyarray(py))
 }
 
+fn sizes(name: &str, a: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
+    let s = a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array")))?;
+    s.iter().map(|&v| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} holds a negative value {v}")))).collect()
+}
+
+/// Decodes RICE_1 tiles of whole rows of `nx` pixels from `heap` (tile `k` is
+/// `heap[offsets[k]:offsets[k]+lengths[k]]` and holds `rows[k]` rows) and
+/// returns columns `x0:x1` of every row as a `(sum(rows), x1 - x0)` uint32
+/// array: 16-bit values sign-extended, then `bzero` added modulo 2**32.
+#[pyfunction]
+#[pyo3(signature = (*, heap, offsets, lengths, rows, nx, x0, x1, bytepix, blocksize, bzero))]
+#[allow(clippy::too_many_arguments)]
+fn rice_decode_rows<'py>(
+    py: Python<'py>,
+    heap: PyReadonlyArray1<'py, u8>,
+    offsets: PyReadonlyArray1<'py, i64>,
+    lengths: PyReadonlyArray1<'py, i64>,
+    rows: PyReadonlyArray1<'py, i64>,
+    nx: usize,
+    x0: usize,
+    x1: usize,
+    bytepix: usize,
+    blocksize: usize,
+    bzero: i64,
+) -> PyResult<Bound<'py, PyArray2<u32>>> {
+    let (offsets, lengths, rows) = (sizes("offsets", &offsets)?, sizes("lengths", &lengths)?, sizes("rows", &rows)?);
+    if offsets.len() != lengths.len() || offsets.len() != rows.len() {
+        return Err(PyValueError::new_err("offsets, lengths and rows must have one value per tile"));
+    }
+    if x1 <= x0 || x1 > nx {
+        return Err(PyValueError::new_err(format!("columns {x0}:{x1} are outside rows of {nx} pixels")));
+    }
+    let tiles: Vec<Tile> = (0..rows.len()).map(|k| Tile { offset: offsets[k], length: lengths[k], rows: rows[k] }).collect();
+    let total: usize = rows.iter().sum();
+    let heap = heap.as_slice().map_err(|_| PyValueError::new_err("heap must be a contiguous 1-D uint8 array"))?;
+    let width = x1 - x0;
+    let out = run_detached(py, "rice_decode_rows", move || {
+        let mut out = vec![0u32; total * width];
+        rice::decode_rows(heap, &tiles, Columns { nx, x0, x1 }, RiceParams { bytepix, blocksize }, bzero, &mut out)?;
+        Ok(out)
+    })?;
+    let array = PyArray1::from_vec(py, out);
+    array.reshape([total, width])
+}
+
 /// Test hook: panics inside the detached, panic-guarded section, to show that a
 /// panic surfaces as a Python RuntimeError instead of aborting the interpreter.
 #[pyfunction]
@@ -330,7 +376,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;
     m.add_function(wrap_pyfunction!(densify, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
-    crate::python_tiles::register(m)?;
+    m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
