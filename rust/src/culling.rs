@@ -105,8 +105,27 @@ fn cuts(lo: usize, hi: usize, step: usize) -> Vec<usize> {
     (lo..hi).step_by(step).chain(std::iter::once(hi)).collect()
 }
 
-/// The blocks of the frame whose droplets can reach the `ny_out x nx_out`
-/// grid (in super-block order). For an injective (physical) mapping the image of a block is
+/// Where a cube lies in the output grid its corner maps refer to: rows
+/// `top .. bottom` and columns `left .. right` (`0 .. ny, 0 .. nx` for a whole
+/// cube; a tile of a larger grid otherwise). Corner maps are in the grid's
+/// pixels, so a tile sees every droplet exactly as the whole grid does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub(crate) top: usize,
+    pub(crate) left: usize,
+    pub(crate) bottom: usize,
+    pub(crate) right: usize,
+}
+
+impl Window {
+    /// The `(ny, nx)` cube whose first voxel is grid pixel `origin = (row, column)`.
+    pub(crate) fn at(origin: (usize, usize), ny: usize, nx: usize) -> Window {
+        Window { top: origin.0, left: origin.1, bottom: origin.0 + ny, right: origin.1 + nx }
+    }
+}
+
+/// The blocks of the frame whose droplets can reach the window `win` of the
+/// grid (in super-block order), with rows counted from `win.top`. For an injective (physical) mapping the image of a block is
 /// bounded by the image of its boundary, so the bounding box of the boundary
 /// corners bounds every droplet in the block; `m` widens it by the kernel's
 /// reach. A non-finite boundary corner makes a block reach every band (its
@@ -115,13 +134,15 @@ fn cuts(lo: usize, hi: usize, step: usize) -> Vec<usize> {
 /// the blocks of live super-blocks; at each level a boundary segment (a row or
 /// column of corners between two cuts) is read once and shared by the two
 /// parts it separates.
-pub(crate) fn live_blocks(frame: &FrameView<'_>, m: f64, ny_out: usize, nx_out: usize, helpers: Option<&rayon::ThreadPool>) -> Vec<LiveBlock> {
+pub(crate) fn live_blocks(frame: &FrameView<'_>, m: f64, win: Window, helpers: Option<&rayon::ThreadPool>) -> Vec<LiveBlock> {
     let (ny, nx) = frame.image.dim();
+    let (top, bottom) = (win.top as f64, win.bottom as f64 - 1.0);
+    let (left, right) = (win.left as f64, win.right as f64 - 1.0);
     let reaches = |bbox: Option<(f64, f64, f64, f64)>| match bbox {
-        None => Some((0, ny_out as u32 - 1)),
-        Some((x0, x1, y0, y1)) => (x1 + m > 0.0 && x0 - m < nx_out as f64 - 1.0 && y1 + m > 0.0 && y0 - m < ny_out as f64 - 1.0).then(|| {
-            let r0 = fmax(ffloor(y0 - m), 0.0) as u32;
-            let r1 = fmin(ffloor(y1 + m), ny_out as f64 - 1.0) as u32;
+        None => Some((0, (win.bottom - win.top) as u32 - 1)),
+        Some((x0, x1, y0, y1)) => (x1 + m > left && x0 - m < right && y1 + m > top && y0 - m < bottom).then(|| {
+            let r0 = (fmax(ffloor(y0 - m), top) - top) as u32;
+            let r1 = (fmin(ffloor(y1 + m), bottom) - top) as u32;
             (r0, r1)
         }),
     };

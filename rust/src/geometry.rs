@@ -401,14 +401,29 @@ pub fn for_each_quad_overlap(
     nx: usize,
     row_lo: usize,
     row_hi: usize,
+    emit: impl FnMut(usize, usize, f64),
+) {
+    for_each_quad_overlap_in(qx, qy, area, (row_lo, row_hi.min(ny)), (0, nx), emit)
+}
+
+/// [`for_each_quad_overlap`] for the output pixels in rows `rows.0 .. rows.1` and columns
+/// `cols.0 .. cols.1` (a window of a larger grid: each pixel's fraction is the same whatever
+/// the window).
+#[inline]
+pub fn for_each_quad_overlap_in(
+    qx: &[f64; 4],
+    qy: &[f64; 4],
+    area: f64,
+    rows: (usize, usize),
+    cols: (usize, usize),
     mut emit: impl FnMut(usize, usize, f64),
 ) {
     let Some(span) = pixel_span(qx, qy) else { return };
     let (cr0, cr1, cc0, cc1) = span;
-    let r_first = fmax(fmax(cr0, row_lo as f64), 0.0);
-    let r_last = fmin(fmin(cr1, row_hi as f64 - 1.0), ny as f64 - 1.0);
-    let c_first = fmax(cc0, 0.0);
-    let c_last = fmin(cc1, nx as f64 - 1.0);
+    let r_first = fmax(cr0, rows.0 as f64);
+    let r_last = fmin(cr1, rows.1 as f64 - 1.0);
+    let c_first = fmax(cc0, cols.0 as f64);
+    let c_last = fmin(cc1, cols.1 as f64 - 1.0);
     if r_first > r_last || c_first > c_last {
         return;
     }

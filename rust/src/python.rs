@@ -184,9 +184,12 @@ fn stats_of(py: Python<'_>, s: FrameStats) -> Stats<'_> {
 }
 
 /// Drizzles one frame (or crop, or strip of rows) into the cube's
-/// accumulators in place, straight from its corner map.
+/// accumulators in place, straight from its corner map. `origin`: the grid
+/// pixel `(row, column)` of the cube's first voxel (a tile of a larger grid
+/// whose pixels the corner map is in).
 #[pyfunction]
-#[pyo3(signature = (*, cube, params, corners_x, corners_y, image, variance, flags, lambda_c, delta_lambda, exclude_mask=None, threads=0))]
+#[pyo3(signature = (*, cube, params, corners_x, corners_y, image, variance, flags, lambda_c, delta_lambda, exclude_mask=None, threads=0,
+                    origin=(0, 0)))]
 #[allow(clippy::too_many_arguments)]
 fn accumulate_frame<'py>(
     py: Python<'py>,
@@ -201,6 +204,7 @@ fn accumulate_frame<'py>(
     delta_lambda: PyReadonlyArray2<'py, f64>,
     exclude_mask: Option<PyReadonlyArray2<'py, bool>>,
     threads: usize,
+    origin: (usize, usize),
 ) -> PyResult<Stats<'py>> {
     let p = &params.get().params;
     let mut arrays = CubeArrays::extract(cube)?;
@@ -215,7 +219,7 @@ fn accumulate_frame<'py>(
         delta_lambda: delta_lambda.as_array(),
         exclude: exclude_mask.as_ref().map(|e| e.as_array()),
     };
-    let stats = run_detached(py, "accumulate_frame", move || scan::accumulate_frame(cube, &frame, p, threads))?;
+    let stats = run_detached(py, "accumulate_frame", move || scan::accumulate_frame_at(cube, origin, &frame, p, threads))?;
     Ok(stats_of(py, stats))
 }
 

@@ -32,10 +32,10 @@ use std::sync::Mutex;
 
 use ndarray::{ArrayViewMut3, Axis};
 
-use crate::culling::{live_blocks, LiveBlock, BLOCK};
+use crate::culling::{live_blocks, LiveBlock, Window, BLOCK};
 use crate::droplet::{make_droplet, reach, Droplet};
 use crate::frame::{pixel_value, FrameRow, FrameView, PixelValue, RawRow};
-use crate::geometry::{bilinear_footprint_2x2, ffloor, fmax, fmin, for_each_cell, for_each_quad_overlap, quad_footprint_2x2};
+use crate::geometry::{bilinear_footprint_2x2, ffloor, fmax, fmin, for_each_cell, for_each_quad_overlap_in, quad_footprint_2x2};
 use crate::lanes::{footprints, footprints_medium, Lane, Shape, LANES};
 use crate::params::{Kernel, Params};
 use crate::prefetch::prefetch;
@@ -63,13 +63,37 @@ const CUBE_AHEAD: usize = 2;
 /// `threads`: the calling thread and `threads - 1` pool workers; `0`: as many
 /// threads as rayon's global pool has (`RAYON_NUM_THREADS`).
 pub fn accumulate_frame(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threads: usize) -> Result<FrameStats, String> {
-    accumulate_frame_with(cube, frame, p, threads, Isa::widest())
+    accumulate_frame_at(cube, (0, 0), frame, p, threads)
 }
 
-/// [`accumulate_frame`] with the band scan built for `isa` at most (tests
+/// [`accumulate_frame`] into a tile of a larger output grid: the cube holds the
+/// grid's pixels from `origin = (row, column)` on, and the corner map is in the
+/// grid's pixels. Every voxel of the tile gets the same contributions, in the
+/// same order and with the same bits, as the same voxel of the whole grid.
+pub fn accumulate_frame_at(
+    cube: CubeMut<'_>,
+    origin: (usize, usize),
+    frame: &FrameView<'_>,
+    p: &Params,
+    threads: usize,
+) -> Result<FrameStats, String> {
+    accumulate_frame_with(cube, origin, frame, p, threads, Isa::widest())
+}
+
+/// [`accumulate_frame_at`] with the band scan built for `isa` at most (tests
 /// compare the builds; all give the same bits).
-pub(crate) fn accumulate_frame_with(cube: CubeMut<'_>, frame: &FrameView<'_>, p: &Params, threads: usize, isa: Isa) -> Result<FrameStats, String> {
+pub(crate) fn accumulate_frame_with(
+    cube: CubeMut<'_>,
+    origin: (usize, usize),
+    frame: &FrameView<'_>,
+    p: &Params,
+    threads: usize,
+    isa: Isa,
+) -> Result<FrameStats, String> {
     let (nz, ny_out, nx_out) = cube.shape()?;
+    if origin.0.checked_add(ny_out).is_none_or(|n| n > u32::MAX as usize) || origin.1.checked_add(nx_out).is_none_or(|n| n > u32::MAX as usize) {
+        return Err(format!("a tile at {origin:?} of {ny_out} x {nx_out} pixels lies beyond any grid"));
+    }
     p.check_planes(nz)?;
     let (ny, nx) = frame.check()?;
     if ny.checked_mul(nx).is_none_or(|n| n > u32::MAX as usize) {
@@ -84,16 +108,17 @@ pub(crate) fn accumulate_frame_with(cube: CubeMut<'_>, frame: &FrameView<'_>, p:
     let threads = if threads == 0 { rayon::current_num_threads() } else { threads };
     let pool = if threads > 1 { Some(pool_of(threads - 1)?) } else { None };
     let helpers = pool.as_deref();
-    let mut blocks = live_blocks(frame, m, ny_out, nx_out, helpers);
+    let win = Window::at(origin, ny_out, nx_out);
+    let mut blocks = live_blocks(frame, m, win, helpers);
     blocks.sort_unstable_by_key(|b| (b.j0, b.i0));
     let starts = band_starts(ny_out, threads, blocks.iter().map(|b| (b.row_lo, b.row_hi)));
     let n_bands = starts.len() - 1;
     let band_of = |r: u32| starts.partition_point(|&s| s <= r as usize) as u32 - 1;
     let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (band_of(blocks[b].row_lo), band_of(blocks[b].row_hi)));
-    let bands: Vec<Mutex<Option<Band<'_>>>> = cube.into_bands_at(&starts).into_iter().map(|b| Mutex::new(Some(b))).collect();
+    let bands: Vec<Mutex<Option<Band<'_>>>> = cube.into_bands_at(&starts, origin).into_iter().map(|b| Mutex::new(Some(b))).collect();
     let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = run_indexed(helpers, bands.len(), |b| {
         let band = bands[b].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each band is taken once");
-        let mut task = BandTask::new(band, p, m, ny_out, nx_out, isa);
+        let mut task = BandTask::new(band, p, m, win, isa);
         let shared = task.scan(frame, &blocks, &items[offsets[b]..offsets[b + 1]]);
         (task.n_pixels, task.n_contributions, task.planes, shared)
     });
@@ -148,8 +173,8 @@ struct BandTask<'a, 'p> {
     p: &'p Params,
     /// See [`reach`].
     m: f64,
-    ny_out: usize,
-    nx_out: usize,
+    /// The cube's place in the grid (rows and columns of the corner map).
+    win: Window,
     /// Smallest weight fraction that is deposited.
     negligible: f64,
     /// [`Params::keep_from`].
@@ -171,7 +196,7 @@ struct BandTask<'a, 'p> {
 }
 
 impl<'a, 'p> BandTask<'a, 'p> {
-    fn new(band: Band<'a>, p: &'p Params, m: f64, ny_out: usize, nx_out: usize, isa: Isa) -> Self {
+    fn new(band: Band<'a>, p: &'p Params, m: f64, win: Window, isa: Isa) -> Self {
         let negligible = match p.kernel {
             Kernel::Square => crate::geometry::NEGLIGIBLE,
             Kernel::Bilinear => 0.0,
@@ -184,8 +209,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             band,
             p,
             m,
-            ny_out,
-            nx_out,
+            win,
             negligible,
             keep_from: p.keep_from(),
             zov_buf: vec![(0, 0.0); nz],
@@ -286,7 +310,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let qx = unsafe { [row.cx0.at(i), row.cx0.at(i + 1), row.cx1.at(i + 1), row.cx1.at(i)] };
         let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
         let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
-        if !(x1 + m > 0.0 && x0 - m < (self.nx_out - 1) as f64) {
+        if !(x1 + m > self.win.left as f64 && x0 - m < (self.win.right - 1) as f64) {
             return false;
         }
         let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
@@ -295,7 +319,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
             Droplet::Point { x, y } => bilinear_footprint_2x2(x, y),
         };
         let fp = match (cells, droplet) {
-            (Some((r0, c0, f)), _) if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= 0 && c0 + 1 < self.nx_out as isize => {
+            (Some((r0, c0, f)), _)
+                if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= self.win.left as isize && c0 + 1 < self.win.right as isize =>
+            {
                 // All four cells inside this band and the grid: the fast path.
                 return unsafe { self.land_cells::<2, 2, false>(row, i, y0, y1, r0 as usize, c0 as usize, &f, None) };
             }
@@ -319,7 +345,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     unsafe fn block(&mut self, row: &FrameRow, i0: usize, base: usize, shared: &mut Vec<u32>) {
         let m = self.m;
         let (lo, hi) = (self.band.r0 as f64, (self.band.r0 + self.band.rows - 1) as f64);
-        let x_hi = (self.nx_out - 1) as f64;
+        let (x_lo, x_hi) = (self.win.left as f64, (self.win.right - 1) as f64);
         let square = self.p.kernel == Kernel::Square;
         for i in (i0..i0 + BLOCK).step_by(LANES) {
             let at = |r: &RawRow<f64>, k: usize| -> Lane { std::array::from_fn(|l| unsafe { *r.ptr.add(i + k + l) }) };
@@ -329,7 +355,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             let y1: Lane = std::array::from_fn(|l| fmax(fmax(qy[0][l], qy[1][l]), fmax(qy[2][l], qy[3][l])));
             let x0: Lane = std::array::from_fn(|l| fmin(fmin(qx[0][l], qx[1][l]), fmin(qx[2][l], qx[3][l])));
             let x1: Lane = std::array::from_fn(|l| fmax(fmax(qx[0][l], qx[1][l]), fmax(qx[2][l], qx[3][l])));
-            let reach: [bool; LANES] = std::array::from_fn(|l| (y1[l] + m > lo) & (y0[l] - m < hi) & (x1[l] + m > 0.0) & (x0[l] - m < x_hi));
+            let reach: [bool; LANES] = std::array::from_fn(|l| (y1[l] + m > lo) & (y0[l] - m < hi) & (x1[l] + m > x_lo) & (x0[l] - m < x_hi));
             if !reach.iter().any(|&r| r) {
                 continue;
             }
@@ -344,11 +370,11 @@ impl<'a, 'p> BandTask<'a, 'p> {
             let prefetching = (qy[3][0] - qy[0][0]).abs() + (qx[3][0] - qx[0][0]).abs() > 0.5;
             let ahead = CUBE_AHEAD as f64;
             let pf_r: Lane = std::array::from_fn(|l| fmin(fmax(ffloor(fp.r0[l] + ahead * (qy[3][l] - qy[0][l]) + 0.5), lo), hi));
-            let pf_c: Lane = std::array::from_fn(|l| fmin(fmax(ffloor(fp.c0[l] + ahead * (qx[3][l] - qx[0][l]) + 0.5), 0.0), x_hi));
+            let pf_c: Lane = std::array::from_fn(|l| fmin(fmax(ffloor(fp.c0[l] + ahead * (qx[3][l] - qx[0][l]) + 0.5), x_lo), x_hi));
             // The voxel offset in plane 0 of the band (exact: whole numbers far below 2^53;
             // the clamping maps NaN to the band's first row and column 0).
             let (st_r, st_c) = (self.band.strides[1] as f64, self.band.strides[2] as f64);
-            let pf_off: Lane = std::array::from_fn(|l| (pf_r[l] - lo) * st_r + pf_c[l] * st_c);
+            let pf_off: Lane = std::array::from_fn(|l| (pf_r[l] - lo) * st_r + (pf_c[l] - x_lo) * st_c);
             let f3 = if fp.any_medium() { footprints_medium(&fp) } else { [[[0.0; LANES]; 3]; 3] };
             for l in 0..LANES {
                 if !reach[l] {
@@ -356,7 +382,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 }
                 // The common case: a droplet within 2 x 2 output pixels, all inside this band and the grid.
                 let (r0, c0) = (fp.r0[l], fp.c0[l]);
-                let inside = |rows: f64, cols: f64| r0 >= lo && r0 + rows <= hi && c0 >= 0.0 && c0 + cols <= x_hi;
+                let inside = |rows: f64, cols: f64| r0 >= lo && r0 + rows <= hi && c0 >= x_lo && c0 + cols <= x_hi;
                 let wide = fp.c1[l] - c0 == 2.0;
                 // Every other lane: neighbouring pixels target the same cache lines
                 // (measured on the extension: ~1.5% faster than every lane; the
@@ -439,10 +465,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let zov = unsafe { self.zov_buf.get_unchecked(..n_z) };
         let (band, planes, keep_from, neg) = (&mut self.band, &mut self.planes, self.keep_from, self.negligible);
         let pf_last = &mut self.pf_last;
-        debug_assert!(r0 >= band.r0 && r0 + R <= band.r0 + band.rows && c0 + C <= band.nx);
+        debug_assert!(r0 >= band.r0 && r0 + R <= band.r0 + band.rows && c0 >= band.c0 && c0 + C <= band.c0 + band.nx);
         let st = band.strides;
         let nz = band.nz;
-        let base = (r0 - band.r0) as isize * st[1] + c0 as isize * st[2];
+        let base = (r0 - band.r0) as isize * st[1] + (c0 - band.c0) as isize * st[2];
         // Cells with a negligible fraction get nothing (a zero fraction fails `keep_from`).
         let f = f.map(|fr| fr.map(|x| if x > neg { x } else { 0.0 }));
         // The pointers and values in locals, so that the compiler need not
@@ -519,7 +545,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     #[inline(always)]
     fn count_pixel(&mut self, y0: f64, y1: f64) -> bool {
         let (row_lo, row_hi, m) = (self.band.r0, self.band.r0 + self.band.rows, self.m);
-        let alone = (row_lo == 0 || y0 - m >= row_lo as f64 - 1.0) && (row_hi == self.ny_out || y1 + m <= row_hi as f64);
+        let alone = (row_lo == self.win.top || y0 - m >= row_lo as f64 - 1.0) && (row_hi == self.win.bottom || y1 + m <= row_hi as f64);
         if alone {
             self.n_pixels += 1;
         }
@@ -552,7 +578,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
             Spot::Quad(qx, qy, area) => {
                 let mut n = 0;
                 let (band, zov, planes, keep_from) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes, self.keep_from);
-                for_each_quad_overlap(&qx, &qy, area, self.ny_out, self.nx_out, row_lo, row_hi, |r, c, f| {
+                let (rows, cols) = ((row_lo, row_hi.min(self.win.bottom)), (self.win.left, self.win.right));
+                for_each_quad_overlap_in(&qx, &qy, area, rows, cols, |r, c, f| {
                     n += band.deposit(r, c, f, &pix, zov, keep_from, planes);
                 });
                 n
@@ -569,10 +596,11 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// this band and on the grid (and have a weight above rounding noise).
     #[inline(always)]
     fn deposit_checked<const N: usize>(&mut self, r0: isize, c0: isize, f_xy: &[[f64; N]; N], pix: &PixelValue) -> usize {
-        let rows = self.band.r0 as isize..(self.band.r0 + self.band.rows).min(self.ny_out) as isize;
+        let rows = self.band.r0 as isize..(self.band.r0 + self.band.rows).min(self.win.bottom) as isize;
+        let cols = self.win.left as isize..self.win.right as isize;
         let (band, zov, planes, keep_from) = (&mut self.band, &self.zov_buf[..self.n_zov], &mut self.planes, self.keep_from);
         let mut n = 0;
-        for_each_cell(r0, c0, f_xy, rows, 0..self.nx_out as isize, self.negligible, |r, c, f| {
+        for_each_cell(r0, c0, f_xy, rows, cols, self.negligible, |r, c, f| {
             n += band.deposit(r, c, f, pix, zov, keep_from, planes);
         });
         n
@@ -593,8 +621,10 @@ pub struct CubeMut<'a> {
 /// pointers sharing one set of strides (checked in [`CubeMut::shape`]). Bands
 /// come from `split_at` on the views, so they never overlap.
 pub(crate) struct Band<'a> {
-    /// First output row (of the whole cube) and number of rows.
+    /// First output row (of the grid) and number of rows.
     pub(crate) r0: usize,
+    /// First output column (of the grid: the cube's origin).
+    pub(crate) c0: usize,
     pub(crate) rows: usize,
     pub(crate) nz: usize,
     pub(crate) nx: usize,
@@ -686,12 +716,14 @@ impl<'a> CubeMut<'a> {
     pub(crate) fn into_bands(self, rows: usize) -> Vec<Band<'a>> {
         let ny = self.flux.dim().1;
         let starts: Vec<usize> = (0..ny).step_by(rows.max(1)).chain([ny]).collect();
-        self.into_bands_at(&starts)
+        self.into_bands_at(&starts, (0, 0))
     }
 
     /// The cube cut into bands of output rows `starts[b] .. starts[b + 1]`
-    /// (`starts` increasing from 0 to the number of rows).
-    pub(crate) fn into_bands_at(self, starts: &[usize]) -> Vec<Band<'a>> {
+    /// (`starts` increasing from 0 to the number of rows), for a cube whose
+    /// first voxel is grid pixel `origin` (the bands' rows and columns count from
+    /// the grid's).
+    pub(crate) fn into_bands_at(self, starts: &[usize], origin: (usize, usize)) -> Vec<Band<'a>> {
         let ny = self.flux.dim().1;
         assert!(starts.first() == Some(&0) && starts.last() == Some(&ny) && starts.windows(2).all(|w| w[0] < w[1] || ny == 0));
         let mut bands = Vec::with_capacity(starts.len());
@@ -711,7 +743,8 @@ impl<'a> CubeMut<'a> {
             let st = [f.strides()[0], f.strides()[1], f.strides()[2]];
             let (mut f, mut w, mut v, mut c, mut a) = (f, w, v, c, a);
             bands.push(Band {
-                r0,
+                r0: r0 + origin.0,
+                c0: origin.1,
                 rows: n,
                 nz: f.dim().0,
                 nx: f.dim().2,
@@ -746,9 +779,9 @@ impl Band<'_> {
         keep_from: f64,
         planes: &mut [bool],
     ) -> usize {
-        let rl = r - self.r0;
-        assert!(rl < self.rows && c < self.nx, "output pixel ({r}, {c}) outside band at row {}", self.r0);
-        let base = rl as isize * self.strides[1] + c as isize * self.strides[2];
+        let (rl, cl) = (r.wrapping_sub(self.r0), c.wrapping_sub(self.c0));
+        assert!(rl < self.rows && cl < self.nx, "output pixel ({r}, {c}) outside band at ({}, {})", self.r0, self.c0);
+        let base = rl as isize * self.strides[1] + cl as isize * self.strides[2];
         let mut n = 0;
         for &(k, f_z) in zov {
             let f = f_xy * f_z;

@@ -83,9 +83,12 @@ def accumulate_frame(
     delta_lambda: F64Array,
     exclude_mask: BoolArray | None = None,
     threads: int = 0,
+    origin: tuple[int, int] = (0, 0),
 ) -> tuple[int, int, BoolArray]:
     """Drizzle one frame (or crop, or strip of rows) into ``cube`` in place, from its corner map.
 
+    ``origin``: the grid pixel ``(row, column)`` of the cube's first voxel, for a tile of a larger
+    grid (the corner map is in the grid's pixels; each voxel gets the bits of the whole-grid run).
     ``corners_x/y``: ``(ny + 1, nx + 1)`` output positions of the input pixel corners; the
     per-pixel arrays and ``exclude_mask`` (True: skip) are ``(ny, nx)``. Returns ``(n_pixels,
     n_contributions, planes)``: input pixels that deposited, voxel updates, and ``(n_z,)`` bool,
