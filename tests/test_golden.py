@@ -3,7 +3,11 @@
 The digests below were recorded with the code of main at 6e5b4ce (before the architecture
 rework of issue 15); the four cases with a fitted zodi scale were re-recorded when the scale
 became a property of the frame alone (issue 23: fitted on the frame's fixed sample of rows
-instead of on the crop or a decimated subsample), the static-zodi case is unchanged. Each case
+instead of on the crop or a decimated subsample), the static-zodi case is unchanged. All five
+were re-recorded when the corner maps' exactly evaluated nodes moved to multiples of 16 in each
+frame's own pixels instead of starting at the crop's or strip's first corner (issue 20: a corner
+gets the same bits in every crop, strip and tile; the interpolated positions moved by far less
+than the 1e-3 pixel interpolation error). Each case
 drizzles simulated frames (QR2 cutouts, QR3 full frames; square and bilinear kernels;
 whole-crop reads and crops read in strips of rows; fitted and static zodi) and hashes every
 data array of the cube file (SCI, VARIANCE, AND_MASK, OR_MASK, COUNT, the WAVELENGTH table)
@@ -42,30 +46,30 @@ CASES = {
     "qr2_cutouts_square": (
         "qr2_cutouts",
         dict(width=8.0, height=8.0, exclude_flags=list(RECOMMENDED_EXCLUDE_FLAGS)),
-        "02594ac127bd86b90982dacabd74d1261bf8272254064e60a200724ae7451205",
+        "b8f1a80a8a2e140fdc035f57396cc73e53179953ba674f8ba86f77e8e2c64899",
     ),
     "qr2_cutouts_bilinear_oversampled": (
         "qr2_cutouts",
         dict(width=6.0, height=7.0, kernel="bilinear", xy_oversample=2.0, z_oversample=2.0, xy_shrink=0.6,
              exclude_flags=["HOT", "NONFUNC"]),
-        "afe5e6a7708fb94e8c7ac0f332f4b1aa5bcf5ddfd2cfb60915af5ea55cc87eb7",
+        "e522ca4919ace0936f21a2b147ca6602c84e9fa9ba26273c33851c767073e911",
     ),
     # 110' at 24.6"/pixel: each frame's crop exceeds 1 M pixels and is read in strips of rows.
     "qr3_full_square_strips": (
         "qr3_full",
         dict(width=110.0, height=110.0, xy_oversample=0.25, exclude_flags=list(RECOMMENDED_EXCLUDE_FLAGS)),
-        "cf4f1ae8069f7cfede2c319a2f836422f1b3e3e2ee2fa9e577cda78c68035d6f",
+        "2b8f39b185c56e703b1612da03f55c72ea61ddc6a08c6b2d4952ad653e8a8ee0",
     ),
     "qr3_full_bilinear_crop_static_zodi": (
         "qr3_full",
         dict(width=20.0, height=16.0, kernel="bilinear", static_zodi=True, min_overlap=0.05,
              z_lambda_edges=[1.7, 1.8, 1.9, 1.95, 2.0, 2.1, 2.3]),
-        "1cc5c6db5d7662d265da99b5fa733027b5e980ac60d9b91f72b1092edce8c66b",
+        "b05e55bc5c01240c132b7ff07d454dd8ad5c63e5e0963f9227d5268ecf15ab0b",
     ),
     "qr3_full_square_crop_fitted_zodi": (
         "qr3_full",
         dict(width=30.0, height=30.0, z_shrink=0.5, ivar_max=50.0, exclude_flags=["HOT"]),
-        "055e420d2a07d6c7c4173ba27031e12048f345d526d10c014686e43dc22eaf00",
+        "db8c7eee8b0fc7a768c99deafa6c9c484ab1b850059f64777afb259d9fb1e6fc",
     ),
 }
 

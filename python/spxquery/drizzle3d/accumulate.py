@@ -66,6 +66,9 @@ class DrizzleCube:
     """(n_z,) uint32: input frames that contributed to each plane."""
     frame_log: list[dict[str, Any]] = field(default_factory=list)
     """One entry per contributing frame: name, zodi_scale, n_pixels, ..."""
+    origin: tuple[int, int] = (0, 0)
+    """``(row, column)`` of the first voxel in the output grid the corner maps refer to: (0, 0)
+    for a whole cube, the tile's place for a tile of a larger grid (:mod:`.tiling`)."""
     _engine: tuple[tuple, _core.EngineParams] | None = field(default=None, init=False, repr=False, compare=False)
     """The engine parameters and the settings they were built from (see :attr:`engine_params`)."""
 
@@ -124,9 +127,11 @@ class DrizzleCube:
         }
 
     @classmethod
-    def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int) -> DrizzleCube:
-        """Allocate an empty cube of ``(zgrid.n_z, config.output_ny(), config.output_nx())``."""
-        shape = (zgrid.n_z, config.output_ny(), config.output_nx())
+    def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int, *,
+               shape: tuple[int, int] | None = None, origin: tuple[int, int] = (0, 0)) -> DrizzleCube:
+        """Allocate an empty cube of ``(zgrid.n_z, config.output_ny(), config.output_nx())``, or of
+        ``(zgrid.n_z, *shape)`` at ``origin`` for a tile of the grid (``wcs`` is then the tile's)."""
+        shape = (zgrid.n_z, *shape) if shape is not None else (zgrid.n_z, config.output_ny(), config.output_nx())
         nbytes = int(np.prod(shape)) * (3 * 8 + 3 * 4)
         logger.info("D%d: allocating cube %s (%.1f MB of accumulators)", detector, "x".join(map(str, shape)),
                     nbytes / 1e6)
@@ -142,6 +147,7 @@ class DrizzleCube:
             or_mask=np.zeros(shape, dtype=np.uint32),
             config=config,
             detector=detector,
+            origin=(int(origin[0]), int(origin[1])),
         )
         _ = cube.engine_params  # validated now, not at the first frame
         return cube
@@ -197,7 +203,8 @@ def drizzle_frame(
 
     ``image`` (MJy/sr), ``variance`` ((MJy/sr)²), ``flags``, ``lambda_c`` and
     ``delta_lambda`` (um) are ``(ny, nx)``; ``corners_x/y`` are ``(ny+1, nx+1)``
-    output positions of the pixel corners (see :mod:`.spatial`). Pixels with
+    output positions of the pixel corners (see :mod:`.spatial`; for a tile, in the pixels of the
+    whole grid, ``cube.origin`` being the tile's place). Pixels with
     ``exclude_mask`` True are skipped, as are pixels with non-finite
     value/wavelength/bandwidth, bandwidth <= 0 or variance <= 0. ``threads=0`` uses all cores (``RAYON_NUM_THREADS``).
     ``record=False`` leaves ``n_inputs`` / ``n_input_sc`` alone (for a frame drizzled
@@ -207,7 +214,7 @@ def drizzle_frame(
         cube=cube.accumulators(), params=cube.engine_params,
         corners_x=_f64(corners_x), corners_y=_f64(corners_y), image=_f64(image), variance=_f64(variance),
         flags=as_uint32(flags), lambda_c=_f64(lambda_c), delta_lambda=_f64(delta_lambda),
-        exclude_mask=_mask(exclude_mask), threads=int(threads),
+        exclude_mask=_mask(exclude_mask), threads=int(threads), origin=cube.origin,
     )
     if not record:
         return FrameStats(int(n_pix), int(n_con), planes)

@@ -83,6 +83,22 @@ GROUPS: Dict[str, str] = {
 }
 
 
+def _scheduler(name: str, value: Any) -> Optional[str]:
+    """``local``, ``local:N`` (N >= 1 worker processes), ``tcp://...``/``tls://...`` or the path of
+    a dask scheduler file; ValueError naming the field otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip() if isinstance(value, (str, Path)) else None
+    if not text or len(text) > 4096 or any(ord(c) < 32 for c in text):
+        raise ValueError(f"{name} must be \"local\", \"local:N\", \"tcp://host:port\" or a scheduler file, "
+                         f"got {str(value)[:80]!r}")
+    if text.startswith("local:"):
+        n = text[6:]
+        if not (n.isdigit() and 1 <= int(n) <= 1024):
+            raise ValueError(f"{name} = {text[:80]!r}: use \"local\" or \"local:N\" with 1 <= N <= 1024 worker processes")
+    return text
+
+
 def _mjd_range(name: str, value: Any) -> Tuple[float, float]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
         raise ValueError(f"{name} must be None or (mjd_min, mjd_max), got {short_repr(value)}")
@@ -244,6 +260,18 @@ class Drizzle3DConfig:
         group="archive", unit="s", rule=Real(0.0, 604800.0, lo_open=True),
         help="longest time for one file, every attempt and wait included (ends a trickling transfer)",
         header=NoHeader(_NOT_THE_CUBE)))
+    tile_arcmin: Optional[float] = field(default=None, metadata=setting(
+        group="output", unit="arcmin", rule=Real(0.0, 60000.0, lo_open=True),
+        help="side of the square tiles the cube is drizzled in, each a sub-array of the one grid (None: one piece, "
+             "or tiles chosen automatically when the accumulators exceed the memory available); same bits either way",
+        header=NoHeader("how the cube was computed, not what it holds (tiled = one-piece, bit for bit)"),
+        cli=Cli("--tile-arcmin", "ARCMIN")))
+    scheduler: Optional[str] = field(default=None, metadata=setting(
+        group="output", rule=Checked(_scheduler, "string", '"local", "local:N", "tcp://host:port" or a scheduler file'),
+        help="where tiles run: None in this process one after another, \"local:N\" a dask LocalCluster of N worker "
+             "processes, \"tcp://host:port\" or a scheduler file an existing dask cluster (the distributed extra)",
+        header=NoHeader("how the cube was computed, not what it holds (tiled = one-piece, bit for bit)"),
+        cli=Cli("--scheduler", "WHERE")))
 
     # ── constants ──────────────────────────────────────────────────────────────
     BASE_PIXSCALE: float = field(default=6.15, init=False, repr=False)  # arcsec/pixel

@@ -112,7 +112,7 @@ def _isot(mjd: float) -> str:
 def _primary(cube) -> fits.PrimaryHDU:
     cfg = cube.config
     zgrid = cube.zgrid
-    n_z, n_y, n_x = cube.flux_weighted.shape
+    n_z, n_y, n_x = _shape(cube)
     h = fits.PrimaryHDU().header
     for keyword, value, comment in observation_cards(cube)[:2]:
         h[keyword] = (value, comment)
@@ -165,8 +165,18 @@ IMAGE_EXTENSIONS = (
 )
 
 
+def _shape(cube) -> Tuple[int, int, int]:
+    """``(n_z, ny, nx)`` of a cube (``cube_shape`` of a cube without accumulators, e.g. the
+    pieces of a tiled run, :mod:`.assemble`)."""
+    shape = getattr(cube, "cube_shape", None)
+    return tuple(shape) if shape is not None else cube.flux_weighted.shape
+
+
 def _plane(cube, name: str, k: int) -> np.ndarray:
-    """Plane ``k`` of the output extension ``name`` (SCI and VARIANCE NaN where empty)."""
+    """Plane ``k`` of the output extension ``name`` (SCI and VARIANCE NaN where empty); a cube
+    with a ``plane(name, k)`` method (the pieces of a tiled run) gives its own."""
+    if hasattr(cube, "plane"):
+        return cube.plane(name, k)
     if name in ("SCI", "VARIANCE"):
         w = cube.weight_total[k]
         out = np.full(w.shape, np.nan, dtype=np.float64)
@@ -207,7 +217,7 @@ def build_hdulist(cube) -> fits.HDUList:
     extra = _extension_cards(cube)
     hdus: List[Any] = [_primary(cube)]
     for name, _ in IMAGE_EXTENSIONS:
-        data = np.stack([_plane(cube, name, k) for k in range(cube.flux_weighted.shape[0])])
+        data = np.stack([_plane(cube, name, k) for k in range(_shape(cube)[0])])
         hdu = fits.ImageHDU(data, name=name)
         hdu.header.update(_extension_keywords(name, extra))
         hdus.append(hdu)
@@ -246,7 +256,7 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
     """Write the HDUs to the open binary file ``f``: the five image extensions are streamed
     plane by plane (memory: one plane of each, not whole-cube copies)."""
     tables = _tables(cube)  # built first: a cube that cannot be written fails before any byte
-    shape = cube.flux_weighted.shape
+    shape = _shape(cube)
     extra = _extension_cards(cube)
     f.write(_primary(cube).header.tostring().encode("ascii"))
     with progress_bar(len(IMAGE_EXTENSIONS) * shape[0], f"write D{cube.detector}", "plane", progress) as bar:

@@ -68,7 +68,8 @@ def footprint_crop(
 ) -> Optional[Tuple[int, int, int, int]]:
     """Input-pixel box ``(x0, x1, y0, y1)`` (0-based, end-exclusive) whose droplets can touch the output.
 
-    The outer boundary of the output region (``grid.shape = (ny, nx)``), sampled
+    The outer boundary of the output region (``grid.shape = (ny, nx)`` from pixel
+    ``grid.origin`` of ``grid.wcs``: a tile is a sub-array of its grid), sampled
     every 20 output pixels plus the corners, is projected into the input frame with
     the full input WCS (SIP included) as a polygon; the polygon is clipped
     (Sutherland-Hodgman) to the frame grown by ``g`` = half an input pixel (the
@@ -81,6 +82,7 @@ def footprint_crop(
     """
     ny_in, nx_in = frame.shape
     ny_out, nx_out = grid.shape
+    oy, ox = grid.origin  # a tile's place in the pixels of grid.wcs
     wcs_in = frame.wcs
     out = grid.wcs
 
@@ -92,7 +94,7 @@ def footprint_crop(
     r_in = float(np.max(_angsep(ra_in[4], dec_in[4], ra_in[:4], dec_in[:4])))
     cx_out = np.array([-0.5, nx_out - 0.5, -0.5, nx_out - 0.5, (nx_out - 1) / 2])
     cy_out = np.array([-0.5, -0.5, ny_out - 0.5, ny_out - 0.5, (ny_out - 1) / 2])
-    ra_out, dec_out = out.wcs_pix2world(cx_out, cy_out, 0)
+    ra_out, dec_out = out.wcs_pix2world(cx_out + ox, cy_out + oy, 0)
     r_out = float(np.max(_angsep(ra_out[4], dec_out[4], ra_out[:4], dec_out[:4])))
     in_scale_deg = float(np.sqrt(abs(np.linalg.det(wcs_in.pixel_scale_matrix))))
     sep = float(_angsep(ra_in[4], dec_in[4], ra_out[4], dec_out[4]))
@@ -100,7 +102,7 @@ def footprint_crop(
         return None
 
     bx, by = _boundary(nx_out, ny_out)
-    ra, dec = out.wcs_pix2world(bx, by, 0)
+    ra, dec = out.wcs_pix2world(bx + ox, by + oy, 0)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         px, py = wcs_in.all_world2pix(ra, dec, 0, quiet=True)

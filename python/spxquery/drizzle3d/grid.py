@@ -13,7 +13,7 @@ planes of several detectors can share one grid.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional, Tuple
 
 import numpy as np
@@ -94,6 +94,9 @@ class OutputGrid:
     """Spectral bins [um]."""
     plane_detector: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     """``(n_z,)`` detector (1-6) of each plane."""
+    origin: Tuple[int, int] = (0, 0)
+    """``(row, column)`` of this grid's first pixel in the pixels of ``wcs``: ``(0, 0)`` for a
+    whole grid, the tile's place for a tile (:meth:`tile`). Corner maps are in ``wcs`` pixels."""
 
     @classmethod
     def for_detector(cls, config: Drizzle3DConfig, detector: int, wcs: Optional[WCS] = None) -> "OutputGrid":
@@ -110,6 +113,15 @@ class OutputGrid:
             zgrid=zgrid,
             plane_detector=np.full(zgrid.n_z, int(detector), dtype=np.int64),
         )
+
+    def tile(self, y0: int, y1: int, x0: int, x1: int) -> "OutputGrid":
+        """The sub-array ``[y0:y1, x0:x1]`` of this (whole) grid: the same WCS and planes, shape
+        ``(y1 - y0, x1 - x0)``, ``origin = (y0, x0)``."""
+        if self.origin != (0, 0):
+            raise ValueError("a tile is cut from a whole grid, not from another tile")
+        if not (0 <= y0 < y1 <= self.ny and 0 <= x0 < x1 <= self.nx):
+            raise ValueError(f"tile rows {y0}:{y1}, columns {x0}:{x1} are not inside the {self.ny} x {self.nx} grid")
+        return replace(self, shape=(int(y1 - y0), int(x1 - x0)), origin=(int(y0), int(x0)))
 
     @property
     def ny(self) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
@@ -29,6 +29,7 @@ from .preflight import OutputExistsError, preflight
 from .progress import progress_bar
 from .readahead import ReadAhead
 from .stagetimes import stage
+from .tiling import effective_tile_arcmin
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,54 @@ def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
             "crop": frame.crop, "n_pixels": n_pixels}
 
 
+def drizzle_frames(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
+                   done: Optional[Callable[[int], Any]] = None) -> Dict[str, List[Any]]:
+    """Drizzle the files ``paths`` onto ``grid`` (a whole grid or a tile of one) into ``cube``, in
+    file order; ``done(1)`` is called after each file. Records the contributing frames in ``cube``
+    (``n_inputs``, ``n_input_sc``, ``frame_log``) and returns what became of each file, by kind:
+    ``frame`` (``(path, planes)``: contributed, bool ``(n_z,)`` planes), ``reject`` (``(path,
+    reason)``), ``skip`` (paths not touching the grid) and ``empty`` (paths that touch it but
+    landed no pixel)."""
+    detector = grid.detectors[0]
+    outcomes: Dict[str, List[Any]] = {"frame": [], "reject": [], "skip": [], "empty": []}
+    frame: Optional[Frame] = None
+    totals = _FrameTotals(cube.nz)
+    for path, kind, payload in ReadAhead(paths, config, grid):
+        if kind == "frame":
+            frame, totals = payload, _FrameTotals(cube.nz)
+            continue
+        if kind == "strip":
+            threads = 1 if payload.image.size < KERNEL_POOL_MIN_PIXELS else 0
+            with stage("kernel"):
+                totals.add(drizzle_frame(cube, *payload, record=False, threads=threads))
+            del payload
+            continue
+        if done is not None:
+            done(1)
+        if kind == "reject" or (kind == "broken" and totals.n_strips == 0):
+            logger.warning("D%d: skipping %s: %s", detector, path, payload)
+            outcomes["reject"].append((path, str(payload)))
+        elif kind == "broken":
+            logger.error("D%d: %s: %s; the cube holds %d of its pixels", detector, path, payload, totals.n_pixels)
+            outcomes["reject"].append((path, str(payload)))
+        elif kind == "skip":
+            logger.debug("D%d: %s does not touch the output region", detector, path.name)
+            outcomes["skip"].append(path)
+        elif kind == "end":
+            assert frame is not None
+            cube.record_frame(totals.n_pixels, totals.n_contributions, totals.planes)
+            if totals.n_pixels > 0:
+                cube.frame_log.append(_log_entry(frame, totals.n_pixels))
+                outcomes["frame"].append((path, totals.planes))
+            else:
+                outcomes["empty"].append(path)
+                logger.log(logging.INFO if cube.origin != (0, 0) else logging.WARNING,
+                           "D%d: %s overlaps the region but landed no pixel (all flagged, non-finite or off the "
+                           "grid); counted in N_EMPTY", detector, path)
+            frame = None
+    return outcomes
+
+
 def drizzle_detector(
     fits_paths: Iterable[Path],
     config: Drizzle3DConfig,
@@ -93,44 +142,10 @@ def drizzle_detector(
     cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector)
     logger.info("D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx)", detector, len(paths), *grid.cube_shape)
 
-    counts = {"reject": 0, "skip": 0, "empty": 0}
     t0 = time.perf_counter()
-    frame: Optional[Frame] = None
-    totals = _FrameTotals(cube.nz)
     with progress_bar(len(paths), f"D{detector}", "frame", config.progress) as bar:
-        for path, kind, payload in ReadAhead(paths, config, grid):
-            if kind == "frame":
-                frame, totals = payload, _FrameTotals(cube.nz)
-                continue
-            if kind == "strip":
-                threads = 1 if payload.image.size < KERNEL_POOL_MIN_PIXELS else 0
-                with stage("kernel"):
-                    totals.add(drizzle_frame(cube, *payload, record=False, threads=threads))
-                del payload
-                continue
-            bar.update(1)
-            if kind == "reject" or (kind == "broken" and totals.n_strips == 0):
-                logger.warning("D%d: skipping %s: %s", detector, path, payload)
-                kind = "reject"
-            elif kind == "broken":
-                logger.error("D%d: %s: %s; the cube holds %d of its pixels", detector, path, payload,
-                             totals.n_pixels)
-                kind = "reject"
-            elif kind == "skip":
-                logger.debug("D%d: %s does not touch the output region", detector, path.name)
-            elif kind == "end":
-                assert frame is not None
-                cube.record_frame(totals.n_pixels, totals.n_contributions, totals.planes)
-                if totals.n_pixels > 0:
-                    cube.frame_log.append(_log_entry(frame, totals.n_pixels))
-                    kind = "frame"
-                else:
-                    kind = "empty"
-                    logger.warning("D%d: %s overlaps the region but landed no pixel (all flagged, non-finite or "
-                                   "off the grid); counted in N_EMPTY", detector, path)
-                frame = None
-            counts[kind] = counts.get(kind, 0) + 1
-
+        outcomes = drizzle_frames(paths, config, grid, cube, bar.update)
+    counts = {kind: len(v) for kind, v in outcomes.items()}
     cube.n_rejected = counts["reject"]
     cube.n_empty = counts["empty"]
     logger.info(
@@ -142,6 +157,35 @@ def drizzle_detector(
         return None
     with stage("write"):
         return save_cube(cube, out_path, overwrite=config.overwrite, progress=config.progress)
+
+
+def drizzle_tiled(fits_paths: Iterable[Path], config: Drizzle3DConfig, detector: int,
+                  tile_arcmin: float) -> Optional[Path]:
+    """:func:`drizzle_detector` in square tiles of ``tile_arcmin`` (:mod:`.tiling`), run where
+    ``config.scheduler`` says (:mod:`.executor`) and assembled into the same cube file, bit for bit
+    (:mod:`.assemble`); the pieces and ``manifest.json`` stay in ``output_dir/tiles_D{N}``. A rerun
+    of the same configuration and frames reuses the pieces already written; ``overwrite`` restarts."""
+    from .assemble import assemble_cube, write_manifest
+    from .executor import run_tiles
+    from .tiling import run_key, tile_plan, tile_side_pixels, tiles_dir
+
+    detector = int(detector)
+    out_path = output_path_for(config, detector)
+    if out_path.exists() and not config.overwrite:
+        raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
+    paths = [Path(p) for p in fits_paths]
+    grid = OutputGrid.for_detector(config, detector)
+    tiles = tile_plan(grid.shape, tile_side_pixels(tile_arcmin, grid.pixscale))
+    key = run_key(config, detector, tiles, paths)
+    if config.overwrite:
+        for old in tiles_dir(config, detector).glob("tile_*.json"):
+            old.unlink()
+    logger.info("D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx) in %d tiles of %.4g'", detector, len(paths),
+                *grid.cube_shape, len(tiles), tile_arcmin)
+    records = run_tiles(paths, config, detector, tiles, key, config.scheduler)
+    write_manifest(config, detector, key, paths, records)
+    with stage("write"):
+        return assemble_cube(config, detector, records, out_path)
 
 
 def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
@@ -202,7 +246,11 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
                 mirror_has_none.append(f"D{det}: {none}")
             logger.warning("D%d: no files available, skipping", det)
             continue
-        out = drizzle_detector(fits_paths, config, det, output_wcs)
+        tile_arcmin = effective_tile_arcmin(config, (det,))
+        if tile_arcmin is None:
+            out = drizzle_detector(fits_paths, config, det, output_wcs)
+        else:
+            out = drizzle_tiled(fits_paths, config, det, tile_arcmin)
         if out is not None:
             results[det] = out
     if not results and mirror_has_none and len(mirror_has_none) == sum(1 for d in detectors if obs_by_det.get(d)):
@@ -220,4 +268,4 @@ def _mirror_has_none(report: Any, config: Drizzle3DConfig) -> Optional[str]:
     return mirror_has_none(report, Path(config.data_mirror))
 
 
-__all__ = ["drizzle", "drizzle_detector", "output_path_for"]
+__all__ = ["drizzle", "drizzle_detector", "drizzle_frames", "drizzle_tiled", "output_path_for"]

@@ -124,17 +124,31 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
                  disk: Optional[int] = None) -> None:
     """RunBudgetError when the accumulators of the largest cube do not fit in the memory
     available (``memory``, default :func:`available_memory`) or the cubes do not fit on the
-    output disk (``disk``, default :func:`free_disk`). Cubes are made one detector at a time."""
+    output disk (``disk``, default :func:`free_disk`). Cubes are made one detector at a time.
+    Accumulators beyond the memory are fine when the cube can be drizzled in tiles
+    (:mod:`.tiling`): then the tiles of ``tile_arcmin`` must fit, or, when it is None, tiles of the
+    smallest automatic size."""
+    from .tiling import MIN_AUTO_TILE_PIXELS, tile_side_pixels
+
     shapes = cube_shapes(config, detectors)
     det, nz, ny, nx = max(shapes, key=lambda s: s[1] * s[2] * s[3])
     need = nz * ny * nx * ACCUMULATOR_BYTES_PER_VOXEL
     memory = available_memory() if memory is None else memory
-    if memory is not None and need + MEMORY_HEADROOM > memory:
-        raise RunBudgetError(
-            f"the D{det} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x "
-            f"{ACCUMULATOR_BYTES_PER_VOXEL} bytes), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
-            f"available for them; {_ADVICE}"
-        )
+    explicit = config.tile_arcmin is not None
+    if memory is not None and (explicit or need + MEMORY_HEADROOM > memory):
+        side = tile_side_pixels(config.tile_arcmin, config.effective_pixscale()) if explicit else MIN_AUTO_TILE_PIXELS
+        tile_need = nz * min(side, ny) * min(side, nx) * ACCUMULATOR_BYTES_PER_VOXEL
+        if tile_need + MEMORY_HEADROOM > memory:
+            what = (f"tiles of tile_arcmin={config.tile_arcmin:g}' need {_gib(tile_need)} of accumulators each "
+                    f"({nz} x {min(side, ny)} x {min(side, nx)} voxels"
+                    if explicit else f"the D{det} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels")
+            raise RunBudgetError(
+                f"{what} x {ACCUMULATOR_BYTES_PER_VOXEL} bytes), more than the "
+                f"{_gib(max(0, memory - MEMORY_HEADROOM))} of memory available for them even in tiles; use smaller "
+                f"tiles (tile_arcmin), or {_ADVICE}")
+        if not explicit:
+            logger.info("the D%d cube needs %s of accumulators, more than the memory available: it will be "
+                        "drizzled in tiles", det, _gib(need))
     files = sum(n * y * x * FILE_BYTES_PER_VOXEL for _, n, y, x in shapes)
     disk = free_disk(Path(config.output_dir)) if disk is None else disk
     if disk is not None and files > disk:

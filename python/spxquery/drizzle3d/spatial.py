@@ -47,7 +47,9 @@ def corner_map(
     """Output positions of the corners of input pixels ``x0..x0+nx-1, y0..y0+ny-1``.
 
     Returns ``(corners_x, corners_y)``, float64, shape ``(ny + 1, nx + 1)``.
-    ``step=1`` evaluates every corner exactly (slow for large crops).
+    ``step=1`` evaluates every corner exactly (slow for large crops). The exactly evaluated
+    corners sit at multiples of ``step`` in the frame's own pixels, whatever the crop, so a
+    corner gets the same bits in every crop and strip that holds it (tiled runs rely on it).
     """
     if nx < 1 or ny < 1:
         raise ValueError(f"crop must be at least 1 x 1 pixel, got nx={nx}, ny={ny}")
@@ -56,20 +58,22 @@ def corner_map(
     if step == 1:
         yy, xx = np.mgrid[0 : ny + 1, 0 : nx + 1].astype(np.float64)
         return transform_pixels(input_wcs, output_wcs, xx + (x0 - 0.5), yy + (y0 - 0.5))
-    # Coarse node a sits at dense index (a - 1) * step, with one guard node on each side.
-    ky = ny // step + 4
-    kx = nx // step + 4
-    gy = (np.arange(ky) - 1.0) * step + (y0 - 0.5)
-    gx = (np.arange(kx) - 1.0) * step + (x0 - 0.5)
+    # Coarse node a sits at dense index (a - 1) * step from the anchor (the crop's first corner
+    # moved back to a multiple of step), with one guard node on each side.
+    dy, dx = y0 % step, x0 % step
+    ky = (ny + dy) // step + 4
+    kx = (nx + dx) // step + 4
+    gy = (np.arange(ky) - 1.0) * step + (y0 - dy - 0.5)
+    gx = (np.arange(kx) - 1.0) * step + (x0 - dx - 0.5)
     xx, yy = np.meshgrid(gx, gy)
     ox, oy = transform_pixels(input_wcs, output_wcs, xx, yy)
     if not (np.all(np.isfinite(ox)) and np.all(np.isfinite(oy))):
         # Far off the projection (e.g. beyond 90 deg from the output centre): exact, per corner.
         logger.debug("coarse corner grid has non-finite points; evaluating every corner exactly")
         return corner_map(input_wcs, output_wcs, x0, y0, nx, ny, step=1)
-    cx = _core.densify(coarse=np.ascontiguousarray(ox), step=step, ny=ny + 1, nx=nx + 1)
-    cy = _core.densify(coarse=np.ascontiguousarray(oy), step=step, ny=ny + 1, nx=nx + 1)
-    return cx, cy
+    cx = _core.densify(coarse=np.ascontiguousarray(ox), step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
+    cy = _core.densify(coarse=np.ascontiguousarray(oy), step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
+    return cx[dy:, dx:], cy[dy:, dx:]
 
 
 def compute_spatial_mapping(

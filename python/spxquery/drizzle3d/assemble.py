@@ -1,0 +1,131 @@
+"""The pieces of a tiled run put together: the one cube file, and the manifest of the tiles.
+
+:class:`TiledCube` offers what :func:`.cubefile.save_cube` reads from a cube (configuration,
+grid, bookkeeping) and hands it the planes of the image extensions one at a time, each read from
+the pieces (``hdu.section``: one plane of each piece at a time), so the cube file is written in
+a stream without the cube ever being in memory. The bookkeeping combines the tiles' records: a
+frame contributed when it did to any tile (its planes are the union), was rejected when any tile
+rejected it, and landed nothing when it touched tiles but landed in none. The manifest
+(``tiles_D{N}/manifest.json``) lists one row per tile: piece file, pixel range, sky range (the
+corners' RA/Dec, deg) and the frames used; :func:`assemble_from_manifest` writes the cube from it
+later (``spxdrizzle assemble``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from astropy.io import fits
+
+from .config import Drizzle3DConfig
+from .cubefile import IMAGE_EXTENSIONS, save_cube
+from .grid import OutputGrid
+from .tiling import tiles_dir, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+class TiledCube:
+    """A cube whose planes are read from the pieces of ``records`` (see the module docs)."""
+
+    def __init__(self, config: Drizzle3DConfig, detector: int, records: Sequence[Dict[str, Any]]):
+        grid = OutputGrid.for_detector(config, detector)
+        self.config, self.detector, self.records = config, int(detector), list(records)
+        self.wcs, self.pixscale, self.zgrid = grid.wcs, grid.pixscale, grid.zgrid
+        self.cube_shape = grid.cube_shape
+        planes: Dict[int, np.ndarray] = {}
+        entries: Dict[int, Dict[str, Any]] = {}
+        rejected, touched = set(), set()
+        for record in self.records:
+            for index, bits, entry in record["frames"]:
+                planes[index] = planes.get(index, np.zeros(grid.nz, dtype=bool)) | np.asarray(bits, dtype=bool)
+                if index in entries:
+                    entries[index]["n_pixels"] += int(entry["n_pixels"])
+                else:
+                    entries[index] = dict(entry)
+            rejected.update(int(i) for i, _ in record["reject"])
+            touched.update(int(i) for i in record["empty"])
+        self.frame_log = [entries[i] for i in sorted(entries)]
+        self.n_inputs = len(entries)
+        self.n_input_sc = np.sum([planes[i] for i in sorted(planes)], axis=0, dtype=np.uint32) if planes else \
+            np.zeros(grid.nz, dtype=np.uint32)
+        self.n_rejected = len(rejected)
+        self.n_empty = len(touched - rejected - set(entries))
+
+    def plane(self, name: str, k: int) -> np.ndarray:
+        """Plane ``k`` of image extension ``name`` of the whole grid, from the pieces."""
+        dtype = dict(IMAGE_EXTENSIONS)[name]
+        _, ny, nx = self.cube_shape
+        out = np.empty((ny, nx), dtype=dtype)
+        for record in self.records:
+            y0, y1, x0, x1 = record["tile"]
+            with fits.open(record["piece"], memmap=False, lazy_load_hdus=True) as hdul:
+                out[y0:y1, x0:x1] = hdul[name].section[k]
+        return out
+
+
+def sky_range(grid: OutputGrid, bounds: Sequence[int]) -> List[List[float]]:
+    """RA/Dec (deg) of the outer corners of the pixels ``[y0:y1, x0:x1]`` of ``grid``."""
+    y0, y1, x0, x1 = bounds
+    xs = np.array([x0 - 0.5, x1 - 0.5, x1 - 0.5, x0 - 0.5])
+    ys = np.array([y0 - 0.5, y0 - 0.5, y1 - 0.5, y1 - 0.5])
+    ra, dec = grid.wcs.wcs_pix2world(xs, ys, 0)
+    return [[float(a), float(d)] for a, d in zip(ra, dec)]
+
+
+def write_manifest(config: Drizzle3DConfig, detector: int, key: str, paths: Sequence[Path],
+                   records: Sequence[Dict[str, Any]]) -> Path:
+    """``tiles_D{N}/manifest.json`` (atomic): the run's key, configuration, frame list and one row per tile."""
+    grid = OutputGrid.for_detector(config, detector)
+    rows = [{"file": Path(r["piece"]).name, "pixels": r["tile"], "sky": sky_range(grid, r["tile"]),
+             "frames": [str(paths[i]) for i, _, _ in r["frames"]]} for r in records]
+    path = tiles_dir(config, detector) / MANIFEST
+    write_json_atomic(path, {"key": key, "detector": int(detector), "config": config.to_dict(),
+                             "frames": [str(p) for p in paths], "tiles": rows,
+                             "records": [Path(r["piece"]).with_suffix(".json").name for r in records]})
+    return path
+
+
+def assemble_cube(config: Drizzle3DConfig, detector: int, records: Sequence[Dict[str, Any]],
+                  out_path: Path) -> Optional[Path]:
+    """Write the cube of the pieces of ``records`` to ``out_path`` (atomic, streamed plane by
+    plane); None (nothing written, a warning) when no frame contributed to any tile."""
+    cube = TiledCube(config, detector, records)
+    logger.info("D%d: %d frames contributed, %d rejected, %d without landed pixels (%d tiles)", detector,
+                cube.n_inputs, cube.n_rejected, cube.n_empty, len(records))
+    if not cube.frame_log:
+        logger.warning("D%d: no frame contributed to the output region; no cube written", detector)
+        return None
+    return save_cube(cube, out_path, overwrite=config.overwrite, progress=config.progress)
+
+
+def assemble_from_manifest(manifest: Path, out_path: Optional[Path] = None, overwrite: bool = False) -> Optional[Path]:
+    """The cube file of a tiled run's manifest (default path: the run's ``drizzle_D{N}.fits``
+    beside the tiles directory). ValueError naming the file when a piece's record is missing or
+    belongs to another run."""
+    manifest = Path(manifest)
+    data = json.loads(manifest.read_text())
+    config = Drizzle3DConfig.from_dict(data["config"]).replace(overwrite=overwrite)
+    records = []
+    for name in data["records"]:
+        path = manifest.parent / name
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: tile record unreadable ({exc})") from None
+        if record.get("key") != data["key"]:
+            raise ValueError(f"{path}: tile record of another run (key {str(record.get('key'))[:12]}...)")
+        record["piece"] = str(manifest.parent / Path(record["piece"]).name)
+        records.append(record)
+    detector = int(data["detector"])
+    out = Path(out_path) if out_path is not None else manifest.parent.parent / f"drizzle_D{detector}.fits"
+    return assemble_cube(config, detector, records, out)
+
+
+__all__ = ["TiledCube", "assemble_cube", "assemble_from_manifest", "sky_range", "write_manifest"]

@@ -1,0 +1,107 @@
+"""Where the tiles of a tiled run are drizzled: in this process, or on dask.distributed.
+
+``scheduler`` (the configuration field): None runs the tiles here one after another;
+``"local"`` / ``"local:N"`` starts a ``dask.distributed.LocalCluster`` of N worker processes (one
+thread each; N = the CPU count for ``"local"``) and logs its dashboard address; ``"tcp://host:port"``
+(any address dask takes) or the path of a scheduler file uses an existing cluster. Each tile is
+one task (:func:`.tiling.drizzle_tile`): at most :data:`IN_FLIGHT_PER_WORKER` per worker thread
+are submitted at a time, a task lost with its worker is run again by dask (and ``retries``
+more times on an error), and a task returns only its tile's record (the piece is on disk).
+Workers read the frames through the same data access as the pipeline, so the file paths must be
+reachable from the workers (a shared file system for a remote cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .config import Drizzle3DConfig
+from .progress import progress_bar
+from .tiling import Tile, drizzle_tile
+
+logger = logging.getLogger(__name__)
+
+#: Tasks submitted per worker thread at a time (one running, one waiting).
+IN_FLIGHT_PER_WORKER = 2
+#: Extra attempts of a task that raised (a task lost with its worker is rescheduled by dask anyway).
+TASK_RETRIES = 2
+
+
+def run_tiles(paths: Sequence[Path], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], key: str,
+              scheduler: Optional[str] = None) -> List[Dict[str, Any]]:
+    """The records of ``tiles`` (in tile order), drizzled where ``scheduler`` says (module docs)."""
+    files = [str(p) for p in paths]
+    if scheduler is None:
+        records = []
+        with progress_bar(len(tiles), f"D{detector} tiles", "tile", config.progress) as bar:
+            for tile in tiles:
+                records.append(drizzle_tile(files, config, detector, tile, key))
+                bar.update(1)
+        return records
+    client, cluster = connect(scheduler)
+    try:
+        return _run_on(client, files, config, detector, tiles, key)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def connect(scheduler: str) -> Any:
+    """``(client, cluster or None)`` for ``scheduler`` (module docs); ImportError naming the
+    ``distributed`` extra when dask.distributed is not installed."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - the test extra installs it
+        raise ImportError(f"scheduler={scheduler!r} needs dask.distributed: pip install "
+                          "'spxquery-drizzle3d[distributed]'") from exc
+    if scheduler == "local" or scheduler.startswith("local:"):
+        n = int(scheduler[6:]) if scheduler.startswith("local:") else (os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+        # Each worker's engine uses its share of the cores (the cube is the same for any thread count).
+        env = {"RAYON_NUM_THREADS": str(max(1, cores // n))}
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               env=env)
+        client = Client(cluster)
+        logger.info("dask LocalCluster: %d worker processes; dashboard %s", n, client.dashboard_link)
+        return client, cluster
+    if Path(scheduler).is_file():
+        client = Client(scheduler_file=scheduler)
+    else:
+        client = Client(scheduler)
+    logger.info("dask cluster %s: %d workers; dashboard %s", scheduler, len(client.scheduler_info()["workers"]),
+                client.dashboard_link)
+    return client, None
+
+
+def _run_on(client: Any, files: List[str], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile],
+            key: str) -> List[Dict[str, Any]]:
+    """Submit the tiles with a bounded number in flight; their records in tile order."""
+    from distributed import as_completed
+
+    limit = max(1, IN_FLIGHT_PER_WORKER * sum(client.nthreads().values()))
+    files_f = client.scatter(files, broadcast=True)
+    config_f = client.scatter(config, broadcast=True)
+    todo = list(tiles)[::-1]
+    records: Dict[int, Dict[str, Any]] = {}
+
+    def submit(tile: Tile) -> Any:
+        return client.submit(drizzle_tile, files_f, config_f, detector, tile, key, retries=TASK_RETRIES, pure=False,
+                             key=f"spxdrizzle-D{detector}-tile{tile.index:05d}-{key[:12]}")
+
+    queue = as_completed([submit(todo.pop()) for _ in range(min(limit, len(todo)))])
+    with progress_bar(len(tiles), f"D{detector} tiles", "tile", config.progress) as bar:
+        for future in queue:
+            record = future.result()
+            records[int(record["index"])] = record
+            future.release()
+            bar.update(1)
+            if todo:
+                queue.add(submit(todo.pop()))
+    return [records[t.index] for t in tiles]
+
+
+__all__ = ["IN_FLIGHT_PER_WORKER", "TASK_RETRIES", "connect", "run_tiles"]

@@ -1,0 +1,189 @@
+"""Tiled cubes (issue 20): a tiled run gives the one-piece cube bit for bit, in this process and
+on a real dask LocalCluster (worker processes), with a worker killed mid-run, and when resumed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from spxquery.drizzle3d import Drizzle3DConfig
+from spxquery.drizzle3d.assemble import assemble_from_manifest
+from spxquery.drizzle3d.flags import RECOMMENDED_EXCLUDE_FLAGS
+from spxquery.drizzle3d.grid import build_output_wcs
+from spxquery.drizzle3d.pipeline import drizzle_detector, drizzle_tiled
+from spxquery.drizzle3d.preflight import RunBudgetError, check_budget
+from spxquery.drizzle3d.simulate import simulate_field
+from spxquery.drizzle3d.tiling import auto_tile_arcmin, tile_plan, tiles_dir
+
+RA, DEC = 150.0, 2.0
+EXTS = ("SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT")
+
+
+@pytest.fixture(scope="module")
+def cutouts(tmp_path_factory):
+    info = simulate_field(tmp_path_factory.mktemp("cutouts"), RA, DEC, detectors=(3,), n_pointings=5, release="qr2",
+                          seed=12, cutout_size_deg=0.2)
+    return list(info.paths)
+
+
+@pytest.fixture(scope="module")
+def full_frames(tmp_path_factory):
+    info = simulate_field(tmp_path_factory.mktemp("full"), RA, DEC, detectors=(3,), n_pointings=2, release="qr3",
+                          seed=11)
+    return list(info.paths)
+
+
+def _config(out: Path, **kw) -> Drizzle3DConfig:
+    base = dict(center_ra=RA, center_dec=DEC, width=8.0, height=7.0, detector=3, output_dir=out, progress=False,
+                exclude_flags=list(RECOMMENDED_EXCLUDE_FLAGS))
+    base.update(kw)
+    return Drizzle3DConfig(**base)
+
+
+def _one_piece(paths, out: Path, **kw) -> Path:
+    config = _config(out, **kw)
+    path = drizzle_detector(paths, config, 3, build_output_wcs(config))
+    assert path is not None
+    return path
+
+
+def assert_same_cube(a: Path, b: Path) -> None:
+    """SCI, VARIANCE, masks, COUNT and WAVELENGTH bit for bit, and the inputs' bookkeeping."""
+    with fits.open(a) as ha, fits.open(b) as hb:
+        for ext in EXTS:
+            da, db = ha[ext].data, hb[ext].data
+            assert da.dtype == db.dtype and da.shape == db.shape, ext
+            assert da.tobytes() == db.tobytes(), f"{ext} differs"
+        assert ha["WAVELENGTH"].data.tobytes() == hb["WAVELENGTH"].data.tobytes()
+        pa, pb = ha[0].header, hb[0].header
+        keys = ["N_INPUTS", "N_REJECT", "N_EMPTY", "NFRAMLOG", "NX", "NY", "NZ"]
+        keys += [k for k in pa if k.startswith(("INF", "ZSC"))]
+        assert {k: pa[k] for k in keys} == {k: pb.get(k) for k in keys}
+        assert [h.name for h in ha] == [h.name for h in hb]
+
+
+def test_tile_plan_covers_the_grid_once():
+    tiles = tile_plan((70, 66), 25)
+    seen = np.zeros((70, 66), dtype=int)
+    for t in tiles:
+        seen[t.y0:t.y1, t.x0:t.x1] += 1
+    assert (seen == 1).all() and len(tiles) == 9 and tiles[-1].shape == (20, 16)
+
+
+@pytest.mark.parametrize("tile_arcmin", [1.5, 3.1])
+def test_tiled_in_process_equals_one_piece(cutouts, tmp_path, tile_arcmin):
+    whole = _one_piece(cutouts, tmp_path / "whole")
+    config = _config(tmp_path / "tiled", tile_arcmin=tile_arcmin)
+    tiled = drizzle_tiled(cutouts, config, 3, tile_arcmin)
+    assert tiled is not None
+    assert_same_cube(whole, tiled)
+    manifest = json.loads((tiles_dir(config, 3) / "manifest.json").read_text())
+    assert len(manifest["tiles"]) == len(tile_plan((config.output_ny(), config.output_nx()),
+                                                   round(tile_arcmin * 60 / 6.15)))
+    # The CLI path: the cube again from the manifest alone.
+    again = assemble_from_manifest(tiles_dir(config, 3) / "manifest.json", tmp_path / "again.fits")
+    assert again is not None
+    assert_same_cube(whole, again)
+
+
+def test_tiled_full_frames_read_in_strips_equal_one_piece(full_frames, tmp_path):
+    """Frames whose crops are read in strips of rows (crop origins and strips differ per tile)."""
+    kw = dict(width=60.0, height=50.0, xy_oversample=0.5, kernel="bilinear")
+    whole = _one_piece(full_frames, tmp_path / "whole", **kw)
+    tiled = drizzle_tiled(full_frames, _config(tmp_path / "tiled", **kw), 3, 17.0)
+    assert tiled is not None
+    assert_same_cube(whole, tiled)
+
+
+def test_budget_tiles_automatically_and_refuses_tiles_too_large(caplog):
+    config = _config(Path("unused"), width=60.0, height=60.0)
+    nz, ny, nx = 17, config.output_ny(), config.output_nx()
+    need = nz * ny * nx * 36
+    room = need + (512 << 20)
+    assert auto_tile_arcmin(config, (3,), memory=room) is None
+    side = auto_tile_arcmin(config, (3,), memory=room - 1)
+    assert side is not None and side < config.width
+    with caplog.at_level(logging.INFO):
+        check_budget(config, (3,), memory=room - 1, disk=1 << 40)
+    assert "tiles" in caplog.text
+    with pytest.raises(RunBudgetError, match="tile_arcmin"):
+        check_budget(config.replace(tile_arcmin=60.0), (3,), memory=room - 1, disk=1 << 40)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_local_cluster_equals_one_piece(cutouts, tmp_path, workers):
+    whole = _one_piece(cutouts, tmp_path / "whole")
+    for tile_arcmin in (2.0, 3.5):
+        config = _config(tmp_path / f"tiled{tile_arcmin}", tile_arcmin=tile_arcmin, scheduler=f"local:{workers}")
+        tiled = drizzle_tiled(cutouts, config, 3, tile_arcmin)
+        assert tiled is not None
+        assert_same_cube(whole, tiled)
+
+
+def _worker_pids(client) -> dict:
+    return client.run(os.getpid)
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_tile_is_retried_with_the_same_bytes(full_frames, tmp_path):
+    """A worker process is SIGKILLed while it drizzles a tile; dask runs the tile again elsewhere."""
+    from distributed import Client, LocalCluster
+
+    kw = dict(width=40.0, height=40.0, xy_oversample=0.5)
+    whole = _one_piece(full_frames, tmp_path / "whole", **kw)
+    killed = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        pids = _worker_pids(client)
+
+        def kill_one_busy_worker() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not killed:
+                busy = [w for w, tasks in client.processing().items() if tasks]
+                if busy and busy[0] in pids:
+                    time.sleep(0.3)  # inside the tile
+                    os.kill(pids[busy[0]], signal.SIGKILL)
+                    killed.append(busy[0])
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_one_busy_worker, daemon=True)
+        killer.start()
+        config = _config(tmp_path / "tiled", tile_arcmin=20.0, scheduler=cluster.scheduler_address, **kw)
+        tiled = drizzle_tiled(full_frames, config, 3, 20.0)
+        killer.join(5)
+    assert killed, "no worker was killed: the test did not exercise the retry"
+    assert tiled is not None
+    assert_same_cube(whole, tiled)
+
+
+def test_interrupted_run_resumes_only_the_missing_tiles(cutouts, tmp_path):
+    whole = _one_piece(cutouts, tmp_path / "whole")
+    config = _config(tmp_path / "tiled", tile_arcmin=2.0)
+    assert drizzle_tiled(cutouts, config, 3, 2.0) is not None
+    out = tmp_path / "tiled" / "drizzle_D3.fits"
+    pieces = sorted(tiles_dir(config, 3).glob("tile_*.fits"))
+    assert len(pieces) >= 4
+    # "Interrupt": the cube and two tiles never got written (the second one's record is missing).
+    out.unlink()
+    pieces[1].unlink()
+    pieces[-1].with_suffix(".json").unlink()
+    mtimes = {p: p.stat().st_mtime_ns for p in pieces if p.exists()}
+    tiled = drizzle_tiled(cutouts, config, 3, 2.0)
+    assert tiled is not None
+    assert_same_cube(whole, tiled)
+    redone = [p for p in pieces if not (p in mtimes and p.stat().st_mtime_ns == mtimes[p])]
+    assert redone == [pieces[1], pieces[-1]]
+    # Another configuration (other frames) recomputes everything; overwrite restarts.
+    fewer = drizzle_tiled(cutouts[:-1], config.replace(overwrite=True), 3, 2.0)
+    assert fewer is not None
+    assert all(p.stat().st_mtime_ns != mtimes.get(p) for p in pieces)
