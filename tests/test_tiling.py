@@ -79,7 +79,7 @@ def test_tile_plan_covers_the_grid_once():
     assert (seen == 1).all() and len(tiles) == 9 and tiles[-1].shape == (20, 16)
 
 
-@pytest.mark.parametrize("tile_arcmin", [1.5, 3.1])
+@pytest.mark.parametrize("tile_arcmin", [2.6, 4.5])
 def test_tiled_in_process_equals_one_piece(cutouts, tmp_path, tile_arcmin):
     whole = _one_piece(cutouts, tmp_path / "whole")
     config = _config(tmp_path / "tiled", tile_arcmin=tile_arcmin)
@@ -123,7 +123,7 @@ def test_budget_tiles_automatically_and_refuses_tiles_too_large(caplog):
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_local_cluster_equals_one_piece(cutouts, tmp_path, workers):
     whole = _one_piece(cutouts, tmp_path / "whole")
-    for tile_arcmin in (2.0, 3.5):
+    for tile_arcmin in (2.6, 4.5):
         config = _config(tmp_path / f"tiled{tile_arcmin}", tile_arcmin=tile_arcmin, scheduler=f"local:{workers}")
         tiled = drizzle_tiled(cutouts, config, 3, tile_arcmin)
         assert tiled is not None
@@ -168,8 +168,8 @@ def test_worker_killed_mid_tile_is_retried_with_the_same_bytes(full_frames, tmp_
 
 def test_interrupted_run_resumes_only_the_missing_tiles(cutouts, tmp_path):
     whole = _one_piece(cutouts, tmp_path / "whole")
-    config = _config(tmp_path / "tiled", tile_arcmin=2.0)
-    assert drizzle_tiled(cutouts, config, 3, 2.0) is not None
+    config = _config(tmp_path / "tiled", tile_arcmin=3.1)
+    assert drizzle_tiled(cutouts, config, 3, 3.1) is not None
     out = tmp_path / "tiled" / "drizzle_D3.fits"
     pieces = sorted(tiles_dir(config, 3).glob("tile_*.fits"))
     assert len(pieces) >= 4
@@ -178,12 +178,12 @@ def test_interrupted_run_resumes_only_the_missing_tiles(cutouts, tmp_path):
     pieces[1].unlink()
     pieces[-1].with_suffix(".json").unlink()
     mtimes = {p: p.stat().st_mtime_ns for p in pieces if p.exists()}
-    tiled = drizzle_tiled(cutouts, config, 3, 2.0)
+    tiled = drizzle_tiled(cutouts, config, 3, 3.1)
     assert tiled is not None
     assert_same_cube(whole, tiled)
     redone = [p for p in pieces if not (p in mtimes and p.stat().st_mtime_ns == mtimes[p])]
     assert redone == [pieces[1], pieces[-1]]
     # Another configuration (other frames) recomputes everything; overwrite restarts.
-    fewer = drizzle_tiled(cutouts[:-1], config.replace(overwrite=True), 3, 2.0)
+    fewer = drizzle_tiled(cutouts[:-1], config.replace(overwrite=True), 3, 3.1)
     assert fewer is not None
     assert all(p.stat().st_mtime_ns != mtimes.get(p) for p in pieces)

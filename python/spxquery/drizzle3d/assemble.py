@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -58,16 +59,45 @@ class TiledCube:
         self.n_rejected = len(rejected)
         self.n_empty = len(touched - rejected - set(entries))
 
+        self._offsets = [_data_offsets(Path(r["piece"]), grid.nz, r["tile"]) for r in self.records]
+
     def plane(self, name: str, k: int) -> np.ndarray:
-        """Plane ``k`` of image extension ``name`` of the whole grid, from the pieces."""
-        dtype = dict(IMAGE_EXTENSIONS)[name]
+        """Plane ``k`` of image extension ``name`` of the whole grid, read from the pieces."""
+        dtype = np.dtype(dict(IMAGE_EXTENSIONS)[name])
         _, ny, nx = self.cube_shape
         out = np.empty((ny, nx), dtype=dtype)
-        for record in self.records:
+        for record, offsets in zip(self.records, self._offsets):
             y0, y1, x0, x1 = record["tile"]
-            with fits.open(record["piece"], memmap=False, lazy_load_hdus=True) as hdul:
-                out[y0:y1, x0:x1] = hdul[name].section[k]
+            n = (y1 - y0) * (x1 - x0)
+            with open(record["piece"], "rb") as f:
+                raw = os.pread(f.fileno(), n * 4, offsets[name] + k * n * 4)
+            if len(raw) != n * 4:
+                raise ValueError(f"{record['piece']}: {name} plane {k} is truncated")
+            if dtype == np.uint32:  # stored as int32 with BZERO = 2**31 (cubefile._fits_bytes)
+                tile = (np.frombuffer(raw, dtype=">i4").astype(np.int32).view(np.uint32) ^ np.uint32(0x80000000))
+            else:
+                tile = np.frombuffer(raw, dtype=dtype.newbyteorder(">"))
+            out[y0:y1, x0:x1] = tile.reshape(y1 - y0, x1 - x0)
         return out
+
+
+def _data_offsets(piece: Path, nz: int, bounds: Sequence[int]) -> Dict[str, int]:
+    """Byte offset of the data of each image extension of a piece, after checking that each
+    holds ``(nz, tile rows, tile columns)`` of its type. ValueError naming the piece otherwise."""
+    y0, y1, x0, x1 = bounds
+    offsets = {}
+    with fits.open(piece, memmap=False) as hdul:
+        for name, dtype in IMAGE_EXTENSIONS:
+            if name not in hdul:
+                raise ValueError(f"{piece}: no {name} extension (not a tile of this run)")
+            h = hdul[name].header
+            shape = tuple(h.get(f"NAXIS{i}") for i in (3, 2, 1))
+            bitpix = -32 if dtype == np.float32 else 32
+            if h.get("NAXIS") != 3 or shape != (nz, y1 - y0, x1 - x0) or h.get("BITPIX") != bitpix:
+                raise ValueError(f"{piece}: {name} is {shape} BITPIX {h.get('BITPIX')}, expected "
+                                 f"{(nz, y1 - y0, x1 - x0)} BITPIX {bitpix}")
+            offsets[name] = int(hdul[name].fileinfo()["datLoc"])
+    return offsets
 
 
 def sky_range(grid: OutputGrid, bounds: Sequence[int]) -> List[List[float]]:
