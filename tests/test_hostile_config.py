@@ -198,16 +198,19 @@ def test_existing_cube_is_the_one_overwrite_case(archive, tmp_path):
         assert srv.requests == []
 
 
-def test_accumulators_bigger_than_memory_are_refused_before_any_query(archive, tmp_path):
-    """width=1e4 arcmin: ~97,500^2 pixels x 17 planes; the campaign's 1.2 TiB MemoryError after the query."""
+def test_accumulators_bigger_than_memory_are_refused_before_any_query(archive, tmp_path, monkeypatch):
+    """width=1e4 arcmin: ~97,500^2 pixels x 17 planes; the campaign's 1.2 TiB MemoryError after the query.
+    A cube beyond the memory is drizzled in tiles (issue 20): refused when not even the smallest
+    tiles fit (256 MiB here, below the headroom)."""
     root, _ = archive
+    monkeypatch.setattr(preflight_mod, "available_memory", lambda: 256 << 20)
     with ArchiveServer(root) as srv, bounded(15):
         with pytest.raises(RunBudgetError) as err:
             drizzle(_run_cfg(srv, tmp_path / "out", width=1e4, height=1e4))
         assert srv.requests == []
     text = str(err.value)
     assert "TiB" in text or "GiB" in text
-    assert "accumulators" in text and "smaller region" in text and "xy_oversample" in text
+    assert "accumulators" in text and "smaller region" in text and "xy_oversample" in text and "tile" in text
 
 
 def test_budget_counts_the_largest_cube_against_the_memory_given():
@@ -216,8 +219,10 @@ def test_budget_counts_the_largest_cube_against_the_memory_given():
     need = max(n * y * x for _, n, y, x in shapes) * preflight_mod.ACCUMULATOR_BYTES_PER_VOXEL
     room = need + preflight_mod.MEMORY_HEADROOM
     preflight_mod.check_budget(cfg, (1, 2, 3, 4, 5, 6), memory=room, disk=1 << 40)  # just fits
-    with pytest.raises(RunBudgetError, match="more than the"):
-        preflight_mod.check_budget(cfg, (1, 2, 3, 4, 5, 6), memory=room - 1, disk=1 << 40)
+    preflight_mod.check_budget(cfg, (1, 2, 3, 4, 5, 6), memory=room - 1, disk=1 << 40)  # drizzled in tiles
+    with pytest.raises(RunBudgetError, match="more than the"):  # tiles as large as the cube do not fit
+        preflight_mod.check_budget(cfg.replace(tile_arcmin=60.0), (1, 2, 3, 4, 5, 6), memory=room - 1,
+                                   disk=1 << 40)
 
 
 def test_cubes_bigger_than_the_free_disk_are_refused(archive, tmp_path, monkeypatch):
@@ -334,7 +339,8 @@ def test_cli_too_big_a_run_says_how_big_and_what_to_do(archive, tmp_path):
         res = run_cli("run", "--ra", "10", "--dec", "0", "--size", "10000", "--tap-url", srv.tap_url,
                       "--output-dir", str(tmp_path / "out"), "-q", timeout=120)
         assert srv.requests == []
-    assert res.returncode == 1 and "accumulators" in res.stderr and "smaller region" in res.stderr
+    # Beyond the memory it would be tiled (issue 20); ~18,000 GiB of cube files do not fit on the disk.
+    assert res.returncode == 1 and "cube file(s) need" in res.stderr and "smaller region" in res.stderr
     assert "MemoryError" not in res.stderr and "Traceback" not in res.stderr
 
 
