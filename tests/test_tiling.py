@@ -17,6 +17,7 @@ from astropy.io import fits
 
 from spxquery.drizzle3d import Drizzle3DConfig
 from spxquery.drizzle3d.assemble import assemble_from_manifest
+from spxquery.drizzle3d.cli.main import main as cli_main
 from spxquery.drizzle3d.flags import RECOMMENDED_EXCLUDE_FLAGS
 from spxquery.drizzle3d.grid import build_output_wcs
 from spxquery.drizzle3d.pipeline import drizzle_detector, drizzle_tiled
@@ -89,9 +90,12 @@ def test_tiled_in_process_equals_one_piece(cutouts, tmp_path, tile_arcmin):
     manifest = json.loads((tiles_dir(config, 3) / "manifest.json").read_text())
     assert len(manifest["tiles"]) == len(tile_plan((config.output_ny(), config.output_nx()),
                                                    round(tile_arcmin * 60 / 6.15)))
-    # The CLI path: the cube again from the manifest alone.
+    # The cube again from the manifest alone: the API and the command line.
     again = assemble_from_manifest(tiles_dir(config, 3) / "manifest.json", tmp_path / "again.fits")
     assert again is not None
+    assert_same_cube(whole, again)
+    assert cli_main(["assemble", str(tiles_dir(config, 3)), "-o", str(again), "-q"]) == 1  # exists
+    assert cli_main(["assemble", str(tiles_dir(config, 3)), "-o", str(again), "--overwrite", "-q"]) == 0
     assert_same_cube(whole, again)
 
 

@@ -131,20 +131,21 @@ class DrizzleCube:
                shape: tuple[int, int] | None = None, origin: tuple[int, int] = (0, 0)) -> DrizzleCube:
         """Allocate an empty cube of ``(zgrid.n_z, config.output_ny(), config.output_nx())``, or of
         ``(zgrid.n_z, *shape)`` at ``origin`` for a tile of the grid (``wcs`` is then the tile's)."""
-        shape = (zgrid.n_z, *shape) if shape is not None else (zgrid.n_z, config.output_ny(), config.output_nx())
-        nbytes = int(np.prod(shape)) * (3 * 8 + 3 * 4)
-        logger.info("D%d: allocating cube %s (%.1f MB of accumulators)", detector, "x".join(map(str, shape)),
+        size = (config.output_ny(), config.output_nx()) if shape is None else (int(shape[0]), int(shape[1]))
+        shape3 = (zgrid.n_z, *size)
+        nbytes = int(np.prod(shape3)) * (3 * 8 + 3 * 4)
+        logger.info("D%d: allocating cube %s (%.1f MB of accumulators)", detector, "x".join(map(str, shape3)),
                     nbytes / 1e6)
         cube = cls(
             wcs=wcs,
             pixscale=pixscale,
             zgrid=zgrid,
-            flux_weighted=np.zeros(shape, dtype=np.float64),
-            weight_total=np.zeros(shape, dtype=np.float64),
-            var_accum=np.zeros(shape, dtype=np.float64),
-            count_map=np.zeros(shape, dtype=np.uint32),
-            and_mask=np.zeros(shape, dtype=np.uint32),
-            or_mask=np.zeros(shape, dtype=np.uint32),
+            flux_weighted=np.zeros(shape3, dtype=np.float64),
+            weight_total=np.zeros(shape3, dtype=np.float64),
+            var_accum=np.zeros(shape3, dtype=np.float64),
+            count_map=np.zeros(shape3, dtype=np.uint32),
+            and_mask=np.zeros(shape3, dtype=np.uint32),
+            or_mask=np.zeros(shape3, dtype=np.uint32),
             config=config,
             detector=detector,
             origin=(int(origin[0]), int(origin[1])),

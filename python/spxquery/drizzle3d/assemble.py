@@ -42,7 +42,8 @@ class TiledCube:
         self.cube_shape = grid.cube_shape
         planes: Dict[int, np.ndarray] = {}
         entries: Dict[int, Dict[str, Any]] = {}
-        rejected, touched = set(), set()
+        rejected: set = set()
+        touched: set = set()
         for record in self.records:
             for index, bits, entry in record["frames"]:
                 planes[index] = planes.get(index, np.zeros(grid.nz, dtype=bool)) | np.asarray(bits, dtype=bool)

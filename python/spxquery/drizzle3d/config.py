@@ -95,7 +95,8 @@ def _scheduler(name: str, value: Any) -> Optional[str]:
     if text.startswith("local:"):
         n = text[6:]
         if not (n.isdigit() and 1 <= int(n) <= 1024):
-            raise ValueError(f"{name} = {text[:80]!r}: use \"local\" or \"local:N\" with 1 <= N <= 1024 worker processes")
+            raise ValueError(f"{name} = {text[:80]!r}: use \"local\" or \"local:N\" with 1 <= N <= 1024 "
+                             "worker processes")
     return text
 
 

@@ -136,7 +136,8 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
     memory = available_memory() if memory is None else memory
     explicit = config.tile_arcmin is not None
     if memory is not None and (explicit or need + MEMORY_HEADROOM > memory):
-        side = tile_side_pixels(config.tile_arcmin, config.effective_pixscale()) if explicit else MIN_AUTO_TILE_PIXELS
+        side = MIN_AUTO_TILE_PIXELS if config.tile_arcmin is None else \
+            tile_side_pixels(config.tile_arcmin, config.effective_pixscale())
         tile_need = nz * min(side, ny) * min(side, nx) * ACCUMULATOR_BYTES_PER_VOXEL
         if tile_need + MEMORY_HEADROOM > memory:
             what = (f"tiles of tile_arcmin={config.tile_arcmin:g}' need {_gib(tile_need)} of accumulators each "

@@ -80,7 +80,8 @@ def tile_plan(shape: Sequence[int], side: int) -> List[Tile]:
     return tiles
 
 
-def auto_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int], memory: Optional[int] = None) -> Optional[float]:
+def auto_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int],
+                     memory: Optional[int] = None) -> Optional[float]:
     """None when the largest cube's accumulators fit in the memory available (``memory``, default
     :func:`.preflight.available_memory`) beside the headroom; else the side (arcmin) of square
     tiles whose accumulators take at most a quarter of it (room for a reader, the assembly and

@@ -7,7 +7,7 @@ import sys
 import traceback
 from typing import Optional, Sequence
 
-from . import archive, demo, inspect_cube, run, template
+from . import archive, assemble, demo, inspect_cube, run, template
 from .common import PROG, CLIError, common_parent
 from .logs import logging_setup
 
@@ -18,6 +18,8 @@ examples:
   {PROG} run my_target.yaml                     # real run against IRSA
   {PROG} run --ra 150.1 --dec 2.2 --size 10 --detector 3
   {PROG} inspect drizzle_output/drizzle_D3.fits --wavelength 2.0
+  {PROG} run my_target.yaml --tile-arcmin 30 --scheduler local:2   # tiles on 2 worker processes
+  {PROG} assemble drizzle_output/tiles_D3            # the cube of a tiled run's tiles
   {PROG} simulate my_field && {PROG} serve my_field --port 8765
 
 Run '{PROG} COMMAND --help' for the options of a command.
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_parser(sub, common)
     demo.add_parser(sub, common)
     inspect_cube.add_parser(sub, common)
+    assemble.add_parser(sub, common)
     archive.add_simulate_parser(sub, common)
     archive.add_serve_parser(sub, common)
     return parser
