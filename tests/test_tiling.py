@@ -30,10 +30,14 @@ EXTS = ("SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT")
 
 
 @pytest.fixture(scope="module")
-def cutouts(tmp_path_factory):
-    info = simulate_field(tmp_path_factory.mktemp("cutouts"), RA, DEC, detectors=(3,), n_pointings=5, release="qr2",
+def cutout_field(tmp_path_factory):
+    return simulate_field(tmp_path_factory.mktemp("cutouts"), RA, DEC, detectors=(3,), n_pointings=5, release="qr2",
                           seed=12, cutout_size_deg=0.2)
-    return list(info.paths)
+
+
+@pytest.fixture(scope="module")
+def cutouts(cutout_field):
+    return list(cutout_field.paths)
 
 
 @pytest.fixture(scope="module")
@@ -191,3 +195,16 @@ def test_interrupted_run_resumes_only_the_missing_tiles(cutouts, tmp_path):
     fewer = drizzle_tiled(cutouts[:-1], config.replace(overwrite=True), 3, 3.1)
     assert fewer is not None
     assert all(p.stat().st_mtime_ns != mtimes.get(p) for p in pieces)
+
+
+def test_drizzle_with_tile_arcmin_gives_the_one_piece_cube(cutout_field, tmp_path):
+    """The whole pipeline (query, mirror, drizzle) with tile_arcmin: the same cube file content."""
+    from spxquery.drizzle3d.pipeline import drizzle
+    from spxquery.drizzle3d.testing.archive_server import ArchiveServer
+
+    with ArchiveServer(cutout_field.root) as srv:
+        kw = dict(tap_url=srv.tap_url, data_mirror=cutout_field.root, use_cutouts=False)
+        whole = drizzle(_config(tmp_path / "whole", **kw))[3]
+        tiled = drizzle(_config(tmp_path / "tiled", tile_arcmin=4.5, **kw))[3]
+    assert (tmp_path / "tiled" / "tiles_D3" / "manifest.json").is_file()
+    assert_same_cube(whole, tiled)

@@ -1,0 +1,150 @@
+"""Scaling beyond one piece (issue 20): one-piece vs tiled cubes on dask.distributed workers.
+
+Rows (each run in a fresh subprocess, so that peak memory is the run's own):
+
+* ``3x3``: a ``--size``-degree (default 3) D3 cube at native pixels from ``--full-frames``
+  simulated QR3 full frames, one piece in this process vs ``--tile-deg`` (default 0.5) tiles on
+  a LocalCluster of 1 and 2 worker processes: wall time, peak RSS of the process that held the
+  accumulators (the driver for one piece, the largest worker for tiles) and the tile
+  accumulators for reference (a worker should stay within them + 400 MB). The tiled cubes are
+  checked equal to the one-piece cube, bit for bit.
+* ``deep``: ``--deep-frames`` cutouts of one place (``_deepfield.py``, ``--deep-distinct``
+  simulated files reused under new names) into a ``--deep-arcmin`` cube in ``--deep-tile``
+  tiles, with 1 and 2 workers: time per frame.
+* ``10x10`` (``--big``): a 10 x 10 degree D3 cube in tiles on 2 workers (long; not run by
+  default).
+
+    python benchmarks/bench_scale.py                       # 3x3 rows and a 1000-frame deep field
+    python benchmarks/bench_scale.py --deep-frames 5000 --big
+
+Prints a Markdown table with the load average; records nothing by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+CACHE = Path.home() / ".cache" / "spxdrizzle-bench"
+RA, DEC = 150.0, 2.0
+
+
+def _field(n: int) -> list:
+    """``n`` simulated QR3 full frames of detector 3 around (RA, DEC), cached."""
+    from spxquery.drizzle3d.simulate import simulate_field
+
+    root = CACHE / f"scale{n}-qr3"
+    done = root / "paths.json"
+    if done.is_file():
+        return [Path(p) for p in json.loads(done.read_text())]
+    info = simulate_field(root, RA, DEC, detectors=(3,), n_pointings=n, release="qr3", seed=5, x_jitter=50.0,
+                          y_range=(900.0, 1140.0))
+    done.write_text(json.dumps([str(p) for p in info.paths]))
+    return list(info.paths)
+
+
+def _run_row(spec: dict) -> dict:
+    """One row in this (fresh) process: drizzle, then peak memory of the driver and the workers."""
+    import logging
+
+    from spxquery.drizzle3d import Drizzle3DConfig
+    from spxquery.drizzle3d.grid import build_output_wcs
+    from spxquery.drizzle3d.pipeline import drizzle_detector, drizzle_tiled
+
+    logging.basicConfig(level=logging.WARNING)
+    if spec["data"] == "deep":
+        from _deepfield import deep_field
+
+        paths = deep_field(CACHE, spec["frames"], spec["distinct"])
+    else:
+        paths = _field(spec["frames"])
+    config = Drizzle3DConfig(center_ra=RA, center_dec=DEC, width=spec["arcmin"], height=spec["arcmin"], detector=3,
+                             output_dir=Path(spec["out"]), progress=False, overwrite=True)
+    workers_rss = []
+    t0 = time.perf_counter()
+    if spec["workers"] == 0:
+        out = drizzle_detector(paths, config, 3, build_output_wcs(config))
+    else:
+        from distributed import Client, LocalCluster
+
+        env = {"RAYON_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // spec["workers"]))}
+        with LocalCluster(n_workers=spec["workers"], threads_per_worker=1, processes=True, dashboard_address=":0",
+                          env=env) as cluster, Client(cluster) as client:
+            t0 = time.perf_counter()
+            out = drizzle_tiled(paths, config.replace(scheduler=cluster.scheduler_address), 3, spec["tile_arcmin"])
+            elapsed = time.perf_counter() - t0
+            workers_rss = list(client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024).values())
+    elapsed = time.perf_counter() - t0 if spec["workers"] == 0 else elapsed
+    return {"seconds": elapsed, "frames": len(paths), "out": str(out),
+            "driver_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "workers_rss": workers_rss}
+
+
+def _sub(spec: dict) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--row", json.dumps(spec)], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"row {spec} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _same(a: str, b: str) -> bool:
+    from astropy.io import fits
+
+    with fits.open(a) as ha, fits.open(b) as hb:
+        return all(ha[e].data.tobytes() == hb[e].data.tobytes()
+                   for e in ("SCI", "VARIANCE", "AND_MASK", "OR_MASK", "COUNT", "WAVELENGTH"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--row", help=argparse.SUPPRESS)
+    ap.add_argument("--size", type=float, default=3.0, help="side of the large cube [deg] (default 3)")
+    ap.add_argument("--tile-deg", type=float, default=0.5, help="tile side [deg] (default 0.5)")
+    ap.add_argument("--full-frames", type=int, default=2, help="simulated QR3 full frames (default 2)")
+    ap.add_argument("--deep-frames", type=int, default=1000, help="cutouts of the deep field (default 1000)")
+    ap.add_argument("--deep-distinct", type=int, default=50, help="distinct simulated cutouts (default 50)")
+    ap.add_argument("--deep-arcmin", type=float, default=10.0, help="deep cube side [arcmin] (default 10)")
+    ap.add_argument("--deep-tile", type=float, default=5.0, help="deep cube tile side [arcmin] (default 5)")
+    ap.add_argument("--big", action="store_true", help="also the 10 x 10 degree cube in tiles on 2 workers")
+    ap.add_argument("--out", type=Path, default=CACHE / "scale-out")
+    args = ap.parse_args()
+    if args.row:
+        print(json.dumps(_run_row(json.loads(args.row))))
+        return
+    _field(args.full_frames)  # simulated once, outside the timed rows
+    gib = 1 << 30
+    side = round(args.tile_deg * 3600 / 6.15)
+    tile_acc = 17 * side * side * 36 / gib
+    rows = []
+    big = {"data": "full", "frames": args.full_frames, "arcmin": args.size * 60, "tile_arcmin": args.tile_deg * 60}
+    for workers in (0, 1, 2):
+        rows.append((f"{args.size:g}x{args.size:g} deg", workers, _sub({**big, "workers": workers,
+                                                                          "out": str(args.out / f"big{workers}")})))
+    same = [_same(rows[0][2]["out"], r[2]["out"]) for r in rows[1:]]
+    deep = {"data": "deep", "frames": args.deep_frames, "distinct": args.deep_distinct, "arcmin": args.deep_arcmin,
+            "tile_arcmin": args.deep_tile}
+    for workers in (1, 2):
+        rows.append((f"deep {args.deep_frames} cutouts, {args.deep_arcmin:g}'", workers,
+                     _sub({**deep, "workers": workers, "out": str(args.out / f"deep{workers}")})))
+    if args.big:
+        rows.append(("10x10 deg", 2, _sub({**big, "arcmin": 600.0, "workers": 2, "out": str(args.out / "ten")})))
+    print(f"load average: {os.getloadavg()}, cpus: {os.cpu_count()}")
+    print(f"tiled == one piece, bit for bit: {same}; tile accumulators {tile_acc:.2f} GiB")
+    print("| cube | run | wall s | s/frame | peak RSS GiB (driver) | peak RSS GiB (largest worker) |")
+    print("|---|---|---|---|---|---|")
+    for name, workers, r in rows:
+        run = "one piece" if workers == 0 else f"tiles, {workers} worker(s)"
+        wr = f"{max(r['workers_rss']) / gib:.2f}" if r["workers_rss"] else "-"
+        print(f"| {name} | {run} | {r['seconds']:.1f} | {r['seconds'] / r['frames']:.3f} | "
+              f"{r['driver_rss'] / gib:.2f} | {wr} |")
+
+
+if __name__ == "__main__":
+    main()
