@@ -104,6 +104,9 @@ def effective_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int]) -> 
     if auto is not None:
         logger.info("the accumulators exceed the memory available: drizzling in tiles of %.4g' (set tile_arcmin "
                     "to choose)", auto)
+    elif config.scheduler is not None:
+        logger.warning("scheduler=%r is used by tiled runs only and this cube is drizzled in one piece here; set "
+                       "tile_arcmin to drizzle it in tiles there", config.scheduler)
     return auto
 
 
