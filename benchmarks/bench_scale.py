@@ -118,7 +118,10 @@ def main() -> None:
     if args.row:
         print(json.dumps(_run_row(json.loads(args.row))))
         return
-    _field(args.full_frames)  # simulated once, outside the timed rows
+    from _deepfield import deep_field
+
+    _field(args.full_frames)  # simulated once, outside the timed rows and their memory
+    deep_field(CACHE, args.deep_frames, args.deep_distinct)
     gib = 1 << 30
     side = round(args.tile_deg * 3600 / 6.15)
     tile_acc = 17 * side * side * 36 / gib

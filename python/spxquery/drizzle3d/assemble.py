@@ -32,6 +32,31 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 
 
+class FrameOutcomes:
+    """What became of each frame (by its index in the run's file list) over all tiles' records:
+    ``planes`` and ``entries`` (log entry, ``n_pixels`` summed over tiles) of the frames that
+    contributed to a tile, ``rejected`` (index -> the first tile's reason) and ``empty`` (touched
+    tiles, landed in none, not rejected)."""
+
+    def __init__(self, records: Sequence[Dict[str, Any]]):
+        self.planes: Dict[int, np.ndarray] = {}
+        self.entries: Dict[int, Dict[str, Any]] = {}
+        self.rejected: Dict[int, str] = {}
+        touched: set = set()
+        for record in records:
+            for index, bits, entry in record["frames"]:
+                mine = np.asarray(bits, dtype=bool)
+                self.planes[index] = self.planes[index] | mine if index in self.planes else mine
+                if index in self.entries:
+                    self.entries[index]["n_pixels"] += int(entry["n_pixels"])
+                else:
+                    self.entries[index] = dict(entry)
+            for index, reason in record["reject"]:
+                self.rejected.setdefault(int(index), str(reason))
+            touched.update(int(i) for i in record["empty"])
+        self.empty = touched - set(self.rejected) - set(self.entries)
+
+
 class TiledCube:
     """A cube whose planes are read from the pieces of ``records`` (see the module docs)."""
 
@@ -40,25 +65,13 @@ class TiledCube:
         self.config, self.detector, self.records = config, int(detector), list(records)
         self.wcs, self.pixscale, self.zgrid = grid.wcs, grid.pixscale, grid.zgrid
         self.cube_shape = grid.cube_shape
-        planes: Dict[int, np.ndarray] = {}
-        entries: Dict[int, Dict[str, Any]] = {}
-        rejected: set = set()
-        touched: set = set()
-        for record in self.records:
-            for index, bits, entry in record["frames"]:
-                planes[index] = planes.get(index, np.zeros(grid.nz, dtype=bool)) | np.asarray(bits, dtype=bool)
-                if index in entries:
-                    entries[index]["n_pixels"] += int(entry["n_pixels"])
-                else:
-                    entries[index] = dict(entry)
-            rejected.update(int(i) for i, _ in record["reject"])
-            touched.update(int(i) for i in record["empty"])
-        self.frame_log = [entries[i] for i in sorted(entries)]
-        self.n_inputs = len(entries)
-        self.n_input_sc = np.sum([planes[i] for i in sorted(planes)], axis=0, dtype=np.uint32) if planes else \
-            np.zeros(grid.nz, dtype=np.uint32)
-        self.n_rejected = len(rejected)
-        self.n_empty = len(touched - rejected - set(entries))
+        frames = FrameOutcomes(self.records)
+        self.frame_log = [frames.entries[i] for i in sorted(frames.entries)]
+        self.n_inputs = len(frames.entries)
+        self.n_input_sc = np.sum([frames.planes[i] for i in sorted(frames.planes)], axis=0, dtype=np.uint32) \
+            if frames.planes else np.zeros(grid.nz, dtype=np.uint32)
+        self.n_rejected = len(frames.rejected)
+        self.n_empty = len(frames.empty)
 
         self._offsets = [_data_offsets(Path(r["piece"]), grid.nz, r["tile"]) for r in self.records]
 
@@ -159,4 +172,4 @@ def assemble_from_manifest(manifest: Path, out_path: Optional[Path] = None, over
     return assemble_cube(config, detector, records, out)
 
 
-__all__ = ["TiledCube", "assemble_cube", "assemble_from_manifest", "sky_range", "write_manifest"]
+__all__ = ["FrameOutcomes", "TiledCube", "assemble_cube", "assemble_from_manifest", "sky_range", "write_manifest"]

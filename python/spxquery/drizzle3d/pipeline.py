@@ -70,14 +70,16 @@ def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
 
 
 def drizzle_frames(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
-                   done: Optional[Callable[[int], Any]] = None) -> Dict[str, List[Any]]:
+                   done: Optional[Callable[[int], Any]] = None, report: bool = True) -> Dict[str, List[Any]]:
     """Drizzle the files ``paths`` onto ``grid`` (a whole grid or a tile of one) into ``cube``, in
     file order; ``done(1)`` is called after each file. Records the contributing frames in ``cube``
     (``n_inputs``, ``n_input_sc``, ``frame_log``) and returns what became of each file, by kind:
     ``frame`` (``(path, planes)``: contributed, bool ``(n_z,)`` planes), ``reject`` (``(path,
     reason)``), ``skip`` (paths not touching the grid) and ``empty`` (paths that touch it but
-    landed no pixel)."""
+    landed no pixel). ``report=False`` (a tile: the run reports each frame once) logs rejected and
+    empty frames at debug level only."""
     detector = grid.detectors[0]
+    warn = logging.WARNING if report else logging.DEBUG
     outcomes: Dict[str, List[Any]] = {"frame": [], "reject": [], "skip": [], "empty": []}
     frame: Optional[Frame] = None
     totals = _FrameTotals(cube.nz)
@@ -94,10 +96,11 @@ def drizzle_frames(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
         if done is not None:
             done(1)
         if kind == "reject" or (kind == "broken" and totals.n_strips == 0):
-            logger.warning("D%d: skipping %s: %s", detector, path, payload)
+            logger.log(warn, "D%d: skipping %s: %s", detector, path, payload)
             outcomes["reject"].append((path, str(payload)))
         elif kind == "broken":
-            logger.error("D%d: %s: %s; the cube holds %d of its pixels", detector, path, payload, totals.n_pixels)
+            logger.log(logging.ERROR if report else logging.DEBUG, "D%d: %s: %s; the cube holds %d of its pixels",
+                       detector, path, payload, totals.n_pixels)
             outcomes["reject"].append((path, str(payload)))
         elif kind == "skip":
             logger.debug("D%d: %s does not touch the output region", detector, path.name)
@@ -110,9 +113,8 @@ def drizzle_frames(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
                 outcomes["frame"].append((path, totals.planes))
             else:
                 outcomes["empty"].append(path)
-                logger.log(logging.INFO if cube.origin != (0, 0) else logging.WARNING,
-                           "D%d: %s overlaps the region but landed no pixel (all flagged, non-finite or off the "
-                           "grid); counted in N_EMPTY", detector, path)
+                logger.log(warn, "D%d: %s overlaps the region but landed no pixel (all flagged, non-finite or off "
+                           "the grid); counted in N_EMPTY", detector, path)
             frame = None
     return outcomes
 
@@ -184,8 +186,22 @@ def drizzle_tiled(fits_paths: Iterable[Path], config: Drizzle3DConfig, detector:
                 *grid.cube_shape, len(tiles), tile_arcmin)
     records = run_tiles(paths, config, detector, tiles, key, config.scheduler)
     write_manifest(config, detector, key, paths, records)
+    report_frames(detector, paths, records)
     with stage("write"):
         return assemble_cube(config, detector, records, out_path)
+
+
+def report_frames(detector: int, paths: List[Path], records: List[Dict[str, Any]]) -> None:
+    """One warning per file the tiles rejected (with the first tile's reason) and per frame that
+    touched tiles but landed in none (the tiles themselves log these at debug level)."""
+    from .assemble import FrameOutcomes
+
+    frames = FrameOutcomes(records)
+    for index in sorted(frames.rejected):
+        logger.warning("D%d: skipping %s: %s", detector, paths[index], frames.rejected[index])
+    for index in sorted(frames.empty):
+        logger.warning("D%d: %s overlaps the region but landed no pixel (all flagged, non-finite or off the grid); "
+                       "counted in N_EMPTY", detector, paths[index])
 
 
 def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:

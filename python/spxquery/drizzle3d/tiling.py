@@ -194,7 +194,7 @@ def drizzle_tile(paths: Sequence[str], config: Drizzle3DConfig, detector: int, t
     tile_wcs.wcs.crpix = [tile_wcs.wcs.crpix[0] - tile.x0, tile_wcs.wcs.crpix[1] - tile.y0]  # header only
     cube = DrizzleCube.create(tile_wcs, grid.pixscale, grid.zgrid, config, detector, shape=grid.shape,
                               origin=grid.origin)
-    outcomes = drizzle_frames(files, config, grid, cube)
+    outcomes = drizzle_frames(files, config, grid, cube, report=False)
     index = {p: i for i, p in enumerate(files)}
     cube.n_rejected = len(outcomes["reject"])
     cube.n_empty = len(outcomes["empty"])
