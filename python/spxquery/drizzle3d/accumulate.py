@@ -66,6 +66,9 @@ class DrizzleCube:
     """(n_z,) uint32: input frames that contributed to each plane."""
     frame_log: list[dict[str, Any]] = field(default_factory=list)
     """One entry per contributing frame: name, zodi_scale, n_pixels, ..."""
+    reject_count: np.ndarray | None = None
+    """int32 ``(n_z, n_y, n_x)`` rejected contributions per voxel, -1 where nothing was tested
+    (outlier rejection, :mod:`.outliers`); None when rejection is off."""
     _engine: tuple[tuple, _core.EngineParams] | None = field(default=None, init=False, repr=False, compare=False)
     """The engine parameters and the settings they were built from (see :attr:`engine_params`)."""
 

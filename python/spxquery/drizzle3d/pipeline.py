@@ -27,7 +27,8 @@ from .frames import Frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
 from .preflight import OutputExistsError, preflight
 from .progress import progress_bar
-from .readahead import ReadAhead
+from .outliers import finish_outliers, outlier_screen, record_outliers
+from .readahead import Item, ReadAhead
 from .stagetimes import stage
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ class _FrameTotals:
         self.n_contributions += stats.n_contributions
         self.planes |= stats.planes
         self.n_strips += 1
+
+
+def _kernel_threads(n_pixels: int) -> int:
+    """Threads of the engine for a strip of ``n_pixels`` (0: the pool)."""
+    return 1 if n_pixels < KERNEL_POOL_MIN_PIXELS else 0
 
 
 def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
@@ -97,15 +103,19 @@ def drizzle_detector(
     t0 = time.perf_counter()
     frame: Optional[Frame] = None
     totals = _FrameTotals(cube.nz)
+    items: Iterable[Item] = ReadAhead(paths, config, grid)
+    screen = None
+    if config.reject_outliers:  # pass 1: the robust model; the loop below is pass 2
+        screen = outlier_screen(paths, config, grid, cube, _kernel_threads)
+        items = screen.screen(items)
     with progress_bar(len(paths), f"D{detector}", "frame", config.progress) as bar:
-        for path, kind, payload in ReadAhead(paths, config, grid):
+        for path, kind, payload in items:
             if kind == "frame":
                 frame, totals = payload, _FrameTotals(cube.nz)
                 continue
             if kind == "strip":
-                threads = 1 if payload.image.size < KERNEL_POOL_MIN_PIXELS else 0
                 with stage("kernel"):
-                    totals.add(drizzle_frame(cube, *payload, record=False, threads=threads))
+                    totals.add(drizzle_frame(cube, *payload, record=False, threads=_kernel_threads(payload.image.size)))
                 del payload
                 continue
             bar.update(1)
@@ -123,6 +133,8 @@ def drizzle_detector(
                 cube.record_frame(totals.n_pixels, totals.n_contributions, totals.planes)
                 if totals.n_pixels > 0:
                     cube.frame_log.append(_log_entry(frame, totals.n_pixels))
+                    if screen is not None:
+                        record_outliers(cube, screen, frame)
                     kind = "frame"
                 else:
                     kind = "empty"
@@ -133,6 +145,8 @@ def drizzle_detector(
 
     cube.n_rejected = counts["reject"]
     cube.n_empty = counts["empty"]
+    if screen is not None:
+        finish_outliers(cube, screen)
     logger.info(
         "D%d: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)",
         detector, cube.n_inputs, counts["reject"], counts["skip"], counts["empty"], time.perf_counter() - t0,

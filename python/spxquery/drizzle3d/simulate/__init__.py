@@ -39,11 +39,16 @@ from .instrument import (
     wave_table,
     zodi_spectrum,
 )
+from .injections import Injections, bright_stars, inject_file, injected_image
 from .l2file import build_l2_hdulist, l2_filename, l2_relpath, make_cutout, render_frame, write_l2_file
 from .scoring import centroid_offsets, emission_line_centre, normalised_residuals, score_cube
 from .sky import EmissionLine, ExtendedSource, PointSource, SkyModel, Spectrum, truth_cube
 
 __all__ = [
+    "Injections",
+    "bright_stars",
+    "inject_file",
+    "injected_image",
     "FLAG_BITS",
     "NPIX",
     "PIXSCALE_ARCSEC",

@@ -1,0 +1,224 @@
+"""The robust sky model of outlier rejection (issue 19), built in one streaming pass.
+
+There is no per-exposure image to median (every pixel has its own wavelength), so the model
+is a cube on the output grid: per voxel, the weighted mean of the frames with the frame of the
+largest and the frame of the smallest mean left out (IRAF imcombine's ``minmax`` at the level
+of frames). Each frame is drizzled alone into two scratch arrays (its weighted flux and
+weight per voxel), then merged: the totals are summed and the frames with the highest and
+lowest mean are kept, so an asteroid, a trail or a cosmic ray in one frame never pulls the
+model, however bright it is (a plain mean is pulled by 1/N of it).
+
+Frames are visited in the sorted order of their paths, so the model, and with it every
+rejection, is the same bit for bit whatever the order of the input list; within a frame the
+engine is bit-identical for any thread count.
+
+Memory: beside the cube's accumulators (36 bytes a voxel, used here for the totals and the
+contribution count), two float64 scratch arrays, four float32 (value and weight of the
+highest and lowest frame) and a uint16 frame count: 34 bytes a voxel, for any number of
+frames. The merge of a frame touches only the planes and the output box it reached.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from .accumulate import DrizzleCube, drizzle_frame
+from .config import Drizzle3DConfig
+from .frames import Strip
+from .grid import OutputGrid
+from .progress import progress_bar
+from .readahead import ReadAhead
+
+logger = logging.getLogger(__name__)
+
+#: Frames counted per voxel saturate here (the count only decides "at least outlier_min_inputs").
+_MAX_FRAMES = np.iinfo(np.uint16).max
+
+
+@dataclass
+class SkyModel:
+    """The robust model: ``values`` float32 ``(n_z, n_y, n_x)`` in MJy/sr, NaN where it is not
+    defined (fewer than ``outlier_min_inputs`` frames); ``steps`` float32, the model's local
+    change per voxel (MJy/sr); ``contributions`` uint32, the
+    contributions (input pixels) every voxel received before any rejection."""
+
+    values: np.ndarray
+    steps: np.ndarray
+    """float32: the model's largest change to a neighbouring voxel (:func:`local_steps`)."""
+    contributions: np.ndarray
+
+    def rejected_counts(self, accepted: np.ndarray) -> np.ndarray:
+        """int32 rejected contributions per voxel (``contributions - accepted``); -1 where
+        something landed, the model is undefined (fewer than ``outlier_min_inputs`` frames) and
+        nothing was rejected (pixels near such voxels are tested against the defined ones)."""
+        out = self.contributions.astype(np.int32)
+        for k in range(out.shape[0]):
+            plane = out[k]
+            plane -= accepted[k].astype(np.int32)
+            np.maximum(plane, 0, out=plane)
+            plane[np.isnan(self.values[k]) & (self.contributions[k] > 0) & (plane == 0)] = -1
+        return out
+
+
+class _Box:
+    """The planes and output box a frame reached (a merge touches only those)."""
+
+    def __init__(self, nz: int):
+        self.planes = np.zeros(nz, dtype=bool)
+        self.x0 = self.y0 = np.inf
+        self.x1 = self.y1 = -np.inf
+
+    def add(self, strip: Strip, planes: np.ndarray) -> None:
+        self.planes |= planes
+        for c, lo, hi in ((strip.corners_x, "x0", "x1"), (strip.corners_y, "y0", "y1")):
+            finite = c[np.isfinite(c)]
+            if finite.size:
+                setattr(self, lo, min(getattr(self, lo), float(finite.min())))
+                setattr(self, hi, max(getattr(self, hi), float(finite.max())))
+
+    def slices(self, ny: int, nx: int) -> tuple:
+        """(y, x) slices covering the box, widened by the kernel's reach (1 pixel) and clipped."""
+        if not (np.isfinite(self.x0) and np.isfinite(self.y0)):
+            return slice(0, ny), slice(0, nx)  # a corner map without finite values: everything
+        ya, yb = int(np.clip(np.floor(self.y0) - 1, 0, ny)), int(np.clip(np.ceil(self.y1) + 2, 0, ny))
+        xa, xb = int(np.clip(np.floor(self.x0) - 1, 0, nx)), int(np.clip(np.ceil(self.x1) + 2, 0, nx))
+        return slice(ya, yb), slice(xa, xb)
+
+
+class ModelBuilder:
+    """Pass 1: drizzle frames one at a time into scratch arrays and merge them (module docs).
+
+    Uses ``cube``'s accumulators as its totals: call :meth:`finish` and then drizzle the real
+    pass into ``cube`` (``finish`` clears it)."""
+
+    def __init__(self, cube: DrizzleCube):
+        shape = cube.flux_weighted.shape
+        self.cube = cube
+        self.fw = np.zeros(shape, dtype=np.float64)
+        self.wt = np.zeros(shape, dtype=np.float64)
+        self.hi_v = np.full(shape, -np.inf, dtype=np.float32)
+        self.hi_w = np.zeros(shape, dtype=np.float32)
+        self.lo_v = np.full(shape, -np.inf, dtype=np.float32)
+        self.lo_w = np.zeros(shape, dtype=np.float32)
+        self.n_frames = np.zeros(shape, dtype=np.uint16)
+        self.scratch = DrizzleCube(wcs=cube.wcs, pixscale=cube.pixscale, zgrid=cube.zgrid, flux_weighted=self.fw,
+                                   weight_total=self.wt, var_accum=cube.var_accum, count_map=cube.count_map,
+                                   and_mask=cube.and_mask, or_mask=cube.or_mask, config=cube.config,
+                                   detector=cube.detector)
+        self.box = _Box(cube.nz)
+
+    def add_strip(self, strip: Strip, threads: int = 0) -> None:
+        """Drizzle one strip of the current frame into the scratch arrays."""
+        stats = drizzle_frame(self.scratch, *strip, record=False, threads=threads)
+        if stats.n_pixels:
+            self.box.add(strip, stats.planes)
+
+    def end_frame(self) -> None:
+        """Merge the current frame into the totals and the highest/lowest frames; clear the scratch."""
+        box, self.box = self.box, _Box(self.cube.nz)
+        ys, xs = box.slices(self.cube.ny, self.cube.nx)
+        for k in np.flatnonzero(box.planes):
+            self._merge(int(k), ys, xs)
+
+    def _merge(self, k: int, ys: slice, xs: slice) -> None:
+        """Merge plane ``k`` of the scratch arrays (views of the box, no copies of the cube)."""
+        fw, wt = self.fw[k, ys, xs], self.wt[k, ys, xs]
+        landed = wt > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(landed, fw / np.where(landed, wt, 1.0), 0.0).astype(np.float32)
+        self.cube.flux_weighted[k, ys, xs] += fw
+        self.cube.weight_total[k, ys, xs] += wt
+        wt32 = wt.astype(np.float32)
+        n = self.n_frames[k, ys, xs]
+        hi_v, hi_w, lo_v, lo_w = (a[k, ys, xs] for a in (self.hi_v, self.hi_w, self.lo_v, self.lo_w))
+        # lo_* hold the second highest frame: a new highest pushes the old one down
+        first = landed & (mean > hi_v)
+        second = landed & ~first & (mean > lo_v)
+        np.copyto(lo_v, hi_v, where=first)
+        np.copyto(lo_w, hi_w, where=first)
+        np.copyto(hi_v, mean, where=first)
+        np.copyto(hi_w, wt32, where=first)
+        np.copyto(lo_v, mean, where=second)
+        np.copyto(lo_w, wt32, where=second)
+        n += (landed & (n < _MAX_FRAMES)).astype(np.uint16)
+        fw.fill(0.0)
+        wt.fill(0.0)
+
+    def finish(self, min_inputs: int) -> SkyModel:
+        """The model (module docs), NaN below ``min_inputs`` frames; clears ``cube`` for pass 2."""
+        del self.scratch
+        self.fw = self.wt = np.empty(0)  # the scratch arrays go before the model is made
+        cube = self.cube
+        values = self.hi_v  # the model overwrites the highest values, plane by plane
+        for k in range(cube.nz):
+            ok = self.n_frames[k] >= min_inputs  # hence a highest and a lowest frame, not the same
+            hw, lw = self.hi_w[k].astype(np.float64), self.lo_w[k].astype(np.float64)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                num = cube.flux_weighted[k] - np.where(ok, hw * self.hi_v[k], 0.0) - np.where(ok, lw * self.lo_v[k], 0.0)
+                den = cube.weight_total[k] - hw - lw
+                ok &= den > 1e-6 * cube.weight_total[k]
+                values[k] = np.where(ok, num / np.where(ok, den, 1.0), np.nan)
+        steps = local_steps(values, out=self.lo_v)  # the lowest values are no longer needed
+        contributions = cube.count_map.copy()
+        self.hi_w = self.lo_v = self.lo_w = self.n_frames = np.empty(0)
+        for a in cube.accumulators().values():
+            a.fill(0)
+        return SkyModel(values=values, steps=steps, contributions=contributions)
+
+
+def local_steps(values: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Per voxel, the largest ``|neighbour - voxel|`` over its six face neighbours (x, y and
+    plane), NaN neighbours ignored (0 where none is defined): the model's change over one voxel,
+    drizzlepac's "derivative" in three dimensions."""
+    out = np.empty(values.shape, dtype=np.float32) if out is None else out
+    nz = values.shape[0]
+    with np.errstate(invalid="ignore"):
+        for k in range(nz):
+            v = values[k]
+            step = np.zeros(v.shape, dtype=np.float32)
+            diffs = [np.abs(v[:, 1:] - v[:, :-1]), np.abs(v[1:, :] - v[:-1, :])]
+            np.fmax(step[:, :-1], diffs[0], out=step[:, :-1])
+            np.fmax(step[:, 1:], diffs[0], out=step[:, 1:])
+            np.fmax(step[:-1, :], diffs[1], out=step[:-1, :])
+            np.fmax(step[1:, :], diffs[1], out=step[1:, :])
+            for j in (k - 1, k + 1):
+                if 0 <= j < nz:
+                    np.fmax(step, np.abs(values[j] - v), out=step)
+            out[k] = np.nan_to_num(step, nan=0.0)
+    return out
+
+
+def build_model(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
+                threads_for: Callable[[int], int]) -> SkyModel:
+    """Pass 1 over ``paths`` (in sorted order: the model does not depend on the input order).
+
+    Unusable frames are left out quietly here (the real pass reports them); ``threads_for``
+    gives the engine's thread count for a strip of so many pixels."""
+    builder = ModelBuilder(cube)
+    ordered = sorted((Path(p) for p in paths), key=str)
+    current: Optional[Path] = None
+    with progress_bar(len(ordered), f"D{cube.detector} model", "frame", config.progress) as bar:
+        for path, kind, payload in ReadAhead(ordered, config, grid):
+            if kind == "frame":
+                current = path
+            elif kind == "strip":
+                builder.add_strip(payload, threads=threads_for(payload.image.size))
+                del payload
+            else:
+                if kind in ("end", "broken") and current is not None:
+                    builder.end_frame()
+                    current = None
+                bar.update(1)
+    model = builder.finish(int(config.outlier_min_inputs))
+    defined = np.count_nonzero(~np.isnan(model.values))
+    logger.info("D%d: outlier model defined in %d of %d voxels (>= %d frames)", cube.detector, defined,
+                model.values.size, config.outlier_min_inputs)
+    return model
+
+
+__all__ = ["SkyModel", "ModelBuilder", "build_model"]
