@@ -263,3 +263,18 @@ def test_model_is_not_pulled_by_one_bright_frame():
         plain(cube, cx, cy, image, np.full((n, n), 0.01), np.zeros((n, n), np.uint32), np.full((n, n), 1.5),
               np.full((n, n), 0.5), threads=1)
     assert cube.flux[0, 4, 4] > 100.0
+
+
+def test_settings_are_checked_and_reach_the_command_line(tmp_path):
+    from spxquery.drizzle3d.cli import build_parser, config_from_args
+
+    with pytest.raises(ValueError, match="outlier_snr"):
+        Drizzle3DConfig(center_ra=RA, center_dec=DEC, width=1.0, height=1.0, outlier_snr=(3.0, 5.0))
+    with pytest.raises(ValueError, match="outlier_min_inputs"):
+        Drizzle3DConfig(center_ra=RA, center_dec=DEC, width=1.0, height=1.0, outlier_min_inputs=2)
+    args = build_parser().parse_args(["run", "--ra", "150", "--dec", "2", "--width", "1", "--height", "1",
+                                      "--reject-outliers", "--outlier-snr", "6", "4", "--outlier-grow", "2"])
+    cfg = config_from_args(args)
+    assert cfg.reject_outliers and cfg.outlier_snr == (6.0, 4.0) and cfg.outlier_grow == 2
+    cfg.to_yaml_file(tmp_path / "c.yaml")
+    assert Drizzle3DConfig.from_yaml_file(tmp_path / "c.yaml").outlier_snr == (6.0, 4.0)

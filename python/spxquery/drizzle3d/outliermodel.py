@@ -152,20 +152,21 @@ class ModelBuilder:
     def finish(self, min_inputs: int) -> SkyModel:
         """The model (module docs), NaN below ``min_inputs`` frames; clears ``cube`` for pass 2."""
         del self.scratch
-        self.fw = self.wt = np.empty(0)  # the scratch arrays go before the model is made
+        del self.fw, self.wt  # the scratch arrays go before the model is made
         cube = self.cube
         values = self.hi_v  # the model overwrites the highest values, plane by plane
         for k in range(cube.nz):
             ok = self.n_frames[k] >= min_inputs  # hence a highest and a lowest frame, not the same
             hw, lw = self.hi_w[k].astype(np.float64), self.lo_w[k].astype(np.float64)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                num = cube.flux_weighted[k] - np.where(ok, hw * self.hi_v[k], 0.0) - np.where(ok, lw * self.lo_v[k], 0.0)
+                excluded = np.where(ok, hw * self.hi_v[k], 0.0) + np.where(ok, lw * self.lo_v[k], 0.0)
+                num = cube.flux_weighted[k] - excluded
                 den = cube.weight_total[k] - hw - lw
                 ok &= den > 1e-6 * cube.weight_total[k]
                 values[k] = np.where(ok, num / np.where(ok, den, 1.0), np.nan)
         steps = local_steps(values, out=self.lo_v)  # the lowest values are no longer needed
         contributions = cube.count_map.copy()
-        self.hi_w = self.lo_v = self.lo_w = self.n_frames = np.empty(0)
+        del self.hi_w, self.lo_v, self.lo_w, self.n_frames
         for a in cube.accumulators().values():
             a.fill(0)
         return SkyModel(values=values, steps=steps, contributions=contributions)

@@ -25,9 +25,9 @@ from .config import Drizzle3DConfig
 from .cubefile import save_cube
 from .frames import Frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
+from .outliers import finish_outliers, outlier_screen, record_outliers
 from .preflight import OutputExistsError, preflight
 from .progress import progress_bar
-from .outliers import finish_outliers, outlier_screen, record_outliers
 from .readahead import Item, ReadAhead
 from .stagetimes import stage
 

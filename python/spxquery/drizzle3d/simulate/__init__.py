@@ -25,6 +25,7 @@ from .field import (
     simulate_frame,
     solve_pointing,
 )
+from .injections import Injections, bright_stars, inject_file, injected_image
 from .instrument import (
     FLAG_BITS,
     NPIX,
@@ -39,7 +40,6 @@ from .instrument import (
     wave_table,
     zodi_spectrum,
 )
-from .injections import Injections, bright_stars, inject_file, injected_image
 from .l2file import build_l2_hdulist, l2_filename, l2_relpath, make_cutout, render_frame, write_l2_file
 from .scoring import centroid_offsets, emission_line_centre, normalised_residuals, score_cube
 from .sky import EmissionLine, ExtendedSource, PointSource, SkyModel, Spectrum, truth_cube

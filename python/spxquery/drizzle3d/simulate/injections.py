@@ -87,7 +87,8 @@ def _asteroids(out: np.ndarray, sigma: np.ndarray, lam: np.ndarray, rng: np.rand
             continue
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float64)
         profile = np.exp(-0.5 * ((xx - xc) ** 2 + (yy - yc) ** 2) / psf_sigma_px**2)
-        peak = spec.asteroid_snr * float(sigma[min(max(int(round(yc)), 0), ny - 1), min(max(int(round(xc)), 0), nx - 1)])
+        j, i = min(max(int(round(yc)), 0), ny - 1), min(max(int(round(xc)), 0), nx - 1)
+        peak = spec.asteroid_snr * float(sigma[j, i])
         out[y0:y1, x0:x1] += peak * profile * (lam[y0:y1, x0:x1] / band_centre) ** slope
 
 
@@ -101,7 +102,8 @@ def _trails(out: np.ndarray, sigma: np.ndarray, rng: np.random.Generator, spec: 
         angle = rng.uniform(0.0, math.pi)
         px = centre[0] + rng.uniform(-spec.radius_px, spec.radius_px)
         py = centre[1] + rng.uniform(-spec.radius_px, spec.radius_px)
-        dist = (xx - np.float32(px)) * np.float32(-math.sin(angle)) + (yy - np.float32(py)) * np.float32(math.cos(angle))
+        sin, cos = np.float32(math.sin(angle)), np.float32(math.cos(angle))
+        dist = (yy - np.float32(py)) * cos - (xx - np.float32(px)) * sin
         near = np.abs(dist) < 6 * spec.trail_width
         out[near] += spec.trail_snr * float(np.median(sigma)) * np.exp(-0.5 * (dist[near] / spec.trail_width) ** 2)
 

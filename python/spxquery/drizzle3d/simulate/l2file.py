@@ -18,6 +18,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from .injections import Injections, injected_image
 from .instrument import (
     FLAG_BITS,
     NPIX,
@@ -31,7 +32,6 @@ from .instrument import (
     wcs_cards,
     zodi_map,
 )
-from .injections import Injections, injected_image
 from .sky import MJY_PER_MJY, SkyModel, _gauss2d, _gauss_legendre_unit, gnomonic
 
 logger = logging.getLogger(__name__)
