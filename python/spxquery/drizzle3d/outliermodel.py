@@ -1,21 +1,26 @@
 """The robust sky model of outlier rejection (issue 19), built in one streaming pass.
 
 There is no per-exposure image to median (every pixel has its own wavelength), so the model
-is a cube on the output grid: per voxel, the weighted mean of the frames with the frame of the
-largest and the frame of the smallest mean left out (IRAF imcombine's ``minmax`` at the level
-of frames). Each frame is drizzled alone into two scratch arrays (its weighted flux and
-weight per voxel), then merged: the totals are summed and the frames with the highest and
-lowest mean are kept, so an asteroid, a trail or a cosmic ray in one frame never pulls the
-model, however bright it is (a plain mean is pulled by 1/N of it).
+is a cube on the output grid: per voxel, the weighted mean of the frames without the two
+frames of the highest mean (a one-sided version of IRAF imcombine's ``minmax`` at the level of
+frames). Each frame is drizzled alone into two scratch arrays (its weighted flux and weight
+per voxel), then merged: the totals are summed and the two highest frames are kept, so an
+asteroid, a trail or a cosmic ray in one or two frames never pulls the model, however bright
+(a plain mean is pulled by 1/N of it). Why the two highest and not the highest and the
+lowest: every outlier that matters is bright, and a second one at the same voxel is common
+in deep fields; the model only decides the rejections (the cube is the mean of what is kept),
+so its slight low bias on noise (about 0.2 of a frame's noise for 16 frames) costs nothing.
 
 Frames are visited in the sorted order of their paths, so the model, and with it every
 rejection, is the same bit for bit whatever the order of the input list; within a frame the
 engine is bit-identical for any thread count.
 
 Memory: beside the cube's accumulators (36 bytes a voxel, used here for the totals and the
-contribution count), two float64 scratch arrays, four float32 (value and weight of the
-highest and lowest frame) and a uint16 frame count: 34 bytes a voxel, for any number of
-frames. The merge of a frame touches only the planes and the output box it reached.
+contribution count), two float64 scratch arrays, four float32 (mean and weight of the two
+highest frames) and a uint16 frame count: 34 bytes a voxel, for any number of frames. The
+merge of a frame touches only the planes and the output box it reached. What is kept for the
+second pass: the model and its local steps (float32) and the contribution counts (uint32),
+12 bytes a voxel.
 """
 
 from __future__ import annotations
@@ -103,8 +108,8 @@ class ModelBuilder:
         self.wt = np.zeros(shape, dtype=np.float64)
         self.hi_v = np.full(shape, -np.inf, dtype=np.float32)
         self.hi_w = np.zeros(shape, dtype=np.float32)
-        self.lo_v = np.full(shape, -np.inf, dtype=np.float32)
-        self.lo_w = np.zeros(shape, dtype=np.float32)
+        self.hi2_v = np.full(shape, -np.inf, dtype=np.float32)
+        self.hi2_w = np.zeros(shape, dtype=np.float32)
         self.n_frames = np.zeros(shape, dtype=np.uint16)
         self.scratch = DrizzleCube(wcs=cube.wcs, pixscale=cube.pixscale, zgrid=cube.zgrid, flux_weighted=self.fw,
                                    weight_total=self.wt, var_accum=cube.var_accum, count_map=cube.count_map,
@@ -119,7 +124,7 @@ class ModelBuilder:
             self.box.add(strip, stats.planes)
 
     def end_frame(self) -> None:
-        """Merge the current frame into the totals and the highest/lowest frames; clear the scratch."""
+        """Merge the current frame into the totals and the two highest frames; clear the scratch."""
         box, self.box = self.box, _Box(self.cube.nz)
         ys, xs = box.slices(self.cube.ny, self.cube.nx)
         for k in np.flatnonzero(box.planes):
@@ -135,16 +140,16 @@ class ModelBuilder:
         self.cube.weight_total[k, ys, xs] += wt
         wt32 = wt.astype(np.float32)
         n = self.n_frames[k, ys, xs]
-        hi_v, hi_w, lo_v, lo_w = (a[k, ys, xs] for a in (self.hi_v, self.hi_w, self.lo_v, self.lo_w))
-        # lo_* hold the second highest frame: a new highest pushes the old one down
+        hi_v, hi_w, hi2_v, hi2_w = (a[k, ys, xs] for a in (self.hi_v, self.hi_w, self.hi2_v, self.hi2_w))
+        # a new highest frame pushes the old one to second place
         first = landed & (mean > hi_v)
-        second = landed & ~first & (mean > lo_v)
-        np.copyto(lo_v, hi_v, where=first)
-        np.copyto(lo_w, hi_w, where=first)
+        second = landed & ~first & (mean > hi2_v)
+        np.copyto(hi2_v, hi_v, where=first)
+        np.copyto(hi2_w, hi_w, where=first)
         np.copyto(hi_v, mean, where=first)
         np.copyto(hi_w, wt32, where=first)
-        np.copyto(lo_v, mean, where=second)
-        np.copyto(lo_w, wt32, where=second)
+        np.copyto(hi2_v, mean, where=second)
+        np.copyto(hi2_w, wt32, where=second)
         n += (landed & (n < _MAX_FRAMES)).astype(np.uint16)
         fw.fill(0.0)
         wt.fill(0.0)
@@ -156,17 +161,17 @@ class ModelBuilder:
         cube = self.cube
         values = self.hi_v  # the model overwrites the highest values, plane by plane
         for k in range(cube.nz):
-            ok = self.n_frames[k] >= min_inputs  # hence a highest and a lowest frame, not the same
-            hw, lw = self.hi_w[k].astype(np.float64), self.lo_w[k].astype(np.float64)
+            ok = self.n_frames[k] >= min_inputs  # hence two highest frames and at least two others
+            hw, w2 = self.hi_w[k].astype(np.float64), self.hi2_w[k].astype(np.float64)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-                excluded = np.where(ok, hw * self.hi_v[k], 0.0) + np.where(ok, lw * self.lo_v[k], 0.0)
+                excluded = np.where(ok, hw * self.hi_v[k], 0.0) + np.where(ok, w2 * self.hi2_v[k], 0.0)
                 num = cube.flux_weighted[k] - excluded
-                den = cube.weight_total[k] - hw - lw
+                den = cube.weight_total[k] - hw - w2
                 ok &= den > 1e-6 * cube.weight_total[k]
                 values[k] = np.where(ok, num / np.where(ok, den, 1.0), np.nan)
-        steps = local_steps(values, out=self.lo_v)  # the lowest values are no longer needed
+        steps = local_steps(values, out=self.hi2_v)  # the second highest values are no longer needed
         contributions = cube.count_map.copy()
-        del self.hi_w, self.lo_v, self.lo_w, self.n_frames
+        del self.hi_w, self.hi2_v, self.hi2_w, self.n_frames
         for a in cube.accumulators().values():
             a.fill(0)
         return SkyModel(values=values, steps=steps, contributions=contributions)
