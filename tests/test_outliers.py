@@ -286,3 +286,27 @@ def test_settings_are_checked_and_reach_the_command_line(tmp_path):
     assert cfg.reject_outliers and cfg.outlier_snr == (6.0, 4.0) and cfg.outlier_grow == 2
     cfg.to_yaml_file(tmp_path / "c.yaml")
     assert Drizzle3DConfig.from_yaml_file(tmp_path / "c.yaml").outlier_snr == (6.0, 4.0)
+
+
+def test_model_pass_reads_frames_in_sorted_order(monkeypatch, tmp_path):
+    """The model's sums run in the sorted order of the paths (float sums depend on their order;
+    the float32 model hides it almost always, so the order is checked where it is decided)."""
+    from spxquery.drizzle3d import outliermodel
+
+    seen = []
+
+    class Recorder:
+        def __init__(self, paths, config, grid):
+            seen.extend(paths)
+
+        def __iter__(self):
+            return iter(())
+
+    monkeypatch.setattr(outliermodel, "ReadAhead", Recorder)
+    cfg = _config(tmp_path, reject_outliers=True)
+    grid = OutputGrid.for_detector(cfg, 3, build_output_wcs(cfg))
+    cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, cfg, 3)
+    names = [tmp_path / n for n in ("b.fits", "a.fits", "c/a.fits", "a2.fits")]
+    model = build_model(names, cfg, grid, cube, lambda n: 1)
+    assert seen == sorted(names, key=str)
+    assert np.isnan(model.values).all()  # no frame: nothing defined, nothing tested
