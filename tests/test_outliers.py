@@ -233,13 +233,13 @@ def test_blot_is_exact_on_a_linear_model_and_ignores_undefined_voxels():
     steps = local_steps(model)
     np.testing.assert_allclose(steps[1:-1, 1:-1, 1:-1], 3.0)  # the steepest axis (z)
     px, py, pz = np.array([1.25, 4.5]), np.array([2.75, 0.5]), np.array([0.4, 2.9])
-    value, step = blot(model, steps, px, py, pz)
-    np.testing.assert_allclose(value, 1.0 + 2.0 * px - 0.5 * py + 3.0 * pz, rtol=1e-6)
+    np.testing.assert_allclose(blot(model, px, py, pz), 1.0 + 2.0 * px - 0.5 * py + 3.0 * pz, rtol=1e-6)
     holes = model.copy()
     holes[0, 2, 1] = np.nan  # weight 0.6 * 0.25 * 0.75 < 0.5 of the first cell: renormalised
     holes[2:, 0:2, 4:6] = np.nan  # the whole second cell: undefined
-    value, _ = blot(holes, steps, px, py, pz)
+    value = blot(holes, px, py, pz)
     assert np.isfinite(value[0]) and np.isnan(value[1])
+    assert np.isnan(local_steps(holes)[0, 2, 1]) and local_steps(holes)[0, 2, 2] == 3.0
 
 
 def test_model_is_not_pulled_by_one_bright_frame():
@@ -310,3 +310,14 @@ def test_model_pass_reads_frames_in_sorted_order(monkeypatch, tmp_path):
     model = build_model(names, cfg, grid, cube, lambda n: 1)
     assert seen == sorted(names, key=str)
     assert np.isnan(model.values).all()  # no frame: nothing defined, nothing tested
+
+
+def test_preflight_counts_the_model_pass(tmp_path):
+    from spxquery.drizzle3d.preflight import RunBudgetError, check_budget
+
+    cfg = _config(tmp_path, reject_outliers=False).replace(width=30.0, height=30.0)
+    voxels = 17 * cfg.output_ny() * cfg.output_nx()
+    memory = (512 << 20) + voxels * 50  # enough for 36 bytes a voxel, not for 36 + 34
+    check_budget(cfg, [3], memory=memory, disk=1 << 40)
+    with pytest.raises(RunBudgetError, match="70 bytes with outlier rejection"):
+        check_budget(cfg.replace(reject_outliers=True), [3], memory=memory, disk=1 << 40)

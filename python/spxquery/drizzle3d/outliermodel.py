@@ -41,6 +41,9 @@ from .readahead import ReadAhead
 
 logger = logging.getLogger(__name__)
 
+#: Bytes a voxel that the model pass adds to the accumulators (module docs): two float64
+#: scratch arrays, four float32 (the two highest frames) and a uint16 frame count.
+MODEL_BYTES_PER_VOXEL = 2 * 8 + 4 * 4 + 2
 #: Frames counted per voxel saturate here (the count only decides "at least outlier_min_inputs").
 _MAX_FRAMES = np.iinfo(np.uint16).max
 
@@ -134,23 +137,23 @@ class ModelBuilder:
         """Merge plane ``k`` of the scratch arrays (views of the box, no copies of the cube)."""
         fw, wt = self.fw[k, ys, xs], self.wt[k, ys, xs]
         landed = wt > 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(landed, fw / np.where(landed, wt, 1.0), 0.0).astype(np.float32)
+        mean = np.full(wt.shape, -np.inf, dtype=np.float32)  # -inf where nothing landed: never the highest
+        np.divide(fw, wt, out=mean, where=landed, casting="same_kind")
         self.cube.flux_weighted[k, ys, xs] += fw
         self.cube.weight_total[k, ys, xs] += wt
-        wt32 = wt.astype(np.float32)
         n = self.n_frames[k, ys, xs]
         hi_v, hi_w, hi2_v, hi2_w = (a[k, ys, xs] for a in (self.hi_v, self.hi_w, self.hi2_v, self.hi2_w))
         # a new highest frame pushes the old one to second place
-        first = landed & (mean > hi_v)
-        second = landed & ~first & (mean > hi2_v)
+        first = mean > hi_v
+        second = mean > hi2_v
+        second &= ~first
         np.copyto(hi2_v, hi_v, where=first)
         np.copyto(hi2_w, hi_w, where=first)
         np.copyto(hi_v, mean, where=first)
-        np.copyto(hi_w, wt32, where=first)
+        np.copyto(hi_w, wt, where=first, casting="same_kind")
         np.copyto(hi2_v, mean, where=second)
-        np.copyto(hi2_w, wt32, where=second)
-        n += (landed & (n < _MAX_FRAMES)).astype(np.uint16)
+        np.copyto(hi2_w, wt, where=second, casting="same_kind")
+        n += landed & (n < _MAX_FRAMES)
         fw.fill(0.0)
         wt.fill(0.0)
 
@@ -179,8 +182,8 @@ class ModelBuilder:
 
 def local_steps(values: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Per voxel, the largest ``|neighbour - voxel|`` over its six face neighbours (x, y and
-    plane), NaN neighbours ignored (0 where none is defined): the model's change over one voxel,
-    drizzlepac's "derivative" in three dimensions."""
+    plane), NaN neighbours ignored (0 where none is defined, NaN where the voxel itself is): the
+    model's change over one voxel, drizzlepac's "derivative" in three dimensions."""
     out = np.empty(values.shape, dtype=np.float32) if out is None else out
     nz = values.shape[0]
     with np.errstate(invalid="ignore"):
@@ -195,7 +198,8 @@ def local_steps(values: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndar
             for j in (k - 1, k + 1):
                 if 0 <= j < nz:
                     np.fmax(step, np.abs(values[j] - v), out=step)
-            out[k] = np.nan_to_num(step, nan=0.0)
+            step[np.isnan(v)] = np.nan  # undefined like the model (left out when blotted)
+            out[k] = step
     return out
 
 

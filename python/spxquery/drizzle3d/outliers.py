@@ -53,39 +53,44 @@ MAX_UNDEFINED = 0.5
 MASK_DIR = "outlier_masks"
 
 
-def _axis(pos: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lower index, upper index and weight of the upper one, for positions in voxel units
-    (clamped to the grid: beyond the outer centres the nearest plane/pixel is used)."""
-    pos = np.clip(np.where(np.isfinite(pos), pos, 0.0), 0.0, n - 1.0)
-    i0 = np.minimum(np.floor(pos).astype(np.intp), max(n - 2, 0))
-    i1 = np.minimum(i0 + 1, n - 1)
-    return i0, i1, pos - i0
+def _axis(pos: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Lower index and weight of the upper neighbour for positions in voxel units (clamped to
+    the grid: beyond the outer centres the nearest plane/pixel is used); the upper index is
+    ``min(lower + 1, n - 1)``."""
+    pos = np.clip(pos, 0.0, n - 1.0)  # NaN stays NaN: cast to an index below, weight NaN
+    pos[np.isnan(pos)] = 0.0
+    i0 = np.minimum(pos.astype(np.intp), max(n - 2, 0))  # pos >= 0: truncation is floor
+    return i0, (pos - i0).astype(np.float32)
 
 
-def blot(model: np.ndarray, steps: np.ndarray, x: np.ndarray, y: np.ndarray,
-         z: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """Trilinear model value and local step (the model's change over one voxel around the
-    pixel) at output positions ``x, y`` (pixels) and fractional plane ``z``. Undefined voxels
-    are left out of the interpolation (weights renormalised); NaN where they hold more than
-    :data:`MAX_UNDEFINED` of the weight."""
-    nz, ny, nx = model.shape
-    (x0, x1, fx), (y0, y1, fy), (z0, z1, fz) = _axis(x, nx), _axis(y, ny), _axis(z, nz)
-    flat, flat_steps = model.reshape(-1), steps.reshape(-1)
-    value = np.zeros(x.shape, dtype=np.float64)
-    weight = np.zeros(x.shape, dtype=np.float64)
-    step = np.zeros(x.shape, dtype=np.float64)
-    for zi, wz in ((z0, 1.0 - fz), (z1, fz)):
-        for yi, wy in ((y0, 1.0 - fy), (y1, fy)):
-            for xi, wx in ((x0, 1.0 - fx), (x1, fx)):
-                at = (zi * ny + yi) * nx + xi
-                v = flat[at].astype(np.float64)
-                w = np.where(np.isnan(v), 0.0, wz * wy * wx)
-                value += w * np.nan_to_num(v)
+def blot(cube: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """Trilinear interpolation of ``cube`` (the model or its local steps) at output positions
+    ``x, y`` (pixels) and fractional plane ``z``. Undefined (NaN) voxels are left out (weights
+    renormalised); NaN where they hold more than :data:`MAX_UNDEFINED` of the weight."""
+    nz, ny, nx = cube.shape
+    (x0, fx), (y0, fy), (z0, fz) = _axis(x, nx), _axis(y, ny), _axis(z, nz)
+    base = (z0 * ny + y0) * nx + x0
+    dx, dy, dz = int(nx > 1), int(ny > 1) * nx, int(nz > 1) * nx * ny
+    value = np.zeros(x.shape, dtype=np.float32)  # float32 like the model: half the memory traffic
+    weight = np.zeros(x.shape, dtype=np.float32)
+    flat = cube.reshape(-1)
+    one = np.float32(1.0)
+    for wz, oz in ((one - fz, 0), (fz, dz)):
+        for wy, oy in ((one - fy, 0), (fy, dy)):
+            wzy = wz * wy
+            for wx, ox in ((one - fx, 0), (fx, dx)):
+                v = flat.take(base + (oz + oy + ox))
+                w = wzy * wx
+                undefined = np.isnan(v)
+                if undefined.any():
+                    w[undefined] = 0.0
+                    v[undefined] = 0.0
+                value += w * v
                 weight += w
-                step += w * flat_steps[at]
     with np.errstate(invalid="ignore", divide="ignore"):
-        defined = weight >= 1.0 - MAX_UNDEFINED
-        return np.where(defined, value / weight, np.nan), np.where(defined, step / weight, np.nan)
+        value /= weight
+    value[weight < np.float32(1.0 - MAX_UNDEFINED)] = np.nan
+    return value.astype(np.float64)
 
 
 def fractional_plane(lam: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -144,7 +149,7 @@ class Screen:
         x = 0.25 * (cx[:-1, :-1] + cx[:-1, 1:] + cx[1:, :-1] + cx[1:, 1:])
         y = 0.25 * (cy[:-1, :-1] + cy[:-1, 1:] + cy[1:, :-1] + cy[1:, 1:])
         z = fractional_plane(np.asarray(strip.lambda_c, dtype=np.float64), self.centers)
-        m, spread = blot(self.model, self.steps, x, y, z)
+        m = blot(self.model, x, y, z)
         d = np.asarray(strip.image, dtype=np.float64)
         var = np.asarray(strip.variance, dtype=np.float64)
         ny, nx = self.model.shape[1:]
@@ -155,9 +160,12 @@ class Screen:
                 tested &= ~strip.exclude_mask
             diff = np.where(tested, np.abs(d - m), 0.0)
             sigma = np.sqrt(np.where(tested, var, 0.0))
-            spread = np.where(tested, spread, 0.0)
-        core = tested & (diff > self.snr[0] * sigma + self.scale[0] * spread)
-        candidate = tested & (diff > self.snr[1] * sigma + self.scale[1] * spread)
+        # the local step only matters where the noise term alone is exceeded (rare): blotted there
+        step = np.zeros(diff.shape, dtype=np.float64)
+        maybe = diff > self.snr[1] * sigma
+        step[maybe] = np.nan_to_num(blot(self.steps, x[maybe], y[maybe], z[maybe]))
+        core = tested & (diff > self.snr[0] * sigma + self.scale[0] * step)
+        candidate = tested & (diff > self.snr[1] * sigma + self.scale[1] * step)
         self.frame_tested += int(np.count_nonzero(tested))
         return core, candidate
 

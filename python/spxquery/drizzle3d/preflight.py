@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from .config import Drizzle3DConfig
 from .filekind import not_a_regular_file
+from .outliermodel import MODEL_BYTES_PER_VOXEL
 from .spectral import build_z_grid
 
 logger = logging.getLogger(__name__)
@@ -127,15 +128,17 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
     output disk (``disk``, default :func:`free_disk`). Cubes are made one detector at a time."""
     shapes = cube_shapes(config, detectors)
     det, nz, ny, nx = max(shapes, key=lambda s: s[1] * s[2] * s[3])
-    need = nz * ny * nx * ACCUMULATOR_BYTES_PER_VOXEL
+    per_voxel = ACCUMULATOR_BYTES_PER_VOXEL + (MODEL_BYTES_PER_VOXEL if config.reject_outliers else 0)
+    need = nz * ny * nx * per_voxel
     memory = available_memory() if memory is None else memory
     if memory is not None and need + MEMORY_HEADROOM > memory:
         raise RunBudgetError(
             f"the D{det} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x "
-            f"{ACCUMULATOR_BYTES_PER_VOXEL} bytes), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
+            f"{per_voxel} bytes{' with outlier rejection' if config.reject_outliers else ''}), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
             f"available for them; {_ADVICE}"
         )
-    files = sum(n * y * x * FILE_BYTES_PER_VOXEL for _, n, y, x in shapes)
+    file_voxel = FILE_BYTES_PER_VOXEL + (4 if config.reject_outliers else 0)  # + REJECTED (int32)
+    files = sum(n * y * x * file_voxel for _, n, y, x in shapes)
     disk = free_disk(Path(config.output_dir)) if disk is None else disk
     if disk is not None and files > disk:
         raise RunBudgetError(
