@@ -169,7 +169,7 @@ class Screen:
         self.frame_tested += int(np.count_nonzero(tested))
         return core, candidate
 
-    def _release(self, held: _Tested, above: Optional[np.ndarray], below: Optional[np.ndarray]) -> Item:
+    def _release(self, held: _Tested, above: Optional[np.ndarray], below: Optional[np.ndarray]) -> Strip:
         """The held strip with its rejections: candidates within ``grow`` of a detection in this
         strip or in the last/first ``grow`` rows of the strips above/below."""
         parts = [p for p in (above, held.core, below) if p is not None]
@@ -184,11 +184,12 @@ class Screen:
         if n:
             exclude = rejected if strip.exclude_mask is None else (strip.exclude_mask | rejected)
             strip = strip._replace(exclude_mask=exclude)
-        return Item(None, "strip", strip)  # type: ignore[arg-type]
+        return strip
 
     def screen(self, items: Iterable[Item]) -> Iterator[Item]:
         """The items of :class:`~.readahead.ReadAhead` with each strip's rejections applied;
-        a strip is handed on once the next one of its frame was tested (growth across strips)."""
+        a strip is handed on once the next one of its frame was tested (growth across strips;
+        a strip shorter than ``outlier_grow`` rows lets its next strip's rows reach only its own)."""
         held: Optional[_Tested] = None
         above: Optional[np.ndarray] = None
         for item in items:
@@ -196,12 +197,14 @@ class Screen:
                 core, candidate = self.test(item.payload)
                 if held is not None:
                     out = self._release(held, above, core[:self.grow] if self.grow else None)
-                    above = held.core[-self.grow:] if self.grow else None
-                    yield item._replace(payload=out.payload)
+                    if self.grow:  # the last rows above the next strip (from several strips if short)
+                        rows = held.core if above is None else np.concatenate([above, held.core], axis=0)
+                        above = rows[-self.grow:]
+                    yield item._replace(payload=out)
                 held = _Tested(item.payload, core, candidate)
                 continue
             if held is not None:  # end or broken: the frame's last strip goes first
-                yield Item(item.path, "strip", self._release(held, above, None).payload)
+                yield Item(item.path, "strip", self._release(held, above, None))
                 held, above = None, None
             if item.kind == "frame":
                 self.frame_rejected = self.frame_tested = 0
@@ -216,7 +219,7 @@ class Screen:
 def outlier_screen(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
                    threads_for: Callable[[int], int]) -> Screen:
     """Pass 1 (the model, :func:`.outliermodel.build_model`; ``cube`` is left empty), then the
-    :class:`Screen` of pass 2. ``cube.reject_count`` is set to zeros at once (the REJECTED HDU)."""
+    :class:`Screen` of pass 2."""
     model = build_model(paths, config, grid, cube, threads_for)
     return Screen(model, grid.zgrid.centers, config, keep_masks=bool(config.outlier_masks))
 

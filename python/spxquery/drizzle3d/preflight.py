@@ -134,8 +134,8 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
     if memory is not None and need + MEMORY_HEADROOM > memory:
         raise RunBudgetError(
             f"the D{det} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x "
-            f"{per_voxel} bytes{' with outlier rejection' if config.reject_outliers else ''}), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
-            f"available for them; {_ADVICE}"
+            f"{per_voxel} bytes{' with outlier rejection' if config.reject_outliers else ''}), more than the "
+            f"{_gib(max(0, memory - MEMORY_HEADROOM))} of memory available for them; {_ADVICE}"
         )
     file_voxel = FILE_BYTES_PER_VOXEL + (4 if config.reject_outliers else 0)  # + REJECTED (int32)
     files = sum(n * y * x * file_voxel for _, n, y, x in shapes)
