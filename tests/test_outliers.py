@@ -19,6 +19,7 @@ import pytest
 from astropy.io import fits
 
 from spxquery.drizzle3d import frames as frames_mod
+from spxquery.drizzle3d import pipeline as pipeline_mod
 from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.cubefile import load_cube
@@ -182,7 +183,7 @@ def test_outlier_masks_and_frame_log(field):
 
 
 @pytest.mark.slow
-def test_rejections_do_not_depend_on_frame_order_or_strips(field, monkeypatch):
+def test_rejections_do_not_depend_on_frame_order_threads_or_strips(field, monkeypatch):
     ref = field.cubes["dirty_rej"]
     shuffled = [field.dirty[i] for i in np.random.default_rng(5).permutation(len(field.dirty))]
     other = _drizzle(shuffled, field.root / "shuffled", reject_outliers=True)
@@ -197,6 +198,10 @@ def test_rejections_do_not_depend_on_frame_order_or_strips(field, monkeypatch):
         models.append(build_model(paths, cfg, grid, cube, lambda n: 0))
     assert models[0].values.tobytes() == models[1].values.tobytes()
     assert models[0].steps.tobytes() == models[1].steps.tobytes()
+    monkeypatch.setattr(pipeline_mod, "_kernel_threads", lambda n: 2)  # both passes on two threads
+    threads = _drizzle(field.dirty, field.root / "threads", reject_outliers=True)
+    np.testing.assert_array_equal(threads["rejected"], ref["rejected"])
+    assert threads["sci"].tobytes() == ref["sci"].tobytes()
     monkeypatch.setattr(frames_mod, "STRIP_PIXELS", 400)  # strips of a few rows: growth across strips
     strips = _drizzle(field.dirty, field.root / "strips", reject_outliers=True)
     np.testing.assert_array_equal(strips["rejected"], ref["rejected"])
@@ -259,6 +264,7 @@ def test_model_is_not_pulled_by_one_bright_frame():
                                  np.full((n, n), 1.5), np.full((n, n), 0.5), None)
         builder.add_strip(strip, threads=1)
         builder.end_frame()
+        assert not builder.fw.any() and not builder.wt.any()  # the merge cleared all it touched
     model = builder.finish(4)
     np.testing.assert_allclose(model.values[0, :n, :n], 1.0, rtol=1e-6)
     assert not cube.weight_total.any() and not cube.count_map.any()  # cleared for the real pass
@@ -321,3 +327,22 @@ def test_preflight_counts_the_model_pass(tmp_path):
     check_budget(cfg, [3], memory=memory, disk=1 << 40)
     with pytest.raises(RunBudgetError, match="70 bytes with outlier rejection"):
         check_budget(cfg.replace(reject_outliers=True), [3], memory=memory, disk=1 << 40)
+
+
+@pytest.mark.slow
+def test_merge_boxes_cover_everything_a_frame_put_in_the_scratch(field):
+    """Each plane is merged over the box its wavelengths reach only: nothing may stay behind."""
+    from spxquery.drizzle3d.readahead import ReadAhead
+
+    cfg = _config(field.root / "boxes", reject_outliers=True, kernel="bilinear")
+    grid = OutputGrid.for_detector(cfg, 3, build_output_wcs(cfg))
+    builder = ModelBuilder(DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, cfg, 3))
+    frames = 0
+    for _, kind, payload in ReadAhead(field.dirty[:6], cfg, grid):
+        if kind == "strip":
+            builder.add_strip(payload, threads=1)
+        elif kind == "end":
+            builder.end_frame()
+            assert not builder.fw.any() and not builder.wt.any()
+            frames += 1
+    assert frames == 6 and builder.n_frames.max() == 6

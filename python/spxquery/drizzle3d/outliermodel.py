@@ -74,27 +74,48 @@ class SkyModel:
 
 
 class _Box:
-    """The planes and output box a frame reached (a merge touches only those)."""
+    """Per plane, the output box a frame reached (a merge touches only those): rows of the LVF
+    see one wavelength range each, so each plane gets only the part of the frame that sees it."""
 
-    def __init__(self, nz: int):
-        self.planes = np.zeros(nz, dtype=bool)
-        self.x0 = self.y0 = np.inf
-        self.x1 = self.y1 = -np.inf
+    #: Input rows summarised together (their wavelength range and corner box).
+    ROWS = 32
 
-    def add(self, strip: Strip, planes: np.ndarray) -> None:
-        self.planes |= planes
-        for c, lo, hi in ((strip.corners_x, "x0", "x1"), (strip.corners_y, "y0", "y1")):
-            finite = c[np.isfinite(c)]
-            if finite.size:
-                setattr(self, lo, min(getattr(self, lo), float(finite.min())))
-                setattr(self, hi, max(getattr(self, hi), float(finite.max())))
+    def __init__(self, edges: np.ndarray, z_shrink: float):
+        self.edges = edges
+        self.half = 0.5 * max(float(z_shrink), 1.0)  # of the bandwidth: a superset of the engine's top-hat
+        nz = edges.size - 1
+        self.lo = np.full((nz, 2), np.inf)  # (x, y) lower corner per plane
+        self.hi = np.full((nz, 2), -np.inf)
 
-    def slices(self, ny: int, nx: int) -> tuple:
-        """(y, x) slices covering the box, widened by the kernel's reach (1 pixel) and clipped."""
-        if not (np.isfinite(self.x0) and np.isfinite(self.y0)):
-            return slice(0, ny), slice(0, nx)  # a corner map without finite values: everything
-        ya, yb = int(np.clip(np.floor(self.y0) - 1, 0, ny)), int(np.clip(np.ceil(self.y1) + 2, 0, ny))
-        xa, xb = int(np.clip(np.floor(self.x0) - 1, 0, nx)), int(np.clip(np.ceil(self.x1) + 2, 0, nx))
+    def add(self, strip: Strip) -> None:
+        """Widen the boxes of the planes that each block of :data:`ROWS` rows can reach."""
+        lam, dlam = np.asarray(strip.lambda_c, dtype=np.float64), np.asarray(strip.delta_lambda, dtype=np.float64)
+        nz = self.lo.shape[0]
+        with np.errstate(invalid="ignore"):
+            for r0 in range(0, lam.shape[0], self.ROWS):
+                r1 = min(r0 + self.ROWS, lam.shape[0])
+                reach = self.half * np.abs(dlam[r0:r1])
+                lo, hi = np.nanmin(lam[r0:r1] - reach, initial=np.inf), np.nanmax(lam[r0:r1] + reach, initial=-np.inf)
+                if not lo <= hi:
+                    continue  # no finite wavelength: nothing of these rows lands
+                k0 = max(int(np.searchsorted(self.edges, lo, side="right")) - 1, 0)
+                k1 = min(int(np.searchsorted(self.edges, hi, side="left")), nz)
+                if k0 >= k1:
+                    continue
+                for axis, c in enumerate((strip.corners_x[r0:r1 + 1], strip.corners_y[r0:r1 + 1])):
+                    finite = c[np.isfinite(c)]
+                    if finite.size:
+                        np.minimum(self.lo[k0:k1, axis], finite.min(), out=self.lo[k0:k1, axis])
+                        np.maximum(self.hi[k0:k1, axis], finite.max(), out=self.hi[k0:k1, axis])
+
+    def slices(self, k: int, ny: int, nx: int) -> tuple:
+        """(y, x) slices of plane ``k``'s box, widened by the kernel's reach (1 pixel) and clipped;
+        None when nothing of the frame can reach the plane."""
+        (x0, y0), (x1, y1) = self.lo[k], self.hi[k]
+        if not (x0 <= x1 and y0 <= y1):
+            return None
+        ya, yb = int(np.clip(np.floor(y0) - 1, 0, ny)), int(np.clip(np.ceil(y1) + 2, 0, ny))
+        xa, xb = int(np.clip(np.floor(x0) - 1, 0, nx)), int(np.clip(np.ceil(x1) + 2, 0, nx))
         return slice(ya, yb), slice(xa, xb)
 
 
@@ -118,20 +139,28 @@ class ModelBuilder:
                                    weight_total=self.wt, var_accum=cube.var_accum, count_map=cube.count_map,
                                    and_mask=cube.and_mask, or_mask=cube.or_mask, config=cube.config,
                                    detector=cube.detector)
-        self.box = _Box(cube.nz)
+        self.planes = np.zeros(cube.nz, dtype=bool)
+        self.box = self._new_box()
+
+    def _new_box(self) -> _Box:
+        return _Box(np.asarray(self.cube.zgrid.edges, dtype=np.float64), self.cube.config.effective_z_shrink())
 
     def add_strip(self, strip: Strip, threads: int = 0) -> None:
         """Drizzle one strip of the current frame into the scratch arrays."""
         stats = drizzle_frame(self.scratch, *strip, record=False, threads=threads)
         if stats.n_pixels:
-            self.box.add(strip, stats.planes)
+            self.planes |= stats.planes
+            self.box.add(strip)
 
     def end_frame(self) -> None:
         """Merge the current frame into the totals and the two highest frames; clear the scratch."""
-        box, self.box = self.box, _Box(self.cube.nz)
-        ys, xs = box.slices(self.cube.ny, self.cube.nx)
-        for k in np.flatnonzero(box.planes):
-            self._merge(int(k), ys, xs)
+        box, self.box = self.box, self._new_box()
+        planes, self.planes = self.planes, np.zeros(self.cube.nz, dtype=bool)
+        for k in np.flatnonzero(planes):
+            where = box.slices(int(k), self.cube.ny, self.cube.nx)
+            if where is None:  # cannot happen: the engine put something there (kept as a guard)
+                where = (slice(0, self.cube.ny), slice(0, self.cube.nx))
+            self._merge(int(k), *where)
 
     def _merge(self, k: int, ys: slice, xs: slice) -> None:
         """Merge plane ``k`` of the scratch arrays (views of the box, no copies of the cube)."""
