@@ -299,8 +299,8 @@ def execute(python: Path, impl: str, tag: str, work: Path, cfg: argparse.Namespa
         run.load_before = loadavg()
         log(f"[{tag}] start (load {run.load_before}) ...")
         child_args = runner_args(result_path, paths_file, size, rdir / "out", centre, reject)
-        status, wall, maxrss = run_child(python, child_args, rdir / "run.log", cfg.time_cap * 60.0, as_limit, rss_kill_mib,
-                                         _stages.ENV if stages else None)
+        status, wall, maxrss = run_child(python, child_args, rdir / "run.log", cfg.time_cap * 60.0, as_limit,
+                                         rss_kill_mib, _stages.ENV if stages else None)
         run.load_after = loadavg()
         run.status, run.wall_s, run.maxrss_mib = status, wall, maxrss
         run.result = json.loads(result_path.read_text()) if result_path.exists() else {}

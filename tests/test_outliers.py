@@ -21,6 +21,7 @@ from astropy.io import fits
 from spxquery.drizzle3d import frames as frames_mod
 from spxquery.drizzle3d import pipeline as pipeline_mod
 from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
+from spxquery.drizzle3d.analysis import read_cube
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.cubefile import load_cube
 from spxquery.drizzle3d.flags import RECOMMENDED_EXCLUDE_FLAGS
@@ -180,6 +181,12 @@ def test_outlier_masks_and_frame_log(field):
             assert int(hdul["OUTLIERS"].data.sum()) == h[f"ORJ{i:05d}"]
         total += h[f"ORJ{i:05d}"]
     assert total == h["N_OUTPIX"] > 0
+    cube_file = field.root / "dr" / "drizzle_D3.fits"
+    with fits.open(cube_file) as hdul:  # REJECTED comes after the seven HDUs and WCS-TAB, with the cube's WCS
+        hdul.verify("exception")
+        assert [h.name for h in hdul][7:] == ["WCS-TAB", "REJECTED"]
+        assert hdul["REJECTED"].header["CTYPE3"] == hdul["SCI"].header["CTYPE3"]
+    assert read_cube(cube_file).sci.shape == field.cubes["dirty_rej"]["sci"].shape
 
 
 @pytest.mark.slow

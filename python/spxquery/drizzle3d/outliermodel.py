@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -108,7 +108,7 @@ class _Box:
                         np.minimum(self.lo[k0:k1, axis], finite.min(), out=self.lo[k0:k1, axis])
                         np.maximum(self.hi[k0:k1, axis], finite.max(), out=self.hi[k0:k1, axis])
 
-    def slices(self, k: int, ny: int, nx: int) -> tuple:
+    def slices(self, k: int, ny: int, nx: int) -> Optional[Tuple[slice, slice]]:
         """(y, x) slices of plane ``k``'s box, widened by the kernel's reach (1 pixel) and clipped;
         None when nothing of the frame can reach the plane."""
         (x0, y0), (x1, y1) = self.lo[k], self.hi[k]
