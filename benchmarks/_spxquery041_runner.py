@@ -79,6 +79,7 @@ def main() -> int:
     ap.add_argument("--size-arcmin", type=float, help="cube width = height [arcmin]")
     ap.add_argument("--detector", type=int, default=3)
     ap.add_argument("--output-dir", type=Path, help="receives drizzle_D{detector}.fits")
+    ap.add_argument("--reject-outliers", action="store_true", help="this package only: outlier rejection on")
     args = ap.parse_args()
 
     result: dict = {
@@ -140,6 +141,8 @@ def main() -> int:
 
     if "progress" in {f.name for f in dataclasses.fields(Drizzle3DConfig)}:
         kwargs["progress"] = False
+    if args.reject_outliers:
+        kwargs["reject_outliers"] = True
     code = 0
     try:
         config = Drizzle3DConfig(**kwargs)

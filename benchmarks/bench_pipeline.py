@@ -75,6 +75,7 @@ import numpy as np
 
 import _deepfield
 import _doc
+import _rejection
 import _stages
 
 HERE = Path(__file__).resolve().parent
@@ -259,11 +260,13 @@ def _proc_rss_mib(pid: int) -> Optional[float]:
 
 
 def runner_args(result: Path, paths_file: Optional[Path] = None, size: Optional[float] = None,
-                out_dir: Optional[Path] = None, centre: Tuple[float, float] = (FIELD_RA, FIELD_DEC)) -> List[str]:
+                out_dir: Optional[Path] = None, centre: Tuple[float, float] = (FIELD_RA, FIELD_DEC),
+                reject: bool = False) -> List[str]:
     if paths_file is None:
         return ["--result", str(result), "--baseline"]
     return ["--result", str(result), "--paths-file", str(paths_file), "--ra", repr(centre[0]), "--dec",
-            repr(centre[1]), "--size-arcmin", repr(size), "--detector", str(DETECTOR), "--output-dir", str(out_dir)]
+            repr(centre[1]), "--size-arcmin", repr(size), "--detector", str(DETECTOR), "--output-dir", str(out_dir),
+            *(["--reject-outliers"] if reject else [])]
 
 
 def warm_page_cache(paths: List[Path]) -> None:
@@ -278,7 +281,8 @@ def warm_page_cache(paths: List[Path]) -> None:
 
 def execute(python: Path, impl: str, tag: str, work: Path, cfg: argparse.Namespace, as_limit: Optional[int],
             rss_kill_mib: float, paths: Optional[List[Path]] = None, size: Optional[float] = None,
-            case: str = "", stages: bool = False, centre: Tuple[float, float] = (FIELD_RA, FIELD_DEC)) -> Run:
+            case: str = "", stages: bool = False, centre: Tuple[float, float] = (FIELD_RA, FIELD_DEC),
+            reject: bool = False) -> Run:
     """One fresh-process run (baseline when ``paths`` is None); retries import failures (Rust rebuilds)."""
     rdir = work / tag
     rdir.mkdir(parents=True, exist_ok=True)
@@ -294,9 +298,9 @@ def execute(python: Path, impl: str, tag: str, work: Path, cfg: argparse.Namespa
         result_path.unlink(missing_ok=True)
         run.load_before = loadavg()
         log(f"[{tag}] start (load {run.load_before}) ...")
-        status, wall, maxrss = run_child(python, runner_args(result_path, paths_file, size, rdir / "out", centre),
-                                         rdir / "run.log", cfg.time_cap * 60.0, as_limit, rss_kill_mib,
-                                         _stages.ENV if stages else None)
+        child_args = runner_args(result_path, paths_file, size, rdir / "out", centre, reject)
+        status, wall, maxrss = run_child(python, child_args, rdir / "run.log", cfg.time_cap * 60.0, as_limit,
+                                         rss_kill_mib, _stages.ENV if stages else None)
         run.load_after = loadavg()
         run.status, run.wall_s, run.maxrss_mib = status, wall, maxrss
         run.result = json.loads(result_path.read_text()) if result_path.exists() else {}
@@ -564,23 +568,34 @@ def write_doc(doc: Path, section: str) -> None:
 # ── main ─────────────────────────────────────────────────────────────────────────────────
 
 
+#: Two runs of one case: (without, with) outlier rejection.
+Pair = Tuple[Run, Run]
+
+
 def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float, Tuple[float, float], int]],
               oldpy: Optional[Path], work: Path, as_limit: int, rss_kill: float
-              ) -> Tuple[List[Run], Dict[str, Tuple[Run, Run]], Dict[str, Dict], List[Run]]:
+              ) -> Tuple[List[Run], Dict[str, Tuple[Run, Run]], Dict[str, Dict], List[Run], Dict[str, Pair]]:
     """Every case ``(label, paths, size, centre, frames for the old code)``: this package on all
-    frames (and again with stage clocks when ``--stages``), the old code and this package on the
-    old code's frames. Returns the runs, the (new, old) pair and the parity of each case, and
-    the staged runs."""
+    frames (and again with stage clocks when ``--stages``, with outlier rejection when
+    ``--reject``), the old code and this package on the old code's frames. Returns the runs, the
+    (new, old) pair and the parity of each case, the staged runs and the (without, with
+    rejection) pairs."""
     runs: List[Run] = []
     ratio_pairs: Dict[str, Tuple[Run, Run]] = {}
     parities: Dict[str, Dict] = {}
     staged: List[Run] = []
+    reject_pairs: Dict[str, Tuple[Run, Run]] = {}
     for case, case_paths, size, centre, n_old in cases:
         tag = f"{size:g}arcmin" + ("-deep" if case == DEEP_CASE else "")
         kw = dict(case=case, centre=centre)
         new_all = execute(cfg.new_python, "new", f"new-{tag}", work, cfg, None, rss_kill, case_paths, size, **kw)
         new_all.n_total = len(case_paths)
         runs.append(new_all)
+        if cfg.reject:  # the same run with outlier rejection (issue 19)
+            rej = execute(cfg.new_python, "new", f"new-{tag}-reject", work, cfg, None, rss_kill, case_paths, size,
+                          reject=True, **kw)
+            rej.n_total = len(case_paths)
+            reject_pairs[case] = (new_all, rej)
         if cfg.stages:  # separate runs: the stage clocks cost time of their own
             staged.append(execute(cfg.new_python, "new", f"new-{tag}-stages", work, cfg, None, rss_kill, case_paths,
                                   size, stages=True, **kw))
@@ -600,7 +615,7 @@ def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float,
         if old.output and new_ref.output and old.output.exists() and new_ref.output.exists():
             parities[case] = parity(new_ref.output, old.output)
             log(f"parity {case}: {parities[case]}")
-    return runs, ratio_pairs, parities, staged
+    return runs, ratio_pairs, parities, staged, reject_pairs
 
 
 def run_meta(cfg: argparse.Namespace, command: str, load_start: str, baselines: Dict[str, Run]) -> Dict[str, str]:
@@ -672,6 +687,8 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--deep-old-frames", type=int, default=200,
                     help="deep-field cutouts drizzled by spxquery 0.4.1 (the first N; this package is also timed "
                          "on the same N for the ratio); 0 = all. Default 200")
+    ap.add_argument("--reject", action="store_true",
+                    help="also run every case of this package with outlier rejection and write its section of --doc")
     ap.add_argument("--stages", action="store_true",
                     help="time each stage of the frame path in this package's runs and write the per-stage table "
                          "(ms per frame, wall and CPU) under its own heading of --doc")
@@ -708,7 +725,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         deep = _deepfield.deep_field(cfg.data_dir.expanduser().parent, cfg.deep_frames, cfg.deep_distinct)
         n_old = len(deep) if cfg.deep_old_frames <= 0 else min(cfg.deep_old_frames, len(deep))
         cases.append((DEEP_CASE, deep, cfg.deep_size, (_deepfield.DEEP_RA, _deepfield.DEEP_DEC), n_old))
-    runs, ratio_pairs, parities, staged = run_cases(cfg, cases, oldpy, work, as_limit, rss_kill)
+    runs, ratio_pairs, parities, staged, reject_pairs = run_cases(cfg, cases, oldpy, work, as_limit, rss_kill)
     meta = run_meta(cfg, command, load_start, baselines)
     report = build_report(runs, ratio_pairs, baselines, parities, meta, cfg.time_cap)
     print(report)
@@ -716,10 +733,16 @@ def main(argv: Optional[List[str]] = None) -> int:
                   for r in staged if r.status == "ok" and r.result.get("stages")]
     stage_report = _stages.stage_section(stage_runs, meta) if stage_runs else ""
     print(stage_report)
+    reject_report = _rejection.section(
+        [(case, plain.n_frames, plain.result, plain.maxrss_mib, rej.result, rej.maxrss_mib,
+          accum_mib("new", expected_shape(plain.size))) for case, (plain, rej) in reject_pairs.items()], meta)
+    print(reject_report)
     if not cfg.no_doc:
         write_doc(cfg.doc, report)
         if stage_report:
             _doc.write_section(cfg.doc, _stages.DOC_HEADING, stage_report)
+        if reject_pairs:
+            _doc.write_section(cfg.doc, _rejection.DOC_HEADING, reject_report)
         log(f"wrote the table(s) to {cfg.doc}")
     return 0 if all(r.status == "ok" for r in runs) else 1
 

@@ -69,6 +69,9 @@ class DrizzleCube:
     origin: tuple[int, int] = (0, 0)
     """``(row, column)`` of the first voxel in the output grid the corner maps refer to: (0, 0)
     for a whole cube, the tile's place for a tile of a larger grid (:mod:`.tiling`)."""
+    reject_count: np.ndarray | None = None
+    """int32 ``(n_z, n_y, n_x)`` rejected contributions per voxel, -1 where nothing was tested
+    (outlier rejection, :mod:`.outliers`); None when rejection is off."""
     _engine: tuple[tuple, _core.EngineParams] | None = field(default=None, init=False, repr=False, compare=False)
     """The engine parameters and the settings they were built from (see :attr:`engine_params`)."""
 

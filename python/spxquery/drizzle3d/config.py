@@ -80,6 +80,7 @@ GROUPS: Dict[str, str] = {
     "preprocess": "Pre-processing of each frame",
     "accumulate": "Accumulation",
     "output": "Output: where the cubes go",
+    "outliers": "Outlier rejection (cosmic rays, asteroids, satellite trails)",
 }
 
 
@@ -116,6 +117,27 @@ def _exclude_flags(name: str, value: Any) -> List[Union[int, str]]:
         return validate_exclude_flags(value)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc} (got {short_repr(value)})") from None
+
+
+#: Why outlier rejection and tiles exclude each other (the model and its screen see the whole grid).
+OUTLIERS_NOT_TILED = ("a run with reject_outliers cannot be drizzled in tiles (tile_arcmin): the outlier model is "
+                      "built over the whole grid")
+
+
+def _threshold_pair(name: str, value: Any) -> Tuple[float, float]:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"{name} must be two numbers (detection, neighbours), got {short_repr(value)}")
+    if not all(is_real(v) and 0.0 < float(v) <= 1e6 for v in value):
+        raise ValueError(f"{name} must be two numbers in (0, 1e6], got {short_repr(value)}")
+    first, second = float(value[0]), float(value[1])
+    if first < second:
+        raise ValueError(f"{name}: the detection threshold must be >= the neighbours' one, got ({first}, {second})")
+    return first, second
+
+
+def _pair_text(name: str) -> Any:
+    """The header value of a threshold pair: ``"5 4"`` (drizzlepac's way of writing it)."""
+    return lambda config: " ".join(f"{v:g}" for v in getattr(config, name))
 
 
 def _lambda_edges(name: str, value: Any) -> np.ndarray:
@@ -274,6 +296,34 @@ class Drizzle3DConfig:
         header=NoHeader("how the cube was computed, not what it holds (tiled = one-piece, bit for bit)"),
         cli=Cli("--scheduler", "WHERE")))
 
+    reject_outliers: bool = field(default=False, metadata=setting(
+        group="outliers", rule=Bool(),
+        help="reject pixels that disagree with a robust model of the sky at their own (x, y, lambda) "
+             "(cosmic rays, asteroids, satellite trails; every frame is read twice)",
+        header=Fits("OUTREJ", "outlier rejection applied"), cli=Cli("--reject-outliers", store=True)))
+    outlier_snr: Tuple[float, float] = field(default=(5.0, 3.0), metadata=setting(
+        group="outliers", rule=Checked(_threshold_pair, "[float, float]", "first >= second > 0", numbers=True),
+        help="noise thresholds (sigma of the pixel) of a detection and of its neighbours within outlier_grow",
+        header=Fits("OUTSNR", "outlier noise thresholds", value=_pair_text("outlier_snr")),
+        cli=Cli("--outlier-snr", ("SNR1", "SNR2"), nargs=2, type=float, convert=tuple)))
+    outlier_scale: Tuple[float, float] = field(default=(1.2, 0.7), metadata=setting(
+        group="outliers", rule=Checked(_threshold_pair, "[float, float]", "first >= second > 0", numbers=True),
+        help="tolerance in units of the model's local range in x, y and lambda, for detections and neighbours",
+        header=Fits("OUTSCALE", "outlier gradient tolerances", value=_pair_text("outlier_scale")),
+        cli=Cli("--outlier-scale", ("S1", "S2"), nargs=2, type=float, convert=tuple)))
+    outlier_grow: int = field(default=1, metadata=setting(
+        group="outliers", unit="pixels", rule=Int(0, 10),
+        help="radius (detector pixels, a square) around a detection within which the second thresholds apply",
+        header=Fits("OUTGROW", "[pixels] outlier growth radius"), cli=Cli("--outlier-grow", "N")))
+    outlier_min_inputs: int = field(default=4, metadata=setting(
+        group="outliers", unit="frames", rule=Int(3, 1_000_000),
+        help="voxels with fewer input frames are not tested (marked -1 in the REJECTED extension)",
+        header=Fits("OUTMININ", "fewest frames for outlier tests"), cli=Cli("--outlier-min-inputs", "N")))
+    outlier_masks: bool = field(default=False, metadata=setting(
+        group="outliers", rule=Bool(),
+        help="also write each input's rejection mask (output_dir/outlier_masks/<file>_outliers.fits)",
+        header=NoHeader("files beside the cube, not what it holds"), cli=Cli("--outlier-masks", store=True)))
+
     # ── constants ──────────────────────────────────────────────────────────────
     BASE_PIXSCALE: float = field(default=6.15, init=False, repr=False)  # arcsec/pixel
 
@@ -291,6 +341,9 @@ class Drizzle3DConfig:
                 f"arcmin at {self.effective_pixscale():.4g} arcsec/pixel); enlarge width/height to at "
                 f"least {self.effective_pixscale() / 60.0:.4g} arcmin or increase xy_oversample"
             )
+        if self.reject_outliers and self.tile_arcmin is not None:
+            raise ValueError(f"reject_outliers=True and tile_arcmin={self.tile_arcmin:g} cannot be combined: "
+                             f"{OUTLIERS_NOT_TILED}; set tile_arcmin to null or reject_outliers to false")
         side = 2.0 * self.spatial_radius_deg() + 2.0 * self.cutout_margin_arcmin / 60.0
         if self.use_cutouts and side > MAX_CUTOUT_DEG:
             raise ValueError(

@@ -6,7 +6,8 @@ The seven HDUs of the 0.4.1 layout come first, in this order: 0 PRIMARY (metadat
 files and their zodi scales), 1 SCI (float32, MJy/sr), 2 VARIANCE (float32, ``MJy2 / sr2``),
 3 AND_MASK (uint32), 4 OR_MASK (uint32), 5 COUNT (uint32, contributing input pixels),
 6 WAVELENGTH (binary table). New content follows them, found by EXTNAME: 7 WCS-TAB (the exact
-plane centres of the alternate WCS, :mod:`.cubewcs`).
+plane centres of the alternate WCS, :mod:`.cubewcs`), then, with outlier rejection only,
+REJECTED (int32: rejected contributions per voxel, -1 where nothing was tested).
 
 Every image extension carries the same two 3-D WCSs (:mod:`.cubewcs`): the primary one with a
 ``WAVE-LOG`` least-squares spectral axis (its largest error in ``WAVEMAXE``, um) and the exact
@@ -39,6 +40,9 @@ logger = logging.getLogger(__name__)
 #: Keyword-series prefixes in the PRIMARY header (5-digit 1-based index follows).
 INPUT_KEY = "INF"  # input file name
 ZODI_KEY = "ZSC"  # zodi scale applied to that input
+OUTLIER_KEY = "ORJ"  # outlier pixels rejected in that input (outlier rejection only)
+#: EXTNAME of the rejected-contribution counts (after the tables; outlier rejection only).
+REJECTED_EXTNAME = "REJECTED"
 #: ``BUNIT`` of the image extensions that have a unit (strings astropy's ``u.Unit`` parses).
 EXTENSION_UNITS = {"SCI": "MJy/sr", "VARIANCE": "MJy2 / sr2"}
 #: PRIMARY ``FILETYPE`` of a cube file (how readers recognise one).
@@ -147,7 +151,18 @@ def _primary(cube) -> fits.PrimaryHDU:
         scale = entry.get("zodi_scale")
         if scale is not None and np.isfinite(scale):
             h[f"{ZODI_KEY}{i:05d}"] = (float(scale), f"zodi scale ({entry.get('zodi_source', 'fit')})")
+    if getattr(cube, "reject_count", None) is not None:
+        _outlier_cards(h, log)
     return fits.PrimaryHDU(header=h)
+
+
+def _outlier_cards(h: fits.Header, log: List[dict]) -> None:
+    """N_OUTPIX / N_OUTTST (outlier pixels rejected / pixels tested in all inputs) and ORJnnnnn
+    (rejected per input, numbered as INFnnnnn)."""
+    h["N_OUTPIX"] = (sum(int(e.get("n_outliers", 0)) for e in log), "outlier pixels rejected (all inputs)")
+    h["N_OUTTST"] = (sum(int(e.get("n_tested", 0)) for e in log), "pixels tested for outliers (all inputs)")
+    for i, entry in enumerate(log, start=1):
+        h[f"{OUTLIER_KEY}{i:05d}"] = (int(entry.get("n_outliers", 0)), "outlier pixels rejected")
 
 
 def _image_header(name: str, dtype, shape, extra: fits.Header | None = None) -> fits.Header:
@@ -222,7 +237,30 @@ def build_hdulist(cube) -> fits.HDUList:
         hdu.header.update(_extension_keywords(name, extra))
         hdus.append(hdu)
     hdus.extend(_tables(cube))
+    if getattr(cube, "reject_count", None) is not None:
+        hdu = fits.ImageHDU(np.asarray(cube.reject_count, dtype=np.int32), name=REJECTED_EXTNAME)
+        hdu.header.update(_rejected_keywords(extra))
+        hdus.append(hdu)
     return fits.HDUList(hdus)
+
+
+def _rejected_keywords(shared: fits.Header) -> fits.Header:
+    extra = shared.copy()
+    extra["COMMENT"] = "-1: fewer input frames than OUTMININ here, nothing was tested"
+    return extra
+
+
+def _write_rejected(f, cube, extra: fits.Header) -> None:
+    """The REJECTED image extension after the tables, streamed plane by plane (int32)."""
+    counts = cube.reject_count
+    f.write(_image_header(REJECTED_EXTNAME, np.int32, counts.shape, _rejected_keywords(extra)).tostring()
+            .encode("ascii"))
+    nbytes = 0
+    for k in range(counts.shape[0]):
+        chunk = np.asarray(counts[k], dtype=">i4").tobytes()
+        f.write(chunk)
+        nbytes += len(chunk)
+    _pad(f, nbytes)
 
 
 def _n_input_sc(cube) -> np.ndarray:
@@ -273,6 +311,8 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
     fits.HDUList([fits.PrimaryHDU(), *tables]).writeto(buf)
     primary_len = len(fits.PrimaryHDU().header.tostring())
     f.write(buf.getvalue()[primary_len:])  # the table extensions without their dummy primary
+    if getattr(cube, "reject_count", None) is not None:
+        _write_rejected(f, cube, extra)
 
 
 def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) -> Path:
@@ -317,7 +357,8 @@ def load_cube(path) -> Dict[str, Any]:
     """Read a cube written by :func:`save_cube` into memory.
 
     Returns a dict with ``sci``, ``variance`` (float32), ``and_mask``, ``or_mask``,
-    ``count`` (uint32), ``wavelength`` (FITS_rec of the WAVELENGTH table), ``header``
+    ``count`` (uint32), ``wavelength`` (FITS_rec of the WAVELENGTH table), ``rejected`` (int32,
+    only in cubes made with outlier rejection), ``header``
     (PRIMARY), ``sci_header`` and ``wcs`` (3-D astropy WCS of SCI).
     """
     path = Path(path)
@@ -333,6 +374,8 @@ def load_cube(path) -> Dict[str, Any]:
             "count": np.array(hdul["COUNT"].data),
             "wavelength": hdul["WAVELENGTH"].data.copy(),
         }
+        if REJECTED_EXTNAME in hdul:
+            out["rejected"] = np.array(hdul[REJECTED_EXTNAME].data)
     out["wcs"] = WCS(sci_header)
     logger.debug("Loaded cube %s: SCI shape %s", path, out["sci"].shape)
     return out

@@ -21,13 +21,14 @@ import numpy as np
 from astropy.wcs import WCS
 
 from .accumulate import DrizzleCube, drizzle_frame
-from .config import Drizzle3DConfig
+from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
 from .cubefile import save_cube
 from .frames import Frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
+from .outliers import finish_outliers, outlier_screen, record_outliers
 from .preflight import OutputExistsError, preflight
 from .progress import progress_bar
-from .readahead import ReadAhead
+from .readahead import Item, ReadAhead
 from .stagetimes import stage
 from .tiling import effective_tile_arcmin
 
@@ -63,6 +64,11 @@ class _FrameTotals:
         self.n_strips += 1
 
 
+def _kernel_threads(n_pixels: int) -> int:
+    """Threads of the engine for a strip of ``n_pixels`` (0: the pool)."""
+    return 1 if n_pixels < KERNEL_POOL_MIN_PIXELS else 0
+
+
 def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
     return {"name": frame.name, "obsid": frame.obsid, "mjd": frame.mjd, "mjd_beg": frame.mjd_span[0],
             "mjd_end": frame.mjd_span[1], "zodi_scale": frame.zodi.scale, "zodi_source": frame.zodi.source,
@@ -83,14 +89,20 @@ def drizzle_frames(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
     outcomes: Dict[str, List[Any]] = {"frame": [], "reject": [], "skip": [], "empty": []}
     frame: Optional[Frame] = None
     totals = _FrameTotals(cube.nz)
-    for path, kind, payload in ReadAhead(paths, config, grid):
+    items: Iterable[Item] = ReadAhead(paths, config, grid)
+    screen = None
+    if config.reject_outliers:  # pass 1: the robust model; the loop below is pass 2
+        if grid.origin != (0, 0) or grid.shape != (config.output_ny(), config.output_nx()):  # a tile
+            raise ValueError(OUTLIERS_NOT_TILED)
+        screen = outlier_screen(paths, config, grid, cube, _kernel_threads)
+        items = screen.screen(items)
+    for path, kind, payload in items:
         if kind == "frame":
             frame, totals = payload, _FrameTotals(cube.nz)
             continue
         if kind == "strip":
-            threads = 1 if payload.image.size < KERNEL_POOL_MIN_PIXELS else 0
             with stage("kernel"):
-                totals.add(drizzle_frame(cube, *payload, record=False, threads=threads))
+                totals.add(drizzle_frame(cube, *payload, record=False, threads=_kernel_threads(payload.image.size)))
             del payload
             continue
         if done is not None:
@@ -110,12 +122,16 @@ def drizzle_frames(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
             cube.record_frame(totals.n_pixels, totals.n_contributions, totals.planes)
             if totals.n_pixels > 0:
                 cube.frame_log.append(_log_entry(frame, totals.n_pixels))
+                if screen is not None:
+                    record_outliers(cube, screen, frame)
                 outcomes["frame"].append((path, totals.planes))
             else:
                 outcomes["empty"].append(path)
                 logger.log(warn, "D%d: %s overlaps the region but landed no pixel (all flagged, non-finite or off "
                            "the grid); counted in N_EMPTY", detector, path)
             frame = None
+    if screen is not None:
+        finish_outliers(cube, screen)
     return outcomes
 
 
@@ -172,6 +188,8 @@ def drizzle_tiled(fits_paths: Iterable[Path], config: Drizzle3DConfig, detector:
     from .tiling import run_key, tile_plan, tile_side_pixels, tiles_dir
 
     detector = int(detector)
+    if config.reject_outliers:
+        raise ValueError(OUTLIERS_NOT_TILED)
     out_path = output_path_for(config, detector)
     if out_path.exists() and not config.overwrite:
         raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")

@@ -16,8 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from .config import Drizzle3DConfig
+from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
 from .filekind import not_a_regular_file
+from .outliermodel import MODEL_BYTES_PER_VOXEL
 from .spectral import build_z_grid
 
 logger = logging.getLogger(__name__)
@@ -127,15 +128,22 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
     output disk (``disk``, default :func:`free_disk`). Cubes are made one detector at a time.
     Accumulators beyond the memory are fine when the cube can be drizzled in tiles
     (:mod:`.tiling`): then the tiles of ``tile_arcmin`` must fit, or, when it is None, tiles of the
-    smallest automatic size."""
+    smallest automatic size. With ``reject_outliers`` (never tiled) the accumulators and the outlier
+    model must fit in one piece."""
     from .tiling import MIN_AUTO_TILE_PIXELS, tile_side_pixels
 
     shapes = cube_shapes(config, detectors)
     det, nz, ny, nx = max(shapes, key=lambda s: s[1] * s[2] * s[3])
-    need = nz * ny * nx * ACCUMULATOR_BYTES_PER_VOXEL
+    per_voxel = ACCUMULATOR_BYTES_PER_VOXEL + (MODEL_BYTES_PER_VOXEL if config.reject_outliers else 0)
+    need = nz * ny * nx * per_voxel
     memory = available_memory() if memory is None else memory
+    if config.reject_outliers and memory is not None and need + MEMORY_HEADROOM > memory:
+        raise RunBudgetError(
+            f"the D{det} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x {per_voxel} bytes "
+            f"with outlier rejection), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory available for "
+            f"them, and {OUTLIERS_NOT_TILED}; {_ADVICE}")
     explicit = config.tile_arcmin is not None
-    if memory is not None and (explicit or need + MEMORY_HEADROOM > memory):
+    if memory is not None and not config.reject_outliers and (explicit or need + MEMORY_HEADROOM > memory):
         side = MIN_AUTO_TILE_PIXELS if config.tile_arcmin is None else \
             tile_side_pixels(config.tile_arcmin, config.effective_pixscale())
         tile_need = nz * min(side, ny) * min(side, nx) * ACCUMULATOR_BYTES_PER_VOXEL
@@ -150,7 +158,8 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
         if not explicit:
             logger.info("the D%d cube needs %s of accumulators, more than the memory available: it will be "
                         "drizzled in tiles", det, _gib(need))
-    files = sum(n * y * x * FILE_BYTES_PER_VOXEL for _, n, y, x in shapes)
+    file_voxel = FILE_BYTES_PER_VOXEL + (4 if config.reject_outliers else 0)  # + REJECTED (int32)
+    files = sum(n * y * x * file_voxel for _, n, y, x in shapes)
     disk = free_disk(Path(config.output_dir)) if disk is None else disk
     if disk is not None and files > disk:
         raise RunBudgetError(

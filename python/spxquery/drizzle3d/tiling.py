@@ -31,9 +31,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .config import Drizzle3DConfig
+from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
 from .grid import OutputGrid
-from .preflight import ACCUMULATOR_BYTES_PER_VOXEL, MEMORY_HEADROOM, available_memory, cube_shapes
+from .preflight import _ADVICE as BUDGET_ADVICE
+from .preflight import ACCUMULATOR_BYTES_PER_VOXEL, MEMORY_HEADROOM, RunBudgetError, available_memory, cube_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +97,16 @@ def auto_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int],
     return side * config.effective_pixscale() / 60.0
 
 
-def effective_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int]) -> Optional[float]:
-    """``config.tile_arcmin``, else the automatic side (with a log line), else None (one piece)."""
+def effective_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int],
+                          memory: Optional[int] = None) -> Optional[float]:
+    """``config.tile_arcmin``, else the automatic side (with a log line), else None (one piece).
+    ``memory`` as in :func:`auto_tile_arcmin`. RunBudgetError when tiles would be needed with
+    ``reject_outliers`` (never tiled)."""
     if config.tile_arcmin is not None:
         return float(config.tile_arcmin)
-    auto = auto_tile_arcmin(config, detectors)
+    auto = auto_tile_arcmin(config, detectors, memory)
+    if auto is not None and config.reject_outliers:
+        raise RunBudgetError(f"the accumulators exceed the memory available and {OUTLIERS_NOT_TILED}; {BUDGET_ADVICE}")
     if auto is not None:
         logger.info("the accumulators exceed the memory available: drizzling in tiles of %.4g' (set tile_arcmin "
                     "to choose)", auto)

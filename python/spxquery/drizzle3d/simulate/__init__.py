@@ -25,6 +25,7 @@ from .field import (
     simulate_frame,
     solve_pointing,
 )
+from .injections import Injections, bright_stars, inject_file, injected_image
 from .instrument import (
     FLAG_BITS,
     NPIX,
@@ -44,6 +45,10 @@ from .scoring import centroid_offsets, emission_line_centre, normalised_residual
 from .sky import EmissionLine, ExtendedSource, PointSource, SkyModel, Spectrum, truth_cube
 
 __all__ = [
+    "Injections",
+    "bright_stars",
+    "inject_file",
+    "injected_image",
     "FLAG_BITS",
     "NPIX",
     "PIXSCALE_ARCSEC",

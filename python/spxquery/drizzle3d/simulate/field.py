@@ -21,6 +21,7 @@ import numpy as np
 
 from ..testing.archive_index import INDEX_FILE, load_index, write_index
 from ..testing.archive_index import index_row as make_index_row
+from .injections import Injections
 from .instrument import (
     NPIX,
     PHOTON_GAIN,
@@ -115,12 +116,13 @@ def index_row(meta: FrameMeta, path: Path) -> dict[str, Any]:
 
 def simulate_frame(path: str | Path, meta: FrameMeta, sky: SkyModel,
                    cutout: tuple[float, float, float] | None = None,
-                   psf_size: int = 101, psf_zones: int = 11) -> FrameMeta:
+                   psf_size: int = 101, psf_zones: int = 11, injections: Injections | None = None) -> FrameMeta:
     """Render the full frame ``meta`` of ``sky`` and write it (or, with ``cutout`` =
     (ra, dec, size_deg), its IRSA-style cutout) to ``path``. Returns the meta of the written file
     (shifted CRPIX and ``x0, y0`` for cutouts). ``psf_size``/``psf_zones`` shrink the PSF
-    extension (default: the real 121 x 101 x 101)."""
-    arrays = render_frame(meta, sky)
+    extension (default: the real 121 x 101 x 101). ``injections``: outliers of this exposure
+    (:mod:`.injections`, none by default)."""
+    arrays = render_frame(meta, sky, injections=injections)
     hdul = build_l2_hdulist(meta, arrays, psf_size=psf_size, psf_zones=psf_zones)
     out_meta = meta
     if cutout is not None:
@@ -212,6 +214,7 @@ def simulate_field(
     mjd_start: float = 60800.0,
     psf_size: int = 101,
     psf_zones: int = 11,
+    injections: Injections | None = None,
 ) -> FieldInfo:
     """Simulate ``n_pointings`` exposures x ``detectors`` of a sky around (center_ra, center_dec).
 
@@ -221,7 +224,9 @@ def simulate_field(
     so the centre stays inside every frame and is seen at many wavelengths. With
     ``cutout_size_deg`` the files are IRSA-style cutouts around the centre instead of full frames.
     ``include_reprocessed_duplicates`` also writes an older processing version (different noise,
-    zodi level +20%) of the first two exposures of the first detector. Writes the mirror tree,
+    zodi level +20%) of the first two exposures of the first detector. ``injections`` adds
+    cosmic rays, asteroids and satellite trails to every exposure (:mod:`.injections`; none by
+    default). Writes the mirror tree,
     ``archive_index.json`` and ``truth.json`` under ``root``.
     """
     detectors = _checked_detectors(release, n_pointings, detectors)
@@ -253,7 +258,8 @@ def simulate_field(
                 meta.relpath = l2_relpath(release, plan, ver, det, obsid)
                 meta.extra = {"superseded": superseded, "centre_pixel": [float(xs[k]), float(ys[k])]}
                 path = root / meta.relpath
-                out = simulate_frame(path, meta, sky, cutout=cut, psf_size=psf_size, psf_zones=psf_zones)
+                out = simulate_frame(path, meta, sky, cutout=cut, psf_size=psf_size, psf_zones=psf_zones,
+                                     injections=injections)
                 info.frames.append(out)
                 info.paths.append(path)
                 rows.append(index_row(out, path))

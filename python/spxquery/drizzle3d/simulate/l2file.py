@@ -18,6 +18,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from .injections import Injections, injected_image
 from .instrument import (
     FLAG_BITS,
     NPIX,
@@ -133,14 +134,16 @@ def _render_sources(meta: FrameMeta, sky: SkyModel, lam: np.ndarray, bw: np.ndar
 
 
 def render_frame(meta: FrameMeta, sky: SkyModel, source_threshold: float = 0.05,
-                 n_hot_fraction: float = 1e-3) -> dict[str, np.ndarray]:
+                 n_hot_fraction: float = 1e-3, injections: Injections | None = None) -> dict[str, np.ndarray]:
     """All pixel arrays of a full frame (``meta`` must describe the full 2040x2040 frame).
 
     Returns ``image, variance, flags, zodi, lam, bw, sky`` (noiseless sources, float64).
     IMAGE = sky + zodi_scale_true * ZODI + N(0, VARIANCE) * noise_scale, then defects:
     HOT (bit 10, ~``n_hot_fraction`` of pixels, values 1e4-2e4), TRANSIENT (bit 0, +30-100),
     one NONFUNC column (bit 6, IMAGE = 0), one MISSING_DATA block (bit 9, IMAGE = VARIANCE = NaN),
-    SOURCE (bit 21) where the noiseless sky > ``source_threshold`` MJy/sr.
+    SOURCE (bit 21) where the noiseless sky > ``source_threshold`` MJy/sr. ``injections``
+    (:mod:`.injections`; off by default) adds outliers after the noise, before the defects; their
+    flux is returned as ``injected`` (float64).
     """
     ny, nx = meta.shape
     if (ny, nx) != (NPIX, NPIX) or meta.x0 or meta.y0:
@@ -156,6 +159,8 @@ def render_frame(meta: FrameMeta, sky: SkyModel, source_threshold: float = 0.05,
     rng = frame_rng(meta, 0)
     noise = rng.standard_normal((ny, nx), dtype=np.float32)
     image = (signal + noise * np.sqrt(variance) * np.float32(meta.noise_scale)).astype(np.float32)
+    injected = injected_image(meta, variance, lam, injections)
+    image += injected.astype(np.float32)
     flags = np.zeros((ny, nx), dtype=np.int32)
     frng = frame_rng(meta, 1)
     n_hot = round(n_hot_fraction * nx * ny)
@@ -174,7 +179,8 @@ def render_frame(meta: FrameMeta, sky: SkyModel, source_threshold: float = 0.05,
     variance[my:my + 16, mx:mx + 40] = np.nan
     flags[my:my + 16, mx:mx + 40] |= 1 << FLAG_BITS["MISSING_DATA"]
     flags[sky_img > source_threshold] |= 1 << FLAG_BITS["SOURCE"]
-    return {"image": image, "variance": variance, "flags": flags, "zodi": zodi, "lam": lam, "bw": bw, "sky": sky_img}
+    return {"image": image, "variance": variance, "flags": flags, "zodi": zodi, "lam": lam, "bw": bw, "sky": sky_img,
+            "injected": injected}
 
 
 def _psf_hdu(meta: FrameMeta, psf_size: int, psf_zones: int, oversamp: int) -> fits.hdu.base.ExtensionHDU:
