@@ -25,6 +25,7 @@ from .config import Drizzle3DConfig
 from .cubefile import save_cube
 from .frames import Frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
+from .objectstore import ObjectLocation, as_location
 from .preflight import OutputExistsError, preflight
 from .progress import progress_bar
 from .readahead import ReadAhead
@@ -69,12 +70,14 @@ def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
 
 
 def drizzle_detector(
-    fits_paths: Iterable[Path],
+    fits_paths: Iterable[Any],
     config: Drizzle3DConfig,
     detector: int,
     output_wcs: WCS,
 ) -> Optional[Path]:
     """Drizzle the L2 files ``fits_paths`` of one ``detector`` (1-6) onto ``output_wcs``.
+    A file is a path, or an object read in place (an :class:`~.objectstore.ObjectLocation`
+    or a URL such as ``s3://bucket/key``: then ``config.download_workers`` frames are in flight).
 
     Writes ``output_dir/drizzle_D{detector}.fits`` and returns its path, or returns
     None (with a warning, nothing written) when no frame contributed. Raises
@@ -88,7 +91,9 @@ def drizzle_detector(
     if out_path.exists() and not config.overwrite:
         raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
 
-    paths: List[Path] = [Path(p) for p in fits_paths]
+    paths: List[Any] = [as_location(p) for p in fits_paths]
+    # objects read in place wait on the network: several frames in flight (download_workers)
+    in_flight = int(config.download_workers) if any(isinstance(p, ObjectLocation) for p in paths) else 1
     grid = OutputGrid.for_detector(config, detector, output_wcs)
     cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector)
     logger.info("D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx)", detector, len(paths), *grid.cube_shape)
@@ -98,7 +103,7 @@ def drizzle_detector(
     frame: Optional[Frame] = None
     totals = _FrameTotals(cube.nz)
     with progress_bar(len(paths), f"D{detector}", "frame", config.progress) as bar:
-        for path, kind, payload in ReadAhead(paths, config, grid):
+        for path, kind, payload in ReadAhead(paths, config, grid, workers=in_flight):
             if kind == "frame":
                 frame, totals = payload, _FrameTotals(cube.nz)
                 continue
@@ -194,6 +199,7 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
             retries=config.download_retries,
             progress=config.progress,
             deadline=config.download_deadline,
+            storage_options=config.storage_options,
         )
         fits_paths = report.verified
         if not fits_paths:
@@ -213,8 +219,8 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
 
 def _mirror_has_none(report: Any, config: Drizzle3DConfig) -> Optional[str]:
     """The message of a mirror holding none of a detector's files (mirror mode only)."""
-    if config.data_mirror is None:
-        return None
+    if config.data_mirror is None or isinstance(config.data_mirror, str):
+        return None  # an object store: missing objects are reported as each frame is read
     from .archive.fetch import mirror_has_none
 
     return mirror_has_none(report, Path(config.data_mirror))
