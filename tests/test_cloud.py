@@ -271,3 +271,18 @@ def test_fsspec_and_s3fs_are_imported_only_when_an_object_is_read():
             "print(sorted(m for m in ('fsspec', 's3fs') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_service_without_cloud_access_is_asked_again_and_keys_follow_from_urls(s3, tmp_path, monkeypatch,
+                                                                                  caplog):
+    from spxquery.drizzle3d.query import query_observations
+    from spxquery.drizzle3d.testing import tap_schema
+
+    monkeypatch.setattr(tap_schema, "STRING_COLUMNS", tuple(c for c in tap_schema.STRING_COLUMNS
+                                                            if c != "cloud_access"))
+    info = s3.field("qr3_cutouts")
+    with ArchiveServer(info.root) as server, caplog.at_level(logging.WARNING):
+        cfg = _config(tmp_path, tap_url=server.tap_url, data_mirror=f"s3://{BUCKET}/qr3_cutouts")
+        observations = query_observations(cfg)[3]
+    assert len(observations) == len(info.paths) and all(o.cloud_key is None for o in observations)
+    assert any("without the cloud_access column" in r.getMessage() for r in caplog.records)
