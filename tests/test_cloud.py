@@ -248,6 +248,21 @@ def test_data_mirror_takes_a_url_or_a_path_and_storage_options_a_mapping(tmp_pat
         _config(tmp_path, storage_options={"not a name": 1})
 
 
+def test_the_command_line_takes_an_s3_mirror_and_yaml_storage_options(tmp_path):
+    from spxquery.drizzle3d.cli import build_parser, config_from_args
+
+    yml = tmp_path / "c.yaml"
+    yml.write_text("center_ra: 1.0\ncenter_dec: 1.0\nwidth: 3\nheight: 3\n"
+                   "storage_options: {anon: false, profile: science}\n")
+    args = build_parser().parse_args(["run", str(yml), "--mirror", "s3://nasa-irsa-spherex"])
+    cfg = config_from_args(args)
+    assert cfg.data_mirror == "s3://nasa-irsa-spherex"
+    assert cfg.storage_options == {"anon": False, "profile": "science"}
+    cfg.to_yaml_file(tmp_path / "back.yaml")
+    back = Drizzle3DConfig.from_yaml_file(tmp_path / "back.yaml")
+    assert (back.storage_options, back.data_mirror) == (cfg.storage_options, cfg.data_mirror)
+
+
 def _obs(**kw) -> DrizzleObservation:
     url = "https://irsa.ipac.caltech.edu/ibe/data/spherex/qr2/level2/P/l2b-v1-2025-1/3/f.fits"
     return DrizzleObservation(obs_id="P_0001_1", band="D3", detector=3, mjd=1.0, download_url=url, **kw)

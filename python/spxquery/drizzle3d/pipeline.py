@@ -25,7 +25,7 @@ from .config import Drizzle3DConfig
 from .cubefile import save_cube
 from .frames import Frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
-from .objectstore import ObjectLocation, as_location
+from .objectstore import TRANSFERS, ObjectLocation, as_location
 from .preflight import OutputExistsError, preflight
 from .progress import progress_bar
 from .readahead import ReadAhead
@@ -93,12 +93,14 @@ def drizzle_detector(
 
     paths: List[Any] = [as_location(p) for p in fits_paths]
     # objects read in place wait on the network: several frames in flight (download_workers)
-    in_flight = int(config.download_workers) if any(isinstance(p, ObjectLocation) for p in paths) else 1
+    remote = any(isinstance(p, ObjectLocation) for p in paths)
+    in_flight = int(config.download_workers) if remote else 1
     grid = OutputGrid.for_detector(config, detector, output_wcs)
     cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector)
     logger.info("D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx)", detector, len(paths), *grid.cube_shape)
 
     counts = {"reject": 0, "skip": 0, "empty": 0}
+    bytes0 = TRANSFERS.bytes
     t0 = time.perf_counter()
     frame: Optional[Frame] = None
     totals = _FrameTotals(cube.nz)
@@ -114,6 +116,8 @@ def drizzle_detector(
                 del payload
                 continue
             bar.update(1)
+            if remote:  # objects read in place: the bytes received so far
+                bar.set_postfix_str(f"{(TRANSFERS.bytes - bytes0) / 1e6:.1f} MB read", refresh=False)
             if kind == "reject" or (kind == "broken" and totals.n_strips == 0):
                 logger.warning("D%d: skipping %s: %s", detector, path, payload)
                 kind = "reject"
@@ -139,8 +143,9 @@ def drizzle_detector(
     cube.n_rejected = counts["reject"]
     cube.n_empty = counts["empty"]
     logger.info(
-        "D%d: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)",
+        "D%d: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)%s",
         detector, cube.n_inputs, counts["reject"], counts["skip"], counts["empty"], time.perf_counter() - t0,
+        f"; {(TRANSFERS.bytes - bytes0) / 1e6:.1f} MB read from the object store" if remote else "",
     )
     if not cube.frame_log:
         logger.warning("D%d: no frame contributed to the output region; no cube written", detector)
