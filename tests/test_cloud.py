@@ -24,7 +24,7 @@ pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
 from spxquery.drizzle3d import objectstore  # noqa: E402
-from spxquery.drizzle3d.access import AccessError, open_source  # noqa: E402
+from spxquery.drizzle3d.access import AccessError, coalesce, open_source  # noqa: E402
 from spxquery.drizzle3d.archive.locations import cloud_location  # noqa: E402
 from spxquery.drizzle3d.archive.observations import DrizzleObservation, rows_to_observations  # noqa: E402
 from spxquery.drizzle3d.config import Drizzle3DConfig  # noqa: E402
@@ -33,7 +33,6 @@ from spxquery.drizzle3d.objectstore import (  # noqa: E402
     FsspecSource,
     ObjectLocation,
     TransferCounter,
-    coalesce,
     storage_options_for,
 )
 from spxquery.drizzle3d.pipeline import drizzle, drizzle_detector  # noqa: E402

@@ -35,6 +35,19 @@ MAX_RANGE_BYTES = 1 << 30
 Range = Tuple[int, int]
 
 
+def coalesce(ranges: Sequence[Range], gap: int) -> List[Range]:
+    """Sorted ``(offset, length)`` ranges covering the non-empty ``ranges``, neighbours less than
+    ``gap`` bytes apart merged into one (the bytes between are read too)."""
+    out: List[Range] = []
+    for off, n in sorted((int(o), int(n)) for o, n in ranges if n > 0):
+        if out and off <= out[-1][0] + out[-1][1] + gap:
+            start = out[-1][0]
+            out[-1] = (start, max(out[-1][1], off + n - start))
+        else:
+            out.append((off, n))
+    return out
+
+
 class AccessError(OSError):
     """A location whose bytes cannot be read as asked; ``reason`` says why (no path in it)."""
 
@@ -155,4 +168,4 @@ def open_source(location: Any) -> ByteSource:
     return LocalFile(path, getattr(location, "expected_length", None))
 
 
-__all__ = ["AccessError", "ByteSource", "LocalFile", "MAX_RANGE_BYTES", "open_source"]
+__all__ = ["AccessError", "ByteSource", "LocalFile", "MAX_RANGE_BYTES", "coalesce", "open_source"]

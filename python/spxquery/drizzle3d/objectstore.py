@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .access import AccessError, ByteSource, Range
+from .access import AccessError, ByteSource, Range, coalesce
 
 #: Gaps between wanted ranges shorter than this are fetched too (one request instead of two):
 #: at ~20 MB/s per stream and tens of ms per request, 256 KiB cost less than a new request.
@@ -153,18 +153,6 @@ class TransferCounter:
 TRANSFERS = TransferCounter()
 
 
-def coalesce(ranges: Sequence[Range], gap: int = COALESCE_GAP_BYTES) -> List[Range]:
-    """Sorted ``(offset, length)`` ranges covering ``ranges``, neighbours closer than ``gap`` merged."""
-    out: List[Range] = []
-    for off, n in sorted((int(o), int(n)) for o, n in ranges if n > 0):
-        if out and off <= out[-1][0] + out[-1][1] + gap:
-            start = out[-1][0]
-            out[-1] = (start, max(out[-1][1], off + n - start))
-        else:
-            out.append((off, n))
-    return out
-
-
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -266,7 +254,7 @@ class FsspecSource(ByteSource):
         if self._closed:
             raise AccessError(self.name, "read after close")
         self.check_ranges(ranges)
-        merged = coalesce(ranges)
+        merged = coalesce(ranges, COALESCE_GAP_BYTES)
         blocks = self._fetch(merged)
         starts = np.array([m[0] for m in merged], dtype=np.int64)
         out = []
@@ -285,5 +273,4 @@ class FsspecSource(ByteSource):
 
 
 __all__ = ["COALESCE_GAP_BYTES", "FsspecSource", "ObjectLocation", "TRANSFERS", "TransferCounter", "as_location",
-           "coalesce",
            "filesystem", "is_url", "object_url", "storage_options_for"]
