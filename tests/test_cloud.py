@@ -300,3 +300,17 @@ def test_a_service_without_cloud_access_is_asked_again_and_keys_follow_from_urls
         observations = query_observations(cfg)[3]
     assert len(observations) == len(info.paths) and all(o.cloud_key is None for o in observations)
     assert any("without the cloud_access column" in r.getMessage() for r in caplog.records)
+
+
+def test_any_fsspec_url_works_the_same(s3, tmp_path):
+    """file:// URLs go through the same byte source (fsspec's local filesystem)."""
+    paths = s3.field("qr3_cutouts").paths
+    urls = [p.resolve().as_uri() for p in paths]
+    assert all(u.startswith("file:///") for u in urls)
+    assert cube_digest(_drizzle(urls, tmp_path / "url")) == cube_digest(_drizzle(paths, tmp_path / "local"))
+
+
+def test_unusable_storage_options_reject_the_frame_with_the_reason():
+    with pytest.raises(AccessError, match="storage_options|cannot open"):
+        open_source(ObjectLocation("s3://nasa-irsa-spherex/qr2/x.fits", None,
+                                   {"endpoint_url": "http://127.0.0.1:9", "no_such_option": 1}))
