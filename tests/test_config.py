@@ -27,7 +27,7 @@ API_041_FIELDS = [
 EXTRA_FIELDS = [
     ("kernel", "square"), ("tap_url", None), ("use_cutouts", None), ("cutout_margin_arcmin", 2.0),
     ("download_timeout", 60.0), ("download_retries", 5), ("progress", True), ("download_deadline", 900.0),
-    ("tile_arcmin", None), ("scheduler", None),
+    ("tile_arcmin", None), ("scheduler", None), ("storage_options", None),
     ("reject_outliers", False), ("outlier_snr", (5.0, 3.0)), ("outlier_scale", (1.2, 0.7)), ("outlier_grow", 1),
     ("outlier_min_inputs", 4), ("outlier_masks", False),
 ]

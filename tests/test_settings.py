@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Fields set only in the config file (no option of ``spxdrizzle run``): a deliberate list.
 CONFIG_FILE_ONLY = {"z_lambda_edges", "skip_existing", "static_zodi", "ivar_max", "min_overlap",
                     "cutout_margin_arcmin", "download_timeout", "download_retries", "progress",
-                    "download_deadline"}
+                    "download_deadline", "storage_options"}
 
 
 def _run_help() -> str:

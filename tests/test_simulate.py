@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import time
@@ -400,11 +401,12 @@ def test_field_tree_and_index(small_field):
                      r"level2_(2025W18_2B_\d{4}_\d)D3_spx_\1\.fits$")
     keys = {"obs_publisher_did", "energy_bandpassname", "energy_bounds_lower", "energy_bounds_upper",
             "time_bounds_lower", "time_bounds_upper", "poly", "uri", "contentlength", "contentchecksum",
-            "producttype", "collection"}
+            "producttype", "collection", "cloud_access"}
     for row in rows:
         assert set(row) == keys
         m = pat.match(row["uri"])
         assert m, row["uri"]
+        assert json.loads(row["cloud_access"])["aws"]["key"] == row["uri"].removeprefix("ibe/data/spherex/")
         path = info.root / row["uri"][len("ibe/data/spherex/"):]
         data = path.read_bytes()
         assert row["contentlength"] == len(data)

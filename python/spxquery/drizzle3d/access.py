@@ -9,9 +9,11 @@ and checks the length the archive promised.
 
 :class:`LocalFile` is the implementation for a file on this machine (a mirror tree, the
 download cache, a path given by the user): ``os.preadv`` into fresh buffers, no memory map
-(a file truncated by someone else while it is read cannot crash the process). A later
-implementation (an fsspec/S3 object, with retries and request budgets) plugs in behind the
-same two calls, :meth:`ByteSource.read_ranges` and :meth:`ByteSource.close`.
+(a file truncated by someone else while it is read cannot crash the process).
+:class:`~.objectstore.FsspecSource` is the one for an object in S3 or behind any fsspec URL
+(coalesced range requests, retries with backoff), behind the same two calls,
+:meth:`ByteSource.read_ranges` and :meth:`ByteSource.close`; :func:`open_source` picks it for
+an :class:`~.objectstore.ObjectLocation` or a URL string.
 
 Offsets and lengths are bytes; buffers are read-only ``uint8`` numpy arrays.
 """
@@ -31,6 +33,19 @@ import numpy as np
 MAX_RANGE_BYTES = 1 << 30
 
 Range = Tuple[int, int]
+
+
+def coalesce(ranges: Sequence[Range], gap: int) -> List[Range]:
+    """Sorted ``(offset, length)`` ranges covering the non-empty ``ranges``, neighbours less than
+    ``gap`` bytes apart merged into one (the bytes between are read too)."""
+    out: List[Range] = []
+    for off, n in sorted((int(o), int(n)) for o, n in ranges if n > 0):
+        if out and off <= out[-1][0] + out[-1][1] + gap:
+            start = out[-1][0]
+            out[-1] = (start, max(out[-1][1], off + n - start))
+        else:
+            out.append((off, n))
+    return out
 
 
 class AccessError(OSError):
@@ -136,10 +151,15 @@ class LocalFile(ByteSource):
 
 
 def open_source(location: Any) -> ByteSource:
-    """The :class:`ByteSource` of a location: a path (str / ``os.PathLike``), or an object with
-    ``path`` and optionally ``expected_length`` (an archive ``FrameLocation``)."""
+    """The :class:`ByteSource` of a location: a path (str / ``os.PathLike``), a URL string or an
+    :class:`~.objectstore.ObjectLocation` (an object read by ranges through fsspec), or an object
+    with ``path`` and optionally ``expected_length`` (an archive ``FrameLocation``)."""
     if isinstance(location, ByteSource):
         return location
+    from .objectstore import FsspecSource, ObjectLocation, is_url  # no fsspec import until an object is opened
+
+    if isinstance(location, ObjectLocation) or is_url(location):
+        return FsspecSource(location if isinstance(location, ObjectLocation) else ObjectLocation(location.strip()))
     if isinstance(location, (str, os.PathLike)):
         return LocalFile(location)
     path = getattr(location, "path", None)
@@ -148,4 +168,4 @@ def open_source(location: Any) -> ByteSource:
     return LocalFile(path, getattr(location, "expected_length", None))
 
 
-__all__ = ["AccessError", "ByteSource", "LocalFile", "MAX_RANGE_BYTES", "open_source"]
+__all__ = ["AccessError", "ByteSource", "LocalFile", "MAX_RANGE_BYTES", "coalesce", "open_source"]

@@ -123,7 +123,7 @@ def sky_range(grid: OutputGrid, bounds: Sequence[int]) -> List[List[float]]:
     return [[float(a), float(d)] for a, d in zip(ra, dec)]
 
 
-def write_manifest(config: Drizzle3DConfig, detector: int, key: str, paths: Sequence[Path],
+def write_manifest(config: Drizzle3DConfig, detector: int, key: str, paths: Sequence[Any],
                    records: Sequence[Dict[str, Any]]) -> Path:
     """``tiles_D{N}/manifest.json`` (atomic): the run's key, configuration, frame list and one row per tile."""
     grid = OutputGrid.for_detector(config, detector)

@@ -40,6 +40,7 @@ from .settings import (
     Fits,
     Int,
     NoHeader,
+    PathOrUrl,
     PathRule,
     Real,
     Url,
@@ -144,6 +145,18 @@ def _lambda_edges(name: str, value: Any) -> np.ndarray:
     return validate_lambda_edges(value, name=name)
 
 
+#: Most entries of ``storage_options`` (a filesystem takes a handful of keyword arguments).
+MAX_STORAGE_OPTIONS = 64
+
+
+def _storage_options(name: str, value: Any) -> Dict[str, Any]:
+    if not isinstance(value, Mapping) or len(value) > MAX_STORAGE_OPTIONS \
+            or not all(isinstance(k, str) and k.isidentifier() for k in value):
+        raise ValueError(f"{name} must be None or a mapping of option names to values (at most "
+                         f"{MAX_STORAGE_OPTIONS}), got {short_repr(value)}")
+    return dict(value)
+
+
 _NOT_THE_CUBE = "how the frames are found and fetched, not what the cube holds"
 
 #: First lines of a YAML config file.
@@ -218,9 +231,10 @@ class Drizzle3DConfig:
     skip_existing: bool = field(default=True, metadata=setting(
         group="archive", rule=Bool(), help="reuse already downloaded, verified files",
         header=NoHeader(_NOT_THE_CUBE)))
-    data_mirror: Optional[Path] = field(default=None, metadata=setting(
-        group="archive", rule=PathRule(),
-        help="root of a local archive mirror (holding qr2/, qr3/, ...): no downloads",
+    data_mirror: Optional[Union[Path, str]] = field(default=None, metadata=setting(
+        group="archive", rule=PathOrUrl(),
+        help="root of a local archive mirror (holding qr2/, qr3/, ...): no downloads; or an object store "
+             "holding the same tree (s3://nasa-irsa-spherex, any fsspec URL): frames read in place by byte ranges",
         header=NoHeader(_NOT_THE_CUBE), cli=Cli("--mirror", "DIR")))
     subtract_zodi: bool = field(default=True, metadata=setting(
         group="preprocess", rule=Bool(), help="subtract the ZODI extension (zodiacal-light model)",
@@ -295,6 +309,11 @@ class Drizzle3DConfig:
              "processes, \"tcp://host:port\" or a scheduler file an existing dask cluster (the distributed extra)",
         header=NoHeader("how the cube was computed, not what it holds (tiled = one-piece, bit for bit)"),
         cli=Cli("--scheduler", "WHERE")))
+    storage_options: Optional[Dict[str, Any]] = field(default=None, metadata=setting(
+        group="archive", rule=Checked(_storage_options, "mapping", "keyword arguments of the fsspec filesystem"),
+        help="options of the object store of an s3:// (fsspec) data_mirror, e.g. {anon: false} or "
+             "{endpoint_url: ...}; None: anonymous, $AWS_ENDPOINT_URL honoured",
+        header=NoHeader(_NOT_THE_CUBE)))
 
     reject_outliers: bool = field(default=False, metadata=setting(
         group="outliers", rule=Bool(),

@@ -8,7 +8,9 @@ one task (:func:`.tiling.drizzle_tile`): at most :data:`IN_FLIGHT_PER_WORKER` pe
 are submitted at a time, a task lost with its worker is run again by dask (and ``retries``
 more times on an error), and a task returns only its tile's record (the piece is on disk).
 Workers read the frames through the same data access as the pipeline, so the file paths must be
-reachable from the workers (a shared file system for a remote cluster).
+reachable from the workers (a shared file system for a remote cluster); objects read in place
+(:class:`~.objectstore.ObjectLocation`) travel with their ``storage_options`` and each worker
+opens them itself.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .config import Drizzle3DConfig
+from .objectstore import ObjectLocation
 from .progress import progress_bar
 from .tiling import Tile, drizzle_tile
 
@@ -30,10 +33,10 @@ IN_FLIGHT_PER_WORKER = 2
 TASK_RETRIES = 2
 
 
-def run_tiles(paths: Sequence[Path], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], key: str,
+def run_tiles(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], key: str,
               scheduler: Optional[str] = None) -> List[Dict[str, Any]]:
     """The records of ``tiles`` (in tile order), drizzled where ``scheduler`` says (module docs)."""
-    files = [str(p) for p in paths]
+    files = [p if isinstance(p, ObjectLocation) else str(p) for p in paths]  # locations pickle with their options
     if scheduler is None:
         records = []
         with progress_bar(len(tiles), f"D{detector} tiles", "tile", config.progress) as bar:
@@ -77,7 +80,7 @@ def connect(scheduler: str) -> Any:
     return client, None
 
 
-def _run_on(client: Any, files: List[str], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile],
+def _run_on(client: Any, files: List[Any], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile],
             key: str) -> List[Dict[str, Any]]:
     """Submit the tiles with a bounded number in flight; their records in tile order."""
     from distributed import as_completed

@@ -44,6 +44,7 @@ from .framesample import FrameSample, sample_rows, sample_verdict
 from .framewcs import WcsError, celestial_wcs
 from .grid import OutputGrid
 from .l2layout import REQUIRED_EXTENSIONS, L2Layout, LayoutError, l2_layout
+from .objectstore import as_location
 from .pixels import PixelError, read_flags, read_image
 from .spatial import corner_map
 from .stagetimes import stage
@@ -60,10 +61,11 @@ _DET_FROM_NAME = re.compile(r"D([1-6])_spx", re.IGNORECASE)
 
 
 class FrameError(Exception):
-    """A file that cannot be used as a SPHEREx L2 frame; carries ``path`` and ``reason``."""
+    """A file that cannot be used as a SPHEREx L2 frame; carries ``path`` (a Path, or an
+    :class:`~.objectstore.ObjectLocation`) and ``reason``."""
 
     def __init__(self, path: Any, reason: str):
-        self.path = Path(path)
+        self.path = as_location(path)
         self.reason = reason
         super().__init__(f"{self.path.name}: {reason}")
 
@@ -89,7 +91,8 @@ class Frame:
     """One L2 file: header facts (from :func:`open_frame`) and, once :func:`prepare_frame`
     selected it for an output grid, its crop, flags, exclude mask and zodi scale."""
 
-    path: Path
+    path: Any
+    """The file: a :class:`~pathlib.Path`, or an :class:`~.objectstore.ObjectLocation` (read in place)."""
     obsid: str
     detector: int
     mjd: float
@@ -173,14 +176,14 @@ def _reason(exc: BaseException) -> str:
     return exc.reason if isinstance(exc, AccessError) else str(exc)
 
 
-def _open(path: Path) -> ByteSource:
+def _open(path: Any) -> ByteSource:
     try:
         return open_source(path)
     except AccessError as exc:
         raise FrameError(path, exc.reason) from None
 
 
-def _parse_detector(header: Header, path: Path) -> int:
+def _parse_detector(header: Header, path: Any) -> int:
     val = header.get("DETECTOR")
     if val is not None:
         m = re.search(r"([1-6])", str(val))
@@ -228,7 +231,7 @@ def _band(detector: int) -> Tuple[float, float]:
     return float(t["WL_MIN"].min()), float(t["WL_MAX"].max())
 
 
-def _read_header(src: ByteSource, path: Path, detectors: Optional[Sequence[int]]) -> Frame:
+def _read_header(src: ByteSource, path: Any, detectors: Optional[Sequence[int]]) -> Frame:
     """The validated header facts of an open file (``detectors``: the accepted ones, None: any)."""
     try:
         with stage("open"):
@@ -242,7 +245,7 @@ def _read_header(src: ByteSource, path: Path, detectors: Optional[Sequence[int]]
             bits = _flags.flag_bits_from_header(dict(layout.hdus["FLAGS"].header.items(("MP_", "MSKN"))))
             offset = (1.0 - header.get_float("CRPIX1A"), 1.0 - header.get_float("CRPIX2A")) \
                 if "CRPIX1A" in header and "CRPIX2A" in header else (0.0, 0.0)
-            obsid = str(header.get("OBSID", path.stem))[:80]
+            obsid = str(header.get("OBSID", Path(path.name).stem))[:80]
             mjd = _mjd(header)
             mjd_span = _mjd_span(header)
         with stage("wcs"):
@@ -278,7 +281,7 @@ def open_frame(path: Any, detector: Optional[int] = None) -> Frame:
     Raises :class:`FrameError` (path + reason) for files that are not SPHEREx L2
     images, are truncated, lack an extension or belong to another detector.
     """
-    path = Path(path)
+    path = as_location(path)
     with stage("open"):
         src = _open(path)
     with src:
@@ -288,7 +291,7 @@ def open_frame(path: Any, detector: Optional[int] = None) -> Frame:
 # --------------------------------------------------------------------------- pixels
 
 
-def _read_pixels(src: ByteSource, layout: L2Layout, path: Path, rows: range, x0: int, x1: int,
+def _read_pixels(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int,
                  with_zodi: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(image, variance, zodi or None) of one block, float64 as the engine takes them
     (read once in the engine's dtype: no per-strip conversion copy later)."""
@@ -301,14 +304,14 @@ def _read_pixels(src: ByteSource, layout: L2Layout, path: Path, rows: range, x0:
     return image, variance, zodi
 
 
-def _read_flags(src: ByteSource, layout: L2Layout, path: Path, rows: range, x0: int, x1: int) -> np.ndarray:
+def _read_flags(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int) -> np.ndarray:
     try:
         return read_flags(src, layout.flags, rows, x0, x1)
     except _READ_ERRORS as exc:
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
 
 
-def _read_sample(src: ByteSource, layout: L2Layout, path: Path, with_zodi: bool) -> FrameSample:
+def _read_sample(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool) -> FrameSample:
     """The frame's fixed sample (:mod:`.framesample`); FrameError when its verdict rejects it."""
     rows = sample_rows(layout.shape)
     nx = layout.shape[1]
@@ -342,7 +345,7 @@ def prepare_frame(
     strips of rows by :meth:`Frame.strips`. Frames of a detector without planes in ``grid``
     are rejected. Raises :class:`FrameError` for unusable files.
     """
-    path = Path(path)
+    path = as_location(path)
     with stage("open"):
         src = _open(path)
     with src:

@@ -25,6 +25,7 @@ from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
 from .cubefile import save_cube
 from .frames import Frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
+from .objectstore import TRANSFERS, ObjectLocation, as_location
 from .outliers import finish_outliers, outlier_screen, record_outliers
 from .preflight import OutputExistsError, preflight
 from .progress import progress_bar
@@ -75,7 +76,13 @@ def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
             "crop": frame.crop, "n_pixels": n_pixels}
 
 
-def drizzle_frames(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
+def frames_in_flight(paths: List[Any], config: Drizzle3DConfig) -> int:
+    """Frames the reader prepares at once: ``config.download_workers`` when any input is an object
+    read in place (it waits on the network), else 1."""
+    return int(config.download_workers) if any(isinstance(p, ObjectLocation) for p in paths) else 1
+
+
+def drizzle_frames(paths: List[Any], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
                    done: Optional[Callable[[int], Any]] = None, report: bool = True) -> Dict[str, List[Any]]:
     """Drizzle the files ``paths`` onto ``grid`` (a whole grid or a tile of one) into ``cube``, in
     file order; ``done(1)`` is called after each file. Records the contributing frames in ``cube``
@@ -89,7 +96,7 @@ def drizzle_frames(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
     outcomes: Dict[str, List[Any]] = {"frame": [], "reject": [], "skip": [], "empty": []}
     frame: Optional[Frame] = None
     totals = _FrameTotals(cube.nz)
-    items: Iterable[Item] = ReadAhead(paths, config, grid)
+    items: Iterable[Item] = ReadAhead(paths, config, grid, workers=frames_in_flight(paths, config))
     screen = None
     if config.reject_outliers:  # pass 1: the robust model; the loop below is pass 2
         if grid.origin != (0, 0) or grid.shape != (config.output_ny(), config.output_nx()):  # a tile
@@ -136,12 +143,14 @@ def drizzle_frames(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
 
 
 def drizzle_detector(
-    fits_paths: Iterable[Path],
+    fits_paths: Iterable[Any],
     config: Drizzle3DConfig,
     detector: int,
     output_wcs: WCS,
 ) -> Optional[Path]:
     """Drizzle the L2 files ``fits_paths`` of one ``detector`` (1-6) onto ``output_wcs``.
+    A file is a path, or an object read in place (an :class:`~.objectstore.ObjectLocation`
+    or a URL such as ``s3://bucket/key``: then ``config.download_workers`` frames are in flight).
 
     Writes ``output_dir/drizzle_D{detector}.fits`` and returns its path, or returns
     None (with a warning, nothing written) when no frame contributed. Raises
@@ -155,20 +164,28 @@ def drizzle_detector(
     if out_path.exists() and not config.overwrite:
         raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
 
-    paths: List[Path] = [Path(p) for p in fits_paths]
+    paths: List[Any] = [as_location(p) for p in fits_paths]
+    remote = any(isinstance(p, ObjectLocation) for p in paths)
     grid = OutputGrid.for_detector(config, detector, output_wcs)
     cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector)
     logger.info("D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx)", detector, len(paths), *grid.cube_shape)
 
+    bytes0 = TRANSFERS.bytes
     t0 = time.perf_counter()
     with progress_bar(len(paths), f"D{detector}", "frame", config.progress) as bar:
-        outcomes = drizzle_frames(paths, config, grid, cube, bar.update)
+        def done(n: int) -> None:
+            bar.update(n)
+            if remote:  # objects read in place: the bytes received so far
+                bar.set_postfix_str(f"{(TRANSFERS.bytes - bytes0) / 1e6:.1f} MB read", refresh=False)
+
+        outcomes = drizzle_frames(paths, config, grid, cube, done)
     counts = {kind: len(v) for kind, v in outcomes.items()}
     cube.n_rejected = counts["reject"]
     cube.n_empty = counts["empty"]
     logger.info(
-        "D%d: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)",
+        "D%d: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)%s",
         detector, cube.n_inputs, counts["reject"], counts["skip"], counts["empty"], time.perf_counter() - t0,
+        f"; {(TRANSFERS.bytes - bytes0) / 1e6:.1f} MB read from the object store" if remote else "",
     )
     if not cube.frame_log:
         logger.warning("D%d: no frame contributed to the output region; no cube written", detector)
@@ -177,12 +194,14 @@ def drizzle_detector(
         return save_cube(cube, out_path, overwrite=config.overwrite, progress=config.progress)
 
 
-def drizzle_tiled(fits_paths: Iterable[Path], config: Drizzle3DConfig, detector: int,
+def drizzle_tiled(fits_paths: Iterable[Any], config: Drizzle3DConfig, detector: int,
                   tile_arcmin: float) -> Optional[Path]:
     """:func:`drizzle_detector` in square tiles of ``tile_arcmin`` (:mod:`.tiling`), run where
     ``config.scheduler`` says (:mod:`.executor`) and assembled into the same cube file, bit for bit
     (:mod:`.assemble`); the pieces and ``manifest.json`` stay in ``output_dir/tiles_D{N}``. A rerun
-    of the same configuration and frames reuses the pieces already written; ``overwrite`` restarts."""
+    of the same configuration and frames reuses the pieces already written; ``overwrite`` restarts.
+    Files are paths or objects read in place (as for :func:`drizzle_detector`); each tile reads
+    the objects it needs itself, with the locations' ``storage_options``."""
     from .assemble import assemble_cube, write_manifest
     from .executor import run_tiles
     from .tiling import run_key, tile_plan, tile_side_pixels, tiles_dir
@@ -193,7 +212,7 @@ def drizzle_tiled(fits_paths: Iterable[Path], config: Drizzle3DConfig, detector:
     out_path = output_path_for(config, detector)
     if out_path.exists() and not config.overwrite:
         raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
-    paths = [Path(p) for p in fits_paths]
+    paths: List[Any] = [as_location(p) for p in fits_paths]
     grid = OutputGrid.for_detector(config, detector)
     tiles = tile_plan(grid.shape, tile_side_pixels(tile_arcmin, grid.pixscale))
     key = run_key(config, detector, tiles, paths)
@@ -209,7 +228,7 @@ def drizzle_tiled(fits_paths: Iterable[Path], config: Drizzle3DConfig, detector:
         return assemble_cube(config, detector, records, out_path)
 
 
-def report_frames(detector: int, paths: List[Path], records: List[Dict[str, Any]]) -> None:
+def report_frames(detector: int, paths: List[Any], records: List[Dict[str, Any]]) -> None:
     """One warning per file the tiles rejected (with the first tile's reason) and per frame that
     touched tiles but landed in none (the tiles themselves log these at debug level)."""
     from .assemble import FrameOutcomes
@@ -272,6 +291,7 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
             retries=config.download_retries,
             progress=config.progress,
             deadline=config.download_deadline,
+            storage_options=config.storage_options,
         )
         fits_paths = report.verified
         if not fits_paths:
@@ -295,8 +315,8 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
 
 def _mirror_has_none(report: Any, config: Drizzle3DConfig) -> Optional[str]:
     """The message of a mirror holding none of a detector's files (mirror mode only)."""
-    if config.data_mirror is None:
-        return None
+    if config.data_mirror is None or isinstance(config.data_mirror, str):
+        return None  # an object store: missing objects are reported as each frame is read
     from .archive.fetch import mirror_has_none
 
     return mirror_has_none(report, Path(config.data_mirror))

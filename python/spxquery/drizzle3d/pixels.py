@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .access import ByteSource
+from .access import ByteSource, coalesce
 from .fitstable import descriptors
 from .l2layout import FlagsPart, PlainImage, TiledImage
 from .tiles import rice_decode_rows
@@ -84,14 +84,7 @@ def read_flags(src: ByteSource, part: FlagsPart, rows: range, x0: int, x1: int) 
 
 def _merged_ranges(spans: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
     """Cover ``(offset, length)`` spans with few ranges (gaps under MERGE_GAP_BYTES are read too)."""
-    out: List[Tuple[int, int]] = []
-    for off, n in sorted(s for s in spans if s[1] > 0):
-        if out and off <= out[-1][0] + out[-1][1] + MERGE_GAP_BYTES:
-            start = out[-1][0]
-            out[-1] = (start, max(out[-1][1], off + n - start))
-        else:
-            out.append((off, n))
-    return out
+    return coalesce(spans, MERGE_GAP_BYTES)
 
 
 _CODECS = ("RICE_1", "GZIP_1", "RAW")

@@ -171,8 +171,9 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
 
 def check_inputs(config: Drizzle3DConfig) -> None:
     """NotADirectoryError / FileNotFoundError naming ``data_mirror`` when it is set and is not
-    an existing directory (a file, a FIFO, a device are named as such)."""
-    if config.data_mirror is None:
+    an existing directory (a file, a FIFO, a device are named as such). An object-store URL
+    (``s3://...``) is checked when its objects are read (a missing one is reported and skipped)."""
+    if config.data_mirror is None or isinstance(config.data_mirror, str):
         return
     root = Path(config.data_mirror)
     odd = not_a_regular_file(root)

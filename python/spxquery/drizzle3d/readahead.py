@@ -11,6 +11,12 @@ Memory: the strips handed over and not yet taken back stay within ``budget_bytes
 (:data:`READ_AHEAD_BYTES`; one strip is always allowed), so a run holds at most about two
 strips beside the accumulators, whatever the frames. A file that cannot be used never stops
 the loop: it becomes a ``reject`` item with the reason.
+
+Frames in flight: with ``workers`` > 1 (frames read in place from an object store, where
+each request waits for the network) up to ``workers`` files are prepared at once by a thread
+pool (:func:`.frames.prepare_frame`: headers, sample, flags and the pixels of crops up to
+``frames.STRIP_PIXELS``), still handed over in file order; each prepared frame holds at most
+about 30 MB (a crop of ``STRIP_PIXELS`` pixels).
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from pathlib import Path
-from typing import Any, Iterator, List, NamedTuple, Optional
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Deque, Generator, Iterator, List, NamedTuple, Optional
 
 import numpy as np
 
 from .frames import FrameError, prepare_frame
 from .grid import OutputGrid
+from .objectstore import as_location
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +52,8 @@ class Item(NamedTuple):
       the reason; those strips may have been drizzled already).
     """
 
-    path: Path
+    path: Any
+    """The file: a :class:`~pathlib.Path` or an :class:`~.objectstore.ObjectLocation`."""
     kind: str
     payload: Any
 
@@ -58,8 +67,10 @@ def _nbytes(payload: Any) -> int:
 class ReadAhead:
     """Iterate over :class:`Item` s of ``paths`` prepared for ``grid`` (see the module docs)."""
 
-    def __init__(self, paths: List[Path], config: Any, grid: OutputGrid, budget_bytes: int = READ_AHEAD_BYTES):
-        self.paths = [Path(p) for p in paths]
+    def __init__(self, paths: List[Any], config: Any, grid: OutputGrid, budget_bytes: int = READ_AHEAD_BYTES,
+                 workers: int = 1):
+        self.paths = [as_location(p) for p in paths]
+        self.workers = max(1, int(workers))
         self.config = config
         self.grid = grid
         self.budget = int(budget_bytes)
@@ -83,19 +94,47 @@ class ReadAhead:
         self._items.put(item)
         return True
 
-    def _frame_items(self, path: Path) -> Iterator[Item]:
+    def _prepare(self, path: Any) -> Item:
+        """The ``frame``, ``skip`` or ``reject`` item of one file."""
         try:
             frame = prepare_frame(path, self.config, self.grid)
         except FrameError as exc:
-            yield Item(path, "reject", exc.reason)
-            return
+            return Item(path, "reject", exc.reason)
         except Exception as exc:  # a broken file must never stop the run
-            yield Item(path, "reject", f"unexpected read error ({type(exc).__name__}: {exc})")
+            return Item(path, "reject", f"unexpected read error ({type(exc).__name__}: {exc})")
+        return Item(path, "skip", None) if frame is None else Item(path, "frame", frame)
+
+    def _prepared(self) -> Generator[Item, None, None]:
+        """:meth:`_prepare` of every file in order; with ``workers`` > 1, that many files ahead
+        are prepared at once by a thread pool."""
+        if self.workers == 1:
+            for path in self.paths:
+                yield self._prepare(path)
             return
-        if frame is None:
-            yield Item(path, "skip", None)
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="drizzle-prepare")
+        pending: Deque["Future[Item]"] = deque()
+        todo = iter(self.paths)
+        try:
+            for path in todo:
+                pending.append(pool.submit(self._prepare, path))
+                if len(pending) >= self.workers:
+                    break
+            while pending:
+                item = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(pool.submit(self._prepare, nxt))
+                yield item
+                del item
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _frame_items(self, first: Item) -> Iterator[Item]:
+        if first.kind != "frame":
+            yield first
             return
-        yield Item(path, "frame", frame)
+        path, frame = first.path, first.payload
+        yield first
         n = 0
         try:
             for strip in frame.strips():
@@ -109,15 +148,18 @@ class ReadAhead:
         yield Item(path, "end", None)
 
     def _run(self) -> None:
+        prepared = self._prepared()
         try:
-            for path in self.paths:
-                for item in self._frame_items(path):
+            for first in prepared:
+                for item in self._frame_items(first):
                     if not self._put(item):
                         return
                     del item
+                del first
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             self._error = exc
         finally:
+            prepared.close()  # the pool (if any) finishes the frames it started
             self._items.put(None)
 
     # ------------------------------------------------------------------ caller

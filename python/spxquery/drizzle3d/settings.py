@@ -21,6 +21,7 @@ import dataclasses
 import math
 import numbers
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -202,6 +203,25 @@ class PathRule(Rule):
 
     def parse_arg(self, text: str) -> Path:
         return Path(text)
+
+
+class PathOrUrl(PathRule):
+    """A path, normalised to :class:`~pathlib.Path`, or a URL (``scheme://...``, e.g.
+    ``s3://bucket/prefix``) kept as a string."""
+
+    def kind(self) -> str:
+        return "path or URL"
+
+    def check(self, name: str, value: Any, unit: str, none_ok: bool) -> Any:
+        if isinstance(value, str) and _URL_SCHEME.match(value.strip()):
+            return value.strip()
+        return super().check(name, value, unit, none_ok)
+
+    def parse_arg(self, text: str) -> Any:
+        return text.strip() if _URL_SCHEME.match(text.strip()) else Path(text)
+
+
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S")
 
 
 @dataclass(frozen=True)
@@ -463,7 +483,7 @@ def groups_in_order(config: Any, order: Sequence[str]) -> List[Tuple[str, List[D
 
 
 __all__ = [
-    "Rule", "Real", "Int", "Bool", "PathRule", "Choice", "Url", "Checked",
+    "Rule", "Real", "Int", "Bool", "PathRule", "PathOrUrl", "Choice", "Url", "Checked",
     "Fits", "NoHeader", "Cli", "TAKES_ARGUMENT", "Setting", "setting", "Described", "described", "by_name",
     "validate", "header_cards", "reference_table", "groups_in_order", "format_value", "is_real", "is_int",
 ]

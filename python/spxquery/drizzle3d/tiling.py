@@ -33,6 +33,7 @@ import numpy as np
 
 from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
 from .grid import OutputGrid
+from .objectstore import ObjectLocation, as_location
 from .preflight import _ADVICE as BUDGET_ADVICE
 from .preflight import ACCUMULATOR_BYTES_PER_VOXEL, MEMORY_HEADROOM, RunBudgetError, available_memory, cube_shapes
 
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 #: Configuration fields that do not change a cube's voxels (where and how the run goes).
 NOT_IN_KEY = ("overwrite", "progress", "scheduler", "output_dir", "download_workers", "skip_existing",
-              "download_timeout", "download_retries", "download_deadline")
+              "download_timeout", "download_retries", "download_deadline", "storage_options")
 #: Smallest automatic tile side (pixels): below it the per-tile overheads dominate.
 MIN_AUTO_TILE_PIXELS = 64
 
@@ -116,12 +117,16 @@ def effective_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int],
     return auto
 
 
-def run_key(config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], paths: Sequence[Path]) -> str:
+def run_key(config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], paths: Sequence[Any]) -> str:
     """SHA-256 of what a tile's voxels depend on: the configuration (without :data:`NOT_IN_KEY`),
-    the detector, the tile plan and the frames (paths, sizes and modification times, in order)."""
+    the detector, the tile plan and the frames (paths, sizes and modification times, in order;
+    for an object read in place its URL and the length the archive lists)."""
     settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
     frames = []
     for p in paths:
+        if isinstance(p, ObjectLocation):  # an object read in place: its URL and listed length
+            frames.append([p.url, p.expected_length, None])
+            continue
         try:
             st = os.stat(p)
             frames.append([str(p), st.st_size, st.st_mtime_ns])
@@ -180,12 +185,12 @@ def finished_record(piece: Path, key: str) -> Optional[Dict[str, Any]]:
     return record
 
 
-def drizzle_tile(paths: Sequence[str], config: Drizzle3DConfig, detector: int, tile: Tile, key: str) -> Dict[str, Any]:
-    """One task: drizzle ``paths`` (in this order) onto ``tile`` of the detector's grid, write the
-    piece and its record atomically, return the record: ``tile`` (bounds), ``piece`` (path),
-    ``key``, ``frames`` (``[path index, planes as 0/1 list, log entry]`` of the contributing
-    frames), ``reject`` (``[index, reason]``), ``empty`` (indices). Reuses a finished piece of
-    the same ``key``."""
+def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tile: Tile, key: str) -> Dict[str, Any]:
+    """One task: drizzle ``paths`` (paths, or object locations read in place; in this order) onto
+    ``tile`` of the detector's grid, write the piece and its record atomically, return the record:
+    ``tile`` (bounds), ``piece`` (path), ``key``, ``frames`` (``[path index, planes as 0/1 list,
+    log entry]`` of the contributing frames), ``reject`` (``[index, reason]``), ``empty``
+    (indices). Reuses a finished piece of the same ``key``."""
     from .accumulate import DrizzleCube
     from .cubefile import save_cube
     from .pipeline import drizzle_frames
@@ -194,7 +199,7 @@ def drizzle_tile(paths: Sequence[str], config: Drizzle3DConfig, detector: int, t
     done = finished_record(piece, key)
     if done is not None:
         return done
-    files = [Path(p) for p in paths]
+    files = [as_location(p) for p in paths]
     grid = OutputGrid.for_detector(config, detector).tile(tile.y0, tile.y1, tile.x0, tile.x1)
     tile_wcs = grid.wcs.deepcopy()
     tile_wcs.wcs.crpix = [tile_wcs.wcs.crpix[0] - tile.x0, tile_wcs.wcs.crpix[1] - tile.y0]  # header only

@@ -17,6 +17,8 @@ import numpy as np
 NON_SCIENCE_PRODUCT_TYPES = ("preview", "thumbnail", "calibration", "auxiliary", "info", "catalog", "noise", "weight")
 
 #: Columns the search selects; the result rows carry them without the table prefix.
+#: The artifact column with the S3 location (JSON ``{"aws": {"bucket_name", "key", "region"}}``).
+CLOUD_COLUMN = "a.cloud_access"
 ADQL_COLUMNS = (
     "p.obs_publisher_did",
     "p.energy_bandpassname",
@@ -58,10 +60,12 @@ def build_adql(
     radius_deg: float,
     detector: int = 0,
     mjd_range: tuple[float, float] | None = None,
+    cloud_access: bool = False,
 ) -> str:
     """ADQL for every science frame whose footprint intersects the circle
     (``ra``, ``dec``, ``radius_deg``; deg), detector 1-6 (0 = all), exposure
-    overlapping ``mjd_range`` (MJD). Only validated numbers enter the text."""
+    overlapping ``mjd_range`` (MJD). Only validated numbers enter the text.
+    ``cloud_access``: also select the artifact's ``cloud_access`` column (S3 bucket and key)."""
     ra_s = format_number("center_ra", ra, 0.0, 360.0)
     dec_s = format_number("center_dec", dec, -90.0, 90.0)
     r_s = format_number("search radius (deg)", radius_deg, 1e-9, 180.0)
@@ -84,7 +88,7 @@ def build_adql(
     excluded = ", ".join(f"'{t}'" for t in NON_SCIENCE_PRODUCT_TYPES)
     where.append(f"(a.producttype IS NULL OR a.producttype NOT IN ({excluded}))")
     return (
-        "SELECT " + ", ".join(ADQL_COLUMNS) + "\n"
+        "SELECT " + ", ".join(ADQL_COLUMNS + ((CLOUD_COLUMN,) if cloud_access else ())) + "\n"
         "FROM spherex.artifact a JOIN spherex.plane p ON a.planeid = p.planeid\n"
         "WHERE " + "\n  AND ".join(where) + "\n"
         "ORDER BY p.time_bounds_lower"

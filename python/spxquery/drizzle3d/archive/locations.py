@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urljoin, urlsplit
 
+from ..objectstore import ObjectLocation, object_url
 from .adql import format_number
 
 if TYPE_CHECKING:
@@ -71,25 +72,46 @@ def data_base_url(tap_url: str) -> str:
     return urljoin(tap_url.rstrip("/") + "/", "..")
 
 
+def archive_key(url: str, root: object = "the mirror") -> str:
+    """The part of ``url``'s path after ``/ibe/data/spherex/``: the path in a mirror tree and
+    the key in the S3 copy. ValueError (naming ``root``) when there is none or it would leave
+    the root (``..``, absolute)."""
+    path = unquote(urlsplit(url).path)
+    idx = path.find(DATA_MARKER)
+    if idx < 0:
+        raise ValueError(f"URL {url!r} has no {DATA_MARKER!r} part; cannot map it into {root}")
+    rel = path[idx + len(DATA_MARKER):]
+    if not valid_key(rel):
+        raise ValueError(f"URL {url!r} maps outside the mirror root {root}")
+    return rel
+
+
+def valid_key(key: str) -> bool:
+    """A relative key without empty, ``.`` or ``..`` parts (so it stays under its root)."""
+    parts = key.split("/")
+    return bool(key) and len(key) <= 1024 and all(p not in ("", ".", "..") for p in parts)
+
+
 def mirror_path(data_mirror: Path, url: str) -> Path:
     """Local path of ``url`` in a mirror: ``data_mirror`` / the part of the URL
     path after ``/ibe/data/spherex/``. ValueError when the URL has no such part
     or the path would leave the mirror root."""
     root = Path(data_mirror).resolve()
-    path = unquote(urlsplit(url).path)
-    idx = path.find(DATA_MARKER)
-    if idx < 0:
-        raise ValueError(f"URL {url!r} has no {DATA_MARKER!r} part; cannot map it into the mirror {root}")
-    rel = path[idx + len(DATA_MARKER):]
-    parts = PurePosixPath(rel).parts
-    if not rel or rel.startswith("/") or any(p == ".." for p in parts):
-        raise ValueError(f"URL {url!r} maps outside the mirror root {root}")
+    parts = PurePosixPath(archive_key(url, root)).parts
     # lexically (no symlink resolved): a link inside the mirror is the user's choice, and a
     # link to something that is no file is reported as what it is when the file is checked
     local = Path(os.path.normpath(root / Path(*parts)))
     if not local.is_relative_to(root):
         raise ValueError(f"URL {url!r} maps to {local}, outside the mirror root {root}")
     return local
+
+
+def cloud_location(obs: DrizzleObservation, root: str, storage_options: dict | None = None) -> ObjectLocation:
+    """Where ``obs`` is in an object store holding the archive tree (``root``: ``s3://bucket``
+    or ``s3://bucket/prefix``): the key the archive gives (``cloud_access``) or else the part of
+    the URL after ``/ibe/data/spherex/``; the archive's length is checked when it is opened."""
+    key = obs.cloud_key if obs.cloud_key else archive_key(obs.download_url, root)
+    return ObjectLocation(object_url(root, key), obs.content_length, dict(storage_options or {}))
 
 
 def cutout_size_deg(config: Drizzle3DConfig) -> float:

@@ -9,6 +9,7 @@ sizes in bytes, wavelengths in um (the archive states metres).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import re
@@ -21,7 +22,7 @@ import numpy as np
 
 from ..textlimits import short_repr, short_text
 from .adql import NON_SCIENCE_PRODUCT_TYPES
-from .locations import url_file_name
+from .locations import url_file_name, valid_key
 from .tap import ArchiveQueryError
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ class DrizzleObservation:
     wavelength_min: float | None = None
     wavelength_max: float | None = None
     poly: tuple[float, ...] | None = None
+    cloud_key: str | None = None
+    """The key in the S3 copy from the archive's ``cloud_access`` column (None: not given;
+    the key is then the part of the URL after ``/ibe/data/spherex/``)."""
 
     @property
     def file_name(self) -> str:
@@ -196,6 +200,22 @@ def _poly(row: Any) -> tuple[float, ...] | None:
     return tuple(float(x) for x in arr)
 
 
+def _cloud_key(row: Any) -> str | None:
+    """The S3 key of ``cloud_access`` (JSON ``{"aws": {"bucket_name": ..., "key": ...}}``), or
+    None when the column is absent, NULL or unusable (the key then follows from the URL)."""
+    v = _value(row, "cloud_access")
+    if not isinstance(v, (str, np.str_)) or not str(v).strip() or len(str(v)) > 4096:
+        return None
+    try:
+        key = json.loads(str(v)).get("aws", {}).get("key")
+    except (ValueError, AttributeError):
+        key = None
+    if not isinstance(key, str) or not valid_key(key.strip("/")):
+        logger.debug("cloud_access %s has no usable aws.key; the key follows from the URL", short_repr(v))
+        return None
+    return key.strip("/")
+
+
 def _times(row: Any) -> tuple[float, float]:
     t0, t1 = _real(row, "time_bounds_lower"), _real(row, "time_bounds_upper")
     if t0 is None or t1 is None:
@@ -244,6 +264,7 @@ def _observation(row: Any, base_url: str) -> DrizzleObservation | None:
         mjd_start=t0,
         mjd_end=t1,
         wavelength_min=wl0 * 1e6 if wl0 is not None else None,
+        cloud_key=_cloud_key(row),
         wavelength_max=wl1 * 1e6 if wl1 is not None else None,
         poly=poly,
     )

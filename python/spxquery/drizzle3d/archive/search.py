@@ -9,7 +9,7 @@ region's half-diagonal plus :data:`SEARCH_MARGIN_DEG`. Angles in degrees, times 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import requests
@@ -42,6 +42,13 @@ def spread_in_time(observations: list[DrizzleObservation], cap: int) -> list[Dri
     return [observations[i] for i in keep]
 
 
+def _query(tap_url: str, adql: str, mode: str, timeout: float, retries: int, backoff_base: float | None,
+           session: requests.Session | None) -> Any:
+    logger.debug("ADQL: %s", adql)
+    return run_tap_query(tap_url, adql, mode=mode, timeout=timeout, retries=retries, backoff_base=backoff_base,
+                         session=session)
+
+
 def search_frames(
     tap_url: str,
     ra: float,
@@ -57,20 +64,28 @@ def search_frames(
     backoff_base: float | None = None,
     session: requests.Session | None = None,
     progress: bool = False,
+    cloud_access: bool = False,
 ) -> dict[int, list[DrizzleObservation]]:
     """Frames intersecting the circle (deg), newest version each, grouped by
     detector and ordered by time; at most ``max_images`` per detector, spread in
     time (:func:`spread_in_time`; a log line says how many were left out).
-    ``progress``: the elapsed time of the query on a terminal."""
+    ``progress``: the elapsed time of the query on a terminal. ``cloud_access``: ask for the
+    S3 keys too (a service refusing that column is asked again without it: keys then follow
+    from the URLs)."""
     if isinstance(max_images, bool) or not isinstance(max_images, (int, np.integer)) or max_images < 1:
         raise ValueError(f"max_images must be an integer >= 1, got {max_images!r}")
-    adql = build_adql(ra, dec, radius_deg, detector, mjd_range)
     logger.info("querying %s: circle (%.5f, %.5f, r=%.4f deg), detector=%s, mjd_range=%s",
                 tap_url, ra, dec, radius_deg, detector or "all", mjd_range)
-    logger.debug("ADQL: %s", adql)
     with waiting("TAP query", enabled=progress):
-        table = run_tap_query(tap_url, adql, mode=mode, timeout=timeout, retries=retries,
-                              backoff_base=backoff_base, session=session)
+        try:
+            table = _query(tap_url, build_adql(ra, dec, radius_deg, detector, mjd_range, cloud_access), mode,
+                           timeout, retries, backoff_base, session)
+        except ArchiveQueryError as exc:
+            if not cloud_access:
+                raise
+            logger.warning("%s; asking again without the cloud_access column (S3 keys follow from the URLs)", exc)
+            table = _query(tap_url, build_adql(ra, dec, radius_deg, detector, mjd_range), mode, timeout, retries,
+                           backoff_base, session)
     observations = deduplicate_newest(rows_to_observations(table, data_base_url(tap_url), source=tap_url))
     if table.meta.get("spx_truncated"):
         raise ArchiveQueryError(
@@ -121,4 +136,5 @@ def query_observations(
         backoff_base=backoff_base,
         session=session,
         progress=config.progress,
+        cloud_access=isinstance(config.data_mirror, str),
     )

@@ -127,7 +127,7 @@ def changes_from_args(args: argparse.Namespace, parser: Optional[argparse.Argume
             v = cli.words[v]
         changes[d.name] = cli.convert(v) if cli.convert is not None else v
     mirror = changes.get("data_mirror")
-    if mirror is not None and not Path(mirror).is_dir():
+    if mirror is not None and not isinstance(mirror, str) and not Path(mirror).is_dir():
         raise CLIError(f"--mirror {mirror}: not a directory")
     return changes
 

@@ -55,7 +55,19 @@ def index_row(
         "contentchecksum": f"md5:{_md5(Path(path))}",
         "producttype": producttype,
         "collection": f"spherex_{release}",
+        "cloud_access": cloud_access(uri),
     }
+
+
+#: The bucket of IRSA's S3 copy of the archive.
+CLOUD_BUCKET = "nasa-irsa-spherex"
+
+
+def cloud_access(uri: str) -> str:
+    """The ``cloud_access`` JSON of an artifact served as ``uri``, as IRSA writes it: bucket,
+    key (the part after ``ibe/data/spherex/``) and region."""
+    key = uri.split("ibe/data/spherex/", 1)[-1]
+    return json.dumps({"aws": {"bucket_name": CLOUD_BUCKET, "key": key, "region": "us-east-1"}})
 
 
 def write_index(root: Path, rows: Sequence[dict[str, Any]]) -> Path:

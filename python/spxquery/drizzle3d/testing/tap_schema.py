@@ -25,13 +25,14 @@ STRING_COLUMNS = (
     "contentchecksum",
     "producttype",
     "collection",
+    "cloud_access",
 )
 #: The footprint column: a polygon, flat (ra, dec) pairs in degrees.
 POLY_COLUMN = "poly"
 
 _PLANE_COLUMNS = ("obs_publisher_did", "energy_bandpassname", "energy_bounds_lower", "energy_bounds_upper",
                   "time_bounds_lower", "time_bounds_upper", "poly")
-_ARTIFACT_COLUMNS = ("uri", "contentlength", "contentchecksum", "producttype")
+_ARTIFACT_COLUMNS = ("uri", "contentlength", "contentchecksum", "producttype", "cloud_access")
 
 
 def is_column(name: str) -> bool:
