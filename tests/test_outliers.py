@@ -26,8 +26,8 @@ from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.cubefile import load_cube
 from spxquery.drizzle3d.flags import RECOMMENDED_EXCLUDE_FLAGS
 from spxquery.drizzle3d.grid import OutputGrid, build_output_wcs
-from spxquery.drizzle3d.outliermodel import ModelBuilder, build_model, local_steps
-from spxquery.drizzle3d.outliers import blot, dilate, mask_path
+from spxquery.drizzle3d.outliermodel import ModelBuilder, SkyModel, build_model, local_steps
+from spxquery.drizzle3d.outliers import EDGE, MAX_UNDEFINED, Screen, blot, dilate, mask_path
 from spxquery.drizzle3d.pipeline import drizzle_detector
 from spxquery.drizzle3d.simulate import (
     EmissionLine,
@@ -253,6 +253,163 @@ def test_blot_is_exact_on_a_linear_model_and_ignores_undefined_voxels():
     value = blot(holes, px, py, pz)
     assert np.isfinite(value[0]) and np.isnan(value[1])
     assert np.isnan(local_steps(holes)[0, 2, 1]) and local_steps(holes)[0, 2, 2] == 3.0
+
+
+# The numpy formulation of the blot and the test (the pipeline's before the Rust engine took them
+# over): the engine must give the same bits.
+
+
+def _np_axis(pos, n):
+    pos = np.clip(pos, 0.0, n - 1.0)
+    pos[np.isnan(pos)] = 0.0
+    i0 = np.minimum(pos.astype(np.intp), max(n - 2, 0))
+    return i0, (pos - i0).astype(np.float32)
+
+
+def _np_blot(cube, x, y, z):
+    nz, ny, nx = cube.shape
+    (x0, fx), (y0, fy), (z0, fz) = _np_axis(x, nx), _np_axis(y, ny), _np_axis(z, nz)
+    base = (z0 * ny + y0) * nx + x0
+    dx, dy, dz = int(nx > 1), int(ny > 1) * nx, int(nz > 1) * nx * ny
+    value, weight = np.zeros(x.shape, np.float32), np.zeros(x.shape, np.float32)
+    flat, one = cube.reshape(-1), np.float32(1.0)
+    for wz, oz in ((one - fz, 0), (fz, dz)):
+        for wy, oy in ((one - fy, 0), (fy, dy)):
+            wzy = wz * wy
+            for wx, ox in ((one - fx, 0), (fx, dx)):
+                v = flat.take(base + (oz + oy + ox))
+                w = wzy * wx
+                undefined = np.isnan(v)
+                w[undefined] = 0.0
+                v[undefined] = 0.0
+                value += w * v
+                weight += w
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value /= weight
+    value[weight < np.float32(1.0 - MAX_UNDEFINED)] = np.nan
+    return value.astype(np.float64)
+
+
+def _np_test(model, steps, centers, strip, snr, scale):
+    cx, cy = strip.corners_x, strip.corners_y
+    x = 0.25 * (cx[:-1, :-1] + cx[:-1, 1:] + cx[1:, :-1] + cx[1:, 1:])
+    y = 0.25 * (cy[:-1, :-1] + cy[:-1, 1:] + cy[1:, :-1] + cy[1:, 1:])
+    z = np.interp(strip.lambda_c, centers, np.arange(centers.size, dtype=np.float64))
+    m = _np_blot(model, x, y, z)
+    d, var = strip.image, strip.variance
+    ny, nx = model.shape[1:]
+    with np.errstate(invalid="ignore"):
+        inside = (x >= -EDGE) & (x <= nx - 1 + EDGE) & (y >= -EDGE) & (y <= ny - 1 + EDGE)
+        tested = np.isfinite(d) & (var > 0) & np.isfinite(var) & np.isfinite(m) & inside & ~strip.exclude_mask
+        diff = np.where(tested, np.abs(d - m), 0.0)
+        sigma = np.sqrt(np.where(tested, var, 0.0))
+    step = np.zeros(diff.shape)
+    maybe = diff > snr[1] * sigma
+    step[maybe] = np.nan_to_num(_np_blot(steps, x[maybe], y[maybe], z[maybe]))
+    core = tested & (diff > snr[0] * sigma + scale[0] * step)
+    return core, tested & (diff > snr[1] * sigma + scale[1] * step), int(tested.sum())
+
+
+def _random_case(rng, nz=7, ny=20, nx=24, rows=33, cols=41):
+    """A model with holes and steep parts, and a strip of pixels spread over and beyond it,
+    some with hits, some excluded, some with bad values."""
+    model = (rng.normal(1.0, 0.3, (nz, ny, nx)) + 40.0 * (rng.random((nz, ny, nx)) < 0.02)).astype(np.float32)
+    model[rng.random(model.shape) < 0.15] = np.nan
+    model[:, :4, :5] = np.nan
+    steps = local_steps(model)
+    centers = np.sort(rng.uniform(0.9, 1.6, nz))
+    cx = np.linspace(-4.0, nx + 3.0, cols + 1)[None, :] + rng.normal(0, 0.3, (rows + 1, cols + 1))
+    cy = np.linspace(-4.0, ny + 3.0, rows + 1)[:, None] + rng.normal(0, 0.3, (rows + 1, cols + 1))
+    lam = rng.uniform(0.8, 1.7, (rows, cols))
+    image = rng.normal(1.0, 0.1, (rows, cols)) + 30.0 * (rng.random((rows, cols)) < 0.05) * rng.random((rows, cols))
+    var = rng.uniform(0.005, 0.02, (rows, cols))
+    image[rng.random(image.shape) < 0.02] = np.nan
+    var[rng.random(var.shape) < 0.02] = 0.0
+    lam[0, :3] = [np.nan, centers[0], centers[-1]]
+    exclude = rng.random((rows, cols)) < 0.05
+    strip = frames_mod.Strip(cx, cy, image, var, np.zeros((rows, cols), np.uint32), lam, np.full((rows, cols), 0.01),
+                             exclude)
+    return model, steps, centers, strip
+
+
+def test_engine_blot_and_test_are_bit_identical_to_numpy():
+    """The Rust blot and test against the numpy reference, bit for bit, on random models with
+    undefined voxels and strips reaching beyond the grid, on one and two threads."""
+    rng = np.random.default_rng(19)
+    cfg = Drizzle3DConfig(center_ra=RA, center_dec=DEC, width=1.0, height=1.0, detector=3)
+    for case in range(6):
+        model, steps, centers, strip = _random_case(rng, nz=1 if case == 5 else 7)
+        screen = Screen(SkyModel(model, steps, np.zeros(model.shape, np.uint32)), centers, cfg,
+                        threads_for=lambda n, t=1 + case % 2: t)
+        core, candidate = screen.test(strip)
+        ref_core, ref_candidate, n = _np_test(model, steps, centers, strip, cfg.outlier_snr, cfg.outlier_scale)
+        np.testing.assert_array_equal(core, ref_core)
+        np.testing.assert_array_equal(candidate, ref_candidate)
+        assert screen.frame_tested == n > 100 and core.sum() > 5 and candidate.sum() > core.sum()
+        x, y, z = (rng.uniform(-3.0, s + 2.0, 4000) for s in model.shape[::-1])
+        z[:5] = np.nan
+        assert blot(model, x, y, z, threads=1 + case % 2).tobytes() == _np_blot(model, x, y, z).tobytes()
+
+
+def _np_merge(b, k, ys, xs):
+    """The numpy formulation of a plane's merge (ModelBuilder.end_frame before the engine)."""
+    fw, wt = b.fw[k, ys, xs], b.wt[k, ys, xs]
+    landed = wt > 0
+    mean = np.full(wt.shape, -np.inf, dtype=np.float32)
+    np.divide(fw, wt, out=mean, where=landed, casting="same_kind")
+    b.cube.flux_weighted[k, ys, xs] += fw
+    b.cube.weight_total[k, ys, xs] += wt
+    n = b.n_frames[k, ys, xs]
+    hi_v, hi_w, hi2_v, hi2_w = (a[k, ys, xs] for a in (b.hi_v, b.hi_w, b.hi2_v, b.hi2_w))
+    first = mean > hi_v
+    second = (mean > hi2_v) & ~first
+    np.copyto(hi2_v, hi_v, where=first)
+    np.copyto(hi2_w, hi_w, where=first)
+    np.copyto(hi_v, mean, where=first)
+    np.copyto(hi_w, wt, where=first, casting="same_kind")
+    np.copyto(hi2_v, mean, where=second)
+    np.copyto(hi2_w, wt, where=second, casting="same_kind")
+    n += landed & (n < np.iinfo(np.uint16).max)
+    fw.fill(0.0)
+    wt.fill(0.0)
+
+
+def test_engine_merge_is_bit_identical_to_numpy():
+    """Random frames (each over random boxes of random planes) merged by the engine and by the
+    numpy formulation: every array the same, bit for bit."""
+    rng = np.random.default_rng(7)
+    cfg = Drizzle3DConfig(center_ra=RA, center_dec=DEC, width=3.0, height=3.0, detector=3)
+    zgrid = ZGrid(edges=np.linspace(1.0, 2.0, 6), centers=np.linspace(1.1, 1.9, 5), widths=np.full(5, 0.2))
+    builders = []
+    for threads in (1, 2, None):
+        cube = DrizzleCube.create(build_output_wcs(cfg), cfg.effective_pixscale(), zgrid, cfg, 3)
+        builders.append(ModelBuilder(cube, threads_for=lambda n, t=threads: t or 1))
+    frames = np.random.default_rng(8)
+    for _ in range(12):
+        shape = builders[0].fw.shape
+        fw = frames.normal(1.0, 0.5, shape) * (frames.random(shape) < 0.7)
+        wt = np.where(fw != 0, frames.uniform(0.1, 3.0, shape), 0.0)
+        fw[frames.random(shape) < 0.01] *= 1e4
+        boxes = []
+        for k in sorted(rng.choice(shape[0], size=3, replace=False)):
+            y0, x0 = rng.integers(0, shape[1] // 3), rng.integers(0, shape[2] // 3)
+            boxes.append((int(k), slice(int(y0), int(rng.integers(y0 + 1, shape[1] + 1))),
+                          slice(int(x0), int(rng.integers(x0 + 1, shape[2] + 1)))))
+        for b in builders:
+            b.fw[...], b.wt[...] = fw, wt
+        for b in builders[:2]:
+            b.box = SimpleNamespace(slices=lambda k, ny, nx: next((ys, xs) for kk, ys, xs in boxes if kk == k))
+            b.planes = np.isin(np.arange(shape[0]), [k for k, _, _ in boxes])
+            b.end_frame()
+        for k, ys, xs in boxes:
+            _np_merge(builders[2], k, ys, xs)
+    names = ("fw", "wt", "hi_v", "hi_w", "hi2_v", "hi2_w", "n_frames")
+    for b in builders[:2]:
+        for name in names:
+            assert getattr(b, name).tobytes() == getattr(builders[2], name).tobytes(), name
+        assert b.cube.flux_weighted.tobytes() == builders[2].cube.flux_weighted.tobytes()
+        assert b.cube.weight_total.tobytes() == builders[2].cube.weight_total.tobytes()
+    assert builders[0].n_frames.max() >= 4 and np.isfinite(builders[0].hi2_v).sum() > 100
 
 
 def test_model_is_not_pulled_by_one_bright_frame():

@@ -16,6 +16,8 @@
 //! - [`scan`]: the fused path, [`accumulate_frame`], the SIMD band scan, and the
 //!   accumulators it writes ([`CubeMut`], bands of rows, the voxel update).
 //! - [`contributions`]: the spxquery 0.4.1 API's contribution lists.
+//! - [`outliers`]: outlier rejection: the merge of a frame into the robust model,
+//!   the 3-D blot of the model at each input pixel and the test against it.
 //! - [`interp`]: dense corner maps from a coarse grid.
 //! - [`rice`]: the FITS RICE_1 tile decoder of the frame reader (FLAGS).
 //! - `python` (feature `python`): the `_core` extension module.
@@ -33,6 +35,7 @@ pub mod frame;
 pub mod geometry;
 pub mod interp;
 pub mod lanes;
+pub mod outliers;
 pub mod params;
 mod prefetch;
 pub mod rice;

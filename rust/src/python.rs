@@ -11,7 +11,10 @@
 //! All heavy work runs with the GIL released.
 
 use ndarray::{Array2, Dimension};
-use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray, PyReadwriteArray3};
+use numpy::{
+    Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadwriteArray,
+    PyReadwriteArray3,
+};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -21,7 +24,7 @@ use crate::frame::FrameView;
 use crate::params::{Kernel, Params, Settings};
 use crate::rice::{self, Columns, RiceParams, Tile};
 use crate::scan::{CubeMut, FrameStats};
-use crate::{interp, scan, spectral};
+use crate::{interp, outliers, scan, spectral};
 
 /// Runs `f` with the GIL released and turns a panic into a RuntimeError.
 fn run_detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> Result<T, String> + Send) -> PyResult<T> {
@@ -364,6 +367,110 @@ fn rice_decode_rows<'py>(
     array.reshape([total, width])
 }
 
+/// Merges a frame drizzled alone into scratch arrays into the robust model of
+/// outlier rejection (see `_core.pyi`).
+#[pyfunction]
+#[pyo3(signature = (*, scratch_flux, scratch_weight, flux_weighted, weight_total, n_frames, hi_v, hi_w, hi2_v, hi2_w, boxes, threads=0))]
+#[allow(clippy::too_many_arguments)]
+fn model_merge<'py>(
+    py: Python<'py>,
+    mut scratch_flux: PyReadwriteArray3<'py, f64>,
+    mut scratch_weight: PyReadwriteArray3<'py, f64>,
+    mut flux_weighted: PyReadwriteArray3<'py, f64>,
+    mut weight_total: PyReadwriteArray3<'py, f64>,
+    mut n_frames: PyReadwriteArray3<'py, u16>,
+    mut hi_v: PyReadwriteArray3<'py, f32>,
+    mut hi_w: PyReadwriteArray3<'py, f32>,
+    mut hi2_v: PyReadwriteArray3<'py, f32>,
+    mut hi2_w: PyReadwriteArray3<'py, f32>,
+    boxes: PyReadonlyArray2<'py, i64>,
+    threads: usize,
+) -> PyResult<()> {
+    let b = boxes.as_array();
+    if b.ncols() != 5 {
+        return Err(PyValueError::new_err(format!("boxes must be (n, 5): plane, y0, y1, x0, x1; got {:?}", b.dim())));
+    }
+    let mut list = Vec::with_capacity(b.nrows());
+    for row in b.rows() {
+        let mut one = [0usize; 5];
+        for (o, &v) in one.iter_mut().zip(row.iter()) {
+            *o = usize::try_from(v).map_err(|_| PyValueError::new_err(format!("boxes hold a negative value {v}")))?;
+        }
+        list.push(one);
+    }
+    let state = outliers::ModelState {
+        flux: flux_weighted.as_array_mut(),
+        weight: weight_total.as_array_mut(),
+        n_frames: n_frames.as_array_mut(),
+        hi_v: hi_v.as_array_mut(),
+        hi_w: hi_w.as_array_mut(),
+        hi2_v: hi2_v.as_array_mut(),
+        hi2_w: hi2_w.as_array_mut(),
+    };
+    let (fw, wt) = (scratch_flux.as_array_mut(), scratch_weight.as_array_mut());
+    run_detached(py, "model_merge", move || outliers::merge_frame(state, fw, wt, &list, threads))
+}
+
+/// `(core, candidate, n_tested)` of [`outlier_test`].
+type OutlierTest<'py> = (Bound<'py, PyArray2<bool>>, Bound<'py, PyArray2<bool>>, u64);
+
+/// Outlier rejection's test of a strip of pixels against the model cube
+/// blotted at each pixel's own (x, y, lambda) (see `_core.pyi`).
+#[pyfunction]
+#[pyo3(signature = (*, model, steps, centers, corners_x, corners_y, image, variance, lambda_c, exclude_mask=None, snr, scale, edge,
+                    max_undefined, threads=0))]
+#[allow(clippy::too_many_arguments)]
+fn outlier_test<'py>(
+    py: Python<'py>,
+    model: PyReadonlyArray3<'py, f32>,
+    steps: PyReadonlyArray3<'py, f32>,
+    centers: PyReadonlyArray1<'py, f64>,
+    corners_x: PyReadonlyArray2<'py, f64>,
+    corners_y: PyReadonlyArray2<'py, f64>,
+    image: PyReadonlyArray2<'py, f64>,
+    variance: PyReadonlyArray2<'py, f64>,
+    lambda_c: PyReadonlyArray2<'py, f64>,
+    exclude_mask: Option<PyReadonlyArray2<'py, bool>>,
+    snr: (f64, f64),
+    scale: (f64, f64),
+    edge: f64,
+    max_undefined: f64,
+    threads: usize,
+) -> PyResult<OutlierTest<'py>> {
+    let centers = slice_of(&centers, "centers")?;
+    let m = outliers::Model { values: model.as_array(), steps: steps.as_array(), centers };
+    let px = outliers::Pixels {
+        corners_x: corners_x.as_array(),
+        corners_y: corners_y.as_array(),
+        image: image.as_array(),
+        variance: variance.as_array(),
+        lambda_c: lambda_c.as_array(),
+        exclude: exclude_mask.as_ref().map(|e| e.as_array()),
+    };
+    let t = outliers::Thresholds { snr: [snr.0, snr.1], scale: [scale.0, scale.1], edge, max_undefined };
+    let r = run_detached(py, "outlier_test", move || outliers::test_pixels(&m, &px, &t, threads))?;
+    Ok((r.core.into_pyarray(py), r.candidate.into_pyarray(py), r.n_tested))
+}
+
+/// Trilinear interpolation of `cube` at output positions `x, y` (pixels) and
+/// fractional planes `z` (see `_core.pyi`).
+#[pyfunction]
+#[pyo3(signature = (*, cube, x, y, z, max_undefined, threads=0))]
+fn blot_cube<'py>(
+    py: Python<'py>,
+    cube: PyReadonlyArray3<'py, f32>,
+    x: PyReadonlyArray1<'py, f64>,
+    y: PyReadonlyArray1<'py, f64>,
+    z: PyReadonlyArray1<'py, f64>,
+    max_undefined: f64,
+    threads: usize,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let (x, y, z) = (slice_of(&x, "x")?, slice_of(&y, "y")?, slice_of(&z, "z")?);
+    let c = cube.as_array();
+    let out = run_detached(py, "blot_cube", move || outliers::blot(&c, x, y, z, max_undefined, threads))?;
+    Ok(out.into_pyarray(py))
+}
+
 /// Test hook: panics inside the detached, panic-guarded section, to show that a
 /// panic surfaces as a Python RuntimeError instead of aborting the interpreter.
 #[pyfunction]
@@ -381,6 +488,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(densify, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(outlier_test, m)?)?;
+    m.add_function(wrap_pyfunction!(blot_cube, m)?)?;
+    m.add_function(wrap_pyfunction!(model_merge, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -161,5 +161,69 @@ def rice_decode_rows(
     16-bit values sign-extended, then ``bzero`` added modulo 2**32. A malformed tile raises
     ``ValueError`` naming it; any byte string is decoded or refused, never read past."""
 
+def outlier_test(
+    *,
+    model: npt.NDArray[np.float32],
+    steps: npt.NDArray[np.float32],
+    centers: F64Array,
+    corners_x: F64Array,
+    corners_y: F64Array,
+    image: F64Array,
+    variance: F64Array,
+    lambda_c: F64Array,
+    exclude_mask: BoolArray | None = None,
+    snr: tuple[float, float],
+    scale: tuple[float, float],
+    edge: float,
+    max_undefined: float,
+    threads: int = 0,
+) -> tuple[BoolArray, BoolArray, int]:
+    """Outlier rejection (issue 19): each pixel of a strip against the model blotted at its own
+    (x, y, lambda). ``model``, ``steps``: ``(n_z, ny, nx)`` float32 (MJy/sr, NaN undefined);
+    ``centers``: the ``n_z`` plane centres (um, increasing). The pixel's position is the mean of
+    its four corners, its plane ``interp(lambda_c, centers, arange(n_z))``; ``m`` and ``G`` are
+    the model and the steps there (:func:`blot_cube`). A pixel is tested when not excluded, its
+    value and variance finite, variance > 0, its centre within ``edge`` output pixels of the outer
+    voxel centres and ``m`` defined. Returns ``(core, candidate, n_tested)``: ``(ny, nx)`` bool,
+    ``|d - m| > snr[i] * sqrt(variance) + scale[i] * G`` for ``i`` = 0 and 1 (``G`` taken as 0
+    where ``|d - m| <= snr[1] * sqrt(variance)``, NaN as 0), and the number of pixels tested."""
+
+def blot_cube(
+    *,
+    cube: npt.NDArray[np.float32],
+    x: F64Array,
+    y: F64Array,
+    z: F64Array,
+    max_undefined: float,
+    threads: int = 0,
+) -> npt.NDArray[np.float32]:
+    """Trilinear interpolation (float32) of ``cube`` ``(n_z, ny, nx)`` at output positions ``x, y``
+    (pixels) and fractional planes ``z`` (1-D, equal lengths), clamped to the outer voxels; NaN
+    voxels left out with the weights renormalised, NaN where they hold more than
+    ``max_undefined`` of the weight."""
+
+def model_merge(
+    *,
+    scratch_flux: F64Array,
+    scratch_weight: F64Array,
+    flux_weighted: F64Array,
+    weight_total: F64Array,
+    n_frames: npt.NDArray[np.uint16],
+    hi_v: npt.NDArray[np.float32],
+    hi_w: npt.NDArray[np.float32],
+    hi2_v: npt.NDArray[np.float32],
+    hi2_w: npt.NDArray[np.float32],
+    boxes: npt.NDArray[np.int64],
+    threads: int = 0,
+) -> None:
+    """Outlier rejection's model pass: merge a frame drizzled alone into ``scratch_flux`` /
+    ``scratch_weight`` (its weighted flux and weight) into the robust model, in place, over
+    ``boxes`` (``(n, 5)``: plane, y0, y1, x0, x1; distinct planes within the cube), and clear the
+    scratch there. Per voxel: the totals ``flux_weighted``, ``weight_total`` get the frame's; its
+    mean ``scratch_flux / scratch_weight`` (float32; none where the weight is 0) replaces the
+    highest (``hi_v``, weight ``hi_w``), which moves to second place (``hi2_v``, ``hi2_w``), when
+    it is higher, else the second when higher than that; ``n_frames`` (saturating) counts the
+    frames with weight. All arrays ``(n_z, ny, nx)``, C-contiguous."""
+
 def _panic_for_test(message: str) -> None:
     """Test hook: panics in the detached section (raises ``RuntimeError``)."""

@@ -32,6 +32,7 @@ from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
+from . import _core
 from .accumulate import DrizzleCube, drizzle_frame
 from .config import Drizzle3DConfig
 from .frames import Strip
@@ -44,8 +45,6 @@ logger = logging.getLogger(__name__)
 #: Bytes a voxel that the model pass adds to the accumulators (module docs): two float64
 #: scratch arrays, four float32 (the two highest frames) and a uint16 frame count.
 MODEL_BYTES_PER_VOXEL = 2 * 8 + 4 * 4 + 2
-#: Frames counted per voxel saturate here (the count only decides "at least outlier_min_inputs").
-_MAX_FRAMES = np.iinfo(np.uint16).max
 
 
 @dataclass
@@ -125,9 +124,10 @@ class ModelBuilder:
     Uses ``cube``'s accumulators as its totals: call :meth:`finish` and then drizzle the real
     pass into ``cube`` (``finish`` clears it)."""
 
-    def __init__(self, cube: DrizzleCube):
+    def __init__(self, cube: DrizzleCube, threads_for: Callable[[int], int] = lambda n: 0):
         shape = cube.flux_weighted.shape
         self.cube = cube
+        self.threads_for = threads_for  # the engine's threads for a merge of so many voxels
         self.fw = np.zeros(shape, dtype=np.float64)
         self.wt = np.zeros(shape, dtype=np.float64)
         self.hi_v = np.full(shape, -np.inf, dtype=np.float32)
@@ -153,38 +153,23 @@ class ModelBuilder:
             self.box.add(strip)
 
     def end_frame(self) -> None:
-        """Merge the current frame into the totals and the two highest frames; clear the scratch."""
+        """Merge the current frame into the totals and the two highest frames; clear the scratch
+        (the Rust engine, ``_core.model_merge``: per plane over the box the frame reached)."""
         box, self.box = self.box, self._new_box()
         planes, self.planes = self.planes, np.zeros(self.cube.nz, dtype=bool)
+        boxes, voxels = [], 0
         for k in np.flatnonzero(planes):
             where = box.slices(int(k), self.cube.ny, self.cube.nx)
             if where is None:  # cannot happen: the engine put something there (kept as a guard)
                 where = (slice(0, self.cube.ny), slice(0, self.cube.nx))
-            self._merge(int(k), *where)
-
-    def _merge(self, k: int, ys: slice, xs: slice) -> None:
-        """Merge plane ``k`` of the scratch arrays (views of the box, no copies of the cube)."""
-        fw, wt = self.fw[k, ys, xs], self.wt[k, ys, xs]
-        landed = wt > 0
-        mean = np.full(wt.shape, -np.inf, dtype=np.float32)  # -inf where nothing landed: never the highest
-        np.divide(fw, wt, out=mean, where=landed, casting="same_kind")
-        self.cube.flux_weighted[k, ys, xs] += fw
-        self.cube.weight_total[k, ys, xs] += wt
-        n = self.n_frames[k, ys, xs]
-        hi_v, hi_w, hi2_v, hi2_w = (a[k, ys, xs] for a in (self.hi_v, self.hi_w, self.hi2_v, self.hi2_w))
-        # a new highest frame pushes the old one to second place
-        first = mean > hi_v
-        second = mean > hi2_v
-        second &= ~first
-        np.copyto(hi2_v, hi_v, where=first)
-        np.copyto(hi2_w, hi_w, where=first)
-        np.copyto(hi_v, mean, where=first)
-        np.copyto(hi_w, wt, where=first, casting="same_kind")
-        np.copyto(hi2_v, mean, where=second)
-        np.copyto(hi2_w, wt, where=second, casting="same_kind")
-        n += landed & (n < _MAX_FRAMES)
-        fw.fill(0.0)
-        wt.fill(0.0)
+            boxes.append((int(k), where[0].start, where[0].stop, where[1].start, where[1].stop))
+            voxels += (where[0].stop - where[0].start) * (where[1].stop - where[1].start)
+        if boxes:
+            _core.model_merge(scratch_flux=self.fw, scratch_weight=self.wt, flux_weighted=self.cube.flux_weighted,
+                              weight_total=self.cube.weight_total, n_frames=self.n_frames, hi_v=self.hi_v,
+                              hi_w=self.hi_w, hi2_v=self.hi2_v, hi2_w=self.hi2_w,
+                              boxes=np.asarray(boxes, dtype=np.int64).reshape(-1, 5),
+                              threads=self.threads_for(voxels))
 
     def finish(self, min_inputs: int) -> SkyModel:
         """The model (module docs), NaN below ``min_inputs`` frames; clears ``cube`` for pass 2."""
@@ -238,7 +223,7 @@ def build_model(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid, cu
 
     Unusable frames are left out quietly here (the real pass reports them); ``threads_for``
     gives the engine's thread count for a strip of so many pixels."""
-    builder = ModelBuilder(cube)
+    builder = ModelBuilder(cube, threads_for)
     ordered = sorted((Path(p) for p in paths), key=str)
     current: Optional[Path] = None
     with progress_bar(len(ordered), f"D{cube.detector} model", "frame", config.progress) as bar:

@@ -19,8 +19,10 @@ undefined voxels (fewer than ``outlier_min_inputs`` frames) hold more than half 
 interpolation weight (the defined ones are used otherwise), or a centre
 more than :data:`EDGE` output pixels beyond the outer voxel centres (it lands nothing).
 
-Each decision depends on the pixel, its neighbours in the same frame and the model only, so the
-rejections are the same for any thread count, strip size and frame order.
+The blot and the test run in the Rust engine (``_core.outlier_test``, ``rust/src/blot.rs``: one
+pass over the strip's pixels, rayon over rows, GIL released); the growth runs here. Each decision
+depends on the pixel, its neighbours in the same frame and the model only, so the rejections are
+the same for any thread count, strip size and frame order.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 import numpy as np
 from astropy.io import fits
 
+from . import _core
 from .accumulate import DrizzleCube
 from .config import Drizzle3DConfig
 from .frames import Frame, Strip
@@ -53,49 +56,17 @@ MAX_UNDEFINED = 0.5
 MASK_DIR = "outlier_masks"
 
 
-def _axis(pos: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Lower index and weight of the upper neighbour for positions in voxel units (clamped to
-    the grid: beyond the outer centres the nearest plane/pixel is used); the upper index is
-    ``min(lower + 1, n - 1)``."""
-    pos = np.clip(pos, 0.0, n - 1.0)  # NaN stays NaN: cast to an index below, weight NaN
-    pos[np.isnan(pos)] = 0.0
-    i0 = np.minimum(pos.astype(np.intp), max(n - 2, 0))  # pos >= 0: truncation is floor
-    return i0, (pos - i0).astype(np.float32)
-
-
-def blot(cube: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Trilinear interpolation of ``cube`` (the model or its local steps) at output positions
-    ``x, y`` (pixels) and fractional plane ``z``. Undefined (NaN) voxels are left out (weights
-    renormalised); NaN where they hold more than :data:`MAX_UNDEFINED` of the weight."""
-    nz, ny, nx = cube.shape
-    (x0, fx), (y0, fy), (z0, fz) = _axis(x, nx), _axis(y, ny), _axis(z, nz)
-    base = (z0 * ny + y0) * nx + x0
-    dx, dy, dz = int(nx > 1), int(ny > 1) * nx, int(nz > 1) * nx * ny
-    value = np.zeros(x.shape, dtype=np.float32)  # float32 like the model: half the memory traffic
-    weight = np.zeros(x.shape, dtype=np.float32)
-    flat = cube.reshape(-1)
-    one = np.float32(1.0)
-    for wz, oz in ((one - fz, 0), (fz, dz)):
-        for wy, oy in ((one - fy, 0), (fy, dy)):
-            wzy = wz * wy
-            for wx, ox in ((one - fx, 0), (fx, dx)):
-                v = flat.take(base + (oz + oy + ox))
-                w = wzy * wx
-                undefined = np.isnan(v)
-                if undefined.any():
-                    w[undefined] = 0.0
-                    v[undefined] = 0.0
-                value += w * v
-                weight += w
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value /= weight
-    value[weight < np.float32(1.0 - MAX_UNDEFINED)] = np.nan
-    return value.astype(np.float64)
-
-
-def fractional_plane(lam: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Fractional plane index of wavelengths ``lam`` (um) between the plane ``centers``."""
-    return np.interp(lam, centers, np.arange(centers.size, dtype=np.float64))
+def blot(cube: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray, threads: int = 0) -> np.ndarray:
+    """Trilinear interpolation (float32, like the model) of ``cube`` (the model or its local
+    steps) at output positions ``x, y`` (pixels) and fractional plane ``z``, float64 like the
+    input positions; beyond the outer centres the outer voxels. Undefined (NaN) voxels are left
+    out (weights renormalised); NaN where they hold more than :data:`MAX_UNDEFINED` of the
+    weight. The Rust engine's blot, the one :meth:`Screen.test` uses."""
+    shape = np.shape(x)
+    flat = [np.ascontiguousarray(np.ravel(v), dtype=np.float64) for v in (x, y, z)]
+    out = _core.blot_cube(cube=np.ascontiguousarray(cube, dtype=np.float32), x=flat[0], y=flat[1], z=flat[2],
+                          max_undefined=MAX_UNDEFINED, threads=threads)
+    return out.astype(np.float64).reshape(shape)
 
 
 def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -128,8 +99,10 @@ class Screen:
     :attr:`frame_rejected` holds that frame's rejected pixels (and :attr:`frame_mask`, when
     ``keep_masks``, its crop's rejection mask)."""
 
-    def __init__(self, model: SkyModel, centers: np.ndarray, config: Drizzle3DConfig, keep_masks: bool = False):
+    def __init__(self, model: SkyModel, centers: np.ndarray, config: Drizzle3DConfig, keep_masks: bool = False,
+                 threads_for: Callable[[int], int] = lambda n: 0):
         self.skymodel = model
+        self.threads_for = threads_for
         self.model = model.values
         self.steps = model.steps
         self.centers = np.asarray(centers, dtype=np.float64)
@@ -144,29 +117,16 @@ class Screen:
 
     def test(self, strip: Strip) -> Tuple[np.ndarray, np.ndarray]:
         """(detections, candidates): bool ``(ny, nx)`` of the strip's pixels past the first and
-        the second thresholds."""
-        cx, cy = strip.corners_x, strip.corners_y
-        x = 0.25 * (cx[:-1, :-1] + cx[:-1, 1:] + cx[1:, :-1] + cx[1:, 1:])
-        y = 0.25 * (cy[:-1, :-1] + cy[:-1, 1:] + cy[1:, :-1] + cy[1:, 1:])
-        z = fractional_plane(np.asarray(strip.lambda_c, dtype=np.float64), self.centers)
-        m = blot(self.model, x, y, z)
-        d = np.asarray(strip.image, dtype=np.float64)
-        var = np.asarray(strip.variance, dtype=np.float64)
-        ny, nx = self.model.shape[1:]
-        with np.errstate(invalid="ignore"):
-            inside = (x >= -EDGE) & (x <= nx - 1 + EDGE) & (y >= -EDGE) & (y <= ny - 1 + EDGE)
-            tested = np.isfinite(d) & (var > 0) & np.isfinite(var) & np.isfinite(m) & inside
-            if strip.exclude_mask is not None:
-                tested &= ~strip.exclude_mask
-            diff = np.where(tested, np.abs(d - m), 0.0)
-            sigma = np.sqrt(np.where(tested, var, 0.0))
-        # the local step only matters where the noise term alone is exceeded (rare): blotted there
-        step = np.zeros(diff.shape, dtype=np.float64)
-        maybe = diff > self.snr[1] * sigma
-        step[maybe] = np.nan_to_num(blot(self.steps, x[maybe], y[maybe], z[maybe]))
-        core = tested & (diff > self.snr[0] * sigma + self.scale[0] * step)
-        candidate = tested & (diff > self.snr[1] * sigma + self.scale[1] * step)
-        self.frame_tested += int(np.count_nonzero(tested))
+        the second thresholds (the Rust engine, ``_core.outlier_test``; module docs)."""
+        def f64(a: np.ndarray) -> np.ndarray:
+            return np.asarray(a, dtype=np.float64)
+
+        core, candidate, n_tested = _core.outlier_test(
+            model=self.model, steps=self.steps, centers=self.centers, corners_x=f64(strip.corners_x),
+            corners_y=f64(strip.corners_y), image=f64(strip.image), variance=f64(strip.variance),
+            lambda_c=f64(strip.lambda_c), exclude_mask=strip.exclude_mask, snr=self.snr, scale=self.scale, edge=EDGE,
+            max_undefined=MAX_UNDEFINED, threads=self.threads_for(strip.image.size))
+        self.frame_tested += int(n_tested)
         return core, candidate
 
     def _release(self, held: _Tested, above: Optional[np.ndarray], below: Optional[np.ndarray]) -> Strip:
@@ -221,7 +181,7 @@ def outlier_screen(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
     """Pass 1 (the model, :func:`.outliermodel.build_model`; ``cube`` is left empty), then the
     :class:`Screen` of pass 2."""
     model = build_model(paths, config, grid, cube, threads_for)
-    return Screen(model, grid.zgrid.centers, config, keep_masks=bool(config.outlier_masks))
+    return Screen(model, grid.zgrid.centers, config, keep_masks=bool(config.outlier_masks), threads_for=threads_for)
 
 
 def record_outliers(cube: DrizzleCube, screen: Screen, frame: Frame) -> None:
@@ -272,5 +232,5 @@ def write_mask(path: Path, mask: np.ndarray, frame: Frame) -> None:
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["Screen", "blot", "dilate", "fractional_plane", "outlier_screen", "record_outliers", "finish_outliers",
+__all__ = ["Screen", "blot", "dilate", "outlier_screen", "record_outliers", "finish_outliers",
            "mask_path", "write_mask", "MASK_DIR"]
