@@ -398,7 +398,8 @@ def test_engine_merge_is_bit_identical_to_numpy():
         for b in builders:
             b.fw[...], b.wt[...] = fw, wt
         for b in builders[:2]:
-            b.box = SimpleNamespace(slices=lambda k, ny, nx: next((ys, xs) for kk, ys, xs in boxes if kk == k))
+            where = {k: (ys, xs) for k, ys, xs in boxes}
+            b.box = SimpleNamespace(slices=lambda k, ny, nx, where=where: where[k])
             b.planes = np.isin(np.arange(shape[0]), [k for k, _, _ in boxes])
             b.end_frame()
         for k, ys, xs in boxes:

@@ -189,7 +189,7 @@ impl Thresholds {
         if !(self.edge.is_finite() && self.edge >= 0.0) {
             return Err(format!("edge must be finite and >= 0, got {}", self.edge));
         }
-        if !(self.max_undefined >= 0.0 && self.max_undefined < 1.0) {
+        if !(0.0..1.0).contains(&self.max_undefined) {
             return Err(format!("max_undefined must be in [0, 1), got {}", self.max_undefined));
         }
         Ok(())
@@ -420,7 +420,7 @@ pub fn blot(cube: &ArrayView3<f32>, x: &[f64], y: &[f64], z: &[f64], max_undefin
     if y.len() != x.len() || z.len() != x.len() {
         return Err(format!("x, y and z must have one length, got {}, {} and {}", x.len(), y.len(), z.len()));
     }
-    if !(max_undefined >= 0.0 && max_undefined < 1.0) {
+    if !(0.0..1.0).contains(&max_undefined) {
         return Err(format!("max_undefined must be in [0, 1), got {max_undefined}"));
     }
     let (nz, ny, nx) = cube.dim();
@@ -484,7 +484,10 @@ mod tests {
         assert_eq!(fractional_plane(f64::NAN, &[2.0]), 0.0);
     }
 
-    fn strip(ny: usize, nx: usize, shift: f64) -> (Array2<f64>, Array2<f64>, Array2<f64>, Array2<f64>, Array2<f64>) {
+    /// Corner maps, wavelengths, image and variance of a test strip.
+    type StripArrays = (Array2<f64>, Array2<f64>, Array2<f64>, Array2<f64>, Array2<f64>);
+
+    fn strip(ny: usize, nx: usize, shift: f64) -> StripArrays {
         let cx = Array2::from_shape_fn((ny + 1, nx + 1), |(j, i)| i as f64 - 0.5 + shift + 0.01 * j as f64);
         let cy = Array2::from_shape_fn((ny + 1, nx + 1), |(j, i)| j as f64 - 0.5 - 0.02 * i as f64);
         let lam = Array2::from_shape_fn((ny, nx), |(j, _)| 1.0 + 0.1 * j as f64);

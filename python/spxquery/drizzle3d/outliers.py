@@ -106,8 +106,8 @@ class Screen:
         self.model = model.values
         self.steps = model.steps
         self.centers = np.asarray(centers, dtype=np.float64)
-        self.snr = tuple(float(v) for v in config.outlier_snr)
-        self.scale = tuple(float(v) for v in config.outlier_scale)
+        self.snr = (float(config.outlier_snr[0]), float(config.outlier_snr[1]))
+        self.scale = (float(config.outlier_scale[0]), float(config.outlier_scale[1]))
         self.grow = int(config.outlier_grow)
         self.keep_masks = keep_masks
         self.frame_rejected = 0
