@@ -118,16 +118,45 @@ def test_injected_outlier_flux_is_removed(field):
                                   c["dirty_rej"]["count"].astype(np.int64) + rejected)
 
 
+def _near(mask):
+    """``mask`` grown by one voxel in x, y and wavelength (a 3x3x3 cube)."""
+    out = np.stack([dilate(plane, 1) for plane in mask])
+    grown = out.copy()
+    grown[1:] |= out[:-1]
+    grown[:-1] |= out[1:]
+    return grown
+
+
 @pytest.mark.slow
 def test_residuals_at_injected_positions_within_3_sigma(field):
-    """Away from the bright stars (where the model's own gradient rightly protects every pixel)
-    the voxels the outliers reached are within 3 sigma of the clean cube after rejection."""
+    """Every voxel the outliers reached is within 3 sigma of the clean cube after rejection,
+    except where the rejection stands back by design:
+
+    - where the model's own gradient tolerance exceeds the neighbour threshold
+      (``outlier_scale[0] * step > outlier_snr[1] * sigma`` of a pixel: the cores and wings of
+      the two stars near saturation, ~1.5 % of the voxels). An outlier there hides under the
+      tolerance that keeps the stars' fluxes (drizzlepac and JWST behave alike): with the
+      tolerance off (scale 0.01) these voxels come out clean, but 2.5 % of the clean pixels are
+      rejected and the stars lose up to 66 % of their flux (measured on this field);
+    - next to voxels of fewer than ``outlier_min_inputs`` frames (REJECTED -1): pixels there
+      are blotted from a partly undefined model or not tested (the issue: marked, not rejected).
+    """
     c = field.cubes
     sigma = np.sqrt(c["clean"]["variance"])
-    hit = _tested(c) & (c["dirty"]["sci"] - c["clean"]["sci"] > 3 * sigma) & (np.abs(c["clean"]["sci"]) < 1.0)
-    assert hit.sum() > 200
-    resid = np.abs(c["dirty_rej"]["sci"] - c["clean_rej"]["sci"])[hit] / sigma[hit]
-    assert np.quantile(resid, 0.99) < 3.0, f"{np.mean(resid > 3):.1%} of hit voxels beyond 3 sigma"
+    hit = _tested(c) & (c["dirty"]["sci"] - c["clean"]["sci"] > 3 * sigma)
+    with fits.open(field.clean[0]) as hdul:
+        sigma_pixel = float(np.sqrt(np.nanmedian(hdul["VARIANCE"].data)))
+    cfg = _config(field.root / "x")
+    tolerance = cfg.outlier_scale[0] * np.nan_to_num(local_steps(c["clean"]["sci"].astype(np.float32)))
+    protected = tolerance > cfg.outlier_snr[1] * sigma_pixel
+    assert 0 < protected.mean() < 0.03
+    marked = _near(c["dirty_rej"]["rejected"] < 0)
+    kept = hit & ~protected & ~marked
+    assert kept.sum() > 400 and kept.sum() > 0.7 * hit.sum()
+    resid = np.abs(c["dirty_rej"]["sci"] - c["clean_rej"]["sci"]) / sigma
+    assert resid[kept].max() < 3.0, f"{np.sum(resid[kept] >= 3)} of {kept.sum()} hit voxels beyond 3 sigma"
+    away = hit & ~protected  # next to few-input voxels too: almost all
+    assert np.mean(resid[away] < 3.0) > 0.995
 
 
 @pytest.mark.slow
@@ -300,7 +329,9 @@ def _np_test(model, steps, centers, strip, snr, scale):
     ny, nx = model.shape[1:]
     with np.errstate(invalid="ignore"):
         inside = (x >= -EDGE) & (x <= nx - 1 + EDGE) & (y >= -EDGE) & (y <= ny - 1 + EDGE)
-        tested = np.isfinite(d) & (var > 0) & np.isfinite(var) & np.isfinite(m) & inside & ~strip.exclude_mask
+        tested = np.isfinite(d) & (var > 0) & np.isfinite(var) & np.isfinite(m) & inside
+        if strip.exclude_mask is not None:
+            tested &= ~strip.exclude_mask
         diff = np.where(tested, np.abs(d - m), 0.0)
         sigma = np.sqrt(np.where(tested, var, 0.0))
     step = np.zeros(diff.shape)
@@ -411,6 +442,31 @@ def test_engine_merge_is_bit_identical_to_numpy():
         assert b.cube.flux_weighted.tobytes() == builders[2].cube.flux_weighted.tobytes()
         assert b.cube.weight_total.tobytes() == builders[2].cube.weight_total.tobytes()
     assert builders[0].n_frames.max() >= 4 and np.isfinite(builders[0].hi2_v).sum() > 100
+
+
+@pytest.mark.slow
+def test_engine_passes_give_the_numpy_cube_bit_for_bit(field, monkeypatch):
+    """The dirty field with the numpy merge and test in place of the engine's: the same cube."""
+    from spxquery.drizzle3d import outliers as outliers_mod
+
+    def np_end_frame(self):
+        box, self.box = self.box, self._new_box()
+        planes, self.planes = self.planes, np.zeros(self.cube.nz, dtype=bool)
+        for k in np.flatnonzero(planes):
+            _np_merge(self, int(k), *box.slices(int(k), self.cube.ny, self.cube.nx))
+
+    def np_test(self, strip):
+        core, candidate, n = _np_test(self.model, self.steps, self.centers, strip, self.snr, self.scale)
+        self.frame_tested += n
+        return core, candidate
+
+    monkeypatch.setattr(ModelBuilder, "end_frame", np_end_frame)
+    monkeypatch.setattr(outliers_mod.Screen, "test", np_test)
+    ref = _drizzle(field.dirty, field.root / "numpy", reject_outliers=True)
+    engine = field.cubes["dirty_rej"]
+    for name in ("sci", "variance", "count", "rejected"):
+        assert ref[name].tobytes() == engine[name].tobytes(), name
+    assert ref["header"]["N_OUTPIX"] == engine["header"]["N_OUTPIX"] > 300
 
 
 def test_model_is_not_pulled_by_one_bright_frame():
