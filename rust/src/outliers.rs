@@ -271,35 +271,58 @@ fn axis(pos: f64, n: usize) -> (usize, f32) {
     (i0, (p - i0 as f64) as f32)
 }
 
-/// Trilinear interpolation of `cube` (`n_z, ny, nx`, each >= 1) at output
-/// position `(x, y)` (pixels) and fractional plane `z`; beyond the outer
-/// centres the outer voxels. NaN voxels are left out (weights renormalised);
-/// NaN when they hold more than `max_undefined` of the weight.
-#[inline]
-pub fn blot_at(cube: &ArrayView3<f32>, x: f64, y: f64, z: f64, max_undefined: f64) -> f32 {
-    let (nz, ny, nx) = cube.dim();
-    let (x0, fx) = axis(x, nx);
-    let (y0, fy) = axis(y, ny);
-    let (z0, fz) = axis(z, nz);
-    let (x1, y1, z1) = (x0 + usize::from(nx > 1), y0 + usize::from(ny > 1), z0 + usize::from(nz > 1));
-    let mut value = 0.0f32;
-    let mut weight = 0.0f32;
-    for (wz, kz) in [(1.0 - fz, z0), (fz, z1)] {
-        for (wy, ky) in [(1.0 - fy, y0), (fy, y1)] {
-            let wzy = wz * wy;
-            for (wx, kx) in [(1.0 - fx, x0), (fx, x1)] {
-                let v = cube[[kz, ky, kx]];
-                let (w, v) = if v.is_nan() { (0.0, 0.0) } else { (wzy * wx, v) };
-                value += w * v;
-                weight += w;
+/// A C-contiguous cube read by the blot: its voxels in row-major order and its shape.
+#[derive(Clone, Copy)]
+pub struct Voxels<'a> {
+    flat: &'a [f32],
+    nz: usize,
+    ny: usize,
+    nx: usize,
+}
+
+impl<'a> Voxels<'a> {
+    /// The voxels of `cube` (`n_z, ny, nx`), which must be C-contiguous.
+    pub fn new(cube: &ArrayView3<'a, f32>, name: &str) -> Result<Self, String> {
+        let (nz, ny, nx) = cube.dim();
+        let flat = cube.to_slice().ok_or_else(|| format!("{name} must be C-contiguous"))?;
+        Ok(Voxels { flat, nz, ny, nx })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.flat.is_empty()
+    }
+
+    /// Trilinear interpolation at output position `(x, y)` (pixels) and
+    /// fractional plane `z` (the cube not empty); beyond the outer centres the
+    /// outer voxels. NaN voxels are left out (weights renormalised); NaN when
+    /// they hold more than `max_undefined` of the weight.
+    #[inline]
+    pub fn blot(&self, x: f64, y: f64, z: f64, max_undefined: f64) -> f32 {
+        let (nz, ny, nx) = (self.nz, self.ny, self.nx);
+        let (x0, fx) = axis(x, nx);
+        let (y0, fy) = axis(y, ny);
+        let (z0, fz) = axis(z, nz);
+        let base = (z0 * ny + y0) * nx + x0;
+        let (dx, dy, dz) = (usize::from(nx > 1), usize::from(ny > 1) * nx, usize::from(nz > 1) * nx * ny);
+        let mut value = 0.0f32;
+        let mut weight = 0.0f32;
+        for (wz, oz) in [(1.0 - fz, 0), (fz, dz)] {
+            for (wy, oy) in [(1.0 - fy, 0), (fy, dy)] {
+                let wzy = wz * wy;
+                for (wx, ox) in [(1.0 - fx, 0), (fx, dx)] {
+                    let v = self.flat[base + oz + oy + ox];
+                    let (w, v) = if v.is_nan() { (0.0, 0.0) } else { (wzy * wx, v) };
+                    value += w * v;
+                    weight += w;
+                }
             }
         }
-    }
-    let value = value / weight;
-    if weight < (1.0 - max_undefined) as f32 {
-        f32::NAN
-    } else {
-        value
+        let value = value / weight;
+        if weight < (1.0 - max_undefined) as f32 {
+            f32::NAN
+        } else {
+            value
+        }
     }
 }
 
@@ -347,6 +370,7 @@ fn nan_to_num(v: f64) -> f64 {
 /// candidates, returns the number of pixels tested.
 fn test_row(
     model: &Model,
+    cubes: (Voxels, Voxels),
     px: &Pixels,
     t: &Thresholds,
     j: usize,
@@ -374,7 +398,7 @@ fn test_row(
             continue;
         }
         let z = fractional_plane(lam[i], model.centers);
-        let m = blot_at(&model.values, x, y, z, t.max_undefined) as f64;
+        let m = cubes.0.blot(x, y, z, t.max_undefined) as f64;
         if !m.is_finite() {
             continue;
         }
@@ -382,7 +406,7 @@ fn test_row(
         let diff = (d - m).abs();
         let sigma = var.sqrt();
         // the local step only matters where the noise term alone is exceeded (rare)
-        let step = if diff > t.snr[1] * sigma { nan_to_num(blot_at(&model.steps, x, y, z, t.max_undefined) as f64) } else { 0.0 };
+        let step = if diff > t.snr[1] * sigma { nan_to_num(cubes.1.blot(x, y, z, t.max_undefined) as f64) } else { 0.0 };
         core[i] = diff > t.snr[0] * sigma + t.scale[0] * step;
         cand[i] = diff > t.snr[1] * sigma + t.scale[1] * step;
     }
@@ -400,8 +424,8 @@ pub fn test_pixels(model: &Model, px: &Pixels, t: &Thresholds, threads: usize) -
     let (ny, nx) = px.check()?;
     let mut core = Array2::from_elem((ny, nx), false);
     let mut candidate = Array2::from_elem((ny, nx), false);
-    let (nz, ny_out, nx_out) = model.values.dim();
-    if nz == 0 || ny_out == 0 || nx_out == 0 {
+    let cubes = (Voxels::new(&model.values, "model")?, Voxels::new(&model.steps, "steps")?);
+    if cubes.0.is_empty() {
         return Ok(Tested { core, candidate, n_tested: 0 });
     }
     let counts: Vec<u64> = run_in_pool(threads, || {
@@ -409,13 +433,13 @@ pub fn test_pixels(model: &Model, px: &Pixels, t: &Thresholds, threads: usize) -
             .into_par_iter()
             .zip(candidate.axis_iter_mut(Axis(0)))
             .enumerate()
-            .map(|(j, (c, d))| test_row(model, px, t, j, c, d))
+            .map(|(j, (c, d))| test_row(model, cubes, px, t, j, c, d))
             .collect()
     })?;
     Ok(Tested { core, candidate, n_tested: counts.iter().sum() })
 }
 
-/// [`blot_at`] at each of the positions `x, y, z` (equal lengths).
+/// [`Voxels::blot`] at each of the positions `x, y, z` (equal lengths).
 pub fn blot(cube: &ArrayView3<f32>, x: &[f64], y: &[f64], z: &[f64], max_undefined: f64, threads: usize) -> Result<Vec<f32>, String> {
     if y.len() != x.len() || z.len() != x.len() {
         return Err(format!("x, y and z must have one length, got {}, {} and {}", x.len(), y.len(), z.len()));
@@ -423,17 +447,21 @@ pub fn blot(cube: &ArrayView3<f32>, x: &[f64], y: &[f64], z: &[f64], max_undefin
     if !(0.0..1.0).contains(&max_undefined) {
         return Err(format!("max_undefined must be in [0, 1), got {max_undefined}"));
     }
-    let (nz, ny, nx) = cube.dim();
-    if nz == 0 || ny == 0 || nx == 0 {
+    let voxels = Voxels::new(cube, "cube")?;
+    if voxels.is_empty() {
         return Ok(vec![f32::NAN; x.len()]);
     }
-    run_in_pool(threads, || (0..x.len()).into_par_iter().with_min_len(4096).map(|k| blot_at(cube, x[k], y[k], z[k], max_undefined)).collect())
+    run_in_pool(threads, || (0..x.len()).into_par_iter().with_min_len(4096).map(|k| voxels.blot(x[k], y[k], z[k], max_undefined)).collect())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::Array3;
+
+    fn at(cube: &ArrayView3<f32>, x: f64, y: f64, z: f64, max_undefined: f64) -> f32 {
+        Voxels::new(cube, "cube").unwrap().blot(x, y, z, max_undefined)
+    }
 
     fn linear(nz: usize, ny: usize, nx: usize) -> Array3<f32> {
         Array3::from_shape_fn((nz, ny, nx), |(k, j, i)| (1.0 + 2.0 * i as f64 - 0.5 * j as f64 + 3.0 * k as f64) as f32)
@@ -445,13 +473,13 @@ mod tests {
         let v = c.view();
         let f = |x: f64, y: f64, z: f64| 1.0 + 2.0 * x - 0.5 * y + 3.0 * z;
         for (x, y, z) in [(1.25, 2.75, 0.4), (4.5, 0.5, 2.9), (0.0, 0.0, 0.0), (5.0, 4.0, 3.0)] {
-            assert!((blot_at(&v, x, y, z, 0.5) as f64 - f(x, y, z)).abs() < 1e-5);
+            assert!((at(&v, x, y, z, 0.5) as f64 - f(x, y, z)).abs() < 1e-5);
         }
-        assert_eq!(blot_at(&v, -3.0, -1.0, -2.0, 0.5), c[[0, 0, 0]]);
-        assert_eq!(blot_at(&v, 9.0, 9.0, 9.0, 0.5), c[[3, 4, 5]]);
-        assert_eq!(blot_at(&v, f64::NAN, f64::NAN, f64::NAN, 0.5), c[[0, 0, 0]]);
+        assert_eq!(at(&v, -3.0, -1.0, -2.0, 0.5), c[[0, 0, 0]]);
+        assert_eq!(at(&v, 9.0, 9.0, 9.0, 0.5), c[[3, 4, 5]]);
+        assert_eq!(at(&v, f64::NAN, f64::NAN, f64::NAN, 0.5), c[[0, 0, 0]]);
         let one = Array3::from_elem((1, 1, 1), 7.0f32);
-        assert_eq!(blot_at(&one.view(), 0.3, -0.2, 5.0, 0.5), 7.0);
+        assert_eq!(at(&one.view(), 0.3, -0.2, 5.0, 0.5), 7.0);
     }
 
     #[test]
@@ -459,15 +487,15 @@ mod tests {
         let mut c = linear(2, 2, 2);
         c[[0, 0, 0]] = f32::NAN;
         // at the cell's centre the NaN holds 1/8 of the weight: the mean of the other seven
-        let got = blot_at(&c.view(), 0.5, 0.5, 0.5, 0.5);
+        let got = at(&c.view(), 0.5, 0.5, 0.5, 0.5);
         let want: f32 = c.iter().filter(|v| !v.is_nan()).map(|v| 0.125 * v).sum::<f32>() / 0.875;
         assert!((got - want).abs() < 1e-5, "{got} {want}");
         c[[0, 0, 1]] = f32::NAN;
         c[[0, 1, 0]] = f32::NAN;
         c[[0, 1, 1]] = f32::NAN;
-        assert!(blot_at(&c.view(), 0.5, 0.5, 0.5, 0.5).is_finite()); // exactly half: kept
-        assert!(blot_at(&c.view(), 0.5, 0.5, 0.4, 0.5).is_nan()); // more than half
-        assert!(blot_at(&c.view(), 0.5, 0.5, 1.0, 0.5).is_finite()); // only the defined plane
+        assert!(at(&c.view(), 0.5, 0.5, 0.5, 0.5).is_finite()); // exactly half: kept
+        assert!(at(&c.view(), 0.5, 0.5, 0.4, 0.5).is_nan()); // more than half
+        assert!(at(&c.view(), 0.5, 0.5, 1.0, 0.5).is_finite()); // only the defined plane
     }
 
     #[test]
