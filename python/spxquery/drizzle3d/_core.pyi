@@ -179,7 +179,7 @@ def outlier_test(
     threads: int = 0,
 ) -> tuple[BoolArray, BoolArray, int]:
     """Outlier rejection (issue 19): each pixel of a strip against the model blotted at its own
-    (x, y, lambda). ``model``, ``steps``: ``(n_z, ny, nx)`` float32 (MJy/sr, NaN undefined);
+    (x, y, lambda). ``model``, ``steps``: ``(n_z, ny, nx)`` float32, C-contiguous (MJy/sr, NaN undefined);
     ``centers``: the ``n_z`` plane centres (um, increasing). The pixel's position is the mean of
     its four corners, its plane ``interp(lambda_c, centers, arange(n_z))``; ``m`` and ``G`` are
     the model and the steps there (:func:`blot_cube`). A pixel is tested when not excluded, its
@@ -197,7 +197,7 @@ def blot_cube(
     max_undefined: float,
     threads: int = 0,
 ) -> npt.NDArray[np.float32]:
-    """Trilinear interpolation (float32) of ``cube`` ``(n_z, ny, nx)`` at output positions ``x, y``
+    """Trilinear interpolation (float32) of ``cube`` ``(n_z, ny, nx)``, C-contiguous, at output positions ``x, y``
     (pixels) and fractional planes ``z`` (1-D, equal lengths), clamped to the outer voxels; NaN
     voxels left out with the weights renormalised, NaN where they hold more than
     ``max_undefined`` of the weight."""

@@ -103,8 +103,8 @@ class Screen:
                  threads_for: Callable[[int], int] = lambda n: 0):
         self.skymodel = model
         self.threads_for = threads_for
-        self.model = model.values
-        self.steps = model.steps
+        self.model = np.ascontiguousarray(model.values, dtype=np.float32)  # the engine reads them flat
+        self.steps = np.ascontiguousarray(model.steps, dtype=np.float32)
         self.centers = np.asarray(centers, dtype=np.float64)
         self.snr = (float(config.outlier_snr[0]), float(config.outlier_snr[1]))
         self.scale = (float(config.outlier_scale[0]), float(config.outlier_scale[1]))
