@@ -575,13 +575,48 @@ mod tests {
         assert!(test_pixels(&wrong, &px, &t, 1).unwrap_err().contains("increasing"));
         assert!(blot(&values.view(), &[0.0], &[0.0, 1.0], &[0.0], 0.5, 1).is_err());
     }
+    /// The model's arrays of a merge test.
+    struct State {
+        flux: Array3<f64>,
+        weight: Array3<f64>,
+        n: Array3<u16>,
+        hv: Array3<f32>,
+        hw: Array3<f32>,
+        h2v: Array3<f32>,
+        h2w: Array3<f32>,
+    }
+
+    impl State {
+        fn new(shape: (usize, usize, usize)) -> Self {
+            let (lowest, zero) = (Array3::from_elem(shape, f32::NEG_INFINITY), Array3::<f32>::zeros(shape));
+            State {
+                flux: Array3::zeros(shape),
+                weight: Array3::zeros(shape),
+                n: Array3::zeros(shape),
+                hv: lowest.clone(),
+                hw: zero.clone(),
+                h2v: lowest,
+                h2w: zero,
+            }
+        }
+
+        fn view(&mut self) -> ModelState<'_> {
+            ModelState {
+                flux: self.flux.view_mut(),
+                weight: self.weight.view_mut(),
+                n_frames: self.n.view_mut(),
+                hi_v: self.hv.view_mut(),
+                hi_w: self.hw.view_mut(),
+                hi2_v: self.h2v.view_mut(),
+                hi2_w: self.h2w.view_mut(),
+            }
+        }
+    }
+
     #[test]
     fn merge_keeps_the_two_highest_frames_and_clears_the_scratch() {
         let shape = (3, 4, 5);
-        let (mut flux, mut weight) = (Array3::<f64>::zeros(shape), Array3::<f64>::zeros(shape));
-        let mut n = Array3::<u16>::zeros(shape);
-        let (mut hv, mut hw) = (Array3::from_elem(shape, f32::NEG_INFINITY), Array3::<f32>::zeros(shape));
-        let (mut h2v, mut h2w) = (Array3::from_elem(shape, f32::NEG_INFINITY), Array3::<f32>::zeros(shape));
+        let mut m = State::new(shape);
         let boxes = [[0, 1, 3, 0, 5], [2, 0, 4, 2, 4]];
         for (frame, mean) in [2.0, 7.0, 1.0, 5.0].into_iter().enumerate() {
             let mut fw = Array3::<f64>::zeros(shape);
@@ -590,35 +625,18 @@ mod tests {
             fw.slice_mut(s![0, 1..3, ..]).fill(2.0 * mean);
             wt[[2, 3, 3]] = 1.0 + frame as f64;
             fw[[2, 3, 3]] = (1.0 + frame as f64) * mean;
-            let state = ModelState {
-                flux: flux.view_mut(),
-                weight: weight.view_mut(),
-                n_frames: n.view_mut(),
-                hi_v: hv.view_mut(),
-                hi_w: hw.view_mut(),
-                hi2_v: h2v.view_mut(),
-                hi2_w: h2w.view_mut(),
-            };
-            merge_frame(state, fw.view_mut(), wt.view_mut(), &boxes, 1 + frame % 2).unwrap();
+            merge_frame(m.view(), fw.view_mut(), wt.view_mut(), &boxes, 1 + frame % 2).unwrap();
             assert!(fw.iter().all(|v| *v == 0.0) && wt.iter().all(|v| *v == 0.0));
         }
-        assert_eq!((hv[[0, 1, 0]], h2v[[0, 1, 0]], hw[[0, 1, 0]]), (7.0, 5.0, 2.0));
-        assert_eq!((hv[[2, 3, 3]], hw[[2, 3, 3]], h2v[[2, 3, 3]], h2w[[2, 3, 3]]), (7.0, 2.0, 5.0, 4.0));
-        assert_eq!((n[[0, 2, 4]], n[[2, 3, 3]], n[[0, 0, 0]], n[[2, 2, 3]]), (4, 4, 0, 0));
-        assert_eq!((flux[[0, 1, 1]], weight[[0, 1, 1]]), (2.0 * 15.0, 8.0));
-        assert_eq!(hv[[0, 0, 0]], f32::NEG_INFINITY);
-        let mut z = Array3::<f64>::zeros(shape);
-        let mut z2 = Array3::<f64>::zeros(shape);
-        let state = ModelState {
-            flux: flux.view_mut(),
-            weight: weight.view_mut(),
-            n_frames: n.view_mut(),
-            hi_v: hv.view_mut(),
-            hi_w: hw.view_mut(),
-            hi2_v: h2v.view_mut(),
-            hi2_w: h2w.view_mut(),
-        };
-        let err = merge_frame(state, z.view_mut(), z2.view_mut(), &[[0, 0, 1, 0, 1], [0, 1, 2, 0, 1]], 1).unwrap_err();
+        assert_eq!((m.hv[[0, 1, 0]], m.h2v[[0, 1, 0]], m.hw[[0, 1, 0]]), (7.0, 5.0, 2.0));
+        assert_eq!((m.hv[[2, 3, 3]], m.hw[[2, 3, 3]], m.h2v[[2, 3, 3]], m.h2w[[2, 3, 3]]), (7.0, 2.0, 5.0, 4.0));
+        assert_eq!((m.n[[0, 2, 4]], m.n[[2, 3, 3]], m.n[[0, 0, 0]], m.n[[2, 2, 3]]), (4, 4, 0, 0));
+        assert_eq!((m.flux[[0, 1, 1]], m.weight[[0, 1, 1]]), (2.0 * 15.0, 8.0));
+        assert_eq!(m.hv[[0, 0, 0]], f32::NEG_INFINITY);
+        let (mut z, mut z2) = (Array3::<f64>::zeros(shape), Array3::<f64>::zeros(shape));
+        let err = merge_frame(m.view(), z.view_mut(), z2.view_mut(), &[[0, 0, 1, 0, 1], [0, 1, 2, 0, 1]], 1).unwrap_err();
         assert!(err.contains("two boxes"), "{err}");
+        let err = merge_frame(m.view(), z.view_mut(), z2.view_mut(), &[[1, 0, 9, 0, 1]], 1).unwrap_err();
+        assert!(err.contains("outside"), "{err}");
     }
 }
