@@ -56,6 +56,40 @@ struct PlaneViews<'a> {
     hi2_w: ArrayViewMut2<'a, f32>,
 }
 
+/// Rows merged by one task: boxes are cut into chunks of this many rows, so
+/// that the threads share the work whatever the number of planes.
+const MERGE_ROWS: usize = 16;
+
+impl<'a> PlaneViews<'a> {
+    /// The first `rows` rows and the rest.
+    fn split(self, rows: usize) -> (Self, Self) {
+        let (fw, fw2) = self.fw.split_at(Axis(0), rows);
+        let (wt, wt2) = self.wt.split_at(Axis(0), rows);
+        let (flux, flux2) = self.flux.split_at(Axis(0), rows);
+        let (weight, weight2) = self.weight.split_at(Axis(0), rows);
+        let (n, n2) = self.n.split_at(Axis(0), rows);
+        let (hi_v, hi_v2) = self.hi_v.split_at(Axis(0), rows);
+        let (hi_w, hi_w2) = self.hi_w.split_at(Axis(0), rows);
+        let (hi2_v, hi2_v2) = self.hi2_v.split_at(Axis(0), rows);
+        let (hi2_w, hi2_w2) = self.hi2_w.split_at(Axis(0), rows);
+        (
+            PlaneViews { fw, wt, flux, weight, n, hi_v, hi_w, hi2_v, hi2_w },
+            PlaneViews { fw: fw2, wt: wt2, flux: flux2, weight: weight2, n: n2, hi_v: hi_v2, hi_w: hi_w2, hi2_v: hi2_v2, hi2_w: hi2_w2 },
+        )
+    }
+
+    /// The views cut into chunks of at most [`MERGE_ROWS`] rows, appended to `out`.
+    fn chunks(self, out: &mut Vec<PlaneViews<'a>>) {
+        let mut rest = self;
+        while rest.fw.nrows() > MERGE_ROWS {
+            let (head, tail) = rest.split(MERGE_ROWS);
+            out.push(head);
+            rest = tail;
+        }
+        out.push(rest);
+    }
+}
+
 /// Takes plane `k` of `planes` (each plane once), cut to the box.
 fn take_plane<'a, T>(planes: &mut [Option<ArrayViewMut2<'a, T>>], b: &PlaneBox) -> ArrayViewMut2<'a, T> {
     let plane = planes[b[0]].take().expect("planes of the boxes are distinct (checked)");
@@ -71,7 +105,7 @@ fn row<'b, T>(a: &'b mut ArrayViewMut2<'_, T>, j: usize) -> &'b mut [T] {
     a.row_mut(j).into_slice().expect("rows are contiguous (checked)")
 }
 
-/// Merges one plane's box (module docs) and clears the scratch there. Voxels
+/// Merges rows of one plane's box (module docs) and clears the scratch there. Voxels
 /// the frame did not reach (flux and weight +0) are left alone: nothing would
 /// change, and their untouched pages of the cube stay unmapped.
 fn merge_plane(mut v: PlaneViews) {
@@ -80,6 +114,9 @@ fn merge_plane(mut v: PlaneViews) {
         let (fw, wt) = (row(&mut v.fw, j), row(&mut v.wt, j));
         let (flux, weight, n) = (row(&mut v.flux, j), row(&mut v.weight, j), row(&mut v.n, j));
         let (hi_v, hi_w, hi2_v, hi2_w) = (row(&mut v.hi_v, j), row(&mut v.hi_w, j), row(&mut v.hi2_v, j), row(&mut v.hi2_w, j));
+        // the same length for all (the compiler then drops the bounds checks)
+        let (fw, wt, flux, weight, n) = (&mut fw[..cols], &mut wt[..cols], &mut flux[..cols], &mut weight[..cols], &mut n[..cols]);
+        let (hi_v, hi_w, hi2_v, hi2_w) = (&mut hi_v[..cols], &mut hi_w[..cols], &mut hi2_v[..cols], &mut hi2_w[..cols]);
         for i in 0..cols {
             let (f, w) = (fw[i], wt[i]);
             if f.to_bits() == 0 && w.to_bits() == 0 {
@@ -150,20 +187,20 @@ pub fn merge_frame(state: ModelState, fw: ArrayViewMut3<f64>, wt: ArrayViewMut3<
     let (mut p_fw, mut p_wt, mut p_flux, mut p_weight) = (planes_of(fw), planes_of(wt), planes_of(state.flux), planes_of(state.weight));
     let mut p_n = planes_of(state.n_frames);
     let (mut p_hv, mut p_hw, mut p_h2v, mut p_h2w) = (planes_of(state.hi_v), planes_of(state.hi_w), planes_of(state.hi2_v), planes_of(state.hi2_w));
-    let views: Vec<PlaneViews> = boxes
-        .iter()
-        .map(|b| PlaneViews {
-            fw: take_plane(&mut p_fw, b),
-            wt: take_plane(&mut p_wt, b),
-            flux: take_plane(&mut p_flux, b),
-            weight: take_plane(&mut p_weight, b),
-            n: take_plane(&mut p_n, b),
-            hi_v: take_plane(&mut p_hv, b),
-            hi_w: take_plane(&mut p_hw, b),
-            hi2_v: take_plane(&mut p_h2v, b),
-            hi2_w: take_plane(&mut p_h2w, b),
-        })
-        .collect();
+    let mut views: Vec<PlaneViews> = Vec::new();
+    for view in boxes.iter().map(|b| PlaneViews {
+        fw: take_plane(&mut p_fw, b),
+        wt: take_plane(&mut p_wt, b),
+        flux: take_plane(&mut p_flux, b),
+        weight: take_plane(&mut p_weight, b),
+        n: take_plane(&mut p_n, b),
+        hi_v: take_plane(&mut p_hv, b),
+        hi_w: take_plane(&mut p_hw, b),
+        hi2_v: take_plane(&mut p_h2v, b),
+        hi2_w: take_plane(&mut p_h2w, b),
+    }) {
+        view.chunks(&mut views);
+    }
     run_in_pool(threads, || views.into_par_iter().for_each(merge_plane))
 }
 
@@ -331,6 +368,13 @@ impl<'a> Voxels<'a> {
 /// arithmetic (0 below the first centre, `n - 1` above the last, NaN for NaN).
 #[inline]
 pub fn fractional_plane(lam: f64, centers: &[f64]) -> f64 {
+    fractional_plane_from(lam, centers, &mut 0)
+}
+
+/// [`fractional_plane`], trying first the bin found for the previous pixel
+/// (`guess`, updated): neighbouring pixels see nearly the same wavelength.
+#[inline]
+fn fractional_plane_from(lam: f64, centers: &[f64], guess: &mut usize) -> f64 {
     let n = centers.len();
     if n == 1 {
         return 0.0;
@@ -338,8 +382,11 @@ pub fn fractional_plane(lam: f64, centers: &[f64]) -> f64 {
     if lam.is_nan() {
         return lam;
     }
-    // j: the last centre <= lam (-1 below the first)
-    let j = centers.partition_point(|&c| c <= lam);
+    // j: the number of centres <= lam
+    let g = *guess;
+    let fits = (g == 0 || centers[g - 1] <= lam) && (g == n || lam < centers[g]);
+    let j = if g <= n && fits { g } else { centers.partition_point(|&c| c <= lam) };
+    *guess = j;
     if j == 0 {
         0.0
     } else if lam > centers[n - 1] {
@@ -384,6 +431,7 @@ fn test_row(
     let (image, variance, lam): (ArrayView1<f64>, ArrayView1<f64>, ArrayView1<f64>) = (px.image.row(j), px.variance.row(j), px.lambda_c.row(j));
     let exclude = px.exclude.as_ref().map(|e| e.row(j));
     let mut n = 0;
+    let mut guess = 0;
     for i in 0..image.len() {
         if exclude.as_ref().is_some_and(|e| e[i]) {
             continue;
@@ -397,7 +445,7 @@ fn test_row(
         if !(x >= -t.edge && x <= xmax && y >= -t.edge && y <= ymax) {
             continue;
         }
-        let z = fractional_plane(lam[i], model.centers);
+        let z = fractional_plane_from(lam[i], model.centers, &mut guess);
         let m = cubes.0.blot(x, y, z, t.max_undefined) as f64;
         if !m.is_finite() {
             continue;
@@ -510,6 +558,10 @@ mod tests {
         assert_eq!(fractional_plane(9.0, &c), 3.0);
         assert!(fractional_plane(f64::NAN, &c).is_nan());
         assert_eq!(fractional_plane(f64::NAN, &[2.0]), 0.0);
+        let mut guess = 0;
+        for lam in [1.25, 1.3, 3.9, 0.2, 4.0, 9.0, 1.0, 2.5, 2.4, 1.49] {
+            assert_eq!(fractional_plane_from(lam, &c, &mut guess).to_bits(), fractional_plane(lam, &c).to_bits(), "{lam}");
+        }
     }
 
     /// Corner maps, wavelengths, image and variance of a test strip.
