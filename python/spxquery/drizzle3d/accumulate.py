@@ -64,12 +64,21 @@ class DrizzleCube:
     """(n_z,) uint32: input frames that contributed to each plane."""
     frame_log: list[dict[str, Any]] = field(default_factory=list)
     """One entry per contributing frame: name, zodi_scale, n_pixels, ..."""
+    plane_detector: np.ndarray | None = None
+    """(n_z,) detector (1-6) of each plane (None: ``detector`` for every plane)."""
     _engine: tuple[tuple, _core.EngineParams] | None = field(default=None, init=False, repr=False, compare=False)
     """The engine parameters and the settings they were built from (see :attr:`engine_params`)."""
 
     def __post_init__(self) -> None:
         if self.n_input_sc is None:
             self.n_input_sc = np.zeros(self.zgrid.n_z, dtype=np.uint32)
+        if self.plane_detector is None:
+            self.plane_detector = np.full(self.zgrid.n_z, int(self.detector), dtype=np.int64)
+
+    @property
+    def label(self) -> str:
+        """``D3`` for a detector's cube, ``all`` for a cube of several detectors (detector 0)."""
+        return f"D{int(self.detector)}" if int(self.detector) else "all"
 
     @property
     def nz(self) -> int:
@@ -122,12 +131,16 @@ class DrizzleCube:
         }
 
     @classmethod
-    def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int) -> DrizzleCube:
-        """Allocate an empty cube of ``(zgrid.n_z, config.output_ny(), config.output_nx())``."""
+    def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int,
+               plane_detector: np.ndarray | None = None) -> DrizzleCube:
+        """Allocate an empty cube of ``(zgrid.n_z, config.output_ny(), config.output_nx())``.
+        ``detector`` 0 with ``plane_detector`` (the detector of each plane): a cube of several detectors."""
         shape = (zgrid.n_z, config.output_ny(), config.output_nx())
         nbytes = int(np.prod(shape)) * (3 * 8 + 3 * 4)
-        logger.info("D%d: allocating cube %s (%.1f MB of accumulators)", detector, "x".join(map(str, shape)),
-                    nbytes / 1e6)
+        logger.info("%s: allocating cube %s (%.1f MB of accumulators)", f"D{detector}" if detector else "all",
+                    "x".join(map(str, shape)), nbytes / 1e6)
+        if plane_detector is not None and np.shape(plane_detector) != (zgrid.n_z,):
+            raise ValueError(f"plane_detector has shape {np.shape(plane_detector)}, expected ({zgrid.n_z},)")
         cube = cls(
             wcs=wcs,
             pixscale=pixscale,
@@ -140,6 +153,7 @@ class DrizzleCube:
             or_mask=np.zeros(shape, dtype=np.uint32),
             config=config,
             detector=detector,
+            plane_detector=None if plane_detector is None else np.asarray(plane_detector, dtype=np.int64),
         )
         _ = cube.engine_params  # validated now, not at the first frame
         return cube

@@ -364,7 +364,7 @@ def prepare_frame(
     path = Path(path)
     hdul = _open_fits(path)
     try:
-        frame = _read_header(hdul, path, grid.detectors)
+        frame = _read_header(hdul, path, grid.input_detectors)
         crop = footprint_crop(frame, grid, margin_pix)
         if crop is None:
             return None

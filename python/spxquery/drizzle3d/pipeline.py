@@ -1,7 +1,9 @@
 """High-level Drizzle3D pipeline: query -> download -> per-detector drizzle -> save.
 
 ``drizzle_detector`` drizzles a list of L2 files of one detector into a cube and
-saves ``output_dir/drizzle_D{N}.fits``. Files are read one ahead on a reader
+saves ``output_dir/drizzle_D{N}.fits``; ``drizzle_all_detectors`` drizzles the files of
+several detectors into one cube of the spectral grid across detectors,
+``output_dir/drizzle_all.fits`` (``combine_detectors``). Files are read one ahead on a reader
 thread while the previous frame is accumulated (the Rust accumulation releases
 the GIL) when crops are small; large crops (e.g. whole frames for degree-sized
 cubes) are read one file at a time, in strips of rows; frames are always accumulated in
@@ -18,7 +20,7 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Deque, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
@@ -28,7 +30,7 @@ from .config import Drizzle3DConfig
 from .cubefile import save_cube
 from .frames import Frame, FrameError, prepare_frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
-from .preflight import OutputExistsError, preflight
+from .preflight import OutputExistsError, output_path, preflight, run_cubes
 from .progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -42,12 +44,17 @@ READ_AHEAD_MAX_PIXELS = 1_000_000
 
 
 def output_path_for(config: Drizzle3DConfig, detector: int) -> Path:
-    """``output_dir/drizzle_D{detector}.fits``."""
-    return Path(config.output_dir) / f"drizzle_D{int(detector)}.fits"
+    """``output_dir/drizzle_D{detector}.fits``; ``output_dir/drizzle_all.fits`` for detector 0
+    (the cube of all detectors, ``combine_detectors``)."""
+    return output_path(config, detector)
 
 
 def _detectors(config: Drizzle3DConfig) -> Tuple[int, ...]:
     return ALL_DETECTORS if int(config.detector) == 0 else (int(config.detector),)
+
+
+def _label(detector: int) -> str:
+    return f"D{int(detector)}" if int(detector) else "all"
 
 
 def _read_one(path: Path, config: Drizzle3DConfig, grid: OutputGrid) -> Tuple[str, object]:
@@ -68,7 +75,7 @@ def _read_ahead(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid) ->
     read on a thread while the caller accumulates this one, unless this one's crop is large
     (e.g. whole frames for degree-sized cubes): then one frame is held at a time, to keep peak
     memory near the cube's accumulators. The caller drops the payload before asking for more."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"drizzle-D{grid.detector}-reader") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="drizzle-reader") as pool:
         remaining = iter(paths)
         pending: Deque[Tuple[Path, Future]] = deque()
 
@@ -110,6 +117,55 @@ def _drizzle_frame(cube: DrizzleCube, frame: Frame) -> Dict[str, Any]:
             "zodi_source": frame.zodi.source, "crop": frame.crop, "n_pixels": n_pix}
 
 
+def _accumulate_files(cube: DrizzleCube, paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
+                      label: str, counts: Dict[str, int]) -> None:
+    """Read and drizzle ``paths`` into ``cube`` in order, counting each file's outcome in ``counts``
+    (``frame``, ``reject``, ``skip``, ``empty``); rejected files get one warning line each."""
+    with progress_bar(len(paths), label, "frame", config.progress) as bar:
+        for path, kind, payload in _read_ahead(paths, config, grid):
+            bar.update(1)
+            if kind == "reject":
+                logger.warning("%s: skipping %s: %s", label, path, payload)
+            elif kind == "skip":
+                logger.debug("%s: %s does not touch the output region", label, path.name)
+            else:
+                entry = _drizzle_frame(cube, payload)
+                if entry["n_pixels"] > 0:
+                    cube.frame_log.append(entry)
+                else:
+                    kind = "empty"
+                    logger.debug("%s: %s overlaps the region but no pixel landed", label, path.name)
+            del payload
+            counts[kind] = counts.get(kind, 0) + 1
+
+
+def _drizzle_grid(paths_by_detector: Dict[int, List[Path]], config: Drizzle3DConfig, detector: int,
+                  grid: OutputGrid) -> Optional[Path]:
+    """Drizzle the files of each detector (in detector order, each file once) onto ``grid`` and
+    save cube ``detector`` (0: the cube of all detectors); None when no frame contributed."""
+    label = _label(detector)
+    out_path = output_path_for(config, detector)
+    if out_path.exists() and not config.overwrite:
+        raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
+    cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector, grid.plane_detector)
+    n_files = sum(len(p) for p in paths_by_detector.values())
+    logger.info("%s: drizzling %d files onto %d x %d x %d (nz, ny, nx)", label, n_files, *grid.cube_shape)
+    counts = {"reject": 0, "skip": 0, "empty": 0}
+    t0 = time.perf_counter()
+    for det in sorted(paths_by_detector):
+        paths = [Path(p) for p in paths_by_detector[det]]
+        _accumulate_files(cube, paths, config, grid, _label(det) if detector == 0 else label, counts)
+    cube.n_rejected = counts["reject"]
+    logger.info(
+        "%s: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)",
+        label, cube.n_inputs, counts["reject"], counts["skip"], counts["empty"], time.perf_counter() - t0,
+    )
+    if not cube.frame_log:
+        logger.warning("%s: no frame contributed to the output region; no cube written", label)
+        return None
+    return save_cube(cube, out_path, overwrite=config.overwrite, progress=config.progress)
+
+
 def drizzle_detector(
     fits_paths: Iterable[Path],
     config: Drizzle3DConfig,
@@ -126,65 +182,62 @@ def drizzle_detector(
     detector = int(detector)
     if detector not in ALL_DETECTORS:
         raise ValueError(f"detector must be 1-6 for drizzle_detector, got {detector}")
-    out_path = output_path_for(config, detector)
-    if out_path.exists() and not config.overwrite:
-        raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
-
-    paths: List[Path] = [Path(p) for p in fits_paths]
     grid = OutputGrid.for_detector(config, detector, output_wcs)
-    cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector)
-    logger.info("D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx)", detector, len(paths), *grid.cube_shape)
+    return _drizzle_grid({detector: list(fits_paths)}, config, detector, grid)
 
-    counts = {"reject": 0, "skip": 0, "empty": 0}
-    t0 = time.perf_counter()
-    with progress_bar(len(paths), f"D{detector}", "frame", config.progress) as bar:
-        for path, kind, payload in _read_ahead(paths, config, grid):
-            bar.update(1)
-            if kind == "reject":
-                logger.warning("D%d: skipping %s: %s", detector, path, payload)
-            elif kind == "skip":
-                logger.debug("D%d: %s does not touch the output region", detector, path.name)
-            else:
-                entry = _drizzle_frame(cube, payload)
-                if entry["n_pixels"] > 0:
-                    cube.frame_log.append(entry)
-                else:
-                    kind = "empty"
-                    logger.debug("D%d: %s overlaps the region but no pixel landed", detector, path.name)
-            del payload
-            counts[kind] = counts.get(kind, 0) + 1
 
-    cube.n_rejected = counts["reject"]
-    logger.info(
-        "D%d: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)",
-        detector, cube.n_inputs, counts["reject"], counts["skip"], counts["empty"], time.perf_counter() - t0,
-    )
-    if not cube.frame_log:
-        logger.warning("D%d: no frame contributed to the output region; no cube written", detector)
-        return None
-    return save_cube(cube, out_path, overwrite=config.overwrite, progress=config.progress)
+def drizzle_all_detectors(
+    paths_by_detector: Mapping[int, Iterable[Path]],
+    config: Drizzle3DConfig,
+    output_wcs: WCS,
+) -> Optional[Path]:
+    """Drizzle the L2 files of several detectors (``{detector: paths}``) into one cube of the
+    spectral grid across detectors (:meth:`.grid.OutputGrid.all_detectors`), on ``output_wcs``.
+
+    Each detector's files are read once, detector after detector (files of a detector whose
+    pixels cannot reach the grid's wavelengths are left out). Writes
+    ``output_dir/drizzle_all.fits`` and returns its path, or None when no frame contributed.
+    ValueError unless ``config`` has ``detector=0`` and ``combine_detectors=True``.
+    """
+    if int(config.detector) != 0 or not config.combine_detectors:
+        raise ValueError("drizzle_all_detectors needs a config with detector=0 and combine_detectors=True, got "
+                         f"detector={config.detector}, combine_detectors={config.combine_detectors}")
+    grid = OutputGrid.all_detectors(config, output_wcs)
+    paths: Dict[int, List[Path]] = {}
+    for det, files in sorted(paths_by_detector.items()):
+        files = [Path(p) for p in files]
+        if int(det) not in grid.input_detectors:
+            if files:
+                logger.info("D%d: %d files left out: its pixels cannot reach %.4f-%.4f um", int(det), len(files),
+                            grid.zgrid.edges[0], grid.zgrid.edges[-1])
+            continue
+        paths[int(det)] = files
+    return _drizzle_grid(paths, config, 0, grid)
 
 
 def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
     """Top-level entry point: query -> download -> drizzle -> save, per detector.
 
-    ``config.detector`` 0 processes all six detectors. Returns ``{detector: output path}``
-    for the cubes written. Before any query (:func:`~.preflight.preflight`): OutputExistsError
-    (a FileExistsError) when an output of a requested detector exists and ``config.overwrite``
-    is False; OSError naming ``output_dir`` when it is no directory or not writable;
-    RunBudgetError (a ValueError) when the accumulators or the cube files would not fit in
-    memory or on disk. FileNotFoundError (naming an example path) when ``data_mirror`` holds none
-    of the frames of any detector. Warns when the region is only a few pixels wide (:func:`.grid.small_region_warning`).
+    ``config.detector`` 0 processes all six detectors: one cube each, or with
+    ``combine_detectors`` one cube of all, ``output_dir/drizzle_all.fits``, returned as
+    ``{0: path}``. Returns ``{detector: output path}`` for the cubes written. Before any query
+    (:func:`~.preflight.preflight`): OutputExistsError (a FileExistsError) when an output of a
+    requested detector exists and ``config.overwrite`` is False; OSError naming ``output_dir``
+    when it is no directory or not writable; RunBudgetError (a ValueError) when the accumulators
+    or the cube files would not fit in memory or on disk. FileNotFoundError (naming an example
+    path) when ``data_mirror`` holds none of the frames of any detector. Warns when the region is
+    only a few pixels wide (:func:`.grid.small_region_warning`).
     """
-    from .query import download_observations_report, query_observations, resolve_cutout
+    from .query import query_observations, resolve_cutout
 
     detectors = _detectors(config)
-    preflight(config, detectors)  # outputs, memory, disk: before the first query
+    preflight(config, run_cubes(config))  # outputs, memory, disk: before the first query
 
     logger.info(
-        "Drizzle3D: centre (%.6f, %.6f) deg, %.2f' x %.2f', detector %s",
+        "Drizzle3D: centre (%.6f, %.6f) deg, %.2f' x %.2f', detector %s%s",
         config.center_ra, config.center_dec, config.width, config.height,
         "all" if int(config.detector) == 0 else f"D{config.detector}",
+        " (one cube)" if config.combine_detectors else "",
     )
     small = small_region_warning(config)
     if small is not None:
@@ -198,38 +251,56 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
 
     results: Dict[int, Path] = {}
     mirror_has_none: List[str] = []
+    combined: Dict[int, List[Path]] = {}
     for det in detectors:
-        observations = obs_by_det.get(det, [])
-        if not observations:
-            logger.warning("D%d: no observations found", det)
-            continue
-        logger.info("D%d: %d observations", det, len(observations))
-        report = download_observations_report(
-            observations,
-            output_dir=config.output_dir,
-            max_workers=config.download_workers,
-            skip_existing=config.skip_existing,
-            data_mirror=config.data_mirror,
-            cutout=cutout,
-            timeout=config.download_timeout,
-            retries=config.download_retries,
-            progress=config.progress,
-            deadline=config.download_deadline,
-        )
-        fits_paths = report.verified
+        fits_paths = _files(det, obs_by_det.get(det, []), config, cutout, mirror_has_none)
         if not fits_paths:
-            none = _mirror_has_none(report, config)
-            if none is not None:
-                mirror_has_none.append(f"D{det}: {none}")
-            logger.warning("D%d: no files available, skipping", det)
+            continue
+        if config.combine_detectors:
+            combined[det] = fits_paths
             continue
         out = drizzle_detector(fits_paths, config, det, output_wcs)
         if out is not None:
             results[det] = out
+    if combined:
+        out = drizzle_all_detectors(combined, config, output_wcs)
+        if out is not None:
+            results[0] = out
     if not results and mirror_has_none and len(mirror_has_none) == sum(1 for d in detectors if obs_by_det.get(d)):
         raise FileNotFoundError(mirror_has_none[0])
     logger.info("Drizzle3D complete: %d cube(s) written", len(results))
     return results
+
+
+def _files(det: int, observations: List[Any], config: Drizzle3DConfig, cutout: Any,
+           mirror_has_none: List[str]) -> List[Path]:
+    """The verified local files of one detector's observations (downloaded, or found in the
+    mirror); a mirror holding none of them adds its message to ``mirror_has_none``."""
+    from .query import download_observations_report
+
+    if not observations:
+        logger.warning("D%d: no observations found", det)
+        return []
+    logger.info("D%d: %d observations", det, len(observations))
+    report = download_observations_report(
+        observations,
+        output_dir=config.output_dir,
+        max_workers=config.download_workers,
+        skip_existing=config.skip_existing,
+        data_mirror=config.data_mirror,
+        cutout=cutout,
+        timeout=config.download_timeout,
+        retries=config.download_retries,
+        progress=config.progress,
+        deadline=config.download_deadline,
+    )
+    fits_paths = list(report.verified)
+    if not fits_paths:
+        none = _mirror_has_none(report, config)
+        if none is not None:
+            mirror_has_none.append(f"D{det}: {none}")
+        logger.warning("D%d: no files available, skipping", det)
+    return fits_paths
 
 
 def _mirror_has_none(report: Any, config: Drizzle3DConfig) -> Optional[str]:
@@ -241,4 +312,4 @@ def _mirror_has_none(report: Any, config: Drizzle3DConfig) -> Optional[str]:
     return mirror_has_none(report, Path(config.data_mirror))
 
 
-__all__ = ["drizzle", "drizzle_detector", "output_path_for"]
+__all__ = ["drizzle", "drizzle_all_detectors", "drizzle_detector", "output_path_for"]
