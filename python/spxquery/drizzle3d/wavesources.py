@@ -1,0 +1,198 @@
+"""Where each frame's per-pixel wavelengths come from: the spectral-WCS product or the L2 lookup.
+
+The ``spectral_wcs`` setting (:mod:`.calnames`) is resolved once per run into a
+:class:`WaveSources`: for each (detector, release) of the frames, the product file to use
+(the newest version of the frame's release, or the named version, or the user's file) or the
+L2 ``WCS-WAVE`` lookup with the reason. Products are found without network in a mirror, in the
+download cache beside the images or at the user's path; :func:`resolve` with ``network=True``
+(the pipeline, in download mode) also asks the archive (SIA, then the browsable tree) and
+fetches each chosen version once into the cache (:mod:`.archive.calibration`).
+
+A product that is missing or cannot be fetched never fails the run: its frames use the lookup,
+and one warning per run names every detector that does and why (``spectral_wcs = lookup``
+asks for the lookup and warns about nothing).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from . import calnames
+from .archive.calibration import (
+    CalibrationUnavailable,
+    ProductLocation,
+    cache_root,
+    cached_products,
+    directory_products,
+    fetch_product,
+    mirror_products,
+    newest,
+    sia_products,
+    sia_url_for,
+    tree_products,
+    tree_releases,
+)
+from .textlimits import short_text
+
+logger = logging.getLogger(__name__)
+
+#: ``WAVESRC`` values: every frame from the product, every frame from the lookup, or some of each.
+SOURCE_PRODUCT = "SPECTRAL_WCS"
+SOURCE_LOOKUP = "LOOKUP"
+SOURCE_MIXED = "MIXED"
+
+Key = Tuple[int, Optional[str]]
+
+
+@dataclass(frozen=True)
+class WaveChoice:
+    """The wavelengths of the frames of one detector and release: ``product`` (a local file) or,
+    when None, the L2 lookup, with the ``reason``."""
+
+    detector: int
+    release: Optional[str]
+    product: Optional[Path] = None
+    reason: str = ""
+
+
+@dataclass
+class WaveSources:
+    """The run's choices by (detector, release); ``releases`` maps frame paths to their release
+    (what the archive URL said) where the path alone does not show it."""
+
+    setting: str
+    choices: Dict[Key, WaveChoice] = field(default_factory=dict)
+    releases: Dict[Path, str] = field(default_factory=dict)
+
+    def release_of(self, path: Path) -> Optional[str]:
+        """The release of a frame file: as recorded, else from its path (a mirror's), else None."""
+        return self.releases.get(Path(path)) or calnames.release_of(path)
+
+    def choice(self, detector: int, path: Path) -> WaveChoice:
+        """What the frame at ``path`` of ``detector`` uses (the lookup when nothing was resolved)."""
+        key = (int(detector), self.release_of(path))
+        found = self.choices.get(key) or self.choices.get((int(detector), None))
+        return found or WaveChoice(int(detector), key[1], None, "not resolved for this frame")
+
+    @classmethod
+    def lookup(cls) -> "WaveSources":
+        """Every frame from the L2 lookup (``spectral_wcs = lookup``)."""
+        return cls(calnames.LOOKUP)
+
+
+def _candidates(setting: str, kind: str, config, release: Optional[str], base_url: Optional[str],
+                network: bool, timeout: float, retries: int, found: Dict[Optional[str], List[ProductLocation]],
+                errors: Dict[Optional[str], str]) -> List[ProductLocation]:
+    """The products that may serve ``release`` (memoised per release in ``found``)."""
+    if release in found:
+        return found[release]
+    products: List[ProductLocation] = []
+    if kind == "path":
+        products = [p for p in directory_products(Path(setting)) if release is None or p.release in (None, release)]
+    elif config.data_mirror is not None:
+        releases = [release] if release else tree_releases(Path(config.data_mirror))
+        for rel in releases:
+            products += mirror_products(Path(config.data_mirror), rel)
+    else:
+        releases = [release] if release else tree_releases(cache_root(Path(config.output_dir)))
+        for rel in releases:
+            products += cached_products(Path(config.output_dir), rel)
+        if network and release and base_url:
+            try:
+                products += sia_products(sia_url_for(base_url), release, timeout=timeout, retries=retries)
+            except CalibrationUnavailable as exc:
+                errors[release] = exc.reason
+    found[release] = products
+    return products
+
+
+def _where(kind: str, config, release: Optional[str], network: bool) -> str:
+    """Where products were looked for, for messages."""
+    rel = release or "<release>"
+    if kind == "path":
+        return f"at spectral_wcs = {config.spectral_wcs}"
+    if config.data_mirror is not None:
+        return f"in the mirror under {Path(config.data_mirror) / rel / calnames.TREE_DIR}"
+    where = f"in the cache {cache_root(Path(config.output_dir)) / rel / calnames.TREE_DIR}"
+    return where + (" or in the archive (SIA and the browsable tree)" if network else "")
+
+
+def resolve(config, needs: Mapping[int, Iterable[Optional[str]]], *, base_url: Optional[str] = None,
+            network: bool = False, releases: Optional[Mapping[Path, str]] = None,
+            warn: bool = True) -> WaveSources:
+    """Resolve ``config.spectral_wcs`` for the frames of each detector and release in ``needs``
+    (``{detector: releases}``; a release may be None when unknown).
+
+    ``network``: also ask the archive at ``base_url`` (the root its ``uri`` values are relative
+    to) and fetch what is chosen into the cache. Detectors left on the lookup get one warning
+    (``warn``) naming each and the reason. Never raises for an unavailable product.
+    """
+    setting = str(config.spectral_wcs)
+    kind = calnames.setting_kind(setting)
+    sources = WaveSources(setting, releases={Path(k): v for k, v in (releases or {}).items()})
+    if kind == calnames.LOOKUP:
+        for det, rels in needs.items():
+            for rel in set(rels):
+                sources.choices[(int(det), rel)] = WaveChoice(int(det), rel, None, "spectral_wcs = lookup")
+        return sources
+    tag = setting if kind == "version" else None
+    found: Dict[Optional[str], List[ProductLocation]] = {}
+    errors: Dict[Optional[str], str] = {}
+    fetched: Dict[Tuple[int, str, Optional[str]], Path] = {}
+    timeout, retries = float(config.download_timeout), int(config.download_retries)
+    if kind == "path" and not Path(setting).exists():
+        for det, rels in needs.items():
+            for rel in set(rels):
+                sources.choices[(int(det), rel)] = WaveChoice(int(det), rel, None,
+                                                              f"spectral_wcs path {setting} does not exist")
+    for det, rels in sorted(needs.items()):
+        for rel in sorted(set(rels), key=lambda r: r or ""):
+            key = (int(det), rel)
+            if key in sources.choices:
+                continue
+            products = _candidates(setting, kind, config, rel, base_url, network, timeout, retries, found, errors)
+            best = newest(products, int(det), tag)
+            if best is None and network and rel and base_url and config.data_mirror is None and kind != "path":
+                try:
+                    best = newest(tree_products(base_url, rel, int(det), tag=tag, timeout=timeout, retries=retries),
+                                  int(det), tag)
+                except CalibrationUnavailable as exc:
+                    errors.setdefault(rel, exc.reason)
+            if best is None:
+                what = f"version {tag}" if tag else "product"
+                reason = f"no spectral-WCS {what} of D{det} {_where(kind, config, rel, network)}"
+                if rel in errors:
+                    reason += f" ({errors[rel]})"
+                sources.choices[key] = WaveChoice(int(det), rel, None, reason)
+                continue
+            ident = (best.detector, best.tag, best.release)
+            try:
+                if ident not in fetched:
+                    fetched[ident] = fetch_product(best, Path(config.output_dir), timeout=timeout, retries=retries,
+                                                   deadline=float(config.download_deadline), progress=config.progress)
+                sources.choices[key] = WaveChoice(int(det), rel, fetched[ident], "")
+            except CalibrationUnavailable as exc:
+                sources.choices[key] = WaveChoice(int(det), rel, None, f"{best.name.file_name}: {exc.reason}")
+    for choice in sources.choices.values():
+        if choice.product is not None:
+            logger.info("D%d%s: wavelengths from %s", choice.detector,
+                        f" ({choice.release})" if choice.release else "", choice.product)
+    if warn:
+        warn_lookup([c for c in sources.choices.values() if c.product is None])
+    return sources
+
+
+def warn_lookup(choices: Sequence[WaveChoice]) -> None:
+    """One warning naming the detectors whose frames use the L2 lookup instead of the product."""
+    if not choices:
+        return
+    parts = "; ".join(f"D{c.detector}{f' ({c.release})' if c.release else ''}: {c.reason}"
+                      for c in sorted(choices, key=lambda c: (c.detector, c.release or "")))
+    logger.warning("spectral WCS: wavelengths from the L2 WCS-WAVE lookup (good to ~1 nm) instead of the "
+                   "calibration product for %s", short_text(parts, 2000))
+
+
+__all__ = ["SOURCE_LOOKUP", "SOURCE_MIXED", "SOURCE_PRODUCT", "WaveChoice", "WaveSources", "resolve", "warn_lookup"]
