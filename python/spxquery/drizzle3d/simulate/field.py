@@ -157,12 +157,16 @@ class FieldInfo:
 
 
 def _pointings(n_pointings: int, seed: int, pa_deg: float, y_range: tuple[float, float],
-               x_jitter: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               x_jitter: float, centre_rows: Sequence[float] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per pointing: (x, y) detector pixel (0-based) of the field centre, position angle (deg)
-    and zodi level (relative), drawn from ``seed`` (see :func:`simulate_field`)."""
+    and zodi level (relative), drawn from ``seed`` (see :func:`simulate_field`); ``centre_rows``
+    replaces the rows spread over ``y_range`` (same draws otherwise)."""
     rng = np.random.default_rng([int(seed), 7])
     ys = np.linspace(y_range[0], y_range[1], n_pointings) if n_pointings > 1 else np.array([0.5 * sum(y_range)])
     ys = ys[rng.permutation(n_pointings)]
+    if centre_rows is not None:
+        ys = np.asarray(centre_rows, dtype=np.float64)
     xs = (NPIX - 1) / 2.0 + rng.uniform(-x_jitter, x_jitter, n_pointings)
     pas = pa_deg + 180.0 * (np.arange(n_pointings) % 2) + rng.uniform(-2.0, 2.0, n_pointings)
     zl = 1.0 + 0.1 * np.sin(np.arange(n_pointings) * 1.3)
@@ -216,6 +220,7 @@ def simulate_field(
     psf_size: int = 101,
     psf_zones: int = 11,
     true_wavelengths: bool = False,
+    centre_rows: Sequence[float] | None = None,
 ) -> FieldInfo:
     """Simulate ``n_pointings`` exposures x ``detectors`` of a sky around (center_ra, center_dec).
 
@@ -228,12 +233,20 @@ def simulate_field(
     zodi level +20%) of the first two exposures of the first detector. Writes the mirror tree,
     ``archive_index.json`` and ``truth.json`` under ``root``.
 
+    ``centre_rows``: the detector row of the field centre in each pointing, in order (sets
+    ``n_pointings``), instead of rows spread evenly over ``y_range``; e.g. to sample some
+    wavelengths densely.
+
     ``true_wavelengths`` (opt-in; the default keeps the frames of earlier versions bit for bit):
     pixels are rendered at the true per-pixel wavelengths of the LVF model, which the spectral-
     WCS calibration product of each detector holds (:mod:`.calproduct`, written into the tree
     and the index's ``calibration`` list); the frames' ``WCS-WAVE`` lookup stays the coarse
     table, so lookup and truth differ as on the sky. Without it the lookup is the truth.
     """
+    if centre_rows is not None:
+        n_pointings = len(centre_rows)
+        if not all(0.0 <= float(y) <= NPIX - 1 for y in centre_rows):
+            raise ValueError(f"centre_rows must lie in [0, {NPIX - 1}], got {list(centre_rows)}")
     detectors = _checked_detectors(release, n_pointings, detectors)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -241,7 +254,7 @@ def simulate_field(
     version, old_version = RELEASE_VERSIONS[release]
     if sky is None:
         sky = default_sky(center_ra, center_dec, detectors)
-    xs, ys, pas, zl = _pointings(n_pointings, seed, pa_deg, y_range, x_jitter)
+    xs, ys, pas, zl = _pointings(n_pointings, seed, pa_deg, y_range, x_jitter, centre_rows)
     cut = None if cutout_size_deg is None else (center_ra, center_dec, float(cutout_size_deg))
     info = FieldInfo(root=root, index_path=root / INDEX_FILE, truth_path=root / TRUTH_FILE, sky=sky,
                      center_ra=float(center_ra), center_dec=float(center_dec), release=release, detectors=detectors)
