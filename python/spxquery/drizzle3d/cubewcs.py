@@ -85,13 +85,13 @@ def wave_linear_fit(centers_um: Any) -> Dict[str, float]:
     return {"CRVAL3": float(crval), "CDELT3": float(cdelt), "WAVEMAXE": float(np.max(np.abs(model - c))) * 1e6}
 
 
-def _max_error_in_planes(centers_um: np.ndarray, ctype: str, fit: Dict[str, float]) -> float:
+def _max_error_in_planes(centers_um: np.ndarray, ctype: str, fit: Dict[str, Any]) -> float:
     """Largest error of an axis fit in units of the local plane spacing."""
     c = np.asarray(centers_um, dtype=np.float64)
     if c.size < 2:
         return 0.0
     k = np.arange(c.size, dtype=np.float64)
-    crval, cdelt = fit["CRVAL3"], fit["CDELT3"]
+    crval, cdelt = float(fit["CRVAL3"]), float(fit["CDELT3"])
     model = crval * np.exp(cdelt * k / crval) if ctype == "WAVE-LOG" else crval + cdelt * k
     return float(np.max(np.abs(model * 1e6 - c) / np.abs(np.gradient(c))))
 

@@ -152,7 +152,8 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
     memory = available_memory() if memory is None else memory
     if memory is not None and need + MEMORY_HEADROOM > memory:
         raise RunBudgetError(
-            f"the {f'D{det}' if det else 'combined'} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x "
+            f"the {f'D{det}' if det else 'combined'} cube needs {_gib(need)} of accumulators "
+            f"({nz} x {ny} x {nx} voxels x "
             f"{ACCUMULATOR_BYTES_PER_VOXEL} bytes), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
             f"available for them; {_ADVICE}"
         )

@@ -227,9 +227,9 @@ def tree_products(base_url: str, release: str, detector: int, *, tag: Optional[s
             except CalibrationUnavailable:
                 continue
             for link in links:
-                name = parse_name(link)
-                if name is not None and name.detector == int(detector) and name.tag == t:
-                    return [ProductLocation(name, release, url=link)]
+                found = parse_name(link)
+                if found is not None and found.detector == int(detector) and found.tag == t:
+                    return [ProductLocation(found, release, url=link)]
         return []
     finally:
         if own:

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..testing.archive_index import INDEX_FILE, load_index, write_index
 from ..testing.archive_index import index_row as make_index_row
+from .calproduct import calibration_row, product_maps, write_spectral_wcs_product
 from .instrument import (
     NPIX,
     PHOTON_GAIN,
@@ -31,7 +32,6 @@ from .instrument import (
     frame_pixel_to_world,
     make_frame_meta,
 )
-from .calproduct import calibration_row, product_maps, write_spectral_wcs_product
 from .l2file import build_l2_hdulist, cutout_box, cutout_meta, l2_relpath, make_cutout, render_frame, write_l2_file
 from .sky import EmissionLine, ExtendedSource, PointSource, SkyModel, Spectrum, gnomonic, gnomonic_inverse
 
