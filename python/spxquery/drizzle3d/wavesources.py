@@ -39,12 +39,9 @@ from .textlimits import short_text
 
 logger = logging.getLogger(__name__)
 
-#: ``WAVESRC`` values: every frame from the product, every frame from the lookup, or some of each.
-SOURCE_PRODUCT = "SPECTRAL_WCS"
-SOURCE_LOOKUP = "LOOKUP"
-SOURCE_MIXED = "MIXED"
-
 Key = Tuple[int, Optional[str]]
+#: Retries of each discovery request (SIA, directory listings): the fallback is only the lookup.
+DISCOVERY_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -141,8 +138,10 @@ def resolve(config, needs: Mapping[int, Iterable[Optional[str]]], *, base_url: O
     tag = setting if kind == "version" else None
     found: Dict[Optional[str], List[ProductLocation]] = {}
     errors: Dict[Optional[str], str] = {}
+    tree_failed: set = set()
     fetched: Dict[Tuple[int, str, Optional[str]], Path] = {}
-    timeout, retries = float(config.download_timeout), int(config.download_retries)
+    # a missing product only costs the lookup: discovery retries at most twice
+    timeout, retries = float(config.download_timeout), min(int(config.download_retries), DISCOVERY_RETRIES)
     if kind == "path" and not Path(setting).exists():
         for det, rels in needs.items():
             for rel in set(rels):
@@ -155,12 +154,14 @@ def resolve(config, needs: Mapping[int, Iterable[Optional[str]]], *, base_url: O
                 continue
             products = _candidates(setting, kind, config, rel, base_url, network, timeout, retries, found, errors)
             best = newest(products, int(det), tag)
-            if best is None and network and rel and base_url and config.data_mirror is None and kind != "path":
+            if (best is None and network and rel and base_url and config.data_mirror is None and kind != "path"
+                    and rel not in tree_failed):
                 try:
                     best = newest(tree_products(base_url, rel, int(det), tag=tag, timeout=timeout, retries=retries),
                                   int(det), tag)
                 except CalibrationUnavailable as exc:
-                    errors.setdefault(rel, exc.reason)
+                    tree_failed.add(rel)
+                    errors[rel] = f"{errors[rel]}; {exc.reason}" if rel in errors else exc.reason
             if best is None:
                 what = f"version {tag}" if tag else "product"
                 reason = f"no spectral-WCS {what} of D{det} {_where(kind, config, rel, network)}"
@@ -195,4 +196,4 @@ def warn_lookup(choices: Sequence[WaveChoice]) -> None:
                    "calibration product for %s", short_text(parts, 2000))
 
 
-__all__ = ["SOURCE_LOOKUP", "SOURCE_MIXED", "SOURCE_PRODUCT", "WaveChoice", "WaveSources", "resolve", "warn_lookup"]
+__all__ = ["WaveChoice", "WaveSources", "resolve", "warn_lookup"]

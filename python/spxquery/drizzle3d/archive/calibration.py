@@ -33,7 +33,7 @@ from ..calnames import TREE_DIR, ProductName, is_tag, parse_name, release_of, ta
 from ..textlimits import short_text
 from .download import DownloadTask, download_files
 from .locations import DATA_MARKER
-from .retry import backoff_delay, is_retryable_status
+from .retry import backoff_base, backoff_delay, is_retryable_status
 from .tap import _TimeoutSession, describe_error
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _get(session: requests.Session, url: str, params: Optional[dict] = None, *, 
         attempt += 1
         if not retry or attempt > retries:
             raise CalibrationUnavailable(reason)
-        time.sleep(backoff_delay(attempt, 0.5))
+        time.sleep(backoff_delay(attempt, backoff_base(None)))
 
 
 def sia_products(sia_url: str, release: str, *, timeout: float = 60.0, retries: int = 2,
@@ -170,7 +170,7 @@ def sia_products(sia_url: str, release: str, *, timeout: float = 60.0, retries: 
                 attempt += 1
                 if not retryable or attempt > retries:
                     raise CalibrationUnavailable(f"SIA {sia_url}: {desc}") from None
-                time.sleep(backoff_delay(attempt, 0.5))
+                time.sleep(backoff_delay(attempt, backoff_base(None)))
             except Exception as exc:  # a malformed answer (pyvo/astropy parse errors)
                 raise CalibrationUnavailable(f"SIA {sia_url}: unreadable answer ({type(exc).__name__}: "
                                              f"{short_text(str(exc))})") from None
