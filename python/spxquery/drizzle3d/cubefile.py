@@ -32,6 +32,7 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_hdu
+from .productwave import SOURCE_LOOKUP, SOURCE_MIXED
 from .progress import progress_bar
 from .settings import header_cards
 
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 #: Keyword-series prefixes in the PRIMARY header (5-digit 1-based index follows).
 INPUT_KEY = "INF"  # input file name
 ZODI_KEY = "ZSC"  # zodi scale applied to that input
+#: Keyword series of the spectral-WCS product files used (5-digit 1-based index follows).
+WAVE_FILE_KEY = "WVF"
 #: ``BUNIT`` of the image extensions that have a unit (strings astropy's ``u.Unit`` parses).
 EXTENSION_UNITS = {"SCI": "MJy/sr", "VARIANCE": "MJy2 / sr2"}
 #: PRIMARY ``FILETYPE`` of a cube file (how readers recognise one).
@@ -165,6 +168,8 @@ def _primary(cube) -> fits.PrimaryHDU:
     h["COREVER"] = (v["core"], "Rust core version")
     h["DATE"] = (datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC file creation")
     log: List[dict] = list(getattr(cube, "frame_log", []) or [])
+    for keyword, value, comment in wavelength_source_cards(log):
+        h[keyword] = (value, comment)
     h["NFRAMLOG"] = (len(log), f"inputs listed in {INPUT_KEY}nnnnn/{ZODI_KEY}nnnnn")
     for i, entry in enumerate(log, start=1):
         h[f"{INPUT_KEY}{i:05d}"] = (str(entry.get("name", "")), "input file")
@@ -172,6 +177,22 @@ def _primary(cube) -> fits.PrimaryHDU:
         if scale is not None and np.isfinite(scale):
             h[f"{ZODI_KEY}{i:05d}"] = (float(scale), f"zodi scale ({entry.get('zodi_source', 'fit')})")
     return fits.PrimaryHDU(header=h)
+
+
+def wavelength_source_cards(frame_log: List[dict]) -> List[Tuple[str, Any, str]]:
+    """``WAVESRC`` (where the contributing frames' per-pixel wavelengths came from: SPECTRAL_WCS,
+    the calibration product, for all; LOOKUP, the L2 WCS-WAVE table, for all; or MIXED) and
+    ``WVFnnnnn``, the product files used (each once, in the order of first use)."""
+    sources = [str(e.get("wave_source", SOURCE_LOOKUP)) for e in frame_log]
+    if not sources:
+        return []
+    kinds = set(sources)
+    value = kinds.pop() if len(kinds) == 1 else SOURCE_MIXED
+    cards: List[Tuple[str, Any, str]] = [("WAVESRC", value, "source of the per-pixel wavelengths")]
+    files = list(dict.fromkeys(str(e["wave_product"]) for e in frame_log if e.get("wave_product")))
+    for i, name in enumerate(files, start=1):
+        cards.append((f"{WAVE_FILE_KEY}{i:05d}", name, "spectral WCS" if len(name) <= 40 else ""))
+    return cards
 
 
 def _image_header(name: str, dtype, shape, extra: fits.Header | None = None) -> fits.Header:
@@ -357,4 +378,4 @@ def load_cube(path) -> Dict[str, Any]:
 
 
 __all__ = ["save_cube", "load_cube", "build_hdulist", "spectral_wcs_keywords", "observation_cards", "FILETYPE",
-           "WAVELENGTH_COLUMNS_041", "band_name"]
+           "WAVELENGTH_COLUMNS_041", "band_name", "wavelength_source_cards"]

@@ -25,13 +25,18 @@ from typing import Any, Deque, Dict, Iterable, Iterator, List, Mapping, Optional
 import numpy as np
 from astropy.wcs import WCS
 
+from . import wavesources
 from .accumulate import DrizzleCube, drizzle_frame
+from .archive.locations import data_base_url
+from .calnames import release_of
 from .config import Drizzle3DConfig
 from .cubefile import save_cube
 from .frames import Frame, FrameError, prepare_frame
 from .grid import OutputGrid, build_output_wcs, small_region_warning
 from .preflight import OutputExistsError, output_path, preflight, run_cubes
+from .productwave import frame_log_fields
 from .progress import progress_bar
+from .wavesources import WaveSources
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +62,13 @@ def _label(detector: int) -> str:
     return f"D{int(detector)}" if int(detector) else "all"
 
 
-def _read_one(path: Path, config: Drizzle3DConfig, grid: OutputGrid) -> Tuple[str, object]:
-    """('frame', Frame) | ('skip', None) | ('reject', reason) for one file (never raises)."""
+def _read_one(path: Path, config: Drizzle3DConfig, grid: OutputGrid, waves: WaveSources) -> Tuple[str, object]:
+    """('frame', Frame) | ('skip', None) | ('reject', reason) for one file (never raises); the
+    frame carries the wavelengths ``waves`` chose for it (:meth:`.wavesources.WaveSources.attach`)."""
     try:
         frame = prepare_frame(path, config, grid)
+        if frame is not None:
+            frame = waves.attach(frame)
     except FrameError as exc:
         return "reject", exc.reason
     except Exception as exc:  # a broken file must never stop the run
@@ -70,7 +78,8 @@ def _read_one(path: Path, config: Drizzle3DConfig, grid: OutputGrid) -> Tuple[st
     return "frame", frame
 
 
-def _read_ahead(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid) -> Iterator[Tuple[Path, str, Any]]:
+def _read_ahead(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
+                waves: WaveSources) -> Iterator[Tuple[Path, str, Any]]:
     """``(path, kind, payload)`` of each file in order (see :func:`_read_one`). The next file is
     read on a thread while the caller accumulates this one, unless this one's crop is large
     (e.g. whole frames for degree-sized cubes): then one frame is held at a time, to keep peak
@@ -82,7 +91,7 @@ def _read_ahead(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid) ->
         def submit_next() -> None:
             p = next(remaining, None)
             if p is not None:
-                pending.append((p, pool.submit(_read_one, p, config, grid)))
+                pending.append((p, pool.submit(_read_one, p, config, grid, waves)))
 
         submit_next()
         while pending:
@@ -114,15 +123,15 @@ def _drizzle_frame(cube: DrizzleCube, frame: Frame) -> Dict[str, Any]:
     cube.record_frame(n_pix, n_con, planes)
     return {"name": frame.name, "obsid": frame.obsid, "mjd": frame.mjd, "mjd_beg": frame.mjd_span[0],
             "mjd_end": frame.mjd_span[1], "zodi_scale": frame.zodi.scale,
-            "zodi_source": frame.zodi.source, "crop": frame.crop, "n_pixels": n_pix}
+            "zodi_source": frame.zodi.source, "crop": frame.crop, "n_pixels": n_pix, **frame_log_fields(frame)}
 
 
 def _accumulate_files(cube: DrizzleCube, paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid,
-                      label: str, counts: Dict[str, int]) -> None:
+                      waves: WaveSources, label: str, counts: Dict[str, int]) -> None:
     """Read and drizzle ``paths`` into ``cube`` in order, counting each file's outcome in ``counts``
     (``frame``, ``reject``, ``skip``, ``empty``); rejected files get one warning line each."""
     with progress_bar(len(paths), label, "frame", config.progress) as bar:
-        for path, kind, payload in _read_ahead(paths, config, grid):
+        for path, kind, payload in _read_ahead(paths, config, grid, waves):
             bar.update(1)
             if kind == "reject":
                 logger.warning("%s: skipping %s: %s", label, path, payload)
@@ -140,13 +149,16 @@ def _accumulate_files(cube: DrizzleCube, paths: List[Path], config: Drizzle3DCon
 
 
 def _drizzle_grid(paths_by_detector: Dict[int, List[Path]], config: Drizzle3DConfig, detector: int,
-                  grid: OutputGrid) -> Optional[Path]:
+                  grid: OutputGrid, wave_sources: Optional[WaveSources]) -> Optional[Path]:
     """Drizzle the files of each detector (in detector order, each file once) onto ``grid`` and
     save cube ``detector`` (0: the cube of all detectors); None when no frame contributed."""
     label = _label(detector)
     out_path = output_path_for(config, detector)
     if out_path.exists() and not config.overwrite:
         raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
+    if wave_sources is None:
+        wave_sources = wavesources.resolve(
+            config, {d: [release_of(p) for p in ps] for d, ps in paths_by_detector.items()})
     cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector, grid.plane_detector)
     n_files = sum(len(p) for p in paths_by_detector.values())
     logger.info("%s: drizzling %d files onto %d x %d x %d (nz, ny, nx)", label, n_files, *grid.cube_shape)
@@ -154,7 +166,8 @@ def _drizzle_grid(paths_by_detector: Dict[int, List[Path]], config: Drizzle3DCon
     t0 = time.perf_counter()
     for det in sorted(paths_by_detector):
         paths = [Path(p) for p in paths_by_detector[det]]
-        _accumulate_files(cube, paths, config, grid, _label(det) if detector == 0 else label, counts)
+        _accumulate_files(cube, paths, config, grid, wave_sources, _label(det) if detector == 0 else label, counts)
+    wave_sources.warn_refused()
     cube.n_rejected = counts["reject"]
     logger.info(
         "%s: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)",
@@ -171,25 +184,31 @@ def drizzle_detector(
     config: Drizzle3DConfig,
     detector: int,
     output_wcs: WCS,
+    *,
+    wave_sources: Optional[WaveSources] = None,
 ) -> Optional[Path]:
     """Drizzle the L2 files ``fits_paths`` of one ``detector`` (1-6) onto ``output_wcs``.
 
     Writes ``output_dir/drizzle_D{detector}.fits`` and returns its path, or returns
     None (with a warning, nothing written) when no frame contributed. Raises
     FileExistsError before any work when the output exists and ``config.overwrite``
-    is False.
+    is False. ``wave_sources``: where each frame's wavelengths come from (:mod:`.wavesources`;
+    None: ``config.spectral_wcs`` resolved here, without network: the mirror, the download
+    cache or the given path).
     """
     detector = int(detector)
     if detector not in ALL_DETECTORS:
         raise ValueError(f"detector must be 1-6 for drizzle_detector, got {detector}")
     grid = OutputGrid.for_detector(config, detector, output_wcs)
-    return _drizzle_grid({detector: list(fits_paths)}, config, detector, grid)
+    return _drizzle_grid({detector: list(fits_paths)}, config, detector, grid, wave_sources)
 
 
 def drizzle_all_detectors(
     paths_by_detector: Mapping[int, Iterable[Path]],
     config: Drizzle3DConfig,
     output_wcs: WCS,
+    *,
+    wave_sources: Optional[WaveSources] = None,
 ) -> Optional[Path]:
     """Drizzle the L2 files of several detectors (``{detector: paths}``) into one cube of the
     spectral grid across detectors (:meth:`.grid.OutputGrid.all_detectors`), on ``output_wcs``.
@@ -198,6 +217,7 @@ def drizzle_all_detectors(
     pixels cannot reach the grid's wavelengths are left out). Writes
     ``output_dir/drizzle_all.fits`` and returns its path, or None when no frame contributed.
     ValueError unless ``config`` has ``detector=0`` and ``combine_detectors=True``.
+    ``wave_sources`` as in :func:`drizzle_detector`.
     """
     if int(config.detector) != 0 or not config.combine_detectors:
         raise ValueError("drizzle_all_detectors needs a config with detector=0 and combine_detectors=True, got "
@@ -212,7 +232,7 @@ def drizzle_all_detectors(
                             grid.zgrid.edges[0], grid.zgrid.edges[-1])
             continue
         paths[int(det)] = files
-    return _drizzle_grid(paths, config, 0, grid)
+    return _drizzle_grid(paths, config, 0, grid, wave_sources)
 
 
 def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
@@ -251,21 +271,24 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
 
     results: Dict[int, Path] = {}
     mirror_has_none: List[str] = []
-    combined: Dict[int, List[Path]] = {}
+    files: Dict[int, List[Path]] = {}
+    releases: Dict[Path, str] = {}
     for det in detectors:
-        fits_paths = _files(det, obs_by_det.get(det, []), config, cutout, mirror_has_none)
-        if not fits_paths:
-            continue
-        if config.combine_detectors:
-            combined[det] = fits_paths
-            continue
-        out = drizzle_detector(fits_paths, config, det, output_wcs)
-        if out is not None:
-            results[det] = out
-    if combined:
-        out = drizzle_all_detectors(combined, config, output_wcs)
+        fits_paths = _files(det, obs_by_det.get(det, []), config, cutout, mirror_has_none, releases)
+        if fits_paths:
+            files[det] = fits_paths
+    sources = wavesources.resolve(
+        config, {d: [releases.get(p) or release_of(p) for p in ps] for d, ps in files.items()},
+        base_url=data_base_url(config.resolved_tap_url()), network=config.data_mirror is None, releases=releases)
+    if config.combine_detectors and files:
+        out = drizzle_all_detectors(files, config, output_wcs, wave_sources=sources)
         if out is not None:
             results[0] = out
+    elif files:
+        for det, fits_paths in files.items():
+            out = drizzle_detector(fits_paths, config, det, output_wcs, wave_sources=sources)
+            if out is not None:
+                results[det] = out
     if not results and mirror_has_none and len(mirror_has_none) == sum(1 for d in detectors if obs_by_det.get(d)):
         raise FileNotFoundError(mirror_has_none[0])
     logger.info("Drizzle3D complete: %d cube(s) written", len(results))
@@ -273,9 +296,10 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
 
 
 def _files(det: int, observations: List[Any], config: Drizzle3DConfig, cutout: Any,
-           mirror_has_none: List[str]) -> List[Path]:
+           mirror_has_none: List[str], releases: Dict[Path, str]) -> List[Path]:
     """The verified local files of one detector's observations (downloaded, or found in the
-    mirror); a mirror holding none of them adds its message to ``mirror_has_none``."""
+    mirror); a mirror holding none of them adds its message to ``mirror_has_none``; the release
+    of each file (from its archive URL) goes into ``releases``."""
     from .query import download_observations_report
 
     if not observations:
@@ -295,6 +319,10 @@ def _files(det: int, observations: List[Any], config: Drizzle3DConfig, cutout: A
         deadline=config.download_deadline,
     )
     fits_paths = list(report.verified)
+    for obs, path in zip(observations, report.paths):
+        rel = release_of(obs.download_url)
+        if path is not None and rel:
+            releases[Path(path)] = rel
     if not fits_paths:
         none = _mirror_has_none(report, config)
         if none is not None:

@@ -6,19 +6,24 @@ The ``spectral_wcs`` setting (:mod:`.calnames`) is resolved once per run into a
 L2 ``WCS-WAVE`` lookup with the reason. Products are found without network in a mirror, in the
 download cache beside the images or at the user's path; :func:`resolve` with ``network=True``
 (the pipeline, in download mode) also asks the archive (SIA, then the browsable tree) and
-fetches each chosen version once into the cache (:mod:`.archive.calibration`).
+fetches each chosen version once into the cache (:mod:`.archive.calibration`). Each chosen
+file is opened and checked once (:func:`.productwave.open_product`); :meth:`WaveSources.attach`
+then gives each frame the product's wavelengths (:class:`.productwave.ProductWave`) or leaves
+it on the lookup when the product does not fit the frame.
 
-A product that is missing or cannot be fetched never fails the run: its frames use the lookup,
-and one warning per run names every detector that does and why (``spectral_wcs = lookup``
+A product that is missing, cannot be fetched, is unreadable or does not match never fails the
+run: its frames use the lookup, and one warning per run names every detector that does and why
+(and one more, after the cube, names the frames a product did not fit) (``spectral_wcs = lookup``
 asks for the lookup and warns about nothing).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import calnames
 from .archive.calibration import (
@@ -35,6 +40,7 @@ from .archive.calibration import (
     tree_products,
     tree_releases,
 )
+from .productwave import ProductError, ProductMaps, frame_wave, open_product
 from .textlimits import short_text
 
 logger = logging.getLogger(__name__)
@@ -63,6 +69,11 @@ class WaveSources:
     setting: str
     choices: Dict[Key, WaveChoice] = field(default_factory=dict)
     releases: Dict[Path, str] = field(default_factory=dict)
+    maps: Dict[Path, ProductMaps] = field(default_factory=dict)
+    """The opened, checked products by path."""
+    refused: List[Tuple[str, str]] = field(default_factory=list)
+    """(frame name, reason) of the frames a chosen product did not fit (they kept the lookup)."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def release_of(self, path: Path) -> Optional[str]:
         """The release of a frame file: as recorded, else from its path (a mirror's), else None."""
@@ -73,6 +84,32 @@ class WaveSources:
         key = (int(detector), self.release_of(path))
         found = self.choices.get(key) or self.choices.get((int(detector), None))
         return found or WaveChoice(int(detector), key[1], None, "not resolved for this frame")
+
+    def attach(self, frame: Any) -> Any:
+        """``frame`` (a :class:`.frames.Frame`) with the product's wavelengths when its choice
+        is a product that fits it, else unchanged (the L2 lookup); a refusal is kept in
+        :attr:`refused`. Thread-safe (frames are read on a reader thread)."""
+        choice = self.choice(frame.detector, frame.path)
+        maps = self.maps.get(choice.product) if choice.product is not None else None
+        if maps is None:
+            return frame
+        wave = frame_wave(maps, frame)
+        if isinstance(wave, str):
+            with self._lock:
+                self.refused.append((frame.path.name, wave))
+            return frame
+        return replace(frame, wave=wave)
+
+    def warn_refused(self) -> None:
+        """One warning naming the frames that kept the lookup although a product was chosen
+        (then forgotten: each is reported once)."""
+        with self._lock:
+            refused, self.refused = self.refused, []
+        if refused:
+            listed = "; ".join(f"{name}: {reason}" for name, reason in refused[:5])
+            more = f" (and {len(refused) - 5} more)" if len(refused) > 5 else ""
+            logger.warning("spectral WCS: %d frame(s) kept the L2 WCS-WAVE lookup: %s%s", len(refused),
+                           short_text(listed, 2000), more)
 
     @classmethod
     def lookup(cls) -> "WaveSources":
@@ -174,9 +211,14 @@ def resolve(config, needs: Mapping[int, Iterable[Optional[str]]], *, base_url: O
                 if ident not in fetched:
                     fetched[ident] = fetch_product(best, Path(config.output_dir), timeout=timeout, retries=retries,
                                                    deadline=float(config.download_deadline), progress=config.progress)
-                sources.choices[key] = WaveChoice(int(det), rel, fetched[ident], "")
+                path = fetched[ident]
+                if path not in sources.maps:
+                    sources.maps[path] = open_product(path, int(det))
+                sources.choices[key] = WaveChoice(int(det), rel, path, "")
             except CalibrationUnavailable as exc:
                 sources.choices[key] = WaveChoice(int(det), rel, None, f"{best.name.file_name}: {exc.reason}")
+            except ProductError as exc:
+                sources.choices[key] = WaveChoice(int(det), rel, None, str(exc))
     for choice in sources.choices.values():
         if choice.product is not None:
             logger.info("D%d%s: wavelengths from %s", choice.detector,
