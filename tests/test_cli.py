@@ -373,6 +373,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "What you are looking at" in stdout and "ps3" in stdout and "ext0" in stdout
     cube = load_cube(cube_path)
     assert cube["header"]["N_INPUTS"] == 6
+    # the frames were rendered at the product's wavelengths, and the cube used them
+    assert cube["header"]["WAVESRC"] == "SPECTRAL_WCS"
+    assert "wavelengths from the spectral-WCS calibration product spectral_wcs_D3_spx_" in " ".join(stdout.split())
     # the brightest spot of the collapsed image is the brightest simulated source (ps3)
     sky, _ = load_truth(out / "archive")
     ps3 = next(s for s in sky.point_sources if s.name == "ps3")
