@@ -192,3 +192,37 @@ def test_a_frame_outside_the_product_or_off_by_a_fraction_is_refused(field):
     assert "outside the product" in frame_wave(maps, replace(frame, parent_offset=(-1.0, 3.0)))
     shifted = frame_wave(maps, replace(frame, parent_offset=(frame.parent_offset[0], frame.parent_offset[1] + 200)))
     assert "differs from the frame's L2 lookup" in shifted  # a wrong mapping is caught by the lookup check
+
+
+def test_drizzle_fetches_the_products_once_and_makes_one_cube_of_two_detectors(tmp_path_factory, caplog):
+    """drizzle() in download mode against the loopback archive: the frames of D3 and D4 into
+    drizzle_all.fits, each detector's product found through SIA, fetched once into the cache
+    beside the images and used (WAVESRC, WVFnnnnn); a second run reuses the cache."""
+    from spxquery.drizzle3d.pipeline import drizzle
+    from spxquery.drizzle3d.testing import ArchiveServer
+
+    root = tmp_path_factory.mktemp("two_detectors")
+    simulate_field(root, RA0, DEC0, detectors=(3, 4), n_pointings=2, release="qr2", seed=3, cutout_size_deg=0.1,
+                   psf_size=11, psf_zones=2, true_wavelengths=True)
+    out = tmp_path_factory.mktemp("two_out")
+    with ArchiveServer(root) as srv:
+        cfg = Drizzle3DConfig(center_ra=RA0, center_dec=DEC0, width=3.0, height=3.0, detector=0,
+                              combine_detectors=True, tap_url=srv.tap_url, output_dir=out, use_cutouts=False,
+                              static_zodi=True, progress=False, overwrite=True)
+        with caplog.at_level(logging.WARNING):
+            results = drizzle(cfg)
+        assert list(results) == [0] and results[0] == out / "drizzle_all.fits"
+        assert not _spectral_warnings(caplog)
+        h = fits.getheader(results[0])
+        assert h["WAVESRC"] == "SPECTRAL_WCS" and h["N_INPUTS"] == 4
+        assert {h["WVF00001"], h["WVF00002"]} == {f"spectral_wcs_D{d}_spx_{CAL_TAGS['qr2']}.fits" for d in (3, 4)}
+        cached = sorted((out / "images" / "qr2" / "spectral_wcs").rglob("*.fits"))
+        assert [p.parent.name for p in cached] == ["3", "4"]
+        assert srv.hits("spectral_wcs_D3_spx_") == 1 and srv.hits("spectral_wcs_D4_spx_") == 1
+        with fits.open(results[0]) as hdul:
+            t = hdul["WAVELENGTH"].data
+            covered = hdul["COUNT"].data.reshape(len(t), -1).max(axis=1) > 0
+            assert set(np.asarray(t["DETECTOR"])[covered]) == {3, 4}
+        drizzle(cfg)  # again: the cached products are used, nothing fetched
+        assert srv.hits("spectral_wcs_D3_spx_") == 1 and srv.hits("spectral_wcs_D4_spx_") == 1
+        assert fits.getheader(results[0])["WAVESRC"] == "SPECTRAL_WCS"
