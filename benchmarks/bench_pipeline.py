@@ -31,7 +31,12 @@ What it does, in one invocation:
    wavelength-collapsed images per pixel and in 8x8-pixel block means; medians. 0.4.1
    places pixels half a pixel off (and uses a bilinear point kernel), so only broad
    agreement is expected, best seen in the block means.
-6. Prints a markdown table and writes it, with date, machine, load average, versions and
+6. One cube of all six detectors (``--combined N``, default 4 pointings, i.e. 24 full-size frames
+   of D1-D6, cached beside ``--data-dir``): the six single-detector cubes and the combined cube
+   (``drizzle_all_detectors``, 102 native planes) on the same frames, at the first size; the
+   combined time against 1.1x the sum of the six, its peak RSS against its accumulators + 300 MB
+   (``benchmarks/_combined.py``).
+7. Prints a markdown table and writes it, with date, machine, load average, versions and
    the exact command, under '## Pipeline: this package vs spxquery 0.4.1' in
    ``--doc`` (default docs/performance.md; other sections of that file are kept).
 
@@ -240,11 +245,13 @@ def _proc_rss_mib(pid: int) -> Optional[float]:
 
 
 def runner_args(result: Path, paths_file: Optional[Path] = None, size: Optional[float] = None,
-                out_dir: Optional[Path] = None) -> List[str]:
+                out_dir: Optional[Path] = None, extra: Optional[List[str]] = None) -> List[str]:
+    """The runner's arguments; ``extra`` replaces ``--detector 3`` (e.g. ``--combine``)."""
     if paths_file is None:
         return ["--result", str(result), "--baseline"]
     return ["--result", str(result), "--paths-file", str(paths_file), "--ra", repr(FIELD_RA), "--dec",
-            repr(FIELD_DEC), "--size-arcmin", repr(size), "--detector", str(DETECTOR), "--output-dir", str(out_dir)]
+            repr(FIELD_DEC), "--size-arcmin", repr(size), *(extra or ["--detector", str(DETECTOR)]),
+            "--output-dir", str(out_dir)]
 
 
 def warm_page_cache(paths: List[Path]) -> None:
@@ -258,7 +265,8 @@ def warm_page_cache(paths: List[Path]) -> None:
 
 
 def execute(python: Path, impl: str, tag: str, work: Path, cfg: argparse.Namespace, as_limit: Optional[int],
-            rss_kill_mib: float, paths: Optional[List[Path]] = None, size: Optional[float] = None) -> Run:
+            rss_kill_mib: float, paths: Optional[List[Path]] = None, size: Optional[float] = None,
+            extra: Optional[List[str]] = None) -> Run:
     """One fresh-process run (baseline when ``paths`` is None); retries import failures (Rust rebuilds)."""
     rdir = work / tag
     rdir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +282,7 @@ def execute(python: Path, impl: str, tag: str, work: Path, cfg: argparse.Namespa
         result_path.unlink(missing_ok=True)
         run.load_before = loadavg()
         log(f"[{tag}] start (load {run.load_before}) ...")
-        status, wall, maxrss = run_child(python, runner_args(result_path, paths_file, size, rdir / "out"),
+        status, wall, maxrss = run_child(python, runner_args(result_path, paths_file, size, rdir / "out", extra),
                                          rdir / "run.log", cfg.time_cap * 60.0, as_limit, rss_kill_mib)
         run.load_after = loadavg()
         run.status, run.wall_s, run.maxrss_mib = status, wall, maxrss
@@ -544,6 +552,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "performance.md",
                     help="markdown file whose '%s' section is replaced by the table; default %%(default)s" % DOC_HEADING)
     ap.add_argument("--no-doc", action="store_true", help="print the table only, do not write --doc")
+    ap.add_argument("--combined", type=int, default=4, metavar="N",
+                    help="pointings of the six-detector field (N x 6 full-size frames) on which one cube of all six "
+                         "detectors is timed against the six single-detector cubes, at the first size; 0 = skip. "
+                         "Default 4")
     ap.add_argument("--import-retries", type=int, default=3,
                     help="retries (30 s apart) when this package fails to import (extension being rebuilt)")
     cfg = ap.parse_args(argv)
@@ -590,6 +602,23 @@ def main(argv: Optional[List[str]] = None) -> int:
             parities[size] = parity(new_ref.output, old.output)
             log(f"parity {size_label(size)}: {parities[size]}")
 
+    combined_lines: List[str] = []
+    if cfg.combined > 0 and sizes:
+        import _combined
+
+        size6 = sizes[0]
+        root6 = cfg.data_dir.expanduser().with_name(cfg.data_dir.expanduser().name + f"-6det{cfg.combined}")
+        by_det = _combined.ensure_field6(root6, cfg.combined, FIELD_RA, FIELD_DEC, FIELD_SEED, log)
+        singles, comb = _combined.combined_runs(
+            lambda tag, p, extra: execute(cfg.new_python, "new", tag, work, cfg, None, rss_kill, p, size6, extra),
+            by_det, size6)
+        runs_ok = [*singles.values(), comb]
+        combined_lines = _combined.combined_report(
+            singles, comb, size_label(size6), baselines["new"].maxrss_mib, lambda sh: accum_mib("new", sh),
+            MEM_HEADROOM_MIB, fmt)
+        if not all(r.status == "ok" for r in runs_ok):
+            runs.extend(r for r in runs_ok if r.status != "ok")
+
     nr = baselines["new"].result
     orr = baselines["old"].result if "old" in baselines else {}
     meminfo = f"{(mem_available_gib() or 0):.0f} GiB available"
@@ -616,7 +645,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "old_numpy": orr.get("numpy", "—"),
         "old_astropy": orr.get("astropy", "—"),
     }
-    report = build_report(runs, ratio_pairs, baselines, parities, meta, cfg.time_cap)
+    report = build_report(runs, ratio_pairs, baselines, parities, meta, cfg.time_cap) + "\n".join(combined_lines)
     print(report)
     if not cfg.no_doc:
         write_doc(cfg.doc, report)
