@@ -232,10 +232,11 @@ def test_run_flag_only(flag_run, archive, capsys):
     stdout, err = _stderr_lines(capsys)
     cube_path = out / "drizzle_D3.fits"
     assert stdout.strip().splitlines() == [f"D3: {cube_path}"]
-    assert not err  # -q: no info lines, no progress bars
+    # -q: no info lines, no progress bars; the one warning: this archive has no spectral-WCS product
+    assert len(err) == 1 and "spectral WCS: wavelengths from the L2 WCS-WAVE lookup" in err[0], err
     cube = load_cube(cube_path)
     h = cube["header"]
-    assert h["N_INPUTS"] == N_POINTINGS and h["DETECTOR"] == 3
+    assert h["N_INPUTS"] == N_POINTINGS and h["DETECTOR"] == 3 and h["WAVESRC"] == "LOOKUP"
     assert h["RA_CEN"] == RA0 and h["DEC_CEN"] == DEC0 and h["NX"] == h["NY"] == 58
     # the recommended flags were applied: no hot-pixel spikes, sources where the truth puts them
     sky, _ = load_truth(archive)

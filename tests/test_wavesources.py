@@ -19,6 +19,7 @@ from spxquery.drizzle3d.archive.calibration import (
     tree_products,
 )
 from spxquery.drizzle3d.archive.locations import data_base_url
+from spxquery.drizzle3d.productwave import PRODUCT_SHAPE
 from spxquery.drizzle3d.simulate.calproduct import calibration_row, write_spectral_wcs_product
 from spxquery.drizzle3d.testing import ArchiveServer, Fault
 from spxquery.drizzle3d.testing.archive_index import write_index
@@ -35,8 +36,9 @@ def fast_retries(monkeypatch):
 
 
 def _small_maps(det: int, shift: float = 0.0):
-    lam = np.full((8, 8), 1.0 + det + shift, dtype=np.float32)
-    return lam, np.full((8, 8), 0.03, dtype=np.float32)
+    """Constant maps of the product's full shape (products of another shape are refused)."""
+    lam = np.full(PRODUCT_SHAPE, 1.0 + det + shift, dtype=np.float32)
+    return lam, np.full(PRODUCT_SHAPE, 0.03, dtype=np.float32)
 
 
 @pytest.fixture

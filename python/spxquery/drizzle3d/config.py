@@ -156,7 +156,7 @@ class Drizzle3DConfig:
         help="detector to drizzle (one cube per detector)",
         header=NoHeader("DETECTOR holds the cube's own detector"),
         cli=Cli("--detector", "N", type=lambda text: detector_arg(text),
-                note=f"'{DETECTOR_ALL}' = one cube of all six (0 with --combine-detectors)")))
+                note=f"'{DETECTOR_ALL}' = one cube of all six (detector 0 and combine_detectors)")))
     xy_shrink: float = field(default=0.8, metadata=setting(
         group="shrink", rule=Real(0.0, 1.0, lo_open=True),
         help="linear size of each input pixel's droplet relative to the pixel",
