@@ -1,7 +1,8 @@
 """The frame loop's reader: files become strips on a reader thread while the kernel runs.
 
 :class:`ReadAhead` walks the files in the order given, on one thread: each file is prepared
-(:func:`.frames.prepare_frame`: headers, checks, crop, flags, zodi scale) and cut into strips
+(:func:`.frames.prepare_frame`: headers, checks, crop, flags, zodi scale; then the wavelengths
+:meth:`.wavesources.WaveSources.attach` chose for it) and cut into strips
 ready for the engine (pixels read, zodi subtracted, wavelengths, corner map), and everything
 is handed to the caller in that same order as :class:`Item` s. So the caller's thread only runs
 the kernel (which releases the GIL), the reading of the next files overlaps it on the other
@@ -25,6 +26,7 @@ import numpy as np
 
 from .frames import FrameError, prepare_frame
 from .grid import OutputGrid
+from .wavesources import WaveSources
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +60,13 @@ def _nbytes(payload: Any) -> int:
 class ReadAhead:
     """Iterate over :class:`Item` s of ``paths`` prepared for ``grid`` (see the module docs)."""
 
-    def __init__(self, paths: List[Path], config: Any, grid: OutputGrid, budget_bytes: int = READ_AHEAD_BYTES):
+    def __init__(self, paths: List[Path], config: Any, grid: OutputGrid, budget_bytes: int = READ_AHEAD_BYTES,
+                 waves: Optional[WaveSources] = None):
+        """``waves``: where each frame's wavelengths come from (None: the L2 lookup)."""
         self.paths = [Path(p) for p in paths]
         self.config = config
         self.grid = grid
+        self.waves = waves
         self.budget = int(budget_bytes)
         self._items: "queue.Queue[Optional[Item]]" = queue.Queue()
         self._cv = threading.Condition()
@@ -86,6 +91,8 @@ class ReadAhead:
     def _frame_items(self, path: Path) -> Iterator[Item]:
         try:
             frame = prepare_frame(path, self.config, self.grid)
+            if frame is not None and self.waves is not None:
+                frame = self.waves.attach(frame)
         except FrameError as exc:
             yield Item(path, "reject", exc.reason)
             return
