@@ -28,7 +28,7 @@ from .grid import OutputGrid, build_output_wcs, small_region_warning
 from .objectstore import TRANSFERS, ObjectLocation, as_location
 from .outliers import finish_outliers, outlier_screen, record_outliers
 from .preflight import OutputExistsError, preflight
-from .progress import progress_bar
+from .progress import byte_bar, progress_bar
 from .readahead import Item, ReadAhead
 from .stagetimes import stage
 from .tiling import effective_tile_arcmin
@@ -172,11 +172,12 @@ def drizzle_detector(
 
     bytes0 = TRANSFERS.bytes
     t0 = time.perf_counter()
-    with progress_bar(len(paths), f"D{detector}", "frame", config.progress) as bar:
+    with progress_bar(len(paths), f"D{detector}", "frame", config.progress) as bar, \
+            byte_bar(f"D{detector} read", config.progress and remote) as read_bar:
         def done(n: int) -> None:
             bar.update(n)
             if remote:  # objects read in place: the bytes received so far
-                bar.set_postfix_str(f"{(TRANSFERS.bytes - bytes0) / 1e6:.1f} MB read", refresh=False)
+                read_bar.update(TRANSFERS.bytes - bytes0 - read_bar.n)
 
         outcomes = drizzle_frames(paths, config, grid, cube, done)
     counts = {kind: len(v) for kind, v in outcomes.items()}
