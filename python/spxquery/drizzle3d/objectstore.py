@@ -13,7 +13,8 @@ or any URL fsspec knows) with the options of its filesystem; :class:`FsspecSourc
   ranges of several extensions at once (the frame reader announces a frame's sample rows and
   region rows of IMAGE, VARIANCE, ZODI and FLAGS together: one batch of concurrent requests
   instead of one round trip per extension, and sample rows in or next to the region's rows
-  ride in its request: gaps under :data:`PREFETCH_GAP_BYTES`) and holds the bytes until the next prefetch or the source is closed;
+  ride in its request: gaps under :data:`PREFETCH_GAP_BYTES`) and holds the bytes until the
+  next prefetch or the source is closed;
 * a range that fails (throttling such as S3's ``503 SlowDown``, a dropped connection, a
   short body) is fetched again after an exponential backoff, up to ``retries`` times; only
   complete ranges are handed out, so a partial transfer never passes;
@@ -317,5 +318,6 @@ def _slice(blocks: Sequence[Tuple[int, bytes]], offset: int, length: int) -> Opt
     return None
 
 
-__all__ = ["COALESCE_GAP_BYTES", "PREFETCH_GAP_BYTES", "FsspecSource", "ObjectLocation", "TRANSFERS", "TransferCounter", "as_location",
-           "filesystem", "is_url", "object_url", "resolved_options", "storage_options_for"]
+__all__ = ["COALESCE_GAP_BYTES", "PREFETCH_GAP_BYTES", "FsspecSource", "ObjectLocation", "TRANSFERS",
+           "TransferCounter", "as_location", "filesystem", "is_url", "object_url", "resolved_options",
+           "storage_options_for"]
