@@ -16,8 +16,10 @@ or any URL fsspec knows) with the options of its filesystem; :class:`FsspecSourc
   ride in its request: gaps under :data:`PREFETCH_GAP_BYTES`) and holds the bytes until the
   next prefetch or the source is closed;
 * a range that fails (throttling such as S3's ``503 SlowDown``, a dropped connection, a
-  short body) is fetched again after an exponential backoff, up to ``retries`` times; only
-  complete ranges are handed out, so a partial transfer never passes;
+  short body) is fetched again after an exponential backoff; a batch gives up after
+  ``retries`` attempts in a row in which none of its ranges arrived (a large batch under heavy
+  throttling keeps going while ranges arrive); only complete ranges are handed out, so a
+  partial transfer never passes;
 * every byte received is counted (:data:`TRANSFERS`, per object name).
 
 Filesystems (:func:`filesystem`): anonymous access by default for S3 (``anon=True``) unless
@@ -238,9 +240,11 @@ class FsspecSource(ByteSource):
         got: List[Optional[bytes]] = [None] * len(ranges)
         todo = list(range(len(ranges)))
         last: Optional[BaseException] = None
-        for attempt in range(self.retries + 1):
+        stalled = 0  # attempts in a row in which no range arrived
+        attempt = 0
+        while stalled <= self.retries:  # each other attempt completes a range: at most len(ranges) of them
             if attempt:
-                time.sleep(self._delay(attempt))
+                time.sleep(self._delay(stalled + 1))
             starts = [ranges[i][0] for i in todo]
             ends = [ranges[i][0] + ranges[i][1] for i in todo]
             try:
@@ -268,11 +272,13 @@ class FsspecSource(ByteSource):
             self.bytes_read += received
             self.requests += len(todo)
             self.counter.add(self.name, received, len(todo), int(attempt > 0) * len(todo))
+            stalled = stalled + 1 if len(failed) == len(todo) else 0
+            attempt += 1
             todo = failed
             if not todo:
                 return [g for g in got if g is not None]
         raise AccessError(self.name, f"{len(todo)} range(s) still failing after {self.retries + 1} attempts "
-                                     f"({_describe(last or OSError())})")
+                                     f"in a row without progress ({_describe(last or OSError())})")
 
     def _coalesced(self, ranges: Sequence[Range], gap: int = COALESCE_GAP_BYTES) -> List[Tuple[int, bytes]]:
         """``(start, bytes)`` blocks covering ``ranges``: coalesced under ``gap``, fetched in one batch."""
