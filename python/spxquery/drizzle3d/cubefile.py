@@ -32,8 +32,8 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
-from .fitscards import CardText, cards_of
 from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_hdu
+from .fitscards import CardText, cards_of
 from .progress import progress_bar
 from .settings import header_cards
 

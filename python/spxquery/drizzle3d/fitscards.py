@@ -69,7 +69,8 @@ def card_image(keyword: str, value: Any, comment: str = "") -> str:
     if _KEYWORD.match(key) and key not in _COMMENTARY and _TEXT.match(comment):
         text = _value_text(value)
         if text is not None:
-            out = f"{key:8}= {text}" + (f" / {comment}" if comment.rstrip() else "")  # astropy tests the stripped comment
+            # astropy leaves out a comment of blanks (it tests the stripped comment)
+            out = f"{key:8}= {text}" + (f" / {comment}" if comment.rstrip() else "")
             if len(out) <= CARD:
                 return f"{out:{CARD}}"
             if not (type(value) is str and len(text) > CARD - 10):
