@@ -39,6 +39,7 @@ pub mod rice;
 pub mod scan;
 mod schedule;
 pub mod spectral;
+pub mod wavelookup;
 
 #[cfg(feature = "python")]
 mod python;

@@ -11,7 +11,10 @@
 //! All heavy work runs with the GIL released.
 
 use ndarray::{Array2, Dimension};
-use numpy::{Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadwriteArray, PyReadwriteArray3};
+use numpy::{
+    Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadwriteArray,
+    PyReadwriteArray3,
+};
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -21,6 +24,7 @@ use crate::frame::FrameView;
 use crate::params::{Kernel, Params, Settings};
 use crate::rice::{self, Columns, RiceParams, Tile};
 use crate::scan::{CubeMut, FrameStats};
+use crate::wavelookup::{self, Axis};
 use crate::{interp, scan, spectral};
 
 /// Runs `f` with the GIL released and turns a panic into a RuntimeError.
@@ -319,6 +323,31 @@ fn densify<'py>(py: Python<'py>, coarse: PyReadonlyArray2<'py, f64>, step: usize
     Ok(out.into_pyarray(py))
 }
 
+/// Per-pixel `(wavelength, bandwidth)` (um) from a `WCS-WAVE` table `values`
+/// `(knot rows, knot columns, 2)` and each pixel row's and column's cell and
+/// fraction (see `wavelookup.rs`).
+#[pyfunction]
+#[pyo3(signature = (*, values, row_cell, row_frac, column_cell, column_frac))]
+#[allow(clippy::type_complexity)]
+fn wave_lookup<'py>(
+    py: Python<'py>,
+    values: PyReadonlyArray3<'py, f64>,
+    row_cell: PyReadonlyArray1<'py, i64>,
+    row_frac: PyReadonlyArray1<'py, f64>,
+    column_cell: PyReadonlyArray1<'py, i64>,
+    column_frac: PyReadonlyArray1<'py, f64>,
+) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>)> {
+    let (row_cell, column_cell) = (sizes("row_cell", &row_cell)?, sizes("column_cell", &column_cell)?);
+    let (row_frac, column_frac) = (slice_of(&row_frac, "row_frac")?, slice_of(&column_frac, "column_frac")?);
+    let v = values.as_array();
+    let (lam, dlam) = run_detached(py, "wave_lookup", move || {
+        let rows = Axis { index: &row_cell, frac: row_frac };
+        let columns = Axis { index: &column_cell, frac: column_frac };
+        wavelookup::lookup(v, &rows, &columns)
+    })?;
+    Ok((lam.into_pyarray(py), dlam.into_pyarray(py)))
+}
+
 fn sizes(name: &str, a: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
     let s = a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array")))?;
     s.iter().map(|&v| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} holds a negative value {v}")))).collect()
@@ -379,6 +408,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spatial_mapping, m)?)?;
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;
     m.add_function(wrap_pyfunction!(densify, m)?)?;
+    m.add_function(wrap_pyfunction!(wave_lookup, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -142,6 +142,19 @@ def densify(*, coarse: F64Array, step: int, ny: int, nx: int) -> F64Array:
     """Dense ``(ny, nx)`` grid from a coarse one by Catmull-Rom interpolation; coarse node
     ``(a, b)`` lies at dense index ``((a - 1) * step, (b - 1) * step)``."""
 
+def wave_lookup(
+    *,
+    values: F64Array,
+    row_cell: npt.NDArray[np.int64],
+    row_frac: F64Array,
+    column_cell: npt.NDArray[np.int64],
+    column_frac: F64Array,
+) -> tuple[F64Array, F64Array]:
+    """``(value 0, value 1)`` ``(rows, columns)`` of a ``(knot rows, knot columns, 2)`` table by
+    separable bilinear interpolation: ``(1 - fy) * ax[iy] + fy * ax[iy + 1]`` with ``ax[k] = (1 - fx)
+    * v[k, ix] + fx * v[k, ix + 1]`` (cells ``iy``/``ix``, fractions ``fy``/``fx`` per row/column).
+    ValueError for a cell outside the table."""
+
 def rice_decode_rows(
     *,
     heap: npt.NDArray[np.uint8],
