@@ -13,6 +13,7 @@ touch the output region are skipped silently (debug log) and not counted as reje
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -39,6 +40,9 @@ ALL_DETECTORS = (1, 2, 3, 4, 5, 6)
 #: Strips of fewer input pixels than this run the kernel on this thread alone: waking the pool's
 #: threads costs more than they save on small crops, and the reader thread has the other core.
 KERNEL_POOL_MIN_PIXELS = 65536
+#: Local files prepared at once (:mod:`.readahead`): the frame side's work releases the GIL in
+#: part (reads, numpy passes, Rust calls), so two threads use a second core while the kernel runs.
+LOCAL_FRAMES_IN_FLIGHT = 2
 
 def output_path_for(config: Drizzle3DConfig, detector: int) -> Path:
     """``output_dir/drizzle_D{detector}.fits``."""
@@ -78,8 +82,10 @@ def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
 
 def frames_in_flight(paths: List[Any], config: Drizzle3DConfig) -> int:
     """Frames the reader prepares at once: ``config.download_workers`` when any input is an object
-    read in place (it waits on the network), else 1."""
-    return int(config.download_workers) if any(isinstance(p, ObjectLocation) for p in paths) else 1
+    read in place (it waits on the network), else :data:`LOCAL_FRAMES_IN_FLIGHT` (at most the CPUs)."""
+    if any(isinstance(p, ObjectLocation) for p in paths):
+        return int(config.download_workers)
+    return max(1, min(LOCAL_FRAMES_IN_FLIGHT, os.cpu_count() or 1))
 
 
 def drizzle_frames(paths: List[Any], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
