@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
@@ -194,23 +194,29 @@ def drizzle_detector(
         return save_cube(cube, out_path, overwrite=config.overwrite, progress=config.progress)
 
 
-def drizzle_tiled(fits_paths: Iterable[Any], config: Drizzle3DConfig, detector: int,
-                  tile_arcmin: float) -> Optional[Path]:
+def drizzle_tiled(fits_paths: Iterable[Any], config: Drizzle3DConfig, detector: int, tile_arcmin: float,
+                  footprints: Optional[Sequence[Optional[Sequence[float]]]] = None,
+                  assemble: bool = True) -> Optional[Path]:
     """:func:`drizzle_detector` in square tiles of ``tile_arcmin`` (:mod:`.tiling`), run where
     ``config.scheduler`` says (:mod:`.executor`) and assembled into the same cube file, bit for bit
-    (:mod:`.assemble`); the pieces and ``manifest.json`` stay in ``output_dir/tiles_D{N}``. A rerun
-    of the same configuration and frames reuses the pieces already written; ``overwrite`` restarts.
-    Files are paths or objects read in place (as for :func:`drizzle_detector`); each tile reads
-    the objects it needs itself, with the locations' ``storage_options``."""
+    (:mod:`.assemble`); the pieces, ``manifest.json`` and the quick-look of the mosaic
+    (:mod:`.mosaiclook`) stay in ``output_dir/tiles_D{N}``. ``footprints`` (one per file, in the
+    same order: the archive's ``poly``, RA1, Dec1, ... deg, or None) offer each tile only the
+    frames whose footprints meet it (:mod:`.tileselect`); without them every tile tests every
+    frame's header. ``assemble=False`` leaves the tiles and the manifest (``spxdrizzle assemble``
+    writes the cube later) and returns None. A rerun of the same configuration and frames reuses
+    the pieces already written; ``overwrite`` restarts. Files are paths or objects read in place
+    (as for :func:`drizzle_detector`); each tile reads the objects it needs itself."""
     from .assemble import assemble_cube, write_manifest
     from .executor import run_tiles
+    from .mosaiclook import write_mosaic_quicklook
     from .tiling import run_key, tile_plan, tile_side_pixels, tiles_dir
 
     detector = int(detector)
     if config.reject_outliers:
         raise ValueError(OUTLIERS_NOT_TILED)
     out_path = output_path_for(config, detector)
-    if out_path.exists() and not config.overwrite:
+    if assemble and out_path.exists() and not config.overwrite:
         raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
     paths: List[Any] = [as_location(p) for p in fits_paths]
     grid = OutputGrid.for_detector(config, detector)
@@ -221,11 +227,32 @@ def drizzle_tiled(fits_paths: Iterable[Any], config: Drizzle3DConfig, detector: 
             old.unlink()
     logger.info("D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx) in %d tiles of %.4g'", detector, len(paths),
                 *grid.cube_shape, len(tiles), tile_arcmin)
-    records = run_tiles(paths, config, detector, tiles, key, config.scheduler)
+    selections = _tile_selections(grid, tiles, paths, footprints, detector)
+    records = run_tiles(paths, config, detector, tiles, key, config.scheduler, selections)
     write_manifest(config, detector, key, paths, records)
     report_frames(detector, paths, records)
+    write_mosaic_quicklook(config, detector, records)
+    if not assemble:
+        return None
     with stage("write"):
         return assemble_cube(config, detector, records, out_path)
+
+
+def _tile_selections(grid: OutputGrid, tiles: Sequence[Any], paths: List[Any],
+                     footprints: Optional[Sequence[Optional[Sequence[float]]]],
+                     detector: int) -> Optional[List[List[int]]]:
+    """The frames each tile is offered (:func:`.tileselect.frames_by_tile`), None without footprints."""
+    from .tileselect import frames_by_tile
+
+    if footprints is None:
+        return None
+    if len(footprints) != len(paths):
+        raise ValueError(f"footprints: {len(footprints)} given for {len(paths)} files (one per file, or None)")
+    selections = frames_by_tile(grid, [t.bounds() for t in tiles], footprints)
+    used = set().union(*map(set, selections)) if selections else set()
+    logger.info("D%d: footprints offer %d frame-tile pairs; %d of %d frames meet no tile and are not read",
+                detector, sum(len(s) for s in selections), len(paths) - len(used), len(paths))
+    return selections
 
 
 def report_frames(detector: int, paths: List[Any], records: List[Dict[str, Any]]) -> None:
@@ -294,6 +321,8 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
             storage_options=config.storage_options,
         )
         fits_paths = report.verified
+        footprints = [o.poly for o, p in zip(observations, report.paths) if p is not None] \
+            if len(report.paths) == len(observations) else None
         if not fits_paths:
             none = _mirror_has_none(report, config)
             if none is not None:
@@ -304,7 +333,7 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
         if tile_arcmin is None:
             out = drizzle_detector(fits_paths, config, det, output_wcs)
         else:
-            out = drizzle_tiled(fits_paths, config, det, tile_arcmin)
+            out = drizzle_tiled(fits_paths, config, det, tile_arcmin, footprints)
         if out is not None:
             results[det] = out
     if not results and mirror_has_none and len(mirror_has_none) == sum(1 for d in detectors if obs_by_det.get(d)):

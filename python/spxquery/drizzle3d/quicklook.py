@@ -254,7 +254,7 @@ def _new_figure(figsize: Tuple[float, float]) -> Figure:
     return fig
 
 
-def _image_png(
+def image_png(
     img: np.ndarray,
     cube: Mapping[str, Any],
     png: Union[str, Path],
@@ -262,7 +262,8 @@ def _image_png(
     label: str,
     mark: Optional[Tuple[float, float]] = None,
 ) -> Path:
-    """Draw ``img`` with an asinh percentile stretch and RA/Dec axes; returns the PNG path."""
+    """Draw ``img`` with an asinh percentile stretch and RA/Dec axes (``cube["wcs"]``, None: pixel
+    axes); returns the PNG path. Also draws the quick-look of a tiled mosaic (:mod:`.mosaiclook`)."""
     fig = _new_figure((6.0, 5.2))
     from matplotlib.colors import AsinhNorm  # matplotlib >= 3.6
 
@@ -312,7 +313,7 @@ def plot_collapsed(cube: CubeLike, png: Union[str, Path], mark: Optional[Tuple[f
     img = collapsed_image(c)
     lam, _ = wavelengths(c)
     title = f"{_name(c)}: inverse-variance mean over {lam.size} planes ({lam[0]:.3f}-{lam[-1]:.3f} um)"
-    return _image_png(img, c, png, title, "MJy/sr", mark)
+    return image_png(img, c, png, title, "MJy/sr", mark)
 
 
 def plot_plane(cube: CubeLike, png: Union[str, Path], plane: int,
@@ -325,7 +326,7 @@ def plot_plane(cube: CubeLike, png: Union[str, Path], plane: int,
     lam, dlam = wavelengths(c)
     k = int(plane)
     title = f"{_name(c)}: plane {k}, {lam[k]:.4f} um (width {dlam[k]:.4f} um)"
-    return _image_png(np.asarray(c["sci"][k], dtype=np.float64), c, png, title, "MJy/sr", mark)
+    return image_png(np.asarray(c["sci"][k], dtype=np.float64), c, png, title, "MJy/sr", mark)
 
 
 def plot_spectrum(cube: CubeLike, png: Union[str, Path], x: float, y: float, title: Optional[str] = None,
