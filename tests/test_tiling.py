@@ -197,15 +197,18 @@ def test_interrupted_run_resumes_only_the_missing_tiles(cutouts, tmp_path):
     assert all(p.stat().st_mtime_ns != mtimes.get(p) for p in pieces)
 
 
-def test_drizzle_with_tile_arcmin_gives_the_one_piece_cube(cutout_field, tmp_path):
-    """The whole pipeline (query, mirror, drizzle) with tile_arcmin: the same cube file content."""
+def test_drizzle_with_tile_arcmin_gives_the_one_piece_cube(cutout_field, tmp_path, caplog):
+    """The whole pipeline (query, mirror, drizzle) with tile_arcmin: the same cube file content;
+    the tiles are offered the frames by the query's footprints."""
     from spxquery.drizzle3d.pipeline import drizzle
     from spxquery.drizzle3d.testing.archive_server import ArchiveServer
 
     with ArchiveServer(cutout_field.root) as srv:
         kw = dict(tap_url=srv.tap_url, data_mirror=cutout_field.root, use_cutouts=False)
         whole = drizzle(_config(tmp_path / "whole", **kw))[3]
-        tiled = drizzle(_config(tmp_path / "tiled", tile_arcmin=4.5, **kw))[3]
+        with caplog.at_level(logging.INFO, logger="spxquery.drizzle3d.pipeline"):
+            tiled = drizzle(_config(tmp_path / "tiled", tile_arcmin=4.5, **kw))[3]
+    assert "footprints offer 20 frame-tile pairs; 0 of 5 frames meet no tile" in caplog.text
     assert (tmp_path / "tiled" / "tiles_D3" / "manifest.json").is_file()
     assert_same_cube(whole, tiled)
 

@@ -101,9 +101,9 @@ def _write_fits(path: Path, image: np.ndarray, weight: np.ndarray, wcs: WCS, det
                 nz: int) -> Path:
     header = wcs.to_header()
     header["DETECTOR"] = (int(detector), "SPHEREx detector")
-    header["BINNING"] = (int(factor), "output pixels per quick-look pixel, each axis")
+    header["BINNING"] = (int(factor), "output pixels per binned pixel, each axis")
     header["NPLANES"] = (int(nz), "planes collapsed")
-    header["BUNIT"] = ("MJy/sr", "inverse-variance weighted mean over planes and block")
+    header["BUNIT"] = ("MJy/sr", "inverse-variance mean over planes, block")
     hdus = fits.HDUList([fits.PrimaryHDU(image.astype(np.float32), header=header),
                          fits.ImageHDU(weight.astype(np.float32), header=wcs.to_header(), name="WEIGHT")])
     path.parent.mkdir(parents=True, exist_ok=True)
