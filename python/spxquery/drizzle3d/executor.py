@@ -9,10 +9,12 @@ are submitted at a time, a task lost with its worker is run again by dask (and `
 more times on an error), and a task returns only its tile's record (the piece is on disk).
 Workers read the frames through the same data access as the pipeline, so the file paths must be
 reachable from the workers (a shared file system for a remote cluster); objects read in place
-(:class:`~.objectstore.ObjectLocation`) travel with their ``storage_options`` and each worker
-opens them itself. ``selections`` (one list of frame indices per tile, :mod:`.tileselect`)
-offers each tile only the frames whose footprints meet it. :class:`TileProgress` is the run's one
-bar: tiles finished, and the frames drizzled into them summed over the tiles.
+(:class:`~.objectstore.ObjectLocation`) travel with their ``storage_options`` (resolved in the
+client: anonymous S3, ``AWS_ENDPOINT_URL``) and each worker opens them itself; the bytes each tile
+read come back in its record and feed a byte progress bar beside the tile bar. ``selections``
+(one list of frame indices per tile, :mod:`.tileselect`) offers each tile only the frames whose
+footprints meet it. :class:`TileProgress` is the tile bar: tiles finished, and the frames drizzled
+into them summed over the tiles.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import Drizzle3DConfig
 from .objectstore import ObjectLocation
-from .progress import progress_bar
+from .progress import byte_bar, progress_bar
 from .tiling import Tile, drizzle_tile
 
 logger = logging.getLogger(__name__)
@@ -61,25 +63,32 @@ class TileProgress:
 
 def run_tiles(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], key: str,
               scheduler: Optional[str] = None,
-              selections: Optional[Sequence[Optional[List[int]]]] = None) -> List[Dict[str, Any]]:
+              selections: Optional[Sequence[Optional[List[int]]]] = None, waves: Any = None) -> List[Dict[str, Any]]:
     """The records of ``tiles`` (in tile order), drizzled where ``scheduler`` says; tile ``i`` is
-    offered the frames ``selections[i]`` (None: all) (module docs)."""
+    offered the frames ``selections[i]`` (None: all) (module docs); ``waves``: the run's
+    :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
     files = [p if isinstance(p, ObjectLocation) else str(p) for p in paths]  # locations pickle with their options
+    remote = any(isinstance(p, ObjectLocation) for p in files)
     chosen = list(selections) if selections is not None else [None] * len(tiles)
-    if scheduler is None:
-        records = []
-        with TileProgress(len(tiles), detector, config.progress) as progress:
+    with TileProgress(len(tiles), detector, config.progress) as progress, \
+            byte_bar(f"D{detector} read", config.progress and remote) as read_bar:
+        def done(record: Dict[str, Any]) -> None:
+            progress.done(record)
+            read_bar.update(int(record.get("bytes_read", 0)))  # bytes the tile's worker read in place
+
+        if scheduler is None:
+            records = []
             for tile, select in zip(tiles, chosen):
-                records.append(drizzle_tile(files, config, detector, tile, key, select))
-                progress.done(records[-1])
-        return records
-    client, cluster = connect(scheduler)
-    try:
-        return _run_on(client, files, config, detector, list(zip(tiles, chosen)), key)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+                records.append(drizzle_tile(files, config, detector, tile, key, select, waves))
+                done(records[-1])
+            return records
+        client, cluster = connect(scheduler)
+        try:
+            return _run_on(client, files, config, detector, list(zip(tiles, chosen)), key, done, waves)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def connect(scheduler: str) -> Any:
@@ -126,30 +135,32 @@ def dashboard(client: Any, local: bool = False) -> str:
 
 
 def _run_on(client: Any, files: List[Any], config: Drizzle3DConfig, detector: int,
-            tiles: Sequence[Tuple[Tile, Optional[List[int]]]], key: str) -> List[Dict[str, Any]]:
+            tiles: Sequence[Tuple[Tile, Optional[List[int]]]], key: str, done: Callable[[Dict[str, Any]], None],
+            waves: Any = None) -> List[Dict[str, Any]]:
     """Submit the tiles with a bounded number in flight; their records in tile order."""
     from distributed import as_completed
 
     limit = max(1, IN_FLIGHT_PER_WORKER * sum(client.nthreads().values()))
     files_f = client.scatter(files, broadcast=True)
     config_f = client.scatter(config, broadcast=True)
+    waves_f = client.scatter(waves, broadcast=True) if waves is not None else None
     todo = list(tiles)[::-1]
     records: Dict[int, Dict[str, Any]] = {}
 
     def submit(task: Tuple[Tile, Optional[List[int]]]) -> Any:
         tile, select = task
-        return client.submit(drizzle_tile, files_f, config_f, detector, tile, key, select, retries=TASK_RETRIES,
-                             pure=False, key=f"spxdrizzle-D{detector}-tile{tile.index:05d}-{key[:12]}")
+        return client.submit(drizzle_tile, files_f, config_f, detector, tile, key, select, waves_f,
+                             retries=TASK_RETRIES, pure=False,
+                             key=f"spxdrizzle-D{detector}-tile{tile.index:05d}-{key[:12]}")
 
     queue = as_completed([submit(todo.pop()) for _ in range(min(limit, len(todo)))])
-    with TileProgress(len(tiles), detector, config.progress) as progress:
-        for future in queue:
-            record = future.result()
-            records[int(record["index"])] = record
-            future.release()
-            progress.done(record)
-            if todo:
-                queue.add(submit(todo.pop()))
+    for future in queue:
+        record = future.result()
+        records[int(record["index"])] = record
+        future.release()
+        done(record)
+        if todo:
+            queue.add(submit(todo.pop()))
     return [records[t.index] for t, _ in tiles]
 
 

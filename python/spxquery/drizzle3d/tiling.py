@@ -36,7 +36,7 @@ import numpy as np
 
 from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
 from .grid import OutputGrid
-from .objectstore import ObjectLocation, as_location
+from .objectstore import TRANSFERS, ObjectLocation, as_location
 from .preflight import _ADVICE as BUDGET_ADVICE
 from .preflight import ACCUMULATOR_BYTES_PER_VOXEL, MEMORY_HEADROOM, RunBudgetError, available_memory, cube_shapes
 
@@ -120,10 +120,12 @@ def effective_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int],
     return auto
 
 
-def run_key(config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], paths: Sequence[Any]) -> str:
+def run_key(config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], paths: Sequence[Any],
+            waves: Any = None) -> str:
     """SHA-256 of what a tile's voxels depend on: the configuration (without :data:`NOT_IN_KEY`),
-    the detector, the tile plan and the frames (paths, sizes and modification times, in order;
-    for an object read in place its URL and the length the archive lists)."""
+    the detector, the tile plan, the frames (paths, sizes and modification times, in order; for an
+    object read in place its URL and the length the archive lists) and the wavelength products
+    ``waves`` (a :class:`.wavesources.WaveSources`) chose for them."""
     settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
     frames = []
     for p in paths:
@@ -136,8 +138,16 @@ def run_key(config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], paths
         except OSError:
             frames.append([str(p), None, None])
     text = json.dumps({"config": settings, "detector": int(detector), "tiles": [t.bounds() for t in tiles],
-                       "frames": frames}, sort_keys=True, default=str)
+                       "frames": frames, "waves": _wave_products(waves, detector)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _wave_products(waves: Any, detector: int) -> Dict[str, Optional[str]]:
+    """The product file (None: the L2 lookup) chosen for each release of ``detector``'s frames."""
+    if waves is None:
+        return {}
+    return {str(rel): None if c.product is None else str(c.product)
+            for (det, rel), c in waves.choices.items() if int(det) == int(detector)}
 
 
 def tiles_dir(config: Drizzle3DConfig, detector: int) -> Path:
@@ -196,15 +206,16 @@ def finished_record(piece: Path, key: str) -> Optional[Dict[str, Any]]:
 
 
 def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tile: Tile, key: str,
-                 select: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+                 select: Optional[Sequence[int]] = None, waves: Any = None) -> Dict[str, Any]:
     """One task: drizzle ``paths`` (paths, or object locations read in place; in this order), or
     only those of the indices ``select`` (the frames whose footprints meet the tile,
     :mod:`.tileselect`), onto ``tile`` of the detector's grid, write the piece and its record
     atomically, return the record: ``tile`` (bounds), ``piece`` (path; None when no frame
     contributed: then no piece is written and the tile is empty), ``key``, ``offered`` (frames
     offered to the tile), ``frames`` (``[path index, planes as 0/1 list, log entry]`` of the
-    contributing frames), ``reject`` (``[index, reason]``), ``empty`` (indices). Reuses a
-    finished tile of the same ``key``."""
+    contributing frames), ``reject`` (``[index, reason]``), ``empty`` (indices), ``bytes_read``
+    (from object stores). Reuses a finished tile of the same ``key``. ``waves``: the run's
+    :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
     piece = piece_path(config, detector, tile)
     done = finished_record(piece, key)
     if done is not None:
@@ -214,8 +225,10 @@ def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, t
     index = dict(zip(files, chosen))
     outcomes: Dict[str, List[Any]] = {"frame": [], "reject": [], "empty": []}
     frame_log: List[Dict[str, Any]] = []
+    bytes0 = TRANSFERS.bytes
     if files:
-        outcomes, frame_log = _drizzle_piece(files, config, detector, tile, piece)
+        outcomes, frame_log = _drizzle_piece(files, config, detector, tile, piece, waves)
+    bytes_read = TRANSFERS.bytes - bytes0  # this process's reads: one tile at a time per worker
     if not frame_log:
         piece.unlink(missing_ok=True)  # an empty tile: the assembly fills it (SCI NaN, COUNT 0)
     record = {
@@ -225,13 +238,14 @@ def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, t
                    for (p, planes), entry in zip(outcomes["frame"], frame_log)],
         "reject": [[index[p], reason] for p, reason in outcomes["reject"]],
         "empty": [index[p] for p in outcomes["empty"]],
+        "bytes_read": int(bytes_read),
     }
     write_json_atomic(record_path(piece), record)
     return record
 
 
-def _drizzle_piece(files: List[Any], config: Drizzle3DConfig, detector: int, tile: Tile,
-                   piece: Path) -> Tuple[Dict[str, List[Any]], List[Dict[str, Any]]]:
+def _drizzle_piece(files: List[Any], config: Drizzle3DConfig, detector: int, tile: Tile, piece: Path,
+                   waves: Any = None) -> Tuple[Dict[str, List[Any]], List[Dict[str, Any]]]:
     """Drizzle ``files`` onto ``tile`` and write its piece (atomic) when a frame contributed;
     (outcomes of :func:`.pipeline.drizzle_frames`, the cube's frame log)."""
     from .accumulate import DrizzleCube
@@ -243,7 +257,7 @@ def _drizzle_piece(files: List[Any], config: Drizzle3DConfig, detector: int, til
     tile_wcs.wcs.crpix = [tile_wcs.wcs.crpix[0] - tile.x0, tile_wcs.wcs.crpix[1] - tile.y0]  # header only
     cube = DrizzleCube.create(tile_wcs, grid.pixscale, grid.zgrid, config, detector, shape=grid.shape,
                               origin=grid.origin)
-    outcomes = drizzle_frames(files, config, grid, cube, report=False)
+    outcomes = drizzle_frames(files, config, grid, cube, report=False, waves=waves)
     cube.n_rejected = len(outcomes["reject"])
     cube.n_empty = len(outcomes["empty"])
     if cube.frame_log:
