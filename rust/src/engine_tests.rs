@@ -40,6 +40,7 @@ impl Cube {
             count: self.count.view_mut(),
             and_mask: self.and_mask.view_mut(),
             or_mask: self.or_mask.view_mut(),
+            cov: None,
         }
     }
 }

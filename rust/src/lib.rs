@@ -26,6 +26,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod contributions;
+pub mod covariance;
 mod culling;
 pub mod droplet;
 pub mod frame;
