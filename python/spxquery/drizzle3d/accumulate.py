@@ -25,6 +25,7 @@ from astropy.wcs import WCS
 
 from . import _core
 from .config import Drizzle3DConfig
+from .covariance import stencil
 from .flags import as_uint32
 from .spectral import ZGrid
 
@@ -64,6 +65,12 @@ class DrizzleCube:
     """(n_z,) uint32: input frames that contributed to each plane."""
     frame_log: list[dict[str, Any]] = field(default_factory=list)
     """One entry per contributing frame: name, zodi_scale, n_pixels, ..."""
+    cov_cross: np.ndarray | None = None
+    """With ``config.covariance``: the covariance cross terms ``sum w_k w_l sigma^2``, float64
+    ``(n_offsets, n_z, n_y, n_x)``, of the voxel pairs ``(k, k + cov_offsets[n])``
+    (:mod:`.covariance`); None otherwise."""
+    cov_offsets: np.ndarray | None = None
+    """int64 ``(n_offsets, 3)``: the ``(dz, dy, dx)`` of each plane of ``cov_cross``."""
     _engine: tuple[tuple, _core.EngineParams] | None = field(default=None, init=False, repr=False, compare=False)
     """The engine parameters and the settings they were built from (see :attr:`engine_params`)."""
 
@@ -111,8 +118,9 @@ class DrizzleCube:
         return self._engine[1]
 
     def accumulators(self) -> dict[str, np.ndarray]:
-        """The six accumulator arrays by field name, as the engine takes them."""
-        return {
+        """The six accumulator arrays by field name, as the engine takes them (with
+        ``cov_cross`` and ``cov_offsets`` when the cube accumulates the covariance)."""
+        arrays = {
             "flux_weighted": self.flux_weighted,
             "weight_total": self.weight_total,
             "var_accum": self.var_accum,
@@ -120,12 +128,17 @@ class DrizzleCube:
             "and_mask": self.and_mask,
             "or_mask": self.or_mask,
         }
+        if self.cov_cross is not None and self.cov_offsets is not None:
+            arrays["cov_cross"] = self.cov_cross
+            arrays["cov_offsets"] = self.cov_offsets
+        return arrays
 
     @classmethod
     def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int) -> DrizzleCube:
         """Allocate an empty cube of ``(zgrid.n_z, config.output_ny(), config.output_nx())``."""
         shape = (zgrid.n_z, config.output_ny(), config.output_nx())
-        nbytes = int(np.prod(shape)) * (3 * 8 + 3 * 4)
+        offsets = stencil(config, zgrid.edges, detector) if config.covariance else None
+        nbytes = int(np.prod(shape)) * (3 * 8 + 3 * 4 + (0 if offsets is None else 8 * len(offsets)))
         logger.info("D%d: allocating cube %s (%.1f MB of accumulators)", detector, "x".join(map(str, shape)),
                     nbytes / 1e6)
         cube = cls(
@@ -140,6 +153,8 @@ class DrizzleCube:
             or_mask=np.zeros(shape, dtype=np.uint32),
             config=config,
             detector=detector,
+            cov_cross=None if offsets is None else np.zeros((len(offsets), *shape), dtype=np.float64),
+            cov_offsets=offsets,
         )
         _ = cube.engine_params  # validated now, not at the first frame
         return cube

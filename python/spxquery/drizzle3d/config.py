@@ -244,6 +244,11 @@ class Drizzle3DConfig:
         group="archive", unit="s", rule=Real(0.0, 604800.0, lo_open=True),
         help="longest time for one file, every attempt and wait included (ends a trickling transfer)",
         header=NoHeader(_NOT_THE_CUBE)))
+    covariance: bool = field(default=False, metadata=setting(
+        group="accumulate", rule=Bool(),
+        help="accumulate the covariance of neighbouring voxels (COVARIANCE HDUs; exact aperture errors "
+             "with covariance.aperture_variance); costs memory: one cube of float64 per stencil offset",
+        header=Fits("COVAR", "covariance HDUs written"), cli=Cli("--covariance", store=True)))
 
     # ── constants ──────────────────────────────────────────────────────────────
     BASE_PIXSCALE: float = field(default=6.15, init=False, repr=False)  # arcsec/pixel

@@ -1,0 +1,210 @@
+"""Covariance of drizzled voxels (issue 22): the engine's cross terms against a brute-force sum
+over the input pixels, the file round trip, determinism, and the fallback."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.wcs import WCS
+
+from spxquery.drizzle3d import _core
+from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
+from spxquery.drizzle3d.config import Drizzle3DConfig
+from spxquery.drizzle3d.covariance import (
+    aperture_variance,
+    correction_factor,
+    plane_variances,
+    spatial_reach,
+    spectral_reach,
+    stencil,
+)
+from spxquery.drizzle3d.cubefile import load_cube, save_cube
+from spxquery.drizzle3d.spectral import ZGrid
+
+EDGES = np.array([1.50, 1.52, 1.54, 1.56, 1.58, 1.60])
+
+
+def make_cube(n, oversample=1.0, shrink=0.8, kernel="square", covariance=True, edges=EDGES, **cfg):
+    """An empty ``(len(edges) - 1, n, n)`` cube whose configuration has ``oversample``."""
+    side = n * 6.15 / oversample / 60.0
+    config = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=side, height=side, xy_shrink=shrink,
+                             xy_oversample=oversample, kernel=kernel, covariance=covariance, **cfg)
+    cube = DrizzleCube.create(WCS(naxis=2), 6.15 / oversample, ZGrid.from_edges(edges), config, 3)
+    assert cube.flux_weighted.shape == (len(edges) - 1, n, n)
+    return cube
+
+
+def frames(n_in, oversample, n_frames=3, seed=0, noise=None):
+    """``n_frames`` input frames of ``n_in`` x ``n_in`` pixels, rotated and shifted onto the output grid
+    at ``oversample`` output pixels per input pixel: (corners_x, corners_y, image, variance, flags,
+    lambda_c, delta_lambda) each, wavelengths spread so that top-hats span one to three bins."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in range(n_frames):
+        theta, t = rng.uniform(0, np.pi / 2), rng.uniform(1.0, 3.0, 2)
+        c, s = np.cos(theta) * oversample, np.sin(theta) * oversample
+        yy, xx = np.mgrid[0 : n_in + 1, 0 : n_in + 1].astype(float) - 0.5
+        cx = c * xx - s * yy + t[0] + (n_in * s if s > 0 else 0)
+        cy = s * xx + c * yy + t[1]
+        variance = rng.uniform(0.5, 2.0, (n_in, n_in))
+        image = rng.normal(0.0, np.sqrt(variance)) if noise is None else noise(rng, variance)
+        lam = rng.uniform(1.51, 1.59, (n_in, n_in))
+        dlam = rng.uniform(0.01, 0.035, (n_in, n_in))
+        out.append((cx, cy, image, variance, np.zeros((n_in, n_in), np.int32), lam, dlam))
+    return out
+
+
+def brute_force_variance(cube, frame_list, mask):
+    """sum_i (sum_{k in mask} c_ki)^2 sigma_i^2 over every input pixel ``i``, from the contribution
+    lists of the spxquery 0.4.1 API (spatial_mapping, spectral_overlaps): each a_ki, by hand."""
+    nz, ny, nx = cube.flux_weighted.shape
+    cfg, edges = cube.config, cube.zgrid.edges
+    pixels = []  # per input pixel: (voxel flat indices, weights w_ki, sigma^2)
+    for cx, cy, image, variance, _, lam, dlam in frame_list:
+        _, pix, oy, ox, fxy = _core.spatial_mapping(corners_x=cx, corners_y=cy, out_ny=ny, out_nx=nx,
+                                                    xy_shrink=cfg.xy_shrink, kernel=cfg.kernel)
+        ivar = np.minimum(1.0 / variance.ravel(), cfg.ivar_max)
+        for i in np.unique(pix):
+            sel = pix == i
+            z, fz = _core.spectral_overlaps(lambda_c=float(lam.ravel()[i]), delta_lambda=float(dlam.ravel()[i]),
+                                            z_shrink=cfg.effective_z_shrink(), z_edges=edges)
+            idx, w = [], []
+            for zk, fzk in zip(z, fz):
+                f = fxy[sel] * fzk
+                keep = f > 0
+                idx.append((zk * ny + oy[sel][keep]) * nx + ox[sel][keep])
+                w.append(ivar[i] * f[keep])
+            pixels.append((np.concatenate(idx), np.concatenate(w), variance.ravel()[i]))
+    weight = np.zeros(nz * ny * nx)
+    for idx, w, _ in pixels:
+        np.add.at(weight, idx, w)
+    selected = mask.ravel() & (weight > 0)
+    total = 0.0
+    for idx, w, var in pixels:
+        total += np.sum(np.where(selected[idx], w / np.where(weight[idx] > 0, weight[idx], 1.0), 0.0)) ** 2 * var
+    return total
+
+
+def drizzled(n_out, oversample, shrink, kernel, frame_list, **kw):
+    cube = make_cube(n_out, oversample, shrink, kernel, **kw)
+    for fr in frame_list:
+        drizzle_frame(cube, *fr)
+    return cube
+
+
+@pytest.mark.parametrize("kernel", ["square", "bilinear"])
+@pytest.mark.parametrize("shrink", [1.0, 0.5])
+@pytest.mark.parametrize("oversample", [1.0, 2.0])
+def test_aperture_variance_equals_brute_force_sum_over_input_pixels(kernel, shrink, oversample):
+    frame_list = frames(int(9 / oversample) + 2, oversample, seed=int(10 * shrink + oversample))
+    cube = drizzled(14, oversample, shrink, kernel, frame_list)
+    rng = np.random.default_rng(5)
+    masks = [np.zeros(cube.flux_weighted.shape, bool) for _ in range(4)]
+    masks[0][2, 4:9, 3:10] = True  # one plane, a box
+    masks[1][1:4, 5:8, 5:8] = True  # three planes
+    masks[2][:] = rng.random(masks[2].shape) < 0.3  # scattered voxels
+    masks[3][:, 6, 6] = True  # one pixel's spectrum
+    for mask in masks:
+        want = brute_force_variance(cube, frame_list, mask)
+        got = aperture_variance(cube, mask)
+        assert got == pytest.approx(want, rel=1e-10)
+        # Without the cross terms the sum of the variances is smaller (it is a lower bound here).
+        assert np.nansum(np.where(mask, cube.variance, np.nan)) < want
+
+
+def test_mean_per_plane_and_two_d_masks():
+    frame_list = frames(10, 1.0, seed=3)
+    cube = drizzled(14, 1.0, 0.8, "square", frame_list)
+    mask = np.zeros((14, 14), bool)
+    mask[4:9, 5:10] = True
+    three_d = np.broadcast_to(mask, cube.flux_weighted.shape)
+    assert aperture_variance(cube, mask) == aperture_variance(cube, three_d)
+    n = int(np.count_nonzero(three_d & np.isfinite(cube.variance)))
+    assert aperture_variance(cube, mask, mean=True) == pytest.approx(aperture_variance(cube, mask) / n**2, rel=1e-14)
+    # Each plane on its own: the variance of that plane's sum, brute force.
+    per_plane = plane_variances(cube, three_d, same_plane=True)
+    for k in range(cube.nz):
+        one = np.zeros_like(three_d)
+        one[k] = mask
+        assert per_plane[k] == pytest.approx(brute_force_variance(cube, frame_list, one), rel=1e-10)
+
+
+def test_the_file_holds_the_covariance_and_gives_the_same_variances(tmp_path):
+    cube = drizzled(14, 1.0, 0.8, "square", frames(10, 1.0, seed=4))
+    path = save_cube(cube, tmp_path / "cov.fits")
+    loaded = load_cube(path)
+    assert loaded["covariance"].shape == (len(cube.cov_offsets) + 1, *cube.flux_weighted.shape)
+    assert loaded["cov_offsets"][0].tolist() == [0, 0, 0]
+    assert loaded["header"]["COVAR"] is True
+    assert loaded["header"]["COVCORR"] == pytest.approx(correction_factor(cube.config), abs=1e-6)
+    mask = np.zeros(cube.flux_weighted.shape, bool)
+    mask[1:3, 3:10, 4:11] = True
+    want = aperture_variance(cube, mask)
+    for source in (path, str(path), loaded):
+        assert aperture_variance(source, mask) == pytest.approx(want, rel=1e-13)
+    np.testing.assert_array_equal(loaded["covariance"][0], cube.variance)
+
+
+def test_bitwise_identical_for_any_thread_count_and_science_unchanged():
+    frame_list = frames(30, 1.0, n_frames=2, seed=7)
+    results = []
+    for threads in (1, 2, 3, 5):
+        cube = make_cube(34)
+        for fr in frame_list:
+            drizzle_frame(cube, *fr, threads=threads)
+        results.append([a.tobytes() for a in cube.accumulators().values()])
+    assert all(r == results[0] for r in results[1:])
+    plain = make_cube(34, covariance=False)
+    for fr in frame_list:
+        drizzle_frame(plain, *fr)
+    for name, a in plain.accumulators().items():
+        np.testing.assert_allclose(np.frombuffer(results[0][list(plain.accumulators()).index(name)], a.dtype).reshape(
+            a.shape), a, rtol=1e-12, atol=1e-300)
+
+
+def test_a_pixel_beyond_the_stencil_is_an_error_not_dropped_terms():
+    cube = make_cube(14)
+    # Input pixels three times the size the configuration implies.
+    cx, cy, *rest = frames(3, 3.0, n_frames=1)[0]
+    with pytest.raises(ValueError, match="beyond the stencil"):
+        drizzle_frame(cube, cx, cy, *rest)
+
+
+def test_stencil_follows_the_geometry():
+    cfg = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=2.0, height=2.0)
+    assert spatial_reach(cfg) == 2  # 0.8 x 1.1 x sqrt(2) = 1.24 output pixels: three pixels apart at most
+    assert spatial_reach(cfg.replace(xy_shrink=0.5)) == 1
+    assert spatial_reach(cfg.replace(xy_oversample=2.0)) == 3
+    assert spatial_reach(cfg.replace(kernel="bilinear", xy_oversample=4.0)) == 1
+    assert spectral_reach(np.array([1.0, 1.1, 1.2, 1.3]), 0.05) == 1
+    assert spectral_reach(np.array([1.0, 1.1, 1.2, 1.3]), 0.15) == 2
+    assert spectral_reach(np.array([1.0, 1.1, 1.2, 1.3]), 0.25) == 2  # three bins at most
+    offsets = stencil(cfg, np.array([1.0, 1.1, 1.2]))
+    assert len(offsets) == len({tuple(o) for o in offsets}) == (5 * 5 * 3 - 1) // 2
+
+
+def test_correction_factor_is_fruchter_and_hook():
+    cfg = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=2.0, height=2.0, xy_shrink=1.0)
+    assert correction_factor(cfg) == pytest.approx(1.5)  # r = 1
+    assert correction_factor(cfg.replace(xy_oversample=2.0)) == pytest.approx(2.0 / (1 - 1 / 6))
+    assert correction_factor(cfg.replace(xy_shrink=0.5)) == pytest.approx(1.0 / (1 - 0.5 / 3))
+    assert correction_factor(cfg.replace(kernel="bilinear")) == pytest.approx(1.5)
+
+
+def test_without_covariance_the_fallback_warns_and_scales_by_r_squared(tmp_path):
+    cube = drizzled(14, 1.0, 0.8, "square", frames(10, 1.0, seed=4), covariance=False)
+    assert cube.cov_cross is None
+    mask = np.zeros(cube.flux_weighted.shape, bool)
+    mask[2, 4:9, 4:9] = True
+    r2 = correction_factor(cube.config) ** 2
+    summed = np.nansum(np.where(mask, cube.variance, np.nan))
+    path = save_cube(cube, tmp_path / "plain.fits")
+    for source in (cube, path):
+        with pytest.warns(UserWarning, match="no COVARIANCE HDU"):
+            got = aperture_variance(source, mask)
+        assert got == pytest.approx(summed * r2, rel=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aperture_variance(drizzled(14, 1.0, 0.8, "square", frames(10, 1.0, seed=4)), mask)
