@@ -21,7 +21,7 @@ from spxquery.drizzle3d.covariance import (
     stencil,
 )
 from spxquery.drizzle3d.cubefile import load_cube, save_cube
-from spxquery.drizzle3d.spectral import ZGrid
+from spxquery.drizzle3d.spectral import ZGrid, build_z_grid_native
 
 EDGES = np.array([1.50, 1.52, 1.54, 1.56, 1.58, 1.60])
 
@@ -269,3 +269,17 @@ def test_monte_carlo_aperture_sums_scatter_as_aperture_variance_says():
                           f"measured / summed VARIANCE {plain:.3f} ({len(ratios)} apertures)")
             assert abs(ratio - 1.0) < 0.05, report[-1]
     print("\n".join(report))
+
+
+def test_preflight_counts_the_cross_terms():
+    from spxquery.drizzle3d.preflight import RunBudgetError, bytes_per_voxel, check_budget
+
+    cfg = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=30.0, height=30.0, detector=3)
+    plain, with_cov = bytes_per_voxel(cfg, 3), bytes_per_voxel(cfg.replace(covariance=True), 3)
+    n = len(stencil(cfg, build_z_grid_native(3).edges, 3))
+    assert with_cov == (plain[0] + 8 * n, plain[1] + 8 * (n + 1))
+    voxels = 17 * cfg.output_ny() * cfg.output_nx()
+    memory = voxels * plain[0] + (600 << 20)  # enough without the cross terms, not with them
+    check_budget(cfg, [3], memory=memory, disk=1 << 50)
+    with pytest.raises(RunBudgetError, match="without covariance"):
+        check_budget(cfg.replace(covariance=True), [3], memory=memory, disk=1 << 50)
