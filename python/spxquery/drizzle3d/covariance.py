@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, List, Tuple
+from typing import Any, Iterator, List, Mapping, Tuple
 
 import numpy as np
 from astropy.io import fits
@@ -209,7 +209,7 @@ def _terms(cube: CubeLike, ys: slice, xs: slice) -> Tuple[np.ndarray, np.ndarray
         for n, o in enumerate(offsets[1:], start=1):
             cov[n] = normalised(cube.cov_cross[n - 1][:, ys, xs], w, o)
         return cov[0], cov, offsets
-    if isinstance(cube, dict):
+    if isinstance(cube, Mapping):
         if cube.get("covariance") is None:
             return None
         cov = np.asarray(cube["covariance"][:, :, ys, xs], dtype=np.float64)
@@ -229,8 +229,9 @@ def _fallback(cube: CubeLike, mask: np.ndarray) -> Tuple[np.ndarray, float]:
     """Per plane, the summed variances over ``mask``, and ``R^2``."""
     if hasattr(cube, "var_accum"):
         var, r = cube.variance, correction_factor(cube.config)
-    elif isinstance(cube, dict):
-        var, r = np.asarray(cube["variance"], np.float64), float(cube["header"].get(CORRECTION_KEY, 1.0))
+    elif isinstance(cube, Mapping):
+        header = cube.get("header") or {}
+        var, r = np.asarray(cube["variance"], np.float64), float(header.get(CORRECTION_KEY, 1.0))
     else:
         with fits.open(_path(cube), memmap=True) as hdul:
             var = np.asarray(hdul["VARIANCE"].data, np.float64)
@@ -295,7 +296,7 @@ def _path(cube: CubeLike) -> Path:
 def _n_planes(cube: CubeLike) -> int:
     if hasattr(cube, "var_accum"):
         return int(cube.var_accum.shape[0])
-    if isinstance(cube, dict):
+    if isinstance(cube, Mapping):
         return int(np.asarray(cube["variance"]).shape[0])
     with fits.open(_path(cube), memmap=True) as hdul:
         return int(hdul["VARIANCE"].header["NAXIS3"])
@@ -304,7 +305,7 @@ def _n_planes(cube: CubeLike) -> int:
 def _variance_cube(cube: CubeLike) -> np.ndarray:
     if hasattr(cube, "var_accum"):
         return cube.variance
-    if isinstance(cube, dict):
+    if isinstance(cube, Mapping):
         return np.asarray(cube["variance"])
     with fits.open(_path(cube), memmap=False) as hdul:
         return np.asarray(hdul["VARIANCE"].data)
