@@ -16,6 +16,7 @@ from spxquery.drizzle3d.covariance import (
     aperture_variance,
     correction_factor,
     plane_variances,
+    spatial_offsets,
     spatial_reach,
     spectral_reach,
     stencil,
@@ -181,8 +182,12 @@ def test_stencil_follows_the_geometry():
     assert spectral_reach(np.array([1.0, 1.1, 1.2, 1.3]), 0.05) == 1
     assert spectral_reach(np.array([1.0, 1.1, 1.2, 1.3]), 0.15) == 2
     assert spectral_reach(np.array([1.0, 1.1, 1.2, 1.3]), 0.25) == 2  # three bins at most
+    # Rows and columns up to 2 apart, but not both: the droplet's diagonal (1.24) is shorter than
+    # the sqrt(2) between pixels two apart in both.
+    assert sorted(spatial_offsets(cfg)) == sorted((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                                                  if abs(dy) + abs(dx) < 4)
     offsets = stencil(cfg, np.array([1.0, 1.1, 1.2]))
-    assert len(offsets) == len({tuple(o) for o in offsets}) == (5 * 5 * 3 - 1) // 2
+    assert len(offsets) == len({tuple(o) for o in offsets}) == (21 * 3 - 1) // 2
 
 
 def test_correction_factor_is_fruchter_and_hook():

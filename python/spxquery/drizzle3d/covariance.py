@@ -34,9 +34,10 @@ COVARIANCE_HDU = "COVARIANCE"
 OFFSETS_HDU = "COVAR-OFFSETS"
 #: PRIMARY keyword holding :func:`correction_factor`.
 CORRECTION_KEY = "COVCORR"
-#: Allowance for a pixel larger than the nominal 6.15" (distortion) or a band wider than the
-#: channel table's lambda / R (the linear variable filter between channels).
+#: Allowance for an input pixel larger than the nominal 6.15" on the sky (optical distortion).
 GEOMETRY_MARGIN = 1.1
+#: A pixel's resolving power is taken to lie within this many R_STD of its channel's R.
+SPECTRAL_SIGMAS = 3.0
 
 
 def correction_factor(config) -> float:
@@ -49,41 +50,64 @@ def correction_factor(config) -> float:
     return r / (1.0 - 1.0 / (3.0 * r)) if r >= 1.0 else 1.0 / (1.0 - r / 3.0)
 
 
+def droplet_diameter(config) -> float:
+    """Largest distance (output pixels) between two points of one droplet: the diagonal of a
+    square of side ``xy_shrink x xy_oversample`` output pixels x :data:`GEOMETRY_MARGIN`; for the
+    bilinear kernel, that of the 2 x 2 pixels a point is shared among."""
+    if config.kernel == "bilinear":
+        return math.sqrt(2.0)
+    return float(config.xy_shrink) * float(config.xy_oversample) * GEOMETRY_MARGIN * math.sqrt(2.0)
+
+
+def spatial_offsets(config) -> List[Tuple[int, int]]:
+    """The ``(dy, dx)`` of the output pixel pairs one droplet can touch: those whose nearest
+    points are closer than :func:`droplet_diameter` (for bilinear: within 2 x 2 pixels)."""
+    if config.kernel == "bilinear":
+        return [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    d = droplet_diameter(config)
+    s = int(math.floor(d)) + 1
+    return [(dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1)
+            if math.hypot(max(abs(dy) - 1, 0), max(abs(dx) - 1, 0)) < d]
+
+
 def spatial_reach(config) -> int:
     """Largest row or column distance (output pixels) between two voxels one input pixel can
-    touch: a droplet of side ``L = xy_shrink x xy_oversample`` output pixels (times
-    :data:`GEOMETRY_MARGIN`), rotated by up to 45 deg, spans ``floor(L sqrt 2) + 2`` pixels; a
-    bilinear point touches 2 x 2."""
-    if config.kernel == "bilinear":
-        return 1
-    side = float(config.xy_shrink) * float(config.xy_oversample) * GEOMETRY_MARGIN * math.sqrt(2.0)
-    return int(math.floor(side)) + 1
+    touch (:func:`spatial_offsets`)."""
+    return max(max(abs(dy), abs(dx)) for dy, dx in spatial_offsets(config))
 
 
-def largest_top_hat(detector: int | None, config) -> float:
-    """Width of the widest spectral top-hat (um): ``z_shrink`` x the largest bandwidth
-    ``WL_MAX / R`` of the detector's channels (of all detectors when ``detector`` is None)
-    x :data:`GEOMETRY_MARGIN`."""
+def top_hat_widths(edges: np.ndarray, detector: int | None, config) -> np.ndarray:
+    """Per bin of ``edges`` (um), the widest spectral top-hat (um) centred in it: ``z_shrink``
+    x the largest bandwidth of the calibration, ``WL_MAX / (R - 3 R_STD)`` of the detector's
+    channels (of all detectors when ``detector`` is None), interpolated at the bin's edges
+    (the larger)."""
     from .spectral import load_spectral_table
 
     table = load_spectral_table()
     if detector is not None and int(detector) in set(table["DETECTOR"]):
         table = table[table["DETECTOR"] == int(detector)]
-    widest = float(np.max(table["WL_MAX"] / table["R"]))
-    return float(config.effective_z_shrink()) * widest * GEOMETRY_MARGIN
+    edges = np.asarray(edges, dtype=np.float64)
+    widths = np.zeros(edges.size - 1)
+    for _, t in table.groupby("DETECTOR"):
+        t = t.sort_values("WAVELENGTH")
+        band = np.interp(edges, t["WAVELENGTH"], t["WL_MAX"] / (t["R"] - SPECTRAL_SIGMAS * t["R_STD"]))
+        widths = np.maximum(widths, np.maximum(band[:-1], band[1:]))
+    return float(config.effective_z_shrink()) * widths
 
 
-def spectral_reach(edges: np.ndarray, top_hat: float) -> int:
-    """Largest plane distance two voxels of one top-hat of width ``top_hat`` (um) can have on
-    the bins ``edges`` (um): a top-hat reaches from bin ``k`` to ``k + d`` only when the bins
-    between them are together narrower than it."""
+def spectral_reach(edges: np.ndarray, top_hat: float | np.ndarray) -> int:
+    """Largest plane distance two voxels of one top-hat can have on the bins ``edges`` (um):
+    ``top_hat`` is its width (um), or per bin the widest top-hat centred there. A top-hat reaches
+    from bin ``k`` to ``k + d`` (its centre in one of them) only when the bins between them are
+    together narrower than it."""
     widths = np.diff(np.asarray(edges, dtype=np.float64))
     n = widths.size
+    hat = np.broadcast_to(np.asarray(top_hat, dtype=np.float64), (n,))
     inner = np.concatenate([[0.0], np.cumsum(widths)])  # inner[b] - inner[a]: bins a .. b-1
     reach = 0
     for k in range(n):
         d = 1
-        while k + d < n and inner[k + d] - inner[k + 1] < top_hat:
+        while k + d < n and inner[k + d] - inner[k + 1] < hat[k : k + d + 1].max():
             d += 1
         reach = max(reach, min(d - 1, n - 1 - k))
     return reach
@@ -92,10 +116,9 @@ def spectral_reach(edges: np.ndarray, top_hat: float) -> int:
 def stencil(config, edges: np.ndarray, detector: int | None = None) -> np.ndarray:
     """The offsets ``(dz, dy, dx)`` (int64, ``(n, 3)``) whose cross terms the engine
     accumulates: every positive offset (``dy > 0``, or ``dy = 0`` and ``dx > 0``, or ``dy = dx =
-    0`` and ``dz > 0``) within :func:`spatial_reach` and :func:`spectral_reach`."""
-    s = spatial_reach(config)
-    z = spectral_reach(edges, largest_top_hat(detector, config))
-    out = [(dz, dy, dx) for dy in range(0, s + 1) for dx in range(-s, s + 1) for dz in range(-z, z + 1)
+    0`` and ``dz > 0``) of :func:`spatial_offsets` and planes within :func:`spectral_reach`."""
+    z = spectral_reach(edges, top_hat_widths(edges, detector, config))
+    out = [(dz, dy, dx) for dy, dx in spatial_offsets(config) for dz in range(-z, z + 1)
            if dy > 0 or (dy == 0 and (dx > 0 or (dx == 0 and dz > 0)))]
     return np.array(out, dtype=np.int64).reshape(-1, 3)
 
