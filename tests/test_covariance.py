@@ -288,3 +288,33 @@ def test_preflight_counts_the_cross_terms():
     check_budget(cfg, [3], memory=memory, disk=1 << 50)
     with pytest.raises(RunBudgetError, match="without covariance"):
         check_budget(cfg.replace(covariance=True), [3], memory=memory, disk=1 << 50)
+
+
+@pytest.mark.parametrize("grid_kw", [{}, {"z_oversample": 2.0, "xy_oversample": 2.0}, {"kernel": "bilinear"}])
+def test_pipeline_writes_the_covariance_of_simulated_frames(drizzled_cubes, tmp_path, grid_kw):
+    """The pipeline on the simulated SPHEREx cutouts (distortion, the linear variable filter):
+    every coupled pair lies in the stencil derived from the configuration (else an error), the
+    file has the covariance HDUs, SCI is the one of the default path, and an aperture's exact
+    variance exceeds the summed variances."""
+    from astropy.io import fits
+
+    from spxquery.drizzle3d.grid import build_output_wcs
+    from spxquery.drizzle3d.pipeline import drizzle_detector
+
+    cfg = drizzled_cubes.configs["native"].replace(output_dir=tmp_path, covariance=True, width=3.0, height=3.0,
+                                                   **grid_kw)
+    path = drizzle_detector(drizzled_cubes.field.paths, cfg, 3, build_output_wcs(cfg))
+    plain = drizzle_detector(drizzled_cubes.field.paths, cfg.replace(covariance=False, output_dir=tmp_path / "p"), 3,
+                             build_output_wcs(cfg))
+    with fits.open(path) as hdul, fits.open(plain) as ref:
+        names = [h.name for h in hdul]
+        assert names[: len(ref)] == [h.name for h in ref] and names[len(ref):] == ["COVARIANCE", "COVAR-OFFSETS"]
+        np.testing.assert_allclose(hdul["SCI"].data, ref["SCI"].data, rtol=1e-6, atol=1e-12)
+        assert hdul[0].header["COVAR"] is True and ref[0].header["COVAR"] is False
+    cube = load_cube(path)
+    ny, nx = cube["sci"].shape[1:]
+    mask = np.zeros(cube["sci"].shape, bool)
+    k = int(np.argmax(np.convolve((cube["count"][:, ny // 2, nx // 2] > 0).astype(int), np.ones(3), "valid")))
+    mask[k : k + 3, ny // 2 - 3 : ny // 2 + 4, nx // 2 - 3 : nx // 2 + 4] = True
+    summed = np.nansum(np.where(mask, cube["covariance"][0], np.nan))
+    assert aperture_variance(path, mask) > 1.2 * summed
