@@ -6,7 +6,8 @@
 //! `Cov(k, l) = X_kl / (W_k W_l)` with `X_kl = sum_i w_ki w_li sigma_i^2`; the
 //! diagonal `X_kk` is the variance accumulator. [`CovMut`] holds `X_kl` for
 //! the voxel pairs `l = k + o`, `o` one of a stencil of offsets `(dz, dy, dx)`
-//! (array `(n_offsets, n_z, ny, nx)`, offset `o` of voxel `k` at `[o, k]`).
+//! (array `(n_z, ny, nx, n_offsets)`, offset `o` of voxel `k` at `[k, o]`: the
+//! terms of one anchor share a few cache lines, which a pixel's pairs mostly hit).
 //! Each unordered pair is stored once, at its *anchor*: the voxel with the
 //! smaller row, then the smaller column, then the smaller plane (so every
 //! stencil offset is positive in that order, [`positive`]).
@@ -84,7 +85,7 @@ impl Stencil {
     }
 }
 
-/// The cross-term accumulator `(n_offsets, n_z, ny, nx)` with its stencil.
+/// The cross-term accumulator `(n_z, ny, nx, n_offsets)` with its stencil.
 pub struct CovMut<'a> {
     pub cross: ArrayViewMut4<'a, f64>,
     pub stencil: Stencil,
@@ -94,9 +95,9 @@ impl<'a> CovMut<'a> {
     /// Checks the array against the cube's shape `(n_z, ny, nx)` and the stencil.
     pub fn check(&self, shape: (usize, usize, usize)) -> Result<(), String> {
         let d = self.cross.dim();
-        let want = (self.stencil.offsets.len(), shape.0, shape.1, shape.2);
+        let want = (shape.0, shape.1, shape.2, self.stencil.offsets.len());
         if d != want {
-            return Err(format!("cube array cov_cross has shape {d:?}, expected {want:?} (offsets, n_z, ny, nx)"));
+            return Err(format!("cube array cov_cross has shape {d:?}, expected {want:?} (n_z, ny, nx, offsets)"));
         }
         Ok(())
     }
@@ -112,7 +113,7 @@ impl<'a> CovMut<'a> {
             if n == 0 {
                 continue;
             }
-            let (mut b, b_rest) = rest.split_at(Axis(2), n);
+            let (mut b, b_rest) = rest.split_at(Axis(1), n);
             let st = b.strides();
             out.push(CovBand {
                 r0,
@@ -166,7 +167,7 @@ impl CovBand<'_> {
                     continue;
                 }
                 let n = self.stencil.index(o).ok_or(o)?;
-                let at = n as isize * st[0] + anchor.z as isize * st[1] + (anchor.r - lo) as isize * st[2] + anchor.c as isize * st[3];
+                let at = anchor.z as isize * st[0] + (anchor.r - lo) as isize * st[1] + anchor.c as isize * st[2] + n as isize * st[3];
                 // SAFETY: offset `n` exists, the anchor is a voxel of the grid
                 // (the caller's contract) in this band's rows (tested above).
                 unsafe { *self.ptr.offset(at) += ta.w * tb.w * variance };

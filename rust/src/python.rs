@@ -150,7 +150,7 @@ struct CubeArrays<'py> {
     count_map: PyReadwriteArray3<'py, u32>,
     and_mask: PyReadwriteArray3<'py, u32>,
     or_mask: PyReadwriteArray3<'py, u32>,
-    /// Optional: the covariance cross terms `cov_cross` `(n_offsets, n_z, ny, nx)`
+    /// Optional: the covariance cross terms `cov_cross` `(n_z, ny, nx, n_offsets)`
     /// and their offsets `cov_offsets` `(n_offsets, 3)` int64 `(dz, dy, dx)`.
     cov: Option<(PyReadwriteArray4<'py, f64>, Stencil)>,
 }

@@ -67,7 +67,8 @@ class DrizzleCube:
     """One entry per contributing frame: name, zodi_scale, n_pixels, ..."""
     cov_cross: np.ndarray | None = None
     """With ``config.covariance``: the covariance cross terms ``sum w_k w_l sigma^2``, float64
-    ``(n_offsets, n_z, n_y, n_x)``, of the voxel pairs ``(k, k + cov_offsets[n])``
+    ``(n_z, n_y, n_x, n_offsets)`` (offsets innermost: one anchor's terms are neighbours in memory),
+    of the voxel pairs ``(k, k + cov_offsets[n])``
     (:mod:`.covariance`); None otherwise."""
     cov_offsets: np.ndarray | None = None
     """int64 ``(n_offsets, 3)``: the ``(dz, dy, dx)`` of each plane of ``cov_cross``."""
@@ -153,7 +154,7 @@ class DrizzleCube:
             or_mask=np.zeros(shape, dtype=np.uint32),
             config=config,
             detector=detector,
-            cov_cross=None if offsets is None else np.zeros((len(offsets), *shape), dtype=np.float64),
+            cov_cross=None if offsets is None else np.zeros((*shape, len(offsets)), dtype=np.float64),
             cov_offsets=offsets,
         )
         _ = cube.engine_params  # validated now, not at the first frame
