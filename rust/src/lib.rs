@@ -15,6 +15,8 @@
 //! - `schedule`: thread pools, band layout, bucketing.
 //! - [`scan`]: the fused path, [`accumulate_frame`], the SIMD band scan, and the
 //!   accumulators it writes ([`CubeMut`], bands of rows, the voxel update).
+//! - [`covariance`]: the optional covariance cross terms (a stencil of voxel
+//!   pairs, accumulated by the scan when the cube has them).
 //! - [`contributions`]: the spxquery 0.4.1 API's contribution lists.
 //! - [`interp`]: dense corner maps from a coarse grid.
 //! - `python` (feature `python`): the `_core` extension module.
