@@ -308,21 +308,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// SAFETY: `i` must be a column of the checked frame behind `row`.
     #[inline(always)]
     unsafe fn pixel(&mut self, row: &FrameRow, i: usize) -> bool {
-        let (p, m) = (self.p, self.m);
+        let p = self.p;
         let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
-        // Cheap rejection by the rows and columns the unshrunk quadrilateral can reach.
-        let qy = unsafe { [row.cy0.at(i), row.cy0.at(i + 1), row.cy1.at(i + 1), row.cy1.at(i)] };
-        let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
-        let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
-        if !(y1 + m > row_lo as f64 && y0 - m < (row_hi - 1) as f64) {
-            return false;
-        }
-        let qx = unsafe { [row.cx0.at(i), row.cx0.at(i + 1), row.cx1.at(i + 1), row.cx1.at(i)] };
-        let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
-        let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
-        if !(x1 + m > 0.0 && x0 - m < (self.nx_out - 1) as f64) {
-            return false;
-        }
+        let Some((qx, qy, y0, y1)) = (unsafe { self.reaching_quad(row, i) }) else { return false };
         let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
         let cells = match droplet {
             Droplet::Square { qx, qy, .. } => quad_footprint_2x2(&qx, &qy),
@@ -340,6 +328,31 @@ impl<'a, 'p> BandTask<'a, 'p> {
         unsafe { self.land(row, i, y0, y1, fp) }
     }
 
+    /// The corners `(qx, qy)` of pixel `i`'s unshrunk quadrilateral and the
+    /// lowest and highest output row positions `y0`, `y1` of its corners; None
+    /// when it cannot reach this band's rows or the grid's columns (the cheap
+    /// rejection).
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`.
+    #[inline(always)]
+    unsafe fn reaching_quad(&self, row: &FrameRow, i: usize) -> Option<([f64; 4], [f64; 4], f64, f64)> {
+        let m = self.m;
+        let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
+        let qy = unsafe { [row.cy0.at(i), row.cy0.at(i + 1), row.cy1.at(i + 1), row.cy1.at(i)] };
+        let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
+        let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
+        if !(y1 + m > row_lo as f64 && y0 - m < (row_hi - 1) as f64) {
+            return None;
+        }
+        let qx = unsafe { [row.cx0.at(i), row.cx0.at(i + 1), row.cx1.at(i + 1), row.cx1.at(i)] };
+        let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
+        let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
+        if !(x1 + m > 0.0 && x0 - m < (self.nx_out - 1) as f64) {
+            return None;
+        }
+        Some((qx, qy, y0, y1))
+    }
+
     /// [`Self::pixel`] with the covariance cross terms: the droplet's whole
     /// footprint on the grid (every band's rows) gives the voxels the pixel
     /// touches; those in this band are deposited as usual and the pairs
@@ -348,20 +361,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
     ///
     /// SAFETY: `i` must be a column of the checked frame behind `row`.
     unsafe fn pixel_cov(&mut self, row: &FrameRow, i: usize) -> bool {
-        let (p, m) = (self.p, self.m);
+        let p = self.p;
         let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
-        let qy = unsafe { [row.cy0.at(i), row.cy0.at(i + 1), row.cy1.at(i + 1), row.cy1.at(i)] };
-        let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
-        let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
-        if !(y1 + m > row_lo as f64 && y0 - m < (row_hi - 1) as f64) {
-            return false;
-        }
-        let qx = unsafe { [row.cx0.at(i), row.cx0.at(i + 1), row.cx1.at(i + 1), row.cx1.at(i)] };
-        let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
-        let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
-        if !(x1 + m > 0.0 && x0 - m < (self.nx_out - 1) as f64) {
-            return false;
-        }
+        let Some((qx, qy, y0, y1)) = (unsafe { self.reaching_quad(row, i) }) else { return false };
         let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
         let Some((pix, n_z)) = (unsafe { self.value_and_overlaps::<false>(row, i) }) else { return false };
         let (ny, nx) = (self.ny_out, self.nx_out);
