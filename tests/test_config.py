@@ -28,6 +28,7 @@ EXTRA_FIELDS = [
     ("kernel", "square"), ("tap_url", None), ("use_cutouts", None), ("cutout_margin_arcmin", 2.0),
     ("download_timeout", 60.0), ("download_retries", 5), ("progress", True), ("download_deadline", 900.0),
     ("tile_arcmin", None), ("scheduler", None),
+    ("covariance", False),
 ]
 
 

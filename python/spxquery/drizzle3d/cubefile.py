@@ -6,7 +6,8 @@ The seven HDUs of the 0.4.1 layout come first, in this order: 0 PRIMARY (metadat
 files and their zodi scales), 1 SCI (float32, MJy/sr), 2 VARIANCE (float32, ``MJy2 / sr2``),
 3 AND_MASK (uint32), 4 OR_MASK (uint32), 5 COUNT (uint32, contributing input pixels),
 6 WAVELENGTH (binary table). New content follows them, found by EXTNAME: 7 WCS-TAB (the exact
-plane centres of the alternate WCS, :mod:`.cubewcs`).
+plane centres of the alternate WCS, :mod:`.cubewcs`); with ``covariance=True``, 8 COVARIANCE
+(float64 image, streamed) and 9 COVAR-OFFSETS (table) (:mod:`.covariance`).
 
 Every image extension carries the same two 3-D WCSs (:mod:`.cubewcs`): the primary one with a
 ``WAVE-LOG`` least-squares spectral axis (its largest error in ``WAVEMAXE``, um) and the exact
@@ -30,6 +31,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
+from . import covariance
 from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_hdu
 from .progress import progress_bar
 from .settings import header_cards
@@ -136,6 +138,8 @@ def _primary(cube) -> fits.PrimaryHDU:
     for keyword, value, comment in observation_cards(cube)[2:]:
         h[keyword] = (value, comment)
     h["SPECSYS"] = (SPECSYS, "spectral frame of the WCS: the observatory's")
+    for keyword, value, comment in covariance.header_cards(cube):
+        h[keyword] = (value, comment)
     v = _versions()
     h["DRIZVER"] = (v["package"], "spxquery.drizzle3d version")
     h["COREVER"] = (v["core"], "Rust core version")
@@ -222,6 +226,10 @@ def build_hdulist(cube) -> fits.HDUList:
         hdu.header.update(_extension_keywords(name, extra))
         hdus.append(hdu)
     hdus.extend(_tables(cube))
+    if covariance.has_covariance(cube):
+        planes = np.stack(list(covariance.file_planes(cube)))
+        hdus.append(fits.ImageHDU(planes.reshape(-1, *cube.flux_weighted.shape), header=covariance.image_header(cube)))
+        hdus.append(covariance.offsets_table(cube))
     return fits.HDUList(hdus)
 
 
@@ -269,6 +277,20 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
                 nbytes += len(chunk)
                 bar.update(1)
             _pad(f, nbytes)
+    _write_tables(f, tables)
+    if covariance.has_covariance(cube):
+        f.write(covariance.image_header(cube).tostring().encode("ascii"))
+        nbytes = 0
+        for plane in covariance.file_planes(cube):
+            chunk = _fits_bytes(plane)
+            f.write(chunk)
+            nbytes += len(chunk)
+        _pad(f, nbytes)
+        _write_tables(f, [covariance.offsets_table(cube)])
+
+
+def _write_tables(f, tables: List[fits.BinTableHDU]) -> None:
+    """Append the table extensions ``tables`` to the open file ``f``."""
     buf = io.BytesIO()
     fits.HDUList([fits.PrimaryHDU(), *tables]).writeto(buf)
     primary_len = len(fits.PrimaryHDU().header.tostring())
@@ -318,7 +340,8 @@ def load_cube(path) -> Dict[str, Any]:
 
     Returns a dict with ``sci``, ``variance`` (float32), ``and_mask``, ``or_mask``,
     ``count`` (uint32), ``wavelength`` (FITS_rec of the WAVELENGTH table), ``header``
-    (PRIMARY), ``sci_header`` and ``wcs`` (3-D astropy WCS of SCI).
+    (PRIMARY), ``sci_header`` and ``wcs`` (3-D astropy WCS of SCI); with covariance HDUs also
+    ``covariance`` (float64 ``(n_offsets, n_z, ny, nx)``) and ``cov_offsets`` (int64 ``(n, 3)``).
     """
     path = Path(path)
     with fits.open(path, memmap=False) as hdul:
@@ -333,6 +356,10 @@ def load_cube(path) -> Dict[str, Any]:
             "count": np.array(hdul["COUNT"].data),
             "wavelength": hdul["WAVELENGTH"].data.copy(),
         }
+        if covariance.COVARIANCE_HDU in hdul:
+            t = hdul[covariance.OFFSETS_HDU].data
+            out["covariance"] = np.array(hdul[covariance.COVARIANCE_HDU].data)
+            out["cov_offsets"] = np.stack([t["DZ"], t["DY"], t["DX"]], axis=1).astype(np.int64)
     out["wcs"] = WCS(sci_header)
     logger.debug("Loaded cube %s: SCI shape %s", path, out["sci"].shape)
     return out

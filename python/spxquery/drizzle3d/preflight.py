@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .config import Drizzle3DConfig
+from .covariance import stencil
 from .filekind import not_a_regular_file
 from .spectral import build_z_grid
 
@@ -31,6 +32,8 @@ MEMORY_HEADROOM = 512 << 20
 
 _ADVICE = ("drizzle a smaller region (width/height), use larger pixels (a smaller xy_oversample), fewer "
            "wavelength bins (z_oversample, z_lambda_edges) or one detector at a time (detector=1..6)")
+
+_COVARIANCE_ADVICE = ", or run without covariance (its cross terms are most of the accumulators)"
 
 
 class OutputExistsError(FileExistsError):
@@ -120,6 +123,16 @@ def check_outputs(config: Drizzle3DConfig, detectors: Sequence[int]) -> None:
         raise type(exc)(exc.errno, f"output_dir {out} is not writable: {exc.strerror or exc}") from None
 
 
+def bytes_per_voxel(config: Drizzle3DConfig, detector: int) -> Tuple[int, int]:
+    """Accumulator and cube-file bytes per voxel of ``detector``'s cube: the fixed ones, plus
+    with ``covariance`` 8 bytes per stencil offset (the file has the variance plane too)."""
+    if not config.covariance:
+        return ACCUMULATOR_BYTES_PER_VOXEL, FILE_BYTES_PER_VOXEL
+    zgrid = build_z_grid(int(detector), config.z_oversample, config.z_lambda_edges)
+    n = len(stencil(config, zgrid.edges, int(detector)))
+    return ACCUMULATOR_BYTES_PER_VOXEL + 8 * n, FILE_BYTES_PER_VOXEL + 8 * (n + 1)
+
+
 def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: Optional[int] = None,
                  disk: Optional[int] = None) -> None:
     """RunBudgetError when the accumulators of the largest cube do not fit in the memory
@@ -127,15 +140,16 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
     output disk (``disk``, default :func:`free_disk`). Cubes are made one detector at a time.
     Accumulators beyond the memory are fine when the cube can be drizzled in tiles
     (:mod:`.tiling`): then the tiles of ``tile_arcmin`` must fit, or, when it is None, tiles of the
-    smallest automatic size."""
+    smallest automatic size. With ``covariance`` the cube is never tiled: the whole must fit."""
     from .tiling import MIN_AUTO_TILE_PIXELS, tile_side_pixels
 
     shapes = cube_shapes(config, detectors)
-    det, nz, ny, nx = max(shapes, key=lambda s: s[1] * s[2] * s[3])
-    need = nz * ny * nx * ACCUMULATOR_BYTES_PER_VOXEL
+    per_voxel = {d: bytes_per_voxel(config, d) for d, *_ in shapes}
+    det, nz, ny, nx = max(shapes, key=lambda s: s[1] * s[2] * s[3] * per_voxel[s[0]][0])
+    need = nz * ny * nx * per_voxel[det][0]
     memory = available_memory() if memory is None else memory
     explicit = config.tile_arcmin is not None
-    if memory is not None and (explicit or need + MEMORY_HEADROOM > memory):
+    if memory is not None and not config.covariance and (explicit or need + MEMORY_HEADROOM > memory):
         side = MIN_AUTO_TILE_PIXELS if config.tile_arcmin is None else \
             tile_side_pixels(config.tile_arcmin, config.effective_pixscale())
         tile_need = nz * min(side, ny) * min(side, nx) * ACCUMULATOR_BYTES_PER_VOXEL
@@ -150,7 +164,13 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
         if not explicit:
             logger.info("the D%d cube needs %s of accumulators, more than the memory available: it will be "
                         "drizzled in tiles", det, _gib(need))
-    files = sum(n * y * x * FILE_BYTES_PER_VOXEL for _, n, y, x in shapes)
+    elif memory is not None and need + MEMORY_HEADROOM > memory:
+        raise RunBudgetError(
+            f"the D{det} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x "
+            f"{per_voxel[det][0]} bytes), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
+            f"available for them (covariance is never tiled); {_ADVICE}{_COVARIANCE_ADVICE}"
+        )
+    files = sum(n * y * x * per_voxel[d][1] for d, n, y, x in shapes)
     disk = free_disk(Path(config.output_dir)) if disk is None else disk
     if disk is not None and files > disk:
         raise RunBudgetError(
