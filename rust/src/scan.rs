@@ -32,6 +32,7 @@ use std::sync::Mutex;
 
 use ndarray::{ArrayViewMut3, Axis};
 
+use crate::covariance::{CovBand, CovMut, Touch};
 use crate::culling::{live_blocks, LiveBlock, Window, BLOCK};
 use crate::droplet::{make_droplet, reach, Droplet};
 use crate::frame::{pixel_value, FrameRow, FrameView, PixelValue, RawRow};
@@ -116,19 +117,30 @@ pub(crate) fn accumulate_frame_with(
     let band_of = |r: u32| starts.partition_point(|&s| s <= r as usize) as u32 - 1;
     let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (band_of(blocks[b].row_lo), band_of(blocks[b].row_hi)));
     let bands: Vec<Mutex<Option<Band<'_>>>> = cube.into_bands_at(&starts, origin).into_iter().map(|b| Mutex::new(Some(b))).collect();
-    let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = run_indexed(helpers, bands.len(), |b| {
+    let parts: Vec<BandResult> = run_indexed(helpers, bands.len(), |b| {
         let band = bands[b].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each band is taken once");
         let mut task = BandTask::new(band, p, m, win, isa);
         let shared = task.scan(frame, &blocks, &items[offsets[b]..offsets[b + 1]]);
-        (task.n_pixels, task.n_contributions, task.planes, shared)
+        (task.n_pixels, task.n_contributions, task.planes, shared, task.cov_overflow)
     });
+    if let Some(o) = parts.iter().find_map(|t| t.4) {
+        return Err(format!(
+            "covariance: an input pixel couples voxels {o:?} (dz, dy, dx) apart, beyond the stencil of cov_offsets; \
+             the droplets or spectral top-hats of this frame are larger than the configuration implies"
+        ));
+    }
     // Pixels that may reach several bands are counted once.
     let mut shared: Vec<u32> = parts.iter().flat_map(|t| t.3.iter().copied()).collect();
     shared.sort_unstable();
     shared.dedup();
     let n_pixels = shared.len() as u64 + parts.iter().map(|t| t.0).sum::<u64>();
-    Ok(merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _)| (nc, pl)), n_pixels))
+    Ok(merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _, _)| (nc, pl)), n_pixels))
 }
+
+/// What one band's task returns: pixels counted here, voxel updates, planes
+/// touched, pixels that may reach other bands, and a covariance pair offset
+/// beyond the stencil (if any).
+type BandResult = (u64, u64, Vec<bool>, Vec<u32>, Option<[i64; 3]>);
 
 /// The instruction sets the band scan is compiled for, narrowest first. The
 /// builds run the same arithmetic, so they give the same bits (tested).
@@ -193,6 +205,11 @@ struct BandTask<'a, 'p> {
     pf_last: Vec<isize>,
     /// The build of the scan: at most [`Isa::widest`].
     isa: Isa,
+    /// With covariance: the voxels the current pixel touches (any band), and
+    /// the first pair offset found beyond the stencil.
+    touched: Vec<Touch>,
+    cells: Vec<(usize, usize, f64)>,
+    cov_overflow: Option<[i64; 3]>,
 }
 
 impl<'a, 'p> BandTask<'a, 'p> {
@@ -220,6 +237,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
             planes: vec![false; nz],
             pf_last: vec![isize::MIN; nz],
             isa,
+            touched: Vec::new(),
+            cells: Vec::new(),
+            cov_overflow: None,
         }
     }
 
@@ -227,6 +247,11 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// checked `frame`; returns the input pixels that deposited here and may
     /// also reach another band. Uses the build `self.isa` (same bits in each).
     fn scan(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        if self.band.cov.is_some() {
+            // The cross terms take the scalar path (a separate instance of the
+            // scan, so that the default one is unchanged).
+            return self.scan_any::<true>(frame, blocks, mine);
+        }
         match self.isa {
             // SAFETY: the CPU supports these features (`isa` is at most `Isa::widest()`).
             #[cfg(target_arch = "x86_64")]
@@ -234,14 +259,14 @@ impl<'a, 'p> BandTask<'a, 'p> {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { self.scan_avx2(frame, blocks, mine) },
-            _ => self.scan_any(frame, blocks, mine),
+            _ => self.scan_any::<false>(frame, blocks, mine),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     fn scan_avx2(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
-        self.scan_any(frame, blocks, mine)
+        self.scan_any::<false>(frame, blocks, mine)
     }
 
     /// The AVX2 build with the AVX-512 instruction set (32 vector registers,
@@ -249,11 +274,12 @@ impl<'a, 'p> BandTask<'a, 'p> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl")]
     fn scan_avx512(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
-        self.scan_any(frame, blocks, mine)
+        self.scan_any::<false>(frame, blocks, mine)
     }
 
+    /// `COV`: every pixel through [`Self::pixel_cov`] (the covariance cross terms).
     #[inline(always)]
-    fn scan_any(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+    fn scan_any<const COV: bool>(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         let (ny, nx) = frame.image.dim();
         // The SIMD block path reads rows with unit stride (else pixel by pixel).
         let unit = [frame.corners_x.strides()[1], frame.corners_y.strides()[1], frame.image.strides()[1], frame.variance.strides()[1]]
@@ -275,6 +301,14 @@ impl<'a, 'p> BandTask<'a, 'p> {
                     let i0 = blocks[bi as usize].i0 as usize;
                     if let Some(a) = &ahead {
                         a.prefetch(i0);
+                    }
+                    if COV {
+                        for i in i0..(i0 + BLOCK).min(nx) {
+                            if unsafe { self.pixel_cov(&row, i) } {
+                                shared.push((j * nx + i) as u32);
+                            }
+                        }
+                        continue;
                     }
                     if unit && i0 + BLOCK <= nx {
                         unsafe { self.block(&row, i0, j * nx, &mut shared) };
@@ -298,21 +332,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// SAFETY: `i` must be a column of the checked frame behind `row`.
     #[inline(always)]
     unsafe fn pixel(&mut self, row: &FrameRow, i: usize) -> bool {
-        let (p, m) = (self.p, self.m);
+        let p = self.p;
         let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
-        // Cheap rejection by the rows and columns the unshrunk quadrilateral can reach.
-        let qy = unsafe { [row.cy0.at(i), row.cy0.at(i + 1), row.cy1.at(i + 1), row.cy1.at(i)] };
-        let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
-        let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
-        if !(y1 + m > row_lo as f64 && y0 - m < (row_hi - 1) as f64) {
-            return false;
-        }
-        let qx = unsafe { [row.cx0.at(i), row.cx0.at(i + 1), row.cx1.at(i + 1), row.cx1.at(i)] };
-        let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
-        let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
-        if !(x1 + m > self.win.left as f64 && x0 - m < (self.win.right - 1) as f64) {
-            return false;
-        }
+        let Some((qx, qy, y0, y1)) = (unsafe { self.reaching_quad(row, i) }) else { return false };
         let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
         let cells = match droplet {
             Droplet::Square { qx, qy, .. } => quad_footprint_2x2(&qx, &qy),
@@ -330,6 +352,96 @@ impl<'a, 'p> BandTask<'a, 'p> {
             (None, Droplet::Point { .. }) => return false,
         };
         unsafe { self.land(row, i, y0, y1, fp) }
+    }
+
+    /// The corners `(qx, qy)` of pixel `i`'s unshrunk quadrilateral and the
+    /// lowest and highest output row positions `y0`, `y1` of its corners; None
+    /// when it cannot reach this band's rows or the grid's columns (the cheap
+    /// rejection).
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`.
+    #[inline(always)]
+    unsafe fn reaching_quad(&self, row: &FrameRow, i: usize) -> Option<([f64; 4], [f64; 4], f64, f64)> {
+        let m = self.m;
+        let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
+        let qy = unsafe { [row.cy0.at(i), row.cy0.at(i + 1), row.cy1.at(i + 1), row.cy1.at(i)] };
+        let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
+        let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
+        if !(y1 + m > row_lo as f64 && y0 - m < (row_hi - 1) as f64) {
+            return None;
+        }
+        let qx = unsafe { [row.cx0.at(i), row.cx0.at(i + 1), row.cx1.at(i + 1), row.cx1.at(i)] };
+        let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
+        let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
+        if !(x1 + m > self.win.left as f64 && x0 - m < (self.win.right - 1) as f64) {
+            return None;
+        }
+        Some((qx, qy, y0, y1))
+    }
+
+    /// [`Self::pixel`] with the covariance cross terms: the droplet's whole
+    /// footprint on the grid (every band's rows) gives the voxels the pixel
+    /// touches; those in this band are deposited as usual and the pairs
+    /// anchored in this band are added to the cross terms
+    /// ([`CovBand::add_pairs`]). Returns what [`Self::pixel`] returns.
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`.
+    unsafe fn pixel_cov(&mut self, row: &FrameRow, i: usize) -> bool {
+        let p = self.p;
+        let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
+        let Some((qx, qy, y0, y1)) = (unsafe { self.reaching_quad(row, i) }) else { return false };
+        let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
+        let Some((pix, n_z)) = (unsafe { self.value_and_overlaps::<false>(row, i) }) else { return false };
+        // The window's rows and columns, counted as the grid's (as the bands' are).
+        let win = self.win;
+        let (rows, cols) = (win.top as isize..win.bottom as isize, win.left as isize..win.right as isize);
+        let mut cells = std::mem::take(&mut self.cells);
+        cells.clear();
+        let mut emit = |r: usize, c: usize, f: f64| cells.push((r, c, f));
+        match droplet {
+            Droplet::Square { qx, qy, area } => match quad_footprint_2x2(&qx, &qy) {
+                Some((r0, c0, f)) => for_each_cell(r0, c0, &f, rows, cols, self.negligible, &mut emit),
+                None => for_each_quad_overlap_in(&qx, &qy, area, (win.top, win.bottom), (win.left, win.right), &mut emit),
+            },
+            Droplet::Point { x, y } => match bilinear_footprint_2x2(x, y) {
+                Some((r0, c0, f)) => for_each_cell(r0, c0, &f, rows, cols, self.negligible, &mut emit),
+                None => return false,
+            },
+        }
+        // Every voxel the pixel touches, in a fixed order; this band's are deposited.
+        let (zov, keep_from) = (&self.zov_buf[..n_z], self.keep_from);
+        let (band, touched, planes) = (&mut self.band, &mut self.touched, &mut self.planes);
+        touched.clear();
+        let mut n = 0usize;
+        for &(r, c, f_xy) in &cells {
+            for &(k, f_z) in zov {
+                let f = f_xy * f_z;
+                if !(f >= keep_from) {
+                    continue;
+                }
+                let w = pix.ivar * f;
+                touched.push(Touch { z: k, r, c, w });
+                if (row_lo..row_hi).contains(&r) {
+                    let st = band.strides;
+                    // SAFETY: (k, r, c) lies in this band: `k` below the cube's planes
+                    // (`value_and_overlaps`), `c` in the window's columns, `r` in the band's rows.
+                    unsafe { band.add((r - row_lo) as isize * st[1] + (c - band.c0) as isize * st[2] + k as isize * st[0], w, &pix) };
+                    planes[k] = true;
+                    n += 1;
+                }
+            }
+        }
+        if let Some(cov) = band.cov.as_mut() {
+            if let Err(o) = cov.add_pairs(touched, pix.variance) {
+                self.cov_overflow.get_or_insert(o);
+            }
+        }
+        self.cells = cells;
+        if n == 0 {
+            return false;
+        }
+        self.n_contributions += n as u64;
+        self.count_pixel(y0, y1)
     }
 
     /// Drizzles the [`BLOCK`] pixels from column `i0` of `row` (all inside the
@@ -615,6 +727,8 @@ pub struct CubeMut<'a> {
     pub count: ArrayViewMut3<'a, u32>,
     pub and_mask: ArrayViewMut3<'a, u32>,
     pub or_mask: ArrayViewMut3<'a, u32>,
+    /// The covariance cross terms, when asked for ([`crate::covariance`]).
+    pub cov: Option<CovMut<'a>>,
 }
 
 /// One band of output rows `r0 .. r0 + rows` of every accumulator, as raw
@@ -630,6 +744,8 @@ pub(crate) struct Band<'a> {
     pub(crate) nx: usize,
     pub(crate) strides: [isize; 3],
     pub(crate) vox: Voxels,
+    /// This band's rows of the covariance cross terms, when the cube has them.
+    pub(crate) cov: Option<CovBand<'a>>,
     _views: std::marker::PhantomData<&'a mut f64>,
 }
 
@@ -709,6 +825,9 @@ impl<'a> CubeMut<'a> {
         if all.iter().any(|o| *o != st) {
             return Err("cube arrays must share one memory layout (use C-contiguous arrays)".to_string());
         }
+        if let Some(cov) = &self.cov {
+            cov.check(s)?;
+        }
         Ok(s)
     }
 
@@ -727,6 +846,7 @@ impl<'a> CubeMut<'a> {
         let ny = self.flux.dim().1;
         assert!(starts.first() == Some(&0) && starts.last() == Some(&ny) && starts.windows(2).all(|w| w[0] < w[1] || ny == 0));
         let mut bands = Vec::with_capacity(starts.len());
+        let mut cov_bands = self.cov.map(|c| c.into_bands_at(starts, origin).into_iter());
         let (mut flux, mut weight, mut var) = (self.flux, self.weight, self.var);
         let (mut count, mut and_mask, mut or_mask) = (self.count, self.and_mask, self.or_mask);
         for w in starts.windows(2) {
@@ -750,6 +870,7 @@ impl<'a> CubeMut<'a> {
                 nx: f.dim().2,
                 strides: st,
                 vox: Voxels { f: [f.as_mut_ptr(), w.as_mut_ptr(), v.as_mut_ptr()], u: [c.as_mut_ptr(), a.as_mut_ptr(), o.as_mut_ptr()] },
+                cov: cov_bands.as_mut().and_then(|b| b.next()),
                 _views: std::marker::PhantomData,
             });
             flux = f_rest;

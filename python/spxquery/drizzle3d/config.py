@@ -342,6 +342,12 @@ class Drizzle3DConfig:
         group="outliers", rule=Bool(),
         help="also write each input's rejection mask (output_dir/outlier_masks/<file>_outliers.fits)",
         header=NoHeader("files beside the cube, not what it holds"), cli=Cli("--outlier-masks", store=True)))
+    covariance: bool = field(default=False, metadata=setting(
+        group="accumulate", rule=Bool(),
+        help="accumulate the covariance of neighbouring voxels (COVARIANCE HDUs; exact aperture errors "
+             "with covariance.aperture_variance); costs memory: one cube of float64 per stencil offset; "
+             "never tiled (an error with tile_arcmin; the whole cube must fit in memory)",
+        header=Fits("COVAR", "covariance HDUs written"), cli=Cli("--covariance", store=True)))
 
     # ── constants ──────────────────────────────────────────────────────────────
     BASE_PIXSCALE: float = field(default=6.15, init=False, repr=False)  # arcsec/pixel
@@ -370,6 +376,12 @@ class Drizzle3DConfig:
                 f"{self.width:g} and height={self.height:g} arcmin, plus 2 x cutout_margin_arcmin="
                 f"{self.cutout_margin_arcmin:g}), more than the {MAX_CUTOUT_DEG:g} deg a cutout can have; "
                 "shrink the region or set use_cutouts to null (auto) or false"
+            )
+        if self.covariance and self.tile_arcmin is not None:
+            raise ValueError(
+                f"covariance=True cannot be drizzled in tiles (tile_arcmin={self.tile_arcmin:g}): the cross terms "
+                "of voxel pairs across a tile edge are not assembled; set tile_arcmin to null (one piece) or "
+                "covariance to false"
             )
 
     # ── Derived quantities ─────────────────────────────────────────────────
