@@ -8,8 +8,9 @@ rotated by 23 deg with a cubic distortion of a few pixels at the corners, so the
 grid sees the middle ~2% of the frame (the issue's target geometry); (B) the whole frame
 scaled onto the grid (output pixels 6.9 input pixels wide), so every pixel lands.
 Prints input pixels per second and ratios. Usage: python benchmarks/bench_kernel.py [--repeat N]
-(``--call-once square`` drizzles geometry A once, untimed, for instruction counts under callgrind;
-``--covariance`` adds the square kernel with the covariance cross terms, issue 22).
+(``--call-once square`` drizzles geometry A once, untimed, for instruction counts under callgrind,
+with the cross terms when ``--covariance`` is given too; ``--covariance`` adds the square kernel
+with the covariance cross terms, issue 22).
 """
 
 from __future__ import annotations
@@ -151,8 +152,8 @@ def main() -> None:
     pixels = pixel_arrays()
     if args.call_once:
         _, cx, cy = geometry()
-        n_pix, n_con, _ = kernel_call(cx, cy, pixels, args.call_once, 1)()
-        print(f"{args.call_once}: {n_pix} pixels, {n_con} contributions")
+        n_pix, n_con, _ = kernel_call(cx, cy, pixels, args.call_once, 1, covariance=args.covariance)()
+        print(f"{args.call_once}{' with covariance' if args.covariance else ''}: {n_pix} pixels, {n_con} contributions")
         return
     image, variance = pixels["image"], pixels["variance"]
     lam, dlam = pixels["lambda_c"], pixels["delta_lambda"]

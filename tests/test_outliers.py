@@ -204,7 +204,7 @@ def test_covariance_with_rejection_leaves_the_rejected_pixels_out(field):
     cube = _drizzle(field.dirty, out, reject_outliers=True, covariance=True)
     np.testing.assert_array_equal(cube["rejected"], ref["rejected"])
     np.testing.assert_array_equal(cube["count"], ref["count"])
-    np.testing.assert_allclose(cube["sci"], ref["sci"], rtol=1e-6, atol=1e-9)
+    assert cube["sci"].tobytes() == ref["sci"].tobytes()
     landed = ref["count"] > 0
     np.testing.assert_allclose(cube["covariance"][0][landed], ref["variance"][landed], rtol=1e-6)
     hit = landed & (ref["rejected"] > 0)

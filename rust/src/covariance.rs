@@ -31,6 +31,12 @@ pub struct Stencil {
     ext: [i64; 3],
     /// Index + 1 of each offset of the box `[-ext, ext]` (0: not in the stencil).
     lut: Vec<u32>,
+    /// Elements of `lut` from one plane offset to the next.
+    plane: i64,
+    /// The place in `lut` of `(0, dy, dx)` for `dy` in 0..=2 and `dx` in
+    /// -2..=2 at `[dy][dx + 2]` (u32::MAX: outside the box): the spatial
+    /// offsets of the cells of the scan's fast path.
+    near: [[u32; 5]; 3],
 }
 
 /// True for the offsets that point from a pair's anchor to its other voxel:
@@ -66,7 +72,17 @@ impl Stencil {
             }
             lut[at] = n as u32 + 1;
         }
-        Ok(Stencil { offsets: offsets.to_vec(), ext, lut })
+        let near = std::array::from_fn(|dy| {
+            std::array::from_fn(|b| {
+                let dx = b as i64 - 2;
+                if dy as i64 <= ext[1] && dx.abs() <= ext[2] {
+                    Self::slot(ext, [0, dy as i64, dx]) as u32
+                } else {
+                    u32::MAX
+                }
+            })
+        });
+        Ok(Stencil { offsets: offsets.to_vec(), ext, lut, plane: (side[1] * side[2]) as i64, near })
     }
 
     fn slot(ext: [i64; 3], o: [i64; 3]) -> usize {
@@ -124,6 +140,7 @@ impl<'a> CovMut<'a> {
                 strides: [st[0], st[1], st[2], st[3]],
                 ptr: b.as_mut_ptr(),
                 stencil: stencil.clone(),
+                scratch: Vec::new(),
                 _view: std::marker::PhantomData,
             });
             rest = b_rest;
@@ -141,6 +158,8 @@ pub(crate) struct CovBand<'a> {
     strides: [isize; 4],
     ptr: *mut f64,
     stencil: std::sync::Arc<Stencil>,
+    /// The voxels of a pixel for [`Self::add_pairs`] (kept: no allocation per pixel).
+    scratch: Vec<Touch>,
     _view: std::marker::PhantomData<&'a mut f64>,
 }
 
@@ -179,6 +198,130 @@ impl CovBand<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// Most planes one pixel's top-hat overlaps on the fast path of
+/// [`CovBand::add_cells`] (more take [`CovBand::add_pairs`]).
+const FAST_PLANES: usize = 8;
+
+impl CovBand<'_> {
+    /// [`Self::add_pairs`] for a pixel whose voxels all lie in this band (the
+    /// scan's fast path): the R x C output pixels from grid pixel `(r0, c0)`
+    /// with fractions `f[a][b]` (0 where nothing lands), the spectral overlaps
+    /// `zov` (`(plane, f_z)`, planes ascending) and the voxel weights
+    /// `ivar * (f[a][b] * f_z)` where that fraction is at least `keep_from`, as
+    /// the deposits. The same pairs, anchors and products as [`Self::add_pairs`]
+    /// on those voxels in (row, column, plane) order, so the same bits (each
+    /// pair's anchor is its first voxel in that order), without its searches:
+    /// the spatial part of each pair's offset is known from the two cells.
+    ///
+    /// SAFETY: the R x C output pixels lie in this band's rows and the grid's
+    /// columns; every plane of `zov` is a plane of the cube.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn add_cells<const R: usize, const C: usize>(
+        &mut self,
+        r0: usize,
+        c0: usize,
+        f: &[[f64; C]; R],
+        zov: &[(usize, f64)],
+        ivar: f64,
+        variance: f64,
+        keep_from: f64,
+    ) -> Result<(), [i64; 3]> {
+        let nz = zov.len();
+        if nz > FAST_PLANES || R > 3 || C > 3 {
+            return self.add_cells_listed(r0, c0, f, zov, ivar, variance, keep_from);
+        }
+        // Each voxel's weight, and whether it is one (its fraction at least `keep_from`).
+        let mut w = [[[0.0f64; FAST_PLANES]; C]; R];
+        let mut on = [[[false; FAST_PLANES]; C]; R];
+        for a in 0..R {
+            for b in 0..C {
+                for (z, &(_, f_z)) in zov.iter().enumerate() {
+                    let fc = f[a][b] * f_z;
+                    on[a][b][z] = fc >= keep_from;
+                    w[a][b][z] = ivar * fc;
+                }
+            }
+        }
+        let st = self.strides;
+        let (ptr, lut) = (self.ptr, self.stencil.lut.as_slice());
+        let (ez, plane) = (self.stencil.ext[0], self.stencil.plane);
+        let near = self.stencil.near;
+        let base = (r0 - self.r0) as isize * st[1] + (c0 - self.c0) as isize * st[2];
+        // Adds `term` at offset `(dz, dy, dx)` of the anchor at `at`; `xy`: the
+        // lookup's place of `(dy, dx)` (u32::MAX: not in the stencil).
+        let add = |at: isize, xy: u32, dz: i64, dy: usize, dx: isize, term: f64| -> Result<(), [i64; 3]> {
+            let n = if xy != u32::MAX && dz.abs() <= ez { lut[(xy as i64 + dz * plane) as usize] } else { 0 };
+            if n == 0 {
+                return Err([dz, dy as i64, dx as i64]);
+            }
+            // SAFETY: offset `n - 1` exists; the anchor is a voxel of this band (the caller's contract).
+            unsafe { *ptr.offset(at + (n - 1) as isize * st[3]) += term };
+            Ok(())
+        };
+        for a1 in 0..R {
+            for b1 in 0..C {
+                let cell1 = base + a1 as isize * st[1] + b1 as isize * st[2];
+                for z1 in 0..nz {
+                    if !on[a1][b1][z1] {
+                        continue;
+                    }
+                    let (w1, k1) = (w[a1][b1][z1], zov[z1].0 as i64);
+                    let at = cell1 + k1 as isize * st[0];
+                    // The same cell in the later planes, then the later cells in every plane.
+                    for z2 in z1 + 1..nz {
+                        if on[a1][b1][z2] {
+                            add(at, near[0][2], zov[z2].0 as i64 - k1, 0, 0, w1 * w[a1][b1][z2] * variance)?;
+                        }
+                    }
+                    for a2 in a1..R {
+                        for b2 in if a2 == a1 { b1 + 1 } else { 0 }..C {
+                            let (dy, dx) = (a2 - a1, b2 as isize - b1 as isize);
+                            let xy = near[dy][(dx + 2) as usize];
+                            for z2 in 0..nz {
+                                if on[a2][b2][z2] {
+                                    add(at, xy, zov[z2].0 as i64 - k1, dy, dx, w1 * w[a2][b2][z2] * variance)?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::add_cells`] through the list of voxels and [`Self::add_pairs`].
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn add_cells_listed<const R: usize, const C: usize>(
+        &mut self,
+        r0: usize,
+        c0: usize,
+        f: &[[f64; C]; R],
+        zov: &[(usize, f64)],
+        ivar: f64,
+        variance: f64,
+        keep_from: f64,
+    ) -> Result<(), [i64; 3]> {
+        let mut touched = std::mem::take(&mut self.scratch);
+        touched.clear();
+        for (a, fr) in f.iter().enumerate() {
+            for (b, &f_xy) in fr.iter().enumerate() {
+                for &(z, f_z) in zov {
+                    let fc = f_xy * f_z;
+                    if fc >= keep_from {
+                        touched.push(Touch { z, r: r0 + a, c: c0 + b, w: ivar * fc });
+                    }
+                }
+            }
+        }
+        let done = self.add_pairs(&touched, variance);
+        self.scratch = touched;
+        done
     }
 }
 

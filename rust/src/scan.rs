@@ -171,6 +171,7 @@ impl Isa {
 
 /// Where a droplet lands: within the 2 x 2 output pixels from `(r0, c0)` with
 /// fractions `f[a][b]`, within 3 x 3, or a larger square droplet `(qx, qy, area)`.
+#[derive(Clone, Copy)]
 enum Spot {
     Cells(isize, isize, [[f64; 2]; 2]),
     /// Within the 3 x 3 output pixels from `(r0, c0)`, `f[a][b]` for `(r0 + a, c0 + b)`.
@@ -208,7 +209,6 @@ struct BandTask<'a, 'p> {
     /// With covariance: the voxels the current pixel touches (any band), and
     /// the first pair offset found beyond the stencil.
     touched: Vec<Touch>,
-    cells: Vec<(usize, usize, f64)>,
     cov_overflow: Option<[i64; 3]>,
 }
 
@@ -238,7 +238,6 @@ impl<'a, 'p> BandTask<'a, 'p> {
             pf_last: vec![isize::MIN; nz],
             isa,
             touched: Vec::new(),
-            cells: Vec::new(),
             cov_overflow: None,
         }
     }
@@ -247,37 +246,43 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// checked `frame`; returns the input pixels that deposited here and may
     /// also reach another band. Uses the build `self.isa` (same bits in each).
     fn scan(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        // The cross terms take a separate instance of the scan, so that the default one is unchanged.
         if self.band.cov.is_some() {
-            // The cross terms take the scalar path (a separate instance of the
-            // scan, so that the default one is unchanged).
-            return self.scan_any::<true>(frame, blocks, mine);
+            self.scan_isa::<true>(frame, blocks, mine)
+        } else {
+            self.scan_isa::<false>(frame, blocks, mine)
         }
+    }
+
+    /// [`Self::scan`] in the build `self.isa`; `COV`: with the covariance cross terms.
+    #[inline(always)]
+    fn scan_isa<const COV: bool>(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         match self.isa {
             // SAFETY: the CPU supports these features (`isa` is at most `Isa::widest()`).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { self.scan_avx512(frame, blocks, mine) },
+            Isa::Avx512 => unsafe { self.scan_avx512::<COV>(frame, blocks, mine) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { self.scan_avx2(frame, blocks, mine) },
-            _ => self.scan_any::<false>(frame, blocks, mine),
+            Isa::Avx2 => unsafe { self.scan_avx2::<COV>(frame, blocks, mine) },
+            _ => self.scan_any::<COV>(frame, blocks, mine),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn scan_avx2(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
-        self.scan_any::<false>(frame, blocks, mine)
+    fn scan_avx2<const COV: bool>(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        self.scan_any::<COV>(frame, blocks, mine)
     }
 
     /// The AVX2 build with the AVX-512 instruction set (32 vector registers,
     /// mask registers): same arithmetic, so the same bits as the other builds.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl")]
-    fn scan_avx512(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
-        self.scan_any::<false>(frame, blocks, mine)
+    fn scan_avx512<const COV: bool>(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        self.scan_any::<COV>(frame, blocks, mine)
     }
 
-    /// `COV`: every pixel through [`Self::pixel_cov`] (the covariance cross terms).
+    /// `COV`: also the covariance cross terms of every pixel ([`Self::land_cells`], [`Self::land`]).
     #[inline(always)]
     fn scan_any<const COV: bool>(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         let (ny, nx) = frame.image.dim();
@@ -302,20 +307,12 @@ impl<'a, 'p> BandTask<'a, 'p> {
                     if let Some(a) = &ahead {
                         a.prefetch(i0);
                     }
-                    if COV {
-                        for i in i0..(i0 + BLOCK).min(nx) {
-                            if unsafe { self.pixel_cov(&row, i) } {
-                                shared.push((j * nx + i) as u32);
-                            }
-                        }
-                        continue;
-                    }
                     if unit && i0 + BLOCK <= nx {
-                        unsafe { self.block(&row, i0, j * nx, &mut shared) };
+                        unsafe { self.block::<COV>(&row, i0, j * nx, &mut shared) };
                         continue;
                     }
                     for i in i0..(i0 + BLOCK).min(nx) {
-                        if unsafe { self.pixel(&row, i) } {
+                        if unsafe { self.pixel::<COV>(&row, i) } {
                             shared.push((j * nx + i) as u32);
                         }
                     }
@@ -331,7 +328,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     ///
     /// SAFETY: `i` must be a column of the checked frame behind `row`.
     #[inline(always)]
-    unsafe fn pixel(&mut self, row: &FrameRow, i: usize) -> bool {
+    unsafe fn pixel<const COV: bool>(&mut self, row: &FrameRow, i: usize) -> bool {
         let p = self.p;
         let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
         let Some((qx, qy, y0, y1)) = (unsafe { self.reaching_quad(row, i) }) else { return false };
@@ -345,13 +342,13 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= self.win.left as isize && c0 + 1 < self.win.right as isize =>
             {
                 // All four cells inside this band and the grid: the fast path.
-                return unsafe { self.land_cells::<2, 2, false>(row, i, y0, y1, r0 as usize, c0 as usize, &f, None) };
+                return unsafe { self.land_cells::<2, 2, false, COV>(row, i, y0, y1, r0 as usize, c0 as usize, &f, None) };
             }
             (Some((r0, c0, f)), _) => Spot::Cells(r0, c0, f),
             (None, Droplet::Square { qx, qy, area }) => Spot::Quad(qx, qy, area),
             (None, Droplet::Point { .. }) => return false,
         };
-        unsafe { self.land(row, i, y0, y1, fp) }
+        unsafe { self.land::<COV>(row, i, y0, y1, fp) }
     }
 
     /// The corners `(qx, qy)` of pixel `i`'s unshrunk quadrilateral and the
@@ -379,71 +376,6 @@ impl<'a, 'p> BandTask<'a, 'p> {
         Some((qx, qy, y0, y1))
     }
 
-    /// [`Self::pixel`] with the covariance cross terms: the droplet's whole
-    /// footprint on the grid (every band's rows) gives the voxels the pixel
-    /// touches; those in this band are deposited as usual and the pairs
-    /// anchored in this band are added to the cross terms
-    /// ([`CovBand::add_pairs`]). Returns what [`Self::pixel`] returns.
-    ///
-    /// SAFETY: `i` must be a column of the checked frame behind `row`.
-    unsafe fn pixel_cov(&mut self, row: &FrameRow, i: usize) -> bool {
-        let p = self.p;
-        let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
-        let Some((qx, qy, y0, y1)) = (unsafe { self.reaching_quad(row, i) }) else { return false };
-        let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
-        let Some((pix, n_z)) = (unsafe { self.value_and_overlaps::<false>(row, i) }) else { return false };
-        // The window's rows and columns, counted as the grid's (as the bands' are).
-        let win = self.win;
-        let (rows, cols) = (win.top as isize..win.bottom as isize, win.left as isize..win.right as isize);
-        let mut cells = std::mem::take(&mut self.cells);
-        cells.clear();
-        let mut emit = |r: usize, c: usize, f: f64| cells.push((r, c, f));
-        match droplet {
-            Droplet::Square { qx, qy, area } => match quad_footprint_2x2(&qx, &qy) {
-                Some((r0, c0, f)) => for_each_cell(r0, c0, &f, rows, cols, self.negligible, &mut emit),
-                None => for_each_quad_overlap_in(&qx, &qy, area, (win.top, win.bottom), (win.left, win.right), &mut emit),
-            },
-            Droplet::Point { x, y } => match bilinear_footprint_2x2(x, y) {
-                Some((r0, c0, f)) => for_each_cell(r0, c0, &f, rows, cols, self.negligible, &mut emit),
-                None => return false,
-            },
-        }
-        // Every voxel the pixel touches, in a fixed order; this band's are deposited.
-        let (zov, keep_from) = (&self.zov_buf[..n_z], self.keep_from);
-        let (band, touched, planes) = (&mut self.band, &mut self.touched, &mut self.planes);
-        touched.clear();
-        let mut n = 0usize;
-        for &(r, c, f_xy) in &cells {
-            for &(k, f_z) in zov {
-                let f = f_xy * f_z;
-                if !(f >= keep_from) {
-                    continue;
-                }
-                let w = pix.ivar * f;
-                touched.push(Touch { z: k, r, c, w });
-                if (row_lo..row_hi).contains(&r) {
-                    let st = band.strides;
-                    // SAFETY: (k, r, c) lies in this band: `k` below the cube's planes
-                    // (`value_and_overlaps`), `c` in the window's columns, `r` in the band's rows.
-                    unsafe { band.add((r - row_lo) as isize * st[1] + (c - band.c0) as isize * st[2] + k as isize * st[0], w, &pix) };
-                    planes[k] = true;
-                    n += 1;
-                }
-            }
-        }
-        if let Some(cov) = band.cov.as_mut() {
-            if let Err(o) = cov.add_pairs(touched, pix.variance) {
-                self.cov_overflow.get_or_insert(o);
-            }
-        }
-        self.cells = cells;
-        if n == 0 {
-            return false;
-        }
-        self.n_contributions += n as u64;
-        self.count_pixel(y0, y1)
-    }
-
     /// Drizzles the [`BLOCK`] pixels from column `i0` of `row` (all inside the
     /// frame; all rows contiguous): rejection and footprints a batch of
     /// [`LANES`] pixels at a time, then each pixel in column order: the fast path
@@ -454,7 +386,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// SAFETY: columns `i0 .. i0 + BLOCK` (and corner column `i0 + BLOCK`) must
     /// exist in the checked frame behind `row`, whose rows all have unit stride.
     #[inline(always)]
-    unsafe fn block(&mut self, row: &FrameRow, i0: usize, base: usize, shared: &mut Vec<u32>) {
+    unsafe fn block<const COV: bool>(&mut self, row: &FrameRow, i0: usize, base: usize, shared: &mut Vec<u32>) {
         let m = self.m;
         let (lo, hi) = (self.band.r0 as f64, (self.band.r0 + self.band.rows - 1) as f64);
         let (x_lo, x_hi) = (self.win.left as f64, (self.win.right - 1) as f64);
@@ -507,18 +439,18 @@ impl<'a, 'p> BandTask<'a, 'p> {
                     Shape::Small if inside(1.0, 1.0) => {
                         let f = [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]];
                         let (r0, c0) = cells();
-                        Some(unsafe { self.land_cells::<2, 2, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                        Some(unsafe { self.land_cells::<2, 2, true, COV>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     // Three columns and at most two rows (the third row of `f3` is zero), or the transpose.
                     Shape::Medium if wide && inside(1.0, 2.0) => {
                         let f: [[f64; 3]; 2] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
                         let (r0, c0) = cells();
-                        Some(unsafe { self.land_cells::<2, 3, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                        Some(unsafe { self.land_cells::<2, 3, true, COV>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     Shape::Medium if !wide && inside(2.0, 1.0) => {
                         let f: [[f64; 2]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
                         let (r0, c0) = cells();
-                        Some(unsafe { self.land_cells::<3, 2, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                        Some(unsafe { self.land_cells::<3, 2, true, COV>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     _ => None,
                 };
@@ -542,7 +474,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                         }
                     }
                 };
-                if unsafe { self.land(row, i + l, y0[l], y1[l], spot) } {
+                if unsafe { self.land::<COV>(row, i + l, y0[l], y1[l], spot) } {
                     shared.push((base + i + l) as u32);
                 }
             }
@@ -561,7 +493,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// frame's rows have unit stride.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn land_cells<const R: usize, const C: usize, const UNIT: bool>(
+    unsafe fn land_cells<const R: usize, const C: usize, const UNIT: bool, const COV: bool>(
         &mut self,
         row: &FrameRow,
         i: usize,
@@ -623,6 +555,15 @@ impl<'a, 'p> BandTask<'a, 'p> {
         if n == 0 {
             return false;
         }
+        if COV {
+            if let Some(cov) = band.cov.as_mut() {
+                // SAFETY: the R x C output pixels lie in this band and on the grid (the
+                // caller's contract), the planes of `zov` in the cube (above).
+                if let Err(o) = unsafe { cov.add_cells(r0, c0, &f, zov, ivar, variance, keep_from) } {
+                    self.cov_overflow.get_or_insert(o);
+                }
+            }
+        }
         self.n_contributions += n as u64;
         self.count_pixel(y0, y1)
     }
@@ -674,7 +615,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     ///
     /// SAFETY: `i` must be a column of the checked frame behind `row`.
     #[inline(never)]
-    unsafe fn land(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, spot: Spot) -> bool {
+    unsafe fn land<const COV: bool>(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, spot: Spot) -> bool {
         let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
         let Some((pix, n)) = (unsafe { self.value_and_overlaps::<false>(row, i) }) else { return false };
         if n == 0 {
@@ -700,8 +641,40 @@ impl<'a, 'p> BandTask<'a, 'p> {
         if deposited == 0 {
             return false;
         }
+        if COV {
+            self.cross_terms(spot, &pix);
+        }
         self.n_contributions += deposited as u64;
         self.count_pixel(y0, y1)
+    }
+
+    /// The covariance cross terms of a pixel that [`Self::land`] deposited: the
+    /// voxels its droplet `spot` gives weight on the whole grid (every band's
+    /// rows, with the same fractions and weights as the deposits), of which the
+    /// pairs anchored in this band are added ([`CovBand::add_pairs`]).
+    fn cross_terms(&mut self, spot: Spot, pix: &PixelValue) {
+        let Some(cov) = self.band.cov.as_mut() else { return };
+        let win = self.win;
+        let (rows, cols) = (win.top as isize..win.bottom as isize, win.left as isize..win.right as isize);
+        let (zov, keep_from, touched) = (&self.zov_buf[..self.n_zov], self.keep_from, &mut self.touched);
+        touched.clear();
+        // As `Band::deposit`: each plane of each cell, in (row, column, plane) order.
+        let mut emit = |r: usize, c: usize, f_xy: f64| {
+            for &(k, f_z) in zov {
+                let f = f_xy * f_z;
+                if f >= keep_from {
+                    touched.push(Touch { z: k, r, c, w: pix.ivar * f });
+                }
+            }
+        };
+        match spot {
+            Spot::Cells(r0, c0, f) => for_each_cell(r0, c0, &f, rows, cols, self.negligible, &mut emit),
+            Spot::Cells3(r0, c0, f) => for_each_cell(r0, c0, &f, rows, cols, self.negligible, &mut emit),
+            Spot::Quad(qx, qy, area) => for_each_quad_overlap_in(&qx, &qy, area, (win.top, win.bottom), (win.left, win.right), &mut emit),
+        }
+        if let Err(o) = cov.add_pairs(touched, pix.variance) {
+            self.cov_overflow.get_or_insert(o);
+        }
     }
 
     /// Deposits those of the N x N output pixels from `(r0, c0)` that lie in
