@@ -18,7 +18,7 @@ Usage (normally called by bench_pipeline.py)::
 
     python _spxquery041_runner.py --result R.json --baseline
     python _spxquery041_runner.py --result R.json --paths-file P.txt --ra 150 --dec 2 \
-        --size-arcmin 30 --output-dir DIR [--detector 3]
+        --size-arcmin 30 --output-dir DIR [--detector 3 | --combine]
 
 The result JSON holds: package version and file, numpy/astropy/python versions, import
 seconds, drizzle seconds, cube shape (n_z, ny, nx), peak RSS of this process (VmHWM,
@@ -80,6 +80,9 @@ def main() -> int:
     ap.add_argument("--detector", type=int, default=3)
     ap.add_argument("--output-dir", type=Path, help="receives drizzle_D{detector}.fits")
     ap.add_argument("--reject-outliers", action="store_true", help="this package only: outlier rejection on")
+    ap.add_argument("--combine", action="store_true",
+                    help="this package only: one cube of all detectors (drizzle_all_detectors; the detector of "
+                         "each file is read from its name) -> drizzle_all.fits")
     args = ap.parse_args()
 
     result: dict = {
@@ -145,11 +148,23 @@ def main() -> int:
         kwargs["reject_outliers"] = True
     code = 0
     try:
+        if args.combine:
+            kwargs.update(detector=0, combine_detectors=True)
         config = Drizzle3DConfig(**kwargs)
         output_wcs = build_output_wcs(config)
         result["n_frames"] = len(paths)
         t0 = time.perf_counter()
-        out = drizzle_detector(paths, config, args.detector, output_wcs)
+        if args.combine:
+            import re
+
+            from spxquery.drizzle3d.pipeline import drizzle_all_detectors
+
+            by_det: dict = {}
+            for p in paths:
+                by_det.setdefault(int(re.search(r"D([1-6])_spx", p.name).group(1)), []).append(p)
+            out = drizzle_all_detectors(by_det, config, output_wcs)
+        else:
+            out = drizzle_detector(paths, config, args.detector, output_wcs)
         result["drizzle_s"] = time.perf_counter() - t0
         result["output"] = str(out) if out is not None else None
         if os.environ.get("SPXDRIZZLE_STAGE_TIMES"):

@@ -37,7 +37,12 @@ What it does, in one invocation:
    wavelength-collapsed images per pixel and in 8x8-pixel block means; medians. 0.4.1
    places pixels half a pixel off (and uses a bilinear point kernel), so only broad
    agreement is expected, best seen in the block means.
-6. Prints a markdown table and writes it, with date, machine, load average, versions and
+6. One cube of all six detectors (``--combined N``, default 4 pointings, i.e. 24 full-size frames
+   of D1-D6, cached beside ``--data-dir``): the six single-detector cubes and the combined cube
+   (``drizzle_all_detectors``, 102 native planes) on the same frames, at the first size; the
+   combined time against 1.1x the sum of the six, its peak RSS against its accumulators + 300 MB
+   (``benchmarks/_combined.py``).
+7. Prints a markdown table and writes it, with date, machine, load average, versions and
    the exact command, under '## Pipeline: this package vs spxquery 0.4.1' in
    ``--doc`` (default docs/performance.md; other sections of that file are kept).
 
@@ -261,12 +266,13 @@ def _proc_rss_mib(pid: int) -> Optional[float]:
 
 def runner_args(result: Path, paths_file: Optional[Path] = None, size: Optional[float] = None,
                 out_dir: Optional[Path] = None, centre: Tuple[float, float] = (FIELD_RA, FIELD_DEC),
-                reject: bool = False) -> List[str]:
+                reject: bool = False, extra: Optional[List[str]] = None) -> List[str]:
+    """The runner's arguments; ``extra`` replaces ``--detector 3`` (e.g. ``--combine``)."""
     if paths_file is None:
         return ["--result", str(result), "--baseline"]
     return ["--result", str(result), "--paths-file", str(paths_file), "--ra", repr(centre[0]), "--dec",
-            repr(centre[1]), "--size-arcmin", repr(size), "--detector", str(DETECTOR), "--output-dir", str(out_dir),
-            *(["--reject-outliers"] if reject else [])]
+            repr(centre[1]), "--size-arcmin", repr(size), *(extra or ["--detector", str(DETECTOR)]),
+            "--output-dir", str(out_dir), *(["--reject-outliers"] if reject else [])]
 
 
 def warm_page_cache(paths: List[Path]) -> None:
@@ -282,7 +288,7 @@ def warm_page_cache(paths: List[Path]) -> None:
 def execute(python: Path, impl: str, tag: str, work: Path, cfg: argparse.Namespace, as_limit: Optional[int],
             rss_kill_mib: float, paths: Optional[List[Path]] = None, size: Optional[float] = None,
             case: str = "", stages: bool = False, centre: Tuple[float, float] = (FIELD_RA, FIELD_DEC),
-            reject: bool = False) -> Run:
+            reject: bool = False, extra: Optional[List[str]] = None) -> Run:
     """One fresh-process run (baseline when ``paths`` is None); retries import failures (Rust rebuilds)."""
     rdir = work / tag
     rdir.mkdir(parents=True, exist_ok=True)
@@ -298,7 +304,7 @@ def execute(python: Path, impl: str, tag: str, work: Path, cfg: argparse.Namespa
         result_path.unlink(missing_ok=True)
         run.load_before = loadavg()
         log(f"[{tag}] start (load {run.load_before}) ...")
-        child_args = runner_args(result_path, paths_file, size, rdir / "out", centre, reject)
+        child_args = runner_args(result_path, paths_file, size, rdir / "out", centre, reject, extra)
         status, wall, maxrss = run_child(python, child_args, rdir / "run.log", cfg.time_cap * 60.0, as_limit,
                                          rss_kill_mib, _stages.ENV if stages else None)
         run.load_after = loadavg()
@@ -692,6 +698,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--stages", action="store_true",
                     help="time each stage of the frame path in this package's runs and write the per-stage table "
                          "(ms per frame, wall and CPU) under its own heading of --doc")
+    ap.add_argument("--combined", type=int, default=4, metavar="N",
+                    help="pointings of the six-detector field (N x 6 full-size frames) on which one cube of all six "
+                         "detectors is timed against the six single-detector cubes, at the first size; 0 = skip. "
+                         "Default 4")
     ap.add_argument("--import-retries", type=int, default=3,
                     help="retries (30 s apart) when this package fails to import (extension being rebuilt)")
     return ap.parse_args(argv)
@@ -726,8 +736,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         n_old = len(deep) if cfg.deep_old_frames <= 0 else min(cfg.deep_old_frames, len(deep))
         cases.append((DEEP_CASE, deep, cfg.deep_size, (_deepfield.DEEP_RA, _deepfield.DEEP_DEC), n_old))
     runs, ratio_pairs, parities, staged, reject_pairs = run_cases(cfg, cases, oldpy, work, as_limit, rss_kill)
+    combined_lines: List[str] = []
+    if cfg.combined > 0 and sizes:
+        import _combined
+
+        size6 = sizes[0]
+        root6 = cfg.data_dir.expanduser().with_name(cfg.data_dir.expanduser().name + f"-6det{cfg.combined}")
+        by_det = _combined.ensure_field6(root6, cfg.combined, FIELD_RA, FIELD_DEC, FIELD_SEED, log)
+        singles, comb = _combined.combined_runs(
+            lambda tag, p, extra: execute(cfg.new_python, "new", tag, work, cfg, None, rss_kill, p, size6, extra=extra),
+            by_det, size6)
+        runs_ok = [*singles.values(), comb]
+        combined_lines = _combined.combined_report(
+            singles, comb, size_label(size6), baselines["new"].maxrss_mib, lambda sh: accum_mib("new", sh),
+            MEM_HEADROOM_MIB, fmt)
+        if not all(r.status == "ok" for r in runs_ok):
+            runs.extend(r for r in runs_ok if r.status != "ok")
+
     meta = run_meta(cfg, command, load_start, baselines)
-    report = build_report(runs, ratio_pairs, baselines, parities, meta, cfg.time_cap)
+    report = build_report(runs, ratio_pairs, baselines, parities, meta, cfg.time_cap) + "\n".join(combined_lines)
     print(report)
     stage_runs = [(f"{r.case}, {r.n_frames} frames", r.n_frames, r.result["drizzle_s"], r.result["stages"])
                   for r in staged if r.status == "ok" and r.result.get("stages")]

@@ -232,10 +232,11 @@ def test_run_flag_only(flag_run, archive, capsys):
     stdout, err = _stderr_lines(capsys)
     cube_path = out / "drizzle_D3.fits"
     assert stdout.strip().splitlines() == [f"D3: {cube_path}"]
-    assert not err  # -q: no info lines, no progress bars
+    # -q: no info lines, no progress bars; the one warning: this archive has no spectral-WCS product
+    assert len(err) == 1 and "spectral WCS: wavelengths from the L2 WCS-WAVE lookup" in err[0], err
     cube = load_cube(cube_path)
     h = cube["header"]
-    assert h["N_INPUTS"] == N_POINTINGS and h["DETECTOR"] == 3
+    assert h["N_INPUTS"] == N_POINTINGS and h["DETECTOR"] == 3 and h["WAVESRC"] == "LOOKUP"
     assert h["RA_CEN"] == RA0 and h["DEC_CEN"] == DEC0 and h["NX"] == h["NY"] == 58
     # the recommended flags were applied: no hot-pixel spikes, sources where the truth puts them
     sky, _ = load_truth(archive)
@@ -373,6 +374,9 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert "What you are looking at" in stdout and "ps3" in stdout and "ext0" in stdout
     cube = load_cube(cube_path)
     assert cube["header"]["N_INPUTS"] == 6
+    # the frames were rendered at the product's wavelengths, and the cube used them
+    assert cube["header"]["WAVESRC"] == "SPECTRAL_WCS"
+    assert "wavelengths from the spectral-WCS calibration product spectral_wcs_D3_spx_" in " ".join(stdout.split())
     # the brightest spot of the collapsed image is the brightest simulated source (ps3)
     sky, _ = load_truth(out / "archive")
     ps3 = next(s for s in sky.point_sources if s.name == "ps3")

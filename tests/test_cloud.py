@@ -48,6 +48,7 @@ FIELDS = {
     "qr3_cutouts": dict(release="qr3", n_pointings=3, cutout_size_deg=0.2, seed=22),
     "qr2_full": dict(release="qr2", n_pointings=1, seed=23),
     "qr3_full": dict(release="qr3", n_pointings=1, seed=24),
+    "qr2_true_wavelengths": dict(release="qr2", n_pointings=3, cutout_size_deg=0.2, seed=25, true_wavelengths=True),
 }
 
 
@@ -119,7 +120,7 @@ def _drizzle(paths, out: Path, **kw) -> Path:
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.slow] if "full" in n else [])
-                                  for n in FIELDS])
+                                  for n in FIELDS if "true" not in n])
 def test_cube_from_s3_equals_cube_from_the_mirror(s3, name, tmp_path):
     counter = objectstore.TRANSFERS
     counter.reset()
@@ -333,3 +334,30 @@ def test_unusable_storage_options_reject_the_frame_with_the_reason():
     with pytest.raises(AccessError, match="storage_options|cannot open"):
         open_source(ObjectLocation("s3://nasa-irsa-spherex/qr2/x.fits", None,
                                    {"endpoint_url": "http://127.0.0.1:9", "no_such_option": 1}))
+
+
+def test_frames_from_s3_use_a_local_spectral_wcs_product(s3, tmp_path, caplog):
+    """Frames read in place take the wavelengths of a local product file (spectral_wcs = its path)
+    bit for bit as the same frames on disk; with auto and an s3:// data_mirror the product is not
+    looked for in the bucket: the lookup, with one warning saying why."""
+    name = "qr2_true_wavelengths"
+    info = s3.field(name)
+    (product,) = info.root.glob("qr2/spectral_wcs/*/3/*.fits")
+    locations = _locations(s3, name, s3.server.endpoint_url)
+    from_s3 = _drizzle(locations, tmp_path / "s3", spectral_wcs=str(product))
+    local = _drizzle(info.paths, tmp_path / "local", spectral_wcs=str(product))
+    assert fits.getheader(from_s3)["WAVESRC"] == "SPECTRAL_WCS" and fits.getheader(from_s3)["WVF00001"] == product.name
+    assert cube_digest(from_s3) == cube_digest(local)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        auto = _drizzle(locations, tmp_path / "auto", data_mirror=f"s3://{BUCKET}/{name}")
+    warned = [r.getMessage() for r in caplog.records if "spectral WCS" in r.getMessage()]
+    assert len(warned) == 1 and "not read from an object store" in warned[0]
+    assert fits.getheader(auto)["WAVESRC"] == "LOOKUP"
+    assert cube_digest(auto) != cube_digest(from_s3)
+
+
+def test_a_product_version_with_an_s3_mirror_is_refused():
+    with pytest.raises(ValueError, match="spectral_wcs=cal-wcs-v4-2025-254 names an archive product version"):
+        _config(Path("out"), data_mirror=f"s3://{BUCKET}", spectral_wcs="cal-wcs-v4-2025-254")
+    assert _config(Path("out"), data_mirror=f"s3://{BUCKET}", spectral_wcs="lookup").spectral_wcs == "lookup"

@@ -329,3 +329,11 @@ def test_pipeline_writes_the_covariance_of_simulated_frames(drizzled_cubes, tmp_
     mask[k : k + 3, ny // 2 - 3 : ny // 2 + 4, nx // 2 - 3 : nx // 2 + 4] = True
     summed = np.nansum(np.where(mask, cube["covariance"][0], np.nan))
     assert aperture_variance(path, mask) > 1.2 * summed
+
+
+def test_covariance_is_refused_for_the_cube_of_all_detectors():
+    """The stencil comes from one detector's bandwidths: a ValueError naming both settings."""
+    with pytest.raises(ValueError, match="combine_detectors=True and covariance=True cannot be combined"):
+        Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=1.0, height=1.0, detector=0, combine_detectors=True,
+                        covariance=True)
+    Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=1.0, height=1.0, detector=3, covariance=True)

@@ -330,7 +330,7 @@ def test_risky_frames_in_a_subprocess(corpus, tmp_path):
 
 def _archive_with_bad_frames(corpus, root: Path) -> Tuple[Path, int]:
     """A copy of the archive tree whose index also lists every bad frame (as new observations)."""
-    from spxquery.drizzle3d.testing.archive_index import _md5
+    from spxquery.drizzle3d.testing.archive_index import md5_of
 
     shutil.copytree(corpus["root"], root, ignore=shutil.ignore_patterns("good", "out*"))
     rows = [r for r in corpus["index"] if not r["uri"].endswith(corpus["donor"].name)]
@@ -346,7 +346,7 @@ def _archive_with_bad_frames(corpus, root: Path) -> Tuple[Path, int]:
         local = root / str(rel)[len("ibe/data/spherex/"):]
         obs = f"2025W30_1C_{9000 + i:04d}_1"
         rows.append({**template, "uri": str(rel), "contentlength": local.stat().st_size,
-                     "contentchecksum": f"md5:{_md5(local)}",
+                     "contentchecksum": f"md5:{md5_of(local)}",
                      "obs_publisher_did": template["obs_publisher_did"].split("?")[0] + f"?{obs}/D3"})
         n += 1
     write_index(root, rows)

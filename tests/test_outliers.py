@@ -339,7 +339,7 @@ def test_model_pass_reads_frames_in_sorted_order(monkeypatch, tmp_path):
     seen = []
 
     class Recorder:
-        def __init__(self, paths, config, grid):
+        def __init__(self, paths, config, grid, **kwargs):
             seen.extend(paths)
 
         def __iter__(self):

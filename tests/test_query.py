@@ -284,7 +284,9 @@ def test_pipeline_end_to_end_download_cutout_and_mirror(field, tmp_path, monkeyp
         out = tmp_path / "dl"
         res = pipeline.drizzle(_field_cfg(srv, out))
         assert srv.faults.pending() == 0
-        assert "INTERSECTS" in srv.queries[-1] and "'SPHEREx-D3'" in srv.queries[-1]
+        frame_query = [q for q in srv.queries if not q.startswith("SIA")][-1]  # then the spectral-WCS search
+        assert "INTERSECTS" in frame_query and "'SPHEREx-D3'" in frame_query
+        assert 'spherex_qr2_cal' in srv.queries[-1]
         got = sorted(p for p in (out / "images" / "D3").iterdir() if not p.name.startswith("."))
         assert [p.name for p in got] == names  # newest versions only, no .part (hidden: verification records)
         for p in got:

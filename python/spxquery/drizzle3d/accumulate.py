@@ -80,12 +80,21 @@ class DrizzleCube:
     (:mod:`.covariance`); None otherwise."""
     cov_offsets: np.ndarray | None = None
     """int64 ``(n_offsets, 3)``: the ``(dz, dy, dx)`` of each plane of ``cov_cross``."""
+    plane_detector: np.ndarray | None = None
+    """(n_z,) detector (1-6) of each plane (None: ``detector`` for every plane)."""
     _engine: tuple[tuple, _core.EngineParams] | None = field(default=None, init=False, repr=False, compare=False)
     """The engine parameters and the settings they were built from (see :attr:`engine_params`)."""
 
     def __post_init__(self) -> None:
         if self.n_input_sc is None:
             self.n_input_sc = np.zeros(self.zgrid.n_z, dtype=np.uint32)
+        if self.plane_detector is None:
+            self.plane_detector = np.full(self.zgrid.n_z, int(self.detector), dtype=np.int64)
+
+    @property
+    def label(self) -> str:
+        """``D3`` for a detector's cube, ``all`` for a cube of several detectors (detector 0)."""
+        return f"D{int(self.detector)}" if int(self.detector) else "all"
 
     @property
     def nz(self) -> int:
@@ -143,16 +152,20 @@ class DrizzleCube:
         return arrays
 
     @classmethod
-    def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int, *,
-               shape: tuple[int, int] | None = None, origin: tuple[int, int] = (0, 0)) -> DrizzleCube:
+    def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int,
+               plane_detector: np.ndarray | None = None, *, shape: tuple[int, int] | None = None,
+               origin: tuple[int, int] = (0, 0)) -> DrizzleCube:
         """Allocate an empty cube of ``(zgrid.n_z, config.output_ny(), config.output_nx())``, or of
-        ``(zgrid.n_z, *shape)`` at ``origin`` for a tile of the grid (``wcs`` is then the tile's)."""
+        ``(zgrid.n_z, *shape)`` at ``origin`` for a tile of the grid (``wcs`` is then the tile's).
+        ``detector`` 0 with ``plane_detector`` (the detector of each plane): a cube of several detectors."""
         size = (config.output_ny(), config.output_nx()) if shape is None else (int(shape[0]), int(shape[1]))
         shape3 = (zgrid.n_z, *size)
         offsets = stencil(config, zgrid.edges, detector) if config.covariance else None
         nbytes = int(np.prod(shape3)) * (3 * 8 + 3 * 4 + (0 if offsets is None else 8 * len(offsets)))
-        logger.info("D%d: allocating cube %s (%.1f MB of accumulators)", detector, "x".join(map(str, shape3)),
-                    nbytes / 1e6)
+        logger.info("%s: allocating cube %s (%.1f MB of accumulators)", f"D{detector}" if detector else "all",
+                    "x".join(map(str, shape3)), nbytes / 1e6)
+        if plane_detector is not None and np.shape(plane_detector) != (zgrid.n_z,):
+            raise ValueError(f"plane_detector has shape {np.shape(plane_detector)}, expected ({zgrid.n_z},)")
         cube = cls(
             wcs=wcs,
             pixscale=pixscale,
@@ -168,6 +181,7 @@ class DrizzleCube:
             origin=(int(origin[0]), int(origin[1])),
             cov_cross=None if offsets is None else np.zeros((*shape3, len(offsets)), dtype=np.float64),
             cov_offsets=offsets,
+            plane_detector=None if plane_detector is None else np.asarray(plane_detector, dtype=np.int64),
         )
         _ = cube.engine_params  # validated now, not at the first frame
         return cube

@@ -137,11 +137,17 @@ class Cube:
         self.celestial_wcs: WCS = self.wcs.celestial
         self.wavelength = np.asarray(self.table["LAMBDA"], dtype=np.float64) * u.um
         self.bin_edges = np.append(self.table["LAMBDA_MIN"], self.table["LAMBDA_MAX"][-1]).astype(np.float64) * u.um
+        if "DETECTOR" in self.table.columns.names:
+            self.plane_detector = np.asarray(self.table["DETECTOR"], dtype=np.int64)
+        else:  # a cube written before the column existed: one detector
+            self.plane_detector = np.full(len(self.table), int(self.header.get("DETECTOR", 0)), dtype=np.int64)
+        """(n_z,) detector (1-6) each plane comes from (the WAVELENGTH table's DETECTOR column)."""
 
     def __repr__(self) -> str:
         n_z, ny, nx = self.shape
         lam = self.wavelength.to_value(u.um)
-        return (f"<Cube {self.path.name}: D{self.header.get('DETECTOR')}, {n_z} planes {lam[0]:.4f}-{lam[-1]:.4f} um, "
+        band = self.header.get("BAND_NM", f"D{self.header.get('DETECTOR')}")
+        return (f"<Cube {self.path.name}: {band}, {n_z} planes {lam[0]:.4f}-{lam[-1]:.4f} um, "
                 f"{ny} x {nx} pixels of {self.header.get('EPIXSCLE', float('nan')):.4g} arcsec>")
 
     # ── data (read on first use) ──────────────────────────────────────────────

@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import yaml
 
+from . import calnames
 from .flags import RECOMMENDED_EXCLUDE_FLAGS, parse_flag_words, validate_exclude_flags
 from .settings import (
     Bool,
@@ -157,6 +158,17 @@ def _storage_options(name: str, value: Any) -> Dict[str, Any]:
     return dict(value)
 
 
+#: The ``--detector`` word for one cube of all six detectors (``detector=0, combine_detectors=True``).
+DETECTOR_ALL = "all"
+
+
+def detector_arg(text: str) -> Any:
+    """``--detector`` text: an integer 0-6, or :data:`DETECTOR_ALL` (returned as is)."""
+    if text.strip().lower() == DETECTOR_ALL:
+        return DETECTOR_ALL
+    return Int(0, 6, "0 (all six) or 1-6").parse_arg(text)
+
+
 _NOT_THE_CUBE = "how the frames are found and fetched, not what the cube holds"
 
 #: First lines of a YAML config file.
@@ -194,7 +206,9 @@ class Drizzle3DConfig:
     detector: int = field(default=0, metadata=setting(
         group="detector", rule=Int(0, 6, "0 (all six) or 1-6"),
         help="detector to drizzle (one cube per detector)",
-        header=NoHeader("DETECTOR holds the cube's own detector"), cli=Cli("--detector", "N")))
+        header=NoHeader("DETECTOR holds the cube's own detector"),
+        cli=Cli("--detector", "N", type=lambda text: detector_arg(text),
+                note=f"'{DETECTOR_ALL}' = one cube of all six (detector 0 and combine_detectors)")))
     xy_shrink: float = field(default=0.8, metadata=setting(
         group="shrink", rule=Real(0.0, 1.0, lo_open=True),
         help="linear size of each input pixel's droplet relative to the pixel",
@@ -348,6 +362,20 @@ class Drizzle3DConfig:
              "with covariance.aperture_variance); costs memory: one cube of float64 per stencil offset; "
              "never tiled (an error with tile_arcmin; the whole cube must fit in memory)",
         header=Fits("COVAR", "covariance HDUs written"), cli=Cli("--covariance", store=True)))
+    combine_detectors: bool = field(default=False, metadata=setting(
+        group="detector", rule=Bool(),
+        help="with detector 0: one cube of all six detectors (drizzle_all.fits, 0.75-5 um) instead of one per "
+             "detector",
+        header=NoHeader("DETECTOR = 0 and the WAVELENGTH table's DETECTOR column record it"),
+        cli=Cli("--combine-detectors", store=True)))
+    spectral_wcs: str = field(default=calnames.AUTO, metadata=setting(
+        group="preprocess",
+        rule=Checked(calnames.check_setting, "str",
+                     "auto, lookup, a product version (cal-wcs-v<N>-<yyyy-ddd>) or a product file or directory"),
+        help="per-pixel wavelengths: auto = the spectral-WCS calibration product, else the L2 lookup with a "
+             "warning; lookup = the L2 WCS-WAVE table",
+        header=NoHeader("WAVESRC and WVFnnnnn record the wavelengths each cube used"),
+        cli=Cli("--spectral-wcs", "SOURCE")))
 
     # ── constants ──────────────────────────────────────────────────────────────
     BASE_PIXSCALE: float = field(default=6.15, init=False, repr=False)  # arcsec/pixel
@@ -366,9 +394,7 @@ class Drizzle3DConfig:
                 f"arcmin at {self.effective_pixscale():.4g} arcsec/pixel); enlarge width/height to at "
                 f"least {self.effective_pixscale() / 60.0:.4g} arcmin or increase xy_oversample"
             )
-        if self.reject_outliers and self.tile_arcmin is not None:
-            raise ValueError(f"reject_outliers=True and tile_arcmin={self.tile_arcmin:g} cannot be combined: "
-                             f"{OUTLIERS_NOT_TILED}; set tile_arcmin to null or reject_outliers to false")
+        self._check_combinations()
         side = 2.0 * self.spatial_radius_deg() + 2.0 * self.cutout_margin_arcmin / 60.0
         if self.use_cutouts and side > MAX_CUTOUT_DEG:
             raise ValueError(
@@ -382,6 +408,42 @@ class Drizzle3DConfig:
                 f"covariance=True cannot be drizzled in tiles (tile_arcmin={self.tile_arcmin:g}): the cross terms "
                 "of voxel pairs across a tile edge are not assembled; set tile_arcmin to null (one piece) or "
                 "covariance to false"
+            )
+
+    def _check_combinations(self) -> None:
+        """Settings that cannot be used together (yet), named with the way out."""
+        if self.reject_outliers and self.tile_arcmin is not None:
+            raise ValueError(f"reject_outliers=True and tile_arcmin={self.tile_arcmin:g} cannot be combined: "
+                             f"{OUTLIERS_NOT_TILED}; set tile_arcmin to null or reject_outliers to false")
+        if self.combine_detectors and int(self.detector) != 0:
+            raise ValueError(
+                f"combine_detectors=True makes one cube of all six detectors and needs detector=0, got "
+                f"detector={self.detector}; set detector to 0 or combine_detectors to false"
+            )
+        if self.combine_detectors and (self.tile_arcmin is not None or self.scheduler is not None):
+            raise ValueError(
+                f"combine_detectors=True is drizzled in one piece: tiles are not supported for the cube of all "
+                f"detectors, got tile_arcmin={self.tile_arcmin}, scheduler={self.scheduler!r}; set both to null "
+                "or combine_detectors to false"
+            )
+        if self.combine_detectors and self.covariance:
+            raise ValueError(
+                "combine_detectors=True and covariance=True cannot be combined: the covariance stencil is derived "
+                "from one detector's bandwidths; set covariance to false, or combine_detectors to false (one cube "
+                "per detector, each with its covariance)"
+            )
+        if self.combine_detectors and self.reject_outliers:
+            raise ValueError(
+                "combine_detectors=True and reject_outliers=True cannot be combined: the outlier model is built "
+                "for one detector's cube; set reject_outliers to false, or combine_detectors to false (one cube "
+                "per detector, each with outlier rejection)"
+            )
+        if isinstance(self.data_mirror, str) and calnames.setting_kind(self.spectral_wcs) == "version":
+            raise ValueError(
+                f"spectral_wcs={self.spectral_wcs} names an archive product version, which is found in a local "
+                f"mirror, the download cache or the archive, not in an object store (data_mirror="
+                f"{self.data_mirror}); set spectral_wcs to a local product file or directory, auto (the L2 "
+                "lookup, with a warning) or lookup"
             )
 
     # ── Derived quantities ─────────────────────────────────────────────────
@@ -554,4 +616,4 @@ def _yaml_block(mapping: Dict[str, Any]) -> str:
     return yaml.dump(mapping, Dumper=_FlowListDumper, default_flow_style=False, sort_keys=False, width=100)
 
 
-__all__ = ["Drizzle3DConfig", "DEFAULT_TAP_URL", "TAP_URL_ENV", "KERNELS", "GROUPS"]
+__all__ = ["Drizzle3DConfig", "DEFAULT_TAP_URL", "DETECTOR_ALL", "TAP_URL_ENV", "KERNELS", "GROUPS"]

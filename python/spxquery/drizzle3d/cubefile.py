@@ -5,14 +5,15 @@
 The seven HDUs of the 0.4.1 layout come first, in this order: 0 PRIMARY (metadata, input
 files and their zodi scales), 1 SCI (float32, MJy/sr), 2 VARIANCE (float32, ``MJy2 / sr2``),
 3 AND_MASK (uint32), 4 OR_MASK (uint32), 5 COUNT (uint32, contributing input pixels),
-6 WAVELENGTH (binary table). New content follows them, found by EXTNAME: 7 WCS-TAB (the exact
-plane centres of the alternate WCS, :mod:`.cubewcs`), then, with outlier rejection only,
-8 REJECTED (int32: rejected contributions per voxel, -1 where nothing was tested), then, with
-``covariance=True``, COVARIANCE (float64 image, streamed) and COVAR-OFFSETS (table)
-(:mod:`.covariance`): 8 and 9 without REJECTED, 9 and 10 with it.
+6 WAVELENGTH (binary table; after the 0.4.1 columns, DETECTOR: the detector of each plane).
+New content follows them, found by EXTNAME: 7 WCS-TAB (the exact plane centres of the
+alternate WCS, :mod:`.cubewcs`), then, with outlier rejection only, 8 REJECTED (int32: rejected
+contributions per voxel, -1 where nothing was tested), then, with ``covariance=True``,
+COVARIANCE (float64 image, streamed) and COVAR-OFFSETS (table) (:mod:`.covariance`): 8 and 9
+without REJECTED, 9 and 10 with it. A cube of several detectors has DETECTOR = 0 in PRIMARY.
 
 Every image extension carries the same two 3-D WCSs (:mod:`.cubewcs`): the primary one with a
-``WAVE-LOG`` least-squares spectral axis (its largest error in ``WAVEMAXE``, um) and the exact
+least-squares ``WAVE-LOG`` (or ``WAVE``) spectral axis (its largest error in ``WAVEMAXE``, um) and the exact
 alternate WCS ``W`` (``WAVE-TAB``). Plane ``k`` (0-based) of the cube is FITS pixel ``k + 1`` on
 axis 3. TELESCOP, INSTRUME, the inputs' time span (MJD-BEG/MJD-END, DATE-OBS) and SPECSYS
 are in the PRIMARY header and in every image extension's header.
@@ -35,6 +36,7 @@ from astropy.wcs import WCS
 
 from . import covariance
 from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_hdu
+from .productwave import SOURCE_LOOKUP, SOURCE_MIXED
 from .progress import progress_bar
 from .settings import header_cards
 
@@ -46,6 +48,8 @@ ZODI_KEY = "ZSC"  # zodi scale applied to that input
 OUTLIER_KEY = "ORJ"  # outlier pixels rejected in that input (outlier rejection only)
 #: EXTNAME of the rejected-contribution counts (after the tables; outlier rejection only).
 REJECTED_EXTNAME = "REJECTED"
+#: Keyword series of the spectral-WCS product files used (5-digit 1-based index follows).
+WAVE_FILE_KEY = "WVF"
 #: ``BUNIT`` of the image extensions that have a unit (strings astropy's ``u.Unit`` parses).
 EXTENSION_UNITS = {"SCI": "MJy/sr", "VARIANCE": "MJy2 / sr2"}
 #: PRIMARY ``FILETYPE`` of a cube file (how readers recognise one).
@@ -62,7 +66,13 @@ def _versions() -> Dict[str, str]:
     return {"package": str(__version__), "core": str(core_version)}
 
 
-def _wavelength_table(zgrid, n_input_sc: np.ndarray) -> fits.BinTableHDU:
+#: Columns of the WAVELENGTH table in the spxquery 0.4.1 layout; ours follow them.
+WAVELENGTH_COLUMNS_041 = ("INDEX", "LAMBDA", "LAMBDA_MIN", "LAMBDA_MAX", "DLAMBDA", "NU", "DNU", "R_EFF", "N_INPUT_SC")
+
+
+def _wavelength_table(zgrid, n_input_sc: np.ndarray, plane_detector: np.ndarray) -> fits.BinTableHDU:
+    """The WAVELENGTH table: the 0.4.1 columns (:data:`WAVELENGTH_COLUMNS_041`), then DETECTOR
+    (the detector, 1-6, each plane comes from)."""
     n_z = zgrid.n_z
     cols = [
         fits.Column(name="INDEX", format="J", array=np.arange(n_z, dtype=np.int32)),
@@ -74,6 +84,7 @@ def _wavelength_table(zgrid, n_input_sc: np.ndarray) -> fits.BinTableHDU:
         fits.Column(name="DNU", format="D", unit="Hz", array=np.asarray(zgrid.delta_nu(), np.float64)),
         fits.Column(name="R_EFF", format="D", array=np.asarray(zgrid.resolving_power(), np.float64)),
         fits.Column(name="N_INPUT_SC", format="J", array=np.asarray(n_input_sc, dtype=np.int32)),
+        fits.Column(name="DETECTOR", format="I", array=np.asarray(plane_detector, dtype=np.int16)),
     ]
     return fits.BinTableHDU.from_columns(cols, name="WAVELENGTH")
 
@@ -116,6 +127,20 @@ def _isot(mjd: float) -> str:
     return str(Time(mjd, format="mjd", scale="utc", precision=6).isot)
 
 
+def _plane_detector(cube) -> np.ndarray:
+    """The detector of each plane (``cube.plane_detector``, else the cube's detector)."""
+    dets = getattr(cube, "plane_detector", None)
+    if dets is None:
+        return np.full(cube.zgrid.n_z, int(cube.detector), dtype=np.int64)
+    return np.asarray(dets, dtype=np.int64)
+
+
+def band_name(plane_detector: np.ndarray) -> str:
+    """``D3`` for planes of one detector, ``D1-D6`` for planes of D1 to D6."""
+    dets = sorted({int(d) for d in np.asarray(plane_detector).tolist()})
+    return f"D{dets[0]}" if len(dets) == 1 else f"D{dets[0]}-D{dets[-1]}"
+
+
 def _primary(cube) -> fits.PrimaryHDU:
     cfg = cube.config
     zgrid = cube.zgrid
@@ -124,8 +149,11 @@ def _primary(cube) -> fits.PrimaryHDU:
     for keyword, value, comment in observation_cards(cube)[:2]:
         h[keyword] = (value, comment)
     h["FILETYPE"] = (FILETYPE, "spxquery.drizzle3d output")
-    h["DETECTOR"] = (int(cube.detector), "SPHEREx detector (1-6)")
-    h["BAND_NM"] = (f"D{int(cube.detector)}", "band name")
+    if int(cube.detector):
+        h["DETECTOR"] = (int(cube.detector), "SPHEREx detector (1-6)")
+    else:
+        h["DETECTOR"] = (0, "several: see WAVELENGTH column DETECTOR")
+    h["BAND_NM"] = (band_name(_plane_detector(cube)), "band name")
     h["N_INPUTS"] = (int(cube.n_inputs), "input frames that contributed")
     h["N_REJECT"] = (int(cube.n_rejected), "input files rejected (unusable)")
     h["N_EMPTY"] = (int(getattr(cube, "n_empty", 0)), "frames on the region that landed no pixel")
@@ -150,6 +178,8 @@ def _primary(cube) -> fits.PrimaryHDU:
     h["COREVER"] = (v["core"], "Rust core version")
     h["DATE"] = (datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC file creation")
     log: List[dict] = list(getattr(cube, "frame_log", []) or [])
+    for keyword, value, comment in wavelength_source_cards(log):
+        h[keyword] = (value, comment)
     h["NFRAMLOG"] = (len(log), f"inputs listed in {INPUT_KEY}nnnnn/{ZODI_KEY}nnnnn")
     for i, entry in enumerate(log, start=1):
         h[f"{INPUT_KEY}{i:05d}"] = (str(entry.get("name", "")), "input file")
@@ -168,6 +198,22 @@ def _outlier_cards(h: fits.Header, log: List[dict]) -> None:
     h["N_OUTTST"] = (sum(int(e.get("n_tested", 0)) for e in log), "pixels tested for outliers (all inputs)")
     for i, entry in enumerate(log, start=1):
         h[f"{OUTLIER_KEY}{i:05d}"] = (int(entry.get("n_outliers", 0)), "outlier pixels rejected")
+
+
+def wavelength_source_cards(frame_log: List[dict]) -> List[Tuple[str, Any, str]]:
+    """``WAVESRC`` (where the contributing frames' per-pixel wavelengths came from: SPECTRAL_WCS,
+    the calibration product, for all; LOOKUP, the L2 WCS-WAVE table, for all; or MIXED) and
+    ``WVFnnnnn``, the product files used (each once, in the order of first use)."""
+    sources = [str(e.get("wave_source", SOURCE_LOOKUP)) for e in frame_log]
+    if not sources:
+        return []
+    kinds = set(sources)
+    value = kinds.pop() if len(kinds) == 1 else SOURCE_MIXED
+    cards: List[Tuple[str, Any, str]] = [("WAVESRC", value, "source of the per-pixel wavelengths")]
+    files = list(dict.fromkeys(str(e["wave_product"]) for e in frame_log if e.get("wave_product")))
+    for i, name in enumerate(files, start=1):
+        cards.append((f"{WAVE_FILE_KEY}{i:05d}", name, "spectral WCS" if len(name) <= 40 else ""))
+    return cards
 
 
 def _image_header(name: str, dtype, shape, extra: fits.Header | None = None) -> fits.Header:
@@ -213,6 +259,10 @@ def _plane(cube, name: str, k: int) -> np.ndarray:
     return np.asarray(cube.count_map[k], dtype=np.uint32)
 
 
+def _label(cube) -> str:
+    return f"D{int(cube.detector)}" if int(cube.detector) else "all"
+
+
 def _fits_bytes(a: np.ndarray) -> bytes:
     """Big-endian FITS data bytes; uint32 as int32 with BZERO = 2**31."""
     if a.dtype == np.uint32:
@@ -228,7 +278,7 @@ def _pad(f, nbytes: int) -> None:
 def _tables(cube) -> List[fits.BinTableHDU]:
     """The table HDUs after the image extensions, in file order: WAVELENGTH (the seventh HDU
     of the 0.4.1 layout), then WCS-TAB. Later additions are appended here, after the seven."""
-    return [_wavelength_table(cube.zgrid, _n_input_sc(cube)), wcs_tab_hdu(cube.zgrid)]
+    return [_wavelength_table(cube.zgrid, _n_input_sc(cube), _plane_detector(cube)), wcs_tab_hdu(cube.zgrid)]
 
 
 def build_hdulist(cube) -> fits.HDUList:
@@ -306,7 +356,7 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
     shape = _shape(cube)
     extra = _extension_cards(cube)
     f.write(_primary(cube).header.tostring().encode("ascii"))
-    with progress_bar(len(IMAGE_EXTENSIONS) * shape[0], f"write D{cube.detector}", "plane", progress) as bar:
+    with progress_bar(len(IMAGE_EXTENSIONS) * shape[0], f"write {_label(cube)}", "plane", progress) as bar:
         for name, dtype in IMAGE_EXTENSIONS:
             f.write(_image_header(name, dtype, shape, _extension_keywords(name, extra)).tostring().encode("ascii"))
             nbytes = 0
@@ -372,7 +422,7 @@ def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) ->
             pass
         raise
     size_mb = path.stat().st_size / 1024 / 1024
-    logger.info("Saved D%s cube to %s (%.1f MB)", cube.detector, path, size_mb)
+    logger.info("Saved %s cube to %s (%.1f MB)", _label(cube), path, size_mb)
     return path
 
 
@@ -409,4 +459,5 @@ def load_cube(path) -> Dict[str, Any]:
     return out
 
 
-__all__ = ["save_cube", "load_cube", "build_hdulist", "spectral_wcs_keywords", "observation_cards", "FILETYPE"]
+__all__ = ["save_cube", "load_cube", "build_hdulist", "spectral_wcs_keywords", "observation_cards", "FILETYPE",
+           "WAVELENGTH_COLUMNS_041", "band_name", "wavelength_source_cards"]

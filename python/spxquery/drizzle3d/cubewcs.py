@@ -7,7 +7,10 @@ with the same celestial axes (``RA---TAN``, ``DEC--TAN``, 0-based pixel ``(x, y)
   plane centres (:func:`wave_log_fit`) ``lambda_k = CRVAL3 * exp(CDELT3 * k / CRVAL3)`` (plane ``k`` is FITS pixel
   ``k + 1``). It is exact (to rounding) for constant-R grids, whose bin centres form a
   geometric series; for the native channel grid, which is not geometric, it is the best
-  standard approximation, and its largest error over the planes (um) is ``WAVEMAXE``. Every
+  standard approximation, and its largest error over the planes (um) is ``WAVEMAXE``. A
+  grid across detectors (constant R within each, R jumping from ~40 to ~120 at D4/D5) fits
+  no standard axis well: the linear ``WAVE`` is taken when its error is smaller
+  (:func:`spectral_axis_fit`; 0.45 um on the 102 native channels). Every
   reader that builds a WCS from the header alone (``WCS(header)``, spectral-cube, specutils)
   sees this axis.
 * the alternate WCS ``W`` (:data:`ALT_KEY`): axis 3 is ``WAVE-TAB`` in um (FITS WCS Paper III),
@@ -70,11 +73,50 @@ def wave_log_fit(centers_um: Any) -> Dict[str, float]:
     return {"CRVAL3": crval, "CDELT3": cdelt, "WAVEMAXE": float(np.max(np.abs(model - c))) * 1e6}
 
 
+def wave_linear_fit(centers_um: Any) -> Dict[str, float]:
+    """Least-squares linear ``WAVE`` axis ``lambda_k = CRVAL3 + CDELT3 * k`` (m) through the plane
+    centres (um); ``WAVEMAXE`` (um) as in :func:`wave_log_fit`."""
+    c = np.asarray(centers_um, dtype=np.float64) * 1e-6
+    if c.size < 2:
+        return wave_log_fit(centers_um)
+    k = np.arange(c.size, dtype=np.float64)
+    crval, cdelt = np.polynomial.polynomial.polyfit(k, c, 1)
+    model = crval + cdelt * k
+    return {"CRVAL3": float(crval), "CDELT3": float(cdelt), "WAVEMAXE": float(np.max(np.abs(model - c))) * 1e6}
+
+
+def _max_error_in_planes(centers_um: np.ndarray, ctype: str, fit: Dict[str, Any]) -> float:
+    """Largest error of an axis fit in units of the local plane spacing."""
+    c = np.asarray(centers_um, dtype=np.float64)
+    if c.size < 2:
+        return 0.0
+    k = np.arange(c.size, dtype=np.float64)
+    crval, cdelt = float(fit["CRVAL3"]), float(fit["CDELT3"])
+    model = crval * np.exp(cdelt * k / crval) if ctype == "WAVE-LOG" else crval + cdelt * k
+    return float(np.max(np.abs(model * 1e6 - c) / np.abs(np.gradient(c))))
+
+
+def spectral_axis_fit(centers_um: Any) -> Dict[str, Any]:
+    """The best standard axis through the plane centres (um): the least-squares ``WAVE-LOG``
+    (:func:`wave_log_fit`) or, when its largest error in plane spacings is smaller, the linear
+    ``WAVE`` (:func:`wave_linear_fit`). ``WAVE-LOG`` is exact for constant-R grids and best on
+    every single-detector grid; a grid across detectors (R ~40 for D1-D4, ~120 for D5-D6) is
+    neither, and its error is stated in ``WAVEMAXE`` (um). Returns ``CTYPE3`` with the fit."""
+    c = np.asarray(centers_um, dtype=np.float64)
+    best = {"CTYPE3": "WAVE-LOG", **wave_log_fit(c)}
+    if c.size > 2:
+        lin = {"CTYPE3": "WAVE", **wave_linear_fit(c)}
+        if _max_error_in_planes(c, "WAVE", lin) < _max_error_in_planes(c, "WAVE-LOG", best):
+            best = lin
+    return best
+
+
 def spectral_wcs_keywords(zgrid: Any) -> Dict[str, Any]:
-    """Axis-3 keywords of the primary WCS for ``zgrid``: ``CTYPE3 = 'WAVE-LOG'``, ``CUNIT3``,
-    ``CRPIX3``, ``CRVAL3``, ``CDELT3`` (m) and ``WAVEMAXE`` (um; see :func:`wave_log_fit`)."""
-    fit = wave_log_fit(zgrid.centers)
-    return {"CTYPE3": "WAVE-LOG", "CUNIT3": "m", "CRPIX3": 1.0, **fit}
+    """Axis-3 keywords of the primary WCS for ``zgrid``: ``CTYPE3`` (``WAVE-LOG``, or ``WAVE``
+    when better, :func:`spectral_axis_fit`), ``CUNIT3``, ``CRPIX3``, ``CRVAL3``, ``CDELT3`` (m)
+    and ``WAVEMAXE`` (um)."""
+    fit = spectral_axis_fit(zgrid.centers)
+    return {"CUNIT3": "m", "CRPIX3": 1.0, **fit}
 
 
 def cube_wcs_header(wcs_2d: WCS, zgrid: Any) -> fits.Header:
@@ -86,14 +128,15 @@ def cube_wcs_header(wcs_2d: WCS, zgrid: Any) -> fits.Header:
         if card.keyword not in ("WCSAXES", "COMMENT", "HISTORY", ""):
             hdr[card.keyword] = (card.value, card.comment)
     spec = spectral_wcs_keywords(zgrid)
-    hdr["CTYPE3"] = ("WAVE-LOG", "least-squares fit; exact: WCS W (WAVE-TAB)")
+    ctype = spec["CTYPE3"]
+    hdr["CTYPE3"] = (ctype, "least-squares fit; exact: WCS W (WAVE-TAB)")
     hdr["CUNIT3"] = "m"
     hdr["CRPIX3"] = (spec["CRPIX3"], "FITS pixel of plane 0")
     hdr["CRVAL3"] = (spec["CRVAL3"], "[m] wavelength of plane 0 (fit)")
-    hdr["CDELT3"] = (spec["CDELT3"], "[m] WAVE-LOG step (fit)")
-    hdr["WAVEMAXE"] = (spec["WAVEMAXE"], "[um] max error of axis 3 WAVE-LOG vs LAMBDA")
+    hdr["CDELT3"] = (spec["CDELT3"], f"[m] {ctype} step (fit)")
+    hdr["WAVEMAXE"] = (spec["WAVEMAXE"], f"[um] max error of axis 3 {ctype} vs LAMBDA")
     hdr["SPECSYS"] = (SPECSYS, "spectral frame: the observatory's")
-    hdr["WCSNAME"] = ("WAVE-LOG FIT", "spectral axis: best standard approximation")
+    hdr["WCSNAME"] = (f"{ctype} FIT", "spectral axis: best standard approximation")
     hdr.extend(_alternate_cards(src), end=True)
     return hdr
 
@@ -141,5 +184,6 @@ def exact_wcs(header: fits.Header, hdulist: fits.HDUList) -> WCS:
     return wcs
 
 
-__all__ = ["ALT_KEY", "TAB_EXTNAME", "TAB_COLUMN", "SPECSYS", "wave_log_fit", "spectral_wcs_keywords",
+__all__ = ["ALT_KEY", "TAB_EXTNAME", "TAB_COLUMN", "SPECSYS", "wave_log_fit", "wave_linear_fit", "spectral_axis_fit",
+           "spectral_wcs_keywords",
            "cube_wcs_header", "wcs_tab_hdu", "exact_wcs"]

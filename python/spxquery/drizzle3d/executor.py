@@ -34,19 +34,20 @@ TASK_RETRIES = 2
 
 
 def run_tiles(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], key: str,
-              scheduler: Optional[str] = None) -> List[Dict[str, Any]]:
-    """The records of ``tiles`` (in tile order), drizzled where ``scheduler`` says (module docs)."""
+              scheduler: Optional[str] = None, waves: Any = None) -> List[Dict[str, Any]]:
+    """The records of ``tiles`` (in tile order), drizzled where ``scheduler`` says (module docs);
+    ``waves``: the run's :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
     files = [p if isinstance(p, ObjectLocation) else str(p) for p in paths]  # locations pickle with their options
     if scheduler is None:
         records = []
         with progress_bar(len(tiles), f"D{detector} tiles", "tile", config.progress) as bar:
             for tile in tiles:
-                records.append(drizzle_tile(files, config, detector, tile, key))
+                records.append(drizzle_tile(files, config, detector, tile, key, waves))
                 bar.update(1)
         return records
     client, cluster = connect(scheduler)
     try:
-        return _run_on(client, files, config, detector, tiles, key)
+        return _run_on(client, files, config, detector, tiles, key, waves)
     finally:
         client.close()
         if cluster is not None:
@@ -81,19 +82,20 @@ def connect(scheduler: str) -> Any:
 
 
 def _run_on(client: Any, files: List[Any], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile],
-            key: str) -> List[Dict[str, Any]]:
+            key: str, waves: Any = None) -> List[Dict[str, Any]]:
     """Submit the tiles with a bounded number in flight; their records in tile order."""
     from distributed import as_completed
 
     limit = max(1, IN_FLIGHT_PER_WORKER * sum(client.nthreads().values()))
     files_f = client.scatter(files, broadcast=True)
     config_f = client.scatter(config, broadcast=True)
+    waves_f = client.scatter(waves, broadcast=True) if waves is not None else None
     todo = list(tiles)[::-1]
     records: Dict[int, Dict[str, Any]] = {}
 
     def submit(tile: Tile) -> Any:
-        return client.submit(drizzle_tile, files_f, config_f, detector, tile, key, retries=TASK_RETRIES, pure=False,
-                             key=f"spxdrizzle-D{detector}-tile{tile.index:05d}-{key[:12]}")
+        return client.submit(drizzle_tile, files_f, config_f, detector, tile, key, waves_f, retries=TASK_RETRIES,
+                             pure=False, key=f"spxdrizzle-D{detector}-tile{tile.index:05d}-{key[:12]}")
 
     queue = as_completed([submit(todo.pop()) for _ in range(min(limit, len(todo)))])
     with progress_bar(len(tiles), f"D{detector} tiles", "tile", config.progress) as bar:

@@ -349,7 +349,7 @@ def prepare_frame(
     with stage("open"):
         src = _open(path)
     with src:
-        frame = _read_header(src, path, grid.detectors)
+        frame = _read_header(src, path, grid.input_detectors)
         with stage("crop"):
             crop = footprint_crop(frame, grid, margin_pix)
         if crop is None:

@@ -20,7 +20,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from .config import Drizzle3DConfig
-from .spectral import ZGrid, build_z_grid
+from .spectral import ZGrid, build_z_grid, build_z_grid_all, detectors_reaching
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,8 @@ class OutputGrid:
     origin: Tuple[int, int] = (0, 0)
     """``(row, column)`` of this grid's first pixel in the pixels of ``wcs``: ``(0, 0)`` for a
     whole grid, the tile's place for a tile (:meth:`tile`). Corner maps are in ``wcs`` pixels."""
+    frame_detectors: Tuple[int, ...] = ()
+    """Detectors whose frames the cube takes (empty: those of the planes)."""
 
     @classmethod
     def for_detector(cls, config: Drizzle3DConfig, detector: int, wcs: Optional[WCS] = None) -> "OutputGrid":
@@ -123,6 +125,32 @@ class OutputGrid:
             raise ValueError(f"tile rows {y0}:{y1}, columns {x0}:{x1} are not inside the {self.ny} x {self.nx} grid")
         return replace(self, shape=(int(y1 - y0), int(x1 - x0)), origin=(int(y0), int(x0)))
 
+    @classmethod
+    def all_detectors(cls, config: Drizzle3DConfig, wcs: Optional[WCS] = None) -> "OutputGrid":
+        """The grid of one cube of every detector (``combine_detectors``): ``config``'s region and
+        the spectral grid across detectors (:func:`.spectral.build_z_grid_all`). It takes the
+        frames of every detector whose pixels can reach its wavelength range."""
+        zgrid, dets = build_z_grid_all(config.z_oversample, config.z_lambda_edges)
+        reach = detectors_reaching(float(zgrid.edges[0]), float(zgrid.edges[-1]))
+        return cls(
+            wcs=celestial(wcs) if wcs is not None else build_output_wcs(config),
+            shape=output_shape(config),
+            pixscale=config.effective_pixscale(),
+            zgrid=zgrid,
+            plane_detector=dets,
+            frame_detectors=tuple(sorted(set(reach) | set(int(d) for d in dets))),
+        )
+
+    @classmethod
+    def for_config(cls, config: Drizzle3DConfig, detector: int, wcs: Optional[WCS] = None) -> "OutputGrid":
+        """The grid of the cube ``detector`` (1-6) of a run, or of the combined cube
+        (``detector`` 0 with ``config.combine_detectors``)."""
+        if int(detector) == 0:
+            if not config.combine_detectors:
+                raise ValueError("detector 0 has a grid only with combine_detectors=True")
+            return cls.all_detectors(config, wcs)
+        return cls.for_detector(config, detector, wcs)
+
     @property
     def ny(self) -> int:
         return int(self.shape[0])
@@ -144,6 +172,12 @@ class OutputGrid:
     def detectors(self) -> Tuple[int, ...]:
         """The detectors of the planes, each once, in plane order."""
         return tuple(int(d) for d in dict.fromkeys(self.plane_detector.tolist()))
+
+    @property
+    def input_detectors(self) -> Tuple[int, ...]:
+        """Detectors whose frames land on this grid, ascending (:attr:`frame_detectors`, else the
+        detectors of the planes)."""
+        return tuple(self.frame_detectors) if self.frame_detectors else tuple(sorted(self.detectors))
 
     @property
     def detector(self) -> int:

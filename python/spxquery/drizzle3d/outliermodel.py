@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -36,6 +35,7 @@ from .accumulate import DrizzleCube, drizzle_frame
 from .config import Drizzle3DConfig
 from .frames import Strip
 from .grid import OutputGrid
+from .objectstore import as_location
 from .progress import progress_bar
 from .readahead import ReadAhead
 
@@ -233,17 +233,19 @@ def local_steps(values: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndar
     return out
 
 
-def build_model(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
-                threads_for: Callable[[int], int]) -> SkyModel:
-    """Pass 1 over ``paths`` (in sorted order: the model does not depend on the input order).
+def build_model(paths: List[Any], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
+                threads_for: Callable[[int], int], waves: Any = None) -> SkyModel:
+    """Pass 1 over ``paths`` (paths or object locations, in sorted order: the model does not
+    depend on the input order), each frame with the wavelengths ``waves`` (a
+    :class:`.wavesources.WaveSources`; None: the L2 lookup) gives it, as in pass 2.
 
     Unusable frames are left out quietly here (the real pass reports them); ``threads_for``
     gives the engine's thread count for a strip of so many pixels."""
     builder = ModelBuilder(cube)
-    ordered = sorted((Path(p) for p in paths), key=str)
-    current: Optional[Path] = None
+    ordered = sorted((as_location(p) for p in paths), key=str)
+    current: Optional[Any] = None
     with progress_bar(len(ordered), f"D{cube.detector} model", "frame", config.progress) as bar:
-        for path, kind, payload in ReadAhead(ordered, config, grid):
+        for path, kind, payload in ReadAhead(ordered, config, grid, waves=waves):
             if kind == "frame":
                 current = path
             elif kind == "strip":

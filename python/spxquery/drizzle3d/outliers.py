@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from astropy.io import fits
@@ -216,11 +216,11 @@ class Screen:
             yield item
 
 
-def outlier_screen(paths: List[Path], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
-                   threads_for: Callable[[int], int]) -> Screen:
-    """Pass 1 (the model, :func:`.outliermodel.build_model`; ``cube`` is left empty), then the
-    :class:`Screen` of pass 2."""
-    model = build_model(paths, config, grid, cube, threads_for)
+def outlier_screen(paths: List[Any], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
+                   threads_for: Callable[[int], int], waves: Any = None) -> Screen:
+    """Pass 1 (the model, :func:`.outliermodel.build_model`, with the frames' wavelengths from
+    ``waves`` as in pass 2; ``cube`` is left empty), then the :class:`Screen` of pass 2."""
+    model = build_model(paths, config, grid, cube, threads_for, waves=waves)
     return Screen(model, grid.zgrid.centers, config, keep_masks=bool(config.outlier_masks))
 
 
@@ -250,7 +250,7 @@ def finish_outliers(cube: DrizzleCube, screen: Screen) -> None:
 
 def mask_path(config: Drizzle3DConfig, frame_path: Path) -> Path:
     """``output_dir/outlier_masks/<frame file stem>_outliers.fits``."""
-    return Path(config.output_dir) / MASK_DIR / f"{Path(frame_path).stem}_outliers.fits"
+    return Path(config.output_dir) / MASK_DIR / f"{Path(frame_path.name).stem}_outliers.fits"
 
 
 def write_mask(path: Path, mask: np.ndarray, frame: Frame) -> None:

@@ -20,7 +20,7 @@ from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
 from .covariance import stencil
 from .filekind import not_a_regular_file
 from .outliermodel import MODEL_BYTES_PER_VOXEL
-from .spectral import build_z_grid
+from .spectral import build_z_grid, build_z_grid_all
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,8 @@ FILE_BYTES_PER_VOXEL = 5 * 4
 MEMORY_HEADROOM = 512 << 20
 
 _ADVICE = ("drizzle a smaller region (width/height), use larger pixels (a smaller xy_oversample), fewer "
-           "wavelength bins (z_oversample, z_lambda_edges) or one detector at a time (detector=1..6)")
+           "wavelength bins (z_oversample, z_lambda_edges) or one detector at a time (detector=1..6, "
+           "combine_detectors false)")
 
 _COVARIANCE_ADVICE = ", or run without covariance (its cross terms are most of the accumulators)"
 
@@ -46,9 +47,24 @@ class RunBudgetError(ValueError):
     """The run needs more memory or disk than there is; the message says how much and what to change."""
 
 
+def output_path(config: Drizzle3DConfig, detector: int) -> Path:
+    """``output_dir/drizzle_D{N}.fits`` of detector N (1-6); ``output_dir/drizzle_all.fits`` for
+    detector 0, the cube of all detectors (``combine_detectors``)."""
+    name = f"drizzle_D{int(detector)}.fits" if int(detector) else "drizzle_all.fits"
+    return Path(config.output_dir) / name
+
+
 def output_paths(config: Drizzle3DConfig, detectors: Sequence[int]) -> List[Path]:
-    """``output_dir/drizzle_D{N}.fits`` of each detector."""
-    return [Path(config.output_dir) / f"drizzle_D{int(d)}.fits" for d in detectors]
+    """:func:`output_path` of each detector (0: the combined cube)."""
+    return [output_path(config, d) for d in detectors]
+
+
+def run_cubes(config: Drizzle3DConfig) -> Tuple[int, ...]:
+    """The cubes a run makes, by detector: (0,) for the one cube of ``combine_detectors``, else
+    the detector (1-6) or all six."""
+    if config.combine_detectors:
+        return (0,)
+    return (1, 2, 3, 4, 5, 6) if int(config.detector) == 0 else (int(config.detector),)
 
 
 def _gib(n: float) -> str:
@@ -92,10 +108,15 @@ def free_disk(path: Path) -> Optional[int]:
 
 
 def cube_shapes(config: Drizzle3DConfig, detectors: Sequence[int]) -> List[Tuple[int, int, int, int]]:
-    """``(detector, n_z, ny, nx)`` of each cube the run would make."""
+    """``(detector, n_z, ny, nx)`` of each cube the run would make (detector 0: the cube of all)."""
     ny, nx = config.output_ny(), config.output_nx()
-    return [(int(d), build_z_grid(int(d), config.z_oversample, config.z_lambda_edges).n_z, ny, nx)
-            for d in detectors]
+
+    def n_z(d: int) -> int:
+        if d == 0:
+            return build_z_grid_all(config.z_oversample, config.z_lambda_edges)[0].n_z
+        return build_z_grid(d, config.z_oversample, config.z_lambda_edges).n_z
+
+    return [(int(d), n_z(int(d)), ny, nx) for d in detectors]
 
 
 def check_outputs(config: Drizzle3DConfig, detectors: Sequence[int]) -> None:
@@ -172,6 +193,12 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
     det, nz, ny, nx = max(shapes, key=lambda s: s[1] * s[2] * s[3] * per_voxel[s[0]][0])
     need = nz * ny * nx * per_voxel[det][0]
     memory = available_memory() if memory is None else memory
+    if memory is not None and det == 0 and need + MEMORY_HEADROOM > memory:  # the combined cube: no tiles
+        raise RunBudgetError(
+            f"the combined cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x "
+            f"{per_voxel[det][0]} bytes), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
+            f"available for them (a cube of all detectors is drizzled in one piece); {_ADVICE}"
+        )
     explicit = config.tile_arcmin is not None
     if memory is not None and not one_piece(config) and (explicit or need + MEMORY_HEADROOM > memory):
         side = MIN_AUTO_TILE_PIXELS if config.tile_arcmin is None else \
@@ -224,4 +251,4 @@ def preflight(config: Drizzle3DConfig, detectors: Sequence[int]) -> None:
 
 
 __all__ = ["OutputExistsError", "RunBudgetError", "available_memory", "check_budget", "check_outputs",
-           "check_inputs", "cube_shapes", "free_disk", "output_paths", "preflight"]
+           "check_inputs", "cube_shapes", "free_disk", "output_path", "output_paths", "preflight", "run_cubes"]

@@ -303,6 +303,8 @@ def _image_png(
 def _name(cube: Mapping[str, Any]) -> str:
     h = cube.get("header", {}) or {}
     det = h.get("DETECTOR")
+    if det is not None and int(det) == 0:
+        return str(h.get("BAND_NM", "all"))
     return f"D{det}" if det is not None else "cube"
 
 

@@ -1,7 +1,8 @@
 """The frame loop's reader: files become strips on a reader thread while the kernel runs.
 
 :class:`ReadAhead` walks the files in the order given, on one thread: each file is prepared
-(:func:`.frames.prepare_frame`: headers, checks, crop, flags, zodi scale) and cut into strips
+(:func:`.frames.prepare_frame`: headers, checks, crop, flags, zodi scale; then the wavelengths
+:meth:`.wavesources.WaveSources.attach` chose for it) and cut into strips
 ready for the engine (pixels read, zodi subtracted, wavelengths, corner map), and everything
 is handed to the caller in that same order as :class:`Item` s. So the caller's thread only runs
 the kernel (which releases the GIL), the reading of the next files overlaps it on the other
@@ -33,6 +34,7 @@ import numpy as np
 from .frames import FrameError, prepare_frame
 from .grid import OutputGrid
 from .objectstore import as_location
+from .wavesources import WaveSources
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +70,14 @@ class ReadAhead:
     """Iterate over :class:`Item` s of ``paths`` prepared for ``grid`` (see the module docs)."""
 
     def __init__(self, paths: List[Any], config: Any, grid: OutputGrid, budget_bytes: int = READ_AHEAD_BYTES,
-                 workers: int = 1):
+                 workers: int = 1, waves: Optional[WaveSources] = None):
+        """``workers``: files prepared at once (module docs); ``waves``: where each frame's
+        wavelengths come from (None: the L2 lookup)."""
         self.paths = [as_location(p) for p in paths]
         self.workers = max(1, int(workers))
         self.config = config
         self.grid = grid
+        self.waves = waves
         self.budget = int(budget_bytes)
         self._items: "queue.Queue[Optional[Item]]" = queue.Queue()
         self._cv = threading.Condition()
@@ -98,6 +103,8 @@ class ReadAhead:
         """The ``frame``, ``skip`` or ``reject`` item of one file."""
         try:
             frame = prepare_frame(path, self.config, self.grid)
+            if frame is not None and self.waves is not None:
+                frame = self.waves.attach(frame)
         except FrameError as exc:
             return Item(path, "reject", exc.reason)
         except Exception as exc:  # a broken file must never stop the run

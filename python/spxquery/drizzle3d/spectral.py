@@ -18,7 +18,7 @@ import logging
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -322,6 +322,113 @@ def build_z_grid(
     return grid
 
 
+# ── Grids across detectors (one cube of the whole 0.75-5 um spectrum) ────────
+#
+# Neighbouring detectors overlap by 8-19 nm (D1 ends at 1.116 um, D2 starts at 1.099 um, ...).
+# Their bins are joined the way neighbouring channels of one detector are: the boundary is the
+# first edge of the redder detector, so the bluer detector's bins stop there. The bins tile
+# the whole range (no gap, no wavelength in two bins), and no input pixel is counted twice:
+# its top-hat is shared between the bins it overlaps, whichever detector they belong to.
+
+
+def detector_boundaries() -> np.ndarray:
+    """``(5,)`` wavelengths [um] where D2...D6 begin in a cube of several detectors: the WL_MIN
+    of each detector's bluest channel. A plane whose centre lies in
+    ``[boundaries[d-2], boundaries[d-1])`` belongs to detector ``d`` (D1 below the first,
+    D6 from the last on)."""
+    return np.array([float(detector_spectral_table(d)["WL_MIN"].iloc[0]) for d in DETECTORS[1:]])
+
+
+def plane_detectors(centers: ArrayLike) -> np.ndarray:
+    """Detector (1-6, int64) of planes centred at ``centers`` [um] (see :func:`detector_boundaries`)."""
+    c = np.asarray(centers, dtype=np.float64)
+    return np.searchsorted(detector_boundaries(), c, side="right").astype(np.int64) + 1
+
+
+def detectors_reaching(lam_min: float, lam_max: float) -> Tuple[int, ...]:
+    """Detectors whose pixels can put light into ``[lam_min, lam_max]`` um: those whose channel
+    span, widened by one channel bandwidth on each side (a pixel's top-hat reaches half a
+    bandwidth beyond its centre), overlaps it."""
+    out = []
+    for d in DETECTORS:
+        t = detector_spectral_table(d)
+        lo = float(t["WL_MIN"].iloc[0]) - float(t["BANDWIDTH"].iloc[0])
+        hi = float(t["WL_MAX"].iloc[-1]) + float(t["BANDWIDTH"].iloc[-1])
+        if lo < lam_max and hi > lam_min:
+            out.append(d)
+    return tuple(out)
+
+
+def join_detector_edges(parts: Sequence[Tuple[int, np.ndarray]], merge_remnant: bool = False
+                        ) -> Tuple[np.ndarray, np.ndarray]:
+    """``(edges, plane_detector)`` of the per-detector bin edges ``parts`` = ``[(detector,
+    edges), ...]`` (in wavelength order) joined into one grid.
+
+    Each detector's bins stop at the first edge ``b`` of the next detector: edges at or above
+    ``b`` are dropped and the last bin kept ends at ``b`` (a gap, never met in the bundled
+    table, is closed by widening the bluer detector's last bin to ``b``). With ``merge_remnant``
+    a last bin narrower than half the bin it was cut from is merged into the bin before it,
+    so no sliver plane is left. Planes keep the detector they come from.
+    """
+    edges: list = []
+    dets: list = []
+    for i, (det, e) in enumerate(parts):
+        e = np.asarray(e, dtype=np.float64)
+        if i + 1 < len(parts):
+            b = float(parts[i + 1][1][0])
+            keep = e[e < b]
+            if keep.size == 0:
+                raise ValueError(f"D{det}'s bins start at or after the next detector's first edge {b} um")
+            m = keep.size - 1
+            own_next = e[m + 1] if m + 1 < e.size else b
+            if merge_remnant and m >= 1 and (b - keep[m]) < 0.5 * (own_next - keep[m]):
+                keep = keep[:-1]
+        else:
+            keep = e
+        n_bins = keep.size if i + 1 < len(parts) else keep.size - 1
+        edges.extend(keep.tolist())
+        dets.extend([int(det)] * n_bins)
+    return validate_lambda_edges(edges, name="joined spectral edges"), np.asarray(dets, dtype=np.int64)
+
+
+def build_z_grid_native_all() -> Tuple[ZGrid, np.ndarray]:
+    """The 102 native channels of all six detectors as one grid, and the detector of each plane.
+
+    Edges are derived as for one detector (:func:`_native_edges`) from all channels sorted by
+    wavelength: each bin starts at its channel's WL_MIN and ends at the next channel's WL_MIN,
+    across detector boundaries too, so the last channel of D1...D5 ends where the next
+    detector's first channel begins (e.g. D1's reddest plane is 1.086-1.099 um rather than
+    1.086-1.116 um in a D1 cube); every other plane has the edges of its detector's own cube.
+    """
+    t = _read_spectral_table().sort_values("WAVELENGTH", kind="stable")
+    edges = _native_edges(t["WL_MIN"].to_numpy(np.float64), t["WL_MAX"].to_numpy(np.float64),
+                          t["WAVELENGTH"].to_numpy(np.float64))
+    return ZGrid.from_edges(edges), t["DETECTOR"].to_numpy(np.int64)
+
+
+def build_z_grid_oversampled_all(z_oversample: float) -> Tuple[ZGrid, np.ndarray]:
+    """Constant resolving power within each detector's range (``R_eff = mean(R_det) *
+    z_oversample``, the single-detector grid of :func:`build_z_grid_oversampled`), joined across
+    the detectors by :func:`join_detector_edges` with remnants merged; and the plane detectors.
+    D5 and D6 keep their higher resolution."""
+    parts = [(d, build_z_grid_oversampled(d, z_oversample).edges) for d in DETECTORS]
+    edges, dets = join_detector_edges(parts, merge_remnant=True)
+    return ZGrid.from_edges(edges), dets
+
+
+def build_z_grid_all(z_oversample: float = 1.0, z_lambda_edges: Optional[ArrayLike] = None
+                     ) -> Tuple[ZGrid, np.ndarray]:
+    """The grid of a cube of all detectors and the detector of each plane: custom edges if given
+    (planes assigned by :func:`plane_detectors`), else native when ``z_oversample == 1``, else
+    oversampled."""
+    if z_lambda_edges is not None:
+        grid = build_z_grid_custom(z_lambda_edges)
+        return grid, plane_detectors(grid.centers)
+    if float(z_oversample) != 1.0:
+        return build_z_grid_oversampled_all(z_oversample)
+    return build_z_grid_native_all()
+
+
 __all__ = [
     "ZGrid",
     "SPECTRAL_COLUMNS",
@@ -335,4 +442,11 @@ __all__ = [
     "build_z_grid_oversampled",
     "build_z_grid_custom",
     "build_z_grid",
+    "build_z_grid_all",
+    "build_z_grid_native_all",
+    "build_z_grid_oversampled_all",
+    "detector_boundaries",
+    "detectors_reaching",
+    "join_detector_edges",
+    "plane_detectors",
 ]

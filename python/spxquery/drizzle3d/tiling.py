@@ -120,10 +120,12 @@ def effective_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int],
     return auto
 
 
-def run_key(config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], paths: Sequence[Any]) -> str:
+def run_key(config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], paths: Sequence[Any],
+            waves: Any = None) -> str:
     """SHA-256 of what a tile's voxels depend on: the configuration (without :data:`NOT_IN_KEY`),
-    the detector, the tile plan and the frames (paths, sizes and modification times, in order;
-    for an object read in place its URL and the length the archive lists)."""
+    the detector, the tile plan, the frames (paths, sizes and modification times, in order; for an
+    object read in place its URL and the length the archive lists) and the wavelength products
+    ``waves`` (a :class:`.wavesources.WaveSources`) chose for them."""
     settings = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
     frames = []
     for p in paths:
@@ -136,8 +138,16 @@ def run_key(config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], paths
         except OSError:
             frames.append([str(p), None, None])
     text = json.dumps({"config": settings, "detector": int(detector), "tiles": [t.bounds() for t in tiles],
-                       "frames": frames}, sort_keys=True, default=str)
+                       "frames": frames, "waves": _wave_products(waves, detector)}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _wave_products(waves: Any, detector: int) -> Dict[str, Optional[str]]:
+    """The product file (None: the L2 lookup) chosen for each release of ``detector``'s frames."""
+    if waves is None:
+        return {}
+    return {str(rel): None if c.product is None else str(c.product)
+            for (det, rel), c in waves.choices.items() if int(det) == int(detector)}
 
 
 def tiles_dir(config: Drizzle3DConfig, detector: int) -> Path:
@@ -188,12 +198,14 @@ def finished_record(piece: Path, key: str) -> Optional[Dict[str, Any]]:
     return record
 
 
-def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tile: Tile, key: str) -> Dict[str, Any]:
+def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tile: Tile, key: str,
+                 waves: Any = None) -> Dict[str, Any]:
     """One task: drizzle ``paths`` (paths, or object locations read in place; in this order) onto
     ``tile`` of the detector's grid, write the piece and its record atomically, return the record:
     ``tile`` (bounds), ``piece`` (path), ``key``, ``frames`` (``[path index, planes as 0/1 list,
     log entry]`` of the contributing frames), ``reject`` (``[index, reason]``), ``empty``
-    (indices). Reuses a finished piece of the same ``key``."""
+    (indices). Reuses a finished piece of the same ``key``. ``waves``: the run's
+    :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
     from .accumulate import DrizzleCube
     from .cubefile import save_cube
     from .pipeline import drizzle_frames
@@ -208,7 +220,7 @@ def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, t
     tile_wcs.wcs.crpix = [tile_wcs.wcs.crpix[0] - tile.x0, tile_wcs.wcs.crpix[1] - tile.y0]  # header only
     cube = DrizzleCube.create(tile_wcs, grid.pixscale, grid.zgrid, config, detector, shape=grid.shape,
                               origin=grid.origin)
-    outcomes = drizzle_frames(files, config, grid, cube, report=False)
+    outcomes = drizzle_frames(files, config, grid, cube, report=False, waves=waves)
     index = {p: i for i, p in enumerate(files)}
     cube.n_rejected = len(outcomes["reject"])
     cube.n_empty = len(outcomes["empty"])

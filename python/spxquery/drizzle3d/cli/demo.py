@@ -52,7 +52,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 cutout_deg * 60, archive)
     info = simulate_with_progress(args, archive, args.n_pointings, center_ra=DEMO_RA, center_dec=DEMO_DEC,
                                    detectors=(det,), n_pointings=args.n_pointings, release="qr2",
-                                   cutout_size_deg=cutout_deg, seed=args.seed, psf_size=21, psf_zones=1)
+                                   cutout_size_deg=cutout_deg, seed=args.seed, psf_size=21, psf_zones=1,
+                                   true_wavelengths=True)
     t_sim = time.perf_counter()
     with loopback_no_proxy(), _archive_server_cls()(archive) as server:
         logger.info("demo 2/3: drizzling through the local archive %s (mirror mode, no downloads)", server.tap_url)
@@ -89,7 +90,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo finished in {t_end - t_start:.1f} s (simulate {t_sim - t_start:.1f} s, query + drizzle "
           f"{t_drz - t_sim:.1f} s over {n_queries} TAP query, pictures {t_end - t_drz:.1f} s)")
     print("wrote:")
-    print(f"  {cube_path}   (cube: SCI, VARIANCE, AND_MASK, OR_MASK, COUNT, WAVELENGTH)")
+    print(f"  {cube_path}   (cube: SCI, VARIANCE, AND_MASK, OR_MASK, COUNT, WAVELENGTH; wavelengths from "
+          f"{_wavelength_source(cube_path)})")
     print(f"  {truth}   (the simulated true sky)")
     for p in list(pngs.values()) + ([ext_png] if ext_png is not None else []):
         print(f"  {p}")
@@ -101,6 +103,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"next: {PROG} inspect {cube_path} --wavelength 2.0   |   {PROG} init my_target.yaml "
           f"(then edit ra/dec/size and '{PROG} run my_target.yaml' against IRSA)")
     return 0
+
+
+def _wavelength_source(cube_path: Path) -> str:
+    """The cube's ``WAVESRC`` in words: the calibration product's file, or the L2 lookup."""
+    from astropy.io import fits
+
+    header = fits.getheader(cube_path)
+    if header.get("WAVESRC") == "SPECTRAL_WCS":
+        return f"the spectral-WCS calibration product {header.get('WVF00001', '')}".rstrip()
+    return f"the L2 WCS-WAVE lookup (WAVESRC = {header.get('WAVESRC', 'LOOKUP')})"
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Type
 
-from ..config import GROUPS, Drizzle3DConfig
+from ..config import DETECTOR_ALL, GROUPS, Drizzle3DConfig
 from ..settings import TAKES_ARGUMENT, Choice, Described, described, format_value, groups_in_order
 from ..yaml_limits import load_yaml_file
 from .common import CLIError, usage_error
@@ -122,6 +122,10 @@ def changes_from_args(args: argparse.Namespace, parser: Optional[argparse.Argume
         cli = d.setting.cli
         v = None if cli is None else getattr(args, d.name, None)
         if cli is None or v is None:
+            continue
+        if d.name == "detector" and v == DETECTOR_ALL:  # --detector all: one cube of the six
+            changes["detector"] = 0
+            changes.setdefault("combine_detectors", True)
             continue
         if cli.words is not None:
             v = cli.words[v]

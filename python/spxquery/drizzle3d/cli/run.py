@@ -25,7 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = apply_run_defaults(cfg, args)
     logger.info("exclude_flags: %s", " ".join(map(str, cfg.exclude_flags)) or "none (every pixel is used)")
     logger.info("run: centre (%.6f, %.6f) deg, %g' x %g', detector %s, output %s", cfg.center_ra, cfg.center_dec,
-                cfg.width, cfg.height, "all" if cfg.detector == 0 else cfg.detector, cfg.output_dir)
+                cfg.width, cfg.height, ("all, one cube" if cfg.combine_detectors else "all") if cfg.detector == 0
+                else cfg.detector, cfg.output_dir)
     t0 = time.perf_counter()
     try:
         results = drizzle(cfg)
@@ -35,7 +36,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CLIError("no cube was written: no frame of the archive contributed to the region "
                        f"(centre {cfg.center_ra}, {cfg.center_dec}; see the warnings above)")
     for det, path in sorted(results.items()):
-        print(f"D{det}: {path}")
+        print(f"{f'D{det}' if det else 'all'}: {path}")
         if args.quicklook:
             for p in quicklooks(path).values():
                 print(f"     {p}")
@@ -58,10 +59,11 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         sub, common, "run",
         usage="%(prog)s [CONFIG.yaml] [--ra DEG --dec DEG --size ARCMIN] [options]",
         help="drizzle a region (YAML config and/or flags)",
-        description="Query the archive, fetch the frames and drizzle one cube per detector.\n"
+        description="Query the archive, fetch the frames and drizzle one cube per detector (or one of all six).\n"
                     "Flags override the values of CONFIG.yaml; without CONFIG.yaml, --ra, --dec and\n"
                     "--size (or --width and --height) are required.",
         epilog=f"examples:\n  {PROG} run my_target.yaml\n  {PROG} run my_target.yaml --detector 2 --overwrite\n"
+               f"  {PROG} run my_target.yaml --detector all   (one cube, 0.75-5 um)\n"
                f"  {PROG} run --ra 150.1 --dec 2.2 --size 10 --detector 3 --exclude-flags recommended\n"
                f"  {PROG} run --ra 150 --dec 2 --size 8 --detector 3 --mirror my_field "
                f"--tap-url http://127.0.0.1:8765/TAP",

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..testing.archive_index import INDEX_FILE, load_index, write_index
 from ..testing.archive_index import index_row as make_index_row
+from .calproduct import calibration_row, product_maps, write_spectral_wcs_product
 from .injections import Injections
 from .instrument import (
     NPIX,
@@ -116,13 +117,15 @@ def index_row(meta: FrameMeta, path: Path) -> dict[str, Any]:
 
 def simulate_frame(path: str | Path, meta: FrameMeta, sky: SkyModel,
                    cutout: tuple[float, float, float] | None = None,
-                   psf_size: int = 101, psf_zones: int = 11, injections: Injections | None = None) -> FrameMeta:
+                   psf_size: int = 101, psf_zones: int = 11, injections: Injections | None = None,
+                   wave_maps: tuple[np.ndarray, np.ndarray] | None = None) -> FrameMeta:
     """Render the full frame ``meta`` of ``sky`` and write it (or, with ``cutout`` =
     (ra, dec, size_deg), its IRSA-style cutout) to ``path``. Returns the meta of the written file
     (shifted CRPIX and ``x0, y0`` for cutouts). ``psf_size``/``psf_zones`` shrink the PSF
     extension (default: the real 121 x 101 x 101). ``injections``: outliers of this exposure
-    (:mod:`.injections`, none by default)."""
-    arrays = render_frame(meta, sky, injections=injections)
+    (:mod:`.injections`, none by default). ``wave_maps``: the true per-pixel wavelengths (see
+    :func:`.l2file.render_frame`)."""
+    arrays = render_frame(meta, sky, injections=injections, wave_maps=wave_maps)
     hdul = build_l2_hdulist(meta, arrays, psf_size=psf_size, psf_zones=psf_zones)
     out_meta = meta
     if cutout is not None:
@@ -156,12 +159,16 @@ class FieldInfo:
 
 
 def _pointings(n_pointings: int, seed: int, pa_deg: float, y_range: tuple[float, float],
-               x_jitter: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               x_jitter: float, centre_rows: Sequence[float] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per pointing: (x, y) detector pixel (0-based) of the field centre, position angle (deg)
-    and zodi level (relative), drawn from ``seed`` (see :func:`simulate_field`)."""
+    and zodi level (relative), drawn from ``seed`` (see :func:`simulate_field`); ``centre_rows``
+    replaces the rows spread over ``y_range`` (same draws otherwise)."""
     rng = np.random.default_rng([int(seed), 7])
     ys = np.linspace(y_range[0], y_range[1], n_pointings) if n_pointings > 1 else np.array([0.5 * sum(y_range)])
     ys = ys[rng.permutation(n_pointings)]
+    if centre_rows is not None:
+        ys = np.asarray(centre_rows, dtype=np.float64)
     xs = (NPIX - 1) / 2.0 + rng.uniform(-x_jitter, x_jitter, n_pointings)
     pas = pa_deg + 180.0 * (np.arange(n_pointings) % 2) + rng.uniform(-2.0, 2.0, n_pointings)
     zl = 1.0 + 0.1 * np.sin(np.arange(n_pointings) * 1.3)
@@ -215,6 +222,8 @@ def simulate_field(
     psf_size: int = 101,
     psf_zones: int = 11,
     injections: Injections | None = None,
+    true_wavelengths: bool = False,
+    centre_rows: Sequence[float] | None = None,
 ) -> FieldInfo:
     """Simulate ``n_pointings`` exposures x ``detectors`` of a sky around (center_ra, center_dec).
 
@@ -228,7 +237,21 @@ def simulate_field(
     cosmic rays, asteroids and satellite trails to every exposure (:mod:`.injections`; none by
     default). Writes the mirror tree,
     ``archive_index.json`` and ``truth.json`` under ``root``.
+
+    ``centre_rows``: the detector row of the field centre in each pointing, in order (sets
+    ``n_pointings``), instead of rows spread evenly over ``y_range``; e.g. to sample some
+    wavelengths densely.
+
+    ``true_wavelengths`` (opt-in; the default keeps the frames of earlier versions bit for bit):
+    pixels are rendered at the true per-pixel wavelengths of the LVF model, which the spectral-
+    WCS calibration product of each detector holds (:mod:`.calproduct`, written into the tree
+    and the index's ``calibration`` list); the frames' ``WCS-WAVE`` lookup stays the coarse
+    table, so lookup and truth differ as on the sky. Without it the lookup is the truth.
     """
+    if centre_rows is not None:
+        n_pointings = len(centre_rows)
+        if not all(0.0 <= float(y) <= NPIX - 1 for y in centre_rows):
+            raise ValueError(f"centre_rows must lie in [0, {NPIX - 1}], got {list(centre_rows)}")
     detectors = _checked_detectors(release, n_pointings, detectors)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -236,11 +259,17 @@ def simulate_field(
     version, old_version = RELEASE_VERSIONS[release]
     if sky is None:
         sky = default_sky(center_ra, center_dec, detectors)
-    xs, ys, pas, zl = _pointings(n_pointings, seed, pa_deg, y_range, x_jitter)
+    xs, ys, pas, zl = _pointings(n_pointings, seed, pa_deg, y_range, x_jitter, centre_rows)
     cut = None if cutout_size_deg is None else (center_ra, center_dec, float(cutout_size_deg))
     info = FieldInfo(root=root, index_path=root / INDEX_FILE, truth_path=root / TRUTH_FILE, sky=sky,
                      center_ra=float(center_ra), center_dec=float(center_dec), release=release, detectors=detectors)
     rows = []
+    products: dict[int, Path] = {}
+    cal_rows: list[dict[str, Any]] = []
+    if true_wavelengths:
+        for det in detectors:
+            products[det] = write_spectral_wcs_product(root, release, det)
+            cal_rows.append(calibration_row(products[det], root, release, det))
     for k in range(n_pointings):
         obsid = f"{plan}_{k // 4 + 1:04d}_{k % 4 + 1}"
         mjd0 = mjd_start + 0.02 * k
@@ -257,18 +286,25 @@ def simulate_field(
                 solve_pointing(meta, float(xs[k]), float(ys[k]), center_ra, center_dec)
                 meta.relpath = l2_relpath(release, plan, ver, det, obsid)
                 meta.extra = {"superseded": superseded, "centre_pixel": [float(xs[k]), float(ys[k])]}
+                maps = None
+                if det in products:
+                    meta.extra["true_wavelengths"] = products[det].name
+                    maps = product_maps(products[det])
                 path = root / meta.relpath
                 out = simulate_frame(path, meta, sky, cutout=cut, psf_size=psf_size, psf_zones=psf_zones,
-                                     injections=injections)
+                                     injections=injections, wave_maps=maps)
+                del maps
                 info.frames.append(out)
                 info.paths.append(path)
                 rows.append(index_row(out, path))
                 logger.info("wrote %s", path)
-    write_index(root, rows)
+    write_index(root, rows, calibration=cal_rows)
     field_params = {"center_ra": float(center_ra), "center_dec": float(center_dec), "release": release,
                     "detectors": list(detectors), "n_pointings": n_pointings, "seed": int(seed),
                     "cutout_size_deg": cutout_size_deg, "zodi_scale_true": zodi_scale_true,
                     "noise_scale": noise_scale}
+    if true_wavelengths:
+        field_params["spectral_wcs"] = {str(d): p.relative_to(root).as_posix() for d, p in products.items()}
     _write_truth(info.truth_path, sky, field_params, info.frames)
     return info
 

@@ -104,14 +104,19 @@ def lvf_model(detector: int, x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np
     coefs, _ = _channel_centre_rows()
     x = np.atleast_1d(np.asarray(x, dtype=np.float64))
     y = np.atleast_1d(np.asarray(y, dtype=np.float64))
-    x, y = np.broadcast_arrays(x, y)
+    shape = np.broadcast_shapes(x.shape, y.shape)
     u = x / 1019.5 - 1.0
-    rows = np.stack([np.polyval(c, u) for c in coefs], axis=-1)  # (..., 17), decreasing with k
+    # centre rows of channels 1-17 (decreasing with k), evaluated on x before broadcasting
+    rows = [np.broadcast_to(np.polyval(c, u), shape) for c in coefs]
+    y = np.broadcast_to(y, shape)
     # fractional channel index k(y): linear in row between centres, extrapolated at the ends
     kk = np.arange(1, 18, dtype=np.float64)
-    idx = np.clip(np.sum(rows > y[..., None], axis=-1) - 1, 0, 15)  # rows[idx] > y >= rows[idx+1]
-    r0 = np.take_along_axis(rows, idx[..., None], -1)[..., 0]
-    r1 = np.take_along_axis(rows, (idx + 1)[..., None], -1)[..., 0]
+    above = np.zeros(shape, dtype=np.intp)
+    for r in rows:
+        above += r > y
+    idx = np.clip(above - 1, 0, 15)  # rows[idx] > y >= rows[idx+1]
+    r0 = np.choose(idx, rows)
+    r1 = np.choose(idx + 1, rows)
     k = kk[idx] + (r0 - y) / (r0 - r1)
     lnw = np.log(t["WAVELENGTH"].to_numpy())
     ki = np.clip(np.floor(k).astype(int), 1, 16)

@@ -134,9 +134,13 @@ def _render_sources(meta: FrameMeta, sky: SkyModel, lam: np.ndarray, bw: np.ndar
 
 
 def render_frame(meta: FrameMeta, sky: SkyModel, source_threshold: float = 0.05,
-                 n_hot_fraction: float = 1e-3, injections: Injections | None = None) -> dict[str, np.ndarray]:
+                 n_hot_fraction: float = 1e-3, injections: Injections | None = None,
+                 wave_maps: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """All pixel arrays of a full frame (``meta`` must describe the full 2040x2040 frame).
 
+    ``wave_maps`` = (central wavelength, bandwidth) [um] of every pixel (the spectral-WCS
+    calibration product's, :mod:`.calproduct`) renders the pixels at those wavelengths; None
+    renders them at the file's own ``WCS-WAVE`` lookup (the lookup is then the truth).
     Returns ``image, variance, flags, zodi, lam, bw, sky`` (noiseless sources, float64).
     IMAGE = sky + zodi_scale_true * ZODI + N(0, VARIANCE) * noise_scale, then defects:
     HOT (bit 10, ~``n_hot_fraction`` of pixels, values 1e4-2e4), TRANSIENT (bit 0, +30-100),
@@ -149,9 +153,14 @@ def render_frame(meta: FrameMeta, sky: SkyModel, source_threshold: float = 0.05,
     if (ny, nx) != (NPIX, NPIX) or meta.x0 or meta.y0:
         raise ValueError(f"render_frame needs a full {NPIX}x{NPIX} frame meta, "
                          f"got shape {meta.shape} at ({meta.x0}, {meta.y0})")
-    tx, ty, vals = file_wave_table(meta)
-    lam, bw = wave_lookup_bilinear(tx, ty, vals, np.arange(nx, dtype=np.float64)[None, :],
-                                   np.arange(ny, dtype=np.float64)[:, None])
+    if wave_maps is None:
+        tx, ty, vals = file_wave_table(meta)
+        lam, bw = wave_lookup_bilinear(tx, ty, vals, np.arange(nx, dtype=np.float64)[None, :],
+                                       np.arange(ny, dtype=np.float64)[:, None])
+    else:
+        lam, bw = (np.asarray(a, dtype=np.float64) for a in wave_maps)
+        if lam.shape != (ny, nx) or bw.shape != (ny, nx):
+            raise ValueError(f"wave_maps have shapes {lam.shape}, {bw.shape}; the frame is {(ny, nx)}")
     sky_img = _render_sources(meta, sky, lam, bw)
     zodi = zodi_map(meta, lam).astype(np.float32)
     signal = sky_img + meta.zodi_scale_true * zodi

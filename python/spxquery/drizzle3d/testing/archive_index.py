@@ -1,7 +1,8 @@
 """The index of a simulated archive: ``ROOT/archive_index.json``, the simulated TAP database.
 
 ``{"rows": [...]}``, one row per file with exactly the TAP column names (no table prefix) that
-the frame search selects, plus ``collection`` (docs/design.md). Written by the simulator and by
+the frame search selects, plus ``collection`` (docs/design.md); optionally ``"calibration":
+[...]``, the calibration files of the ``spherex_<release>_cal`` SIA collections. Written by the simulator and by
 :func:`~.small_frames.write_small_frame` users, read by the archive server. Wavelengths in the
 rows are in metres (as IRSA states them), times in MJD, sizes in bytes.
 """
@@ -18,7 +19,8 @@ from typing import Any
 INDEX_FILE = "archive_index.json"
 
 
-def _md5(path: Path) -> str:
+def md5_of(path: Path) -> str:
+    """Hex MD5 of the file at ``path``."""
     h = hashlib.md5()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -52,7 +54,7 @@ def index_row(
         "poly": list(poly),
         "uri": uri,
         "contentlength": int(Path(path).stat().st_size),
-        "contentchecksum": f"md5:{_md5(Path(path))}",
+        "contentchecksum": f"md5:{md5_of(Path(path))}",
         "producttype": producttype,
         "collection": f"spherex_{release}",
         "cloud_access": cloud_access(uri),
@@ -70,11 +72,29 @@ def cloud_access(uri: str) -> str:
     return json.dumps({"aws": {"bucket_name": CLOUD_BUCKET, "key": key, "region": "us-east-1"}})
 
 
-def write_index(root: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write ``root/archive_index.json`` (``{"rows": [...]}``); returns its path."""
+def write_index(root: Path, rows: Sequence[dict[str, Any]],
+                calibration: Sequence[dict[str, Any]] | None = None) -> Path:
+    """Write ``root/archive_index.json`` (``{"rows": [...]}``, plus ``"calibration": [...]`` when
+    given: the calibration files the server's SIA service lists); returns its path."""
     path = Path(root) / INDEX_FILE
-    path.write_text(json.dumps({"rows": list(rows)}, indent=1))
+    doc: dict[str, Any] = {"rows": list(rows)}
+    if calibration:
+        doc["calibration"] = list(calibration)
+    path.write_text(json.dumps(doc, indent=1))
     return path
+
+
+def load_calibration(root: str | Path) -> list[dict[str, Any]]:
+    """The ``calibration`` entries of ``root/archive_index.json`` (SIA rows of the ``_cal``
+    collections: ``uri``, ``obs_collection``, ...); [] when the index has none or is missing."""
+    path = Path(root)
+    if path.suffix != ".json":
+        path = path / INDEX_FILE
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    rows = data.get("calibration") if isinstance(data, dict) else None
+    return [dict(r) for r in rows] if isinstance(rows, list) else []
 
 
 def load_index(root: str | Path) -> list[dict[str, Any]]:

@@ -8,6 +8,10 @@ Endpoints (relative to ``base_url``, e.g. ``http://127.0.0.1:PORT``):
   document, ``/phase`` (POST ``PHASE=RUN``/``ABORT``), ``/results/result`` and
   DELETE are supported.
 - ``/TAP/availability``, ``/TAP/capabilities``, ``/TAP/tables``: minimal VOSI documents.
+- ``/SIA`` (GET or POST, SIA v2: ``COLLECTION``, ``MAXREC``, ``RESPONSEFORMAT``): the
+  calibration files of the ``spherex_<release>_cal`` collections (``archive_index.json``'s
+  ``calibration`` list) as ObsCore rows with their ``access_url``.
+- ``/ibe/data/spherex/<dir>/``: an HTML index of the directory (the archive's browsable tree).
 - ``/ibe/data/spherex/<path>``: files under ``root`` with ``Range: bytes=a-b``
   (206 + Content-Range), Content-Length, ETag, HEAD. A query string
   ``?center=<ra>,<dec>&size=<value>[deg|arcmin|arcsec]`` returns a cutout made
@@ -38,10 +42,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from .adql_eval import AdqlError, evaluate_adql
-from .archive_index import load_index, write_index
+from .archive_index import load_calibration, load_index, write_index
 from .cutouts import CutoutUnavailable, default_cutout_func, parse_cutout_request, parse_cutout_size, simple_cutout
 from .faults import Fault, FaultPlan
-from .http_handler import DATA_PREFIX, TAP_PREFIX, ArchiveHandler, QuietServer
+from .http_handler import DATA_PREFIX, SIA_PREFIX, TAP_PREFIX, ArchiveHandler, QuietServer
 from .small_frames import frame_uri, write_small_frame
 from .spherical import polygon_contains_point, polygon_intersects_circle, square_poly
 from .uws import UwsJob
@@ -52,8 +56,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Columns of an SIA answer (ObsCore names) and the non-text ones' VOTable datatypes.
+SIA_COLUMNS = ("obs_collection", "obs_id", "obs_publisher_did", "dataproduct_type", "dataproduct_subtype",
+               "energy_bandpassname", "em_min", "em_max", "access_url", "access_format", "access_estsize")
+SIA_DATATYPES = {"em_min": "double", "em_max": "double", "access_estsize": "long"}
+
 __all__ = [
     "DATA_PREFIX",
+    "SIA_COLUMNS",
+    "SIA_PREFIX",
     "TAP_PREFIX",
     "AdqlError",
     "ArchiveServer",
@@ -94,6 +105,7 @@ class ArchiveServer:
         cutout_func: Callable[..., Any] | None = None,
         chunk_size: int = 16384,
         max_rows: int | None = None,
+        calibration_rows: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.root = Path(root).resolve() if root is not None else None
         if index_rows is None:
@@ -101,6 +113,10 @@ class ArchiveServer:
                 raise ValueError("ArchiveServer needs root (with archive_index.json) or index_rows")
             index_rows = load_index(self.root)
         self.rows: list[dict[str, Any]] = [dict(r) for r in index_rows]
+        #: Calibration files listed by the SIA service (``archive_index.json``'s ``calibration``).
+        self.calibration: list[dict[str, Any]] = (
+            [dict(r) for r in calibration_rows] if calibration_rows is not None
+            else load_calibration(self.root) if self.root is not None else [])
         self.host = host
         self.port = port
         self.cutout_func = cutout_func
@@ -128,6 +144,11 @@ class ArchiveServer:
     @property
     def tap_url(self) -> str:
         return self.base_url + TAP_PREFIX
+
+    @property
+    def sia_url(self) -> str:
+        """The SIA v2 query endpoint (``base_url + "/SIA"``, as IRSA's beside its ``/TAP``)."""
+        return self.base_url + SIA_PREFIX
 
     @property
     def stopping(self) -> bool:
@@ -204,6 +225,39 @@ class ArchiveServer:
             rows = rows[:limit]
             status = "OVERFLOW"
         return 200, votable_bytes(columns, rows, status)
+
+    def run_sia(self, params: dict[str, list[str]]) -> tuple[int, bytes]:
+        """(HTTP status, VOTable) of an SIA v2 query: the calibration files of the requested
+        ``COLLECTION`` values (case-insensitive), ``MAXREC`` honoured. Calibration files have no
+        footprint: a query with ``POS`` matches none of them. Other parameters are ignored."""
+        with self._lock:
+            self.queries.append("SIA " + json.dumps(params, sort_keys=True))
+        fmt = ",".join(params.get("RESPONSEFORMAT", [])).lower()
+        if fmt and "votable" not in fmt and "xml" not in fmt:
+            return 400, votable_bytes([], [], "ERROR", f"unsupported RESPONSEFORMAT {fmt!r}")
+        wanted = {c.strip().lower() for v in params.get("COLLECTION", []) for c in v.split(",") if c.strip()}
+        rows = [] if params.get("POS") else [r for r in self.calibration
+                                              if not wanted or str(r.get("obs_collection", "")).lower() in wanted]
+        rows = [{**r, "access_url": self.url_for(str(r["uri"]))} for r in rows]
+        status = "OK"
+        maxrec = (params.get("MAXREC") or [""])[-1].strip()
+        if maxrec:
+            try:
+                limit = int(maxrec)
+            except ValueError:
+                return 400, votable_bytes([], [], "ERROR", f"MAXREC must be an integer, got {maxrec!r}")
+            if len(rows) > limit:
+                rows, status = rows[:limit], "OVERFLOW"
+        return 200, votable_bytes(SIA_COLUMNS, rows, status, datatypes=SIA_DATATYPES)
+
+    def local_dir(self, rel: str) -> Path | None:
+        """The directory under ``root`` at URL path ``rel``, or None."""
+        if self.root is None:
+            return None
+        path = (self.root / unquote(rel)).resolve()
+        if not path.is_relative_to(self.root) or not path.is_dir():
+            return None
+        return path
 
     def add_job(self, job: UwsJob) -> UwsJob:
         with self._lock:

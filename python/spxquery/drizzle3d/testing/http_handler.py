@@ -4,8 +4,9 @@ One :class:`ArchiveHandler` per connection (HTTP/1.1, keep-alive) of a threading
 Every request is recorded, then the server's fault plan may answer it instead (status,
 delay) or alter the answer (cut body, wrong Content-Length, Range ignored). Files are served
 from the archive root with ``Range: bytes=a-b`` (206 + Content-Range), Content-Length, ETag
-and HEAD; a ``center``/``size`` query string asks for a cutout. TAP: ``/sync``, ``/async``
-(UWS), ``/availability``, ``/capabilities``, ``/tables``. The archive state (rows, jobs,
+and HEAD; a ``center``/``size`` query string asks for a cutout; a directory ending in ``/``
+gets an HTML index. TAP: ``/sync``, ``/async`` (UWS), ``/availability``, ``/capabilities``,
+``/tables``; SIA v2: ``/SIA``. The archive state (rows, jobs,
 query execution, cutout cache) lives in :class:`~.archive_server.ArchiveServer`.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import html
 import logging
 import re
 import socket
@@ -22,7 +24,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from .cutouts import CutoutUnavailable
 from .faults import Fault
@@ -38,6 +40,8 @@ logger = logging.getLogger(__name__)
 DATA_PREFIX = "/ibe/data/spherex/"
 #: URL path of the TAP service.
 TAP_PREFIX = "/TAP"
+#: URL path of the SIA v2 service.
+SIA_PREFIX = "/SIA"
 _VOTABLE = "application/x-votable+xml"
 
 
@@ -86,6 +90,21 @@ def _byte_range(header: str, size: int) -> tuple[int, int] | None:
     return start, end
 
 
+def _listing(url_path: str, directory: Path) -> bytes:
+    """An Apache-style HTML index of ``directory`` (served at ``url_path``): one link per entry,
+    directories with a trailing slash, names sorted."""
+    lines = [f"<html><head><title>Index of {html.escape(url_path)}</title></head><body>",
+             f"<h1>Index of {html.escape(url_path)}</h1><pre>", '<a href="../">Parent Directory</a>']
+    for entry in sorted(directory.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue
+        name = entry.name + ("/" if entry.is_dir() else "")
+        size = "-" if entry.is_dir() else str(entry.stat().st_size)
+        lines.append(f'<a href="{quote(name)}">{html.escape(name)}</a>  {size}')
+    lines.append("</pre></body></html>")
+    return ("\n".join(lines) + "\n").encode()
+
+
 class ArchiveHandler(BaseHTTPRequestHandler):
     """Requests to one :class:`~.archive_server.ArchiveServer` (set as ``archive`` on a subclass)."""
 
@@ -120,6 +139,20 @@ class ArchiveHandler(BaseHTTPRequestHandler):
             raw = self.rfile.read(length) if length else b""
             if raw:
                 params.update(_form_fields(raw, self.headers.get("Content-Type", "")))
+        return params
+
+    def _read_multi_params(self) -> dict[str, list[str]]:
+        """Query-string and urlencoded POST parameters, names upper-cased, every value kept
+        (SIA repeats parameters such as ``COLLECTION``)."""
+        params: dict[str, list[str]] = {}
+        split = urlsplit(self.path)
+        sources = [split.query]
+        if self.command == "POST":
+            length = int(self.headers.get("Content-Length") or 0)
+            sources.append((self.rfile.read(length) if length else b"").decode())
+        for text in sources:
+            for k, v in parse_qs(text, keep_blank_values=True).items():
+                params.setdefault(k.upper(), []).extend(v)
         return params
 
     def _fault(self, path: str) -> tuple[bool, Fault | None]:
@@ -159,6 +192,9 @@ class ArchiveHandler(BaseHTTPRequestHandler):
                 self._serve_file(path[len(DATA_PREFIX):], split.query, fault)
             elif path.rstrip("/").startswith(TAP_PREFIX):
                 self._serve_tap(path[len(TAP_PREFIX):].rstrip("/"))
+            elif path.rstrip("/") == SIA_PREFIX:
+                status, body = self.archive.run_sia(self._read_multi_params())
+                self._send(status, body, _VOTABLE)
             else:
                 self._send(404, b"not found\n")
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
@@ -257,6 +293,9 @@ class ArchiveHandler(BaseHTTPRequestHandler):
             return self._send(405, b"method not allowed\n")
         path = self.archive.local_file(rel)
         if path is None:
+            directory = self.archive.local_dir(rel)
+            if directory is not None and (rel == "" or rel.endswith("/")):
+                return self._send(200, _listing(DATA_PREFIX + rel, directory), "text/html")
             return self._send(404, f"no such file: {rel}\n".encode())
         content = self._file_content(path, query)
         if content is None:
