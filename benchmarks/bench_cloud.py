@@ -11,8 +11,10 @@ What it does, in one invocation:
    s3_server.S3Server`) holding them under the archive's keys.
 3. For each region (``--sizes``, default 30' and 5', centred on the field centre, native D3
    grid): ``drizzle_detector`` on the full frames read in place from S3
-   (``ObjectLocation``: anonymous, default settings); the byte source counts every byte
-   received and every request (``objectstore.TRANSFERS``). Side by side in the same run: a
+   (``ObjectLocation``: anonymous, default settings), once with each extension read on its own
+   (the reader before ``ByteSource.prefetch``) and once with one batch per frame; the byte
+   source counts every byte received, every request and every round trip
+   (``objectstore.TRANSFERS``). Side by side in the same run: a
    full download of each frame (one GET of the whole object), the IRSA cutout of each frame
    (one GET of the cutout object: what the cutout service would send), and the same cube from
    the local files (time only).
@@ -39,16 +41,18 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _doc import DOC, write_section  # noqa: E402
 from spxquery.drizzle3d import objectstore  # noqa: E402
+from spxquery.drizzle3d.access import ByteSource  # noqa: E402
 from spxquery.drizzle3d.archive.locations import cutout_size_deg  # noqa: E402
 from spxquery.drizzle3d.config import Drizzle3DConfig  # noqa: E402
 from spxquery.drizzle3d.grid import build_output_wcs  # noqa: E402
-from spxquery.drizzle3d.objectstore import ObjectLocation, filesystem  # noqa: E402
+from spxquery.drizzle3d.objectstore import FsspecSource, ObjectLocation, filesystem  # noqa: E402
 from spxquery.drizzle3d.pipeline import drizzle_detector  # noqa: E402
 from spxquery.drizzle3d.simulate import simulate_field  # noqa: E402
 from spxquery.drizzle3d.testing.archive_index import load_index  # noqa: E402
@@ -58,9 +62,20 @@ RA, DEC = 150.0, 2.0
 BUCKET = "nasa-irsa-spherex"
 HEADING = "## Cloud: bytes per frame read in place from S3"
 NOTE = ("Of the requests per frame, 4 x 32 are the frame's fixed sample (`framesample`: 32 rows spread over "
-        "the frame, read from IMAGE, VARIANCE, ZODI and FLAGS, 63 rows apart, so never coalesced); the rest "
-        "are the headers, the `WCS-WAVE` table and one request per extension for the rows the region "
-        "touches. Targets of issue 21: under 20% of the file for a 30' cube, under 5% for a 5' cube.")
+        "the frame, read from IMAGE, VARIANCE, ZODI and FLAGS, 63 rows apart (516 KB), so never coalesced "
+        "within the bounded gap); the rest are the headers, the `WCS-WAVE` table and the rows the region "
+        "touches. 'one read per extension' is the reader before the prefetch (the sample's rows of each "
+        "extension, then the region's rows of each, one round trip each); 'one batch per frame' announces "
+        "them together (`ByteSource.prefetch`): one round trip of concurrent requests, and the sample rows "
+        "inside or within 32 KiB (`PREFETCH_GAP_BYTES`) of the region's rows ride in its request. "
+        "The same rows are read and the cubes are bit-identical. A round trip is one batch of "
+        "concurrent requests: on S3 (tens of ms each) the round "
+        "trips, not the requests, set the latency per frame (s3fs keeps at most 10 connections per "
+        "filesystem unless `storage_options` give `config_kwargs: {max_pool_connections: N}`, so a batch "
+        "of ~120 requests still takes ~12 waves; before, 4 batches of 32 took ~16). Both rows count the "
+        "SIMPLE card from the first header chunk (the earlier table's 143 requests read it apart). Time "
+        "per frame here is moto's ~0.15 s per ranged GET of a 70 MB object, not latency. "
+        "Targets of issue 21: under 20% of the file for a 30' cube, under 5% for a 5' cube.")
 
 
 def loadavg() -> str:
@@ -109,6 +124,24 @@ def _ranged_get_ms(server: S3Server, bucket_root: str, path: Path, root: Path, n
     return (time.perf_counter() - t0) / n * 1e3
 
 
+def _in_place(locs: List[ObjectLocation], cfg: Drizzle3DConfig, batched: bool) -> SimpleNamespace:
+    """Bytes, requests, round trips and seconds of the cube drizzled from ``locs`` in place; without
+    ``batched`` the frame reader's prefetch is a no-op (each extension's rows are one round trip:
+    the reader before the prefetch)."""
+    saved = FsspecSource.prefetch
+    if not batched:
+        FsspecSource.prefetch = ByteSource.prefetch  # type: ignore[method-assign]
+    try:
+        objectstore.TRANSFERS.reset()
+        t0 = time.perf_counter()
+        drizzle_detector(locs, cfg, 3, build_output_wcs(cfg))
+        secs = time.perf_counter() - t0
+    finally:
+        FsspecSource.prefetch = saved  # type: ignore[method-assign]
+    tr = objectstore.TRANSFERS
+    return SimpleNamespace(bytes=tr.bytes, requests=tr.requests, round_trips=tr.round_trips, seconds=secs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--frames", type=int, default=4)
@@ -137,37 +170,38 @@ def main() -> None:
                 for p in full]
         n = len(full)
 
-        def row(case: str, nbytes: float, requests: float, seconds: float) -> None:
-            rows.append((case, nbytes, 100.0 * nbytes / file_bytes, requests, seconds))
+        def row(case: str, nbytes: float, requests: float, seconds: float, trips: float = float("nan")) -> None:
+            rows.append((case, nbytes, 100.0 * nbytes / file_bytes, requests, trips, seconds))
 
         get_full_ms = _ranged_get_ms(server, f"s3://{BUCKET}/full", full[0], full_root)
         get_cut_ms = _ranged_get_ms(server, f"s3://{BUCKET}/cutout_{sizes[-1]:g}", cutouts[sizes[-1]][0],
                                     cut_roots[sizes[-1]])
         secs, nbytes = _get_whole(server, f"s3://{BUCKET}/full", full, full_root)
-        row("full download (one GET per file)", nbytes / n, 1, secs / n)
+        row("full download (one GET per file)", nbytes / n, 1, secs / n, 1)
         for s in sizes:
-            cfg = _config(s, Path(work) / f"s3_{s:g}")
-            objectstore.TRANSFERS.reset()
-            t0 = time.perf_counter()
-            drizzle_detector(locs, cfg, 3, build_output_wcs(cfg))
-            secs = time.perf_counter() - t0
-            tr = objectstore.TRANSFERS
-            row(f"{s:g}' cube, full frames read in place from S3", tr.bytes / n, tr.requests / n, secs / n)
+            for batched in (False, True):
+                cfg = _config(s, Path(work) / f"s3_{s:g}_{batched}")
+                tr = _in_place(locs, cfg, batched)
+                how = "one batch per frame (prefetch)" if batched else "one read per extension (before)"
+                row(f"{s:g}' cube, full frames read in place from S3, {how}", tr.bytes / n, tr.requests / n,
+                    tr.seconds / n, tr.round_trips / n)
             secs_c, nbytes_c = _get_whole(server, f"s3://{BUCKET}/cutout_{s:g}", cutouts[s], cut_roots[s])
             row(f"{s:g}' cube: IRSA cutout of {cutout_size_deg(cfg) * 60:.1f}' (one GET, whole file)",
-                nbytes_c / n, 1, secs_c / n)
+                nbytes_c / n, 1, secs_c / n, 1)
             cfg_local = _config(s, Path(work) / f"local_{s:g}")
             t0 = time.perf_counter()
             drizzle_detector(full, cfg_local, 3, build_output_wcs(cfg_local))
             row(f"{s:g}' cube, local mirror (page cache; time only)", float("nan"), float("nan"),
                 (time.perf_counter() - t0) / n)
 
-    lines = ["| case | MB per frame | % of the file | requests per frame | s per frame |", "|---|---|---|---|---|"]
-    for case, nbytes, share, req, secs in rows:
+    lines = ["| case | MB per frame | % of the file | requests per frame | round trips per frame | s per frame |",
+             "|---|---|---|---|---|---|"]
+    for case, nbytes, share, req, trips, secs in rows:
         mb = "-" if nbytes != nbytes else f"{nbytes / 1e6:.2f}"
         pct = "-" if share != share else f"{share:.1f}"
         rq = "-" if req != req else f"{req:.0f}"
-        lines.append(f"| {case} | {mb} | {pct} | {rq} | {secs:.3f} |")
+        rt = "-" if trips != trips else f"{trips:.0f}"
+        lines.append(f"| {case} | {mb} | {pct} | {rq} | {rt} | {secs:.3f} |")
     table = "\n".join(lines)
     print(table)
     load_end = loadavg()

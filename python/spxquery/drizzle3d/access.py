@@ -11,9 +11,9 @@ and checks the length the archive promised.
 download cache, a path given by the user): ``os.preadv`` into fresh buffers, no memory map
 (a file truncated by someone else while it is read cannot crash the process).
 :class:`~.objectstore.FsspecSource` is the one for an object in S3 or behind any fsspec URL
-(coalesced range requests, retries with backoff), behind the same two calls,
-:meth:`ByteSource.read_ranges` and :meth:`ByteSource.close`; :func:`open_source` picks it for
-an :class:`~.objectstore.ObjectLocation` or a URL string.
+(coalesced range requests, retries with backoff), behind the same calls,
+:meth:`ByteSource.read_ranges`, :meth:`ByteSource.prefetch` and :meth:`ByteSource.close`;
+:func:`open_source` picks it for an :class:`~.objectstore.ObjectLocation` or a URL string.
 
 Offsets and lengths are bytes; buffers are read-only ``uint8`` numpy arrays.
 """
@@ -72,6 +72,11 @@ class ByteSource(ABC):
     def read(self, offset: int, length: int) -> np.ndarray:
         """The bytes of one range (see :meth:`read_ranges`)."""
         return self.read_ranges([(offset, length)])[0]
+
+    def prefetch(self, ranges: Sequence[Range]) -> None:
+        """Announce ranges that :meth:`read_ranges` will ask for soon, so that a source with
+        costly requests fetches them together (one concurrent batch, neighbours coalesced) and
+        then serves them from memory until closed. The default does nothing (a local file)."""
 
     @abstractmethod
     def close(self) -> None:

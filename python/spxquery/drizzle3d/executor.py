@@ -9,8 +9,9 @@ are submitted at a time, a task lost with its worker is run again by dask (and `
 more times on an error), and a task returns only its tile's record (the piece is on disk).
 Workers read the frames through the same data access as the pipeline, so the file paths must be
 reachable from the workers (a shared file system for a remote cluster); objects read in place
-(:class:`~.objectstore.ObjectLocation`) travel with their ``storage_options`` and each worker
-opens them itself.
+(:class:`~.objectstore.ObjectLocation`) travel with their ``storage_options`` (resolved in the
+client: anonymous S3, ``AWS_ENDPOINT_URL``) and each worker opens them itself; the bytes each tile
+read come back in its record and feed a byte progress bar beside the tile bar.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .config import Drizzle3DConfig
 from .objectstore import ObjectLocation
-from .progress import progress_bar
+from .progress import byte_bar, progress_bar
 from .tiling import Tile, drizzle_tile
 
 logger = logging.getLogger(__name__)
@@ -38,20 +39,26 @@ def run_tiles(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tile
     """The records of ``tiles`` (in tile order), drizzled where ``scheduler`` says (module docs);
     ``waves``: the run's :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
     files = [p if isinstance(p, ObjectLocation) else str(p) for p in paths]  # locations pickle with their options
-    if scheduler is None:
-        records = []
-        with progress_bar(len(tiles), f"D{detector} tiles", "tile", config.progress) as bar:
+    remote = any(isinstance(p, ObjectLocation) for p in files)
+    with progress_bar(len(tiles), f"D{detector} tiles", "tile", config.progress) as bar, \
+            byte_bar(f"D{detector} read", config.progress and remote) as read_bar:
+        def done(record: Dict[str, Any]) -> None:
+            bar.update(1)
+            read_bar.update(int(record.get("bytes_read", 0)))  # bytes the tile's worker read in place
+
+        if scheduler is None:
+            records = []
             for tile in tiles:
                 records.append(drizzle_tile(files, config, detector, tile, key, waves))
-                bar.update(1)
-        return records
-    client, cluster = connect(scheduler)
-    try:
-        return _run_on(client, files, config, detector, tiles, key, waves)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+                done(records[-1])
+            return records
+        client, cluster = connect(scheduler)
+        try:
+            return _run_on(client, files, config, detector, tiles, key, done, waves)
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def connect(scheduler: str) -> Any:
@@ -82,7 +89,7 @@ def connect(scheduler: str) -> Any:
 
 
 def _run_on(client: Any, files: List[Any], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile],
-            key: str, waves: Any = None) -> List[Dict[str, Any]]:
+            key: str, done: Callable[[Dict[str, Any]], None], waves: Any = None) -> List[Dict[str, Any]]:
     """Submit the tiles with a bounded number in flight; their records in tile order."""
     from distributed import as_completed
 
@@ -98,14 +105,13 @@ def _run_on(client: Any, files: List[Any], config: Drizzle3DConfig, detector: in
                              pure=False, key=f"spxdrizzle-D{detector}-tile{tile.index:05d}-{key[:12]}")
 
     queue = as_completed([submit(todo.pop()) for _ in range(min(limit, len(todo)))])
-    with progress_bar(len(tiles), f"D{detector} tiles", "tile", config.progress) as bar:
-        for future in queue:
-            record = future.result()
-            records[int(record["index"])] = record
-            future.release()
-            bar.update(1)
-            if todo:
-                queue.add(submit(todo.pop()))
+    for future in queue:
+        record = future.result()
+        records[int(record["index"])] = record
+        future.release()
+        done(record)
+        if todo:
+            queue.add(submit(todo.pop()))
     return [records[t.index] for t in tiles]
 
 

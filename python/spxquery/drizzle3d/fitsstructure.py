@@ -74,6 +74,8 @@ def _read_header_text(src: ByteSource, offset: int, index: int) -> str:
         if n_blocks == 0:
             raise StructureError(f"truncated file: header of HDU {index} ends in a partial 2880-byte block")
         raw = src.read(pos, n_blocks * BLOCK).tobytes()
+        if not parts and index == 0 and not raw.startswith(b"SIMPLE  = "):
+            raise StructureError("not a FITS file (no SIMPLE card)")
         if not parts and index > 0 and not raw.startswith(b"XTENSION= "):
             raise StructureError(f"HDU {index} does not start with an XTENSION card (garbage after HDU {index - 1}?)")
         chunk = raw.decode("latin-1")
@@ -146,8 +148,6 @@ def read_structure(src: ByteSource) -> List[Hdu]:
     reason names the HDU), :class:`~.access.AccessError` when bytes cannot be read."""
     if src.size < BLOCK:
         raise StructureError(f"not a FITS file (only {src.size} bytes)")
-    if src.read(0, 10).tobytes() != b"SIMPLE  = ":
-        raise StructureError("not a FITS file (no SIMPLE card)")
     hdus: List[Hdu] = []
     offset = 0
     while offset < src.size:

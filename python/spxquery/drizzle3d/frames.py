@@ -43,9 +43,9 @@ from .footprint import DEFAULT_CROP_MARGIN, footprint_crop
 from .framesample import FrameSample, sample_rows, sample_verdict
 from .framewcs import WcsError, celestial_wcs
 from .grid import OutputGrid
-from .l2layout import REQUIRED_EXTENSIONS, L2Layout, LayoutError, l2_layout
+from .l2layout import REQUIRED_EXTENSIONS, L2Layout, LayoutError, PlainImage, l2_layout
 from .objectstore import as_location
-from .pixels import PixelError, read_flags, read_image
+from .pixels import PixelError, read_flags, read_image, row_ranges
 from .spatial import corner_map
 from .stagetimes import stage
 from .wavetable import WaveTable, check_wave_table, read_wave_table
@@ -149,6 +149,8 @@ class Frame:
                 else:
                     assert src is not None
                     with stage("rows"):
+                        _prefetch(src, self.layout, self.path, self.zodi.scale is not None, False,
+                                  (range(ya, yb), x0, x1), False, True)
                         image, variance, zodi = _read_pixels(src, self.layout, self.path, range(ya, yb), x0, x1,
                                                              self.zodi.scale is not None)
                 with stage("zodi"):
@@ -311,6 +313,28 @@ def _read_flags(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: i
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
 
 
+def _prefetch(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool, sample: bool,
+              region: Optional[Tuple[range, int, int]], region_flags: bool, region_pixels: bool) -> None:
+    """Announce to ``src`` the plain-image ranges read next: the fixed sample's rows of IMAGE,
+    VARIANCE, ZODI (when subtracted) and plain FLAGS (``sample``), and of the region
+    ``(rows, x0, x1)`` its plain FLAGS and/or its pixels. Exactly the ranges the reads ask for
+    (:func:`~.pixels.row_ranges`), so the pixels are the same; an object store fetches them in
+    one batch (tile-compressed FLAGS are read on their own)."""
+    images = [layout.image, layout.variance] + ([layout.zodi] if with_zodi else [])
+    plain_flags = [layout.flags] if isinstance(layout.flags, PlainImage) else []
+    ranges = []
+    if sample:
+        for part in images + plain_flags:
+            ranges += row_ranges(part, sample_rows(layout.shape), 0, layout.shape[1])
+    if region is not None:
+        for part in (plain_flags if region_flags else []) + (images if region_pixels else []):
+            ranges += row_ranges(part, *region)
+    try:
+        src.prefetch(ranges)
+    except _READ_ERRORS as exc:
+        raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
+
+
 def _read_sample(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool) -> FrameSample:
     """The frame's fixed sample (:mod:`.framesample`); FrameError when its verdict rejects it."""
     rows = sample_rows(layout.shape)
@@ -356,14 +380,16 @@ def prepare_frame(
             return None
         x0, x1, y0, y1 = crop
         with_zodi = bool(config.subtract_zodi)
-        with stage("sample"):
-            sample = _read_sample(src, frame.layout, path, with_zodi)
-        whole = sample.rows == range(0, frame.shape[0])  # the sample holds every pixel: no second read
+        whole = sample_rows(frame.shape) == range(0, frame.shape[0])  # the sample holds every pixel
         rows = range(y0, y1)
+        small = (x1 - x0) * (y1 - y0) <= strip_pixels
+        with stage("sample"):
+            _prefetch(src, frame.layout, path, with_zodi, True, None if whole else (rows, x0, x1), True, small)
+            sample = _read_sample(src, frame.layout, path, with_zodi)
         with stage("flags"):
             flags = _crop_of(sample.flags, crop) if whole else _read_flags(src, frame.layout, path, rows, x0, x1)
         pixels = None
-        if (x1 - x0) * (y1 - y0) <= strip_pixels:
+        if small:
             with stage("rows"):
                 if whole:
                     pixels = (_crop_of(sample.image, crop), _crop_of(sample.variance, crop),

@@ -35,7 +35,7 @@ from .objectstore import TRANSFERS, ObjectLocation, as_location
 from .outliers import finish_outliers, outlier_screen, record_outliers
 from .preflight import OutputExistsError, output_path, preflight, run_cubes
 from .productwave import frame_log_fields
-from .progress import progress_bar
+from .progress import byte_bar, progress_bar
 from .readahead import Item, ReadAhead
 from .stagetimes import stage
 from .tiling import effective_tile_arcmin
@@ -175,17 +175,18 @@ def _drizzle_grid(paths_by_detector: Dict[int, List[Any]], config: Drizzle3DConf
     remote = any(isinstance(p, ObjectLocation) for ps in paths_by_detector.values() for p in ps)
     bytes0 = TRANSFERS.bytes
     t0 = time.perf_counter()
-    for det in sorted(paths_by_detector):
-        paths = paths_by_detector[det]
-        with progress_bar(len(paths), _label(det), "frame", config.progress) as bar:
-            def done(n: int) -> None:
-                bar.update(n)
-                if remote:  # objects read in place: the bytes received so far
-                    bar.set_postfix_str(f"{(TRANSFERS.bytes - bytes0) / 1e6:.1f} MB read", refresh=False)
+    with byte_bar(f"{label} read", config.progress and remote) as read_bar:
+        for det in sorted(paths_by_detector):
+            paths = paths_by_detector[det]
+            with progress_bar(len(paths), _label(det), "frame", config.progress) as bar:
+                def done(n: int) -> None:
+                    bar.update(n)
+                    if remote:  # objects read in place: the bytes received so far
+                        read_bar.update(TRANSFERS.bytes - bytes0 - read_bar.n)
 
-            outcomes = drizzle_frames(paths, config, grid, cube, done, waves=wave_sources, label=_label(det))
-        for kind, found in outcomes.items():
-            counts[kind] += len(found)
+                outcomes = drizzle_frames(paths, config, grid, cube, done, waves=wave_sources, label=_label(det))
+            for kind, found in outcomes.items():
+                counts[kind] += len(found)
     wave_sources.warn_refused()
     cube.n_rejected = counts["reject"]
     cube.n_empty = counts["empty"]

@@ -16,7 +16,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .access import ByteSource, coalesce
+from .access import ByteSource, Range, coalesce
 from .fitstable import descriptors
 from .l2layout import FlagsPart, PlainImage, TiledImage
 from .tiles import rice_decode_rows
@@ -29,14 +29,23 @@ class PixelError(ValueError):
     """Pixels that cannot be read; the message names the extension."""
 
 
-def _row_bytes(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int) -> np.ndarray:
-    """The bytes of ``rows`` (whole rows, or the span x0:x1 when rows are stepped), ``(n, bytes)``."""
+def row_ranges(part: PlainImage, rows: range, x0: int, x1: int) -> List[Range]:
+    """The byte ranges :func:`read_image` (and :func:`read_flags` of a plain FLAGS) read for
+    ``[rows, x0:x1]``: one range of whole rows when ``rows`` are contiguous, else the span
+    ``x0:x1`` of each row (what a source can fetch ahead, :meth:`~.access.ByteSource.prefetch`)."""
     rb = part.row_bytes
     if rows.step == 1:
-        buf = src.read(part.offset + rows.start * rb, len(rows) * rb)
-        return buf.reshape(len(rows), rb)
+        return [(part.offset + rows.start * rb, len(rows) * rb)]
     item = rb // part.shape[1]
-    bufs = src.read_ranges([(part.offset + y * rb + x0 * item, (x1 - x0) * item) for y in rows])
+    return [(part.offset + y * rb + x0 * item, (x1 - x0) * item) for y in rows]
+
+
+def _row_bytes(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int) -> np.ndarray:
+    """The bytes of ``rows`` (whole rows, or the span x0:x1 when rows are stepped), ``(n, bytes)``."""
+    bufs = src.read_ranges(row_ranges(part, rows, x0, x1))
+    if rows.step == 1:
+        return bufs[0].reshape(len(rows), part.row_bytes)
+    item = part.row_bytes // part.shape[1]
     return np.stack(bufs) if bufs else np.empty((0, (x1 - x0) * item), np.uint8)
 
 
@@ -162,4 +171,4 @@ def _decode_tiles(src: ByteSource, part: TiledImage, tiles: Sequence[int], x0: i
     return out, first
 
 
-__all__ = ["PixelError", "read_image", "read_flags", "MERGE_GAP_BYTES"]
+__all__ = ["PixelError", "read_image", "read_flags", "row_ranges", "MERGE_GAP_BYTES"]

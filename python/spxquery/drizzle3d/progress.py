@@ -41,6 +41,12 @@ def progress_bar(total: Optional[float], desc: str, unit: str = "it", enabled: b
     return tqdm(total=total, desc=desc, unit=unit, disable=not (enabled and watched()), **kwargs)
 
 
+def byte_bar(desc: str, enabled: bool = True, total: Optional[int] = None) -> Any:
+    """A :func:`progress_bar` counting bytes (``update(nbytes)``; shown as kB, MB, GB with the
+    rate), over ``total`` bytes when known, else a running count."""
+    return progress_bar(total, desc, unit="B", enabled=enabled, unit_scale=True, unit_divisor=1000)
+
+
 @contextmanager
 def waiting(desc: str, enabled: bool = True) -> Iterator[Any]:
     """A bar showing the elapsed time of a wait of unknown length (e.g. a TAP query), redrawn
@@ -66,4 +72,4 @@ def waiting(desc: str, enabled: bool = True) -> Iterator[Any]:
         bar.close()
 
 
-__all__ = ["progress_bar", "waiting", "watched"]
+__all__ = ["byte_bar", "progress_bar", "waiting", "watched"]

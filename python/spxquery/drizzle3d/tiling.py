@@ -33,7 +33,7 @@ import numpy as np
 
 from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
 from .grid import OutputGrid
-from .objectstore import ObjectLocation, as_location
+from .objectstore import TRANSFERS, ObjectLocation, as_location
 from .preflight import _ADVICE as BUDGET_ADVICE
 from .preflight import ACCUMULATOR_BYTES_PER_VOXEL, MEMORY_HEADROOM, RunBudgetError, available_memory, cube_shapes
 
@@ -204,8 +204,8 @@ def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, t
     ``tile`` of the detector's grid, write the piece and its record atomically, return the record:
     ``tile`` (bounds), ``piece`` (path), ``key``, ``frames`` (``[path index, planes as 0/1 list,
     log entry]`` of the contributing frames), ``reject`` (``[index, reason]``), ``empty``
-    (indices). Reuses a finished piece of the same ``key``. ``waves``: the run's
-    :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
+    (indices), ``bytes_read`` (from object stores). Reuses a finished piece of the same ``key``.
+    ``waves``: the run's :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
     from .accumulate import DrizzleCube
     from .cubefile import save_cube
     from .pipeline import drizzle_frames
@@ -220,7 +220,9 @@ def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, t
     tile_wcs.wcs.crpix = [tile_wcs.wcs.crpix[0] - tile.x0, tile_wcs.wcs.crpix[1] - tile.y0]  # header only
     cube = DrizzleCube.create(tile_wcs, grid.pixscale, grid.zgrid, config, detector, shape=grid.shape,
                               origin=grid.origin)
+    bytes0 = TRANSFERS.bytes
     outcomes = drizzle_frames(files, config, grid, cube, report=False, waves=waves)
+    bytes_read = TRANSFERS.bytes - bytes0  # this process's reads: one tile at a time per worker
     index = {p: i for i, p in enumerate(files)}
     cube.n_rejected = len(outcomes["reject"])
     cube.n_empty = len(outcomes["empty"])
@@ -231,6 +233,7 @@ def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, t
                    for (p, planes), entry in zip(outcomes["frame"], cube.frame_log)],
         "reject": [[index[p], reason] for p, reason in outcomes["reject"]],
         "empty": [index[p] for p in outcomes["empty"]],
+        "bytes_read": int(bytes_read),
     }
     write_json_atomic(record_path(piece), record)
     return record

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urljoin, urlsplit
 
-from ..objectstore import ObjectLocation, object_url
+from ..objectstore import ObjectLocation, object_url, resolved_options
 from .adql import format_number
 
 if TYPE_CHECKING:
@@ -109,9 +109,13 @@ def mirror_path(data_mirror: Path, url: str) -> Path:
 def cloud_location(obs: DrizzleObservation, root: str, storage_options: dict | None = None) -> ObjectLocation:
     """Where ``obs`` is in an object store holding the archive tree (``root``: ``s3://bucket``
     or ``s3://bucket/prefix``): the key the archive gives (``cloud_access``) or else the part of
-    the URL after ``/ibe/data/spherex/``; the archive's length is checked when it is opened."""
+    the URL after ``/ibe/data/spherex/``; the archive's length is checked when it is opened.
+    The location carries its filesystem options resolved here (:func:`~.objectstore.resolved_options`:
+    anonymous S3 by default, ``AWS_ENDPOINT_URL`` of this process), so that a worker of a
+    distributed run opens the same object whatever its own environment."""
     key = obs.cloud_key if obs.cloud_key else archive_key(obs.download_url, root)
-    return ObjectLocation(object_url(root, key), obs.content_length, dict(storage_options or {}))
+    url = object_url(root, key)
+    return ObjectLocation(url, obs.content_length, resolved_options(url, storage_options))
 
 
 def cutout_size_deg(config: Drizzle3DConfig) -> float:
