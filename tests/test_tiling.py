@@ -127,6 +127,24 @@ def test_budget_tiles_automatically_and_refuses_tiles_too_large(caplog):
         check_budget(config.replace(tile_arcmin=60.0), (3,), memory=room - 1, disk=1 << 40)
 
 
+def test_covariance_is_never_tiled(caplog):
+    """Cross terms of pairs across a tile edge are not assembled: covariance with tile_arcmin is a
+    ValueError naming both settings, automatic tiling stays off with covariance, and a covariance
+    cube beyond the memory is refused by the budget instead of being tiled."""
+    with pytest.raises(ValueError, match=r"covariance=True cannot be drizzled in tiles \(tile_arcmin=2\)"):
+        _config(Path("unused"), covariance=True, tile_arcmin=2.0)
+    with pytest.raises(ValueError, match="tile_arcmin"):
+        _config(Path("unused"), tile_arcmin=2.0).replace(covariance=True)
+    config = _config(Path("unused"), width=60.0, height=60.0, covariance=True)
+    plain = config.replace(covariance=False)
+    tiny = 17 * plain.output_ny() * plain.output_nx() * 36 + (512 << 20) - 1  # one byte short for the plain cube
+    assert auto_tile_arcmin(plain, (3,), memory=tiny) is not None
+    assert auto_tile_arcmin(config, (3,), memory=tiny) is None
+    check_budget(plain, (3,), memory=tiny, disk=1 << 50)
+    with pytest.raises(RunBudgetError, match="covariance is never tiled"):
+        check_budget(config, (3,), memory=tiny, disk=1 << 50)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_local_cluster_equals_one_piece(cutouts, tmp_path, workers):

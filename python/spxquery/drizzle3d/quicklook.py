@@ -193,7 +193,8 @@ def aperture_spectrum(cube: CubeLike, x: float, y: float,
                       radius_arcsec: float = QUICKLOOK_APERTURE_ARCSEC) -> Dict[str, Any]:
     """Aperture spectrum around the pixel containing (x, y): ``wavelength``, ``dlambda`` [um],
     ``flux`` [mJy] (SCI summed over the pixels within ``radius_arcsec`` times the pixel solid
-    angle), ``error`` [mJy] (pixel variances summed: a lower bound), ``bad`` (an aperture pixel
+    angle), ``error`` [mJy] (:func:`.analysis.aperture_sums`: exact with the COVARIANCE HDU, else
+    the pixel variances summed x R^2 with a warning), ``bad`` (an aperture pixel
     has no data or an all-flagged voxel: flux NaN), ``n_pixels``, ``radius_arcsec``."""
     from .analysis import aperture_sums, bad_voxels, pixel_solid_angle
 
@@ -206,7 +207,7 @@ def aperture_spectrum(cube: CubeLike, x: float, y: float,
     bad = bad_voxels(c["sci"], c["variance"], c["count"], c["and_mask"])
     wcs = _celestial_wcs(c)
     omega = pixel_solid_angle(wcs, wcs.pixel_to_world(x, y)).to_value("sr")
-    flux, var, masked = aperture_sums(c["sci"], c["variance"], bad, mask, omega)
+    flux, var, masked = aperture_sums(c["sci"], c["variance"], bad, mask, omega, cube=c)
     lam, dlam = wavelengths(c)
     return {"wavelength": lam, "dlambda": dlam, "flux": np.where(masked, np.nan, flux),
             "error": np.where(masked, np.nan, np.sqrt(var)), "bad": masked, "n_pixels": int(mask.sum()),

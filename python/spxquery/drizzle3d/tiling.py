@@ -90,7 +90,10 @@ def auto_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int],
     """None when the largest cube's accumulators fit in the memory available (``memory``, default
     :func:`.preflight.available_memory`) beside the headroom; else the side (arcmin) of square
     tiles whose accumulators take at most a quarter of it (room for a reader, the assembly and
-    other workers)."""
+    other workers). Always None with ``covariance`` (never tiled: :func:`.preflight.check_budget`
+    then requires the whole cube to fit)."""
+    if config.covariance:
+        return None
     _, nz, ny, nx = max(cube_shapes(config, detectors), key=lambda s: s[1] * s[2] * s[3])
     memory = available_memory() if memory is None else memory
     per_pixel = nz * ACCUMULATOR_BYTES_PER_VOXEL
