@@ -15,6 +15,8 @@
 //! - `schedule`: thread pools, band layout, bucketing.
 //! - [`scan`]: the fused path, [`accumulate_frame`], the SIMD band scan, and the
 //!   accumulators it writes ([`CubeMut`], bands of rows, the voxel update).
+//! - [`covariance`]: the optional covariance cross terms (a stencil of voxel
+//!   pairs, accumulated by the scan when the cube has them).
 //! - [`contributions`]: the spxquery 0.4.1 API's contribution lists.
 //! - [`interp`]: dense corner maps from a coarse grid.
 //! - [`rice`]: the FITS RICE_1 tile decoder of the frame reader (FLAGS).
@@ -27,6 +29,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod contributions;
+pub mod covariance;
 mod culling;
 pub mod droplet;
 pub mod frame;

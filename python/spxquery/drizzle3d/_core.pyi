@@ -13,6 +13,7 @@ from typing import Any, TypeAlias, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import NotRequired
 
 __version__: str
 
@@ -22,7 +23,11 @@ BoolArray: TypeAlias = npt.NDArray[np.bool_]
 
 class CubeArrays(TypedDict):
     """A cube's accumulators, each ``(n_z, ny, nx)``, C-contiguous, written in place
-    (``DrizzleCube.accumulators()``)."""
+    (``DrizzleCube.accumulators()``). Optional: the covariance cross terms ``cov_cross``
+    (float64 ``(n_z, ny, nx, n_offsets)``) of the offsets ``cov_offsets`` (int64 ``(n_offsets,
+    3)``, each ``(dz, dy, dx)`` positive: ``dy > 0``, or ``dy = 0`` and ``dx > 0``, or ``dy = dx
+    = 0`` and ``dz > 0``); only ``accumulate_frame`` fills them (``accumulate_contributions``
+    refuses such a cube), and a pixel coupling voxels beyond the offsets is a ``ValueError``."""
 
     flux_weighted: F64Array
     weight_total: F64Array
@@ -30,6 +35,8 @@ class CubeArrays(TypedDict):
     count_map: U32Array
     and_mask: U32Array
     or_mask: U32Array
+    cov_cross: NotRequired[F64Array]
+    cov_offsets: NotRequired[npt.NDArray[np.int64]]
 
 class EngineParams:
     """The engine's parameters for one cube, validated once (``ValueError`` naming the parameter).

@@ -7,9 +7,10 @@ files and their zodi scales), 1 SCI (float32, MJy/sr), 2 VARIANCE (float32, ``MJ
 3 AND_MASK (uint32), 4 OR_MASK (uint32), 5 COUNT (uint32, contributing input pixels),
 6 WAVELENGTH (binary table; after the 0.4.1 columns, DETECTOR: the detector of each plane).
 New content follows them, found by EXTNAME: 7 WCS-TAB (the exact plane centres of the
-alternate WCS, :mod:`.cubewcs`), then, with outlier rejection only, REJECTED (int32: rejected
-contributions per voxel, -1 where nothing was tested). A cube of several detectors has
-DETECTOR = 0 in PRIMARY.
+alternate WCS, :mod:`.cubewcs`), then, with outlier rejection only, 8 REJECTED (int32: rejected
+contributions per voxel, -1 where nothing was tested), then, with ``covariance=True``,
+COVARIANCE (float64 image, streamed) and COVAR-OFFSETS (table) (:mod:`.covariance`): 8 and 9
+without REJECTED, 9 and 10 with it. A cube of several detectors has DETECTOR = 0 in PRIMARY.
 
 Every image extension carries the same two 3-D WCSs (:mod:`.cubewcs`): the primary one with a
 least-squares ``WAVE-LOG`` (or ``WAVE``) spectral axis (its largest error in ``WAVEMAXE``, um) and the exact
@@ -34,6 +35,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
+from . import covariance
 from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_hdu
 from .fitscards import CardText, cards_of
 from .productwave import SOURCE_LOOKUP, SOURCE_MIXED
@@ -169,8 +171,9 @@ def _primary_cards(cube) -> List[Tuple[str, Any, str]]:
     cards += header_cards(cfg)  # the settings, from their descriptions
     cards += observation_cards(cube)[2:]
     v = _versions()
+    cards.append(("SPECSYS", SPECSYS, "spectral frame of the WCS: the observatory's"))
+    cards += covariance.header_cards(cube)
     cards += [
-        ("SPECSYS", SPECSYS, "spectral frame of the WCS: the observatory's"),
         ("DRIZVER", v["package"], "spxquery.drizzle3d version"),
         ("COREVER", v["core"], "Rust core version"),
         ("DATE", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC file creation"),
@@ -322,6 +325,10 @@ def build_hdulist(cube) -> fits.HDUList:
         hdu = fits.ImageHDU(np.asarray(cube.reject_count, dtype=np.int32), name=REJECTED_EXTNAME)
         hdu.header.update(_rejected_keywords(extra))
         hdus.append(hdu)
+    if covariance.has_covariance(cube):
+        planes = np.stack(list(covariance.file_planes(cube)))
+        hdus.append(fits.ImageHDU(planes.reshape(-1, *cube.flux_weighted.shape), header=covariance.image_header(cube)))
+        hdus.append(covariance.offsets_table(cube))
     return fits.HDUList(hdus)
 
 
@@ -381,12 +388,26 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
                 nbytes += len(chunk)
                 bar.update(1)
             _pad(f, nbytes)
+    _write_tables(f, tables)
+    if getattr(cube, "reject_count", None) is not None:
+        _write_rejected(f, cube, extra)
+    if covariance.has_covariance(cube):
+        f.write(covariance.image_header(cube).tostring().encode("ascii"))
+        nbytes = 0
+        for plane in covariance.file_planes(cube):
+            chunk = _fits_bytes(plane)
+            f.write(chunk)
+            nbytes += len(chunk)
+        _pad(f, nbytes)
+        _write_tables(f, [covariance.offsets_table(cube)])
+
+
+def _write_tables(f, tables: List[fits.BinTableHDU]) -> None:
+    """Append the table extensions ``tables`` to the open file ``f``."""
     buf = io.BytesIO()
     fits.HDUList([fits.PrimaryHDU(), *tables]).writeto(buf)
     primary_len = len(fits.PrimaryHDU().header.tostring())
     f.write(buf.getvalue()[primary_len:])  # the table extensions without their dummy primary
-    if getattr(cube, "reject_count", None) is not None:
-        _write_rejected(f, cube, extra)
 
 
 def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) -> Path:
@@ -433,7 +454,8 @@ def load_cube(path) -> Dict[str, Any]:
     Returns a dict with ``sci``, ``variance`` (float32), ``and_mask``, ``or_mask``,
     ``count`` (uint32), ``wavelength`` (FITS_rec of the WAVELENGTH table), ``rejected`` (int32,
     only in cubes made with outlier rejection), ``header``
-    (PRIMARY), ``sci_header`` and ``wcs`` (3-D astropy WCS of SCI).
+    (PRIMARY), ``sci_header`` and ``wcs`` (3-D astropy WCS of SCI); with covariance HDUs also
+    ``covariance`` (float64 ``(n_offsets, n_z, ny, nx)``) and ``cov_offsets`` (int64 ``(n, 3)``).
     """
     path = Path(path)
     with fits.open(path, memmap=False) as hdul:
@@ -450,6 +472,10 @@ def load_cube(path) -> Dict[str, Any]:
         }
         if REJECTED_EXTNAME in hdul:
             out["rejected"] = np.array(hdul[REJECTED_EXTNAME].data)
+        if covariance.COVARIANCE_HDU in hdul:
+            t = hdul[covariance.OFFSETS_HDU].data
+            out["covariance"] = np.array(hdul[covariance.COVARIANCE_HDU].data)
+            out["cov_offsets"] = np.stack([t["DZ"], t["DY"], t["DX"]], axis=1).astype(np.int64)
     out["wcs"] = WCS(sci_header)
     logger.debug("Loaded cube %s: SCI shape %s", path, out["sci"].shape)
     return out
