@@ -8,7 +8,9 @@ rotated by 23 deg with a cubic distortion of a few pixels at the corners, so the
 grid sees the middle ~2% of the frame (the issue's target geometry); (B) the whole frame
 scaled onto the grid (output pixels 6.9 input pixels wide), so every pixel lands.
 Prints input pixels per second and ratios. Usage: python benchmarks/bench_kernel.py [--repeat N]
-(``--call-once square`` drizzles geometry A once, untimed, for instruction counts under callgrind).
+(``--call-once square`` drizzles geometry A once, untimed, for instruction counts under callgrind,
+with the cross terms when ``--covariance`` is given too; ``--covariance`` adds the square kernel
+with the covariance cross terms, issue 22).
 """
 
 from __future__ import annotations
@@ -115,10 +117,23 @@ def pixel_arrays() -> dict:
 EDGES = np.geomspace(1.6, 2.45, 18)
 
 
-def kernel_call(cx, cy, pixels, kernel, threads, z_edges=EDGES):
-    """A callable that drizzles the frame into a fresh 300x300 cube with this package's kernel."""
+def covariance_offsets(z_edges) -> np.ndarray:
+    """The stencil of the covariance cross terms a run of this geometry uses (D3's bandwidths)."""
+    from spxquery.drizzle3d.config import Drizzle3DConfig
+    from spxquery.drizzle3d.covariance import stencil
+
+    cfg = Drizzle3DConfig(center_ra=0.0, center_dec=0.0, width=1.0, height=1.0, xy_shrink=PIXFRAC, covariance=True)
+    return stencil(cfg, z_edges, 3)
+
+
+def kernel_call(cx, cy, pixels, kernel, threads, z_edges=EDGES, covariance=False):
+    """A callable that drizzles the frame into a fresh 300x300 cube with this package's kernel
+    (with ``covariance``: and the cross terms)."""
     shape = (len(z_edges) - 1, N_OUT, N_OUT)
     cube = {name: np.zeros(shape, dtype) for name, dtype in ACCUMULATORS}
+    if covariance:
+        cube["cov_offsets"] = covariance_offsets(z_edges)
+        cube["cov_cross"] = np.zeros((*shape, len(cube["cov_offsets"])))
     params = _core.EngineParams(z_edges=z_edges, xy_shrink=PIXFRAC, z_shrink=PIXFRAC, ivar_max=1e10, min_overlap=0.0,
                                 kernel=kernel)
     return lambda: _core.accumulate_frame(cube=cube, params=params, corners_x=cx, corners_y=cy, **pixels,
@@ -129,6 +144,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5, help="runs per implementation; the best is kept (default 5)")
     ap.add_argument("--doc", action="store_true", help="also record the table in docs/performance.md")
+    ap.add_argument("--covariance", action="store_true", help="also time the square kernel with the covariance")
     ap.add_argument("--call-once", choices=["square", "bilinear"], metavar="KERNEL",
                     help="only drizzle geometry A once on one thread with this kernel, untimed (to run under "
                          "valgrind --tool=callgrind --toggle-collect='_core::*BandTask::scan')")
@@ -136,8 +152,8 @@ def main() -> None:
     pixels = pixel_arrays()
     if args.call_once:
         _, cx, cy = geometry()
-        n_pix, n_con, _ = kernel_call(cx, cy, pixels, args.call_once, 1)()
-        print(f"{args.call_once}: {n_pix} pixels, {n_con} contributions")
+        n_pix, n_con, _ = kernel_call(cx, cy, pixels, args.call_once, 1, covariance=args.covariance)()
+        print(f"{args.call_once}{' with covariance' if args.covariance else ''}: {n_pix} pixels, {n_con} contributions")
         return
     image, variance = pixels["image"], pixels["variance"]
     lam, dlam = pixels["lambda_c"], pixels["delta_lambda"]
@@ -191,6 +207,11 @@ def main() -> None:
         for kernel in ("square", "bilinear") if context_rows else ("square",):
             for threads in sorted({1, 2, n_threads}):
                 timed.append((f"spxquery.drizzle3d {kernel} (3-D, 17 planes)", threads, ours(kernel, threads)))
+        if args.covariance:
+            n_off = len(covariance_offsets(edges))
+            for threads in sorted({1, 2, n_threads}):
+                timed.append((f"spxquery.drizzle3d square with covariance ({n_off} offsets, 17 planes)", threads,
+                              kernel_call(cx, cy, pixels, "square", threads, edges, covariance=True)))
         # Context: the same frame onto a single wavelength plane (2-D work, as cdrizzle does).
         timed.append(("spxquery.drizzle3d square (1 plane)", 1, ours("square", 1, np.array([0.5, 5.5]))))
         best = best_of_interleaved([fn for _, _, fn in timed], repeat)
@@ -233,6 +254,12 @@ def main() -> None:
         sq = {th: t for name, th, t in rows if "square (3-D" in name}
         if 1 in sq and 2 in sq:
             lines += ["", f"Geometry {tag}: square kernel speed-up from 1 to 2 threads: {sq[1] / sq[2]:.2f}x."]
+        cov = {th: t for name, th, t in rows if "with covariance" in name}
+        if cov:
+            lines += ["", f"Geometry {tag}: the covariance costs " + ", ".join(
+                f"{cov[th] / sq[th]:.2f}x the time on {th} thread(s)" for th in sorted(cov) if th in sq)
+                + f" (target <= 1.6x); memory: {len(covariance_offsets(edges))} float64 cubes of cross terms, "
+                  f"{len(covariance_offsets(edges)) * 8 / 36:.1f}x the 36 bytes per voxel of the accumulators."]
         t_cube = next((t for name, _, t in rows if name.startswith("STScI cdrizzle, 17 planes")), None)
         if t_cube and 1 in sq:
             lines += ["", (f"Geometry {tag}, the same 17-plane cube: cdrizzle plane by plane {t_cube:.3f} s vs this "

@@ -2,6 +2,8 @@
 grid; pixel spectra, aperture spectra in mJy (analytic cube), images, planes and the spectral-cube
 conversion; clear errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 from astropy import units as u
@@ -12,6 +14,7 @@ from astropy.nddata import VarianceUncertainty
 from spxquery.drizzle3d import read_cube
 from spxquery.drizzle3d.accumulate import DrizzleCube
 from spxquery.drizzle3d.config import Drizzle3DConfig
+from spxquery.drizzle3d.covariance import correction_factor
 from spxquery.drizzle3d.cubefile import save_cube
 from spxquery.drizzle3d.flags import DEFAULT_FLAG_BITS
 from spxquery.drizzle3d.grid import build_output_wcs
@@ -92,7 +95,8 @@ def test_aperture_spectrum_analytic(flat):
     cube.and_mask[7, 8, 9] = 1 << DEFAULT_FLAG_BITS["HOT"]  # plane 7: every input pixel HOT
     c = read_cube(save_cube(cube, path))
     radius = 2.5 * PIXSCALE * u.arcsec
-    s = c.spectrum(_centre_coord(c), radius=radius)
+    with pytest.warns(UserWarning, match="no COVARIANCE HDU"):  # the cube was made without covariance
+        s = c.spectrum(_centre_coord(c), radius=radius)
     ap = s.meta["aperture"]
     assert ap.n_pixels == 21  # lattice points with dx^2 + dy^2 <= 2.5^2
     omega = (PIXSCALE * u.arcsec) ** 2
@@ -102,13 +106,34 @@ def test_aperture_spectrum_analytic(flat):
     ok = np.ones(c.shape[0], bool)
     ok[[4, 7]] = False
     np.testing.assert_allclose(s.flux.value[ok], expected, rtol=1e-6)
-    var = V * 21 * (omega.to_value(u.sr) * 1e9) ** 2
+    var = V * 21 * (omega.to_value(u.sr) * 1e9) ** 2 * correction_factor(cube.config) ** 2  # the R^2 fallback
     np.testing.assert_allclose(s.uncertainty.array[ok], var, rtol=1e-6)
     assert s.uncertainty.unit == u.mJy**2
     np.testing.assert_array_equal(s.mask, ~ok)
     assert not c.spectrum(_centre_coord(c), radius=radius, flags=[]).mask[7]  # HOT not chosen: plane 7 good
     tiny = c.spectrum(_centre_coord(c), radius=1 * u.arcsec)
     assert tiny.meta["n_pixels"] == 1
+
+
+def test_aperture_spectrum_variance_includes_the_covariance(tmp_path):
+    """A cube with covariance: VARIANCE = V and Cov = C between horizontal neighbours (other
+    offsets 0): the aperture's variance is V N + 2 C (horizontal pairs inside), no warning."""
+    cfg = Drizzle3DConfig(center_ra=150.0, center_dec=2.0, width=2.0, height=2.0, detector=3, progress=False,
+                          covariance=True)
+    cube = DrizzleCube.create(build_output_wcs(cfg), cfg.effective_pixscale(), build_z_grid(3, 1.0, None), cfg, 3)
+    cube.weight_total[...], cube.flux_weighted[...], cube.var_accum[...] = 4.0, 4.0 * S, 16.0 * V
+    cube.count_map[...], cube.n_input_sc[...] = 1, 1
+    right = [tuple(o) for o in cube.cov_offsets].index((0, 0, 1))
+    cube.cov_cross[..., right] = 16.0 * 0.3 * V
+    c = read_cube(save_cube(cube, tmp_path / "cov.fits"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = c.spectrum(_centre_coord(c), radius=2.5 * PIXSCALE * u.arcsec)
+    m = s.meta["aperture"].mask
+    pairs = int(np.count_nonzero(m[:, :-1] & m[:, 1:]))
+    omega = (PIXSCALE * u.arcsec).to_value(u.rad) ** 2
+    expected = (V * m.sum() + 2 * 0.3 * V * pairs) * (omega * 1e9) ** 2
+    np.testing.assert_allclose(s.uncertainty.array, expected, rtol=1e-6)
 
 
 def test_aperture_spectrum_of_a_simulated_point_source(drizzled_cubes):

@@ -30,6 +30,7 @@ EXTRA_FIELDS = [
     ("tile_arcmin", None), ("scheduler", None), ("storage_options", None),
     ("reject_outliers", False), ("outlier_snr", (5.0, 3.0)), ("outlier_scale", (1.2, 0.7)), ("outlier_grow", 1),
     ("outlier_min_inputs", 4), ("outlier_masks", False),
+    ("covariance", False),
     ("combine_detectors", False), ("spectral_wcs", "auto"),
 ]
 

@@ -2,6 +2,7 @@
 extension, units and observation keywords, atomic writes; the 0.4.1 ``io`` module path."""
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -308,3 +309,31 @@ def test_io_module_keeps_the_041_names():
 
     assert io.save_cube is cubefile.save_cube and io.load_cube is cubefile.load_cube
     assert set(io.__all__) == {"save_cube", "load_cube"}
+
+
+def _masked_date(data: bytes) -> bytes:
+    """The file with the PRIMARY DATE card (the time of writing) blanked."""
+    at = data.index(b"DATE    = '")
+    return data[:at] + b" " * 80 + data[at + 80:]
+
+
+@pytest.mark.parametrize("n_log,outliers", [(12, False), (700, True)])
+def test_streamed_file_equals_astropy_file_byte_for_byte(tmp_path, n_log, outliers):
+    """The headers written as text (:mod:`.fitscards`) are astropy's: the whole file equals the one
+    astropy writes from build_hdulist (all but the DATE card), with long input names (comments cut)
+    and hundreds of INF/ZSC/ORJ cards."""
+    from spxquery.drizzle3d.cubefile import build_hdulist
+
+    cube = _cube(seed=5)
+    cube.frame_log[:] = [
+        {"name": f"level2_2026W01_1A_{i:05d}_1D3_spx_l2b-v12-2025-164_cutout.fits", "zodi_scale": 0.9 + 1e-4 * i,
+         "zodi_source": "sample", "mjd": 61000.0 + i / 7.0, "n_outliers": i % 5, "n_tested": 1000 + i}
+        for i in range(n_log)]
+    if outliers:
+        cube.reject_count = np.arange(cube.flux_weighted.size, dtype=np.int32).reshape(cube.flux_weighted.shape) - 1
+    streamed = save_cube(cube, tmp_path / "streamed.fits").read_bytes()
+    reference = tmp_path / "astropy.fits"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "Card is too long, comment will be truncated."
+        build_hdulist(cube).writeto(reference)
+    assert _masked_date(streamed) == _masked_date(reference.read_bytes())

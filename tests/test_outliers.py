@@ -220,6 +220,35 @@ def test_outlier_masks_and_frame_log(field):
 
 
 @pytest.mark.slow
+def test_covariance_with_rejection_leaves_the_rejected_pixels_out(field):
+    """Covariance and outlier rejection together: the same rejections and science as rejection
+    alone, the cross terms of the kept pixels only (the float64 variance plane is the VARIANCE of
+    the rejected cube, not of the dirty one), the stencil intact after the model pass, and the
+    HDUs in the documented order (the seven, WCS-TAB, REJECTED, COVARIANCE, COVAR-OFFSETS)."""
+    from spxquery.drizzle3d.covariance import aperture_variance, stencil
+    from spxquery.drizzle3d.spectral import build_z_grid
+
+    ref, dirty = field.cubes["dirty_rej"], field.cubes["dirty"]
+    out = field.root / "drc"
+    cube = _drizzle(field.dirty, out, reject_outliers=True, covariance=True)
+    np.testing.assert_array_equal(cube["rejected"], ref["rejected"])
+    np.testing.assert_array_equal(cube["count"], ref["count"])
+    assert cube["sci"].tobytes() == ref["sci"].tobytes()
+    landed = ref["count"] > 0
+    np.testing.assert_allclose(cube["covariance"][0][landed], ref["variance"][landed], rtol=1e-6)
+    hit = landed & (ref["rejected"] > 0)
+    assert hit.sum() > 100 and np.all(cube["covariance"][0][hit] != dirty["variance"][hit])
+    cfg = _config(out, reject_outliers=True, covariance=True)
+    np.testing.assert_array_equal(cube["cov_offsets"][1:], stencil(cfg, build_z_grid(3, 1.0).edges, 3))
+    with fits.open(out / "drizzle_D3.fits") as hdul:
+        assert [h.name for h in hdul][7:] == ["WCS-TAB", "REJECTED", "COVARIANCE", "COVAR-OFFSETS"]
+    mask = np.zeros(cube["sci"].shape, bool)
+    mask[5:8, 10:20, 10:20] = True
+    mask &= landed
+    assert aperture_variance(cube, mask) > 1.2 * cube["covariance"][0][mask].sum()
+
+
+@pytest.mark.slow
 def test_rejections_do_not_depend_on_frame_order_threads_or_strips(field, monkeypatch):
     ref = field.cubes["dirty_rej"]
     shuffled = [field.dirty[i] for i in np.random.default_rng(5).permutation(len(field.dirty))]

@@ -2,6 +2,7 @@
 astrometry, photometry, line centres, noise, rejected files, outputs."""
 
 import logging
+import os
 import shutil
 import warnings
 
@@ -208,3 +209,51 @@ def test_read_ahead_keeps_order_within_any_budget(field):
     assert runs[0] == runs[1] == runs[2]
     kinds = [k for _, k in runs[0]]
     assert kinds.count("frame") == kinds.count("end") == 3 and kinds[-1] == "reject"
+
+
+def test_frames_prepared_two_at_a_time_are_handed_over_like_one_at_a_time(field, monkeypatch):
+    """ReadAhead with two workers (local files: pipeline.frames_in_flight) cuts small crops into
+    their strips in the workers; the items, their order, the strips' bytes and the report of a
+    frame whose strip fails are those of one worker."""
+    from spxquery.drizzle3d import frames as frames_mod
+    from spxquery.drizzle3d.grid import OutputGrid
+    from spxquery.drizzle3d.pipeline import frames_in_flight
+    from spxquery.drizzle3d.readahead import READY_STRIP_PIXELS, ReadAhead
+
+    config = field["cfg"]
+    grid = OutputGrid.for_detector(config, 3)
+    paths = list(field["info"].paths)[:4] + [field["root"] / "missing.fits"]
+    assert frames_in_flight(paths, config) == min(2, os.cpu_count() or 1)
+    broken = paths[1].name
+    real_corner_map = frames_mod.corner_map
+
+    def failing_corner_map(input_wcs, *args, **kwargs):  # the strip of one frame fails
+        if failing_corner_map.name in str(getattr(input_wcs, "_test_name", "")):
+            raise RuntimeError("corner map failed")
+        return real_corner_map(input_wcs, *args, **kwargs)
+
+    failing_corner_map.name = broken
+    real_prepare = frames_mod.prepare_frame
+
+    def named_prepare(path, *args, **kwargs):
+        frame = real_prepare(path, *args, **kwargs)
+        if frame is not None:
+            frame.wcs._test_name = frame.name
+        return frame
+
+    monkeypatch.setattr(frames_mod, "corner_map", failing_corner_map)
+    monkeypatch.setattr("spxquery.drizzle3d.readahead.prepare_frame", named_prepare)
+    runs = []
+    for workers, ready in ((1, 0), (1, READY_STRIP_PIXELS), (2, READY_STRIP_PIXELS)):  # 0: strips when handed over
+        monkeypatch.setattr("spxquery.drizzle3d.readahead.READY_STRIP_PIXELS", ready)
+        out = []
+        for item in ReadAhead(paths, config, grid, workers=workers):
+            payload = b"".join(a.tobytes() for a in item.payload if a is not None) if item.kind == "strip" \
+                else item.payload if item.kind in ("reject", "broken") else None
+            out.append((item.path.name, item.kind, payload))
+        runs.append(out)
+    assert runs[0] == runs[1] == runs[2]
+    kinds = [(name, kind) for name, kind, _ in runs[0]]
+    assert (broken, "broken") in kinds and kinds[-1] == ("missing.fits", "reject")
+    assert sum(k == "strip" for _, k in kinds) >= 3
+    assert all(f.n_pixels <= READY_STRIP_PIXELS for f in (real_prepare(p, config, grid) for p in paths[:2]) if f)

@@ -97,6 +97,7 @@ impl Cube {
             count: count.view_mut(),
             and_mask: and_mask.view_mut(),
             or_mask: or_mask.view_mut(),
+            cov: None,
         }
     }
 }

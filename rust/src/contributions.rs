@@ -149,6 +149,9 @@ pub struct Contributions<'a> {
 pub fn accumulate_contributions(cube: CubeMut<'_>, c: &Contributions<'_>, p: &Params, threads: usize) -> Result<FrameStats, String> {
     let (nz, ny_out, nx_out) = cube.shape()?;
     p.check_planes(nz)?;
+    if cube.cov.is_some() {
+        return Err("covariance cross terms are accumulated by accumulate_frame (drizzle_frame), not from contribution lists".to_string());
+    }
     let n_in = c.image.len();
     for (name, n) in
         [("variance", c.variance.len()), ("flags", c.flags.len()), ("lambda_c_map", c.lambda_c.len()), ("delta_lambda_map", c.delta_lambda.len())]

@@ -40,6 +40,7 @@ impl Cube {
             count: self.count.view_mut(),
             and_mask: self.and_mask.view_mut(),
             or_mask: self.or_mask.view_mut(),
+            cov: None,
         }
     }
 }
@@ -518,5 +519,57 @@ fn tiles_of_a_grid_hold_the_whole_grids_bits() {
                 }
             }
         }
+    }
+}
+
+/// The positive offsets `(dz, dy, dx)` within `|dz| <= z` and `|dy|, |dx| <= s`.
+fn cov_stencil(z: i64, s: i64) -> crate::covariance::Stencil {
+    let mut o = vec![];
+    for dy in -s..=s {
+        for dx in -s..=s {
+            for dz in -z..=z {
+                if crate::covariance::positive([dz, dy, dx]) {
+                    o.push([dz, dy, dx]);
+                }
+            }
+        }
+    }
+    crate::covariance::Stencil::new(&o).unwrap()
+}
+
+#[test]
+fn covariance_is_bitwise_identical_for_any_thread_count_and_leaves_the_cube_alone() {
+    use crate::covariance::CovMut;
+    use ndarray::Array4;
+    let f = affine_frame(60, 55, rotation(0.3, 0.9), [20.0, -3.0], |j, i| (j * 31 + i * 17) as f64 % 7.0 - 2.0);
+    let (ny, nx) = (60, 60);
+    let stencil = cov_stencil(1, 2);
+    let mut plain = Cube::new(3, ny, nx);
+    accumulate_frame(plain.view(), &f.view(), &params(Kernel::Square, 0.7), 1).unwrap();
+    let mut results = vec![];
+    for threads in [1, 2, 3, 8] {
+        let mut c = Cube::new(3, ny, nx);
+        let mut cross = Array4::<f64>::zeros((3, ny, nx, stencil.offsets.len()));
+        let view = CubeMut { cov: Some(CovMut { cross: cross.view_mut(), stencil: stencil.clone() }), ..c.view() };
+        accumulate_frame(view, &f.view(), &params(Kernel::Square, 0.7), threads).unwrap();
+        // The cube itself bit for bit as without covariance (the same scan deposits it).
+        for (a, b) in [(&c.flux, &plain.flux), (&c.weight, &plain.weight), (&c.var, &plain.var)] {
+            assert!(a.iter().zip(b.iter()).all(|(x, y)| x.to_bits() == y.to_bits()));
+        }
+        assert_eq!((&c.count, &c.and_mask, &c.or_mask), (&plain.count, &plain.and_mask, &plain.or_mask));
+        results.push(cross);
+    }
+    assert!(results[0].iter().filter(|v| **v > 0.0).count() > 1000);
+    for r in &results[1..] {
+        assert!(r.iter().zip(results[0].iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+    // Droplets larger than the stencil: an error naming the offset, on any thread count.
+    let big = affine_frame(10, 10, rotation(0.3, 3.0), [20.0, 20.0], |_, _| 1.0);
+    for threads in [1, 3] {
+        let mut c = Cube::new(3, ny, nx);
+        let mut cross = Array4::<f64>::zeros((3, ny, nx, stencil.offsets.len()));
+        let view = CubeMut { cov: Some(CovMut { cross: cross.view_mut(), stencil: stencil.clone() }), ..c.view() };
+        let err = accumulate_frame(view, &big.view(), &params(Kernel::Square, 0.7), threads).unwrap_err();
+        assert!(err.contains("beyond the stencil"), "{err}");
     }
 }

@@ -15,6 +15,8 @@
 //! - `schedule`: thread pools, band layout, bucketing.
 //! - [`scan`]: the fused path, [`accumulate_frame`], the SIMD band scan, and the
 //!   accumulators it writes ([`CubeMut`], bands of rows, the voxel update).
+//! - [`covariance`]: the optional covariance cross terms (a stencil of voxel
+//!   pairs, accumulated by the scan when the cube has them).
 //! - [`contributions`]: the spxquery 0.4.1 API's contribution lists.
 //! - [`outliers`]: outlier rejection: the merge of a frame into the robust model,
 //!   the 3-D blot of the model at each input pixel and the test against it.
@@ -29,6 +31,7 @@
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod contributions;
+pub mod covariance;
 mod culling;
 pub mod droplet;
 pub mod frame;
@@ -42,6 +45,7 @@ pub mod rice;
 pub mod scan;
 mod schedule;
 pub mod spectral;
+pub mod wavelookup;
 
 #[cfg(feature = "python")]
 mod python;

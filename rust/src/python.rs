@@ -13,17 +13,19 @@
 use ndarray::{Array2, Dimension};
 use numpy::{
     Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadwriteArray,
-    PyReadwriteArray3,
+    PyReadwriteArray3, PyReadwriteArray4,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::contributions::{self, Contributions};
+use crate::covariance::{CovMut, Stencil};
 use crate::frame::FrameView;
 use crate::params::{Kernel, Params, Settings};
 use crate::rice::{self, Columns, RiceParams, Tile};
 use crate::scan::{CubeMut, FrameStats};
+use crate::wavelookup::{self, Axis};
 use crate::{interp, outliers, scan, spectral};
 
 /// Runs `f` with the GIL released and turns a panic into a RuntimeError.
@@ -153,6 +155,9 @@ struct CubeArrays<'py> {
     count_map: PyReadwriteArray3<'py, u32>,
     and_mask: PyReadwriteArray3<'py, u32>,
     or_mask: PyReadwriteArray3<'py, u32>,
+    /// Optional: the covariance cross terms `cov_cross` `(n_z, ny, nx, n_offsets)`
+    /// and their offsets `cov_offsets` `(n_offsets, 3)` int64 `(dz, dy, dx)`.
+    cov: Option<(PyReadwriteArray4<'py, f64>, Stencil)>,
 }
 
 impl<'py> CubeArrays<'py> {
@@ -164,6 +169,7 @@ impl<'py> CubeArrays<'py> {
             count_map: cube_array(cube, "count_map")?,
             and_mask: cube_array(cube, "and_mask")?,
             or_mask: cube_array(cube, "or_mask")?,
+            cov: cov_arrays(cube)?,
         })
     }
 
@@ -175,8 +181,27 @@ impl<'py> CubeArrays<'py> {
             count: self.count_map.as_array_mut(),
             and_mask: self.and_mask.as_array_mut(),
             or_mask: self.or_mask.as_array_mut(),
+            cov: self.cov.as_mut().map(|(a, st)| CovMut { cross: a.as_array_mut(), stencil: st.clone() }),
         }
     }
+}
+
+/// The covariance accumulator of the mapping `cube`, when it has `cov_cross`
+/// (then `cov_offsets` is required); errors name the array.
+fn cov_arrays<'py>(cube: &Bound<'py, PyAny>) -> PyResult<Option<(PyReadwriteArray4<'py, f64>, Stencil)>> {
+    if !cube.contains("cov_cross")? {
+        return Ok(None);
+    }
+    let value = cube.get_item("cov_offsets").map_err(|_| PyKeyError::new_err("cube has cov_cross but no cov_offsets"))?;
+    let arr: PyReadonlyArray2<'py, i64> =
+        value.extract().map_err(|e| PyValueError::new_err(format!("cube array cov_offsets (int64, (n, 3)): {e}")))?;
+    let a = arr.as_array();
+    if a.dim().1 != 3 {
+        return Err(PyValueError::new_err(format!("cube array cov_offsets has shape {:?}, expected (n, 3)", a.dim())));
+    }
+    let offsets: Vec<[i64; 3]> = a.rows().into_iter().map(|r| [r[0], r[1], r[2]]).collect();
+    let stencil = Stencil::new(&offsets).map_err(PyValueError::new_err)?;
+    Ok(Some((cube_array(cube, "cov_cross")?, stencil)))
 }
 
 /// `(n_pixels, n_contributions, planes)` of a call.
@@ -320,6 +345,31 @@ fn densify<'py>(py: Python<'py>, coarse: PyReadonlyArray2<'py, f64>, step: usize
     let c = coarse.as_array();
     let out: Array2<f64> = run_detached(py, "densify", move || interp::densify(c, step, ny, nx))?;
     Ok(out.into_pyarray(py))
+}
+
+/// Per-pixel `(wavelength, bandwidth)` (um) from a `WCS-WAVE` table `values`
+/// `(knot rows, knot columns, 2)` and each pixel row's and column's cell and
+/// fraction (see `wavelookup.rs`).
+#[pyfunction]
+#[pyo3(signature = (*, values, row_cell, row_frac, column_cell, column_frac))]
+#[allow(clippy::type_complexity)]
+fn wave_lookup<'py>(
+    py: Python<'py>,
+    values: PyReadonlyArray3<'py, f64>,
+    row_cell: PyReadonlyArray1<'py, i64>,
+    row_frac: PyReadonlyArray1<'py, f64>,
+    column_cell: PyReadonlyArray1<'py, i64>,
+    column_frac: PyReadonlyArray1<'py, f64>,
+) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>)> {
+    let (row_cell, column_cell) = (sizes("row_cell", &row_cell)?, sizes("column_cell", &column_cell)?);
+    let (row_frac, column_frac) = (slice_of(&row_frac, "row_frac")?, slice_of(&column_frac, "column_frac")?);
+    let v = values.as_array();
+    let (lam, dlam) = run_detached(py, "wave_lookup", move || {
+        let rows = Axis { index: &row_cell, frac: row_frac };
+        let columns = Axis { index: &column_cell, frac: column_frac };
+        wavelookup::lookup(v, &rows, &columns)
+    })?;
+    Ok((lam.into_pyarray(py), dlam.into_pyarray(py)))
 }
 
 fn sizes(name: &str, a: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
@@ -486,6 +536,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spatial_mapping, m)?)?;
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;
     m.add_function(wrap_pyfunction!(densify, m)?)?;
+    m.add_function(wrap_pyfunction!(wave_lookup, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
     m.add_function(wrap_pyfunction!(outlier_test, m)?)?;

@@ -32,6 +32,7 @@ use std::sync::Mutex;
 
 use ndarray::{ArrayViewMut3, Axis};
 
+use crate::covariance::{CovBand, CovMut, Touch};
 use crate::culling::{live_blocks, LiveBlock, Window, BLOCK};
 use crate::droplet::{make_droplet, reach, Droplet};
 use crate::frame::{pixel_value, FrameRow, FrameView, PixelValue, RawRow};
@@ -116,19 +117,30 @@ pub(crate) fn accumulate_frame_with(
     let band_of = |r: u32| starts.partition_point(|&s| s <= r as usize) as u32 - 1;
     let (offsets, items) = bucket_by_band(blocks.len(), n_bands, |b| (band_of(blocks[b].row_lo), band_of(blocks[b].row_hi)));
     let bands: Vec<Mutex<Option<Band<'_>>>> = cube.into_bands_at(&starts, origin).into_iter().map(|b| Mutex::new(Some(b))).collect();
-    let parts: Vec<(u64, u64, Vec<bool>, Vec<u32>)> = run_indexed(helpers, bands.len(), |b| {
+    let parts: Vec<BandResult> = run_indexed(helpers, bands.len(), |b| {
         let band = bands[b].lock().unwrap_or_else(|e| e.into_inner()).take().expect("each band is taken once");
         let mut task = BandTask::new(band, p, m, win, isa);
         let shared = task.scan(frame, &blocks, &items[offsets[b]..offsets[b + 1]]);
-        (task.n_pixels, task.n_contributions, task.planes, shared)
+        (task.n_pixels, task.n_contributions, task.planes, shared, task.cov_overflow)
     });
+    if let Some(o) = parts.iter().find_map(|t| t.4) {
+        return Err(format!(
+            "covariance: an input pixel couples voxels {o:?} (dz, dy, dx) apart, beyond the stencil of cov_offsets; \
+             the droplets or spectral top-hats of this frame are larger than the configuration implies"
+        ));
+    }
     // Pixels that may reach several bands are counted once.
     let mut shared: Vec<u32> = parts.iter().flat_map(|t| t.3.iter().copied()).collect();
     shared.sort_unstable();
     shared.dedup();
     let n_pixels = shared.len() as u64 + parts.iter().map(|t| t.0).sum::<u64>();
-    Ok(merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _)| (nc, pl)), n_pixels))
+    Ok(merge_stats(nz, parts.into_iter().map(|(_, nc, pl, _, _)| (nc, pl)), n_pixels))
 }
+
+/// What one band's task returns: pixels counted here, voxel updates, planes
+/// touched, pixels that may reach other bands, and a covariance pair offset
+/// beyond the stencil (if any).
+type BandResult = (u64, u64, Vec<bool>, Vec<u32>, Option<[i64; 3]>);
 
 /// The instruction sets the band scan is compiled for, narrowest first. The
 /// builds run the same arithmetic, so they give the same bits (tested).
@@ -159,6 +171,7 @@ impl Isa {
 
 /// Where a droplet lands: within the 2 x 2 output pixels from `(r0, c0)` with
 /// fractions `f[a][b]`, within 3 x 3, or a larger square droplet `(qx, qy, area)`.
+#[derive(Clone, Copy)]
 enum Spot {
     Cells(isize, isize, [[f64; 2]; 2]),
     /// Within the 3 x 3 output pixels from `(r0, c0)`, `f[a][b]` for `(r0 + a, c0 + b)`.
@@ -193,6 +206,10 @@ struct BandTask<'a, 'p> {
     pf_last: Vec<isize>,
     /// The build of the scan: at most [`Isa::widest`].
     isa: Isa,
+    /// With covariance: the voxels the current pixel touches (any band), and
+    /// the first pair offset found beyond the stencil.
+    touched: Vec<Touch>,
+    cov_overflow: Option<[i64; 3]>,
 }
 
 impl<'a, 'p> BandTask<'a, 'p> {
@@ -220,6 +237,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
             planes: vec![false; nz],
             pf_last: vec![isize::MIN; nz],
             isa,
+            touched: Vec::new(),
+            cov_overflow: None,
         }
     }
 
@@ -227,33 +246,45 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// checked `frame`; returns the input pixels that deposited here and may
     /// also reach another band. Uses the build `self.isa` (same bits in each).
     fn scan(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        // The cross terms take a separate instance of the scan, so that the default one is unchanged.
+        if self.band.cov.is_some() {
+            self.scan_isa::<true>(frame, blocks, mine)
+        } else {
+            self.scan_isa::<false>(frame, blocks, mine)
+        }
+    }
+
+    /// [`Self::scan`] in the build `self.isa`; `COV`: with the covariance cross terms.
+    #[inline(always)]
+    fn scan_isa<const COV: bool>(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         match self.isa {
             // SAFETY: the CPU supports these features (`isa` is at most `Isa::widest()`).
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => unsafe { self.scan_avx512(frame, blocks, mine) },
+            Isa::Avx512 => unsafe { self.scan_avx512::<COV>(frame, blocks, mine) },
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { self.scan_avx2(frame, blocks, mine) },
-            _ => self.scan_any(frame, blocks, mine),
+            Isa::Avx2 => unsafe { self.scan_avx2::<COV>(frame, blocks, mine) },
+            _ => self.scan_any::<COV>(frame, blocks, mine),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn scan_avx2(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
-        self.scan_any(frame, blocks, mine)
+    fn scan_avx2<const COV: bool>(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        self.scan_any::<COV>(frame, blocks, mine)
     }
 
     /// The AVX2 build with the AVX-512 instruction set (32 vector registers,
     /// mask registers): same arithmetic, so the same bits as the other builds.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,avx512f,avx512dq,avx512vl")]
-    fn scan_avx512(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
-        self.scan_any(frame, blocks, mine)
+    fn scan_avx512<const COV: bool>(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+        self.scan_any::<COV>(frame, blocks, mine)
     }
 
+    /// `COV`: also the covariance cross terms of every pixel ([`Self::land_cells`], [`Self::land`]).
     #[inline(always)]
-    fn scan_any(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
+    fn scan_any<const COV: bool>(&mut self, frame: &FrameView<'_>, blocks: &[LiveBlock], mine: &[u32]) -> Vec<u32> {
         let (ny, nx) = frame.image.dim();
         // The SIMD block path reads rows with unit stride (else pixel by pixel).
         let unit = [frame.corners_x.strides()[1], frame.corners_y.strides()[1], frame.image.strides()[1], frame.variance.strides()[1]]
@@ -277,11 +308,11 @@ impl<'a, 'p> BandTask<'a, 'p> {
                         a.prefetch(i0);
                     }
                     if unit && i0 + BLOCK <= nx {
-                        unsafe { self.block(&row, i0, j * nx, &mut shared) };
+                        unsafe { self.block::<COV>(&row, i0, j * nx, &mut shared) };
                         continue;
                     }
                     for i in i0..(i0 + BLOCK).min(nx) {
-                        if unsafe { self.pixel(&row, i) } {
+                        if unsafe { self.pixel::<COV>(&row, i) } {
                             shared.push((j * nx + i) as u32);
                         }
                     }
@@ -297,22 +328,10 @@ impl<'a, 'p> BandTask<'a, 'p> {
     ///
     /// SAFETY: `i` must be a column of the checked frame behind `row`.
     #[inline(always)]
-    unsafe fn pixel(&mut self, row: &FrameRow, i: usize) -> bool {
-        let (p, m) = (self.p, self.m);
+    unsafe fn pixel<const COV: bool>(&mut self, row: &FrameRow, i: usize) -> bool {
+        let p = self.p;
         let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
-        // Cheap rejection by the rows and columns the unshrunk quadrilateral can reach.
-        let qy = unsafe { [row.cy0.at(i), row.cy0.at(i + 1), row.cy1.at(i + 1), row.cy1.at(i)] };
-        let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
-        let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
-        if !(y1 + m > row_lo as f64 && y0 - m < (row_hi - 1) as f64) {
-            return false;
-        }
-        let qx = unsafe { [row.cx0.at(i), row.cx0.at(i + 1), row.cx1.at(i + 1), row.cx1.at(i)] };
-        let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
-        let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
-        if !(x1 + m > self.win.left as f64 && x0 - m < (self.win.right - 1) as f64) {
-            return false;
-        }
+        let Some((qx, qy, y0, y1)) = (unsafe { self.reaching_quad(row, i) }) else { return false };
         let Some(droplet) = make_droplet(&qx, &qy, p.xy_shrink, p.kernel) else { return false };
         let cells = match droplet {
             Droplet::Square { qx, qy, .. } => quad_footprint_2x2(&qx, &qy),
@@ -323,13 +342,38 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 if r0 >= row_lo as isize && r0 + 1 < row_hi as isize && c0 >= self.win.left as isize && c0 + 1 < self.win.right as isize =>
             {
                 // All four cells inside this band and the grid: the fast path.
-                return unsafe { self.land_cells::<2, 2, false>(row, i, y0, y1, r0 as usize, c0 as usize, &f, None) };
+                return unsafe { self.land_cells::<2, 2, false, COV>(row, i, y0, y1, r0 as usize, c0 as usize, &f, None) };
             }
             (Some((r0, c0, f)), _) => Spot::Cells(r0, c0, f),
             (None, Droplet::Square { qx, qy, area }) => Spot::Quad(qx, qy, area),
             (None, Droplet::Point { .. }) => return false,
         };
-        unsafe { self.land(row, i, y0, y1, fp) }
+        unsafe { self.land::<COV>(row, i, y0, y1, fp) }
+    }
+
+    /// The corners `(qx, qy)` of pixel `i`'s unshrunk quadrilateral and the
+    /// lowest and highest output row positions `y0`, `y1` of its corners; None
+    /// when it cannot reach this band's rows or the grid's columns (the cheap
+    /// rejection).
+    ///
+    /// SAFETY: `i` must be a column of the checked frame behind `row`.
+    #[inline(always)]
+    unsafe fn reaching_quad(&self, row: &FrameRow, i: usize) -> Option<([f64; 4], [f64; 4], f64, f64)> {
+        let m = self.m;
+        let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
+        let qy = unsafe { [row.cy0.at(i), row.cy0.at(i + 1), row.cy1.at(i + 1), row.cy1.at(i)] };
+        let y0 = fmin(fmin(qy[0], qy[1]), fmin(qy[2], qy[3]));
+        let y1 = fmax(fmax(qy[0], qy[1]), fmax(qy[2], qy[3]));
+        if !(y1 + m > row_lo as f64 && y0 - m < (row_hi - 1) as f64) {
+            return None;
+        }
+        let qx = unsafe { [row.cx0.at(i), row.cx0.at(i + 1), row.cx1.at(i + 1), row.cx1.at(i)] };
+        let x0 = fmin(fmin(qx[0], qx[1]), fmin(qx[2], qx[3]));
+        let x1 = fmax(fmax(qx[0], qx[1]), fmax(qx[2], qx[3]));
+        if !(x1 + m > self.win.left as f64 && x0 - m < (self.win.right - 1) as f64) {
+            return None;
+        }
+        Some((qx, qy, y0, y1))
     }
 
     /// Drizzles the [`BLOCK`] pixels from column `i0` of `row` (all inside the
@@ -342,7 +386,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// SAFETY: columns `i0 .. i0 + BLOCK` (and corner column `i0 + BLOCK`) must
     /// exist in the checked frame behind `row`, whose rows all have unit stride.
     #[inline(always)]
-    unsafe fn block(&mut self, row: &FrameRow, i0: usize, base: usize, shared: &mut Vec<u32>) {
+    unsafe fn block<const COV: bool>(&mut self, row: &FrameRow, i0: usize, base: usize, shared: &mut Vec<u32>) {
         let m = self.m;
         let (lo, hi) = (self.band.r0 as f64, (self.band.r0 + self.band.rows - 1) as f64);
         let (x_lo, x_hi) = (self.win.left as f64, (self.win.right - 1) as f64);
@@ -395,18 +439,18 @@ impl<'a, 'p> BandTask<'a, 'p> {
                     Shape::Small if inside(1.0, 1.0) => {
                         let f = [[fp.f[0][l], fp.f[1][l]], [fp.f[2][l], fp.f[3][l]]];
                         let (r0, c0) = cells();
-                        Some(unsafe { self.land_cells::<2, 2, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                        Some(unsafe { self.land_cells::<2, 2, true, COV>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     // Three columns and at most two rows (the third row of `f3` is zero), or the transpose.
                     Shape::Medium if wide && inside(1.0, 2.0) => {
                         let f: [[f64; 3]; 2] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
                         let (r0, c0) = cells();
-                        Some(unsafe { self.land_cells::<2, 3, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                        Some(unsafe { self.land_cells::<2, 3, true, COV>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     Shape::Medium if !wide && inside(2.0, 1.0) => {
                         let f: [[f64; 2]; 3] = std::array::from_fn(|a| std::array::from_fn(|b| f3[a][b][l]));
                         let (r0, c0) = cells();
-                        Some(unsafe { self.land_cells::<3, 2, true>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
+                        Some(unsafe { self.land_cells::<3, 2, true, COV>(row, i + l, y0[l], y1[l], r0, c0, &f, pf) })
                     }
                     _ => None,
                 };
@@ -430,7 +474,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
                         }
                     }
                 };
-                if unsafe { self.land(row, i + l, y0[l], y1[l], spot) } {
+                if unsafe { self.land::<COV>(row, i + l, y0[l], y1[l], spot) } {
                     shared.push((base + i + l) as u32);
                 }
             }
@@ -449,7 +493,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// frame's rows have unit stride.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn land_cells<const R: usize, const C: usize, const UNIT: bool>(
+    unsafe fn land_cells<const R: usize, const C: usize, const UNIT: bool, const COV: bool>(
         &mut self,
         row: &FrameRow,
         i: usize,
@@ -511,6 +555,15 @@ impl<'a, 'p> BandTask<'a, 'p> {
         if n == 0 {
             return false;
         }
+        if COV {
+            if let Some(cov) = band.cov.as_mut() {
+                // SAFETY: the R x C output pixels lie in this band and on the grid (the
+                // caller's contract), the planes of `zov` in the cube (above).
+                if let Err(o) = unsafe { cov.add_cells(r0, c0, &f, zov, ivar, variance, keep_from) } {
+                    self.cov_overflow.get_or_insert(o);
+                }
+            }
+        }
         self.n_contributions += n as u64;
         self.count_pixel(y0, y1)
     }
@@ -562,7 +615,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
     ///
     /// SAFETY: `i` must be a column of the checked frame behind `row`.
     #[inline(never)]
-    unsafe fn land(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, spot: Spot) -> bool {
+    unsafe fn land<const COV: bool>(&mut self, row: &FrameRow, i: usize, y0: f64, y1: f64, spot: Spot) -> bool {
         let (row_lo, row_hi) = (self.band.r0, self.band.r0 + self.band.rows);
         let Some((pix, n)) = (unsafe { self.value_and_overlaps::<false>(row, i) }) else { return false };
         if n == 0 {
@@ -588,8 +641,40 @@ impl<'a, 'p> BandTask<'a, 'p> {
         if deposited == 0 {
             return false;
         }
+        if COV {
+            self.cross_terms(spot, &pix);
+        }
         self.n_contributions += deposited as u64;
         self.count_pixel(y0, y1)
+    }
+
+    /// The covariance cross terms of a pixel that [`Self::land`] deposited: the
+    /// voxels its droplet `spot` gives weight on the whole grid (every band's
+    /// rows, with the same fractions and weights as the deposits), of which the
+    /// pairs anchored in this band are added ([`CovBand::add_pairs`]).
+    fn cross_terms(&mut self, spot: Spot, pix: &PixelValue) {
+        let Some(cov) = self.band.cov.as_mut() else { return };
+        let win = self.win;
+        let (rows, cols) = (win.top as isize..win.bottom as isize, win.left as isize..win.right as isize);
+        let (zov, keep_from, touched) = (&self.zov_buf[..self.n_zov], self.keep_from, &mut self.touched);
+        touched.clear();
+        // As `Band::deposit`: each plane of each cell, in (row, column, plane) order.
+        let mut emit = |r: usize, c: usize, f_xy: f64| {
+            for &(k, f_z) in zov {
+                let f = f_xy * f_z;
+                if f >= keep_from {
+                    touched.push(Touch { z: k, r, c, w: pix.ivar * f });
+                }
+            }
+        };
+        match spot {
+            Spot::Cells(r0, c0, f) => for_each_cell(r0, c0, &f, rows, cols, self.negligible, &mut emit),
+            Spot::Cells3(r0, c0, f) => for_each_cell(r0, c0, &f, rows, cols, self.negligible, &mut emit),
+            Spot::Quad(qx, qy, area) => for_each_quad_overlap_in(&qx, &qy, area, (win.top, win.bottom), (win.left, win.right), &mut emit),
+        }
+        if let Err(o) = cov.add_pairs(touched, pix.variance) {
+            self.cov_overflow.get_or_insert(o);
+        }
     }
 
     /// Deposits those of the N x N output pixels from `(r0, c0)` that lie in
@@ -615,6 +700,8 @@ pub struct CubeMut<'a> {
     pub count: ArrayViewMut3<'a, u32>,
     pub and_mask: ArrayViewMut3<'a, u32>,
     pub or_mask: ArrayViewMut3<'a, u32>,
+    /// The covariance cross terms, when asked for ([`crate::covariance`]).
+    pub cov: Option<CovMut<'a>>,
 }
 
 /// One band of output rows `r0 .. r0 + rows` of every accumulator, as raw
@@ -630,6 +717,8 @@ pub(crate) struct Band<'a> {
     pub(crate) nx: usize,
     pub(crate) strides: [isize; 3],
     pub(crate) vox: Voxels,
+    /// This band's rows of the covariance cross terms, when the cube has them.
+    pub(crate) cov: Option<CovBand<'a>>,
     _views: std::marker::PhantomData<&'a mut f64>,
 }
 
@@ -709,6 +798,9 @@ impl<'a> CubeMut<'a> {
         if all.iter().any(|o| *o != st) {
             return Err("cube arrays must share one memory layout (use C-contiguous arrays)".to_string());
         }
+        if let Some(cov) = &self.cov {
+            cov.check(s)?;
+        }
         Ok(s)
     }
 
@@ -727,6 +819,7 @@ impl<'a> CubeMut<'a> {
         let ny = self.flux.dim().1;
         assert!(starts.first() == Some(&0) && starts.last() == Some(&ny) && starts.windows(2).all(|w| w[0] < w[1] || ny == 0));
         let mut bands = Vec::with_capacity(starts.len());
+        let mut cov_bands = self.cov.map(|c| c.into_bands_at(starts, origin).into_iter());
         let (mut flux, mut weight, mut var) = (self.flux, self.weight, self.var);
         let (mut count, mut and_mask, mut or_mask) = (self.count, self.and_mask, self.or_mask);
         for w in starts.windows(2) {
@@ -750,6 +843,7 @@ impl<'a> CubeMut<'a> {
                 nx: f.dim().2,
                 strides: st,
                 vox: Voxels { f: [f.as_mut_ptr(), w.as_mut_ptr(), v.as_mut_ptr()], u: [c.as_mut_ptr(), a.as_mut_ptr(), o.as_mut_ptr()] },
+                cov: cov_bands.as_mut().and_then(|b| b.next()),
                 _views: std::marker::PhantomData,
             });
             flux = f_rest;

@@ -13,6 +13,7 @@ from typing import Any, TypeAlias, TypedDict
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import NotRequired
 
 __version__: str
 
@@ -22,7 +23,11 @@ BoolArray: TypeAlias = npt.NDArray[np.bool_]
 
 class CubeArrays(TypedDict):
     """A cube's accumulators, each ``(n_z, ny, nx)``, C-contiguous, written in place
-    (``DrizzleCube.accumulators()``)."""
+    (``DrizzleCube.accumulators()``). Optional: the covariance cross terms ``cov_cross``
+    (float64 ``(n_z, ny, nx, n_offsets)``) of the offsets ``cov_offsets`` (int64 ``(n_offsets,
+    3)``, each ``(dz, dy, dx)`` positive: ``dy > 0``, or ``dy = 0`` and ``dx > 0``, or ``dy = dx
+    = 0`` and ``dz > 0``); only ``accumulate_frame`` fills them (``accumulate_contributions``
+    refuses such a cube), and a pixel coupling voxels beyond the offsets is a ``ValueError``."""
 
     flux_weighted: F64Array
     weight_total: F64Array
@@ -30,6 +35,8 @@ class CubeArrays(TypedDict):
     count_map: U32Array
     and_mask: U32Array
     or_mask: U32Array
+    cov_cross: NotRequired[F64Array]
+    cov_offsets: NotRequired[npt.NDArray[np.int64]]
 
 class EngineParams:
     """The engine's parameters for one cube, validated once (``ValueError`` naming the parameter).
@@ -141,6 +148,19 @@ def spectral_overlaps(
 def densify(*, coarse: F64Array, step: int, ny: int, nx: int) -> F64Array:
     """Dense ``(ny, nx)`` grid from a coarse one by Catmull-Rom interpolation; coarse node
     ``(a, b)`` lies at dense index ``((a - 1) * step, (b - 1) * step)``."""
+
+def wave_lookup(
+    *,
+    values: F64Array,
+    row_cell: npt.NDArray[np.int64],
+    row_frac: F64Array,
+    column_cell: npt.NDArray[np.int64],
+    column_frac: F64Array,
+) -> tuple[F64Array, F64Array]:
+    """``(value 0, value 1)`` ``(rows, columns)`` of a ``(knot rows, knot columns, 2)`` table by
+    separable bilinear interpolation: ``(1 - fy) * ax[iy] + fy * ax[iy + 1]`` with ``ax[k] = (1 - fx)
+    * v[k, ix] + fx * v[k, ix + 1]`` (cells ``iy``/``ix``, fractions ``fy``/``fx`` per row/column).
+    ValueError for a cell outside the table."""
 
 def rice_decode_rows(
     *,

@@ -25,6 +25,7 @@ from astropy.wcs import WCS
 
 from . import _core
 from .config import Drizzle3DConfig
+from .covariance import stencil
 from .flags import as_uint32
 from .spectral import ZGrid
 
@@ -72,6 +73,13 @@ class DrizzleCube:
     reject_count: np.ndarray | None = None
     """int32 ``(n_z, n_y, n_x)`` rejected contributions per voxel, -1 where nothing was tested
     (outlier rejection, :mod:`.outliers`); None when rejection is off."""
+    cov_cross: np.ndarray | None = None
+    """With ``config.covariance``: the covariance cross terms ``sum w_k w_l sigma^2``, float64
+    ``(n_z, n_y, n_x, n_offsets)`` (offsets innermost: one anchor's terms are neighbours in memory),
+    of the voxel pairs ``(k, k + cov_offsets[n])``
+    (:mod:`.covariance`); None otherwise."""
+    cov_offsets: np.ndarray | None = None
+    """int64 ``(n_offsets, 3)``: the ``(dz, dy, dx)`` of each plane of ``cov_cross``."""
     plane_detector: np.ndarray | None = None
     """(n_z,) detector (1-6) of each plane (None: ``detector`` for every plane)."""
     _engine: tuple[tuple, _core.EngineParams] | None = field(default=None, init=False, repr=False, compare=False)
@@ -128,8 +136,9 @@ class DrizzleCube:
         return self._engine[1]
 
     def accumulators(self) -> dict[str, np.ndarray]:
-        """The six accumulator arrays by field name, as the engine takes them."""
-        return {
+        """The six accumulator arrays by field name, as the engine takes them (with
+        ``cov_cross`` and ``cov_offsets`` when the cube accumulates the covariance)."""
+        arrays = {
             "flux_weighted": self.flux_weighted,
             "weight_total": self.weight_total,
             "var_accum": self.var_accum,
@@ -137,6 +146,10 @@ class DrizzleCube:
             "and_mask": self.and_mask,
             "or_mask": self.or_mask,
         }
+        if self.cov_cross is not None and self.cov_offsets is not None:
+            arrays["cov_cross"] = self.cov_cross
+            arrays["cov_offsets"] = self.cov_offsets
+        return arrays
 
     @classmethod
     def create(cls, wcs: WCS, pixscale: float, zgrid: ZGrid, config: Drizzle3DConfig, detector: int,
@@ -147,7 +160,8 @@ class DrizzleCube:
         ``detector`` 0 with ``plane_detector`` (the detector of each plane): a cube of several detectors."""
         size = (config.output_ny(), config.output_nx()) if shape is None else (int(shape[0]), int(shape[1]))
         shape3 = (zgrid.n_z, *size)
-        nbytes = int(np.prod(shape3)) * (3 * 8 + 3 * 4)
+        offsets = stencil(config, zgrid.edges, detector) if config.covariance else None
+        nbytes = int(np.prod(shape3)) * (3 * 8 + 3 * 4 + (0 if offsets is None else 8 * len(offsets)))
         logger.info("%s: allocating cube %s (%.1f MB of accumulators)", f"D{detector}" if detector else "all",
                     "x".join(map(str, shape3)), nbytes / 1e6)
         if plane_detector is not None and np.shape(plane_detector) != (zgrid.n_z,):
@@ -165,6 +179,8 @@ class DrizzleCube:
             config=config,
             detector=detector,
             origin=(int(origin[0]), int(origin[1])),
+            cov_cross=None if offsets is None else np.zeros((*shape3, len(offsets)), dtype=np.float64),
+            cov_offsets=offsets,
             plane_detector=None if plane_detector is None else np.asarray(plane_detector, dtype=np.int64),
         )
         _ = cube.engine_params  # validated now, not at the first frame

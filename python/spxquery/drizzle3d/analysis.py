@@ -30,6 +30,7 @@ from astropy.nddata import CCDData, VarianceUncertainty
 from astropy.wcs import WCS
 from astropy.wcs.utils import proj_plane_pixel_area
 
+from .covariance import plane_variances
 from .cubewcs import exact_wcs
 from .flags import RECOMMENDED_EXCLUDE_FLAGS, exclude_bitmask
 
@@ -73,13 +74,20 @@ def bad_voxels(sci: np.ndarray, variance: np.ndarray, count: np.ndarray, and_mas
 
 
 def aperture_sums(sci: np.ndarray, variance: np.ndarray, bad: np.ndarray, mask: np.ndarray,
-                  pixel_solid_angle_sr: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                  pixel_solid_angle_sr: float, cube: Any = None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per plane: flux density [mJy] = sum over the (ny, nx) ``mask`` of SCI [MJy/sr] x the pixel
-    solid angle; its variance [mJy^2] (pixel variances summed: a lower bound, drizzled pixels
-    being correlated); True where an aperture pixel is ``bad`` in the plane."""
+    solid angle; its variance [mJy^2]; True where an aperture pixel is ``bad`` in the plane.
+
+    The variance is :func:`.covariance.plane_variances` of ``cube`` (a path, an analysis
+    :class:`Cube` or ``load_cube``'s dict): exact with the COVARIANCE HDU, else the summed pixel
+    variances x R^2 with a warning. Without ``cube``: the summed pixel variances (a lower bound,
+    drizzled pixels being correlated)."""
     scale = pixel_solid_angle_sr * (1.0 * u.MJy).to_value(FLUX_UNIT)
     flux = np.nansum(np.asarray(sci, dtype=np.float64)[:, mask], axis=1) * scale
-    var = np.nansum(np.asarray(variance, dtype=np.float64)[:, mask], axis=1) * scale**2
+    if cube is None:
+        var = np.nansum(np.asarray(variance, dtype=np.float64)[:, mask], axis=1) * scale**2
+    else:
+        var = plane_variances(cube, np.broadcast_to(mask, np.shape(sci)), same_plane=True) * scale**2
     return flux, var, np.any(np.asarray(bad)[:, mask], axis=1)
 
 
@@ -97,7 +105,7 @@ def pixel_solid_angle(celestial_wcs: WCS, position: Optional[Any] = None) -> u.Q
 class Aperture:
     """A circular aperture on the cube's image: ``mask`` (ny, nx) bool, True for the pixels whose
     centre lies within ``radius`` of ``center``. ``pixel_solid_angle`` converts MJy/sr to MJy.
-    (The covariance of drizzled pixels is what a future ``aperture_variance(cube, mask)`` adds.)"""
+    (:func:`.covariance.aperture_variance` gives the exact variance over ``mask``.)"""
 
     center: SkyCoord
     radius: u.Quantity
@@ -228,8 +236,10 @@ class Cube:
 
         Without ``radius``: the pixel containing ``position``, in MJy/sr. With ``radius`` (an
         angle): the sum over the :meth:`aperture` times the pixel solid angle, in mJy; its
-        variance sums the pixel variances (drizzled pixels are correlated, so this is a lower
-        bound); a plane is masked when any aperture pixel is bad in it.
+        variance is exact when the cube has the COVARIANCE HDU (``covariance=True``:
+        :func:`.covariance.plane_variances`, the covariance of drizzled pixels included), else
+        the summed pixel variances x R^2 (``COVCORR``, Fruchter & Hook 2002) with a warning; a
+        plane is masked when any aperture pixel is bad in it.
         """
         spectrum_cls = _specutils_spectrum()
         c = _skycoord(position)
@@ -243,7 +253,7 @@ class Cube:
         else:
             ap = self.aperture(c, radius)
             f, v, mask = aperture_sums(self.sci.value, self.variance.value, bad, ap.mask,
-                                       ap.pixel_solid_angle.to_value(u.sr))
+                                       ap.pixel_solid_angle.to_value(u.sr), cube=self)
             flux, var = f * FLUX_UNIT, v * FLUX_UNIT**2
             meta.update(aperture=ap, n_pixels=ap.n_pixels)
         return spectrum_cls(flux=flux, spectral_axis=self.wavelength, uncertainty=VarianceUncertainty(var),

@@ -6,7 +6,7 @@ the pieces (``hdu.section``: one plane of each piece at a time), so the cube fil
 a stream without the cube ever being in memory. The bookkeeping combines the tiles' records: a
 frame contributed when it did to any tile (its planes are the union), was rejected when any tile
 rejected it, and landed nothing when it touched tiles but landed in none. The manifest
-(``tiles_D{N}/manifest.json``) lists one row per tile: piece file, pixel range, sky range (the
+(``tiles_D{N}/manifest.json``) lists one row per tile: piece file (None: an empty tile), pixel range, sky range (the
 corners' RA/Dec, deg) and the frames used; :func:`assemble_from_manifest` writes the cube from it
 later (``spxdrizzle assemble``).
 """
@@ -25,7 +25,8 @@ from astropy.io import fits
 from .config import Drizzle3DConfig
 from .cubefile import IMAGE_EXTENSIONS, save_cube
 from .grid import OutputGrid
-from .tiling import tiles_dir, write_json_atomic
+from .mosaiclook import write_mosaic_quicklook
+from .tiling import piece_name, record_path, tiles_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +74,18 @@ class TiledCube:
         self.n_rejected = len(frames.rejected)
         self.n_empty = len(frames.empty)
 
-        self._offsets = [_data_offsets(Path(r["piece"]), grid.nz, r["tile"]) for r in self.records]
+        self._offsets = [_data_offsets(Path(r["piece"]), grid.nz, r["tile"]) if r["piece"] is not None else None
+                         for r in self.records]
 
     def plane(self, name: str, k: int) -> np.ndarray:
-        """Plane ``k`` of image extension ``name`` of the whole grid, read from the pieces."""
+        """Plane ``k`` of image extension ``name`` of the whole grid, read from the pieces (a
+        tile without a piece is empty: SCI and VARIANCE NaN, masks and COUNT 0)."""
         dtype = np.dtype(dict(IMAGE_EXTENSIONS)[name])
         _, ny, nx = self.cube_shape
-        out = np.empty((ny, nx), dtype=dtype)
+        out = np.full((ny, nx), np.nan if dtype == np.float32 else 0, dtype=dtype)
         for record, offsets in zip(self.records, self._offsets):
+            if offsets is None:
+                continue
             y0, y1, x0, x1 = record["tile"]
             n = (y1 - y0) * (x1 - x0)
             with open(record["piece"], "rb") as f:
@@ -127,12 +132,12 @@ def write_manifest(config: Drizzle3DConfig, detector: int, key: str, paths: Sequ
                    records: Sequence[Dict[str, Any]]) -> Path:
     """``tiles_D{N}/manifest.json`` (atomic): the run's key, configuration, frame list and one row per tile."""
     grid = OutputGrid.for_detector(config, detector)
-    rows = [{"file": Path(r["piece"]).name, "pixels": r["tile"], "sky": sky_range(grid, r["tile"]),
-             "frames": [str(paths[i]) for i, _, _ in r["frames"]]} for r in records]
+    rows = [{"file": Path(r["piece"]).name if r["piece"] is not None else None, "pixels": r["tile"],
+             "sky": sky_range(grid, r["tile"]), "frames": [str(paths[i]) for i, _, _ in r["frames"]]} for r in records]
     path = tiles_dir(config, detector) / MANIFEST
     write_json_atomic(path, {"key": key, "detector": int(detector), "config": config.to_dict(),
                              "frames": [str(p) for p in paths], "tiles": rows,
-                             "records": [Path(r["piece"]).with_suffix(".json").name for r in records]})
+                             "records": [record_path(Path(piece_name(r["index"]))).name for r in records]})
     return path
 
 
@@ -151,7 +156,8 @@ def assemble_cube(config: Drizzle3DConfig, detector: int, records: Sequence[Dict
 
 def assemble_from_manifest(manifest: Path, out_path: Optional[Path] = None, overwrite: bool = False) -> Optional[Path]:
     """The cube file of a tiled run's manifest (default path: the run's ``drizzle_D{N}.fits``
-    beside the tiles directory). ValueError naming the file when a piece's record is missing or
+    beside the tiles directory), and the mosaic's quick-look in the tiles directory
+    (:mod:`.mosaiclook`). ValueError naming the file when a piece's record is missing or
     belongs to another run."""
     manifest = Path(manifest)
     data = json.loads(manifest.read_text())
@@ -165,11 +171,14 @@ def assemble_from_manifest(manifest: Path, out_path: Optional[Path] = None, over
             raise ValueError(f"{path}: tile record unreadable ({exc})") from None
         if record.get("key") != data["key"]:
             raise ValueError(f"{path}: tile record of another run (key {str(record.get('key'))[:12]}...)")
-        record["piece"] = str(manifest.parent / Path(record["piece"]).name)
+        if record.get("piece") is not None:
+            record["piece"] = str(manifest.parent / Path(record["piece"]).name)
         records.append(record)
     detector = int(data["detector"])
     out = Path(out_path) if out_path is not None else manifest.parent.parent / f"drizzle_D{detector}.fits"
-    return assemble_cube(config, detector, records, out)
+    cube = assemble_cube(config, detector, records, out)
+    write_mosaic_quicklook(config, detector, records, manifest.parent)
+    return cube
 
 
 __all__ = ["FrameOutcomes", "TiledCube", "assemble_cube", "assemble_from_manifest", "sky_range", "write_manifest"]

@@ -356,6 +356,12 @@ class Drizzle3DConfig:
         group="outliers", rule=Bool(),
         help="also write each input's rejection mask (output_dir/outlier_masks/<file>_outliers.fits)",
         header=NoHeader("files beside the cube, not what it holds"), cli=Cli("--outlier-masks", store=True)))
+    covariance: bool = field(default=False, metadata=setting(
+        group="accumulate", rule=Bool(),
+        help="accumulate the covariance of neighbouring voxels (COVARIANCE HDUs; exact aperture errors "
+             "with covariance.aperture_variance); costs memory: one cube of float64 per stencil offset; "
+             "never tiled (an error with tile_arcmin; the whole cube must fit in memory)",
+        header=Fits("COVAR", "covariance HDUs written"), cli=Cli("--covariance", store=True)))
     combine_detectors: bool = field(default=False, metadata=setting(
         group="detector", rule=Bool(),
         help="with detector 0: one cube of all six detectors (drizzle_all.fits, 0.75-5 um) instead of one per "
@@ -397,6 +403,12 @@ class Drizzle3DConfig:
                 f"{self.cutout_margin_arcmin:g}), more than the {MAX_CUTOUT_DEG:g} deg a cutout can have; "
                 "shrink the region or set use_cutouts to null (auto) or false"
             )
+        if self.covariance and self.tile_arcmin is not None:
+            raise ValueError(
+                f"covariance=True cannot be drizzled in tiles (tile_arcmin={self.tile_arcmin:g}): the cross terms "
+                "of voxel pairs across a tile edge are not assembled; set tile_arcmin to null (one piece) or "
+                "covariance to false"
+            )
 
     def _check_combinations(self) -> None:
         """Settings that cannot be used together (yet), named with the way out."""
@@ -413,6 +425,12 @@ class Drizzle3DConfig:
                 f"combine_detectors=True is drizzled in one piece: tiles are not supported for the cube of all "
                 f"detectors, got tile_arcmin={self.tile_arcmin}, scheduler={self.scheduler!r}; set both to null "
                 "or combine_detectors to false"
+            )
+        if self.combine_detectors and self.covariance:
+            raise ValueError(
+                "combine_detectors=True and covariance=True cannot be combined: the covariance stencil is derived "
+                "from one detector's bandwidths; set covariance to false, or combine_detectors to false (one cube "
+                "per detector, each with its covariance)"
             )
         if self.combine_detectors and self.reject_outliers:
             raise ValueError(

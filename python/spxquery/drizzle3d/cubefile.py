@@ -7,9 +7,10 @@ files and their zodi scales), 1 SCI (float32, MJy/sr), 2 VARIANCE (float32, ``MJ
 3 AND_MASK (uint32), 4 OR_MASK (uint32), 5 COUNT (uint32, contributing input pixels),
 6 WAVELENGTH (binary table; after the 0.4.1 columns, DETECTOR: the detector of each plane).
 New content follows them, found by EXTNAME: 7 WCS-TAB (the exact plane centres of the
-alternate WCS, :mod:`.cubewcs`), then, with outlier rejection only, REJECTED (int32: rejected
-contributions per voxel, -1 where nothing was tested). A cube of several detectors has
-DETECTOR = 0 in PRIMARY.
+alternate WCS, :mod:`.cubewcs`), then, with outlier rejection only, 8 REJECTED (int32: rejected
+contributions per voxel, -1 where nothing was tested), then, with ``covariance=True``,
+COVARIANCE (float64 image, streamed) and COVAR-OFFSETS (table) (:mod:`.covariance`): 8 and 9
+without REJECTED, 9 and 10 with it. A cube of several detectors has DETECTOR = 0 in PRIMARY.
 
 Every image extension carries the same two 3-D WCSs (:mod:`.cubewcs`): the primary one with a
 least-squares ``WAVE-LOG`` (or ``WAVE``) spectral axis (its largest error in ``WAVEMAXE``, um) and the exact
@@ -20,20 +21,23 @@ are in the PRIMARY header and in every image extension's header.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
+from . import covariance
 from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_hdu
+from .fitscards import CardText, cards_of
 from .productwave import SOURCE_LOOKUP, SOURCE_MIXED
 from .progress import progress_bar
 from .settings import header_cards
@@ -139,61 +143,82 @@ def band_name(plane_detector: np.ndarray) -> str:
     return f"D{dets[0]}" if len(dets) == 1 else f"D{dets[0]}-D{dets[-1]}"
 
 
-def _primary(cube) -> fits.PrimaryHDU:
+def _primary_cards(cube) -> List[Tuple[str, Any, str]]:
+    """``(keyword, value, comment)`` of the PRIMARY header after the structural cards, in the
+    order they are set (a keyword set twice keeps its first place and its last value)."""
     cfg = cube.config
     zgrid = cube.zgrid
     n_z, n_y, n_x = _shape(cube)
-    h = fits.PrimaryHDU().header
-    for keyword, value, comment in observation_cards(cube)[:2]:
-        h[keyword] = (value, comment)
-    h["FILETYPE"] = (FILETYPE, "spxquery.drizzle3d output")
-    if int(cube.detector):
-        h["DETECTOR"] = (int(cube.detector), "SPHEREx detector (1-6)")
-    else:
-        h["DETECTOR"] = (0, "several: see WAVELENGTH column DETECTOR")
-    h["BAND_NM"] = (band_name(_plane_detector(cube)), "band name")
-    h["N_INPUTS"] = (int(cube.n_inputs), "input frames that contributed")
-    h["N_REJECT"] = (int(cube.n_rejected), "input files rejected (unusable)")
-    h["N_EMPTY"] = (int(getattr(cube, "n_empty", 0)), "frames on the region that landed no pixel")
     base = getattr(cfg, "BASE_PIXSCALE", 6.15)
-    h["PIXSCALE"] = (float(base), "[arcsec] native pixel scale")
-    h["EPIXSCLE"] = (float(cube.pixscale), "[arcsec] output pixel scale")
-    h["BUNIT"] = ("MJy/sr", "unit of SCI")
-    h["LAM_MIN"] = (float(zgrid.edges[0]), "[um] lowest bin edge")
-    h["LAM_MAX"] = (float(zgrid.edges[-1]), "[um] highest bin edge")
-    h["NZ"] = (int(n_z), "spectral planes")
-    h["NX"] = (int(n_x), "spatial x size")
-    h["NY"] = (int(n_y), "spatial y size")
-    for keyword, value, comment in header_cards(cfg):  # the settings, from their descriptions
-        h[keyword] = (value, comment)
-    for keyword, value, comment in observation_cards(cube)[2:]:
-        h[keyword] = (value, comment)
-    h["SPECSYS"] = (SPECSYS, "spectral frame of the WCS: the observatory's")
+    cards: List[Tuple[str, Any, str]] = list(observation_cards(cube)[:2])
+    cards += [
+        ("FILETYPE", FILETYPE, "spxquery.drizzle3d output"),
+        ("DETECTOR", int(cube.detector), "SPHEREx detector (1-6)") if int(cube.detector) else
+        ("DETECTOR", 0, "several: see WAVELENGTH column DETECTOR"),
+        ("BAND_NM", band_name(_plane_detector(cube)), "band name"),
+        ("N_INPUTS", int(cube.n_inputs), "input frames that contributed"),
+        ("N_REJECT", int(cube.n_rejected), "input files rejected (unusable)"),
+        ("N_EMPTY", int(getattr(cube, "n_empty", 0)), "frames on the region that landed no pixel"),
+        ("PIXSCALE", float(base), "[arcsec] native pixel scale"),
+        ("EPIXSCLE", float(cube.pixscale), "[arcsec] output pixel scale"),
+        ("BUNIT", "MJy/sr", "unit of SCI"),
+        ("LAM_MIN", float(zgrid.edges[0]), "[um] lowest bin edge"),
+        ("LAM_MAX", float(zgrid.edges[-1]), "[um] highest bin edge"),
+        ("NZ", int(n_z), "spectral planes"),
+        ("NX", int(n_x), "spatial x size"),
+        ("NY", int(n_y), "spatial y size"),
+    ]
+    cards += header_cards(cfg)  # the settings, from their descriptions
+    cards += observation_cards(cube)[2:]
     v = _versions()
-    h["DRIZVER"] = (v["package"], "spxquery.drizzle3d version")
-    h["COREVER"] = (v["core"], "Rust core version")
-    h["DATE"] = (datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC file creation")
+    cards.append(("SPECSYS", SPECSYS, "spectral frame of the WCS: the observatory's"))
+    cards += covariance.header_cards(cube)
+    cards += [
+        ("DRIZVER", v["package"], "spxquery.drizzle3d version"),
+        ("COREVER", v["core"], "Rust core version"),
+        ("DATE", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"), "UTC file creation"),
+    ]
     log: List[dict] = list(getattr(cube, "frame_log", []) or [])
-    for keyword, value, comment in wavelength_source_cards(log):
-        h[keyword] = (value, comment)
-    h["NFRAMLOG"] = (len(log), f"inputs listed in {INPUT_KEY}nnnnn/{ZODI_KEY}nnnnn")
+    cards += wavelength_source_cards(log)
+    cards.append(("NFRAMLOG", len(log), f"inputs listed in {INPUT_KEY}nnnnn/{ZODI_KEY}nnnnn"))
     for i, entry in enumerate(log, start=1):
-        h[f"{INPUT_KEY}{i:05d}"] = (str(entry.get("name", "")), "input file")
+        cards.append((f"{INPUT_KEY}{i:05d}", str(entry.get("name", "")), "input file"))
         scale = entry.get("zodi_scale")
         if scale is not None and np.isfinite(scale):
-            h[f"{ZODI_KEY}{i:05d}"] = (float(scale), f"zodi scale ({entry.get('zodi_source', 'fit')})")
+            cards.append((f"{ZODI_KEY}{i:05d}", float(scale), f"zodi scale ({entry.get('zodi_source', 'fit')})"))
     if getattr(cube, "reject_count", None) is not None:
-        _outlier_cards(h, log)
+        cards += _outlier_cards(log)
+    return cards
+
+
+def _primary(cube) -> fits.PrimaryHDU:
+    """The PRIMARY HDU built by astropy (:func:`build_hdulist`; :func:`save_cube` writes the same
+    cards as text, :func:`_primary_text`)."""
+    h = fits.PrimaryHDU().header
+    for keyword, value, comment in _primary_cards(cube):
+        h[keyword] = (value, comment)
     return fits.PrimaryHDU(header=h)
 
 
-def _outlier_cards(h: fits.Header, log: List[dict]) -> None:
+def _primary_text(cube) -> bytes:
+    """The PRIMARY header as written: the cards of :func:`_primary` formatted directly
+    (:mod:`.fitscards`; thousands of input cards in milliseconds)."""
+    text = CardText()
+    text.update(cards_of(fits.PrimaryHDU().header))
+    text.update(_primary_cards(cube))
+    return text.text()
+
+
+def _outlier_cards(log: List[dict]) -> List[Tuple[str, Any, str]]:
     """N_OUTPIX / N_OUTTST (outlier pixels rejected / pixels tested in all inputs) and ORJnnnnn
     (rejected per input, numbered as INFnnnnn)."""
-    h["N_OUTPIX"] = (sum(int(e.get("n_outliers", 0)) for e in log), "outlier pixels rejected (all inputs)")
-    h["N_OUTTST"] = (sum(int(e.get("n_tested", 0)) for e in log), "pixels tested for outliers (all inputs)")
+    cards: List[Tuple[str, Any, str]] = [
+        ("N_OUTPIX", sum(int(e.get("n_outliers", 0)) for e in log), "outlier pixels rejected (all inputs)"),
+        ("N_OUTTST", sum(int(e.get("n_tested", 0)) for e in log), "pixels tested for outliers (all inputs)"),
+    ]
     for i, entry in enumerate(log, start=1):
-        h[f"{OUTLIER_KEY}{i:05d}"] = (int(entry.get("n_outliers", 0)), "outlier pixels rejected")
+        cards.append((f"{OUTLIER_KEY}{i:05d}", int(entry.get("n_outliers", 0)), "outlier pixels rejected"))
+    return cards
 
 
 def wavelength_source_cards(frame_log: List[dict]) -> List[Tuple[str, Any, str]]:
@@ -212,12 +237,20 @@ def wavelength_source_cards(frame_log: List[dict]) -> List[Tuple[str, Any, str]]
     return cards
 
 
-def _image_header(name: str, dtype, shape, extra: fits.Header | None = None) -> fits.Header:
-    """Header of an image extension of ``dtype`` and ``shape`` (no data allocated)."""
+def _image_header(name: str, dtype, shape, extra: Sequence[Tuple[str, Any, str]] = ()) -> CardText:
+    """Header of an image extension of ``dtype`` and ``shape``: astropy's structural cards, then
+    ``extra`` as ``Header.update`` adds them (no data allocated)."""
+    text = CardText()
+    text.update(_structural_cards(name, np.dtype(dtype).str, tuple(shape)))
+    text.update(extra)
+    return text
+
+
+@functools.lru_cache(maxsize=16)
+def _structural_cards(name: str, dtype: str, shape: Tuple[int, ...]) -> Tuple[Tuple[str, Any, str], ...]:
+    """XTENSION ... EXTNAME (and BZERO/BSCALE) of an astropy ``ImageHDU`` of ``dtype`` and ``shape``."""
     hdu = fits.ImageHDU(np.broadcast_to(np.zeros((), dtype=dtype), shape), name=name)
-    if extra is not None:
-        hdu.header.update(extra)
-    return hdu.header
+    return tuple(cards_of(hdu.header))
 
 
 #: The image extensions in file order, with their data types.
@@ -285,27 +318,28 @@ def build_hdulist(cube) -> fits.HDUList:
     for name, _ in IMAGE_EXTENSIONS:
         data = np.stack([_plane(cube, name, k) for k in range(_shape(cube)[0])])
         hdu = fits.ImageHDU(data, name=name)
-        hdu.header.update(_extension_keywords(name, extra))
+        hdu.header.update(_extension_keywords(name, extra))  # astropy applies the same cards
         hdus.append(hdu)
     hdus.extend(_tables(cube))
     if getattr(cube, "reject_count", None) is not None:
         hdu = fits.ImageHDU(np.asarray(cube.reject_count, dtype=np.int32), name=REJECTED_EXTNAME)
         hdu.header.update(_rejected_keywords(extra))
         hdus.append(hdu)
+    if covariance.has_covariance(cube):
+        planes = np.stack(list(covariance.file_planes(cube)))
+        hdus.append(fits.ImageHDU(planes.reshape(-1, *cube.flux_weighted.shape), header=covariance.image_header(cube)))
+        hdus.append(covariance.offsets_table(cube))
     return fits.HDUList(hdus)
 
 
-def _rejected_keywords(shared: fits.Header) -> fits.Header:
-    extra = shared.copy()
-    extra["COMMENT"] = "-1: fewer input frames than OUTMININ here, nothing was tested"
-    return extra
+def _rejected_keywords(shared: List[Tuple[str, Any, str]]) -> List[Tuple[str, Any, str]]:
+    return [*shared, ("COMMENT", "-1: fewer input frames than OUTMININ here, nothing was tested", "")]
 
 
-def _write_rejected(f, cube, extra: fits.Header) -> None:
+def _write_rejected(f, cube, extra: List[Tuple[str, Any, str]]) -> None:
     """The REJECTED image extension after the tables, streamed plane by plane (int32)."""
     counts = cube.reject_count
-    f.write(_image_header(REJECTED_EXTNAME, np.int32, counts.shape, _rejected_keywords(extra)).tostring()
-            .encode("ascii"))
+    f.write(_image_header(REJECTED_EXTNAME, np.int32, counts.shape, _rejected_keywords(extra)).text())
     nbytes = 0
     for k in range(counts.shape[0]):
         chunk = np.asarray(counts[k], dtype=">i4").tobytes()
@@ -321,23 +355,19 @@ def _n_input_sc(cube) -> np.ndarray:
     return np.asarray(n_input_sc)
 
 
-def _extension_cards(cube) -> fits.Header:
+def _extension_cards(cube) -> List[Tuple[str, Any, str]]:
     """The cards every image extension shares: observation facts, then both WCSs."""
-    extra = fits.Header()
-    for keyword, value, comment in observation_cards(cube):
-        extra[keyword] = (value, comment)
-    extra.extend(cube_wcs_header(cube.wcs, cube.zgrid), end=True)
-    return extra
+    return [*observation_cards(cube), *cards_of(cube_wcs_header(cube.wcs, cube.zgrid))]
 
 
-def _extension_keywords(name: str, shared: fits.Header) -> fits.Header:
+def _extension_keywords(name: str, shared: List[Tuple[str, Any, str]]) -> List[Tuple[str, Any, str]]:
     """The header cards of image extension ``name``: ``shared`` (:func:`_extension_cards`),
     its BUNIT if it has a unit, and UTYPE on VARIANCE (read by astropy's ``CCDData``)."""
-    extra = shared.copy()
+    extra = list(shared)
     if name in EXTENSION_UNITS:
-        extra["BUNIT"] = (EXTENSION_UNITS[name], "unit of the data")
+        extra.append(("BUNIT", EXTENSION_UNITS[name], "unit of the data"))
     if name == "VARIANCE":
-        extra["UTYPE"] = ("VarianceUncertainty", "uncertainty type of SCI (astropy CCDData)")
+        extra.append(("UTYPE", "VarianceUncertainty", "uncertainty type of SCI (astropy CCDData)"))
     return extra
 
 
@@ -347,10 +377,10 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
     tables = _tables(cube)  # built first: a cube that cannot be written fails before any byte
     shape = _shape(cube)
     extra = _extension_cards(cube)
-    f.write(_primary(cube).header.tostring().encode("ascii"))
+    f.write(_primary_text(cube))
     with progress_bar(len(IMAGE_EXTENSIONS) * shape[0], f"write {_label(cube)}", "plane", progress) as bar:
         for name, dtype in IMAGE_EXTENSIONS:
-            f.write(_image_header(name, dtype, shape, _extension_keywords(name, extra)).tostring().encode("ascii"))
+            f.write(_image_header(name, dtype, shape, _extension_keywords(name, extra)).text())
             nbytes = 0
             for k in range(shape[0]):
                 chunk = _fits_bytes(_plane(cube, name, k))
@@ -358,12 +388,26 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
                 nbytes += len(chunk)
                 bar.update(1)
             _pad(f, nbytes)
+    _write_tables(f, tables)
+    if getattr(cube, "reject_count", None) is not None:
+        _write_rejected(f, cube, extra)
+    if covariance.has_covariance(cube):
+        f.write(covariance.image_header(cube).tostring().encode("ascii"))
+        nbytes = 0
+        for plane in covariance.file_planes(cube):
+            chunk = _fits_bytes(plane)
+            f.write(chunk)
+            nbytes += len(chunk)
+        _pad(f, nbytes)
+        _write_tables(f, [covariance.offsets_table(cube)])
+
+
+def _write_tables(f, tables: List[fits.BinTableHDU]) -> None:
+    """Append the table extensions ``tables`` to the open file ``f``."""
     buf = io.BytesIO()
     fits.HDUList([fits.PrimaryHDU(), *tables]).writeto(buf)
     primary_len = len(fits.PrimaryHDU().header.tostring())
     f.write(buf.getvalue()[primary_len:])  # the table extensions without their dummy primary
-    if getattr(cube, "reject_count", None) is not None:
-        _write_rejected(f, cube, extra)
 
 
 def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) -> Path:
@@ -410,7 +454,8 @@ def load_cube(path) -> Dict[str, Any]:
     Returns a dict with ``sci``, ``variance`` (float32), ``and_mask``, ``or_mask``,
     ``count`` (uint32), ``wavelength`` (FITS_rec of the WAVELENGTH table), ``rejected`` (int32,
     only in cubes made with outlier rejection), ``header``
-    (PRIMARY), ``sci_header`` and ``wcs`` (3-D astropy WCS of SCI).
+    (PRIMARY), ``sci_header`` and ``wcs`` (3-D astropy WCS of SCI); with covariance HDUs also
+    ``covariance`` (float64 ``(n_offsets, n_z, ny, nx)``) and ``cov_offsets`` (int64 ``(n, 3)``).
     """
     path = Path(path)
     with fits.open(path, memmap=False) as hdul:
@@ -427,6 +472,10 @@ def load_cube(path) -> Dict[str, Any]:
         }
         if REJECTED_EXTNAME in hdul:
             out["rejected"] = np.array(hdul[REJECTED_EXTNAME].data)
+        if covariance.COVARIANCE_HDU in hdul:
+            t = hdul[covariance.OFFSETS_HDU].data
+            out["covariance"] = np.array(hdul[covariance.COVARIANCE_HDU].data)
+            out["cov_offsets"] = np.stack([t["DZ"], t["DY"], t["DX"]], axis=1).astype(np.int64)
     out["wcs"] = WCS(sci_header)
     logger.debug("Loaded cube %s: SCI shape %s", path, out["sci"].shape)
     return out

@@ -11,7 +11,10 @@ Workers read the frames through the same data access as the pipeline, so the fil
 reachable from the workers (a shared file system for a remote cluster); objects read in place
 (:class:`~.objectstore.ObjectLocation`) travel with their ``storage_options`` (resolved in the
 client: anonymous S3, ``AWS_ENDPOINT_URL``) and each worker opens them itself; the bytes each tile
-read come back in its record and feed a byte progress bar beside the tile bar.
+read come back in its record and feed a byte progress bar beside the tile bar. ``selections``
+(one list of frame indices per tile, :mod:`.tileselect`) offers each tile only the frames whose
+footprints meet it. :class:`TileProgress` is the tile bar: tiles finished, and the frames drizzled
+into them summed over the tiles.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .config import Drizzle3DConfig
 from .objectstore import ObjectLocation
@@ -34,27 +37,54 @@ IN_FLIGHT_PER_WORKER = 2
 TASK_RETRIES = 2
 
 
+class TileProgress:
+    """One bar over the tiles of a run (:func:`.progress.progress_bar`: drawn only where watched),
+    its postfix the frames drizzled so far summed over the finished tiles (a frame that lands in
+    three tiles counts three times). ``tiles`` and ``frames`` hold the counts."""
+
+    def __init__(self, n_tiles: int, detector: int, enabled: bool):
+        self.bar = progress_bar(n_tiles, f"D{detector} tiles", "tile", enabled)
+        self.tiles = 0
+        self.frames = 0
+
+    def done(self, record: Dict[str, Any]) -> None:
+        """Tile ``record`` finished."""
+        self.tiles += 1
+        self.frames += len(record["frames"])
+        self.bar.set_postfix_str(f"{self.frames} frames drizzled", refresh=False)
+        self.bar.update(1)
+
+    def __enter__(self) -> "TileProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+
+
 def run_tiles(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile], key: str,
-              scheduler: Optional[str] = None, waves: Any = None) -> List[Dict[str, Any]]:
-    """The records of ``tiles`` (in tile order), drizzled where ``scheduler`` says (module docs);
-    ``waves``: the run's :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
+              scheduler: Optional[str] = None,
+              selections: Optional[Sequence[Optional[List[int]]]] = None, waves: Any = None) -> List[Dict[str, Any]]:
+    """The records of ``tiles`` (in tile order), drizzled where ``scheduler`` says; tile ``i`` is
+    offered the frames ``selections[i]`` (None: all) (module docs); ``waves``: the run's
+    :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
     files = [p if isinstance(p, ObjectLocation) else str(p) for p in paths]  # locations pickle with their options
     remote = any(isinstance(p, ObjectLocation) for p in files)
-    with progress_bar(len(tiles), f"D{detector} tiles", "tile", config.progress) as bar, \
+    chosen = list(selections) if selections is not None else [None] * len(tiles)
+    with TileProgress(len(tiles), detector, config.progress) as progress, \
             byte_bar(f"D{detector} read", config.progress and remote) as read_bar:
         def done(record: Dict[str, Any]) -> None:
-            bar.update(1)
+            progress.done(record)
             read_bar.update(int(record.get("bytes_read", 0)))  # bytes the tile's worker read in place
 
         if scheduler is None:
             records = []
-            for tile in tiles:
-                records.append(drizzle_tile(files, config, detector, tile, key, waves))
+            for tile, select in zip(tiles, chosen):
+                records.append(drizzle_tile(files, config, detector, tile, key, select, waves))
                 done(records[-1])
             return records
         client, cluster = connect(scheduler)
         try:
-            return _run_on(client, files, config, detector, tiles, key, done, waves)
+            return _run_on(client, files, config, detector, list(zip(tiles, chosen)), key, done, waves)
         finally:
             client.close()
             if cluster is not None:
@@ -77,19 +107,36 @@ def connect(scheduler: str) -> Any:
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                                env=env)
         client = Client(cluster)
-        logger.info("dask LocalCluster: %d worker processes; dashboard %s", n, client.dashboard_link)
+        logger.info("dask LocalCluster: %d worker processes; dashboard %s", n, dashboard(client, local=True))
         return client, cluster
     if Path(scheduler).is_file():
         client = Client(scheduler_file=scheduler)
     else:
         client = Client(scheduler)
     logger.info("dask cluster %s: %d workers; dashboard %s", scheduler, len(client.scheduler_info()["workers"]),
-                client.dashboard_link)
+                dashboard(client))
     return client, None
 
 
-def _run_on(client: Any, files: List[Any], config: Drizzle3DConfig, detector: int, tiles: Sequence[Tile],
-            key: str, done: Callable[[Dict[str, Any]], None], waves: Any = None) -> List[Dict[str, Any]]:
+def dashboard(client: Any, local: bool = False) -> str:
+    """The address of the cluster's dask dashboard; for a ``local`` cluster a hint when its pages
+    cannot draw (bokeh not installed here); a phrase when the cluster serves none."""
+    import importlib.util
+
+    try:
+        link = client.dashboard_link
+    except (KeyError, AttributeError, OSError):
+        link = None
+    if not link:
+        return "not served by this cluster"
+    if local and importlib.util.find_spec("bokeh") is None:
+        return f"{link} (its pages need bokeh here: pip install bokeh)"
+    return str(link)
+
+
+def _run_on(client: Any, files: List[Any], config: Drizzle3DConfig, detector: int,
+            tiles: Sequence[Tuple[Tile, Optional[List[int]]]], key: str, done: Callable[[Dict[str, Any]], None],
+            waves: Any = None) -> List[Dict[str, Any]]:
     """Submit the tiles with a bounded number in flight; their records in tile order."""
     from distributed import as_completed
 
@@ -100,9 +147,11 @@ def _run_on(client: Any, files: List[Any], config: Drizzle3DConfig, detector: in
     todo = list(tiles)[::-1]
     records: Dict[int, Dict[str, Any]] = {}
 
-    def submit(tile: Tile) -> Any:
-        return client.submit(drizzle_tile, files_f, config_f, detector, tile, key, waves_f, retries=TASK_RETRIES,
-                             pure=False, key=f"spxdrizzle-D{detector}-tile{tile.index:05d}-{key[:12]}")
+    def submit(task: Tuple[Tile, Optional[List[int]]]) -> Any:
+        tile, select = task
+        return client.submit(drizzle_tile, files_f, config_f, detector, tile, key, select, waves_f,
+                             retries=TASK_RETRIES, pure=False,
+                             key=f"spxdrizzle-D{detector}-tile{tile.index:05d}-{key[:12]}")
 
     queue = as_completed([submit(todo.pop()) for _ in range(min(limit, len(todo)))])
     for future in queue:
@@ -112,7 +161,7 @@ def _run_on(client: Any, files: List[Any], config: Drizzle3DConfig, detector: in
         done(record)
         if todo:
             queue.add(submit(todo.pop()))
-    return [records[t.index] for t in tiles]
+    return [records[t.index] for t, _ in tiles]
 
 
-__all__ = ["IN_FLIGHT_PER_WORKER", "TASK_RETRIES", "connect", "run_tiles"]
+__all__ = ["IN_FLIGHT_PER_WORKER", "TASK_RETRIES", "TileProgress", "connect", "dashboard", "run_tiles"]

@@ -33,6 +33,7 @@ from __future__ import annotations
 import bisect
 import copy
 import os
+import random
 import re
 import threading
 import time
@@ -54,8 +55,9 @@ COALESCE_GAP_BYTES = 256 * 1024
 PREFETCH_GAP_BYTES = 32 * 1024
 #: Attempts after the first for a failed range or size request.
 DEFAULT_RETRIES = 5
-#: First backoff delay (s): delay n = base * 2**(n-1), capped at :data:`MAX_BACKOFF`. Read at
-#: call time (tests lower it).
+#: First backoff delay (s): delay n = base * 2**(n-1), capped at :data:`MAX_BACKOFF`, times a
+#: random factor in [0.5, 1.5) (jitter, as for archive downloads: frames read in parallel must
+#: not retry in lockstep against a throttling server). Read at call time (tests lower it).
 BACKOFF_BASE = 0.5
 MAX_BACKOFF = 20.0
 #: Protocols whose filesystems are S3 (anonymous by default, ``AWS_ENDPOINT_URL`` honoured).
@@ -211,7 +213,7 @@ class FsspecSource(ByteSource):
 
     def _delay(self, attempt: int) -> float:
         base = BACKOFF_BASE if self.backoff_base is None else float(self.backoff_base)
-        return min(MAX_BACKOFF, base * 2.0 ** (attempt - 1))
+        return min(MAX_BACKOFF, base * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.5)
 
     def _size(self) -> int:
         last: Optional[BaseException] = None

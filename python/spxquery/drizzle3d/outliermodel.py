@@ -189,8 +189,9 @@ class ModelBuilder:
         steps = local_steps(values, out=self.hi2_v)  # the second highest values are no longer needed
         contributions = cube.count_map.copy()
         del self.hi_w, self.hi2_v, self.hi2_w, self.n_frames
-        for a in cube.accumulators().values():
-            a.fill(0)
+        for name, a in cube.accumulators().items():
+            if name != "cov_offsets":  # the covariance stencil is geometry, not a sum
+                a.fill(0)
         return SkyModel(values=values, steps=steps, contributions=contributions)
 
 

@@ -16,9 +16,10 @@ touch the output region are skipped silently (debug log) and not counted as reje
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
@@ -47,6 +48,9 @@ ALL_DETECTORS = (1, 2, 3, 4, 5, 6)
 #: Strips of fewer input pixels than this run the kernel on this thread alone: waking the pool's
 #: threads costs more than they save on small crops, and the reader thread has the other core.
 KERNEL_POOL_MIN_PIXELS = 65536
+#: Local files prepared at once (:mod:`.readahead`): the frame side's work releases the GIL in
+#: part (reads, numpy passes, Rust calls), so two threads use a second core while the kernel runs.
+LOCAL_FRAMES_IN_FLIGHT = 2
 
 def output_path_for(config: Drizzle3DConfig, detector: int) -> Path:
     """``output_dir/drizzle_D{detector}.fits``; ``output_dir/drizzle_all.fits`` for detector 0
@@ -91,8 +95,10 @@ def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
 
 def frames_in_flight(paths: List[Any], config: Drizzle3DConfig) -> int:
     """Frames the reader prepares at once: ``config.download_workers`` when any input is an object
-    read in place (it waits on the network), else 1."""
-    return int(config.download_workers) if any(isinstance(p, ObjectLocation) for p in paths) else 1
+    read in place (it waits on the network), else :data:`LOCAL_FRAMES_IN_FLIGHT` (at most the CPUs)."""
+    if any(isinstance(p, ObjectLocation) for p in paths):
+        return int(config.download_workers)
+    return max(1, min(LOCAL_FRAMES_IN_FLIGHT, os.cpu_count() or 1))
 
 
 def drizzle_frames(paths: List[Any], config: Drizzle3DConfig, grid: OutputGrid, cube: DrizzleCube,
@@ -233,24 +239,31 @@ def drizzle_detector(
     return _drizzle_grid({detector: [as_location(p) for p in fits_paths]}, config, detector, grid, wave_sources)
 
 
-def drizzle_tiled(fits_paths: Iterable[Any], config: Drizzle3DConfig, detector: int,
-                  tile_arcmin: float, *, wave_sources: Optional[WaveSources] = None) -> Optional[Path]:
+def drizzle_tiled(fits_paths: Iterable[Any], config: Drizzle3DConfig, detector: int, tile_arcmin: float,
+                  footprints: Optional[Sequence[Optional[Sequence[float]]]] = None, assemble: bool = True, *,
+                  wave_sources: Optional[WaveSources] = None) -> Optional[Path]:
     """:func:`drizzle_detector` in square tiles of ``tile_arcmin`` (:mod:`.tiling`), run where
     ``config.scheduler`` says (:mod:`.executor`) and assembled into the same cube file, bit for bit
-    (:mod:`.assemble`); the pieces and ``manifest.json`` stay in ``output_dir/tiles_D{N}``. A rerun
-    of the same configuration and frames reuses the pieces already written; ``overwrite`` restarts.
-    Files are paths or objects read in place (as for :func:`drizzle_detector`); each tile reads
-    the objects it needs itself, with the locations' ``storage_options``. ``wave_sources`` as in
-    :func:`drizzle_detector` (sent to the tiles; each reopens the products)."""
+    (:mod:`.assemble`); the pieces, ``manifest.json`` and the quick-look of the mosaic
+    (:mod:`.mosaiclook`) stay in ``output_dir/tiles_D{N}``. ``footprints`` (one per file, in the
+    same order: the archive's ``poly``, RA1, Dec1, ... deg, or None) offer each tile only the
+    frames whose footprints meet it (:mod:`.tileselect`); without them every tile tests every
+    frame's header. ``assemble=False`` leaves the tiles and the manifest (``spxdrizzle assemble``
+    writes the cube later) and returns None. A rerun of the same configuration and frames reuses
+    the pieces already written; ``overwrite`` restarts. Files are paths or objects read in place
+    (as for :func:`drizzle_detector`); each tile reads the objects it needs itself, with the
+    locations' ``storage_options``. ``wave_sources`` as in :func:`drizzle_detector` (sent to the
+    tiles; each reopens the products)."""
     from .assemble import assemble_cube, write_manifest
     from .executor import run_tiles
+    from .mosaiclook import write_mosaic_quicklook
     from .tiling import run_key, tile_plan, tile_side_pixels, tiles_dir
 
     detector = int(detector)
     if config.reject_outliers:
         raise ValueError(OUTLIERS_NOT_TILED)
     out_path = output_path_for(config, detector)
-    if out_path.exists() and not config.overwrite:
+    if assemble and out_path.exists() and not config.overwrite:
         raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
     paths: List[Any] = [as_location(p) for p in fits_paths]
     if wave_sources is None:
@@ -263,11 +276,32 @@ def drizzle_tiled(fits_paths: Iterable[Any], config: Drizzle3DConfig, detector: 
             old.unlink()
     logger.info("D%d: drizzling %d files onto %d x %d x %d (nz, ny, nx) in %d tiles of %.4g'", detector, len(paths),
                 *grid.cube_shape, len(tiles), tile_arcmin)
-    records = run_tiles(paths, config, detector, tiles, key, config.scheduler, waves=wave_sources)
+    selections = _tile_selections(grid, tiles, paths, footprints, detector)
+    records = run_tiles(paths, config, detector, tiles, key, config.scheduler, selections, waves=wave_sources)
     write_manifest(config, detector, key, paths, records)
     report_frames(detector, paths, records)
+    write_mosaic_quicklook(config, detector, records)
+    if not assemble:
+        return None
     with stage("write"):
         return assemble_cube(config, detector, records, out_path)
+
+
+def _tile_selections(grid: OutputGrid, tiles: Sequence[Any], paths: List[Any],
+                     footprints: Optional[Sequence[Optional[Sequence[float]]]],
+                     detector: int) -> Optional[List[List[int]]]:
+    """The frames each tile is offered (:func:`.tileselect.frames_by_tile`), None without footprints."""
+    from .tileselect import frames_by_tile
+
+    if footprints is None:
+        return None
+    if len(footprints) != len(paths):
+        raise ValueError(f"footprints: {len(footprints)} given for {len(paths)} files (one per file, or None)")
+    selections = frames_by_tile(grid, [t.bounds() for t in tiles], footprints)
+    used = set().union(*map(set, selections)) if selections else set()
+    logger.info("D%d: footprints offer %d frame-tile pairs; %d of %d frames meet no tile and are not read",
+                detector, sum(len(s) for s in selections), len(paths) - len(used), len(paths))
+    return selections
 
 
 def report_frames(detector: int, paths: List[Any], records: List[Dict[str, Any]]) -> None:
@@ -353,8 +387,9 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
     mirror_has_none: List[str] = []
     files: Dict[int, List[Any]] = {}
     releases: Dict[Any, str] = {}
+    polys: Dict[Any, Any] = {}  # each file's footprint from the query (poly), for the tiles
     for det in detectors:
-        fits_paths = _files(det, obs_by_det.get(det, []), config, cutout, mirror_has_none, releases)
+        fits_paths = _files(det, obs_by_det.get(det, []), config, cutout, mirror_has_none, releases, polys)
         if fits_paths:
             files[det] = fits_paths
     sources = wavesources.resolve(
@@ -370,7 +405,8 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
             if tile_arcmin is None:
                 out = drizzle_detector(fits_paths, config, det, output_wcs, wave_sources=sources)
             else:
-                out = drizzle_tiled(fits_paths, config, det, tile_arcmin, wave_sources=sources)
+                footprints = [polys.get(as_location(p)) for p in fits_paths]
+                out = drizzle_tiled(fits_paths, config, det, tile_arcmin, footprints, wave_sources=sources)
             if out is not None:
                 results[det] = out
     if not results and mirror_has_none and len(mirror_has_none) == sum(1 for d in detectors if obs_by_det.get(d)):
@@ -380,11 +416,11 @@ def drizzle(config: Drizzle3DConfig) -> Dict[int, Path]:
 
 
 def _files(det: int, observations: List[Any], config: Drizzle3DConfig, cutout: Any,
-           mirror_has_none: List[str], releases: Dict[Any, str]) -> List[Any]:
+           mirror_has_none: List[str], releases: Dict[Any, str], polys: Dict[Any, Any]) -> List[Any]:
     """The verified files of one detector's observations (downloaded, found in the mirror, or
     objects read in place from an object store); a mirror holding none of them adds its message
     to ``mirror_has_none``; the release of each file (from its archive URL) goes into
-    ``releases``."""
+    ``releases``, its footprint (the query's ``poly``) into ``polys``."""
     from .query import download_observations_report
 
     if not observations:
@@ -409,6 +445,8 @@ def _files(det: int, observations: List[Any], config: Drizzle3DConfig, cutout: A
         rel = release_of(obs.download_url)
         if path is not None and rel:
             releases[as_location(path)] = rel
+        if path is not None and obs.poly is not None:
+            polys[as_location(path)] = obs.poly
     if not fits_paths:
         none = _mirror_has_none(report, config)
         if none is not None:

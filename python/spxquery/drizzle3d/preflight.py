@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
+from .covariance import stencil
 from .filekind import not_a_regular_file
 from .outliermodel import MODEL_BYTES_PER_VOXEL
 from .spectral import build_z_grid, build_z_grid_all
@@ -33,6 +34,8 @@ MEMORY_HEADROOM = 512 << 20
 _ADVICE = ("drizzle a smaller region (width/height), use larger pixels (a smaller xy_oversample), fewer "
            "wavelength bins (z_oversample, z_lambda_edges) or one detector at a time (detector=1..6, "
            "combine_detectors false)")
+
+_COVARIANCE_ADVICE = ", or run without covariance (its cross terms are most of the accumulators)"
 
 
 class OutputExistsError(FileExistsError):
@@ -142,6 +145,38 @@ def check_outputs(config: Drizzle3DConfig, detectors: Sequence[int]) -> None:
         raise type(exc)(exc.errno, f"output_dir {out} is not writable: {exc.strerror or exc}") from None
 
 
+def bytes_per_voxel(config: Drizzle3DConfig, detector: int) -> Tuple[int, int]:
+    """Accumulator and cube-file bytes per voxel of ``detector``'s cube: the fixed ones, plus
+    with ``reject_outliers`` the outlier model's (the file has REJECTED, int32), plus with
+    ``covariance`` 8 bytes per stencil offset (the file has the variance plane too)."""
+    memory, file = ACCUMULATOR_BYTES_PER_VOXEL, FILE_BYTES_PER_VOXEL
+    if config.reject_outliers:
+        memory, file = memory + MODEL_BYTES_PER_VOXEL, file + 4
+    if config.covariance:
+        zgrid = build_z_grid(int(detector), config.z_oversample, config.z_lambda_edges)
+        n = len(stencil(config, zgrid.edges, int(detector)))
+        memory, file = memory + 8 * n, file + 8 * (n + 1)
+    return memory, file
+
+
+def one_piece(config: Drizzle3DConfig) -> bool:
+    """True when the cube is never drizzled in tiles: outlier rejection (the model spans the
+    grid) or covariance (pairs across a tile edge are not assembled)."""
+    return bool(config.reject_outliers or config.covariance)
+
+
+def _one_piece_refusal(config: Drizzle3DConfig, det: int, shape: Tuple[int, int, int], per_voxel: int, need: int,
+                       memory: int) -> str:
+    """The RunBudgetError message of a cube that cannot be tiled and does not fit."""
+    nz, ny, nx = shape
+    what = " and ".join(w for w, on in (("outlier rejection", config.reject_outliers),
+                                        ("covariance", config.covariance)) if on)
+    why = OUTLIERS_NOT_TILED if config.reject_outliers else "covariance is never tiled"
+    return (f"the D{det} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x {per_voxel} bytes "
+            f"with {what}), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory available for them, "
+            f"and {why}; {_ADVICE}{_COVARIANCE_ADVICE if config.covariance else ''}")
+
+
 def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: Optional[int] = None,
                  disk: Optional[int] = None) -> None:
     """RunBudgetError when the accumulators of the largest cube do not fit in the memory
@@ -149,28 +184,23 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
     output disk (``disk``, default :func:`free_disk`). Cubes are made one detector at a time.
     Accumulators beyond the memory are fine when the cube can be drizzled in tiles
     (:mod:`.tiling`): then the tiles of ``tile_arcmin`` must fit, or, when it is None, tiles of the
-    smallest automatic size. With ``reject_outliers`` (never tiled) the accumulators and the outlier
-    model must fit in one piece."""
+    smallest automatic size. With ``reject_outliers`` or ``covariance`` the cube is never tiled:
+    the accumulators (with the outlier model, with the covariance cross terms) must fit in one piece."""
     from .tiling import MIN_AUTO_TILE_PIXELS, tile_side_pixels
 
     shapes = cube_shapes(config, detectors)
-    det, nz, ny, nx = max(shapes, key=lambda s: s[1] * s[2] * s[3])
-    per_voxel = ACCUMULATOR_BYTES_PER_VOXEL + (MODEL_BYTES_PER_VOXEL if config.reject_outliers else 0)
-    need = nz * ny * nx * per_voxel
+    per_voxel = {d: bytes_per_voxel(config, d) for d, *_ in shapes}
+    det, nz, ny, nx = max(shapes, key=lambda s: s[1] * s[2] * s[3] * per_voxel[s[0]][0])
+    need = nz * ny * nx * per_voxel[det][0]
     memory = available_memory() if memory is None else memory
-    if config.reject_outliers and memory is not None and need + MEMORY_HEADROOM > memory:
-        raise RunBudgetError(
-            f"the D{det} cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x {per_voxel} bytes "
-            f"with outlier rejection), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory available for "
-            f"them, and {OUTLIERS_NOT_TILED}; {_ADVICE}")
     if memory is not None and det == 0 and need + MEMORY_HEADROOM > memory:  # the combined cube: no tiles
         raise RunBudgetError(
             f"the combined cube needs {_gib(need)} of accumulators ({nz} x {ny} x {nx} voxels x "
-            f"{per_voxel} bytes), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
+            f"{per_voxel[det][0]} bytes), more than the {_gib(max(0, memory - MEMORY_HEADROOM))} of memory "
             f"available for them (a cube of all detectors is drizzled in one piece); {_ADVICE}"
         )
     explicit = config.tile_arcmin is not None
-    if memory is not None and not config.reject_outliers and (explicit or need + MEMORY_HEADROOM > memory):
+    if memory is not None and not one_piece(config) and (explicit or need + MEMORY_HEADROOM > memory):
         side = MIN_AUTO_TILE_PIXELS if config.tile_arcmin is None else \
             tile_side_pixels(config.tile_arcmin, config.effective_pixscale())
         tile_need = nz * min(side, ny) * min(side, nx) * ACCUMULATOR_BYTES_PER_VOXEL
@@ -185,8 +215,9 @@ def check_budget(config: Drizzle3DConfig, detectors: Sequence[int], *, memory: O
         if not explicit:
             logger.info("the D%d cube needs %s of accumulators, more than the memory available: it will be "
                         "drizzled in tiles", det, _gib(need))
-    file_voxel = FILE_BYTES_PER_VOXEL + (4 if config.reject_outliers else 0)  # + REJECTED (int32)
-    files = sum(n * y * x * file_voxel for _, n, y, x in shapes)
+    elif memory is not None and need + MEMORY_HEADROOM > memory:
+        raise RunBudgetError(_one_piece_refusal(config, det, (nz, ny, nx), per_voxel[det][0], need, memory))
+    files = sum(n * y * x * per_voxel[d][1] for d, n, y, x in shapes)
     disk = free_disk(Path(config.output_dir)) if disk is None else disk
     if disk is not None and files > disk:
         raise RunBudgetError(

@@ -193,7 +193,8 @@ def aperture_spectrum(cube: CubeLike, x: float, y: float,
                       radius_arcsec: float = QUICKLOOK_APERTURE_ARCSEC) -> Dict[str, Any]:
     """Aperture spectrum around the pixel containing (x, y): ``wavelength``, ``dlambda`` [um],
     ``flux`` [mJy] (SCI summed over the pixels within ``radius_arcsec`` times the pixel solid
-    angle), ``error`` [mJy] (pixel variances summed: a lower bound), ``bad`` (an aperture pixel
+    angle), ``error`` [mJy] (:func:`.analysis.aperture_sums`: exact with the COVARIANCE HDU, else
+    the pixel variances summed x R^2 with a warning), ``bad`` (an aperture pixel
     has no data or an all-flagged voxel: flux NaN), ``n_pixels``, ``radius_arcsec``."""
     from .analysis import aperture_sums, bad_voxels, pixel_solid_angle
 
@@ -206,7 +207,7 @@ def aperture_spectrum(cube: CubeLike, x: float, y: float,
     bad = bad_voxels(c["sci"], c["variance"], c["count"], c["and_mask"])
     wcs = _celestial_wcs(c)
     omega = pixel_solid_angle(wcs, wcs.pixel_to_world(x, y)).to_value("sr")
-    flux, var, masked = aperture_sums(c["sci"], c["variance"], bad, mask, omega)
+    flux, var, masked = aperture_sums(c["sci"], c["variance"], bad, mask, omega, cube=c)
     lam, dlam = wavelengths(c)
     return {"wavelength": lam, "dlambda": dlam, "flux": np.where(masked, np.nan, flux),
             "error": np.where(masked, np.nan, np.sqrt(var)), "bad": masked, "n_pixels": int(mask.sum()),
@@ -254,7 +255,7 @@ def _new_figure(figsize: Tuple[float, float]) -> Figure:
     return fig
 
 
-def _image_png(
+def image_png(
     img: np.ndarray,
     cube: Mapping[str, Any],
     png: Union[str, Path],
@@ -262,7 +263,8 @@ def _image_png(
     label: str,
     mark: Optional[Tuple[float, float]] = None,
 ) -> Path:
-    """Draw ``img`` with an asinh percentile stretch and RA/Dec axes; returns the PNG path."""
+    """Draw ``img`` with an asinh percentile stretch and RA/Dec axes (``cube["wcs"]``, None: pixel
+    axes); returns the PNG path. Also draws the quick-look of a tiled mosaic (:mod:`.mosaiclook`)."""
     fig = _new_figure((6.0, 5.2))
     from matplotlib.colors import AsinhNorm  # matplotlib >= 3.6
 
@@ -314,7 +316,7 @@ def plot_collapsed(cube: CubeLike, png: Union[str, Path], mark: Optional[Tuple[f
     img = collapsed_image(c)
     lam, _ = wavelengths(c)
     title = f"{_name(c)}: inverse-variance mean over {lam.size} planes ({lam[0]:.3f}-{lam[-1]:.3f} um)"
-    return _image_png(img, c, png, title, "MJy/sr", mark)
+    return image_png(img, c, png, title, "MJy/sr", mark)
 
 
 def plot_plane(cube: CubeLike, png: Union[str, Path], plane: int,
@@ -327,7 +329,7 @@ def plot_plane(cube: CubeLike, png: Union[str, Path], plane: int,
     lam, dlam = wavelengths(c)
     k = int(plane)
     title = f"{_name(c)}: plane {k}, {lam[k]:.4f} um (width {dlam[k]:.4f} um)"
-    return _image_png(np.asarray(c["sci"][k], dtype=np.float64), c, png, title, "MJy/sr", mark)
+    return image_png(np.asarray(c["sci"][k], dtype=np.float64), c, png, title, "MJy/sr", mark)
 
 
 def plot_spectrum(cube: CubeLike, png: Union[str, Path], x: float, y: float, title: Optional[str] = None,

@@ -13,11 +13,15 @@ Memory: the strips handed over and not yet taken back stay within ``budget_bytes
 strips beside the accumulators, whatever the frames. A file that cannot be used never stops
 the loop: it becomes a ``reject`` item with the reason.
 
-Frames in flight: with ``workers`` > 1 (frames read in place from an object store, where
-each request waits for the network) up to ``workers`` files are prepared at once by a thread
-pool (:func:`.frames.prepare_frame`: headers, sample, flags and the pixels of crops up to
-``frames.STRIP_PIXELS``), still handed over in file order; each prepared frame holds at most
-about 30 MB (a crop of ``STRIP_PIXELS`` pixels).
+Frames in flight: with ``workers`` > 1 up to ``workers`` files are prepared at once by a
+thread pool (:func:`.frames.prepare_frame`: headers, sample, flags and the pixels of crops up
+to ``frames.STRIP_PIXELS``; for crops of at most :data:`READY_STRIP_PIXELS` pixels also the
+strip itself: zodi subtracted, wavelengths, corner map), still handed over in file order. So
+on a machine with several cores the frame side uses them too (the pipeline's
+:func:`~.pipeline.frames_in_flight`; the reading, the numpy passes and the Rust calls release
+the GIL), and frames read in place from an object store wait for the network side by side.
+Each prepared frame holds at most about 30 MB (a crop of ``STRIP_PIXELS`` pixels, or the
+strip of a crop of ``READY_STRIP_PIXELS``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Deque, Generator, Iterator, List, NamedTuple, Optional
+from typing import Any, Deque, Generator, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -40,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 #: Bytes of prepared strips allowed in flight between the reader thread and the kernel.
 READ_AHEAD_BYTES = 64 * 1024 * 1024
+#: Crops of at most this many input pixels are cut into their (one) strip by the worker that
+#: prepared the frame (about 56 bytes a pixel: at most ~15 MB a frame).
+READY_STRIP_PIXELS = 262_144
 
 
 class Item(NamedTuple):
@@ -64,6 +71,12 @@ def _nbytes(payload: Any) -> int:
     if isinstance(payload, tuple):
         return sum(a.nbytes for a in payload if isinstance(a, np.ndarray))
     return 0
+
+
+def _drain(strips: List[Any]) -> Iterator[Any]:
+    """The strips of a list, each let go of once handed over."""
+    while strips:
+        yield strips.pop(0)
 
 
 class ReadAhead:
@@ -99,19 +112,29 @@ class ReadAhead:
         self._items.put(item)
         return True
 
-    def _prepare(self, path: Any) -> Item:
-        """The ``frame``, ``skip`` or ``reject`` item of one file."""
+    def _prepare(self, path: Any) -> Tuple[Item, Any]:
+        """The ``frame``, ``skip`` or ``reject`` item of one file, and the strips of a frame whose
+        crop is at most :data:`READY_STRIP_PIXELS` pixels (a list, or the exception that stopped
+        them; None: the strips are made when handed over)."""
         try:
             frame = prepare_frame(path, self.config, self.grid)
             if frame is not None and self.waves is not None:
                 frame = self.waves.attach(frame)
         except FrameError as exc:
-            return Item(path, "reject", exc.reason)
+            return Item(path, "reject", exc.reason), None
         except Exception as exc:  # a broken file must never stop the run
-            return Item(path, "reject", f"unexpected read error ({type(exc).__name__}: {exc})")
-        return Item(path, "skip", None) if frame is None else Item(path, "frame", frame)
+            return Item(path, "reject", f"unexpected read error ({type(exc).__name__}: {exc})"), None
+        if frame is None:
+            return Item(path, "skip", None), None
+        ready: Any = None
+        if frame.n_pixels <= READY_STRIP_PIXELS:
+            try:
+                ready = list(frame.strips())
+            except Exception as exc:  # reported as the strips' failure, in file order
+                ready = exc
+        return Item(path, "frame", frame), ready
 
-    def _prepared(self) -> Generator[Item, None, None]:
+    def _prepared(self) -> Generator[Tuple[Item, Any], None, None]:
         """:meth:`_prepare` of every file in order; with ``workers`` > 1, that many files ahead
         are prepared at once by a thread pool."""
         if self.workers == 1:
@@ -119,7 +142,7 @@ class ReadAhead:
                 yield self._prepare(path)
             return
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="drizzle-prepare")
-        pending: Deque["Future[Item]"] = deque()
+        pending: "Deque[Future[Tuple[Item, Any]]]" = deque()
         todo = iter(self.paths)
         try:
             for path in todo:
@@ -136,7 +159,7 @@ class ReadAhead:
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _frame_items(self, first: Item) -> Iterator[Item]:
+    def _frame_items(self, first: Item, ready: Any) -> Iterator[Item]:
         if first.kind != "frame":
             yield first
             return
@@ -144,7 +167,9 @@ class ReadAhead:
         yield first
         n = 0
         try:
-            for strip in frame.strips():
+            if isinstance(ready, Exception):
+                raise ready
+            for strip in frame.strips() if ready is None else _drain(ready):
                 yield Item(path, "strip", strip)
                 del strip
                 n += 1
@@ -157,12 +182,12 @@ class ReadAhead:
     def _run(self) -> None:
         prepared = self._prepared()
         try:
-            for first in prepared:
-                for item in self._frame_items(first):
+            for first, ready in prepared:
+                for item in self._frame_items(first, ready):
                     if not self._put(item):
                         return
                     del item
-                del first
+                del first, ready
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             self._error = exc
         finally:
@@ -206,4 +231,4 @@ class ReadAhead:
             self._thread.join()
 
 
-__all__ = ["Item", "ReadAhead", "READ_AHEAD_BYTES"]
+__all__ = ["Item", "ReadAhead", "READ_AHEAD_BYTES", "READY_STRIP_PIXELS"]

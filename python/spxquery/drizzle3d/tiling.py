@@ -13,9 +13,12 @@ narrower); :func:`auto_tile_arcmin` chooses the side when the accumulators would
 :func:`drizzle_tile` is one task: it drizzles the files onto its tile, writes the tile's cube
 atomically as a piece (``output_dir/tiles_D{N}/tile_{index:05d}.fits``, the seven HDUs of a cube
 of the tile) and then its record (``.json`` beside it: the run's key, the tile, what became of
-each frame), and returns that record (metadata only). A piece whose record carries the run's key
-(:func:`run_key`: a hash of the configuration, the detector, the tile plan and the frame list)
-is reused by a rerun; anything else is recomputed. Sizes: pixels; angles: arcmin.
+each frame), and returns that record (metadata only). A tile no frame contributed to has a record
+and no piece (the assembly fills it as empty), so a sparse mosaic takes the disk of its data. A
+tile is offered every frame, or the frames whose footprints meet it (:mod:`.tileselect`). A piece
+whose record carries the run's key (:func:`run_key`: a hash of the configuration, the detector,
+the tile plan and the frame list) is reused by a rerun; anything else is recomputed. Sizes:
+pixels; angles: arcmin.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -87,7 +90,10 @@ def auto_tile_arcmin(config: Drizzle3DConfig, detectors: Sequence[int],
     """None when the largest cube's accumulators fit in the memory available (``memory``, default
     :func:`.preflight.available_memory`) beside the headroom; else the side (arcmin) of square
     tiles whose accumulators take at most a quarter of it (room for a reader, the assembly and
-    other workers)."""
+    other workers). Always None with ``covariance`` (never tiled: :func:`.preflight.check_budget`
+    then requires the whole cube to fit)."""
+    if config.covariance:
+        return None
     _, nz, ny, nx = max(cube_shapes(config, detectors), key=lambda s: s[1] * s[2] * s[3])
     memory = available_memory() if memory is None else memory
     per_pixel = nz * ACCUMULATOR_BYTES_PER_VOXEL
@@ -152,8 +158,13 @@ def tiles_dir(config: Drizzle3DConfig, detector: int) -> Path:
     return Path(config.output_dir) / f"tiles_D{int(detector)}"
 
 
+def piece_name(index: int) -> str:
+    """File name of tile ``index``'s piece (its record: the same with ``.json``)."""
+    return f"tile_{int(index):05d}.fits"
+
+
 def piece_path(config: Drizzle3DConfig, detector: int, tile: Tile) -> Path:
-    return tiles_dir(config, detector) / f"tile_{tile.index:05d}.fits"
+    return tiles_dir(config, detector) / piece_name(tile.index)
 
 
 def record_path(piece: Path) -> Path:
@@ -184,50 +195,50 @@ def _plain(value: Any) -> Any:
 
 
 def finished_record(piece: Path, key: str) -> Optional[Dict[str, Any]]:
-    """The record of a finished piece written for run ``key``, else None (missing, unreadable,
-    another run's, or its piece missing)."""
+    """The record of a finished tile written for run ``key``, else None (missing, unreadable,
+    another run's, or its piece missing; a tile no frame contributed to has no piece)."""
     try:
         record = json.loads(record_path(piece).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("key") != key or not piece.is_file():
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    if record.get("piece") is not None and not piece.is_file():
         return None
     return record
 
 
 def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, tile: Tile, key: str,
-                 waves: Any = None) -> Dict[str, Any]:
-    """One task: drizzle ``paths`` (paths, or object locations read in place; in this order) onto
-    ``tile`` of the detector's grid, write the piece and its record atomically, return the record:
-    ``tile`` (bounds), ``piece`` (path), ``key``, ``frames`` (``[path index, planes as 0/1 list,
-    log entry]`` of the contributing frames), ``reject`` (``[index, reason]``), ``empty``
-    (indices), ``bytes_read`` (from object stores). Reuses a finished piece of the same ``key``.
-    ``waves``: the run's :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
-    from .accumulate import DrizzleCube
-    from .cubefile import save_cube
-    from .pipeline import drizzle_frames
-
+                 select: Optional[Sequence[int]] = None, waves: Any = None) -> Dict[str, Any]:
+    """One task: drizzle ``paths`` (paths, or object locations read in place; in this order), or
+    only those of the indices ``select`` (the frames whose footprints meet the tile,
+    :mod:`.tileselect`), onto ``tile`` of the detector's grid, write the piece and its record
+    atomically, return the record: ``tile`` (bounds), ``piece`` (path; None when no frame
+    contributed: then no piece is written and the tile is empty), ``key``, ``offered`` (frames
+    offered to the tile), ``frames`` (``[path index, planes as 0/1 list, log entry]`` of the
+    contributing frames), ``reject`` (``[index, reason]``), ``empty`` (indices), ``bytes_read``
+    (from object stores). Reuses a finished tile of the same ``key``. ``waves``: the run's
+    :class:`.wavesources.WaveSources` (None: the L2 lookup)."""
     piece = piece_path(config, detector, tile)
     done = finished_record(piece, key)
     if done is not None:
         return done
-    files = [as_location(p) for p in paths]
-    grid = OutputGrid.for_detector(config, detector).tile(tile.y0, tile.y1, tile.x0, tile.x1)
-    tile_wcs = grid.wcs.deepcopy()
-    tile_wcs.wcs.crpix = [tile_wcs.wcs.crpix[0] - tile.x0, tile_wcs.wcs.crpix[1] - tile.y0]  # header only
-    cube = DrizzleCube.create(tile_wcs, grid.pixscale, grid.zgrid, config, detector, shape=grid.shape,
-                              origin=grid.origin)
+    chosen = list(range(len(paths))) if select is None else [int(i) for i in select]
+    files = [as_location(paths[i]) for i in chosen]
+    index = dict(zip(files, chosen))
+    outcomes: Dict[str, List[Any]] = {"frame": [], "reject": [], "empty": []}
+    frame_log: List[Dict[str, Any]] = []
     bytes0 = TRANSFERS.bytes
-    outcomes = drizzle_frames(files, config, grid, cube, report=False, waves=waves)
+    if files:
+        outcomes, frame_log = _drizzle_piece(files, config, detector, tile, piece, waves)
     bytes_read = TRANSFERS.bytes - bytes0  # this process's reads: one tile at a time per worker
-    index = {p: i for i, p in enumerate(files)}
-    cube.n_rejected = len(outcomes["reject"])
-    cube.n_empty = len(outcomes["empty"])
-    save_cube(cube, piece, overwrite=True)
+    if not frame_log:
+        piece.unlink(missing_ok=True)  # an empty tile: the assembly fills it (SCI NaN, COUNT 0)
     record = {
-        "key": key, "tile": tile.bounds(), "index": tile.index, "piece": str(piece),
+        "key": key, "tile": tile.bounds(), "index": tile.index, "piece": str(piece) if frame_log else None,
+        "offered": len(files),
         "frames": [[index[p], planes.astype(int).tolist(), entry]
-                   for (p, planes), entry in zip(outcomes["frame"], cube.frame_log)],
+                   for (p, planes), entry in zip(outcomes["frame"], frame_log)],
         "reject": [[index[p], reason] for p, reason in outcomes["reject"]],
         "empty": [index[p] for p in outcomes["empty"]],
         "bytes_read": int(bytes_read),
@@ -236,5 +247,26 @@ def drizzle_tile(paths: Sequence[Any], config: Drizzle3DConfig, detector: int, t
     return record
 
 
-__all__ = ["Tile", "auto_tile_arcmin", "drizzle_tile", "effective_tile_arcmin", "finished_record", "piece_path",
-           "run_key", "tile_plan", "tile_side_pixels", "tiles_dir"]
+def _drizzle_piece(files: List[Any], config: Drizzle3DConfig, detector: int, tile: Tile, piece: Path,
+                   waves: Any = None) -> Tuple[Dict[str, List[Any]], List[Dict[str, Any]]]:
+    """Drizzle ``files`` onto ``tile`` and write its piece (atomic) when a frame contributed;
+    (outcomes of :func:`.pipeline.drizzle_frames`, the cube's frame log)."""
+    from .accumulate import DrizzleCube
+    from .cubefile import save_cube
+    from .pipeline import drizzle_frames
+
+    grid = OutputGrid.for_detector(config, detector).tile(tile.y0, tile.y1, tile.x0, tile.x1)
+    tile_wcs = grid.wcs.deepcopy()
+    tile_wcs.wcs.crpix = [tile_wcs.wcs.crpix[0] - tile.x0, tile_wcs.wcs.crpix[1] - tile.y0]  # header only
+    cube = DrizzleCube.create(tile_wcs, grid.pixscale, grid.zgrid, config, detector, shape=grid.shape,
+                              origin=grid.origin)
+    outcomes = drizzle_frames(files, config, grid, cube, report=False, waves=waves)
+    cube.n_rejected = len(outcomes["reject"])
+    cube.n_empty = len(outcomes["empty"])
+    if cube.frame_log:
+        save_cube(cube, piece, overwrite=True)
+    return outcomes, list(cube.frame_log)
+
+
+__all__ = ["Tile", "auto_tile_arcmin", "drizzle_tile", "effective_tile_arcmin", "finished_record", "piece_name",
+           "piece_path", "run_key", "tile_plan", "tile_side_pixels", "tiles_dir"]

@@ -13,6 +13,7 @@ from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
+from . import _core
 from .access import ByteSource
 from .fitsheader import Header, HeaderError
 from .fitsstructure import Hdu
@@ -40,31 +41,19 @@ class WaveTable:
 
         wcslib's -TAB arithmetic: the pixel positions go through ``psi = CDELT*(p + 1 -
         CRPIX) + CRVAL``, each axis is inverted piecewise-linearly (:func:`_cell_index`), and
-        VALUES are interpolated bilinearly -- in separable form on the rectangular grid
-        (along x at every knot row, then along y, one cell of rows at a time: three passes over
-        the output).
+        VALUES are interpolated bilinearly in separable form on the rectangular grid: along x at
+        the two knot rows of each pixel row, then along y (``_core.wave_lookup``, Rust, the GIL
+        released: ``(1 - fy) * ax[iy] + fy * ax[iy + 1]``, ``ax[k] = (1 - fx) * v[k, ix] + fx *
+        v[k, ix + 1]``).
         """
         xs = np.arange(x0, x1, dtype=np.float64)
         ys = np.arange(y0, y1, dtype=np.float64)
         ix, fx = _cell_index(self.cdelt[0] * (xs + 1.0 - self.crpix[0]) + self.crval[0], self.x)
         iy, fy = _cell_index(self.cdelt[1] * (ys + 1.0 - self.crpix[1]) + self.crval[1], self.y)
-        # rows in one cell of the table share their two knot rows: runs of equal iy
-        cuts = np.flatnonzero(np.diff(iy)) + 1
-        runs = list(zip(np.concatenate([[0], cuts]).tolist(), np.concatenate([cuts, [len(iy)]]).tolist()))
-        wy0, wy1 = 1.0 - fy, fy
-        upper = np.empty((len(ys), len(xs)))
-        out = []
-        for m in range(2):
-            v = self.values[..., m]
-            along_x = (1.0 - fx) * v[:, ix] + fx * v[:, ix + 1]  # (n knot rows, nx)
-            res = np.empty((len(ys), len(xs)))
-            for a, b in runs:  # (1 - fy) * along_x[iy] + fy * along_x[iy + 1], row by row of the cell
-                k = iy[a]
-                np.multiply.outer(wy0[a:b], along_x[k], out=res[a:b])
-                np.multiply.outer(wy1[a:b], along_x[k + 1], out=upper[a:b])
-                res[a:b] += upper[a:b]
-            out.append(res)
-        return out[0], out[1]
+        return _core.wave_lookup(values=np.ascontiguousarray(self.values, dtype=np.float64),
+                                 row_cell=iy.astype(np.int64), row_frac=np.ascontiguousarray(fy, dtype=np.float64),
+                                 column_cell=ix.astype(np.int64),
+                                 column_frac=np.ascontiguousarray(fx, dtype=np.float64))
 
 
 def _cell_index(psi: np.ndarray, knots: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,8 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         usage="%(prog)s MANIFEST [-o CUBE.fits] [--overwrite] [options]",
         help="write the cube file of a tiled run from its tiles",
         description="Stream the tiles of a tiled run (tile_arcmin) into one cube file, plane by plane,\n"
-                    "bit for bit the cube of a one-piece run.",
+                    "bit for bit the cube of a one-piece run, and write the mosaic's quick-look\n"
+                    "(tiles_D<N>/quicklook_D<N>.fits and .png, at most 2000 pixels a side).",
         epilog=f"examples:\n  {PROG} assemble drizzle_output/tiles_D3\n"
                f"  {PROG} assemble drizzle_output/tiles_D3/manifest.json -o cube.fits --overwrite",
     )

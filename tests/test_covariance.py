@@ -1,0 +1,339 @@
+"""Covariance of drizzled voxels (issue 22): the engine's cross terms against a brute-force sum
+over the input pixels, the file round trip, determinism, and the fallback."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from astropy.wcs import WCS
+
+from spxquery.drizzle3d import _core
+from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
+from spxquery.drizzle3d.config import Drizzle3DConfig
+from spxquery.drizzle3d.covariance import (
+    aperture_variance,
+    correction_factor,
+    plane_variances,
+    spatial_offsets,
+    spatial_reach,
+    spectral_reach,
+    stencil,
+)
+from spxquery.drizzle3d.cubefile import load_cube, save_cube
+from spxquery.drizzle3d.spectral import ZGrid, build_z_grid_native
+
+EDGES = np.array([1.50, 1.52, 1.54, 1.56, 1.58, 1.60])
+
+
+def make_cube(n, oversample=1.0, shrink=0.8, kernel="square", covariance=True, edges=EDGES, **cfg):
+    """An empty ``(len(edges) - 1, n, n)`` cube whose configuration has ``oversample``."""
+    side = n * 6.15 / oversample / 60.0
+    config = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=side, height=side, xy_shrink=shrink,
+                             xy_oversample=oversample, kernel=kernel, covariance=covariance, **cfg)
+    cube = DrizzleCube.create(WCS(naxis=2), 6.15 / oversample, ZGrid.from_edges(edges), config, 3)
+    assert cube.flux_weighted.shape == (len(edges) - 1, n, n)
+    return cube
+
+
+def frames(n_in, oversample, n_frames=3, seed=0, noise=None):
+    """``n_frames`` input frames of ``n_in`` x ``n_in`` pixels, rotated and shifted onto the output grid
+    at ``oversample`` output pixels per input pixel: (corners_x, corners_y, image, variance, flags,
+    lambda_c, delta_lambda) each, wavelengths spread so that top-hats span one to three bins."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in range(n_frames):
+        theta, t = rng.uniform(0, np.pi / 2), rng.uniform(1.0, 3.0, 2)
+        c, s = np.cos(theta) * oversample, np.sin(theta) * oversample
+        yy, xx = np.mgrid[0 : n_in + 1, 0 : n_in + 1].astype(float) - 0.5
+        cx = c * xx - s * yy + t[0] + (n_in * s if s > 0 else 0)
+        cy = s * xx + c * yy + t[1]
+        variance = rng.uniform(0.5, 2.0, (n_in, n_in))
+        image = rng.normal(0.0, np.sqrt(variance)) if noise is None else noise(rng, variance)
+        lam = rng.uniform(1.51, 1.59, (n_in, n_in))
+        dlam = rng.uniform(0.01, 0.035, (n_in, n_in))
+        out.append((cx, cy, image, variance, np.zeros((n_in, n_in), np.int32), lam, dlam))
+    return out
+
+
+def brute_force_variance(cube, frame_list, mask):
+    """sum_i (sum_{k in mask} c_ki)^2 sigma_i^2 over every input pixel ``i``, from the contribution
+    lists of the spxquery 0.4.1 API (spatial_mapping, spectral_overlaps): each a_ki, by hand."""
+    nz, ny, nx = cube.flux_weighted.shape
+    cfg, edges = cube.config, cube.zgrid.edges
+    pixels = []  # per input pixel: (voxel flat indices, weights w_ki, sigma^2)
+    for cx, cy, image, variance, _, lam, dlam in frame_list:
+        _, pix, oy, ox, fxy = _core.spatial_mapping(corners_x=cx, corners_y=cy, out_ny=ny, out_nx=nx,
+                                                    xy_shrink=cfg.xy_shrink, kernel=cfg.kernel)
+        ivar = np.minimum(1.0 / variance.ravel(), cfg.ivar_max)
+        for i in np.unique(pix):
+            sel = pix == i
+            z, fz = _core.spectral_overlaps(lambda_c=float(lam.ravel()[i]), delta_lambda=float(dlam.ravel()[i]),
+                                            z_shrink=cfg.effective_z_shrink(), z_edges=edges)
+            idx, w = [], []
+            for zk, fzk in zip(z, fz):
+                f = fxy[sel] * fzk
+                keep = f > 0
+                idx.append((zk * ny + oy[sel][keep]) * nx + ox[sel][keep])
+                w.append(ivar[i] * f[keep])
+            pixels.append((np.concatenate(idx), np.concatenate(w), variance.ravel()[i]))
+    weight = np.zeros(nz * ny * nx)
+    for idx, w, _ in pixels:
+        np.add.at(weight, idx, w)
+    selected = mask.ravel() & (weight > 0)
+    total = 0.0
+    for idx, w, var in pixels:
+        total += np.sum(np.where(selected[idx], w / np.where(weight[idx] > 0, weight[idx], 1.0), 0.0)) ** 2 * var
+    return total
+
+
+def drizzled(n_out, oversample, shrink, kernel, frame_list, **kw):
+    cube = make_cube(n_out, oversample, shrink, kernel, **kw)
+    for fr in frame_list:
+        drizzle_frame(cube, *fr)
+    return cube
+
+
+@pytest.mark.parametrize("kernel", ["square", "bilinear"])
+@pytest.mark.parametrize("shrink", [1.0, 0.5])
+@pytest.mark.parametrize("oversample", [1.0, 2.0])
+def test_aperture_variance_equals_brute_force_sum_over_input_pixels(kernel, shrink, oversample):
+    frame_list = frames(int(9 / oversample) + 2, oversample, seed=int(10 * shrink + oversample))
+    cube = drizzled(14, oversample, shrink, kernel, frame_list)
+    rng = np.random.default_rng(5)
+    masks = [np.zeros(cube.flux_weighted.shape, bool) for _ in range(4)]
+    masks[0][2, 4:9, 3:10] = True  # one plane, a box
+    masks[1][1:4, 5:8, 5:8] = True  # three planes
+    masks[2][:] = rng.random(masks[2].shape) < 0.3  # scattered voxels
+    masks[3][:, 6, 6] = True  # one pixel's spectrum
+    for mask in masks:
+        want = brute_force_variance(cube, frame_list, mask)
+        got = aperture_variance(cube, mask)
+        assert got == pytest.approx(want, rel=1e-10)
+        # Without the cross terms the sum of the variances is smaller (it is a lower bound here).
+        assert np.nansum(np.where(mask, cube.variance, np.nan)) < want
+
+
+def test_mean_per_plane_and_two_d_masks():
+    frame_list = frames(10, 1.0, seed=3)
+    cube = drizzled(14, 1.0, 0.8, "square", frame_list)
+    mask = np.zeros((14, 14), bool)
+    mask[4:9, 5:10] = True
+    three_d = np.broadcast_to(mask, cube.flux_weighted.shape)
+    assert aperture_variance(cube, mask) == aperture_variance(cube, three_d)
+    n = int(np.count_nonzero(three_d & np.isfinite(cube.variance)))
+    assert aperture_variance(cube, mask, mean=True) == pytest.approx(aperture_variance(cube, mask) / n**2, rel=1e-14)
+    # Each plane on its own: the variance of that plane's sum, brute force.
+    per_plane = plane_variances(cube, three_d, same_plane=True)
+    for k in range(cube.nz):
+        one = np.zeros_like(three_d)
+        one[k] = mask
+        assert per_plane[k] == pytest.approx(brute_force_variance(cube, frame_list, one), rel=1e-10)
+
+
+def test_the_file_holds_the_covariance_and_gives_the_same_variances(tmp_path):
+    cube = drizzled(14, 1.0, 0.8, "square", frames(10, 1.0, seed=4))
+    path = save_cube(cube, tmp_path / "cov.fits")
+    loaded = load_cube(path)
+    assert loaded["covariance"].shape == (len(cube.cov_offsets) + 1, *cube.flux_weighted.shape)
+    assert loaded["cov_offsets"][0].tolist() == [0, 0, 0]
+    assert loaded["header"]["COVAR"] is True
+    assert loaded["header"]["COVCORR"] == pytest.approx(correction_factor(cube.config), abs=1e-6)
+    mask = np.zeros(cube.flux_weighted.shape, bool)
+    mask[1:3, 3:10, 4:11] = True
+    want = aperture_variance(cube, mask)
+    for source in (path, str(path), loaded):
+        assert aperture_variance(source, mask) == pytest.approx(want, rel=1e-13)
+    np.testing.assert_array_equal(loaded["covariance"][0], cube.variance)
+
+
+def test_bitwise_identical_for_any_thread_count_and_science_unchanged():
+    frame_list = frames(30, 1.0, n_frames=2, seed=7)
+    results = []
+    for threads in (1, 2, 3, 5):
+        cube = make_cube(34)
+        for fr in frame_list:
+            drizzle_frame(cube, *fr, threads=threads)
+        results.append([a.tobytes() for a in cube.accumulators().values()])
+    assert all(r == results[0] for r in results[1:])
+    plain = make_cube(34, covariance=False)
+    for fr in frame_list:
+        drizzle_frame(plain, *fr)
+    # The science bit for bit as without covariance: the same scan deposits it.
+    assert [a.tobytes() for a in plain.accumulators().values()] == results[0][: len(plain.accumulators())]
+
+
+def test_a_pixel_beyond_the_stencil_is_an_error_not_dropped_terms():
+    cube = make_cube(14)
+    # Input pixels three times the size the configuration implies.
+    cx, cy, *rest = frames(3, 3.0, n_frames=1)[0]
+    with pytest.raises(ValueError, match="beyond the stencil"):
+        drizzle_frame(cube, cx, cy, *rest)
+
+
+def test_stencil_follows_the_geometry():
+    cfg = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=2.0, height=2.0)
+    assert spatial_reach(cfg) == 2  # 0.8 x 1.1 x sqrt(2) = 1.24 output pixels: three pixels apart at most
+    assert spatial_reach(cfg.replace(xy_shrink=0.5)) == 1
+    assert spatial_reach(cfg.replace(xy_oversample=2.0)) == 3
+    assert spatial_reach(cfg.replace(kernel="bilinear", xy_oversample=4.0)) == 1
+    assert spectral_reach(np.array([1.0, 1.1, 1.2, 1.3]), 0.05) == 1
+    assert spectral_reach(np.array([1.0, 1.1, 1.2, 1.3]), 0.15) == 2
+    assert spectral_reach(np.array([1.0, 1.1, 1.2, 1.3]), 0.25) == 2  # three bins at most
+    # Rows and columns up to 2 apart, but not both: the droplet's diagonal (1.24) is shorter than
+    # the sqrt(2) between pixels two apart in both.
+    assert sorted(spatial_offsets(cfg)) == sorted((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                                                  if abs(dy) + abs(dx) < 4)
+    offsets = stencil(cfg, np.array([1.0, 1.1, 1.2]))
+    assert len(offsets) == len({tuple(o) for o in offsets}) == (21 * 3 - 1) // 2
+
+
+def test_correction_factor_is_fruchter_and_hook():
+    cfg = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=2.0, height=2.0, xy_shrink=1.0)
+    assert correction_factor(cfg) == pytest.approx(1.5)  # r = 1
+    assert correction_factor(cfg.replace(xy_oversample=2.0)) == pytest.approx(2.0 / (1 - 1 / 6))
+    assert correction_factor(cfg.replace(xy_shrink=0.5)) == pytest.approx(1.0 / (1 - 0.5 / 3))
+    assert correction_factor(cfg.replace(kernel="bilinear")) == pytest.approx(1.5)
+
+
+def test_without_covariance_the_fallback_warns_and_scales_by_r_squared(tmp_path):
+    cube = drizzled(14, 1.0, 0.8, "square", frames(10, 1.0, seed=4), covariance=False)
+    assert cube.cov_cross is None
+    mask = np.zeros(cube.flux_weighted.shape, bool)
+    mask[2, 4:9, 4:9] = True
+    r2 = correction_factor(cube.config) ** 2
+    summed = np.nansum(np.where(mask, cube.variance, np.nan))
+    path = save_cube(cube, tmp_path / "plain.fits")
+    for source in (cube, path):
+        with pytest.warns(UserWarning, match="no COVARIANCE HDU"):
+            got = aperture_variance(source, mask)
+        assert got == pytest.approx(summed * r2, rel=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aperture_variance(drizzled(14, 1.0, 0.8, "square", frames(10, 1.0, seed=4)), mask)
+
+
+# ── Monte Carlo ──────────────────────────────────────────────────────────────
+
+
+def noise_frames(n_in, n_frames, seed):
+    """Pure-noise SPHEREx-like frames: native scale, rotated and dithered, xy_shrink 0.8; the
+    linear variable filter's wavelength runs along the frame (bandwidth lambda / 40), so top-hats
+    span one or two of the 0.04 um bins."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_frames):
+        theta = rng.uniform(0, 2 * np.pi)
+        c, s = np.cos(theta), np.sin(theta)
+        yy, xx = np.mgrid[0 : n_in + 1, 0 : n_in + 1].astype(float) - 0.5 - n_in / 2
+        cx = c * xx - s * yy + n_in / 2 + rng.uniform(-1, 1)
+        cy = s * xx + c * yy + n_in / 2 + rng.uniform(-1, 1)
+        lam = 1.60 + 0.002 * np.arange(n_in)[:, None] * np.ones((1, n_in)) + rng.uniform(0, 0.04)
+        out.append((cx, cy, rng.uniform(0.5, 2.0, (n_in, n_in)), np.zeros((n_in, n_in), np.int32), lam, lam / 40.0))
+    return out
+
+
+@pytest.mark.slow
+def test_monte_carlo_aperture_sums_scatter_as_aperture_variance_says():
+    """>= 200 realisations of pure noise on fixed geometry: for apertures of 1x1, 3x3 and 7x7
+    pixels over 1-3 planes, the measured variance of the aperture sums (pooled over aperture
+    positions, each normalised by its predicted variance) is aperture_variance within 5%, while
+    the plain sum of VARIANCE is far off (printed)."""
+    n, n_real = 48, 400
+    edges = np.arange(1.60, 1.80001, 0.04)
+    geometry = noise_frames(n + 8, 4, seed=11)
+    rng = np.random.default_rng(12)
+
+    def drizzle_noise(covariance):
+        cube = make_cube(n, 1.0, 0.8, "square", covariance=covariance, edges=edges)
+        for cx, cy, variance, flags, lam, dlam in geometry:
+            drizzle_frame(cube, cx, cy, rng.normal(0.0, np.sqrt(variance)), variance, flags, lam, dlam)
+        return cube
+
+    reference = drizzle_noise(True)
+    sci = np.stack([drizzle_noise(False).flux for _ in range(n_real)])
+    report = []
+    for side in (1, 3, 7):
+        for planes in (1, 2, 3):
+            ratios, naive = [], []
+            for k0 in range(0, len(edges) - 1 - planes + 1, planes):
+                for y0 in range(4, n - 4 - side, side + 1):
+                    for x0 in range(4, n - 4 - side, side + 1):
+                        mask = np.zeros(reference.flux_weighted.shape, bool)
+                        mask[k0 : k0 + planes, y0 : y0 + side, x0 : x0 + side] = True
+                        if not np.all(np.isfinite(reference.variance[mask])):
+                            continue
+                        sums = sci[:, mask].sum(axis=1)
+                        measured = np.var(sums, ddof=1)
+                        ratios.append(measured / aperture_variance(reference, mask))
+                        naive.append(measured / reference.variance[mask].sum())
+            ratio, plain = float(np.mean(ratios)), float(np.mean(naive))
+            report.append(f"{side}x{side} x {planes} planes: measured / aperture_variance {ratio:.3f}, "
+                          f"measured / summed VARIANCE {plain:.3f} ({len(ratios)} apertures)")
+            assert abs(ratio - 1.0) < 0.05, report[-1]
+    print("\n".join(report))
+
+
+def test_preflight_counts_the_cross_terms():
+    from spxquery.drizzle3d.preflight import RunBudgetError, bytes_per_voxel, check_budget
+
+    cfg = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=30.0, height=30.0, detector=3)
+    plain, with_cov = bytes_per_voxel(cfg, 3), bytes_per_voxel(cfg.replace(covariance=True), 3)
+    n = len(stencil(cfg, build_z_grid_native(3).edges, 3))
+    assert with_cov == (plain[0] + 8 * n, plain[1] + 8 * (n + 1))
+    voxels = 17 * cfg.output_ny() * cfg.output_nx()
+    memory = voxels * plain[0] + (600 << 20)  # enough without the cross terms, not with them
+    check_budget(cfg, [3], memory=memory, disk=1 << 50)
+    with pytest.raises(RunBudgetError, match="without covariance"):
+        check_budget(cfg.replace(covariance=True), [3], memory=memory, disk=1 << 50)
+    # With outlier rejection too: the model's bytes and the cross terms add up, REJECTED is on disk.
+    both = cfg.replace(covariance=True, reject_outliers=True)
+    rejecting = bytes_per_voxel(cfg.replace(reject_outliers=True), 3)
+    assert bytes_per_voxel(both, 3) == (rejecting[0] + 8 * n, rejecting[1] + 8 * (n + 1))
+    assert rejecting[1] == plain[1] + 4
+    roomy = voxels * bytes_per_voxel(both, 3)[0] + (600 << 20)
+    check_budget(both, [3], memory=roomy, disk=1 << 50)
+    with pytest.raises(RunBudgetError, match="with outlier rejection and covariance.*cannot be drizzled in tiles"):
+        check_budget(both, [3], memory=roomy - (100 << 20), disk=1 << 50)
+    with pytest.raises(RunBudgetError, match="cube file"):
+        check_budget(both, [3], memory=roomy, disk=voxels * bytes_per_voxel(both, 3)[1] - 1)
+
+
+@pytest.mark.parametrize("grid_kw", [{}, {"z_oversample": 2.0, "xy_oversample": 2.0}, {"kernel": "bilinear"}])
+def test_pipeline_writes_the_covariance_of_simulated_frames(drizzled_cubes, tmp_path, grid_kw):
+    """The pipeline on the simulated SPHEREx cutouts (distortion, the linear variable filter):
+    every coupled pair lies in the stencil derived from the configuration (else an error), the
+    file has the covariance HDUs, SCI is the one of the default path, and an aperture's exact
+    variance exceeds the summed variances."""
+    from astropy.io import fits
+
+    from spxquery.drizzle3d.grid import build_output_wcs
+    from spxquery.drizzle3d.pipeline import drizzle_detector
+
+    cfg = drizzled_cubes.configs["native"].replace(output_dir=tmp_path, covariance=True, width=3.0, height=3.0,
+                                                   **grid_kw)
+    path = drizzle_detector(drizzled_cubes.field.paths, cfg, 3, build_output_wcs(cfg))
+    plain = drizzle_detector(drizzled_cubes.field.paths, cfg.replace(covariance=False, output_dir=tmp_path / "p"), 3,
+                             build_output_wcs(cfg))
+    with fits.open(path) as hdul, fits.open(plain) as ref:
+        names = [h.name for h in hdul]
+        assert names[: len(ref)] == [h.name for h in ref] and names[len(ref):] == ["COVARIANCE", "COVAR-OFFSETS"]
+        for name in ("SCI", "VARIANCE", "COUNT", "AND_MASK", "OR_MASK"):  # bit for bit the default path's
+            assert hdul[name].data.tobytes() == ref[name].data.tobytes(), name
+        assert hdul[0].header["COVAR"] is True and ref[0].header["COVAR"] is False
+    cube = load_cube(path)
+    ny, nx = cube["sci"].shape[1:]
+    mask = np.zeros(cube["sci"].shape, bool)
+    k = int(np.argmax(np.convolve((cube["count"][:, ny // 2, nx // 2] > 0).astype(int), np.ones(3), "valid")))
+    mask[k : k + 3, ny // 2 - 3 : ny // 2 + 4, nx // 2 - 3 : nx // 2 + 4] = True
+    summed = np.nansum(np.where(mask, cube["covariance"][0], np.nan))
+    assert aperture_variance(path, mask) > 1.2 * summed
+
+
+def test_covariance_is_refused_for_the_cube_of_all_detectors():
+    """The stencil comes from one detector's bandwidths: a ValueError naming both settings."""
+    with pytest.raises(ValueError, match="combine_detectors=True and covariance=True cannot be combined"):
+        Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=1.0, height=1.0, detector=0, combine_detectors=True,
+                        covariance=True)
+    Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=1.0, height=1.0, detector=3, covariance=True)
