@@ -25,6 +25,7 @@ is measured.
 
     python benchmarks/bench_scale.py                       # 3x3 rows and a 1000-frame deep field
     python benchmarks/bench_scale.py --rows deep,big --deep-frames 5000 --big-workers 1,2
+    python benchmarks/bench_scale.py --rows big --big-grid 3 --big-workers 1,2   # 18 frames covering 10 x 10 deg
 
 Prints a Markdown table with the load average; records nothing by itself.
 """
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -59,6 +61,27 @@ def _field(n: int) -> list:
                           y_range=(900.0, 1140.0))
     done.write_text(json.dumps([str(p) for p in info.paths]))
     return list(info.paths)
+
+
+def _mosaic(grid: int) -> list:
+    """Full QR3 D3 frames tiling about 10 x 10 deg: ``grid`` x ``grid`` field centres 3.3 deg apart
+    around (RA, DEC), two pointings each (each field simulated, and cached, on its own)."""
+    from spxquery.drizzle3d.simulate import simulate_field
+
+    paths: list = []
+    half = (grid - 1) / 2
+    for i in range(grid):
+        for j in range(grid):
+            root = CACHE / f"mosaic{grid}-qr3" / f"f{i}{j}"
+            done = root / "paths.json"
+            if not done.is_file():
+                dec = DEC + (i - half) * 3.3
+                ra = RA + (j - half) * 3.3 / math.cos(math.radians(dec))
+                info = simulate_field(root, ra, dec, detectors=(3,), n_pointings=2, release="qr3", seed=11 + 7 * i + j,
+                                      x_jitter=50.0, y_range=(900.0, 1140.0))
+                done.write_text(json.dumps([str(p) for p in info.paths]))
+            paths += [Path(p) for p in json.loads(done.read_text())]
+    return paths
 
 
 def peak_rss() -> int:
@@ -97,6 +120,8 @@ def _run_row(spec: dict) -> dict:
         from _deepfield import deep_field
 
         paths = deep_field(CACHE, spec["frames"], spec["distinct"])
+    elif spec["data"] == "mosaic":
+        paths = _mosaic(spec["frames"])
     else:
         paths = _field(spec["frames"])
     config = Drizzle3DConfig(center_ra=RA, center_dec=DEC, width=spec["arcmin"], height=spec["arcmin"], detector=3,
@@ -169,6 +194,9 @@ def main() -> None:
     ap.add_argument("--deep-workers", default="1,2", help="workers of the deep rows (default 1,2)")
     ap.add_argument("--big", action="store_true", help="also the 10 x 10 degree cube (same as adding big to --rows)")
     ap.add_argument("--big-workers", default="2", help="workers of the 10 x 10 degree rows (default 2)")
+    ap.add_argument("--big-grid", type=int, default=0,
+                    help="10 x 10 degree rows on a grid of N x N simulated fields 3.3 deg apart (2 frames each) "
+                         "that cover the cube, instead of the --full-frames field (default 0: that field)")
     ap.add_argument("--big-assemble", action="store_true", help="also write the 10 x 10 degree cube file (11.6 GB)")
     ap.add_argument("--out", type=Path, default=CACHE / "scale-out")
     args = ap.parse_args()
@@ -179,6 +207,8 @@ def main() -> None:
 
     wanted = set(args.rows.split(",")) | ({"big"} if args.big else set())
     _field(args.full_frames)  # simulated once, outside the timed rows and their memory
+    if "big" in wanted and args.big_grid:
+        _mosaic(args.big_grid)
     if "deep" in wanted:
         deep_field(CACHE, args.deep_frames, args.deep_distinct)
     gib = 1 << 30
@@ -205,8 +235,10 @@ def main() -> None:
         notes.append(f"10x10 deg: {n} x {n} x 17 voxels, one-piece accumulators {17 * n * n * 36 / gib:.1f} GiB")
         for workers in (int(w) for w in args.big_workers.split(",")):
             out = args.out / f"ten{workers}"
-            rows.append(("10x10 deg", workers, _sub({**big, "arcmin": 600.0, "workers": workers, "out": str(out),
-                                                     "footprints": True, "assemble": args.big_assemble})))
+            data = {"data": "mosaic", "frames": args.big_grid} if args.big_grid else {}
+            spec = {**big, **data, "arcmin": 600.0, "workers": workers, "out": str(out), "footprints": True,
+                    "assemble": args.big_assemble}
+            rows.append(("10x10 deg", workers, _sub(spec)))
             shutil.rmtree(out, ignore_errors=True)
     print(f"load average: {os.getloadavg()}, cpus: {os.cpu_count()}")
     print("; ".join(notes))
