@@ -28,7 +28,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 from astropy.io import fits
@@ -36,7 +36,8 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from . import covariance
-from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_hdu
+from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_bytes, wcs_tab_hdu
+from .fitsbytes import EMPTY_PRIMARY, Column, bintable, image_cards, image_data, padding
 from .fitscards import CardText, cards_of
 from .productwave import SOURCE_LOOKUP, SOURCE_MIXED
 from .progress import progress_bar
@@ -72,22 +73,30 @@ def _versions() -> Dict[str, str]:
 WAVELENGTH_COLUMNS_041 = ("INDEX", "LAMBDA", "LAMBDA_MIN", "LAMBDA_MAX", "DLAMBDA", "NU", "DNU", "R_EFF", "N_INPUT_SC")
 
 
-def _wavelength_table(zgrid, n_input_sc: np.ndarray, plane_detector: np.ndarray) -> fits.BinTableHDU:
-    """The WAVELENGTH table: the 0.4.1 columns (:data:`WAVELENGTH_COLUMNS_041`), then DETECTOR
+def _wavelength_columns(zgrid, n_input_sc: np.ndarray, plane_detector: np.ndarray) -> List[Column]:
+    """The WAVELENGTH table's columns: the 0.4.1 ones (:data:`WAVELENGTH_COLUMNS_041`), then DETECTOR
     (the detector, 1-6, each plane comes from)."""
     n_z = zgrid.n_z
-    cols = [
-        fits.Column(name="INDEX", format="J", array=np.arange(n_z, dtype=np.int32)),
-        fits.Column(name="LAMBDA", format="D", unit="um", array=np.asarray(zgrid.centers, np.float64)),
-        fits.Column(name="LAMBDA_MIN", format="D", unit="um", array=np.asarray(zgrid.edges[:-1], np.float64)),
-        fits.Column(name="LAMBDA_MAX", format="D", unit="um", array=np.asarray(zgrid.edges[1:], np.float64)),
-        fits.Column(name="DLAMBDA", format="D", unit="um", array=np.asarray(zgrid.widths, np.float64)),
-        fits.Column(name="NU", format="D", unit="Hz", array=np.asarray(zgrid.frequencies(), np.float64)),
-        fits.Column(name="DNU", format="D", unit="Hz", array=np.asarray(zgrid.delta_nu(), np.float64)),
-        fits.Column(name="R_EFF", format="D", array=np.asarray(zgrid.resolving_power(), np.float64)),
-        fits.Column(name="N_INPUT_SC", format="J", array=np.asarray(n_input_sc, dtype=np.int32)),
-        fits.Column(name="DETECTOR", format="I", array=np.asarray(plane_detector, dtype=np.int16)),
+    f8 = functools.partial(np.asarray, dtype=np.float64)
+    return [
+        Column("INDEX", "J", np.arange(n_z, dtype=np.int32)),
+        Column("LAMBDA", "D", f8(zgrid.centers), "um"),
+        Column("LAMBDA_MIN", "D", f8(zgrid.edges[:-1]), "um"),
+        Column("LAMBDA_MAX", "D", f8(zgrid.edges[1:]), "um"),
+        Column("DLAMBDA", "D", f8(zgrid.widths), "um"),
+        Column("NU", "D", f8(zgrid.frequencies()), "Hz"),
+        Column("DNU", "D", f8(zgrid.delta_nu()), "Hz"),
+        Column("R_EFF", "D", f8(zgrid.resolving_power())),
+        Column("N_INPUT_SC", "J", np.asarray(n_input_sc, dtype=np.int32)),
+        Column("DETECTOR", "I", np.asarray(plane_detector, dtype=np.int16)),
     ]
+
+
+def _wavelength_table(zgrid, n_input_sc: np.ndarray, plane_detector: np.ndarray) -> fits.BinTableHDU:
+    """The WAVELENGTH table built by astropy (:func:`build_hdulist`; :func:`save_cube` writes the same
+    bytes directly)."""
+    cols = [fits.Column(name=c.name, format=c.tform, unit=c.unit or None, array=c.values)
+            for c in _wavelength_columns(zgrid, n_input_sc, plane_detector)]
     return fits.BinTableHDU.from_columns(cols, name="WAVELENGTH")
 
 
@@ -204,7 +213,7 @@ def _primary_text(cube) -> bytes:
     """The PRIMARY header as written: the cards of :func:`_primary` formatted directly
     (:mod:`.fitscards`; thousands of input cards in milliseconds)."""
     text = CardText()
-    text.update(cards_of(fits.PrimaryHDU().header))
+    text.update(EMPTY_PRIMARY)
     text.update(_primary_cards(cube))
     return text.text()
 
@@ -246,11 +255,9 @@ def _image_header(name: str, dtype, shape, extra: Sequence[Tuple[str, Any, str]]
     return text
 
 
-@functools.lru_cache(maxsize=16)
-def _structural_cards(name: str, dtype: str, shape: Tuple[int, ...]) -> Tuple[Tuple[str, Any, str], ...]:
+def _structural_cards(name: str, dtype: str, shape: Tuple[int, ...]) -> List[Tuple[str, Any, str]]:
     """XTENSION ... EXTNAME (and BZERO/BSCALE) of an astropy ``ImageHDU`` of ``dtype`` and ``shape``."""
-    hdu = fits.ImageHDU(np.broadcast_to(np.zeros((), dtype=dtype), shape), name=name)
-    return tuple(cards_of(hdu.header))
+    return image_cards(name, dtype, shape)
 
 
 #: The image extensions in file order, with their data types.
@@ -294,20 +301,25 @@ def _label(cube) -> str:
 
 def _fits_bytes(a: np.ndarray) -> bytes:
     """Big-endian FITS data bytes; uint32 as int32 with BZERO = 2**31."""
-    if a.dtype == np.uint32:
-        return (a ^ np.uint32(0x80000000)).view(np.int32).astype(">i4").tobytes()
-    return a.astype(a.dtype.newbyteorder(">")).tobytes()
+    return image_data(a).tobytes()
 
 
-def _pad(f, nbytes: int) -> None:
-    if nbytes % 2880:
-        f.write(b"\0" * (2880 - nbytes % 2880))
+def _data_chunks(cube, name: str) -> Iterator[np.ndarray]:
+    """Extension ``name`` plane by plane in FITS order (:func:`.fitsbytes.image_data`)."""
+    for k in range(_shape(cube)[0]):
+        yield image_data(_plane(cube, name, k))
 
 
 def _tables(cube) -> List[fits.BinTableHDU]:
     """The table HDUs after the image extensions, in file order: WAVELENGTH (the seventh HDU
     of the 0.4.1 layout), then WCS-TAB. Later additions are appended here, after the seven."""
     return [_wavelength_table(cube.zgrid, _n_input_sc(cube), _plane_detector(cube)), wcs_tab_hdu(cube.zgrid)]
+
+
+def _table_bytes(cube) -> bytes:
+    """The bytes of :func:`_tables`, written directly (:mod:`.fitsbytes`; no astropy HDUs)."""
+    columns = _wavelength_columns(cube.zgrid, _n_input_sc(cube), _plane_detector(cube))
+    return bintable("WAVELENGTH", columns) + wcs_tab_bytes(cube.zgrid)
 
 
 def build_hdulist(cube) -> fits.HDUList:
@@ -345,7 +357,7 @@ def _write_rejected(f, cube, extra: List[Tuple[str, Any, str]]) -> None:
         chunk = np.asarray(counts[k], dtype=">i4").tobytes()
         f.write(chunk)
         nbytes += len(chunk)
-    _pad(f, nbytes)
+    f.write(padding(nbytes))
 
 
 def _n_input_sc(cube) -> np.ndarray:
@@ -374,7 +386,7 @@ def _extension_keywords(name: str, shared: List[Tuple[str, Any, str]]) -> List[T
 def _write_streamed(f, cube, progress: bool = False) -> None:
     """Write the HDUs to the open binary file ``f``: the five image extensions are streamed
     plane by plane (memory: one plane of each, not whole-cube copies)."""
-    tables = _tables(cube)  # built first: a cube that cannot be written fails before any byte
+    tables = _table_bytes(cube)  # built first: a cube that cannot be written fails before any byte
     shape = _shape(cube)
     extra = _extension_cards(cube)
     f.write(_primary_text(cube))
@@ -382,13 +394,12 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
         for name, dtype in IMAGE_EXTENSIONS:
             f.write(_image_header(name, dtype, shape, _extension_keywords(name, extra)).text())
             nbytes = 0
-            for k in range(shape[0]):
-                chunk = _fits_bytes(_plane(cube, name, k))
-                f.write(chunk)
-                nbytes += len(chunk)
+            for chunk in _data_chunks(cube, name):
+                f.write(chunk.data)
+                nbytes += chunk.nbytes
                 bar.update(1)
-            _pad(f, nbytes)
-    _write_tables(f, tables)
+            f.write(padding(nbytes))
+    f.write(tables)
     if getattr(cube, "reject_count", None) is not None:
         _write_rejected(f, cube, extra)
     if covariance.has_covariance(cube):
@@ -398,7 +409,7 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
             chunk = _fits_bytes(plane)
             f.write(chunk)
             nbytes += len(chunk)
-        _pad(f, nbytes)
+        f.write(padding(nbytes))
         _write_tables(f, [covariance.offsets_table(cube)])
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from .fitsbytes import Column, bintable
 from .grid import celestial
 
 #: Key letter of the exact (``-TAB``) alternate WCS (the letter SPHEREx L2 files use for wavelengths).
@@ -36,6 +37,8 @@ ALT_KEY = "W"
 #: EXTNAME of the ``-TAB`` coordinate table, and its column of plane centres [um].
 TAB_EXTNAME = "WCS-TAB"
 TAB_COLUMN = "COORDS"
+#: The ``COMMENT`` card of the ``-TAB`` table.
+TAB_COMMENT = f"FITS WCS Paper III -TAB coordinates of axis 3 of alternate WCS {ALT_KEY}"
 #: Spectral reference frame. SPHEREx wavelengths are the filter calibration in the observatory's
 #: frame: no Doppler correction is applied to the frames, and a cube mixes exposures of many
 #: dates, so the axis is topocentric (the observer being the spacecraft). The observatory's
@@ -163,15 +166,26 @@ def _alternate_cards(celestial_header: fits.Header) -> fits.Header:
     return alt
 
 
-def wcs_tab_hdu(zgrid: Any) -> fits.BinTableHDU:
-    """The ``-TAB`` coordinate table: one row, column ``COORDS`` = the plane centres (um),
-    dimensions ``(1, n_z)`` as Paper III requires for a one-axis table."""
+def _wcs_tab_column(zgrid: Any) -> Column:
+    """The ``-TAB`` table's one column: one row, ``COORDS`` = the plane centres (um), dimensions
+    ``(1, n_z)`` as Paper III requires for a one-axis table."""
     centers = np.asarray(zgrid.centers, dtype=np.float64)
     n = centers.size
-    col = fits.Column(name=TAB_COLUMN, format=f"{n}D", dim=f"(1,{n})", unit="um", array=centers.reshape(1, n, 1))
+    return Column(TAB_COLUMN, "D", centers.reshape(1, n, 1), "um", f"(1,{n})")
+
+
+def wcs_tab_hdu(zgrid: Any) -> fits.BinTableHDU:
+    """The ``-TAB`` coordinate table built by astropy (:func:`wcs_tab_bytes` gives its bytes)."""
+    c = _wcs_tab_column(zgrid)
+    col = fits.Column(name=c.name, format=f"{c.repeat}{c.tform}", dim=c.dim, unit=c.unit, array=c.values)
     hdu = fits.BinTableHDU.from_columns([col], name=TAB_EXTNAME)
-    hdu.header["COMMENT"] = f"FITS WCS Paper III -TAB coordinates of axis 3 of alternate WCS {ALT_KEY}"
+    hdu.header["COMMENT"] = TAB_COMMENT
     return hdu
+
+
+def wcs_tab_bytes(zgrid: Any) -> bytes:
+    """The ``-TAB`` coordinate table extension as written (:func:`.fitsbytes.bintable`)."""
+    return bintable(TAB_EXTNAME, [_wcs_tab_column(zgrid)], [TAB_COMMENT])
 
 
 def exact_wcs(header: fits.Header, hdulist: fits.HDUList) -> WCS:
@@ -186,4 +200,4 @@ def exact_wcs(header: fits.Header, hdulist: fits.HDUList) -> WCS:
 
 __all__ = ["ALT_KEY", "TAB_EXTNAME", "TAB_COLUMN", "SPECSYS", "wave_log_fit", "wave_linear_fit", "spectral_axis_fit",
            "spectral_wcs_keywords",
-           "cube_wcs_header", "wcs_tab_hdu", "exact_wcs"]
+           "cube_wcs_header", "wcs_tab_hdu", "wcs_tab_bytes", "TAB_COMMENT", "exact_wcs"]
