@@ -36,9 +36,9 @@ from astropy.time import Time
 from astropy.wcs import WCS
 
 from . import covariance
-from .cubewcs import SPECSYS, cube_wcs_header, spectral_wcs_keywords, wcs_tab_bytes, wcs_tab_hdu
+from .cubewcs import SPECSYS, cube_wcs_cards, spectral_wcs_keywords, wcs_tab_bytes, wcs_tab_hdu
 from .fitsbytes import EMPTY_PRIMARY, Column, bintable, image_cards, image_data, padding
-from .fitscards import CardText, cards_of
+from .fitscards import CardText
 from .productwave import SOURCE_LOOKUP, SOURCE_MIXED
 from .progress import progress_bar
 from .settings import header_cards
@@ -152,14 +152,16 @@ def band_name(plane_detector: np.ndarray) -> str:
     return f"D{dets[0]}" if len(dets) == 1 else f"D{dets[0]}-D{dets[-1]}"
 
 
-def _primary_cards(cube) -> List[Tuple[str, Any, str]]:
+def _primary_cards(cube, observation: Sequence[Tuple[str, Any, str]] = ()) -> List[Tuple[str, Any, str]]:
     """``(keyword, value, comment)`` of the PRIMARY header after the structural cards, in the
-    order they are set (a keyword set twice keeps its first place and its last value)."""
+    order they are set (a keyword set twice keeps its first place and its last value).
+    ``observation``: :func:`observation_cards` of the cube when already made."""
+    observation = list(observation) or observation_cards(cube)
     cfg = cube.config
     zgrid = cube.zgrid
     n_z, n_y, n_x = _shape(cube)
     base = getattr(cfg, "BASE_PIXSCALE", 6.15)
-    cards: List[Tuple[str, Any, str]] = list(observation_cards(cube)[:2])
+    cards: List[Tuple[str, Any, str]] = list(observation[:2])
     cards += [
         ("FILETYPE", FILETYPE, "spxquery.drizzle3d output"),
         ("DETECTOR", int(cube.detector), "SPHEREx detector (1-6)") if int(cube.detector) else
@@ -178,7 +180,7 @@ def _primary_cards(cube) -> List[Tuple[str, Any, str]]:
         ("NY", int(n_y), "spatial y size"),
     ]
     cards += header_cards(cfg)  # the settings, from their descriptions
-    cards += observation_cards(cube)[2:]
+    cards += observation[2:]
     v = _versions()
     cards.append(("SPECSYS", SPECSYS, "spectral frame of the WCS: the observatory's"))
     cards += covariance.header_cards(cube)
@@ -209,12 +211,12 @@ def _primary(cube) -> fits.PrimaryHDU:
     return fits.PrimaryHDU(header=h)
 
 
-def _primary_text(cube) -> bytes:
+def _primary_text(cube, observation: Sequence[Tuple[str, Any, str]] = ()) -> bytes:
     """The PRIMARY header as written: the cards of :func:`_primary` formatted directly
     (:mod:`.fitscards`; thousands of input cards in milliseconds)."""
     text = CardText()
     text.update(EMPTY_PRIMARY)
-    text.update(_primary_cards(cube))
+    text.update(_primary_cards(cube, observation))
     return text.text()
 
 
@@ -367,9 +369,9 @@ def _n_input_sc(cube) -> np.ndarray:
     return np.asarray(n_input_sc)
 
 
-def _extension_cards(cube) -> List[Tuple[str, Any, str]]:
+def _extension_cards(cube, observation: Sequence[Tuple[str, Any, str]] = ()) -> List[Tuple[str, Any, str]]:
     """The cards every image extension shares: observation facts, then both WCSs."""
-    return [*observation_cards(cube), *cards_of(cube_wcs_header(cube.wcs, cube.zgrid))]
+    return [*(observation or observation_cards(cube)), *cube_wcs_cards(cube.wcs, cube.zgrid)]
 
 
 def _extension_keywords(name: str, shared: List[Tuple[str, Any, str]]) -> List[Tuple[str, Any, str]]:
@@ -388,8 +390,9 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
     plane by plane (memory: one plane of each, not whole-cube copies)."""
     tables = _table_bytes(cube)  # built first: a cube that cannot be written fails before any byte
     shape = _shape(cube)
-    extra = _extension_cards(cube)
-    f.write(_primary_text(cube))
+    observation = observation_cards(cube)  # made once: each takes astropy Time conversions
+    extra = _extension_cards(cube, observation)
+    f.write(_primary_text(cube, observation))
     with progress_bar(len(IMAGE_EXTENSIONS) * shape[0], f"write {_label(cube)}", "plane", progress) as bar:
         for name, dtype in IMAGE_EXTENSIONS:
             f.write(_image_header(name, dtype, shape, _extension_keywords(name, extra)).text())

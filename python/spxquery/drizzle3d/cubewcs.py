@@ -23,11 +23,12 @@ with the same celestial axes (``RA---TAN``, ``DEC--TAN``, 0-based pixel ``(x, y)
 from __future__ import annotations
 
 import re
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
+from numpy.polynomial import polynomial  # imported here: lazily on first use it cost a run ~7 ms
 
 from .fitsbytes import Column, bintable
 from .grid import celestial
@@ -46,6 +47,8 @@ TAB_COMMENT = f"FITS WCS Paper III -TAB coordinates of axis 3 of alternate WCS {
 #: value, about 1% of a channel at R = 130.
 SPECSYS = "TOPOCENT"
 
+#: One header card: ``(keyword, value, comment)``.
+Card = Tuple[str, Any, str]
 #: Header keywords that take an alternate-WCS key letter (Paper I-III keyed keywords).
 _KEYED = re.compile(
     r"^(WCSAXES|CTYPE\d|CUNIT\d|CRPIX\d|CRVAL\d|CDELT\d|CNAME\d|PC\d_\d|CD\d_\d|PV\d_\d+|PS\d_\d+"
@@ -69,7 +72,7 @@ def wave_log_fit(centers_um: Any) -> Dict[str, float]:
     if c.size == 1:
         return {"CRVAL3": float(c[0]), "CDELT3": 1e-9, "WAVEMAXE": 0.0}
     k = np.arange(c.size, dtype=np.float64)
-    log0, rate = np.polynomial.polynomial.polyfit(k, np.log(c), 1)
+    log0, rate = polynomial.polyfit(k, np.log(c), 1)
     crval = float(np.exp(log0))
     cdelt = crval * float(rate)
     model = crval * np.exp(cdelt * k / crval)
@@ -83,7 +86,7 @@ def wave_linear_fit(centers_um: Any) -> Dict[str, float]:
     if c.size < 2:
         return wave_log_fit(centers_um)
     k = np.arange(c.size, dtype=np.float64)
-    crval, cdelt = np.polynomial.polynomial.polyfit(k, c, 1)
+    crval, cdelt = polynomial.polyfit(k, c, 1)
     model = crval + cdelt * k
     return {"CRVAL3": float(crval), "CDELT3": float(cdelt), "WAVEMAXE": float(np.max(np.abs(model - c))) * 1e6}
 
@@ -122,35 +125,43 @@ def spectral_wcs_keywords(zgrid: Any) -> Dict[str, Any]:
     return {"CUNIT3": "m", "CRPIX3": 1.0, **fit}
 
 
-def cube_wcs_header(wcs_2d: WCS, zgrid: Any) -> fits.Header:
-    """The WCS cards of every image extension: primary 3-D WCS, then alternate WCS ``W``."""
+def cube_wcs_cards(wcs_2d: WCS, zgrid: Any) -> List[Card]:
+    """``(keyword, value, comment)`` of the WCS cards of every image extension: the primary 3-D
+    WCS, then the alternate WCS ``W``, in the order :func:`cube_wcs_header` holds them (formatted
+    without astropy ``Card`` objects by :mod:`.cubefile`)."""
     src = celestial(wcs_2d).to_header(relax=False)
-    hdr = fits.Header()
-    hdr["WCSAXES"] = 3
-    for card in src.cards:
-        if card.keyword not in ("WCSAXES", "COMMENT", "HISTORY", ""):
-            hdr[card.keyword] = (card.value, card.comment)
+    cards: List[Card] = [("WCSAXES", 3, "")]
+    skip = ("WCSAXES", "COMMENT", "HISTORY", "")
+    cards += [(c.keyword, c.value, c.comment) for c in src.cards if c.keyword not in skip]
     spec = spectral_wcs_keywords(zgrid)
     ctype = spec["CTYPE3"]
-    hdr["CTYPE3"] = (ctype, "least-squares fit; exact: WCS W (WAVE-TAB)")
-    hdr["CUNIT3"] = "m"
-    hdr["CRPIX3"] = (spec["CRPIX3"], "FITS pixel of plane 0")
-    hdr["CRVAL3"] = (spec["CRVAL3"], "[m] wavelength of plane 0 (fit)")
-    hdr["CDELT3"] = (spec["CDELT3"], f"[m] {ctype} step (fit)")
-    hdr["WAVEMAXE"] = (spec["WAVEMAXE"], f"[um] max error of axis 3 {ctype} vs LAMBDA")
-    hdr["SPECSYS"] = (SPECSYS, "spectral frame: the observatory's")
-    hdr["WCSNAME"] = (f"{ctype} FIT", "spectral axis: best standard approximation")
-    hdr.extend(_alternate_cards(src), end=True)
+    cards += [
+        ("CTYPE3", ctype, "least-squares fit; exact: WCS W (WAVE-TAB)"),
+        ("CUNIT3", "m", ""),
+        ("CRPIX3", spec["CRPIX3"], "FITS pixel of plane 0"),
+        ("CRVAL3", spec["CRVAL3"], "[m] wavelength of plane 0 (fit)"),
+        ("CDELT3", spec["CDELT3"], f"[m] {ctype} step (fit)"),
+        ("WAVEMAXE", spec["WAVEMAXE"], f"[um] max error of axis 3 {ctype} vs LAMBDA"),
+        ("SPECSYS", SPECSYS, "spectral frame: the observatory's"),
+        ("WCSNAME", f"{ctype} FIT", "spectral axis: best standard approximation"),
+    ]
+    return cards + _alternate_cards(src)
+
+
+def cube_wcs_header(wcs_2d: WCS, zgrid: Any) -> fits.Header:
+    """The WCS cards of every image extension (:func:`cube_wcs_cards`) as an astropy header."""
+    hdr = fits.Header()
+    for keyword, value, comment in cube_wcs_cards(wcs_2d, zgrid):
+        hdr[keyword] = (value, comment)
     return hdr
 
 
-def _alternate_cards(celestial_header: fits.Header) -> fits.Header:
+def _alternate_cards(celestial_header: fits.Header) -> List[Card]:
     """Alternate WCS ``W``: the celestial cards keyed ``W``, axis 3 a ``WAVE-TAB``."""
-    alt = fits.Header()
-    alt["WCSAXES" + ALT_KEY] = 3
+    alt: List[Card] = [("WCSAXES" + ALT_KEY, 3, "")]
     for card in celestial_header.cards:
         if _KEYED.match(card.keyword) and card.keyword not in ("WCSAXES", "WCSNAME"):
-            alt[card.keyword + ALT_KEY] = (card.value, card.comment)
+            alt.append((card.keyword + ALT_KEY, card.value, card.comment))
     for key, value, comment in (
         ("CTYPE3", "WAVE-TAB", f"exact plane centres from table {TAB_EXTNAME}"),
         ("CUNIT3", "um", ""),
@@ -162,7 +173,7 @@ def _alternate_cards(celestial_header: fits.Header) -> fits.Header:
         ("SPECSYS", SPECSYS, "spectral frame: the observatory's"),
         ("WCSNAME", "EXACT", "spectral axis: exact plane centres"),
     ):
-        alt[key + ALT_KEY] = (value, comment)
+        alt.append((key + ALT_KEY, value, comment))
     return alt
 
 
@@ -200,4 +211,4 @@ def exact_wcs(header: fits.Header, hdulist: fits.HDUList) -> WCS:
 
 __all__ = ["ALT_KEY", "TAB_EXTNAME", "TAB_COLUMN", "SPECSYS", "wave_log_fit", "wave_linear_fit", "spectral_axis_fit",
            "spectral_wcs_keywords",
-           "cube_wcs_header", "wcs_tab_hdu", "wcs_tab_bytes", "TAB_COMMENT", "exact_wcs"]
+           "cube_wcs_cards", "cube_wcs_header", "wcs_tab_hdu", "wcs_tab_bytes", "TAB_COMMENT", "exact_wcs"]

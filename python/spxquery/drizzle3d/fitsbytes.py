@@ -26,8 +26,8 @@ from .fitscards import BLOCK, CardText
 BITPIX = {"f4": -32, "f8": -64, "u1": 8, "i2": 16, "i4": 32, "u4": 32, "i8": 64}
 #: ``BZERO`` of the unsigned types stored as signed ones.
 UINT32_BZERO = 2**31
-#: Binary-table column formats: TFORM letter -> big-endian numpy type.
-TFORMS = {"I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}
+#: Numeric binary-table column formats: TFORM letter -> big-endian numpy type.
+TFORMS = {"B": ">u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}
 #: The PRIMARY header of a file whose primary HDU holds no data (``fits.PrimaryHDU().header``).
 EMPTY_PRIMARY: Tuple[Tuple[str, Any, str], ...] = (
     ("SIMPLE", True, "conforms to FITS standard"), ("BITPIX", 8, "array data type"),
