@@ -27,20 +27,28 @@ LABELS = {
     "wavelengths": "per-pixel wavelengths",
     "corners": "corner map",
     "kernel": "Rust kernel",
-    "write": "write the cube",
+    "setup": "once per run: setup before the frame loop (grid, wavelength sources, accumulators)",
+    "finish": "once per run: after the frame loop (counts, log lines)",
+    "write": "once per run: write the cube",
 }
+#: Stages paid once per run on the calling thread (spxquery.drizzle3d.stagetimes.RUN_STAGES): with
+#: the frame loop they make up the end-to-end time. "loop" contains the per-frame stages.
+RUN_STAGES = ("setup", "loop", "finish", "write")
 
 
 def stage_table(runs: Sequence[Tuple[str, int, float, Dict[str, Dict[str, float]]]]) -> List[str]:
     """Markdown lines: one column pair (wall, CPU ms per frame) per run.
 
-    ``runs``: ``(label, n_frames, drizzle seconds, stages snapshot)``. Wall times of stages that
-    run on the reader thread overlap the kernel's, so the stages' wall times may add up to more
-    than the end-to-end time; CPU is the calling thread's own time.
+    ``runs``: ``(label, n_frames, drizzle seconds, stages snapshot)``. The per-frame stages first
+    (wall times of stages run on the reader threads overlap the kernel's, so they may add up to more
+    than the end-to-end time), then the stages paid once per run (setup, finish, write), the frame
+    loop as the calling thread saw it (wall), the end-to-end time, and the check: setup + loop +
+    finish + write (wall) = end to end. CPU is the time of the thread that ran each stage.
     """
     names: List[str] = []
     for _, _, _, snap in runs:
-        names += [n for n in snap if n not in names]
+        names += [n for n in snap if n not in names and n not in RUN_STAGES]
+    names += [n for n in RUN_STAGES if n != "loop" and any(n in snap for _, _, _, snap in runs)]
     head = "| stage | " + " | ".join(f"{label}: wall ms | CPU ms" for label, _, _, _ in runs) + " |"
     rule = "|---|" + "---:|---:|" * len(runs)
     lines = [head, rule]
@@ -51,11 +59,35 @@ def stage_table(runs: Sequence[Tuple[str, int, float, Dict[str, Dict[str, float]
             cells.append("—" if s is None else f"{1e3 * s['wall_s'] / n:.2f}")
             cells.append("—" if s is None else f"{1e3 * s['cpu_s'] / n:.2f}")
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + " |")
-    total = []
+    loop, total, check = [], [], []
     for _, n, drizzle_s, snap in runs:
+        s = snap.get("loop")
+        loop += ["—" if s is None else f"{1e3 * s['wall_s'] / n:.2f}", ""]
         total.append(f"**{1e3 * drizzle_s / n:.2f}**")
-        total.append(f"{1e3 * sum(s['cpu_s'] for s in snap.values()) / n:.2f}")
+        total.append(f"{1e3 * sum(s['cpu_s'] for k, s in snap.items() if k != 'loop') / n:.2f}")
+        run_wall = [snap[k]["wall_s"] for k in RUN_STAGES if k in snap]
+        check += [f"{1e3 * sum(run_wall) / n:.2f}" if len(run_wall) == len(RUN_STAGES) else "—", ""]
+    lines.append("| the frame loop (calling thread; holds the per-frame stages) | " + " | ".join(loop) + " |")
     lines.append("| **end to end (drizzle_detector), per frame** | " + " | ".join(total) + " |")
+    lines.append("| check: setup + frame loop + after + write | " + " | ".join(check) + " |")
+    return lines
+
+
+def fixed_cost_lines(runs: Sequence[Tuple[str, int, float, Dict[str, Dict[str, float]]]]) -> List[str]:
+    """One line per run: the once-per-run costs in ms per run (wall / CPU) and what the frame loop
+    costs per frame, i.e. the end-to-end time per frame with the fixed costs spread over more frames."""
+    lines = []
+    for label, n, drizzle_s, snap in runs:
+        fixed = [k for k in RUN_STAGES if k != "loop" and k in snap]
+        if not fixed or "loop" not in snap:
+            continue
+        wall = 1e3 * sum(snap[k]["wall_s"] for k in fixed)
+        cpu = 1e3 * sum(snap[k]["cpu_s"] for k in fixed)
+        parts = ", ".join(f"{k} {1e3 * snap[k]['wall_s']:.1f} / {1e3 * snap[k]['cpu_s']:.1f}" for k in fixed)
+        loop = 1e3 * snap["loop"]["wall_s"]
+        lines.append(f"- {label}: once per run {wall:.1f} ms wall / {cpu:.1f} ms CPU ({parts}); the frame loop "
+                     f"{loop:.1f} ms = {loop / n:.2f} ms per frame; end to end {1e3 * drizzle_s:.1f} ms = "
+                     f"{1e3 * drizzle_s / n:.2f} ms per frame.")
     return lines
 
 
@@ -65,11 +97,16 @@ def stage_section(runs: Sequence[Tuple[str, int, float, Dict[str, Dict[str, floa
              f"Measured {meta['date']} with `{meta['command']}` (git {meta['git']}); {meta['nproc']} CPUs, load "
              f"average at start {meta['load_start']}, at end {meta['load_end']}.", "",
              "Milliseconds per frame, summed over the frames of each run: wall time of each stage and the CPU time "
-             "of the thread that ran it. Stages run on the reader thread overlap the kernel, so wall times can add "
-             "up to more than the end-to-end time; the last row is the whole `drizzle_detector` call divided by "
-             "the frames (and the sum of the stages' CPU).", ""]
+             "of the thread that ran it. Stages run on the reader threads overlap the kernel, so their wall times can "
+             "add up to more than the end-to-end time. The rows 'once per run' are paid once by the calling thread "
+             "(spread here over the frames); with the frame loop they make up the end-to-end time (last row: the "
+             "check). The end-to-end row is the whole `drizzle_detector` call divided by the frames (and the sum of "
+             "the stages' CPU).", ""]
     lines += stage_table(runs)
+    fixed = fixed_cost_lines(runs)
+    if fixed:
+        lines += ["", "Once per run, ms per run (wall / CPU of the calling thread):", ""] + fixed
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DOC_HEADING", "ENV", "stage_table", "stage_section"]
+__all__ = ["DOC_HEADING", "ENV", "RUN_STAGES", "stage_table", "fixed_cost_lines", "stage_section"]

@@ -2,12 +2,13 @@
 
 What it does, in one invocation:
 
-1. Data: 16 full-size (2040x2040) QR2 detector-3 L2 frames written by this package's
-   simulator (``simulate_field(root, RA, Dec, detectors=(3,), n_pointings=16,
+1. Data: ``--frames`` (16) full-size (2040x2040) QR2 detector-3 L2 frames written by this
+   package's simulator (``simulate_field(root, RA, Dec, detectors=(3,), n_pointings=16,
    release='qr2', seed=...)``, ~70 MB each) into ``--data-dir`` (default
-   ~/.cache/spxdrizzle-bench/field16). Reused when ``archive_index.json`` lists the expected
-   frames and every file has the listed size and the field parameters match; regenerated
-   otherwise.
+   ~/.cache/spxdrizzle-bench/field16; ``fieldN`` for N frames). Reused when
+   ``archive_index.json`` lists the expected frames and every file has the listed size and the
+   field parameters match; regenerated otherwise. Further counts (``--frames 16,64``) add rows
+   of this package alone for the cubes up to 1 deg on fields of that many frames.
 2. The old package: a virtual environment OUTSIDE the repository (``--old-venv``, default
    ~/.cache/spxdrizzle-bench/venv-spxquery041), created when missing with
    ``python3 -m venv`` + ``pip install spxquery==0.4.1`` (needs network access to PyPI once).
@@ -23,7 +24,7 @@ What it does, in one invocation:
    Accumulators: ours n_z*ny*nx*(3*8 + 3*4) bytes, 0.4.1's n_z*ny*nx*(3*8 + 2 + 2*4).
    Memory target: peak RSS <= accumulators + 300 MB (MB = 2**20 bytes), checked raw and net.
 4. spxquery 0.4.1 on cubes larger than 1 deg is slow (~1-2 min per frame) and needs
-   ~12 GB: by default it drizzles only the first ``--frames`` (3) frames there; this
+   ~12 GB: by default it drizzles only the first ``--old-frames`` (3) frames there; this
    package is then timed on the same subset too, and the old/new ratio uses that subset.
    A run longer than ``--time-cap`` minutes is killed and reported as '> cap'; the old
    process has an address-space limit (``--mem-cap-gb``; a MemoryError is reported).
@@ -31,7 +32,8 @@ What it does, in one invocation:
    into a ``--deep-size`` cube; ``benchmarks/_deepfield.py``) is drizzled whole by this
    package; spxquery 0.4.1 drizzles its first ``--deep-old-frames`` (200), compared likewise.
    ``--stages`` adds one run per case with the stage clocks on and writes the per-stage table
-   (ms per frame) under its own heading.
+   (ms per frame; the costs paid once per run, setup / after the loop / writing, in rows of their
+   own, so that they and the frame loop add up to the end-to-end time) under its own heading.
 5. Science parity (casual): SCI of both cubes where both are finite: slope of old vs new
    (least squares through 0) over all common voxels; Pearson r and slope of the
    wavelength-collapsed images per pixel and in 8x8-pixel block means; medians. 0.4.1
@@ -50,7 +52,9 @@ Examples::
 
     python benchmarks/bench_pipeline.py                       # the full comparison
     python benchmarks/bench_pipeline.py --skip-old --sizes 30 # quick: this package only
-    python benchmarks/bench_pipeline.py --frames 0            # old code on all frames at 3 deg
+    python benchmarks/bench_pipeline.py --old-frames 0        # old code on all frames at 3 deg
+    python benchmarks/bench_pipeline.py --skip-old --sizes 30 --frames 16,64 --stages
+                                                              # the 30' row on 16 and on 64 frames
     python benchmarks/bench_pipeline.py --stages              # everything, plus the per-stage table
     python benchmarks/bench_pipeline.py --skip-old --stages   # this package only, with the stage table
 
@@ -124,10 +128,16 @@ def mem_available_gib() -> Optional[float]:
 # ── data ─────────────────────────────────────────────────────────────────────────────────
 
 
-def field_paths(root: Path) -> Optional[List[Path]]:
+def field_dir(n_frames: int) -> Path:
+    """The cache of the simulated field of ``n_frames`` full frames: ``field16`` (the default field),
+    ``field{N}`` for other counts (never the same directory: caches are shared, none is deleted)."""
+    return CACHE / f"field{n_frames}"
+
+
+def field_paths(root: Path, n_frames: int = N_FRAMES) -> Optional[List[Path]]:
     """Frame paths of a complete cached field (index order), or None when incomplete."""
     index, params = root / "archive_index.json", root / "bench_field.json"
-    want = {"ra": FIELD_RA, "dec": FIELD_DEC, "seed": FIELD_SEED, "n_pointings": N_FRAMES,
+    want = {"ra": FIELD_RA, "dec": FIELD_DEC, "seed": FIELD_SEED, "n_pointings": n_frames,
             "release": "qr2", "detectors": [DETECTOR]}
     try:
         if json.loads(params.read_text()) != want:
@@ -135,7 +145,7 @@ def field_paths(root: Path) -> Optional[List[Path]]:
         rows = json.loads(index.read_text())["rows"]
     except (OSError, ValueError, KeyError):
         return None
-    if len(rows) != N_FRAMES:
+    if len(rows) != n_frames:
         return None
     paths = []
     for row in rows:
@@ -147,9 +157,9 @@ def field_paths(root: Path) -> Optional[List[Path]]:
     return paths
 
 
-def ensure_field(root: Path) -> List[Path]:
-    """The 16 cached frames, simulating them first when missing or incomplete."""
-    paths = field_paths(root)
+def ensure_field(root: Path, n_frames: int = N_FRAMES) -> List[Path]:
+    """The ``n_frames`` cached frames, simulating them first when missing or incomplete."""
+    paths = field_paths(root, n_frames)
     if paths is not None:
         log(f"data: reusing {len(paths)} frames in {root}")
         return paths
@@ -157,23 +167,34 @@ def ensure_field(root: Path) -> List[Path]:
 
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    log(f"data: simulating {N_FRAMES} full-size QR2 D{DETECTOR} frames into {root} (~70 MB each) ...")
+    log(f"data: simulating {n_frames} full-size QR2 D{DETECTOR} frames into {root} (~70 MB each) ...")
     t0 = time.perf_counter()
-    simulate_field(tmp, FIELD_RA, FIELD_DEC, detectors=(DETECTOR,), n_pointings=N_FRAMES, release="qr2",
+    simulate_field(tmp, FIELD_RA, FIELD_DEC, detectors=(DETECTOR,), n_pointings=n_frames, release="qr2",
                    seed=FIELD_SEED)
     (tmp / "bench_field.json").write_text(json.dumps(
-        {"ra": FIELD_RA, "dec": FIELD_DEC, "seed": FIELD_SEED, "n_pointings": N_FRAMES, "release": "qr2",
+        {"ra": FIELD_RA, "dec": FIELD_DEC, "seed": FIELD_SEED, "n_pointings": n_frames, "release": "qr2",
          "detectors": [DETECTOR]}))
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     log(f"data: done in {time.perf_counter() - t0:.0f} s")
-    paths = field_paths(root)
+    paths = field_paths(root, n_frames)
     if paths is None:
         raise RuntimeError(f"simulated field in {root} is incomplete (archive_index.json vs files)")
     return paths
 
 
 # ── old package venv ─────────────────────────────────────────────────────────────────────
+
+
+def frame_counts(text: str) -> List[int]:
+    """The counts of ``--frames`` (``16`` or ``16,64``): positive, distinct, in the given order."""
+    try:
+        counts = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        raise SystemExit(f"--frames: comma-separated frame counts expected, got {text!r}") from None
+    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
+        raise SystemExit(f"--frames: distinct positive counts expected, got {text!r}")
+    return counts
 
 
 def old_python(venv: Path, venv_python: str) -> Path:
@@ -518,8 +539,9 @@ def build_report(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], basel
              f"{meta['new_numpy']}, astropy {meta['new_astropy']}; Rust engine uses all CPUs.")
     L.append(f"- spxquery 0.4.1 (PyPI, own venv {meta['old_venv']}): Python {meta['old_python']}, numpy "
              f"{meta['old_numpy']}, astropy {meta['old_astropy']}.")
-    L.append(f"- Data: {N_FRAMES} simulated full-size (2040x2040) QR2 D3 frames (~70 MB each, "
-             f"`simulate_field(..., {FIELD_RA}, {FIELD_DEC}, detectors=(3,), n_pointings=16, release='qr2', "
+    L.append(f"- Data: {meta['frames']} simulated full-size (2040x2040) QR2 D3 frames (~70 MB each, "
+             f"`simulate_field(..., {FIELD_RA}, {FIELD_DEC}, detectors=(3,), n_pointings={meta['frames']}, "
+             "release='qr2', "
              f"seed={FIELD_SEED})`); cubes centred on the field centre, native D3 grid (xy_oversample=1, "
              "z_oversample=1, 17 planes, default xy_shrink 0.8).")
     L.append("- Timed: one `drizzle_detector(paths, config, 3, build_output_wcs(config))` call in a fresh process "
@@ -593,6 +615,8 @@ def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float,
     reject_pairs: Dict[str, Tuple[Run, Run]] = {}
     for case, case_paths, size, centre, n_old in cases:
         tag = f"{size:g}arcmin" + ("-deep" if case == DEEP_CASE else "")
+        if case != DEEP_CASE and len(case_paths) != N_FRAMES:
+            tag += f"-{len(case_paths)}frames-field"
         kw = dict(case=case, centre=centre)
         new_all = execute(cfg.new_python, "new", f"new-{tag}", work, cfg, None, rss_kill, case_paths, size, **kw)
         new_all.n_total = len(case_paths)
@@ -605,7 +629,7 @@ def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float,
         if cfg.stages:  # separate runs: the stage clocks cost time of their own
             staged.append(execute(cfg.new_python, "new", f"new-{tag}-stages", work, cfg, None, rss_kill, case_paths,
                                   size, stages=True, **kw))
-        if not oldpy:
+        if not oldpy or n_old <= 0:  # n_old 0: this package only (the longer runs of --frames)
             continue
         new_ref = new_all
         if n_old != len(case_paths):
@@ -637,6 +661,7 @@ def run_meta(cfg: argparse.Namespace, command: str, load_start: str, baselines: 
         pass
     return {
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "frames": " and ".join(str(n) for n in frame_counts(cfg.frames)),
         "command": command,
         "nproc": str(os.cpu_count()),
         "cpu": cpu_model(),
@@ -662,16 +687,23 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                     help="comma-separated cube sizes in arcmin (square, native D3 grid); default 30,180 "
                          "(30' and 3 deg)")
     ap.add_argument("--skip-old", action="store_true", help="run this package only (no spxquery 0.4.1, no venv)")
-    ap.add_argument("--frames", type=int, default=3,
-                    help="frames drizzled by spxquery 0.4.1 on cubes larger than 1 deg (first N of the 16; this "
-                         "package is also timed on the same N for the ratio); 0 = all 16. Default 3")
+    ap.add_argument("--frames", default=str(N_FRAMES),
+                    help="full frames of the simulated field (cached in ~/.cache/spxdrizzle-bench/fieldN, made when "
+                         "missing: ~70 MB and a few seconds each); comma-separated counts (e.g. 16,64): the first is "
+                         "the field of every case and of the comparison with spxquery 0.4.1, each further count adds "
+                         "rows of this package alone for the cubes up to 1 deg (the 30' row on more frames, its "
+                         "fixed costs spread thinner). Default %(default)s")
+    ap.add_argument("--old-frames", type=int, default=3,
+                    help="frames drizzled by spxquery 0.4.1 on cubes larger than 1 deg (the first N of the field; this "
+                         "package is also timed on the same N for the ratio); 0 = all. Default 3")
     ap.add_argument("--time-cap", type=float, default=15.0,
                     help="minutes; a run longer than this is killed and reported as '> cap' (default 15)")
     ap.add_argument("--mem-cap-gb", type=float, default=16.0,
                     help="GiB; address-space limit of the spxquery 0.4.1 process and RSS kill threshold of every run "
                          "(lowered to MemAvailable - 1 GiB when less is free); default 16")
-    ap.add_argument("--data-dir", type=Path, default=CACHE / "field16",
-                    help="cached simulated field (created when missing); default %(default)s")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="cached simulated field of the first --frames count (created when missing); default "
+                         "~/.cache/spxdrizzle-bench/field16 (fieldN for N frames)")
     ap.add_argument("--old-venv", type=Path, default=CACHE / "venv-spxquery041",
                     help="virtual environment of spxquery 0.4.1 (created when missing); default %(default)s")
     ap.add_argument("--venv-python", default=shutil.which("python3") or sys.executable,
@@ -721,7 +753,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     rss_kill = mem_cap * 1024.0
     log(f"load average at start: {load_start}; sizes {sizes}; old code {'skipped' if cfg.skip_old else 'included'}")
 
-    paths = ensure_field(cfg.data_dir.expanduser())
+    counts = frame_counts(cfg.frames)
+    given_dir = cfg.data_dir is not None
+    data_dir = (cfg.data_dir or field_dir(counts[0])).expanduser()
+    cfg.data_dir = data_dir if given_dir else field_dir(N_FRAMES)  # beside it: the deep and six-detector fields
+    paths = ensure_field(data_dir, counts[0])
+    longer = {n: ensure_field(field_dir(n), n) for n in counts[1:]}
     oldpy = None if cfg.skip_old else old_python(cfg.old_venv.expanduser(), cfg.venv_python)
     work = cfg.work_dir.expanduser()
     work.mkdir(parents=True, exist_ok=True)
@@ -730,7 +767,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if oldpy:
         baselines["old"] = execute(oldpy, "old", "baseline-old", work, cfg, as_limit, rss_kill)
     cases = [(size_label(size), paths, size, (FIELD_RA, FIELD_DEC),
-              N_FRAMES if (size <= 60.0 or cfg.frames <= 0) else min(cfg.frames, N_FRAMES)) for size in sizes]
+              len(paths) if (size <= 60.0 or cfg.old_frames <= 0) else min(cfg.old_frames, len(paths)))
+             for size in sizes]
+    cases += [(size_label(size), more, size, (FIELD_RA, FIELD_DEC), 0)
+              for n, more in longer.items() for size in sizes if size <= 60.0]
     if cfg.deep_frames > 0:
         deep = _deepfield.deep_field(cfg.data_dir.expanduser().parent, cfg.deep_frames, cfg.deep_distinct)
         n_old = len(deep) if cfg.deep_old_frames <= 0 else min(cfg.deep_old_frames, len(deep))

@@ -168,20 +168,21 @@ def _drizzle_grid(paths_by_detector: Dict[int, List[Any]], config: Drizzle3DConf
                   grid: OutputGrid, wave_sources: Optional[WaveSources]) -> Optional[Path]:
     """Drizzle the files of each detector (in detector order, each file once) onto ``grid`` and
     save cube ``detector`` (0: the cube of all detectors); None when no frame contributed."""
-    label = _label(detector)
-    out_path = output_path_for(config, detector)
-    if out_path.exists() and not config.overwrite:
-        raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
-    if wave_sources is None:
-        wave_sources = _resolve_waves(config, paths_by_detector)
-    cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector, grid.plane_detector)
-    n_files = sum(len(p) for p in paths_by_detector.values())
-    logger.info("%s: drizzling %d files onto %d x %d x %d (nz, ny, nx)", label, n_files, *grid.cube_shape)
-    counts = {"frame": 0, "reject": 0, "skip": 0, "empty": 0}
-    remote = any(isinstance(p, ObjectLocation) for ps in paths_by_detector.values() for p in ps)
-    bytes0 = TRANSFERS.bytes
-    t0 = time.perf_counter()
-    with byte_bar(f"{label} read", config.progress and remote) as read_bar:
+    with stage("setup"):
+        label = _label(detector)
+        out_path = output_path_for(config, detector)
+        if out_path.exists() and not config.overwrite:
+            raise OutputExistsError(f"Output file already exists: {out_path} (set overwrite=True to replace it)")
+        if wave_sources is None:
+            wave_sources = _resolve_waves(config, paths_by_detector)
+        cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, detector, grid.plane_detector)
+        n_files = sum(len(p) for p in paths_by_detector.values())
+        logger.info("%s: drizzling %d files onto %d x %d x %d (nz, ny, nx)", label, n_files, *grid.cube_shape)
+        counts = {"frame": 0, "reject": 0, "skip": 0, "empty": 0}
+        remote = any(isinstance(p, ObjectLocation) for ps in paths_by_detector.values() for p in ps)
+        bytes0 = TRANSFERS.bytes
+        t0 = time.perf_counter()
+    with stage("loop"), byte_bar(f"{label} read", config.progress and remote) as read_bar:
         for det in sorted(paths_by_detector):
             paths = paths_by_detector[det]
             with progress_bar(len(paths), _label(det), "frame", config.progress) as bar:
@@ -193,14 +194,15 @@ def _drizzle_grid(paths_by_detector: Dict[int, List[Any]], config: Drizzle3DConf
                 outcomes = drizzle_frames(paths, config, grid, cube, done, waves=wave_sources, label=_label(det))
             for kind, found in outcomes.items():
                 counts[kind] += len(found)
-    wave_sources.warn_refused()
-    cube.n_rejected = counts["reject"]
-    cube.n_empty = counts["empty"]
-    logger.info(
-        "%s: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)%s",
-        label, cube.n_inputs, counts["reject"], counts["skip"], counts["empty"], time.perf_counter() - t0,
-        f"; {(TRANSFERS.bytes - bytes0) / 1e6:.1f} MB read from the object store" if remote else "",
-    )
+    with stage("finish"):
+        wave_sources.warn_refused()
+        cube.n_rejected = counts["reject"]
+        cube.n_empty = counts["empty"]
+        logger.info(
+            "%s: %d frames contributed, %d rejected, %d outside the region, %d without landed pixels (%.1f s)%s",
+            label, cube.n_inputs, counts["reject"], counts["skip"], counts["empty"], time.perf_counter() - t0,
+            f"; {(TRANSFERS.bytes - bytes0) / 1e6:.1f} MB read from the object store" if remote else "",
+        )
     if not cube.frame_log:
         logger.warning("%s: no frame contributed to the output region; no cube written", label)
         return None
@@ -235,8 +237,10 @@ def drizzle_detector(
     detector = int(detector)
     if detector not in ALL_DETECTORS:
         raise ValueError(f"detector must be 1-6 for drizzle_detector, got {detector}")
-    grid = OutputGrid.for_detector(config, detector, output_wcs)
-    return _drizzle_grid({detector: [as_location(p) for p in fits_paths]}, config, detector, grid, wave_sources)
+    with stage("setup"):
+        grid = OutputGrid.for_detector(config, detector, output_wcs)
+        locations = [as_location(p) for p in fits_paths]
+    return _drizzle_grid({detector: locations}, config, detector, grid, wave_sources)
 
 
 def drizzle_tiled(fits_paths: Iterable[Any], config: Drizzle3DConfig, detector: int, tile_arcmin: float,

@@ -11,7 +11,8 @@ WCS), ``wave`` (the ``WCS-WAVE`` table), ``crop`` (the footprint on the grid), `
 frame's fixed sample of rows, read and judged), ``rows``
 (IMAGE/VARIANCE/ZODI pixels), ``flags`` (FLAGS pixels, decompressed), ``zodi`` (the scale
 fit), ``wavelengths`` (per-pixel lookup), ``corners`` (the corner map), ``kernel`` (the Rust
-accumulation), ``write`` (the cube file).
+accumulation); once per run (:data:`RUN_STAGES`): ``setup``, ``loop``, ``finish``, ``write`` (the
+cube file).
 """
 
 from __future__ import annotations
@@ -23,7 +24,12 @@ from typing import Dict
 
 #: The stages, in the order a frame meets them.
 STAGES = ("open", "headers", "wcs", "wave", "crop", "sample", "rows", "flags", "zodi", "wavelengths", "corners",
-          "kernel", "write")
+          "kernel", "setup", "loop", "finish", "write")
+#: The stages paid once per run, on the calling thread: ``setup`` (grid, wavelength sources,
+#: accumulators; before the frame loop), ``loop`` (the whole frame loop: contains the per-frame
+#: stages), ``finish`` (after the loop, before writing) and ``write``. Their wall times add up to the
+#: end-to-end time of ``drizzle_detector``.
+RUN_STAGES = ("setup", "loop", "finish", "write")
 
 _enabled = os.environ.get("SPXDRIZZLE_STAGE_TIMES", "") not in ("", "0")
 _lock = threading.Lock()
@@ -88,4 +94,4 @@ def snapshot() -> Dict[str, Dict[str, float]]:
         return {n: {"wall_s": _totals[n][0], "cpu_s": _totals[n][1], "calls": _totals[n][2]} for n in names}
 
 
-__all__ = ["STAGES", "stage", "enable", "reset", "snapshot"]
+__all__ = ["STAGES", "RUN_STAGES", "stage", "enable", "reset", "snapshot"]
