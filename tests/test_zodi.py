@@ -5,6 +5,8 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spxquery.drizzle3d.flags import DEFAULT_FLAG_BITS
 from spxquery.drizzle3d.zodi import (
@@ -15,6 +17,7 @@ from spxquery.drizzle3d.zodi import (
     ZodiScale,
     background_mask,
     fit_bits,
+    fit_sums,
     fit_zodi_scale,
     frame_scale,
 )
@@ -132,3 +135,40 @@ def test_subtract_in_place():
     out = img.copy()
     NOT_SUBTRACTED.subtract(out, None)
     np.testing.assert_array_equal(out, img)
+
+
+def _numpy_sums(image, zodi, variance, flags, bad, source_bit):
+    """The fit's sums as the numpy code before issue 23 computed them (the reference of the Rust sums)."""
+    mask = background_mask(image, zodi, variance, flags, bad, source_bit)
+    mask &= zodi != 0
+    img, zod = np.asarray(image, np.float64)[mask], np.asarray(zodi, np.float64)[mask]
+    w = 1.0 / np.asarray(variance, np.float64)[mask] if variance is not None else np.ones_like(img)
+    return int(np.count_nonzero(mask)), float(np.sum(w * img * zod)), float(np.sum(w * zod * zod))
+
+
+@settings(max_examples=300, deadline=None)
+@given(n=st.one_of(st.integers(0, 300), st.sampled_from([1000, 4095, 8192, 8193, 65280, 65281])),
+       seed=st.integers(0, 2**32 - 1), with_variance=st.booleans(), with_flags=st.booleans())
+def test_fit_sums_are_numpys_bit_for_bit(n, seed, with_variance, with_flags):
+    """The Rust sums (GIL released) equal numpy's pairwise sums of the same products, bit for bit,
+    whatever the length and whichever pixels fail a test (the golden cubes pin the fitted scales)."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(1.0, 10.0, n) * 10.0 ** rng.integers(-3, 4, n)
+    zodi = rng.uniform(-0.5, 2.0, n)
+    var = rng.uniform(-0.1, 3.0, n) ** 3
+    flags = rng.integers(0, 2**32, n, dtype=np.uint64).astype(np.uint32) & np.uint32(0x00602440)
+    for a in (image, zodi, var):
+        a[rng.random(n) < 0.03] = np.nan
+        a[rng.random(n) < 0.01] = np.inf
+    zodi[rng.random(n) < 0.05] = 0.0
+    args = (image, zodi, var if with_variance else None, flags if with_flags else None, BAD, SOURCE)
+    n_mine, num, den = fit_sums(*args)
+    n_ref, num_ref, den_ref = _numpy_sums(*args)
+    assert n_mine == n_ref
+    assert (np.float64(num).tobytes(), np.float64(den).tobytes()) == (np.float64(num_ref).tobytes(),
+                                                                      np.float64(den_ref).tobytes())
+
+
+def test_fit_sums_refuse_arrays_of_other_shapes():
+    with pytest.raises(ValueError, match="variance has shape"):
+        fit_sums(np.ones((4, 5)), np.ones((4, 5)), np.ones(20), None, 0, None)

@@ -22,6 +22,7 @@
 //!   the 3-D blot of the model at each input pixel and the test against it.
 //! - [`interp`]: dense corner maps from a coarse grid.
 //! - [`rice`]: the FITS RICE_1 tile decoder of the frame reader (FLAGS).
+//! - [`zodifit`]: the zodi fit's sums, bit for bit numpy's (`zodi.py`).
 //! - `python` (feature `python`): the `_core` extension module.
 //! - `reference_clipper` (tests only): polygon clipping, the reference the
 //!   exact overlaps are tested against.
@@ -46,6 +47,7 @@ pub mod scan;
 mod schedule;
 pub mod spectral;
 pub mod wavelookup;
+pub mod zodifit;
 
 #[cfg(feature = "python")]
 mod python;

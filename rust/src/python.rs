@@ -26,6 +26,7 @@ use crate::params::{Kernel, Params, Settings};
 use crate::rice::{self, Columns, RiceParams, Tile};
 use crate::scan::{CubeMut, FrameStats};
 use crate::wavelookup::{self, Axis};
+use crate::zodifit::{self, FitPixels};
 use crate::{interp, outliers, scan, spectral};
 
 /// Runs `f` with the GIL released and turns a panic into a RuntimeError.
@@ -372,6 +373,25 @@ fn wave_lookup<'py>(
     Ok((lam.into_pyarray(py), dlam.into_pyarray(py)))
 }
 
+/// The zodi fit's sums over the background pixels of a sample (see
+/// `zodifit.rs`): `(pixels, sum(w * I * Z), sum(w * Z * Z))`, numpy's bits.
+#[pyfunction]
+#[pyo3(signature = (*, image, zodi, variance, flags, reject))]
+fn zodi_fit_sums<'py>(
+    py: Python<'py>,
+    image: PyReadonlyArray1<'py, f64>,
+    zodi: PyReadonlyArray1<'py, f64>,
+    variance: Option<PyReadonlyArray1<'py, f64>>,
+    flags: Option<PyReadonlyArray1<'py, u32>>,
+    reject: u32,
+) -> PyResult<(usize, f64, f64)> {
+    let (image, zodi) = (slice_of(&image, "image")?, slice_of(&zodi, "zodi")?);
+    let variance = variance.as_ref().map(|v| slice_of(v, "variance")).transpose()?;
+    let flags = flags.as_ref().map(|f| slice_of(f, "flags")).transpose()?;
+    let px = FitPixels { image, zodi, variance, flags };
+    run_detached(py, "zodi_fit_sums", move || zodifit::fit_sums(&px, reject))
+}
+
 fn sizes(name: &str, a: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
     let s = a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array")))?;
     s.iter().map(|&v| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} holds a negative value {v}")))).collect()
@@ -537,6 +557,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;
     m.add_function(wrap_pyfunction!(densify, m)?)?;
     m.add_function(wrap_pyfunction!(wave_lookup, m)?)?;
+    m.add_function(wrap_pyfunction!(zodi_fit_sums, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
     m.add_function(wrap_pyfunction!(outlier_test, m)?)?;

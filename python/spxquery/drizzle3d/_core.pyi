@@ -149,6 +149,19 @@ def densify(*, coarse: F64Array, step: int, ny: int, nx: int) -> F64Array:
     """Dense ``(ny, nx)`` grid from a coarse one by Catmull-Rom interpolation; coarse node
     ``(a, b)`` lies at dense index ``((a - 1) * step, (b - 1) * step)``."""
 
+def zodi_fit_sums(
+    *,
+    image: F64Array,
+    zodi: F64Array,
+    variance: F64Array | None,
+    flags: npt.NDArray[np.uint32] | None,
+    reject: int,
+) -> tuple[int, float, float]:
+    """``(n, sum(w * I * Z), sum(w * Z * Z))`` over the pixels (contiguous 1-D, same length) whose
+    image, zodi and variance are finite, variance > 0, zodi != 0 and flags carry none of the bits of
+    ``reject``; ``w = 1 / variance`` (1 without a variance). The sums are numpy's pairwise sums of the
+    same products, bit for bit (``rust/src/zodifit.rs``). ValueError for arrays of other lengths."""
+
 def wave_lookup(
     *,
     values: F64Array,

@@ -409,9 +409,9 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
         f.write(covariance.image_header(cube).tostring().encode("ascii"))
         nbytes = 0
         for plane in covariance.file_planes(cube):
-            chunk = _fits_bytes(plane)
-            f.write(chunk)
-            nbytes += len(chunk)
+            data = image_data(plane)
+            f.write(data.data)
+            nbytes += data.nbytes
         f.write(padding(nbytes))
         _write_tables(f, [covariance.offsets_table(cube)])
 

@@ -26,6 +26,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from . import _core
 from .flags import as_uint32
 
 logger = logging.getLogger(__name__)
@@ -164,25 +165,16 @@ def fit_zodi_scale(
     with a warning when too few pixels are usable or the scale is outside (0, 10].
     """
     where = f" for {name}" if name else ""
-    mask = background_mask(image, zodi, variance, flags, bad_bits, source_bit)
-    mask &= zodi != 0
-    n = int(np.count_nonzero(mask))
+    n, num, den = fit_sums(image, zodi, variance, flags, bad_bits, source_bit)
     if n < min_pixels:
         logger.warning(
             "zodi fit%s: only %d background pixels (< %d); using scale 1.0", where, n, min_pixels
         )
         return 1.0, False
-    img = np.asarray(image, dtype=np.float64)[mask]
-    zod = np.asarray(zodi, dtype=np.float64)[mask]
-    if variance is not None:
-        w = 1.0 / np.asarray(variance, dtype=np.float64)[mask]
-    else:
-        w = np.ones_like(img)
-    den = float(np.sum(w * zod * zod))
     if not np.isfinite(den) or den <= 0:
         logger.warning("zodi fit%s: degenerate zodi model (sum w Z^2 = %r); using scale 1.0", where, den)
         return 1.0, False
-    scale = float(np.sum(w * img * zod)) / den
+    scale = num / den
     if not np.isfinite(scale) or scale <= SCALE_MIN or scale > SCALE_MAX:
         logger.warning(
             "zodi fit%s: fitted scale %r outside (%g, %g]; using scale 1.0", where, scale, SCALE_MIN, SCALE_MAX
@@ -191,7 +183,36 @@ def fit_zodi_scale(
     return scale, True
 
 
+def fit_sums(
+    image: np.ndarray,
+    zodi: np.ndarray,
+    variance: Optional[np.ndarray],
+    flags: Optional[np.ndarray],
+    bad_bits: int,
+    source_bit: Optional[int],
+) -> Tuple[int, float, float]:
+    """``(n, sum(w * I * Z), sum(w * Z * Z))`` over the :func:`background_mask` pixels with
+    ``Z != 0`` (``w = 1 / VARIANCE``, 1 without a variance), in the pixels' C order: computed by
+    ``_core.zodi_fit_sums`` (``rust/src/zodifit.rs``) with the GIL released, bit for bit what
+    ``np.sum(w * I[mask] * Z[mask])`` and ``np.sum(w * Z[mask] * Z[mask])`` give."""
+    reject = int(bad_bits) | (0 if source_bit is None else 1 << int(source_bit))
+    reject &= 0xFFFFFFFF
+    shape = np.shape(image)
+    for what, a in (("zodi", zodi), ("variance", variance), ("flags", flags)):
+        if a is not None and np.shape(a) != shape:
+            raise ValueError(f"zodi fit: {what} has shape {np.shape(a)}, the image {shape}")
+    return _core.zodi_fit_sums(
+        image=_flat64(image), zodi=_flat64(zodi), variance=None if variance is None else _flat64(variance),
+        flags=None if flags is None or not reject else np.ascontiguousarray(as_uint32(flags)).reshape(-1),
+        reject=reject)
+
+
+def _flat64(a: np.ndarray) -> np.ndarray:
+    """``a`` as a contiguous 1-D float64 array (no copy when it is one already)."""
+    return np.ascontiguousarray(a, dtype=np.float64).reshape(-1)
+
+
 __all__ = [
     "BAD_FLAG_NAMES", "MIN_PIXELS", "ZodiPixels", "ZodiScale", "NOT_SUBTRACTED",
-    "fit_bits", "frame_scale", "background_mask", "fit_zodi_scale",
+    "fit_bits", "frame_scale", "background_mask", "fit_zodi_scale", "fit_sums",
 ]
