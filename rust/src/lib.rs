@@ -23,6 +23,7 @@
 //! - [`interp`]: dense corner maps from a coarse grid.
 //! - [`rice`]: the FITS RICE_1 tile decoder of the frame reader (FLAGS).
 //! - [`zodifit`]: the zodi fit's sums, bit for bit numpy's (`zodi.py`).
+//! - [`fitsplanes`]: the cube file's SCI/VARIANCE planes as FITS stores them (`cubefile.py`).
 //! - `python` (feature `python`): the `_core` extension module.
 //! - `reference_clipper` (tests only): polygon clipping, the reference the
 //!   exact overlaps are tested against.
@@ -35,6 +36,7 @@ pub mod contributions;
 pub mod covariance;
 mod culling;
 pub mod droplet;
+pub mod fitsplanes;
 pub mod frame;
 pub mod geometry;
 pub mod interp;

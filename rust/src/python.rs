@@ -13,7 +13,7 @@
 use ndarray::{Array2, Dimension};
 use numpy::{
     Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadwriteArray,
-    PyReadwriteArray3, PyReadwriteArray4,
+    PyReadwriteArray1, PyReadwriteArray3, PyReadwriteArray4,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -21,6 +21,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::contributions::{self, Contributions};
 use crate::covariance::{CovMut, Stencil};
+use crate::fitsplanes;
 use crate::frame::FrameView;
 use crate::params::{Kernel, Params, Settings};
 use crate::rice::{self, Columns, RiceParams, Tile};
@@ -392,6 +393,23 @@ fn zodi_fit_sums<'py>(
     run_detached(py, "zodi_fit_sums", move || zodifit::fit_sums(&px, reject))
 }
 
+/// A SCI/VARIANCE plane of the cube file (see `fitsplanes.rs`): `out[i]` gets
+/// the big-endian bytes of float32 `numerator[i] / weight[i]` (`/ weight[i]**2`
+/// when `squared`) where `weight[i] > 0`, NaN elsewhere.
+#[pyfunction]
+#[pyo3(signature = (*, numerator, weight, squared, out))]
+fn fits_ratio_plane<'py>(
+    py: Python<'py>,
+    numerator: PyReadonlyArray1<'py, f64>,
+    weight: PyReadonlyArray1<'py, f64>,
+    squared: bool,
+    mut out: PyReadwriteArray1<'py, u32>,
+) -> PyResult<()> {
+    let (num, w) = (slice_of(&numerator, "numerator")?, slice_of(&weight, "weight")?);
+    let out = out.as_slice_mut().map_err(|_| PyValueError::new_err("out must be a contiguous 1-D array"))?;
+    run_detached(py, "fits_ratio_plane", move || fitsplanes::ratio_plane(num, w, squared, out))
+}
+
 fn sizes(name: &str, a: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
     let s = a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array")))?;
     s.iter().map(|&v| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} holds a negative value {v}")))).collect()
@@ -558,6 +576,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(densify, m)?)?;
     m.add_function(wrap_pyfunction!(wave_lookup, m)?)?;
     m.add_function(wrap_pyfunction!(zodi_fit_sums, m)?)?;
+    m.add_function(wrap_pyfunction!(fits_ratio_plane, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
     m.add_function(wrap_pyfunction!(outlier_test, m)?)?;

@@ -149,6 +149,18 @@ def densify(*, coarse: F64Array, step: int, ny: int, nx: int) -> F64Array:
     """Dense ``(ny, nx)`` grid from a coarse one by Catmull-Rom interpolation; coarse node
     ``(a, b)`` lies at dense index ``((a - 1) * step, (b - 1) * step)``."""
 
+def fits_ratio_plane(
+    *,
+    numerator: F64Array,
+    weight: F64Array,
+    squared: bool,
+    out: npt.NDArray[np.uint32],
+) -> None:
+    """A SCI/VARIANCE plane of the cube file, in place: ``out[i]`` holds the big-endian bytes of
+    float32 ``numerator[i] / weight[i]`` (``/ weight[i]**2`` when ``squared``) where ``weight[i] > 0``,
+    NaN elsewhere (numpy's division and rounding). Contiguous 1-D arrays of one length, else
+    ValueError."""
+
 def zodi_fit_sums(
     *,
     image: F64Array,
