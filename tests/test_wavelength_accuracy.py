@@ -82,10 +82,6 @@ def _with_image(template: Path, image: np.ndarray, out: Path) -> Path:
     return out
 
 
-def _index(ln_ratio: np.ndarray, ln_lam: np.ndarray) -> float:
-    return float(np.polyfit(ln_lam, ln_ratio, 1)[0])
-
-
 @pytest.fixture(scope="module")
 def cubes(tmp_path_factory) -> Dict[str, object]:
     """The cloud's cubes with each wavelength source, its flat-spectrum cubes, lambda_eff cubes."""
@@ -139,6 +135,13 @@ def _voxels(cube) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return ratio, np.log(lam_eff[sel]), nominal, rel_var[sel]
 
 
+def _fit(ratio: np.ndarray, *regressors: np.ndarray) -> Tuple[np.ndarray, float]:
+    """Least-squares coefficients of ``ratio ~ 1 + regressors`` and the residual rms."""
+    design = np.stack([np.ones_like(ratio), *regressors], axis=1)
+    coef = np.linalg.lstsq(design, ratio, rcond=None)[0]
+    return coef, float(np.std(ratio - design @ coef))
+
+
 def test_the_lookup_is_off_by_about_a_nanometre_somewhere(cubes):
     assert 2e-4 < cubes["worst"] < 3e-3
 
@@ -153,7 +156,7 @@ def test_against_nominal_plane_wavelengths_the_sampling_hides_the_calibration(cu
         ok = sel.sum(axis=(1, 2)) >= 100
         ln[s] = np.array([np.log(sci[k][sel[k]].sum() / a_flat[k][sel[k]].sum()) for k in np.flatnonzero(ok)])
         ln[s + "_lam"] = np.log(centres[ok])
-        ln[s + "_index"] = _index(ratio, nominal)
+        ln[s + "_index"] = float(_fit(ratio, nominal)[0][1])
     assert np.array_equal(ln["auto_lam"], ln["lookup_lam"]) and ln["auto_lam"].size >= 8
     diff = ln["auto"] - ln["lookup"]
     fit = np.polyfit(ln["auto_lam"], ln["auto"], 1)
@@ -165,13 +168,6 @@ def test_against_nominal_plane_wavelengths_the_sampling_hides_the_calibration(cu
     assert np.max(np.abs(diff)) <= 1.5 * abs(INDEX) * cubes["worst"]
     assert np.std(diff) > 0  # the two cubes do differ
     assert own > 5.0 * np.std(diff)  # ... by much less than the structure both share
-
-
-def _fit(ratio: np.ndarray, *regressors: np.ndarray) -> Tuple[np.ndarray, float]:
-    """Least-squares coefficients of ``ratio ~ 1 + regressors`` and the residual rms."""
-    design = np.stack([np.ones_like(ratio), *regressors], axis=1)
-    coef = np.linalg.lstsq(design, ratio, rcond=None)[0]
-    return coef, float(np.std(ratio - design @ coef))
 
 
 def test_against_effective_wavelengths_the_product_gives_the_truer_continuum_slope(cubes):
