@@ -162,7 +162,7 @@ def test_fit_sums_are_numpys_bit_for_bit(n, seed, with_variance, with_flags):
         a[rng.random(n) < 0.01] = np.inf
     zodi[rng.random(n) < 0.05] = 0.0
     args = (image, zodi, var if with_variance else None, flags if with_flags else None, BAD, SOURCE)
-    n_mine, num, den = fit_sums(*args)
+    n_mine, num, den = fit_sums(ZodiPixels(*args[:4]), *args[4:])
     n_ref, num_ref, den_ref = _numpy_sums(*args)
     assert n_mine == n_ref
     assert (np.float64(num).tobytes(), np.float64(den).tobytes()) == (np.float64(num_ref).tobytes(),
@@ -171,4 +171,4 @@ def test_fit_sums_are_numpys_bit_for_bit(n, seed, with_variance, with_flags):
 
 def test_fit_sums_refuse_arrays_of_other_shapes():
     with pytest.raises(ValueError, match="variance has shape"):
-        fit_sums(np.ones((4, 5)), np.ones((4, 5)), np.ones(20), None, 0, None)
+        fit_sums(ZodiPixels(np.ones((4, 5)), np.ones((4, 5)), np.ones(20), None), 0, None)

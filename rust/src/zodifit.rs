@@ -89,11 +89,11 @@ pub fn fit_sums(px: &FitPixels<'_>, reject: u32) -> Result<(usize, f64, f64), St
         if terms.len() < n {
             terms.resize(n, [0.0; 2]);
         }
-        let kept = match (px.variance, px.flags) {
-            (Some(v), Some(f)) => select_widest::<true, true>(px.image, px.zodi, v, f, reject, terms),
-            (Some(v), None) => select_widest::<true, false>(px.image, px.zodi, v, &[], reject, terms),
-            (None, Some(f)) => select_widest::<false, true>(px.image, px.zodi, &[], f, reject, terms),
-            (None, None) => select_widest::<false, false>(px.image, px.zodi, &[], &[], reject, terms),
+        let kept = match (px.variance.is_some(), px.flags.is_some()) {
+            (true, true) => select_widest::<true, true>(px, reject, terms),
+            (true, false) => select_widest::<true, false>(px, reject, terms),
+            (false, true) => select_widest::<false, true>(px, reject, terms),
+            (false, false) => select_widest::<false, false>(px, reject, terms),
         };
         let sums = pairwise(&terms[..kept]);
         if terms.capacity() > MAX_SCRATCH {
@@ -105,50 +105,31 @@ pub fn fit_sums(px: &FitPixels<'_>, reject: u32) -> Result<(usize, f64, f64), St
 
 /// [`select`] built for the widest instruction set this CPU runs (the same IEEE operations,
 /// so the same bits, in every build).
-fn select_widest<const VAR: bool, const FLAGS: bool>(
-    image: &[f64],
-    zodi: &[f64],
-    variance: &[f64],
-    flags: &[u32],
-    reject: u32,
-    terms: &mut [[f64; 2]],
-) -> usize {
+fn select_widest<const VAR: bool, const FLAGS: bool>(px: &FitPixels<'_>, reject: u32, terms: &mut [[f64; 2]]) -> usize {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU runs AVX2 (checked just above).
-            return unsafe { select_avx2::<VAR, FLAGS>(image, zodi, variance, flags, reject, terms) };
+            return unsafe { select_avx2::<VAR, FLAGS>(px, reject, terms) };
         }
     }
-    select::<VAR, FLAGS>(image, zodi, variance, flags, reject, terms)
+    select::<VAR, FLAGS>(px, reject, terms)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn select_avx2<const VAR: bool, const FLAGS: bool>(
-    image: &[f64],
-    zodi: &[f64],
-    variance: &[f64],
-    flags: &[u32],
-    reject: u32,
-    terms: &mut [[f64; 2]],
-) -> usize {
-    select::<VAR, FLAGS>(image, zodi, variance, flags, reject, terms)
+fn select_avx2<const VAR: bool, const FLAGS: bool>(px: &FitPixels<'_>, reject: u32, terms: &mut [[f64; 2]]) -> usize {
+    select::<VAR, FLAGS>(px, reject, terms)
 }
 
 /// Writes `[w * I * Z, w * Z * Z]` of the background pixels to `terms` in pixel order and
 /// returns how many there are. In blocks: the products and verdicts of a block first (a loop
 /// without branches, which the compiler vectorises), then the block's background pixels moved
-/// to the next free places. `VAR`/`FLAGS`: whether `variance`/`flags` are tested.
+/// to the next free places. `VAR`/`FLAGS`: whether the variance/flags are there (tested).
 #[inline(always)]
-fn select<const VAR: bool, const FLAGS: bool>(
-    image: &[f64],
-    zodi: &[f64],
-    variance: &[f64],
-    flags: &[u32],
-    reject: u32,
-    terms: &mut [[f64; 2]],
-) -> usize {
+fn select<const VAR: bool, const FLAGS: bool>(px: &FitPixels<'_>, reject: u32, terms: &mut [[f64; 2]]) -> usize {
+    let (image, zodi) = (px.image, px.zodi);
+    let (variance, flags) = (px.variance.unwrap_or(&[]), px.flags.unwrap_or(&[]));
     let mut kept = 0;
     let (mut prod, mut ok) = ([[0.0; 2]; BLOCK], [false; BLOCK]);
     for start in (0..image.len()).step_by(BLOCK) {

@@ -165,7 +165,7 @@ def fit_zodi_scale(
     with a warning when too few pixels are usable or the scale is outside (0, 10].
     """
     where = f" for {name}" if name else ""
-    n, num, den = fit_sums(image, zodi, variance, flags, bad_bits, source_bit)
+    n, num, den = fit_sums(ZodiPixels(image, zodi, variance, flags), bad_bits, source_bit)
     if n < min_pixels:
         logger.warning(
             "zodi fit%s: only %d background pixels (< %d); using scale 1.0", where, n, min_pixels
@@ -183,18 +183,12 @@ def fit_zodi_scale(
     return scale, True
 
 
-def fit_sums(
-    image: np.ndarray,
-    zodi: np.ndarray,
-    variance: Optional[np.ndarray],
-    flags: Optional[np.ndarray],
-    bad_bits: int,
-    source_bit: Optional[int],
-) -> Tuple[int, float, float]:
+def fit_sums(pixels: ZodiPixels, bad_bits: int, source_bit: Optional[int]) -> Tuple[int, float, float]:
     """``(n, sum(w * I * Z), sum(w * Z * Z))`` over the :func:`background_mask` pixels with
     ``Z != 0`` (``w = 1 / VARIANCE``, 1 without a variance), in the pixels' C order: computed by
     ``_core.zodi_fit_sums`` (``rust/src/zodifit.rs``) with the GIL released, bit for bit what
     ``np.sum(w * I[mask] * Z[mask])`` and ``np.sum(w * Z[mask] * Z[mask])`` give."""
+    image, zodi, variance, flags = pixels
     reject = int(bad_bits) | (0 if source_bit is None else 1 << int(source_bit))
     reject &= 0xFFFFFFFF
     shape = np.shape(image)
