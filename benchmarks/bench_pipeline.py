@@ -86,17 +86,14 @@ import _deepfield
 import _doc
 import _rejection
 import _stages
+from _field import CACHE, DETECTOR, FIELD_DEC, FIELD_RA, FIELD_SEED, N_FRAMES, ensure_field, field_dir, frame_counts
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RUNNER = HERE / "_spxquery041_runner.py"
-CACHE = Path.home() / ".cache" / "spxdrizzle-bench"
 DOC_HEADING = "## Pipeline: this package vs spxquery 0.4.1"
 OLD_SPEC = "spxquery==0.4.1"
 MIB = 1024.0 * 1024.0
-N_FRAMES = 16
-DETECTOR = 3
-FIELD_RA, FIELD_DEC, FIELD_SEED = 150.0, 2.0, 2026
 TARGET_RATIO = {"30'x30'": 250.0, "3°x3°": 5.0}  # issue targets: >= 250x at 30' (issue 23), >= 5x at 3 deg
 #: Issue 23: at most 8 ms per frame for the 30' cube, 5 ms for the deep field's cutouts.
 TARGET_PER_FRAME = {"30'x30'": 0.008, "deep field": 0.005}
@@ -125,76 +122,7 @@ def mem_available_gib() -> Optional[float]:
     return None
 
 
-# ── data ─────────────────────────────────────────────────────────────────────────────────
-
-
-def field_dir(n_frames: int) -> Path:
-    """The cache of the simulated field of ``n_frames`` full frames: ``field16`` (the default field),
-    ``field{N}`` for other counts (never the same directory: caches are shared, none is deleted)."""
-    return CACHE / f"field{n_frames}"
-
-
-def field_paths(root: Path, n_frames: int = N_FRAMES) -> Optional[List[Path]]:
-    """Frame paths of a complete cached field (index order), or None when incomplete."""
-    index, params = root / "archive_index.json", root / "bench_field.json"
-    want = {"ra": FIELD_RA, "dec": FIELD_DEC, "seed": FIELD_SEED, "n_pointings": n_frames,
-            "release": "qr2", "detectors": [DETECTOR]}
-    try:
-        if json.loads(params.read_text()) != want:
-            return None
-        rows = json.loads(index.read_text())["rows"]
-    except (OSError, ValueError, KeyError):
-        return None
-    if len(rows) != n_frames:
-        return None
-    paths = []
-    for row in rows:
-        rel = row["uri"].split("/data/spherex/", 1)[-1]  # ibe/data/spherex/qr2/level2/... -> qr2/level2/...
-        p = root / rel
-        if not p.is_file() or p.stat().st_size != int(row["contentlength"]):
-            return None
-        paths.append(p)
-    return paths
-
-
-def ensure_field(root: Path, n_frames: int = N_FRAMES) -> List[Path]:
-    """The ``n_frames`` cached frames, simulating them first when missing or incomplete."""
-    paths = field_paths(root, n_frames)
-    if paths is not None:
-        log(f"data: reusing {len(paths)} frames in {root}")
-        return paths
-    from spxquery.drizzle3d.simulate import simulate_field
-
-    tmp = root.with_name(root.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    log(f"data: simulating {n_frames} full-size QR2 D{DETECTOR} frames into {root} (~70 MB each) ...")
-    t0 = time.perf_counter()
-    simulate_field(tmp, FIELD_RA, FIELD_DEC, detectors=(DETECTOR,), n_pointings=n_frames, release="qr2",
-                   seed=FIELD_SEED)
-    (tmp / "bench_field.json").write_text(json.dumps(
-        {"ra": FIELD_RA, "dec": FIELD_DEC, "seed": FIELD_SEED, "n_pointings": n_frames, "release": "qr2",
-         "detectors": [DETECTOR]}))
-    shutil.rmtree(root, ignore_errors=True)
-    tmp.rename(root)
-    log(f"data: done in {time.perf_counter() - t0:.0f} s")
-    paths = field_paths(root, n_frames)
-    if paths is None:
-        raise RuntimeError(f"simulated field in {root} is incomplete (archive_index.json vs files)")
-    return paths
-
-
 # ── old package venv ─────────────────────────────────────────────────────────────────────
-
-
-def frame_counts(text: str) -> List[int]:
-    """The counts of ``--frames`` (``16`` or ``16,64``): positive, distinct, in the given order."""
-    try:
-        counts = [int(t) for t in str(text).split(",") if t.strip()]
-    except ValueError:
-        raise SystemExit(f"--frames: comma-separated frame counts expected, got {text!r}") from None
-    if not counts or min(counts) < 1 or len(set(counts)) != len(counts):
-        raise SystemExit(f"--frames: distinct positive counts expected, got {text!r}")
-    return counts
 
 
 def old_python(venv: Path, venv_python: str) -> Path:

@@ -3,7 +3,7 @@
 Each round runs a fresh process per interpreter (``--python``, default this venv's; give two to
 compare, e.g. main's ``python/`` through a wrapper that sets ``PYTHONPATH``), interleaved. The
 process drizzles the 30' cube of the cached 16-frame field (``bench_pipeline.py``'s, made when
-missing) once, then times, in CPU ms of the process:
+missing, ``_field.py``) once, then times, in CPU ms of the process:
 
 * ``grid``: ``OutputGrid.for_detector``, the first call of the process (the run's setup);
 * ``save (run)``: ``save_cube`` inside that run (first call: lazy imports, caches);
@@ -37,13 +37,13 @@ def child(out_dir: str) -> None:
 
     log.setLevel("ERROR")
     sys.path.insert(0, str(HERE))
-    import bench_pipeline
+    import _field
     from spxquery.drizzle3d import cubefile, frames, pipeline, zodi
     from spxquery.drizzle3d.config import Drizzle3DConfig
     from spxquery.drizzle3d.grid import OutputGrid, build_output_wcs
 
-    paths = bench_pipeline.ensure_field(bench_pipeline.field_dir(bench_pipeline.N_FRAMES))
-    cfg = Drizzle3DConfig(center_ra=bench_pipeline.FIELD_RA, center_dec=bench_pipeline.FIELD_DEC, width=30.0,
+    paths = _field.ensure_field(_field.field_dir(_field.N_FRAMES))
+    cfg = Drizzle3DConfig(center_ra=_field.FIELD_RA, center_dec=_field.FIELD_DEC, width=30.0,
                           height=30.0, detector=3, xy_oversample=1.0, z_oversample=1.0, output_dir=out_dir,
                           overwrite=True, progress=False)
     wcs = build_output_wcs(cfg)
