@@ -178,17 +178,20 @@ pub fn read_flags(
     if !matches!(bitpix, 8 | 16 | 32 | 64) {
         return Err(format!("{}: BITPIX = {bitpix}, an integer image (8, 16, 32 or 64) was expected", part.name));
     }
-    let item = (bitpix / 8) as usize;
+    fn put<const N: usize>(dst: &mut [u32], bytes: &[u8], bzero: i64, value: impl Fn([u8; N]) -> i64) {
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(N)) {
+            let mut raw = [0u8; N];
+            raw.copy_from_slice(b);
+            *d = value(raw).wrapping_add(bzero) as u32;
+        }
+    }
     for_each_row(file, size, part, rows, x0, x1, |k, bytes| {
         let dst = &mut out[k * width..(k + 1) * width];
-        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(item)) {
-            let v: i64 = match bitpix {
-                8 => b[0] as i64,
-                16 => i16::from_be_bytes([b[0], b[1]]) as i64,
-                32 => i32::from_be_bytes([b[0], b[1], b[2], b[3]]) as i64,
-                _ => i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
-            };
-            *d = v.wrapping_add(bzero) as u32;
+        match bitpix {
+            8 => put(dst, bytes, bzero, |b: [u8; 1]| b[0] as i64),
+            16 => put(dst, bytes, bzero, |b| i16::from_be_bytes(b) as i64),
+            32 => put(dst, bytes, bzero, |b| i32::from_be_bytes(b) as i64),
+            _ => put(dst, bytes, bzero, i64::from_be_bytes),
         }
     })
 }
