@@ -458,20 +458,25 @@ fn read_plain_rows<'py>(
     let part = rawrows::PlainPart { name: &name, offset, ny, nx, bitpix };
     let rows = rawrows::RowSet { start, step, count };
     let width = x1.saturating_sub(x0);
+    // The result is allocated by numpy (as numpy's own reader would), then filled with the GIL released.
     if bitpix < 0 {
-        let out = run_detached(py, "read_plain_rows", move || {
-            let mut out = vec![0f64; count * width];
-            rawrows::read_float(&file, size, &part, rows, x0, x1, &mut out)?;
-            Ok(out)
-        })?;
-        Ok(PyArray1::from_vec(py, out).reshape([count, width])?.into_any())
+        // SAFETY: every element is written by `read_float` before the array is returned.
+        let array = unsafe { PyArray2::<f64>::new(py, [count, width], false) };
+        {
+            let mut rw = array.readwrite();
+            let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            run_detached(py, "read_plain_rows", move || rawrows::read_float(&file, size, &part, rows, x0, x1, out))?;
+        }
+        Ok(array.into_any())
     } else {
-        let out = run_detached(py, "read_plain_rows", move || {
-            let mut out = vec![0u32; count * width];
-            rawrows::read_flags(&file, size, &part, rows, x0, x1, bzero, &mut out)?;
-            Ok(out)
-        })?;
-        Ok(PyArray1::from_vec(py, out).reshape([count, width])?.into_any())
+        // SAFETY: every element is written by `read_flags` before the array is returned.
+        let array = unsafe { PyArray2::<u32>::new(py, [count, width], false) };
+        {
+            let mut rw = array.readwrite();
+            let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            run_detached(py, "read_plain_rows", move || rawrows::read_flags(&file, size, &part, rows, x0, x1, bzero, out))?;
+        }
+        Ok(array.into_any())
     }
 }
 
