@@ -456,7 +456,7 @@ fn read_plain_rows<'py>(
             .map_err(|e| PyValueError::new_err(format!("{name}: cannot use file descriptor {fd} ({e})")))?,
     );
     let part = rawrows::PlainPart { name: &name, offset, ny, nx, bitpix };
-    let rows = rawrows::RowSet { start, step, count };
+    let win = rawrows::Window { rows: rawrows::RowSet { start, step, count }, x0, x1 };
     let width = x1.saturating_sub(x0);
     // The result is allocated by numpy (as numpy's own reader would), then filled with the GIL released.
     if bitpix < 0 {
@@ -465,7 +465,7 @@ fn read_plain_rows<'py>(
         {
             let mut rw = array.readwrite();
             let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-            run_detached(py, "read_plain_rows", move || rawrows::read_float(&file, size, &part, rows, x0, x1, out))?;
+            run_detached(py, "read_plain_rows", move || rawrows::read_float(&file, size, &part, win, out))?;
         }
         Ok(array.into_any())
     } else {
@@ -474,7 +474,7 @@ fn read_plain_rows<'py>(
         {
             let mut rw = array.readwrite();
             let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-            run_detached(py, "read_plain_rows", move || rawrows::read_flags(&file, size, &part, rows, x0, x1, bzero, out))?;
+            run_detached(py, "read_plain_rows", move || rawrows::read_flags(&file, size, &part, win, bzero, out))?;
         }
         Ok(array.into_any())
     }

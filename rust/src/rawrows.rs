@@ -38,6 +38,25 @@ pub struct RowSet {
     pub count: usize,
 }
 
+/// The pixels of a read: `rows` x columns `x0..x1`.
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub rows: RowSet,
+    pub x0: usize,
+    pub x1: usize,
+}
+
+impl Window {
+    /// Values in the window.
+    pub fn len(&self) -> usize {
+        self.rows.count * self.x1.saturating_sub(self.x0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Bytes read by one `pread` at most when whole rows are read together.
 const CHUNK_BYTES: usize = 1 << 20;
 
@@ -53,7 +72,8 @@ impl PlainPart<'_> {
     }
 
     /// Checks the box `rows x [x0, x1)` against the image and the file of `size` bytes.
-    fn check(&self, rows: RowSet, x0: usize, x1: usize, size: u64) -> Result<(), String> {
+    fn check(&self, win: Window, size: u64) -> Result<(), String> {
+        let Window { rows, x0, x1 } = win;
         if !(x0 < x1 && x1 <= self.nx) || rows.step == 0 {
             return Err(format!("{}: columns {x0}:{x1} (row step {}) are outside the {} x {} image", self.name, rows.step, self.ny, self.nx));
         }
@@ -82,16 +102,9 @@ impl PlainPart<'_> {
 /// Reads `[rows, x0..x1]` of `part` from `file` (`size` bytes when opened) and
 /// hands the raw big-endian bytes of each row's columns, in row order, to
 /// `put(row_index, bytes)`.
-fn for_each_row(
-    file: &File,
-    size: u64,
-    part: &PlainPart<'_>,
-    rows: RowSet,
-    x0: usize,
-    x1: usize,
-    mut put: impl FnMut(usize, &[u8]),
-) -> Result<(), String> {
-    part.check(rows, x0, x1, size)?;
+fn for_each_row(file: &File, size: u64, part: &PlainPart<'_>, win: Window, mut put: impl FnMut(usize, &[u8])) -> Result<(), String> {
+    part.check(win, size)?;
+    let Window { rows, x0, x1 } = win;
     let item = part.item()?;
     let row_bytes = part.nx * item;
     let span = (x1 - x0) * item;
@@ -132,18 +145,23 @@ fn for_each_row(
     Ok(())
 }
 
+/// The window's width, once `out` is checked to hold its `len` values.
+fn check_output(part: &PlainPart<'_>, win: Window, out: usize) -> Result<usize, String> {
+    if out != win.len() {
+        return Err(format!("{}: output holds {out} values, {} needed", part.name, win.len()));
+    }
+    Ok(win.x1.saturating_sub(win.x0))
+}
+
 /// Pixels `[rows, x0..x1]` of a floating-point image as `f64`, row-major into
 /// `out` (`rows.count * (x1 - x0)` values).
-pub fn read_float(file: &File, size: u64, part: &PlainPart<'_>, rows: RowSet, x0: usize, x1: usize, out: &mut [f64]) -> Result<(), String> {
-    let width = x1.saturating_sub(x0);
-    if out.len() != rows.count * width {
-        return Err(format!("{}: output holds {} values, {} needed", part.name, out.len(), rows.count * width));
-    }
+pub fn read_float(file: &File, size: u64, part: &PlainPart<'_>, win: Window, out: &mut [f64]) -> Result<(), String> {
+    let width = check_output(part, win, out.len())?;
     let bitpix = part.bitpix;
     if bitpix != -32 && bitpix != -64 {
         return Err(format!("{}: BITPIX = {bitpix}, a floating-point image (-32 or -64) was expected", part.name));
     }
-    for_each_row(file, size, part, rows, x0, x1, |k, bytes| {
+    for_each_row(file, size, part, win, |k, bytes| {
         let dst = &mut out[k * width..(k + 1) * width];
         if bitpix == -32 {
             for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
@@ -159,21 +177,8 @@ pub fn read_float(file: &File, size: u64, part: &PlainPart<'_>, rows: RowSet, x0
 
 /// Pixels `[rows, x0..x1]` of an integer image as `u32` (`value + bzero` modulo
 /// 2**32), row-major into `out` (`rows.count * (x1 - x0)` values).
-#[allow(clippy::too_many_arguments)]
-pub fn read_flags(
-    file: &File,
-    size: u64,
-    part: &PlainPart<'_>,
-    rows: RowSet,
-    x0: usize,
-    x1: usize,
-    bzero: i64,
-    out: &mut [u32],
-) -> Result<(), String> {
-    let width = x1.saturating_sub(x0);
-    if out.len() != rows.count * width {
-        return Err(format!("{}: output holds {} values, {} needed", part.name, out.len(), rows.count * width));
-    }
+pub fn read_flags(file: &File, size: u64, part: &PlainPart<'_>, win: Window, bzero: i64, out: &mut [u32]) -> Result<(), String> {
+    let width = check_output(part, win, out.len())?;
     let bitpix = part.bitpix;
     if !matches!(bitpix, 8 | 16 | 32 | 64) {
         return Err(format!("{}: BITPIX = {bitpix}, an integer image (8, 16, 32 or 64) was expected", part.name));
@@ -185,7 +190,7 @@ pub fn read_flags(
             *d = value(raw).wrapping_add(bzero) as u32;
         }
     }
-    for_each_row(file, size, part, rows, x0, x1, |k, bytes| {
+    for_each_row(file, size, part, win, |k, bytes| {
         let dst = &mut out[k * width..(k + 1) * width];
         match bitpix {
             8 => put(dst, bytes, bzero, |b: [u8; 1]| b[0] as i64),
@@ -209,6 +214,10 @@ mod tests {
         (f, bytes.len() as u64)
     }
 
+    fn win(start: usize, step: usize, count: usize, x0: usize, x1: usize) -> Window {
+        Window { rows: RowSet { start, step, count }, x0, x1 }
+    }
+
     fn part(bitpix: i32, ny: usize, nx: usize) -> PlainPart<'static> {
         PlainPart { name: "IMAGE", offset: 16, ny, nx, bitpix }
     }
@@ -222,10 +231,10 @@ mod tests {
         }
         let (f, size) = file_with(&bytes);
         let mut out = vec![0.0; 6];
-        read_float(&f, size, &part(-32, ny, nx), RowSet { start: 1, step: 1, count: 3 }, 1, 3, &mut out).unwrap();
+        read_float(&f, size, &part(-32, ny, nx), win(1, 1, 3, 1, 3), &mut out).unwrap();
         assert_eq!(out, vec![5.5, 6.5, 9.5, 10.5, 13.5, 14.5]);
         let mut out = vec![0.0; 12];
-        read_float(&f, size, &part(-32, ny, nx), RowSet { start: 0, step: 2, count: 3 }, 0, 4, &mut out).unwrap();
+        read_float(&f, size, &part(-32, ny, nx), win(0, 2, 3, 0, 4), &mut out).unwrap();
         assert_eq!(out[4..8], [8.5, 9.5, 10.5, 11.5]);
         assert_eq!(out[8..], [16.5, 17.5, 18.5, 19.5]);
     }
@@ -238,9 +247,9 @@ mod tests {
         }
         let (f, size) = file_with(&bytes);
         let mut out = vec![0u32; 4];
-        read_flags(&f, size, &part(32, 1, 4), RowSet { start: 0, step: 1, count: 1 }, 0, 4, 1 << 31, &mut out).unwrap();
+        read_flags(&f, size, &part(32, 1, 4), win(0, 1, 1, 0, 4), 1 << 31, &mut out).unwrap();
         assert_eq!(out, vec![0x7fff_ffff, 0x8000_0000, 0, 0x8000_0005]);
-        read_flags(&f, size, &part(32, 1, 4), RowSet { start: 0, step: 1, count: 1 }, 0, 4, 0, &mut out).unwrap();
+        read_flags(&f, size, &part(32, 1, 4), win(0, 1, 1, 0, 4), 0, &mut out).unwrap();
         assert_eq!(out, vec![u32::MAX, 0, 0x8000_0000, 5]);
     }
 
@@ -249,11 +258,11 @@ mod tests {
         let bytes = vec![0u8; 16 + 4 * 4 * 3 + 2];
         let (f, size) = file_with(&bytes);
         let mut out = vec![0.0; 8];
-        let err = read_float(&f, size, &part(-32, 4, 4), RowSet { start: 2, step: 1, count: 2 }, 0, 4, &mut out).unwrap_err();
+        let err = read_float(&f, size, &part(-32, 4, 4), win(2, 1, 2, 0, 4), &mut out).unwrap_err();
         assert!(err.contains("IMAGE: row 3") && err.contains("truncated file"), "{err}");
-        let err = read_float(&f, size, &part(16, 4, 4), RowSet { start: 0, step: 1, count: 1 }, 0, 4, &mut out[..4]).unwrap_err();
+        let err = read_float(&f, size, &part(16, 4, 4), win(0, 1, 1, 0, 4), &mut out[..4]).unwrap_err();
         assert!(err.contains("BITPIX = 16"), "{err}");
-        let err = read_float(&f, size, &part(-32, 4, 4), RowSet { start: 0, step: 1, count: 2 }, 2, 5, &mut out[..6]).unwrap_err();
+        let err = read_float(&f, size, &part(-32, 4, 4), win(0, 1, 2, 2, 5), &mut out[..6]).unwrap_err();
         assert!(err.contains("outside"), "{err}");
     }
 }
