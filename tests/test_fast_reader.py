@@ -152,6 +152,8 @@ def test_the_rust_reader_refuses_bad_arguments(files):
         for change, why in [({"bitpix": 12}, "BITPIX = 12"), ({"bitpix": -16}, "BITPIX = -16"),
                             ({"x1": part.shape[1] + 1}, "outside"), ({"x0": 4}, "outside"), ({"step": 0}, "outside"),
                             ({"start": part.shape[0] - 1}, "outside"), ({"fd": -1}, "not open"),
+                            ({"ny": 10**9, "start": 10**9 - 2}, "past the end"),  # refused before allocating
+                            ({"count": 10**12}, "outside"),
                             ({"fd": 987654}, "cannot use file descriptor"),
                             ({"size": part.offset + 10}, "IMAGE: row 1 lies past the end")]:
             with pytest.raises(ValueError, match=why):

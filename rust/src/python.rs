@@ -457,6 +457,7 @@ fn read_plain_rows<'py>(
     );
     let part = rawrows::PlainPart { name: &name, offset, ny, nx, bitpix };
     let win = rawrows::Window { rows: rawrows::RowSet { start, step, count }, x0, x1 };
+    part.check(win, size).map_err(PyValueError::new_err)?; // before allocating: the window lies in the file
     let width = x1.saturating_sub(x0);
     // The result is allocated by numpy (as numpy's own reader would), then filled with the GIL released.
     if bitpix < 0 {

@@ -71,8 +71,9 @@ impl PlainPart<'_> {
         }
     }
 
-    /// Checks the box `rows x [x0, x1)` against the image and the file of `size` bytes.
-    fn check(&self, win: Window, size: u64) -> Result<(), String> {
+    /// Checks the window against the image and the file of `size` bytes (so what a read
+    /// allocates is bounded by the file).
+    pub fn check(&self, win: Window, size: u64) -> Result<(), String> {
         let Window { rows, x0, x1 } = win;
         if !(x0 < x1 && x1 <= self.nx) || rows.step == 0 {
             return Err(format!("{}: columns {x0}:{x1} (row step {}) are outside the {} x {} image", self.name, rows.step, self.ny, self.nx));
