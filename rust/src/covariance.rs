@@ -124,7 +124,7 @@ impl<'a> CovMut<'a> {
                 strides: st,
                 ptr: b.as_mut_ptr(),
                 fast: FastTable::new(&stencil, st[3]),
-                near_span: near_span(&stencil, st[3]),
+                near_lines: near_lines(near_span(&stencil, st[3]), b.as_ptr() as usize, st),
                 stencil: stencil.clone(),
                 scratch: Vec::new(),
                 _view: std::marker::PhantomData,
@@ -146,9 +146,10 @@ pub(crate) struct CovBand<'a> {
     stencil: std::sync::Arc<Stencil>,
     /// The stencil's steps for [`Self::add_cells`].
     fast: FastTable,
-    /// Elements from an anchor's first cross term to the last of its offsets
-    /// `|dz|, |dy|, |dx| <= 1` (what most pixels update), for [`Self::prefetch`].
-    near_span: isize,
+    /// Element offsets, from an anchor's first cross term, of one element in
+    /// each cache line that its offsets `|dz|, |dy|, |dx| <= 1` (what most
+    /// pixels update) may span, and their number, for [`Self::prefetch`].
+    near_lines: ([isize; 8], usize),
     /// The voxels of a pixel for [`Self::add_pairs`] (kept: no allocation per pixel).
     scratch: Vec<Touch>,
     _view: std::marker::PhantomData<&'a mut f64>,
@@ -172,28 +173,44 @@ fn near_span(stencil: &Stencil, stride: isize) -> isize {
     near.map(|(n, _)| n as isize * stride).max().unwrap_or(0)
 }
 
+/// [`CovBand::near_lines`] for the terms `0 ..= span` (elements) of anchors
+/// from address `addr` with strides `st`: one element per cache line from the
+/// first, and the last element too unless every anchor starts on a line.
+fn near_lines(span: isize, addr: usize, st: [isize; 4]) -> ([isize; 8], usize) {
+    let aligned = addr % 64 == 0 && st[..3].iter().all(|s| (s * 8) % 64 == 0) && st[3] == 1;
+    let mut out = ([0isize; 8], 0);
+    let mut e = 0;
+    while e <= span && out.1 < 8 {
+        out.0[out.1] = e;
+        out.1 += 1;
+        e += 8;
+    }
+    if !aligned && out.1 < 8 {
+        out.0[out.1] = span;
+        out.1 += 1;
+    }
+    out
+}
+
 impl CovBand<'_> {
     /// The strides `(plane, row, column)` of the cross terms (elements).
     pub(crate) fn strides(&self) -> [isize; 3] {
         [self.strides[0], self.strides[1], self.strides[2]]
     }
 
-    /// Asks for the cache lines of the nearest offsets' terms ([`Self::near_span`])
+    /// Asks for the cache lines of the nearest offsets' terms ([`Self::near_lines`])
     /// of the anchors at element `at` (a voxel of this band: plane, row and
     /// column times [`Self::strides`], rows from the band's first) and of its
     /// neighbours one column and one row on. Never faults, whatever `at`.
     #[inline(always)]
     pub(crate) fn prefetch(&self, at: isize) {
         let [_, sr, sc] = self.strides();
+        let (lines, n) = &self.near_lines;
         for cell in [at, at + sc, at + sr, at + sr + sc] {
             let p = self.ptr.wrapping_offset(cell);
-            // The first and last element of the span and every 8th between (one per cache line).
-            let mut e = 0;
-            while e < self.near_span {
+            for &e in &lines[..*n] {
                 crate::prefetch::prefetch(p.wrapping_offset(e));
-                e += 8;
             }
-            crate::prefetch::prefetch(p.wrapping_offset(self.near_span));
         }
     }
 }
@@ -473,6 +490,16 @@ mod tests {
         assert!(fast.iter().filter(|v| **v > 0.0).count() > 100);
         assert!(fast.iter().zip(slow.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
         errors
+    }
+
+    #[test]
+    fn prefetch_asks_for_each_line_of_the_nearest_terms() {
+        // 13 terms (elements 0 ..= 12) from a line's start span two lines; from anywhere, up to three.
+        assert_eq!(near_lines(12, 128, [17 * 56 * 9, 56 * 9, 56, 1]), ([0, 8, 0, 0, 0, 0, 0, 0], 2));
+        assert_eq!(near_lines(12, 128 + 32, [17 * 52 * 9, 52 * 9, 52, 1]), ([0, 8, 12, 0, 0, 0, 0, 0], 3));
+        assert_eq!(near_lines(12, 128, [17 * 52 * 9, 52 * 9, 52, 1]).1, 3);
+        assert_eq!(near_lines(0, 64, [8, 8, 8, 1]), ([0; 8], 1));
+        assert_eq!(near_span(&stencil(2, 2, &[]), 1), 12);
     }
 
     #[test]
