@@ -177,7 +177,7 @@ fn near_span(stencil: &Stencil, stride: isize) -> isize {
 /// from address `addr` with strides `st`: one element per cache line from the
 /// first, and the last element too unless every anchor starts on a line.
 fn near_lines(span: isize, addr: usize, st: [isize; 4]) -> ([isize; 8], usize) {
-    let aligned = addr % 64 == 0 && st[..3].iter().all(|s| (s * 8) % 64 == 0) && st[3] == 1;
+    let aligned = addr.is_multiple_of(64) && st[..3].iter().all(|s| (s * 8) % 64 == 0) && st[3] == 1;
     let mut out = ([0isize; 8], 0);
     let mut e = 0;
     while e <= span && out.1 < 8 {
