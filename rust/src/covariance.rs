@@ -241,6 +241,22 @@ impl CovBand<'_> {
     }
 }
 
+/// One pixel on the scan's fast path, for [`CovBand::add_cells`]: the R x C
+/// output pixels from grid pixel `(r0, c0)` with fractions `f[a][b]` (0 where
+/// nothing lands), the spectral overlaps `zov` (`(plane, f_z)`, planes
+/// ascending), its weight per unit fraction `ivar` and `variance`, and
+/// `keep_from`, the least fraction that is deposited.
+#[derive(Clone, Copy)]
+pub(crate) struct PixelCells<'p, const R: usize, const C: usize> {
+    pub(crate) r0: usize,
+    pub(crate) c0: usize,
+    pub(crate) f: &'p [[f64; C]; R],
+    pub(crate) zov: &'p [(usize, f64)],
+    pub(crate) ivar: f64,
+    pub(crate) variance: f64,
+    pub(crate) keep_from: f64,
+}
+
 /// Most planes one pixel's top-hat overlaps on the fast path of
 /// [`CovBand::add_cells`] (more take [`CovBand::add_pairs`]).
 const FAST_PLANES: usize = 3;
@@ -282,9 +298,7 @@ impl FastTable {
 
 impl CovBand<'_> {
     /// [`Self::add_pairs`] for a pixel whose voxels all lie in this band (the
-    /// scan's fast path): the R x C output pixels from grid pixel `(r0, c0)`
-    /// with fractions `f[a][b]` (0 where nothing lands), the spectral overlaps
-    /// `zov` (`(plane, f_z)`, planes ascending) and the voxel weights
+    /// scan's fast path, [`PixelCells`]) with the voxel weights
     /// `ivar * (f[a][b] * f_z)` where that fraction is at least `keep_from`, as
     /// the deposits. The same sums as [`Self::add_pairs`] on those voxels, bit
     /// for bit: the same anchors and products `(w_k * w_l) * variance`, each
@@ -298,30 +312,21 @@ impl CovBand<'_> {
     /// SAFETY: the R x C output pixels lie in this band's rows and the grid's
     /// columns; every plane of `zov` is a plane of the cube.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn add_cells<const R: usize, const C: usize>(
-        &mut self,
-        r0: usize,
-        c0: usize,
-        f: &[[f64; C]; R],
-        zov: &[(usize, f64)],
-        ivar: f64,
-        variance: f64,
-        keep_from: f64,
-    ) -> Result<(), [i64; 3]> {
+    pub(crate) unsafe fn add_cells<const R: usize, const C: usize>(&mut self, px: PixelCells<'_, R, C>) -> Result<(), [i64; 3]> {
+        let (zov, ivar) = (px.zov, px.ivar);
         let nz = zov.len();
         // Planes consecutive (a top-hat's overlaps are), the box inside the stencil and the
         // weights finite (so a zero weight's products are zero: see `add_box`).
         let fast = nz > 0 && R <= 3 && C <= 3 && nz <= self.fast.planes[R - 1][C - 1] && zov[nz - 1].0 - zov[0].0 == nz - 1 && ivar < f64::INFINITY;
         if !fast {
-            return self.add_cells_listed(r0, c0, f, zov, ivar, variance, keep_from);
+            return self.add_cells_listed(px);
         }
         // SAFETY: forwarded (the caller's contract), and `fast` above.
         unsafe {
             match nz {
-                1 => self.add_box::<R, C, 1>(r0, c0, f, zov, ivar, variance, keep_from),
-                2 => self.add_box::<R, C, 2>(r0, c0, f, zov, ivar, variance, keep_from),
-                _ => self.add_box::<R, C, 3>(r0, c0, f, zov, ivar, variance, keep_from),
+                1 => self.add_box::<R, C, 1>(px),
+                2 => self.add_box::<R, C, 2>(px),
+                _ => self.add_box::<R, C, 3>(px),
             }
         }
         Ok(())
@@ -339,17 +344,8 @@ impl CovBand<'_> {
     /// SAFETY: as [`Self::add_cells`]; `zov` has `NZ` consecutive planes and
     /// `NZ <= self.fast.planes[R - 1][C - 1]`.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn add_box<const R: usize, const C: usize, const NZ: usize>(
-        &mut self,
-        r0: usize,
-        c0: usize,
-        f: &[[f64; C]; R],
-        zov: &[(usize, f64)],
-        ivar: f64,
-        variance: f64,
-        keep_from: f64,
-    ) {
+    unsafe fn add_box<const R: usize, const C: usize, const NZ: usize>(&mut self, px: PixelCells<'_, R, C>) {
+        let PixelCells { r0, c0, f, zov, ivar, variance, keep_from } = px;
         debug_assert!(zov.len() == NZ && R * C <= 9);
         let st = self.strides;
         // The cells with a weight: their place in the box and weights per plane.
@@ -399,17 +395,8 @@ impl CovBand<'_> {
 
     /// [`Self::add_cells`] through the list of voxels and [`Self::add_pairs`].
     #[cold]
-    #[allow(clippy::too_many_arguments)]
-    fn add_cells_listed<const R: usize, const C: usize>(
-        &mut self,
-        r0: usize,
-        c0: usize,
-        f: &[[f64; C]; R],
-        zov: &[(usize, f64)],
-        ivar: f64,
-        variance: f64,
-        keep_from: f64,
-    ) -> Result<(), [i64; 3]> {
+    fn add_cells_listed<const R: usize, const C: usize>(&mut self, px: PixelCells<'_, R, C>) -> Result<(), [i64; 3]> {
+        let PixelCells { r0, c0, f, zov, ivar, variance, keep_from } = px;
         let mut touched = std::mem::take(&mut self.scratch);
         touched.clear();
         for (a, fr) in f.iter().enumerate() {
@@ -481,8 +468,9 @@ mod tests {
             let zov: Vec<(usize, f64)> = (0..n_planes).map(|z| (k0 + z + gap * usize::from(z > 0), rand())).filter(|v| v.0 < nz).collect();
             let (ivar, variance, keep_from) = (1.0 / (0.1 + rand()), 0.1 + rand(), if rand() < 0.5 { 1e-12 } else { 0.05 });
             // SAFETY: the cells lie in band 1's rows (4 .. ny) and the grid; the planes in the cube.
-            let a = unsafe { bf.add_cells(r0, c0, &f, &zov, ivar, variance, keep_from) };
-            let b = bs.add_cells_listed(r0, c0, &f, &zov, ivar, variance, keep_from);
+            let px = PixelCells { r0, c0, f: &f, zov: &zov, ivar, variance, keep_from };
+            let a = unsafe { bf.add_cells(px) };
+            let b = bs.add_cells_listed(px);
             assert_eq!(a.is_err(), b.is_err(), "{a:?} {b:?}");
             errors += usize::from(a.is_err());
         }

@@ -32,7 +32,7 @@ use std::sync::Mutex;
 
 use ndarray::{ArrayViewMut3, Axis};
 
-use crate::covariance::{CovBand, CovMut, Touch};
+use crate::covariance::{CovBand, CovMut, PixelCells, Touch};
 use crate::culling::{live_blocks, LiveBlock, Window, BLOCK};
 use crate::droplet::{make_droplet, reach, Droplet};
 use crate::frame::{pixel_value, FrameRow, FrameView, PixelValue, RawRow};
@@ -573,7 +573,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
             if let Some(cov) = band.cov.as_mut() {
                 // SAFETY: the R x C output pixels lie in this band and on the grid (the
                 // caller's contract), the planes of `zov` in the cube (above).
-                if let Err(o) = unsafe { cov.add_cells(r0, c0, &f, zov, ivar, variance, keep_from) } {
+                let px = PixelCells { r0, c0, f: &f, zov, ivar, variance, keep_from };
+                if let Err(o) = unsafe { cov.add_cells(px) } {
                     self.cov_overflow.get_or_insert(o);
                 }
             }
