@@ -317,7 +317,12 @@ impl CovBand<'_> {
         let nz = zov.len();
         // Planes consecutive (a top-hat's overlaps are), the box inside the stencil and the
         // weights finite (so a zero weight's products are zero: see `add_box`).
-        let fast = nz > 0 && R <= 3 && C <= 3 && nz <= self.fast.planes[R - 1][C - 1] && zov[nz - 1].0 - zov[0].0 == nz - 1 && ivar < f64::INFINITY;
+        let fast = nz > 0
+            && R <= 3
+            && C <= 3
+            && nz <= self.fast.planes[R - 1][C - 1]
+            && zov[nz - 1].0.wrapping_sub(zov[0].0) == nz - 1
+            && ivar < f64::INFINITY;
         if !fast {
             return self.add_cells_listed(px);
         }
