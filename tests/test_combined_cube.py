@@ -284,15 +284,13 @@ def test_the_product_puts_line_centres_closer_to_the_truth_than_the_lookup(combi
     """The frames were rendered at the product's per-pixel wavelengths; the L2 lookup interpolates
     a coarse grid (0.2-1.6 nm rms off, up to 4 nm in D4). On the same frames, the cube drizzled
     with the product has line centres nearer the truth (measured: rms 0.053 vs 0.058 bin, closer
-    for 5 of the 7 lines). Continuum slopes do not tell the two apart: a 1 nm error moves a
-    lambda^-0.3 continuum by ~1e-4, far below the -0.006 to -0.011 index error both cubes share
-    (measured: mean |error| 0.0080 with the product, 0.0078 with the lookup), so the test
-    asserts that they agree, not that one is closer. Not noise: on noiseless D4 frames
-    (tests/test_wavelength_accuracy.py) the two cubes differ per plane by at most
-    |index| x |d_lambda| / lambda (2.4e-4), 50x below the continuum's own per-plane structure
-    (4.4e-3 rms, the same in both), and the index errors are +0.0023 (product) and +0.0021
-    (lookup): which one is nearer the truth is decided by that shared structure, not by the
-    wavelengths."""
+    for 5 of the 7 lines). Continuum slopes fitted against the planes' nominal wavelengths do not
+    tell the two apart: a 1 nm error moves a lambda^-0.3 continuum by ~1e-4, far below the
+    -0.006 to -0.011 index error both cubes share (measured: mean |error| 0.0080 with the
+    product, 0.0078 with the lookup), a plane's effective wavelength differing from its nominal
+    one (the pointings' sampling), so this test asserts that they agree, not that one is closer.
+    Against each source's own effective wavelengths the product's slopes are exact and the
+    lookup's are not (tests/test_wavelength_accuracy.py, docs/wavelength-accuracy.md)."""
     path, prod, _ = combined
     lpath, look, _ = combined_lookup
     assert fits.getheader(path)["WAVESRC"] == "SPECTRAL_WCS" and fits.getheader(lpath)["WAVESRC"] == "LOOKUP"

@@ -21,6 +21,8 @@
 //! - [`outliers`]: outlier rejection: the merge of a frame into the robust model,
 //!   the 3-D blot of the model at each input pixel and the test against it.
 //! - [`interp`]: dense corner maps from a coarse grid.
+//! - [`rawrows`]: rows of plain images read from a local file (`pread`, big-endian
+//!   to native, only the columns asked for): the frame reader's fast path.
 //! - [`rice`]: the FITS RICE_1 tile decoder of the frame reader (FLAGS).
 //! - `python` (feature `python`): the `_core` extension module.
 //! - `reference_clipper` (tests only): polygon clipping, the reference the
@@ -41,6 +43,8 @@ pub mod lanes;
 pub mod outliers;
 pub mod params;
 mod prefetch;
+#[cfg(unix)]
+pub mod rawrows;
 pub mod rice;
 pub mod scan;
 mod schedule;

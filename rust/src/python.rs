@@ -23,6 +23,8 @@ use crate::contributions::{self, Contributions};
 use crate::covariance::{CovMut, Stencil};
 use crate::frame::FrameView;
 use crate::params::{Kernel, Params, Settings};
+#[cfg(unix)]
+use crate::rawrows;
 use crate::rice::{self, Columns, RiceParams, Tile};
 use crate::scan::{CubeMut, FrameStats};
 use crate::wavelookup::{self, Axis};
@@ -417,6 +419,68 @@ fn rice_decode_rows<'py>(
     array.reshape([total, width])
 }
 
+/// Pixels `[rows, x0:x1]` of a plain image of the open local file `fd` (`size`
+/// bytes when opened; the descriptor is duplicated, the caller keeps its own),
+/// rows `start, start + step, ...` (`count`): a float image as float64, an
+/// integer one as uint32 (`value + bzero` modulo 2**32); `(count, x1 - x0)`.
+/// `ValueError` naming `name` and the row for a short read or a bad box.
+#[cfg(unix)]
+#[pyfunction]
+#[pyo3(signature = (*, fd, size, name, offset, ny, nx, bitpix, bzero, start, step, count, x0, x1))]
+#[allow(clippy::too_many_arguments)]
+fn read_plain_rows<'py>(
+    py: Python<'py>,
+    fd: i32,
+    size: u64,
+    name: String,
+    offset: u64,
+    ny: usize,
+    nx: usize,
+    bitpix: i32,
+    bzero: i64,
+    start: usize,
+    step: usize,
+    count: usize,
+    x0: usize,
+    x1: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    use std::os::fd::BorrowedFd;
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("{name}: file descriptor {fd} is not open")));
+    }
+    // SAFETY: `fd` is open (the caller's LocalFile holds it) and stays so while the
+    // GIL is held; it is only duplicated here, and the duplicate is what is read.
+    let file = std::fs::File::from(
+        unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map_err(|e| PyValueError::new_err(format!("{name}: cannot use file descriptor {fd} ({e})")))?,
+    );
+    let part = rawrows::PlainPart { name: &name, offset, ny, nx, bitpix };
+    let win = rawrows::Window { rows: rawrows::RowSet { start, step, count }, x0, x1 };
+    part.check(win, size).map_err(PyValueError::new_err)?; // before allocating: the window lies in the file
+    let width = x1.saturating_sub(x0);
+    // The result is allocated by numpy (as numpy's own reader would), then filled with the GIL released.
+    if bitpix < 0 {
+        // SAFETY: every element is written by `read_float` before the array is returned.
+        let array = unsafe { PyArray2::<f64>::new(py, [count, width], false) };
+        {
+            let mut rw = array.readwrite();
+            let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            run_detached(py, "read_plain_rows", move || rawrows::read_float(&file, size, &part, win, out))?;
+        }
+        Ok(array.into_any())
+    } else {
+        // SAFETY: every element is written by `read_flags` before the array is returned.
+        let array = unsafe { PyArray2::<u32>::new(py, [count, width], false) };
+        {
+            let mut rw = array.readwrite();
+            let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            run_detached(py, "read_plain_rows", move || rawrows::read_flags(&file, size, &part, win, bzero, out))?;
+        }
+        Ok(array.into_any())
+    }
+}
+
 /// Merges a frame drizzled alone into scratch arrays into the robust model of
 /// outlier rejection (see `_core.pyi`).
 #[pyfunction]
@@ -539,6 +603,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wave_lookup, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
+    #[cfg(unix)]
+    m.add_function(wrap_pyfunction!(read_plain_rows, m)?)?;
     m.add_function(wrap_pyfunction!(outlier_test, m)?)?;
     m.add_function(wrap_pyfunction!(blot_cube, m)?)?;
     m.add_function(wrap_pyfunction!(model_merge, m)?)?;

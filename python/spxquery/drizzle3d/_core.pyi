@@ -182,6 +182,28 @@ def rice_decode_rows(
     16-bit values sign-extended, then ``bzero`` added modulo 2**32. A malformed tile raises
     ``ValueError`` naming it; any byte string is decoded or refused, never read past."""
 
+def read_plain_rows(
+    *,
+    fd: int,
+    size: int,
+    name: str,
+    offset: int,
+    ny: int,
+    nx: int,
+    bitpix: int,
+    bzero: int,
+    start: int,
+    step: int,
+    count: int,
+    x0: int,
+    x1: int,
+) -> npt.NDArray[Any]:
+    """Pixels ``[rows, x0:x1]`` (rows ``start, start + step, ...``, ``count`` of them) of a plain
+    ``ny x nx`` image at byte ``offset`` of the open local file ``fd`` (``size`` bytes), read by
+    ``pread`` with the GIL released: BITPIX -32/-64 as float64, 8/16/32/64 as uint32
+    (``value + bzero`` modulo 2**32); shape ``(count, x1 - x0)``. ValueError naming ``name``
+    and the row for a file that ends early or a box outside the image (POSIX only)."""
+
 def outlier_test(
     *,
     model: npt.NDArray[np.float32],

@@ -149,6 +149,13 @@ class LocalFile(ByteSource):
             out.append(buf)
         return out
 
+    def fileno(self) -> int:
+        """The open file descriptor (for readers that ``pread`` it themselves, such as
+        :func:`~.pixels.read_image`'s fast path); :class:`AccessError` after :meth:`close`."""
+        if self._fd is None:
+            raise AccessError(self.name, "read after close")
+        return self._fd
+
     def close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None

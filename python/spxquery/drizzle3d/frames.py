@@ -319,7 +319,10 @@ def _prefetch(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool, sam
     VARIANCE, ZODI (when subtracted) and plain FLAGS (``sample``), and of the region
     ``(rows, x0, x1)`` its plain FLAGS and/or its pixels. Exactly the ranges the reads ask for
     (:func:`~.pixels.row_ranges`), so the pixels are the same; an object store fetches them in
-    one batch (tile-compressed FLAGS are read on their own)."""
+    one batch (tile-compressed FLAGS are read on their own). Nothing for a source whose
+    prefetch does nothing (a local file)."""
+    if type(src).prefetch is ByteSource.prefetch:
+        return
     images = [layout.image, layout.variance] + ([layout.zodi] if with_zodi else [])
     plain_flags = [layout.flags] if isinstance(layout.flags, PlainImage) else []
     ranges = []

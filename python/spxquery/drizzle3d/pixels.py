@@ -1,7 +1,11 @@
 """Pixels of an L2 file's images, read by rows through a :class:`~.access.ByteSource`.
 
 :func:`read_image` reads rows (a ``range``: contiguous, or every n-th row) and a column span
-of a plain image and converts them in one pass to the engine's dtype. :func:`read_flags`
+of a plain image and converts them in one pass to the engine's dtype. From a local file
+(:class:`~.access.LocalFile`) plain images are read by the Rust reader
+(``_core.read_plain_rows``, ``rust/src/rawrows.rs``: ``pread`` of the span's bytes with the
+GIL released, big-endian to native straight into the result, the same values as the numpy
+path); other sources (object stores, HTTP) go through :meth:`~.access.ByteSource.read_ranges`. :func:`read_flags`
 does the same for FLAGS, plain or tile-compressed: only the tiles holding the rows are
 fetched (their table rows, then their heap bytes, merged into few ranges), decompressed
 (``RICE_1`` by :mod:`.tiles`, ``GZIP_1`` by zlib) and cut to the columns; the result is
@@ -12,11 +16,12 @@ native ``uint32`` (int32 files reinterpreted bit for bit, unsigned ``BZERO`` app
 from __future__ import annotations
 
 import zlib
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .access import ByteSource, Range, coalesce
+from . import _core
+from .access import ByteSource, LocalFile, Range, coalesce
 from .fitstable import descriptors
 from .l2layout import FlagsPart, PlainImage, TiledImage
 from .tiles import rice_decode_rows
@@ -49,6 +54,24 @@ def _row_bytes(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int)
     return np.stack(bufs) if bufs else np.empty((0, (x1 - x0) * item), np.uint8)
 
 
+#: BITPIX of each big-endian dtype of :mod:`.l2layout`.
+_BITPIX = {">f4": -32, ">f8": -64, ">u1": 8, ">i2": 16, ">i4": 32, ">i8": 64}
+_PREAD = getattr(_core, "read_plain_rows", None)  # POSIX only
+
+
+def _pread_rows(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int) -> Optional[np.ndarray]:
+    """``[rows, x0:x1]`` of a plain image of a local file by the Rust reader: float64 for a
+    float image, uint32 (``bzero`` applied) for an integer one; None for other sources."""
+    if _PREAD is None or not isinstance(src, LocalFile) or len(rows) == 0 or part.dtype not in _BITPIX:
+        return None
+    try:
+        return _PREAD(fd=src.fileno(), size=src.size, name=part.name, offset=part.offset, ny=part.shape[0],
+                      nx=part.shape[1], bitpix=_BITPIX[part.dtype], bzero=part.bzero, start=rows.start,
+                      step=rows.step, count=len(rows), x0=x0, x1=x1)
+    except ValueError as exc:
+        raise PixelError(str(exc)) from None
+
+
 def _check_box(part: FlagsPart, rows: range, x0: int, x1: int) -> None:
     ny, nx = part.shape
     if not (0 <= x0 < x1 <= nx) or (len(rows) and not (0 <= rows[0] and rows[-1] < ny)) or rows.step < 1:
@@ -59,6 +82,10 @@ def read_image(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int,
                dtype: type = np.float64) -> np.ndarray:
     """Pixels ``[rows, x0:x1]`` of a plain image as ``dtype``, shape ``(len(rows), x1 - x0)``."""
     _check_box(part, rows, x0, x1)
+    if dtype is np.float64 and part.dtype[1] == "f":
+        fast = _pread_rows(src, part, rows, x0, x1)
+        if fast is not None:
+            return fast
     raw = _row_bytes(src, part, rows, x0, x1)
     if rows.step == 1:
         view = raw.view(part.dtype)[:, x0:x1]
@@ -80,6 +107,9 @@ def read_flags(src: ByteSource, part: FlagsPart, rows: range, x0: int, x1: int) 
     if len(rows) == 0:
         return np.empty((0, x1 - x0), dtype=np.uint32)
     if isinstance(part, PlainImage):
+        fast = _pread_rows(src, part, rows, x0, x1) if part.dtype[1] in "iu" else None
+        if fast is not None:
+            return fast
         raw = _row_bytes(src, part, rows, x0, x1)
         view = raw.view(part.dtype)[:, x0:x1] if rows.step == 1 else raw.view(part.dtype)
         return _as_flags(view, part.bzero)
