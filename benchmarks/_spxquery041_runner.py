@@ -80,6 +80,7 @@ def main() -> int:
     ap.add_argument("--detector", type=int, default=3)
     ap.add_argument("--output-dir", type=Path, help="receives drizzle_D{detector}.fits")
     ap.add_argument("--reject-outliers", action="store_true", help="this package only: outlier rejection on")
+    ap.add_argument("--covariance", action="store_true", help="this package only: covariance cross terms on")
     ap.add_argument("--combine", action="store_true",
                     help="this package only: one cube of all detectors (drizzle_all_detectors; the detector of "
                          "each file is read from its name) -> drizzle_all.fits")
@@ -146,6 +147,8 @@ def main() -> int:
         kwargs["progress"] = False
     if args.reject_outliers:
         kwargs["reject_outliers"] = True
+    if args.covariance:
+        kwargs["covariance"] = True
     code = 0
     try:
         if args.combine:

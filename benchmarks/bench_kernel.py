@@ -133,7 +133,9 @@ def kernel_call(cx, cy, pixels, kernel, threads, z_edges=EDGES, covariance=False
     cube = {name: np.zeros(shape, dtype) for name, dtype in ACCUMULATORS}
     if covariance:
         cube["cov_offsets"] = covariance_offsets(z_edges)
-        cube["cov_cross"] = np.zeros((*shape, len(cube["cov_offsets"])))
+        from spxquery.drizzle3d.covariance import cross_terms
+
+        cube["cov_cross"] = cross_terms(shape, len(cube["cov_offsets"]))  # as the pipeline allocates it
     params = _core.EngineParams(z_edges=z_edges, xy_shrink=PIXFRAC, z_shrink=PIXFRAC, ivar_max=1e10, min_overlap=0.0,
                                 kernel=kernel)
     return lambda: _core.accumulate_frame(cube=cube, params=params, corners_x=cx, corners_y=cy, **pixels,
@@ -256,10 +258,14 @@ def main() -> None:
             lines += ["", f"Geometry {tag}: square kernel speed-up from 1 to 2 threads: {sq[1] / sq[2]:.2f}x."]
         cov = {th: t for name, th, t in rows if "with covariance" in name}
         if cov:
+            from spxquery.drizzle3d.covariance import padded_terms
+
+            slots = padded_terms(len(covariance_offsets(edges)))
             lines += ["", f"Geometry {tag}: the covariance costs " + ", ".join(
                 f"{cov[th] / sq[th]:.2f}x the time on {th} thread(s)" for th in sorted(cov) if th in sq)
-                + f" (target <= 1.6x); memory: {len(covariance_offsets(edges))} float64 cubes of cross terms, "
-                  f"{len(covariance_offsets(edges)) * 8 / 36:.1f}x the 36 bytes per voxel of the accumulators."]
+                + f" (target <= 1.6x); memory: {len(covariance_offsets(edges))} float64 cross terms per voxel "
+                  f"in {slots} slots (each voxel's from a cache line's start), "
+                  f"{slots * 8 / 36:.1f}x the 36 bytes per voxel of the accumulators."]
         t_cube = next((t for name, _, t in rows if name.startswith("STScI cdrizzle, 17 planes")), None)
         if t_cube and 1 in sq:
             lines += ["", (f"Geometry {tag}, the same 17-plane cube: cdrizzle plane by plane {t_cube:.3f} s vs this "

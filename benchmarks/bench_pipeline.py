@@ -33,7 +33,9 @@ What it does, in one invocation:
    package; spxquery 0.4.1 drizzles its first ``--deep-old-frames`` (200), compared likewise.
    ``--stages`` adds one run per case with the stage clocks on and writes the per-stage table
    (ms per frame; the costs paid once per run, setup / after the loop / writing, in rows of their
-   own, so that they and the frame loop add up to the end-to-end time) under its own heading.
+   own, so that they and the frame loop add up to the end-to-end time) under its own heading;
+   ``--covariance`` adds a column per case with the covariance cross terms on (issue 22) and
+   prints each staged run's peak RSS.
 5. Science parity (casual): SCI of both cubes where both are finite: slope of old vs new
    (least squares through 0) over all common voxels; Pearson r and slope of the
    wavelength-collapsed images per pixel and in 8x8-pixel block means; medians. 0.4.1
@@ -554,9 +556,14 @@ def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float,
                           reject=True, **kw)
             rej.n_total = len(case_paths)
             reject_pairs[case] = (new_all, rej)
-        if cfg.stages:  # separate runs: the stage clocks cost time of their own
+        if cfg.stages or cfg.covariance:  # separate runs: the stage clocks cost time of their own
             staged.append(execute(cfg.new_python, "new", f"new-{tag}-stages", work, cfg, None, rss_kill, case_paths,
                                   size, stages=True, **kw))
+        if cfg.covariance:  # the same, with the covariance cross terms (issue 22): a column of its own
+            cov = execute(cfg.new_python, "new", f"new-{tag}-covariance", work, cfg, None, rss_kill, case_paths, size,
+                          stages=True, extra=["--detector", str(DETECTOR), "--covariance"], **kw)
+            cov.case = f"{case} with covariance"
+            staged.append(cov)
         if not oldpy or n_old <= 0:  # n_old 0: this package only (the longer runs of --frames)
             continue
         new_ref = new_all
@@ -655,6 +662,9 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
                          "on the same N for the ratio); 0 = all. Default 200")
     ap.add_argument("--reject", action="store_true",
                     help="also run every case of this package with outlier rejection and write its section of --doc")
+    ap.add_argument("--covariance", action="store_true",
+                    help="also run every case of this package with covariance=True, with stage clocks next to a "
+                         "staged run without (columns of the per-stage table; implies --stages)")
     ap.add_argument("--stages", action="store_true",
                     help="time each stage of the frame path in this package's runs and write the per-stage table "
                          "(ms per frame, wall and CPU) under its own heading of --doc")
@@ -728,6 +738,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                   for r in staged if r.status == "ok" and r.result.get("stages")]
     stage_report = _stages.stage_section(stage_runs, meta) if stage_runs else ""
     print(stage_report)
+    for r in staged:  # the memory of the staged runs (with --covariance: the cross terms' share)
+        print(f"{r.case}, {r.n_frames} frames: peak RSS {r.maxrss_mib:.0f} MiB, "
+              f"drizzle {r.result.get('drizzle_s', 0.0):.2f} s")
     reject_report = _rejection.section(
         [(case, plain.n_frames, plain.result, plain.maxrss_mib, rej.result, rej.maxrss_mib,
           accum_mib("new", expected_shape(plain.size))) for case, (plain, rej) in reject_pairs.items()], meta)

@@ -15,6 +15,8 @@ from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.covariance import (
     aperture_variance,
     correction_factor,
+    cross_terms,
+    padded_terms,
     plane_variances,
     spatial_offsets,
     spatial_reach,
@@ -275,13 +277,26 @@ def test_monte_carlo_aperture_sums_scatter_as_aperture_variance_says():
     print("\n".join(report))
 
 
+def test_each_voxels_cross_terms_start_on_a_cache_line():
+    for n in (1, 8, 31, 52):
+        a = cross_terms((3, 4, 5), n)
+        assert a.shape == (3, 4, 5, n) and a.dtype == np.float64 and not a.any()
+        slots = padded_terms(n)
+        assert slots % 8 == 0 and n <= slots < n + 8 and a.strides == (4 * 5 * slots * 8, 5 * slots * 8, slots * 8, 8)
+        assert a.ctypes.data % 64 == 0
+    cube = make_cube(6)
+    assert cube.cov_cross.ctypes.data % 64 == 0 and cube.cov_cross.strides[2] % 64 == 0
+
+
 def test_preflight_counts_the_cross_terms():
     from spxquery.drizzle3d.preflight import RunBudgetError, bytes_per_voxel, check_budget
 
     cfg = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=30.0, height=30.0, detector=3)
     plain, with_cov = bytes_per_voxel(cfg, 3), bytes_per_voxel(cfg.replace(covariance=True), 3)
     n = len(stencil(cfg, build_z_grid_native(3).edges, 3))
-    assert with_cov == (plain[0] + 8 * n, plain[1] + 8 * (n + 1))
+    slots = padded_terms(n)  # each voxel's terms from a cache line's start
+    assert n <= slots < n + 8 and slots % 8 == 0
+    assert with_cov == (plain[0] + 8 * slots, plain[1] + 8 * (n + 1))
     voxels = 17 * cfg.output_ny() * cfg.output_nx()
     memory = voxels * plain[0] + (600 << 20)  # enough without the cross terms, not with them
     check_budget(cfg, [3], memory=memory, disk=1 << 50)
@@ -290,7 +305,7 @@ def test_preflight_counts_the_cross_terms():
     # With outlier rejection too: the model's bytes and the cross terms add up, REJECTED is on disk.
     both = cfg.replace(covariance=True, reject_outliers=True)
     rejecting = bytes_per_voxel(cfg.replace(reject_outliers=True), 3)
-    assert bytes_per_voxel(both, 3) == (rejecting[0] + 8 * n, rejecting[1] + 8 * (n + 1))
+    assert bytes_per_voxel(both, 3) == (rejecting[0] + 8 * slots, rejecting[1] + 8 * (n + 1))
     assert rejecting[1] == plain[1] + 4
     roomy = voxels * bytes_per_voxel(both, 3)[0] + (600 << 20)
     check_budget(both, [3], memory=roomy, disk=1 << 50)

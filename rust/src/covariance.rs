@@ -31,12 +31,6 @@ pub struct Stencil {
     ext: [i64; 3],
     /// Index + 1 of each offset of the box `[-ext, ext]` (0: not in the stencil).
     lut: Vec<u32>,
-    /// Elements of `lut` from one plane offset to the next.
-    plane: i64,
-    /// The place in `lut` of `(0, dy, dx)` for `dy` in 0..=2 and `dx` in
-    /// -2..=2 at `[dy][dx + 2]` (u32::MAX: outside the box): the spatial
-    /// offsets of the cells of the scan's fast path.
-    near: [[u32; 5]; 3],
 }
 
 /// True for the offsets that point from a pair's anchor to its other voxel:
@@ -72,17 +66,7 @@ impl Stencil {
             }
             lut[at] = n as u32 + 1;
         }
-        let near = std::array::from_fn(|dy| {
-            std::array::from_fn(|b| {
-                let dx = b as i64 - 2;
-                if dy as i64 <= ext[1] && dx.abs() <= ext[2] {
-                    Self::slot(ext, [0, dy as i64, dx]) as u32
-                } else {
-                    u32::MAX
-                }
-            })
-        });
-        Ok(Stencil { offsets: offsets.to_vec(), ext, lut, plane: (side[1] * side[2]) as i64, near })
+        Ok(Stencil { offsets: offsets.to_vec(), ext, lut })
     }
 
     fn slot(ext: [i64; 3], o: [i64; 3]) -> usize {
@@ -132,13 +116,15 @@ impl<'a> CovMut<'a> {
                 continue;
             }
             let (mut b, b_rest) = rest.split_at(Axis(1), n);
-            let st = b.strides();
+            let st: [isize; 4] = b.strides().try_into().expect("four axes");
             out.push(CovBand {
                 r0: r0 + origin.0,
                 c0: origin.1,
                 rows: n,
-                strides: [st[0], st[1], st[2], st[3]],
+                strides: st,
                 ptr: b.as_mut_ptr(),
+                fast: FastTable::new(&stencil, st[3]),
+                near_lines: near_lines(near_span(&stencil, st[3]), b.as_ptr() as usize, st),
                 stencil: stencil.clone(),
                 scratch: Vec::new(),
                 _view: std::marker::PhantomData,
@@ -158,6 +144,12 @@ pub(crate) struct CovBand<'a> {
     strides: [isize; 4],
     ptr: *mut f64,
     stencil: std::sync::Arc<Stencil>,
+    /// The stencil's steps for [`Self::add_cells`].
+    fast: FastTable,
+    /// Element offsets, from an anchor's first cross term, of one element in
+    /// each cache line that its offsets `|dz|, |dy|, |dx| <= 1` (what most
+    /// pixels update) may span, and their number, for [`Self::prefetch`].
+    near_lines: ([isize; 8], usize),
     /// The voxels of a pixel for [`Self::add_pairs`] (kept: no allocation per pixel).
     scratch: Vec<Touch>,
     _view: std::marker::PhantomData<&'a mut f64>,
@@ -173,6 +165,54 @@ pub(crate) struct Touch {
     pub(crate) r: usize,
     pub(crate) c: usize,
     pub(crate) w: f64,
+}
+
+/// The largest `index * stride` of the offsets `|dz|, |dy|, |dx| <= 1` of the stencil.
+fn near_span(stencil: &Stencil, stride: isize) -> isize {
+    let near = stencil.offsets.iter().enumerate().filter(|(_, o)| o.iter().all(|v| v.abs() <= 1));
+    near.map(|(n, _)| n as isize * stride).max().unwrap_or(0)
+}
+
+/// [`CovBand::near_lines`] for the terms `0 ..= span` (elements) of anchors
+/// from address `addr` with strides `st`: one element per cache line from the
+/// first, and the last element too unless every anchor starts on a line.
+fn near_lines(span: isize, addr: usize, st: [isize; 4]) -> ([isize; 8], usize) {
+    let aligned = addr.is_multiple_of(64) && st[..3].iter().all(|s| (s * 8) % 64 == 0) && st[3] == 1;
+    let mut out = ([0isize; 8], 0);
+    let mut e = 0;
+    while e <= span && out.1 < 8 {
+        out.0[out.1] = e;
+        out.1 += 1;
+        e += 8;
+    }
+    if !aligned && out.1 < 8 {
+        out.0[out.1] = span;
+        out.1 += 1;
+    }
+    out
+}
+
+impl CovBand<'_> {
+    /// The strides `(plane, row, column)` of the cross terms (elements).
+    pub(crate) fn strides(&self) -> [isize; 3] {
+        [self.strides[0], self.strides[1], self.strides[2]]
+    }
+
+    /// Asks for the cache lines of the nearest offsets' terms ([`Self::near_lines`])
+    /// of the anchors at element `at` (a voxel of this band: plane, row and
+    /// column times [`Self::strides`], rows from the band's first) and of its
+    /// neighbours one column and one row on. Never faults, whatever `at`.
+    #[inline(always)]
+    pub(crate) fn prefetch(&self, at: isize) {
+        let [_, sr, sc] = self.strides();
+        let (lines, n) = &self.near_lines;
+        for cell in [at, at + sc, at + sr, at + sr + sc] {
+            let p = self.ptr.wrapping_offset(cell);
+            for &e in &lines[..*n] {
+                crate::prefetch::prefetch(p.wrapping_offset(e));
+            }
+        }
+    }
 }
 
 impl CovBand<'_> {
@@ -201,112 +241,167 @@ impl CovBand<'_> {
     }
 }
 
+/// One pixel on the scan's fast path, for [`CovBand::add_cells`]: the R x C
+/// output pixels from grid pixel `(r0, c0)` with fractions `f[a][b]` (0 where
+/// nothing lands), the spectral overlaps `zov` (`(plane, f_z)`, planes
+/// ascending), its weight per unit fraction `ivar` and `variance`, and
+/// `keep_from`, the least fraction that is deposited.
+#[derive(Clone, Copy)]
+pub(crate) struct PixelCells<'p, const R: usize, const C: usize> {
+    pub(crate) r0: usize,
+    pub(crate) c0: usize,
+    pub(crate) f: &'p [[f64; C]; R],
+    pub(crate) zov: &'p [(usize, f64)],
+    pub(crate) ivar: f64,
+    pub(crate) variance: f64,
+    pub(crate) keep_from: f64,
+}
+
 /// Most planes one pixel's top-hat overlaps on the fast path of
 /// [`CovBand::add_cells`] (more take [`CovBand::add_pairs`]).
-const FAST_PLANES: usize = 8;
+const FAST_PLANES: usize = 3;
+/// The plane offsets `dz` of the fast path's table, `-(FAST_PLANES - 1) ..= FAST_PLANES - 1`.
+const FAST_DZ: usize = 2 * FAST_PLANES - 1;
+
+/// The fast path's view of a stencil for one band's strides: the element
+/// step (`index * stride`) of each offset `(dz, dy, dx)` with `dy` in 0..=2,
+/// `dx` in -2..=2 and `|dz| < FAST_PLANES` (0 where not in the stencil), and
+/// per droplet box of `R x C` cells (`R`, `C` in 1..=3) the most planes whose
+/// every pair of voxels has its offset in the stencil.
+#[derive(Clone, Debug)]
+struct FastTable {
+    step: [[[isize; FAST_DZ]; 5]; 3],
+    planes: [[usize; 3]; 3],
+}
+
+impl FastTable {
+    fn new(stencil: &Stencil, stride: isize) -> FastTable {
+        let step = std::array::from_fn(|dy| {
+            std::array::from_fn(|b| {
+                std::array::from_fn(|z| {
+                    let o = [z as i64 - (FAST_PLANES as i64 - 1), dy as i64, b as i64 - 2];
+                    stencil.index(o).map_or(0, |n| n as isize * stride)
+                })
+            })
+        });
+        // A box of R x C cells and `nz` planes couples the positive offsets with
+        // `dy < R`, `|dx| < C`, `|dz| < nz`: all must be in the stencil.
+        let complete = |r: i64, c: i64, nz: i64| {
+            (0..r).all(|dy| (1 - c..c).all(|dx| (1 - nz..nz).all(|dz| !positive([dz, dy, dx]) || stencil.index([dz, dy, dx]).is_some())))
+        };
+        let planes = std::array::from_fn(|a| {
+            std::array::from_fn(|b| (1..=FAST_PLANES).take_while(|&nz| complete(a as i64 + 1, b as i64 + 1, nz as i64)).last().unwrap_or(0))
+        });
+        FastTable { step, planes }
+    }
+}
 
 impl CovBand<'_> {
     /// [`Self::add_pairs`] for a pixel whose voxels all lie in this band (the
-    /// scan's fast path): the R x C output pixels from grid pixel `(r0, c0)`
-    /// with fractions `f[a][b]` (0 where nothing lands), the spectral overlaps
-    /// `zov` (`(plane, f_z)`, planes ascending) and the voxel weights
+    /// scan's fast path, [`PixelCells`]) with the voxel weights
     /// `ivar * (f[a][b] * f_z)` where that fraction is at least `keep_from`, as
-    /// the deposits. The same pairs, anchors and products as [`Self::add_pairs`]
-    /// on those voxels in (row, column, plane) order, so the same bits (each
-    /// pair's anchor is its first voxel in that order), without its searches:
-    /// the spatial part of each pair's offset is known from the two cells.
+    /// the deposits. The same sums as [`Self::add_pairs`] on those voxels, bit
+    /// for bit: the same anchors and products `(w_k * w_l) * variance`, each
+    /// element of the accumulator getting at most one term per pixel.
+    ///
+    /// Where the box of cells and planes lies inside the stencil (nearly
+    /// always), [`Self::add_box`] visits the pairs of the cells that receive
+    /// anything without searches or error checks; else [`Self::add_pairs`] (which
+    /// errors on a pair beyond the stencil).
     ///
     /// SAFETY: the R x C output pixels lie in this band's rows and the grid's
     /// columns; every plane of `zov` is a plane of the cube.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn add_cells<const R: usize, const C: usize>(
-        &mut self,
-        r0: usize,
-        c0: usize,
-        f: &[[f64; C]; R],
-        zov: &[(usize, f64)],
-        ivar: f64,
-        variance: f64,
-        keep_from: f64,
-    ) -> Result<(), [i64; 3]> {
+    pub(crate) unsafe fn add_cells<const R: usize, const C: usize>(&mut self, px: PixelCells<'_, R, C>) -> Result<(), [i64; 3]> {
+        let (zov, ivar) = (px.zov, px.ivar);
         let nz = zov.len();
-        if nz > FAST_PLANES || R > 3 || C > 3 {
-            return self.add_cells_listed(r0, c0, f, zov, ivar, variance, keep_from);
+        // Planes consecutive (a top-hat's overlaps are), the box inside the stencil and the
+        // weights finite (so a zero weight's products are zero: see `add_box`).
+        let fast = nz > 0
+            && R <= 3
+            && C <= 3
+            && nz <= self.fast.planes[R - 1][C - 1]
+            && zov[nz - 1].0.wrapping_sub(zov[0].0) == nz - 1
+            && ivar < f64::INFINITY;
+        if !fast {
+            return self.add_cells_listed(px);
         }
-        // Each voxel's weight, and whether it is one (its fraction at least `keep_from`).
-        let mut w = [[[0.0f64; FAST_PLANES]; C]; R];
-        let mut on = [[[false; FAST_PLANES]; C]; R];
-        for a in 0..R {
-            for b in 0..C {
-                for (z, &(_, f_z)) in zov.iter().enumerate() {
-                    let fc = f[a][b] * f_z;
-                    on[a][b][z] = fc >= keep_from;
-                    w[a][b][z] = ivar * fc;
-                }
-            }
-        }
-        let st = self.strides;
-        let (ptr, lut) = (self.ptr, self.stencil.lut.as_slice());
-        let (ez, plane) = (self.stencil.ext[0], self.stencil.plane);
-        let near = self.stencil.near;
-        let base = (r0 - self.r0) as isize * st[1] + (c0 - self.c0) as isize * st[2];
-        // Adds `term` at offset `(dz, dy, dx)` of the anchor at `at`; `xy`: the
-        // lookup's place of `(dy, dx)` (u32::MAX: not in the stencil).
-        let add = |at: isize, xy: u32, dz: i64, dy: usize, dx: isize, term: f64| -> Result<(), [i64; 3]> {
-            let n = if xy != u32::MAX && dz.abs() <= ez { lut[(xy as i64 + dz * plane) as usize] } else { 0 };
-            if n == 0 {
-                return Err([dz, dy as i64, dx as i64]);
-            }
-            // SAFETY: offset `n - 1` exists; the anchor is a voxel of this band (the caller's contract).
-            unsafe { *ptr.offset(at + (n - 1) as isize * st[3]) += term };
-            Ok(())
-        };
-        for a1 in 0..R {
-            for b1 in 0..C {
-                let cell1 = base + a1 as isize * st[1] + b1 as isize * st[2];
-                for z1 in 0..nz {
-                    if !on[a1][b1][z1] {
-                        continue;
-                    }
-                    let (w1, k1) = (w[a1][b1][z1], zov[z1].0 as i64);
-                    let at = cell1 + k1 as isize * st[0];
-                    // The same cell in the later planes, then the later cells in every plane.
-                    for z2 in z1 + 1..nz {
-                        if on[a1][b1][z2] {
-                            add(at, near[0][2], zov[z2].0 as i64 - k1, 0, 0, w1 * w[a1][b1][z2] * variance)?;
-                        }
-                    }
-                    for a2 in a1..R {
-                        for b2 in if a2 == a1 { b1 + 1 } else { 0 }..C {
-                            let (dy, dx) = (a2 - a1, b2 as isize - b1 as isize);
-                            let xy = near[dy][(dx + 2) as usize];
-                            for z2 in 0..nz {
-                                if on[a2][b2][z2] {
-                                    add(at, xy, zov[z2].0 as i64 - k1, dy, dx, w1 * w[a2][b2][z2] * variance)?;
-                                }
-                            }
-                        }
-                    }
-                }
+        // SAFETY: forwarded (the caller's contract), and `fast` above.
+        unsafe {
+            match nz {
+                1 => self.add_box::<R, C, 1>(px),
+                2 => self.add_box::<R, C, 2>(px),
+                _ => self.add_box::<R, C, 3>(px),
             }
         }
         Ok(())
     }
 
+    /// [`Self::add_cells`] for `NZ` consecutive planes whose box of pairs lies in
+    /// the stencil. The cells that receive something are listed first (with
+    /// their `NZ` weights, 0 for a plane whose fraction fails `keep_from`), then
+    /// each pair of them adds its `NZ x NZ` terms (a cell with itself: the
+    /// planes after each). A zero weight adds `+0.0`, which leaves every element
+    /// as it was (the elements are sums of non-negative terms, never `-0.0`;
+    /// the weights are finite, so no product is NaN): the bits of
+    /// [`Self::add_pairs`], without its branches.
+    ///
+    /// SAFETY: as [`Self::add_cells`]; `zov` has `NZ` consecutive planes and
+    /// `NZ <= self.fast.planes[R - 1][C - 1]`.
+    #[inline(always)]
+    unsafe fn add_box<const R: usize, const C: usize, const NZ: usize>(&mut self, px: PixelCells<'_, R, C>) {
+        let PixelCells { r0, c0, f, zov, ivar, variance, keep_from } = px;
+        debug_assert!(zov.len() == NZ && R * C <= 9);
+        let st = self.strides;
+        // The cells with a weight: their place in the box and weights per plane.
+        let mut w = [[0.0f64; NZ]; 9];
+        let mut at_cell = [(0usize, 0usize); 9];
+        let mut n = 0;
+        for (a, fr) in f.iter().enumerate() {
+            for (b, &f_xy) in fr.iter().enumerate() {
+                let mut any = false;
+                for z in 0..NZ {
+                    let fc = f_xy * zov[z].1;
+                    let on = fc >= keep_from;
+                    w[n][z] = if on { ivar * fc } else { 0.0 };
+                    any |= on;
+                }
+                at_cell[n] = (a, b);
+                n += any as usize;
+            }
+        }
+        let step = &self.fast.step;
+        let at0 = (r0 - self.r0) as isize * st[1] + (c0 - self.c0) as isize * st[2] + zov[0].0 as isize * st[0];
+        let ptr = self.ptr;
+        // SAFETY: the anchor is a voxel of this band's box (the caller's contract) and
+        // the offset's step is that of an offset of the stencil (`fast.planes`).
+        let add = |at: isize, term: f64| unsafe { *ptr.offset(at) += term };
+        for i in 0..n {
+            let (a1, b1) = at_cell[i];
+            let at = at0 + a1 as isize * st[1] + b1 as isize * st[2];
+            let same = &step[0][2];
+            for z1 in 0..NZ {
+                for z2 in z1 + 1..NZ {
+                    add(at + z1 as isize * st[0] + same[z2 - z1 + FAST_PLANES - 1], w[i][z1] * w[i][z2] * variance);
+                }
+            }
+            for j in i + 1..n {
+                let (a2, b2) = at_cell[j];
+                let s = &step[a2 - a1][b2 + 2 - b1];
+                for z1 in 0..NZ {
+                    let (w1, at1) = (w[i][z1], at + z1 as isize * st[0]);
+                    for z2 in 0..NZ {
+                        add(at1 + s[z2 + FAST_PLANES - 1 - z1], w1 * w[j][z2] * variance);
+                    }
+                }
+            }
+        }
+    }
+
     /// [`Self::add_cells`] through the list of voxels and [`Self::add_pairs`].
     #[cold]
-    #[allow(clippy::too_many_arguments)]
-    fn add_cells_listed<const R: usize, const C: usize>(
-        &mut self,
-        r0: usize,
-        c0: usize,
-        f: &[[f64; C]; R],
-        zov: &[(usize, f64)],
-        ivar: f64,
-        variance: f64,
-        keep_from: f64,
-    ) -> Result<(), [i64; 3]> {
+    fn add_cells_listed<const R: usize, const C: usize>(&mut self, px: PixelCells<'_, R, C>) -> Result<(), [i64; 3]> {
+        let PixelCells { r0, c0, f, zov, ivar, variance, keep_from } = px;
         let mut touched = std::mem::take(&mut self.scratch);
         touched.clear();
         for (a, fr) in f.iter().enumerate() {
@@ -340,5 +435,79 @@ mod tests {
         assert_eq!(s.index([-1, 1, -1]), Some(2));
         assert_eq!(s.index([0, 1, 0]), None);
         assert_eq!(s.index([0, 0, 2]), None);
+    }
+
+    /// The positive offsets within `|dz| <= z`, `|dy|, |dx| <= s`, nearest first, without `skip`.
+    fn stencil(z: i64, s: i64, skip: &[[i64; 3]]) -> Stencil {
+        let mut o: Vec<[i64; 3]> = (-z..=z)
+            .flat_map(|dz| (-s..=s).flat_map(move |dy| (-s..=s).map(move |dx| [dz, dy, dx])))
+            .filter(|&o| positive(o) && !skip.contains(&o))
+            .collect();
+        o.sort_by_key(|o| o.iter().map(|v| v.abs()).max());
+        Stencil::new(&o).unwrap()
+    }
+
+    /// Pixels of R x C cells into `fast` ([`CovBand::add_cells`]) and `slow`
+    /// (its list of voxels and [`CovBand::add_pairs`]): the same result, bit for bit.
+    fn same_as_pairs<const R: usize, const C: usize>(stencil: &Stencil, seed: u64) -> usize {
+        let (nz, ny, nx) = (7, 9, 8);
+        let shape = (nz, ny, nx, stencil.offsets.len());
+        let (mut fast, mut slow) = (ndarray::Array4::<f64>::zeros(shape), ndarray::Array4::<f64>::zeros(shape));
+        fn band<'a>(a: &'a mut ndarray::Array4<f64>, stencil: &Stencil) -> CovBand<'a> {
+            let starts = [0, 4, a.dim().1];
+            CovMut { cross: a.view_mut(), stencil: stencil.clone() }.into_bands_at(&starts, (0, 0)).remove(1)
+        }
+        let (mut bf, mut bs) = (band(&mut fast, stencil), band(&mut slow, stencil));
+        let mut state = seed;
+        let mut rand = move || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut errors = 0;
+        for _ in 0..3000 {
+            let (r0, c0) = (4 + (rand() * (ny - 4 - R + 1) as f64) as usize, (rand() * (nx - C + 1) as f64) as usize);
+            let f: [[f64; C]; R] = std::array::from_fn(|_| std::array::from_fn(|_| if rand() < 0.3 { 0.0 } else { rand() }));
+            let n_planes = 1 + (rand() * 4.0) as usize;
+            let k0 = (rand() * (nz - n_planes + 1) as f64) as usize;
+            let gap = usize::from(n_planes > 1 && n_planes < 4 && rand() < 0.1);
+            let zov: Vec<(usize, f64)> = (0..n_planes).map(|z| (k0 + z + gap * usize::from(z > 0), rand())).filter(|v| v.0 < nz).collect();
+            let (ivar, variance, keep_from) = (1.0 / (0.1 + rand()), 0.1 + rand(), if rand() < 0.5 { 1e-12 } else { 0.05 });
+            // SAFETY: the cells lie in band 1's rows (4 .. ny) and the grid; the planes in the cube.
+            let px = PixelCells { r0, c0, f: &f, zov: &zov, ivar, variance, keep_from };
+            let a = unsafe { bf.add_cells(px) };
+            let b = bs.add_cells_listed(px);
+            assert_eq!(a.is_err(), b.is_err(), "{a:?} {b:?}");
+            errors += usize::from(a.is_err());
+        }
+        drop((bf, bs));
+        assert!(fast.iter().filter(|v| **v > 0.0).count() > 100);
+        assert!(fast.iter().zip(slow.iter()).all(|(a, b)| a.to_bits() == b.to_bits()));
+        errors
+    }
+
+    #[test]
+    fn prefetch_asks_for_each_line_of_the_nearest_terms() {
+        // 13 terms (elements 0 ..= 12) from a line's start span two lines; from anywhere, up to three.
+        assert_eq!(near_lines(12, 128, [17 * 56 * 9, 56 * 9, 56, 1]), ([0, 8, 0, 0, 0, 0, 0, 0], 2));
+        assert_eq!(near_lines(12, 128 + 32, [17 * 52 * 9, 52 * 9, 52, 1]), ([0, 8, 12, 0, 0, 0, 0, 0], 3));
+        assert_eq!(near_lines(12, 128, [17 * 52 * 9, 52 * 9, 52, 1]).1, 3);
+        assert_eq!(near_lines(0, 64, [8, 8, 8, 1]), ([0; 8], 1));
+        assert_eq!(near_span(&stencil(2, 2, &[]), 1), 12);
+    }
+
+    #[test]
+    fn add_cells_is_add_pairs_bit_for_bit() {
+        // Four planes, or three with a gap, reach beyond `|dz| <= 2`: errors on both paths.
+        let full = stencil(2, 2, &[]);
+        assert!(same_as_pairs::<2, 2>(&full, 1) < 1000);
+        assert!(same_as_pairs::<2, 3>(&full, 2) < 1000);
+        assert!(same_as_pairs::<3, 2>(&full, 3) < 1000);
+        assert!(same_as_pairs::<1, 1>(&full, 4) < 1000);
+        // Narrower stencils: boxes beyond them take the checked path, which errors on real pairs only.
+        let flat = stencil(1, 2, &[]);
+        assert!(same_as_pairs::<2, 2>(&flat, 5) > 0);
+        let holed = stencil(2, 2, &[[0, 1, -1], [1, 2, 0]]);
+        assert!(same_as_pairs::<2, 3>(&holed, 6) > 0);
+        assert!(same_as_pairs::<3, 2>(&holed, 7) > 0);
     }
 }

@@ -32,7 +32,7 @@ use std::sync::Mutex;
 
 use ndarray::{ArrayViewMut3, Axis};
 
-use crate::covariance::{CovBand, CovMut, Touch};
+use crate::covariance::{CovBand, CovMut, PixelCells, Touch};
 use crate::culling::{live_blocks, LiveBlock, Window, BLOCK};
 use crate::droplet::{make_droplet, reach, Droplet};
 use crate::frame::{pixel_value, FrameRow, FrameView, PixelValue, RawRow};
@@ -419,6 +419,14 @@ impl<'a, 'p> BandTask<'a, 'p> {
             // the clamping maps NaN to the band's first row and column 0).
             let (st_r, st_c) = (self.band.strides[1] as f64, self.band.strides[2] as f64);
             let pf_off: Lane = std::array::from_fn(|l| (pf_r[l] - lo) * st_r + (pf_c[l] - x_lo) * st_c);
+            // The same for the covariance cross terms (their own strides).
+            let pf_cov: Lane = match self.band.cov.as_ref().filter(|_| COV) {
+                Some(cov) => {
+                    let [_, sr, sc] = cov.strides().map(|s| s as f64);
+                    std::array::from_fn(|l| (pf_r[l] - lo) * sr + (pf_c[l] - x_lo) * sc)
+                }
+                None => [0.0; LANES],
+            };
             let f3 = if fp.any_medium() { footprints_medium(&fp) } else { [[[0.0; LANES]; 3]; 3] };
             for l in 0..LANES {
                 if !reach[l] {
@@ -432,7 +440,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 // (measured on the extension: ~1.5% faster than every lane; the
                 // first lane only was slower).
                 // SAFETY: `pf_off` is finite and a whole number (see above).
-                let pf = (prefetching && l % 2 == 0).then(|| unsafe { pf_off[l].to_int_unchecked::<isize>() });
+                let pf =
+                    (prefetching && l % 2 == 0).then(|| unsafe { (pf_off[l].to_int_unchecked::<isize>(), pf_cov[l].to_int_unchecked::<isize>()) });
                 // SAFETY (the casts): `inside` makes `r0`, `c0` finite whole numbers in 0 .. 2^32.
                 let cells = || unsafe { (r0.to_int_unchecked::<isize>() as usize, c0.to_int_unchecked::<isize>() as usize) };
                 let landed = match fp.shape(l) {
@@ -502,7 +511,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
         r0: usize,
         c0: usize,
         f: &[[f64; C]; R],
-        prefetch_at: Option<isize>,
+        prefetch_at: Option<(isize, isize)>,
     ) -> bool {
         let Some((pix, n_z)) = (unsafe { self.value_and_overlaps::<UNIT>(row, i) }) else { return false };
         // SAFETY: the first `n_z` entries were just written.
@@ -524,7 +533,12 @@ impl<'a, 'p> BandTask<'a, 'p> {
         for &(k, f_z) in zov {
             // `k < nz`: the per-plane buffers (length `nz`) are indexed unchecked.
             debug_assert!(k < nz && pf_last.len() == nz && planes.len() == nz);
-            if let Some(at) = prefetch_at.filter(|&at| {
+            if COV {
+                if let (Some((_, at)), Some(cov)) = (prefetch_at, band.cov.as_ref()) {
+                    cov.prefetch(at + k as isize * cov.strides()[0]);
+                }
+            }
+            if let Some(at) = prefetch_at.map(|p| p.0).filter(|&at| {
                 // Once per cache line of the float arrays and plane (a line holds
                 // eight neighbouring cells, which the next pixels target too).
                 let line = (at + k as isize * st[0]) >> 3;
@@ -559,7 +573,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
             if let Some(cov) = band.cov.as_mut() {
                 // SAFETY: the R x C output pixels lie in this band and on the grid (the
                 // caller's contract), the planes of `zov` in the cube (above).
-                if let Err(o) = unsafe { cov.add_cells(r0, c0, &f, zov, ivar, variance, keep_from) } {
+                let px = PixelCells { r0, c0, f: &f, zov, ivar, variance, keep_from };
+                if let Err(o) = unsafe { cov.add_cells(px) } {
                     self.cov_overflow.get_or_insert(o);
                 }
             }

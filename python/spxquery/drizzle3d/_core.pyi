@@ -24,7 +24,8 @@ BoolArray: TypeAlias = npt.NDArray[np.bool_]
 class CubeArrays(TypedDict):
     """A cube's accumulators, each ``(n_z, ny, nx)``, C-contiguous, written in place
     (``DrizzleCube.accumulators()``). Optional: the covariance cross terms ``cov_cross``
-    (float64 ``(n_z, ny, nx, n_offsets)``) of the offsets ``cov_offsets`` (int64 ``(n_offsets,
+    (float64 ``(n_z, ny, nx, n_offsets)``, any strides: ``covariance.cross_terms`` pads each voxel's
+    terms to whole cache lines) of the offsets ``cov_offsets`` (int64 ``(n_offsets,
     3)``, each ``(dz, dy, dx)`` positive: ``dy > 0``, or ``dy = 0`` and ``dx > 0``, or ``dy = dx
     = 0`` and ``dz > 0``); only ``accumulate_frame`` fills them (``accumulate_contributions``
     refuses such a cube), and a pixel coupling voxels beyond the offsets is a ``ValueError``."""

@@ -25,7 +25,7 @@ from astropy.wcs import WCS
 
 from . import _core
 from .config import Drizzle3DConfig
-from .covariance import stencil
+from .covariance import cross_terms, padded_terms, stencil
 from .flags import as_uint32
 from .spectral import ZGrid
 
@@ -75,7 +75,8 @@ class DrizzleCube:
     (outlier rejection, :mod:`.outliers`); None when rejection is off."""
     cov_cross: np.ndarray | None = None
     """With ``config.covariance``: the covariance cross terms ``sum w_k w_l sigma^2``, float64
-    ``(n_z, n_y, n_x, n_offsets)`` (offsets innermost: one anchor's terms are neighbours in memory),
+    ``(n_z, n_y, n_x, n_offsets)`` (offsets innermost: one anchor's terms are neighbours in memory,
+    from a cache line's start: a view of ``covariance.padded_terms`` slots per voxel),
     of the voxel pairs ``(k, k + cov_offsets[n])``
     (:mod:`.covariance`); None otherwise."""
     cov_offsets: np.ndarray | None = None
@@ -161,7 +162,7 @@ class DrizzleCube:
         size = (config.output_ny(), config.output_nx()) if shape is None else (int(shape[0]), int(shape[1]))
         shape3 = (zgrid.n_z, *size)
         offsets = stencil(config, zgrid.edges, detector) if config.covariance else None
-        nbytes = int(np.prod(shape3)) * (3 * 8 + 3 * 4 + (0 if offsets is None else 8 * len(offsets)))
+        nbytes = int(np.prod(shape3)) * (3 * 8 + 3 * 4 + (0 if offsets is None else 8 * padded_terms(len(offsets))))
         logger.info("%s: allocating cube %s (%.1f MB of accumulators)", f"D{detector}" if detector else "all",
                     "x".join(map(str, shape3)), nbytes / 1e6)
         if plane_detector is not None and np.shape(plane_detector) != (zgrid.n_z,):
@@ -179,7 +180,7 @@ class DrizzleCube:
             config=config,
             detector=detector,
             origin=(int(origin[0]), int(origin[1])),
-            cov_cross=None if offsets is None else np.zeros((*shape3, len(offsets)), dtype=np.float64),
+            cov_cross=None if offsets is None else cross_terms(shape3, len(offsets)),
             cov_offsets=offsets,
             plane_detector=None if plane_detector is None else np.asarray(plane_detector, dtype=np.int64),
         )

@@ -128,9 +128,32 @@ def stencil(config, edges: np.ndarray, detector: int | None = None) -> np.ndarra
     return np.array(out, dtype=np.int64).reshape(-1, 3)
 
 
+#: Bytes of a cache line: each voxel's cross terms start on one (:func:`cross_terms`).
+CACHE_LINE = 64
+
+
+def padded_terms(n_offsets: int) -> int:
+    """Float64 slots per voxel of :func:`cross_terms`: ``n_offsets`` rounded up to whole cache lines."""
+    per_line = CACHE_LINE // 8
+    return -(-int(n_offsets) // per_line) * per_line
+
+
+def cross_terms(shape3: Tuple[int, int, int], n_offsets: int) -> np.ndarray:
+    """Zeroed cross-term accumulator ``(n_z, ny, nx, n_offsets)`` float64 whose voxels' terms each
+    start on a cache line (:data:`CACHE_LINE`): a view of :func:`padded_terms` slots per voxel.
+    The nearest offsets, which most input pixels update (:func:`stencil` lists them first), then
+    share the fewest cache lines (13 terms: two lines instead of 2.5 on average for 52 offsets)."""
+    pad = padded_terms(n_offsets)
+    size = int(np.prod(shape3)) * pad
+    flat = np.zeros(size + CACHE_LINE // 8, dtype=np.float64)
+    start = (-flat.ctypes.data % CACHE_LINE) // 8
+    return flat[start:start + size].reshape(*shape3, pad)[..., :n_offsets]
+
+
 def bytes_per_voxel(config, edges: np.ndarray, detector: int | None = None) -> int:
-    """Accumulator memory of the covariance per voxel (0 when ``config.covariance`` is off)."""
-    return 8 * len(stencil(config, edges, detector)) if getattr(config, "covariance", False) else 0
+    """Accumulator memory of the covariance per voxel (0 when ``config.covariance`` is off):
+    :func:`padded_terms` float64 per voxel."""
+    return 8 * padded_terms(len(stencil(config, edges, detector))) if getattr(config, "covariance", False) else 0
 
 
 # ── normalisation ────────────────────────────────────────────────────────────

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
-from .covariance import stencil
+from .covariance import padded_terms, stencil
 from .filekind import not_a_regular_file
 from .outliermodel import MODEL_BYTES_PER_VOXEL
 from .spectral import build_z_grid, build_z_grid_all
@@ -155,7 +155,7 @@ def bytes_per_voxel(config: Drizzle3DConfig, detector: int) -> Tuple[int, int]:
     if config.covariance:
         zgrid = build_z_grid(int(detector), config.z_oversample, config.z_lambda_edges)
         n = len(stencil(config, zgrid.edges, int(detector)))
-        memory, file = memory + 8 * n, file + 8 * (n + 1)
+        memory, file = memory + 8 * padded_terms(n), file + 8 * (n + 1)
     return memory, file
 
 
