@@ -3,13 +3,14 @@ over the input pixels, the file round trip, determinism, and the fallback."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
 import pytest
 from astropy.wcs import WCS
 
-from spxquery.drizzle3d import _core
+from spxquery.drizzle3d import _core, covariance
 from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.covariance import (
@@ -24,6 +25,7 @@ from spxquery.drizzle3d.covariance import (
     stencil,
 )
 from spxquery.drizzle3d.cubefile import load_cube, save_cube
+from spxquery.drizzle3d.fitsbytes import image_data
 from spxquery.drizzle3d.spectral import ZGrid, build_z_grid_native
 
 EDGES = np.array([1.50, 1.52, 1.54, 1.56, 1.58, 1.60])
@@ -148,6 +150,77 @@ def test_the_file_holds_the_covariance_and_gives_the_same_variances(tmp_path):
     for source in (path, str(path), loaded):
         assert aperture_variance(source, mask) == pytest.approx(want, rel=1e-13)
     np.testing.assert_array_equal(loaded["covariance"][0], cube.variance)
+
+
+def _plane_by_plane_image(f, cube):
+    """The reference: the COVARIANCE writer before the band pass (issue 22), each plane of
+    ``file_planes`` converted by numpy and written in order."""
+    nbytes = 0
+    for plane in covariance.file_planes(cube):
+        data = image_data(plane)
+        f.write(data.data)
+        nbytes += data.nbytes
+    return nbytes
+
+
+def _undated(data: bytes) -> bytes:
+    """A cube file's bytes without the value of its creation time (the PRIMARY card DATE)."""
+    out, n = re.subn(rb"DATE    = '[0-9T:-]{19}'", b"DATE    = ''", data)
+    assert n == 1
+    return out
+
+
+@pytest.mark.parametrize("kernel, shrink, oversample, edges", [
+    ("square", 0.8, 1.0, EDGES),
+    ("bilinear", 1.0, 1.0, EDGES),
+    ("square", 1.0, 2.0, EDGES),
+    ("square", 0.8, 1.0, np.linspace(1.50, 1.60, 12)),  # narrow bins: offsets reach 3+ planes
+])
+def test_band_writer_gives_the_bytes_of_the_plane_by_plane_writer(tmp_path, monkeypatch, kernel, shrink,
+                                                                   oversample, edges):
+    cube = drizzled(15, oversample, shrink, kernel, frames(int(9 / oversample) + 2, oversample, seed=11),
+                    edges=edges)
+    nz, ny, nx = cube.weight_total.shape
+    # Edges of the case: empty voxels, and offsets whose partner plane lies beyond the cube.
+    assert (cube.weight_total == 0).any() and (cube.weight_total > 0).any()
+    assert max(int(o[0]) for o in cube.cov_offsets) >= 1 and any(int(o[2]) < 0 for o in cube.cov_offsets)
+    monkeypatch.setattr(covariance, "write_image", _plane_by_plane_image)
+    want = _undated(save_cube(cube, tmp_path / "old.fits").read_bytes())
+    monkeypatch.undo()
+    sizes = []
+    band = _core.fits_covariance_band
+
+    def recorded(**kw):
+        sizes.append(kw["out"].nbytes)
+        band(**kw)
+
+    monkeypatch.setattr(_core, "fits_covariance_band", recorded)
+    n_off = len(cube.cov_offsets) + 1
+    # The whole plane in one band; one row per band; bands of 4 rows (the last one shorter).
+    for limit in (covariance.WRITE_BUFFER_BYTES, 1, 4 * n_off * nx * 8):
+        sizes.clear()
+        monkeypatch.setattr(covariance, "WRITE_BUFFER_BYTES", limit)
+        got = _undated(save_cube(cube, tmp_path / "new.fits", overwrite=True).read_bytes())
+        assert got == want
+        assert max(sizes) <= max(limit, n_off * nx * 8)  # memory: one buffer of a band
+    assert len(sizes) == nz * -(-ny // 4)
+
+
+def test_covariance_band_rejects_wrong_shapes_naming_them():
+    cube = drizzled(8, 1.0, 0.8, "square", frames(6, 1.0, n_frames=1, seed=2))
+    nz, ny, nx = cube.weight_total.shape
+    n_off = len(cube.cov_offsets) + 1
+    args = dict(cross=cube.cov_cross[0], var=cube.var_accum[0].ravel(), weight=cube.weight_total,
+                offsets=cube.cov_offsets, k=0, y0=0, out=np.empty(n_off * ny * nx, np.uint64))
+    _core.fits_covariance_band(**args)
+    with pytest.raises(ValueError, match="var"):
+        _core.fits_covariance_band(**{**args, "var": cube.var_accum[0, 1:].ravel()})
+    with pytest.raises(ValueError, match="outside the cube"):
+        _core.fits_covariance_band(**{**args, "k": nz})
+    with pytest.raises(ValueError, match="offsets"):
+        _core.fits_covariance_band(**{**args, "offsets": cube.cov_offsets[:, :2].copy()})
+    with pytest.raises(ValueError, match="weight"):
+        _core.fits_covariance_band(**{**args, "weight": cube.weight_total[:, :, ::-1]})
 
 
 def test_bitwise_identical_for_any_thread_count_and_science_unchanged():

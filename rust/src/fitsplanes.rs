@@ -3,6 +3,11 @@
 //! rounded to float32 and written big-endian, in one pass. numpy's bits: the
 //! same float64 division, the same rounding (`as f32` is the C cast numpy's
 //! `astype(np.float32)` uses), its NaN (`0x7fc00000`).
+//!
+//! [`covariance_band`]: the float64 COVARIANCE image (`covariance.py`) of one
+//! plane and a band of rows, all offsets from one read of each voxel's terms.
+
+use ndarray::{ArrayView3, Axis};
 
 /// Writes plane values into `out` (each `u32` holds the big-endian bytes of one
 /// float32, so `out`'s memory is the FITS data). `squared`: divide by `w * w`.
@@ -38,6 +43,76 @@ fn ratio(num: &[f64], weight: &[f64], squared: bool, out: &mut [u32]) {
     }
 }
 
+/// One plane `k` and rows `y0 .. y0 + rows` of a cube with covariance, as the
+/// COVARIANCE image needs them: `cross` the band's cross terms
+/// `(rows, nx, offsets.len())` (any strides: the padded accumulator), `var`
+/// its `var_accum` (`rows * nx`), `weight` the whole `weight_total` of `shape`
+/// `(nz, ny, nx)` in C order, `offsets` the stencil's `(dz, dy, dx)`.
+pub struct CovBand<'a> {
+    pub cross: ArrayView3<'a, f64>,
+    pub var: &'a [f64],
+    pub weight: &'a [f64],
+    pub shape: (usize, usize, usize),
+    pub k: usize,
+    pub y0: usize,
+    pub offsets: &'a [[i64; 3]],
+}
+
+/// Fills `out` (`(1 + offsets) * rows * nx`, each `u64` the big-endian bytes of
+/// one float64) with the band's COVARIANCE blocks, offset-major: block 0 is
+/// `var / (w * w)` where `w > 0`, NaN elsewhere; block `1 + j` is
+/// `cross[.., j] / (W_k * W_{k+o})` where that product is `> 0` and the partner
+/// lies in the cube, `0.0` elsewhere (numpy's bits, `covariance.file_planes`).
+/// Rows are the outer loop, so each row's terms come from memory once.
+pub fn covariance_band(b: &CovBand<'_>, out: &mut [u64]) -> Result<(), String> {
+    let (nz, ny, nx) = b.shape;
+    let (rows, cx, nc) = b.cross.dim();
+    let block = rows * nx;
+    if b.weight.len() != nz * ny * nx {
+        return Err(format!("covariance band: weight has {} values, shape {:?} needs {}", b.weight.len(), b.shape, nz * ny * nx));
+    }
+    if b.k >= nz || b.y0 + rows > ny {
+        return Err(format!("covariance band: plane {} rows {}..{} lie outside the cube {:?}", b.k, b.y0, b.y0 + rows, b.shape));
+    }
+    if cx != nx || nc != b.offsets.len() {
+        return Err(format!("covariance band: cross has shape {:?}, expected ({rows}, {nx}, {})", b.cross.dim(), b.offsets.len()));
+    }
+    if b.var.len() != block || out.len() != (1 + nc) * block {
+        return Err(format!("covariance band: var ({}) must hold {block} values and out ({}) {}", b.var.len(), out.len(), (1 + nc) * block));
+    }
+    let plane = |z: usize| &b.weight[z * ny * nx..(z + 1) * ny * nx];
+    let wk = plane(b.k);
+    let (diag, rest) = out.split_at_mut(block);
+    let nan = f64::NAN.to_bits().swap_bytes();
+    for ((o, &v), &w) in diag.iter_mut().zip(b.var).zip(&wk[b.y0 * nx..(b.y0 + rows) * nx]) {
+        *o = if w > 0.0 { (v / (w * w)).to_bits().swap_bytes() } else { nan };
+    }
+    for r in 0..rows {
+        let y = b.y0 + r;
+        let terms = b.cross.index_axis(Axis(0), r);
+        let wrow = &wk[y * nx..(y + 1) * nx];
+        for (j, (&[dz, dy, dx], dst)) in b.offsets.iter().zip(rest.chunks_exact_mut(block)).enumerate() {
+            let dst = &mut dst[r * nx..(r + 1) * nx];
+            dst.fill(0);
+            let (zp, yp) = (b.k as i64 + dz, y as i64 + dy);
+            if zp < 0 || zp >= nz as i64 || yp < 0 || yp >= ny as i64 {
+                continue;
+            }
+            let prow = &plane(zp as usize)[yp as usize * nx..(yp as usize + 1) * nx];
+            let col = terms.index_axis(Axis(1), j);
+            let lo = (-dx).clamp(0, nx as i64) as usize;
+            let hi = (nx as i64 - dx.max(0)).clamp(0, nx as i64) as usize;
+            for x in lo..hi.max(lo) {
+                let w = wrow[x] * prow[(x as i64 + dx) as usize];
+                if w > 0.0 {
+                    dst[x] = (col[x] / w).to_bits().swap_bytes();
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +132,31 @@ mod tests {
         ratio_plane(&num[..2], &w[..2], true, &mut out[..2]).unwrap();
         assert_eq!(out[0].swap_bytes(), 0.25f32.to_bits());
         assert!(ratio_plane(&num, &w[..2], true, &mut out).is_err());
+    }
+
+    #[test]
+    fn covariance_band_values_edges_and_errors() {
+        use ndarray::Array3;
+        // nz = 2, ny = 2, nx = 3; offsets: inside, beyond the cube in z, a row down and a column left.
+        let weight = [1.0, 2.0, 0.0, 4.0, 1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+        let offsets = [[1, 0, 1], [2, 0, 0], [0, 1, -1]];
+        let cross = Array3::from_shape_fn((2, 3, 3), |(y, x, j)| (1 + y * 9 + x * 3 + j) as f64);
+        let var = [4.0, 8.0, 1.0, 16.0, 2.0, 8.0];
+        let band = CovBand { cross: cross.view(), var: &var, weight: &weight, shape: (2, 2, 3), k: 0, y0: 0, offsets: &offsets };
+        let mut out = vec![7u64; 4 * 6];
+        covariance_band(&band, &mut out).unwrap();
+        let v: Vec<f64> = out.iter().map(|b| f64::from_bits(b.swap_bytes())).collect();
+        assert_eq!(&v[..2], &[4.0, 2.0]);
+        assert_eq!(out[2].swap_bytes(), f64::NAN.to_bits());
+        // (1, 0, 1): anchor (0, 0, x), partner (1, 0, x + 1); the last column has none.
+        assert_eq!(&v[6..9], &[1.0 / (1.0 * 1.0), 4.0 / (2.0 * 1.0), 0.0]);
+        // dz = 2 lies beyond the cube.
+        assert!(v[12..18].iter().all(|&x| x == 0.0));
+        // (0, 1, -1): row 0 pairs with row 1, column x - 1; column 0 has no partner,
+        // column 2 has weight 0, row 1 has no row below.
+        assert_eq!(&v[18..21], &[0.0, 6.0 / (2.0 * 4.0), 0.0]);
+        assert!(v[21..24].iter().all(|&x| x == 0.0));
+        let bad = CovBand { y0: 1, ..band };
+        assert!(covariance_band(&bad, &mut out).is_err());
     }
 }

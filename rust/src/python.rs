@@ -412,6 +412,36 @@ fn fits_ratio_plane<'py>(
     run_detached(py, "fits_ratio_plane", move || fitsplanes::ratio_plane(num, w, squared, out))
 }
 
+/// A band of the COVARIANCE image (see `fitsplanes::covariance_band`): plane
+/// `k`, rows `y0 ..` (as many as `cross` has), all offsets, into `out` as the
+/// big-endian bytes of float64, offset-major.
+#[pyfunction]
+#[pyo3(signature = (*, cross, var, weight, offsets, k, y0, out))]
+#[allow(clippy::too_many_arguments)]
+fn fits_covariance_band<'py>(
+    py: Python<'py>,
+    cross: PyReadonlyArray3<'py, f64>,
+    var: PyReadonlyArray1<'py, f64>,
+    weight: PyReadonlyArray3<'py, f64>,
+    offsets: PyReadonlyArray2<'py, i64>,
+    k: usize,
+    y0: usize,
+    mut out: PyReadwriteArray1<'py, u64>,
+) -> PyResult<()> {
+    let var = slice_of(&var, "var")?;
+    let shape = weight.as_array().dim();
+    let weight = weight.as_slice().map_err(|_| PyValueError::new_err("weight must be a C-contiguous (nz, ny, nx) array"))?;
+    let offsets = offsets.as_array();
+    if offsets.ncols() != 3 {
+        return Err(PyValueError::new_err(format!("offsets must be (n, 3) (dz, dy, dx), got {:?}", offsets.dim())));
+    }
+    let offsets: Vec<[i64; 3]> = offsets.rows().into_iter().map(|r| [r[0], r[1], r[2]]).collect();
+    let cross = cross.as_array();
+    let out = out.as_slice_mut().map_err(|_| PyValueError::new_err("out must be a contiguous 1-D array"))?;
+    let band = fitsplanes::CovBand { cross, var, weight, shape, k, y0, offsets: &offsets };
+    run_detached(py, "fits_covariance_band", move || fitsplanes::covariance_band(&band, out))
+}
+
 fn sizes(name: &str, a: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
     let s = a.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be a contiguous 1-D array")))?;
     s.iter().map(|&v| usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{name} holds a negative value {v}")))).collect()
@@ -641,6 +671,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(wave_lookup, m)?)?;
     m.add_function(wrap_pyfunction!(zodi_fit_sums, m)?)?;
     m.add_function(wrap_pyfunction!(fits_ratio_plane, m)?)?;
+    m.add_function(wrap_pyfunction!(fits_covariance_band, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
     #[cfg(unix)]

@@ -23,12 +23,15 @@ Fruchter & Hook (2002) (:func:`correction_factor`; recorded as ``COVCORR`` in ev
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Tuple
 
 import numpy as np
 from astropy.io import fits
+
+from . import _core
 
 #: EXTNAME of the covariance image and of its offset table.
 COVARIANCE_HDU = "COVARIANCE"
@@ -205,6 +208,49 @@ def file_planes(cube) -> Iterator[np.ndarray]:
                 w = cube.weight_total[k][a] * cube.weight_total[k + dz][p]
                 np.divide(cube.cov_cross[k, :, :, n - 1][a], w, out=plane[a], where=w > 0)
             yield plane
+
+
+#: Bytes of the reusable output buffer of :func:`write_image` (a band of rows of one plane, all offsets).
+WRITE_BUFFER_BYTES = 8 << 20
+
+
+def write_image(f, cube) -> int:
+    """Write the data of the ``COVARIANCE`` image (:func:`file_planes`'s bytes, big-endian, without
+    padding) at the current position of the binary file ``f`` (a real file: ``fileno``); returns
+    its byte count and leaves ``f`` at its end. Per plane and band of rows,
+    ``_core.fits_covariance_band`` reads each voxel's terms once (GIL released) into one reused
+    buffer of at most :data:`WRITE_BUFFER_BYTES` (or one row), and ``os.pwrite`` places each
+    offset's block at its offset-major position in the file."""
+    nz, ny, nx = cube.weight_total.shape
+    offsets = np.ascontiguousarray(cube.cov_offsets, dtype=np.int64).reshape(-1, 3)
+    weight = np.ascontiguousarray(cube.weight_total, dtype=np.float64)
+    n_off = 1 + len(offsets)
+    rows = max(1, min(ny, WRITE_BUFFER_BYTES // (8 * n_off * max(nx, 1))))
+    buf = np.empty(n_off * rows * nx, dtype=np.uint64)
+    f.flush()  # the bytes before it reach the file; the blocks go past the buffer
+    fd, start = f.fileno(), f.tell()
+    plane_bytes = ny * nx * 8
+    for k in range(nz):
+        for y0 in range(0, ny, rows):
+            r = min(rows, ny - y0)
+            out = buf[:n_off * r * nx]
+            var = np.ascontiguousarray(cube.var_accum[k, y0:y0 + r], dtype=np.float64).reshape(-1)
+            _core.fits_covariance_band(cross=cube.cov_cross[k, y0:y0 + r], var=var, weight=weight, offsets=offsets,
+                                       k=k, y0=y0, out=out)
+            blocks = out.data.cast("B")
+            step = r * nx * 8
+            for n in range(n_off):
+                _pwrite_all(fd, blocks[n * step:(n + 1) * step], start + (n * nz + k) * plane_bytes + y0 * nx * 8)
+    total = n_off * nz * plane_bytes
+    f.seek(start + total)
+    return total
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """``os.pwrite`` all of ``data`` at byte ``offset`` of the file ``fd`` (a short write continues)."""
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
 
 
 def has_covariance(cube) -> bool:

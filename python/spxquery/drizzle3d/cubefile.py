@@ -421,12 +421,7 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
         _write_rejected(f, cube, extra)
     if covariance.has_covariance(cube):
         f.write(covariance.image_header(cube).tostring().encode("ascii"))
-        nbytes = 0
-        for plane in covariance.file_planes(cube):
-            data = image_data(plane)
-            f.write(data.data)
-            nbytes += data.nbytes
-        f.write(padding(nbytes))
+        f.write(padding(covariance.write_image(f, cube)))
         _write_tables(f, [covariance.offsets_table(cube)])
 
 
