@@ -7,7 +7,7 @@
 //! [`covariance_band`]: the float64 COVARIANCE image (`covariance.py`) of one
 //! plane and a band of rows, all offsets from one read of each voxel's terms.
 
-use ndarray::{ArrayView3, Axis};
+use ndarray::{s, ArrayView3, Axis};
 
 /// Writes plane values into `out` (each `u32` holds the big-endian bytes of one
 /// float32, so `out`'s memory is the FITS data). `squared`: divide by `w * w`.
@@ -93,20 +93,27 @@ pub fn covariance_band(b: &CovBand<'_>, out: &mut [u64]) -> Result<(), String> {
         let wrow = &wk[y * nx..(y + 1) * nx];
         for (j, (&[dz, dy, dx], dst)) in b.offsets.iter().zip(rest.chunks_exact_mut(block)).enumerate() {
             let dst = &mut dst[r * nx..(r + 1) * nx];
-            dst.fill(0);
             let (zp, yp) = (b.k as i64 + dz, y as i64 + dy);
             if zp < 0 || zp >= nz as i64 || yp < 0 || yp >= ny as i64 {
+                dst.fill(0);
                 continue;
             }
             let prow = &plane(zp as usize)[yp as usize * nx..(yp as usize + 1) * nx];
-            let col = terms.index_axis(Axis(1), j);
+            // Anchors lo..hi have their partner x + dx in the row.
             let lo = (-dx).clamp(0, nx as i64) as usize;
             let hi = (nx as i64 - dx.max(0)).clamp(0, nx as i64) as usize;
-            for x in lo..hi.max(lo) {
-                let w = wrow[x] * prow[(x as i64 + dx) as usize];
-                if w > 0.0 {
-                    dst[x] = (col[x] / w).to_bits().swap_bytes();
-                }
+            if lo >= hi {
+                dst.fill(0);
+                continue;
+            }
+            dst[..lo].fill(0);
+            dst[hi..].fill(0);
+            let partners = &prow[(lo as i64 + dx) as usize..(hi as i64 + dx) as usize];
+            let col = terms.slice(s![lo..hi, j]);
+            for (((o, &x), &wa), &wp) in dst[lo..hi].iter_mut().zip(col).zip(&wrow[lo..hi]).zip(partners) {
+                let w = wa * wp;
+                let v = (x / w).to_bits().swap_bytes();
+                *o = if w > 0.0 { v } else { 0 };
             }
         }
     }
@@ -156,6 +163,13 @@ mod tests {
         // column 2 has weight 0, row 1 has no row below.
         assert_eq!(&v[18..21], &[0.0, 6.0 / (2.0 * 4.0), 0.0]);
         assert!(v[21..24].iter().all(|&x| x == 0.0));
+        // Offsets wider than the cube (a stencil on a cube of few columns): all 0.0, no panic.
+        let wide = [[0, 0, 5], [0, 1, -5], [0, 0, 3], [0, 1, -3]];
+        let cross4 = Array3::from_elem((2, 3, 4), 1.0);
+        let band4 = CovBand { cross: cross4.view(), offsets: &wide, ..band };
+        let mut out4 = vec![7u64; 5 * 6];
+        covariance_band(&band4, &mut out4).unwrap();
+        assert!(out4[6..].iter().all(|&b| b == 0));
         let bad = CovBand { y0: 1, ..band };
         assert!(covariance_band(&bad, &mut out).is_err());
     }
