@@ -124,7 +124,8 @@ impl<'a> CovMut<'a> {
                 strides: st,
                 ptr: b.as_mut_ptr(),
                 fast: FastTable::new(&stencil, st[3]),
-                near_lines: near_lines(near_span(&stencil, st[3]), b.as_ptr() as usize, st),
+                near_lines: near_lines(near_span(&stencil, st[3], 1), b.as_ptr() as usize, st),
+                flat_lines: near_lines(near_span(&stencil, st[3], 0), b.as_ptr() as usize, st),
                 stencil: stencil.clone(),
                 scratch: Vec::new(),
                 _view: std::marker::PhantomData,
@@ -150,6 +151,9 @@ pub(crate) struct CovBand<'a> {
     /// each cache line that its offsets `|dz|, |dy|, |dx| <= 1` (what most
     /// pixels update) may span, and their number, for [`Self::prefetch`].
     near_lines: ([isize; 8], usize),
+    /// The same for the offsets `dy = 0`, `|dz|, |dx| <= 1` (what a cell of a
+    /// droplet's lower row updates as an anchor).
+    flat_lines: ([isize; 8], usize),
     /// The voxels of a pixel for [`Self::add_pairs`] (kept: no allocation per pixel).
     scratch: Vec<Touch>,
     _view: std::marker::PhantomData<&'a mut f64>,
@@ -167,9 +171,10 @@ pub(crate) struct Touch {
     pub(crate) w: f64,
 }
 
-/// The largest `index * stride` of the offsets `|dz|, |dy|, |dx| <= 1` of the stencil.
-fn near_span(stencil: &Stencil, stride: isize) -> isize {
-    let near = stencil.offsets.iter().enumerate().filter(|(_, o)| o.iter().all(|v| v.abs() <= 1));
+/// The largest `index * stride` of the offsets `|dz|, |dx| <= 1`, `dy <= max_dy`
+/// (0 or 1) of the stencil.
+fn near_span(stencil: &Stencil, stride: isize, max_dy: i64) -> isize {
+    let near = stencil.offsets.iter().enumerate().filter(|(_, o)| o[1] <= max_dy && o.iter().all(|v| v.abs() <= 1));
     near.map(|(n, _)| n as isize * stride).max().unwrap_or(0)
 }
 
@@ -198,15 +203,16 @@ impl CovBand<'_> {
         [self.strides[0], self.strides[1], self.strides[2]]
     }
 
-    /// Asks for the cache lines of the nearest offsets' terms ([`Self::near_lines`])
-    /// of the anchors at element `at` (a voxel of this band: plane, row and
-    /// column times [`Self::strides`], rows from the band's first) and of its
-    /// neighbours one column and one row on. Never faults, whatever `at`.
+    /// Asks for the cache lines of the terms that a droplet on the 2 x 2 cells
+    /// from element `at` (a voxel of this band: plane, row and column times
+    /// [`Self::strides`], rows from the band's first) updates: the nearest
+    /// offsets ([`Self::near_lines`]) of its upper cells, those with `dy = 0`
+    /// ([`Self::flat_lines`]) of its lower ones. Never faults, whatever `at`.
     #[inline(always)]
     pub(crate) fn prefetch(&self, at: isize) {
         let [_, sr, sc] = self.strides();
-        let (lines, n) = &self.near_lines;
-        for cell in [at, at + sc, at + sr, at + sr + sc] {
+        for (cell, (lines, n)) in [(at, &self.near_lines), (at + sc, &self.near_lines), (at + sr, &self.flat_lines), (at + sr + sc, &self.flat_lines)]
+        {
             let p = self.ptr.wrapping_offset(cell);
             for &e in &lines[..*n] {
                 crate::prefetch::prefetch(p.wrapping_offset(e));
@@ -267,16 +273,19 @@ const FAST_DZ: usize = 2 * FAST_PLANES - 1;
 /// step (`index * stride`) of each offset `(dz, dy, dx)` with `dy` in 0..=2,
 /// `dx` in -2..=2 and `|dz| < FAST_PLANES` (0 where not in the stencil), and
 /// per droplet box of `R x C` cells (`R`, `C` in 1..=3) the most planes whose
-/// every pair of voxels has its offset in the stencil.
+/// every pair of voxels has its offset in the stencil, and whether each pair
+/// of its cells has its offsets `dz = -1, 0, 1` in three consecutive
+/// elements (`runs`: two planes then add two terms at once, see [`add_box_terms`]).
 #[derive(Clone, Debug)]
 struct FastTable {
     step: [[[isize; FAST_DZ]; 5]; 3],
     planes: [[usize; 3]; 3],
+    runs: [[bool; 3]; 3],
 }
 
 impl FastTable {
     fn new(stencil: &Stencil, stride: isize) -> FastTable {
-        let step = std::array::from_fn(|dy| {
+        let step: [[[isize; FAST_DZ]; 5]; 3] = std::array::from_fn(|dy| {
             std::array::from_fn(|b| {
                 std::array::from_fn(|z| {
                     let o = [z as i64 - (FAST_PLANES as i64 - 1), dy as i64, b as i64 - 2];
@@ -292,7 +301,16 @@ impl FastTable {
         let planes = std::array::from_fn(|a| {
             std::array::from_fn(|b| (1..=FAST_PLANES).take_while(|&nz| complete(a as i64 + 1, b as i64 + 1, nz as i64)).last().unwrap_or(0))
         });
-        FastTable { step, planes }
+        // The pairs of cells of a box: `dy` in 0..R, `dx` in -(C - 1)..C, `dx > 0` when `dy == 0`.
+        let run = |dy: usize, dx: i64| {
+            let s = &step[dy][(dx + 2) as usize];
+            let z = FAST_PLANES - 1;
+            complete(dy as i64 + 1, dx.abs() + 1, 2) && s[z] - s[z - 1] == 1 && s[z + 1] - s[z] == 1
+        };
+        let runs = std::array::from_fn(|a| {
+            std::array::from_fn(|b| (0..=a).all(|dy| (-(b as i64)..=b as i64).all(|dx| (dy == 0 && dx <= 0) || run(dy, dx))))
+        });
+        FastTable { step, planes, runs }
     }
 }
 
@@ -338,64 +356,32 @@ impl CovBand<'_> {
     }
 
     /// [`Self::add_cells`] for `NZ` consecutive planes whose box of pairs lies in
-    /// the stencil. The cells that receive something are listed first (with
-    /// their `NZ` weights, 0 for a plane whose fraction fails `keep_from`), then
-    /// each pair of them adds its `NZ x NZ` terms (a cell with itself: the
-    /// planes after each). A zero weight adds `+0.0`, which leaves every element
-    /// as it was (the elements are sums of non-negative terms, never `-0.0`;
-    /// the weights are finite, so no product is NaN): the bits of
-    /// [`Self::add_pairs`], without its branches.
+    /// the stencil: the weights of every cell and plane (0 for a fraction that
+    /// fails `keep_from`), then [`add_box_terms`].
     ///
     /// SAFETY: as [`Self::add_cells`]; `zov` has `NZ` consecutive planes and
     /// `NZ <= self.fast.planes[R - 1][C - 1]`.
     #[inline(always)]
     unsafe fn add_box<const R: usize, const C: usize, const NZ: usize>(&mut self, px: PixelCells<'_, R, C>) {
         let PixelCells { r0, c0, f, zov, ivar, variance, keep_from } = px;
-        debug_assert!(zov.len() == NZ && R * C <= 9);
+        debug_assert!(zov.len() == NZ);
         let st = self.strides;
-        // The cells with a weight: their place in the box and weights per plane.
-        let mut w = [[0.0f64; NZ]; 9];
-        let mut at_cell = [(0usize, 0usize); 9];
-        let mut n = 0;
-        for (a, fr) in f.iter().enumerate() {
-            for (b, &f_xy) in fr.iter().enumerate() {
-                let mut any = false;
-                for z in 0..NZ {
-                    let fc = f_xy * zov[z].1;
-                    let on = fc >= keep_from;
-                    w[n][z] = if on { ivar * fc } else { 0.0 };
-                    any |= on;
-                }
-                at_cell[n] = (a, b);
-                n += any as usize;
-            }
-        }
-        let step = &self.fast.step;
-        let at0 = (r0 - self.r0) as isize * st[1] + (c0 - self.c0) as isize * st[2] + zov[0].0 as isize * st[0];
-        let ptr = self.ptr;
-        // SAFETY: the anchor is a voxel of this band's box (the caller's contract) and
-        // the offset's step is that of an offset of the stencil (`fast.planes`).
-        let add = |at: isize, term: f64| unsafe { *ptr.offset(at) += term };
-        for i in 0..n {
-            let (a1, b1) = at_cell[i];
-            let at = at0 + a1 as isize * st[1] + b1 as isize * st[2];
-            let same = &step[0][2];
-            for z1 in 0..NZ {
-                for z2 in z1 + 1..NZ {
-                    add(at + z1 as isize * st[0] + same[z2 - z1 + FAST_PLANES - 1], w[i][z1] * w[i][z2] * variance);
-                }
-            }
-            for j in i + 1..n {
-                let (a2, b2) = at_cell[j];
-                let s = &step[a2 - a1][b2 + 2 - b1];
-                for z1 in 0..NZ {
-                    let (w1, at1) = (w[i][z1], at + z1 as isize * st[0]);
-                    for z2 in 0..NZ {
-                        add(at1 + s[z2 + FAST_PLANES - 1 - z1], w1 * w[j][z2] * variance);
+        let w: [[[f64; NZ]; C]; R] = std::array::from_fn(|a| {
+            std::array::from_fn(|b| {
+                std::array::from_fn(|z| {
+                    let fc = f[a][b] * zov[z].1;
+                    if fc >= keep_from {
+                        ivar * fc
+                    } else {
+                        0.0
                     }
-                }
-            }
-        }
+                })
+            })
+        });
+        let at0 = (r0 - self.r0) as isize * st[1] + (c0 - self.c0) as isize * st[2] + zov[0].0 as isize * st[0];
+        let runs = NZ == 2 && self.fast.runs[R - 1][C - 1];
+        // SAFETY: forwarded (the caller's contract and `fast.planes`).
+        unsafe { add_box_terms(self.ptr, at0, [st[0], st[1], st[2]], &self.fast.step, runs, &w, variance) };
     }
 
     /// [`Self::add_cells`] through the list of voxels and [`Self::add_pairs`].
@@ -417,6 +403,75 @@ impl CovBand<'_> {
         let done = self.add_pairs(&touched, variance);
         self.scratch = touched;
         done
+    }
+}
+
+/// The cross terms of one pixel on the fast path: every pair of the `R x C`
+/// cells and `NZ` consecutive planes of a box whose anchor voxel (cell 0,
+/// first plane) is element `at0` of `ptr` (strides `st`: plane, row, column),
+/// weights `w[a][b][z]`, adds `(w_k * w_l) * variance` at the anchor's term of
+/// the pair's offset (`step`, [`FastTable`]). A cell with itself: its planes
+/// after each. `runs` (two planes, offsets `dz = -1, 0, 1` of each pair of
+/// cells in consecutive elements): the two terms of an anchor plane go to
+/// neighbouring elements, added as one pair (vector code, the same products
+/// and sums). Every element gets at most one term per pixel, so the order of
+/// the pairs does not matter; a zero weight adds `+0.0`, which leaves an
+/// element as it was (the elements are sums of non-negative terms, never
+/// `-0.0`; the weights are finite, so no product is NaN): the bits of
+/// [`CovBand::add_pairs`] on the cells that receive something, without its
+/// branches. `step` is a separate reference so that the compiler knows the
+/// stores do not change it.
+///
+/// SAFETY: the box's voxels lie in the band behind `ptr`, each pair's offset
+/// in the stencil (`NZ <= FastTable::planes`), `runs` only when
+/// `FastTable::runs` holds for the box and `NZ == 2`.
+#[inline(always)]
+unsafe fn add_box_terms<const R: usize, const C: usize, const NZ: usize>(
+    ptr: *mut f64,
+    at0: isize,
+    st: [isize; 3],
+    step: &[[[isize; FAST_DZ]; 5]; 3],
+    runs: bool,
+    w: &[[[f64; NZ]; C]; R],
+    variance: f64,
+) {
+    // SAFETY (both): an element of the band (the caller's contract).
+    let add = |at: isize, term: f64| unsafe { *ptr.offset(at) += term };
+    let add2 = |at: isize, t: [f64; 2]| unsafe {
+        let p = ptr.offset(at);
+        *p += t[0];
+        *p.add(1) += t[1];
+    };
+    let z = FAST_PLANES - 1;
+    for a1 in 0..R {
+        for b1 in 0..C {
+            let at = at0 + a1 as isize * st[1] + b1 as isize * st[2];
+            let w1 = &w[a1][b1];
+            for z1 in 0..NZ {
+                for z2 in z1 + 1..NZ {
+                    add(at + z1 as isize * st[0] + step[0][2][z + z2 - z1], w1[z1] * w1[z2] * variance);
+                }
+            }
+            for a2 in a1..R {
+                for b2 in 0..C {
+                    if a2 == a1 && b2 <= b1 {
+                        continue;
+                    }
+                    let (s, w2) = (&step[a2 - a1][b2 + 2 - b1], &w[a2][b2]);
+                    if runs {
+                        // Anchor plane 0: dz = 0, 1; plane 1: dz = -1, 0.
+                        add2(at + s[z], [w1[0] * w2[0] * variance, w1[0] * w2[1] * variance]);
+                        add2(at + st[0] + s[z - 1], [w1[1] * w2[0] * variance, w1[1] * w2[1] * variance]);
+                        continue;
+                    }
+                    for z1 in 0..NZ {
+                        for z2 in 0..NZ {
+                            add(at + z1 as isize * st[0] + s[z + z2 - z1], w1[z1] * w2[z2] * variance);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -443,6 +498,15 @@ mod tests {
             .flat_map(|dz| (-s..=s).flat_map(move |dy| (-s..=s).map(move |dx| [dz, dy, dx])))
             .filter(|&o| positive(o) && !skip.contains(&o))
             .collect();
+        o.sort_by_key(|o| o.iter().map(|v| v.abs()).max());
+        Stencil::new(&o).unwrap()
+    }
+
+    /// The stencil as `covariance.stencil` orders it: planes innermost (`dz` of
+    /// one `(dy, dx)` consecutive), then nearest first.
+    fn stencil_planes_inner(z: i64, s: i64) -> Stencil {
+        let mut o: Vec<[i64; 3]> =
+            (-s..=s).flat_map(|dy| (-s..=s).flat_map(move |dx| (-z..=z).map(move |dz| [dz, dy, dx]))).filter(|&o| positive(o)).collect();
         o.sort_by_key(|o| o.iter().map(|v| v.abs()).max());
         Stencil::new(&o).unwrap()
     }
@@ -492,7 +556,7 @@ mod tests {
         assert_eq!(near_lines(12, 128 + 32, [17 * 52 * 9, 52 * 9, 52, 1]), ([0, 8, 12, 0, 0, 0, 0, 0], 3));
         assert_eq!(near_lines(12, 128, [17 * 52 * 9, 52 * 9, 52, 1]).1, 3);
         assert_eq!(near_lines(0, 64, [8, 8, 8, 1]), ([0; 8], 1));
-        assert_eq!(near_span(&stencil(2, 2, &[]), 1), 12);
+        assert_eq!(near_span(&stencil(2, 2, &[]), 1, 1), 12);
     }
 
     #[test]
@@ -503,6 +567,17 @@ mod tests {
         assert!(same_as_pairs::<2, 3>(&full, 2) < 1000);
         assert!(same_as_pairs::<3, 2>(&full, 3) < 1000);
         assert!(same_as_pairs::<1, 1>(&full, 4) < 1000);
+        // Planes innermost (as D3's stencil, with all of dy, dx in -2..=2): two planes add their terms two at a time.
+        let d3 = stencil_planes_inner(2, 2);
+        assert_eq!(d3.offsets.len(), 62);
+        assert_eq!(FastTable::new(&d3, 1).runs, [[true; 3]; 3]);
+        // Not with terms two elements apart (a single cell has no pairs of cells).
+        assert_eq!(FastTable::new(&d3, 2).runs, [[true, false, false], [false; 3], [false; 3]]);
+        assert_eq!(FastTable::new(&full, 1).runs[1][1], false);
+        assert!(same_as_pairs::<2, 2>(&d3, 8) < 1000);
+        assert!(same_as_pairs::<2, 3>(&d3, 9) < 1000);
+        assert!(same_as_pairs::<3, 2>(&d3, 10) < 1000);
+        assert!(same_as_pairs::<1, 2>(&d3, 11) < 1000);
         // Narrower stencils: boxes beyond them take the checked path, which errors on real pairs only.
         let flat = stencil(1, 2, &[]);
         assert!(same_as_pairs::<2, 2>(&flat, 5) > 0);
