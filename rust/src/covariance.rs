@@ -211,6 +211,18 @@ impl CovBand<'_> {
     #[inline(always)]
     pub(crate) fn prefetch(&self, at: isize) {
         let [_, sr, sc] = self.strides();
+        if self.near_lines.1 == 2 && self.flat_lines.1 == 1 {
+            // The usual case (D3's stencil, terms from a line's start): two lines
+            // above, one below, without the loops.
+            let (p, e) = (self.ptr.wrapping_offset(at), self.near_lines.0[1]);
+            for q in [p, p.wrapping_offset(sc)] {
+                crate::prefetch::prefetch(q);
+                crate::prefetch::prefetch(q.wrapping_offset(e));
+            }
+            crate::prefetch::prefetch(p.wrapping_offset(sr));
+            crate::prefetch::prefetch(p.wrapping_offset(sr + sc));
+            return;
+        }
         for (cell, (lines, n)) in [(at, &self.near_lines), (at + sc, &self.near_lines), (at + sr, &self.flat_lines), (at + sr + sc, &self.flat_lines)]
         {
             let p = self.ptr.wrapping_offset(cell);
@@ -323,9 +335,9 @@ impl CovBand<'_> {
     /// element of the accumulator getting at most one term per pixel.
     ///
     /// Where the box of cells and planes lies inside the stencil (nearly
-    /// always), [`Self::add_box`] visits the pairs of the cells that receive
-    /// anything without searches or error checks; else [`Self::add_pairs`] (which
-    /// errors on a pair beyond the stencil).
+    /// always), [`Self::add_box`] visits every pair of the box's cells (a cell
+    /// that gets nothing adds `+0.0`) without searches, branches or error
+    /// checks; else [`Self::add_pairs`] (which errors on a pair beyond the stencil).
     ///
     /// SAFETY: the R x C output pixels lie in this band's rows and the grid's
     /// columns; every plane of `zov` is a plane of the cube.
@@ -334,7 +346,7 @@ impl CovBand<'_> {
         let (zov, ivar) = (px.zov, px.ivar);
         let nz = zov.len();
         // Planes consecutive (a top-hat's overlaps are), the box inside the stencil and the
-        // weights finite (so a zero weight's products are zero: see `add_box`).
+        // weights finite (so a zero weight's products are zero: see `add_box_terms`).
         let fast = nz > 0
             && R <= 3
             && C <= 3
@@ -443,36 +455,48 @@ unsafe fn add_box_terms<const R: usize, const C: usize, const NZ: usize>(
         *p.add(1) += t[1];
     };
     let z = FAST_PLANES - 1;
-    for a1 in 0..R {
-        for b1 in 0..C {
-            let at = at0 + a1 as isize * st[1] + b1 as isize * st[2];
-            let w1 = &w[a1][b1];
-            for z1 in 0..NZ {
-                for z2 in z1 + 1..NZ {
-                    add(at + z1 as isize * st[0] + step[0][2][z + z2 - z1], w1[z1] * w1[z2] * variance);
-                }
-            }
-            for a2 in a1..R {
-                for b2 in 0..C {
-                    if a2 == a1 && b2 <= b1 {
-                        continue;
-                    }
-                    let (s, w2) = (&step[a2 - a1][b2 + 2 - b1], &w[a2][b2]);
-                    if runs {
-                        // Anchor plane 0: dz = 0, 1; plane 1: dz = -1, 0.
-                        add2(at + s[z], [w1[0] * w2[0] * variance, w1[0] * w2[1] * variance]);
-                        add2(at + st[0] + s[z - 1], [w1[1] * w2[0] * variance, w1[1] * w2[1] * variance]);
-                        continue;
-                    }
-                    for z1 in 0..NZ {
-                        for z2 in 0..NZ {
-                            add(at + z1 as isize * st[0] + s[z + z2 - z1], w1[z1] * w2[z2] * variance);
-                        }
-                    }
-                }
+    let cell = |a: usize, b: usize| at0 + a as isize * st[1] + b as isize * st[2];
+    // A constant list of pairs: the compiler unrolls the loops (the weights stay in registers).
+    for k in 0..R * C {
+        let (a, b) = (k / C, k % C);
+        let w1 = &w[a][b];
+        for z1 in 0..NZ {
+            for z2 in z1 + 1..NZ {
+                add(cell(a, b) + z1 as isize * st[0] + step[0][2][z + z2 - z1], w1[z1] * w1[z2] * variance);
             }
         }
     }
+    let (pairs, n) = const { box_pairs(R, C) };
+    for &(a1, b1, a2, b2) in &pairs[..n] {
+        let (at, w1, w2, s) = (cell(a1, b1), &w[a1][b1], &w[a2][b2], &step[a2 - a1][b2 + 2 - b1]);
+        if runs {
+            // Anchor plane 0: dz = 0, 1; plane 1: dz = -1, 0.
+            add2(at + s[z], [w1[0] * w2[0] * variance, w1[0] * w2[1] * variance]);
+            add2(at + st[0] + s[z - 1], [w1[1] * w2[0] * variance, w1[1] * w2[1] * variance]);
+            continue;
+        }
+        for z1 in 0..NZ {
+            for z2 in 0..NZ {
+                add(at + z1 as isize * st[0] + s[z + z2 - z1], w1[z1] * w2[z2] * variance);
+            }
+        }
+    }
+}
+
+/// The pairs of cells `(a1, b1, a2, b2)` of a box of `r x c` cells (at most
+/// 9), the second after the first in row-major order, and their number.
+const fn box_pairs(r: usize, c: usize) -> ([(usize, usize, usize, usize); 36], usize) {
+    let (mut out, mut n, mut i) = ([(0, 0, 0, 0); 36], 0, 0);
+    while i < r * c {
+        let mut j = i + 1;
+        while j < r * c {
+            out[n] = (i / c, i % c, j / c, j % c);
+            n += 1;
+            j += 1;
+        }
+        i += 1;
+    }
+    (out, n)
 }
 
 #[cfg(test)]
@@ -557,6 +581,10 @@ mod tests {
         assert_eq!(near_lines(12, 128, [17 * 52 * 9, 52 * 9, 52, 1]).1, 3);
         assert_eq!(near_lines(0, 64, [8, 8, 8, 1]), ([0; 8], 1));
         assert_eq!(near_span(&stencil(2, 2, &[]), 1, 1), 12);
+        // Planes innermost (D3): the lower cells' offsets (dy = 0) are the first four, one line.
+        let d3 = stencil_planes_inner(2, 2);
+        assert_eq!((near_span(&d3, 1, 1), near_span(&d3, 1, 0)), (12, 3));
+        assert_eq!(near_lines(3, 128, [17 * 56 * 9, 56 * 9, 56, 1]).1, 1);
     }
 
     #[test]
@@ -573,7 +601,7 @@ mod tests {
         assert_eq!(FastTable::new(&d3, 1).runs, [[true; 3]; 3]);
         // Not with terms two elements apart (a single cell has no pairs of cells).
         assert_eq!(FastTable::new(&d3, 2).runs, [[true, false, false], [false; 3], [false; 3]]);
-        assert_eq!(FastTable::new(&full, 1).runs[1][1], false);
+        assert!(!FastTable::new(&full, 1).runs[1][1]);
         assert!(same_as_pairs::<2, 2>(&d3, 8) < 1000);
         assert!(same_as_pairs::<2, 3>(&d3, 9) < 1000);
         assert!(same_as_pairs::<3, 2>(&d3, 10) < 1000);
