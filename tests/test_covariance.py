@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.wcs import WCS
 
-from spxquery.drizzle3d import _core, covariance
+from spxquery.drizzle3d import _core, covariance, vmhints
 from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.covariance import (
@@ -204,6 +204,21 @@ def test_band_writer_gives_the_bytes_of_the_plane_by_plane_writer(tmp_path, monk
         assert got == want
         assert max(sizes) <= max(limit, n_off * nx * 8)  # memory: one buffer of a band
     assert len(sizes) == nz * -(-ny // 4)
+
+
+def test_the_writer_starts_the_writeback_after_each_band_and_the_bytes_do_not_depend_on_it(tmp_path, monkeypatch):
+    cube = drizzled(12, 1.0, 0.8, "square", frames(9, 1.0, seed=5))
+    nz, ny, nx = cube.weight_total.shape
+    monkeypatch.setattr(covariance, "WRITE_BUFFER_BYTES", 5 * (len(cube.cov_offsets) + 1) * nx * 8)  # bands of 5 rows
+    started = []
+    real = vmhints.start_writeback
+    monkeypatch.setattr(vmhints, "start_writeback", lambda fd, *a: started.append((fd, a)) or real(fd, *a))
+    want = _undated(save_cube(cube, tmp_path / "a.fits").read_bytes())
+    assert len(started) == nz * -(-ny // 5) and all(a == () for _, a in started)
+    monkeypatch.setattr(vmhints, "_SYNC_FILE_RANGE", None)  # a system without the call
+    monkeypatch.setattr(vmhints, "_MADVISE", None)
+    assert _undated(save_cube(drizzled(12, 1.0, 0.8, "square", frames(9, 1.0, seed=5)), tmp_path / "b.fits")
+                    .read_bytes()) == want
 
 
 def test_covariance_band_rejects_wrong_shapes_naming_them():

@@ -222,8 +222,10 @@ def write_image(f, cube) -> int:
     padding) at the current position of the binary file ``f`` (a real file: ``fileno``); returns
     its byte count and leaves ``f`` at its end. Per plane and band of rows,
     ``_core.fits_covariance_band`` reads each voxel's terms once (GIL released) into one reused
-    buffer of at most :data:`WRITE_BUFFER_BYTES` (or one row), and ``os.pwrite`` places each
-    offset's block at its offset-major position in the file."""
+    buffer of at most :data:`WRITE_BUFFER_BYTES` (or one row), ``os.pwrite`` places each
+    offset's block at its offset-major position in the file, and the disk write of the file's
+    dirty pages starts at once (:func:`.vmhints.start_writeback`): the ``fsync`` ending the save
+    then waits for the last bands only, not for the whole ~600 MB of a 30' D3 cube."""
     nz, ny, nx = cube.weight_total.shape
     offsets = np.ascontiguousarray(cube.cov_offsets, dtype=np.int64).reshape(-1, 3)
     weight = np.ascontiguousarray(cube.weight_total, dtype=np.float64)
@@ -233,6 +235,7 @@ def write_image(f, cube) -> int:
     f.flush()  # the bytes before it reach the file; the blocks go past the buffer
     fd, start = f.fileno(), f.tell()
     plane_bytes = ny * nx * 8
+    total = n_off * nz * plane_bytes
     for k in range(nz):
         for y0 in range(0, ny, rows):
             r = min(rows, ny - y0)
@@ -244,7 +247,7 @@ def write_image(f, cube) -> int:
             step = r * nx * 8
             for n in range(n_off):
                 _pwrite_all(fd, blocks[n * step:(n + 1) * step], start + (n * nz + k) * plane_bytes + y0 * nx * 8)
-    total = n_off * nz * plane_bytes
+            vmhints.start_writeback(fd)  # the file so far: the HDUs before this one too
     f.seek(start + total)
     return total
 
