@@ -213,9 +213,19 @@ def test_the_writer_starts_the_writeback_after_each_band_and_the_bytes_do_not_de
     started = []
     real = vmhints.start_writeback
     monkeypatch.setattr(vmhints, "start_writeback", lambda fd, *a: started.append((fd, a)) or real(fd, *a))
-    want = _undated(save_cube(cube, tmp_path / "a.fits").read_bytes())
+    reserved = []
+    real_pre = vmhints.preallocate
+    monkeypatch.setattr(vmhints, "preallocate", lambda *a: reserved.append(a) or real_pre(*a))
+    raw = save_cube(cube, tmp_path / "a.fits").read_bytes()
+    want = _undated(raw)
     assert len(started) == nz * -(-ny // 5) and all(a == () for _, a in started)
-    monkeypatch.setattr(vmhints, "_SYNC_FILE_RANGE", None)  # a system without the call
+    n_bytes = (len(cube.cov_offsets) + 1) * nz * ny * nx * 8
+    assert len(reserved) == 1 and reserved[0][2] == n_bytes
+    start = reserved[0][1]  # the image's data: after the COVARIANCE header, before the next header
+    assert start % 2880 == 0 and raw.rfind(b"XTENSION", 0, start) < raw.rfind(b"EXTNAME = 'COVARIANCE'", 0, start)
+    assert raw.find(b"XTENSION", start) == start + n_bytes + (-n_bytes % 2880)
+    monkeypatch.setattr(vmhints, "_SYNC_FILE_RANGE", None)  # a system without the calls
+    monkeypatch.setattr(vmhints, "_FALLOCATE", None)
     monkeypatch.setattr(vmhints, "_MADVISE", None)
     assert _undated(save_cube(drizzled(12, 1.0, 0.8, "square", frames(9, 1.0, seed=5)), tmp_path / "b.fits")
                     .read_bytes()) == want

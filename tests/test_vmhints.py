@@ -102,11 +102,31 @@ def test_start_writeback_keeps_the_file_and_reports_a_bad_descriptor(tmp_path):
     assert not vmhints.start_writeback(-1)
 
 
+@linux
+def test_preallocate_reserves_the_blocks_and_reads_as_zeros(tmp_path):
+    path = tmp_path / "f.bin"
+    with open(path, "wb") as f:
+        f.write(b"head")
+        f.flush()
+        if not vmhints.preallocate(f.fileno(), 4, 8 * MB):
+            pytest.skip("this file system has no fallocate")
+        assert os.fstat(f.fileno()).st_blocks * 512 >= 8 * MB
+        f.seek(4 + MB)
+        f.write(b"x")
+    data = path.read_bytes()
+    assert len(data) == 4 + 8 * MB and data[:4] == b"head" and data[4 + MB] == ord("x")
+    assert data.count(0) == 8 * MB - 1
+    assert not vmhints.preallocate(-1, 0, MB)
+    assert not vmhints.preallocate(0, 0, 0)
+
+
 def test_without_the_calls_the_hints_do_nothing(monkeypatch, tmp_path):
     monkeypatch.setattr(vmhints, "_MADVISE", None)
     monkeypatch.setattr(vmhints, "_SYNC_FILE_RANGE", None)
+    monkeypatch.setattr(vmhints, "_FALLOCATE", None)
     a = np.zeros(8 * MB // 8)
     assert vmhints.populate(a) is False
     assert vmhints.populate_async(a, min_bytes=0) is None
     with open(tmp_path / "f.bin", "wb") as f:
         assert vmhints.start_writeback(f.fileno()) is False
+        assert vmhints.preallocate(f.fileno(), 0, MB) is False

@@ -224,8 +224,9 @@ def write_image(f, cube) -> int:
     ``_core.fits_covariance_band`` reads each voxel's terms once (GIL released) into one reused
     buffer of at most :data:`WRITE_BUFFER_BYTES` (or one row), ``os.pwrite`` places each
     offset's block at its offset-major position in the file, and the disk write of the file's
-    dirty pages starts at once (:func:`.vmhints.start_writeback`): the ``fsync`` ending the save
-    then waits for the last bands only, not for the whole ~600 MB of a 30' D3 cube."""
+    dirty pages starts at once (:func:`.vmhints.start_writeback`; the image's blocks are
+    allocated first, :func:`.vmhints.preallocate`, so the file stays contiguous): the ``fsync``
+    ending the save then waits for the last bands only, not for the whole ~600 MB of a 30' D3 cube."""
     nz, ny, nx = cube.weight_total.shape
     offsets = np.ascontiguousarray(cube.cov_offsets, dtype=np.int64).reshape(-1, 3)
     weight = np.ascontiguousarray(cube.weight_total, dtype=np.float64)
@@ -236,6 +237,7 @@ def write_image(f, cube) -> int:
     fd, start = f.fileno(), f.tell()
     plane_bytes = ny * nx * 8
     total = n_off * nz * plane_bytes
+    vmhints.preallocate(fd, start, total)  # contiguous blocks although written back out of order
     for k in range(nz):
         for y0 in range(0, ny, rows):
             r = min(rows, ny - y0)

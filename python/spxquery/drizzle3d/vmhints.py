@@ -7,6 +7,9 @@
 * :func:`start_writeback`: start writing a file's dirty pages to the disk now
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, asynchronous), so that the ``fsync`` that ends an
   atomic write finds little left to do.
+* :func:`preallocate`: reserve a file's blocks before writing them out of order
+  (``fallocate``), so that a writeback started early (above) does not scatter the file over the
+  disk (a 630 MB cube: 41-43 extents without, 7 with; 6 when written back at the end).
 
 Both call the C library through ``ctypes`` (which releases the GIL during the call); where the
 call is missing or refused (not Linux, kernels before 5.14 for the populate) they do nothing:
@@ -50,6 +53,7 @@ def _libc_function(name: str, argtypes: list) -> Optional[Callable[..., int]]:
 
 _MADVISE = _libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
 _SYNC_FILE_RANGE = _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+_FALLOCATE = _libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
 
 
 def _owner(a: np.ndarray) -> np.ndarray:
@@ -92,3 +96,12 @@ def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
     if _SYNC_FILE_RANGE is None:
         return False
     return _SYNC_FILE_RANGE(int(fd), int(offset), int(nbytes), SYNC_FILE_RANGE_WRITE) == 0
+
+
+def preallocate(fd: int, offset: int, nbytes: int) -> bool:
+    """Allocate the disk blocks of bytes ``offset .. offset + nbytes`` of the file ``fd``
+    (``fallocate`` mode 0: the file grows to cover them, reading as zeros until written). Returns
+    False when the system or the file system cannot (nothing is emulated: no zeros are written)."""
+    if _FALLOCATE is None or nbytes <= 0:
+        return False
+    return _FALLOCATE(int(fd), 0, int(offset), int(nbytes)) == 0
