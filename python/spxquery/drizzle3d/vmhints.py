@@ -11,9 +11,9 @@
   (``fallocate``), so that a writeback started early (above) does not scatter the file over the
   disk (a 630 MB cube: 41-43 extents without, 7 with; 6 when written back at the end).
 
-Both call the C library through ``ctypes`` (which releases the GIL during the call); where the
-call is missing or refused (not Linux, kernels before 5.14 for the populate) they do nothing:
-hints change the time, never the bytes.
+All three call the C library through ``ctypes`` (which releases the GIL during the call); where the
+call is missing or refused (not Linux, kernels before 5.14 for the populate, file systems
+without ``fallocate``) they do nothing: hints change the time, never the bytes.
 """
 
 from __future__ import annotations
