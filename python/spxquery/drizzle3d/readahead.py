@@ -95,6 +95,7 @@ class ReadAhead:
         self._items: "queue.Queue[Optional[Item]]" = queue.Queue()
         self._cv = threading.Condition()
         self._in_flight = 0
+        self._strips_waiting = 0  # strips handed over, not taken yet
         self._stop = False
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name=f"drizzle-reader-{grid.detectors}", daemon=True)
@@ -109,6 +110,8 @@ class ReadAhead:
             if self._stop:
                 return False
             self._in_flight += n
+            if item.kind == "strip":
+                self._strips_waiting += 1
         self._items.put(item)
         return True
 
@@ -210,12 +213,19 @@ class ReadAhead:
                     break
                 if item.kind == "strip":
                     taken = _nbytes(item.payload)
+                    with self._cv:
+                        self._strips_waiting -= 1
                 yield item
                 del item
             if self._error is not None:
                 raise self._error
         finally:
             self.close()
+
+    def ahead(self) -> bool:
+        """Whether the reader has handed over a strip the caller has not taken yet (the frame side
+        is ahead of the kernel)."""
+        return self._strips_waiting > 0
 
     def close(self) -> None:
         """Stop the reader thread (pending strips are dropped) and wait for it."""
