@@ -211,10 +211,11 @@ def test_read_ahead_keeps_order_within_any_budget(field):
     assert kinds.count("frame") == kinds.count("end") == 3 and kinds[-1] == "reject"
 
 
-def test_reader_ahead_counts_strips_handed_over_and_not_taken(field):
-    """ReadAhead.ahead(): True once the reader has handed over a strip the caller has not taken
-    (the frame loop then gives the kernel the pool), False once the caller took it; the other
-    items (frame, end) do not count."""
+def test_reader_ahead_when_a_strip_waits_or_nothing_is_left_to_read(field):
+    """ReadAhead.ahead(): False while the caller holds a strip and the reader is still at work
+    (here: held back by a 1-byte budget, so deterministic), True once the reader has handed over
+    a strip the caller has not taken, and once it has nothing left to prepare (the frame loop
+    then gives the kernel the pool)."""
     import time
 
     from spxquery.drizzle3d.grid import OutputGrid
@@ -222,15 +223,26 @@ def test_reader_ahead_counts_strips_handed_over_and_not_taken(field):
 
     config = field["cfg"]
     grid = OutputGrid.for_detector(config, 3)
-    reader = ReadAhead(list(field["info"].paths)[:1], config, grid)
-    seen = []
+    reader = ReadAhead(list(field["info"].paths)[:2], config, grid, budget_bytes=1)
+
+    def settled() -> bool:
+        deadline = time.monotonic() + 30
+        while not reader.ahead() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return reader.ahead()
+
+    kinds, seen = [], []
     for item in reader:
-        if item.kind == "frame":
-            deadline = time.monotonic() + 30
-            while not reader.ahead() and time.monotonic() < deadline:
-                time.sleep(0.001)
-        seen.append((item.kind, reader.ahead()))
-    assert seen == [("frame", True), ("strip", False), ("end", False)]
+        kinds.append(item.kind)
+        if kinds == ["frame", "strip"]:  # the first strip: the reader waits for its bytes to leave the budget
+            time.sleep(0.2)
+            seen.append(("first strip", reader.ahead()))
+        elif item.kind == "frame" and kinds.count("frame") == 2:  # the next strip follows the first's release
+            seen.append(("second frame", settled()))
+        elif item.kind == "end" and kinds.count("end") == 2:  # nothing left to prepare
+            seen.append(("last end", settled()))
+    assert kinds == ["frame", "strip", "end"] * 2
+    assert seen == [("first strip", False), ("second frame", True), ("last end", True)]
 
 
 def test_loop_kernel_threads_one_while_the_frame_side_sets_the_pace():

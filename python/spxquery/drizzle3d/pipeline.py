@@ -50,8 +50,9 @@ ALL_DETECTORS = (1, 2, 3, 4, 5, 6)
 KERNEL_POOL_MIN_PIXELS = 65536
 #: Strips of at most this many pixels (a crop cut into its strip by the reader:
 #: ``readahead.READY_STRIP_PIXELS``) run the kernel on this thread alone while the reader has not
-#: handed over the next item yet: the frame side then sets the pace and keeps the other core busy;
-#: once the reader is ahead (the kernel sets the pace) or for larger strips, the pool's threads.
+#: handed over the next strip yet: the frame side then sets the pace and keeps the other core busy;
+#: once the reader is ahead (the kernel sets the pace; the last frames) or for larger strips, the
+#: pool's threads (``ReadAhead.ahead``).
 KERNEL_ALONE_MAX_PIXELS = READY_STRIP_PIXELS
 #: Local files prepared at once (:mod:`.readahead`). One: two preparing threads share the GIL
 #: (headers, WCS, crop are Python) and cost more CPU than they overlap; the reader thread and the

@@ -96,6 +96,7 @@ class ReadAhead:
         self._cv = threading.Condition()
         self._in_flight = 0
         self._strips_waiting = 0  # strips handed over, not taken yet
+        self._finished_reading = False  # the reader thread has ended
         self._stop = False
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name=f"drizzle-reader-{grid.detectors}", daemon=True)
@@ -195,6 +196,7 @@ class ReadAhead:
             self._error = exc
         finally:
             prepared.close()  # the pool (if any) finishes the frames it started
+            self._finished_reading = True
             self._items.put(None)
 
     # ------------------------------------------------------------------ caller
@@ -223,9 +225,9 @@ class ReadAhead:
             self.close()
 
     def ahead(self) -> bool:
-        """Whether the reader has handed over a strip the caller has not taken yet (the frame side
-        is ahead of the kernel)."""
-        return self._strips_waiting > 0
+        """Whether the reader is ahead of the caller: it has handed over a strip the caller has not
+        taken yet, or it has nothing left to prepare (the frame side does not need a core)."""
+        return self._strips_waiting > 0 or self._finished_reading
 
     def close(self) -> None:
         """Stop the reader thread (pending strips are dropped) and wait for it."""
