@@ -261,7 +261,8 @@ def test_replaced_cube_is_released_after_the_rename(tmp_path):
     held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
             if os.path.exists(f"/proc/self/fd/{fd}")]
     assert not [h for h in held if "c.fits" in h], held
-    assert load_cube(path)["count"].tobytes() == load_cube(save_cube(_cube(seed=2), tmp_path / "d.fits"))["count"].tobytes()
+    fresh = save_cube(_cube(seed=2), tmp_path / "d.fits")
+    assert load_cube(path)["count"].tobytes() == load_cube(fresh)["count"].tobytes()
 
 
 def test_atomic_failure_leaves_existing_file(tmp_path):
