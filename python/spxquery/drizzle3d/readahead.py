@@ -17,10 +17,11 @@ Frames in flight: with ``workers`` > 1 up to ``workers`` files are prepared at o
 thread pool (:func:`.frames.prepare_frame`: headers, sample, flags and the pixels of crops up
 to ``frames.STRIP_PIXELS``; for crops of at most :data:`READY_STRIP_PIXELS` pixels also the
 strip itself: zodi subtracted, wavelengths, corner map), still handed over in file order. So
-on a machine with several cores the frame side uses them too (the pipeline's
-:func:`~.pipeline.frames_in_flight`; the reading, the numpy passes and the Rust calls release
-the GIL), and frames read in place from an object store wait for the network side by side.
-Each prepared frame holds at most about 30 MB (a crop of ``STRIP_PIXELS`` pixels, or the
+frames read in place from an object store wait for the network side by side (the pipeline's
+:func:`~.pipeline.frames_in_flight`); local files are prepared one at a time, as two preparing
+threads share the GIL. :meth:`ReadAhead.ahead` tells the caller whether the reader is ahead of
+it (the frame loop then gives the kernel both cores). Each prepared frame holds at most about
+30 MB (a crop of ``STRIP_PIXELS`` pixels, or the
 strip of a crop of ``READY_STRIP_PIXELS``).
 """
 
