@@ -105,11 +105,20 @@ def _sip_matrix(header: Header, prefix: str, required: bool) -> Optional[np.ndar
     return m
 
 
+def _powers(u: np.ndarray, n: int) -> np.ndarray:
+    """``(len(u), n)``: ``u**0 .. u**(n-1)`` by repeated products (no ``pow`` calls)."""
+    out = np.empty((u.size, n))
+    out[:, 0] = 1.0
+    for k in range(1, n):
+        np.multiply(out[:, k - 1], u, out=out[:, k])
+    return out
+
+
 def _poly(m: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``sum m[i, j] u**i v**j`` (i + j <= order) at the points ``u``, ``v`` (1-D arrays)."""
-    powers = np.arange(m.shape[0])
-    tri = np.add.outer(powers, powers) <= m.shape[0] - 1
-    return np.sum((u[:, None] ** powers @ np.where(tri, m, 0.0)) * v[:, None] ** powers, axis=1)
+    n = m.shape[0]
+    tri = np.add.outer(np.arange(n), np.arange(n)) <= n - 1
+    return np.einsum("pj,pj->p", _powers(u, n) @ np.where(tri, m, 0.0), _powers(v, n))
 
 
 def _check_sip(sip: Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]],
