@@ -20,6 +20,7 @@ CARD = 80
 BLOCK = 2880
 
 _MISSING: Any = object()
+_isfinite = math.isfinite
 _NUMBER_CHARS = "0123456789+-.EeDd"
 #: Each card: its keyword when columns 9-10 are the value indicator "= ", else nothing.
 _CARD_KEY = re.compile(r"(.{8})= .{70}|.{80}", re.S)
@@ -52,6 +53,7 @@ class Header:
         self._index: Optional[Dict[str, List[int]]] = None
         self._hier: Optional[Dict[str, List[int]]] = None
         self._lookups = 0
+        self._has_hier = "HIERARCH" in text
 
     # ------------------------------------------------------------------ cards
     def _card(self, i: int) -> str:
@@ -65,7 +67,7 @@ class Header:
         text = self._text
         keys = _CARD_KEY.findall(text)  # the keyword of each card with a value indicator, else ''
         pairs = [(k.rstrip(), j) for j, k in enumerate(keys) if k and k not in _NO_VALUE]
-        if "HIERARCH" in text:
+        if self._has_hier:
             for key, where in self._hierarch().items():
                 pairs += [(key, j) for j in where]
         index: Dict[str, List[int]] = {key: [j] for key, j in pairs}
@@ -113,7 +115,7 @@ class Header:
             if pos % CARD == 0:
                 out.append(pos // CARD)
             pos = text.find(probe, pos + 1)
-        if "HIERARCH" in text and key in self._hierarch():
+        if self._has_hier and key in self._hierarch():
             out = sorted(out + self._hierarch()[key])
         return out
 
@@ -140,7 +142,10 @@ class Header:
 
     # ------------------------------------------------------------------ values
     def _parse(self, key: str, i: int) -> Any:
-        raw = self._value_text(i)
+        start = i * CARD
+        raw = self._text[start + 10:start + CARD]
+        if self._has_hier and self._text.startswith("HIERARCH", start):
+            raw = self._value_text(i)
         s = raw.strip()
         if s.startswith("'"):
             value, rest = _string(s)
@@ -175,7 +180,7 @@ class Header:
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key`` (str, bool, int, float, or None when undefined); ``default``
         when absent. :class:`HeaderError` when repeated or malformed."""
-        where = self._positions(key)
+        where = self._index.get(key, ()) if self._index is not None else self._positions(key)
         if not where:
             return default
         if len(where) > 1:
@@ -183,12 +188,14 @@ class Header:
         return self._parse(key, where[0])
 
     def _required(self, key: str, default: Any) -> Any:
-        value = self.get(key, _MISSING)
-        if value is _MISSING:
-            if default is _MISSING:
-                raise HeaderError(f"{self.where}: keyword {key} is missing")
-            return default
-        return value
+        where = self._index.get(key, ()) if self._index is not None else self._positions(key)
+        if len(where) == 1:
+            return self._parse(key, where[0])
+        if where:
+            raise HeaderError(f"{self.where}: keyword {key} appears {len(where)} times")
+        if default is _MISSING:
+            raise HeaderError(f"{self.where}: keyword {key} is missing")
+        return default
 
     def get_int(self, key: str, default: Any = _MISSING) -> int:
         """An integer keyword; :class:`HeaderError` when missing (no default) or not an integer."""
@@ -203,6 +210,10 @@ class Header:
         """A finite real keyword (an integer value is accepted); :class:`HeaderError` when
         missing (no default), not a number, NaN or infinite."""
         value = self._required(key, default)
+        if type(value) is float and value is not default:  # the common case, checked as below
+            if not _isfinite(value):
+                raise HeaderError(f"{self.where}: keyword {key} = {value} is not finite")
+            return value
         if value is default and default is not _MISSING:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
