@@ -95,8 +95,7 @@ fn densify_on(coarse: ArrayView2<f64>, step: usize, ny: usize, nx: usize, parall
         dense
     } else {
         let mut dense: Vec<f64> = Vec::with_capacity(ny * nx);
-        for j in 0..ny {
-            let (a0, w) = sy[j];
+        for &(a0, w) in &sy {
             let (r0, r1, r2, r3) = (row(a0), row(a0 + 1), row(a0 + 2), row(a0 + 3));
             dense.extend(r0.iter().zip(r1).zip(r2).zip(r3).map(|(((&p0, &p1), &p2), &p3)| blend(w, p0, p1, p2, p3)));
         }
