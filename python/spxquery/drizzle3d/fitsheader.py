@@ -1,6 +1,6 @@
 """A small, strict FITS header: 80-character cards, values parsed on demand.
 
-Only the keywords a reader asks for are parsed, each strictly (FITS 4.0 section 4.2): a
+Keywords are parsed strictly (FITS 4.0 section 4.2): a
 string in single quotes (``''`` is a quote; trailing blanks dropped; the OGIP ``CONTINUE``
 convention for long strings), a logical ``T``/``F``, an integer, a real (``E`` or ``D``
 exponent), or nothing (undefined), then optionally a ``/`` comment. Anything else is a
@@ -8,18 +8,26 @@ exponent), or nothing (undefined), then optionally a ``/`` comment. Anything els
 appears twice when it is asked for. ``HIERARCH`` cards are found by the words after
 ``HIERARCH`` (``HIERARCH MP_HOT = 10`` is keyword ``MP_HOT``). Cards without a value
 (``COMMENT``, ``HISTORY``, blank) are ignored. No C library sees the text.
+
+At the first lookup the simple values of all standard cards are read in one pass by the Rust
+extension (``_core.header_values``, ``rust/src/cards.rs``: the same values as the parser here);
+a keyword it leaves out (repeated, malformed, a long string, HIERARCH) is read here as before,
+with the same messages.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
+
+from . import _core
 
 CARD = 80
 BLOCK = 2880
 
 _MISSING: Any = object()
+_VALUES = getattr(_core, "header_values", None)
 _isfinite = math.isfinite
 _NUMBER_CHARS = "0123456789+-.EeDd"
 #: Each card: its keyword when columns 9-10 are the value indicator "= ", else nothing.
@@ -54,6 +62,8 @@ class Header:
         self._hier: Optional[Dict[str, List[int]]] = None
         self._lookups = 0
         self._has_hier = "HIERARCH" in text
+        self._values: Optional[Dict[str, Any]] = None
+        self._others: Optional[FrozenSet[str]] = None  # None: every keyword read by the parser here
 
     # ------------------------------------------------------------------ cards
     def _card(self, i: int) -> str:
@@ -119,6 +129,31 @@ class Header:
             out = sorted(out + self._hierarch()[key])
         return out
 
+    def _read_values(self) -> Dict[str, Any]:
+        """The one-pass values of the standard cards (empty, everything left to the parser here,
+        without the extension or for text that is not ASCII)."""
+        if self._values is None:
+            if _VALUES is not None and self._text.isascii():
+                values, others = _VALUES(text=self._text)
+                self._values, self._others = values, frozenset(others)
+            else:
+                self._values, self._others = {}, None
+        return self._values
+
+    def _lookup(self, key: str) -> Any:
+        """The value of ``key``, ``_MISSING`` when absent; :class:`HeaderError` when repeated or
+        malformed."""
+        value = (self._values if self._values is not None else self._read_values()).get(key, _MISSING)
+        hier = self._has_hier and key in self._hierarch()
+        if not hier and self._others is not None and (value is not _MISSING or key not in self._others):
+            return value  # read in one pass, or absent
+        where = self._positions(key)
+        if not where:
+            return _MISSING
+        if len(where) > 1:
+            raise HeaderError(f"{self.where}: keyword {key} appears {len(where)} times")
+        return self._parse(key, where[0])
+
     def find(self, key: str) -> int:
         """Card number of the first card of keyword ``key``, or -1."""
         where = self._positions(key)
@@ -135,6 +170,9 @@ class Header:
         return card[10:]
 
     def __contains__(self, key: str) -> bool:
+        values = self._values if self._values is not None else self._read_values()
+        if self._others is not None:
+            return key in values or key in self._others or (self._has_hier and key in self._hierarch())
         return bool(self._positions(key))
 
     def keys(self) -> List[str]:
@@ -180,22 +218,16 @@ class Header:
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key`` (str, bool, int, float, or None when undefined); ``default``
         when absent. :class:`HeaderError` when repeated or malformed."""
-        where = self._index.get(key, ()) if self._index is not None else self._positions(key)
-        if not where:
-            return default
-        if len(where) > 1:
-            raise HeaderError(f"{self.where}: keyword {key} appears {len(where)} times")
-        return self._parse(key, where[0])
+        value = self._lookup(key)
+        return default if value is _MISSING else value
 
     def _required(self, key: str, default: Any) -> Any:
-        where = self._index.get(key, ()) if self._index is not None else self._positions(key)
-        if len(where) == 1:
-            return self._parse(key, where[0])
-        if where:
-            raise HeaderError(f"{self.where}: keyword {key} appears {len(where)} times")
-        if default is _MISSING:
-            raise HeaderError(f"{self.where}: keyword {key} is missing")
-        return default
+        value = self._lookup(key)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise HeaderError(f"{self.where}: keyword {key} is missing")
+            return default
+        return value
 
     def get_int(self, key: str, default: Any = _MISSING) -> int:
         """An integer keyword; :class:`HeaderError` when missing (no default) or not an integer."""
