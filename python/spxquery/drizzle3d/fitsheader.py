@@ -9,9 +9,9 @@ appears twice when it is asked for. ``HIERARCH`` cards are found by the words af
 ``HIERARCH`` (``HIERARCH MP_HOT = 10`` is keyword ``MP_HOT``). Cards without a value
 (``COMMENT``, ``HISTORY``, blank) are ignored. No C library sees the text.
 
-At the first lookup the simple values of all standard cards are read in one pass by the Rust
-extension (``_core.header_values``, ``rust/src/cards.rs``: the same values as the parser here);
-a keyword it leaves out (repeated, malformed, a long string, HIERARCH) is read here as before,
+After the first few lookups (searches of the text) the simple values of all standard cards
+are read in one pass by the Rust extension (``_core.header_values``, ``rust/src/cards.rs``:
+the same values as the parser here); a keyword it leaves out (repeated, malformed, a long string, HIERARCH) is read here as before,
 with the same messages.
 """
 
@@ -32,7 +32,7 @@ _isfinite = math.isfinite
 _NUMBER_CHARS = "0123456789+-.EeDd"
 #: Each card: its keyword when columns 9-10 are the value indicator "= ", else nothing.
 _CARD_KEY = re.compile(r"(.{8})= .{70}|.{80}", re.S)
-#: Standard keywords looked up by searching the text before a header indexes all its cards.
+#: Standard keywords looked up by searching the text before a header reads (or indexes) all its cards.
 _SCANS_BEFORE_INDEX = 6
 _AFTER_STRING = re.compile(r"\s*(?:/.*)?$")
 #: Cards that never carry a value (FITS 4.4.2.4), and HIERARCH (indexed by the words after it).
@@ -143,10 +143,14 @@ class Header:
     def _lookup(self, key: str) -> Any:
         """The value of ``key``, ``_MISSING`` when absent; :class:`HeaderError` when repeated or
         malformed."""
-        value = (self._values if self._values is not None else self._read_values()).get(key, _MISSING)
-        hier = self._has_hier and key in self._hierarch()
-        if not hier and self._others is not None and (value is not _MISSING or key not in self._others):
-            return value  # read in one pass, or absent
+        values = self._values
+        if values is None and self._lookups >= _SCANS_BEFORE_INDEX:
+            values = self._read_values()
+        if values is not None:  # else: one of the first lookups, a text search (cheaper)
+            value = values.get(key, _MISSING)
+            hier = self._has_hier and key in self._hierarch()
+            if not hier and self._others is not None and (value is not _MISSING or key not in self._others):
+                return value  # read in one pass, or absent
         where = self._positions(key)
         if not where:
             return _MISSING
@@ -170,8 +174,10 @@ class Header:
         return card[10:]
 
     def __contains__(self, key: str) -> bool:
-        values = self._values if self._values is not None else self._read_values()
-        if self._others is not None:
+        values = self._values
+        if values is None and self._lookups >= _SCANS_BEFORE_INDEX:
+            values = self._read_values()
+        if values is not None and self._others is not None:
             return key in values or key in self._others or (self._has_hier and key in self._hierarch())
         return bool(self._positions(key))
 
