@@ -136,6 +136,8 @@ class Header:
             if _VALUES is not None and self._text.isascii():
                 values, others = _VALUES(text=self._text)
                 self._values, self._others = values, frozenset(others)
+                if self._has_hier:
+                    self._hierarch()
             else:
                 self._values, self._others = {}, None
         return self._values
@@ -148,7 +150,7 @@ class Header:
             values = self._read_values()
         if values is not None:  # else: one of the first lookups, a text search (cheaper)
             value = values.get(key, _MISSING)
-            hier = self._has_hier and key in self._hierarch()
+            hier = self._hier is not None and key in self._hier  # built by _read_values when there are any
             if not hier and self._others is not None and (value is not _MISSING or key not in self._others):
                 return value  # read in one pass, or absent
         where = self._positions(key)
