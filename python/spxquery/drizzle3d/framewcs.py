@@ -17,6 +17,7 @@ Conventions: FITS 1-based CRPIX in the header, degrees.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Optional, Tuple
@@ -149,6 +150,30 @@ def _check_sip(sip: Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional
                            f"(limit {MAX_SIP_INVERSE_ERROR_PIX:g})")
 
 
+@functools.lru_cache(maxsize=32)
+def _sip_verdict(key: Tuple[Tuple[Tuple[int, ...], bytes], ...], crpix: Tuple[float, float],
+                 shape: Tuple[int, int]) -> Optional[str]:
+    """:func:`_check_sip`'s reason (None: the SIP is usable) for the coefficients in ``key``
+    (``(shape, bytes)`` of A, B, AP, BP; an empty shape for an absent matrix). Frames of one
+    detector share their SIP: the check runs once per distinct set of coefficients."""
+    a, b, ap, bp = (np.frombuffer(raw, dtype=np.float64).reshape(dims) if dims else None for dims, raw in key)
+    try:
+        _check_sip((a, b, ap, bp), crpix, shape)
+    except WcsError as exc:
+        return str(exc)
+    return None
+
+
+def _checked_sip(sip: Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]],
+                 crpix: Tuple[float, float], shape: Tuple[int, int]) -> None:
+    """:func:`_check_sip`, its verdict remembered for the same coefficients, CRPIX and shape."""
+    key = tuple(((), b"") if m is None else (m.shape, np.ascontiguousarray(m, dtype=np.float64).tobytes())
+                for m in sip)
+    reason = _sip_verdict(key, (float(crpix[0]), float(crpix[1])), (int(shape[0]), int(shape[1])))
+    if reason is not None:
+        raise WcsError(reason)
+
+
 def celestial_wcs(header: Header, shape: Tuple[int, int]) -> WCS:
     """The checked 2-D celestial WCS of an image header (``shape = (ny, nx)``).
 
@@ -174,7 +199,7 @@ def celestial_wcs(header: Header, shape: Tuple[int, int]) -> WCS:
             if (ap is None) != (bp is None):
                 raise WcsError("only one of AP_ORDER / BP_ORDER is present")
             assert a is not None and b is not None
-            _check_sip((a, b, ap, bp), crpix, shape)
+            _checked_sip((a, b, ap, bp), crpix, shape)
             sip = Sip(a, b, ap, bp, crpix)
         radesys = header.get_str("RADESYS", "").strip().upper()
         equinox = header.get_float("EQUINOX", None)
