@@ -11,8 +11,8 @@ appears twice when it is asked for. ``HIERARCH`` cards are found by the words af
 
 After the first few lookups (searches of the text) the simple values of all standard cards
 are read in one pass by the Rust extension (``_core.header_values``, ``rust/src/cards.rs``:
-the same values as the parser here); a keyword it leaves out (repeated, malformed, a long string, HIERARCH) is read here as before,
-with the same messages.
+the same values as the parser here); a keyword it leaves out (repeated, malformed, a long
+string, HIERARCH) is read here as before, with the same messages.
 """
 
 from __future__ import annotations

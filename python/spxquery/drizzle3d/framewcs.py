@@ -157,6 +157,7 @@ def _sip_verdict(key: Tuple[Tuple[Tuple[int, ...], bytes], ...], crpix: Tuple[fl
     (``(shape, bytes)`` of A, B, AP, BP; an empty shape for an absent matrix). Frames of one
     detector share their SIP: the check runs once per distinct set of coefficients."""
     a, b, ap, bp = (np.frombuffer(raw, dtype=np.float64).reshape(dims) if dims else None for dims, raw in key)
+    assert a is not None and b is not None  # A and B are required with SIP
     try:
         _check_sip((a, b, ap, bp), crpix, shape)
     except WcsError as exc:
