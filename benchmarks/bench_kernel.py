@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import threading
 import time
 
 import numpy as np
@@ -136,6 +137,9 @@ def kernel_call(cx, cy, pixels, kernel, threads, z_edges=EDGES, covariance=False
         from spxquery.drizzle3d.covariance import cross_terms
 
         cube["cov_cross"] = cross_terms(shape, len(cube["cov_offsets"]))  # as the pipeline allocates it
+        for t in threading.enumerate():  # its pages populated in the background: not during the timed calls
+            if t.name == "spxdrizzle-populate":
+                t.join()
     params = _core.EngineParams(z_edges=z_edges, xy_shrink=PIXFRAC, z_shrink=PIXFRAC, ivar_max=1e10, min_overlap=0.0,
                                 kernel=kernel)
     return lambda: _core.accumulate_frame(cube=cube, params=params, corners_x=cx, corners_y=cy, **pixels,

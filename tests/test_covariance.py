@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.wcs import WCS
 
-from spxquery.drizzle3d import _core, covariance
+from spxquery.drizzle3d import _core, covariance, vmhints
 from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.covariance import (
@@ -204,6 +204,31 @@ def test_band_writer_gives_the_bytes_of_the_plane_by_plane_writer(tmp_path, monk
         assert got == want
         assert max(sizes) <= max(limit, n_off * nx * 8)  # memory: one buffer of a band
     assert len(sizes) == nz * -(-ny // 4)
+
+
+def test_the_writer_starts_the_writeback_after_each_band_and_the_bytes_do_not_depend_on_it(tmp_path, monkeypatch):
+    cube = drizzled(12, 1.0, 0.8, "square", frames(9, 1.0, seed=5))
+    nz, ny, nx = cube.weight_total.shape
+    monkeypatch.setattr(covariance, "WRITE_BUFFER_BYTES", 5 * (len(cube.cov_offsets) + 1) * nx * 8)  # bands of 5 rows
+    started = []
+    real = vmhints.start_writeback
+    monkeypatch.setattr(vmhints, "start_writeback", lambda fd, *a: started.append((fd, a)) or real(fd, *a))
+    reserved = []
+    real_pre = vmhints.preallocate
+    monkeypatch.setattr(vmhints, "preallocate", lambda *a: reserved.append(a) or real_pre(*a))
+    raw = save_cube(cube, tmp_path / "a.fits").read_bytes()
+    want = _undated(raw)
+    assert len(started) == nz * -(-ny // 5) and all(a == () for _, a in started)
+    n_bytes = (len(cube.cov_offsets) + 1) * nz * ny * nx * 8
+    assert len(reserved) == 1 and reserved[0][2] == n_bytes
+    start = reserved[0][1]  # the image's data: after the COVARIANCE header, before the next header
+    assert start % 2880 == 0 and raw.rfind(b"XTENSION", 0, start) < raw.rfind(b"EXTNAME = 'COVARIANCE'", 0, start)
+    assert raw.find(b"XTENSION", start) == start + n_bytes + (-n_bytes % 2880)
+    monkeypatch.setattr(vmhints, "_SYNC_FILE_RANGE", None)  # a system without the calls
+    monkeypatch.setattr(vmhints, "_FALLOCATE", None)
+    monkeypatch.setattr(vmhints, "_MADVISE", None)
+    assert _undated(save_cube(drizzled(12, 1.0, 0.8, "square", frames(9, 1.0, seed=5)), tmp_path / "b.fits")
+                    .read_bytes()) == want
 
 
 def test_covariance_band_rejects_wrong_shapes_naming_them():

@@ -245,6 +245,26 @@ def test_file_exists_and_overwrite(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["c.fits"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_replaced_cube_is_released_after_the_rename(tmp_path):
+    """Overwriting holds the old cube open across the rename and closes it on a background thread
+    (its blocks are freed there, not in os.replace): once that thread ends, no descriptor of the
+    replaced file is left, and the path holds the new cube."""
+    import threading
+
+    path = tmp_path / "c.fits"
+    save_cube(_cube(seed=1), path)
+    save_cube(_cube(seed=2), path, overwrite=True)
+    closers = [t for t in threading.enumerate() if t.name == "drizzle-free-replaced-cube"]
+    for t in closers:
+        t.join(10)
+    held = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert not [h for h in held if "c.fits" in h], held
+    fresh = save_cube(_cube(seed=2), tmp_path / "d.fits")
+    assert load_cube(path)["count"].tobytes() == load_cube(fresh)["count"].tobytes()
+
+
 def test_atomic_failure_leaves_existing_file(tmp_path):
     path = tmp_path / "c.fits"
     save_cube(_cube(seed=1), path)

@@ -211,19 +211,65 @@ def test_read_ahead_keeps_order_within_any_budget(field):
     assert kinds.count("frame") == kinds.count("end") == 3 and kinds[-1] == "reject"
 
 
+def test_reader_ahead_when_a_strip_waits_or_nothing_is_left_to_read(field):
+    """ReadAhead.ahead(): False while the caller holds a strip and the reader is still at work
+    (here: held back by a 1-byte budget, so deterministic), True once the reader has handed over
+    a strip the caller has not taken, and once it has nothing left to prepare (the frame loop
+    then gives the kernel the pool)."""
+    import time
+
+    from spxquery.drizzle3d.grid import OutputGrid
+    from spxquery.drizzle3d.readahead import ReadAhead
+
+    config = field["cfg"]
+    grid = OutputGrid.for_detector(config, 3)
+    reader = ReadAhead(list(field["info"].paths)[:2], config, grid, budget_bytes=1)
+
+    def settled() -> bool:
+        deadline = time.monotonic() + 30
+        while not reader.ahead() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return reader.ahead()
+
+    kinds, seen = [], []
+    for item in reader:
+        kinds.append(item.kind)
+        if kinds == ["frame", "strip"]:  # the first strip: the reader waits for its bytes to leave the budget
+            time.sleep(0.2)
+            seen.append(("first strip", reader.ahead()))
+        elif item.kind == "frame" and kinds.count("frame") == 2:  # the next strip follows the first's release
+            seen.append(("second frame", settled()))
+        elif item.kind == "end" and kinds.count("end") == 2:  # nothing left to prepare
+            seen.append(("last end", settled()))
+    assert kinds == ["frame", "strip", "end"] * 2
+    assert seen == [("first strip", False), ("second frame", True), ("last end", True)]
+
+
+def test_loop_kernel_threads_one_while_the_frame_side_sets_the_pace():
+    """The frame loop's kernel runs on one thread for a small strip while the reader is preparing
+    the next (the reader has the other core), on the pool once the reader is ahead or for large strips."""
+    from spxquery.drizzle3d.pipeline import KERNEL_ALONE_MAX_PIXELS, KERNEL_POOL_MIN_PIXELS, _loop_kernel_threads
+
+    assert KERNEL_POOL_MIN_PIXELS < KERNEL_ALONE_MAX_PIXELS
+    assert _loop_kernel_threads(KERNEL_ALONE_MAX_PIXELS, reader_ahead=False) == 1
+    assert _loop_kernel_threads(KERNEL_ALONE_MAX_PIXELS, reader_ahead=True) == 0
+    assert _loop_kernel_threads(KERNEL_ALONE_MAX_PIXELS + 1, reader_ahead=False) == 0
+    assert _loop_kernel_threads(KERNEL_POOL_MIN_PIXELS - 1, reader_ahead=True) == 1
+
+
 def test_frames_prepared_two_at_a_time_are_handed_over_like_one_at_a_time(field, monkeypatch):
     """ReadAhead with two workers (local files: pipeline.frames_in_flight) cuts small crops into
     their strips in the workers; the items, their order, the strips' bytes and the report of a
     frame whose strip fails are those of one worker."""
     from spxquery.drizzle3d import frames as frames_mod
     from spxquery.drizzle3d.grid import OutputGrid
-    from spxquery.drizzle3d.pipeline import frames_in_flight
+    from spxquery.drizzle3d.pipeline import LOCAL_FRAMES_IN_FLIGHT, frames_in_flight
     from spxquery.drizzle3d.readahead import READY_STRIP_PIXELS, ReadAhead
 
     config = field["cfg"]
     grid = OutputGrid.for_detector(config, 3)
     paths = list(field["info"].paths)[:4] + [field["root"] / "missing.fits"]
-    assert frames_in_flight(paths, config) == min(2, os.cpu_count() or 1)
+    assert frames_in_flight(paths, config) == min(LOCAL_FRAMES_IN_FLIGHT, os.cpu_count() or 1) == 1
     broken = paths[1].name
     real_corner_map = frames_mod.corner_map
 

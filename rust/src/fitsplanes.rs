@@ -8,6 +8,7 @@
 //! plane and a band of rows, all offsets from one read of each voxel's terms.
 
 use ndarray::{s, ArrayView3, Axis};
+use rayon::prelude::*;
 
 /// Writes plane values into `out` (each `u32` holds the big-endian bytes of one
 /// float32, so `out`'s memory is the FITS data). `squared`: divide by `w * w`.
@@ -63,7 +64,9 @@ pub struct CovBand<'a> {
 /// `var / (w * w)` where `w > 0`, NaN elsewhere; block `1 + j` is
 /// `cross[.., j] / (W_k * W_{k+o})` where that product is `> 0` and the partner
 /// lies in the cube, `0.0` elsewhere (numpy's bits, `covariance.file_planes`).
-/// Rows are the outer loop, so each row's terms come from memory once.
+/// Rows run in parallel on rayon's global pool (each value is a function of its
+/// voxel alone: the same bytes for any thread count); a row's terms come from
+/// memory once (then from L2 for each offset).
 pub fn covariance_band(b: &CovBand<'_>, out: &mut [u64]) -> Result<(), String> {
     let (nz, ny, nx) = b.shape;
     let (rows, cx, nc) = b.cross.dim();
@@ -80,44 +83,71 @@ pub fn covariance_band(b: &CovBand<'_>, out: &mut [u64]) -> Result<(), String> {
     if b.var.len() != block || out.len() != (1 + nc) * block {
         return Err(format!("covariance band: var ({}) must hold {block} values and out ({}) {}", b.var.len(), out.len(), (1 + nc) * block));
     }
-    let plane = |z: usize| &b.weight[z * ny * nx..(z + 1) * ny * nx];
-    let wk = plane(b.k);
-    let (diag, rest) = out.split_at_mut(block);
-    let nan = f64::NAN.to_bits().swap_bytes();
-    for ((o, &v), &w) in diag.iter_mut().zip(b.var).zip(&wk[b.y0 * nx..(b.y0 + rows) * nx]) {
-        *o = if w > 0.0 { (v / (w * w)).to_bits().swap_bytes() } else { nan };
+    if nx == 0 || rows == 0 {
+        return Ok(());
     }
-    for r in 0..rows {
-        let y = b.y0 + r;
-        let terms = b.cross.index_axis(Axis(0), r);
-        let wrow = &wk[y * nx..(y + 1) * nx];
-        for (j, (&[dz, dy, dx], dst)) in b.offsets.iter().zip(rest.chunks_exact_mut(block)).enumerate() {
-            let dst = &mut dst[r * nx..(r + 1) * nx];
-            let (zp, yp) = (b.k as i64 + dz, y as i64 + dy);
-            if zp < 0 || zp >= nz as i64 || yp < 0 || yp >= ny as i64 {
-                dst.fill(0);
-                continue;
-            }
-            let prow = &plane(zp as usize)[yp as usize * nx..(yp as usize + 1) * nx];
-            // Anchors lo..hi have their partner x + dx in the row.
-            let lo = (-dx).clamp(0, nx as i64) as usize;
-            let hi = (nx as i64 - dx.max(0)).clamp(0, nx as i64) as usize;
-            if lo >= hi {
-                dst.fill(0);
-                continue;
-            }
-            dst[..lo].fill(0);
-            dst[hi..].fill(0);
-            let partners = &prow[(lo as i64 + dx) as usize..(hi as i64 + dx) as usize];
-            let col = terms.slice(s![lo..hi, j]);
-            for (((o, &x), &wa), &wp) in dst[lo..hi].iter_mut().zip(col).zip(&wrow[lo..hi]).zip(partners) {
-                let w = wa * wp;
-                let v = (x / w).to_bits().swap_bytes();
-                *o = if w > 0.0 { v } else { 0 };
-            }
+    // Row r's segment of every block: the rows are independent tasks.
+    let mut segments: Vec<Vec<&mut [u64]>> = (0..rows).map(|_| Vec::with_capacity(1 + nc)).collect();
+    for blk in out.chunks_exact_mut(block) {
+        for (seg, row) in blk.chunks_exact_mut(nx).zip(segments.iter_mut()) {
+            row.push(seg);
         }
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU runs AVX2 (checked just above).
+            segments.into_par_iter().enumerate().for_each(|(r, mut segs)| unsafe { band_row_avx2(b, r, &mut segs) });
+            return Ok(());
+        }
+    }
+    segments.into_par_iter().enumerate().for_each(|(r, mut segs)| band_row(b, r, &mut segs));
     Ok(())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn band_row_avx2(b: &CovBand<'_>, r: usize, segs: &mut [&mut [u64]]) {
+    band_row(b, r, segs)
+}
+
+/// Row `r` of the band into `segs` (its segment of each block: the variance, then one per offset).
+#[inline(always)]
+fn band_row(b: &CovBand<'_>, r: usize, segs: &mut [&mut [u64]]) {
+    let (nz, ny, nx) = b.shape;
+    let plane = |z: usize| &b.weight[z * ny * nx..(z + 1) * ny * nx];
+    let y = b.y0 + r;
+    let wrow = &plane(b.k)[y * nx..(y + 1) * nx];
+    let nan = f64::NAN.to_bits().swap_bytes();
+    let (diag, rest) = segs.split_first_mut().expect("a segment per block");
+    for ((o, &v), &w) in diag.iter_mut().zip(&b.var[r * nx..(r + 1) * nx]).zip(wrow) {
+        *o = if w > 0.0 { (v / (w * w)).to_bits().swap_bytes() } else { nan };
+    }
+    let terms = b.cross.index_axis(Axis(0), r);
+    for (j, (&[dz, dy, dx], dst)) in b.offsets.iter().zip(rest.iter_mut()).enumerate() {
+        let (zp, yp) = (b.k as i64 + dz, y as i64 + dy);
+        if zp < 0 || zp >= nz as i64 || yp < 0 || yp >= ny as i64 {
+            dst.fill(0);
+            continue;
+        }
+        let prow = &plane(zp as usize)[yp as usize * nx..(yp as usize + 1) * nx];
+        // Anchors lo..hi have their partner x + dx in the row.
+        let lo = (-dx).clamp(0, nx as i64) as usize;
+        let hi = (nx as i64 - dx.max(0)).clamp(0, nx as i64) as usize;
+        if lo >= hi {
+            dst.fill(0);
+            continue;
+        }
+        dst[..lo].fill(0);
+        dst[hi..].fill(0);
+        let partners = &prow[(lo as i64 + dx) as usize..(hi as i64 + dx) as usize];
+        let col = terms.slice(s![lo..hi, j]);
+        for (((o, &x), &wa), &wp) in dst[lo..hi].iter_mut().zip(col).zip(&wrow[lo..hi]).zip(partners) {
+            let w = wa * wp;
+            let v = (x / w).to_bits().swap_bytes();
+            *o = if w > 0.0 { v } else { 0 };
+        }
+    }
 }
 
 #[cfg(test)]
@@ -172,5 +202,27 @@ mod tests {
         assert!(out4[6..].iter().all(|&b| b == 0));
         let bad = CovBand { y0: 1, ..band };
         assert!(covariance_band(&bad, &mut out).is_err());
+    }
+
+    #[test]
+    fn covariance_band_same_bytes_for_any_thread_count() {
+        use ndarray::Array3;
+        let (nz, ny, nx) = (3, 9, 11);
+        let weight: Vec<f64> = (0..nz * ny * nx).map(|i| if i % 7 == 0 { 0.0 } else { 1.0 + (i % 5) as f64 * 0.37 }).collect();
+        let offsets = [[0, 0, 1], [1, 0, 0], [-1, 1, -2], [0, 2, 2], [2, 1, 0]];
+        let (y0, rows) = (2, 6);
+        let cross = Array3::from_shape_fn((rows, nx, offsets.len()), |(y, x, j)| 0.1 + (y * 131 + x * 17 + j * 5) as f64 / 7.0);
+        let var: Vec<f64> = (0..rows * nx).map(|i| i as f64 * 0.25).collect();
+        let band = CovBand { cross: cross.view(), var: &var, weight: &weight, shape: (nz, ny, nx), k: 1, y0, offsets: &offsets };
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = vec![0u64; (1 + offsets.len()) * rows * nx];
+            pool.install(|| covariance_band(&band, &mut out)).unwrap();
+            out
+        };
+        let one = run(1);
+        assert!(one.iter().any(|&b| b != 0));
+        assert_eq!(one, run(2));
+        assert_eq!(one, run(4));
     }
 }

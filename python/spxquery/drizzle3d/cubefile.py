@@ -26,9 +26,10 @@ import io
 import logging
 import os
 import tempfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from astropy.io import fits
@@ -433,6 +434,28 @@ def _write_tables(f, tables: List[fits.BinTableHDU]) -> None:
     f.write(buf.getvalue()[primary_len:])  # the table extensions without their dummy primary
 
 
+def _open_replaced(path: Path) -> Optional[int]:
+    """A descriptor of the cube ``path`` about to be replaced (None: none there, or not POSIX).
+    Held across the rename, it moves the freeing of the old cube's blocks (~15 ms for a 29 MB
+    cube on ext4 with ``discard``) out of ``os.replace`` to the descriptor's close."""
+    if os.name != "posix":
+        return None
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _close_in_background(fd: Optional[int]) -> Optional[threading.Thread]:
+    """Close ``fd`` (the replaced cube: its blocks are freed then) on a daemon thread, so the
+    caller does not wait for the file system; at exit the process closes it anyway."""
+    if fd is None:
+        return None
+    thread = threading.Thread(target=os.close, args=(fd,), name="drizzle-free-replaced-cube", daemon=True)
+    thread.start()
+    return thread
+
+
 def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) -> Path:
     """Write ``cube`` as a FITS file (module docstring), atomically (temporary file + rename).
 
@@ -459,7 +482,11 @@ def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) ->
         os.chmod(tmp_path, 0o666 & ~umask)
         if path.exists() and not overwrite:
             raise FileExistsError(f"Output file already exists: {path} (appeared while writing)")
-        os.replace(tmp_path, path)
+        old = _open_replaced(path)
+        try:
+            os.replace(tmp_path, path)
+        finally:
+            _close_in_background(old)
     except BaseException:
         try:
             tmp_path.unlink()

@@ -37,7 +37,7 @@ from .outliers import finish_outliers, outlier_screen, record_outliers
 from .preflight import OutputExistsError, output_path, preflight, run_cubes
 from .productwave import frame_log_fields
 from .progress import byte_bar, progress_bar
-from .readahead import Item, ReadAhead
+from .readahead import READY_STRIP_PIXELS, Item, ReadAhead
 from .stagetimes import stage
 from .tiling import effective_tile_arcmin
 from .wavesources import WaveSources
@@ -48,9 +48,16 @@ ALL_DETECTORS = (1, 2, 3, 4, 5, 6)
 #: Strips of fewer input pixels than this run the kernel on this thread alone: waking the pool's
 #: threads costs more than they save on small crops, and the reader thread has the other core.
 KERNEL_POOL_MIN_PIXELS = 65536
-#: Local files prepared at once (:mod:`.readahead`): the frame side's work releases the GIL in
-#: part (reads, numpy passes, Rust calls), so two threads use a second core while the kernel runs.
-LOCAL_FRAMES_IN_FLIGHT = 2
+#: Strips of at most this many pixels (a crop cut into its strip by the reader:
+#: ``readahead.READY_STRIP_PIXELS``) run the kernel on this thread alone while the reader has not
+#: handed over the next strip yet: the frame side then sets the pace and keeps the other core busy;
+#: once the reader is ahead (the kernel sets the pace; the last frames) or for larger strips, the
+#: pool's threads (``ReadAhead.ahead``).
+KERNEL_ALONE_MAX_PIXELS = READY_STRIP_PIXELS
+#: Local files prepared at once (:mod:`.readahead`). One: two preparing threads share the GIL
+#: (headers, WCS, crop are Python) and cost more CPU than they overlap; the reader thread and the
+#: kernel on this thread keep the two cores busy (docs/performance.md, "Issue 23, fourth part").
+LOCAL_FRAMES_IN_FLIGHT = 1
 
 def output_path_for(config: Drizzle3DConfig, detector: int) -> Path:
     """``output_dir/drizzle_D{detector}.fits``; ``output_dir/drizzle_all.fits`` for detector 0
@@ -81,6 +88,15 @@ class _FrameTotals:
 def _kernel_threads(n_pixels: int) -> int:
     """Threads of the engine for a strip of ``n_pixels`` (0: the pool)."""
     return 1 if n_pixels < KERNEL_POOL_MIN_PIXELS else 0
+
+
+def _loop_kernel_threads(n_pixels: int, reader_ahead: bool) -> int:
+    """Threads of the engine for a strip of the frame loop: one while the reader is still preparing
+    the next item and the strip is small (:data:`KERNEL_ALONE_MAX_PIXELS`), else
+    :func:`_kernel_threads`. The bits do not depend on it."""
+    if not reader_ahead and n_pixels <= KERNEL_ALONE_MAX_PIXELS:
+        return 1
+    return _kernel_threads(n_pixels)
 
 
 def _label(detector: int) -> str:
@@ -118,7 +134,8 @@ def drizzle_frames(paths: List[Any], config: Drizzle3DConfig, grid: OutputGrid, 
     outcomes: Dict[str, List[Any]] = {"frame": [], "reject": [], "skip": [], "empty": []}
     frame: Optional[Frame] = None
     totals = _FrameTotals(cube.nz)
-    items: Iterable[Item] = ReadAhead(paths, config, grid, workers=frames_in_flight(paths, config), waves=waves)
+    reader = ReadAhead(paths, config, grid, workers=frames_in_flight(paths, config), waves=waves)
+    items: Iterable[Item] = reader
     screen = None
     if config.reject_outliers:  # pass 1: the robust model; the loop below is pass 2
         if grid.origin != (0, 0) or grid.shape != (config.output_ny(), config.output_nx()):  # a tile
@@ -131,7 +148,8 @@ def drizzle_frames(paths: List[Any], config: Drizzle3DConfig, grid: OutputGrid, 
             continue
         if kind == "strip":
             with stage("kernel"):
-                totals.add(drizzle_frame(cube, *payload, record=False, threads=_kernel_threads(payload.image.size)))
+                threads = _loop_kernel_threads(payload.image.size, reader.ahead())
+                totals.add(drizzle_frame(cube, *payload, record=False, threads=threads))
             del payload
             continue
         if done is not None:

@@ -17,10 +17,11 @@ Frames in flight: with ``workers`` > 1 up to ``workers`` files are prepared at o
 thread pool (:func:`.frames.prepare_frame`: headers, sample, flags and the pixels of crops up
 to ``frames.STRIP_PIXELS``; for crops of at most :data:`READY_STRIP_PIXELS` pixels also the
 strip itself: zodi subtracted, wavelengths, corner map), still handed over in file order. So
-on a machine with several cores the frame side uses them too (the pipeline's
-:func:`~.pipeline.frames_in_flight`; the reading, the numpy passes and the Rust calls release
-the GIL), and frames read in place from an object store wait for the network side by side.
-Each prepared frame holds at most about 30 MB (a crop of ``STRIP_PIXELS`` pixels, or the
+frames read in place from an object store wait for the network side by side (the pipeline's
+:func:`~.pipeline.frames_in_flight`); local files are prepared one at a time, as two preparing
+threads share the GIL. :meth:`ReadAhead.ahead` tells the caller whether the reader is ahead of
+it (the frame loop then gives the kernel both cores). Each prepared frame holds at most about
+30 MB (a crop of ``STRIP_PIXELS`` pixels, or the
 strip of a crop of ``READY_STRIP_PIXELS``).
 """
 
@@ -95,6 +96,8 @@ class ReadAhead:
         self._items: "queue.Queue[Optional[Item]]" = queue.Queue()
         self._cv = threading.Condition()
         self._in_flight = 0
+        self._strips_waiting = 0  # strips handed over, not taken yet
+        self._finished_reading = False  # the reader thread has ended
         self._stop = False
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name=f"drizzle-reader-{grid.detectors}", daemon=True)
@@ -109,6 +112,8 @@ class ReadAhead:
             if self._stop:
                 return False
             self._in_flight += n
+            if item.kind == "strip":
+                self._strips_waiting += 1
         self._items.put(item)
         return True
 
@@ -192,6 +197,7 @@ class ReadAhead:
             self._error = exc
         finally:
             prepared.close()  # the pool (if any) finishes the frames it started
+            self._finished_reading = True
             self._items.put(None)
 
     # ------------------------------------------------------------------ caller
@@ -210,12 +216,19 @@ class ReadAhead:
                     break
                 if item.kind == "strip":
                     taken = _nbytes(item.payload)
+                    with self._cv:
+                        self._strips_waiting -= 1
                 yield item
                 del item
             if self._error is not None:
                 raise self._error
         finally:
             self.close()
+
+    def ahead(self) -> bool:
+        """Whether the reader is ahead of the caller: it has handed over a strip the caller has not
+        taken yet, or it has nothing left to prepare (the frame side does not need a core)."""
+        return self._strips_waiting > 0 or self._finished_reading
 
     def close(self) -> None:
         """Stop the reader thread (pending strips are dropped) and wait for it."""

@@ -1,0 +1,107 @@
+"""Hints to the operating system about memory and written files (Linux; elsewhere they do nothing).
+
+* :func:`populate_async`: fault a fresh array's pages in (``madvise(MADV_POPULATE_WRITE)``) on a
+  background thread, so that the first frames' kernel does not pay for zeroing them. The pages'
+  contents never change (the kernel maps them as a first write would, without writing), so the
+  engine may accumulate into the array meanwhile.
+* :func:`start_writeback`: start writing a file's dirty pages to the disk now
+  (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, asynchronous), so that the ``fsync`` that ends an
+  atomic write finds little left to do.
+* :func:`preallocate`: reserve a file's blocks before writing them out of order
+  (``fallocate``), so that a writeback started early (above) does not scatter the file over the
+  disk (a 630 MB cube: 41-43 extents without, 7 with; 6 when written back at the end).
+
+All three call the C library through ``ctypes`` (which releases the GIL during the call); where the
+call is missing or refused (not Linux, kernels before 5.14 for the populate, file systems
+without ``fallocate``) they do nothing: hints change the time, never the bytes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+import threading
+from typing import Callable, Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: ``madvise`` advice: populate page tables writable (Linux >= 5.14).
+MADV_POPULATE_WRITE = 23
+#: ``sync_file_range`` flag: start write-out of the range's dirty pages, do not wait.
+SYNC_FILE_RANGE_WRITE = 2
+#: Arrays smaller than this are left to fault on first touch (the thread is not worth it).
+POPULATE_MIN_BYTES = 32 << 20
+#: Bytes populated per ``madvise`` call (the thread yields between calls).
+POPULATE_CHUNK_BYTES = 16 << 20
+_PAGE = 4096
+
+
+def _libc_function(name: str, argtypes: list) -> Optional[Callable[..., int]]:
+    """``name`` of the C library with ``argtypes`` and an int result; None when not on Linux or absent."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
+_MADVISE = _libc_function("madvise", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
+_SYNC_FILE_RANGE = _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
+_FALLOCATE = _libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+
+
+def _owner(a: np.ndarray) -> np.ndarray:
+    """The array that owns ``a``'s memory (the end of its chain of bases)."""
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def populate(a: np.ndarray) -> bool:
+    """Fault in the whole pages of the memory owning ``a`` now (writable; contents unchanged).
+    Returns False when the system cannot (then nothing happened, or only part of it)."""
+    if _MADVISE is None:
+        return False
+    owner = _owner(a)
+    start = -(-owner.ctypes.data // _PAGE) * _PAGE
+    end = (owner.ctypes.data + owner.nbytes) // _PAGE * _PAGE
+    for p in range(start, end, POPULATE_CHUNK_BYTES):
+        if _MADVISE(p, min(POPULATE_CHUNK_BYTES, end - p), MADV_POPULATE_WRITE) != 0:
+            logger.debug("madvise(MADV_POPULATE_WRITE) refused (errno %d): pages fault on first touch",
+                         ctypes.get_errno())
+            return False
+    return True
+
+
+def populate_async(a: np.ndarray, min_bytes: int = POPULATE_MIN_BYTES) -> Optional[threading.Thread]:
+    """Start :func:`populate` of ``a`` on a daemon thread (which holds ``a`` until done) when its
+    memory is at least ``min_bytes`` and the system can; returns the thread (None when not started)."""
+    if _MADVISE is None or _owner(a).nbytes < min_bytes:
+        return None
+    thread = threading.Thread(target=populate, args=(a,), name="spxdrizzle-populate", daemon=True)
+    thread.start()
+    return thread
+
+
+def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
+    """Start writing the dirty pages of bytes ``offset .. offset + nbytes`` of the file ``fd`` to
+    its disk (``nbytes`` 0: to the end of the file) without waiting. Returns False when the system
+    cannot (the data then reach the disk at the next ``fsync`` or writeback, as before)."""
+    if _SYNC_FILE_RANGE is None:
+        return False
+    return _SYNC_FILE_RANGE(int(fd), int(offset), int(nbytes), SYNC_FILE_RANGE_WRITE) == 0
+
+
+def preallocate(fd: int, offset: int, nbytes: int) -> bool:
+    """Allocate the disk blocks of bytes ``offset .. offset + nbytes`` of the file ``fd``
+    (``fallocate`` mode 0: the file grows to cover them, reading as zeros until written). Returns
+    False when the system or the file system cannot (nothing is emulated: no zeros are written)."""
+    if _FALLOCATE is None or nbytes <= 0:
+        return False
+    return _FALLOCATE(int(fd), 0, int(offset), int(nbytes)) == 0

@@ -1,0 +1,132 @@
+"""OS hints (vmhints): populating fresh arrays and starting the writeback of written files.
+
+Hints change the time, never the bytes: the contents of a populated array and of a file whose
+writeback was started are checked; that the hints did something is checked through what Linux
+reports (minor page faults of this thread, the call's result)."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import resource
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from spxquery.drizzle3d import covariance, vmhints
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the hints are Linux calls")
+MB = 1 << 20
+
+
+def _thread_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+
+def _touch(a: np.ndarray) -> int:
+    """Write one element per 4 KiB page of ``a`` (adding 0.0: values unchanged); minor faults taken."""
+    before = _thread_faults()
+    flat = a.reshape(-1)
+    flat[::512] += 0.0
+    return _thread_faults() - before
+
+
+def _fresh(nbytes: int) -> np.ndarray:
+    """Zeroed float64 memory never touched (its own mapping: not a reused heap block)."""
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype=np.float64)
+
+
+def _populated_or_skip(a: np.ndarray) -> None:
+    if not vmhints.populate(a):
+        pytest.skip("madvise(MADV_POPULATE_WRITE) refused (kernel before 5.14?)")
+
+
+@linux
+def test_populate_faults_the_pages_in_without_changing_them():
+    assert _touch(_fresh(16 * MB)) >= 8  # fresh pages fault on first touch (2 MiB huge pages or 4 KiB ones)
+    a = _fresh(16 * MB)
+    a[::1000] = np.arange(a[::1000].size, dtype=np.float64)  # some pages already hold data
+    want = a.copy()
+    _populated_or_skip(a)
+    assert _touch(a) <= 2
+    assert np.array_equal(a, want)
+
+
+@linux
+def test_populate_in_the_background_while_the_array_is_written():
+    a = _fresh(48 * MB)
+    assert vmhints.populate_async(a, min_bytes=64 * MB) is None  # too small to be worth a thread
+    thread = vmhints.populate_async(a, min_bytes=0)
+    if thread is None:
+        pytest.skip("no madvise on this system")
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, a.size, 200_000)
+    vals = rng.random(idx.size)
+    np.add.at(a, idx, vals)  # accumulates while the pages are populated
+    thread.join(30)
+    assert not thread.is_alive()
+    want = np.zeros(a.size)
+    np.add.at(want, idx, vals)
+    assert np.array_equal(a, want)
+    assert _touch(a) <= 2  # (fresh: >= 24)
+
+
+@linux
+def test_the_cross_terms_of_a_large_cube_are_populated_in_the_background():
+    threads = set(threading.enumerate())
+    terms = covariance.cross_terms((17, 80, 80), 52)  # 17 x 80 x 80 x 56 x 8 B = 49 MB
+    started = [t for t in threading.enumerate() if t not in threads and t.name == "spxdrizzle-populate"]
+    assert len(started) == 1
+    started[0].join(30)
+    if vmhints.populate(np.zeros(1024)):  # the system populates: the background thread did the work
+        assert _touch(terms.base) <= 2  # (a fresh 49 MB array: >= 24 faults)
+    assert not terms.any()
+    small = set(threading.enumerate())
+    covariance.cross_terms((3, 10, 10), 52)
+    assert not [t for t in threading.enumerate() if t not in small and t.name == "spxdrizzle-populate"]
+
+
+@linux
+def test_start_writeback_keeps_the_file_and_reports_a_bad_descriptor(tmp_path):
+    path = tmp_path / "f.bin"
+    data = os.urandom(3 * MB)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        assert vmhints.start_writeback(f.fileno())
+        assert vmhints.start_writeback(f.fileno(), MB, MB)
+        os.fsync(f.fileno())
+    assert path.read_bytes() == data
+    assert not vmhints.start_writeback(-1)
+
+
+@linux
+def test_preallocate_reserves_the_blocks_and_reads_as_zeros(tmp_path):
+    path = tmp_path / "f.bin"
+    with open(path, "wb") as f:
+        f.write(b"head")
+        f.flush()
+        if not vmhints.preallocate(f.fileno(), 4, 8 * MB):
+            pytest.skip("this file system has no fallocate")
+        assert os.fstat(f.fileno()).st_blocks * 512 >= 8 * MB
+        f.seek(4 + MB)
+        f.write(b"x")
+    data = path.read_bytes()
+    assert len(data) == 4 + 8 * MB and data[:4] == b"head" and data[4 + MB] == ord("x")
+    assert data.count(0) == 8 * MB - 1
+    assert not vmhints.preallocate(-1, 0, MB)
+    assert not vmhints.preallocate(0, 0, 0)
+
+
+def test_without_the_calls_the_hints_do_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(vmhints, "_MADVISE", None)
+    monkeypatch.setattr(vmhints, "_SYNC_FILE_RANGE", None)
+    monkeypatch.setattr(vmhints, "_FALLOCATE", None)
+    a = np.zeros(8 * MB // 8)
+    assert vmhints.populate(a) is False
+    assert vmhints.populate_async(a, min_bytes=0) is None
+    with open(tmp_path / "f.bin", "wb") as f:
+        assert vmhints.start_writeback(f.fileno()) is False
+        assert vmhints.preallocate(f.fileno(), 0, MB) is False
