@@ -33,25 +33,25 @@ pub fn lookup(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(A
         return Err(format!("column cell {bad} is outside a table of {nkx} knot columns"));
     }
     let (ny, nx) = (rows.index.len(), columns.index.len());
+    let mut out = [Array2::<f64>::zeros((ny, nx)), Array2::<f64>::zeros((ny, nx))];
     let mut lower = vec![0.0f64; nx];
     let mut upper = vec![0.0f64; nx];
-    // Each plane is built row by row on slices (it vectorizes; nothing is zero-filled first).
-    let mut plane = |m: usize| -> Result<Array2<f64>, String> {
-        let mut res: Vec<f64> = Vec::with_capacity(ny * nx);
+    for (m, res) in out.iter_mut().enumerate() {
         let mut cached = usize::MAX;
-        for (&k, &fy) in rows.index.iter().zip(rows.frac) {
+        for (r, mut row) in res.rows_mut().into_iter().enumerate() {
+            let k = rows.index[r];
             if k != cached {
                 along_x(values, m, k, columns, &mut lower);
                 along_x(values, m, k + 1, columns, &mut upper);
                 cached = k;
             }
-            let (wy0, wy1) = (1.0 - fy, fy);
-            res.extend(lower.iter().zip(&upper).map(|(&lo, &up)| wy0 * lo + wy1 * up));
+            let (wy0, wy1) = (1.0 - rows.frac[r], rows.frac[r]);
+            for (c, out) in row.iter_mut().enumerate() {
+                *out = wy0 * lower[c] + wy1 * upper[c];
+            }
         }
-        Array2::from_shape_vec((ny, nx), res).map_err(|e| e.to_string())
-    };
-    let lam = plane(0)?;
-    let dlam = plane(1)?;
+    }
+    let [lam, dlam] = out;
     Ok((lam, dlam))
 }
 
