@@ -156,6 +156,47 @@ def test_cards_parse_as_astropy_wrote_them(cards):
             assert type(mine) is type(theirs) and mine == theirs, (k, mine, theirs)
 
 
+def _read(text: str, key: str, getter: str):
+    h = Header(text, "h")
+    h._read_values()  # the one-pass read now, not after the first few searches
+    try:
+        value = getattr(h, getter)(key)
+        return type(value), value
+    except HeaderError as exc:
+        return "error", str(exc)
+
+
+_value_texts = st.one_of(
+    st.from_regex(r" *[+-]?[0-9]{0,25}\.?[0-9]{0,20}([EeDd][+-]?[0-9]{0,4})? *(/.{0,10})?", fullmatch=True),
+    st.from_regex(r" *'([ -&(-~]|''){0,30}'? *(/.*|x)?", fullmatch=True),
+    st.sampled_from(["T", " F ", "", " / c", "nan", "1 2", "'a&'", "'a' /x", "'a'x", "1_0", "0x10", "+", "-."]),
+    st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=70),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_value_texts, min_size=1, max_size=4), st.sampled_from(["get", "get_float", "get_int", "get_str"]))
+def test_one_pass_values_equal_the_parser(values, getter):
+    """Property: the one-pass read of the cards (Rust, ``_core.header_values``) gives each keyword the
+    value, or the error, of the parser in Python (keywords repeated, too: ``K0`` is written twice)."""
+    from spxquery.drizzle3d import fitsheader
+
+    cards = [f"{'K%d' % (i % 3):<8}= {v[:70]:<70}" for i, v in enumerate(values + values[:1])]
+    text = "".join(cards)
+    fast = {k: _read(text, k, getter) for k in ("K0", "K1", "K2", "K3")}
+    saved = fitsheader._VALUES
+    fitsheader._VALUES = None
+    try:
+        slow = {k: _read(text, k, getter) for k in ("K0", "K1", "K2", "K3")}
+    finally:
+        fitsheader._VALUES = saved
+    assert saved is not None
+    for k in fast:
+        assert fast[k][0] == slow[k][0] and (fast[k][1] == slow[k][1] or fast[k][1] != fast[k][1]), (k, fast, slow)
+        if isinstance(fast[k][1], float):
+            assert np.float64(fast[k][1]).tobytes() == np.float64(slow[k][1]).tobytes(), k
+
+
 # ---------------------------------------------------------------- structure
 
 

@@ -140,3 +140,24 @@ def test_broken_headers_are_refused_with_a_reason(case):
         ours = _edit(h, **cards)
     with pytest.raises(WcsError, match=reason):
         celestial_wcs(ours, (100, 100) if case == "folding-sip" else SHAPE)
+
+
+def test_the_sip_verdict_is_remembered_per_coefficients_crpix_and_shape():
+    """The SIP check runs once per distinct (A, B, AP, BP, CRPIX, shape): a header accepted before
+    is accepted again, and the same coefficients are still refused on an image where they reach
+    too far, or with a CRPIX far away."""
+    from spxquery.drizzle3d import framewcs
+
+    h = _astropy_header(make_frame_meta(3, 150.0, 2.0, 23.0, "x"))
+    framewcs._sip_verdict.cache_clear()
+    for _ in range(3):
+        celestial_wcs(_ours(h), SHAPE)
+    info = framewcs._sip_verdict.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    with pytest.raises(WcsError, match="SIP distortion"):
+        celestial_wcs(_ours(h), (20000, 20000))  # the same coefficients, far beyond the frame
+    for _ in range(2):  # the same coefficients with CRPIX far away: refused, and refused again
+        with pytest.raises(WcsError, match="SIP distortion"):
+            celestial_wcs(_edit(h, CRPIX1="30000.0"), SHAPE)
+    celestial_wcs(_ours(h), SHAPE)
+    assert framewcs._sip_verdict.cache_info().misses == 3

@@ -21,6 +21,8 @@
 //! - [`outliers`]: outlier rejection: the merge of a frame into the robust model,
 //!   the 3-D blot of the model at each input pixel and the test against it.
 //! - [`interp`]: dense corner maps from a coarse grid.
+//! - [`cards`]: the values of a FITS header's standard cards in one pass (the
+//!   frame reader's keyword lookups).
 //! - [`rawrows`]: rows of plain images read from a local file (`pread`, big-endian
 //!   to native, only the columns asked for): the frame reader's fast path.
 //! - [`rice`]: the FITS RICE_1 tile decoder of the frame reader (FLAGS).
@@ -34,6 +36,7 @@
 // true for NaN, so invalid values are rejected by the same test.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod cards;
 pub mod contributions;
 pub mod covariance;
 mod culling;

@@ -19,6 +19,7 @@ use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
+use crate::cards::{self, CardValue};
 use crate::contributions::{self, Contributions};
 use crate::covariance::{CovMut, Stencil};
 use crate::fitsplanes;
@@ -549,6 +550,25 @@ fn read_plain_rows<'py>(
     }
 }
 
+/// The values of a FITS header's standard cards (see `cards.rs`): `(dict of
+/// keyword -> str/bool/int/float/None, list of keywords left to the Python parser)`.
+#[pyfunction]
+#[pyo3(signature = (*, text))]
+fn header_values<'py>(py: Python<'py>, text: &str) -> PyResult<(Bound<'py, PyDict>, Vec<String>)> {
+    let (values, others) = cards::header_values(text.as_bytes());
+    let out = PyDict::new(py);
+    for (key, value) in values {
+        match value {
+            CardValue::Str(s) => out.set_item(key, s)?,
+            CardValue::Bool(b) => out.set_item(key, b)?,
+            CardValue::Int(i) => out.set_item(key, i)?,
+            CardValue::Float(f) => out.set_item(key, f)?,
+            CardValue::Undefined => out.set_item(key, py.None())?,
+        }
+    }
+    Ok((out, others))
+}
+
 /// Merges a frame drizzled alone into scratch arrays into the robust model of
 /// outlier rejection (see `_core.pyi`).
 #[pyfunction]
@@ -664,6 +684,7 @@ fn _panic_for_test(py: Python<'_>, message: String) -> PyResult<()> {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EngineParams>()?;
     m.add_function(wrap_pyfunction!(accumulate_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(header_values, m)?)?;
     m.add_function(wrap_pyfunction!(accumulate_contributions, m)?)?;
     m.add_function(wrap_pyfunction!(spatial_mapping, m)?)?;
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;

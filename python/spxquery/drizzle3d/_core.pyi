@@ -247,6 +247,11 @@ def read_plain_rows(
     (``value + bzero`` modulo 2**32); shape ``(count, x1 - x0)``. ValueError naming ``name``
     and the row for a file that ends early or a box outside the image (POSIX only)."""
 
+def header_values(*, text: str) -> tuple[dict[str, str | bool | int | float | None], list[str]]:
+    """The values of the standard cards of a header's ``text`` (whole 80-character cards) in one
+    pass, and the keywords left to the Python parser (repeated, malformed, long strings that may
+    continue, integers beyond 64 bits); HIERARCH and comment cards are not read."""
+
 def outlier_test(
     *,
     model: npt.NDArray[np.float32],

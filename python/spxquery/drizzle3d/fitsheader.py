@@ -1,6 +1,6 @@
 """A small, strict FITS header: 80-character cards, values parsed on demand.
 
-Only the keywords a reader asks for are parsed, each strictly (FITS 4.0 section 4.2): a
+Keywords are parsed strictly (FITS 4.0 section 4.2): a
 string in single quotes (``''`` is a quote; trailing blanks dropped; the OGIP ``CONTINUE``
 convention for long strings), a logical ``T``/``F``, an integer, a real (``E`` or ``D``
 exponent), or nothing (undefined), then optionally a ``/`` comment. Anything else is a
@@ -8,22 +8,31 @@ exponent), or nothing (undefined), then optionally a ``/`` comment. Anything els
 appears twice when it is asked for. ``HIERARCH`` cards are found by the words after
 ``HIERARCH`` (``HIERARCH MP_HOT = 10`` is keyword ``MP_HOT``). Cards without a value
 (``COMMENT``, ``HISTORY``, blank) are ignored. No C library sees the text.
+
+After the first few lookups (searches of the text) the simple values of all standard cards
+are read in one pass by the Rust extension (``_core.header_values``, ``rust/src/cards.rs``:
+the same values as the parser here); a keyword it leaves out (repeated, malformed, a long
+string, HIERARCH) is read here as before, with the same messages.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
+
+from . import _core
 
 CARD = 80
 BLOCK = 2880
 
 _MISSING: Any = object()
+_VALUES = getattr(_core, "header_values", None)
+_isfinite = math.isfinite
 _NUMBER_CHARS = "0123456789+-.EeDd"
 #: Each card: its keyword when columns 9-10 are the value indicator "= ", else nothing.
 _CARD_KEY = re.compile(r"(.{8})= .{70}|.{80}", re.S)
-#: Standard keywords looked up by searching the text before a header indexes all its cards.
+#: Standard keywords looked up by searching the text before a header reads (or indexes) all its cards.
 _SCANS_BEFORE_INDEX = 6
 _AFTER_STRING = re.compile(r"\s*(?:/.*)?$")
 #: Cards that never carry a value (FITS 4.4.2.4), and HIERARCH (indexed by the words after it).
@@ -52,6 +61,9 @@ class Header:
         self._index: Optional[Dict[str, List[int]]] = None
         self._hier: Optional[Dict[str, List[int]]] = None
         self._lookups = 0
+        self._has_hier = "HIERARCH" in text
+        self._values: Optional[Dict[str, Any]] = None
+        self._others: Optional[FrozenSet[str]] = None  # None: every keyword read by the parser here
 
     # ------------------------------------------------------------------ cards
     def _card(self, i: int) -> str:
@@ -65,7 +77,7 @@ class Header:
         text = self._text
         keys = _CARD_KEY.findall(text)  # the keyword of each card with a value indicator, else ''
         pairs = [(k.rstrip(), j) for j, k in enumerate(keys) if k and k not in _NO_VALUE]
-        if "HIERARCH" in text:
+        if self._has_hier:
             for key, where in self._hierarch().items():
                 pairs += [(key, j) for j in where]
         index: Dict[str, List[int]] = {key: [j] for key, j in pairs}
@@ -113,9 +125,40 @@ class Header:
             if pos % CARD == 0:
                 out.append(pos // CARD)
             pos = text.find(probe, pos + 1)
-        if "HIERARCH" in text and key in self._hierarch():
+        if self._has_hier and key in self._hierarch():
             out = sorted(out + self._hierarch()[key])
         return out
+
+    def _read_values(self) -> Dict[str, Any]:
+        """The one-pass values of the standard cards (empty, everything left to the parser here,
+        without the extension or for text that is not ASCII)."""
+        if self._values is None:
+            if _VALUES is not None and self._text.isascii():
+                values, others = _VALUES(text=self._text)
+                self._values, self._others = values, frozenset(others)
+                if self._has_hier:
+                    self._hierarch()
+            else:
+                self._values, self._others = {}, None
+        return self._values
+
+    def _lookup(self, key: str) -> Any:
+        """The value of ``key``, ``_MISSING`` when absent; :class:`HeaderError` when repeated or
+        malformed."""
+        values = self._values
+        if values is None and self._lookups >= _SCANS_BEFORE_INDEX:
+            values = self._read_values()
+        if values is not None:  # else: one of the first lookups, a text search (cheaper)
+            value = values.get(key, _MISSING)
+            hier = self._hier is not None and key in self._hier  # built by _read_values when there are any
+            if not hier and self._others is not None and (value is not _MISSING or key not in self._others):
+                return value  # read in one pass, or absent
+        where = self._positions(key)
+        if not where:
+            return _MISSING
+        if len(where) > 1:
+            raise HeaderError(f"{self.where}: keyword {key} appears {len(where)} times")
+        return self._parse(key, where[0])
 
     def find(self, key: str) -> int:
         """Card number of the first card of keyword ``key``, or -1."""
@@ -133,6 +176,11 @@ class Header:
         return card[10:]
 
     def __contains__(self, key: str) -> bool:
+        values = self._values
+        if values is None and self._lookups >= _SCANS_BEFORE_INDEX:
+            values = self._read_values()
+        if values is not None and self._others is not None:
+            return key in values or key in self._others or (self._has_hier and key in self._hierarch())
         return bool(self._positions(key))
 
     def keys(self) -> List[str]:
@@ -140,7 +188,10 @@ class Header:
 
     # ------------------------------------------------------------------ values
     def _parse(self, key: str, i: int) -> Any:
-        raw = self._value_text(i)
+        start = i * CARD
+        raw = self._text[start + 10:start + CARD]
+        if self._has_hier and self._text.startswith("HIERARCH", start):
+            raw = self._value_text(i)
         s = raw.strip()
         if s.startswith("'"):
             value, rest = _string(s)
@@ -175,15 +226,11 @@ class Header:
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key`` (str, bool, int, float, or None when undefined); ``default``
         when absent. :class:`HeaderError` when repeated or malformed."""
-        where = self._positions(key)
-        if not where:
-            return default
-        if len(where) > 1:
-            raise HeaderError(f"{self.where}: keyword {key} appears {len(where)} times")
-        return self._parse(key, where[0])
+        value = self._lookup(key)
+        return default if value is _MISSING else value
 
     def _required(self, key: str, default: Any) -> Any:
-        value = self.get(key, _MISSING)
+        value = self._lookup(key)
         if value is _MISSING:
             if default is _MISSING:
                 raise HeaderError(f"{self.where}: keyword {key} is missing")
@@ -203,6 +250,10 @@ class Header:
         """A finite real keyword (an integer value is accepted); :class:`HeaderError` when
         missing (no default), not a number, NaN or infinite."""
         value = self._required(key, default)
+        if type(value) is float and value is not default:  # the common case, checked as below
+            if not _isfinite(value):
+                raise HeaderError(f"{self.where}: keyword {key} = {value} is not finite")
+            return value
         if value is default and default is not _MISSING:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -8,6 +8,7 @@ ruled out on the sky first, at the cost of a few header values.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import TYPE_CHECKING, Optional, Tuple
@@ -41,6 +42,8 @@ def _boundary(nx: int, ny: int, step: float = 20.0) -> Tuple[np.ndarray, np.ndar
 
 def _clip_polygon(px: np.ndarray, py: np.ndarray, xmin: float, xmax: float, ymin: float, ymax: float):
     """Sutherland-Hodgman clip of a closed polygon to a rectangle; returns (x, y) lists (maybe empty)."""
+    if px.size and px.min() >= xmin and px.max() <= xmax and py.min() >= ymin and py.max() <= ymax:
+        return px.tolist(), py.tolist()  # wholly inside: the clip keeps every point, in order
     pts = list(zip(px.tolist(), py.tolist()))
     for axis, bound, keep_ge in ((0, xmin, True), (0, xmax, False), (1, ymin, True), (1, ymax, False)):
         if not pts:
@@ -59,6 +62,24 @@ def _clip_polygon(px: np.ndarray, py: np.ndarray, xmin: float, xmax: float, ymin
             prev = cur
         pts = out
     return [p[0] for p in pts], [p[1] for p in pts]
+
+
+@functools.lru_cache(maxsize=8)
+def _grid_outline(grid: "OutputGrid") -> Tuple[float, float, float, np.ndarray, np.ndarray]:
+    """What the crop needs of the grid alone (cached per grid object, ``OutputGrid`` compares by
+    identity): the sky position (deg) of the region's centre, the radius (deg) of its
+    circumscribed circle, and the sky positions of its outer boundary (see :func:`footprint_crop`)."""
+    ny_out, nx_out = grid.shape
+    oy, ox = grid.origin
+    out = grid.wcs
+    cx_out = np.array([-0.5, nx_out - 0.5, -0.5, nx_out - 0.5, (nx_out - 1) / 2])
+    cy_out = np.array([-0.5, -0.5, ny_out - 0.5, ny_out - 0.5, (ny_out - 1) / 2])
+    ra_out, dec_out = out.wcs_pix2world(cx_out + ox, cy_out + oy, 0)
+    r_out = float(np.max(_angsep(ra_out[4], dec_out[4], ra_out[:4], dec_out[:4])))
+    bx, by = _boundary(nx_out, ny_out)
+    ra, dec = out.wcs_pix2world(bx + ox, by + oy, 0)
+    ra.flags.writeable = dec.flags.writeable = False  # shared by every frame of the grid
+    return float(ra_out[4]), float(dec_out[4]), r_out, ra, dec
 
 
 def footprint_crop(
@@ -81,10 +102,8 @@ def footprint_crop(
     projection).
     """
     ny_in, nx_in = frame.shape
-    ny_out, nx_out = grid.shape
-    oy, ox = grid.origin  # a tile's place in the pixels of grid.wcs
     wcs_in = frame.wcs
-    out = grid.wcs
+    ra_c, dec_c, r_out, ra, dec = _grid_outline(grid)  # a tile's outline lies at its place in grid.wcs
 
     # Coarse sky test with circumscribed circles.
     cx_in, cy_in = np.array([-0.5, nx_in - 0.5, -0.5, nx_in - 0.5, (nx_in - 1) / 2]), np.array(
@@ -92,17 +111,11 @@ def footprint_crop(
     )
     ra_in, dec_in = wcs_in.all_pix2world(cx_in, cy_in, 0)
     r_in = float(np.max(_angsep(ra_in[4], dec_in[4], ra_in[:4], dec_in[:4])))
-    cx_out = np.array([-0.5, nx_out - 0.5, -0.5, nx_out - 0.5, (nx_out - 1) / 2])
-    cy_out = np.array([-0.5, -0.5, ny_out - 0.5, ny_out - 0.5, (ny_out - 1) / 2])
-    ra_out, dec_out = out.wcs_pix2world(cx_out + ox, cy_out + oy, 0)
-    r_out = float(np.max(_angsep(ra_out[4], dec_out[4], ra_out[:4], dec_out[:4])))
     in_scale_deg = float(np.sqrt(abs(np.linalg.det(wcs_in.pixel_scale_matrix))))
-    sep = float(_angsep(ra_in[4], dec_in[4], ra_out[4], dec_out[4]))
+    sep = float(_angsep(ra_in[4], dec_in[4], ra_c, dec_c))
     if sep > r_in + r_out + (margin_pix + 1.0) * in_scale_deg:
         return None
 
-    bx, by = _boundary(nx_out, ny_out)
-    ra, dec = out.wcs_pix2world(bx + ox, by + oy, 0)
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         px, py = wcs_in.all_world2pix(ra, dec, 0, quiet=True)

@@ -44,6 +44,9 @@ class FrameSample(NamedTuple):
 def _never(values: np.ndarray, name: str) -> Optional[str]:
     """Why a sampled float array cannot be the frame's IMAGE/ZODI: no finite value, all zero,
     no positive value."""
+    with np.errstate(invalid="ignore"):
+        if np.any((values > 0) & (values < np.inf)):  # a finite positive value: none of the reasons below
+            return None
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return f"{name} has no finite pixel ({values.size} sampled)"

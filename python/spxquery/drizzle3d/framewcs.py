@@ -17,6 +17,7 @@ Conventions: FITS 1-based CRPIX in the header, degrees.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from typing import Optional, Tuple
@@ -105,11 +106,20 @@ def _sip_matrix(header: Header, prefix: str, required: bool) -> Optional[np.ndar
     return m
 
 
+def _powers(u: np.ndarray, n: int) -> np.ndarray:
+    """``(len(u), n)``: ``u**0 .. u**(n-1)`` by repeated products (no ``pow`` calls)."""
+    out = np.empty((u.size, n))
+    out[:, 0] = 1.0
+    for k in range(1, n):
+        np.multiply(out[:, k - 1], u, out=out[:, k])
+    return out
+
+
 def _poly(m: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """``sum m[i, j] u**i v**j`` (i + j <= order) at the points ``u``, ``v`` (1-D arrays)."""
-    powers = np.arange(m.shape[0])
-    tri = np.add.outer(powers, powers) <= m.shape[0] - 1
-    return np.sum((u[:, None] ** powers @ np.where(tri, m, 0.0)) * v[:, None] ** powers, axis=1)
+    n = m.shape[0]
+    tri = np.add.outer(np.arange(n), np.arange(n)) <= n - 1
+    return np.einsum("pj,pj->p", _powers(u, n) @ np.where(tri, m, 0.0), _powers(v, n))
 
 
 def _check_sip(sip: Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]],
@@ -140,6 +150,31 @@ def _check_sip(sip: Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional
                            f"(limit {MAX_SIP_INVERSE_ERROR_PIX:g})")
 
 
+@functools.lru_cache(maxsize=32)
+def _sip_verdict(key: Tuple[Tuple[Tuple[int, ...], bytes], ...], crpix: Tuple[float, float],
+                 shape: Tuple[int, int]) -> Optional[str]:
+    """:func:`_check_sip`'s reason (None: the SIP is usable) for the coefficients in ``key``
+    (``(shape, bytes)`` of A, B, AP, BP; an empty shape for an absent matrix). Frames of one
+    detector share their SIP: the check runs once per distinct set of coefficients."""
+    a, b, ap, bp = (np.frombuffer(raw, dtype=np.float64).reshape(dims) if dims else None for dims, raw in key)
+    assert a is not None and b is not None  # A and B are required with SIP
+    try:
+        _check_sip((a, b, ap, bp), crpix, shape)
+    except WcsError as exc:
+        return str(exc)
+    return None
+
+
+def _checked_sip(sip: Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]],
+                 crpix: Tuple[float, float], shape: Tuple[int, int]) -> None:
+    """:func:`_check_sip`, its verdict remembered for the same coefficients, CRPIX and shape."""
+    key = tuple(((), b"") if m is None else (m.shape, np.ascontiguousarray(m, dtype=np.float64).tobytes())
+                for m in sip)
+    reason = _sip_verdict(key, (float(crpix[0]), float(crpix[1])), (int(shape[0]), int(shape[1])))
+    if reason is not None:
+        raise WcsError(reason)
+
+
 def celestial_wcs(header: Header, shape: Tuple[int, int]) -> WCS:
     """The checked 2-D celestial WCS of an image header (``shape = (ny, nx)``).
 
@@ -165,7 +200,7 @@ def celestial_wcs(header: Header, shape: Tuple[int, int]) -> WCS:
             if (ap is None) != (bp is None):
                 raise WcsError("only one of AP_ORDER / BP_ORDER is present")
             assert a is not None and b is not None
-            _check_sip((a, b, ap, bp), crpix, shape)
+            _checked_sip((a, b, ap, bp), crpix, shape)
             sip = Sip(a, b, ap, bp, crpix)
         radesys = header.get_str("RADESYS", "").strip().upper()
         equinox = header.get_float("EQUINOX", None)

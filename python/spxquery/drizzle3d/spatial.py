@@ -29,10 +29,21 @@ DEFAULT_CORNER_STEP = 16
 
 
 def transform_pixels(input_wcs: WCS, output_wcs: WCS, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact input pixel -> output pixel positions (0-based), SIP included."""
-    ra, dec = celestial(input_wcs).all_pix2world(x, y, 0)
-    ox, oy = celestial(output_wcs).all_world2pix(ra, dec, 0)
-    return np.asarray(ox, dtype=np.float64), np.asarray(oy, dtype=np.float64)
+    """Exact input pixel -> output pixel positions (0-based), SIP included.
+
+    The points go through astropy as one ``(N, 2)`` array (what ``all_pix2world(x, y, 0)``
+    builds inside); an output WCS without distortion maps sky to pixels by ``wcs_world2pix``,
+    which is what ``all_world2pix`` returns for it: the same values, bit for bit."""
+    x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    out_wcs = celestial(output_wcs)
+    if x.size == 0:
+        return np.array(x), np.array(y)
+    world = celestial(input_wcs).all_pix2world(np.column_stack([x.ravel(), y.ravel()]), 0)
+    if out_wcs.has_distortion:
+        pix = out_wcs.all_world2pix(world, 0)
+    else:
+        pix = out_wcs.wcs_world2pix(world, 0)
+    return pix[:, 0].reshape(x.shape), pix[:, 1].reshape(x.shape)
 
 
 def corner_map(
