@@ -383,9 +383,8 @@ def test_exclude_flags_by_name_and_number(files, tmp_path):
 
 @pytest.mark.parametrize("layout", ["qr2", "qr3"])
 def test_strips_are_the_whole_crop_in_row_order(files, layout):
-    """A crop read in bands of rows gives the same pixels as one read of the whole crop (each
-    band's window of it); the flags and the exclude mask are decided once for the whole crop and
-    only sliced per strip."""
+    """A crop read in strips of rows gives the same pixels as one read; the flags and the exclude
+    mask are decided once for the whole crop and only sliced per strip."""
     cfg = _cfg(width=12.0, height=10.0, exclude_flags=["HOT", "NONFUNC"])
     grid = grid_of(cfg)
     whole = prepare_frame(files[layout], cfg, grid, strip_pixels=2**62)
@@ -396,16 +395,15 @@ def test_strips_are_the_whole_crop_in_row_order(files, layout):
     bits = (1 << small.flag_bits["HOT"]) | (1 << small.flag_bits["NONFUNC"])
     np.testing.assert_array_equal(small.exclude_mask, (small.flags & np.uint32(bits)) != 0)
     pieces = list(small.strips())
-    assert len(pieces) == len(small.bands) > 3 and all(p.image.shape[0] <= small.strip_rows for p in pieces)
+    assert len(pieces) > 3 and all(p.image.shape[0] <= small.strip_rows for p in pieces)
     assert all(np.shares_memory(p.exclude_mask, small.exclude_mask) for p in pieces)
-    assert [b[0] for b in small.bands] == sorted(b[0] for b in small.bands)
-    (one,) = list(whole.full_width().strips())
-    for (ya, yb, xa, xb), p in zip(small.bands, pieces):
-        box = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))
-        for name in ("image", "variance", "flags", "lambda_c", "delta_lambda", "exclude_mask"):
-            np.testing.assert_array_equal(getattr(p, name), getattr(one, name)[box], name)
-        corners = (slice(ya - y0, yb - y0 + 1), slice(xa - x0, xb - x0 + 1))
-        np.testing.assert_allclose(p.corners_x, one.corners_x[corners], atol=2e-3)
+    (one,) = list(whole.strips())
+    for name in ("variance", "flags", "lambda_c", "delta_lambda", "exclude_mask"):
+        np.testing.assert_array_equal(np.concatenate([getattr(p, name) for p in pieces]), getattr(one, name), name)
+    # the same zodi scale (fitted on the frame's sample), hence the same image bits
+    np.testing.assert_array_equal(np.concatenate([p.image for p in pieces]), one.image)
+    cx = np.concatenate([p.corners_x[:-1] for p in pieces] + [pieces[-1].corners_x[-1:]])
+    np.testing.assert_allclose(cx, one.corners_x, atol=2e-3)
 
 
 def test_frame_of_another_detector_or_not_prepared(files):

@@ -11,16 +11,12 @@ A :class:`Frame` is the one type from the reader to the engine:
    checked here (:mod:`.fitsstructure`, :mod:`.l2layout`, :mod:`.framewcs`,
    :mod:`.wavetable`) before any C library sees them.
 2. :func:`prepare_frame` selects what can land on an :class:`~.grid.OutputGrid`: the
-   footprint crop (:mod:`.footprint`) and its bands of rows, each with the column window of
-   the pixels that can land (:meth:`.footprint.Footprint.bands`), the crop's flags and exclude
-   mask (computed once), and the zodi scale (:mod:`.zodi`). A frame that does not touch the
-   grid costs one header read.
-3. :meth:`Frame.strips` yields the bands' pixel arrays, one :class:`Strip` per band in row
-   order, in the argument order of ``accumulate.drizzle_frame``: only the windows are read
-   (:mod:`.pixels`: rows of plain images, the needed tiles of compressed FLAGS),
-   zodi-subtracted, with wavelengths and the corner map. The pixels left out cannot land
-   (their droplets miss the grid), so the cube gets the same contributions in the same order
-   (the engine visits a strip's pixels row by row) and the same bits as from the whole crop.
+   footprint crop (:mod:`.footprint`), its flags and exclude mask (computed once), and the
+   zodi scale (:mod:`.zodi`). A frame that does not touch the grid costs one header read.
+3. :meth:`Frame.strips` yields the crop's pixel arrays in strips of rows, as
+   :class:`Strip` tuples in the argument order of ``accumulate.drizzle_frame``: only the
+   rectangle is read (:mod:`.pixels`: rows of plain images, the needed tiles of compressed
+   FLAGS), zodi-subtracted, with wavelengths and the corner map.
 
 Everything computed per frame (crop excepted) depends on the frame alone, never on the grid.
 """
@@ -32,7 +28,7 @@ import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
@@ -43,14 +39,14 @@ from .access import AccessError, ByteSource, open_source
 from .fitsheader import Header, HeaderError
 from .fitsstructure import StructureError, read_structure
 from .fitstable import TableError
-from .footprint import DEFAULT_CROP_MARGIN, Footprint, footprint
+from .footprint import DEFAULT_CROP_MARGIN, footprint_crop
 from .framesample import FrameSample, sample_rows, sample_verdict
 from .framewcs import WcsError, celestial_wcs
 from .grid import OutputGrid
 from .l2layout import REQUIRED_EXTENSIONS, L2Layout, LayoutError, PlainImage, l2_layout
 from .objectstore import as_location
 from .pixels import PixelError, read_flags, read_image, row_ranges
-from .spatial import CornerNodes
+from .spatial import corner_map
 from .stagetimes import stage
 from .wavetable import WaveTable, check_wave_table, read_wave_table
 
@@ -125,13 +121,8 @@ class Frame:
     """bool, True where a flag of ``exclude_flags`` is set (None: nothing excluded)."""
     zodi: _zodi.ZodiScale = _zodi.NOT_SUBTRACTED
     strip_rows: int = 1
-    """Rows of the crop per block of rows read at once (the corner nodes of a block are computed
-    together); the bands never cross a block's bounds."""
-    bands: Tuple[Tuple[int, int, int, int], ...] = ()
-    """``(ya, yb, xa, xb)``: the crop's bands of rows ``[ya, yb)``, in row order, each with the
-    column window ``[xa, xb)`` of the pixels that can land (every one that can is in a band)."""
-    _pixels: Optional[List[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]] = None
-    """(image, variance, zodi) of each band when read up front (small crops)."""
+    _pixels: Optional[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = None
+    """(image, variance, zodi) of the whole crop when read up front (small crops)."""
 
     @property
     def name(self) -> str:
@@ -143,54 +134,35 @@ class Frame:
         x0, x1, y0, y1 = self.crop
         return (x1 - x0) * (y1 - y0)
 
-    def full_width(self) -> "Frame":
-        """This frame with its crop's blocks of rows whole, one full-width band each (what outlier
-        rejection uses; the same cube, bit for bit, as the bands)."""
-        x0, x1, y0, y1 = self.crop
-        blocks = [(a, min(a + self.strip_rows, y1), x0, x1) for a in range(y0, y1, self.strip_rows)]
-        return replace(self, bands=tuple(blocks), _pixels=None)
-
     def strips(self) -> Iterator[Strip]:
-        """The pixels of the crop's bands that can land, one strip per band, in row order."""
+        """The crop's pixels in strips of at most ``strip_rows`` rows, in row order."""
         if self.grid is None or self.flags is None:
             raise ValueError(f"{self.name}: strips() needs a frame from prepare_frame")
         x0, x1, y0, y1 = self.crop
-        preread, self._pixels = self._pixels, None  # handed over once; a second pass reads the file
-        src = None if preread is not None else _open(self.path)
-        with_zodi = self.zodi.scale is not None
-        nodes: Optional[CornerNodes] = None
-        if isinstance(self.wave, WaveTable) and len(self.bands) > 1:
-            with stage("wavelengths"):
-                self.wave.keep_cells(x0, x1, y0, y1)
+        src = None if self._pixels is not None else _open(self.path)
         try:
-            for n, (ya, yb, xa, xb) in enumerate(self.bands):
-                block = (ya - y0) // self.strip_rows
-                if nodes is None or nodes.box[1] != y0 + block * self.strip_rows:
-                    ba, bb = y0 + block * self.strip_rows, min(y0 + (block + 1) * self.strip_rows, y1)
-                    with stage("corners"):
-                        nodes = CornerNodes(self.wcs, self.grid.wcs, x0, ba, x1 - x0, bb - ba)
-                    if src is not None:
-                        with stage("rows"):
-                            _prefetch(src, self.layout, self.path, with_zodi, False, None,
-                                      [(range(a, b), c, d) for a, b, c, d in self.bands if ba <= a < bb])
-                if preread is not None:
-                    image, variance, zodi = preread[n]
+            for ya in range(y0, y1, self.strip_rows):
+                yb = min(ya + self.strip_rows, y1)
+                if self._pixels is not None:
+                    image, variance, zodi = self._pixels
+                    self._pixels = None  # handed over once; a second pass reads the file
                 else:
                     assert src is not None
                     with stage("rows"):
-                        image, variance, zodi = _read_pixels(src, self.layout, self.path, range(ya, yb), xa, xb,
-                                                             with_zodi)
+                        _prefetch(src, self.layout, self.path, self.zodi.scale is not None, False,
+                                  (range(ya, yb), x0, x1), False, True)
+                        image, variance, zodi = _read_pixels(src, self.layout, self.path, range(ya, yb), x0, x1,
+                                                             self.zodi.scale is not None)
                 with stage("zodi"):
                     self.zodi.subtract(image, zodi)
                 del zodi
-                window = (slice(ya - y0, yb - y0), slice(xa - x0, xb - x0))  # views: the engine takes strides
+                rows = slice(ya - y0, yb - y0)
                 with stage("wavelengths"):
-                    lam, dlam = self.wave.evaluate_crop(xa, xb, ya, yb)
+                    lam, dlam = self.wave.evaluate_crop(x0, x1, ya, yb)
                 with stage("corners"):
-                    assert nodes is not None
-                    corners_x, corners_y = nodes.corners(xa, ya, xb - xa, yb - ya)
-                exclude = None if self.exclude_mask is None else self.exclude_mask[window]
-                yield Strip(corners_x, corners_y, image, variance, self.flags[window], lam, dlam, exclude)
+                    corners_x, corners_y = corner_map(self.wcs, self.grid.wcs, x0, ya, x1 - x0, yb - ya)
+                exclude = None if self.exclude_mask is None else self.exclude_mask[rows]
+                yield Strip(corners_x, corners_y, image, variance, self.flags[rows], lam, dlam, exclude)
         finally:
             if src is not None:
                 src.close()
@@ -342,13 +314,13 @@ def _read_flags(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: i
 
 
 def _prefetch(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool, sample: bool,
-              flags_region: Optional[Tuple[range, int, int]], regions: Sequence[Tuple[range, int, int]]) -> None:
+              region: Optional[Tuple[range, int, int]], region_flags: bool, region_pixels: bool) -> None:
     """Announce to ``src`` the plain-image ranges read next: the fixed sample's rows of IMAGE,
-    VARIANCE, ZODI (when subtracted) and plain FLAGS (``sample``), the plain FLAGS of
-    ``flags_region`` ``(rows, x0, x1)`` and the pixels (IMAGE, VARIANCE, ZODI) of each of
-    ``regions``. Exactly the ranges the reads ask for (:func:`~.pixels.row_ranges`), so the pixels
-    are the same; an object store fetches them in one batch (tile-compressed FLAGS are read on
-    their own). Nothing for a source whose prefetch does nothing (a local file)."""
+    VARIANCE, ZODI (when subtracted) and plain FLAGS (``sample``), and of the region
+    ``(rows, x0, x1)`` its plain FLAGS and/or its pixels. Exactly the ranges the reads ask for
+    (:func:`~.pixels.row_ranges`), so the pixels are the same; an object store fetches them in
+    one batch (tile-compressed FLAGS are read on their own). Nothing for a source whose
+    prefetch does nothing (a local file)."""
     if type(src).prefetch is ByteSource.prefetch:
         return
     images = [layout.image, layout.variance] + ([layout.zodi] if with_zodi else [])
@@ -357,11 +329,8 @@ def _prefetch(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool, sam
     if sample:
         for part in images + plain_flags:
             ranges += row_ranges(part, sample_rows(layout.shape), 0, layout.shape[1])
-    if flags_region is not None:
-        for part in plain_flags:
-            ranges += row_ranges(part, *flags_region)
-    for region in regions:
-        for part in images:
+    if region is not None:
+        for part in (plain_flags if region_flags else []) + (images if region_pixels else []):
             ranges += row_ranges(part, *region)
     try:
         src.prefetch(ranges)
@@ -382,7 +351,7 @@ def _read_sample(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool) 
 
 
 def _crop_of(a: np.ndarray, crop: Tuple[int, int, int, int]) -> np.ndarray:
-    """The box ``(x0, x1, y0, y1)`` of an array, as a new contiguous array."""
+    """The crop ``(x0, x1, y0, y1)`` of a whole-frame array, as a new contiguous array."""
     x0, x1, y0, y1 = crop
     return np.ascontiguousarray(a[y0:y1, x0:x1])
 
@@ -409,20 +378,16 @@ def prepare_frame(
     with src:
         frame = _read_header(src, path, grid.input_detectors)
         with stage("crop"):
-            fp = footprint(frame, grid, margin_pix, str(config.kernel))
-            if fp is None:
-                return None
-            crop = fp.crop
-            x0, x1, y0, y1 = crop
-            strip_rows = max(1, int(strip_pixels) // max(1, x1 - x0))
-            bands = _bands(fp, strip_rows, bool(getattr(config, "reject_outliers", False)))
+            crop = footprint_crop(frame, grid, margin_pix)
+        if crop is None:
+            return None
+        x0, x1, y0, y1 = crop
         with_zodi = bool(config.subtract_zodi)
         whole = sample_rows(frame.shape) == range(0, frame.shape[0])  # the sample holds every pixel
         rows = range(y0, y1)
         small = (x1 - x0) * (y1 - y0) <= strip_pixels
         with stage("sample"):
-            _prefetch(src, frame.layout, path, with_zodi, True, None if whole else (rows, x0, x1),
-                      [] if whole or not small else [(range(a, b), c, d) for a, b, c, d in bands])
+            _prefetch(src, frame.layout, path, with_zodi, True, None if whole else (rows, x0, x1), True, small)
             sample = _read_sample(src, frame.layout, path, with_zodi)
         with stage("flags"):
             flags = _crop_of(sample.flags, crop) if whole else _read_flags(src, frame.layout, path, rows, x0, x1)
@@ -430,12 +395,10 @@ def prepare_frame(
         if small:
             with stage("rows"):
                 if whole:
-                    pixels = [(_crop_of(sample.image, (c, d, a, b)), _crop_of(sample.variance, (c, d, a, b)),
-                               None if sample.zodi is None else _crop_of(sample.zodi, (c, d, a, b)))
-                              for a, b, c, d in bands]
+                    pixels = (_crop_of(sample.image, crop), _crop_of(sample.variance, crop),
+                              None if sample.zodi is None else _crop_of(sample.zodi, crop))
                 else:
-                    pixels = [_read_pixels(src, frame.layout, path, range(a, b), c, d, with_zodi)
-                              for a, b, c, d in bands]
+                    pixels = _read_pixels(src, frame.layout, path, rows, x0, x1, with_zodi)
     with stage("zodi"):
         fit_on = None if sample.zodi is None else _zodi.ZodiPixels(sample.image, sample.zodi, sample.variance,
                                                                   sample.flags)
@@ -444,17 +407,7 @@ def prepare_frame(
         bits = _flags.exclude_bitmask(config.exclude_flags or [], frame.flag_bits)
         exclude = (flags & np.uint32(bits)) != 0 if bits else None
     return replace(frame, grid=grid, crop=crop, flags=flags, exclude_mask=exclude, zodi=zodi,
-                   strip_rows=strip_rows, bands=tuple(bands), _pixels=pixels)
-
-
-def _bands(fp: Footprint, strip_rows: int, whole_rows: bool) -> List[Tuple[int, int, int, int]]:
-    """The bands of a crop (:attr:`Frame.bands`) within its blocks of ``strip_rows`` rows; with
-    ``whole_rows`` (outlier rejection: its tests and growth work on whole rows of the crop) the
-    blocks themselves, full width."""
-    if whole_rows:
-        x0, x1, y0, y1 = fp.crop
-        return [(a, min(a + strip_rows, y1), x0, x1) for a in range(y0, y1, strip_rows)]
-    return fp.bands(strip_rows)
+                   strip_rows=max(1, int(strip_pixels) // max(1, x1 - x0)), _pixels=pixels)
 
 
 __all__ = ["FrameError", "Frame", "Strip", "open_frame", "prepare_frame", "STRIP_PIXELS", "REQUIRED_EXTENSIONS"]

@@ -62,61 +62,29 @@ def corner_map(
     corners sit at multiples of ``step`` in the frame's own pixels, whatever the crop, so a
     corner gets the same bits in every crop and strip that holds it (tiled runs rely on it).
     """
-    return CornerNodes(input_wcs, output_wcs, x0, y0, nx, ny, step).corners(x0, y0, nx, ny)
-
-
-class CornerNodes:
-    """The exactly evaluated coarse corner grid of the input pixels ``x0..x0+nx-1,
-    y0..y0+ny-1`` (one astropy call), from which :meth:`corners` densifies the corner map of any
-    box of those pixels: the same bits as :func:`corner_map` of that box, since a box's coarse
-    nodes are the same frame points (multiples of ``step``), a subset of these.
-
-    When the coarse grid holds a non-finite point (far off the projection, e.g. beyond 90 deg from
-    the output centre) every corner is evaluated exactly, as :func:`corner_map` does then."""
-
-    def __init__(self, input_wcs: WCS, output_wcs: WCS, x0: int, y0: int, nx: int, ny: int,
-                 step: int = DEFAULT_CORNER_STEP):
-        if nx < 1 or ny < 1:
-            raise ValueError(f"crop must be at least 1 x 1 pixel, got nx={nx}, ny={ny}")
-        if step < 1:
-            raise ValueError(f"step must be >= 1, got {step}")
-        self.input_wcs, self.output_wcs, self.step = input_wcs, output_wcs, int(step)
-        self.box = (int(x0), int(y0), int(nx), int(ny))
-        self.exact = step == 1
-        if self.exact:
-            return
-        # Coarse node a sits at dense index (a - 1) * step from the anchor (the box's first corner
-        # moved back to a multiple of step), with one guard node on each side.
-        dy, dx = y0 % step, x0 % step
-        ky = (ny + dy) // step + 4
-        kx = (nx + dx) // step + 4
-        gy = (np.arange(ky) - 1.0) * step + (y0 - dy - 0.5)
-        gx = (np.arange(kx) - 1.0) * step + (x0 - dx - 0.5)
-        xx, yy = np.meshgrid(gx, gy)
-        self.ox, self.oy = transform_pixels(input_wcs, output_wcs, xx, yy)
-        self.anchor = (y0 - dy, x0 - dx)
-        if not (np.all(np.isfinite(self.ox)) and np.all(np.isfinite(self.oy))):
-            logger.debug("coarse corner grid has non-finite points; evaluating every corner exactly")
-            self.exact = True
-
-    def corners(self, x0: int, y0: int, nx: int, ny: int) -> tuple[np.ndarray, np.ndarray]:
-        """The corner map (:func:`corner_map`) of the pixels ``x0..x0+nx-1, y0..y0+ny-1``, a box
-        within the one the nodes were made for."""
-        bx, by, bnx, bny = self.box
-        if nx < 1 or ny < 1 or x0 < bx or y0 < by or x0 + nx > bx + bnx or y0 + ny > by + bny:
-            raise ValueError(f"box ({x0}, {y0}, {nx}, {ny}) is not within the nodes' box {self.box}")
-        if self.exact:
-            yy, xx = np.mgrid[0 : ny + 1, 0 : nx + 1].astype(np.float64)
-            return transform_pixels(self.input_wcs, self.output_wcs, xx + (x0 - 0.5), yy + (y0 - 0.5))
-        step = self.step
-        dy, dx = y0 % step, x0 % step
-        ky = (ny + dy) // step + 4
-        kx = (nx + dx) // step + 4
-        oy, ox = (y0 - dy - self.anchor[0]) // step, (x0 - dx - self.anchor[1]) // step
-        part = (slice(oy, oy + ky), slice(ox, ox + kx))
-        cx = _core.densify(coarse=np.ascontiguousarray(self.ox[part]), step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
-        cy = _core.densify(coarse=np.ascontiguousarray(self.oy[part]), step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
-        return cx[dy:, dx:], cy[dy:, dx:]
+    if nx < 1 or ny < 1:
+        raise ValueError(f"crop must be at least 1 x 1 pixel, got nx={nx}, ny={ny}")
+    if step < 1:
+        raise ValueError(f"step must be >= 1, got {step}")
+    if step == 1:
+        yy, xx = np.mgrid[0 : ny + 1, 0 : nx + 1].astype(np.float64)
+        return transform_pixels(input_wcs, output_wcs, xx + (x0 - 0.5), yy + (y0 - 0.5))
+    # Coarse node a sits at dense index (a - 1) * step from the anchor (the crop's first corner
+    # moved back to a multiple of step), with one guard node on each side.
+    dy, dx = y0 % step, x0 % step
+    ky = (ny + dy) // step + 4
+    kx = (nx + dx) // step + 4
+    gy = (np.arange(ky) - 1.0) * step + (y0 - dy - 0.5)
+    gx = (np.arange(kx) - 1.0) * step + (x0 - dx - 0.5)
+    xx, yy = np.meshgrid(gx, gy)
+    ox, oy = transform_pixels(input_wcs, output_wcs, xx, yy)
+    if not (np.all(np.isfinite(ox)) and np.all(np.isfinite(oy))):
+        # Far off the projection (e.g. beyond 90 deg from the output centre): exact, per corner.
+        logger.debug("coarse corner grid has non-finite points; evaluating every corner exactly")
+        return corner_map(input_wcs, output_wcs, x0, y0, nx, ny, step=1)
+    cx = _core.densify(coarse=np.ascontiguousarray(ox), step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
+    cy = _core.densify(coarse=np.ascontiguousarray(oy), step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
+    return cx[dy:, dx:], cy[dy:, dx:]
 
 
 def compute_spatial_mapping(
