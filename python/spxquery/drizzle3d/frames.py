@@ -52,7 +52,7 @@ from .framewcs import WcsError, celestial_wcs
 from .grid import OutputGrid
 from .l2layout import REQUIRED_EXTENSIONS, L2Layout, LayoutError, PlainImage, l2_layout
 from .objectstore import as_location
-from .pixels import PixelError, read_flags, read_image, row_ranges
+from .pixels import PixelError, read_flags, read_image, read_image_windows, row_ranges
 from .spatial import corner_map
 from .stagetimes import stage
 from .wavetable import WaveTable, check_wave_table, read_wave_table
@@ -71,9 +71,6 @@ OUTSIDE = 0.0
 
 #: A band of a crop: rows ``[ya, yb)``, column window ``[xa, xb)`` (frame pixels, 0-based).
 Band = Tuple[int, int, int, int]
-
-#: (image, variance, zodi or None) of one band's window, as read.
-_Pieces = Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]
 
 _DET_FROM_NAME = re.compile(r"D([1-6])_spx", re.IGNORECASE)
 
@@ -143,8 +140,8 @@ class Frame:
     bands: Tuple[Band, ...] = ()
     """``(ya, yb, xa, xb)``: the crop's bands of rows ``[ya, yb)``, in row order, each with the
     column window ``[xa, xb)`` of the pixels that can land (every one that can is in a band)."""
-    _pixels: Optional[List[_Pieces]] = None
-    """(image, variance, zodi) of each band's window when read up front (small crops)."""
+    _pixels: Optional[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = None
+    """(image, variance, zodi) of the whole crop when read up front (small crops; windows only)."""
 
     @property
     def name(self) -> str:
@@ -158,45 +155,33 @@ class Frame:
 
     def strips(self) -> Iterator[Strip]:
         """The crop's pixels in strips of at most ``strip_rows`` rows, in row order (dense arrays;
-        image, variance and wavelengths filled inside the bands' windows, :data:`OUTSIDE`
-        elsewhere)."""
+        image, variance and wavelengths inside the bands' windows, :data:`OUTSIDE` elsewhere)."""
         if self.grid is None or self.flags is None:
             raise ValueError(f"{self.name}: strips() needs a frame from prepare_frame")
         x0, x1, y0, y1 = self.crop
-        preread, self._pixels = self._pixels, None  # handed over once; a second pass reads the file
-        src = None if preread is not None else _open(self.path)
+        src = None if self._pixels is not None else _open(self.path)
         with_zodi = self.zodi.scale is not None
-        if isinstance(self.wave, WaveTable) and len(self.bands) > 1:
-            with stage("wavelengths"):
-                self.wave.keep_cells(x0, x1, y0, y1)
-        n = 0
         try:
             for ya in range(y0, y1, self.strip_rows):
                 yb = min(ya + self.strip_rows, y1)
                 bands = [b for b in self.bands if ya <= b[0] < yb]
-                if preread is not None:
-                    pieces = preread[n:n + len(bands)]
+                if self._pixels is not None:
+                    image, variance, zodi = self._pixels
+                    self._pixels = None  # handed over once; a second pass reads the file
                 else:
                     assert src is not None
                     with stage("rows"):
                         _prefetch(src, self.layout, self.path, with_zodi, False, None, _regions(bands))
-                        pieces = [_read_pixels(src, self.layout, self.path, range(a, b), c, d, with_zodi)
-                                  for a, b, c, d in bands]
-                n += len(bands)
-                shape = (yb - ya, x1 - x0)
-                windows = [(slice(a - ya, b - ya), slice(c - x0, d - x0)) for a, b, c, d in bands]
-                with stage("zodi"):
-                    for image, _, zodi in pieces:
-                        self.zodi.subtract(image, zodi)
-                with stage("rows"):
-                    image = _dense(shape, windows, [p[0] for p in pieces])
-                    variance = _dense(shape, windows, [p[1] for p in pieces])
-                del pieces
+                        image, variance, zodi = _read_pixels(src, self.layout, self.path, range(ya, yb), x0, x1,
+                                                             with_zodi, bands)
+                with stage("zodi"):  # outside the windows 0 - scale * 0 stays 0 (one numpy pass is cheapest)
+                    self.zodi.subtract(image, zodi)
+                del zodi
                 with stage("wavelengths"):
-                    waves = [self.wave.evaluate_crop(c, d, a, b) for a, b, c, d in bands]
-                    lam = _dense(shape, windows, [w[0] for w in waves])
-                    dlam = _dense(shape, windows, [w[1] for w in waves])
-                del waves
+                    if isinstance(self.wave, WaveTable):
+                        lam, dlam = self.wave.evaluate_crop(x0, x1, ya, yb, bands, OUTSIDE)
+                    else:  # a calibration product's maps: read, exact everywhere
+                        lam, dlam = self.wave.evaluate_crop(x0, x1, ya, yb)
                 with stage("corners"):
                     corners_x, corners_y = corner_map(self.wcs, self.grid.wcs, x0, ya, x1 - x0, yb - ya)
                 rows = slice(ya - y0, yb - y0)
@@ -205,15 +190,6 @@ class Frame:
         finally:
             if src is not None:
                 src.close()
-
-
-def _dense(shape: Tuple[int, int], windows: List[Tuple[slice, slice]], pieces: List[np.ndarray]) -> np.ndarray:
-    """A float64 array of ``shape`` holding each of ``pieces`` in its window and :data:`OUTSIDE`
-    elsewhere (zeroed pages: the allocator's own when fresh)."""
-    out = np.zeros(shape) if OUTSIDE == 0.0 else np.full(shape, OUTSIDE)
-    for w, piece in zip(windows, pieces):
-        out[w] = piece
-    return out
 
 
 def _regions(bands: Sequence[Band]) -> List[Tuple[range, int, int]]:
@@ -347,13 +323,21 @@ def open_frame(path: Any, detector: Optional[int] = None) -> Frame:
 
 
 def _read_pixels(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int,
-                 with_zodi: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+                 with_zodi: bool, windows: Optional[Sequence[Band]] = None
+                 ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(image, variance, zodi or None) of one block, float64 as the engine takes them
-    (read once in the engine's dtype: no per-strip conversion copy later)."""
+    (read once in the engine's dtype: no per-strip conversion copy later); with ``windows``
+    (bands within the block) only inside them, :data:`OUTSIDE` elsewhere."""
+
+    def read(part: PlainImage) -> np.ndarray:
+        if windows is None:
+            return read_image(src, part, rows, x0, x1)
+        return read_image_windows(src, part, rows, x0, x1, windows, OUTSIDE)
+
     try:
-        image = read_image(src, layout.image, rows, x0, x1)
-        variance = read_image(src, layout.variance, rows, x0, x1)
-        zodi = read_image(src, layout.zodi, rows, x0, x1) if with_zodi else None
+        image = read(layout.image)
+        variance = read(layout.variance)
+        zodi = read(layout.zodi) if with_zodi else None
     except _READ_ERRORS as exc:
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
     return image, variance, zodi
@@ -454,13 +438,11 @@ def prepare_frame(
         pixels = None
         if small:
             with stage("rows"):
-                if whole:
-                    pixels = [(_crop_of(sample.image, (c, d, a, b)), _crop_of(sample.variance, (c, d, a, b)),
-                               None if sample.zodi is None else _crop_of(sample.zodi, (c, d, a, b)))
-                              for a, b, c, d in bands]
+                if whole:  # the sample holds the crop: cut from it (every pixel's values)
+                    pixels = (_crop_of(sample.image, crop), _crop_of(sample.variance, crop),
+                              None if sample.zodi is None else _crop_of(sample.zodi, crop))
                 else:
-                    pixels = [_read_pixels(src, frame.layout, path, range(a, b), c, d, with_zodi)
-                              for a, b, c, d in bands]
+                    pixels = _read_pixels(src, frame.layout, path, rows, x0, x1, with_zodi, bands)
     with stage("zodi"):
         fit_on = None if sample.zodi is None else _zodi.ZodiPixels(sample.image, sample.zodi, sample.variance,
                                                                   sample.flags)

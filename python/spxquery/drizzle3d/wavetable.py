@@ -8,8 +8,8 @@ the parent detector, so a cutout's wavelengths equal its parent frame's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Tuple
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,13 +35,13 @@ class WaveTable:
     crpix: Tuple[float, float]
     crval: Tuple[float, float]
     cdelt: Tuple[float, float]
-    _axes: List[Tuple[int, np.ndarray, np.ndarray]] = field(
-        default_factory=lambda: [(0, np.empty(0, np.int64), np.empty(0))] * 2, init=False, repr=False, compare=False)
-    """Per axis: the first pixel, cells and fractions kept by :meth:`keep_cells` (a replaced
-    table starts without)."""
 
-    def evaluate_crop(self, x0: int, x1: int, y0: int, y1: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(lambda_c, delta_lambda) (um) on the pixel centres of rows y0:y1, columns x0:x1.
+    def evaluate_crop(self, x0: int, x1: int, y0: int, y1: int,
+                      windows: Optional[Sequence[Tuple[int, int, int, int]]] = None,
+                      outside: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+        """(lambda_c, delta_lambda) (um) on the pixel centres of rows y0:y1, columns x0:x1; with
+        ``windows`` (``(ya, yb, xa, xb)`` within that box, in row order, no two sharing a row)
+        computed only inside them (the same bits) and ``outside`` elsewhere.
 
         wcslib's -TAB arithmetic: the pixel positions go through ``psi = CDELT*(p + 1 -
         CRPIX) + CRVAL``, each axis is inverted piecewise-linearly (:func:`_cell_index`), and
@@ -50,30 +50,17 @@ class WaveTable:
         released: ``(1 - fy) * ax[iy] + fy * ax[iy + 1]``, ``ax[k] = (1 - fx) * v[k, ix] + fx *
         v[k, ix + 1]``).
         """
-        ix, fx = self._axis(0, x0, x1)
-        iy, fy = self._axis(1, y0, y1)
+        xs = np.arange(x0, x1, dtype=np.float64)
+        ys = np.arange(y0, y1, dtype=np.float64)
+        ix, fx = _cell_index(self.cdelt[0] * (xs + 1.0 - self.crpix[0]) + self.crval[0], self.x)
+        iy, fy = _cell_index(self.cdelt[1] * (ys + 1.0 - self.crpix[1]) + self.crval[1], self.y)
         return _core.wave_lookup(values=np.ascontiguousarray(self.values, dtype=np.float64),
-                                 row_cell=iy, row_frac=fy, column_cell=ix, column_frac=fx)
-
-    def keep_cells(self, x0: int, x1: int, y0: int, y1: int) -> None:
-        """Compute the cells of columns ``x0:x1`` and rows ``y0:y1`` now and keep them, so that
-        :meth:`evaluate_crop` of boxes within (a crop's bands) slices them instead of searching
-        again (the cells are elementwise: the same values as for each box alone)."""
-        self._axes = [(x0, *self._cells(0, np.arange(x0, x1, dtype=np.float64))),
-                      (y0, *self._cells(1, np.arange(y0, y1, dtype=np.float64)))]
-
-    def _axis(self, axis: int, p0: int, p1: int) -> Tuple[np.ndarray, np.ndarray]:
-        """(cell int64, fraction float64) of pixels ``p0:p1`` along ``axis`` (0: x, 1: y): from
-        the kept cells when they cover them (:meth:`keep_cells`), else computed."""
-        start, cells, fracs = self._axes[axis]
-        if start <= p0 and p1 - start <= cells.size:
-            return cells[p0 - start:p1 - start], fracs[p0 - start:p1 - start]
-        return self._cells(axis, np.arange(p0, p1, dtype=np.float64))
-
-    def _cells(self, axis: int, pixels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        i, f = _cell_index(self.cdelt[axis] * (pixels + 1.0 - self.crpix[axis]) + self.crval[axis],
-                           self.x if axis == 0 else self.y)
-        return i.astype(np.int64), np.ascontiguousarray(f, dtype=np.float64)
+                                 row_cell=iy.astype(np.int64), row_frac=np.ascontiguousarray(fy, dtype=np.float64),
+                                 column_cell=ix.astype(np.int64),
+                                 column_frac=np.ascontiguousarray(fx, dtype=np.float64),
+                                 windows=None if windows is None else [(a - y0, b - y0, c - x0, d - x0)
+                                                                       for a, b, c, d in windows],
+                                 outside=float(outside))
 
 
 def _cell_index(psi: np.ndarray, knots: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
