@@ -354,11 +354,9 @@ fn densify<'py>(py: Python<'py>, coarse: PyReadonlyArray2<'py, f64>, step: usize
 
 /// Per-pixel `(wavelength, bandwidth)` (um) from a `WCS-WAVE` table `values`
 /// `(knot rows, knot columns, 2)` and each pixel row's and column's cell and
-/// fraction (see `wavelookup.rs`); with `windows` (`(row0, row1, column0,
-/// column1)` of the pixel grid, in row order, no two sharing a row) only inside
-/// them, `outside` elsewhere.
+/// fraction (see `wavelookup.rs`).
 #[pyfunction]
-#[pyo3(signature = (*, values, row_cell, row_frac, column_cell, column_frac, windows=None, outside=0.0))]
+#[pyo3(signature = (*, values, row_cell, row_frac, column_cell, column_frac))]
 #[allow(clippy::type_complexity)]
 fn wave_lookup<'py>(
     py: Python<'py>,
@@ -367,8 +365,6 @@ fn wave_lookup<'py>(
     row_frac: PyReadonlyArray1<'py, f64>,
     column_cell: PyReadonlyArray1<'py, i64>,
     column_frac: PyReadonlyArray1<'py, f64>,
-    windows: Option<Vec<(usize, usize, usize, usize)>>,
-    outside: f64,
 ) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArray2<f64>>)> {
     let (row_cell, column_cell) = (sizes("row_cell", &row_cell)?, sizes("column_cell", &column_cell)?);
     let (row_frac, column_frac) = (slice_of(&row_frac, "row_frac")?, slice_of(&column_frac, "column_frac")?);
@@ -376,7 +372,7 @@ fn wave_lookup<'py>(
     let (lam, dlam) = run_detached(py, "wave_lookup", move || {
         let rows = Axis { index: &row_cell, frac: row_frac };
         let columns = Axis { index: &column_cell, frac: column_frac };
-        wavelookup::lookup_in(v, &rows, &columns, windows.as_deref(), outside)
+        wavelookup::lookup(v, &rows, &columns)
     })?;
     Ok((lam.into_pyarray(py), dlam.into_pyarray(py)))
 }
@@ -517,7 +513,17 @@ fn read_plain_rows<'py>(
     x0: usize,
     x1: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let file = dup_fd(fd, &name)?;
+    use std::os::fd::BorrowedFd;
+    if fd < 0 {
+        return Err(PyValueError::new_err(format!("{name}: file descriptor {fd} is not open")));
+    }
+    // SAFETY: `fd` is open (the caller's LocalFile holds it) and stays so while the
+    // GIL is held; it is only duplicated here, and the duplicate is what is read.
+    let file = std::fs::File::from(
+        unsafe { BorrowedFd::borrow_raw(fd) }
+            .try_clone_to_owned()
+            .map_err(|e| PyValueError::new_err(format!("{name}: cannot use file descriptor {fd} ({e})")))?,
+    );
     let part = rawrows::PlainPart { name: &name, offset, ny, nx, bitpix };
     let win = rawrows::Window { rows: rawrows::RowSet { start, step, count }, x0, x1 };
     part.check(win, size).map_err(PyValueError::new_err)?; // before allocating: the window lies in the file
@@ -542,61 +548,6 @@ fn read_plain_rows<'py>(
         }
         Ok(array.into_any())
     }
-}
-
-/// [`read_plain_rows`] of a float image, rows `start .. start + count`, inside
-/// `windows` only (`(ya, yb, xa, xb)` of the image, within those rows and columns
-/// `x0:x1`, in row order, no two sharing a row), `outside` elsewhere: float64
-/// `(count, x1 - x0)`, each window's values the bits [`read_plain_rows`] gives.
-#[cfg(unix)]
-#[pyfunction]
-#[pyo3(signature = (*, fd, size, name, offset, ny, nx, bitpix, start, count, x0, x1, windows, outside=0.0))]
-#[allow(clippy::too_many_arguments)]
-fn read_plain_windows<'py>(
-    py: Python<'py>,
-    fd: i32,
-    size: u64,
-    name: String,
-    offset: u64,
-    ny: usize,
-    nx: usize,
-    bitpix: i32,
-    start: usize,
-    count: usize,
-    x0: usize,
-    x1: usize,
-    windows: Vec<(usize, usize, usize, usize)>,
-    outside: f64,
-) -> PyResult<Bound<'py, PyArray2<f64>>> {
-    let file = dup_fd(fd, &name)?;
-    let part = rawrows::PlainPart { name: &name, offset, ny, nx, bitpix };
-    let win = rawrows::Window { rows: rawrows::RowSet { start, step: 1, count }, x0, x1 };
-    part.check(win, size).map_err(PyValueError::new_err)?; // before allocating: the rows lie in the file
-                                                           // SAFETY: every element is written by `read_float_windows` before the array is returned.
-    let array = unsafe { PyArray2::<f64>::new(py, [count, x1 - x0], false) };
-    {
-        let mut rw = array.readwrite();
-        let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        run_detached(py, "read_plain_windows", move || rawrows::read_float_windows(&file, size, &part, win, &windows, outside, out))?;
-    }
-    Ok(array)
-}
-
-/// A duplicate of the open descriptor `fd` (the caller keeps its own), or a
-/// `ValueError` naming `name`.
-#[cfg(unix)]
-fn dup_fd(fd: i32, name: &str) -> PyResult<std::fs::File> {
-    use std::os::fd::BorrowedFd;
-    if fd < 0 {
-        return Err(PyValueError::new_err(format!("{name}: file descriptor {fd} is not open")));
-    }
-    // SAFETY: `fd` is open (the caller's LocalFile holds it) and stays so while the
-    // GIL is held; it is only duplicated here, and the duplicate is what is read.
-    Ok(std::fs::File::from(
-        unsafe { BorrowedFd::borrow_raw(fd) }
-            .try_clone_to_owned()
-            .map_err(|e| PyValueError::new_err(format!("{name}: cannot use file descriptor {fd} ({e})")))?,
-    ))
 }
 
 /// The values of a FITS header's standard cards (see `cards.rs`): `(dict of
@@ -746,8 +697,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
     #[cfg(unix)]
     m.add_function(wrap_pyfunction!(read_plain_rows, m)?)?;
-    #[cfg(unix)]
-    m.add_function(wrap_pyfunction!(read_plain_windows, m)?)?;
     m.add_function(wrap_pyfunction!(outlier_test, m)?)?;
     m.add_function(wrap_pyfunction!(blot_cube, m)?)?;
     m.add_function(wrap_pyfunction!(model_merge, m)?)?;

@@ -162,74 +162,18 @@ pub fn read_float(file: &File, size: u64, part: &PlainPart<'_>, win: Window, out
     if bitpix != -32 && bitpix != -64 {
         return Err(format!("{}: BITPIX = {bitpix}, a floating-point image (-32 or -64) was expected", part.name));
     }
-    for_each_row(file, size, part, win, |k, bytes| floats_into(bitpix, bytes, &mut out[k * width..(k + 1) * width]))
-}
-
-/// Big-endian floats of `bitpix` (-32 or -64) to `f64` into `dst`.
-fn floats_into(bitpix: i32, bytes: &[u8], dst: &mut [f64]) {
-    if bitpix == -32 {
-        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-            *d = f32::from_be_bytes([b[0], b[1], b[2], b[3]]) as f64;
+    for_each_row(file, size, part, win, |k, bytes| {
+        let dst = &mut out[k * width..(k + 1) * width];
+        if bitpix == -32 {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_be_bytes([b[0], b[1], b[2], b[3]]) as f64;
+            }
+        } else {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
+                *d = f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            }
         }
-    } else {
-        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
-            *d = f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-        }
-    }
-}
-
-/// A box of an image: rows `ya..yb`, columns `xa..xb` (0-based, end-exclusive).
-pub type Box2 = (usize, usize, usize, usize);
-
-/// Pixels of a floating-point image inside `windows` only, as `f64`, into `out`
-/// (row-major, the `rows.count` rows from `rows.start` (step 1) by columns
-/// `x0..x1`), and `outside` everywhere else. The windows lie within those rows
-/// and columns, in row order, no two sharing a row (else an error); each is read
-/// as [`read_float`] reads it, so the values inside are the same bits.
-pub fn read_float_windows(
-    file: &File,
-    size: u64,
-    part: &PlainPart<'_>,
-    win: Window,
-    windows: &[Box2],
-    outside: f64,
-    out: &mut [f64],
-) -> Result<(), String> {
-    let width = check_output(part, win, out.len())?;
-    let (start, count) = (win.rows.start, win.rows.count);
-    if part.bitpix != -32 && part.bitpix != -64 {
-        return Err(format!("{}: BITPIX = {}, a floating-point image (-32 or -64) was expected", part.name, part.bitpix));
-    }
-    let mut next_row = start;
-    for &(ya, yb, xa, xb) in windows {
-        if win.rows.step != 1 || ya < next_row || yb <= ya || yb > start + count || xa < win.x0 || xb > win.x1 || xb <= xa {
-            return Err(format!(
-                "{}: window rows {ya}:{yb}, columns {xa}:{xb} is not within rows {start}:{} (after {next_row}), columns {}:{}",
-                part.name,
-                start + count,
-                win.x0,
-                win.x1
-            ));
-        }
-        next_row = yb;
-    }
-    // What no window covers (rows before, between and after them; columns beside them).
-    let mut row = 0;
-    for &(ya, yb, xa, xb) in windows {
-        out[row * width..(ya - start) * width].fill(outside);
-        for r in ya - start..yb - start {
-            out[r * width..r * width + xa - win.x0].fill(outside);
-            out[r * width + xb - win.x0..(r + 1) * width].fill(outside);
-        }
-        row = yb - start;
-    }
-    out[row * width..].fill(outside);
-    for &(ya, yb, xa, xb) in windows {
-        let w = Window { rows: RowSet { start: ya, step: 1, count: yb - ya }, x0: xa, x1: xb };
-        let (first, n) = ((ya - start) * width + xa - win.x0, xb - xa);
-        for_each_row(file, size, part, w, |k, bytes| floats_into(part.bitpix, bytes, &mut out[first + k * width..first + k * width + n]))?;
-    }
-    Ok(())
+    })
 }
 
 /// Pixels `[rows, x0..x1]` of an integer image as `u32` (`value + bzero` modulo
@@ -294,31 +238,6 @@ mod tests {
         read_float(&f, size, &part(-32, ny, nx), win(0, 2, 3, 0, 4), &mut out).unwrap();
         assert_eq!(out[4..8], [8.5, 9.5, 10.5, 11.5]);
         assert_eq!(out[8..], [16.5, 17.5, 18.5, 19.5]);
-    }
-
-    #[test]
-    fn windows_are_the_boxes_read_alone_and_outside_elsewhere() {
-        let (ny, nx) = (5, 6);
-        let bytes: Vec<u8> = (0..ny * nx).flat_map(|v| (v as f32 + 0.5).to_be_bytes()).collect();
-        let (f, size) = file_with(&bytes);
-        let p = part(-32, ny, nx);
-        let mut out = vec![7.0; 4 * 5];
-        read_float_windows(&f, size, &p, win(1, 1, 4, 0, 5), &[(1, 2, 1, 3), (3, 5, 2, 5)], -1.0, &mut out).unwrap();
-        let want: Vec<f64> = (0..4 * 5)
-            .map(|k| {
-                let (y, x) = (1 + k / 5, k % 5);
-                let inside = (y == 1 && (1..3).contains(&x)) || (y >= 3 && (2..5).contains(&x));
-                if inside {
-                    (y * nx + x) as f64 + 0.5
-                } else {
-                    -1.0
-                }
-            })
-            .collect();
-        assert_eq!(out, want);
-        for bad in [[(1, 3, 1, 3), (2, 4, 1, 3)], [(1, 2, 0, 6), (3, 4, 1, 2)], [(0, 2, 1, 3), (3, 4, 1, 2)]] {
-            assert!(read_float_windows(&f, size, &p, win(1, 1, 4, 0, 5), &bad, 0.0, &mut out).unwrap_err().contains("window"));
-        }
     }
 
     #[test]

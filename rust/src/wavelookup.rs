@@ -19,20 +19,6 @@ pub struct Axis<'a> {
 /// `(1 - fy) * ax[iy] + fy * ax[iy + 1]` with
 /// `ax[k] = (1 - fx) * v[k, ix] + fx * v[k, ix + 1]`.
 pub fn lookup(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(Array2<f64>, Array2<f64>), String> {
-    lookup_in(values, rows, columns, None, 0.0)
-}
-
-/// [`lookup`] inside `windows` only (`(row0, row1, column0, column1)` of the
-/// pixel grid, end-exclusive, in row order, no two sharing a row), `outside`
-/// elsewhere; `None`: everywhere. Each value inside is computed as by
-/// [`lookup`], so its bits are the same.
-pub fn lookup_in(
-    values: ArrayView3<f64>,
-    rows: &Axis,
-    columns: &Axis,
-    windows: Option<&[(usize, usize, usize, usize)]>,
-    outside: f64,
-) -> Result<(Array2<f64>, Array2<f64>), String> {
     let (nky, nkx, two) = values.dim();
     if two != 2 {
         return Err(format!("values must be (knot rows, knot columns, 2), got a last axis of {two}"));
@@ -47,35 +33,21 @@ pub fn lookup_in(
         return Err(format!("column cell {bad} is outside a table of {nkx} knot columns"));
     }
     let (ny, nx) = (rows.index.len(), columns.index.len());
-    // Each row's columns to compute: all, or its window's (none when no window holds it).
-    let mut span = vec![(0, if windows.is_some() { 0 } else { nx }); ny];
-    let mut next = 0;
-    for &(r0, r1, c0, c1) in windows.unwrap_or(&[]) {
-        if r0 < next || r1 <= r0 || r1 > ny || c1 <= c0 || c1 > nx {
-            return Err(format!("window rows {r0}:{r1}, columns {c0}:{c1} is not within {ny} x {nx} pixels (after row {next})"));
-        }
-        span[r0..r1].fill((c0, c1));
-        next = r1;
-    }
-    let mut out = [Array2::<f64>::from_elem((ny, nx), outside), Array2::<f64>::from_elem((ny, nx), outside)];
+    let mut out = [Array2::<f64>::zeros((ny, nx)), Array2::<f64>::zeros((ny, nx))];
     let mut lower = vec![0.0f64; nx];
     let mut upper = vec![0.0f64; nx];
     for (m, res) in out.iter_mut().enumerate() {
-        let mut cached = (usize::MAX, 0, 0);
+        let mut cached = usize::MAX;
         for (r, mut row) in res.rows_mut().into_iter().enumerate() {
-            let (k, (c0, c1)) = (rows.index[r], span[r]);
-            if c0 == c1 {
-                continue;
-            }
-            if (k, c0, c1) != cached {
-                along_x(values, m, k, columns, c0, &mut lower[c0..c1]);
-                along_x(values, m, k + 1, columns, c0, &mut upper[c0..c1]);
-                cached = (k, c0, c1);
+            let k = rows.index[r];
+            if k != cached {
+                along_x(values, m, k, columns, &mut lower);
+                along_x(values, m, k + 1, columns, &mut upper);
+                cached = k;
             }
             let (wy0, wy1) = (1.0 - rows.frac[r], rows.frac[r]);
-            let dst = &mut row.as_slice_mut().expect("a row of a new array is contiguous")[c0..c1];
-            for ((out, &lo), &up) in dst.iter_mut().zip(&lower[c0..c1]).zip(&upper[c0..c1]) {
-                *out = wy0 * lo + wy1 * up;
+            for (c, out) in row.iter_mut().enumerate() {
+                *out = wy0 * lower[c] + wy1 * upper[c];
             }
         }
     }
@@ -83,10 +55,10 @@ pub fn lookup_in(
     Ok((lam, dlam))
 }
 
-/// Knot row `k` of value `m`, interpolated along x at the columns from `c0` on (as many as `out` holds).
-fn along_x(values: ArrayView3<f64>, m: usize, k: usize, columns: &Axis, c0: usize, out: &mut [f64]) {
+/// Knot row `k` of value `m`, interpolated along x at every column.
+fn along_x(values: ArrayView3<f64>, m: usize, k: usize, columns: &Axis, out: &mut [f64]) {
     for (c, out) in out.iter_mut().enumerate() {
-        let (i, fx) = (columns.index[c0 + c], columns.frac[c0 + c]);
+        let (i, fx) = (columns.index[c], columns.frac[c]);
         *out = (1.0 - fx) * values[[k, i, m]] + fx * values[[k, i + 1, m]];
     }
 }
@@ -110,12 +82,5 @@ mod tests {
         let outside = Axis { index: &[2], frac: &[0.0] };
         assert!(lookup(v.view(), &outside, &columns).unwrap_err().contains("row cell 2"));
         assert!(lookup(v.view(), &rows, &Axis { index: &[3], frac: &[0.0] }).is_err());
-        // Inside windows: the same bits; outside: the value given.
-        let (wa, wb) = lookup_in(v.view(), &rows, &columns, Some(&[(0, 1, 1, 2), (2, 3, 0, 2)]), -1.0).unwrap();
-        for (r, c) in [(0, 1), (2, 0), (2, 1)] {
-            assert_eq!((wa[[r, c]].to_bits(), wb[[r, c]].to_bits()), (a[[r, c]].to_bits(), b[[r, c]].to_bits()));
-        }
-        assert_eq!((wa[[0, 0]], wa[[1, 0]], wa[[1, 1]], wb[[0, 0]]), (-1.0, -1.0, -1.0, -1.0));
-        assert!(lookup_in(v.view(), &rows, &columns, Some(&[(0, 2, 0, 1), (1, 3, 0, 1)]), 0.0).unwrap_err().contains("window"));
     }
 }

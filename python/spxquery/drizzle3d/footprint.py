@@ -4,11 +4,6 @@ A frame's pixels are read only inside the crop: the bounding box of the part of 
 region that the frame sees, projected into the frame's pixels (0-based, end-exclusive box
 ``(x0, x1, y0, y1)``) and grown by the reach of the kernel's droplets plus a margin. Far-away
 frames are ruled out on the sky first, at the cost of a few header values.
-
-Within the crop, :meth:`Footprint.bands` cuts the rows into bands, each with its own column
-window: the grid is rotated in the frame, so ~40% of a crop's pixels cannot land and need not
-be read, zodi-subtracted or given wavelengths (:meth:`.frames.Frame.strips` fills only the
-windows of its dense arrays).
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import TYPE_CHECKING, List, NamedTuple, Optional, Tuple
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import numpy as np
 
@@ -26,14 +21,6 @@ if TYPE_CHECKING:
 
 #: Extra margin (input pixels) added around the crop for corner-map error and edge sampling.
 DEFAULT_CROP_MARGIN = 1.0
-
-#: Rows per band of :meth:`Footprint.bands` before merging (measured: 32, 48 and 64 rows per band,
-#: docs/performance.md, "Issue 23, fifth part").
-BAND_ROWS = 32
-
-#: Consecutive bands are merged into one while that adds at most this many pixels outside their
-#: windows (a band costs a kernel call, reads and array set-ups: ~ the work of this many pixels).
-MERGE_PIXELS = 1024
 
 #: Bound on the ratio of the frame -> grid mapping's mean stretch (``sqrt(|det|)`` of the pixel
 #: scales) to its least stretch in any direction (SIP distortion, anisotropy): the bilinear reach.
@@ -114,91 +101,6 @@ def droplet_reach(kernel: str, in_arcsec: float, out_arcsec: float) -> float:
     return 0.5
 
 
-class Footprint(NamedTuple):
-    """Where a frame meets the output region, in the frame's pixels (0-based).
-
-    ``crop``: the box ``(x0, x1, y0, y1)`` (end-exclusive) of :func:`footprint_crop`; ``qx, qy``:
-    the vertices of the projected region (a polygon, clipped to the grown frame); ``grow``: the
-    crop's growth (input pixels, per axis) around it, the kernel's :func:`droplet_reach` plus the
-    margin: the centre of every pixel that lands lies within ``grow`` of the polygon."""
-
-    crop: Tuple[int, int, int, int]
-    qx: np.ndarray
-    qy: np.ndarray
-    grow: float
-
-    def bands(self, block_rows: int, band_rows: Optional[int] = None, merge_pixels: Optional[int] = None
-              ) -> List[Tuple[int, int, int, int]]:
-        """The crop's rows cut into bands ``(ya, yb, xa, xb)``, in row order, each with the column
-        window ``[xa, xb)`` (within the crop) of every pixel of rows ``[ya, yb)`` whose droplet can
-        touch the grid; bands with no such pixel are left out. No band crosses a multiple of
-        ``block_rows`` rows from the crop's first row (the blocks a crop is read in).
-
-        A pixel that lands has its centre within ``g = grow`` (per axis) of a point ``q`` of the
-        projected region (the crop's own growth), so ``q`` lies in the slab ``[ya - g, yb - 1 + g]``
-        of the band's rows, and the window is the x-extent of the region within that slab, grown
-        by ``g``. The extent of a polygon within a slab is reached at one of its vertices inside
-        the slab or where an edge crosses a side of the slab (all bands in one vectorised pass).
-        Bands of ``band_rows`` rows (:data:`BAND_ROWS`) are merged with the next while that adds
-        at most ``merge_pixels`` (:data:`MERGE_PIXELS`) pixels outside the windows.
-        """
-        x0, x1, y0, y1 = self.crop
-        band_rows = max(1, int(BAND_ROWS if band_rows is None else band_rows))
-        merge_pixels = MERGE_PIXELS if merge_pixels is None else merge_pixels
-        block_rows = max(1, int(block_rows))
-        g = self.grow
-        starts = np.concatenate([np.arange(b, min(b + block_rows, y1), band_rows) for b in range(y0, y1, block_rows)])
-        stops = np.minimum(starts + band_rows, y0 + ((starts - y0) // block_rows + 1) * block_rows)
-        np.minimum(stops, y1, out=stops)
-        nb = starts.size
-        lo, hi = starts - g, stops - 1 + g
-        vx, vy = self.qx, self.qy
-        inside = (vy >= lo[:, None]) & (vy <= hi[:, None])
-        xmin = np.where(inside, vx, np.inf).min(axis=1)
-        xmax = np.where(inside, vx, -np.inf).max(axis=1)
-        ax, ay, dx, inv = self._edges()
-        t = (np.concatenate([lo, hi])[:, None] - ay) * inv  # where each edge crosses each side
-        ok = (t >= 0.0) & (t <= 1.0)
-        x = ax + t * dx
-        cmin, cmax = np.where(ok, x, np.inf).min(axis=1), np.where(ok, x, -np.inf).max(axis=1)
-        xmin = np.minimum(xmin, np.minimum(cmin[:nb], cmin[nb:]))
-        xmax = np.maximum(xmax, np.maximum(cmax[:nb], cmax[nb:]))
-        return _merged(starts.tolist(), stops.tolist(), np.floor(xmin - g).tolist(), np.ceil(xmax + g).tolist(),
-                       (x0, x1, y0, block_rows), merge_pixels)
-
-    def _edges(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """The polygon's edges that are not horizontal: first vertex ``(ax, ay)``, ``dx`` and
-        ``1 / dy`` (horizontal edges: their ends are vertices, tested as such)."""
-        vx, vy = np.append(self.qx, self.qx[0]), np.append(self.qy, self.qy[0])
-        dx, dy = np.diff(vx), np.diff(vy)
-        sloped = dy != 0.0
-        return vx[:-1][sloped], vy[:-1][sloped], dx[sloped], 1.0 / dy[sloped]
-
-
-def _merged(starts: List[int], stops: List[int], lefts: List[float], rights: List[float],
-            blocks: Tuple[int, int, int, int], merge_pixels: int) -> List[Tuple[int, int, int, int]]:
-    """Bands ``(ya, yb, xa, xb)`` from the rows and the (floored, ceiled) extents of
-    :meth:`Footprint.bands`, clipped to ``[x0, x1)`` (``blocks = (x0, x1, y0, block_rows)``), empty
-    ones left out, a band merged into the one before it (adjacent rows of the same block) while
-    that adds at most ``merge_pixels`` pixels."""
-    x0, x1, y0, block_rows = blocks
-    out: List[Tuple[int, int, int, int]] = []
-    for ya, yb, a, b in zip(starts, stops, lefts, rights):
-        if not a <= b:
-            continue  # nothing of the region within reach of these rows (inf / -inf)
-        xa, xb = max(x0, int(a)), min(x1, int(b) + 1)
-        if xa >= xb:
-            continue
-        if out and out[-1][1] == ya and (ya - y0) % block_rows:
-            pa, pb, pxa, pxb = out[-1]
-            ua, ub = min(pxa, xa), max(pxb, xb)
-            if (ub - ua) * (yb - pa) - (pxb - pxa) * (pb - pa) - (xb - xa) * (yb - ya) <= merge_pixels:
-                out[-1] = (pa, yb, ua, ub)
-                continue
-        out.append((ya, yb, xa, xb))
-    return out
-
-
 def footprint_crop(
     frame: "Frame",
     grid: "OutputGrid",
@@ -213,24 +115,12 @@ def footprint_crop(
     the full input WCS (SIP included) as a polygon; the polygon is clipped
     (Sutherland-Hodgman) to the frame grown by ``g`` = the reach of ``kernel``'s droplets
     (:func:`droplet_reach`: half an input pixel for ``square``) + ``margin_pix``, and the
-    bounding box of what remains, grown by ``g`` and clipped to the image, is the crop. The clipped polygon contains the
-    projected interior, so a frame lying wholly inside the output region gets the
-    full frame. Returns None when the frame and the region are disjoint (first
+    bounding box of what remains, grown by ``g`` and clipped to the image, is the crop.
+    The clipped polygon contains the projected interior, so a frame lying wholly inside
+    the output region gets the full frame. Returns None when the frame and the region are disjoint (first
     tested on the sky with circumscribed circles, so far-away frames cost no
     projection).
     """
-    fp = footprint(frame, grid, margin_pix, kernel)
-    return None if fp is None else fp.crop
-
-
-def footprint(
-    frame: "Frame",
-    grid: "OutputGrid",
-    margin_pix: float = DEFAULT_CROP_MARGIN,
-    kernel: str = "square",
-) -> Optional[Footprint]:
-    """The :class:`Footprint` of ``frame`` on ``grid`` (crop as :func:`footprint_crop`, polygon
-    and growths for :meth:`Footprint.bands`, ``kernel`` the drizzle kernel); None when disjoint."""
     ny_in, nx_in = frame.shape
     wcs_in = frame.wcs
     ra_c, dec_c, r_out, ra, dec = _grid_outline(grid)  # a tile's outline lies at its place in grid.wcs
@@ -270,8 +160,7 @@ def footprint(
     y0, y1 = max(y0, 0), min(y1, ny_in)
     if x0 >= x1 or y0 >= y1:
         return None
-    return Footprint((x0, x1, y0, y1), np.asarray(qx), np.asarray(qy), grow)
+    return x0, x1, y0, y1
 
 
-__all__ = ["footprint_crop", "footprint", "Footprint", "droplet_reach", "DEFAULT_CROP_MARGIN", "STRETCH_BOUND",
-           "BAND_ROWS", "MERGE_PIXELS"]
+__all__ = ["footprint_crop", "droplet_reach", "DEFAULT_CROP_MARGIN", "STRETCH_BOUND"]

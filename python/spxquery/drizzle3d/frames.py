@@ -11,19 +11,12 @@ A :class:`Frame` is the one type from the reader to the engine:
    checked here (:mod:`.fitsstructure`, :mod:`.l2layout`, :mod:`.framewcs`,
    :mod:`.wavetable`) before any C library sees them.
 2. :func:`prepare_frame` selects what can land on an :class:`~.grid.OutputGrid`: the
-   footprint crop (:mod:`.footprint`) and its bands of rows, each with the column window of
-   the pixels that can land (:meth:`.footprint.Footprint.bands`), the crop's flags and exclude
-   mask (computed once), and the zodi scale (:mod:`.zodi`). A frame that does not touch the
-   grid costs one header read.
+   footprint crop (:mod:`.footprint`), its flags and exclude mask (computed once), and the
+   zodi scale (:mod:`.zodi`). A frame that does not touch the grid costs one header read.
 3. :meth:`Frame.strips` yields the crop's pixel arrays in strips of rows, as
-   :class:`Strip` tuples in the argument order of ``accumulate.drizzle_frame``: dense arrays of
-   the whole strip, but IMAGE, VARIANCE and ZODI are read (:mod:`.pixels`), zodi-subtracted and
-   given wavelengths only inside the bands' windows; outside them image, variance and
-   wavelengths are 0 (:data:`OUTSIDE`). The flags (the crop's, read whole) and the corner map
-   are exact everywhere, and the engine culls a pixel by its own corners before it reads any of
-   its values, so the pixels outside the windows (their droplets miss the grid) give nothing
-   whatever their values: the cube's bits are the same as from the whole crop
-   (``tests/test_bands.py``).
+   :class:`Strip` tuples in the argument order of ``accumulate.drizzle_frame``: only the
+   rectangle is read (:mod:`.pixels`: rows of plain images, the needed tiles of compressed
+   FLAGS), zodi-subtracted, with wavelengths and the corner map.
 
 Everything computed per frame (crop excepted) depends on the frame alone, never on the grid.
 """
@@ -35,7 +28,7 @@ import logging
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
@@ -46,13 +39,13 @@ from .access import AccessError, ByteSource, open_source
 from .fitsheader import Header, HeaderError
 from .fitsstructure import StructureError, read_structure
 from .fitstable import TableError
-from .footprint import DEFAULT_CROP_MARGIN, Footprint, footprint
+from .footprint import DEFAULT_CROP_MARGIN, footprint_crop
 from .framesample import FrameSample, sample_rows, sample_verdict
 from .framewcs import WcsError, celestial_wcs
 from .grid import OutputGrid
 from .l2layout import REQUIRED_EXTENSIONS, L2Layout, LayoutError, PlainImage, l2_layout
 from .objectstore import as_location
-from .pixels import PixelError, read_flags, read_image, read_image_windows, row_ranges
+from .pixels import PixelError, read_flags, read_image, row_ranges
 from .spatial import corner_map
 from .stagetimes import stage
 from .wavetable import WaveTable, check_wave_table, read_wave_table
@@ -63,14 +56,6 @@ logger = logging.getLogger(__name__)
 #: this many pixels, so that a whole frame never sits in memory at once; smaller crops are
 #: read whole by :func:`prepare_frame`.
 STRIP_PIXELS = 1_000_000
-
-#: The value of image, variance, central wavelength and bandwidth outside the bands' windows of
-#: a strip (pixels that cannot land; the engine never reads them, and would skip them anyway:
-#: a variance or bandwidth of 0 makes a pixel invalid).
-OUTSIDE = 0.0
-
-#: A band of a crop: rows ``[ya, yb)``, column window ``[xa, xb)`` (frame pixels, 0-based).
-Band = Tuple[int, int, int, int]
 
 _DET_FROM_NAME = re.compile(r"D([1-6])_spx", re.IGNORECASE)
 
@@ -136,12 +121,8 @@ class Frame:
     """bool, True where a flag of ``exclude_flags`` is set (None: nothing excluded)."""
     zodi: _zodi.ZodiScale = _zodi.NOT_SUBTRACTED
     strip_rows: int = 1
-    """Rows of the crop per strip; no band crosses a strip's bounds."""
-    bands: Tuple[Band, ...] = ()
-    """``(ya, yb, xa, xb)``: the crop's bands of rows ``[ya, yb)``, in row order, each with the
-    column window ``[xa, xb)`` of the pixels that can land (every one that can is in a band)."""
     _pixels: Optional[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = None
-    """(image, variance, zodi) of the whole crop when read up front (small crops; windows only)."""
+    """(image, variance, zodi) of the whole crop when read up front (small crops)."""
 
     @property
     def name(self) -> str:
@@ -154,47 +135,37 @@ class Frame:
         return (x1 - x0) * (y1 - y0)
 
     def strips(self) -> Iterator[Strip]:
-        """The crop's pixels in strips of at most ``strip_rows`` rows, in row order (dense arrays;
-        image, variance and wavelengths inside the bands' windows, :data:`OUTSIDE` elsewhere)."""
+        """The crop's pixels in strips of at most ``strip_rows`` rows, in row order."""
         if self.grid is None or self.flags is None:
             raise ValueError(f"{self.name}: strips() needs a frame from prepare_frame")
         x0, x1, y0, y1 = self.crop
         src = None if self._pixels is not None else _open(self.path)
-        with_zodi = self.zodi.scale is not None
         try:
             for ya in range(y0, y1, self.strip_rows):
                 yb = min(ya + self.strip_rows, y1)
-                bands = [b for b in self.bands if ya <= b[0] < yb]
                 if self._pixels is not None:
                     image, variance, zodi = self._pixels
                     self._pixels = None  # handed over once; a second pass reads the file
                 else:
                     assert src is not None
                     with stage("rows"):
-                        _prefetch(src, self.layout, self.path, with_zodi, False, None, _regions(bands))
+                        _prefetch(src, self.layout, self.path, self.zodi.scale is not None, False,
+                                  (range(ya, yb), x0, x1), False, True)
                         image, variance, zodi = _read_pixels(src, self.layout, self.path, range(ya, yb), x0, x1,
-                                                             with_zodi, bands)
-                with stage("zodi"):  # outside the windows 0 - scale * 0 stays 0 (one numpy pass is cheapest)
+                                                             self.zodi.scale is not None)
+                with stage("zodi"):
                     self.zodi.subtract(image, zodi)
                 del zodi
+                rows = slice(ya - y0, yb - y0)
                 with stage("wavelengths"):
-                    if isinstance(self.wave, WaveTable):
-                        lam, dlam = self.wave.evaluate_crop(x0, x1, ya, yb, bands, OUTSIDE)
-                    else:  # a calibration product's maps: read, exact everywhere
-                        lam, dlam = self.wave.evaluate_crop(x0, x1, ya, yb)
+                    lam, dlam = self.wave.evaluate_crop(x0, x1, ya, yb)
                 with stage("corners"):
                     corners_x, corners_y = corner_map(self.wcs, self.grid.wcs, x0, ya, x1 - x0, yb - ya)
-                rows = slice(ya - y0, yb - y0)
                 exclude = None if self.exclude_mask is None else self.exclude_mask[rows]
                 yield Strip(corners_x, corners_y, image, variance, self.flags[rows], lam, dlam, exclude)
         finally:
             if src is not None:
                 src.close()
-
-
-def _regions(bands: Sequence[Band]) -> List[Tuple[range, int, int]]:
-    """The ``(rows, x0, x1)`` regions of :func:`_prefetch` of ``bands``."""
-    return [(range(a, b), c, d) for a, b, c, d in bands]
 
 
 # --------------------------------------------------------------------------- headers
@@ -323,21 +294,13 @@ def open_frame(path: Any, detector: Optional[int] = None) -> Frame:
 
 
 def _read_pixels(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int,
-                 with_zodi: bool, windows: Optional[Sequence[Band]] = None
-                 ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+                 with_zodi: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(image, variance, zodi or None) of one block, float64 as the engine takes them
-    (read once in the engine's dtype: no per-strip conversion copy later); with ``windows``
-    (bands within the block) only inside them, :data:`OUTSIDE` elsewhere."""
-
-    def read(part: PlainImage) -> np.ndarray:
-        if windows is None:
-            return read_image(src, part, rows, x0, x1)
-        return read_image_windows(src, part, rows, x0, x1, windows, OUTSIDE)
-
+    (read once in the engine's dtype: no per-strip conversion copy later)."""
     try:
-        image = read(layout.image)
-        variance = read(layout.variance)
-        zodi = read(layout.zodi) if with_zodi else None
+        image = read_image(src, layout.image, rows, x0, x1)
+        variance = read_image(src, layout.variance, rows, x0, x1)
+        zodi = read_image(src, layout.zodi, rows, x0, x1) if with_zodi else None
     except _READ_ERRORS as exc:
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
     return image, variance, zodi
@@ -351,13 +314,13 @@ def _read_flags(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: i
 
 
 def _prefetch(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool, sample: bool,
-              flags_region: Optional[Tuple[range, int, int]], regions: Sequence[Tuple[range, int, int]]) -> None:
+              region: Optional[Tuple[range, int, int]], region_flags: bool, region_pixels: bool) -> None:
     """Announce to ``src`` the plain-image ranges read next: the fixed sample's rows of IMAGE,
-    VARIANCE, ZODI (when subtracted) and plain FLAGS (``sample``), the plain FLAGS of
-    ``flags_region`` ``(rows, x0, x1)`` and the pixels (IMAGE, VARIANCE, ZODI) of each of
-    ``regions``. Exactly the ranges the reads ask for (:func:`~.pixels.row_ranges`), so the pixels
-    are the same; an object store fetches them in one batch (tile-compressed FLAGS are read on
-    their own). Nothing for a source whose prefetch does nothing (a local file)."""
+    VARIANCE, ZODI (when subtracted) and plain FLAGS (``sample``), and of the region
+    ``(rows, x0, x1)`` its plain FLAGS and/or its pixels. Exactly the ranges the reads ask for
+    (:func:`~.pixels.row_ranges`), so the pixels are the same; an object store fetches them in
+    one batch (tile-compressed FLAGS are read on their own). Nothing for a source whose
+    prefetch does nothing (a local file)."""
     if type(src).prefetch is ByteSource.prefetch:
         return
     images = [layout.image, layout.variance] + ([layout.zodi] if with_zodi else [])
@@ -366,11 +329,8 @@ def _prefetch(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool, sam
     if sample:
         for part in images + plain_flags:
             ranges += row_ranges(part, sample_rows(layout.shape), 0, layout.shape[1])
-    if flags_region is not None:
-        for part in plain_flags:
-            ranges += row_ranges(part, *flags_region)
-    for region in regions:
-        for part in images:
+    if region is not None:
+        for part in (plain_flags if region_flags else []) + (images if region_pixels else []):
             ranges += row_ranges(part, *region)
     try:
         src.prefetch(ranges)
@@ -391,7 +351,7 @@ def _read_sample(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool) 
 
 
 def _crop_of(a: np.ndarray, crop: Tuple[int, int, int, int]) -> np.ndarray:
-    """The box ``(x0, x1, y0, y1)`` of a whole-frame array, as a new contiguous array."""
+    """The crop ``(x0, x1, y0, y1)`` of a whole-frame array, as a new contiguous array."""
     x0, x1, y0, y1 = crop
     return np.ascontiguousarray(a[y0:y1, x0:x1])
 
@@ -418,31 +378,27 @@ def prepare_frame(
     with src:
         frame = _read_header(src, path, grid.input_detectors)
         with stage("crop"):
-            fp = footprint(frame, grid, margin_pix, str(config.kernel))
-            if fp is None:
-                return None
-            crop = fp.crop
-            x0, x1, y0, y1 = crop
-            strip_rows = max(1, int(strip_pixels) // max(1, x1 - x0))
-            bands = _bands(fp, strip_rows, bool(getattr(config, "reject_outliers", False)))
+            crop = footprint_crop(frame, grid, margin_pix, str(config.kernel))
+        if crop is None:
+            return None
+        x0, x1, y0, y1 = crop
         with_zodi = bool(config.subtract_zodi)
         whole = sample_rows(frame.shape) == range(0, frame.shape[0])  # the sample holds every pixel
         rows = range(y0, y1)
         small = (x1 - x0) * (y1 - y0) <= strip_pixels
         with stage("sample"):
-            _prefetch(src, frame.layout, path, with_zodi, True, None if whole else (rows, x0, x1),
-                      _regions(bands) if small and not whole else [])
+            _prefetch(src, frame.layout, path, with_zodi, True, None if whole else (rows, x0, x1), True, small)
             sample = _read_sample(src, frame.layout, path, with_zodi)
         with stage("flags"):
             flags = _crop_of(sample.flags, crop) if whole else _read_flags(src, frame.layout, path, rows, x0, x1)
         pixels = None
         if small:
             with stage("rows"):
-                if whole:  # the sample holds the crop: cut from it (every pixel's values)
+                if whole:
                     pixels = (_crop_of(sample.image, crop), _crop_of(sample.variance, crop),
                               None if sample.zodi is None else _crop_of(sample.zodi, crop))
                 else:
-                    pixels = _read_pixels(src, frame.layout, path, rows, x0, x1, with_zodi, bands)
+                    pixels = _read_pixels(src, frame.layout, path, rows, x0, x1, with_zodi)
     with stage("zodi"):
         fit_on = None if sample.zodi is None else _zodi.ZodiPixels(sample.image, sample.zodi, sample.variance,
                                                                   sample.flags)
@@ -451,17 +407,7 @@ def prepare_frame(
         bits = _flags.exclude_bitmask(config.exclude_flags or [], frame.flag_bits)
         exclude = (flags & np.uint32(bits)) != 0 if bits else None
     return replace(frame, grid=grid, crop=crop, flags=flags, exclude_mask=exclude, zodi=zodi,
-                   strip_rows=strip_rows, bands=tuple(bands), _pixels=pixels)
-
-
-def _bands(fp: Footprint, strip_rows: int, whole_rows: bool) -> List[Band]:
-    """The bands of a crop (:attr:`Frame.bands`) within its strips of ``strip_rows`` rows; with
-    ``whole_rows`` (outlier rejection: its tests and growth work on whole rows of the crop) the
-    strips themselves, full width."""
-    if whole_rows:
-        x0, x1, y0, y1 = fp.crop
-        return [(a, min(a + strip_rows, y1), x0, x1) for a in range(y0, y1, strip_rows)]
-    return fp.bands(strip_rows)
+                   strip_rows=max(1, int(strip_pixels) // max(1, x1 - x0)), _pixels=pixels)
 
 
 __all__ = ["FrameError", "Frame", "Strip", "open_frame", "prepare_frame", "STRIP_PIXELS", "REQUIRED_EXTENSIONS"]

@@ -5,9 +5,7 @@ of a plain image and converts them in one pass to the engine's dtype. From a loc
 (:class:`~.access.LocalFile`) plain images are read by the Rust reader
 (``_core.read_plain_rows``, ``rust/src/rawrows.rs``: ``pread`` of the span's bytes with the
 GIL released, big-endian to native straight into the result, the same values as the numpy
-path); other sources (object stores, HTTP) go through :meth:`~.access.ByteSource.read_ranges`.
-:func:`read_image_windows` reads only some windows of a block of rows into one array (from a
-local file in one call, ``_core.read_plain_windows``). :func:`read_flags`
+path); other sources (object stores, HTTP) go through :meth:`~.access.ByteSource.read_ranges`. :func:`read_flags`
 does the same for FLAGS, plain or tile-compressed: only the tiles holding the rows are
 fetched (their table rows, then their heap bytes, merged into few ranges), decompressed
 (``RICE_1`` by :mod:`.tiles`, ``GZIP_1`` by zlib) and cut to the columns; the result is
@@ -59,7 +57,6 @@ def _row_bytes(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int)
 #: BITPIX of each big-endian dtype of :mod:`.l2layout`.
 _BITPIX = {">f4": -32, ">f8": -64, ">u1": 8, ">i2": 16, ">i4": 32, ">i8": 64}
 _PREAD = getattr(_core, "read_plain_rows", None)  # POSIX only
-_PREAD_WINDOWS = getattr(_core, "read_plain_windows", None)  # POSIX only
 
 
 def _pread_rows(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int) -> Optional[np.ndarray]:
@@ -95,31 +92,6 @@ def read_image(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int,
     else:
         view = raw.view(part.dtype)
     return view.astype(dtype)
-
-
-def read_image_windows(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int,
-                       windows: Sequence[Tuple[int, int, int, int]], outside: float) -> np.ndarray:
-    """float64 ``(len(rows), x1 - x0)`` of rows ``rows`` (step 1), columns ``x0:x1`` of a plain
-    image holding the pixels of each window ``(ya, yb, xa, xb)`` (within those rows and columns,
-    in row order, no two sharing a row) as :func:`read_image` reads them, ``outside`` elsewhere.
-    Only the windows are read."""
-    if rows.step != 1:
-        raise PixelError(f"{part.name}: windows of stepped rows {rows}")
-    if _PREAD_WINDOWS is not None and isinstance(src, LocalFile) and part.dtype[1] == "f" and len(rows):
-        _check_box(part, rows, x0, x1)
-        try:
-            return _PREAD_WINDOWS(fd=src.fileno(), size=src.size, name=part.name, offset=part.offset,
-                                  ny=part.shape[0], nx=part.shape[1], bitpix=_BITPIX[part.dtype], start=rows.start,
-                                  count=len(rows), x0=x0, x1=x1, windows=list(windows), outside=float(outside))
-        except ValueError as exc:
-            raise PixelError(str(exc)) from None
-    out = np.full((len(rows), x1 - x0), outside, dtype=np.float64)
-    for ya, yb, xa, xb in windows:
-        if not (rows.start <= ya < yb <= rows.stop and x0 <= xa < xb <= x1):
-            raise PixelError(f"{part.name}: window rows {ya}:{yb}, columns {xa}:{xb} is not within rows "
-                             f"{rows.start}:{rows.stop}, columns {x0}:{x1}")
-        out[ya - rows.start:yb - rows.start, xa - x0:xb - x0] = read_image(src, part, range(ya, yb), xa, xb)
-    return out
 
 
 def _as_flags(values: np.ndarray, bzero: int) -> np.ndarray:

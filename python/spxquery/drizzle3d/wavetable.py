@@ -9,7 +9,7 @@ the parent detector, so a cutout's wavelengths equal its parent frame's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Tuple
 
 import numpy as np
 
@@ -36,12 +36,8 @@ class WaveTable:
     crval: Tuple[float, float]
     cdelt: Tuple[float, float]
 
-    def evaluate_crop(self, x0: int, x1: int, y0: int, y1: int,
-                      windows: Optional[Sequence[Tuple[int, int, int, int]]] = None,
-                      outside: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
-        """(lambda_c, delta_lambda) (um) on the pixel centres of rows y0:y1, columns x0:x1; with
-        ``windows`` (``(ya, yb, xa, xb)`` within that box, in row order, no two sharing a row)
-        computed only inside them (the same bits) and ``outside`` elsewhere.
+    def evaluate_crop(self, x0: int, x1: int, y0: int, y1: int) -> Tuple[np.ndarray, np.ndarray]:
+        """(lambda_c, delta_lambda) (um) on the pixel centres of rows y0:y1, columns x0:x1.
 
         wcslib's -TAB arithmetic: the pixel positions go through ``psi = CDELT*(p + 1 -
         CRPIX) + CRVAL``, each axis is inverted piecewise-linearly (:func:`_cell_index`), and
@@ -57,10 +53,7 @@ class WaveTable:
         return _core.wave_lookup(values=np.ascontiguousarray(self.values, dtype=np.float64),
                                  row_cell=iy.astype(np.int64), row_frac=np.ascontiguousarray(fy, dtype=np.float64),
                                  column_cell=ix.astype(np.int64),
-                                 column_frac=np.ascontiguousarray(fx, dtype=np.float64),
-                                 windows=None if windows is None else [(a - y0, b - y0, c - x0, d - x0)
-                                                                       for a, b, c, d in windows],
-                                 outside=float(outside))
+                                 column_frac=np.ascontiguousarray(fx, dtype=np.float64))
 
 
 def _cell_index(psi: np.ndarray, knots: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
