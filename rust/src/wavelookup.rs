@@ -46,8 +46,13 @@ pub fn lookup(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(A
                 cached = k;
             }
             let (wy0, wy1) = (1.0 - rows.frac[r], rows.frac[r]);
-            for (c, out) in row.iter_mut().enumerate() {
-                *out = wy0 * lower[c] + wy1 * upper[c];
+            // Over slices, so that the loop has no bounds checks and is vectorised (the
+            // same operations per pixel, hence the same bits; ~2x fewer instructions).
+            let Some(dst) = row.as_slice_mut() else {
+                return Err("internal: a row of the result is not contiguous".to_string());
+            };
+            for ((out, &lo), &up) in dst.iter_mut().zip(&lower).zip(&upper) {
+                *out = wy0 * lo + wy1 * up;
             }
         }
     }
