@@ -234,6 +234,24 @@ impl CovBand<'_> {
 }
 
 impl CovBand<'_> {
+    /// Asks for the cache lines of the terms that a droplet on the `R x C` cells
+    /// from element `at` (as in [`Self::prefetch`], in plane `z`) updates
+    /// between cells two apart (a 3-wide box: offsets with `|dy|` or `|dx| = 2`,
+    /// beyond the nearest terms that the prefetch ahead asks for), `dz = 0` of
+    /// planes `z` and `z + 1`. Never faults, whatever `at`.
+    #[inline(always)]
+    pub(crate) fn prefetch_far<const R: usize, const C: usize>(&self, at: isize) {
+        let [sz, sr, sc] = self.strides();
+        let (pairs, n) = const { box_pairs(R, C) };
+        for &(a1, b1, a2, b2) in &pairs[..n] {
+            if a2 - a1 == 2 || b2.abs_diff(b1) == 2 {
+                let e = at + a1 as isize * sr + b1 as isize * sc + self.fast.step[a2 - a1][b2 + 2 - b1][FAST_PLANES - 1];
+                crate::prefetch::prefetch(self.ptr.wrapping_offset(e));
+                crate::prefetch::prefetch(self.ptr.wrapping_offset(e + sz));
+            }
+        }
+    }
+
     /// Adds `w_k w_l variance` for every pair of `touched` (the voxels one
     /// pixel gives weight `w`) whose anchor lies in this band's rows. A pair
     /// beyond the stencil stops it with the pair's offset (the call fails).
