@@ -504,9 +504,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
         let (lo, hi) = (self.band.r0 as f64, (self.band.r0 + self.band.rows - 1) as f64);
         let (x_lo, x_hi) = (self.win.left as f64, (self.win.right - 1) as f64);
         let [sz, sr, sc] = cov.strides();
-        for l in 0..LANES {
+        for (l, &reaches) in reach.iter().enumerate() {
             let (r0, c0) = (fp.r0[l], fp.c0[l]);
-            if !reach[l] || !matches!(fp.shape(l), Shape::Medium) || !(r0 >= lo && r0 + 2.0 <= hi && c0 >= x_lo && c0 + 2.0 <= x_hi) {
+            if !(reaches && matches!(fp.shape(l), Shape::Medium) && r0 >= lo && r0 + 2.0 <= hi && c0 >= x_lo && c0 + 2.0 <= x_hi) {
                 continue;
             }
             // SAFETY (the casts): checked above to be finite whole numbers inside the band and grid.
