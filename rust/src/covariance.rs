@@ -117,13 +117,15 @@ impl<'a> CovMut<'a> {
             }
             let (mut b, b_rest) = rest.split_at(Axis(1), n);
             let st: [isize; 4] = b.strides().try_into().expect("four axes");
+            let fast = FastTable::new(&stencil, st[3]);
             out.push(CovBand {
                 r0: r0 + origin.0,
                 c0: origin.1,
                 rows: n,
                 strides: st,
                 ptr: b.as_mut_ptr(),
-                fast: FastTable::new(&stencil, st[3]),
+                far: [far_pairs::<2, 3>(&fast, st), far_pairs::<3, 2>(&fast, st)],
+                fast,
                 near_lines: near_lines(near_span(&stencil, st[3], 1), b.as_ptr() as usize, st),
                 flat_lines: near_lines(near_span(&stencil, st[3], 0), b.as_ptr() as usize, st),
                 stencil: stencil.clone(),
@@ -147,6 +149,9 @@ pub(crate) struct CovBand<'a> {
     stencil: std::sync::Arc<Stencil>,
     /// The stencil's steps for [`Self::add_cells`].
     fast: FastTable,
+    /// Per 3-wide box (2 x 3, 3 x 2), the elements from its first cell's terms
+    /// of the pairs of cells two apart ([`far_pairs`]), for [`Self::prefetch_far`].
+    far: [[isize; 4]; 2],
     /// Element offsets, from an anchor's first cross term, of one element in
     /// each cache line that its offsets `|dz|, |dy|, |dx| <= 1` (what most
     /// pixels update) may span, and their number, for [`Self::prefetch`].
@@ -234,21 +239,17 @@ impl CovBand<'_> {
 }
 
 impl CovBand<'_> {
-    /// Asks for the cache lines of the terms that a droplet on the `R x C` cells
-    /// from element `at` (as in [`Self::prefetch`], in plane `z`) updates
-    /// between cells two apart (a 3-wide box: offsets with `|dy|` or `|dx| = 2`,
-    /// beyond the nearest terms that the prefetch ahead asks for), `dz = 0` of
-    /// planes `z` and `z + 1`. Never faults, whatever `at`.
+    /// Asks for the cache lines of the terms that a droplet on the 2 x 3 cells
+    /// (`wide`) or 3 x 2 cells from element `at` (as in [`Self::prefetch`], in
+    /// plane `z`) updates between cells two apart (offsets with `|dy|` or `|dx|
+    /// = 2`, beyond the nearest terms that the prefetch ahead asks for), `dz = 0`
+    /// of planes `z` and `z + 1`. Never faults, whatever `at`.
     #[inline(always)]
-    pub(crate) fn prefetch_far<const R: usize, const C: usize>(&self, at: isize) {
-        let [sz, sr, sc] = self.strides();
-        let (pairs, n) = const { box_pairs(R, C) };
-        for &(a1, b1, a2, b2) in &pairs[..n] {
-            if a2 - a1 == 2 || b2.abs_diff(b1) == 2 {
-                let e = at + a1 as isize * sr + b1 as isize * sc + self.fast.step[a2 - a1][b2 + 2 - b1][FAST_PLANES - 1];
-                crate::prefetch::prefetch(self.ptr.wrapping_offset(e));
-                crate::prefetch::prefetch(self.ptr.wrapping_offset(e + sz));
-            }
+    pub(crate) fn prefetch_far(&self, at: isize, wide: bool) {
+        let sz = self.strides[0];
+        for e in self.far[usize::from(!wide)] {
+            crate::prefetch::prefetch(self.ptr.wrapping_offset(at + e));
+            crate::prefetch::prefetch(self.ptr.wrapping_offset(at + e + sz));
         }
     }
 
@@ -499,6 +500,17 @@ unsafe fn add_box_terms<const R: usize, const C: usize, const NZ: usize>(
             }
         }
     }
+}
+
+/// The elements, from the first cell's terms of an `R x C` box (strides `st`),
+/// of the `dz = 0` term of each pair of its cells two apart (at most 4; more
+/// are dropped, fewer repeat the last): what [`CovBand::prefetch_far`] asks for.
+fn far_pairs<const R: usize, const C: usize>(fast: &FastTable, st: [isize; 4]) -> [isize; 4] {
+    let (pairs, n) = box_pairs(R, C);
+    let far = pairs[..n].iter().filter(|&&(a1, b1, a2, b2)| a2 - a1 == 2 || b2.abs_diff(b1) == 2);
+    let at: Vec<isize> =
+        far.map(|&(a1, b1, a2, b2)| a1 as isize * st[1] + b1 as isize * st[2] + fast.step[a2 - a1][b2 + 2 - b1][FAST_PLANES - 1]).collect();
+    std::array::from_fn(|k| at[k.min(at.len() - 1)])
 }
 
 /// The pairs of cells `(a1, b1, a2, b2)` of a box of `r x c` cells (at most

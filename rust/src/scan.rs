@@ -498,7 +498,8 @@ impl<'a, 'p> BandTask<'a, 'p> {
     /// With the cross terms: asks for the lines of the terms between cells two
     /// apart of the 3-wide droplets of this batch of lanes (in the planes of the
     /// previous pixel and the next: [`CovBand::prefetch_far`]), before any lands.
-    #[inline(always)]
+    /// Not inlined: the batch scan keeps its registers (rare: batches with a 3-wide droplet).
+    #[inline(never)]
     fn prefetch_far(&self, fp: &crate::lanes::Footprints, reach: &[bool; LANES]) {
         let Some(cov) = self.band.cov.as_ref() else { return };
         let (lo, hi) = (self.band.r0 as f64, (self.band.r0 + self.band.rows - 1) as f64);
@@ -511,11 +512,7 @@ impl<'a, 'p> BandTask<'a, 'p> {
             }
             // SAFETY (the casts): checked above to be finite whole numbers inside the band and grid.
             let at = unsafe { (r0 - lo).to_int_unchecked::<isize>() * sr + (c0 - x_lo).to_int_unchecked::<isize>() * sc } + self.z_hint as isize * sz;
-            if fp.c1[l] - c0 == 2.0 {
-                cov.prefetch_far::<2, 3>(at);
-            } else {
-                cov.prefetch_far::<3, 2>(at);
-            }
+            cov.prefetch_far(at, fp.c1[l] - c0 == 2.0);
         }
     }
 
