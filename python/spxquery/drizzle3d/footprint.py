@@ -115,9 +115,9 @@ def footprint_crop(
     the full input WCS (SIP included) as a polygon; the polygon is clipped
     (Sutherland-Hodgman) to the frame grown by ``g`` = the reach of ``kernel``'s droplets
     (:func:`droplet_reach`: half an input pixel for ``square``) + ``margin_pix``, and the
-    bounding box of what remains, grown by ``g`` and clipped to the image, is the crop. The clipped polygon contains the
-    projected interior, so a frame lying wholly inside the output region gets the
-    full frame. Returns None when the frame and the region are disjoint (first
+    bounding box of what remains, grown by ``g`` and clipped to the image, is the crop.
+    The clipped polygon contains the projected interior, so a frame lying wholly inside
+    the output region gets the full frame. Returns None when the frame and the region are disjoint (first
     tested on the sky with circumscribed circles, so far-away frames cost no
     projection).
     """
