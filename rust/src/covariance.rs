@@ -618,6 +618,17 @@ mod tests {
     }
 
     #[test]
+    fn far_pairs_are_the_pairs_of_cells_two_apart() {
+        let d3 = stencil_planes_inner(2, 2);
+        let st = [17 * 62 * 9, 62 * 9, 62, 1];
+        let fast = FastTable::new(&d3, 1);
+        let idx = |o: [i64; 3]| d3.index(o).unwrap() as isize;
+        // 2 x 3: (0,0)-(0,2), (0,0)-(1,2), (0,2)-(1,0), (1,0)-(1,2); 3 x 2: (0,0)-(2,0), (0,0)-(2,1), (0,1)-(2,0), (0,1)-(2,1).
+        assert_eq!(far_pairs::<2, 3>(&fast, st), [idx([0, 0, 2]), idx([0, 1, 2]), 2 * 62 + idx([0, 1, -2]), 62 * 9 + idx([0, 0, 2])]);
+        assert_eq!(far_pairs::<3, 2>(&fast, st), [idx([0, 2, 0]), idx([0, 2, 1]), 62 + idx([0, 2, -1]), 62 + idx([0, 2, 0])]);
+    }
+
+    #[test]
     fn add_cells_is_add_pairs_bit_for_bit() {
         // Four planes, or three with a gap, reach beyond `|dz| <= 2`: errors on both paths.
         let full = stencil(2, 2, &[]);
