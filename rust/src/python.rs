@@ -569,6 +569,26 @@ fn header_values<'py>(py: Python<'py>, text: &str) -> PyResult<(Bound<'py, PyDic
     Ok((out, others))
 }
 
+/// `(end, garbage)` of a chunk of header blocks (see `cards.rs`): the byte
+/// offset of its END card (-1: none) and whether a byte before it is not FITS
+/// header text.
+#[pyfunction]
+#[pyo3(signature = (*, chunk))]
+fn header_end(chunk: &[u8]) -> (i64, bool) {
+    let (end, garbage) = cards::header_end(chunk);
+    (end.map_or(-1, |e| e as i64), garbage)
+}
+
+/// The mandatory keywords of a header's `text` (see `cards.rs`):
+/// `(xtension or None, bitpix, (NAXIS1, ...), pcount, gcount, EXTNAME string or
+/// None)`, or None when the Python reader must judge the header.
+#[pyfunction]
+#[pyo3(signature = (*, text, primary))]
+#[allow(clippy::type_complexity)]
+fn header_mandatory(text: &[u8], primary: bool) -> Option<(Option<String>, i64, Vec<i64>, i64, i64, Option<String>)> {
+    cards::mandatory_cards(text, primary).map(|m| (m.xtension, m.bitpix, m.dims, m.pcount, m.gcount, m.extname))
+}
+
 /// Merges a frame drizzled alone into scratch arrays into the robust model of
 /// outlier rejection (see `_core.pyi`).
 #[pyfunction]
@@ -685,6 +705,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EngineParams>()?;
     m.add_function(wrap_pyfunction!(accumulate_frame, m)?)?;
     m.add_function(wrap_pyfunction!(header_values, m)?)?;
+    m.add_function(wrap_pyfunction!(header_end, m)?)?;
+    m.add_function(wrap_pyfunction!(header_mandatory, m)?)?;
     m.add_function(wrap_pyfunction!(accumulate_contributions, m)?)?;
     m.add_function(wrap_pyfunction!(spatial_mapping, m)?)?;
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;
