@@ -36,7 +36,7 @@ from astropy.wcs import WCS
 from . import flags as _flags
 from . import zodi as _zodi
 from .access import AccessError, ByteSource, open_source
-from .fitsheader import Header, HeaderError
+from .fitsheader import CARD, Header, HeaderError
 from .fitsstructure import StructureError, read_structure
 from .fitstable import TableError
 from .footprint import DEFAULT_CROP_MARGIN, footprint_crop
@@ -233,6 +233,30 @@ def _band(detector: int) -> Tuple[float, float]:
     return float(t["WL_MIN"].min()), float(t["WL_MAX"].max())
 
 
+#: Cards that can define flag bits (``MP_<NAME>``, ``MSKN<bit>``, as standard or HIERARCH keywords).
+_FLAG_CARD_STARTS = ("HIERARCH ", "MP_", "MSKN")
+_FLAG_PREFIXES = ("MP_", "MSKN")
+
+
+@functools.lru_cache(maxsize=32)
+def _flag_items(cards: Tuple[str, ...]) -> Tuple[Tuple[str, Any], ...]:
+    """The flag keywords of a FLAGS header made of ``cards`` alone (every card that can define one)."""
+    return tuple(Header("".join(cards), "FLAGS header").items(_FLAG_PREFIXES))
+
+
+def _flag_bits(header: Header) -> Dict[str, int]:
+    """The flag names -> bits of a FLAGS header. Its flag keywords are read from the cards that can
+    define them (the same in every frame of a release), remembered by those cards' text; a header
+    with ``CONTINUE`` cards (long strings) is read whole."""
+    text = header._text
+    if "CONTINUE" in text:
+        items = tuple(header.items(_FLAG_PREFIXES))
+    else:
+        cards = (text[i:i + CARD] for i in range(0, len(text), CARD))
+        items = _flag_items(tuple(c for c in cards if c.startswith(_FLAG_CARD_STARTS)))
+    return _flags.flag_bits_from_header(dict(items))
+
+
 def _read_header(src: ByteSource, path: Any, detectors: Optional[Sequence[int]]) -> Frame:
     """The validated header facts of an open file (``detectors``: the accepted ones, None: any)."""
     try:
@@ -244,7 +268,7 @@ def _read_header(src: ByteSource, path: Any, detectors: Optional[Sequence[int]])
             if detectors is not None and det not in detectors:
                 expected = " or ".join(f"D{d}" for d in detectors)
                 raise FrameError(path, f"belongs to detector D{det}, expected {expected}")
-            bits = _flags.flag_bits_from_header(dict(layout.hdus["FLAGS"].header.items(("MP_", "MSKN"))))
+            bits = _flag_bits(layout.hdus["FLAGS"].header)
             offset = (1.0 - header.get_float("CRPIX1A"), 1.0 - header.get_float("CRPIX2A")) \
                 if "CRPIX1A" in header and "CRPIX2A" in header else (0.0, 0.0)
             obsid = str(header.get("OBSID", Path(path.name).stem))[:80]
