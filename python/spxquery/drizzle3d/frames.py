@@ -224,13 +224,11 @@ def _mjd_span(header: Header) -> Tuple[float, float]:
     return value("MJD-BEG"), value("MJD-END")
 
 
-@functools.lru_cache(maxsize=8)
 def _band(detector: int) -> Tuple[float, float]:
     """The detector's band (um): the lowest and highest channel edges of the channel table."""
-    from .spectral import detector_spectral_table
+    from .spectral import channel_band
 
-    t = detector_spectral_table(detector)
-    return float(t["WL_MIN"].min()), float(t["WL_MAX"].max())
+    return channel_band(detector)
 
 
 #: Cards that can define flag bits (``MP_<NAME>``, ``MSKN<bit>``, as standard or HIERARCH keywords).
