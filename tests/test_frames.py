@@ -494,3 +494,22 @@ def test_flag_bits_follow_each_frames_flag_cards(files, tmp_path):
     with fits.open(long, mode="update") as hdul:
         hdul["FLAGS"].header["MSKN0030"] = "MY" * 40  # a long string: CONTINUE cards
     assert open_frame(long, 3).flag_bits["MY" * 40] == 30
+
+
+@pytest.mark.parametrize("where", ["first row", "last row", "nowhere"])
+def test_sample_verdict_finds_a_finite_positive_value_in_any_row(where):
+    """The verdict looks at the first sampled row first, then at every row: the same answer."""
+    from spxquery.drizzle3d.framesample import FrameSample, sample_verdict
+
+    bad = np.array([[np.nan, -1.0, 0.0, np.inf]] * 3)
+    arrays = {}
+    for name in ("image", "variance", "zodi"):
+        a = bad.copy()
+        if where != "nowhere":
+            a[0 if where == "first row" else -1, 1] = 2.0
+        arrays[name] = a
+    sample = FrameSample(range(3), arrays["image"], arrays["zodi"], arrays["variance"], np.zeros((3, 4), np.uint32))
+    assert sample_verdict(sample) == (None if where != "nowhere" else "IMAGE has no positive pixel (12 sampled)")
+    arrays["image"][:] = 1.0
+    if where == "nowhere":
+        assert "VARIANCE has no finite positive value" in sample_verdict(sample)
