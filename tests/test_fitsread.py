@@ -197,6 +197,38 @@ def test_one_pass_values_equal_the_parser(values, getter):
             assert np.float64(fast[k][1]).tobytes() == np.float64(slow[k][1]).tobytes(), k
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_value_texts, min_size=1, max_size=4), st.booleans())
+def test_get_floats_equals_get_float_per_keyword(values, hierarch):
+    """Property: ``Header.get_floats`` gives each keyword ``get_float``'s value, or its first error."""
+    cards = [f"{'K%d' % (i % 3):<8}= {v[:70]:<70}" for i, v in enumerate(values + values[:1])]
+    if hierarch:
+        cards.append(f"{'HIERARCH K1 = 2.5':<80}")
+    text = "".join(cards)
+    keys = ["K0", "K1", "K2", "K3"]
+
+    def read(one_pass, bulk):
+        h = Header(text, "h")
+        if one_pass:
+            h._read_values()
+        try:
+            return h.get_floats(keys, 0.0) if bulk else [h.get_float(k, 0.0) for k in keys]
+        except HeaderError as exc:
+            return str(exc)
+
+    assert read(True, True) == read(True, False)
+    assert read(False, True) == read(False, False)  # before the one-pass read: text searches
+
+
+def test_hierarch_names_are_found_by_the_first_searches():
+    """A HIERARCH card named like a standard keyword (any case) is found by the first lookups (text
+    searches), and counts as a repetition of that keyword."""
+    h = _header("NAXIS   = 2", "HIERARCH bscale = 2.5", "COMMENT BZERO is absent")
+    assert h.get_float("BSCALE", 1.0) == 2.5 and h.get_float("BZERO", 0.0) == 0.0 and "BSCALE" in h
+    with pytest.raises(HeaderError, match="appears 2 times"):
+        _header("BSCALE  = 1.0", "HIERARCH BSCALE = 2.5").get("BSCALE")
+
+
 _mandatory_cards = st.lists(st.one_of(
     st.sampled_from(["SIMPLE  =                    T", "SIMPLE  = F", "XTENSION= 'IMAGE   '",
                      "XTENSION= 'BINTABLE' / t", "XTENSION= 5", "BITPIX  =                  -32", "BITPIX  = 16",

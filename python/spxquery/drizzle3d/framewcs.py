@@ -123,9 +123,10 @@ def _sip_matrix(header: Header, prefix: str, required: bool) -> Optional[np.ndar
     if not 0 <= order <= MAX_SIP_ORDER:
         raise WcsError(f"{key} = {order} is outside 0-{MAX_SIP_ORDER}")
     m = np.zeros((order + 1, order + 1))
-    for i in range(order + 1):
-        for j in range(order + 1 - i):
-            m[i, j] = header.get_float(f"{prefix}_{i}_{j}", 0.0)
+    where = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+    values = header.get_floats([f"{prefix}_{i}_{j}" for i, j in where], 0.0)
+    for (i, j), v in zip(where, values):
+        m[i, j] = v
     return m
 
 
