@@ -240,12 +240,15 @@ def read_plain_rows(
     count: int,
     x0: int,
     x1: int,
+    out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
     """Pixels ``[rows, x0:x1]`` (rows ``start, start + step, ...``, ``count`` of them) of a plain
     ``ny x nx`` image at byte ``offset`` of the open local file ``fd`` (``size`` bytes), read by
     ``pread`` with the GIL released: BITPIX -32/-64 as float64, 8/16/32/64 as uint32
-    (``value + bzero`` modulo 2**32); shape ``(count, x1 - x0)``. ValueError naming ``name``
-    and the row for a file that ends early or a box outside the image (POSIX only)."""
+    (``value + bzero`` modulo 2**32); shape ``(count, x1 - x0)``, written into ``out`` when
+    given (a C-contiguous array of that shape and dtype, returned). ValueError naming ``name``
+    and the row for a file that ends early, a box outside the image or an unfit ``out`` (POSIX
+    only)."""
 
 def header_end(*, chunk: bytes) -> tuple[int, bool]:
     """``(offset of the END card or -1, whether a byte before it is not FITS header text)`` of a

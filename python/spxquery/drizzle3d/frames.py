@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
@@ -316,21 +317,25 @@ def open_frame(path: Any, detector: Optional[int] = None) -> Frame:
 
 
 def _read_pixels(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int,
-                 with_zodi: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+                 with_zodi: bool, out: Optional[Sequence[np.ndarray]] = None
+                 ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(image, variance, zodi or None) of one block, float64 as the engine takes them
-    (read once in the engine's dtype: no per-strip conversion copy later)."""
+    (read once in the engine's dtype: no per-strip conversion copy later); into the arrays
+    ``out`` (image, variance, zodi) when given."""
+    o = out or (None, None, None)
     try:
-        image = read_image(src, layout.image, rows, x0, x1)
-        variance = read_image(src, layout.variance, rows, x0, x1)
-        zodi = read_image(src, layout.zodi, rows, x0, x1) if with_zodi else None
+        image = read_image(src, layout.image, rows, x0, x1, out=o[0])
+        variance = read_image(src, layout.variance, rows, x0, x1, out=o[1])
+        zodi = read_image(src, layout.zodi, rows, x0, x1, out=o[2]) if with_zodi else None
     except _READ_ERRORS as exc:
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
     return image, variance, zodi
 
 
-def _read_flags(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int) -> np.ndarray:
+def _read_flags(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
     try:
-        return read_flags(src, layout.flags, rows, x0, x1)
+        return read_flags(src, layout.flags, rows, x0, x1, out)
     except _READ_ERRORS as exc:
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
 
@@ -360,12 +365,29 @@ def _prefetch(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool, sam
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
 
 
+_scratch = threading.local()
+
+
+def _sample_buffers(shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's arrays for a sample of ``shape`` (image, variance, zodi: float64; flags:
+    uint32), reused from frame to frame: the sample is read into memory already mapped, not into
+    fresh pages (~2 MB a frame). Only the last shape's arrays are kept. A sample read into them
+    lives until the thread's next sample: :func:`prepare_frame` keeps nothing of it but copies."""
+    held = getattr(_scratch, "sample", None)
+    if held is None or held[0].shape != shape:
+        held = (np.empty(shape), np.empty(shape), np.empty(shape), np.empty(shape, dtype=np.uint32))
+        _scratch.sample = held
+    return held
+
+
 def _read_sample(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool) -> FrameSample:
-    """The frame's fixed sample (:mod:`.framesample`); FrameError when its verdict rejects it."""
+    """The frame's fixed sample (:mod:`.framesample`, in this thread's reused arrays: valid until
+    its next sample); FrameError when its verdict rejects it."""
     rows = sample_rows(layout.shape)
     nx = layout.shape[1]
-    image, variance, zodi = _read_pixels(src, layout, path, rows, 0, nx, with_zodi)
-    sample = FrameSample(rows, image, zodi, variance, _read_flags(src, layout, path, rows, 0, nx))
+    buffers = _sample_buffers((len(rows), nx))
+    image, variance, zodi = _read_pixels(src, layout, path, rows, 0, nx, with_zodi, buffers[:3])
+    sample = FrameSample(rows, image, zodi, variance, _read_flags(src, layout, path, rows, 0, nx, buffers[3]))
     reason = sample_verdict(sample)
     if reason:
         raise FrameError(path, reason)
@@ -373,9 +395,10 @@ def _read_sample(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool) 
 
 
 def _crop_of(a: np.ndarray, crop: Tuple[int, int, int, int]) -> np.ndarray:
-    """The crop ``(x0, x1, y0, y1)`` of a whole-frame array, as a new contiguous array."""
+    """The crop ``(x0, x1, y0, y1)`` of a whole-frame array, as a new contiguous array (always a
+    copy: the sample's arrays are reused)."""
     x0, x1, y0, y1 = crop
-    return np.ascontiguousarray(a[y0:y1, x0:x1])
+    return np.array(a[y0:y1, x0:x1], order="C", copy=True)
 
 
 def prepare_frame(
