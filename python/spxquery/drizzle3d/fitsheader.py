@@ -153,6 +153,12 @@ class Header:
                 self._values, self._others = {}, None
         return self._values
 
+    def read_all(self) -> "Header":
+        """Read the values of all standard cards now, in one pass (for a header many of whose
+        keywords will be asked for: no text searches for the first few); returns the header."""
+        self._read_values()
+        return self
+
     def _lookup(self, key: str) -> Any:
         """The value of ``key``, ``_MISSING`` when absent; :class:`HeaderError` when repeated or
         malformed."""

@@ -262,7 +262,7 @@ def _read_header(src: ByteSource, path: Any, detectors: Optional[Sequence[int]])
         with stage("open"):
             layout = l2_layout(read_structure(src))
         with stage("headers"):
-            header = layout.hdus["IMAGE"].header
+            header = layout.hdus["IMAGE"].header.read_all()  # ~100 keywords asked for: one pass
             det = _parse_detector(header, path)
             if detectors is not None and det not in detectors:
                 expected = " or ".join(f"D{d}" for d in detectors)
