@@ -211,8 +211,8 @@ def read_wave_table(src: ByteSource, hdus: Mapping[str, Hdu], header: Header) ->
         with _MEMO_LOCK:
             hit = _MEMO.get(key)
         if hit is not None:
-            x, y, values, verdicts = hit
-            return WaveTable(x=x, y=y, values=values, crpix=crpix, crval=crval, cdelt=cdelt, verdicts=verdicts)
+            return WaveTable(x=hit[0], y=hit[1], values=hit[2], crpix=crpix, crval=crval, cdelt=cdelt,
+                             verdicts=hit[3])
     x, y, values = _table_arrays(src, hdus, extname, vcol, xcol, ycol)
     verdicts: Optional[Dict[Any, Optional[str]]] = None
     if key is not None:
