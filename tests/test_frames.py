@@ -513,3 +513,15 @@ def test_sample_verdict_finds_a_finite_positive_value_in_any_row(where):
     arrays["image"][:] = 1.0
     if where == "nowhere":
         assert "VARIANCE has no finite positive value" in sample_verdict(sample)
+
+
+def test_a_malformed_flag_card_warns_for_every_frame(files, tmp_path, caplog):
+    bad = tmp_path / "badflag.fits"
+    shutil.copy(files["qr2"], bad)
+    with fits.open(bad, mode="update") as hdul:
+        hdul["FLAGS"].header["HIERARCH MP_WRONG"] = 40
+    for n in (1, 2):
+        with caplog.at_level("WARNING", logger="spxquery.drizzle3d.flags"):
+            bits = open_frame(bad, 3).flag_bits
+        assert "WRONG" not in bits and bits == open_frame(files["qr2"], 3).flag_bits
+        assert sum("MP_WRONG" in r.getMessage() for r in caplog.records) == n

@@ -237,10 +237,26 @@ _FLAG_CARD_STARTS = ("HIERARCH ", "MP_", "MSKN")
 _FLAG_PREFIXES = ("MP_", "MSKN")
 
 
+def _well_formed(items: Tuple[Tuple[str, Any], ...]) -> bool:
+    """True when every flag keyword is a clean definition (``MP_<NAME>`` = a bit 0-31,
+    ``MSKN<bit>`` = a name): reading them logs no warning."""
+    for key, value in items:
+        if key.startswith("MP_"):
+            if len(key) == 3 or type(value) is not int or not 0 <= value <= 31:
+                return False
+        elif not (len(key) == 8 and key[4:].isdigit() and int(key[4:]) <= 31 and isinstance(value, str)
+                  and value.strip()):
+            return False
+    return True
+
+
 @functools.lru_cache(maxsize=32)
-def _flag_items(cards: Tuple[str, ...]) -> Tuple[Tuple[str, Any], ...]:
-    """The flag keywords of a FLAGS header made of ``cards`` alone (every card that can define one)."""
-    return tuple(Header("".join(cards), "FLAGS header").items(_FLAG_PREFIXES))
+def _flag_items(cards: Tuple[str, ...]) -> Tuple[Tuple[Tuple[str, Any], ...], Optional[Dict[str, int]]]:
+    """The flag keywords of a FLAGS header made of ``cards`` alone (every card that can define one),
+    and their flag names -> bits when they are well formed (None: read them per frame, so that each
+    frame warns about its malformed ones)."""
+    items = tuple(Header("".join(cards), "FLAGS header").items(_FLAG_PREFIXES))
+    return items, (_flags.flag_bits_from_header(dict(items)) if _well_formed(items) else None)
 
 
 def _flag_bits(header: Header) -> Dict[str, int]:
@@ -249,11 +265,10 @@ def _flag_bits(header: Header) -> Dict[str, int]:
     with ``CONTINUE`` cards (long strings) is read whole."""
     text = header._text
     if "CONTINUE" in text:
-        items = tuple(header.items(_FLAG_PREFIXES))
-    else:
-        cards = (text[i:i + CARD] for i in range(0, len(text), CARD))
-        items = _flag_items(tuple(c for c in cards if c.startswith(_FLAG_CARD_STARTS)))
-    return _flags.flag_bits_from_header(dict(items))
+        return _flags.flag_bits_from_header(dict(header.items(_FLAG_PREFIXES)))
+    cards = (text[i:i + CARD] for i in range(0, len(text), CARD))
+    items, bits = _flag_items(tuple(c for c in cards if c.startswith(_FLAG_CARD_STARTS)))
+    return dict(bits) if bits is not None else _flags.flag_bits_from_header(dict(items))
 
 
 def _read_header(src: ByteSource, path: Any, detectors: Optional[Sequence[int]]) -> Frame:
