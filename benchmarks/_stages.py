@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
+from spxquery.drizzle3d.stagetimes import two_cores
+
 DOC_HEADING = "## Pipeline: where the time of a frame goes (per-stage table)"
 ENV = {"SPXDRIZZLE_STAGE_TIMES": "1"}
 
@@ -91,6 +93,24 @@ def fixed_cost_lines(runs: Sequence[Tuple[str, int, float, Dict[str, Dict[str, f
     return lines
 
 
+def two_core_lines(runs: Sequence[Tuple[str, int, float, Dict[str, Dict[str, float]]]]) -> List[str]:
+    """One line per run: how the frame loop used the two cores (``stagetimes.two_cores``): the wait
+    for the first frame, the calling thread's share of the span from the first kernel to the last
+    in the kernel (the rest: waiting for strips or for the GIL), the reader stages' CPU, the tail."""
+    lines = []
+    for label, n, _, snap in runs:
+        t = two_cores(snap)
+        if t is None or t["kernel_span_s"] <= 0:
+            continue
+        lines.append(
+            f"- {label}: first kernel {1e3 * t['first_kernel_s']:.1f} ms after the loop's start; from it to the "
+            f"last kernel's end ({1e3 * t['kernel_span_s']:.1f} ms) the calling thread was in the kernel "
+            f"{100 * t['kernel_wall_s'] / t['kernel_span_s']:.0f}% of the time ({1e3 * t['kernel_cpu_s'] / n:.2f} ms "
+            f"CPU per frame on it), the reader's stages took {1e3 * t['reader_cpu_s'] / n:.2f} ms CPU per frame; "
+            f"{1e3 * t['after_last_kernel_s']:.1f} ms from the last kernel to the loop's end.")
+    return lines
+
+
 def stage_section(runs: Sequence[Tuple[str, int, float, Dict[str, Dict[str, float]]]], meta: Dict[str, str]) -> str:
     """The doc section: heading, how it was measured, the table."""
     lines = [DOC_HEADING, "",
@@ -106,7 +126,11 @@ def stage_section(runs: Sequence[Tuple[str, int, float, Dict[str, Dict[str, floa
     fixed = fixed_cost_lines(runs)
     if fixed:
         lines += ["", "Once per run, ms per run (wall / CPU of the calling thread):", ""] + fixed
+    cores = two_core_lines(runs)
+    if cores:
+        lines += ["", "The two cores in the frame loop (kernel CPU: the calling thread's only; with the pool its "
+                  "helper's CPU is not counted):", ""] + cores
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["DOC_HEADING", "ENV", "RUN_STAGES", "stage_table", "fixed_cost_lines", "stage_section"]
+__all__ = ["DOC_HEADING", "ENV", "RUN_STAGES", "stage_table", "fixed_cost_lines", "two_core_lines", "stage_section"]

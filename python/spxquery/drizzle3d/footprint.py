@@ -2,8 +2,8 @@
 
 A frame's pixels are read only inside the crop: the bounding box of the part of the output
 region that the frame sees, projected into the frame's pixels (0-based, end-exclusive box
-``(x0, x1, y0, y1)``) and grown by the largest droplet plus a margin. Far-away frames are
-ruled out on the sky first, at the cost of a few header values.
+``(x0, x1, y0, y1)``) and grown by the reach of the kernel's droplets plus a margin. Far-away
+frames are ruled out on the sky first, at the cost of a few header values.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 #: Extra margin (input pixels) added around the crop for corner-map error and edge sampling.
 DEFAULT_CROP_MARGIN = 1.0
+
+#: Bound on the ratio of the frame -> grid mapping's mean stretch (``sqrt(|det|)`` of the pixel
+#: scales) to its least stretch in any direction (SIP distortion, anisotropy): the bilinear reach.
+STRETCH_BOUND = 1.25
 
 
 def _angsep(ra1, dec1, ra2, dec2) -> np.ndarray:
@@ -82,10 +86,26 @@ def _grid_outline(grid: "OutputGrid") -> Tuple[float, float, float, np.ndarray, 
     return float(ra_out[4]), float(dec_out[4]), r_out, ra, dec
 
 
+def droplet_reach(kernel: str, in_arcsec: float, out_arcsec: float) -> float:
+    """How far (input pixels, per axis) from the grid's outline in the frame the centre of an input
+    pixel that lands can lie, for input and output pixels of these sizes (arcsec).
+
+    ``square``: half a pixel (its droplet lies within the pixel; a droplet that lands overlaps
+    the grid). ``bilinear``: the droplet is the pixel's centre, which gives weight to output pixels
+    whose centres are within one output pixel per axis, so it lands within half an output pixel
+    (per axis) of the grid's outer edge, at most ``0.5 * sqrt(2)`` output pixels away, which is at
+    most that many output pixels over the mapping's least stretch (``in / out /`` :data:`STRETCH_BOUND`
+    output pixels per input pixel); at least half a pixel."""
+    if kernel == "bilinear":
+        return max(0.5, 0.5 * math.sqrt(2.0) * STRETCH_BOUND * out_arcsec / in_arcsec)
+    return 0.5
+
+
 def footprint_crop(
     frame: "Frame",
     grid: "OutputGrid",
     margin_pix: float = DEFAULT_CROP_MARGIN,
+    kernel: str = "square",
 ) -> Optional[Tuple[int, int, int, int]]:
     """Input-pixel box ``(x0, x1, y0, y1)`` (0-based, end-exclusive) whose droplets can touch the output.
 
@@ -93,11 +113,11 @@ def footprint_crop(
     ``grid.origin`` of ``grid.wcs``: a tile is a sub-array of its grid), sampled
     every 20 output pixels plus the corners, is projected into the input frame with
     the full input WCS (SIP included) as a polygon; the polygon is clipped
-    (Sutherland-Hodgman) to the frame grown by ``g`` = half an input pixel (the
-    largest droplet) + ``margin_pix``, and the bounding box of what remains, grown by
-    ``g`` and clipped to the image, is the crop. The clipped polygon contains the
-    projected interior, so a frame lying wholly inside the output region gets the
-    full frame. Returns None when the frame and the region are disjoint (first
+    (Sutherland-Hodgman) to the frame grown by ``g`` = the reach of ``kernel``'s droplets
+    (:func:`droplet_reach`: half an input pixel for ``square``) + ``margin_pix``, and the
+    bounding box of what remains, grown by ``g`` and clipped to the image, is the crop.
+    The clipped polygon contains the projected interior, so a frame lying wholly inside
+    the output region gets the full frame. Returns None when the frame and the region are disjoint (first
     tested on the sky with circumscribed circles, so far-away frames cost no
     projection).
     """
@@ -112,8 +132,9 @@ def footprint_crop(
     ra_in, dec_in = wcs_in.all_pix2world(cx_in, cy_in, 0)
     r_in = float(np.max(_angsep(ra_in[4], dec_in[4], ra_in[:4], dec_in[:4])))
     in_scale_deg = float(np.sqrt(abs(np.linalg.det(wcs_in.pixel_scale_matrix))))
+    reach = droplet_reach(kernel, in_scale_deg * 3600.0, float(grid.pixscale))
     sep = float(_angsep(ra_in[4], dec_in[4], ra_c, dec_c))
-    if sep > r_in + r_out + (margin_pix + 1.0) * in_scale_deg:
+    if sep > r_in + r_out + (margin_pix + reach + 0.5) * in_scale_deg:
         return None
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -126,7 +147,7 @@ def footprint_crop(
         ex, ey = wcs_in.all_pix2world(cx_in, cy_in, 0)
         lx, ly = wcs_in.wcs_world2pix(ex, ey, 0)
         extra = float(np.max(np.hypot(lx - cx_in, ly - cy_in))) * 2.0 + 2.0
-    grow = 0.5 + margin_pix + extra
+    grow = reach + margin_pix + extra
     # Keep only the part of the projected region within `grow` of the frame, then its bounding box.
     qx, qy = _clip_polygon(px, py, -0.5 - grow, nx_in - 0.5 + grow, -0.5 - grow, ny_in - 0.5 + grow)
     if not qx:
@@ -142,4 +163,4 @@ def footprint_crop(
     return x0, x1, y0, y1
 
 
-__all__ = ["footprint_crop", "DEFAULT_CROP_MARGIN"]
+__all__ = ["footprint_crop", "droplet_reach", "DEFAULT_CROP_MARGIN", "STRETCH_BOUND"]

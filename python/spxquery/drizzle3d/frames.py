@@ -438,7 +438,7 @@ def prepare_frame(
     with src:
         frame = _read_header(src, path, grid.input_detectors)
         with stage("crop"):
-            crop = footprint_crop(frame, grid, margin_pix)
+            crop = footprint_crop(frame, grid, margin_pix, str(config.kernel))
         if crop is None:
             return None
         x0, x1, y0, y1 = crop

@@ -13,6 +13,11 @@ frame's fixed sample of rows, read and judged), ``rows``
 fit), ``wavelengths`` (per-pixel lookup), ``corners`` (the corner map), ``kernel`` (the Rust
 accumulation); once per run (:data:`RUN_STAGES`): ``setup``, ``loop``, ``finish``, ``write`` (the
 cube file).
+
+Each stage also keeps when it first started and last ended (``time.perf_counter`` seconds), so a
+snapshot tells how the frame loop used the two cores (:func:`two_cores`): how long the calling
+thread waited for the first frame, how busy it was in the kernel from then to the last kernel,
+what the reader thread's stages cost meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Dict
+from typing import Dict, Optional
 
 #: The stages, in the order a frame meets them.
 STAGES = ("open", "headers", "wcs", "wave", "crop", "sample", "rows", "flags", "zodi", "wavelengths", "corners",
@@ -30,6 +35,8 @@ STAGES = ("open", "headers", "wcs", "wave", "crop", "sample", "rows", "flags", "
 #: stages), ``finish`` (after the loop, before writing) and ``write``. Their wall times add up to the
 #: end-to-end time of ``drizzle_detector``.
 RUN_STAGES = ("setup", "loop", "finish", "write")
+#: The stages of preparing a frame (the reader thread's, :mod:`.readahead`): those before ``kernel``.
+READER_STAGES = STAGES[:STAGES.index("kernel")]
 
 _enabled = os.environ.get("SPXDRIZZLE_STAGE_TIMES", "") not in ("", "0")
 _lock = threading.Lock()
@@ -48,13 +55,15 @@ class _Timer:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        wall = time.perf_counter() - self.w0
+        end = time.perf_counter()
         cpu = time.thread_time() - self.c0
         with _lock:
-            t = _totals.setdefault(self.name, [0.0, 0.0, 0])
-            t[0] += wall
+            t = _totals.setdefault(self.name, [0.0, 0.0, 0, self.w0, end])
+            t[0] += end - self.w0
             t[1] += cpu
             t[2] += 1
+            t[3] = min(t[3], self.w0)
+            t[4] = max(t[4], end)
 
 
 class _Off:
@@ -88,10 +97,33 @@ def reset() -> None:
 
 
 def snapshot() -> Dict[str, Dict[str, float]]:
-    """``{stage: {"wall_s", "cpu_s", "calls"}}`` summed since the last :func:`reset`, in :data:`STAGES` order."""
+    """``{stage: {"wall_s", "cpu_s", "calls", "first_s", "last_s"}}`` summed since the last
+    :func:`reset`, in :data:`STAGES` order; ``first_s`` / ``last_s``: when the stage first started
+    and last ended (``time.perf_counter`` seconds: only their differences mean something)."""
     with _lock:
         names = [s for s in STAGES if s in _totals] + sorted(set(_totals) - set(STAGES))
-        return {n: {"wall_s": _totals[n][0], "cpu_s": _totals[n][1], "calls": _totals[n][2]} for n in names}
+        return {n: {"wall_s": _totals[n][0], "cpu_s": _totals[n][1], "calls": _totals[n][2], "first_s": _totals[n][3],
+                    "last_s": _totals[n][4]} for n in names}
 
 
-__all__ = ["STAGES", "RUN_STAGES", "stage", "enable", "reset", "snapshot"]
+def two_cores(snap: Dict[str, Dict[str, float]]) -> Optional[Dict[str, float]]:
+    """How the frame loop of a :func:`snapshot` used the cores, in seconds (None without a loop and
+    a kernel): ``first_kernel_s`` (from the loop's start to the first kernel's: the first frame is
+    prepared with nothing to overlap), ``kernel_span_s`` (from the first kernel's start to the
+    last one's end), ``kernel_wall_s`` / ``kernel_cpu_s`` (the calling thread in the kernel: the
+    rest of the span it waited for strips or the GIL), ``reader_cpu_s`` (CPU of the reader
+    thread's stages, the first frame's included), ``after_last_kernel_s`` (to the loop's end)."""
+    loop, kernel = snap.get("loop"), snap.get("kernel")
+    if not loop or not kernel or not kernel.get("calls"):
+        return None
+    return {
+        "first_kernel_s": kernel["first_s"] - loop["first_s"],
+        "kernel_span_s": kernel["last_s"] - kernel["first_s"],
+        "kernel_wall_s": kernel["wall_s"],
+        "kernel_cpu_s": kernel["cpu_s"],
+        "reader_cpu_s": sum(s["cpu_s"] for n, s in snap.items() if n in READER_STAGES),
+        "after_last_kernel_s": loop["last_s"] - kernel["last_s"],
+    }
+
+
+__all__ = ["STAGES", "RUN_STAGES", "READER_STAGES", "stage", "enable", "reset", "snapshot", "two_cores"]
