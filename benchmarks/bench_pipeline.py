@@ -34,8 +34,10 @@ What it does, in one invocation:
    ``--stages`` adds one run per case with the stage clocks on and writes the per-stage table
    (ms per frame; the costs paid once per run, setup / after the loop / writing, in rows of their
    own, so that they and the frame loop add up to the end-to-end time) under its own heading;
-   ``--covariance`` adds a column per case with the covariance cross terms on (issue 22) and
-   prints each staged run's peak RSS.
+   ``--covariance`` adds a column per case with the covariance cross terms on (issue 22), prints
+   each staged run's peak RSS, and writes each case's ratio with / without covariance (the 30'
+   cubes and the deep field's cutouts; time, kernel CPU, write, peak memory against the cross
+   terms' size) under its own heading (``benchmarks/_covariance.py``).
 5. Science parity (casual): SCI of both cubes where both are finite: slope of old vs new
    (least squares through 0) over all common voxels; Pearson r and slope of the
    wavelength-collapsed images per pixel and in 8x8-pixel block means; medians. 0.4.1
@@ -84,6 +86,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+import _covariance
 import _deepfield
 import _doc
 import _rejection
@@ -526,23 +529,26 @@ def write_doc(doc: Path, section: str) -> None:
 # ── main ─────────────────────────────────────────────────────────────────────────────────
 
 
-#: Two runs of one case: (without, with) outlier rejection.
+#: Two runs of one case: (without, with) outlier rejection, or covariance.
 Pair = Tuple[Run, Run]
 
 
 def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float, Tuple[float, float], int]],
               oldpy: Optional[Path], work: Path, as_limit: int, rss_kill: float
-              ) -> Tuple[List[Run], Dict[str, Tuple[Run, Run]], Dict[str, Dict], List[Run], Dict[str, Pair]]:
+              ) -> Tuple[List[Run], Dict[str, Tuple[Run, Run]], Dict[str, Dict], List[Run], Dict[str, Pair],
+                         List[Pair]]:
     """Every case ``(label, paths, size, centre, frames for the old code)``: this package on all
     frames (and again with stage clocks when ``--stages``, with outlier rejection when
-    ``--reject``), the old code and this package on the old code's frames. Returns the runs, the
-    (new, old) pair and the parity of each case, the staged runs and the (without, with
-    rejection) pairs."""
+    ``--reject``, staged with covariance when ``--covariance``), the old code and this package on
+    the old code's frames. Returns the runs, the (new, old) pair and the parity of each case, the
+    staged runs, the (without, with rejection) pairs and the staged (without, with covariance)
+    pairs."""
     runs: List[Run] = []
     ratio_pairs: Dict[str, Tuple[Run, Run]] = {}
     parities: Dict[str, Dict] = {}
     staged: List[Run] = []
     reject_pairs: Dict[str, Tuple[Run, Run]] = {}
+    cov_pairs: List[Pair] = []
     for case, case_paths, size, centre, n_old in cases:
         tag = f"{size:g}arcmin" + ("-deep" if case == DEEP_CASE else "")
         if case != DEEP_CASE and len(case_paths) != N_FRAMES:
@@ -563,6 +569,7 @@ def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float,
             cov = execute(cfg.new_python, "new", f"new-{tag}-covariance", work, cfg, None, rss_kill, case_paths, size,
                           stages=True, extra=["--detector", str(DETECTOR), "--covariance"], **kw)
             cov.case = f"{case} with covariance"
+            cov_pairs.append((staged[-1], cov))
             staged.append(cov)
         if not oldpy or n_old <= 0:  # n_old 0: this package only (the longer runs of --frames)
             continue
@@ -580,7 +587,16 @@ def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float,
         if old.output and new_ref.output and old.output.exists() and new_ref.output.exists():
             parities[case] = parity(new_ref.output, old.output)
             log(f"parity {case}: {parities[case]}")
-    return runs, ratio_pairs, parities, staged, reject_pairs
+    return runs, ratio_pairs, parities, staged, reject_pairs, cov_pairs
+
+
+def covariance_row(plain: Run, cov: Run) -> _covariance.Row:
+    """A row of the covariance section: a case's staged runs without and with covariance."""
+    shape = tuple(plain.result.get("cube_shape") or expected_shape(plain.size))
+    label = plain.case + (f" ({shape[1]}x{shape[2]}x{shape[0]})" if len(shape) == 3 else "")
+    terms = _covariance.cross_terms_mib(shape, DETECTOR) if len(shape) == 3 else None  # type: ignore[arg-type]
+    return (label, plain.n_frames, plain.result if plain.status == "ok" else {}, plain.maxrss_mib,
+            cov.result if cov.status == "ok" else {}, cov.maxrss_mib, terms)
 
 
 def run_meta(cfg: argparse.Namespace, command: str, load_start: str, baselines: Dict[str, Run]) -> Dict[str, str]:
@@ -713,7 +729,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         deep = _deepfield.deep_field(cfg.data_dir.expanduser().parent, cfg.deep_frames, cfg.deep_distinct)
         n_old = len(deep) if cfg.deep_old_frames <= 0 else min(cfg.deep_old_frames, len(deep))
         cases.append((DEEP_CASE, deep, cfg.deep_size, (_deepfield.DEEP_RA, _deepfield.DEEP_DEC), n_old))
-    runs, ratio_pairs, parities, staged, reject_pairs = run_cases(cfg, cases, oldpy, work, as_limit, rss_kill)
+    runs, ratio_pairs, parities, staged, reject_pairs, cov_pairs = run_cases(cfg, cases, oldpy, work, as_limit,
+                                                                             rss_kill)
     combined_lines: List[str] = []
     if cfg.combined > 0 and sizes:
         import _combined
@@ -745,12 +762,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         [(case, plain.n_frames, plain.result, plain.maxrss_mib, rej.result, rej.maxrss_mib,
           accum_mib("new", expected_shape(plain.size))) for case, (plain, rej) in reject_pairs.items()], meta)
     print(reject_report)
+    cov_report = _covariance.section([covariance_row(plain, cov) for plain, cov in cov_pairs], meta)
+    print(cov_report)
     if not cfg.no_doc:
         write_doc(cfg.doc, report)
         if stage_report:
             _doc.write_section(cfg.doc, _stages.DOC_HEADING, stage_report)
         if reject_pairs:
             _doc.write_section(cfg.doc, _rejection.DOC_HEADING, reject_report)
+        if cov_report:
+            _doc.write_section(cfg.doc, _covariance.DOC_HEADING, cov_report)
         log(f"wrote the table(s) to {cfg.doc}")
     return 0 if all(r.status == "ok" for r in runs) else 1
 

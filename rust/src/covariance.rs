@@ -117,13 +117,15 @@ impl<'a> CovMut<'a> {
             }
             let (mut b, b_rest) = rest.split_at(Axis(1), n);
             let st: [isize; 4] = b.strides().try_into().expect("four axes");
+            let fast = FastTable::new(&stencil, st[3]);
             out.push(CovBand {
                 r0: r0 + origin.0,
                 c0: origin.1,
                 rows: n,
                 strides: st,
                 ptr: b.as_mut_ptr(),
-                fast: FastTable::new(&stencil, st[3]),
+                far: [far_pairs::<2, 3>(&fast, st), far_pairs::<3, 2>(&fast, st)],
+                fast,
                 near_lines: near_lines(near_span(&stencil, st[3], 1), b.as_ptr() as usize, st),
                 flat_lines: near_lines(near_span(&stencil, st[3], 0), b.as_ptr() as usize, st),
                 stencil: stencil.clone(),
@@ -147,6 +149,9 @@ pub(crate) struct CovBand<'a> {
     stencil: std::sync::Arc<Stencil>,
     /// The stencil's steps for [`Self::add_cells`].
     fast: FastTable,
+    /// Per 3-wide box (2 x 3, 3 x 2), the elements from its first cell's terms
+    /// of the pairs of cells two apart ([`far_pairs`]), for [`Self::prefetch_far`].
+    far: [[isize; 4]; 2],
     /// Element offsets, from an anchor's first cross term, of one element in
     /// each cache line that its offsets `|dz|, |dy|, |dx| <= 1` (what most
     /// pixels update) may span, and their number, for [`Self::prefetch`].
@@ -234,6 +239,20 @@ impl CovBand<'_> {
 }
 
 impl CovBand<'_> {
+    /// Asks for the cache lines of the terms that a droplet on the 2 x 3 cells
+    /// (`wide`) or 3 x 2 cells from element `at` (as in [`Self::prefetch`], in
+    /// plane `z`) updates between cells two apart (offsets with `|dy|` or `|dx|
+    /// = 2`, beyond the nearest terms that the prefetch ahead asks for), `dz = 0`
+    /// of planes `z` and `z + 1`. Never faults, whatever `at`.
+    #[inline(always)]
+    pub(crate) fn prefetch_far(&self, at: isize, wide: bool) {
+        let sz = self.strides[0];
+        for e in self.far[usize::from(!wide)] {
+            crate::prefetch::prefetch(self.ptr.wrapping_offset(at + e));
+            crate::prefetch::prefetch(self.ptr.wrapping_offset(at + e + sz));
+        }
+    }
+
     /// Adds `w_k w_l variance` for every pair of `touched` (the voxels one
     /// pixel gives weight `w`) whose anchor lies in this band's rows. A pair
     /// beyond the stencil stops it with the pair's offset (the call fails).
@@ -483,6 +502,17 @@ unsafe fn add_box_terms<const R: usize, const C: usize, const NZ: usize>(
     }
 }
 
+/// The elements, from the first cell's terms of an `R x C` box (strides `st`),
+/// of the `dz = 0` term of each pair of its cells two apart (at most 4; more
+/// are dropped, fewer repeat the last): what [`CovBand::prefetch_far`] asks for.
+fn far_pairs<const R: usize, const C: usize>(fast: &FastTable, st: [isize; 4]) -> [isize; 4] {
+    let (pairs, n) = box_pairs(R, C);
+    let far = pairs[..n].iter().filter(|&&(a1, b1, a2, b2)| a2 - a1 == 2 || b2.abs_diff(b1) == 2);
+    let at: Vec<isize> =
+        far.map(|&(a1, b1, a2, b2)| a1 as isize * st[1] + b1 as isize * st[2] + fast.step[a2 - a1][b2 + 2 - b1][FAST_PLANES - 1]).collect();
+    std::array::from_fn(|k| at[k.min(at.len() - 1)])
+}
+
 /// The pairs of cells `(a1, b1, a2, b2)` of a box of `r x c` cells (at most
 /// 9), the second after the first in row-major order, and their number.
 const fn box_pairs(r: usize, c: usize) -> ([(usize, usize, usize, usize); 36], usize) {
@@ -585,6 +615,17 @@ mod tests {
         let d3 = stencil_planes_inner(2, 2);
         assert_eq!((near_span(&d3, 1, 1), near_span(&d3, 1, 0)), (12, 3));
         assert_eq!(near_lines(3, 128, [17 * 56 * 9, 56 * 9, 56, 1]).1, 1);
+    }
+
+    #[test]
+    fn far_pairs_are_the_pairs_of_cells_two_apart() {
+        let d3 = stencil_planes_inner(2, 2);
+        let st = [17 * 62 * 9, 62 * 9, 62, 1];
+        let fast = FastTable::new(&d3, 1);
+        let idx = |o: [i64; 3]| d3.index(o).unwrap() as isize;
+        // 2 x 3: (0,0)-(0,2), (0,0)-(1,2), (0,2)-(1,0), (1,0)-(1,2); 3 x 2: (0,0)-(2,0), (0,0)-(2,1), (0,1)-(2,0), (0,1)-(2,1).
+        assert_eq!(far_pairs::<2, 3>(&fast, st), [idx([0, 0, 2]), idx([0, 1, 2]), 2 * 62 + idx([0, 1, -2]), 62 * 9 + idx([0, 0, 2])]);
+        assert_eq!(far_pairs::<3, 2>(&fast, st), [idx([0, 2, 0]), idx([0, 2, 1]), 62 + idx([0, 2, -1]), 62 + idx([0, 2, 0])]);
     }
 
     #[test]

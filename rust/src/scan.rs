@@ -428,6 +428,9 @@ impl<'a, 'p> BandTask<'a, 'p> {
                 None => [0.0; LANES],
             };
             let f3 = if fp.any_medium() { footprints_medium(&fp) } else { [[[0.0; LANES]; 3]; 3] };
+            if COV && fp.any_medium() {
+                self.prefetch_far(&fp, &reach);
+            }
             for l in 0..LANES {
                 if !reach[l] {
                     continue;
@@ -489,6 +492,27 @@ impl<'a, 'p> BandTask<'a, 'p> {
                     shared.push((base + i + l) as u32);
                 }
             }
+        }
+    }
+
+    /// With the cross terms: asks for the lines of the terms between cells two
+    /// apart of the 3-wide droplets of this batch of lanes (in the planes of the
+    /// previous pixel and the next: [`CovBand::prefetch_far`]), before any lands.
+    /// Not inlined: the batch scan keeps its registers (rare: batches with a 3-wide droplet).
+    #[inline(never)]
+    fn prefetch_far(&self, fp: &crate::lanes::Footprints, reach: &[bool; LANES]) {
+        let Some(cov) = self.band.cov.as_ref() else { return };
+        let (lo, hi) = (self.band.r0 as f64, (self.band.r0 + self.band.rows - 1) as f64);
+        let (x_lo, x_hi) = (self.win.left as f64, (self.win.right - 1) as f64);
+        let [sz, sr, sc] = cov.strides();
+        for (l, &reaches) in reach.iter().enumerate() {
+            let (r0, c0) = (fp.r0[l], fp.c0[l]);
+            if !(reaches && matches!(fp.shape(l), Shape::Medium) && r0 >= lo && r0 + 2.0 <= hi && c0 >= x_lo && c0 + 2.0 <= x_hi) {
+                continue;
+            }
+            // SAFETY (the casts): checked above to be finite whole numbers inside the band and grid.
+            let at = unsafe { (r0 - lo).to_int_unchecked::<isize>() * sr + (c0 - x_lo).to_int_unchecked::<isize>() * sc } + self.z_hint as isize * sz;
+            cov.prefetch_far(at, fp.c1[l] - c0 == 2.0);
         }
     }
 

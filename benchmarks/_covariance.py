@@ -1,0 +1,86 @@
+"""The covariance section of docs/performance.md (``bench_pipeline.py --covariance``, issue 22): each
+case of this package (30' cubes of full frames, the deep field's cutouts) with its staged run without
+and with ``covariance=True``: time per frame and their ratio, the kernel's CPU, the write, and the
+peak memory against the cross terms' size (the extra planes)."""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Tuple
+
+DOC_HEADING = "## Covariance in the pipeline (bench_pipeline.py --covariance)"
+#: Issue 22: with covariance at most this many times the time without.
+TIME_RATIO = 1.6
+MIB = 1024.0 * 1024.0
+
+#: (case, frames, result without, peak MiB without, result with, peak MiB with, cross terms MiB)
+Row = Tuple[str, int, Dict, float, Dict, float, Optional[float]]
+
+
+def cross_terms_mib(shape: Tuple[int, int, int], detector: int) -> Optional[float]:
+    """MiB of the cross-term accumulator of a native-grid cube of ``shape`` ``(n_z, ny, nx)`` on
+    ``detector`` at the default configuration (``covariance.padded_terms`` float64 per voxel)."""
+    try:
+        from spxquery.drizzle3d.config import Drizzle3DConfig
+        from spxquery.drizzle3d.covariance import padded_terms, stencil
+        from spxquery.drizzle3d.spectral import build_z_grid_native
+    except ImportError:
+        return None
+    cfg = Drizzle3DConfig(center_ra=0.0, center_dec=0.0, width=1.0, height=1.0, detector=detector, covariance=True)
+    n = len(stencil(cfg, build_z_grid_native(detector).edges, detector))
+    return shape[0] * shape[1] * shape[2] * padded_terms(n) * 8 / MIB
+
+
+def _stage(result: Dict, name: str, key: str) -> Optional[float]:
+    s = (result.get("stages") or {}).get(name)
+    return None if s is None else float(s[key])
+
+
+def _f(x: Optional[float], spec: str = ".2f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def row_line(row: Row) -> str:
+    """One markdown table row."""
+    case, n, plain, peak_plain, cov, peak_cov, terms = row
+    t0, t1 = plain.get("drizzle_s"), cov.get("drizzle_s")
+    ratio = t1 / t0 if t0 and t1 else None
+    k0, k1 = _stage(plain, "kernel", "cpu_s"), _stage(cov, "kernel", "cpu_s")
+    kern = f"{_f(k0 and 1e3 * k0 / n)} / {_f(k1 and 1e3 * k1 / n)}"
+    w0, w1 = _stage(plain, "write", "wall_s"), _stage(cov, "write", "wall_s")
+    c0, c1 = _stage(plain, "write", "cpu_s"), _stage(cov, "write", "cpu_s")
+    write = f"{_f(w0 and 1e3 * w0, '.0f')} / {_f(c0 and 1e3 * c0, '.0f')} vs {_f(w1 and 1e3 * w1, '.0f')} / " \
+            f"{_f(c1 and 1e3 * c1, '.0f')}"
+    extra = peak_cov - peak_plain if peak_cov and peak_plain else None
+    return (f"| {case} | {n} | {_f(t0 and 1e3 * t0 / n)} | {_f(t1 and 1e3 * t1 / n)} | **{_f(ratio)}x** | {kern} | "
+            f"{write} | {peak_plain:.0f} / {peak_cov:.0f} | {_f(extra, '.0f')} | {_f(terms, '.0f')} |")
+
+
+def section(rows: List[Row], meta: Dict[str, str]) -> str:
+    """Markdown under :data:`DOC_HEADING` ("" without rows)."""
+    if not rows:
+        return ""
+    lines = [DOC_HEADING, "",
+             f"{meta['date']}, `{meta['command']}`, {meta['nproc']} cores ({meta['cpu']}), load "
+             f"{meta['load_start']} -> {meta['load_end']}, git {meta['git']}. Staged runs (stage clocks on) of "
+             "each case without and with `covariance=True`, each in a fresh process.", "",
+             "| case | frames | ms per frame without | with | ratio | kernel CPU ms per frame without / with "
+             "| write ms per run (wall / CPU) without vs with | peak RSS MiB without / with | extra MiB "
+             "| cross terms MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [row_line(r) for r in rows]
+    verdicts = []
+    for case, n, plain, _, cov, _, _ in rows:
+        t0, t1 = plain.get("drizzle_s"), cov.get("drizzle_s")
+        if t0 and t1:
+            verdict = "met" if t1 / t0 <= TIME_RATIO else "NOT met"
+            verdicts.append(f"- {case}, {n} frames: {t1 / t0:.2f}x — target ≤ {TIME_RATIO:g}x: {verdict}.")
+    lines += ["", f"Targets (issue 22): the time with covariance at most {TIME_RATIO:g}x the time without; memory: "
+              "the extra planes (the cross terms, last column; the run with covariance also holds one band of "
+              "the COVARIANCE image while writing it). A run with covariance writes the COVARIANCE image "
+              "(float64, 1 + offsets planes per cube plane) once: on the 30' cubes ~600 MB, which no number "
+              "of frames below ~120 amortises (docs/performance.md, covpipe22); the deep field's cube is small "
+              "and its frames many.", ""] + verdicts
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["DOC_HEADING", "TIME_RATIO", "Row", "cross_terms_mib", "row_line", "section"]
