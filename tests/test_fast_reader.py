@@ -163,3 +163,41 @@ def test_the_rust_reader_refuses_bad_arguments(files):
         assert np.array_equal(as_int[0], ((raw + 2**31) % 2**32).astype(np.uint32))
     with pytest.raises(Exception, match="read after close"):
         src.fileno()
+
+
+def test_reads_into_given_arrays(files):
+    """``out``: the same values written into the caller's array (returned), for both readers; an
+    array of another shape, dtype or layout is refused naming the extension."""
+    with open_source(files["qr2"]) as fast, ByteSourceOnly(files["qr2"]) as slow:
+        layout = l2_layout(read_structure(fast))
+        rows, nx = sample_rows(layout.shape), layout.shape[1]
+        for src in (fast, slow):
+            out = np.full((len(rows), nx), -1.0)
+            got = read_image(src, layout.variance, rows, 0, nx, out=out)
+            assert got is out and got.tobytes() == read_image(src, layout.variance, rows, 0, nx).tobytes()
+        flags = np.zeros((len(rows), nx), np.uint32)
+        assert read_flags(fast, layout.flags, rows, 0, nx, flags) is flags
+        assert np.array_equal(flags, read_flags(slow, layout.flags, rows, 0, nx))
+        part = layout.image
+        base = dict(fd=fast.fileno(), size=fast.size, name="IMAGE", offset=part.offset, ny=part.shape[0],
+                    nx=part.shape[1], bitpix=-32, bzero=0, start=0, step=1, count=2, x0=0, x1=4)
+        for bad in (np.zeros((2, 5)), np.zeros((2, 4), np.float32), np.zeros((4, 2)).T, [[0.0] * 4] * 2):
+            with pytest.raises(ValueError, match="IMAGE: out must be"):
+                _core.read_plain_rows(**base, out=bad)
+
+
+def test_a_frame_keeps_nothing_of_the_reused_sample(files):
+    """The sample is read into arrays a thread reuses: a frame read whole from its sample (a small
+    cutout) holds copies, unchanged when the next frame's sample is read."""
+    cfg = Drizzle3DConfig(center_ra=RA0, center_dec=DEC0, width=60.0, height=60.0, detector=3, progress=False,
+                          subtract_zodi=True)
+    grid = OutputGrid.for_detector(cfg, 3)
+    first = prepare_frame(files["cutout_qr2"], cfg, grid)
+    before = (first.flags.copy(), *(a.copy() for a in first._pixels if a is not None))
+    assert sample_rows(first.shape) == range(first.shape[0])  # the sample is the whole cutout
+    assert first.crop == (0, first.shape[1], 0, first.shape[0])  # the crop is the whole sample
+    other = prepare_frame(files["cutout"], cfg, grid)  # another cutout of the same shape: the same arrays
+    assert other.shape == first.shape and not np.array_equal(other._pixels[0], before[1], equal_nan=True)
+    after = (first.flags, *(a for a in first._pixels if a is not None))
+    for a, b in zip(before, after):
+        assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f")

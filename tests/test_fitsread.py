@@ -197,6 +197,111 @@ def test_one_pass_values_equal_the_parser(values, getter):
             assert np.float64(fast[k][1]).tobytes() == np.float64(slow[k][1]).tobytes(), k
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_value_texts, min_size=1, max_size=4), st.booleans())
+def test_get_floats_equals_get_float_per_keyword(values, hierarch):
+    """Property: ``Header.get_floats`` gives each keyword ``get_float``'s value, or its first error."""
+    cards = [f"{'K%d' % (i % 3):<8}= {v[:70]:<70}" for i, v in enumerate(values + values[:1])]
+    if hierarch:
+        cards.append(f"{'HIERARCH K1 = 2.5':<80}")
+    text = "".join(cards)
+    keys = ["K0", "K1", "K2", "K3"]
+
+    def read(one_pass, bulk):
+        h = Header(text, "h")
+        if one_pass:
+            h._read_values()
+        try:
+            return h.get_floats(keys, 0.0) if bulk else [h.get_float(k, 0.0) for k in keys]
+        except HeaderError as exc:
+            return str(exc)
+
+    assert read(True, True) == read(True, False)
+    assert read(False, True) == read(False, False)  # before the one-pass read: text searches
+
+
+def test_hierarch_names_are_found_by_the_first_searches():
+    """A HIERARCH card named like a standard keyword (any case) is found by the first lookups (text
+    searches), and counts as a repetition of that keyword."""
+    h = _header("NAXIS   = 2", "HIERARCH bscale = 2.5", "COMMENT BZERO is absent")
+    assert h.get_float("BSCALE", 1.0) == 2.5 and h.get_float("BZERO", 0.0) == 0.0 and "BSCALE" in h
+    with pytest.raises(HeaderError, match="appears 2 times"):
+        _header("BSCALE  = 1.0", "HIERARCH BSCALE = 2.5").get("BSCALE")
+
+
+_mandatory_cards = st.lists(st.one_of(
+    st.sampled_from(["SIMPLE  =                    T", "SIMPLE  = F", "XTENSION= 'IMAGE   '",
+                     "XTENSION= 'BINTABLE' / t", "XTENSION= 5", "BITPIX  =                  -32", "BITPIX  = 16",
+                     "BITPIX  = 17", "BITPIX  = T",
+                     "NAXIS   =                    2", "NAXIS   = 1", "NAXIS   = 0", "NAXIS   = 1000", "NAXIS   = 2.0",
+                     "NAXIS1  =                 2040", "NAXIS1  = 0", "NAXIS2  = +7", "NAXIS2  = -3", "NAXIS1 = 5",
+                     "NAXIS3  = 99999999999999999999", "PCOUNT  =                    0", "PCOUNT  = 12", "GCOUNT  = 1",
+                     "GCOUNT  = 1.", "EXTNAME = 'IMAGE'", "EXTNAME = 'x  ' / n", "EXTNAME = 7", "EXTNAME = 'open",
+                     "EXTNAME = 'a&'", "EXTNAME =", "HIERARCH EXTNAME = 'H'", "HIERARCH MP_X = 1", "COMMENT x",
+                     "GROUPS  = T", "CONTINUE  'b'"]),
+    st.builds(lambda k, v: f"{k:<8}= {v}", st.sampled_from(["BITPIX", "NAXIS", "NAXIS1", "NAXIS2", "PCOUNT", "GCOUNT",
+                                                            "EXTNAME", "SIMPLE", "XTENSION"]), _value_texts),
+), max_size=9)
+
+
+def _final(values, index):
+    xtension, bitpix, shape, pcount, gcount, name = values
+    name = name.strip().upper() if isinstance(name, str) else ("PRIMARY" if index == 0 else "")
+    return xtension, bitpix, shape, pcount, gcount, name
+
+
+@settings(max_examples=700, deadline=None)
+@given(_mandatory_cards, st.booleans(), st.booleans())
+def test_mandatory_cards_read_in_one_pass_equal_the_parser(extra, primary, valid_start):
+    """Property: when the Rust reader of the mandatory cards (``_core.header_mandatory``) answers,
+    the Python reader (``fitsstructure._judged``) accepts the header with the same values; any
+    header it declines (None) is judged by the Python reader, so messages stay its own."""
+    from spxquery.drizzle3d import _core
+    from spxquery.drizzle3d.fitsstructure import _judged
+
+    start = (["SIMPLE  =                    T"] if primary else ["XTENSION= 'IMAGE   '"]) + \
+        ["BITPIX  =                  -32", "NAXIS   =                    2", "NAXIS1  =                 2040",
+         "NAXIS2  =                   40"] + ([] if primary else ["PCOUNT  =                    0", "GCOUNT  = 1"])
+    cards = start + extra if valid_start else extra
+    text = "".join(f"{c[:80]:<80}" for c in cards)
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)  # header text (the END scan checked it)
+    index = 0 if primary else 3
+    fast = _core.header_mandatory(text=text.encode("latin-1"), primary=primary)
+    try:
+        slow = _final(_judged(Header(text, "h"), index), index)
+    except StructureError as exc:
+        slow = ("error", str(exc))
+    if fast is not None:
+        xtension, bitpix, dims, pcount, gcount, name = fast
+        mine = _final(("" if xtension is None else xtension.strip().upper(), bitpix, tuple(reversed(dims)), pcount,
+                       gcount, name), index)
+        assert mine == slow, (cards, mine, slow)
+    if valid_start and not extra:
+        assert fast is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.builds(lambda pad: "END" + pad, st.text(st.sampled_from(" \t\n\x0b\x0c\r\x1c\x1f\x85\xa0x\x00"), max_size=77)),
+    st.text(st.characters(min_codepoint=0, max_codepoint=255), max_size=80),
+    st.sampled_from(["SIMPLE  = T", "EXTEND  = T", "COMMENT END", "  END"]),
+), max_size=40))
+def test_end_scan_equals_the_python_scan(cards):
+    """Property: the Rust scan of a chunk (``_core.header_end``) finds the END card and bytes that are
+    not header text as the Python scan does (``find_end`` on latin-1 text, ASCII 32-126 before it)."""
+    from spxquery.drizzle3d import _core, fitsstructure
+
+    raw = "".join(f"{c[:80]:<80}" for c in cards).encode("latin-1")
+    raw += b" " * (-len(raw) % 2880)
+    saved = fitsstructure._HEADER_END
+    fitsstructure._HEADER_END = None
+    try:
+        slow = fitsstructure._end_of(raw)
+    finally:
+        fitsstructure._HEADER_END = saved
+    assert _core.header_end(chunk=raw) == slow and fitsstructure._end_of(raw) == slow
+
+
 # ---------------------------------------------------------------- structure
 
 

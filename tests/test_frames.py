@@ -448,3 +448,80 @@ def test_rejections(files, tmp_path):
         cfg = _cfg()
         with pytest.raises(FrameError):
             read_whole(path, cfg, det)
+
+
+# ---------------------------------------------------------------- what frames of a detector share
+
+
+def test_equal_wave_tables_are_read_once_and_checked_per_frame(files, tmp_path):
+    """Frames whose WCS-WAVE tables are byte-identical share one read-only table; a different table is
+    read on its own; the coverage check still judges each frame's own CRPIX/CRVAL/CDELT."""
+    a, b = open_frame(files["qr2"], 3), open_frame(files["far"], 3)
+    assert a.wave.values is b.wave.values and not a.wave.values.flags.writeable
+    changed = tmp_path / "other_table.fits"
+    shutil.copy(files["qr2"], changed)
+    with fits.open(changed, mode="update") as hdul:
+        hdul["WCS-WAVE"].data["VALUES"][0][0, 0, 0] *= 1.001
+    c = open_frame(changed, 3)
+    assert c.wave.values is not a.wave.values
+    assert c.wave.values[0, 0, 0] == pytest.approx(a.wave.values[0, 0, 0] * 1.001)
+    assert np.array_equal(c.wave.values.ravel()[1:], a.wave.values.ravel()[1:])
+    moved = tmp_path / "off_table.fits"
+    shutil.copy(files["qr2"], moved)
+    with fits.open(moved, mode="update") as hdul:
+        hdul["IMAGE"].header["CRPIX1W"] = -5000.0  # the same table, the pixels mapped off it
+    for _ in range(2):  # the verdict remembered for the table is this frame's, each time
+        with pytest.raises(FrameError, match="map to X"):
+            open_frame(moved, 3)
+    assert open_frame(files["qr2"], 3).wave.values is a.wave.values
+
+
+def test_flag_bits_follow_each_frames_flag_cards(files, tmp_path):
+    """Flag names are remembered by the cards that define them: frames that differ elsewhere share
+    them, a changed, added or repeated flag card gives that frame its own."""
+    base = open_frame(files["qr2"], 3).flag_bits
+    assert open_frame(files["far"], 3).flag_bits == base
+    cases = {"HIERARCH MP_SOURCE": 3, "HIERARCH MP_NEWFLAG": 30}
+    for key, bit in cases.items():
+        p = tmp_path / f"{key.split('_')[-1]}.fits"
+        shutil.copy(files["qr2"], p)
+        with fits.open(p, mode="update") as hdul:
+            hdul["FLAGS"].header[key] = bit
+        assert open_frame(p, 3).flag_bits[key.split("MP_")[1]] == bit
+        assert open_frame(files["qr2"], 3).flag_bits == base
+    long = tmp_path / "long.fits"
+    shutil.copy(files["qr3"], long)
+    with fits.open(long, mode="update") as hdul:
+        hdul["FLAGS"].header["MSKN0030"] = "MY" * 40  # a long string: CONTINUE cards
+    assert open_frame(long, 3).flag_bits["MY" * 40] == 30
+
+
+@pytest.mark.parametrize("where", ["first row", "last row", "nowhere"])
+def test_sample_verdict_finds_a_finite_positive_value_in_any_row(where):
+    """The verdict looks at the first sampled row first, then at every row: the same answer."""
+    from spxquery.drizzle3d.framesample import FrameSample, sample_verdict
+
+    bad = np.array([[np.nan, -1.0, 0.0, np.inf]] * 3)
+    arrays = {}
+    for name in ("image", "variance", "zodi"):
+        a = bad.copy()
+        if where != "nowhere":
+            a[0 if where == "first row" else -1, 1] = 2.0
+        arrays[name] = a
+    sample = FrameSample(range(3), arrays["image"], arrays["zodi"], arrays["variance"], np.zeros((3, 4), np.uint32))
+    assert sample_verdict(sample) == (None if where != "nowhere" else "IMAGE has no positive pixel (12 sampled)")
+    arrays["image"][:] = 1.0
+    if where == "nowhere":
+        assert "VARIANCE has no finite positive value" in sample_verdict(sample)
+
+
+def test_a_malformed_flag_card_warns_for_every_frame(files, tmp_path, caplog):
+    bad = tmp_path / "badflag.fits"
+    shutil.copy(files["qr2"], bad)
+    with fits.open(bad, mode="update") as hdul:
+        hdul["FLAGS"].header["HIERARCH MP_WRONG"] = 40
+    for n in (1, 2):
+        with caplog.at_level("WARNING", logger="spxquery.drizzle3d.flags"):
+            bits = open_frame(bad, 3).flag_bits
+        assert "WRONG" not in bits and bits == open_frame(files["qr2"], 3).flag_bits
+        assert sum("MP_WRONG" in r.getMessage() for r in caplog.records) == n

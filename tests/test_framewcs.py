@@ -161,3 +161,30 @@ def test_the_sip_verdict_is_remembered_per_coefficients_crpix_and_shape():
             celestial_wcs(_edit(h, CRPIX1="30000.0"), SHAPE)
     celestial_wcs(_ours(h), SHAPE)
     assert framewcs._sip_verdict.cache_info().misses == 3
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.floats(-7.5, 0.5), st.floats(0.0, 1.3), st.floats(0, 6.3), st.floats(-1.5, 1.5), st.booleans(),
+       st.sampled_from([0.0, 1e-12, 1e-9]))
+def test_closed_form_matrix_verdict_is_the_svds(log_scale, log_ratio, angle, shear, flip, jitter):
+    """Property: a pixel-to-sky matrix the closed form accepts (``_clearly_usable``) is one the SVD
+    check accepts; matrices near the limits (scale 1e-6 / 1 deg, axis ratio 10) go to the SVD."""
+    from spxquery.drizzle3d.framewcs import _check_matrix, _clearly_usable
+
+    s = 10.0 ** log_scale
+    r = 10.0 ** log_ratio
+    c, n = np.cos(angle), np.sin(angle)
+    m = np.array([[c, -n], [n, c]]) @ np.array([[s * np.sqrt(r), shear * s], [0.0, s / np.sqrt(r)]])
+    if flip:
+        m[0] = -m[0]
+    m = m * (1 + jitter)
+    sv = np.linalg.svd(m, compute_uv=False)
+    svd_ok = bool(sv[-1] > 0 and 1e-6 <= np.sqrt(sv[0] * sv[1]) <= 1.0 and sv[0] / sv[1] <= 10.0)
+    if _clearly_usable(m):
+        assert svd_ok, (m, sv)
+        _check_matrix(m)
+    elif not svd_ok:
+        with pytest.raises(WcsError):
+            _check_matrix(m)
+    spherex = np.array([[-0.00162197115674582, 0.000536295016257258], [0.000536295016257258, 0.001621971156745829]])
+    assert _clearly_usable(spherex)

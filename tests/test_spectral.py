@@ -245,3 +245,15 @@ def test_is_log_uniform():
 def test_zgrid_shape_validation():
     with pytest.raises(ValueError, match="centers"):
         ZGrid(edges=np.array([1.0, 2.0, 3.0]), centers=np.array([1.5]), widths=np.array([1.0, 1.0]))
+
+
+@pytest.mark.parametrize("det", range(1, 7))
+def test_channel_band_is_the_detector_tables_extent(det):
+    from spxquery.drizzle3d.spectral import channel_band
+
+    t = detector_spectral_table(det)
+    lo, hi = channel_band(det)
+    assert (lo, hi) == (float(t["WL_MIN"].min()), float(t["WL_MAX"].max()))
+    assert lo < hi and type(lo) is float
+    with pytest.raises(ValueError, match="1-6"):
+        channel_band(7)

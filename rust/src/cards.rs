@@ -149,6 +149,107 @@ fn parse_number(t: &[u8]) -> Option<CardValue> {
     text.parse::<f64>().ok().map(CardValue::Float)
 }
 
+/// Bytes that Python's `str.strip()` removes from latin-1 text (the reader
+/// decodes headers as latin-1).
+fn py_space(c: u8) -> bool {
+    matches!(c, 9..=13 | 0x1c..=0x20 | 0x85 | 0xa0)
+}
+
+/// `(end, garbage)` of one chunk of whole header blocks: the byte offset of
+/// its END card (card-aligned `END`, the rest of the card blank in Python's
+/// sense) or None, and whether a byte before it (before the chunk's end when
+/// there is no END card) is not FITS header text (ASCII 32-126).
+pub fn header_end(chunk: &[u8]) -> (Option<usize>, bool) {
+    let end = chunk.chunks_exact(CARD).position(|card| &card[..3] == b"END" && card[3..].iter().all(|&c| py_space(c))).map(|i| i * CARD);
+    let garbage = chunk[..end.unwrap_or(chunk.len())].iter().any(|&c| !(b' '..=b'~').contains(&c));
+    (end, garbage)
+}
+
+/// The mandatory keywords of a header (FITS 4.0 section 4.4.1), read by
+/// [`mandatory_cards`]; `extname` is the value of the first EXTNAME card when
+/// it is a string.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mandatory {
+    /// XTENSION's string (None for a primary header).
+    pub xtension: Option<String>,
+    pub bitpix: i64,
+    /// NAXIS1, NAXIS2, ... in card order.
+    pub dims: Vec<i64>,
+    pub pcount: i64,
+    pub gcount: i64,
+    pub extname: Option<String>,
+}
+
+const BITPIX: [i64; 6] = [8, 16, 32, 64, -32, -64];
+
+/// The value of card number `i` of `text` when it is keyword `key` with a value
+/// this module reads exactly as the Python parser.
+fn card_value(text: &[u8], i: usize, key: &str) -> Option<CardValue> {
+    let card = text.get(i * CARD..(i + 1) * CARD)?;
+    let name = key.as_bytes();
+    if name.len() > 8 || &card[..name.len()] != name || card[name.len()..8].iter().any(|&c| c != b' ') || &card[8..10] != b"= " {
+        return None;
+    }
+    parse_value(&card[10..])
+}
+
+fn int_card(text: &[u8], i: usize, key: &str, ok: impl Fn(i64) -> bool) -> Option<i64> {
+    match card_value(text, i, key)? {
+        CardValue::Int(v) if ok(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// The mandatory keywords of the header `text` (whole cards before END, FITS
+/// header text) when they are all valid, in their standard positions, and read
+/// here exactly as the Python reader (`fitsstructure._mandatory`) reads them;
+/// None otherwise, and the Python reader judges the header (with its
+/// messages). So a header this accepts gets the same values either way.
+pub fn mandatory_cards(text: &[u8], primary: bool) -> Option<Mandatory> {
+    let xtension = if primary {
+        match card_value(text, 0, "SIMPLE")? {
+            CardValue::Bool(true) => None,
+            _ => return None,
+        }
+    } else {
+        match card_value(text, 0, "XTENSION")? {
+            CardValue::Str(s) => Some(s),
+            _ => return None,
+        }
+    };
+    let bitpix = int_card(text, 1, "BITPIX", |b| BITPIX.contains(&b))?;
+    let naxis = int_card(text, 2, "NAXIS", |n| (0..=999).contains(&n))? as usize;
+    let mut dims = Vec::with_capacity(naxis);
+    for i in 1..=naxis {
+        dims.push(int_card(text, 2 + i, &format!("NAXIS{i}"), |d| d >= 0)?);
+    }
+    let (pcount, gcount) =
+        if primary { (0, 1) } else { (int_card(text, 3 + naxis, "PCOUNT", |v| v >= 0)?, int_card(text, 4 + naxis, "GCOUNT", |v| v >= 0)?) };
+    Some(Mandatory { xtension, bitpix, dims, pcount, gcount, extname: extname(text)? })
+}
+
+/// `Some(value)` of the first EXTNAME card (`Some(None)`: none, or not a
+/// string); None when the Python reader must judge it (a value not read here,
+/// or a HIERARCH card named EXTNAME, which the Python reader counts too).
+fn extname(text: &[u8]) -> Option<Option<String>> {
+    let mut found = None;
+    for card in text.chunks_exact(CARD) {
+        if card.starts_with(b"HIERARCH ") {
+            if let Some(eq) = card[9..].iter().position(|&c| c == b'=') {
+                if trim(&card[9..9 + eq]).eq_ignore_ascii_case(b"EXTNAME") {
+                    return None;
+                }
+            }
+        } else if found.is_none() && card.starts_with(b"EXTNAME = ") {
+            found = Some(parse_value(&card[10..])?);
+        }
+    }
+    Some(match found {
+        Some(CardValue::Str(s)) => Some(s),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +319,78 @@ mod tests {
         assert!(v.is_empty());
         assert_eq!(o, ["X"]);
         assert_eq!(header_values(b""), (vec![], vec![]));
+    }
+
+    fn header(cards: &[&str]) -> Vec<u8> {
+        cards.iter().flat_map(|c| card(c)).collect()
+    }
+
+    #[test]
+    fn end_card_and_garbage_before_it() {
+        let mut t = header(&["SIMPLE  =                    T", "EXTEND  = T", "END"]);
+        t.resize(2880, b' ');
+        assert_eq!(header_end(&t), (Some(160), false));
+        t[170] = b'\t'; // after END: not looked at
+        assert_eq!(header_end(&t), (Some(160), false));
+        t[20] = 0;
+        assert_eq!(header_end(&t), (Some(160), true));
+        let mut t = header(&["SIMPLE  =                    T", "END     x"]);
+        assert_eq!(header_end(&t), (None, false));
+        t[83] = 0xa0; // Python's strip() removes it: an END card
+        t[88] = b' ';
+        assert_eq!(header_end(&t), (Some(80), false));
+    }
+
+    #[test]
+    fn mandatory_keywords_in_their_places() {
+        let t = header(&[
+            "XTENSION= 'IMAGE   '           / image",
+            "BITPIX  =                  -32",
+            "NAXIS   =                    2",
+            "NAXIS1  =                 2040",
+            "NAXIS2  =                   10",
+            "PCOUNT  =                    0",
+            "GCOUNT  =                    1",
+            "EXTNAME = 'IMAGE'",
+        ]);
+        let m = mandatory_cards(&t, false).unwrap();
+        assert_eq!(
+            m,
+            Mandatory { xtension: Some("IMAGE".into()), bitpix: -32, dims: vec![2040, 10], pcount: 0, gcount: 1, extname: Some("IMAGE".into()) }
+        );
+        let p = header(&["SIMPLE  =                    T", "BITPIX  =                    8", "NAXIS   =                    0"]);
+        assert_eq!(mandatory_cards(&p, true).unwrap().extname, None);
+        assert_eq!(mandatory_cards(&p, false), None);
+    }
+
+    #[test]
+    fn anything_unusual_is_left_to_python() {
+        let good = ["XTENSION= 'IMAGE'", "BITPIX  = 16", "NAXIS   = 1", "NAXIS1  = 5", "PCOUNT  = 0", "GCOUNT  = 1"];
+        assert!(mandatory_cards(&header(&good), false).is_some());
+        for (i, bad) in [
+            (1, "BITPIX  = 17"),
+            (1, "BITPIX  = 16.0"),
+            (2, "NAXIS   = -1"),
+            (3, "NAXIS1  = 99999999999999999999"),
+            (3, "NAXIS1 = 5"),
+            (4, "GCOUNT  = 0"),
+            (5, "PCOUNT  = 0"),
+            (0, "XTENSION= 5"),
+        ] {
+            let mut cards = good.to_vec();
+            cards[i] = bad;
+            assert_eq!(mandatory_cards(&header(&cards), false), None, "{bad}");
+        }
+        let mut cards = good.to_vec();
+        cards.push("HIERARCH  extname = 'X'");
+        assert_eq!(mandatory_cards(&header(&cards), false), None);
+        cards.pop();
+        cards.push("EXTNAME = 'open");
+        assert_eq!(mandatory_cards(&header(&cards), false), None);
+        cards.pop();
+        cards.push("EXTNAME = 7");
+        assert_eq!(mandatory_cards(&header(&cards), false).unwrap().extname, None);
+        assert_eq!(mandatory_cards(&header(&good[..5]), false), None);
+        assert_eq!(mandatory_cards(b"", true), None);
     }
 }

@@ -13,7 +13,7 @@
 use ndarray::{Array2, Dimension};
 use numpy::{
     Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadwriteArray,
-    PyReadwriteArray1, PyReadwriteArray3, PyReadwriteArray4,
+    PyReadwriteArray1, PyReadwriteArray3, PyReadwriteArray4, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -491,11 +491,12 @@ fn rice_decode_rows<'py>(
 /// Pixels `[rows, x0:x1]` of a plain image of the open local file `fd` (`size`
 /// bytes when opened; the descriptor is duplicated, the caller keeps its own),
 /// rows `start, start + step, ...` (`count`): a float image as float64, an
-/// integer one as uint32 (`value + bzero` modulo 2**32); `(count, x1 - x0)`.
+/// integer one as uint32 (`value + bzero` modulo 2**32); `(count, x1 - x0)`,
+/// written into `out` when given (C-contiguous, that shape and dtype).
 /// `ValueError` naming `name` and the row for a short read or a bad box.
 #[cfg(unix)]
 #[pyfunction]
-#[pyo3(signature = (*, fd, size, name, offset, ny, nx, bitpix, bzero, start, step, count, x0, x1))]
+#[pyo3(signature = (*, fd, size, name, offset, ny, nx, bitpix, bzero, start, step, count, x0, x1, out=None))]
 #[allow(clippy::too_many_arguments)]
 fn read_plain_rows<'py>(
     py: Python<'py>,
@@ -512,6 +513,7 @@ fn read_plain_rows<'py>(
     count: usize,
     x0: usize,
     x1: usize,
+    out: Option<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     use std::os::fd::BorrowedFd;
     if fd < 0 {
@@ -531,7 +533,10 @@ fn read_plain_rows<'py>(
     // The result is allocated by numpy (as numpy's own reader would), then filled with the GIL released.
     if bitpix < 0 {
         // SAFETY: every element is written by `read_float` before the array is returned.
-        let array = unsafe { PyArray2::<f64>::new(py, [count, width], false) };
+        let array = match out {
+            Some(o) => output_array::<f64>(&o, &name, [count, width])?,
+            None => unsafe { PyArray2::<f64>::new(py, [count, width], false) },
+        };
         {
             let mut rw = array.readwrite();
             let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
@@ -540,7 +545,10 @@ fn read_plain_rows<'py>(
         Ok(array.into_any())
     } else {
         // SAFETY: every element is written by `read_flags` before the array is returned.
-        let array = unsafe { PyArray2::<u32>::new(py, [count, width], false) };
+        let array = match out {
+            Some(o) => output_array::<u32>(&o, &name, [count, width])?,
+            None => unsafe { PyArray2::<u32>::new(py, [count, width], false) },
+        };
         {
             let mut rw = array.readwrite();
             let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
@@ -548,6 +556,18 @@ fn read_plain_rows<'py>(
         }
         Ok(array.into_any())
     }
+}
+
+/// `out` as the C-contiguous `shape` array of `T` a read fills, or a ValueError naming `name`.
+#[cfg(unix)]
+fn output_array<'py, T: Element>(out: &Bound<'py, PyAny>, name: &str, shape: [usize; 2]) -> PyResult<Bound<'py, PyArray2<T>>> {
+    let array = out
+        .extract::<Bound<'py, PyArray2<T>>>()
+        .map_err(|_| PyValueError::new_err(format!("{name}: out must be a 2-D array of {}", std::any::type_name::<T>())))?;
+    if array.shape() != shape || !array.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("{name}: out must be a C-contiguous {shape:?} array, got {:?}", array.shape())));
+    }
+    Ok(array)
 }
 
 /// The values of a FITS header's standard cards (see `cards.rs`): `(dict of
@@ -567,6 +587,26 @@ fn header_values<'py>(py: Python<'py>, text: &str) -> PyResult<(Bound<'py, PyDic
         }
     }
     Ok((out, others))
+}
+
+/// `(end, garbage)` of a chunk of header blocks (see `cards.rs`): the byte
+/// offset of its END card (-1: none) and whether a byte before it is not FITS
+/// header text.
+#[pyfunction]
+#[pyo3(signature = (*, chunk))]
+fn header_end(chunk: &[u8]) -> (i64, bool) {
+    let (end, garbage) = cards::header_end(chunk);
+    (end.map_or(-1, |e| e as i64), garbage)
+}
+
+/// The mandatory keywords of a header's `text` (see `cards.rs`):
+/// `(xtension or None, bitpix, (NAXIS1, ...), pcount, gcount, EXTNAME string or
+/// None)`, or None when the Python reader must judge the header.
+#[pyfunction]
+#[pyo3(signature = (*, text, primary))]
+#[allow(clippy::type_complexity)]
+fn header_mandatory(text: &[u8], primary: bool) -> Option<(Option<String>, i64, Vec<i64>, i64, i64, Option<String>)> {
+    cards::mandatory_cards(text, primary).map(|m| (m.xtension, m.bitpix, m.dims, m.pcount, m.gcount, m.extname))
 }
 
 /// Merges a frame drizzled alone into scratch arrays into the robust model of
@@ -685,6 +725,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<EngineParams>()?;
     m.add_function(wrap_pyfunction!(accumulate_frame, m)?)?;
     m.add_function(wrap_pyfunction!(header_values, m)?)?;
+    m.add_function(wrap_pyfunction!(header_end, m)?)?;
+    m.add_function(wrap_pyfunction!(header_mandatory, m)?)?;
     m.add_function(wrap_pyfunction!(accumulate_contributions, m)?)?;
     m.add_function(wrap_pyfunction!(spatial_mapping, m)?)?;
     m.add_function(wrap_pyfunction!(spectral_overlaps, m)?)?;

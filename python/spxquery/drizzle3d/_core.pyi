@@ -240,12 +240,26 @@ def read_plain_rows(
     count: int,
     x0: int,
     x1: int,
+    out: npt.NDArray[Any] | None = None,
 ) -> npt.NDArray[Any]:
     """Pixels ``[rows, x0:x1]`` (rows ``start, start + step, ...``, ``count`` of them) of a plain
     ``ny x nx`` image at byte ``offset`` of the open local file ``fd`` (``size`` bytes), read by
     ``pread`` with the GIL released: BITPIX -32/-64 as float64, 8/16/32/64 as uint32
-    (``value + bzero`` modulo 2**32); shape ``(count, x1 - x0)``. ValueError naming ``name``
-    and the row for a file that ends early or a box outside the image (POSIX only)."""
+    (``value + bzero`` modulo 2**32); shape ``(count, x1 - x0)``, written into ``out`` when
+    given (a C-contiguous array of that shape and dtype, returned). ValueError naming ``name``
+    and the row for a file that ends early, a box outside the image or an unfit ``out`` (POSIX
+    only)."""
+
+def header_end(*, chunk: bytes) -> tuple[int, bool]:
+    """``(offset of the END card or -1, whether a byte before it is not FITS header text)`` of a
+    chunk of whole 2880-byte header blocks (an END card: card-aligned ``END``, the rest of the
+    card blank as Python's ``str.strip`` sees latin-1 text)."""
+
+def header_mandatory(*, text: bytes, primary: bool) -> tuple[str | None, int, list[int], int, int, str | None] | None:
+    """``(XTENSION or None, BITPIX, [NAXIS1, ...], PCOUNT, GCOUNT, EXTNAME string or None)`` of a
+    header's cards when the mandatory ones are valid, in their standard places and read exactly
+    as the Python parser reads them (the first EXTNAME card, None when absent or not a string);
+    None when the Python reader must judge the header."""
 
 def header_values(*, text: str) -> tuple[dict[str, str | bool | int | float | None], list[str]]:
     """The values of the standard cards of a header's ``text`` (whole 80-character cards) in one

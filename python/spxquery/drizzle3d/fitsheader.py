@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 from . import _core
 
@@ -62,6 +62,7 @@ class Header:
         self._hier: Optional[Dict[str, List[int]]] = None
         self._lookups = 0
         self._has_hier = "HIERARCH" in text
+        self._upper: Optional[str] = None
         self._values: Optional[Dict[str, Any]] = None
         self._others: Optional[FrozenSet[str]] = None  # None: every keyword read by the parser here
 
@@ -125,9 +126,19 @@ class Header:
             if pos % CARD == 0:
                 out.append(pos // CARD)
             pos = text.find(probe, pos + 1)
-        if self._has_hier and key in self._hierarch():
+        if self._has_hier and self._may_be_hierarch(key) and key in self._hierarch():
             out = sorted(out + self._hierarch()[key])
         return out
+
+    def _may_be_hierarch(self, key: str) -> bool:
+        """False when no HIERARCH card can be named ``key`` (a HIERARCH keyword is the upper-cased
+        words of its card, so its name is in the upper-cased text): the cards of the few keywords
+        looked up by search are then not all scanned for HIERARCH names."""
+        if self._hier is not None:
+            return True
+        if self._upper is None:
+            self._upper = self._text.upper()
+        return key in self._upper
 
     def _read_values(self) -> Dict[str, Any]:
         """The one-pass values of the standard cards (empty, everything left to the parser here,
@@ -141,6 +152,12 @@ class Header:
             else:
                 self._values, self._others = {}, None
         return self._values
+
+    def read_all(self) -> "Header":
+        """Read the values of all standard cards now, in one pass (for a header many of whose
+        keywords will be asked for: no text searches for the first few); returns the header."""
+        self._read_values()
+        return self
 
     def _lookup(self, key: str) -> Any:
         """The value of ``key``, ``_MISSING`` when absent; :class:`HeaderError` when repeated or
@@ -262,6 +279,28 @@ class Header:
         if not math.isfinite(value):
             raise HeaderError(f"{self.where}: keyword {key} = {value} is not finite")
         return value
+
+    def get_floats(self, keys: Sequence[str], default: float) -> List[float]:
+        """``[get_float(key, default) for key in keys]`` (the same values and errors, in that order),
+        without a call per keyword for the common case: values read in one pass, finite reals."""
+        values = self._values
+        if values is None and self._lookups >= _SCANS_BEFORE_INDEX:
+            values = self._read_values()
+        others, hier = self._others, self._hier
+        if values is None or others is None:
+            return [self.get_float(key, default) for key in keys]
+        out = []
+        for key in keys:
+            value = values.get(key, _MISSING)
+            if hier is not None and key in hier:
+                out.append(self.get_float(key, default))
+            elif type(value) is float and _isfinite(value):
+                out.append(value)
+            elif value is _MISSING and key not in others:
+                out.append(default)
+            else:
+                out.append(self.get_float(key, default))
+        return out
 
     def get_str(self, key: str, default: Any = _MISSING) -> str:
         """A string keyword, without trailing blanks; :class:`HeaderError` when missing (no

@@ -5,6 +5,11 @@ headers: a few KB per HDU) and returns one :class:`Hdu` per extension: its EXTNA
 ``BITPIX``, shape, heap size, the byte offset and length of its data, and its
 :class:`~.fitsheader.Header` (keywords parsed on demand). The mandatory keywords are checked
 (FITS 4.0 section 4.4.1); a data part that would end beyond the file is a truncated file.
+The scan of each chunk of header blocks (END card, bytes that are not header text) and the
+mandatory keywords in their standard places are read by the Rust extension
+(``_core.header_end``, ``_core.header_mandatory``, ``rust/src/cards.rs``: one pass each, the
+same values); a header it does not read exactly as the Python reader (a keyword out of place,
+malformed or unusual values) is judged here, with the same messages.
 Budgets: at most :data:`MAX_HDUS` HDUs and :data:`MAX_HEADER_BLOCKS` blocks per header, so a
 hostile file costs a bounded amount of reading whatever it claims. Nothing here interprets
 pixel values.
@@ -15,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Tuple
 
+from . import _core
 from .access import AccessError, ByteSource
 from .fitsheader import BLOCK, CARD, Header, HeaderError, find_end
 
@@ -26,6 +32,8 @@ MAX_HEADER_BLOCKS = 1000
 HEADER_CHUNK_BLOCKS = 4
 _BITPIX = (8, 16, 32, 64, -32, -64)
 _PRINTABLE = bytes(range(32, 127))
+_HEADER_END = getattr(_core, "header_end", None)
+_MANDATORY = getattr(_core, "header_mandatory", None)
 
 
 class StructureError(ValueError):
@@ -62,9 +70,19 @@ class Hdu:
         return self.xtension == "BINTABLE" and self.header.get("ZIMAGE") is True
 
 
-def _read_header_text(src: ByteSource, offset: int, index: int) -> str:
-    """The cards of the header at ``offset``, up to (not including) its END card."""
-    parts: List[str] = []
+def _end_of(raw: bytes) -> Tuple[int, bool]:
+    """``(offset of the END card or -1, whether a byte before it is not header text)`` of a
+    chunk of whole header blocks."""
+    if _HEADER_END is not None:
+        return _HEADER_END(chunk=raw)
+    end = find_end(raw.decode("latin-1"))
+    return end, bool(raw[: end if end >= 0 else len(raw)].translate(None, _PRINTABLE))
+
+
+def _read_header_bytes(src: ByteSource, offset: int, index: int) -> bytes:
+    """The cards of the header at ``offset``, up to (not including) its END card (FITS header
+    text: ASCII 32-126)."""
+    parts: List[bytes] = []
     pos = offset
     blocks = 0
     while True:
@@ -78,15 +96,14 @@ def _read_header_text(src: ByteSource, offset: int, index: int) -> str:
             raise StructureError("not a FITS file (no SIMPLE card)")
         if not parts and index > 0 and not raw.startswith(b"XTENSION= "):
             raise StructureError(f"HDU {index} does not start with an XTENSION card (garbage after HDU {index - 1}?)")
-        chunk = raw.decode("latin-1")
-        end = find_end(chunk)
-        printable = raw[: end if end >= 0 else len(raw)].translate(None, _PRINTABLE)
-        if printable:
+        end, garbage = _end_of(raw)
+        if garbage:
             raise StructureError(f"header of HDU {index} has no END card before bytes that are not FITS header "
                                  "text (ASCII 32-126)")
-        parts.append(chunk)
         if end >= 0:
-            return "".join(parts[:-1]) + chunk[:end]
+            parts.append(raw[:end])
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.append(raw)
         blocks += n_blocks
         if blocks >= MAX_HEADER_BLOCKS:
             raise StructureError(f"header of HDU {index} has no END card within {MAX_HEADER_BLOCKS} blocks")
@@ -143,6 +160,17 @@ def _data_bytes(bitpix: int, shape: Tuple[int, ...], pcount: int, gcount: int, g
     return abs(bitpix) // 8 * gcount * (pcount + n)
 
 
+def _judged(header: Header, index: int) -> Tuple[str, int, Tuple[int, ...], int, int, Any]:
+    """:func:`_mandatory` and the first EXTNAME value by the Python parser (with its messages)."""
+    try:
+        xtension, bitpix, shape, pcount, gcount = _mandatory(header, index, index == 0)
+        card = header.find("EXTNAME")
+        name = header.value_at("EXTNAME", card) if card >= 0 else None
+    except HeaderError as exc:
+        raise StructureError(str(exc)) from None
+    return xtension, bitpix, shape, pcount, gcount, name
+
+
 def read_structure(src: ByteSource) -> List[Hdu]:
     """Every HDU of the file, in order. :class:`StructureError` for a broken structure (the
     reason names the HDU), :class:`~.access.AccessError` when bytes cannot be read."""
@@ -158,15 +186,17 @@ def read_structure(src: ByteSource) -> List[Hdu]:
             if src.read(offset, min(8, src.size - offset)).tobytes() == b"XTENSION"[: src.size - offset]:
                 raise StructureError(f"truncated file: the header of HDU {index} is cut short at byte {src.size}")
             break  # a few bytes after the last HDU that do not start one: ignored, as astropy does
-        text = _read_header_text(src, offset, index)
+        raw = _read_header_bytes(src, offset, index)
+        text = raw.decode("latin-1")
         where = "primary header" if index == 0 else f"header of HDU {index}"
         header = Header(text, where)
-        try:
-            xtension, bitpix, shape, pcount, gcount = _mandatory(header, index, index == 0)
-            card = header.find("EXTNAME")
-            name = header.value_at("EXTNAME", card) if card >= 0 else None
-        except HeaderError as exc:
-            raise StructureError(str(exc)) from None
+        fast = None if _MANDATORY is None else _MANDATORY(text=raw, primary=index == 0)
+        if fast is not None:  # the mandatory cards read in one pass (the values _mandatory gives)
+            xtension, bitpix, dims, pcount, gcount, name = fast
+            xtension = "" if xtension is None else xtension.strip().upper()
+            shape = tuple(reversed(dims))
+        else:
+            xtension, bitpix, shape, pcount, gcount, name = _judged(header, index)
         name = name.strip().upper() if isinstance(name, str) else ("PRIMARY" if index == 0 else "")
         if name:
             header.where = f"{name} header"

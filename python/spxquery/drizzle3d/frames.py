@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, NamedTuple, Optional, Sequence, Tuple
@@ -36,7 +37,7 @@ from astropy.wcs import WCS
 from . import flags as _flags
 from . import zodi as _zodi
 from .access import AccessError, ByteSource, open_source
-from .fitsheader import Header, HeaderError
+from .fitsheader import CARD, Header, HeaderError
 from .fitsstructure import StructureError, read_structure
 from .fitstable import TableError
 from .footprint import DEFAULT_CROP_MARGIN, footprint_crop
@@ -224,13 +225,50 @@ def _mjd_span(header: Header) -> Tuple[float, float]:
     return value("MJD-BEG"), value("MJD-END")
 
 
-@functools.lru_cache(maxsize=8)
 def _band(detector: int) -> Tuple[float, float]:
     """The detector's band (um): the lowest and highest channel edges of the channel table."""
-    from .spectral import detector_spectral_table
+    from .spectral import channel_band
 
-    t = detector_spectral_table(detector)
-    return float(t["WL_MIN"].min()), float(t["WL_MAX"].max())
+    return channel_band(detector)
+
+
+#: Cards that can define flag bits (``MP_<NAME>``, ``MSKN<bit>``, as standard or HIERARCH keywords).
+_FLAG_CARD_STARTS = ("HIERARCH ", "MP_", "MSKN")
+_FLAG_PREFIXES = ("MP_", "MSKN")
+
+
+def _well_formed(items: Tuple[Tuple[str, Any], ...]) -> bool:
+    """True when every flag keyword is a clean definition (``MP_<NAME>`` = a bit 0-31,
+    ``MSKN<bit>`` = a name): reading them logs no warning."""
+    for key, value in items:
+        if key.startswith("MP_"):
+            if len(key) == 3 or type(value) is not int or not 0 <= value <= 31:
+                return False
+        elif not (len(key) == 8 and key[4:].isdigit() and int(key[4:]) <= 31 and isinstance(value, str)
+                  and value.strip()):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=32)
+def _flag_items(cards: Tuple[str, ...]) -> Tuple[Tuple[Tuple[str, Any], ...], Optional[Dict[str, int]]]:
+    """The flag keywords of a FLAGS header made of ``cards`` alone (every card that can define one),
+    and their flag names -> bits when they are well formed (None: read them per frame, so that each
+    frame warns about its malformed ones)."""
+    items = tuple(Header("".join(cards), "FLAGS header").items(_FLAG_PREFIXES))
+    return items, (_flags.flag_bits_from_header(dict(items)) if _well_formed(items) else None)
+
+
+def _flag_bits(header: Header) -> Dict[str, int]:
+    """The flag names -> bits of a FLAGS header. Its flag keywords are read from the cards that can
+    define them (the same in every frame of a release), remembered by those cards' text; a header
+    with ``CONTINUE`` cards (long strings) is read whole."""
+    text = header._text
+    if "CONTINUE" in text:
+        return _flags.flag_bits_from_header(dict(header.items(_FLAG_PREFIXES)))
+    cards = (text[i:i + CARD] for i in range(0, len(text), CARD))
+    items, bits = _flag_items(tuple(c for c in cards if c.startswith(_FLAG_CARD_STARTS)))
+    return dict(bits) if bits is not None else _flags.flag_bits_from_header(dict(items))
 
 
 def _read_header(src: ByteSource, path: Any, detectors: Optional[Sequence[int]]) -> Frame:
@@ -239,12 +277,12 @@ def _read_header(src: ByteSource, path: Any, detectors: Optional[Sequence[int]])
         with stage("open"):
             layout = l2_layout(read_structure(src))
         with stage("headers"):
-            header = layout.hdus["IMAGE"].header
+            header = layout.hdus["IMAGE"].header.read_all()  # ~100 keywords asked for: one pass
             det = _parse_detector(header, path)
             if detectors is not None and det not in detectors:
                 expected = " or ".join(f"D{d}" for d in detectors)
                 raise FrameError(path, f"belongs to detector D{det}, expected {expected}")
-            bits = _flags.flag_bits_from_header(dict(layout.hdus["FLAGS"].header.items(("MP_", "MSKN"))))
+            bits = _flag_bits(layout.hdus["FLAGS"].header)
             offset = (1.0 - header.get_float("CRPIX1A"), 1.0 - header.get_float("CRPIX2A")) \
                 if "CRPIX1A" in header and "CRPIX2A" in header else (0.0, 0.0)
             obsid = str(header.get("OBSID", Path(path.name).stem))[:80]
@@ -294,21 +332,25 @@ def open_frame(path: Any, detector: Optional[int] = None) -> Frame:
 
 
 def _read_pixels(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int,
-                 with_zodi: bool) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+                 with_zodi: bool, out: Optional[Sequence[np.ndarray]] = None
+                 ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
     """(image, variance, zodi or None) of one block, float64 as the engine takes them
-    (read once in the engine's dtype: no per-strip conversion copy later)."""
+    (read once in the engine's dtype: no per-strip conversion copy later); into the arrays
+    ``out`` (image, variance, zodi) when given."""
+    o = out or (None, None, None)
     try:
-        image = read_image(src, layout.image, rows, x0, x1)
-        variance = read_image(src, layout.variance, rows, x0, x1)
-        zodi = read_image(src, layout.zodi, rows, x0, x1) if with_zodi else None
+        image = read_image(src, layout.image, rows, x0, x1, out=o[0])
+        variance = read_image(src, layout.variance, rows, x0, x1, out=o[1])
+        zodi = read_image(src, layout.zodi, rows, x0, x1, out=o[2]) if with_zodi else None
     except _READ_ERRORS as exc:
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
     return image, variance, zodi
 
 
-def _read_flags(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int) -> np.ndarray:
+def _read_flags(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
     try:
-        return read_flags(src, layout.flags, rows, x0, x1)
+        return read_flags(src, layout.flags, rows, x0, x1, out)
     except _READ_ERRORS as exc:
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
 
@@ -338,12 +380,29 @@ def _prefetch(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool, sam
         raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
 
 
+_scratch = threading.local()
+
+
+def _sample_buffers(shape: Tuple[int, int]) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """This thread's arrays for a sample of ``shape`` (image, variance, zodi: float64; flags:
+    uint32), reused from frame to frame: the sample is read into memory already mapped, not into
+    fresh pages (~2 MB a frame). Only the last shape's arrays are kept. A sample read into them
+    lives until the thread's next sample: :func:`prepare_frame` keeps nothing of it but copies."""
+    held = getattr(_scratch, "sample", None)
+    if held is None or held[0].shape != shape:
+        held = (np.empty(shape), np.empty(shape), np.empty(shape), np.empty(shape, dtype=np.uint32))
+        _scratch.sample = held
+    return held
+
+
 def _read_sample(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool) -> FrameSample:
-    """The frame's fixed sample (:mod:`.framesample`); FrameError when its verdict rejects it."""
+    """The frame's fixed sample (:mod:`.framesample`, in this thread's reused arrays: valid until
+    its next sample); FrameError when its verdict rejects it."""
     rows = sample_rows(layout.shape)
     nx = layout.shape[1]
-    image, variance, zodi = _read_pixels(src, layout, path, rows, 0, nx, with_zodi)
-    sample = FrameSample(rows, image, zodi, variance, _read_flags(src, layout, path, rows, 0, nx))
+    buffers = _sample_buffers((len(rows), nx))
+    image, variance, zodi = _read_pixels(src, layout, path, rows, 0, nx, with_zodi, buffers[:3])
+    sample = FrameSample(rows, image, zodi, variance, _read_flags(src, layout, path, rows, 0, nx, buffers[3]))
     reason = sample_verdict(sample)
     if reason:
         raise FrameError(path, reason)
@@ -351,9 +410,10 @@ def _read_sample(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool) 
 
 
 def _crop_of(a: np.ndarray, crop: Tuple[int, int, int, int]) -> np.ndarray:
-    """The crop ``(x0, x1, y0, y1)`` of a whole-frame array, as a new contiguous array."""
+    """The crop ``(x0, x1, y0, y1)`` of a whole-frame array, as a new contiguous array (always a
+    copy: the sample's arrays are reused)."""
     x0, x1, y0, y1 = crop
-    return np.ascontiguousarray(a[y0:y1, x0:x1])
+    return np.array(a[y0:y1, x0:x1], order="C", copy=True)
 
 
 def prepare_frame(

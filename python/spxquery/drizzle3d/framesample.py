@@ -41,12 +41,19 @@ class FrameSample(NamedTuple):
     flags: np.ndarray
 
 
+def _finite_positive(values: np.ndarray) -> bool:
+    """Whether any value is finite and positive: looked for in the first sampled row, then
+    everywhere (a frame that passes is told by its first row, at a small part of the cost)."""
+    with np.errstate(invalid="ignore"):
+        first = values[:1]
+        return bool(np.any((first > 0) & (first < np.inf)) or np.any((values > 0) & (values < np.inf)))
+
+
 def _never(values: np.ndarray, name: str) -> Optional[str]:
     """Why a sampled float array cannot be the frame's IMAGE/ZODI: no finite value, all zero,
     no positive value."""
-    with np.errstate(invalid="ignore"):
-        if np.any((values > 0) & (values < np.inf)):  # a finite positive value: none of the reasons below
-            return None
+    if _finite_positive(values):  # a finite positive value: none of the reasons below
+        return None
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return f"{name} has no finite pixel ({values.size} sampled)"
@@ -63,9 +70,8 @@ def sample_verdict(sample: FrameSample) -> Optional[str]:
     if reason:
         return reason
     var = sample.variance
-    with np.errstate(invalid="ignore"):
-        if not np.any(var > 0) or not np.any(np.isfinite(var) & (var > 0)):
-            return f"VARIANCE has no finite positive value ({var.size} pixels sampled)"
+    if not _finite_positive(var):
+        return f"VARIANCE has no finite positive value ({var.size} pixels sampled)"
     if sample.zodi is not None:
         return _never(sample.zodi, "ZODI")
     return None

@@ -76,7 +76,30 @@ def _matrix(header: Header) -> Tuple[np.ndarray, Optional[np.ndarray], Optional[
     return eff, None, None, crota
 
 
+#: Relative margin from the limits within which the closed-form singular values decide alone.
+_CLEAR = 1e-9
+
+
+def _clearly_usable(m: np.ndarray) -> bool:
+    """True when the 2x2 matrix passes :func:`_check_matrix` by a margin of :data:`_CLEAR` (relative)
+    judged on its singular values in closed form (``Q + R``, ``|Q - R|``, ``Q``, ``R`` the norms of
+    its conformal and anti-conformal parts), which agree with ``numpy.linalg.svd`` to within
+    rounding (~1e-16): the verdict is the SVD's, without a LAPACK call (its first use in a process
+    cost milliseconds on the first frame). False: let the SVD judge (and word the reason)."""
+    a, b, c, d = (float(v) for v in m.ravel())
+    q = math.hypot((a + d) / 2, (c - b) / 2)
+    r = math.hypot((a - d) / 2, (c + b) / 2)
+    s0, s1 = q + r, abs(q - r)
+    if not (math.isfinite(s0) and s1 > 0.0):
+        return False
+    scale = math.sqrt(s0 * s1)
+    return (MIN_SCALE_DEG * (1 + _CLEAR) <= scale <= MAX_SCALE_DEG * (1 - _CLEAR)
+            and s0 / s1 <= MAX_SKEW * (1 - _CLEAR))
+
+
 def _check_matrix(cd: np.ndarray) -> None:
+    if _clearly_usable(cd):
+        return
     sv = np.linalg.svd(cd, compute_uv=False)
     if not np.all(np.isfinite(sv)) or sv[-1] <= 0.0:
         raise WcsError(f"the pixel-to-sky matrix {cd.ravel().tolist()} is singular")
@@ -100,9 +123,10 @@ def _sip_matrix(header: Header, prefix: str, required: bool) -> Optional[np.ndar
     if not 0 <= order <= MAX_SIP_ORDER:
         raise WcsError(f"{key} = {order} is outside 0-{MAX_SIP_ORDER}")
     m = np.zeros((order + 1, order + 1))
-    for i in range(order + 1):
-        for j in range(order + 1 - i):
-            m[i, j] = header.get_float(f"{prefix}_{i}_{j}", 0.0)
+    where = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+    values = header.get_floats([f"{prefix}_{i}_{j}" for i, j in where], 0.0)
+    for (i, j), v in zip(where, values):
+        m[i, j] = v
     return m
 
 

@@ -59,15 +59,17 @@ _BITPIX = {">f4": -32, ">f8": -64, ">u1": 8, ">i2": 16, ">i4": 32, ">i8": 64}
 _PREAD = getattr(_core, "read_plain_rows", None)  # POSIX only
 
 
-def _pread_rows(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int) -> Optional[np.ndarray]:
+def _pread_rows(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int,
+                out: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
     """``[rows, x0:x1]`` of a plain image of a local file by the Rust reader: float64 for a
-    float image, uint32 (``bzero`` applied) for an integer one; None for other sources."""
+    float image, uint32 (``bzero`` applied) for an integer one (into ``out`` when given); None
+    for other sources."""
     if _PREAD is None or not isinstance(src, LocalFile) or len(rows) == 0 or part.dtype not in _BITPIX:
         return None
     try:
         return _PREAD(fd=src.fileno(), size=src.size, name=part.name, offset=part.offset, ny=part.shape[0],
                       nx=part.shape[1], bitpix=_BITPIX[part.dtype], bzero=part.bzero, start=rows.start,
-                      step=rows.step, count=len(rows), x0=x0, x1=x1)
+                      step=rows.step, count=len(rows), x0=x0, x1=x1, out=out)
     except ValueError as exc:
         raise PixelError(str(exc)) from None
 
@@ -79,11 +81,12 @@ def _check_box(part: FlagsPart, rows: range, x0: int, x1: int) -> None:
 
 
 def read_image(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int,
-               dtype: type = np.float64) -> np.ndarray:
-    """Pixels ``[rows, x0:x1]`` of a plain image as ``dtype``, shape ``(len(rows), x1 - x0)``."""
+               dtype: type = np.float64, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Pixels ``[rows, x0:x1]`` of a plain image as ``dtype``, shape ``(len(rows), x1 - x0)``;
+    written into ``out`` (C-contiguous, that shape and dtype) when given, and that returned."""
     _check_box(part, rows, x0, x1)
     if dtype is np.float64 and part.dtype[1] == "f":
-        fast = _pread_rows(src, part, rows, x0, x1)
+        fast = _pread_rows(src, part, rows, x0, x1, out)
         if fast is not None:
             return fast
     raw = _row_bytes(src, part, rows, x0, x1)
@@ -91,7 +94,10 @@ def read_image(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int,
         view = raw.view(part.dtype)[:, x0:x1]
     else:
         view = raw.view(part.dtype)
-    return view.astype(dtype)
+    if out is None:
+        return view.astype(dtype)
+    out[...] = view
+    return out
 
 
 def _as_flags(values: np.ndarray, bzero: int) -> np.ndarray:
@@ -101,13 +107,15 @@ def _as_flags(values: np.ndarray, bzero: int) -> np.ndarray:
     return (values.astype(np.int64) + np.int64(bzero)).astype(np.uint32)
 
 
-def read_flags(src: ByteSource, part: FlagsPart, rows: range, x0: int, x1: int) -> np.ndarray:
-    """FLAGS ``[rows, x0:x1]`` as native uint32, from a plain or a tile-compressed image."""
+def read_flags(src: ByteSource, part: FlagsPart, rows: range, x0: int, x1: int,
+               out: Optional[np.ndarray] = None) -> np.ndarray:
+    """FLAGS ``[rows, x0:x1]`` as native uint32, from a plain or a tile-compressed image; a plain
+    image's read from a local file goes into ``out`` when given (C-contiguous uint32)."""
     _check_box(part, rows, x0, x1)
     if len(rows) == 0:
         return np.empty((0, x1 - x0), dtype=np.uint32)
     if isinstance(part, PlainImage):
-        fast = _pread_rows(src, part, rows, x0, x1) if part.dtype[1] in "iu" else None
+        fast = _pread_rows(src, part, rows, x0, x1, out) if part.dtype[1] in "iu" else None
         if fast is not None:
             return fast
         raw = _row_bytes(src, part, rows, x0, x1)

@@ -217,6 +217,19 @@ def detector_spectral_table(detector: int) -> pd.DataFrame:
     return sub.copy()
 
 
+@functools.lru_cache(maxsize=8)
+def channel_band(detector: int) -> Tuple[float, float]:
+    """The detector's band (um): the lowest WL_MIN and the highest WL_MAX of its channels (the
+    values of :func:`detector_spectral_table`, read from the table's columns without pandas
+    operations: a frame reader's first frame does not pay for their first use)."""
+    det = _check_detector(detector)
+    full = _read_spectral_table()
+    mine = full["DETECTOR"].to_numpy() == det
+    if not mine.any():
+        raise ValueError(f"No spectral channels for detector {det} in {SPECTRAL_CHANNELS_FILE}")
+    return float(full["WL_MIN"].to_numpy()[mine].min()), float(full["WL_MAX"].to_numpy()[mine].max())
+
+
 # ── Grid builders ────────────────────────────────────────────────────────────
 
 
@@ -467,6 +480,7 @@ __all__ = [
     "load_spectral_table",
     "load_channel_map",
     "detector_spectral_table",
+    "channel_band",
     "validate_lambda_edges",
     "oversampled_n_bins",
     "build_z_grid_native",

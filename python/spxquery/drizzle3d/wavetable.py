@@ -4,12 +4,19 @@ Every pixel of a SPHEREx detector has its own central wavelength and bandwidth (
 a coarse table of control points interpolated bilinearly (FITS ``WAVE-TAB``). Pixel positions
 are 0-based in the file's pixel grid; for IRSA cutouts the table's CRPIX/CRVAL map them onto
 the parent detector, so a cutout's wavelengths equal its parent frame's.
+
+The table is the same calibration product in every frame of a detector: its arrays (and the
+verdicts of :func:`check_wave_table` on them) are remembered by the exact bytes of the table
+(header cards and data part, when at most :data:`MEMO_TABLE_BYTES`), so a frame whose table
+equals one read before is not parsed or checked again. The arrays are read-only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Mapping, Tuple
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -21,6 +28,10 @@ from .fitstable import Column, TableError, cell_values, descriptors, element_byt
 
 #: Default name of the wavelength lookup table extension.
 WAVE_EXTNAME = "WCS-WAVE"
+#: Tables whose data part is at most this many bytes are remembered by their bytes (SPHEREx: ~1 KB).
+MEMO_TABLE_BYTES = 1 << 16
+#: Distinct tables remembered (one per detector and release is the common case).
+MEMO_TABLES = 16
 
 
 @dataclass
@@ -35,6 +46,9 @@ class WaveTable:
     crpix: Tuple[float, float]
     crval: Tuple[float, float]
     cdelt: Tuple[float, float]
+    verdicts: Optional[Dict[Any, Optional[str]]] = field(default=None, repr=False, compare=False)
+    """:func:`check_wave_table`'s reasons by its arguments, shared by the frames of one remembered
+    table (None: not remembered)."""
 
     def evaluate_crop(self, x0: int, x1: int, y0: int, y1: int) -> Tuple[np.ndarray, np.ndarray]:
         """(lambda_c, delta_lambda) (um) on the pixel centres of rows y0:y1, columns x0:x1.
@@ -135,6 +149,22 @@ def _column(src: ByteSource, tab: Hdu, cols: Mapping[str, Column], name: str, ro
 def check_wave_table(wave: "WaveTable", shape: Tuple[int, int], band: Tuple[float, float]) -> None:
     """ValueError unless the lookup is finite, positive, inside ``band`` (um, widened by
     :data:`BAND_TOLERANCE`) and covers the image's pixels (``shape = (ny, nx)``)."""
+    if wave.verdicts is None:
+        _check(wave, shape, band)
+        return
+    key = (tuple(shape), tuple(band), wave.crpix, wave.crval, wave.cdelt)
+    if key not in wave.verdicts:
+        try:
+            _check(wave, shape, band)
+            wave.verdicts[key] = None
+        except ValueError as exc:
+            wave.verdicts[key] = str(exc)
+    reason = wave.verdicts[key]
+    if reason is not None:
+        raise ValueError(reason)
+
+
+def _check(wave: "WaveTable", shape: Tuple[int, int], band: Tuple[float, float]) -> None:
     lo, hi = band
     tol = BAND_TOLERANCE * (hi - lo)
     lam, bw = wave.values[..., 0], wave.values[..., 1]
@@ -173,6 +203,36 @@ def read_wave_table(src: ByteSource, hdus: Mapping[str, Hdu], header: Header) ->
     for i, d in enumerate(cdelt):
         if d == 0.0:
             raise ValueError(f"CDELT{i + 1}W = 0: every pixel would get the same wavelength")
+    tab = hdus.get(extname)
+    key = None
+    if tab is not None and tab.xtension == "BINTABLE" and 0 < tab.data_bytes <= MEMO_TABLE_BYTES:
+        key = (tab.header._text, tab.shape, tab.pcount, src.read(tab.data_offset, tab.data_bytes).tobytes(),
+               vcol, xcol, ycol)
+        with _MEMO_LOCK:
+            hit = _MEMO.get(key)
+        if hit is not None:
+            return WaveTable(x=hit[0], y=hit[1], values=hit[2], crpix=crpix, crval=crval, cdelt=cdelt,
+                             verdicts=hit[3])
+    x, y, values = _table_arrays(src, hdus, extname, vcol, xcol, ycol)
+    verdicts: Optional[Dict[Any, Optional[str]]] = None
+    if key is not None:
+        for a in (x, y, values):
+            a.setflags(write=False)
+        verdicts = {}
+        with _MEMO_LOCK:
+            _MEMO[key] = (x, y, values, verdicts)
+            while len(_MEMO) > MEMO_TABLES:
+                _MEMO.popitem(last=False)
+    return WaveTable(x=x, y=y, values=values, crpix=crpix, crval=crval, cdelt=cdelt, verdicts=verdicts)
+
+
+_MEMO: "OrderedDict[Any, Tuple[np.ndarray, np.ndarray, np.ndarray, Dict[Any, Optional[str]]]]" = OrderedDict()
+_MEMO_LOCK = threading.Lock()
+
+
+def _table_arrays(src: ByteSource, hdus: Mapping[str, Hdu], extname: str, vcol: str, xcol: str,
+                  ycol: str) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(X, Y, VALUES (nY, nX, 2))`` of the table, checked (ValueError with the reason)."""
     try:
         tab, cols, row = _table_row(src, hdus, extname)
         x = _column(src, tab, cols, xcol, row)
@@ -189,7 +249,7 @@ def read_wave_table(src: ByteSource, hdus: Mapping[str, Hdu], header: Header) ->
         raise ValueError(f"{extname} control points {xcol}/{ycol} are not monotonic")
     if np.count_nonzero(np.diff(x) > 0) < 1 or np.count_nonzero(np.diff(y) > 0) < 1:
         raise ValueError(f"{extname} control points {xcol}/{ycol} need two distinct values each")
-    return WaveTable(x=x, y=y, values=values, crpix=crpix, crval=crval, cdelt=cdelt)
+    return x, y, values
 
 
-__all__ = ["WaveTable", "read_wave_table", "check_wave_table", "WAVE_EXTNAME", "BAND_TOLERANCE"]
+__all__ = ["WaveTable", "read_wave_table", "check_wave_table", "WAVE_EXTNAME", "BAND_TOLERANCE", "MEMO_TABLE_BYTES"]
