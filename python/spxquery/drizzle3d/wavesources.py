@@ -105,7 +105,10 @@ class WaveSources:
     def attach(self, frame: Any) -> Any:
         """``frame`` (a :class:`.frames.Frame`) with the product's wavelengths when its choice
         is a product that fits it, else unchanged (the L2 lookup); a refusal is kept in
-        :attr:`refused`. Thread-safe (frames are read on a reader thread)."""
+        :attr:`refused`. Thread-safe (frames are read on a reader thread). Without an opened
+        product (the lookup for every frame) nothing is looked up per frame."""
+        if not self.maps:
+            return frame
         choice = self.choice(frame.detector, frame.path)
         maps = self.maps.get(choice.product) if choice.product is not None else None
         if maps is None:
