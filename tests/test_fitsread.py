@@ -229,6 +229,33 @@ def test_hierarch_names_are_found_by_the_first_searches():
         _header("BSCALE  = 1.0", "HIERARCH BSCALE = 2.5").get("BSCALE")
 
 
+def _cards_by_search(text, prefix):
+    """The card-aligned occurrences of ``prefix``, found by ``str.find`` one by one (the reference)."""
+    out, pos = [], text.find(prefix)
+    while pos >= 0:
+        if pos % 80 == 0:
+            out.append(pos // 80)
+        pos = text.find(prefix, pos + 1)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(alphabet="AB= H", max_size=12), max_size=12), st.text(alphabet="AB= ", min_size=1, max_size=10),
+       st.integers(0, 79))
+def test_cards_starting_equals_a_search_of_every_occurrence(pieces, prefix, shift):
+    """Property: the cards found by ``_cards_starting`` (a regex over the text) are exactly those whose
+    text starts with the prefix, also for prefixes whose matches overlap (``'A=A='``, ``'= = '``) and
+    occurrences straddling cards."""
+    from spxquery.drizzle3d.fitsheader import _cards_starting
+
+    body = (" " * shift + "".join(p.ljust(13, " ") for p in pieces) + prefix * 3)
+    text = body.ljust(-(-len(body) // 80) * 80 + 80)
+    assert _cards_starting(text, prefix) == _cards_by_search(text, prefix)
+    for probe in (f"{'A=':<8}= ", "HIERARCH ", prefix):
+        cards = "".join(f"{probe + 'x':<80}" if i % 3 else f"{' ' * (i % 9) + probe:<80}" for i in range(7))
+        assert _cards_starting(cards, probe) == _cards_by_search(cards, probe)
+
+
 _mandatory_cards = st.lists(st.one_of(
     st.sampled_from(["SIMPLE  =                    T", "SIMPLE  = F", "XTENSION= 'IMAGE   '",
                      "XTENSION= 'BINTABLE' / t", "XTENSION= 5", "BITPIX  =                  -32", "BITPIX  = 16",
