@@ -79,6 +79,8 @@ def test_same_transforms_as_astropy(kind):
     w = celestial_wcs(_ours(h), shape)
     _same_transforms(w, _reference(h), shape)
     assert w.sip is not None and w.pixel_shape == (shape[1], shape[0])
+    # CUNIT is left blank for wcsset() to fill: the wcsprm says degrees, as astropy's does
+    assert [str(u) for u in w.wcs.cunit] == [str(u) for u in _reference(h).wcs.cunit] == ["deg", "deg"]
 
 
 @settings(max_examples=15, deadline=None)

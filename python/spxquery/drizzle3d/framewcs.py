@@ -122,12 +122,19 @@ def _sip_matrix(header: Header, prefix: str, required: bool) -> Optional[np.ndar
     order = header.get_int(key)
     if not 0 <= order <= MAX_SIP_ORDER:
         raise WcsError(f"{key} = {order} is outside 0-{MAX_SIP_ORDER}")
+    keys, rows, cols = _sip_terms(prefix, order)
     m = np.zeros((order + 1, order + 1))
-    where = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
-    values = header.get_floats([f"{prefix}_{i}_{j}" for i, j in where], 0.0)
-    for (i, j), v in zip(where, values):
-        m[i, j] = v
+    m[rows, cols] = header.get_floats(keys, 0.0)
     return m
+
+
+@functools.lru_cache(maxsize=64)
+def _sip_terms(prefix: str, order: int) -> Tuple[Tuple[str, ...], np.ndarray, np.ndarray]:
+    """The keywords ``prefix_i_j`` (i + j <= order) and their rows ``i`` and columns ``j``."""
+    where = [(i, j) for i in range(order + 1) for j in range(order + 1 - i)]
+    rows, cols = (np.array(v, dtype=np.intp) for v in zip(*where))
+    rows.flags.writeable = cols.flags.writeable = False
+    return tuple(f"{prefix}_{i}_{j}" for i, j in where), rows, cols
 
 
 def _powers(u: np.ndarray, n: int) -> np.ndarray:
@@ -244,7 +251,8 @@ def celestial_wcs(header: Header, shape: Tuple[int, int]) -> WCS:
             w.wcs.pc = pc
         elif crota:
             w.wcs.crota = [0.0, crota]
-    w.wcs.cunit = ["deg", "deg"]
+    # CUNIT stays blank: wcsset() makes it "deg" for celestial axes (the same wcsprm as setting
+    # "deg" here, without astropy parsing and printing the unit twice a frame).
     if radesys in ("ICRS", "FK5", "FK4", "FK4-NO-E", "GAPPT"):
         w.wcs.radesys = radesys
     if equinox is not None:
