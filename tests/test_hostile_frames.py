@@ -185,6 +185,10 @@ CASES: Dict[str, Tuple[Callable[[Path, Path], None], str]] = {
     "image_3d": (_with_hdul(_data("IMAGE", lambda a: np.stack([a, a]))), "IMAGE is 3-D"),
     "image_integer": (_with_hdul(_data("IMAGE", lambda a: a.astype(np.int16))), "IMAGE has BITPIX = 16"),
     "image_scaled": (_cards("IMAGE", BSCALE="2.0"), "scaled"),
+    # BSCALE/BZERO are first looked for in one search of the header text: any spelling is found
+    "variance_offset": (_cards("VARIANCE", BZERO="1.0"), "VARIANCE is scaled"),
+    "image_scaled_by_hierarch": (_cards("IMAGE", **{"HIERARCH bscale": "2.0"}), "IMAGE is scaled"),
+    "flags_offset_by_hierarch": (_cards("FLAGS", **{"HIERARCH Bzero": "5"}), "FLAGS is scaled"),
     "variance_other_shape": (_with_hdul(_data("VARIANCE", lambda a: a[:-3])), "VARIANCE has shape"),
     "flags_float_with_nan": (_with_hdul(_float_flags_with_nan), "FLAGS are integers"),
     "flags_compressed_float": (_with_hdul(_replace("FLAGS", lambda h: fits.CompImageHDU(

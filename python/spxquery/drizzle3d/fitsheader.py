@@ -169,6 +169,20 @@ class Header:
             raise HeaderError(f"{self.where}: keyword {key} appears {len(where)} times")
         return self._parse(key, where[0])
 
+    def lacks(self, keys: Tuple[str, ...]) -> bool:
+        """True when none of the standard (upper-case) keywords ``keys`` is in the header, neither
+        as a card nor as a HIERARCH name: none of them occurs in its text (upper-cased when it has
+        HIERARCH cards, whose names are upper-cased words), one search for all. False: look them
+        up (e.g. ``BSCALE``/``BZERO``, absent from nearly every header, cost no lookup each)."""
+        text = self._text
+        if self._has_hier:
+            if not text.isascii():
+                return False
+            if self._upper is None:
+                self._upper = text.upper()
+            text = self._upper
+        return _any_of(keys).search(text) is None
+
     def find(self, key: str) -> int:
         """Card number of the first card of keyword ``key``, or -1."""
         where = self._positions(key)
@@ -324,6 +338,12 @@ def _prefix_search(prefix: str) -> Tuple["re.Pattern[str]", bool]:
     hide one."""
     overlaps = any(prefix.startswith(prefix[i:]) for i in range(1, len(prefix)))
     return re.compile(re.escape(prefix)), overlaps
+
+
+@functools.lru_cache(maxsize=64)
+def _any_of(keys: Tuple[str, ...]) -> "re.Pattern[str]":
+    """A search for any of the literal ``keys``."""
+    return re.compile("|".join(re.escape(k) for k in keys))
 
 
 def _cards_starting(text: str, prefix: str) -> List[int]:

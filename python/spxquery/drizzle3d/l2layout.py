@@ -97,6 +97,8 @@ class L2Layout:
 
 def _scaling(hdu: Hdu) -> Tuple[float, float]:
     h = hdu.header
+    if h.lacks(("BSCALE", "BZERO")):  # the common case: one search of the header for both
+        return 1.0, 0.0
     return h.get_float("BSCALE", 1.0), h.get_float("BZERO", 0.0)
 
 
