@@ -179,6 +179,25 @@ def _separable_numpy(wave, x0, x1, y0, y1):
     return out
 
 
+@pytest.mark.parametrize("dtype", ["<f8", ">f8", "<f4"])
+def test_cell_index_equals_the_direct_search(dtype):
+    """_cell_index (the knots' cells remembered per distinct axis) gives the direct search's cells and
+    fractions bit for bit: repeated knots skipped, ends extrapolated, any knot dtype."""
+    from spxquery.drizzle3d.wavetable import _cell_index
+
+    rng = np.random.default_rng(11)
+    for trial in range(20):
+        knots = np.sort(np.concatenate([rng.uniform(0, 50, 8), rng.choice([5.0, 30.0], trial % 3)])).astype(dtype)
+        psi = rng.uniform(-5, 55, 300)
+        good = np.flatnonzero(np.diff(knots) > 0)
+        j = np.clip(np.searchsorted(knots[good], psi, side="left") - 1, 0, good.size - 1)
+        i = good[j]
+        want = (psi - knots[i]) / (knots[i + 1] - knots[i])
+        for _ in range(2):  # computed, then remembered
+            got_i, got_f = _cell_index(psi, knots)
+            assert np.array_equal(got_i, i) and got_f.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("which", ["qr2", "cutout"])
 def test_wavelength_lookup_bit_identical_to_numpy_form(files, which):
     """_core.wave_lookup (Rust) gives the numpy separable interpolation's numbers bit for bit, on a

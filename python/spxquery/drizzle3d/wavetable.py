@@ -13,6 +13,7 @@ equals one read before is not parsed or checked again. The arrays are read-only.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -77,12 +78,22 @@ def _cell_index(psi: np.ndarray, knots: np.ndarray) -> Tuple[np.ndarray, np.ndar
     non-degenerate cell is extrapolated linearly (wcslib returns NaN there when the
     end cell is degenerate; pixel centres never fall there).
     """
-    good = np.flatnonzero(np.diff(knots) > 0)
-    starts = knots[good]
+    good, starts, widths = _cells(knots.dtype.str, knots.tobytes())
     j = np.clip(np.searchsorted(starts, psi, side="left") - 1, 0, good.size - 1)
-    i = good[j]
-    f = (psi - knots[i]) / (knots[i + 1] - knots[i])
-    return i, f
+    return good[j], (psi - starts[j]) / widths[j]
+
+
+@functools.lru_cache(maxsize=64)
+def _cells(dtype: str, raw: bytes) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-degenerate cells of the knots ``raw`` (bytes of a 1-D array of ``dtype``): their
+    indices ``i``, ``knots[i]`` and ``knots[i + 1] - knots[i]`` (in the knots' dtype), once per
+    distinct table axis (every frame of a release shares its table)."""
+    knots = np.frombuffer(raw, dtype=dtype)
+    good = np.flatnonzero(np.diff(knots) > 0)
+    out = (good, knots[good], knots[good + 1] - knots[good])
+    for a in out:
+        a.setflags(write=False)
+    return out
 
 
 #: Tolerance on the table's wavelengths beyond the detector's band, as a fraction of the band.
