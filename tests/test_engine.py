@@ -492,6 +492,19 @@ def test_corner_map_matches_full_astropy_evaluation_with_sip():
         assert err < 1e-3, f"crop {(x0, y0, nx, ny)}: max error {err:.2e} output pixel"
 
 
+def test_corner_map_beyond_the_projection_evaluates_every_corner():
+    """A crop reaching past 90 deg from the output's TAN centre (non-finite coarse nodes) gets every
+    corner exactly: the same numbers as step=1, NaN where the projection has none."""
+    inp, out = WCS(naxis=2), WCS(naxis=2)
+    for w, cdelt in ((inp, 1.0), (out, 0.5)):
+        w.wcs.ctype = ["RA---CAR", "DEC--CAR"] if w is inp else ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval, w.wcs.crpix, w.wcs.cdelt = [0.0, 0.0], [1.0, 1.0], [-cdelt, cdelt]
+    cx, cy = corner_map(inp, out, 60, -20, 50, 40)
+    ex, ey = corner_map(inp, out, 60, -20, 50, 40, step=1)
+    assert not np.isfinite(ex).all() and np.isfinite(ex).any()
+    assert np.array_equal(cx, ex, equal_nan=True) and np.array_equal(cy, ey, equal_nan=True)
+
+
 def test_compute_spatial_mapping_0_4_1_signature():
     inp = WCS(naxis=2)
     inp.wcs.ctype = ["RA---TAN", "DEC--TAN"]

@@ -35,15 +35,20 @@ def transform_pixels(input_wcs: WCS, output_wcs: WCS, x: np.ndarray, y: np.ndarr
     builds inside); an output WCS without distortion maps sky to pixels by ``wcs_world2pix``,
     which is what ``all_world2pix`` returns for it: the same values, bit for bit."""
     x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
-    out_wcs = celestial(output_wcs)
     if x.size == 0:
         return np.array(x), np.array(y)
-    world = celestial(input_wcs).all_pix2world(np.column_stack([x.ravel(), y.ravel()]), 0)
-    if out_wcs.has_distortion:
-        pix = out_wcs.all_world2pix(world, 0)
-    else:
-        pix = out_wcs.wcs_world2pix(world, 0)
+    pix = _transform_points(input_wcs, output_wcs, np.column_stack([x.ravel(), y.ravel()]))
     return pix[:, 0].reshape(x.shape), pix[:, 1].reshape(x.shape)
+
+
+def _transform_points(input_wcs: WCS, output_wcs: WCS, xy: np.ndarray) -> np.ndarray:
+    """Output pixel positions ``(N, 2)`` of the input pixel positions ``xy`` ``(N, 2)`` (0-based):
+    :func:`transform_pixels` on points already in astropy's form."""
+    world = celestial(input_wcs).all_pix2world(xy, 0)
+    out_wcs = celestial(output_wcs)
+    if out_wcs.has_distortion:
+        return out_wcs.all_world2pix(world, 0)
+    return out_wcs.wcs_world2pix(world, 0)
 
 
 def corner_map(
@@ -76,14 +81,17 @@ def corner_map(
     kx = (nx + dx) // step + 4
     gy = (np.arange(ky) - 1.0) * step + (y0 - dy - 0.5)
     gx = (np.arange(kx) - 1.0) * step + (x0 - dx - 0.5)
-    xx, yy = np.meshgrid(gx, gy)
-    ox, oy = transform_pixels(input_wcs, output_wcs, xx, yy)
-    if not (np.all(np.isfinite(ox)) and np.all(np.isfinite(oy))):
+    xy = np.empty((ky, kx, 2))  # the coarse grid as astropy takes it: (x, y) rows, x fastest
+    xy[:, :, 0] = gx
+    xy[:, :, 1] = gy[:, None]
+    pix = _transform_points(input_wcs, output_wcs, xy.reshape(-1, 2))
+    if not np.isfinite(pix).all():
         # Far off the projection (e.g. beyond 90 deg from the output centre): exact, per corner.
         logger.debug("coarse corner grid has non-finite points; evaluating every corner exactly")
         return corner_map(input_wcs, output_wcs, x0, y0, nx, ny, step=1)
-    cx = _core.densify(coarse=np.ascontiguousarray(ox), step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
-    cy = _core.densify(coarse=np.ascontiguousarray(oy), step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
+    coarse_x, coarse_y = (np.ascontiguousarray(pix[:, k].reshape(ky, kx)) for k in (0, 1))
+    cx = _core.densify(coarse=coarse_x, step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
+    cy = _core.densify(coarse=coarse_y, step=step, ny=ny + 1 + dy, nx=nx + 1 + dx)
     return cx[dy:, dx:], cy[dy:, dx:]
 
 
