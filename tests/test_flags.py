@@ -162,3 +162,39 @@ def test_describe_bits():
     # exclude_bitmask and describe_bits agree
     names = ["PERSIST", "NONLINEAR", "STREAK"]
     assert describe_bits(exclude_bitmask(names)) == ["NONLINEAR", "PERSIST", "STREAK"]
+
+
+def test_exclude_bits_remembered_per_run_equal_exclude_bitmask():
+    """The frames' exclude mask, remembered per (specifications, flag names), is exclude_bitmask's,
+    and a specification it refuses is refused every time (True is not bit 1)."""
+    from spxquery.drizzle3d.flags import exclude_bitmask
+    from spxquery.drizzle3d.frames import _exclude_bits
+
+    bits = {"HOT": 3, "COLD": 4, "SOURCE": 21, "NONFUNC": 9}
+    for specs in (None, [], ["HOT"], ["hot", 21], ("SOURCE", "C*"), [np.int64(9)], [1, "HOT"]):
+        for _ in range(2):
+            assert _exclude_bits(specs, bits) == exclude_bitmask(specs or [], bits)
+    assert _exclude_bits([1], bits) == 2
+    for bad in ([True], ["NOPE"], [[1]]):
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                _exclude_bits(bad, bits)
+
+
+def test_flag_cards_found_by_search_equal_the_whole_header_read():
+    """_flag_bits finds the flag cards by a search of the text (card-aligned HIERARCH / MP_ / MSKN):
+    the names -> bits of reading every card, with look-alikes inside other cards ignored."""
+    from spxquery.drizzle3d.fitsheader import Header
+    from spxquery.drizzle3d.flags import flag_bits_from_header
+    from spxquery.drizzle3d.frames import _FLAG_PREFIXES, _flag_bits
+
+    cards = ["XTENSION= 'IMAGE   '", "MP_HOT  =                    3 / MP_COLD = 4 inside a comment",
+             "HIERARCH MP_TRANSIENT = 12", "COMMENT   HIERARCH MP_FAKE = 30 and MSKN5 = 'X'",
+             "MSKN0004= 'COLD    '", "OBJECT  = 'MP_X HIERARCH MP_Y'", "HIERARCH MP_SOURCE = 21 / MSKN0009",
+             "EXTNAME = 'FLAGS   '"]
+    text = "".join(f"{c:<80}" for c in cards)
+    want = flag_bits_from_header(dict(Header(text, "FLAGS header").items(_FLAG_PREFIXES)))
+    assert _flag_bits(Header(text, "FLAGS header")) == want
+    assert {k: want[k] for k in ("HOT", "TRANSIENT", "COLD", "SOURCE")} == {"HOT": 3, "TRANSIENT": 12, "COLD": 4,
+                                                                          "SOURCE": 21}
+    assert not {"FAKE", "X", "Y"} & set(want)

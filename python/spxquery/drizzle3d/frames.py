@@ -235,6 +235,9 @@ def _band(detector: int) -> Tuple[float, float]:
 #: Cards that can define flag bits (``MP_<NAME>``, ``MSKN<bit>``, as standard or HIERARCH keywords).
 _FLAG_CARD_STARTS = ("HIERARCH ", "MP_", "MSKN")
 _FLAG_PREFIXES = ("MP_", "MSKN")
+#: Where such a card can start (a match at a card's first column is one; none of the three can
+#: overlap another's match, so no card-aligned one is hidden).
+_FLAG_CARD_SEARCH = re.compile("|".join(re.escape(p) for p in _FLAG_CARD_STARTS))
 
 
 def _well_formed(items: Tuple[Tuple[str, Any], ...]) -> bool:
@@ -266,8 +269,8 @@ def _flag_bits(header: Header) -> Dict[str, int]:
     text = header._text
     if "CONTINUE" in text:
         return _flags.flag_bits_from_header(dict(header.items(_FLAG_PREFIXES)))
-    cards = (text[i:i + CARD] for i in range(0, len(text), CARD))
-    items, bits = _flag_items(tuple(c for c in cards if c.startswith(_FLAG_CARD_STARTS)))
+    cards = tuple(text[p:p + CARD] for p in (m.start() for m in _FLAG_CARD_SEARCH.finditer(text)) if p % CARD == 0)
+    items, bits = _flag_items(cards)
     return dict(bits) if bits is not None else _flags.flag_bits_from_header(dict(items))
 
 
@@ -409,6 +412,23 @@ def _read_sample(src: ByteSource, layout: L2Layout, path: Any, with_zodi: bool) 
     return sample
 
 
+def _exclude_bits(exclude_flags: Any, flag_bits: Dict[str, int]) -> int:
+    """:func:`.flags.exclude_bitmask` of the config's ``exclude_flags`` for a file's flag names,
+    remembered per (specifications, names -> bits): the frames of a run share both."""
+    specs = exclude_flags or []
+    try:
+        key = (tuple((type(s), s) for s in specs), tuple(flag_bits.items()))
+        hash(key)
+    except TypeError:  # specifications that cannot be remembered: resolved (and refused) here
+        return _flags.exclude_bitmask(specs, flag_bits)
+    return _exclude_bits_of(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _exclude_bits_of(key: Tuple[Tuple[Tuple[type, Any], ...], Tuple[Tuple[str, int], ...]]) -> int:
+    return _flags.exclude_bitmask([s for _, s in key[0]], dict(key[1]))
+
+
 def _crop_of(a: np.ndarray, crop: Tuple[int, int, int, int]) -> np.ndarray:
     """The crop ``(x0, x1, y0, y1)`` of a whole-frame array, as a new contiguous array (always a
     copy: the sample's arrays are reused)."""
@@ -464,7 +484,7 @@ def prepare_frame(
                                                                   sample.flags)
         zodi = _zodi.frame_scale(config, frame.flag_bits, fit_on, name=path.name)
     with stage("flags"):
-        bits = _flags.exclude_bitmask(config.exclude_flags or [], frame.flag_bits)
+        bits = _exclude_bits(config.exclude_flags, frame.flag_bits)
         exclude = (flags & np.uint32(bits)) != 0 if bits else None
     return replace(frame, grid=grid, crop=crop, flags=flags, exclude_mask=exclude, zodi=zodi,
                    strip_rows=max(1, int(strip_pixels) // max(1, x1 - x0)), _pixels=pixels)
