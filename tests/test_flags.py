@@ -188,7 +188,7 @@ def test_flag_cards_found_by_search_equal_the_whole_header_read():
     from spxquery.drizzle3d.flags import flag_bits_from_header
     from spxquery.drizzle3d.frames import _FLAG_PREFIXES, _flag_bits
 
-    cards = ["XTENSION= 'IMAGE   '", "MP_HOT  =                    3 / MP_COLD = 4 inside a comment",
+    cards = ["XTENSION= 'IMAGE   '", "MP_HOT  =                    3", "COMMENT   MP_WARM = 6", "",
              "HIERARCH MP_TRANSIENT = 12", "COMMENT   HIERARCH MP_FAKE = 30 and MSKN5 = 'X'",
              "MSKN0004= 'COLD    '", "OBJECT  = 'MP_X HIERARCH MP_Y'", "HIERARCH MP_SOURCE = 21 / MSKN0009",
              "EXTNAME = 'FLAGS   '"]
@@ -197,4 +197,4 @@ def test_flag_cards_found_by_search_equal_the_whole_header_read():
     assert _flag_bits(Header(text, "FLAGS header")) == want
     assert {k: want[k] for k in ("HOT", "TRANSIENT", "COLD", "SOURCE")} == {"HOT": 3, "TRANSIENT": 12, "COLD": 4,
                                                                           "SOURCE": 21}
-    assert not {"FAKE", "X", "Y"} & set(want)
+    assert not {"FAKE", "WARM", "X", "Y"} & set(want)
