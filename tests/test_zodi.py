@@ -135,6 +135,12 @@ def test_subtract_in_place():
     out = img.copy()
     NOT_SUBTRACTED.subtract(out, None)
     np.testing.assert_array_equal(out, img)
+    # consuming the ZODI array as the scratch: the same bits, the products left in it
+    kept, used = img.copy(), img.copy()
+    scratch = zodi.astype(np.float64)
+    ZodiScale(0.37, "sample").subtract(kept, zodi)
+    ZodiScale(0.37, "sample").subtract(used, scratch, consume=True)
+    assert kept.tobytes() == used.tobytes() and scratch.tobytes() == (0.37 * zodi).tobytes()
 
 
 def _numpy_sums(image, zodi, variance, flags, bad, source_bit):

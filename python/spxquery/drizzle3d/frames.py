@@ -155,7 +155,7 @@ class Frame:
                         image, variance, zodi = _read_pixels(src, self.layout, self.path, range(ya, yb), x0, x1,
                                                              self.zodi.scale is not None)
                 with stage("zodi"):
-                    self.zodi.subtract(image, zodi)
+                    self.zodi.subtract(image, zodi, consume=True)  # zodi is this strip's own array
                 del zodi
                 rows = slice(ya - y0, yb - y0)
                 with stage("wavelengths"):

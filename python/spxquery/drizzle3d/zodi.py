@@ -67,13 +67,18 @@ class ZodiScale:
         """True when the scale is a valid fit."""
         return self.source == "sample"
 
-    def subtract(self, image: np.ndarray, zodi: Optional[np.ndarray]) -> None:
-        """``image -= scale * zodi`` in place (nothing when the scale is None)."""
+    def subtract(self, image: np.ndarray, zodi: Optional[np.ndarray], consume: bool = False) -> None:
+        """``image -= scale * zodi`` in place (nothing when the scale is None). ``consume``: ``zodi``
+        (float64, not needed afterwards) holds ``scale * zodi`` instead of a temporary array (the
+        same products, bit for bit)."""
         if self.scale is None:
             return
         if zodi is None:
             raise ValueError(f"zodi scale {self.scale} ({self.source}) given without the ZODI pixels")
-        image -= self.scale * zodi
+        if consume and zodi.dtype == np.float64 and zodi.flags.writeable and zodi.shape == image.shape:
+            image -= np.multiply(zodi, self.scale, out=zodi)
+        else:
+            image -= self.scale * zodi
 
 
 NOT_SUBTRACTED = ZodiScale(None, "none")
