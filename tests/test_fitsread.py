@@ -29,11 +29,15 @@ def test_local_file_ranges(tmp_path):
         assert a.tolist() == [0, 1, 2, 3] and b.tolist() == [44, 45, 46]
         assert not a.flags.writeable
         assert src.read(10240, 0).size == 0
+        assert src.read_bytes(300, 3) == bytes([44, 45, 46]) == src.read(300, 3).tobytes()
+        assert src.read_bytes(10240, 0) == b""
         for bad in [(10238, 3), (-1, 2), (0, -1)]:
-            with pytest.raises(AccessError, match="asked for"):
-                src.read(*bad)
-    with pytest.raises(AccessError, match="after close"):
-        src.read(0, 1)
+            for read in (src.read, src.read_bytes):
+                with pytest.raises(AccessError, match="asked for"):
+                    read(*bad)
+    for read in (src.read, src.read_bytes):
+        with pytest.raises(AccessError, match="after close"):
+            read(0, 1)
     src.close()  # idempotent
 
 
@@ -45,6 +49,8 @@ def test_local_file_budget_and_expected_length(tmp_path, monkeypatch):
     monkeypatch.setattr("spxquery.drizzle3d.access.MAX_RANGE_BYTES", 1000)
     with LocalFile(p, expected_length=5000) as src, pytest.raises(AccessError, match="exceeds"):
         src.read(0, 2000)
+    with LocalFile(p) as src, pytest.raises(AccessError, match="exceeds"):
+        src.read_bytes(0, 2000)
     assert MAX_RANGE_BYTES >= 1 << 30
 
 
@@ -55,6 +61,8 @@ def test_local_file_truncated_while_open(tmp_path):
         os.truncate(p, 3000)
         with pytest.raises(AccessError, match="ended at byte 3000"):
             src.read(2000, 4000)
+        with pytest.raises(AccessError, match="ended at byte 3000 of 8000"):
+            src.read_bytes(2000, 4000)
 
 
 def test_local_file_refuses_what_is_not_a_regular_file(tmp_path):

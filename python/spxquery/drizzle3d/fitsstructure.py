@@ -91,7 +91,7 @@ def _read_header_bytes(src: ByteSource, offset: int, index: int) -> bytes:
         n_blocks = min(HEADER_CHUNK_BLOCKS, (src.size - pos) // BLOCK)
         if n_blocks == 0:
             raise StructureError(f"truncated file: header of HDU {index} ends in a partial 2880-byte block")
-        raw = src.read(pos, n_blocks * BLOCK).tobytes()
+        raw = src.read_bytes(pos, n_blocks * BLOCK)
         if not parts and index == 0 and not raw.startswith(b"SIMPLE  = "):
             raise StructureError("not a FITS file (no SIMPLE card)")
         if not parts and index > 0 and not raw.startswith(b"XTENSION= "):
@@ -183,7 +183,7 @@ def read_structure(src: ByteSource) -> List[Hdu]:
         if index >= MAX_HDUS:
             raise StructureError(f"more than {MAX_HDUS} HDUs")
         if src.size - offset < BLOCK:
-            if src.read(offset, min(8, src.size - offset)).tobytes() == b"XTENSION"[: src.size - offset]:
+            if src.read_bytes(offset, min(8, src.size - offset)) == b"XTENSION"[: src.size - offset]:
                 raise StructureError(f"truncated file: the header of HDU {index} is cut short at byte {src.size}")
             break  # a few bytes after the last HDU that do not start one: ignored, as astropy does
         raw = _read_header_bytes(src, offset, index)

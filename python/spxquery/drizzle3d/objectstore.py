@@ -95,7 +95,7 @@ class ObjectLocation:
 def as_location(value: Any) -> Any:
     """A frame's location as the readers keep it: an :class:`ObjectLocation` for an object
     location or a URL string, a :class:`~pathlib.Path` for anything else (a local path)."""
-    if isinstance(value, ObjectLocation):
+    if isinstance(value, (ObjectLocation, Path)):  # kept as they are (a Path of a Path is an equal copy)
         return value
     if is_url(value):
         return ObjectLocation(value.strip())

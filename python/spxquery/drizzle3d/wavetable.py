@@ -217,7 +217,7 @@ def read_wave_table(src: ByteSource, hdus: Mapping[str, Hdu], header: Header) ->
     tab = hdus.get(extname)
     key = None
     if tab is not None and tab.xtension == "BINTABLE" and 0 < tab.data_bytes <= MEMO_TABLE_BYTES:
-        key = (tab.header._text, tab.shape, tab.pcount, src.read(tab.data_offset, tab.data_bytes).tobytes(),
+        key = (tab.header._text, tab.shape, tab.pcount, src.read_bytes(tab.data_offset, tab.data_bytes),
                vcol, xcol, ycol)
         with _MEMO_LOCK:
             hit = _MEMO.get(key)
