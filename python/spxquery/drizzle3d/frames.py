@@ -235,9 +235,7 @@ def _band(detector: int) -> Tuple[float, float]:
 #: Cards that can define flag bits (``MP_<NAME>``, ``MSKN<bit>``, as standard or HIERARCH keywords).
 _FLAG_CARD_STARTS = ("HIERARCH ", "MP_", "MSKN")
 _FLAG_PREFIXES = ("MP_", "MSKN")
-#: Where such a card can start (a match at a card's first column is one; none of the three can
-#: overlap another's match, so no card-aligned one is hidden).
-_FLAG_CARD_SEARCH = re.compile("|".join(re.escape(p) for p in _FLAG_CARD_STARTS))
+_FLAG_CARD_FIRSTS = "".join(sorted({p[0] for p in _FLAG_CARD_STARTS}))
 
 
 def _well_formed(items: Tuple[Tuple[str, Any], ...]) -> bool:
@@ -269,8 +267,9 @@ def _flag_bits(header: Header) -> Dict[str, int]:
     text = header._text
     if "CONTINUE" in text:
         return _flags.flag_bits_from_header(dict(header.items(_FLAG_PREFIXES)))
-    cards = tuple(text[p:p + CARD] for p in (m.start() for m in _FLAG_CARD_SEARCH.finditer(text)) if p % CARD == 0)
-    items, bits = _flag_items(cards)
+    firsts = text[::CARD]  # each card's first character: only cards starting like a flag card are cut
+    candidates = (text[j * CARD:(j + 1) * CARD] for j, c in enumerate(firsts) if c in _FLAG_CARD_FIRSTS)
+    items, bits = _flag_items(tuple(c for c in candidates if c.startswith(_FLAG_CARD_STARTS)))
     return dict(bits) if bits is not None else _flags.flag_bits_from_header(dict(items))
 
 
