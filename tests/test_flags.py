@@ -171,7 +171,7 @@ def test_exclude_bits_remembered_per_run_equal_exclude_bitmask():
     from spxquery.drizzle3d.frames import _exclude_bits
 
     bits = {"HOT": 3, "COLD": 4, "SOURCE": 21, "NONFUNC": 9}
-    for specs in (None, [], ["HOT"], ["hot", 21], ("SOURCE", "C*"), [np.int64(9)], [1, "HOT"]):
+    for specs in (None, [], ["HOT"], ["hot", 21], ("SOURCE", "C*"), [np.int64(9)], [1, "HOT"], "HOT", 21, "C*"):
         for _ in range(2):
             assert _exclude_bits(specs, bits) == exclude_bitmask(specs or [], bits)
     assert _exclude_bits([1], bits) == 2

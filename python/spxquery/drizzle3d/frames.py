@@ -415,6 +415,8 @@ def _exclude_bits(exclude_flags: Any, flag_bits: Dict[str, int]) -> int:
     """:func:`.flags.exclude_bitmask` of the config's ``exclude_flags`` for a file's flag names,
     remembered per (specifications, names -> bits): the frames of a run share both."""
     specs = exclude_flags or []
+    if not isinstance(specs, (list, tuple)):  # one name or bit, or anything else: resolved (or refused) here
+        return _flags.exclude_bitmask(specs, flag_bits)
     try:
         key = (tuple((type(s), s) for s in specs), tuple(flag_bits.items()))
         hash(key)
