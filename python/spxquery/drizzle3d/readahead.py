@@ -32,11 +32,13 @@ import queue
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
 from typing import Any, Deque, Generator, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .frames import FrameError, prepare_frame
+from .frames import STRIP_PIXELS, Frame, FrameError, prepare_frame
 from .grid import OutputGrid
 from .objectstore import as_location
 from .wavesources import WaveSources
@@ -48,6 +50,11 @@ READ_AHEAD_BYTES = 64 * 1024 * 1024
 #: Crops of at most this many input pixels are cut into their (one) strip by the worker that
 #: prepared the frame (about 56 bytes a pixel: at most ~15 MB a frame).
 READY_STRIP_PIXELS = 262_144
+#: The run's first frame (its crop at most :data:`READY_STRIP_PIXELS`) is read and handed over in
+#: strips of rows of about this many pixels: the kernel starts on its first rows while the reader
+#: prepares the rest (a 30' crop: ~146k pixels, 5 strips). Strips in row order give the same cube,
+#: bit for bit, as one strip.
+FIRST_FRAME_STRIP_PIXELS = 32_768
 
 
 class Item(NamedTuple):
@@ -84,9 +91,12 @@ class ReadAhead:
     """Iterate over :class:`Item` s of ``paths`` prepared for ``grid`` (see the module docs)."""
 
     def __init__(self, paths: List[Any], config: Any, grid: OutputGrid, budget_bytes: int = READ_AHEAD_BYTES,
-                 workers: int = 1, waves: Optional[WaveSources] = None):
+                 workers: int = 1, waves: Optional[WaveSources] = None,
+                 while_waiting: Optional[Iterator[Any]] = None):
         """``workers``: files prepared at once (module docs); ``waves``: where each frame's
-        wavelengths come from (None: the L2 lookup)."""
+        wavelengths come from (None: the L2 lookup); ``while_waiting``: short steps of work the
+        caller's thread takes one at a time while it waits for items, until the first strip
+        (module docs)."""
         self.paths = [as_location(p) for p in paths]
         self.workers = max(1, int(workers))
         self.config = config
@@ -99,6 +109,8 @@ class ReadAhead:
         self._strips_waiting = 0  # strips handed over, not taken yet
         self._finished_reading = False  # the reader thread has ended
         self._stop = False
+        self._while_waiting = while_waiting
+        self._first_frame = True  # no frame handed over yet: the next one comes in first strips
         self._error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name=f"drizzle-reader-{grid.detectors}", daemon=True)
 
@@ -117,12 +129,23 @@ class ReadAhead:
         self._items.put(item)
         return True
 
+    def _prepare_frame(self, path: Any) -> Optional[Frame]:
+        """:func:`.frames.prepare_frame`; the run's first frame read from a local file in strips of
+        :data:`FIRST_FRAME_STRIP_PIXELS` when its crop is at most :data:`READY_STRIP_PIXELS` pixels
+        (larger crops: their usual strips)."""
+        if not (self._first_frame and isinstance(path, Path)):
+            return prepare_frame(path, self.config, self.grid)
+        frame = prepare_frame(path, self.config, self.grid, strip_pixels=FIRST_FRAME_STRIP_PIXELS)
+        if frame is not None and frame.n_pixels > READY_STRIP_PIXELS:
+            frame = replace(frame, strip_rows=max(1, STRIP_PIXELS // (frame.crop[1] - frame.crop[0])))
+        return frame
+
     def _prepare(self, path: Any) -> Tuple[Item, Any]:
         """The ``frame``, ``skip`` or ``reject`` item of one file, and the strips of a frame whose
         crop is at most :data:`READY_STRIP_PIXELS` pixels (a list, or the exception that stopped
         them; None: the strips are made when handed over)."""
         try:
-            frame = prepare_frame(path, self.config, self.grid)
+            frame = self._prepare_frame(path)
             if frame is not None and self.waves is not None:
                 frame = self.waves.attach(frame)
         except FrameError as exc:
@@ -132,7 +155,7 @@ class ReadAhead:
         if frame is None:
             return Item(path, "skip", None), None
         ready: Any = None
-        if frame.n_pixels <= READY_STRIP_PIXELS:
+        if frame.n_pixels <= READY_STRIP_PIXELS and frame.strip_rows >= frame.crop[3] - frame.crop[2]:
             try:
                 ready = list(frame.strips())
             except Exception as exc:  # reported as the strips' failure, in file order
@@ -188,6 +211,8 @@ class ReadAhead:
         prepared = self._prepared()
         try:
             for first, ready in prepared:
+                if first.kind == "frame":
+                    self._first_frame = False
                 for item in self._frame_items(first, ready):
                     if not self._put(item):
                         return
@@ -211,10 +236,11 @@ class ReadAhead:
                         self._in_flight -= taken
                         self._cv.notify_all()
                     taken = 0
-                item = self._items.get()
+                item = self._next_item()
                 if item is None:
                     break
                 if item.kind == "strip":
+                    self._while_waiting = None  # the kernel touches the accumulators from now on
                     taken = _nbytes(item.payload)
                     with self._cv:
                         self._strips_waiting -= 1
@@ -224,6 +250,18 @@ class ReadAhead:
                 raise self._error
         finally:
             self.close()
+
+    def _next_item(self) -> Optional[Item]:
+        """The next item; while none is there, the steps of ``while_waiting`` one at a time."""
+        steps = self._while_waiting
+        if steps is not None:
+            for _ in steps:
+                try:
+                    return self._items.get_nowait()
+                except queue.Empty:
+                    pass
+            self._while_waiting = None
+        return self._items.get()
 
     def ahead(self) -> bool:
         """Whether the reader is ahead of the caller: it has handed over a strip the caller has not
@@ -244,4 +282,4 @@ class ReadAhead:
             self._thread.join()
 
 
-__all__ = ["Item", "ReadAhead", "READ_AHEAD_BYTES", "READY_STRIP_PIXELS"]
+__all__ = ["Item", "ReadAhead", "READ_AHEAD_BYTES", "READY_STRIP_PIXELS", "FIRST_FRAME_STRIP_PIXELS"]
