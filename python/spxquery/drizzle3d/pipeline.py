@@ -19,12 +19,12 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from astropy.wcs import WCS
 
-from . import vmhints, wavesources
+from . import wavesources
 from .accumulate import DrizzleCube, drizzle_frame
 from .archive.locations import data_base_url
 from .calnames import release_of
@@ -58,10 +58,6 @@ KERNEL_ALONE_MAX_PIXELS = READY_STRIP_PIXELS
 #: (headers, WCS, crop are Python) and cost more CPU than they overlap; the reader thread and the
 #: kernel on this thread keep the two cores busy (docs/performance.md, "Issue 23, fourth part").
 LOCAL_FRAMES_IN_FLIGHT = 1
-#: At most this many bytes of the accumulators are faulted in by this thread while it waits for the
-#: run's first strip (a 30' cube's 50 MB all; no more for larger cubes: pages the frames never
-#: touch stay unmapped).
-WAIT_POPULATE_MAX_BYTES = 64 << 20
 
 def output_path_for(config: Drizzle3DConfig, detector: int) -> Path:
     """``output_dir/drizzle_D{detector}.fits``; ``output_dir/drizzle_all.fits`` for detector 0
@@ -113,14 +109,6 @@ def _log_entry(frame: Frame, n_pixels: int) -> Dict[str, Any]:
             "crop": frame.crop, "n_pixels": n_pixels, **frame_log_fields(frame)}
 
 
-def _fault_in_accumulators(cube: DrizzleCube) -> Iterator[int]:
-    """Steps that fault in the pages of the cube's six accumulators (:func:`.vmhints.populate_steps`,
-    at most :data:`WAIT_POPULATE_MAX_BYTES`), for this thread to take while it waits for the first
-    strip: the kernel then does not pay the first touch of each page (the same bits)."""
-    arrays = [a for name, a in cube.accumulators().items() if name not in ("cov_cross", "cov_offsets")]
-    return vmhints.populate_steps(arrays, WAIT_POPULATE_MAX_BYTES)
-
-
 def frames_in_flight(paths: List[Any], config: Drizzle3DConfig) -> int:
     """Frames the reader prepares at once: ``config.download_workers`` when any input is an object
     read in place (it waits on the network), else :data:`LOCAL_FRAMES_IN_FLIGHT` (at most the CPUs)."""
@@ -146,8 +134,7 @@ def drizzle_frames(paths: List[Any], config: Drizzle3DConfig, grid: OutputGrid, 
     outcomes: Dict[str, List[Any]] = {"frame": [], "reject": [], "skip": [], "empty": []}
     frame: Optional[Frame] = None
     totals = _FrameTotals(cube.nz)
-    reader = ReadAhead(paths, config, grid, workers=frames_in_flight(paths, config), waves=waves,
-                       while_waiting=_fault_in_accumulators(cube))
+    reader = ReadAhead(paths, config, grid, workers=frames_in_flight(paths, config), waves=waves)
     items: Iterable[Item] = reader
     screen = None
     if config.reject_outliers:  # pass 1: the robust model; the loop below is pass 2

@@ -4,9 +4,6 @@
   background thread, so that the first frames' kernel does not pay for zeroing them. The pages'
   contents never change (the kernel maps them as a first write would, without writing), so the
   engine may accumulate into the array meanwhile.
-* :func:`populate_steps`: the same, in small steps on the calling thread, for a thread that would
-  otherwise wait (the frame loop while the first frame is prepared): each step faults in
-  :data:`POPULATE_STEP_BYTES` and returns, so the thread can stop as soon as it has work.
 * :func:`start_writeback`: start writing a file's dirty pages to the disk now
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, asynchronous), so that the ``fsync`` that ends an
   atomic write finds little left to do.
@@ -25,7 +22,7 @@ import ctypes
 import logging
 import sys
 import threading
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -39,8 +36,6 @@ SYNC_FILE_RANGE_WRITE = 2
 POPULATE_MIN_BYTES = 32 << 20
 #: Bytes populated per ``madvise`` call (the thread yields between calls).
 POPULATE_CHUNK_BYTES = 16 << 20
-#: Bytes populated per step of :func:`populate_steps` (~0.1 ms on this machine: 256 pages).
-POPULATE_STEP_BYTES = 1 << 20
 _PAGE = 4096
 
 
@@ -92,32 +87,6 @@ def populate_async(a: np.ndarray, min_bytes: int = POPULATE_MIN_BYTES) -> Option
     thread = threading.Thread(target=populate, args=(a,), name="spxdrizzle-populate", daemon=True)
     thread.start()
     return thread
-
-
-def populate_steps(arrays: Iterable[np.ndarray], max_bytes: int,
-                   step_bytes: int = POPULATE_STEP_BYTES) -> Iterator[int]:
-    """Fault in the whole pages of ``arrays`` (each array's owning memory, in order, at most
-    ``max_bytes`` in all) in steps of ``step_bytes``: each ``next()`` populates one step (the GIL is
-    released meanwhile) and yields the bytes done so far. Contents never change, so the arrays may
-    be used meanwhile and the caller may stop at any step. Yields nothing when the system cannot
-    populate (the pages then fault on first touch, as without it)."""
-    if _MADVISE is None:
-        return
-    done = 0
-    for a in arrays:
-        owner = _owner(a)
-        start = -(-owner.ctypes.data // _PAGE) * _PAGE
-        end = (owner.ctypes.data + owner.nbytes) // _PAGE * _PAGE
-        for p in range(start, end, step_bytes):
-            n = min(step_bytes, end - p, max_bytes - done)
-            if n <= 0:
-                return
-            if _MADVISE(p, n, MADV_POPULATE_WRITE) != 0:
-                logger.debug("madvise(MADV_POPULATE_WRITE) refused (errno %d): pages fault on first touch",
-                             ctypes.get_errno())
-                return
-            done += n
-            yield done
 
 
 def start_writeback(fd: int, offset: int = 0, nbytes: int = 0) -> bool:

@@ -1,14 +1,14 @@
-"""The fixed costs of a run (issue 23): the first frame handed over in strips of rows, the
-accumulators faulted in while the caller waits. Neither may change a bit of the cube."""
+"""The fixed costs of a run (issue 23): the run's first frame handed over in strips of rows, so
+that the kernel starts sooner (not a bit of the cube changes); no tqdm bar built off a terminal."""
 
-import mmap
-import resource
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
-from spxquery.drizzle3d import readahead, vmhints
+from spxquery.drizzle3d import progress, readahead
 from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.frames import Strip, prepare_frame
@@ -78,7 +78,7 @@ def test_first_frame_comes_in_strips_of_the_same_pixels(two_frames, monkeypatch)
     """The run's first frame is handed over in several strips (row order), the next as one; the
     strips hold the pixels of the one strip a reader without the rule hands over."""
     root, paths = two_frames
-    cfg = _cfg(root, width=16.0, height=16.0)
+    cfg = _cfg(root, width=20.0, height=20.0)
     grid = OutputGrid.for_detector(cfg, 3, build_output_wcs(cfg))
     x0, x1, y0, y1 = prepare_frame(paths[0], cfg, grid).crop
     assert (x1 - x0) * (y1 - y0) > readahead.FIRST_FRAME_STRIP_PIXELS
@@ -107,57 +107,33 @@ def test_first_frame_comes_in_strips_of_the_same_pixels(two_frames, monkeypatch)
 
 
 def test_cube_file_is_the_same_whatever_the_first_frame_strips(two_frames, monkeypatch):
-    """drizzle_detector end to end: the first frame in strips of one row, of ~32k pixels, or whole,
-    writes the same image extensions (SCI, VARIANCE, masks, counts), bit for bit."""
+    """drizzle_detector end to end: the first frame in strips of one row, of the default size, or
+    whole, writes the same image extensions (SCI, VARIANCE, masks, counts), bit for bit."""
     root, paths = two_frames
     cubes = []
     for first in (2**40, readahead.FIRST_FRAME_STRIP_PIXELS, 200):
         monkeypatch.setattr(readahead, "FIRST_FRAME_STRIP_PIXELS", first)
-        cfg = _cfg(root, width=16.0, height=16.0, output_dir=root / f"out{first}")  # crop > 32k pixels
+        cfg = _cfg(root, width=20.0, height=20.0, output_dir=root / f"out{first}")  # crop: 2 strips
         out = drizzle_detector(paths, cfg, 3, build_output_wcs(cfg))
         with fits.open(out) as hdul:
             cubes.append({h.name: h.data.tobytes() for h in hdul if h.is_image and h.data is not None})
     assert len(cubes[0]) >= 5 and cubes[0] == cubes[1] == cubes[2]
 
 
-def test_populate_steps_fault_pages_in_without_changing_them():
-    """Each step faults in at most a step of pages, stops at ``max_bytes``; contents stay zero and
-    writing the populated pages afterwards takes no page fault."""
-    # fresh private pages, as np.zeros of large arrays gets them (it may also reuse the heap's)
-    maps = [mmap.mmap(-1, 4 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) for _ in range(2)]
-    a, b = (np.frombuffer(m, dtype=np.uint8) for m in maps)
-    done = list(vmhints.populate_steps([a, b], max_bytes=6 << 20, step_bytes=1 << 20))
-    if not done:
-        pytest.skip("madvise(MADV_POPULATE_WRITE) not available here")
-    assert done == sorted(done) and done[-1] <= 6 << 20 and len(done) >= 6
-    assert all(d2 - d1 <= 1 << 20 for d1, d2 in zip([0] + done, done))
-    assert not a[:4096].any() and not b[-4096:].any()  # one page each (reading maps the zero page)
-    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-    a[4096:-4096:4096] = 1  # pages populated: no fault
-    populated = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
-    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-    b[(3 << 20):-4096:4096] = 1  # past max_bytes: first touch faults
-    fresh = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
-    assert populated < 16 and fresh > 100
-    assert np.count_nonzero(a) == 1022 and np.count_nonzero(b) == 255 and np.flatnonzero(b)[0] == 3 << 20
-    del a, b
-    for m in maps:
-        m.close()
-
-
-def test_waiting_steps_stop_at_the_first_strip(two_frames):
-    """``while_waiting`` steps run on the caller's thread only before the first strip is taken."""
-    root, paths = two_frames
-    cfg = _cfg(root)
-    grid = OutputGrid.for_detector(cfg, 3, build_output_wcs(cfg))
-    seen = {"strips": 0, "steps_after": 0, "steps": 0}
-
-    def steps():
-        while True:
-            seen["steps"] += 1
-            seen["steps_after"] += seen["strips"] > 0
-            yield seen["steps"]
-
-    for item in ReadAhead(paths, cfg, grid, while_waiting=steps()):
-        seen["strips"] += item.kind == "strip"
-    assert seen["strips"] >= 2 and seen["steps"] >= 1 and seen["steps_after"] == 0
+def test_hidden_bars_count_without_tqdm(tmp_path):
+    """Off a terminal a bar is a HiddenBar (counts, draws nothing); a fresh process's run then builds
+    no tqdm, hence no multiprocessing lock (~2 ms of imports and a semaphore per process)."""
+    bar = progress.progress_bar(10, "x", enabled=True)  # pytest captures stderr: not watched
+    assert isinstance(bar, progress.HiddenBar) and bar.disable
+    with bar:
+        bar.update(3)
+        bar.update()
+        bar.total = (bar.total or 0) + 5
+        bar.set_postfix_str("ok")
+        bar.refresh()
+    assert (bar.n, bar.total) == (4, 15)
+    code = ("import sys; from spxquery.drizzle3d.progress import byte_bar, progress_bar\n"
+            "with progress_bar(3, 'f', 'frame', True) as b, byte_bar('r', True) as r: b.update(1); r.update(9)\n"
+            "print('multiprocessing.synchronize' in sys.modules, type(b).__name__, r.n)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "HiddenBar", "9"]
