@@ -137,3 +137,16 @@ def test_hidden_bars_count_without_tqdm(tmp_path):
             "print('multiprocessing.synchronize' in sys.modules, type(b).__name__, r.n)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "HiddenBar", "9"]
+
+
+def test_run_setup_builds_no_pandas_table():
+    """The grid of a native run and the frames' band check read the channel table's columns: no
+    DataFrame is built (pandas' first operations cost ~3 ms of a fresh process's setup)."""
+    code = ("from spxquery.drizzle3d import spectral\n"
+            "from spxquery.drizzle3d.config import Drizzle3DConfig\n"
+            "from spxquery.drizzle3d.grid import OutputGrid\n"
+            "cfg = Drizzle3DConfig(center_ra=150, center_dec=2, width=6, height=6, detector=3)\n"
+            "g = OutputGrid.for_detector(cfg, 3)\n"
+            "print(spectral.channel_band(3), g.zgrid.n_z, spectral._read_spectral_table.cache_info().currsize)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-2:] == ["17", "0"]
