@@ -246,7 +246,7 @@ def write_image(f, cube, terms: np.ndarray | None = None) -> int:
     offset's block at its offset-major position in the file, and the disk write of the file's
     dirty pages starts at once (:func:`.vmhints.start_writeback`; the image's blocks are
     allocated first, :func:`.vmhints.preallocate`, so the file stays contiguous): the ``fsync``
-    ending the save then waits for the last bands only, not for the whole ~600 MB of a 30' D3 cube."""
+    ending the save then waits for the last bands only, not for the whole ~330 MB of a 30' D3 cube."""
     nz, ny, nx = cube.weight_total.shape
     columns = _columns(cube, terms)
     offsets = np.ascontiguousarray(file_offsets(cube, columns)[1:])
