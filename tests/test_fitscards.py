@@ -62,3 +62,18 @@ def test_card_text_follows_header_setitem():
         text.set(keyword, value, comment)
     assert text.text() == header.tostring().encode("ascii")
     assert text.keywords() == ["A", "B", "C", "D"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["A", "B", "CRVAL1", "X-1"]),
+                          st.one_of(VALUES, st.sampled_from([0.0, -0.0, 1, 1.0, True, np.float64(1.0), np.int64(1)])),
+                          st.sampled_from(["", "c"])), max_size=12))
+def test_card_text_with_a_shared_memo_is_the_same_text(cards):
+    """Headers sharing a memo of card images (the cube's extensions) give the text of headers
+    without one, whatever was formatted before: -0.0 vs 0.0, 1 vs 1.0 vs True keep their own."""
+    memo: dict = {}
+    for half in (cards[::2], cards, cards[::-1]):
+        plain, shared = CardText(), CardText(memo)
+        plain.update(half)
+        shared.update(half)
+        assert shared.text() == plain.text()

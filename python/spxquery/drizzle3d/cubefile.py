@@ -250,10 +250,12 @@ def wavelength_source_cards(frame_log: List[dict]) -> List[Tuple[str, Any, str]]
     return cards
 
 
-def _image_header(name: str, dtype, shape, extra: Sequence[Tuple[str, Any, str]] = ()) -> CardText:
+def _image_header(name: str, dtype, shape, extra: Sequence[Tuple[str, Any, str]] = (),
+                  memo: Optional[Dict[Any, str]] = None) -> CardText:
     """Header of an image extension of ``dtype`` and ``shape``: astropy's structural cards, then
-    ``extra`` as ``Header.update`` adds them (no data allocated)."""
-    text = CardText()
+    ``extra`` as ``Header.update`` adds them (no data allocated); ``memo``: card images shared
+    with the other extensions' headers (:class:`.fitscards.CardText`)."""
+    text = CardText(memo)
     text.update(_structural_cards(name, np.dtype(dtype).str, tuple(shape)))
     text.update(extra)
     return text
@@ -411,9 +413,10 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
     observation = observation_cards(cube)  # made once: each takes astropy Time conversions
     extra = _extension_cards(cube, observation)
     f.write(_primary_text(cube, observation))
+    memo: Dict[Any, str] = {}  # the extensions share most cards: each formatted once
     with progress_bar(len(IMAGE_EXTENSIONS) * shape[0], f"write {_label(cube)}", "plane", progress) as bar:
         for name, dtype in IMAGE_EXTENSIONS:
-            f.write(_image_header(name, dtype, shape, _extension_keywords(name, extra)).text())
+            f.write(_image_header(name, dtype, shape, _extension_keywords(name, extra), memo).text())
             nbytes = 0
             for chunk in _data_chunks(cube, name):
                 f.write(chunk.data)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 from astropy.io import fits
@@ -85,10 +85,23 @@ class CardText:
     is updated in place; a new one goes after the last non-commentary card; a COMMENT/HISTORY card
     after the last of its kind, else at the end. ``text`` is the header's bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, memo: Optional[Dict[Tuple[str, type, str, str], str]] = None) -> None:
+        """``memo``: card images already made, shared by headers that repeat cards (the cube's
+        image extensions): a card of the same keyword, value type and ``repr``, and comment is
+        formatted once."""
         self._keys: List[str] = []
         self._images: List[str] = []
         self._index: Dict[str, int] = {}
+        self._memo = memo
+
+    def _image(self, keyword: str, value: Any, comment: str) -> str:
+        if self._memo is None:
+            return card_image(keyword, value, comment)
+        key = (keyword, type(value), repr(value), comment)
+        image = self._memo.get(key)
+        if image is None:
+            image = self._memo[key] = card_image(keyword, value, comment)
+        return image
 
     def set(self, keyword: str, value: Any, comment: str = "") -> None:
         """``header[keyword] = (value, comment)``."""
@@ -96,12 +109,12 @@ class CardText:
         if key in _COMMENTARY:
             self._commentary(key, str(value))
         elif key in self._index:
-            self._images[self._index[key]] = card_image(keyword, value, comment)
+            self._images[self._index[key]] = self._image(keyword, value, comment)
         else:
             at = len(self._keys)
             while at and self._keys[at - 1] in _COMMENTARY:
                 at -= 1
-            self._insert(at, key, card_image(keyword, value, comment))
+            self._insert(at, key, self._image(keyword, value, comment))
 
     def _commentary(self, key: str, text: str) -> None:
         """A COMMENT/HISTORY card, formatted by astropy (long text spans several cards)."""

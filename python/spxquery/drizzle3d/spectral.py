@@ -162,15 +162,35 @@ def _bundled_table(extname: str, names: Sequence[str]) -> Dict[str, np.ndarray]:
 
 
 @functools.lru_cache(maxsize=1)
-def _read_spectral_table() -> pd.DataFrame:
+def _spectral_columns() -> Dict[str, np.ndarray]:
+    """The SPECTRAL_CHANNELS columns as :func:`load_spectral_table` types them (read-only arrays)."""
     data = _bundled_table("SPECTRAL_CHANNELS", SPECTRAL_COLUMNS)
     columns = {}
     for name in SPECTRAL_COLUMNS:
         col = data[name]
         columns[name] = col.astype(np.int64) if name in ("DETECTOR", "SUBCHAN") else col.astype(np.float64)
-    df = pd.DataFrame(columns)
+        columns[name].setflags(write=False)
+    return columns
+
+
+@functools.lru_cache(maxsize=1)
+def _read_spectral_table() -> pd.DataFrame:
+    df = pd.DataFrame({name: col.copy() for name, col in _spectral_columns().items()})
     logger.debug("Loaded spectral table: %d rows", len(df))
     return df
+
+
+def _detector_channels(detector: int, names: Sequence[str]) -> Tuple[np.ndarray, ...]:
+    """Columns ``names`` of the channels of ``detector`` in :func:`detector_spectral_table`'s
+    order (stable sort by WAVELENGTH), read from the columns without pandas: a run's setup and
+    its first frame do not pay for pandas' first operations (~3 ms in a fresh process)."""
+    det = _check_detector(detector)
+    cols = _spectral_columns()
+    rows = np.flatnonzero(cols["DETECTOR"] == det)
+    if rows.size == 0:
+        raise ValueError(f"No spectral channels for detector {det} in {SPECTRAL_CHANNELS_FILE}")
+    rows = rows[np.argsort(cols["WAVELENGTH"][rows], kind="stable")]
+    return tuple(cols[name][rows] for name in names)
 
 
 def load_spectral_table() -> pd.DataFrame:
@@ -222,12 +242,8 @@ def channel_band(detector: int) -> Tuple[float, float]:
     """The detector's band (um): the lowest WL_MIN and the highest WL_MAX of its channels (the
     values of :func:`detector_spectral_table`, read from the table's columns without pandas
     operations: a frame reader's first frame does not pay for their first use)."""
-    det = _check_detector(detector)
-    full = _read_spectral_table()
-    mine = full["DETECTOR"].to_numpy() == det
-    if not mine.any():
-        raise ValueError(f"No spectral channels for detector {det} in {SPECTRAL_CHANNELS_FILE}")
-    return float(full["WL_MIN"].to_numpy()[mine].min()), float(full["WL_MAX"].to_numpy()[mine].max())
+    wl_min, wl_max = _detector_channels(detector, ("WL_MIN", "WL_MAX"))
+    return float(wl_min.min()), float(wl_max.max())
 
 
 # ── Grid builders ────────────────────────────────────────────────────────────
@@ -298,13 +314,8 @@ def build_z_grid_native(detector: int) -> ZGrid:
     (see :func:`_native_edges` for how overlapping/non-monotonic channels are handled).
     Centres are midpoints of the edges, widths their differences.
     """
-    det = detector_spectral_table(detector)
-    edges = _native_edges(
-        det["WL_MIN"].to_numpy(np.float64),
-        det["WL_MAX"].to_numpy(np.float64),
-        det["WAVELENGTH"].to_numpy(np.float64),
-    )
-    return ZGrid.from_edges(edges)
+    wl_min, wl_max, wavelength = _detector_channels(detector, ("WL_MIN", "WL_MAX", "WAVELENGTH"))
+    return ZGrid.from_edges(_native_edges(wl_min, wl_max, wavelength))
 
 
 def oversampled_n_bins(lam_min: float, lam_max: float, r_eff: float) -> int:
