@@ -5,6 +5,7 @@ peak memory against the cross terms' size (the extra planes)."""
 
 from __future__ import annotations
 
+import os
 from typing import Dict, List, Optional, Tuple
 
 DOC_HEADING = "## Covariance in the pipeline (bench_pipeline.py --covariance)"
@@ -35,6 +36,15 @@ def _stage(result: Dict, name: str, key: str) -> Optional[float]:
     return None if s is None else float(s[key])
 
 
+def file_mb(result: Dict) -> Optional[float]:
+    """MB (1e6 bytes) of the cube file a run wrote (None when it is gone or the run failed)."""
+    out = result.get("output")
+    try:
+        return os.path.getsize(out) / 1e6 if out else None
+    except OSError:
+        return None
+
+
 def _f(x: Optional[float], spec: str = ".2f") -> str:
     return "—" if x is None else format(x, spec)
 
@@ -51,8 +61,9 @@ def row_line(row: Row) -> str:
     write = f"{_f(w0 and 1e3 * w0, '.0f')} / {_f(c0 and 1e3 * c0, '.0f')} vs {_f(w1 and 1e3 * w1, '.0f')} / " \
             f"{_f(c1 and 1e3 * c1, '.0f')}"
     extra = peak_cov - peak_plain if peak_cov and peak_plain else None
+    size = f"{_f(file_mb(plain), '.0f')} / {_f(file_mb(cov), '.0f')}"
     return (f"| {case} | {n} | {_f(t0 and 1e3 * t0 / n)} | {_f(t1 and 1e3 * t1 / n)} | **{_f(ratio)}x** | {kern} | "
-            f"{write} | {peak_plain:.0f} / {peak_cov:.0f} | {_f(extra, '.0f')} | {_f(terms, '.0f')} |")
+            f"{write} | {size} | {peak_plain:.0f} / {peak_cov:.0f} | {_f(extra, '.0f')} | {_f(terms, '.0f')} |")
 
 
 def section(rows: List[Row], meta: Dict[str, str]) -> str:
@@ -64,9 +75,9 @@ def section(rows: List[Row], meta: Dict[str, str]) -> str:
              f"{meta['load_start']} -> {meta['load_end']}, git {meta['git']}. Staged runs (stage clocks on) of "
              "each case without and with `covariance=True`, each in a fresh process.", "",
              "| case | frames | ms per frame without | with | ratio | kernel CPU ms per frame without / with "
-             "| write ms per run (wall / CPU) without vs with | peak RSS MiB without / with | extra MiB "
-             "| cross terms MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| write ms per run (wall / CPU) without vs with | cube file MB without / with "
+             "| peak RSS MiB without / with | extra MiB | cross terms MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [row_line(r) for r in rows]
     verdicts = []
     for case, n, plain, _, cov, _, _ in rows:
@@ -77,9 +88,10 @@ def section(rows: List[Row], meta: Dict[str, str]) -> str:
     lines += ["", f"Targets (issue 22): the time with covariance at most {TIME_RATIO:g}x the time without; memory: "
               "the extra planes (the cross terms, last column; the run with covariance also holds one band of "
               "the COVARIANCE image while writing it). A run with covariance writes the COVARIANCE image "
-              "(float64, 1 + offsets planes per cube plane) once: on the 30' cubes ~600 MB, which no number "
-              "of frames below ~120 amortises (docs/performance.md, covpipe22); the deep field's cube is small "
-              "and its frames many.", ""] + verdicts
+              "(float64: the variance and the offsets some pixel coupled, per cube plane) once: on the 30' "
+              "cubes ~330 MB (the file column; 644 MB before covfile22), which few frames do not amortise "
+              "(docs/performance.md, covpipe22 and covfile22); the deep field's cube is small and its frames "
+              "many.", ""] + verdicts
     return "\n".join(lines) + "\n"
 
 

@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from astropy.wcs import WCS
 
 from spxquery.drizzle3d import _core, covariance, vmhints
@@ -102,9 +103,11 @@ def drizzled(n_out, oversample, shrink, kernel, frame_list, **kw):
 @pytest.mark.parametrize("kernel", ["square", "bilinear"])
 @pytest.mark.parametrize("shrink", [1.0, 0.5])
 @pytest.mark.parametrize("oversample", [1.0, 2.0])
-def test_aperture_variance_equals_brute_force_sum_over_input_pixels(kernel, shrink, oversample):
+def test_aperture_variance_equals_brute_force_sum_over_input_pixels(kernel, shrink, oversample, tmp_path):
     frame_list = frames(int(9 / oversample) + 2, oversample, seed=int(10 * shrink + oversample))
     cube = drizzled(14, oversample, shrink, kernel, frame_list)
+    path = save_cube(cube, tmp_path / "cube.fits")  # its offsets: those some pixel coupled
+    assert len(load_cube(path)["cov_offsets"]) <= len(cube.cov_offsets) + 1
     rng = np.random.default_rng(5)
     masks = [np.zeros(cube.flux_weighted.shape, bool) for _ in range(4)]
     masks[0][2, 4:9, 3:10] = True  # one plane, a box
@@ -115,6 +118,7 @@ def test_aperture_variance_equals_brute_force_sum_over_input_pixels(kernel, shri
         want = brute_force_variance(cube, frame_list, mask)
         got = aperture_variance(cube, mask)
         assert got == pytest.approx(want, rel=1e-10)
+        assert aperture_variance(path, mask) == pytest.approx(want, rel=1e-10)
         # Without the cross terms the sum of the variances is smaller (it is a lower bound here).
         assert np.nansum(np.where(mask, cube.variance, np.nan)) < want
 
@@ -140,10 +144,18 @@ def test_the_file_holds_the_covariance_and_gives_the_same_variances(tmp_path):
     cube = drizzled(14, 1.0, 0.8, "square", frames(10, 1.0, seed=4))
     path = save_cube(cube, tmp_path / "cov.fits")
     loaded = load_cube(path)
-    assert loaded["covariance"].shape == (len(cube.cov_offsets) + 1, *cube.flux_weighted.shape)
+    # The offsets some pixel coupled, in the stencil's order; the others' terms are all zero.
+    coupled = [n for n in range(len(cube.cov_offsets)) if cube.cov_cross[..., n].any()]
+    assert 0 < len(coupled) < len(cube.cov_offsets)
+    np.testing.assert_array_equal(loaded["cov_offsets"][1:], cube.cov_offsets[coupled])
+    assert loaded["covariance"].shape == (len(coupled) + 1, *cube.flux_weighted.shape)
     assert loaded["cov_offsets"][0].tolist() == [0, 0, 0]
     assert loaded["header"]["COVAR"] is True
     assert loaded["header"]["COVCORR"] == pytest.approx(correction_factor(cube.config), abs=1e-6)
+    # Each written plane bit for bit the in-memory one; every plane left out is zero.
+    planes = np.stack(list(covariance.file_planes(cube))).reshape(-1, *cube.flux_weighted.shape)
+    assert loaded["covariance"].astype("<f8").tobytes() == planes[[0, *(1 + n for n in coupled)]].tobytes()
+    assert not np.delete(planes, [0, *(1 + n for n in coupled)], axis=0).any()
     mask = np.zeros(cube.flux_weighted.shape, bool)
     mask[1:3, 3:10, 4:11] = True
     want = aperture_variance(cube, mask)
@@ -152,11 +164,70 @@ def test_the_file_holds_the_covariance_and_gives_the_same_variances(tmp_path):
     np.testing.assert_array_equal(loaded["covariance"][0], cube.variance)
 
 
-def _plane_by_plane_image(f, cube):
+def test_written_terms_are_the_offsets_of_the_pairs_some_pixel_touched(tmp_path):
+    """A few pixels by hand (the 0.4.1 contribution lists): the file lists exactly the offsets of
+    the voxel pairs they share, the farthest of the stencil included (a pixel 1.1 native pixels wide,
+    turned by 45 degrees, spans three columns; its top-hat three planes)."""
+    cube = make_cube(8)
+    nz, ny, nx = cube.flux_weighted.shape
+    c, s = np.cos(np.pi / 4) * 1.1, np.sin(np.pi / 4) * 1.1
+    yy, xx = np.mgrid[0:2, 0:4].astype(float) - 0.5
+    cx, cy = c * xx - s * yy + 2.0, s * xx + c * yy + 3.0
+    lam = np.array([[1.55, 1.53, 1.57]])
+    dlam = np.array([[0.055, 0.01, 0.03]])
+    frame = (cx, cy, np.ones((1, 3)), np.ones((1, 3)), np.zeros((1, 3), np.int32), lam, dlam)
+    drizzle_frame(cube, *frame)
+    cfg = cube.config
+    _, pix, oy, ox, fxy = _core.spatial_mapping(corners_x=cx, corners_y=cy, out_ny=ny, out_nx=nx,
+                                                xy_shrink=cfg.xy_shrink, kernel=cfg.kernel)
+    pairs = set()
+    for i in np.unique(pix):
+        z, fz = _core.spectral_overlaps(lambda_c=float(lam.ravel()[i]), delta_lambda=float(dlam.ravel()[i]),
+                                        z_shrink=cfg.effective_z_shrink(), z_edges=cube.zgrid.edges)
+        voxels = [(int(zk), int(y), int(x)) for zk, fzk in zip(z, fz) for y, x, f in
+                  zip(oy[pix == i], ox[pix == i], fxy[pix == i]) if f * fzk > 0]
+        for a in voxels:
+            for b in voxels:
+                o = (b[0] - a[0], b[1] - a[1], b[2] - a[2])
+                if o[1] > 0 or (o[1] == 0 and (o[2] > 0 or (o[2] == 0 and o[0] > 0))):
+                    pairs.add(o)
+    stencil_order = [tuple(int(v) for v in o) for o in cube.cov_offsets]
+    want = [o for o in stencil_order if o in pairs]
+    assert max(abs(o[0]) for o in want) == 2 and max(abs(o[2]) for o in want) == 2  # the far ones
+    assert len(want) < len(stencil_order)
+    loaded = load_cube(save_cube(cube, tmp_path / "few.fits"))
+    assert [tuple(int(v) for v in o) for o in loaded["cov_offsets"][1:]] == want
+    mask = np.ones(cube.flux_weighted.shape, bool)
+    assert aperture_variance(loaded, mask) == pytest.approx(aperture_variance(cube, mask), rel=1e-13)
+
+
+def test_a_cube_whose_planes_are_zero_omits_them(tmp_path):
+    """Regression (issue 22, sixth part): all-zero COVARIANCE planes are not written. Cross terms of
+    one offset only: the file has the variance and that offset; none at all: the variance alone."""
+    cube = make_cube(6)
+    cube.weight_total[...], cube.flux_weighted[...], cube.var_accum[...] = 2.0, 2.0, 4.0
+    cube.count_map[...], cube.n_input_sc[...] = 1, 1
+    n = [tuple(o) for o in cube.cov_offsets].index((0, 1, -1))
+    cube.cov_cross[1:3, 2, 3, n] = 0.5
+    mask = np.zeros(cube.flux_weighted.shape, bool)
+    mask[1, 2:4, 1:4] = True
+    for name, want in (("one.fits", [[0, 0, 0], [0, 1, -1]]), ("none.fits", [[0, 0, 0]])):
+        path = save_cube(cube, tmp_path / name)
+        loaded = load_cube(path)
+        assert loaded["cov_offsets"].tolist() == want
+        assert loaded["covariance"].shape == (len(want), *cube.flux_weighted.shape)
+        with fits.open(path) as hdul:
+            assert hdul["COVARIANCE"].header["NAXIS4"] == len(want) and len(hdul["COVAR-OFFSETS"].data) == len(want)
+        assert aperture_variance(path, mask) == aperture_variance(cube, mask)
+        cube.cov_cross[...] = 0.0
+    assert aperture_variance(path, mask) == 6 * 1.0
+
+
+def _plane_by_plane_image(f, cube, terms):
     """The reference: the COVARIANCE writer before the band pass (issue 22), each plane of
     ``file_planes`` converted by numpy and written in order."""
     nbytes = 0
-    for plane in covariance.file_planes(cube):
+    for plane in covariance.file_planes(cube, terms):
         data = image_data(plane)
         f.write(data.data)
         nbytes += data.nbytes
@@ -195,7 +266,7 @@ def test_band_writer_gives_the_bytes_of_the_plane_by_plane_writer(tmp_path, monk
         band(**kw)
 
     monkeypatch.setattr(_core, "fits_covariance_band", recorded)
-    n_off = len(cube.cov_offsets) + 1
+    n_off = len(covariance.written_terms(cube)) + 1
     # The whole plane in one band; one row per band; bands of 4 rows (the last one shorter).
     for limit in (covariance.WRITE_BUFFER_BYTES, 1, 4 * n_off * nx * 8):
         sizes.clear()
@@ -209,7 +280,9 @@ def test_band_writer_gives_the_bytes_of_the_plane_by_plane_writer(tmp_path, monk
 def test_the_writer_starts_the_writeback_after_each_band_and_the_bytes_do_not_depend_on_it(tmp_path, monkeypatch):
     cube = drizzled(12, 1.0, 0.8, "square", frames(9, 1.0, seed=5))
     nz, ny, nx = cube.weight_total.shape
-    monkeypatch.setattr(covariance, "WRITE_BUFFER_BYTES", 5 * (len(cube.cov_offsets) + 1) * nx * 8)  # bands of 5 rows
+    n_off = len(covariance.written_terms(cube)) + 1
+    assert n_off < len(cube.cov_offsets) + 1
+    monkeypatch.setattr(covariance, "WRITE_BUFFER_BYTES", 5 * n_off * nx * 8)  # bands of 5 rows
     started = []
     real = vmhints.start_writeback
     monkeypatch.setattr(vmhints, "start_writeback", lambda fd, *a: started.append((fd, a)) or real(fd, *a))
@@ -219,7 +292,7 @@ def test_the_writer_starts_the_writeback_after_each_band_and_the_bytes_do_not_de
     raw = save_cube(cube, tmp_path / "a.fits").read_bytes()
     want = _undated(raw)
     assert len(started) == nz * -(-ny // 5) and all(a == () for _, a in started)
-    n_bytes = (len(cube.cov_offsets) + 1) * nz * ny * nx * 8
+    n_bytes = n_off * nz * ny * nx * 8
     assert len(reserved) == 1 and reserved[0][2] == n_bytes
     start = reserved[0][1]  # the image's data: after the COVARIANCE header, before the next header
     assert start % 2880 == 0 and raw.rfind(b"XTENSION", 0, start) < raw.rfind(b"EXTNAME = 'COVARIANCE'", 0, start)
@@ -236,7 +309,8 @@ def test_covariance_band_rejects_wrong_shapes_naming_them():
     nz, ny, nx = cube.weight_total.shape
     n_off = len(cube.cov_offsets) + 1
     args = dict(cross=cube.cov_cross[0], var=cube.var_accum[0].ravel(), weight=cube.weight_total,
-                offsets=cube.cov_offsets, k=0, y0=0, out=np.empty(n_off * ny * nx, np.uint64))
+                offsets=cube.cov_offsets, columns=np.arange(n_off - 1), k=0, y0=0,
+                out=np.empty(n_off * ny * nx, np.uint64))
     _core.fits_covariance_band(**args)
     with pytest.raises(ValueError, match="var"):
         _core.fits_covariance_band(**{**args, "var": cube.var_accum[0, 1:].ravel()})
@@ -246,6 +320,10 @@ def test_covariance_band_rejects_wrong_shapes_naming_them():
         _core.fits_covariance_band(**{**args, "offsets": cube.cov_offsets[:, :2].copy()})
     with pytest.raises(ValueError, match="weight"):
         _core.fits_covariance_band(**{**args, "weight": cube.weight_total[:, :, ::-1]})
+    with pytest.raises(ValueError, match="columns"):
+        _core.fits_covariance_band(**{**args, "columns": np.arange(1, n_off)})  # one beyond the terms
+    with pytest.raises(ValueError, match="columns"):
+        _core.fits_covariance_band(**{**args, "columns": np.arange(n_off - 2)})
 
 
 def test_bitwise_identical_for_any_thread_count_and_science_unchanged():

@@ -239,7 +239,9 @@ def test_covariance_with_rejection_leaves_the_rejected_pixels_out(field):
     hit = landed & (ref["rejected"] > 0)
     assert hit.sum() > 100 and np.all(cube["covariance"][0][hit] != dirty["variance"][hit])
     cfg = _config(out, reject_outliers=True, covariance=True)
-    np.testing.assert_array_equal(cube["cov_offsets"][1:], stencil(cfg, build_z_grid(3, 1.0).edges, 3))
+    full = [tuple(int(v) for v in o) for o in stencil(cfg, build_z_grid(3, 1.0).edges, 3)]
+    written = [tuple(int(v) for v in o) for o in cube["cov_offsets"][1:]]  # those some pixel coupled
+    assert written == [o for o in full if o in set(written)] and {(0, 0, 1), (0, 1, 0), (1, 0, 0)} <= set(written)
     with fits.open(out / "drizzle_D3.fits") as hdul:
         assert [h.name for h in hdul][7:] == ["WCS-TAB", "REJECTED", "COVARIANCE", "COVAR-OFFSETS"]
     mask = np.zeros(cube["sci"].shape, bool)

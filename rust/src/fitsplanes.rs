@@ -5,9 +5,10 @@
 //! `astype(np.float32)` uses), its NaN (`0x7fc00000`).
 //!
 //! [`covariance_band`]: the float64 COVARIANCE image (`covariance.py`) of one
-//! plane and a band of rows, all offsets from one read of each voxel's terms.
+//! plane and a band of rows, the written offsets from one read of each voxel's
+//! terms; [`terms_used`]: which offsets have a nonzero term (the file holds those).
 
-use ndarray::{s, ArrayView3, Axis};
+use ndarray::{s, ArrayView3, ArrayView4, Axis};
 use rayon::prelude::*;
 
 /// Writes plane values into `out` (each `u32` holds the big-endian bytes of one
@@ -48,7 +49,9 @@ fn ratio(num: &[f64], weight: &[f64], squared: bool, out: &mut [u32]) {
 /// COVARIANCE image needs them: `cross` the band's cross terms
 /// `(rows, nx, offsets.len())` (any strides: the padded accumulator), `var`
 /// its `var_accum` (`rows * nx`), `weight` the whole `weight_total` of `shape`
-/// `(nz, ny, nx)` in C order, `offsets` the stencil's `(dz, dy, dx)`.
+/// `(nz, ny, nx)` in C order, `offsets` the `(dz, dy, dx)` of the offsets
+/// written and `columns` the index of each in `cross`'s last axis (the stencil's
+/// order; [`terms_used`] tells which the file holds).
 pub struct CovBand<'a> {
     pub cross: ArrayView3<'a, f64>,
     pub var: &'a [f64],
@@ -57,12 +60,35 @@ pub struct CovBand<'a> {
     pub k: usize,
     pub y0: usize,
     pub offsets: &'a [[i64; 3]],
+    pub columns: &'a [usize],
+}
+
+/// Per term (last axis) of the cross-term accumulator `cross` `(nz, ny, nx, n)`
+/// (any strides), whether any voxel's term has a bit set (a term of a pixel is
+/// `w_k w_l sigma^2 >= 0`, so all bits clear means no pixel coupled the pair
+/// anywhere: its COVARIANCE plane is all `0.0`). One read of the array, rows of
+/// voxels on rayon's pool (an OR: the same result for any thread count).
+pub fn terms_used(cross: ArrayView4<'_, f64>) -> Vec<bool> {
+    let (nz, ny, _, n) = cross.dim();
+    let or_row = |mut acc: Vec<u64>, zy: usize| {
+        let row = cross.slice(s![zy / ny, zy % ny, .., ..]);
+        for voxel in row.outer_iter() {
+            match voxel.as_slice() {
+                Some(terms) => acc.iter_mut().zip(terms).for_each(|(a, t)| *a |= t.to_bits()),
+                None => acc.iter_mut().zip(voxel.iter()).for_each(|(a, t)| *a |= t.to_bits()),
+            }
+        }
+        acc
+    };
+    let or_both = |a: Vec<u64>, b: Vec<u64>| a.iter().zip(&b).map(|(x, y)| x | y).collect::<Vec<u64>>();
+    let bits = (0..nz * ny).into_par_iter().fold(|| vec![0u64; n], or_row).reduce(|| vec![0u64; n], or_both);
+    bits.iter().map(|&b| b != 0).collect()
 }
 
 /// Fills `out` (`(1 + offsets) * rows * nx`, each `u64` the big-endian bytes of
 /// one float64) with the band's COVARIANCE blocks, offset-major: block 0 is
 /// `var / (w * w)` where `w > 0`, NaN elsewhere; block `1 + j` is
-/// `cross[.., j] / (W_k * W_{k+o})` where that product is `> 0` and the partner
+/// `cross[.., columns[j]] / (W_k * W_{k+o})` where that product is `> 0` and the partner
 /// lies in the cube, `0.0` elsewhere (numpy's bits, `covariance.file_planes`).
 /// Rows run in parallel on rayon's global pool (each value is a function of its
 /// voxel alone: the same bytes for any thread count); a row's terms come from
@@ -77,17 +103,21 @@ pub fn covariance_band(b: &CovBand<'_>, out: &mut [u64]) -> Result<(), String> {
     if b.k >= nz || b.y0 + rows > ny {
         return Err(format!("covariance band: plane {} rows {}..{} lie outside the cube {:?}", b.k, b.y0, b.y0 + rows, b.shape));
     }
-    if cx != nx || nc != b.offsets.len() {
-        return Err(format!("covariance band: cross has shape {:?}, expected ({rows}, {nx}, {})", b.cross.dim(), b.offsets.len()));
+    if cx != nx {
+        return Err(format!("covariance band: cross has shape {:?}, expected ({rows}, {nx}, terms)", b.cross.dim()));
     }
-    if b.var.len() != block || out.len() != (1 + nc) * block {
-        return Err(format!("covariance band: var ({}) must hold {block} values and out ({}) {}", b.var.len(), out.len(), (1 + nc) * block));
+    if b.columns.len() != b.offsets.len() || b.columns.iter().any(|&c| c >= nc) {
+        return Err(format!("covariance band: columns {:?} must name one of cross's {nc} terms per offset ({})", b.columns, b.offsets.len()));
+    }
+    let n_off = b.offsets.len();
+    if b.var.len() != block || out.len() != (1 + n_off) * block {
+        return Err(format!("covariance band: var ({}) must hold {block} values and out ({}) {}", b.var.len(), out.len(), (1 + n_off) * block));
     }
     if nx == 0 || rows == 0 {
         return Ok(());
     }
     // Row r's segment of every block: the rows are independent tasks.
-    let mut segments: Vec<Vec<&mut [u64]>> = (0..rows).map(|_| Vec::with_capacity(1 + nc)).collect();
+    let mut segments: Vec<Vec<&mut [u64]>> = (0..rows).map(|_| Vec::with_capacity(1 + n_off)).collect();
     for blk in out.chunks_exact_mut(block) {
         for (seg, row) in blk.chunks_exact_mut(nx).zip(segments.iter_mut()) {
             row.push(seg);
@@ -124,7 +154,7 @@ fn band_row(b: &CovBand<'_>, r: usize, segs: &mut [&mut [u64]]) {
         *o = if w > 0.0 { (v / (w * w)).to_bits().swap_bytes() } else { nan };
     }
     let terms = b.cross.index_axis(Axis(0), r);
-    for (j, (&[dz, dy, dx], dst)) in b.offsets.iter().zip(rest.iter_mut()).enumerate() {
+    for ((&[dz, dy, dx], &j), dst) in b.offsets.iter().zip(b.columns).zip(rest.iter_mut()) {
         let (zp, yp) = (b.k as i64 + dz, y as i64 + dy);
         if zp < 0 || zp >= nz as i64 || yp < 0 || yp >= ny as i64 {
             dst.fill(0);
@@ -179,7 +209,7 @@ mod tests {
         let offsets = [[1, 0, 1], [2, 0, 0], [0, 1, -1]];
         let cross = Array3::from_shape_fn((2, 3, 3), |(y, x, j)| (1 + y * 9 + x * 3 + j) as f64);
         let var = [4.0, 8.0, 1.0, 16.0, 2.0, 8.0];
-        let band = CovBand { cross: cross.view(), var: &var, weight: &weight, shape: (2, 2, 3), k: 0, y0: 0, offsets: &offsets };
+        let band = CovBand { cross: cross.view(), var: &var, weight: &weight, shape: (2, 2, 3), k: 0, y0: 0, offsets: &offsets, columns: &[0, 1, 2] };
         let mut out = vec![7u64; 4 * 6];
         covariance_band(&band, &mut out).unwrap();
         let v: Vec<f64> = out.iter().map(|b| f64::from_bits(b.swap_bytes())).collect();
@@ -196,12 +226,23 @@ mod tests {
         // Offsets wider than the cube (a stencil on a cube of few columns): all 0.0, no panic.
         let wide = [[0, 0, 5], [0, 1, -5], [0, 0, 3], [0, 1, -3]];
         let cross4 = Array3::from_elem((2, 3, 4), 1.0);
-        let band4 = CovBand { cross: cross4.view(), offsets: &wide, ..band };
+        let band4 = CovBand { cross: cross4.view(), offsets: &wide, columns: &[0, 1, 2, 3], ..band };
         let mut out4 = vec![7u64; 5 * 6];
         covariance_band(&band4, &mut out4).unwrap();
         assert!(out4[6..].iter().all(|&b| b == 0));
         let bad = CovBand { y0: 1, ..band };
         assert!(covariance_band(&bad, &mut out).is_err());
+        // Some offsets only: their blocks, each from its own column, bit for bit.
+        let some = CovBand { offsets: &[offsets[2], offsets[0]], columns: &[2, 0], ..band };
+        let mut out2 = vec![7u64; 3 * 6];
+        covariance_band(&some, &mut out2).unwrap();
+        assert_eq!(out2[..6], out[..6]);
+        assert_eq!(out2[6..12], out[18..24]);
+        assert_eq!(out2[12..], out[6..12]);
+        for columns in [&[0, 3][..], &[0][..]] {
+            let wrong = CovBand { offsets: &offsets[..2], columns, ..band };
+            assert!(covariance_band(&wrong, &mut out2[..18]).unwrap_err().contains("columns"));
+        }
     }
 
     #[test]
@@ -213,7 +254,8 @@ mod tests {
         let (y0, rows) = (2, 6);
         let cross = Array3::from_shape_fn((rows, nx, offsets.len()), |(y, x, j)| 0.1 + (y * 131 + x * 17 + j * 5) as f64 / 7.0);
         let var: Vec<f64> = (0..rows * nx).map(|i| i as f64 * 0.25).collect();
-        let band = CovBand { cross: cross.view(), var: &var, weight: &weight, shape: (nz, ny, nx), k: 1, y0, offsets: &offsets };
+        let band =
+            CovBand { cross: cross.view(), var: &var, weight: &weight, shape: (nz, ny, nx), k: 1, y0, offsets: &offsets, columns: &[0, 1, 2, 3, 4] };
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut out = vec![0u64; (1 + offsets.len()) * rows * nx];
@@ -224,5 +266,25 @@ mod tests {
         assert!(one.iter().any(|&b| b != 0));
         assert_eq!(one, run(2));
         assert_eq!(one, run(4));
+    }
+
+    #[test]
+    fn terms_used_finds_each_term_with_a_bit_set_for_any_thread_count() {
+        use ndarray::Array4;
+        // Padded records (as covariance.cross_terms): 5 terms in 8 slots; the padding is never read.
+        let mut a = Array4::<f64>::zeros((3, 5, 7, 8));
+        a[[2, 4, 6, 1]] = 1e-300; // one voxel, the last
+        a[[0, 0, 0, 3]] = 2.5; // the first
+        a[[1, 2, 3, 4]] = f64::MIN_POSITIVE / 4.0; // a subnormal
+        a[[1, 1, 1, 6]] = 9.0; // padding
+        let view = a.slice(s![.., .., .., ..5]);
+        let run = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| terms_used(view));
+        let want = vec![false, true, false, true, true];
+        assert_eq!(run(1), want);
+        assert_eq!(run(3), want);
+        assert_eq!(terms_used(a.slice(s![.., .., .., 2..3])), vec![false]);
+        // Any strides: planes reversed, a column step of 2.
+        assert_eq!(terms_used(a.slice(s![..;-1, .., ..;2, ..5])), vec![false, true, false, true, false]);
+        assert_eq!(terms_used(Array4::<f64>::zeros((0, 4, 4, 3)).view()), vec![false; 3]);
     }
 }

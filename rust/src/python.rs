@@ -12,8 +12,8 @@
 
 use ndarray::{Array2, Dimension};
 use numpy::{
-    Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadwriteArray,
-    PyReadwriteArray1, PyReadwriteArray3, PyReadwriteArray4, PyUntypedArrayMethods,
+    Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4,
+    PyReadwriteArray, PyReadwriteArray1, PyReadwriteArray3, PyReadwriteArray4, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -414,10 +414,11 @@ fn fits_ratio_plane<'py>(
 }
 
 /// A band of the COVARIANCE image (see `fitsplanes::covariance_band`): plane
-/// `k`, rows `y0 ..` (as many as `cross` has), all offsets, into `out` as the
-/// big-endian bytes of float64, offset-major.
+/// `k`, rows `y0 ..` (as many as `cross` has), the offsets `offsets` (term
+/// `columns[j]` of `cross` for offset `j`), into `out` as the big-endian bytes
+/// of float64, offset-major.
 #[pyfunction]
-#[pyo3(signature = (*, cross, var, weight, offsets, k, y0, out))]
+#[pyo3(signature = (*, cross, var, weight, offsets, columns, k, y0, out))]
 #[allow(clippy::too_many_arguments)]
 fn fits_covariance_band<'py>(
     py: Python<'py>,
@@ -425,6 +426,7 @@ fn fits_covariance_band<'py>(
     var: PyReadonlyArray1<'py, f64>,
     weight: PyReadonlyArray3<'py, f64>,
     offsets: PyReadonlyArray2<'py, i64>,
+    columns: PyReadonlyArray1<'py, i64>,
     k: usize,
     y0: usize,
     mut out: PyReadwriteArray1<'py, u64>,
@@ -437,10 +439,21 @@ fn fits_covariance_band<'py>(
         return Err(PyValueError::new_err(format!("offsets must be (n, 3) (dz, dy, dx), got {:?}", offsets.dim())));
     }
     let offsets: Vec<[i64; 3]> = offsets.rows().into_iter().map(|r| [r[0], r[1], r[2]]).collect();
+    let columns = sizes("columns", &columns)?;
     let cross = cross.as_array();
     let out = out.as_slice_mut().map_err(|_| PyValueError::new_err("out must be a contiguous 1-D array"))?;
-    let band = fitsplanes::CovBand { cross, var, weight, shape, k, y0, offsets: &offsets };
+    let band = fitsplanes::CovBand { cross, var, weight, shape, k, y0, offsets: &offsets, columns: &columns };
     run_detached(py, "fits_covariance_band", move || fitsplanes::covariance_band(&band, out))
+}
+
+/// Per term of the cross-term accumulator `cross` `(nz, ny, nx, n)` (any
+/// strides), whether any voxel's term is nonzero (`fitsplanes::terms_used`).
+#[pyfunction]
+#[pyo3(signature = (*, cross))]
+fn covariance_terms_used<'py>(py: Python<'py>, cross: PyReadonlyArray4<'py, f64>) -> PyResult<Bound<'py, PyArray1<bool>>> {
+    let cross = cross.as_array();
+    let used = run_detached(py, "covariance_terms_used", move || Ok(fitsplanes::terms_used(cross)))?;
+    Ok(used.into_pyarray(py))
 }
 
 fn sizes(name: &str, a: &PyReadonlyArray1<'_, i64>) -> PyResult<Vec<usize>> {
@@ -735,6 +748,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(zodi_fit_sums, m)?)?;
     m.add_function(wrap_pyfunction!(fits_ratio_plane, m)?)?;
     m.add_function(wrap_pyfunction!(fits_covariance_band, m)?)?;
+    m.add_function(wrap_pyfunction!(covariance_terms_used, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
     #[cfg(unix)]

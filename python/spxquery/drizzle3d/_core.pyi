@@ -168,17 +168,24 @@ def fits_covariance_band(
     var: F64Array,
     weight: F64Array,
     offsets: npt.NDArray[np.int64],
+    columns: npt.NDArray[np.int64],
     k: int,
     y0: int,
     out: npt.NDArray[np.uint64],
 ) -> None:
-    """Plane ``k``, rows ``y0 .. y0 + rows`` of the COVARIANCE image, all offsets, in place:
-    ``out`` (``(1 + n) * rows * nx``) holds the big-endian bytes of float64, offset-major;
+    """Plane ``k``, rows ``y0 .. y0 + rows`` of the COVARIANCE image, the offsets ``offsets``, in
+    place: ``out`` (``(1 + n) * rows * nx``) holds the big-endian bytes of float64, offset-major;
     block 0 is ``var / weight[k]**2`` where ``weight > 0``, NaN elsewhere; block ``1 + j`` is
-    ``cross[..., j] / (W_k W_{k+o})`` where that product is ``> 0`` and the partner lies in the
-    cube, 0.0 elsewhere (``covariance.file_planes``'s bits). ``cross``: ``(rows, nx, n)``, any
-    strides; ``var``: ``rows * nx``; ``weight``: the C-contiguous ``(nz, ny, nx)`` weight_total;
-    ``offsets``: ``(n, 3)`` ``(dz, dy, dx)``. Wrong shapes or a band outside the cube: ValueError."""
+    ``cross[..., columns[j]] / (W_k W_{k+o})`` where that product is ``> 0`` and the partner lies
+    in the cube, 0.0 elsewhere (``covariance.file_planes``'s bits). ``cross``: ``(rows, nx,
+    terms)``, any strides; ``var``: ``rows * nx``; ``weight``: the C-contiguous ``(nz, ny, nx)``
+    weight_total; ``offsets``: ``(n, 3)`` ``(dz, dy, dx)``; ``columns``: ``n`` term indices.
+    Wrong shapes, a column beyond ``cross``'s terms or a band outside the cube: ValueError."""
+
+def covariance_terms_used(*, cross: F64Array) -> npt.NDArray[np.bool_]:
+    """Per term of the cross terms ``cross`` ``(nz, ny, nx, n)`` (any strides), whether any
+    voxel's term is nonzero (has a bit set): the offsets the COVARIANCE image holds
+    (``covariance.written_terms``). One read of the array on rayon's pool, GIL released."""
 
 def zodi_fit_sums(
     *,

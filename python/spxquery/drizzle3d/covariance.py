@@ -13,7 +13,10 @@ stencil stops the run with an error (never dropped terms).
 File layout (after the other HDUs): ``COVARIANCE``, float64 ``(n_offsets, n_z, ny, nx)`` in
 (MJy/sr)^2: plane ``[n, k, y, x]`` is ``Cov((k, y, x), (k + dz, y + dy, x + dx))`` for the
 ``n``-th row of ``COVAR-OFFSETS`` (table ``DZ, DY, DX``); row 0 is ``(0, 0, 0)``, the variance
-in float64. :func:`aperture_variance` gives the exact variance of a sum or mean over any voxels.
+in float64. The rows after it are the stencil's offsets (in its order) that some input pixel
+coupled (:func:`written_terms`): an offset of the stencil that is not listed has covariance
+exactly 0 for every voxel (a 30' D3 cube of 48 frames lists 25 of the stencil's 52, and its
+file is half the size). :func:`aperture_variance` gives the exact variance of a sum or mean over any voxels.
 
 Without covariance HDUs, :func:`aperture_variance` falls back (with a warning) to the summed
 variances times ``R^2``, ``R`` the noise correction factor of Casertano et al. (2000) and
@@ -191,15 +194,32 @@ def _diagonal(var_accum: np.ndarray, weight: np.ndarray) -> np.ndarray:
     return out
 
 
-def file_offsets(cube) -> np.ndarray:
-    """The rows of ``COVAR-OFFSETS`` for a ``DrizzleCube``: ``(0, 0, 0)``, then its stencil."""
-    return np.concatenate([np.zeros((1, 3), np.int64), np.asarray(cube.cov_offsets, np.int64)])
+def written_terms(cube) -> np.ndarray:
+    """Indices (int64, ascending) into a ``DrizzleCube``'s ``cov_offsets`` of the offsets the file
+    holds: those whose cross term is nonzero for some voxel (``_core.covariance_terms_used``: one
+    read of the accumulator on both cores, GIL released). The others were coupled by no input
+    pixel: their covariance is exactly 0 everywhere, and leaving them out loses nothing."""
+    return np.flatnonzero(_core.covariance_terms_used(cross=cube.cov_cross)).astype(np.int64)
 
 
-def file_planes(cube) -> Iterator[np.ndarray]:
-    """The ``COVARIANCE`` image of a ``DrizzleCube`` plane by plane (offset-major, float64)."""
+def _columns(cube, terms: np.ndarray | None) -> np.ndarray:
+    """``terms``, or every term of the stencil when None."""
+    return np.arange(len(cube.cov_offsets), dtype=np.int64) if terms is None else np.asarray(terms, np.int64)
+
+
+def file_offsets(cube, terms: np.ndarray | None = None) -> np.ndarray:
+    """The rows of ``COVAR-OFFSETS`` for a ``DrizzleCube``: ``(0, 0, 0)``, then the offsets of its
+    stencil numbered ``terms`` (:func:`written_terms`; None: all of them)."""
+    offsets = np.asarray(cube.cov_offsets, np.int64).reshape(-1, 3)[_columns(cube, terms)]
+    return np.concatenate([np.zeros((1, 3), np.int64), offsets])
+
+
+def file_planes(cube, terms: np.ndarray | None = None) -> Iterator[np.ndarray]:
+    """The ``COVARIANCE`` image of a ``DrizzleCube`` plane by plane (offset-major, float64): the
+    variance, then the offsets ``terms`` (as :func:`file_offsets`)."""
     shape = cube.weight_total.shape[1:]
-    for n, o in enumerate(file_offsets(cube)):
+    columns = _columns(cube, terms)
+    for n, o in enumerate(file_offsets(cube, terms)):
         dz = int(o[0])
         for k in range(cube.nz):
             if n == 0:
@@ -209,7 +229,7 @@ def file_planes(cube) -> Iterator[np.ndarray]:
             if 0 <= k + dz < cube.nz:
                 a, p = _pair_slices((int(o[1]), int(o[2])), shape)
                 w = cube.weight_total[k][a] * cube.weight_total[k + dz][p]
-                np.divide(cube.cov_cross[k, :, :, n - 1][a], w, out=plane[a], where=w > 0)
+                np.divide(cube.cov_cross[k, :, :, columns[n - 1]][a], w, out=plane[a], where=w > 0)
             yield plane
 
 
@@ -217,18 +237,19 @@ def file_planes(cube) -> Iterator[np.ndarray]:
 WRITE_BUFFER_BYTES = 8 << 20
 
 
-def write_image(f, cube) -> int:
-    """Write the data of the ``COVARIANCE`` image (:func:`file_planes`'s bytes, big-endian, without
-    padding) at the current position of the binary file ``f`` (a real file: ``fileno``); returns
+def write_image(f, cube, terms: np.ndarray | None = None) -> int:
+    """Write the data of the ``COVARIANCE`` image (:func:`file_planes`'s bytes for ``terms``,
+    big-endian, without padding) at the current position of the binary file ``f`` (a real file: ``fileno``); returns
     its byte count and leaves ``f`` at its end. Per plane and band of rows,
     ``_core.fits_covariance_band`` reads each voxel's terms once (GIL released) into one reused
     buffer of at most :data:`WRITE_BUFFER_BYTES` (or one row), ``os.pwrite`` places each
     offset's block at its offset-major position in the file, and the disk write of the file's
     dirty pages starts at once (:func:`.vmhints.start_writeback`; the image's blocks are
     allocated first, :func:`.vmhints.preallocate`, so the file stays contiguous): the ``fsync``
-    ending the save then waits for the last bands only, not for the whole ~600 MB of a 30' D3 cube."""
+    ending the save then waits for the last bands only, not for the whole ~330 MB of a 30' D3 cube."""
     nz, ny, nx = cube.weight_total.shape
-    offsets = np.ascontiguousarray(cube.cov_offsets, dtype=np.int64).reshape(-1, 3)
+    columns = _columns(cube, terms)
+    offsets = np.ascontiguousarray(file_offsets(cube, columns)[1:])
     weight = np.ascontiguousarray(cube.weight_total, dtype=np.float64)
     n_off = 1 + len(offsets)
     rows = max(1, min(ny, WRITE_BUFFER_BYTES // (8 * n_off * max(nx, 1))))
@@ -244,7 +265,7 @@ def write_image(f, cube) -> int:
             out = buf[:n_off * r * nx]
             var = np.ascontiguousarray(cube.var_accum[k, y0:y0 + r], dtype=np.float64).reshape(-1)
             _core.fits_covariance_band(cross=cube.cov_cross[k, y0:y0 + r], var=var, weight=weight, offsets=offsets,
-                                       k=k, y0=y0, out=out)
+                                       columns=columns, k=k, y0=y0, out=out)
             blocks = out.data.cast("B")
             step = r * nx * 8
             for n in range(n_off):
@@ -271,9 +292,9 @@ def header_cards(cube) -> List[Tuple[str, Any, str]]:
              "aperture noise factor R (Fruchter+Hook 2002)")]
 
 
-def image_header(cube) -> fits.Header:
-    """Header of the ``COVARIANCE`` image (no data)."""
-    n_off = len(file_offsets(cube))
+def image_header(cube, terms: np.ndarray | None = None) -> fits.Header:
+    """Header of the ``COVARIANCE`` image of the offsets ``terms`` (as :func:`file_offsets`; no data)."""
+    n_off = len(file_offsets(cube, terms))
     shape = (n_off, *cube.flux_weighted.shape)
     hdu = fits.ImageHDU(np.broadcast_to(np.zeros((), np.float64), shape), name=COVARIANCE_HDU)
     hdu.header["BUNIT"] = ("MJy2 / sr2", "covariance of SCI voxel pairs")
@@ -281,9 +302,10 @@ def image_header(cube) -> fits.Header:
     return hdu.header
 
 
-def offsets_table(cube) -> fits.BinTableHDU:
-    """The ``COVAR-OFFSETS`` table: ``DZ, DY, DX`` of each plane of ``COVARIANCE``."""
-    o = file_offsets(cube)
+def offsets_table(cube, terms: np.ndarray | None = None) -> fits.BinTableHDU:
+    """The ``COVAR-OFFSETS`` table: ``DZ, DY, DX`` of each plane of ``COVARIANCE`` (the offsets
+    ``terms``, as :func:`file_offsets`)."""
+    o = file_offsets(cube, terms)
     cols = [fits.Column(name=n, format="J", array=o[:, a].astype(np.int32)) for a, n in enumerate(("DZ", "DY", "DX"))]
     return fits.BinTableHDU.from_columns(cols, name=OFFSETS_HDU)
 
@@ -417,4 +439,4 @@ def _variance_cube(cube: CubeLike) -> np.ndarray:
 
 
 __all__ = ["COVARIANCE_HDU", "OFFSETS_HDU", "CORRECTION_KEY", "aperture_variance", "correction_factor", "stencil",
-           "plane_variances", "spatial_reach", "spectral_reach"]
+           "plane_variances", "spatial_reach", "spectral_reach", "written_terms"]

@@ -9,8 +9,9 @@ files and their zodi scales), 1 SCI (float32, MJy/sr), 2 VARIANCE (float32, ``MJ
 New content follows them, found by EXTNAME: 7 WCS-TAB (the exact plane centres of the
 alternate WCS, :mod:`.cubewcs`), then, with outlier rejection only, 8 REJECTED (int32: rejected
 contributions per voxel, -1 where nothing was tested), then, with ``covariance=True``,
-COVARIANCE (float64 image, streamed) and COVAR-OFFSETS (table) (:mod:`.covariance`): 8 and 9
-without REJECTED, 9 and 10 with it. A cube of several detectors has DETECTOR = 0 in PRIMARY.
+COVARIANCE (float64 image, streamed; the variance, then the offsets some input pixel coupled)
+and COVAR-OFFSETS (table) (:mod:`.covariance`): 8 and 9 without REJECTED, 9 and 10 with it.
+A cube of several detectors has DETECTOR = 0 in PRIMARY.
 
 Every image extension carries the same two 3-D WCSs (:mod:`.cubewcs`): the primary one with a
 least-squares ``WAVE-LOG`` (or ``WAVE``) spectral axis (its largest error in ``WAVEMAXE``, um) and the exact
@@ -357,9 +358,11 @@ def build_hdulist(cube) -> fits.HDUList:
         hdu.header.update(_rejected_keywords(extra))
         hdus.append(hdu)
     if covariance.has_covariance(cube):
-        planes = np.stack(list(covariance.file_planes(cube)))
-        hdus.append(fits.ImageHDU(planes.reshape(-1, *cube.flux_weighted.shape), header=covariance.image_header(cube)))
-        hdus.append(covariance.offsets_table(cube))
+        terms = covariance.written_terms(cube)
+        planes = np.stack(list(covariance.file_planes(cube, terms)))
+        hdus.append(fits.ImageHDU(planes.reshape(-1, *cube.flux_weighted.shape),
+                                  header=covariance.image_header(cube, terms)))
+        hdus.append(covariance.offsets_table(cube, terms))
     return fits.HDUList(hdus)
 
 
@@ -424,9 +427,10 @@ def _write_streamed(f, cube, progress: bool = False) -> None:
     if getattr(cube, "reject_count", None) is not None:
         _write_rejected(f, cube, extra)
     if covariance.has_covariance(cube):
-        f.write(covariance.image_header(cube).tostring().encode("ascii"))
-        f.write(padding(covariance.write_image(f, cube)))
-        _write_tables(f, [covariance.offsets_table(cube)])
+        terms = covariance.written_terms(cube)  # the offsets some pixel coupled (the others are 0)
+        f.write(covariance.image_header(cube, terms).tostring().encode("ascii"))
+        f.write(padding(covariance.write_image(f, cube, terms)))
+        _write_tables(f, [covariance.offsets_table(cube, terms)])
 
 
 def _write_tables(f, tables: List[fits.BinTableHDU]) -> None:
