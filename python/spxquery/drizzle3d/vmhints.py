@@ -34,8 +34,12 @@ MADV_POPULATE_WRITE = 23
 SYNC_FILE_RANGE_WRITE = 2
 #: Arrays smaller than this are left to fault on first touch (the thread is not worth it).
 POPULATE_MIN_BYTES = 32 << 20
-#: Bytes populated per ``madvise`` call (the thread yields between calls).
-POPULATE_CHUNK_BYTES = 16 << 20
+#: Bytes populated per ``madvise`` call. Each call holds the process's memory map lock (shared)
+#: while it zeroes its pages, and the reader's ``mmap``/``munmap`` of fresh arrays need that lock
+#: alone: with 16 MiB calls (~10 ms each) a 30' D3 covariance run's first kernel came 207-285 ms
+#: after the frame loop's start in 3 of 6 runs (the reader's allocations queued behind the
+#: populate), with 256 KiB calls 10-18 ms (docs/performance.md, covariance, sixth part).
+POPULATE_CHUNK_BYTES = 256 << 10
 _PAGE = 4096
 
 
