@@ -229,12 +229,8 @@ def _check_detector(detector: object) -> int:
 
 def detector_spectral_table(detector: int) -> pd.DataFrame:
     """The 17 channels of one detector (1-6), sorted by WAVELENGTH, index reset."""
-    det = _check_detector(detector)
-    full = _read_spectral_table()
-    sub = full[full["DETECTOR"] == det].sort_values("WAVELENGTH", kind="stable").reset_index(drop=True)
-    if len(sub) == 0:
-        raise ValueError(f"No spectral channels for detector {det} in {SPECTRAL_CHANNELS_FILE}")
-    return sub.copy()
+    columns = _detector_channels(detector, SPECTRAL_COLUMNS)
+    return pd.DataFrame({name: col.copy() for name, col in zip(SPECTRAL_COLUMNS, columns)})
 
 
 @functools.lru_cache(maxsize=8)
