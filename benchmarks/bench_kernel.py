@@ -136,7 +136,7 @@ def kernel_call(cx, cy, pixels, kernel, threads, z_edges=EDGES, covariance=False
         cube["cov_offsets"] = covariance_offsets(z_edges)
         from spxquery.drizzle3d.covariance import cross_terms
 
-        cube["cov_cross"] = cross_terms(shape, len(cube["cov_offsets"]))  # as the pipeline allocates it
+        cube["cov_cross"] = cross_terms(shape, cube["cov_offsets"])  # as the pipeline allocates it
         for t in threading.enumerate():  # its pages populated in the background: not during the timed calls
             if t.name == "spxdrizzle-populate":
                 t.join()
@@ -262,14 +262,15 @@ def main() -> None:
             lines += ["", f"Geometry {tag}: square kernel speed-up from 1 to 2 threads: {sq[1] / sq[2]:.2f}x."]
         cov = {th: t for name, th, t in rows if "with covariance" in name}
         if cov:
-            from spxquery.drizzle3d.covariance import padded_terms
+            from spxquery.drizzle3d.covariance import layout
 
-            slots = padded_terms(len(covariance_offsets(edges)))
+            parts, slots = layout(covariance_offsets(edges))
             lines += ["", f"Geometry {tag}: the covariance costs " + ", ".join(
                 f"{cov[th] / sq[th]:.2f}x the time on {th} thread(s)" for th in sorted(cov) if th in sq)
                 + f" (target <= 1.6x); memory: {len(covariance_offsets(edges))} float64 cross terms per voxel "
-                  f"in {slots} slots (each voxel's from a cache line's start), "
-                  f"{slots * 8 / 36:.1f}x the 36 bytes per voxel of the accumulators."]
+                  f"in {parts} part(s) of {slots} slots (each voxel's from a cache line's start; part 1, the "
+                  f"|dz| >= 2 offsets, touched only where a top-hat spans three planes), "
+                  f"{slots * 8 / 36:.1f}x the 36 bytes per voxel of the accumulators in part 0."]
         t_cube = next((t for name, _, t in rows if name.startswith("STScI cdrizzle, 17 planes")), None)
         if t_cube and 1 in sq:
             lines += ["", (f"Geometry {tag}, the same 17-plane cube: cdrizzle plane by plane {t_cube:.3f} s vs this "

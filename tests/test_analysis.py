@@ -124,7 +124,7 @@ def test_aperture_spectrum_variance_includes_the_covariance(tmp_path):
     cube.weight_total[...], cube.flux_weighted[...], cube.var_accum[...] = 4.0, 4.0 * S, 16.0 * V
     cube.count_map[...], cube.n_input_sc[...] = 1, 1
     right = [tuple(o) for o in cube.cov_offsets].index((0, 0, 1))
-    cube.cov_cross[..., right] = 16.0 * 0.3 * V
+    cube.cov_term(right)[...] = 16.0 * 0.3 * V
     c = read_cube(save_cube(cube, tmp_path / "cov.fits"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -4,6 +4,7 @@ over the input pixels, the file round trip, determinism, and the fallback."""
 from __future__ import annotations
 
 import re
+import sys
 import warnings
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
 
+from memory_support import resident_pages
 from spxquery.drizzle3d import _core, covariance, vmhints
 from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
 from spxquery.drizzle3d.config import Drizzle3DConfig
@@ -18,12 +20,14 @@ from spxquery.drizzle3d.covariance import (
     aperture_variance,
     correction_factor,
     cross_terms,
+    layout,
     padded_terms,
     plane_variances,
     spatial_offsets,
     spatial_reach,
     spectral_reach,
     stencil,
+    term_places,
 )
 from spxquery.drizzle3d.cubefile import load_cube, save_cube
 from spxquery.drizzle3d.fitsbytes import image_data
@@ -123,6 +127,40 @@ def test_aperture_variance_equals_brute_force_sum_over_input_pixels(kernel, shri
         assert np.nansum(np.where(mask, cube.variance, np.nan)) < want
 
 
+def test_top_hats_spanning_three_planes_write_part_one_and_match_the_brute_force(tmp_path):
+    """Pixels whose top-hats span three planes couple voxels two planes apart: their terms live in
+    part 1 of the cross terms (issue 22, seventh part), exact against the brute force and in the file."""
+    wide = frames(9, 1.0, seed=21)
+    wide = [(cx, cy, im, var, fl, lam, np.full_like(dlam, 0.034)) for cx, cy, im, var, fl, lam, dlam in wide]
+    cube = drizzled(14, 1.0, 0.8, "square", wide)
+    assert cube.cov_cross.shape[0] == 2
+    far = [n for n, o in enumerate(cube.cov_offsets) if abs(int(o[0])) == 2]
+    assert far and all(term_places(cube.cov_offsets)[n][0] == 1 for n in far)
+    assert cube.cov_cross[1].any() and any(cube.cov_term(n).any() for n in far)
+    path = save_cube(cube, tmp_path / "wide.fits")
+    assert any(abs(int(o[0])) == 2 for o in load_cube(path)["cov_offsets"])
+    for mask_planes in (slice(0, 3), slice(1, 5)):
+        mask = np.zeros(cube.flux_weighted.shape, bool)
+        mask[mask_planes, 3:10, 4:11] = True
+        want = brute_force_variance(cube, wide, mask)
+        assert aperture_variance(cube, mask) == pytest.approx(want, rel=1e-10)
+        assert aperture_variance(path, mask) == pytest.approx(want, rel=1e-10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/pagemap")
+def test_part_one_stays_untouched_where_no_top_hat_spans_three_planes(tmp_path):
+    """Top-hats of at most two planes (as every cube of the cached benchmark fields): no page of
+    part 1 is ever mapped by the kernel (its memory is fresh: 2 x 18 MB, beyond malloc's heap)."""
+    narrow = frames(20, 1.0, seed=22)
+    narrow = [(cx, cy, im, var, fl, lam, np.full_like(dlam, 0.012)) for cx, cy, im, var, fl, lam, dlam in narrow]
+    cube = drizzled(120, 1.0, 0.8, "square", narrow)
+    assert cube.cov_cross.shape[0] == 2 and cube.cov_cross[1].nbytes > 16 << 20
+    assert resident_pages(cube.cov_cross[1]) == 0
+    assert resident_pages(cube.cov_cross[0]) > 0
+    loaded = load_cube(save_cube(cube, tmp_path / "narrow.fits"))
+    assert len(loaded["cov_offsets"]) > 1 and all(abs(int(o[0])) <= 1 for o in loaded["cov_offsets"])
+
+
 def test_mean_per_plane_and_two_d_masks():
     frame_list = frames(10, 1.0, seed=3)
     cube = drizzled(14, 1.0, 0.8, "square", frame_list)
@@ -145,7 +183,7 @@ def test_the_file_holds_the_covariance_and_gives_the_same_variances(tmp_path):
     path = save_cube(cube, tmp_path / "cov.fits")
     loaded = load_cube(path)
     # The offsets some pixel coupled, in the stencil's order; the others' terms are all zero.
-    coupled = [n for n in range(len(cube.cov_offsets)) if cube.cov_cross[..., n].any()]
+    coupled = [n for n in range(len(cube.cov_offsets)) if cube.cov_term(n).any()]
     assert 0 < len(coupled) < len(cube.cov_offsets)
     np.testing.assert_array_equal(loaded["cov_offsets"][1:], cube.cov_offsets[coupled])
     assert loaded["covariance"].shape == (len(coupled) + 1, *cube.flux_weighted.shape)
@@ -208,7 +246,7 @@ def test_a_cube_whose_planes_are_zero_omits_them(tmp_path):
     cube.weight_total[...], cube.flux_weighted[...], cube.var_accum[...] = 2.0, 2.0, 4.0
     cube.count_map[...], cube.n_input_sc[...] = 1, 1
     n = [tuple(o) for o in cube.cov_offsets].index((0, 1, -1))
-    cube.cov_cross[1:3, 2, 3, n] = 0.5
+    cube.cov_term(n)[1:3, 2, 3] = 0.5
     mask = np.zeros(cube.flux_weighted.shape, bool)
     mask[1, 2:4, 1:4] = True
     for name, want in (("one.fits", [[0, 0, 0], [0, 1, -1]]), ("none.fits", [[0, 0, 0]])):
@@ -308,8 +346,9 @@ def test_covariance_band_rejects_wrong_shapes_naming_them():
     cube = drizzled(8, 1.0, 0.8, "square", frames(6, 1.0, n_frames=1, seed=2))
     nz, ny, nx = cube.weight_total.shape
     n_off = len(cube.cov_offsets) + 1
-    args = dict(cross=cube.cov_cross[0], var=cube.var_accum[0].ravel(), weight=cube.weight_total,
-                offsets=cube.cov_offsets, columns=np.arange(n_off - 1), k=0, y0=0,
+    columns = covariance.term_columns(cube.cov_offsets)
+    args = dict(cross=cube.cov_cross[:, 0], var=cube.var_accum[0].ravel(), weight=cube.weight_total,
+                offsets=cube.cov_offsets, columns=columns, k=0, y0=0,
                 out=np.empty(n_off * ny * nx, np.uint64))
     _core.fits_covariance_band(**args)
     with pytest.raises(ValueError, match="var"):
@@ -321,9 +360,9 @@ def test_covariance_band_rejects_wrong_shapes_naming_them():
     with pytest.raises(ValueError, match="weight"):
         _core.fits_covariance_band(**{**args, "weight": cube.weight_total[:, :, ::-1]})
     with pytest.raises(ValueError, match="columns"):
-        _core.fits_covariance_band(**{**args, "columns": np.arange(1, n_off)})  # one beyond the terms
+        _core.fits_covariance_band(**{**args, "columns": np.full(n_off - 1, cube.cov_cross[:, 0].size // (ny * nx))})
     with pytest.raises(ValueError, match="columns"):
-        _core.fits_covariance_band(**{**args, "columns": np.arange(n_off - 2)})
+        _core.fits_covariance_band(**{**args, "columns": columns[:-1]})
 
 
 def test_bitwise_identical_for_any_thread_count_and_science_unchanged():
@@ -453,15 +492,36 @@ def test_monte_carlo_aperture_sums_scatter_as_aperture_variance_says():
     print("\n".join(report))
 
 
-def test_each_voxels_cross_terms_start_on_a_cache_line():
-    for n in (1, 8, 31, 52):
-        a = cross_terms((3, 4, 5), n)
-        assert a.shape == (3, 4, 5, n) and a.dtype == np.float64 and not a.any()
-        slots = padded_terms(n)
-        assert slots % 8 == 0 and n <= slots < n + 8 and a.strides == (4 * 5 * slots * 8, 5 * slots * 8, slots * 8, 8)
-        assert a.ctypes.data % 64 == 0
+def _positive_offsets(z: int, s: int) -> np.ndarray:
+    """The positive offsets within ``|dz| <= z``, ``|dy|, |dx| <= s``, nearest first (as :func:`stencil`)."""
+    out = [(dz, dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1) for dz in range(-z, z + 1)
+           if dy > 0 or (dy == 0 and (dx > 0 or (dx == 0 and dz > 0)))]
+    out.sort(key=lambda o: max(abs(v) for v in o))
+    return np.array(out, dtype=np.int64).reshape(-1, 3)
+
+
+def test_each_voxels_cross_terms_start_on_a_cache_line_and_each_part_on_a_huge_page():
+    for z, s, parts in ((0, 1, 1), (1, 1, 1), (1, 2, 1), (2, 2, 2), (3, 1, 2)):
+        offsets = _positive_offsets(z, s)
+        a = cross_terms((3, 4, 5), offsets)
+        near = int(np.count_nonzero(np.abs(offsets[:, 0]) <= 1))
+        far = len(offsets) - near  # |dz| >= 2: part 1
+        slots = padded_terms(max(near, far))
+        assert layout(offsets) == (parts, slots) and a.shape == (parts, 3, 4, 5, slots)
+        assert a.dtype == np.float64 and not a.any()
+        assert slots % 8 == 0 and a.strides[1:] == (4 * 5 * slots * 8, 5 * slots * 8, slots * 8, 8)
+        assert a.ctypes.data % covariance.HUGE_PAGE == 0 and (parts == 1 or a.strides[0] % covariance.HUGE_PAGE == 0)
+        places = term_places(offsets)
+        for p in range(parts):  # a part's slots number its offsets in the stencil's order
+            mine = [n for n, o in enumerate(offsets) if int(abs(o[0]) > 1) == p]
+            assert places[mine].tolist() == [[p, k] for k in range(len(mine))]
     cube = make_cube(6)
-    assert cube.cov_cross.ctypes.data % 64 == 0 and cube.cov_cross.strides[2] % 64 == 0
+    assert cube.cov_cross.ctypes.data % 64 == 0 and cube.cov_cross.strides[3] % 64 == 0
+    n = len(cube.cov_offsets) - 1
+    part, slot = term_places(cube.cov_offsets)[n]
+    view = cube.cov_term(n)
+    view[1, 2, 3] = 7.0
+    assert cube.cov_cross[part, 1, 2, 3, slot] == 7.0 and np.count_nonzero(cube.cov_cross) == 1
 
 
 def test_preflight_counts_the_cross_terms():
@@ -470,9 +530,9 @@ def test_preflight_counts_the_cross_terms():
     cfg = Drizzle3DConfig(center_ra=10.0, center_dec=0.0, width=30.0, height=30.0, detector=3)
     plain, with_cov = bytes_per_voxel(cfg, 3), bytes_per_voxel(cfg.replace(covariance=True), 3)
     n = len(stencil(cfg, build_z_grid_native(3).edges, 3))
-    slots = padded_terms(n)  # each voxel's terms from a cache line's start
-    assert n <= slots < n + 8 and slots % 8 == 0
-    assert with_cov == (plain[0] + 8 * slots, plain[1] + 8 * (n + 1))
+    parts, slots = layout(stencil(cfg, build_z_grid_native(3).edges, 3))  # each voxel's terms from a line's start
+    assert (parts, slots) == (2, 32)  # D3: 31 offsets with |dz| <= 1, 21 with |dz| = 2, in 32 slots each
+    assert with_cov == (plain[0] + 8 * parts * slots, plain[1] + 8 * (n + 1))
     voxels = 17 * cfg.output_ny() * cfg.output_nx()
     memory = voxels * plain[0] + (600 << 20)  # enough without the cross terms, not with them
     check_budget(cfg, [3], memory=memory, disk=1 << 50)
@@ -481,7 +541,7 @@ def test_preflight_counts_the_cross_terms():
     # With outlier rejection too: the model's bytes and the cross terms add up, REJECTED is on disk.
     both = cfg.replace(covariance=True, reject_outliers=True)
     rejecting = bytes_per_voxel(cfg.replace(reject_outliers=True), 3)
-    assert bytes_per_voxel(both, 3) == (rejecting[0] + 8 * slots, rejecting[1] + 8 * (n + 1))
+    assert bytes_per_voxel(both, 3) == (rejecting[0] + 8 * parts * slots, rejecting[1] + 8 * (n + 1))
     assert rejecting[1] == plain[1] + 4
     roomy = voxels * bytes_per_voxel(both, 3)[0] + (600 << 20)
     check_budget(both, [3], memory=roomy, disk=1 << 50)

@@ -5,9 +5,15 @@
 //! and `W_k = sum_i w_ki` (the weight accumulator). So
 //! `Cov(k, l) = X_kl / (W_k W_l)` with `X_kl = sum_i w_ki w_li sigma_i^2`; the
 //! diagonal `X_kk` is the variance accumulator. [`CovMut`] holds `X_kl` for
-//! the voxel pairs `l = k + o`, `o` one of a stencil of offsets `(dz, dy, dx)`
-//! (array `(n_z, ny, nx, n_offsets)`, offset `o` of voxel `k` at `[k, o]`: the
-//! terms of one anchor share a few cache lines, which a pixel's pairs mostly hit).
+//! the voxel pairs `l = k + o`, `o` one of a stencil of offsets `(dz, dy, dx)`,
+//! in an array `(n_parts, n_z, ny, nx, slots)`: offset `o` of voxel `k` at
+//! `[part, k, slot]` ([`Stencil::places`]; the terms of one anchor share a few
+//! cache lines, which a pixel's pairs mostly hit). Part 0 holds the offsets
+//! with `|dz| <= 1`, part 1 (when the stencil has any) those with `|dz| >= 2`,
+//! each part in the stencil's order: a pixel couples voxels two planes apart
+//! only when its top-hat spans three planes, so where none does, part 1's
+//! memory is never touched (never faulted in). Both parts have the same
+//! strides, so an offset's element step from its anchor is one constant.
 //! Each unordered pair is stored once, at its *anchor*: the voxel with the
 //! smaller row, then the smaller column, then the smaller plane (so every
 //! stencil offset is positive in that order, [`positive`]).
@@ -19,14 +25,18 @@
 //! farther apart than the stencil is an error naming the offset, never
 //! dropped.
 
-use ndarray::{ArrayViewMut4, Axis};
+use ndarray::{ArrayViewMut5, Axis};
 
-/// The stencil of offsets `(dz, dy, dx)`, each [`positive`], and a dense
-/// lookup from an offset to its index.
+/// The stencil of offsets `(dz, dy, dx)`, each [`positive`], a dense
+/// lookup from an offset to its index, and each offset's place in the
+/// accumulator.
 #[derive(Clone, Debug)]
 pub struct Stencil {
-    /// The offsets in array order.
+    /// The offsets in the stencil's order (the file's).
     pub offsets: Vec<[i64; 3]>,
+    /// `(part, slot)` of each offset: part 0 for `|dz| <= 1`, else part 1; the
+    /// slots of a part number its offsets in the stencil's order.
+    pub places: Vec<[usize; 2]>,
     /// Largest `|dz|`, `|dy|`, `|dx|` of the offsets.
     ext: [i64; 3],
     /// Index + 1 of each offset of the box `[-ext, ext]` (0: not in the stencil).
@@ -66,7 +76,32 @@ impl Stencil {
             }
             lut[at] = n as u32 + 1;
         }
-        Ok(Stencil { offsets: offsets.to_vec(), ext, lut })
+        let mut used = [0usize; 2];
+        let places = offsets
+            .iter()
+            .map(|o| {
+                let part = usize::from(o[0].abs() > 1);
+                used[part] += 1;
+                [part, used[part] - 1]
+            })
+            .collect();
+        Ok(Stencil { offsets: offsets.to_vec(), places, ext, lut })
+    }
+
+    /// Parts of the accumulator: 2 when some offset has `|dz| >= 2`, else 1.
+    pub fn parts(&self) -> usize {
+        1 + self.places.iter().map(|p| p[0]).max().unwrap_or(0)
+    }
+
+    /// Least slots per voxel and part that hold the offsets.
+    pub fn slots(&self) -> usize {
+        self.places.iter().map(|p| p[1] + 1).max().unwrap_or(0)
+    }
+
+    /// The element step of each offset from its anchor's first term in an
+    /// accumulator of strides `st` (part, plane, row, column, slot).
+    pub fn steps(&self, st: [isize; 5]) -> Vec<isize> {
+        self.places.iter().map(|&[p, s]| p as isize * st[0] + s as isize * st[4]).collect()
     }
 
     fn slot(ext: [i64; 3], o: [i64; 3]) -> usize {
@@ -85,19 +120,23 @@ impl Stencil {
     }
 }
 
-/// The cross-term accumulator `(n_z, ny, nx, n_offsets)` with its stencil.
+/// The cross-term accumulator `(n_parts, n_z, ny, nx, slots)` with its stencil.
 pub struct CovMut<'a> {
-    pub cross: ArrayViewMut4<'a, f64>,
+    pub cross: ArrayViewMut5<'a, f64>,
     pub stencil: Stencil,
 }
 
 impl<'a> CovMut<'a> {
-    /// Checks the array against the cube's shape `(n_z, ny, nx)` and the stencil.
+    /// Checks the array against the cube's shape `(n_z, ny, nx)` and the
+    /// stencil: its parts, and at least its slots per voxel.
     pub fn check(&self, shape: (usize, usize, usize)) -> Result<(), String> {
         let d = self.cross.dim();
-        let want = (shape.0, shape.1, shape.2, self.stencil.offsets.len());
-        if d != want {
-            return Err(format!("cube array cov_cross has shape {d:?}, expected {want:?} (n_z, ny, nx, offsets)"));
+        let (parts, slots) = (self.stencil.parts(), self.stencil.slots());
+        if (d.0, d.1, d.2, d.3) != (parts, shape.0, shape.1, shape.2) || d.4 < slots {
+            return Err(format!(
+                "cube array cov_cross has shape {d:?}, expected ({parts}, {}, {}, {}, at least {slots}) (parts, n_z, ny, nx, slots)",
+                shape.0, shape.1, shape.2
+            ));
         }
         Ok(())
     }
@@ -115,9 +154,11 @@ impl<'a> CovMut<'a> {
             if n == 0 {
                 continue;
             }
-            let (mut b, b_rest) = rest.split_at(Axis(1), n);
-            let st: [isize; 4] = b.strides().try_into().expect("four axes");
-            let fast = FastTable::new(&stencil, st[3]);
+            let (mut b, b_rest) = rest.split_at(Axis(2), n);
+            let st5: [isize; 5] = b.strides().try_into().expect("five axes");
+            let steps = stencil.steps(st5);
+            let st = [st5[1], st5[2], st5[3], st5[4]];
+            let fast = FastTable::new(&stencil, &steps);
             out.push(CovBand {
                 r0: r0 + origin.0,
                 c0: origin.1,
@@ -126,8 +167,9 @@ impl<'a> CovMut<'a> {
                 ptr: b.as_mut_ptr(),
                 far: [far_pairs::<2, 3>(&fast, st), far_pairs::<3, 2>(&fast, st)],
                 fast,
-                near_lines: near_lines(near_span(&stencil, st[3], 1), b.as_ptr() as usize, st),
-                flat_lines: near_lines(near_span(&stencil, st[3], 0), b.as_ptr() as usize, st),
+                near_lines: near_lines(near_span(&stencil, &steps, 1), b.as_ptr() as usize, st),
+                flat_lines: near_lines(near_span(&stencil, &steps, 0), b.as_ptr() as usize, st),
+                steps,
                 stencil: stencil.clone(),
                 scratch: Vec::new(),
                 _view: std::marker::PhantomData,
@@ -144,9 +186,13 @@ pub(crate) struct CovBand<'a> {
     r0: usize,
     c0: usize,
     rows: usize,
+    /// Strides of part 0 (plane, row, column, slot); part 1 has the same.
     strides: [isize; 4],
+    /// The first term of the band's first voxel (part 0).
     ptr: *mut f64,
     stencil: std::sync::Arc<Stencil>,
+    /// Per offset of the stencil, its element step from an anchor's first term ([`Stencil::steps`]).
+    steps: Vec<isize>,
     /// The stencil's steps for [`Self::add_cells`].
     fast: FastTable,
     /// Per 3-wide box (2 x 3, 3 x 2), the elements from its first cell's terms
@@ -176,11 +222,11 @@ pub(crate) struct Touch {
     pub(crate) w: f64,
 }
 
-/// The largest `index * stride` of the offsets `|dz|, |dx| <= 1`, `dy <= max_dy`
-/// (0 or 1) of the stencil.
-fn near_span(stencil: &Stencil, stride: isize, max_dy: i64) -> isize {
-    let near = stencil.offsets.iter().enumerate().filter(|(_, o)| o[1] <= max_dy && o.iter().all(|v| v.abs() <= 1));
-    near.map(|(n, _)| n as isize * stride).max().unwrap_or(0)
+/// The largest element step (`steps`, [`Stencil::steps`]) of the offsets
+/// `|dz|, |dx| <= 1`, `dy <= max_dy` (0 or 1) of the stencil (all in part 0).
+fn near_span(stencil: &Stencil, steps: &[isize], max_dy: i64) -> isize {
+    let near = stencil.offsets.iter().zip(steps).filter(|(o, _)| o[1] <= max_dy && o.iter().all(|v| v.abs() <= 1));
+    near.map(|(_, &e)| e).max().unwrap_or(0)
 }
 
 /// [`CovBand::near_lines`] for the terms `0 ..= span` (elements) of anchors
@@ -268,7 +314,7 @@ impl CovBand<'_> {
                     continue;
                 }
                 let n = self.stencil.index(o).ok_or(o)?;
-                let at = anchor.z as isize * st[0] + (anchor.r - lo) as isize * st[1] + (anchor.c - self.c0) as isize * st[2] + n as isize * st[3];
+                let at = anchor.z as isize * st[0] + (anchor.r - lo) as isize * st[1] + (anchor.c - self.c0) as isize * st[2] + self.steps[n];
                 // SAFETY: offset `n` exists, the anchor is a voxel of the grid
                 // (the caller's contract) in this band's rows (tested above).
                 unsafe { *self.ptr.offset(at) += ta.w * tb.w * variance };
@@ -301,7 +347,7 @@ const FAST_PLANES: usize = 3;
 const FAST_DZ: usize = 2 * FAST_PLANES - 1;
 
 /// The fast path's view of a stencil for one band's strides: the element
-/// step (`index * stride`) of each offset `(dz, dy, dx)` with `dy` in 0..=2,
+/// step ([`Stencil::steps`]) of each offset `(dz, dy, dx)` with `dy` in 0..=2,
 /// `dx` in -2..=2 and `|dz| < FAST_PLANES` (0 where not in the stencil), and
 /// per droplet box of `R x C` cells (`R`, `C` in 1..=3) the most planes whose
 /// every pair of voxels has its offset in the stencil, and whether each pair
@@ -315,12 +361,12 @@ struct FastTable {
 }
 
 impl FastTable {
-    fn new(stencil: &Stencil, stride: isize) -> FastTable {
+    fn new(stencil: &Stencil, steps: &[isize]) -> FastTable {
         let step: [[[isize; FAST_DZ]; 5]; 3] = std::array::from_fn(|dy| {
             std::array::from_fn(|b| {
                 std::array::from_fn(|z| {
                     let o = [z as i64 - (FAST_PLANES as i64 - 1), dy as i64, b as i64 - 2];
-                    stencil.index(o).map_or(0, |n| n as isize * stride)
+                    stencil.index(o).map_or(0, |n| steps[n])
                 })
             })
         });
@@ -569,10 +615,10 @@ mod tests {
     /// (its list of voxels and [`CovBand::add_pairs`]): the same result, bit for bit.
     fn same_as_pairs<const R: usize, const C: usize>(stencil: &Stencil, seed: u64) -> usize {
         let (nz, ny, nx) = (7, 9, 8);
-        let shape = (nz, ny, nx, stencil.offsets.len());
-        let (mut fast, mut slow) = (ndarray::Array4::<f64>::zeros(shape), ndarray::Array4::<f64>::zeros(shape));
-        fn band<'a>(a: &'a mut ndarray::Array4<f64>, stencil: &Stencil) -> CovBand<'a> {
-            let starts = [0, 4, a.dim().1];
+        let shape = (stencil.parts(), nz, ny, nx, stencil.slots() + 1);
+        let (mut fast, mut slow) = (ndarray::Array5::<f64>::zeros(shape), ndarray::Array5::<f64>::zeros(shape));
+        fn band<'a>(a: &'a mut ndarray::Array5<f64>, stencil: &Stencil) -> CovBand<'a> {
+            let starts = [0, 4, a.dim().2];
             CovMut { cross: a.view_mut(), stencil: stencil.clone() }.into_bands_at(&starts, (0, 0)).remove(1)
         }
         let (mut bf, mut bs) = (band(&mut fast, stencil), band(&mut slow, stencil));
@@ -610,10 +656,12 @@ mod tests {
         assert_eq!(near_lines(12, 128 + 32, [17 * 52 * 9, 52 * 9, 52, 1]), ([0, 8, 12, 0, 0, 0, 0, 0], 3));
         assert_eq!(near_lines(12, 128, [17 * 52 * 9, 52 * 9, 52, 1]).1, 3);
         assert_eq!(near_lines(0, 64, [8, 8, 8, 1]), ([0; 8], 1));
-        assert_eq!(near_span(&stencil(2, 2, &[]), 1, 1), 12);
+        let unit = |s: &Stencil| s.steps([1000, 0, 0, 0, 1]);
+        let full = stencil(2, 2, &[]);
+        assert_eq!(near_span(&full, &unit(&full), 1), 12);
         // Planes innermost (D3): the lower cells' offsets (dy = 0) are the first four, one line.
         let d3 = stencil_planes_inner(2, 2);
-        assert_eq!((near_span(&d3, 1, 1), near_span(&d3, 1, 0)), (12, 3));
+        assert_eq!((near_span(&d3, &unit(&d3), 1), near_span(&d3, &unit(&d3), 0)), (12, 3));
         assert_eq!(near_lines(3, 128, [17 * 56 * 9, 56 * 9, 56, 1]).1, 1);
     }
 
@@ -621,8 +669,9 @@ mod tests {
     fn far_pairs_are_the_pairs_of_cells_two_apart() {
         let d3 = stencil_planes_inner(2, 2);
         let st = [17 * 62 * 9, 62 * 9, 62, 1];
-        let fast = FastTable::new(&d3, 1);
-        let idx = |o: [i64; 3]| d3.index(o).unwrap() as isize;
+        let steps = d3.steps([1 << 20, 0, 0, 0, 1]);
+        let fast = FastTable::new(&d3, &steps);
+        let idx = |o: [i64; 3]| steps[d3.index(o).unwrap()];
         // 2 x 3: (0,0)-(0,2), (0,0)-(1,2), (0,2)-(1,0), (1,0)-(1,2); 3 x 2: (0,0)-(2,0), (0,0)-(2,1), (0,1)-(2,0), (0,1)-(2,1).
         assert_eq!(far_pairs::<2, 3>(&fast, st), [idx([0, 0, 2]), idx([0, 1, 2]), 2 * 62 + idx([0, 1, -2]), 62 * 9 + idx([0, 0, 2])]);
         assert_eq!(far_pairs::<3, 2>(&fast, st), [idx([0, 2, 0]), idx([0, 2, 1]), 62 + idx([0, 2, -1]), 62 + idx([0, 2, 0])]);
@@ -639,10 +688,11 @@ mod tests {
         // Planes innermost (as D3's stencil, with all of dy, dx in -2..=2): two planes add their terms two at a time.
         let d3 = stencil_planes_inner(2, 2);
         assert_eq!(d3.offsets.len(), 62);
-        assert_eq!(FastTable::new(&d3, 1).runs, [[true; 3]; 3]);
+        let table = |s: &Stencil, slot: isize| FastTable::new(s, &s.steps([1 << 20, 0, 0, 0, slot]));
+        assert_eq!(table(&d3, 1).runs, [[true; 3]; 3]);
         // Not with terms two elements apart (a single cell has no pairs of cells).
-        assert_eq!(FastTable::new(&d3, 2).runs, [[true, false, false], [false; 3], [false; 3]]);
-        assert!(!FastTable::new(&full, 1).runs[1][1]);
+        assert_eq!(table(&d3, 2).runs, [[true, false, false], [false; 3], [false; 3]]);
+        assert!(!table(&full, 1).runs[1][1]);
         assert!(same_as_pairs::<2, 2>(&d3, 8) < 1000);
         assert!(same_as_pairs::<2, 3>(&d3, 9) < 1000);
         assert!(same_as_pairs::<3, 2>(&d3, 10) < 1000);

@@ -540,7 +540,7 @@ fn cov_stencil(z: i64, s: i64) -> crate::covariance::Stencil {
 #[test]
 fn covariance_is_bitwise_identical_for_any_thread_count_and_leaves_the_cube_alone() {
     use crate::covariance::CovMut;
-    use ndarray::Array4;
+    use ndarray::Array5;
     let f = affine_frame(60, 55, rotation(0.3, 0.9), [20.0, -3.0], |j, i| (j * 31 + i * 17) as f64 % 7.0 - 2.0);
     let (ny, nx) = (60, 60);
     let stencil = cov_stencil(1, 2);
@@ -549,7 +549,7 @@ fn covariance_is_bitwise_identical_for_any_thread_count_and_leaves_the_cube_alon
     let mut results = vec![];
     for threads in [1, 2, 3, 8] {
         let mut c = Cube::new(3, ny, nx);
-        let mut cross = Array4::<f64>::zeros((3, ny, nx, stencil.offsets.len()));
+        let mut cross = Array5::<f64>::zeros((stencil.parts(), 3, ny, nx, stencil.slots()));
         let view = CubeMut { cov: Some(CovMut { cross: cross.view_mut(), stencil: stencil.clone() }), ..c.view() };
         accumulate_frame(view, &f.view(), &params(Kernel::Square, 0.7), threads).unwrap();
         // The cube itself bit for bit as without covariance (the same scan deposits it).
@@ -567,7 +567,7 @@ fn covariance_is_bitwise_identical_for_any_thread_count_and_leaves_the_cube_alon
     let big = affine_frame(10, 10, rotation(0.3, 3.0), [20.0, 20.0], |_, _| 1.0);
     for threads in [1, 3] {
         let mut c = Cube::new(3, ny, nx);
-        let mut cross = Array4::<f64>::zeros((3, ny, nx, stencil.offsets.len()));
+        let mut cross = Array5::<f64>::zeros((stencil.parts(), 3, ny, nx, stencil.slots()));
         let view = CubeMut { cov: Some(CovMut { cross: cross.view_mut(), stencil: stencil.clone() }), ..c.view() };
         let err = accumulate_frame(view, &big.view(), &params(Kernel::Square, 0.7), threads).unwrap_err();
         assert!(err.contains("beyond the stencil"), "{err}");

@@ -8,7 +8,7 @@
 //! plane and a band of rows, the written offsets from one read of each voxel's
 //! terms; [`terms_used`]: which offsets have a nonzero term (the file holds those).
 
-use ndarray::{s, ArrayView3, ArrayView4, Axis};
+use ndarray::{s, ArrayView4, ArrayView5, Axis};
 use rayon::prelude::*;
 
 /// Writes plane values into `out` (each `u32` holds the big-endian bytes of one
@@ -47,13 +47,14 @@ fn ratio(num: &[f64], weight: &[f64], squared: bool, out: &mut [u32]) {
 
 /// One plane `k` and rows `y0 .. y0 + rows` of a cube with covariance, as the
 /// COVARIANCE image needs them: `cross` the band's cross terms
-/// `(rows, nx, offsets.len())` (any strides: the padded accumulator), `var`
-/// its `var_accum` (`rows * nx`), `weight` the whole `weight_total` of `shape`
-/// `(nz, ny, nx)` in C order, `offsets` the `(dz, dy, dx)` of the offsets
-/// written and `columns` the index of each in `cross`'s last axis (the stencil's
-/// order; [`terms_used`] tells which the file holds).
+/// `(parts, rows, nx, slots)` (any strides: the accumulator's parts, see
+/// `covariance.rs`), `var` its `var_accum` (`rows * nx`), `weight` the whole
+/// `weight_total` of `shape` `(nz, ny, nx)` in C order, `offsets` the `(dz,
+/// dy, dx)` of the offsets written and `columns` the term of each,
+/// `part * slots + slot` (the stencil's order; [`terms_used`] tells which the
+/// file holds).
 pub struct CovBand<'a> {
-    pub cross: ArrayView3<'a, f64>,
+    pub cross: ArrayView4<'a, f64>,
     pub var: &'a [f64],
     pub weight: &'a [f64],
     pub shape: (usize, usize, usize),
@@ -63,12 +64,19 @@ pub struct CovBand<'a> {
     pub columns: &'a [usize],
 }
 
-/// Per term (last axis) of the cross-term accumulator `cross` `(nz, ny, nx, n)`
-/// (any strides), whether any voxel's term has a bit set (a term of a pixel is
-/// `w_k w_l sigma^2 >= 0`, so all bits clear means no pixel coupled the pair
-/// anywhere: its COVARIANCE plane is all `0.0`). One read of the array, rows of
-/// voxels on rayon's pool (an OR: the same result for any thread count).
-pub fn terms_used(cross: ArrayView4<'_, f64>) -> Vec<bool> {
+/// Per term of the cross-term accumulator `cross` `(parts, nz, ny, nx, slots)`
+/// (any strides), `part * slots + slot`, whether any voxel's term has a bit set
+/// (a term of a pixel is `w_k w_l sigma^2 >= 0`, so all bits clear means no
+/// pixel coupled the pair anywhere: its COVARIANCE plane is all `0.0`). One
+/// read of the array (a part never written reads the kernel's zero page: no
+/// memory is allocated for it), rows of voxels on rayon's pool (an OR: the same
+/// result for any thread count).
+pub fn terms_used(cross: ArrayView5<'_, f64>) -> Vec<bool> {
+    cross.outer_iter().flat_map(part_terms_used).collect()
+}
+
+/// [`terms_used`] of one part `(nz, ny, nx, slots)`.
+fn part_terms_used(cross: ArrayView4<'_, f64>) -> Vec<bool> {
     let (nz, ny, _, n) = cross.dim();
     let or_row = |mut acc: Vec<u64>, zy: usize| {
         let row = cross.slice(s![zy / ny, zy % ny, .., ..]);
@@ -95,7 +103,8 @@ pub fn terms_used(cross: ArrayView4<'_, f64>) -> Vec<bool> {
 /// memory once (then from L2 for each offset).
 pub fn covariance_band(b: &CovBand<'_>, out: &mut [u64]) -> Result<(), String> {
     let (nz, ny, nx) = b.shape;
-    let (rows, cx, nc) = b.cross.dim();
+    let (parts, rows, cx, slots) = b.cross.dim();
+    let nc = parts * slots;
     let block = rows * nx;
     if b.weight.len() != nz * ny * nx {
         return Err(format!("covariance band: weight has {} values, shape {:?} needs {}", b.weight.len(), b.shape, nz * ny * nx));
@@ -104,7 +113,7 @@ pub fn covariance_band(b: &CovBand<'_>, out: &mut [u64]) -> Result<(), String> {
         return Err(format!("covariance band: plane {} rows {}..{} lie outside the cube {:?}", b.k, b.y0, b.y0 + rows, b.shape));
     }
     if cx != nx {
-        return Err(format!("covariance band: cross has shape {:?}, expected ({rows}, {nx}, terms)", b.cross.dim()));
+        return Err(format!("covariance band: cross has shape {:?}, expected (parts, {rows}, {nx}, slots)", b.cross.dim()));
     }
     if b.columns.len() != b.offsets.len() || b.columns.iter().any(|&c| c >= nc) {
         return Err(format!("covariance band: columns {:?} must name one of cross's {nc} terms per offset ({})", b.columns, b.offsets.len()));
@@ -153,7 +162,8 @@ fn band_row(b: &CovBand<'_>, r: usize, segs: &mut [&mut [u64]]) {
     for ((o, &v), &w) in diag.iter_mut().zip(&b.var[r * nx..(r + 1) * nx]).zip(wrow) {
         *o = if w > 0.0 { (v / (w * w)).to_bits().swap_bytes() } else { nan };
     }
-    let terms = b.cross.index_axis(Axis(0), r);
+    let terms = b.cross.index_axis(Axis(1), r);
+    let slots = terms.dim().2;
     for ((&[dz, dy, dx], &j), dst) in b.offsets.iter().zip(b.columns).zip(rest.iter_mut()) {
         let (zp, yp) = (b.k as i64 + dz, y as i64 + dy);
         if zp < 0 || zp >= nz as i64 || yp < 0 || yp >= ny as i64 {
@@ -171,7 +181,7 @@ fn band_row(b: &CovBand<'_>, r: usize, segs: &mut [&mut [u64]]) {
         dst[..lo].fill(0);
         dst[hi..].fill(0);
         let partners = &prow[(lo as i64 + dx) as usize..(hi as i64 + dx) as usize];
-        let col = terms.slice(s![lo..hi, j]);
+        let col = terms.slice(s![j / slots, lo..hi, j % slots]);
         for (((o, &x), &wa), &wp) in dst[lo..hi].iter_mut().zip(col).zip(&wrow[lo..hi]).zip(partners) {
             let w = wa * wp;
             let v = (x / w).to_bits().swap_bytes();
@@ -209,7 +219,16 @@ mod tests {
         let offsets = [[1, 0, 1], [2, 0, 0], [0, 1, -1]];
         let cross = Array3::from_shape_fn((2, 3, 3), |(y, x, j)| (1 + y * 9 + x * 3 + j) as f64);
         let var = [4.0, 8.0, 1.0, 16.0, 2.0, 8.0];
-        let band = CovBand { cross: cross.view(), var: &var, weight: &weight, shape: (2, 2, 3), k: 0, y0: 0, offsets: &offsets, columns: &[0, 1, 2] };
+        let band = CovBand {
+            cross: cross.view().insert_axis(Axis(0)),
+            var: &var,
+            weight: &weight,
+            shape: (2, 2, 3),
+            k: 0,
+            y0: 0,
+            offsets: &offsets,
+            columns: &[0, 1, 2],
+        };
         let mut out = vec![7u64; 4 * 6];
         covariance_band(&band, &mut out).unwrap();
         let v: Vec<f64> = out.iter().map(|b| f64::from_bits(b.swap_bytes())).collect();
@@ -226,7 +245,7 @@ mod tests {
         // Offsets wider than the cube (a stencil on a cube of few columns): all 0.0, no panic.
         let wide = [[0, 0, 5], [0, 1, -5], [0, 0, 3], [0, 1, -3]];
         let cross4 = Array3::from_elem((2, 3, 4), 1.0);
-        let band4 = CovBand { cross: cross4.view(), offsets: &wide, columns: &[0, 1, 2, 3], ..band };
+        let band4 = CovBand { cross: cross4.view().insert_axis(Axis(0)), offsets: &wide, columns: &[0, 1, 2, 3], ..band };
         let mut out4 = vec![7u64; 5 * 6];
         covariance_band(&band4, &mut out4).unwrap();
         assert!(out4[6..].iter().all(|&b| b == 0));
@@ -239,6 +258,16 @@ mod tests {
         assert_eq!(out2[..6], out[..6]);
         assert_eq!(out2[6..12], out[18..24]);
         assert_eq!(out2[12..], out[6..12]);
+        // The same terms in two parts (4 slots each: offset 1's term in part 1, slot 2): the same bytes.
+        let mut parted = ndarray::Array4::<f64>::from_elem((2, 2, 3, 4), -1.0);
+        for ((y, x, j), &v) in cross.indexed_iter() {
+            let (p, slot) = if j == 1 { (1, 2) } else { (0, j) };
+            parted[[p, y, x, slot]] = v;
+        }
+        let two = CovBand { cross: parted.view(), columns: &[0, 6, 2], ..band };
+        let mut out3 = vec![7u64; 4 * 6];
+        covariance_band(&two, &mut out3).unwrap();
+        assert_eq!(out3, out);
         for columns in [&[0, 3][..], &[0][..]] {
             let wrong = CovBand { offsets: &offsets[..2], columns, ..band };
             assert!(covariance_band(&wrong, &mut out2[..18]).unwrap_err().contains("columns"));
@@ -254,8 +283,16 @@ mod tests {
         let (y0, rows) = (2, 6);
         let cross = Array3::from_shape_fn((rows, nx, offsets.len()), |(y, x, j)| 0.1 + (y * 131 + x * 17 + j * 5) as f64 / 7.0);
         let var: Vec<f64> = (0..rows * nx).map(|i| i as f64 * 0.25).collect();
-        let band =
-            CovBand { cross: cross.view(), var: &var, weight: &weight, shape: (nz, ny, nx), k: 1, y0, offsets: &offsets, columns: &[0, 1, 2, 3, 4] };
+        let band = CovBand {
+            cross: cross.view().insert_axis(Axis(0)),
+            var: &var,
+            weight: &weight,
+            shape: (nz, ny, nx),
+            k: 1,
+            y0,
+            offsets: &offsets,
+            columns: &[0, 1, 2, 3, 4],
+        };
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             let mut out = vec![0u64; (1 + offsets.len()) * rows * nx];
@@ -278,13 +315,19 @@ mod tests {
         a[[1, 2, 3, 4]] = f64::MIN_POSITIVE / 4.0; // a subnormal
         a[[1, 1, 1, 6]] = 9.0; // padding
         let view = a.slice(s![.., .., .., ..5]);
-        let run = |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| terms_used(view));
+        let run =
+            |threads: usize| rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| terms_used(view.insert_axis(Axis(0))));
         let want = vec![false, true, false, true, true];
         assert_eq!(run(1), want);
         assert_eq!(run(3), want);
-        assert_eq!(terms_used(a.slice(s![.., .., .., 2..3])), vec![false]);
+        assert_eq!(terms_used(a.slice(s![.., .., .., 2..3]).insert_axis(Axis(0))), vec![false]);
         // Any strides: planes reversed, a column step of 2.
-        assert_eq!(terms_used(a.slice(s![..;-1, .., ..;2, ..5])), vec![false, true, false, true, false]);
-        assert_eq!(terms_used(Array4::<f64>::zeros((0, 4, 4, 3)).view()), vec![false; 3]);
+        assert_eq!(terms_used(a.slice(s![..;-1, .., ..;2, ..5]).insert_axis(Axis(0))), vec![false, true, false, true, false]);
+        assert_eq!(terms_used(ndarray::Array5::<f64>::zeros((1, 0, 4, 4, 3)).view()), vec![false; 3]);
+        // Two parts: part-major, `part * slots + slot`.
+        let mut two = ndarray::Array5::<f64>::zeros((2, 3, 5, 7, 4));
+        two[[1, 2, 0, 3, 2]] = 0.5;
+        two[[0, 0, 4, 6, 1]] = 1.0;
+        assert_eq!(terms_used(two.view()), vec![false, true, false, false, false, false, true, false]);
     }
 }

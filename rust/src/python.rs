@@ -13,7 +13,7 @@
 use ndarray::{Array2, Dimension};
 use numpy::{
     Element, IntoPyArray, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArray3, PyReadonlyArray4,
-    PyReadwriteArray, PyReadwriteArray1, PyReadwriteArray3, PyReadwriteArray4, PyUntypedArrayMethods,
+    PyReadonlyArray5, PyReadwriteArray, PyReadwriteArray1, PyReadwriteArray3, PyReadwriteArray5, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -160,9 +160,10 @@ struct CubeArrays<'py> {
     count_map: PyReadwriteArray3<'py, u32>,
     and_mask: PyReadwriteArray3<'py, u32>,
     or_mask: PyReadwriteArray3<'py, u32>,
-    /// Optional: the covariance cross terms `cov_cross` `(n_z, ny, nx, n_offsets)`
-    /// and their offsets `cov_offsets` `(n_offsets, 3)` int64 `(dz, dy, dx)`.
-    cov: Option<(PyReadwriteArray4<'py, f64>, Stencil)>,
+    /// Optional: the covariance cross terms `cov_cross` `(n_parts, n_z, ny, nx,
+    /// slots)` and their offsets `cov_offsets` `(n_offsets, 3)` int64 `(dz, dy,
+    /// dx)` (each offset's part and slot: `Stencil::places`).
+    cov: Option<(PyReadwriteArray5<'py, f64>, Stencil)>,
 }
 
 impl<'py> CubeArrays<'py> {
@@ -193,20 +194,37 @@ impl<'py> CubeArrays<'py> {
 
 /// The covariance accumulator of the mapping `cube`, when it has `cov_cross`
 /// (then `cov_offsets` is required); errors name the array.
-fn cov_arrays<'py>(cube: &Bound<'py, PyAny>) -> PyResult<Option<(PyReadwriteArray4<'py, f64>, Stencil)>> {
+fn cov_arrays<'py>(cube: &Bound<'py, PyAny>) -> PyResult<Option<(PyReadwriteArray5<'py, f64>, Stencil)>> {
     if !cube.contains("cov_cross")? {
         return Ok(None);
     }
     let value = cube.get_item("cov_offsets").map_err(|_| PyKeyError::new_err("cube has cov_cross but no cov_offsets"))?;
     let arr: PyReadonlyArray2<'py, i64> =
         value.extract().map_err(|e| PyValueError::new_err(format!("cube array cov_offsets (int64, (n, 3)): {e}")))?;
+    Ok(Some((cube_array(cube, "cov_cross")?, stencil_of(&arr, "cube array cov_offsets")?)))
+}
+
+/// The stencil of the `(n, 3)` offsets `arr` (`what` names them in errors).
+fn stencil_of(arr: &PyReadonlyArray2<'_, i64>, what: &str) -> PyResult<Stencil> {
     let a = arr.as_array();
     if a.dim().1 != 3 {
-        return Err(PyValueError::new_err(format!("cube array cov_offsets has shape {:?}, expected (n, 3)", a.dim())));
+        return Err(PyValueError::new_err(format!("{what} has shape {:?}, expected (n, 3)", a.dim())));
     }
     let offsets: Vec<[i64; 3]> = a.rows().into_iter().map(|r| [r[0], r[1], r[2]]).collect();
-    let stencil = Stencil::new(&offsets).map_err(PyValueError::new_err)?;
-    Ok(Some((cube_array(cube, "cov_cross")?, stencil)))
+    Stencil::new(&offsets).map_err(PyValueError::new_err)
+}
+
+/// `(part, slot)` (int64, `(n, 2)`) of each covariance offset of `offsets`
+/// (`(n, 3)` int64 `(dz, dy, dx)`, each positive) in the cross terms
+/// `(n_parts, n_z, ny, nx, slots)` (`covariance.rs`: part 0 for `|dz| <= 1`,
+/// else part 1, slots in the stencil's order). Bad offsets: ValueError.
+#[pyfunction]
+#[pyo3(signature = (*, offsets))]
+fn covariance_places<'py>(py: Python<'py>, offsets: PyReadonlyArray2<'py, i64>) -> PyResult<Bound<'py, PyArray2<i64>>> {
+    let stencil = stencil_of(&offsets, "offsets")?;
+    let flat: Vec<i64> = stencil.places.iter().flat_map(|p| p.map(|v| v as i64)).collect();
+    let n = stencil.places.len();
+    Ok(ndarray::Array2::from_shape_vec((n, 2), flat).expect("two per offset").into_pyarray(py))
 }
 
 /// `(n_pixels, n_contributions, planes)` of a call.
@@ -414,15 +432,15 @@ fn fits_ratio_plane<'py>(
 }
 
 /// A band of the COVARIANCE image (see `fitsplanes::covariance_band`): plane
-/// `k`, rows `y0 ..` (as many as `cross` has), the offsets `offsets` (term
-/// `columns[j]` of `cross` for offset `j`), into `out` as the big-endian bytes
-/// of float64, offset-major.
+/// `k`, rows `y0 ..` (as many as `cross` `(parts, rows, nx, slots)` has), the
+/// offsets `offsets` (term `columns[j]` = `part * slots + slot` of `cross` for
+/// offset `j`), into `out` as the big-endian bytes of float64, offset-major.
 #[pyfunction]
 #[pyo3(signature = (*, cross, var, weight, offsets, columns, k, y0, out))]
 #[allow(clippy::too_many_arguments)]
 fn fits_covariance_band<'py>(
     py: Python<'py>,
-    cross: PyReadonlyArray3<'py, f64>,
+    cross: PyReadonlyArray4<'py, f64>,
     var: PyReadonlyArray1<'py, f64>,
     weight: PyReadonlyArray3<'py, f64>,
     offsets: PyReadonlyArray2<'py, i64>,
@@ -446,11 +464,12 @@ fn fits_covariance_band<'py>(
     run_detached(py, "fits_covariance_band", move || fitsplanes::covariance_band(&band, out))
 }
 
-/// Per term of the cross-term accumulator `cross` `(nz, ny, nx, n)` (any
-/// strides), whether any voxel's term is nonzero (`fitsplanes::terms_used`).
+/// Per term `part * slots + slot` of the cross-term accumulator `cross`
+/// `(parts, nz, ny, nx, slots)` (any strides), whether any voxel's term is
+/// nonzero (`fitsplanes::terms_used`).
 #[pyfunction]
 #[pyo3(signature = (*, cross))]
-fn covariance_terms_used<'py>(py: Python<'py>, cross: PyReadonlyArray4<'py, f64>) -> PyResult<Bound<'py, PyArray1<bool>>> {
+fn covariance_terms_used<'py>(py: Python<'py>, cross: PyReadonlyArray5<'py, f64>) -> PyResult<Bound<'py, PyArray1<bool>>> {
     let cross = cross.as_array();
     let used = run_detached(py, "covariance_terms_used", move || Ok(fitsplanes::terms_used(cross)))?;
     Ok(used.into_pyarray(py))
@@ -749,6 +768,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fits_ratio_plane, m)?)?;
     m.add_function(wrap_pyfunction!(fits_covariance_band, m)?)?;
     m.add_function(wrap_pyfunction!(covariance_terms_used, m)?)?;
+    m.add_function(wrap_pyfunction!(covariance_places, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add_function(wrap_pyfunction!(rice_decode_rows, m)?)?;
     #[cfg(unix)]

@@ -24,8 +24,9 @@ BoolArray: TypeAlias = npt.NDArray[np.bool_]
 class CubeArrays(TypedDict):
     """A cube's accumulators, each ``(n_z, ny, nx)``, C-contiguous, written in place
     (``DrizzleCube.accumulators()``). Optional: the covariance cross terms ``cov_cross``
-    (float64 ``(n_z, ny, nx, n_offsets)``, any strides: ``covariance.cross_terms`` pads each voxel's
-    terms to whole cache lines) of the offsets ``cov_offsets`` (int64 ``(n_offsets,
+    (float64 ``(n_parts, n_z, ny, nx, slots)``, any strides, each offset at its place of
+    :func:`covariance_places`: ``covariance.cross_terms`` pads each voxel's terms to whole cache
+    lines) of the offsets ``cov_offsets`` (int64 ``(n_offsets,
     3)``, each ``(dz, dy, dx)`` positive: ``dy > 0``, or ``dy = 0`` and ``dx > 0``, or ``dy = dx
     = 0`` and ``dz > 0``); only ``accumulate_frame`` fills them (``accumulate_contributions``
     refuses such a cube), and a pixel coupling voxels beyond the offsets is a ``ValueError``."""
@@ -177,15 +178,22 @@ def fits_covariance_band(
     place: ``out`` (``(1 + n) * rows * nx``) holds the big-endian bytes of float64, offset-major;
     block 0 is ``var / weight[k]**2`` where ``weight > 0``, NaN elsewhere; block ``1 + j`` is
     ``cross[..., columns[j]] / (W_k W_{k+o})`` where that product is ``> 0`` and the partner lies
-    in the cube, 0.0 elsewhere (``covariance.file_planes``'s bits). ``cross``: ``(rows, nx,
-    terms)``, any strides; ``var``: ``rows * nx``; ``weight``: the C-contiguous ``(nz, ny, nx)``
-    weight_total; ``offsets``: ``(n, 3)`` ``(dz, dy, dx)``; ``columns``: ``n`` term indices.
+    in the cube, 0.0 elsewhere (``covariance.file_planes``'s bits). ``cross``: ``(parts, rows, nx,
+    slots)``, any strides; ``var``: ``rows * nx``; ``weight``: the C-contiguous ``(nz, ny, nx)``
+    weight_total; ``offsets``: ``(n, 3)`` ``(dz, dy, dx)``; ``columns``: ``n`` terms, each
+    ``part * slots + slot`` (``covariance.term_columns``).
     Wrong shapes, a column beyond ``cross``'s terms or a band outside the cube: ValueError."""
 
 def covariance_terms_used(*, cross: F64Array) -> npt.NDArray[np.bool_]:
-    """Per term of the cross terms ``cross`` ``(nz, ny, nx, n)`` (any strides), whether any
-    voxel's term is nonzero (has a bit set): the offsets the COVARIANCE image holds
-    (``covariance.written_terms``). One read of the array on rayon's pool, GIL released."""
+    """Per term ``part * slots + slot`` of the cross terms ``cross`` ``(parts, nz, ny, nx, slots)``
+    (any strides), whether any voxel's term is nonzero (has a bit set): the offsets the COVARIANCE
+    image holds (``covariance.written_terms``). One read of the array on rayon's pool, GIL
+    released (a part never written reads the zero page: no memory is allocated for it)."""
+
+def covariance_places(*, offsets: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``(part, slot)`` (``(n, 2)``) of each covariance offset ``(dz, dy, dx)`` of ``offsets``
+    (``(n, 3)``, each positive) in ``cov_cross``: part 0 for ``|dz| <= 1``, else part 1; a part's
+    slots number its offsets in their order. Bad offsets: ValueError naming the offset."""
 
 def zodi_fit_sums(
     *,

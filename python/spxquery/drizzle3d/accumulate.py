@@ -25,7 +25,8 @@ from astropy.wcs import WCS
 
 from . import _core
 from .config import Drizzle3DConfig
-from .covariance import cross_terms, padded_terms, stencil
+from .covariance import bytes_per_voxel as cov_bytes_per_voxel
+from .covariance import cross_terms, stencil, term
 from .flags import as_uint32
 from .spectral import ZGrid
 
@@ -74,13 +75,13 @@ class DrizzleCube:
     """int32 ``(n_z, n_y, n_x)`` rejected contributions per voxel, -1 where nothing was tested
     (outlier rejection, :mod:`.outliers`); None when rejection is off."""
     cov_cross: np.ndarray | None = None
-    """With ``config.covariance``: the covariance cross terms ``sum w_k w_l sigma^2``, float64
-    ``(n_z, n_y, n_x, n_offsets)`` (offsets innermost: one anchor's terms are neighbours in memory,
-    from a cache line's start: a view of ``covariance.padded_terms`` slots per voxel),
-    of the voxel pairs ``(k, k + cov_offsets[n])``
-    (:mod:`.covariance`); None otherwise."""
+    """With ``config.covariance``: the covariance cross terms ``sum w_k w_l sigma^2`` of the voxel
+    pairs ``(k, k + cov_offsets[n])``, float64 ``(n_parts, n_z, n_y, n_x, slots)``
+    (``covariance.cross_terms``: the offsets with ``|dz| <= 1`` in part 0, the others in part 1;
+    one anchor's terms are neighbours in memory); :meth:`cov_term` is offset ``n``'s
+    ``(n_z, n_y, n_x)`` view (:mod:`.covariance`). None otherwise."""
     cov_offsets: np.ndarray | None = None
-    """int64 ``(n_offsets, 3)``: the ``(dz, dy, dx)`` of each plane of ``cov_cross``."""
+    """int64 ``(n_offsets, 3)``: the ``(dz, dy, dx)`` of each offset of ``cov_cross`` (the stencil's order)."""
     plane_detector: np.ndarray | None = None
     """(n_z,) detector (1-6) of each plane (None: ``detector`` for every plane)."""
     _engine: tuple[tuple, _core.EngineParams] | None = field(default=None, init=False, repr=False, compare=False)
@@ -136,6 +137,12 @@ class DrizzleCube:
             self._engine = (settings, params)
         return self._engine[1]
 
+    def cov_term(self, n: int) -> np.ndarray:
+        """The ``(n_z, n_y, n_x)`` cross terms of offset ``cov_offsets[n]`` (a view of ``cov_cross``)."""
+        if self.cov_cross is None:
+            raise ValueError("the cube has no covariance cross terms (config.covariance is off)")
+        return term(self, n)
+
     def accumulators(self) -> dict[str, np.ndarray]:
         """The six accumulator arrays by field name, as the engine takes them (with
         ``cov_cross`` and ``cov_offsets`` when the cube accumulates the covariance)."""
@@ -162,7 +169,7 @@ class DrizzleCube:
         size = (config.output_ny(), config.output_nx()) if shape is None else (int(shape[0]), int(shape[1]))
         shape3 = (zgrid.n_z, *size)
         offsets = stencil(config, zgrid.edges, detector) if config.covariance else None
-        nbytes = int(np.prod(shape3)) * (3 * 8 + 3 * 4 + (0 if offsets is None else 8 * padded_terms(len(offsets))))
+        nbytes = int(np.prod(shape3)) * (3 * 8 + 3 * 4 + (0 if offsets is None else cov_bytes_per_voxel(offsets)))
         logger.info("%s: allocating cube %s (%.1f MB of accumulators)", f"D{detector}" if detector else "all",
                     "x".join(map(str, shape3)), nbytes / 1e6)
         if plane_detector is not None and np.shape(plane_detector) != (zgrid.n_z,):
@@ -180,7 +187,7 @@ class DrizzleCube:
             config=config,
             detector=detector,
             origin=(int(origin[0]), int(origin[1])),
-            cov_cross=None if offsets is None else cross_terms(shape3, len(offsets)),
+            cov_cross=None if offsets is None else cross_terms(shape3, offsets),
             cov_offsets=offsets,
             plane_detector=None if plane_detector is None else np.asarray(plane_detector, dtype=np.int64),
         )

@@ -4,11 +4,14 @@ Each input pixel ``i`` spreads over several voxels, so neighbouring voxels share
 ``SCI_k = sum_i c_ki x_i``, ``c_ki = w_ki / W_k`` (``w_ki = min(1/sigma_i^2, ivar_max) f_xy f_z``,
 ``W_k = sum_i w_ki``), ``Cov(k, l) = X_kl / (W_k W_l)`` where ``X_kl = sum_i w_ki w_li sigma_i^2``.
 With ``covariance=True`` the engine accumulates ``X_kl`` in the same pass as the cube
-(``DrizzleCube.cov_cross``, ``(n_z, ny, nx, n_offsets)``, Rust ``covariance.rs``) for
-``l = k + o``, ``o`` in a stencil of offsets ``(dz, dy, dx)`` derived from the geometry
-(:func:`stencil`); each pair is stored once, at the voxel with the smaller row, then column,
-then plane. A pixel coupling voxels beyond the
-stencil stops the run with an error (never dropped terms).
+(``DrizzleCube.cov_cross``, Rust ``covariance.rs``) for ``l = k + o``, ``o`` in a stencil of
+offsets ``(dz, dy, dx)`` derived from the geometry (:func:`stencil`); each pair is stored once,
+at the voxel with the smaller row, then column, then plane. A pixel coupling voxels beyond the
+stencil stops the run with an error (never dropped terms). The accumulator is
+``(n_parts, n_z, ny, nx, slots)`` (:func:`cross_terms`): part 0 holds the offsets with
+``|dz| <= 1``, part 1 (when the stencil has any) those with ``|dz| >= 2``, which only a pixel
+whose top-hat spans three planes couples, so part 1's memory is touched only where one does
+(never in the 30' D3 benchmark cubes); :func:`term` is offset ``n``'s ``(n_z, ny, nx)`` view.
 
 File layout (after the other HDUs): ``COVARIANCE``, float64 ``(n_offsets, n_z, ny, nx)`` in
 (MJy/sr)^2: plane ``[n, k, y, x]`` is ``Cov((k, y, x), (k + dz, y + dy, x + dx))`` for the
@@ -136,33 +139,86 @@ def stencil(config, edges: np.ndarray, detector: int | None = None) -> np.ndarra
 
 #: Bytes of a cache line: each voxel's cross terms start on one (:func:`cross_terms`).
 CACHE_LINE = 64
+#: Bytes of a transparent huge page: each part of :func:`cross_terms` starts on one, so that no
+#: huge page of part 0 (the kernel's first touch, the populate) reaches into part 1.
+HUGE_PAGE = 2 << 20
 
 
 def padded_terms(n_offsets: int) -> int:
-    """Float64 slots per voxel of :func:`cross_terms`: ``n_offsets`` rounded up to whole cache lines."""
+    """Float64 slots per voxel and part of :func:`cross_terms` for ``n_offsets`` terms: rounded up
+    to whole cache lines."""
     per_line = CACHE_LINE // 8
     return -(-int(n_offsets) // per_line) * per_line
 
 
-def cross_terms(shape3: Tuple[int, int, int], n_offsets: int) -> np.ndarray:
-    """Zeroed cross-term accumulator ``(n_z, ny, nx, n_offsets)`` float64 whose voxels' terms each
-    start on a cache line (:data:`CACHE_LINE`): a view of :func:`padded_terms` slots per voxel.
-    The nearest offsets, which most input pixels update (:func:`stencil` lists them first), then
-    share the fewest cache lines (13 terms: two lines instead of 2.5 on average for 52 offsets).
-    Its pages are faulted in on a background thread (:func:`.vmhints.populate_async`): the first
-    frames' kernel then finds them ready instead of zeroing ~600 MB (a 30' D3 cube) itself."""
-    pad = padded_terms(n_offsets)
-    size = int(np.prod(shape3)) * pad
-    flat = np.zeros(size + CACHE_LINE // 8, dtype=np.float64)
-    vmhints.populate_async(flat)
-    start = (-flat.ctypes.data % CACHE_LINE) // 8
-    return flat[start:start + size].reshape(*shape3, pad)[..., :n_offsets]
+def term_places(offsets: np.ndarray) -> np.ndarray:
+    """``(part, slot)`` (int64 ``(n, 2)``) of each of the stencil ``offsets`` in :func:`cross_terms`:
+    part 0 for ``|dz| <= 1``, else part 1; a part's slots number its offsets in the stencil's
+    order (the engine's rule, ``_core.covariance_places``)."""
+    return _core.covariance_places(offsets=np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1, 3))
 
 
-def bytes_per_voxel(config, edges: np.ndarray, detector: int | None = None) -> int:
-    """Accumulator memory of the covariance per voxel (0 when ``config.covariance`` is off):
-    :func:`padded_terms` float64 per voxel."""
-    return 8 * padded_terms(len(stencil(config, edges, detector))) if getattr(config, "covariance", False) else 0
+def layout(offsets: np.ndarray) -> Tuple[int, int]:
+    """``(n_parts, slots)`` of :func:`cross_terms` for the stencil ``offsets``: 1 or 2 parts of
+    :func:`padded_terms` slots per voxel (one size for both parts, so that each offset's element
+    step from its anchor is one constant)."""
+    places = term_places(offsets)
+    if len(places) == 0:
+        return 1, 0
+    return int(places[:, 0].max()) + 1, padded_terms(int(places[:, 1].max()) + 1)
+
+
+def term_columns(offsets: np.ndarray) -> np.ndarray:
+    """Per offset of the stencil ``offsets``, its term ``part * slots + slot`` (int64): what
+    ``_core.fits_covariance_band`` and ``_core.covariance_terms_used`` number the terms by."""
+    places = term_places(offsets)
+    return places[:, 0] * layout(offsets)[1] + places[:, 1]
+
+
+def cross_terms(shape3: Tuple[int, int, int], offsets: np.ndarray) -> np.ndarray:
+    """Zeroed cross-term accumulator ``(n_parts, n_z, ny, nx, slots)`` float64 for the stencil
+    ``offsets`` (:func:`layout`; offset ``n`` of voxel ``(k, y, x)`` at ``[part, k, y, x, slot]``,
+    :func:`term_places`, :func:`term`). Each voxel's terms start on a cache line
+    (:data:`CACHE_LINE`): the nearest offsets, which most input pixels update (:func:`stencil` lists
+    them first), share the fewest (13 terms: two lines). Each part starts on a huge page
+    (:data:`HUGE_PAGE`). Part 0's pages are faulted in on a background thread
+    (:func:`.vmhints.populate_async`: the first frames' kernel then finds them ready instead of
+    zeroing ~370 MB, a 30' D3 cube, itself); part 1's are left to fault where a term is written
+    (a pixel whose top-hat spans three planes; none in a 30' D3 cube of the cached fields)."""
+    parts, slots = layout(offsets)
+    size = int(np.prod(shape3)) * slots
+    step = HUGE_PAGE // 8
+    part = -(-size // step) * step  # elements from one part's start to the next's
+    flat = np.zeros(parts * part + step, dtype=np.float64)
+    start = (-flat.ctypes.data % HUGE_PAGE) // 8
+    vmhints.populate_async(flat[start:start + size])
+    out = flat[start:start + parts * part].reshape(parts, part)[:, :size].reshape(parts, *shape3, slots)
+    assert np.shares_memory(out, flat)  # a view: the parts' strides as above
+    return out
+
+
+def term(cube, n: int) -> np.ndarray:
+    """The ``(n_z, ny, nx)`` view of the cross terms of offset ``n`` (``cube.cov_offsets[n]``) of a
+    ``DrizzleCube`` (``cube.cov_cross``'s part and slot of it, :func:`term_places`)."""
+    part, slot = (int(v) for v in term_places(cube.cov_offsets)[n])
+    return cube.cov_cross[part, ..., slot]
+
+
+def clear_terms(cube) -> None:
+    """Zero a ``DrizzleCube``'s cross terms, leaving a part of them that holds no term untouched
+    (part 1 is rarely written: filling it would fault in all its pages)."""
+    used = _core.covariance_terms_used(cross=cube.cov_cross).reshape(cube.cov_cross.shape[0], -1)
+    for p in range(cube.cov_cross.shape[0]):
+        if p == 0 or used[p].any():
+            cube.cov_cross[p].fill(0.0)
+
+
+def bytes_per_voxel(offsets: np.ndarray) -> int:
+    """Accumulator memory of the cross terms of the stencil ``offsets`` per voxel: both parts of
+    :func:`layout` (part 1 is resident only where a pixel's top-hat spans three planes; it is
+    counted, so that a budget holds for any input)."""
+    parts, slots = layout(offsets)
+    return 8 * parts * slots
 
 
 # ── normalisation ────────────────────────────────────────────────────────────
@@ -199,7 +255,8 @@ def written_terms(cube) -> np.ndarray:
     holds: those whose cross term is nonzero for some voxel (``_core.covariance_terms_used``: one
     read of the accumulator on both cores, GIL released). The others were coupled by no input
     pixel: their covariance is exactly 0 everywhere, and leaving them out loses nothing."""
-    return np.flatnonzero(_core.covariance_terms_used(cross=cube.cov_cross)).astype(np.int64)
+    used = _core.covariance_terms_used(cross=cube.cov_cross)
+    return np.flatnonzero(used[term_columns(cube.cov_offsets)]).astype(np.int64)
 
 
 def _columns(cube, terms: np.ndarray | None) -> np.ndarray:
@@ -229,7 +286,7 @@ def file_planes(cube, terms: np.ndarray | None = None) -> Iterator[np.ndarray]:
             if 0 <= k + dz < cube.nz:
                 a, p = _pair_slices((int(o[1]), int(o[2])), shape)
                 w = cube.weight_total[k][a] * cube.weight_total[k + dz][p]
-                np.divide(cube.cov_cross[k, :, :, columns[n - 1]][a], w, out=plane[a], where=w > 0)
+                np.divide(term(cube, columns[n - 1])[k][a], w, out=plane[a], where=w > 0)
             yield plane
 
 
@@ -251,6 +308,7 @@ def write_image(f, cube, terms: np.ndarray | None = None) -> int:
     columns = _columns(cube, terms)
     offsets = np.ascontiguousarray(file_offsets(cube, columns)[1:])
     weight = np.ascontiguousarray(cube.weight_total, dtype=np.float64)
+    places = term_columns(cube.cov_offsets)[columns]
     n_off = 1 + len(offsets)
     rows = max(1, min(ny, WRITE_BUFFER_BYTES // (8 * n_off * max(nx, 1))))
     buf = np.empty(n_off * rows * nx, dtype=np.uint64)
@@ -264,8 +322,8 @@ def write_image(f, cube, terms: np.ndarray | None = None) -> int:
             r = min(rows, ny - y0)
             out = buf[:n_off * r * nx]
             var = np.ascontiguousarray(cube.var_accum[k, y0:y0 + r], dtype=np.float64).reshape(-1)
-            _core.fits_covariance_band(cross=cube.cov_cross[k, y0:y0 + r], var=var, weight=weight, offsets=offsets,
-                                       columns=columns, k=k, y0=y0, out=out)
+            _core.fits_covariance_band(cross=cube.cov_cross[:, k, y0:y0 + r], var=var, weight=weight, offsets=offsets,
+                                       columns=places, k=k, y0=y0, out=out)
             blocks = out.data.cast("B")
             step = r * nx * 8
             for n in range(n_off):
@@ -334,7 +392,7 @@ def _terms(cube: CubeLike, ys: slice, xs: slice) -> Tuple[np.ndarray, np.ndarray
         cov = np.zeros((len(offsets), *w.shape))
         cov[0] = _diagonal(cube.var_accum[:, ys, xs], w)
         for n, o in enumerate(offsets[1:], start=1):
-            cov[n] = normalised(cube.cov_cross[:, ys, xs, n - 1], w, o)
+            cov[n] = normalised(term(cube, n - 1)[:, ys, xs], w, o)
         return cov[0], cov, offsets
     if isinstance(cube, Mapping):
         if cube.get("covariance") is None:
@@ -439,4 +497,4 @@ def _variance_cube(cube: CubeLike) -> np.ndarray:
 
 
 __all__ = ["COVARIANCE_HDU", "OFFSETS_HDU", "CORRECTION_KEY", "aperture_variance", "correction_factor", "stencil",
-           "plane_variances", "spatial_reach", "spectral_reach", "written_terms"]
+           "plane_variances", "spatial_reach", "spectral_reach", "term", "written_terms"]

@@ -34,6 +34,7 @@ import numpy as np
 from . import _core
 from .accumulate import DrizzleCube, drizzle_frame
 from .config import Drizzle3DConfig
+from .covariance import clear_terms
 from .frames import Strip
 from .grid import OutputGrid
 from .objectstore import as_location
@@ -190,8 +191,10 @@ class ModelBuilder:
         contributions = cube.count_map.copy()
         del self.hi_w, self.hi2_v, self.hi2_w, self.n_frames
         for name, a in cube.accumulators().items():
-            if name != "cov_offsets":  # the covariance stencil is geometry, not a sum
+            if name not in ("cov_offsets", "cov_cross"):  # the covariance stencil is geometry, not a sum
                 a.fill(0)
+        if cube.cov_cross is not None:
+            clear_terms(cube)  # a part of the cross terms nothing was written to stays untouched
         return SkyModel(values=values, steps=steps, contributions=contributions)
 
 

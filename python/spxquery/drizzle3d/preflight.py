@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from .config import OUTLIERS_NOT_TILED, Drizzle3DConfig
-from .covariance import padded_terms, stencil
+from .covariance import bytes_per_voxel as cov_bytes_per_voxel
+from .covariance import stencil
 from .filekind import not_a_regular_file
 from .outliermodel import MODEL_BYTES_PER_VOXEL
 from .spectral import build_z_grid, build_z_grid_all
@@ -148,14 +149,16 @@ def check_outputs(config: Drizzle3DConfig, detectors: Sequence[int]) -> None:
 def bytes_per_voxel(config: Drizzle3DConfig, detector: int) -> Tuple[int, int]:
     """Accumulator and cube-file bytes per voxel of ``detector``'s cube: the fixed ones, plus
     with ``reject_outliers`` the outlier model's (the file has REJECTED, int32), plus with
-    ``covariance`` 8 bytes per stencil offset (the file has the variance plane too)."""
+    ``covariance`` the cross terms' slots (``covariance.bytes_per_voxel``: both parts, the second
+    being resident only where a pixel's top-hat spans three planes) and in the file 8 bytes per
+    stencil offset and the variance plane (the file holds at most those)."""
     memory, file = ACCUMULATOR_BYTES_PER_VOXEL, FILE_BYTES_PER_VOXEL
     if config.reject_outliers:
         memory, file = memory + MODEL_BYTES_PER_VOXEL, file + 4
     if config.covariance:
         zgrid = build_z_grid(int(detector), config.z_oversample, config.z_lambda_edges)
-        n = len(stencil(config, zgrid.edges, int(detector)))
-        memory, file = memory + 8 * padded_terms(n), file + 8 * (n + 1)
+        offsets = stencil(config, zgrid.edges, int(detector))
+        memory, file = memory + cov_bytes_per_voxel(offsets), file + 8 * (len(offsets) + 1)
     return memory, file
 
 

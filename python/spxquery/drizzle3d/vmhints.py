@@ -68,13 +68,14 @@ def _owner(a: np.ndarray) -> np.ndarray:
 
 
 def populate(a: np.ndarray) -> bool:
-    """Fault in the whole pages of the memory owning ``a`` now (writable; contents unchanged).
-    Returns False when the system cannot (then nothing happened, or only part of it)."""
+    """Fault in the whole pages of ``a``'s memory now (writable; contents unchanged): a
+    C-contiguous array's own bytes, else all of the memory owning it. Returns False when the
+    system cannot (then nothing happened, or only part of it)."""
     if _MADVISE is None:
         return False
-    owner = _owner(a)
-    start = -(-owner.ctypes.data // _PAGE) * _PAGE
-    end = (owner.ctypes.data + owner.nbytes) // _PAGE * _PAGE
+    span = a if a.flags.c_contiguous else _owner(a)
+    start = -(-span.ctypes.data // _PAGE) * _PAGE
+    end = (span.ctypes.data + span.nbytes) // _PAGE * _PAGE
     for p in range(start, end, POPULATE_CHUNK_BYTES):
         if _MADVISE(p, min(POPULATE_CHUNK_BYTES, end - p), MADV_POPULATE_WRITE) != 0:
             logger.debug("madvise(MADV_POPULATE_WRITE) refused (errno %d): pages fault on first touch",
@@ -85,8 +86,9 @@ def populate(a: np.ndarray) -> bool:
 
 def populate_async(a: np.ndarray, min_bytes: int = POPULATE_MIN_BYTES) -> Optional[threading.Thread]:
     """Start :func:`populate` of ``a`` on a daemon thread (which holds ``a`` until done) when its
-    memory is at least ``min_bytes`` and the system can; returns the thread (None when not started)."""
-    if _MADVISE is None or _owner(a).nbytes < min_bytes:
+    memory (as :func:`populate` covers it) is at least ``min_bytes`` and the system can; returns the
+    thread (None when not started)."""
+    if _MADVISE is None or (a if a.flags.c_contiguous else _owner(a)).nbytes < min_bytes:
         return None
     thread = threading.Thread(target=populate, args=(a,), name="spxdrizzle-populate", daemon=True)
     thread.start()
