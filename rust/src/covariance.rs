@@ -303,25 +303,48 @@ impl CovBand<'_> {
     /// pixel gives weight `w`) whose anchor lies in this band's rows. A pair
     /// beyond the stencil stops it with the pair's offset (the call fails).
     pub(crate) fn add_pairs(&mut self, touched: &[Touch], variance: f64) -> Result<(), [i64; 3]> {
-        let key = |t: &Touch| [t.z as i64, t.r as i64, t.c as i64];
-        let (lo, hi, st) = (self.r0, self.r0 + self.rows, self.strides);
-        for (a, ta) in touched.iter().enumerate() {
-            for tb in &touched[a + 1..] {
-                let (ka, kb) = (key(ta), key(tb));
-                let o = [kb[0] - ka[0], kb[1] - ka[1], kb[2] - ka[2]];
-                let (anchor, o) = if positive(o) { (ta, o) } else { (tb, o.map(|v| -v)) };
-                if anchor.r < lo || anchor.r >= hi {
-                    continue;
-                }
-                let n = self.stencil.index(o).ok_or(o)?;
-                let at = anchor.z as isize * st[0] + (anchor.r - lo) as isize * st[1] + (anchor.c - self.c0) as isize * st[2] + self.steps[n];
-                // SAFETY: offset `n` exists, the anchor is a voxel of the grid
-                // (the caller's contract) in this band's rows (tested above).
-                unsafe { *self.ptr.offset(at) += ta.w * tb.w * variance };
-            }
-        }
-        Ok(())
+        let place = Place { ptr: self.ptr, strides: self.strides, r0: self.r0, rows: self.rows, c0: self.c0 };
+        // SAFETY: the band's memory and geometry (the caller's contract: the voxels lie in the grid).
+        unsafe { add_touched_pairs(place, &self.stencil, &self.steps, touched, variance) }
     }
+}
+
+/// A band's terms for [`add_touched_pairs`]: its first term, strides, first row, rows and first column.
+#[derive(Clone, Copy)]
+struct Place {
+    ptr: *mut f64,
+    strides: [isize; 4],
+    r0: usize,
+    rows: usize,
+    c0: usize,
+}
+
+/// [`CovBand::add_pairs`] with the stencil and its steps as separate shared
+/// references (so that the compiler knows the stores do not change them).
+///
+/// SAFETY: `steps` has one step per offset of `stencil`; the voxels of
+/// `touched` lie in the grid of the band `place`.
+unsafe fn add_touched_pairs(place: Place, stencil: &Stencil, steps: &[isize], touched: &[Touch], variance: f64) -> Result<(), [i64; 3]> {
+    let key = |t: &Touch| [t.z as i64, t.r as i64, t.c as i64];
+    let (lo, hi, st) = (place.r0, place.r0 + place.rows, place.strides);
+    for (a, ta) in touched.iter().enumerate() {
+        for tb in &touched[a + 1..] {
+            let (ka, kb) = (key(ta), key(tb));
+            let o = [kb[0] - ka[0], kb[1] - ka[1], kb[2] - ka[2]];
+            let (anchor, o) = if positive(o) { (ta, o) } else { (tb, o.map(|v| -v)) };
+            if anchor.r < lo || anchor.r >= hi {
+                continue;
+            }
+            let n = stencil.index(o).ok_or(o)?;
+            // SAFETY: `n` is an offset of the stencil, which has one step per offset.
+            let step = unsafe { *steps.get_unchecked(n) };
+            let at = anchor.z as isize * st[0] + (anchor.r - lo) as isize * st[1] + (anchor.c - place.c0) as isize * st[2] + step;
+            // SAFETY: offset `n` exists, the anchor is a voxel of the grid
+            // (the caller's contract) in this band's rows (tested above).
+            unsafe { *place.ptr.offset(at) += ta.w * tb.w * variance };
+        }
+    }
+    Ok(())
 }
 
 /// One pixel on the scan's fast path, for [`CovBand::add_cells`]: the R x C
