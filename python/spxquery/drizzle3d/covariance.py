@@ -189,7 +189,7 @@ def cross_terms(shape3: Tuple[int, int, int], offsets: np.ndarray) -> np.ndarray
     size = int(np.prod(shape3)) * slots
     step = HUGE_PAGE // 8
     part = -(-size // step) * step  # elements from one part's start to the next's
-    flat = np.zeros(parts * part + step, dtype=np.float64)
+    flat = vmhints.fresh_zeros(parts * part + step)  # never cleared by calloc: part 1 stays unmapped
     start = (-flat.ctypes.data % HUGE_PAGE) // 8
     vmhints.populate_async(flat[start:start + size])
     out = flat[start:start + parts * part].reshape(parts, part)[:, :size].reshape(parts, *shape3, slots)

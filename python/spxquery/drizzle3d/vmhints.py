@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import sys
 import threading
 from typing import Callable, Optional
@@ -65,6 +66,21 @@ def _owner(a: np.ndarray) -> np.ndarray:
     while isinstance(a.base, np.ndarray):
         a = a.base
     return a
+
+
+def fresh_zeros(n: int) -> np.ndarray:
+    """``n`` float64 zeros (1-D, writable) in memory of their own: an anonymous mapping, with
+    transparent huge pages advised where the system has them (as numpy advises its large arrays).
+    No page is touched until written, whatever the C allocator holds: ``np.zeros`` of memory that
+    ``malloc`` takes from its heap (not fresh) is cleared by ``calloc``, every page of it. The
+    mapping is released with the last array using it."""
+    m = mmap.mmap(-1, max(8 * int(n), mmap.PAGESIZE))
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: 4 KiB pages
+            pass
+    return np.frombuffer(m, dtype=np.float64, count=int(n))
 
 
 def populate(a: np.ndarray) -> bool:
