@@ -378,3 +378,31 @@ def test_planes_written_in_one_pass_are_numpys_bit_for_bit():
             for k in range(shape[0]):
                 expected = _plane(cube, name, k).astype(">f4").tobytes()
                 assert _ratio_plane(cube, name, k).tobytes() == expected, (name, k)
+
+
+@pytest.mark.skipif(not os.uname().sysname == "Linux", reason="sync_file_range is a Linux call")
+def test_save_cube_starts_the_disk_write_while_it_formats(tmp_path, monkeypatch):
+    """The cube's bytes start going to the disk step by step while the rest is formatted
+    (``vmhints.WritebackFile``), not all at the final fsync; the file is the same (astropy's bytes)."""
+    from spxquery.drizzle3d import vmhints
+    from spxquery.drizzle3d.cubefile import build_hdulist
+
+    calls = []
+    real = vmhints.start_writeback
+
+    def spy(fd, offset=0, nbytes=0):
+        calls.append((offset, nbytes))
+        return real(fd, offset, nbytes)
+
+    monkeypatch.setattr(vmhints, "start_writeback", spy)
+    monkeypatch.setattr(vmhints, "WRITEBACK_STEP_BYTES", 4096)
+    cube = _cube(seed=6)
+    path = save_cube(cube, tmp_path / "c.fits")
+    size = path.stat().st_size
+    assert len(calls) >= size // (2 * 4096) >= 5  # a start per step, not only the fsync's write at the end
+    assert all(n >= 4096 for _, n in calls)
+    assert calls[0][0] == 0 and all(o + n == nxt for (o, n), (nxt, _) in zip(calls, calls[1:]))
+    assert calls[-1][0] + calls[-1][1] > size - 4096  # the file's bytes up to its last step
+    reference = tmp_path / "astropy.fits"
+    build_hdulist(cube).writeto(reference)
+    assert _masked_date(path.read_bytes()) == _masked_date(reference.read_bytes())

@@ -37,7 +37,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
-from . import _core, covariance
+from . import _core, covariance, vmhints
 from .cubewcs import SPECSYS, cube_wcs_cards, spectral_wcs_keywords, wcs_tab_bytes, wcs_tab_hdu
 from .fitsbytes import EMPTY_PRIMARY, Column, bintable, image_cards, image_data, padding
 from .fitscards import CardText
@@ -470,7 +470,9 @@ def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) ->
     planes, not copies of the cube. Raises FileExistsError when ``path`` exists and
     ``overwrite`` is False. On any error the temporary file is removed and an
     existing ``path`` is left untouched. ``progress``: a bar over the planes written (on a
-    terminal only, :mod:`.progress`). Returns the path written.
+    terminal only, :mod:`.progress`). Returns the path written. The bytes start going to the
+    disk every few MB while the rest is formatted (:class:`.vmhints.WritebackFile`), so the
+    ``fsync`` that makes the cube durable before the rename waits for the last step only.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -480,7 +482,7 @@ def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) ->
     tmp_path = Path(tmp.name)
     try:
         with tmp:
-            _write_streamed(tmp, cube, progress)
+            _write_streamed(vmhints.WritebackFile(tmp), cube, progress)  # the disk writes as it goes
             tmp.flush()
             os.fsync(tmp.fileno())
         # NamedTemporaryFile is created 0600; give the cube the usual permissions.
