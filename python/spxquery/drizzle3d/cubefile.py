@@ -482,7 +482,8 @@ def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) ->
     tmp_path = Path(tmp.name)
     try:
         with tmp:
-            _write_streamed(vmhints.WritebackFile(tmp), cube, progress)  # the disk writes as it goes
+            with vmhints.WritebackFile(tmp) as out:  # the disk writes while the rest is formatted
+                _write_streamed(out, cube, progress)
             tmp.flush()
             os.fsync(tmp.fileno())
         # NamedTemporaryFile is created 0600; give the cube the usual permissions.
