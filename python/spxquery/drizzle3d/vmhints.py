@@ -7,14 +7,16 @@
 * :func:`start_writeback`: start writing a file's dirty pages to the disk now
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, asynchronous), so that the ``fsync`` that ends an
   atomic write finds little left to do.
-* :class:`WritebackFile`: a binary file whose bytes start going to the disk (above) every
-  :data:`WRITEBACK_STEP_BYTES` while the rest is still being formatted, so that the disk and the
-  caller work at the same time (a 29 MB cube's final ``fsync``: ~30-40 ms when all of it waits).
+* :class:`WritebackFile`: a binary file whose bytes start going to the disk (above, from a
+  thread of its own) every :data:`WRITEBACK_STEP_BYTES` while the rest is still being formatted,
+  so that the disk and the caller work at the same time (the 30' D3 cube, 29 MB: the final
+  ``fsync`` waited 32-75 ms, median ~40, for all of it; 6-25 ms, median ~17, with 2 MiB steps;
+  1-4 extents either way, so the sequential write needs no :func:`preallocate`).
 * :func:`preallocate`: reserve a file's blocks before writing them out of order
   (``fallocate``), so that a writeback started early (above) does not scatter the file over the
   disk (a 630 MB cube: 41-43 extents without, 7 with; 6 when written back at the end).
 
-All three call the C library through ``ctypes`` (which releases the GIL during the call); where the
+The hints call the C library through ``ctypes`` (which releases the GIL during the call); where the
 call is missing or refused (not Linux, kernels before 5.14 for the populate, file systems
 without ``fallocate``) they do nothing: hints change the time, never the bytes.
 """
@@ -44,8 +46,9 @@ POPULATE_MIN_BYTES = 32 << 20
 #: after the frame loop's start in 3 of 6 runs (the reader's allocations queued behind the
 #: populate), with 256 KiB calls 10-18 ms (docs/performance.md, covariance, sixth part).
 POPULATE_CHUNK_BYTES = 256 << 10
-#: Bytes written through a :class:`WritebackFile` between two starts of their writeback.
-WRITEBACK_STEP_BYTES = 4 << 20
+#: Bytes written through a :class:`WritebackFile` between two starts of their writeback (1, 2, 4
+#: and 8 MiB measured on the 30' cube, docs/performance.md, issue 23 seventh part: 2 the best).
+WRITEBACK_STEP_BYTES = 2 << 20
 _PAGE = 4096
 
 
