@@ -406,3 +406,23 @@ def test_save_cube_starts_the_disk_write_while_it_formats(tmp_path, monkeypatch)
     reference = tmp_path / "astropy.fits"
     build_hdulist(cube).writeto(reference)
     assert _masked_date(path.read_bytes()) == _masked_date(reference.read_bytes())
+
+
+def test_frame_times_and_zodi_scales_that_are_missing_or_not_finite_are_left_out():
+    """observation_cards / the PRIMARY's ZSC cards take only finite values, of any numeric type
+    (Python floats, numpy scalars); None, text, NaN and inf are skipped or fall back on the mid-time."""
+    from spxquery.drizzle3d.cubefile import _primary_cards, observation_cards
+
+    cube = _cube(seed=7)
+    cube.frame_log[:] = [
+        {"name": "a.fits", "mjd": None, "zodi_scale": None},
+        {"name": "b.fits", "mjd": "n/a", "zodi_scale": np.float32("nan")},
+        {"name": "c.fits", "mjd": np.float64(60900.5), "mjd_beg": float("inf"), "mjd_end": None,
+         "zodi_scale": np.float32(1.5)},
+        {"name": "d.fits", "mjd_beg": 60901.25, "mjd_end": np.float32(60902.0), "zodi_scale": float("-inf")},
+    ]
+    cards = {k: v for k, v, _ in observation_cards(cube)}
+    assert cards["MJD-BEG"] == 60900.5 and cards["MJD-END"] == 60902.0
+    assert cards["DATE-OBS"] == cards["DATE-BEG"] == "2025-08-13T12:00:00.000000"
+    zodi = {k: v for k, v, _ in _primary_cards(cube) if k.startswith("ZSC")}
+    assert zodi == {"ZSC00003": 1.5}
