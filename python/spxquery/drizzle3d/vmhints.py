@@ -161,8 +161,22 @@ class WritebackFile:
         self._started, self._pending = max(self._started, end), 0
 
     def _run(self) -> None:
+        """Start the writeback of the ranges handed over, those waiting together in one call (they
+        follow each other; each call takes the GIL back, up to the switch interval, 5 ms, while
+        the writer formats in Python)."""
         while (item := self._ranges.get()) is not None:
-            self.started += bool(start_writeback(self._fd, *item))
+            offset, end = item[0], item[0] + item[1]
+            while True:
+                try:
+                    item = self._ranges.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    break
+                end = item[0] + item[1]
+            self.started += bool(start_writeback(self._fd, offset, end - offset))
+            if item is None:
+                return
 
     def close(self) -> None:
         """Wait for the writeback thread to have started every range handed to it (not for the
