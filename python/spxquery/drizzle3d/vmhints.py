@@ -80,12 +80,15 @@ def _owner(a: np.ndarray) -> np.ndarray:
 
 
 def fresh_zeros(n: int) -> np.ndarray:
-    """``n`` float64 zeros (1-D, writable) in memory of their own: an anonymous mapping, with
+    """``n`` float64 zeros (1-D, writable) in memory of their own: a private anonymous mapping, with
     transparent huge pages advised where the system has them (as numpy advises its large arrays).
     No page is touched until written, whatever the C allocator holds: ``np.zeros`` of memory that
     ``malloc`` takes from its heap (not fresh) is cleared by ``calloc``, every page of it. The
     mapping is released with the last array using it."""
-    m = mmap.mmap(-1, max(8 * int(n), mmap.PAGESIZE))
+    if not hasattr(mmap, "MAP_ANONYMOUS"):  # not a Unix: numpy's zeros
+        return np.zeros(int(n), dtype=np.float64)
+    # Private: a shared anonymous mapping is shmem, whose pages a read allocates (and without huge pages).
+    m = mmap.mmap(-1, max(8 * int(n), mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             m.madvise(mmap.MADV_HUGEPAGE)
