@@ -19,6 +19,25 @@ pub struct Axis<'a> {
 /// `(1 - fy) * ax[iy] + fy * ax[iy + 1]` with
 /// `ax[k] = (1 - fx) * v[k, ix] + fx * v[k, ix + 1]`.
 pub fn lookup(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(Array2<f64>, Array2<f64>), String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU runs AVX2 (checked just above).
+            return unsafe { lookup_avx2(values, rows, columns) };
+        }
+    }
+    lookup_any(values, rows, columns)
+}
+
+/// [`lookup`] built for AVX2: the same IEEE operations (no fused multiply-add), so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lookup_avx2(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(Array2<f64>, Array2<f64>), String> {
+    lookup_any(values, rows, columns)
+}
+
+#[inline(always)]
+fn lookup_any(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(Array2<f64>, Array2<f64>), String> {
     let (nky, nkx, two) = values.dim();
     if two != 2 {
         return Err(format!("values must be (knot rows, knot columns, 2), got a last axis of {two}"));
@@ -61,6 +80,7 @@ pub fn lookup(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(A
 }
 
 /// Knot row `k` of value `m`, interpolated along x at every column.
+#[inline(always)]
 fn along_x(values: ArrayView3<f64>, m: usize, k: usize, columns: &Axis, out: &mut [f64]) {
     for (c, out) in out.iter_mut().enumerate() {
         let (i, fx) = (columns.index[c], columns.frac[c]);
