@@ -52,30 +52,27 @@ fn lookup_any(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(A
         return Err(format!("column cell {bad} is outside a table of {nkx} knot columns"));
     }
     let (ny, nx) = (rows.index.len(), columns.index.len());
-    let mut out = [Array2::<f64>::zeros((ny, nx)), Array2::<f64>::zeros((ny, nx))];
     let mut lower = vec![0.0f64; nx];
     let mut upper = vec![0.0f64; nx];
-    for (m, res) in out.iter_mut().enumerate() {
+    let mut value = |m: usize| {
+        // Row by row into memory that is not zero-filled first (each value written once).
+        let mut res: Vec<f64> = Vec::with_capacity(ny * nx);
         let mut cached = usize::MAX;
-        for (r, mut row) in res.rows_mut().into_iter().enumerate() {
-            let k = rows.index[r];
+        for (&k, &fy) in rows.index.iter().zip(rows.frac) {
             if k != cached {
                 along_x(values, m, k, columns, &mut lower);
                 along_x(values, m, k + 1, columns, &mut upper);
                 cached = k;
             }
-            let (wy0, wy1) = (1.0 - rows.frac[r], rows.frac[r]);
+            let (wy0, wy1) = (1.0 - fy, fy);
             // Over slices, so that the loop has no bounds checks and is vectorised (the
             // same operations per pixel, hence the same bits; ~2x fewer instructions).
-            let Some(dst) = row.as_slice_mut() else {
-                return Err("internal: a row of the result is not contiguous".to_string());
-            };
-            for ((out, &lo), &up) in dst.iter_mut().zip(&lower).zip(&upper) {
-                *out = wy0 * lo + wy1 * up;
-            }
+            res.extend(lower.iter().zip(&upper).map(|(&lo, &up)| wy0 * lo + wy1 * up));
         }
-    }
-    let [lam, dlam] = out;
+        Array2::from_shape_vec((ny, nx), res).map_err(|e| e.to_string())
+    };
+    let lam = value(0)?;
+    let dlam = value(1)?;
     Ok((lam, dlam))
 }
 
