@@ -114,21 +114,22 @@ def test_zodi_subtracted_while_read_equals_the_numpy_subtraction(files, which):
                                   count=1, x0=0, x1=4, minus_name="ZODI", minus_scale=1.0)
 
 
-def _strip_bytes(path, cfg):
+def _strip_bytes(path, cfg, strip_pixels):
     grid = OutputGrid.for_detector(cfg, 3)
-    frame = prepare_frame(path, cfg, grid, strip_pixels=1000)  # several strips, read by strips()
+    frame = prepare_frame(path, cfg, grid, strip_pixels=strip_pixels)
     return frame.zodi, [tuple(None if a is None else a.tobytes() for a in s) for s in frame.strips()]
 
 
+@pytest.mark.parametrize("strip_pixels", [1000, 2**62])  # several strips, read by strips(); the crop read up front
 @pytest.mark.parametrize("which", ["qr2", "qr3", "cutout_qr2"])
-def test_prepared_frames_are_bit_identical_without_the_fast_path(files, which, monkeypatch):
+def test_prepared_frames_are_bit_identical_without_the_fast_path(files, which, strip_pixels, monkeypatch):
     cfg = Drizzle3DConfig(center_ra=RA0 - 0.05, center_dec=DEC0, width=8.0, height=6.0, detector=3, progress=False,
                           subtract_zodi=True)
-    zodi_fast, fast = _strip_bytes(files[which], cfg)
+    zodi_fast, fast = _strip_bytes(files[which], cfg, strip_pixels)
     monkeypatch.setattr(pixels, "_PREAD", None)
-    zodi_slow, slow = _strip_bytes(files[which], cfg)
-    assert len(fast) > 1 and fast == slow
-    assert zodi_fast == zodi_slow
+    zodi_slow, slow = _strip_bytes(files[which], cfg, strip_pixels)
+    assert (len(fast) > 1) == (strip_pixels == 1000) and fast == slow
+    assert zodi_fast == zodi_slow and zodi_fast.scale is not None
 
 
 def test_reads_from_threads_equal_one_read(files):

@@ -12,11 +12,13 @@ A :class:`Frame` is the one type from the reader to the engine:
    :mod:`.wavetable`) before any C library sees them.
 2. :func:`prepare_frame` selects what can land on an :class:`~.grid.OutputGrid`: the
    footprint crop (:mod:`.footprint`), its flags and exclude mask (computed once), and the
-   zodi scale (:mod:`.zodi`). A frame that does not touch the grid costs one header read.
+   zodi scale (:mod:`.zodi`, fitted on the fixed sample before the crop is read). A frame that
+   does not touch the grid costs one header read.
 3. :meth:`Frame.strips` yields the crop's pixel arrays in strips of rows, as
    :class:`Strip` tuples in the argument order of ``accumulate.drizzle_frame``: only the
    rectangle is read (:mod:`.pixels`: rows of plain images, the needed tiles of compressed
-   FLAGS), zodi-subtracted, with wavelengths and the corner map.
+   FLAGS), zodi-subtracted as it is read (:func:`~.pixels.read_image_minus`), with wavelengths
+   and the corner map.
 
 Everything computed per frame (crop excepted) depends on the frame alone, never on the grid.
 """
