@@ -157,24 +157,7 @@ fn check_output(part: &PlainPart<'_>, win: Window, out: usize) -> Result<usize, 
 /// Pixels `[rows, x0..x1]` of a floating-point image as `f64`, row-major into
 /// `out` (`rows.count * (x1 - x0)` values).
 pub fn read_float(file: &File, size: u64, part: &PlainPart<'_>, win: Window, out: &mut [f64]) -> Result<(), String> {
-    let width = check_output(part, win, out.len())?;
-    let bitpix = part.bitpix;
-    if bitpix != -32 && bitpix != -64 {
-        return Err(format!("{}: BITPIX = {bitpix}, a floating-point image (-32 or -64) was expected", part.name));
-    }
-    let avx2 = has_avx2();
-    for_each_row(file, size, part, win, |k, bytes| {
-        let dst = &mut out[k * width..(k + 1) * width];
-        if avx2 {
-            // SAFETY: the CPU runs AVX2 (`has_avx2`).
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                floats_avx2(dst, bytes, bitpix == -32)
-            };
-        } else {
-            floats(dst, bytes, bitpix == -32);
-        }
-    })
+    float_rows(file, size, part, win, None, out)
 }
 
 /// `out -= scale * [rows, x0..x1]` of the floating-point image `part` (row-major, as
@@ -182,31 +165,58 @@ pub fn read_float(file: &File, size: u64, part: &PlainPart<'_>, win: Window, out
 /// very operations of numpy's `image -= np.multiply(zodi, scale)`, so the same bits; no array of
 /// the subtracted image's pixels is made.
 pub fn subtract_float(file: &File, size: u64, part: &PlainPart<'_>, win: Window, scale: f64, out: &mut [f64]) -> Result<(), String> {
+    float_rows(file, size, part, win, Some(scale), out)
+}
+
+/// [`read_float`] (`scale` None) or [`subtract_float`].
+fn float_rows(file: &File, size: u64, part: &PlainPart<'_>, win: Window, scale: Option<f64>, out: &mut [f64]) -> Result<(), String> {
     let width = check_output(part, win, out.len())?;
     let bitpix = part.bitpix;
     if bitpix != -32 && bitpix != -64 {
         return Err(format!("{}: BITPIX = {bitpix}, a floating-point image (-32 or -64) was expected", part.name));
     }
-    let avx2 = has_avx2();
+    let (single, avx2) = (bitpix == -32, has_avx2());
     for_each_row(file, size, part, win, |k, bytes| {
         let dst = &mut out[k * width..(k + 1) * width];
+        #[cfg(target_arch = "x86_64")]
         if avx2 {
             // SAFETY: the CPU runs AVX2 (`has_avx2`).
-            #[cfg(target_arch = "x86_64")]
-            unsafe {
-                minus_avx2(dst, bytes, bitpix == -32, scale)
-            };
-        } else {
-            minus(dst, bytes, bitpix == -32, scale);
+            unsafe { convert_avx2(dst, bytes, single, scale) };
+            return;
         }
+        let _ = avx2;
+        convert(dst, bytes, single, scale);
     })
 }
 
-/// [`minus`] built for AVX2 (the same IEEE operations, no fused multiply-add: the same bits).
+/// Whether the AVX2 build of [`convert`] can run on this CPU.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`convert`] built for AVX2: the same IEEE operations (exact conversions, no fused
+/// multiply-add), so the same bits in fewer instructions.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-fn minus_avx2(dst: &mut [f64], bytes: &[u8], single: bool, scale: f64) {
-    minus(dst, bytes, single, scale)
+fn convert_avx2(dst: &mut [f64], bytes: &[u8], single: bool, scale: Option<f64>) {
+    convert(dst, bytes, single, scale)
+}
+
+/// One row: its big-endian `f32` (`single`) or `f64` values into `dst` as `f64`, or (`scale`)
+/// subtracted from `dst` times `scale`.
+#[inline(always)]
+fn convert(dst: &mut [f64], bytes: &[u8], single: bool, scale: Option<f64>) {
+    match scale {
+        None => floats(dst, bytes, single),
+        Some(s) => minus(dst, bytes, single, s),
+    }
 }
 
 /// `dst[i] - (v[i] * scale)` into `dst`, `v` the big-endian `f32` (`single`) or `f64` values of `bytes`.
@@ -221,25 +231,6 @@ fn minus(dst: &mut [f64], bytes: &[u8], single: bool, scale: f64) {
             *d -= f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) * scale;
         }
     }
-}
-
-/// Whether the AVX2 builds of the conversions below can run on this CPU.
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// [`floats`] built for AVX2: the same conversions (exact), so the same bits, in fewer instructions.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn floats_avx2(dst: &mut [f64], bytes: &[u8], single: bool) {
-    floats(dst, bytes, single)
 }
 
 /// Big-endian `f32` (`single`) or `f64` values of `bytes` into `dst`, as `f64` (exact).
