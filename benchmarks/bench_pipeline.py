@@ -18,7 +18,11 @@ What it does, in one invocation:
    default xy_shrink, centred on the field centre), this package and spxquery 0.4.1 call
    ``drizzle_detector(paths, config, 3, build_output_wcs(config))``. Timed: that call
    (read + drizzle + write of the cube, both packages), with the input files read once
-   beforehand so both read from the page cache; the process total is also reported. Peak
+   beforehand so both read from the page cache; the process total is also reported. This
+   package's runs of each case (the deep field's too) are repeated in ``--repeat`` (3) fresh
+   processes: the row gives the median drizzle time (ratios and targets use it), the spread
+   (fastest-slowest, ms per frame) in a column of its own, the largest peak RSS, and the cube of
+   the median run (``benchmarks/_repeat.py``); spxquery 0.4.1 runs once. Peak
    memory: ``ru_maxrss`` of the child from ``os.wait4`` (per run), minus a baseline (the peak
    RSS of a process that only imported the package) for the net value.
    Accumulators: ours n_z*ny*nx*(3*8 + 3*4) bytes, 0.4.1's n_z*ny*nx*(3*8 + 2 + 2*4).
@@ -70,6 +74,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -90,6 +95,7 @@ import _covariance
 import _deepfield
 import _doc
 import _rejection
+import _repeat
 import _stages
 from _field import CACHE, DETECTOR, FIELD_DEC, FIELD_RA, FIELD_SEED, N_FRAMES, ensure_field, field_dir, frame_counts
 
@@ -165,6 +171,7 @@ class Run:
     load_before: str = ""
     load_after: str = ""
     output: Optional[Path] = None
+    repeats: List[float] = field(default_factory=list)  # drizzle s of each repeated run (--repeat)
 
 
 def run_child(python: Path, args: List[str], log_path: Path, time_cap_s: float,
@@ -408,7 +415,8 @@ def table_lines(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], baseli
         ok_raw = "yes" if r.maxrss_mib <= limit else "no"
         ok_net = ("yes" if net is not None and net <= limit else "no") if net is not None else "—"
         what = size_label(r.size) + (" deep field, 0.2° cutouts" if r.case == DEEP_CASE else "")
-        L.append(f"| {what} ({shape[1]}x{shape[2]}x{shape[0]}) | {name} | {frames} | {drz} | {pf} | "
+        spread = _repeat.spread_cell(r.repeats, r.n_frames)
+        L.append(f"| {what} ({shape[1]}x{shape[2]}x{shape[0]}) | {name} | {frames} | {drz} | {pf} | {spread} | "
                  f"{ratio} | {fmt(r.wall_s, '.1f')} | {fmt(r.maxrss_mib, '.0f')} | {fmt(net, '.0f')} | "
                  f"{fmt(acc, '.0f')} | {fmt(limit, '.0f')} | {ok_raw} | {ok_net} |")
     return L
@@ -479,17 +487,18 @@ def build_report(runs: List[Run], ratio_pairs: Dict[str, Tuple[Run, Run]], basel
              "z_oversample=1, 17 planes, default xy_shrink 0.8).")
     L.append("- Timed: one `drizzle_detector(paths, config, 3, build_output_wcs(config))` call in a fresh process "
              "(reads the files, drizzles, writes the cube FITS; the files are read once beforehand, so both packages "
-             "read from the page cache); 'process' = whole subprocess wall time incl. "
-             "imports. Peak RSS = `ru_maxrss` of that process; 'net' subtracts the peak RSS of a process that "
-             "only imported the package (baseline: this package "
+             "read from the page cache); this package's rows: the median of "
+             f"{meta['repeat']} such processes, their fastest and slowest in the spread column, the largest peak "
+             "RSS; 'process' = whole subprocess wall time incl. imports. Peak RSS = `ru_maxrss` of that process; "
+             "'net' subtracts the peak RSS of a process that only imported the package (baseline: this package "
              f"{fmt(baselines['new'].maxrss_mib, '.0f')} MiB"
              + (f", 0.4.1 {fmt(baselines['old'].maxrss_mib, '.0f')} MiB" if 'old' in baselines else "") + "). "
              "Accumulators: ours n_z·ny·nx·(3·8+3·4) B, 0.4.1's n_z·ny·nx·(3·8+2+2·4) B. "
              "Limit = accumulators + 300 MiB. MB here = MiB.")
     L.append("")
-    L.append("| cube | implementation | frames | drizzle s | s / frame | old / new | process s | peak RSS MB "
-             "| net MB | accumulators MB | limit MB | raw ≤ limit | net ≤ limit |")
-    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|:-:|")
+    L.append("| cube | implementation | frames | drizzle s | s / frame | spread, ms / frame | old / new | process s "
+             "| peak RSS MB | net MB | accumulators MB | limit MB | raw ≤ limit | net ≤ limit |")
+    L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:-:|:-:|")
     L.extend(table_lines(runs, ratio_pairs, baselines, cap_min))
     L.append("")
     tl = target_lines(runs, ratio_pairs, baselines, cap_min)
@@ -554,7 +563,9 @@ def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float,
         if case != DEEP_CASE and len(case_paths) != N_FRAMES:
             tag += f"-{len(case_paths)}frames-field"
         kw = dict(case=case, centre=centre)
-        new_all = execute(cfg.new_python, "new", f"new-{tag}", work, cfg, None, rss_kill, case_paths, size, **kw)
+        new = functools.partial(execute, cfg.new_python, "new", work=work, cfg=cfg, as_limit=None,
+                                rss_kill_mib=rss_kill, size=size, **kw)  # + tag: one run of this package
+        new_all = _repeat.repeated(cfg.repeat, f"new-{tag}", functools.partial(new, paths=case_paths))
         new_all.n_total = len(case_paths)
         runs.append(new_all)
         if cfg.reject:  # the same run with outlier rejection (issue 19)
@@ -575,8 +586,8 @@ def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float,
             continue
         new_ref = new_all
         if n_old != len(case_paths):
-            new_ref = execute(cfg.new_python, "new", f"new-{tag}-{n_old}frames", work, cfg, None, rss_kill,
-                              case_paths[:n_old], size, **kw)
+            new_ref = _repeat.repeated(cfg.repeat, f"new-{tag}-{n_old}frames",
+                                       functools.partial(new, paths=case_paths[:n_old]))
             new_ref.n_total = len(case_paths)
             runs.append(new_ref)
         old = execute(oldpy, "old", f"old-{tag}" + ("" if n_old == len(case_paths) else f"-{n_old}frames"), work, cfg,
@@ -614,6 +625,7 @@ def run_meta(cfg: argparse.Namespace, command: str, load_start: str, baselines: 
         "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
         "frames": " and ".join(str(n) for n in frame_counts(cfg.frames)),
         "command": command,
+        "repeat": str(max(1, cfg.repeat)),
         "nproc": str(os.cpu_count()),
         "cpu": cpu_model(),
         "mem": meminfo,
@@ -647,6 +659,10 @@ def parse_args(argv: Optional[List[str]]) -> argparse.Namespace:
     ap.add_argument("--old-frames", type=int, default=3,
                     help="frames drizzled by spxquery 0.4.1 on cubes larger than 1 deg (the first N of the field; this "
                          "package is also timed on the same N for the ratio); 0 = all. Default 3")
+    ap.add_argument("--repeat", type=int, default=3, metavar="K",
+                    help="fresh-process runs of this package per case (the deep field's too; not the staged, "
+                         "rejection, covariance or six-detector runs, nor spxquery 0.4.1's): the table gives "
+                         "their median and spread. Default %(default)s")
     ap.add_argument("--time-cap", type=float, default=15.0,
                     help="minutes; a run longer than this is killed and reported as '> cap' (default 15)")
     ap.add_argument("--mem-cap-gb", type=float, default=16.0,

@@ -378,3 +378,56 @@ def test_planes_written_in_one_pass_are_numpys_bit_for_bit():
             for k in range(shape[0]):
                 expected = _plane(cube, name, k).astype(">f4").tobytes()
                 assert _ratio_plane(cube, name, k).tobytes() == expected, (name, k)
+
+
+@pytest.mark.skipif(not os.uname().sysname == "Linux", reason="sync_file_range is a Linux call")
+def test_save_cube_starts_the_disk_write_while_it_formats(tmp_path, monkeypatch):
+    """The cube's bytes start going to the disk step by step while the rest is formatted
+    (``vmhints.WritebackFile``), not all at the final fsync; the file is the same (astropy's bytes)."""
+    from spxquery.drizzle3d import vmhints
+    from spxquery.drizzle3d.cubefile import build_hdulist
+
+    calls, steps = [], []
+    real, real_step = vmhints.start_writeback, vmhints.WritebackFile.start
+
+    def spy(fd, offset=0, nbytes=0):
+        calls.append((offset, nbytes))
+        return real(fd, offset, nbytes)
+
+    def step(self):
+        steps.append(self.tell())
+        return real_step(self)
+
+    monkeypatch.setattr(vmhints, "start_writeback", spy)
+    monkeypatch.setattr(vmhints.WritebackFile, "start", step)
+    monkeypatch.setattr(vmhints, "WRITEBACK_STEP_BYTES", 4096)
+    cube = _cube(seed=6)
+    path = save_cube(cube, tmp_path / "c.fits")
+    size = path.stat().st_size
+    assert len(steps) >= size // (2 * 4096) >= 5  # handed over step by step, not only at the fsync
+    # the thread started them (ranges waiting together in one call): contiguous, the whole file but its last step
+    assert calls[0][0] == 0 and all(o + n == nxt for (o, n), (nxt, _) in zip(calls, calls[1:]))
+    assert calls[-1][0] + calls[-1][1] > size - 4096
+    reference = tmp_path / "astropy.fits"
+    build_hdulist(cube).writeto(reference)
+    assert _masked_date(path.read_bytes()) == _masked_date(reference.read_bytes())
+
+
+def test_frame_times_and_zodi_scales_that_are_missing_or_not_finite_are_left_out():
+    """observation_cards / the PRIMARY's ZSC cards take only finite values, of any numeric type
+    (Python floats, numpy scalars); None, text, NaN and inf are skipped or fall back on the mid-time."""
+    from spxquery.drizzle3d.cubefile import _primary_cards, observation_cards
+
+    cube = _cube(seed=7)
+    cube.frame_log[:] = [
+        {"name": "a.fits", "mjd": None, "zodi_scale": None},
+        {"name": "b.fits", "mjd": "n/a", "zodi_scale": np.float32("nan")},
+        {"name": "c.fits", "mjd": np.float64(60900.5), "mjd_beg": float("inf"), "mjd_end": None,
+         "zodi_scale": np.float32(1.5)},
+        {"name": "d.fits", "mjd_beg": 60901.25, "mjd_end": np.float32(60902.0), "zodi_scale": float("-inf")},
+    ]
+    cards = {k: v for k, v, _ in observation_cards(cube)}
+    assert cards["MJD-BEG"] == 60900.5 and cards["MJD-END"] == 60902.0
+    assert cards["DATE-OBS"] == cards["DATE-BEG"] == "2025-08-13T12:00:00.000000"
+    zodi = {k: v for k, v, _ in _primary_cards(cube) if k.startswith("ZSC")}
+    assert zodi == {"ZSC00003": 1.5}

@@ -138,3 +138,62 @@ def test_without_the_calls_the_hints_do_nothing(monkeypatch, tmp_path):
     with open(tmp_path / "f.bin", "wb") as f:
         assert vmhints.start_writeback(f.fileno()) is False
         assert vmhints.preallocate(f.fileno(), 0, MB) is False
+
+
+def _spy_writeback(monkeypatch) -> list:
+    """Record each ``start_writeback`` call (the real call still runs) with the file's size then."""
+    calls = []
+    real = vmhints.start_writeback
+
+    def spy(fd: int, offset: int = 0, nbytes: int = 0) -> bool:
+        calls.append((offset, nbytes, os.fstat(fd).st_size))
+        return real(fd, offset, nbytes)
+
+    monkeypatch.setattr(vmhints, "start_writeback", spy)
+    return calls
+
+
+@linux
+def test_writeback_file_starts_each_step_after_its_bytes_reach_the_file(tmp_path, monkeypatch):
+    calls = _spy_writeback(monkeypatch)
+    rng = np.random.default_rng(3)
+    pieces = [rng.bytes(int(n)) for n in rng.integers(1, 6000, 1500)]  # ~4.5 MB in writes the buffer holds
+    path = tmp_path / "f.bin"
+    with open(path, "wb") as raw:
+        raw.write(b"head")
+        with vmhints.WritebackFile(raw, step=MB) as f:
+            for p in pieces:
+                assert f.write(p) == len(p)
+            f.start()  # the rest (less than a step; some of it still in the buffer)
+            f.flush()  # passes through
+            os.fsync(f.fileno())
+        assert f.started == len(calls)  # the system accepted every range
+        assert not [t for t in threading.enumerate() if t.name == "spxdrizzle-writeback"]  # joined
+    data = b"head" + b"".join(pieces)
+    assert path.read_bytes() == data
+    starts = [o for o, _, _ in calls]
+    assert starts[0] == 4 and all(o + n == nxt for (o, n, _), nxt in zip(calls, starts[1:]))  # contiguous ranges
+    assert all(n >= MB for _, n, _ in calls[:-1]) and calls[-1][0] + calls[-1][1] == len(data)  # every step
+    assert all(size >= o + n for o, n, size in calls)  # the buffer was flushed before each start
+
+
+@linux
+def test_writeback_thread_is_joined_when_the_writer_fails(tmp_path):
+    with open(tmp_path / "f.bin", "wb") as raw:
+        with pytest.raises(RuntimeError, match="formatting failed"):
+            with vmhints.WritebackFile(raw, step=1000) as f:
+                f.write(b"x" * 5000)
+                raise RuntimeError("formatting failed")
+    assert not [t for t in threading.enumerate() if t.name == "spxdrizzle-writeback"]
+
+
+def test_writeback_file_without_the_call_writes_the_same_bytes(tmp_path, monkeypatch):
+    monkeypatch.setattr(vmhints, "_SYNC_FILE_RANGE", None)
+    path = tmp_path / "f.bin"
+    data = os.urandom(3 * MB + 5)
+    with open(path, "wb") as raw:
+        with vmhints.WritebackFile(raw, step=MB // 2) as f:
+            for i in range(0, len(data), 100_000):
+                f.write(memoryview(data)[i:i + 100_000])
+            assert f._thread is None  # nothing to start: the fsync does it all, as before
+    assert f.started == 0 and path.read_bytes() == data

@@ -29,6 +29,7 @@ import os
 import tempfile
 import threading
 from datetime import datetime, timezone
+from math import isfinite
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -37,7 +38,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
-from . import _core, covariance
+from . import _core, covariance, vmhints
 from .cubewcs import SPECSYS, cube_wcs_cards, spectral_wcs_keywords, wcs_tab_bytes, wcs_tab_hdu
 from .fitsbytes import EMPTY_PRIMARY, Column, bintable, image_cards, image_data, padding
 from .fitscards import CardText
@@ -111,16 +112,17 @@ def observation_cards(cube) -> List[Tuple[str, Any, str]]:
     for entry in getattr(cube, "frame_log", []) or []:
         mid = _finite_or_nan(entry.get("mjd"))  # a frame without MJD-BEG/END spans its mid-time
         beg, end = _finite_or_nan(entry.get("mjd_beg")), _finite_or_nan(entry.get("mjd_end"))
-        beg, end = (beg if np.isfinite(beg) else mid), (end if np.isfinite(end) else mid)
-        if np.isfinite(beg) and np.isfinite(end):
+        beg, end = (beg if isfinite(beg) else mid), (end if isfinite(end) else mid)
+        if isfinite(beg) and isfinite(end):
             starts.append(beg)
             ends.append(end)
     if starts:
         beg, end = min(starts), max(ends)
+        start = _isot(beg)  # (each takes an astropy Time conversion)
         cards += [
-            ("DATE-OBS", _isot(beg), "UTC start of the earliest input frame"),
+            ("DATE-OBS", start, "UTC start of the earliest input frame"),
             ("MJD-OBS", beg, "[d] MJD of DATE-OBS"),
-            ("DATE-BEG", _isot(beg), "UTC start of the earliest input frame"),
+            ("DATE-BEG", start, "UTC start of the earliest input frame"),
             ("MJD-BEG", beg, "[d] start of the earliest input frame"),
             ("DATE-END", _isot(end), "UTC end of the latest input frame"),
             ("MJD-END", end, "[d] end of the latest input frame"),
@@ -197,7 +199,7 @@ def _primary_cards(cube, observation: Sequence[Tuple[str, Any, str]] = ()) -> Li
     for i, entry in enumerate(log, start=1):
         cards.append((f"{INPUT_KEY}{i:05d}", str(entry.get("name", "")), "input file"))
         scale = entry.get("zodi_scale")
-        if scale is not None and np.isfinite(scale):
+        if scale is not None and isfinite(scale):
             cards.append((f"{ZODI_KEY}{i:05d}", float(scale), f"zodi scale ({entry.get('zodi_source', 'fit')})"))
     if getattr(cube, "reject_count", None) is not None:
         cards += _outlier_cards(log)
@@ -470,7 +472,9 @@ def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) ->
     planes, not copies of the cube. Raises FileExistsError when ``path`` exists and
     ``overwrite`` is False. On any error the temporary file is removed and an
     existing ``path`` is left untouched. ``progress``: a bar over the planes written (on a
-    terminal only, :mod:`.progress`). Returns the path written.
+    terminal only, :mod:`.progress`). Returns the path written. The bytes start going to the
+    disk every few MB while the rest is formatted (:class:`.vmhints.WritebackFile`), so the
+    ``fsync`` that makes the cube durable before the rename waits for the last step only.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -480,7 +484,8 @@ def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) ->
     tmp_path = Path(tmp.name)
     try:
         with tmp:
-            _write_streamed(tmp, cube, progress)
+            with vmhints.WritebackFile(tmp) as out:  # the disk writes while the rest is formatted
+                _write_streamed(out, cube, progress)
             tmp.flush()
             os.fsync(tmp.fileno())
         # NamedTemporaryFile is created 0600; give the cube the usual permissions.

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from math import isfinite
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -56,7 +57,7 @@ def _value_text(value: Any) -> str | None:
         return f"{'T' if value else 'F':>20}"
     if kind is int or isinstance(value, np.integer):
         return f"{int(value):>20d}"
-    if (kind is float or kind is np.float64) and np.isfinite(value):
+    if (kind is float or kind is np.float64) and isfinite(value):
         return f"{_format_float(float(value)):>20}"
     return None
 

@@ -7,11 +7,16 @@
 * :func:`start_writeback`: start writing a file's dirty pages to the disk now
   (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, asynchronous), so that the ``fsync`` that ends an
   atomic write finds little left to do.
+* :class:`WritebackFile`: a binary file whose bytes start going to the disk (above, from a
+  thread of its own) every :data:`WRITEBACK_STEP_BYTES` while the rest is still being formatted,
+  so that the disk and the caller work at the same time (the 30' D3 cube, 29 MB: the final
+  ``fsync`` waited 32-75 ms, median ~40, for all of it; 6-25 ms, median ~17, with 2 MiB steps;
+  1-4 extents either way, so the sequential write needs no :func:`preallocate`).
 * :func:`preallocate`: reserve a file's blocks before writing them out of order
   (``fallocate``), so that a writeback started early (above) does not scatter the file over the
   disk (a 630 MB cube: 41-43 extents without, 7 with; 6 when written back at the end).
 
-All three call the C library through ``ctypes`` (which releases the GIL during the call); where the
+The hints call the C library through ``ctypes`` (which releases the GIL during the call); where the
 call is missing or refused (not Linux, kernels before 5.14 for the populate, file systems
 without ``fallocate``) they do nothing: hints change the time, never the bytes.
 """
@@ -20,9 +25,10 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import queue
 import sys
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
@@ -40,6 +46,9 @@ POPULATE_MIN_BYTES = 32 << 20
 #: after the frame loop's start in 3 of 6 runs (the reader's allocations queued behind the
 #: populate), with 256 KiB calls 10-18 ms (docs/performance.md, covariance, sixth part).
 POPULATE_CHUNK_BYTES = 256 << 10
+#: Bytes written through a :class:`WritebackFile` between two starts of their writeback (1, 2, 4
+#: and 8 MiB measured on the 30' cube, docs/performance.md, issue 23 seventh part: 2 the best).
+WRITEBACK_STEP_BYTES = 2 << 20
 _PAGE = 4096
 
 
@@ -109,3 +118,79 @@ def preallocate(fd: int, offset: int, nbytes: int) -> bool:
     if _FALLOCATE is None or nbytes <= 0:
         return False
     return _FALLOCATE(int(fd), 0, int(offset), int(nbytes)) == 0
+
+
+class WritebackFile:
+    """The binary file ``f`` (a real file: ``fileno``, ``tell``) whose written bytes start going to
+    the disk each time ``step`` (default :data:`WRITEBACK_STEP_BYTES`) more bytes have been
+    written, so the ``fsync`` that ends the write waits for the last step only. Writes and
+    everything else pass through to ``f``; the bytes in the file are the same as without it.
+
+    At each step ``f``'s buffer is flushed and the range written since the last step is handed to
+    a thread of its own that calls :func:`start_writeback`: that call queues the pages' I/O, but
+    blocks while the device's request queue is full (on this machine's virtual disk up to ~14 ms
+    per 4 MiB), and the writer must not wait for the disk before the ``fsync``. Use it as a
+    context manager (or call :meth:`close`) before ``f`` is closed: the thread is joined there."""
+
+    def __init__(self, f, step: Optional[int] = None) -> None:
+        self._f = f
+        self._step = max(1, int(WRITEBACK_STEP_BYTES if step is None else step))
+        self._fd = f.fileno()
+        self._started = f.tell()  # bytes before this offset have been handed to the writeback
+        self._pending = 0
+        self._ranges: "queue.SimpleQueue[Optional[Tuple[int, int]]]" = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None  # started at the first step
+        self.started = 0  #: ranges whose writeback the thread started (those the system accepted)
+
+    def write(self, data) -> int:
+        n = self._f.write(data)
+        self._pending += n
+        if self._pending >= self._step:
+            self.start()
+        return n
+
+    def start(self) -> None:
+        """Flush ``f`` and hand the bytes written since the last step to the writeback thread."""
+        self._f.flush()
+        end = self._f.tell()
+        if end > self._started and _SYNC_FILE_RANGE is not None:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="spxdrizzle-writeback", daemon=True)
+                self._thread.start()
+            self._ranges.put((self._started, end - self._started))
+        self._started, self._pending = max(self._started, end), 0
+
+    def _run(self) -> None:
+        """Start the writeback of the ranges handed over, those waiting together in one call (they
+        follow each other; each call takes the GIL back, up to the switch interval, 5 ms, while
+        the writer formats in Python)."""
+        while (item := self._ranges.get()) is not None:
+            offset, end = item[0], item[0] + item[1]
+            while True:
+                try:
+                    item = self._ranges.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    break
+                end = item[0] + item[1]
+            self.started += bool(start_writeback(self._fd, offset, end - offset))
+            if item is None:
+                return
+
+    def close(self) -> None:
+        """Wait for the writeback thread to have started every range handed to it (not for the
+        disk); ``f`` stays open."""
+        if self._thread is not None:
+            self._ranges.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> "WritebackFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
