@@ -88,21 +88,48 @@ def test_fast_reader_equals_the_byte_source_path(files, which):
         assert isinstance(layout.flags, PlainImage) == (which in ("qr2", "cutout_qr2"))
 
 
-def _strip_bytes(path, cfg):
+@pytest.mark.parametrize("which", ["qr2", "qr3", "cutout"])
+def test_zodi_subtracted_while_read_equals_the_numpy_subtraction(files, which):
+    """``read_image_minus`` (the Rust reader's one pass, and the path of other sources) gives the
+    bits of reading IMAGE and ZODI and ``ZodiScale.subtract`` (NaN pixels included)."""
+    from spxquery.drizzle3d.zodi import ZodiScale
+
+    with open_source(files[which]) as fast, ByteSourceOnly(files[which]) as slow:
+        layout = l2_layout(read_structure(fast))
+        for scale in (1.2, -0.37, 0.8141592653589793):
+            for rows, x0, x1 in _boxes(layout.shape):
+                want = read_image(fast, layout.image, rows, x0, x1)
+                ZodiScale(scale, "sample").subtract(want, read_image(fast, layout.zodi, rows, x0, x1), consume=True)
+                for src in (fast, slow):
+                    got = pixels.read_image_minus(src, layout.image, layout.zodi, scale, rows, x0, x1)
+                    assert got.dtype == np.float64 and got.flags.c_contiguous and got.flags.writeable
+                    assert got.tobytes() == want.tobytes(), (which, scale, rows, x0, x1)
+        assert np.isnan(pixels.read_image_minus(fast, layout.image, layout.zodi, 1.0, range(5, 6), 7, 8)).all() \
+            == (which != "cutout")
+        with pytest.raises(PixelError, match="outside"):
+            pixels.read_image_minus(fast, layout.image, layout.zodi, 1.0, range(0, 2), 0, layout.shape[1] + 1)
+        with pytest.raises(ValueError, match="go together"):
+            _core.read_plain_rows(fd=fast.fileno(), size=fast.size, name="IMAGE", offset=layout.image.offset,
+                                  ny=layout.shape[0], nx=layout.shape[1], bitpix=-32, bzero=0, start=0, step=1,
+                                  count=1, x0=0, x1=4, minus_name="ZODI", minus_scale=1.0)
+
+
+def _strip_bytes(path, cfg, strip_pixels):
     grid = OutputGrid.for_detector(cfg, 3)
-    frame = prepare_frame(path, cfg, grid, strip_pixels=1000)  # several strips, read by strips()
+    frame = prepare_frame(path, cfg, grid, strip_pixels=strip_pixels)
     return frame.zodi, [tuple(None if a is None else a.tobytes() for a in s) for s in frame.strips()]
 
 
+@pytest.mark.parametrize("strip_pixels", [1000, 2**62])  # several strips, read by strips(); the crop read up front
 @pytest.mark.parametrize("which", ["qr2", "qr3", "cutout_qr2"])
-def test_prepared_frames_are_bit_identical_without_the_fast_path(files, which, monkeypatch):
+def test_prepared_frames_are_bit_identical_without_the_fast_path(files, which, strip_pixels, monkeypatch):
     cfg = Drizzle3DConfig(center_ra=RA0 - 0.05, center_dec=DEC0, width=8.0, height=6.0, detector=3, progress=False,
                           subtract_zodi=True)
-    zodi_fast, fast = _strip_bytes(files[which], cfg)
+    zodi_fast, fast = _strip_bytes(files[which], cfg, strip_pixels)
     monkeypatch.setattr(pixels, "_PREAD", None)
-    zodi_slow, slow = _strip_bytes(files[which], cfg)
-    assert len(fast) > 1 and fast == slow
-    assert zodi_fast == zodi_slow
+    zodi_slow, slow = _strip_bytes(files[which], cfg, strip_pixels)
+    assert (len(fast) > 1) == (strip_pixels == 1000) and fast == slow
+    assert zodi_fast == zodi_slow and zodi_fast.scale is not None
 
 
 def test_reads_from_threads_equal_one_read(files):

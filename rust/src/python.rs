@@ -528,7 +528,7 @@ fn rice_decode_rows<'py>(
 /// `ValueError` naming `name` and the row for a short read or a bad box.
 #[cfg(unix)]
 #[pyfunction]
-#[pyo3(signature = (*, fd, size, name, offset, ny, nx, bitpix, bzero, start, step, count, x0, x1, out=None))]
+#[pyo3(signature = (*, fd, size, name, offset, ny, nx, bitpix, bzero, start, step, count, x0, x1, out=None, minus_name=None, minus_offset=None, minus_bitpix=None, minus_scale=None))]
 #[allow(clippy::too_many_arguments)]
 fn read_plain_rows<'py>(
     py: Python<'py>,
@@ -546,6 +546,10 @@ fn read_plain_rows<'py>(
     x0: usize,
     x1: usize,
     out: Option<Bound<'py, PyAny>>,
+    minus_name: Option<String>,
+    minus_offset: Option<u64>,
+    minus_bitpix: Option<i32>,
+    minus_scale: Option<f64>,
 ) -> PyResult<Bound<'py, PyAny>> {
     use std::os::fd::BorrowedFd;
     if fd < 0 {
@@ -560,7 +564,22 @@ fn read_plain_rows<'py>(
     );
     let part = rawrows::PlainPart { name: &name, offset, ny, nx, bitpix };
     let win = rawrows::Window { rows: rawrows::RowSet { start, step, count }, x0, x1 };
-    part.check(win, size).map_err(PyValueError::new_err)?; // before allocating: the window lies in the file
+    // Before allocating: the window lies in the file. A second image of the same shape whose
+    // window, times a scale, is subtracted (float images only) is checked likewise.
+    part.check(win, size).map_err(PyValueError::new_err)?;
+    let minus = match (&minus_name, minus_offset, minus_bitpix, minus_scale) {
+        (None, None, None, None) => None,
+        (Some(mname), Some(moffset), Some(mbitpix), Some(scale)) if bitpix < 0 => {
+            let other = rawrows::PlainPart { name: mname, offset: moffset, ny, nx, bitpix: mbitpix };
+            other.check(win, size).map_err(PyValueError::new_err)?;
+            Some((other, scale))
+        }
+        _ => {
+            return Err(PyValueError::new_err(format!(
+                "{name}: minus_name, minus_offset, minus_bitpix and minus_scale go together, with a floating-point image"
+            )))
+        }
+    };
     let width = x1.saturating_sub(x0);
     // The result is allocated by numpy (as numpy's own reader would), then filled with the GIL released.
     if bitpix < 0 {
@@ -572,7 +591,13 @@ fn read_plain_rows<'py>(
         {
             let mut rw = array.readwrite();
             let out = rw.as_slice_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-            run_detached(py, "read_plain_rows", move || rawrows::read_float(&file, size, &part, win, out))?;
+            run_detached(py, "read_plain_rows", move || {
+                rawrows::read_float(&file, size, &part, win, out)?;
+                match minus {
+                    Some((other, scale)) => rawrows::subtract_float(&file, size, &other, win, scale, out),
+                    None => Ok(()),
+                }
+            })?;
         }
         Ok(array.into_any())
     } else {

@@ -157,23 +157,94 @@ fn check_output(part: &PlainPart<'_>, win: Window, out: usize) -> Result<usize, 
 /// Pixels `[rows, x0..x1]` of a floating-point image as `f64`, row-major into
 /// `out` (`rows.count * (x1 - x0)` values).
 pub fn read_float(file: &File, size: u64, part: &PlainPart<'_>, win: Window, out: &mut [f64]) -> Result<(), String> {
+    float_rows(file, size, part, win, None, out)
+}
+
+/// `out -= scale * [rows, x0..x1]` of the floating-point image `part` (row-major, as
+/// [`read_float`] fills it): each value `out[i] - (v * scale)` with `v` the pixel as `f64`, the
+/// very operations of numpy's `image -= np.multiply(zodi, scale)`, so the same bits; no array of
+/// the subtracted image's pixels is made.
+pub fn subtract_float(file: &File, size: u64, part: &PlainPart<'_>, win: Window, scale: f64, out: &mut [f64]) -> Result<(), String> {
+    float_rows(file, size, part, win, Some(scale), out)
+}
+
+/// [`read_float`] (`scale` None) or [`subtract_float`].
+fn float_rows(file: &File, size: u64, part: &PlainPart<'_>, win: Window, scale: Option<f64>, out: &mut [f64]) -> Result<(), String> {
     let width = check_output(part, win, out.len())?;
     let bitpix = part.bitpix;
     if bitpix != -32 && bitpix != -64 {
         return Err(format!("{}: BITPIX = {bitpix}, a floating-point image (-32 or -64) was expected", part.name));
     }
+    let (single, avx2) = (bitpix == -32, has_avx2());
     for_each_row(file, size, part, win, |k, bytes| {
         let dst = &mut out[k * width..(k + 1) * width];
-        if bitpix == -32 {
-            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-                *d = f32::from_be_bytes([b[0], b[1], b[2], b[3]]) as f64;
-            }
-        } else {
-            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
-                *d = f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if avx2 {
+            // SAFETY: the CPU runs AVX2 (`has_avx2`).
+            unsafe { convert_avx2(dst, bytes, single, scale) };
+            return;
         }
+        let _ = avx2;
+        convert(dst, bytes, single, scale);
     })
+}
+
+/// Whether the AVX2 build of [`convert`] can run on this CPU.
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// [`convert`] built for AVX2: the same IEEE operations (exact conversions, no fused
+/// multiply-add), so the same bits in fewer instructions.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn convert_avx2(dst: &mut [f64], bytes: &[u8], single: bool, scale: Option<f64>) {
+    convert(dst, bytes, single, scale)
+}
+
+/// One row: its big-endian `f32` (`single`) or `f64` values into `dst` as `f64`, or (`scale`)
+/// subtracted from `dst` times `scale`.
+#[inline(always)]
+fn convert(dst: &mut [f64], bytes: &[u8], single: bool, scale: Option<f64>) {
+    match scale {
+        None => floats(dst, bytes, single),
+        Some(s) => minus(dst, bytes, single, s),
+    }
+}
+
+/// `dst[i] - (v[i] * scale)` into `dst`, `v` the big-endian `f32` (`single`) or `f64` values of `bytes`.
+#[inline(always)]
+fn minus(dst: &mut [f64], bytes: &[u8], single: bool, scale: f64) {
+    if single {
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+            *d -= (f32::from_be_bytes([b[0], b[1], b[2], b[3]]) as f64) * scale;
+        }
+    } else {
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
+            *d -= f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) * scale;
+        }
+    }
+}
+
+/// Big-endian `f32` (`single`) or `f64` values of `bytes` into `dst`, as `f64` (exact).
+#[inline(always)]
+fn floats(dst: &mut [f64], bytes: &[u8], single: bool) {
+    if single {
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+            *d = f32::from_be_bytes([b[0], b[1], b[2], b[3]]) as f64;
+        }
+    } else {
+        for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
+            *d = f64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+        }
+    }
 }
 
 /// Pixels `[rows, x0..x1]` of an integer image as `u32` (`value + bzero` modulo
@@ -238,6 +309,33 @@ mod tests {
         read_float(&f, size, &part(-32, ny, nx), win(0, 2, 3, 0, 4), &mut out).unwrap();
         assert_eq!(out[4..8], [8.5, 9.5, 10.5, 11.5]);
         assert_eq!(out[8..], [16.5, 17.5, 18.5, 19.5]);
+    }
+
+    #[test]
+    fn subtracting_an_image_gives_the_numpy_operations_bits() {
+        let (ny, nx) = (3, 5);
+        let mut bytes = vec![0u8; 16];
+        let z: Vec<f32> = (0..ny * nx).map(|v| (v as f32 - 4.3) * 1.37e-3).collect();
+        for v in &z {
+            bytes.extend_from_slice(&v.to_be_bytes());
+        }
+        let (f, size) = file_with(&bytes);
+        let scale = 0.917_321_5;
+        let start: Vec<f64> = (0..6).map(|v| 0.1 * v as f64 - 0.25).collect();
+        let mut out = start.clone();
+        subtract_float(&f, size, &part(-32, ny, nx), win(1, 1, 2, 1, 4), scale, &mut out).unwrap();
+        for (k, (&o, &s0)) in out.iter().zip(&start).enumerate() {
+            let v = z[(1 + k / 3) * nx + 1 + k % 3] as f64;
+            let product = v * scale;
+            assert_eq!(o.to_bits(), (s0 - product).to_bits(), "{k}");
+        }
+        let mut scalar = start.clone();
+        for (d, k) in scalar.iter_mut().zip(0..) {
+            let v = z[(1 + k / 3) * nx + 1 + k % 3];
+            minus(std::slice::from_mut(d), &v.to_be_bytes(), true, scale);
+        }
+        assert_eq!(scalar, out);
+        assert!(subtract_float(&f, size, &part(16, ny, nx), win(0, 1, 1, 0, 5), scale, &mut out[..5]).is_err());
     }
 
     #[test]

@@ -19,6 +19,25 @@ pub struct Axis<'a> {
 /// `(1 - fy) * ax[iy] + fy * ax[iy + 1]` with
 /// `ax[k] = (1 - fx) * v[k, ix] + fx * v[k, ix + 1]`.
 pub fn lookup(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(Array2<f64>, Array2<f64>), String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU runs AVX2 (checked just above).
+            return unsafe { lookup_avx2(values, rows, columns) };
+        }
+    }
+    lookup_any(values, rows, columns)
+}
+
+/// [`lookup`] built for AVX2: the same IEEE operations (no fused multiply-add), so the same bits.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lookup_avx2(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(Array2<f64>, Array2<f64>), String> {
+    lookup_any(values, rows, columns)
+}
+
+#[inline(always)]
+fn lookup_any(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(Array2<f64>, Array2<f64>), String> {
     let (nky, nkx, two) = values.dim();
     if two != 2 {
         return Err(format!("values must be (knot rows, knot columns, 2), got a last axis of {two}"));
@@ -33,34 +52,32 @@ pub fn lookup(values: ArrayView3<f64>, rows: &Axis, columns: &Axis) -> Result<(A
         return Err(format!("column cell {bad} is outside a table of {nkx} knot columns"));
     }
     let (ny, nx) = (rows.index.len(), columns.index.len());
-    let mut out = [Array2::<f64>::zeros((ny, nx)), Array2::<f64>::zeros((ny, nx))];
     let mut lower = vec![0.0f64; nx];
     let mut upper = vec![0.0f64; nx];
-    for (m, res) in out.iter_mut().enumerate() {
+    let mut value = |m: usize| {
+        // Row by row into memory that is not zero-filled first (each value written once).
+        let mut res: Vec<f64> = Vec::with_capacity(ny * nx);
         let mut cached = usize::MAX;
-        for (r, mut row) in res.rows_mut().into_iter().enumerate() {
-            let k = rows.index[r];
+        for (&k, &fy) in rows.index.iter().zip(rows.frac) {
             if k != cached {
                 along_x(values, m, k, columns, &mut lower);
                 along_x(values, m, k + 1, columns, &mut upper);
                 cached = k;
             }
-            let (wy0, wy1) = (1.0 - rows.frac[r], rows.frac[r]);
+            let (wy0, wy1) = (1.0 - fy, fy);
             // Over slices, so that the loop has no bounds checks and is vectorised (the
             // same operations per pixel, hence the same bits; ~2x fewer instructions).
-            let Some(dst) = row.as_slice_mut() else {
-                return Err("internal: a row of the result is not contiguous".to_string());
-            };
-            for ((out, &lo), &up) in dst.iter_mut().zip(&lower).zip(&upper) {
-                *out = wy0 * lo + wy1 * up;
-            }
+            res.extend(lower.iter().zip(&upper).map(|(&lo, &up)| wy0 * lo + wy1 * up));
         }
-    }
-    let [lam, dlam] = out;
+        Array2::from_shape_vec((ny, nx), res).map_err(|e| e.to_string())
+    };
+    let lam = value(0)?;
+    let dlam = value(1)?;
     Ok((lam, dlam))
 }
 
 /// Knot row `k` of value `m`, interpolated along x at every column.
+#[inline(always)]
 fn along_x(values: ArrayView3<f64>, m: usize, k: usize, columns: &Axis, out: &mut [f64]) {
     for (c, out) in out.iter_mut().enumerate() {
         let (i, fx) = (columns.index[c], columns.frac[c]);

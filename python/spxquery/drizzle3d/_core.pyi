@@ -256,6 +256,10 @@ def read_plain_rows(
     x0: int,
     x1: int,
     out: npt.NDArray[Any] | None = None,
+    minus_name: str | None = None,
+    minus_offset: int | None = None,
+    minus_bitpix: int | None = None,
+    minus_scale: float | None = None,
 ) -> npt.NDArray[Any]:
     """Pixels ``[rows, x0:x1]`` (rows ``start, start + step, ...``, ``count`` of them) of a plain
     ``ny x nx`` image at byte ``offset`` of the open local file ``fd`` (``size`` bytes), read by
@@ -263,7 +267,10 @@ def read_plain_rows(
     (``value + bzero`` modulo 2**32); shape ``(count, x1 - x0)``, written into ``out`` when
     given (a C-contiguous array of that shape and dtype, returned). ValueError naming ``name``
     and the row for a file that ends early, a box outside the image or an unfit ``out`` (POSIX
-    only)."""
+    only). With ``minus_*`` (all four, a float image): the same window of the float image
+    ``minus_name`` at byte ``minus_offset`` (``minus_bitpix`` -32/-64, the same ``ny x nx``) times
+    ``minus_scale`` is subtracted, ``value - (other * scale)`` per pixel (numpy's ``image -=
+    np.multiply(other, scale)``, bit for bit), without an array of the other image."""
 
 def header_end(*, chunk: bytes) -> tuple[int, bool]:
     """``(offset of the END card or -1, whether a byte before it is not FITS header text)`` of a

@@ -12,11 +12,13 @@ A :class:`Frame` is the one type from the reader to the engine:
    :mod:`.wavetable`) before any C library sees them.
 2. :func:`prepare_frame` selects what can land on an :class:`~.grid.OutputGrid`: the
    footprint crop (:mod:`.footprint`), its flags and exclude mask (computed once), and the
-   zodi scale (:mod:`.zodi`). A frame that does not touch the grid costs one header read.
+   zodi scale (:mod:`.zodi`, fitted on the fixed sample before the crop is read). A frame that
+   does not touch the grid costs one header read.
 3. :meth:`Frame.strips` yields the crop's pixel arrays in strips of rows, as
    :class:`Strip` tuples in the argument order of ``accumulate.drizzle_frame``: only the
    rectangle is read (:mod:`.pixels`: rows of plain images, the needed tiles of compressed
-   FLAGS), zodi-subtracted, with wavelengths and the corner map.
+   FLAGS), zodi-subtracted as it is read (:func:`~.pixels.read_image_minus`), with wavelengths
+   and the corner map.
 
 Everything computed per frame (crop excepted) depends on the frame alone, never on the grid.
 """
@@ -46,7 +48,7 @@ from .framewcs import WcsError, celestial_wcs
 from .grid import OutputGrid
 from .l2layout import REQUIRED_EXTENSIONS, L2Layout, LayoutError, PlainImage, l2_layout
 from .objectstore import as_location
-from .pixels import PixelError, read_flags, read_image, row_ranges
+from .pixels import PixelError, read_flags, read_image, read_image_minus, row_ranges
 from .spatial import corner_map
 from .stagetimes import stage
 from .wavetable import WaveTable, check_wave_table, read_wave_table
@@ -122,8 +124,8 @@ class Frame:
     """bool, True where a flag of ``exclude_flags`` is set (None: nothing excluded)."""
     zodi: _zodi.ZodiScale = _zodi.NOT_SUBTRACTED
     strip_rows: int = 1
-    _pixels: Optional[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]] = None
-    """(image, variance, zodi) of the whole crop when read up front (small crops)."""
+    _pixels: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    """(zodi-subtracted image, variance) of the whole crop when read up front (small crops)."""
 
     @property
     def name(self) -> str:
@@ -145,18 +147,15 @@ class Frame:
             for ya in range(y0, y1, self.strip_rows):
                 yb = min(ya + self.strip_rows, y1)
                 if self._pixels is not None:
-                    image, variance, zodi = self._pixels
+                    image, variance = self._pixels
                     self._pixels = None  # handed over once; a second pass reads the file
                 else:
                     assert src is not None
                     with stage("rows"):
                         _prefetch(src, self.layout, self.path, self.zodi.scale is not None, False,
                                   (range(ya, yb), x0, x1), False, True)
-                        image, variance, zodi = _read_pixels(src, self.layout, self.path, range(ya, yb), x0, x1,
-                                                             self.zodi.scale is not None)
-                with stage("zodi"):
-                    self.zodi.subtract(image, zodi, consume=True)  # zodi is this strip's own array
-                del zodi
+                        image, variance = _read_subtracted(src, self.layout, self.path, range(ya, yb), x0, x1,
+                                                           self.zodi)
                 rows = slice(ya - y0, yb - y0)
                 with stage("wavelengths"):
                     lam, dlam = self.wave.evaluate_crop(x0, x1, ya, yb)
@@ -349,6 +348,22 @@ def _read_pixels(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: 
     return image, variance, zodi
 
 
+def _read_subtracted(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int,
+                     zodi: _zodi.ZodiScale) -> Tuple[np.ndarray, np.ndarray]:
+    """(image - scale * ZODI, variance) of one block, float64 (the image alone when ``zodi`` has no
+    scale): the ZODI pixels are subtracted as they are read (:func:`~.pixels.read_image_minus`),
+    the same bits as reading them and :meth:`~.zodi.ZodiScale.subtract`."""
+    try:
+        if zodi.scale is None:
+            image = read_image(src, layout.image, rows, x0, x1)
+        else:
+            image = read_image_minus(src, layout.image, layout.zodi, zodi.scale, rows, x0, x1)
+        variance = read_image(src, layout.variance, rows, x0, x1)
+    except _READ_ERRORS as exc:
+        raise FrameError(path, f"pixel data unreadable ({_reason(exc)})") from None
+    return image, variance
+
+
 def _read_flags(src: ByteSource, layout: L2Layout, path: Any, rows: range, x0: int, x1: int,
                 out: Optional[np.ndarray] = None) -> np.ndarray:
     try:
@@ -470,20 +485,21 @@ def prepare_frame(
         with stage("sample"):
             _prefetch(src, frame.layout, path, with_zodi, True, None if whole else (rows, x0, x1), True, small)
             sample = _read_sample(src, frame.layout, path, with_zodi)
+        with stage("zodi"):  # the scale first: the crop's ZODI pixels are subtracted as they are read
+            fit_on = None if sample.zodi is None else _zodi.ZodiPixels(sample.image, sample.zodi, sample.variance,
+                                                                      sample.flags)
+            zodi = _zodi.frame_scale(config, frame.flag_bits, fit_on, name=path.name)
         with stage("flags"):
             flags = _crop_of(sample.flags, crop) if whole else _read_flags(src, frame.layout, path, rows, x0, x1)
         pixels = None
         if small:
             with stage("rows"):
                 if whole:
-                    pixels = (_crop_of(sample.image, crop), _crop_of(sample.variance, crop),
-                              None if sample.zodi is None else _crop_of(sample.zodi, crop))
+                    image = _crop_of(sample.image, crop)
+                    zodi.subtract(image, None if sample.zodi is None else _crop_of(sample.zodi, crop), consume=True)
+                    pixels = (image, _crop_of(sample.variance, crop))
                 else:
-                    pixels = _read_pixels(src, frame.layout, path, rows, x0, x1, with_zodi)
-    with stage("zodi"):
-        fit_on = None if sample.zodi is None else _zodi.ZodiPixels(sample.image, sample.zodi, sample.variance,
-                                                                  sample.flags)
-        zodi = _zodi.frame_scale(config, frame.flag_bits, fit_on, name=path.name)
+                    pixels = _read_subtracted(src, frame.layout, path, rows, x0, x1, zodi)
     with stage("flags"):
         bits = _exclude_bits(config.exclude_flags, frame.flag_bits)
         exclude = (flags & np.uint32(bits)) != 0 if bits else None

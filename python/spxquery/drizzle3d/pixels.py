@@ -74,6 +74,29 @@ def _pread_rows(src: ByteSource, part: PlainImage, rows: range, x0: int, x1: int
         raise PixelError(str(exc)) from None
 
 
+def read_image_minus(src: ByteSource, part: PlainImage, other: PlainImage, scale: float, rows: range, x0: int,
+                     x1: int) -> np.ndarray:
+    """``image - scale * other`` on pixels ``[rows, x0:x1]`` of two plain images of one shape, float64:
+    per pixel ``value - (other * scale)``, the operations (and bits) of ``image -= np.multiply(other,
+    scale)``. From a local file both are read by the Rust reader in one call, without an array of
+    ``other``'s pixels; from other sources ``other`` is read, scaled in place and subtracted."""
+    _check_box(part, rows, x0, x1)
+    _check_box(other, rows, x0, x1)
+    if (_PREAD is not None and isinstance(src, LocalFile) and len(rows) and part.dtype in (">f4", ">f8")
+            and other.dtype in (">f4", ">f8") and other.shape == part.shape):
+        try:
+            return _PREAD(fd=src.fileno(), size=src.size, name=part.name, offset=part.offset, ny=part.shape[0],
+                          nx=part.shape[1], bitpix=_BITPIX[part.dtype], bzero=part.bzero, start=rows.start,
+                          step=rows.step, count=len(rows), x0=x0, x1=x1, minus_name=other.name,
+                          minus_offset=other.offset, minus_bitpix=_BITPIX[other.dtype], minus_scale=float(scale))
+        except ValueError as exc:
+            raise PixelError(str(exc)) from None
+    image = read_image(src, part, rows, x0, x1)
+    values = read_image(src, other, rows, x0, x1)
+    image -= np.multiply(values, scale, out=values)
+    return image
+
+
 def _check_box(part: FlagsPart, rows: range, x0: int, x1: int) -> None:
     ny, nx = part.shape
     if not (0 <= x0 < x1 <= nx) or (len(rows) and not (0 <= rows[0] and rows[-1] < ny)) or rows.step < 1:
@@ -209,4 +232,4 @@ def _decode_tiles(src: ByteSource, part: TiledImage, tiles: Sequence[int], x0: i
     return out, first
 
 
-__all__ = ["PixelError", "read_image", "read_flags", "row_ranges", "MERGE_GAP_BYTES"]
+__all__ = ["PixelError", "read_image", "read_image_minus", "read_flags", "row_ranges", "MERGE_GAP_BYTES"]
