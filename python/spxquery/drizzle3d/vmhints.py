@@ -84,11 +84,16 @@ def fresh_zeros(n: int) -> np.ndarray:
     transparent huge pages advised where the system has them (as numpy advises its large arrays).
     No page is touched until written, whatever the C allocator holds: ``np.zeros`` of memory that
     ``malloc`` takes from its heap (not fresh) is cleared by ``calloc``, every page of it. The
-    mapping is released with the last array using it."""
+    mapping is released with the last array using it. MemoryError (naming the size) when the system
+    refuses the mapping, as ``np.zeros``."""
     if not hasattr(mmap, "MAP_ANONYMOUS"):  # not a Unix: numpy's zeros
         return np.zeros(int(n), dtype=np.float64)
     # Private: a shared anonymous mapping is shmem, whose pages a read allocates (and without huge pages).
-    m = mmap.mmap(-1, max(8 * int(n), mmap.PAGESIZE), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    nbytes = max(8 * int(n), mmap.PAGESIZE)
+    try:
+        m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except (OSError, OverflowError) as exc:  # as np.zeros: a MemoryError naming the size
+        raise MemoryError(f"cannot map {nbytes / 2**30:.1f} GiB of zeros ({int(n)} float64): {exc}") from None
     if hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             m.madvise(mmap.MADV_HUGEPAGE)
