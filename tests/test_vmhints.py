@@ -218,3 +218,29 @@ def test_fresh_zeros_are_zeros_and_a_refused_mapping_is_a_memory_error_naming_th
         vmhints.fresh_zeros(1 << 44)  # 128 TiB: more than the address space allows
     with pytest.raises(MemoryError, match="GiB of zeros"):
         vmhints.fresh_zeros(1 << 60)  # beyond a C ssize_t
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * mmap.PAGESIZE / MB
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or vmhints._MALLOC_TRIM is None,
+                    reason="malloc_trim is glibc's")
+def test_release_free_memory_gives_freed_heap_pages_back():
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(64 << 10) for _ in range(640)]  # 40 MiB in heap blocks (below mmap's threshold)
+    for b in blocks:
+        ctypes.memset(b, 1, 64 << 10)  # resident
+    keep = libc.malloc(64 << 10)  # above them: the freed blocks are not the heap's top, free() keeps them
+    for b in blocks:
+        libc.free(b)
+    before = _rss_mib()
+    assert vmhints.release_free_memory() is True
+    after = _rss_mib()
+    libc.free(keep)
+    assert before - after > 30, (before, after)

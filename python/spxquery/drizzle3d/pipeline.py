@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Seque
 import numpy as np
 from astropy.wcs import WCS
 
-from . import wavesources
+from . import vmhints, wavesources
 from .accumulate import DrizzleCube, drizzle_frame
 from .archive.locations import data_base_url
 from .calnames import release_of
@@ -213,6 +213,7 @@ def _drizzle_grid(paths_by_detector: Dict[int, List[Any]], config: Drizzle3DConf
             for kind, found in outcomes.items():
                 counts[kind] += len(found)
     with stage("finish"):
+        vmhints.release_free_memory()  # the strips' freed memory, before the write's planes
         wave_sources.warn_refused()
         cube.n_rejected = counts["reject"]
         cube.n_empty = counts["empty"]
