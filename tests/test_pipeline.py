@@ -2,14 +2,18 @@
 astrometry, photometry, line centres, noise, rejected files, outputs."""
 
 import logging
+import mmap
 import os
 import shutil
+import sys
 import warnings
 
 import numpy as np
 import pytest
 from astropy.io import fits
 
+from memory_support import resident_pages
+from spxquery.drizzle3d import vmhints
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.grid import build_output_wcs
 from spxquery.drizzle3d.io import load_cube
@@ -243,6 +247,83 @@ def test_reader_ahead_when_a_strip_waits_or_nothing_is_left_to_read(field):
             seen.append(("last end", settled()))
     assert kinds == ["frame", "strip", "end"] * 2
     assert seen == [("first strip", False), ("second frame", True), ("last end", True)]
+
+
+def _wide_cube(config):
+    """A cube of a 60' D3 grid: each float64 accumulator 46 MB, beyond the C allocator's heap (fresh
+    memory, no page mapped until touched)."""
+    from spxquery.drizzle3d.accumulate import DrizzleCube
+    from spxquery.drizzle3d.grid import OutputGrid
+
+    config = config.replace(width=60.0, height=60.0)
+    grid = OutputGrid.for_detector(config, 3)
+    cube = DrizzleCube.create(grid.wcs, grid.pixscale, grid.zgrid, config, 3)
+    assert cube.flux_weighted.nbytes > 40 << 20
+    return config, grid, cube
+
+
+def _pages(a):
+    return -(-a.nbytes // mmap.PAGESIZE)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/pagemap, madvise")
+def test_populate_maps_the_accumulators_without_changing_them(field):
+    """``DrizzleCube.populate``: every page of the accumulators mapped (writable: no zero page left
+    for the engine's first read, then a copy-on-write fault per page), values unchanged."""
+    _, _, cube = _wide_cube(field["cfg"])
+    floats = (cube.flux_weighted, cube.weight_total, cube.var_accum)
+    assert all(resident_pages(a) < _pages(a) // 2 for a in floats)  # fresh: not mapped yet
+    cube.weight_total[3, 100:110, 200:300] = 2.5
+    cube.or_mask[-1, -1, -5:] = 7
+    if not vmhints.populate(np.zeros(1 << 20)):
+        pytest.skip("madvise(MADV_POPULATE_WRITE) refused (kernel before 5.14?)")
+    cube.populate()
+    assert all(resident_pages(a) >= _pages(a) - 1 for a in floats)  # (its first page may be shared)
+    assert np.count_nonzero(cube.weight_total) == 1000 and np.all(cube.weight_total[3, 100:110, 200:300] == 2.5)
+    assert np.count_nonzero(cube.or_mask) == 5 and not cube.flux_weighted.any()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/pagemap, madvise")
+def test_the_frame_loop_populates_the_accumulators_before_its_first_frame(field, tmp_path):
+    """Regression (issue 23, eighth part): the frame loop maps the accumulators' pages while the
+    reader thread prepares the first frame, not the engine page by page (each page read first as
+    the zero page, then copied on write, with a TLB shootdown of the other CPU). Here no frame is
+    usable, so any mapped page is the populate's."""
+    from spxquery.drizzle3d.pipeline import drizzle_frames
+
+    if not vmhints.populate(np.zeros(1 << 20)):
+        pytest.skip("madvise(MADV_POPULATE_WRITE) refused (kernel before 5.14?)")
+    config, grid, cube = _wide_cube(field["cfg"])
+    text = tmp_path / "readme.fits"
+    text.write_text("not a fits file\n" * 300)
+    floats = (cube.flux_weighted, cube.weight_total, cube.var_accum)
+    assert all(resident_pages(a) < _pages(a) // 2 for a in floats)
+    outcomes = drizzle_frames([text], config, grid, cube, report=False)
+    assert [p for p, _ in outcomes["reject"]] == [text]
+    assert all(resident_pages(a) >= _pages(a) - 1 for a in floats)
+    assert not any(a.any() for a in floats)
+
+
+def test_read_ahead_started_early_hands_over_the_same_items(field, tmp_path):
+    """``ReadAhead.start``: the reader thread runs before the caller iterates (twice: no second
+    thread); the items are those of a reader started by iterating. A reader started and closed
+    without iterating stops its thread."""
+    from spxquery.drizzle3d.grid import OutputGrid
+    from spxquery.drizzle3d.readahead import ReadAhead
+
+    config = field["cfg"]
+    grid = OutputGrid.for_detector(config, 3)
+    paths = list(field["info"].paths)[:2] + [tmp_path / "missing.fits"]
+    plain = [(i.path.name, i.kind) for i in ReadAhead(paths, config, grid)]
+    early = ReadAhead(paths, config, grid)
+    early.start()
+    early.start()
+    assert [(i.path.name, i.kind) for i in early] == plain
+    assert [k for _, k in plain].count("frame") == 2 and plain[-1][1] == "reject"
+    dropped = ReadAhead(paths, config, grid, budget_bytes=1)
+    dropped.start()
+    dropped.close()
+    assert not dropped._thread.is_alive()
 
 
 def test_loop_kernel_threads_one_while_the_frame_side_sets_the_pace():

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from astropy.wcs import WCS
 
-from . import _core
+from . import _core, vmhints
 from .config import Drizzle3DConfig
 from .covariance import bytes_per_voxel as cov_bytes_per_voxel
 from .covariance import cross_terms, stencil, term
@@ -193,6 +193,18 @@ class DrizzleCube:
         )
         _ = cube.engine_params  # validated now, not at the first frame
         return cube
+
+    def populate(self) -> None:
+        """Fault the six accumulators' pages in now, writable, contents unchanged
+        (:func:`.vmhints.populate`; nothing where the system cannot). Left to the engine, each page
+        is first read, so the shared zero page is mapped, then written: a second fault, a copy and a
+        TLB shootdown of the other CPU (on the 2-core VM ~2 ms of CPU per frame of a 30' cube from
+        48 frames, docs/performance.md, issue 23 eighth part). The frame loop calls it while the
+        reader prepares the first frame. The covariance cross terms populate on their own thread
+        (:func:`.covariance.cross_terms`)."""
+        for a in (self.flux_weighted, self.weight_total, self.var_accum, self.count_map, self.and_mask,
+                  self.or_mask):
+            vmhints.populate(a)
 
     def record_frame(self, n_pixels: int, n_contrib: int, planes: np.ndarray) -> FrameStats:
         """Count one input frame that put ``n_pixels`` pixels into ``planes`` (bool, n_z)."""

@@ -142,6 +142,12 @@ def drizzle_frames(paths: List[Any], config: Drizzle3DConfig, grid: OutputGrid, 
             raise ValueError(OUTLIERS_NOT_TILED)
         screen = outlier_screen(paths, config, grid, cube, _kernel_threads, waves=waves)
         items = screen.screen(items)
+    reader.start()  # the first file is prepared on the reader thread while this one faults the accumulators in
+    try:
+        cube.populate()
+    except BaseException:
+        reader.close()
+        raise
     for path, kind, payload in items:
         if kind == "frame":
             frame, totals = payload, _FrameTotals(cube.nz)

@@ -113,6 +113,7 @@ class ReadAhead:
         self._stop = False
         self._first_frame = True  # no frame handed over yet: the next one comes in first strips
         self._error: Optional[BaseException] = None
+        self._started = False
         self._thread = threading.Thread(target=self._run, name=f"drizzle-reader-{grid.detectors}", daemon=True)
 
     # ------------------------------------------------------------------ reader thread
@@ -227,8 +228,15 @@ class ReadAhead:
             self._items.put(None)
 
     # ------------------------------------------------------------------ caller
+    def start(self) -> None:
+        """Start the reader thread now, so that the first file is prepared while the caller does
+        something else (iterating starts it otherwise). Iterate afterwards, or :meth:`close`."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
     def __iter__(self) -> Iterator[Item]:
-        self._thread.start()
+        self.start()
         taken = 0
         try:
             while True:
