@@ -22,6 +22,7 @@ with the same celestial axes (``RA---TAN``, ``DEC--TAN``, 0-based pixel ``(x, y)
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Dict, List, Tuple
 
@@ -30,6 +31,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 from numpy.polynomial import polynomial  # imported here: lazily on first use it cost a run ~7 ms
 
+from . import libmath
 from .fitsbytes import Column, bintable
 from .grid import celestial
 
@@ -72,10 +74,10 @@ def wave_log_fit(centers_um: Any) -> Dict[str, float]:
     if c.size == 1:
         return {"CRVAL3": float(c[0]), "CDELT3": 1e-9, "WAVEMAXE": 0.0}
     k = np.arange(c.size, dtype=np.float64)
-    log0, rate = polynomial.polyfit(k, np.log(c), 1)
-    crval = float(np.exp(log0))
+    log0, rate = polynomial.polyfit(k, libmath.log(c), 1)
+    crval = math.exp(float(log0))
     cdelt = crval * float(rate)
-    model = crval * np.exp(cdelt * k / crval)
+    model = crval * libmath.exp(cdelt * k / crval)
     return {"CRVAL3": crval, "CDELT3": cdelt, "WAVEMAXE": float(np.max(np.abs(model - c))) * 1e6}
 
 
@@ -98,7 +100,7 @@ def _max_error_in_planes(centers_um: np.ndarray, ctype: str, fit: Dict[str, Any]
         return 0.0
     k = np.arange(c.size, dtype=np.float64)
     crval, cdelt = float(fit["CRVAL3"]), float(fit["CDELT3"])
-    model = crval * np.exp(cdelt * k / crval) if ctype == "WAVE-LOG" else crval + cdelt * k
+    model = crval * libmath.exp(cdelt * k / crval) if ctype == "WAVE-LOG" else crval + cdelt * k
     return float(np.max(np.abs(model * 1e6 - c) / np.abs(np.gradient(c))))
 
 

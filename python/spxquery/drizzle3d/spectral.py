@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from astropy.io import fits
 
+from . import libmath
 from ._data import SPECTRAL_CHANNELS_FILE
 from .fitsbytes import TFORMS
 from .textlimits import short_repr
@@ -106,7 +107,7 @@ class ZGrid:
         e = self.edges
         if e.size < 2 or not np.all(e > 0):
             return False
-        steps = np.diff(np.log(e))
+        steps = np.diff(libmath.log(e))
         if steps.size == 1:
             return bool(steps[0] > 0)
         ref = float(np.mean(steps))
@@ -339,9 +340,7 @@ def build_z_grid_oversampled(detector: int, z_oversample: float) -> ZGrid:
     lam_min = float(det["WL_MIN"].iloc[0])
     lam_max = float(det["WL_MAX"].iloc[-1])
     n = oversampled_n_bins(lam_min, lam_max, r_eff)
-    edges = np.geomspace(lam_min, lam_max, n + 1)
-    edges[0] = lam_min
-    edges[-1] = lam_max
+    edges = libmath.geomspace(lam_min, lam_max, n + 1)  # (not np.geomspace: the same bits on every CPU)
     logger.debug(
         "D%d oversampled grid: mean R=%.2f, R_eff=%.2f, %d bins over [%.6f, %.6f] um",
         int(detector), r_mean, r_eff, n, lam_min, lam_max,
