@@ -101,7 +101,9 @@ def _check_matrix(cd: np.ndarray) -> None:
     if _clearly_usable(cd):
         return
     sv = np.linalg.svd(cd, compute_uv=False)
-    if not np.all(np.isfinite(sv)) or sv[-1] <= 0.0:
+    # Singular to rounding: a smallest singular value within a few ulps of the largest's (an exactly
+    # singular matrix's is 0 or +-1e-20 as the LAPACK build rounds: AVX2 and AVX-512 ones differ).
+    if not np.all(np.isfinite(sv)) or sv[-1] <= 4 * np.finfo(np.float64).eps * sv[0]:
         raise WcsError(f"the pixel-to-sky matrix {cd.ravel().tolist()} is singular")
     scale = math.sqrt(sv[0] * sv[1])
     if not MIN_SCALE_DEG <= scale <= MAX_SCALE_DEG:
