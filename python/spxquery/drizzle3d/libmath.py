@@ -21,7 +21,7 @@ def _each(fn: Callable[[float], float], a: Any) -> np.ndarray:
 
 
 def exp(a: Any) -> np.ndarray:
-    """``e**a`` elementwise (float64, C library ``exp``)."""
+    """``e**a`` elementwise (float64, C library ``exp``; OverflowError above ~709.78, where numpy gives inf)."""
     return _each(math.exp, a)
 
 
