@@ -2,6 +2,8 @@
 
 * :func:`fresh_zeros`: zeros in an anonymous mapping of their own (huge pages advised), whose pages
   are mapped only where written (``np.zeros`` may clear heap memory page by page).
+* :func:`populate`: fault an array's pages in now, writable, contents unchanged (the frame loop's
+  accumulators, while the reader prepares the first frame: ``DrizzleCube.populate``).
 * :func:`populate_async`: fault a fresh array's pages in (``madvise(MADV_POPULATE_WRITE)``) on a
   background thread, so that the first frames' kernel does not pay for zeroing them. The pages'
   contents never change (the kernel maps them as a first write would, without writing), so the
