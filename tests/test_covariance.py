@@ -3,6 +3,7 @@ over the input pixels, the file round trip, determinism, and the fallback."""
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -13,7 +14,7 @@ from astropy.io import fits
 from astropy.wcs import WCS
 
 from memory_support import resident_pages
-from spxquery.drizzle3d import _core, covariance, vmhints
+from spxquery.drizzle3d import _core, covariance, directio, vmhints
 from spxquery.drizzle3d.accumulate import DrizzleCube, drizzle_frame
 from spxquery.drizzle3d.config import Drizzle3DConfig
 from spxquery.drizzle3d.covariance import (
@@ -315,7 +316,8 @@ def test_band_writer_gives_the_bytes_of_the_plane_by_plane_writer(tmp_path, monk
     assert len(sizes) == nz * -(-ny // 4)
 
 
-def test_the_writer_starts_the_writeback_after_each_band_and_the_bytes_do_not_depend_on_it(tmp_path, monkeypatch):
+def test_the_writer_sends_whole_blocks_direct_or_starts_the_writeback_and_the_bytes_do_not_depend_on_it(
+        tmp_path, monkeypatch):
     cube = drizzled(12, 1.0, 0.8, "square", frames(9, 1.0, seed=5))
     nz, ny, nx = cube.weight_total.shape
     n_off = len(covariance.written_terms(cube)) + 1
@@ -327,10 +329,23 @@ def test_the_writer_starts_the_writeback_after_each_band_and_the_bytes_do_not_de
     reserved = []
     real_pre = vmhints.preallocate
     monkeypatch.setattr(vmhints, "preallocate", lambda *a: reserved.append(a) or real_pre(*a))
+    writers = []
+    real_writer = directio.PlacedWriter
+
+    def recorded_writer(*a, **kw):
+        writers.append(real_writer(*a, **kw))
+        return writers[-1]
+
+    monkeypatch.setattr(directio, "PlacedWriter", recorded_writer)
     raw = save_cube(cube, tmp_path / "a.fits").read_bytes()
     want = _undated(raw)
-    assert len(started) == nz * -(-ny // 5) and all(a == () for _, a in started)
     n_bytes = n_off * nz * ny * nx * 8
+    (placed,) = writers
+    assert placed.direct_bytes + placed.cached_bytes == n_bytes
+    if directio.supported(tmp_path):  # each offset's image direct but for its two ends
+        assert placed.cached_bytes < 2 * directio.ALIGN * n_off and not started
+    else:
+        assert len(started) == nz * -(-ny // 5) and all(a == () for _, a in started)
     assert len(reserved) == 1 and reserved[0][2] == n_bytes
     start = reserved[0][1]  # the image's data: after the COVARIANCE header, before the next header
     assert start % 2880 == 0 and raw.rfind(b"XTENSION", 0, start) < raw.rfind(b"EXTNAME = 'COVARIANCE'", 0, start)
@@ -340,6 +355,33 @@ def test_the_writer_starts_the_writeback_after_each_band_and_the_bytes_do_not_de
     monkeypatch.setattr(vmhints, "_MADVISE", None)
     assert _undated(save_cube(drizzled(12, 1.0, 0.8, "square", frames(9, 1.0, seed=5)), tmp_path / "b.fits")
                     .read_bytes()) == want
+
+
+def test_a_large_image_goes_to_the_disk_directly_with_the_same_bytes_as_through_the_page_cache(
+        tmp_path, monkeypatch):
+    cube = drizzled(40, 1.0, 0.8, "square", frames(34, 1.0, n_frames=2, seed=6))
+    nz, ny, nx = cube.weight_total.shape
+    n_bytes = (len(covariance.written_terms(cube)) + 1) * nz * ny * nx * 8
+    writers = []
+    real_writer = directio.PlacedWriter
+    monkeypatch.setattr(directio, "PlacedWriter", lambda *a, **kw: writers.append(real_writer(*a, **kw)) or writers[-1])
+    started = []
+    real = vmhints.start_writeback
+    monkeypatch.setattr(vmhints, "start_writeback", lambda fd, *a: started.append(fd) or real(fd, *a))
+    direct = _undated(save_cube(cube, tmp_path / "direct.fits").read_bytes())
+    (placed,) = writers
+    assert placed.direct_bytes + placed.cached_bytes == n_bytes
+    if directio.supported(tmp_path):  # each offset's image direct but for its two ends
+        assert placed.cached_bytes < 2 * directio.ALIGN * n_bytes // (nz * ny * nx * 8) and not started
+    else:
+        assert placed.direct_bytes == 0
+    monkeypatch.delattr(os, "O_DIRECT", raising=False)  # a system without it
+    writers.clear()
+    assert _undated(save_cube(cube, tmp_path / "cached.fits").read_bytes()) == direct
+    assert writers[0].direct_bytes == 0 and len(started) == nz  # a writeback started after each band (a plane)
+    got = load_cube(tmp_path / "direct.fits")
+    want = np.stack(list(covariance.file_planes(cube, covariance.written_terms(cube))))
+    assert np.array_equal(got["covariance"].reshape(want.shape), want, equal_nan=True)
 
 
 def test_covariance_band_rejects_wrong_shapes_naming_them():
