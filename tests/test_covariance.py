@@ -323,6 +323,7 @@ def test_the_writer_sends_whole_blocks_direct_or_starts_the_writeback_and_the_by
     n_off = len(covariance.written_terms(cube)) + 1
     assert n_off < len(cube.cov_offsets) + 1
     monkeypatch.setattr(covariance, "WRITE_BUFFER_BYTES", 5 * n_off * nx * 8)  # bands of 5 rows
+    monkeypatch.setattr(directio, "DIRECT_MIN_BYTES", 0)  # as a large cube's
     started = []
     real = vmhints.start_writeback
     monkeypatch.setattr(vmhints, "start_writeback", lambda fd, *a: started.append((fd, a)) or real(fd, *a))
@@ -340,10 +341,10 @@ def test_the_writer_sends_whole_blocks_direct_or_starts_the_writeback_and_the_by
     raw = save_cube(cube, tmp_path / "a.fits").read_bytes()
     want = _undated(raw)
     n_bytes = n_off * nz * ny * nx * 8
-    (placed,) = writers
-    assert placed.direct_bytes + placed.cached_bytes == n_bytes
+    (placed,) = writers  # the cube file's writer, lent to the COVARIANCE image
+    assert placed.direct_bytes + placed.cached_bytes == len(raw)
     if directio.supported(tmp_path):  # each offset's image direct but for its two ends
-        assert placed.cached_bytes < 2 * directio.ALIGN * n_off and not started
+        assert placed.cached_bytes < 2 * directio.ALIGN * (n_off + 1) and not started
     else:
         assert len(started) == nz * -(-ny // 5) and all(a == () for _, a in started)
     assert len(reserved) == 1 and reserved[0][2] == n_bytes
@@ -361,6 +362,7 @@ def test_a_large_image_goes_to_the_disk_directly_with_the_same_bytes_as_through_
         tmp_path, monkeypatch):
     cube = drizzled(40, 1.0, 0.8, "square", frames(34, 1.0, n_frames=2, seed=6))
     nz, ny, nx = cube.weight_total.shape
+    monkeypatch.setattr(directio, "DIRECT_MIN_BYTES", 0)  # as a large cube's
     n_bytes = (len(covariance.written_terms(cube)) + 1) * nz * ny * nx * 8
     writers = []
     real_writer = directio.PlacedWriter
@@ -368,13 +370,22 @@ def test_a_large_image_goes_to_the_disk_directly_with_the_same_bytes_as_through_
     started = []
     real = vmhints.start_writeback
     monkeypatch.setattr(vmhints, "start_writeback", lambda fd, *a: started.append(fd) or real(fd, *a))
-    direct = _undated(save_cube(cube, tmp_path / "direct.fits").read_bytes())
-    (placed,) = writers
-    assert placed.direct_bytes + placed.cached_bytes == n_bytes
+    raw = save_cube(cube, tmp_path / "direct.fits").read_bytes()
+    direct = _undated(raw)
+    (placed,) = writers  # the cube file's writer, lent to the COVARIANCE image
+    assert placed.direct_bytes + placed.cached_bytes == len(raw) > n_bytes
     if directio.supported(tmp_path):  # each offset's image direct but for its two ends
-        assert placed.cached_bytes < 2 * directio.ALIGN * n_bytes // (nz * ny * nx * 8) and not started
+        assert placed.cached_bytes < 2 * directio.ALIGN * (n_bytes // (nz * ny * nx * 8) + 1) and not started
     else:
         assert placed.direct_bytes == 0
+    # A small cube (through the page cache) with a large COVARIANCE image: the image's own writer.
+    monkeypatch.setattr(directio, "DIRECT_MIN_BYTES", n_bytes)
+    writers.clear()
+    assert _undated(save_cube(cube, tmp_path / "image.fits").read_bytes()) == direct
+    (own,) = writers
+    assert own.direct_bytes + own.cached_bytes == n_bytes
+    if directio.supported(tmp_path):
+        assert own.cached_bytes < 2 * directio.ALIGN * (n_bytes // (nz * ny * nx * 8)) and not started
     monkeypatch.delattr(os, "O_DIRECT", raising=False)  # a system without it
     writers.clear()
     assert _undated(save_cube(cube, tmp_path / "cached.fits").read_bytes()) == direct

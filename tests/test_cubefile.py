@@ -382,8 +382,9 @@ def test_planes_written_in_one_pass_are_numpys_bit_for_bit():
 
 @pytest.mark.skipif(not os.uname().sysname == "Linux", reason="sync_file_range is a Linux call")
 def test_save_cube_starts_the_disk_write_while_it_formats(tmp_path, monkeypatch):
-    """The cube's bytes start going to the disk step by step while the rest is formatted
-    (``vmhints.WritebackFile``), not all at the final fsync; the file is the same (astropy's bytes)."""
+    """A small cube's bytes (below ``directio.DIRECT_MIN_BYTES``) go through the page cache and start
+    going to the disk step by step while the rest is formatted (``vmhints.WritebackFile``), not
+    all at the final fsync; the file is the same (astropy's bytes)."""
     from spxquery.drizzle3d import vmhints
     from spxquery.drizzle3d.cubefile import build_hdulist
 
@@ -408,6 +409,30 @@ def test_save_cube_starts_the_disk_write_while_it_formats(tmp_path, monkeypatch)
     # the thread started them (ranges waiting together in one call): contiguous, the whole file but its last step
     assert calls[0][0] == 0 and all(o + n == nxt for (o, n), (nxt, _) in zip(calls, calls[1:]))
     assert calls[-1][0] + calls[-1][1] > size - 4096
+    reference = tmp_path / "astropy.fits"
+    build_hdulist(cube).writeto(reference)
+    assert _masked_date(path.read_bytes()) == _masked_date(reference.read_bytes())
+
+
+def test_save_cube_sends_whole_blocks_past_the_page_cache_with_astropys_bytes(tmp_path, monkeypatch):
+    """A large cube (here: the threshold lowered to 0), where O_DIRECT works, goes through a
+    ``directio.DirectFile``: all but a few blocks at its ends past the page cache, the bytes
+    astropy writes."""
+    from spxquery.drizzle3d import directio
+    from spxquery.drizzle3d.cubefile import build_hdulist
+
+    if not directio.supported(tmp_path):
+        pytest.skip("no O_DIRECT here")
+    monkeypatch.setattr(directio, "DIRECT_MIN_BYTES", 0)
+    files = []
+    real = directio.DirectFile
+    monkeypatch.setattr(directio, "DirectFile", lambda *a, **kw: files.append(real(*a, **kw)) or files[-1])
+    cube = _cube(seed=6)
+    path = save_cube(cube, tmp_path / "c.fits")
+    (out,) = files
+    size = path.stat().st_size
+    assert out.placed.direct_bytes + out.placed.cached_bytes == size
+    assert out.placed.cached_bytes < 2 * directio.ALIGN  # one run from the start: its two ends
     reference = tmp_path / "astropy.fits"
     build_hdulist(cube).writeto(reference)
     assert _masked_date(path.read_bytes()) == _masked_date(reference.read_bytes())

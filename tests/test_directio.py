@@ -74,18 +74,41 @@ def test_a_refused_direct_write_goes_through_the_page_cache_with_the_same_bytes(
     # Blocks of 24 bytes: offsets and lengths no disk takes directly, so the system refuses (EINVAL).
     placed = _write(tmp_path / "f", data, order, align=24)
     assert (tmp_path / "f").read_bytes() == bytes(100) + data
-    assert not placed.direct and placed.direct_bytes == 0 and placed.cached_bytes == len(data)
+    assert placed.refused and placed.direct_bytes == 0 and placed.cached_bytes == len(data)
 
 
-def test_a_piece_larger_than_max_piece_is_refused_naming_the_sizes(tmp_path):
+def test_a_piece_longer_than_max_piece_is_cut_into_pieces_that_continue_each_other(tmp_path):
+    rng = np.random.default_rng(9)
+    data = rng.integers(0, 256, 300_001, dtype=np.uint8).tobytes()
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         with directio.PlacedWriter(fd, 8192) as placed:
-            if placed.direct:
-                with pytest.raises(ValueError, match="max_piece"):
-                    placed.put(bytes(64 << 10), 0)
+            placed.put(data, 77)
     finally:
         os.close(fd)
+    assert (tmp_path / "f").read_bytes() == bytes(77) + data
+    if directio.supported(tmp_path):
+        assert placed.cached_bytes < 2 * directio.ALIGN
+
+
+def test_a_direct_file_writes_what_plain_writes_would_and_lends_its_writer(tmp_path):
+    rng = np.random.default_rng(10)
+    chunks = [rng.integers(0, 256, int(n), dtype=np.uint8).tobytes() for n in rng.integers(1, 50_000, 40)]
+    with open(tmp_path / "f", "wb") as f:
+        f.write(b"head")
+        with directio.DirectFile(f, piece=16384) as out:
+            assert out.direct == directio.supported(tmp_path)
+            for c in chunks[:20]:
+                assert out.write(c) == len(c)
+            at = out.tell()
+            out.placed.put(b"".join(chunks[20:30]), at)  # a writer placing bytes itself, then seeking past them
+            out.seek(at + sum(map(len, chunks[20:30])))
+            for c in chunks[30:]:
+                out.write(c)
+        assert f.tell() == 4 + sum(map(len, chunks))
+        f.write(b"tail")
+    assert (tmp_path / "f").read_bytes() == b"head" + b"".join(chunks) + b"tail"
+    assert (out.placed.direct_bytes > 0) == directio.supported(tmp_path)
 
 
 _FULL_DISK = r"""

@@ -28,6 +28,7 @@ Fruchter & Hook (2002) (:func:`correction_factor`; recorded as ``COVCORR`` in ev
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from pathlib import Path
@@ -299,11 +300,12 @@ def write_image(f, cube, terms: np.ndarray | None = None) -> int:
     its byte count and leaves ``f`` at its end. Per plane and band of rows,
     ``_core.fits_covariance_band`` reads each voxel's terms once (GIL released) into one reused
     buffer of at most :data:`WRITE_BUFFER_BYTES` (or one row), and a :class:`.directio.PlacedWriter`
-    places each offset's block at its offset-major position in the file: its whole 4 KiB blocks
-    straight to the disk (``O_DIRECT``; the image's blocks are allocated first,
-    :func:`.vmhints.preallocate`, so the file stays contiguous), the few bytes at its ends through
+    places each offset's block at its offset-major position in the file: for an image of at least
+    :data:`.directio.DIRECT_MIN_BYTES` (or within a cube written directly, whose writer it then
+    uses) its whole 4 KiB blocks straight to the disk (``O_DIRECT``; the image's blocks are
+    allocated first, :func:`.vmhints.preallocate`, so the file stays contiguous), the few bytes at its ends through
     the page cache (an offset's blocks follow each other from band to band: only the ends of each
-    offset's image). Without ``O_DIRECT`` all goes through the page cache and the disk write of
+    offset's image). Otherwise all goes through the page cache and the disk write of
     the file's dirty pages starts after each band (:func:`.vmhints.start_writeback`). Either way
     the ``fsync`` ending the save waits for little, not for the whole ~330 MB of a 30' D3 cube."""
     nz, ny, nx = cube.weight_total.shape
@@ -319,7 +321,10 @@ def write_image(f, cube, terms: np.ndarray | None = None) -> int:
     plane_bytes = ny * nx * 8
     total = n_off * nz * plane_bytes
     vmhints.preallocate(fd, start, total)  # contiguous blocks although written out of order
-    with directio.PlacedWriter(fd, rows * nx * 8) as placed:
+    own = getattr(f, "placed", None) is None  # a DirectFile lends its writer (the header's tail waits in it)
+    direct = total >= directio.DIRECT_MIN_BYTES
+    writer = directio.PlacedWriter(fd, rows * nx * 8, direct=direct) if own else contextlib.nullcontext(f.placed)
+    with writer as placed:
         for k in range(nz):
             for y0 in range(0, ny, rows):
                 r = min(rows, ny - y0)

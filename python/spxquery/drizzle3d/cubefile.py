@@ -38,7 +38,7 @@ from astropy.io import fits
 from astropy.time import Time
 from astropy.wcs import WCS
 
-from . import _core, covariance, vmhints
+from . import _core, covariance, directio
 from .cubewcs import SPECSYS, cube_wcs_cards, spectral_wcs_keywords, wcs_tab_bytes, wcs_tab_hdu
 from .fitsbytes import EMPTY_PRIMARY, Column, bintable, image_cards, image_data, padding
 from .fitscards import CardText
@@ -472,9 +472,11 @@ def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) ->
     planes, not copies of the cube. Raises FileExistsError when ``path`` exists and
     ``overwrite`` is False. On any error the temporary file is removed and an
     existing ``path`` is left untouched. ``progress``: a bar over the planes written (on a
-    terminal only, :mod:`.progress`). Returns the path written. The bytes start going to the
-    disk every few MB while the rest is formatted (:class:`.vmhints.WritebackFile`), so the
-    ``fsync`` that makes the cube durable before the rename waits for the last step only.
+    terminal only, :mod:`.progress`). Returns the path written. The bytes go to the disk while
+    the rest is formatted, past the page cache where the system allows (``O_DIRECT``,
+    :func:`.directio.stream_writer`; else the page cache's writeback started every few MB,
+    :class:`.vmhints.WritebackFile`), so the ``fsync`` that makes the cube durable before the
+    rename waits for little.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -484,7 +486,8 @@ def save_cube(cube, path, overwrite: bool = False, *, progress: bool = False) ->
     tmp_path = Path(tmp.name)
     try:
         with tmp:
-            with vmhints.WritebackFile(tmp) as out:  # the disk writes while the rest is formatted
+            image_bytes = int(np.prod(_shape(cube))) * sum(np.dtype(t).itemsize for _, t in IMAGE_EXTENSIONS)
+            with directio.stream_writer(tmp, image_bytes) as out:  # the disk writes while the rest is formatted
                 _write_streamed(out, cube, progress)
             tmp.flush()
             os.fsync(tmp.fileno())

@@ -21,6 +21,8 @@ import tempfile
 import threading
 from typing import Dict, List, Optional, Tuple
 
+from . import vmhints
+
 logger = logging.getLogger(__name__)
 
 #: Alignment (bytes) of the direct writes' file offsets, lengths and buffer: the page size,
@@ -84,6 +86,7 @@ class PlacedWriter:
         self._fd = int(fd)
         self._align = int(align)
         self._dfd = _open_direct(self._fd) if direct else None
+        self._max_piece = max(1, int(max_piece))
         # a piece and the bytes it continues (less than two blocks)
         self._size = -(-(int(max_piece) + 2 * self._align) // mmap.PAGESIZE) * mmap.PAGESIZE
         self._depth = max(1, int(depth))
@@ -96,6 +99,7 @@ class PlacedWriter:
         self._error: Optional[BaseException] = None
         self._refused = False
         self._tails: Dict[int, Tuple[int, bytes]] = {}  # end -> (start, bytes) not yet written
+        self._open: Optional[Tuple[mmap.mmap, int, int]] = None  # (buffer, file offset, bytes) still filling
         self.direct_bytes = 0  #: bytes written with O_DIRECT (by the thread)
         self._cached_caller = 0
         self._cached_thread = 0
@@ -106,17 +110,26 @@ class PlacedWriter:
         return self._dfd is not None and not self._refused
 
     @property
+    def refused(self) -> bool:
+        """Whether the system refused a direct write (all bytes since went through ``fd``)."""
+        return self._refused
+
+    @property
     def cached_bytes(self) -> int:
         """Bytes written through ``fd``."""
         return self._cached_caller + self._cached_thread
 
     def put(self, data, offset: int) -> None:
-        """Write the bytes ``data`` (bytes-like, at most ``max_piece`` long) at byte ``offset``.
+        """Write the bytes ``data`` (bytes-like; cut into pieces of ``max_piece``) at byte ``offset``.
         A piece that starts where an earlier one ended continues it: that piece's bytes after its
         last whole block wait to go with this piece's first block."""
         self._raise_error()
         view = memoryview(data).cast("B")
         offset = int(offset)
+        if len(view) > self._max_piece:  # in pieces that continue each other
+            for i in range(0, len(view), self._max_piece):
+                self.put(view[i:i + self._max_piece], offset + i)
+            return
         if not self.direct:
             self._cached(view, offset)
             return
@@ -144,24 +157,46 @@ class PlacedWriter:
         self._cached_caller += len(view)
 
     def _submit(self, parts: List[memoryview], offset: int) -> None:
-        """Hand the bytes ``parts`` (a whole number of blocks at ``offset``) to the writer thread."""
+        """Copy the bytes ``parts`` (a whole number of blocks at ``offset``) into a buffer for the
+        writer threads: the open one when they continue its bytes and fit (consecutive small
+        pieces go to the disk as one write), else a free one (waiting while ``depth`` are busy)."""
         n = sum(len(m) for m in parts)
-        if n > self._size:
-            raise ValueError(f"{n} bytes to write at once, more than the buffer's {self._size} (max_piece too small)")
+        if self._open is not None:
+            stage, at, filled = self._open
+            if at + filled == offset and filled + n <= self._size:
+                self._fill(stage, filled, parts)
+                self._open = (stage, at, filled + n)
+                if filled + n >= self._max_piece:
+                    self._hand_over()
+                return
+            self._hand_over()
         if len(self._stages) < self._depth and self._free.empty():
             self._stages.append(mmap.mmap(-1, self._size))  # page-aligned
             self._free.put(self._stages[-1])
         stage = self._free.get()  # waits while depth writes are in flight
+        self._fill(stage, 0, parts)
+        self._open = (stage, offset, n)
+        if n >= self._max_piece:
+            self._hand_over()
+
+    @staticmethod
+    def _fill(stage: mmap.mmap, at: int, parts: List[memoryview]) -> None:
         with memoryview(stage) as mv:
-            at = 0
             for m in parts:
                 mv[at:at + len(m)] = m
                 at += len(m)
+
+    def _hand_over(self) -> None:
+        """Queue the open buffer's write for the writer threads (started at the first)."""
+        if self._open is None:
+            return
+        stage, at, filled = self._open
+        self._open = None
         if not self._threads:
             for _ in range(self._writers):
                 self._threads.append(threading.Thread(target=self._run, name="spxdrizzle-direct-write", daemon=True))
                 self._threads[-1].start()
-        self._jobs.put((stage, n, offset))
+        self._jobs.put((stage, filled, at))
 
     def _run(self) -> None:
         """A writer thread: write each job's buffer directly (through ``fd`` once refused)."""
@@ -207,6 +242,7 @@ class PlacedWriter:
                 self._cached(memoryview(tail), start)
             self._tails.clear()
         finally:
+            self._hand_over()
             for _ in self._threads:
                 self._jobs.put(None)
             for thread in self._threads:
@@ -231,3 +267,78 @@ class PlacedWriter:
             self.close()
         except Exception:  # the error already raised wins
             pass
+
+
+#: Files (and placed images) smaller than this go through the page cache: there a 29 MB 30' cube
+#: took 20-26 ms to save against 22-29 ms direct (warm memory), while a 1 GB 3 deg cube took 2.2 s
+#: against 0.65 s direct, and a 331 MB COVARIANCE image 1.0 s in cold memory against 0.3 s.
+DIRECT_MIN_BYTES = 128 << 20
+#: Largest piece a :class:`DirectFile` hands to its :class:`PlacedWriter` (longer writes are cut).
+STREAM_PIECE_BYTES = 1 << 20
+
+
+class DirectFile:
+    """The binary file ``f`` (a real file: ``fileno``, ``tell``) written on from its current
+    position through a :class:`PlacedWriter` (``placed``, pieces of ``piece`` bytes): ``write``
+    appends, ``tell``/``seek`` track the position (a writer placing bytes itself, as the
+    COVARIANCE image does, seeks past them). The bytes in the file are those of plain writes.
+    ``close`` (or the context's end) writes what waits, joins the writer threads and leaves ``f``
+    at the position reached; ``f`` stays open for the caller's ``fsync``. ``direct``: whether
+    ``O_DIRECT`` is in use."""
+
+    def __init__(self, f, piece: int = STREAM_PIECE_BYTES) -> None:
+        f.flush()
+        self._f = f
+        self._pos = f.tell()
+        self.placed = PlacedWriter(f.fileno(), piece)
+
+    @property
+    def direct(self) -> bool:
+        return self.placed.direct
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.placed.put(view, self._pos)
+        self._pos += len(view)
+        return len(view)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET:
+            raise ValueError("DirectFile.seek takes absolute positions only")
+        self._pos = int(pos)
+        return self._pos
+
+    def flush(self) -> None:
+        """Nothing to do: every byte is with the writer (``close`` completes them)."""
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self.placed.close()
+        self._f.seek(self._pos)
+
+    def __enter__(self) -> "DirectFile":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.placed.__exit__(exc_type, *exc)
+
+
+def stream_writer(f, nbytes: int):
+    """The writer a file of about ``nbytes`` is streamed through (a context manager over the open
+    binary file ``f``): a :class:`DirectFile` where ``O_DIRECT`` works and ``nbytes`` is at least
+    :data:`DIRECT_MIN_BYTES`, else a :class:`.vmhints.WritebackFile` (the page cache, its
+    writeback started every few MB)."""
+    if nbytes >= DIRECT_MIN_BYTES:
+        out = DirectFile(f)
+        if out.direct:
+            return out
+        out.close()
+    return vmhints.WritebackFile(f)
