@@ -72,17 +72,22 @@ class FaultProxy:
 
     Of the ranged ``GET`` requests (object reads), number ``n`` (1-based, counted over the
     proxy's life) is answered ``503 SlowDown`` when ``n % slowdown_every == 0`` and its
-    connection dropped after half the body when ``n % drop_every == 0`` (0: never). Everything
-    else is forwarded unchanged. ``counts`` says what was done."""
+    connection dropped after half the body when ``n % drop_every == 0`` (0: never). With
+    ``faults_per_request`` (0: no limit) the same request (path and range) is broken at most that
+    many times, then forwarded: with several reads in flight the global count can otherwise land
+    on one range's every retry. Everything else is forwarded unchanged. ``counts`` says what was
+    done."""
 
-    def __init__(self, upstream: str, *, slowdown_every: int = 0, drop_every: int = 0):
+    def __init__(self, upstream: str, *, slowdown_every: int = 0, drop_every: int = 0, faults_per_request: int = 0):
         host, port = upstream.split("://", 1)[-1].rstrip("/").split(":")
         self.upstream: Tuple[str, int] = (host, int(port))
         self.slowdown_every = int(slowdown_every)
         self.drop_every = int(drop_every)
         self.counts = {"forwarded": 0, "slowdown": 0, "dropped": 0}
+        self.faults_per_request = int(faults_per_request)
         self._lock = threading.Lock()
         self._n = 0
+        self._faulted: Dict[Tuple[str, str], int] = {}
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -113,14 +118,17 @@ class FaultProxy:
     def _fault(self, handler: BaseHTTPRequestHandler) -> Optional[str]:
         if handler.command != "GET" or "range" not in {k.lower() for k in handler.headers.keys()}:
             return None
+        key = (handler.path, str(handler.headers.get("Range")))
         with self._lock:
             self._n += 1
             n = self._n
-        if self.slowdown_every and n % self.slowdown_every == 0:
-            return "slowdown"
-        if self.drop_every and n % self.drop_every == 0:
-            return "dropped"
-        return None
+            if self.faults_per_request and self._faulted.get(key, 0) >= self.faults_per_request:
+                return None
+            fault = ("slowdown" if self.slowdown_every and n % self.slowdown_every == 0 else
+                     "dropped" if self.drop_every and n % self.drop_every == 0 else None)
+            if fault is not None:
+                self._faulted[key] = self._faulted.get(key, 0) + 1
+        return fault
 
     def _count(self, what: str) -> None:
         with self._lock:
