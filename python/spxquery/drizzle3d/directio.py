@@ -1,13 +1,20 @@
 """Large file regions written past the page cache (``O_DIRECT``, Linux; elsewhere plain writes).
 
-A 30' D3 cube's ``COVARIANCE`` image is ~330 MB. Written through the page cache, each of its 4 KiB
-pages is first fresh memory the system must find and clear, then copied, then written back at
-the ``fsync``: on a VM whose host takes free memory back (free page reporting) that cost 0.7-0.9 s
-of CPU per 30' covariance run, against ~0.2 s for the disk itself (docs/performance.md, issue 22).
-:class:`PlacedWriter` sends the whole blocks of each piece straight to the disk from a few reused
-aligned buffers (``O_DIRECT``, on a thread of its own), and only the few bytes at the pieces' ends
-through the page cache.
-The bytes in the file are the same either way.
+A 30' D3 cube's ``COVARIANCE`` image is ~330 MB, a 3 deg cube ~1 GB. Written through the page
+cache, each 4 KiB page is first memory the system must find, then a copy, then written back at
+the ``fsync``: on a VM whose host takes free memory back (free page reporting) that cost 0.8 s of
+CPU per 30' COVARIANCE image and 2.2 s per 3 deg cube, against ~0.3 s and ~0.6 s direct
+(docs/performance.md, "Large outputs past the page cache").
+
+* :class:`PlacedWriter`: pieces at given offsets; their whole blocks go straight to the disk from
+  a few reused aligned buffers (``O_DIRECT``, on writer threads of its own), only the few bytes at
+  the ends of each run of pieces through the page cache.
+* :class:`DirectFile`: a file-like stream over one (``save_cube`` of a large cube).
+* :func:`stream_writer`: a :class:`DirectFile` for at least :data:`DIRECT_MIN_BYTES`, else a
+  :class:`.vmhints.WritebackFile` (small files: the page cache was as fast).
+
+The bytes in the file are the same either way; without ``O_DIRECT`` (not Linux, file systems
+that refuse it, a refused write) the writes are plain ones.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
 
 def _open_direct(fd: int) -> Optional[int]:
     """A second write descriptor of the open file ``fd`` with ``O_DIRECT`` (through
-    ``/proc/self/fd``); None where the system or the file system has none (tmpfs refuses it)."""
+    ``/proc/self/fd``); None where the system or the file system has none."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return None
@@ -74,12 +81,12 @@ class PlacedWriter:
     The direct writes run on ``writers`` threads of their own, ``depth`` at most in flight, each
     from a reused page-aligned buffer of ``max_piece`` bytes (the largest piece; plus two blocks)
     into which ``put`` copies the piece: the caller prepares the next piece while the disk writes
-    (memory: ``depth`` buffers). Where ``O_DIRECT`` cannot be opened (not Linux, tmpfs; ``direct=False``) every byte
-    goes through ``fd``; a direct write the system refuses (``EINVAL``: an alignment the disk does
-    not take) is written through ``fd`` instead, as are all later pieces. Other errors (disk full,
-    I/O) are raised by the next ``put`` or by ``close``. Use as a context manager: it waits for
-    the writes and closes the direct descriptor (not ``fd``); the caller's ``fsync`` of ``fd``
-    then makes the whole file durable."""
+    (memory: ``depth`` buffers). Where ``O_DIRECT`` cannot be opened (not Linux, some file
+    systems; ``direct=False``) every byte goes through ``fd``; a direct write the system refuses
+    (``EINVAL``: an alignment the disk does not take) is written through ``fd`` instead, as are all
+    later pieces. Other errors (disk full, I/O) are raised by the next ``put`` and by ``close``;
+    no later piece is written. Use as a context manager: it waits for the writes and closes the
+    direct descriptor (not ``fd``); the caller's ``fsync`` of ``fd`` then makes the whole file durable."""
 
     def __init__(self, fd: int, max_piece: int, *, direct: bool = True, align: int = ALIGN,
                  depth: int = DEPTH, writers: int = WRITERS) -> None:
@@ -229,17 +236,18 @@ class PlacedWriter:
                 self._cached_thread += n
 
     def _raise_error(self) -> None:
+        """Raise the writer threads' error (it stays: no later job is written)."""
         if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+            raise self._error
 
     def close(self) -> None:
         """Write the bytes still waiting for a continuation (through ``fd``), wait for the writes
         in flight, close the direct descriptor and free the buffers (``fd`` stays open); raise a
         write's error."""
         try:
-            for start, tail in self._tails.values():
-                self._cached(memoryview(tail), start)
+            if self._error is None:
+                for start, tail in self._tails.values():
+                    self._cached(memoryview(tail), start)
             self._tails.clear()
         finally:
             self._hand_over()
