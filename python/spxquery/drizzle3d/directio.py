@@ -3,8 +3,8 @@
 A 30' D3 cube's ``COVARIANCE`` image is ~330 MB, a 3 deg cube ~1 GB. Written through the page
 cache, each 4 KiB page is first memory the system must find, then a copy, then written back at
 the ``fsync``: on a VM whose host takes free memory back (free page reporting) that cost 0.8 s of
-CPU per 30' COVARIANCE image and 2.2 s per 3 deg cube, against ~0.3 s and ~0.6 s direct
-(docs/performance.md, "Large outputs past the page cache").
+CPU per 30' COVARIANCE image and 2.2 s per 3 deg cube; written directly they take ~0.27 s and
+~0.6 s in all (docs/performance.md, "Large outputs past the page cache").
 
 * :class:`PlacedWriter`: pieces at given offsets; their whole blocks go straight to the disk from
   a few reused aligned buffers (``O_DIRECT``, on writer threads of its own), only the few bytes at
