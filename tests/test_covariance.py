@@ -316,6 +316,14 @@ def test_band_writer_gives_the_bytes_of_the_plane_by_plane_writer(tmp_path, monk
     assert len(sizes) == nz * -(-ny // 4)
 
 
+def _recorded_writers(monkeypatch) -> list:
+    """The ``directio.PlacedWriter``s made from now on (the list fills as they are made)."""
+    writers = []
+    real = directio.PlacedWriter
+    monkeypatch.setattr(directio, "PlacedWriter", lambda *a, **kw: writers.append(real(*a, **kw)) or writers[-1])
+    return writers
+
+
 def test_the_writer_sends_whole_blocks_direct_or_starts_the_writeback_and_the_bytes_do_not_depend_on_it(
         tmp_path, monkeypatch):
     cube = drizzled(12, 1.0, 0.8, "square", frames(9, 1.0, seed=5))
@@ -330,14 +338,7 @@ def test_the_writer_sends_whole_blocks_direct_or_starts_the_writeback_and_the_by
     reserved = []
     real_pre = vmhints.preallocate
     monkeypatch.setattr(vmhints, "preallocate", lambda *a: reserved.append(a) or real_pre(*a))
-    writers = []
-    real_writer = directio.PlacedWriter
-
-    def recorded_writer(*a, **kw):
-        writers.append(real_writer(*a, **kw))
-        return writers[-1]
-
-    monkeypatch.setattr(directio, "PlacedWriter", recorded_writer)
+    writers = _recorded_writers(monkeypatch)
     raw = save_cube(cube, tmp_path / "a.fits").read_bytes()
     want = _undated(raw)
     n_bytes = n_off * nz * ny * nx * 8
@@ -364,9 +365,7 @@ def test_a_large_image_goes_to_the_disk_directly_with_the_same_bytes_as_through_
     nz, ny, nx = cube.weight_total.shape
     monkeypatch.setattr(directio, "DIRECT_MIN_BYTES", 0)  # as a large cube's
     n_bytes = (len(covariance.written_terms(cube)) + 1) * nz * ny * nx * 8
-    writers = []
-    real_writer = directio.PlacedWriter
-    monkeypatch.setattr(directio, "PlacedWriter", lambda *a, **kw: writers.append(real_writer(*a, **kw)) or writers[-1])
+    writers = _recorded_writers(monkeypatch)
     started = []
     real = vmhints.start_writeback
     monkeypatch.setattr(vmhints, "start_writeback", lambda fd, *a: started.append(fd) or real(fd, *a))
