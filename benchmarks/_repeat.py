@@ -49,6 +49,24 @@ def repeated(k: int, tag: str, execute: Callable[[str], Any]) -> Any:
     return median_run(runs)
 
 
+def interleaved(k: int, executes: Sequence[Callable[[str], Any]], tags: Sequence[str]) -> List[List[Any]]:
+    """``k`` rounds, each running every case once in turn (``executes[i](tag)``, tags as in
+    :func:`repeated`), so that all cases see the same minutes of the machine; stopped at the first
+    failure. Returns the runs of each round (the caller takes :func:`median_run` of each case's
+    and may pair a round's runs)."""
+    if len(executes) != len(tags):
+        raise ValueError(f"interleaved: {len(executes)} cases but {len(tags)} tags")
+    rounds: List[List[Any]] = []
+    for i in range(max(1, k)):
+        runs = []
+        for execute, tag in zip(executes, tags):
+            runs.append(execute(tag if i == 0 else f"{tag}-r{i + 1}"))
+            if runs[-1].status != "ok":
+                return rounds + [runs]
+        rounds.append(runs)
+    return rounds
+
+
 def spread_cell(repeats: List[float], n_frames: int) -> str:
     """The table cell of a row's spread: ``min–max ms per frame (K runs)``; ``1 run`` when not repeated."""
     if len(repeats) < 2 or n_frames <= 0:

@@ -32,6 +32,7 @@ LABELS = {
     "setup": "once per run: setup before the frame loop (grid, wavelength sources, accumulators)",
     "finish": "once per run: after the frame loop (counts, log lines)",
     "write": "once per run: write the cube",
+    "populate": "once per run, a thread of its own during the loop: the covariance cross terms' pages",
 }
 #: Stages paid once per run on the calling thread (spxquery.drizzle3d.stagetimes.RUN_STAGES): with
 #: the frame loop they make up the end-to-end time. "loop" contains the per-frame stages.

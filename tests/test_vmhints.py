@@ -82,6 +82,28 @@ def test_populate_in_the_background_while_the_array_is_written():
     assert np.array_equal(a, want)
 
 
+@linux
+def test_populate_in_the_background_counts_its_time_in_its_stage():
+    from spxquery.drizzle3d import stagetimes
+
+    stagetimes.reset()
+    stagetimes.enable(True)
+    try:
+        thread = vmhints.populate_async(_fresh(8 * MB), min_bytes=0, stage_name="populate")
+        if thread is None:
+            pytest.skip("no madvise on this system")
+        thread.join(30)
+        untimed = vmhints.populate_async(_fresh(8 * MB), min_bytes=0)  # no stage: not counted
+        assert untimed is not None
+        untimed.join(30)
+        snap = stagetimes.snapshot()
+    finally:
+        stagetimes.enable(False)
+        stagetimes.reset()
+    assert list(snap) == ["populate"]
+    assert snap["populate"]["calls"] == 1 and snap["populate"]["cpu_s"] > 0.0
+
+
 def offsets_within(z: int, s: int) -> np.ndarray:
     """The positive covariance offsets ``(dz, dy, dx)`` within ``|dz| <= z``, ``|dy|, |dx| <= s``."""
     out = [(dz, dy, dx) for dy in range(-s, s + 1) for dx in range(-s, s + 1) for dz in range(-z, z + 1)

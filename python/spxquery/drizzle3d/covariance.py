@@ -191,7 +191,7 @@ def cross_terms(shape3: Tuple[int, int, int], offsets: np.ndarray) -> np.ndarray
     part = -(-size // step) * step  # elements from one part's start to the next's
     flat = vmhints.fresh_zeros(parts * part + step)  # never cleared by calloc: part 1 stays unmapped
     start = (-flat.ctypes.data % HUGE_PAGE) // 8
-    vmhints.populate_async(flat[start:start + size])
+    vmhints.populate_async(flat[start:start + size], stage_name="populate")
     out = flat[start:start + parts * part].reshape(parts, part)[:, :size].reshape(parts, *shape3, slots)
     assert np.shares_memory(out, flat)  # a view: the parts' strides as above
     return out

@@ -12,7 +12,8 @@ frame's fixed sample of rows, read and judged), ``rows``
 (IMAGE/VARIANCE/ZODI pixels), ``flags`` (FLAGS pixels, decompressed), ``zodi`` (the scale
 fit), ``wavelengths`` (per-pixel lookup), ``corners`` (the corner map), ``kernel`` (the Rust
 accumulation); once per run (:data:`RUN_STAGES`): ``setup``, ``loop``, ``finish``, ``write`` (the
-cube file).
+cube file); on a thread of its own, overlapping the loop: ``populate`` (the covariance cross terms'
+pages faulted in, :func:`.vmhints.populate_async`).
 
 Each stage also keeps when it first started and last ended (``time.perf_counter`` seconds), so a
 snapshot tells how the frame loop used the two cores (:func:`two_cores`): how long the calling
@@ -29,7 +30,7 @@ from typing import Dict, Optional
 
 #: The stages, in the order a frame meets them.
 STAGES = ("open", "headers", "wcs", "wave", "crop", "sample", "rows", "flags", "zodi", "wavelengths", "corners",
-          "kernel", "setup", "loop", "finish", "write")
+          "kernel", "setup", "loop", "finish", "write", "populate")
 #: The stages paid once per run, on the calling thread: ``setup`` (grid, wavelength sources,
 #: accumulators; before the frame loop), ``loop`` (the whole frame loop: contains the per-frame
 #: stages), ``finish`` (after the loop, before writing) and ``write``. Their wall times add up to the

@@ -37,6 +37,8 @@ from typing import Callable, Optional, Tuple
 
 import numpy as np
 
+from . import stagetimes
+
 logger = logging.getLogger(__name__)
 
 #: ``madvise`` advice: populate page tables writable (Linux >= 5.14).
@@ -134,13 +136,23 @@ def populate(a: np.ndarray) -> bool:
     return True
 
 
-def populate_async(a: np.ndarray, min_bytes: int = POPULATE_MIN_BYTES) -> Optional[threading.Thread]:
+def populate_async(a: np.ndarray, min_bytes: int = POPULATE_MIN_BYTES,
+                   stage_name: Optional[str] = None) -> Optional[threading.Thread]:
     """Start :func:`populate` of ``a`` on a daemon thread (which holds ``a`` until done) when its
     memory (as :func:`populate` covers it) is at least ``min_bytes`` and the system can; returns the
-    thread (None when not started)."""
+    thread (None when not started). ``stage_name``: the thread's time goes to that stage of
+    :mod:`.stagetimes` (when the stage clocks are on)."""
     if _MADVISE is None or (a if a.flags.c_contiguous else _owner(a)).nbytes < min_bytes:
         return None
-    thread = threading.Thread(target=populate, args=(a,), name="spxdrizzle-populate", daemon=True)
+
+    def run() -> None:
+        if stage_name is None:
+            populate(a)
+            return
+        with stagetimes.stage(stage_name):
+            populate(a)
+
+    thread = threading.Thread(target=run, name="spxdrizzle-populate", daemon=True)
     thread.start()
     return thread
 
