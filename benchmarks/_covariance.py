@@ -145,10 +145,11 @@ def section(rows: List[Row], meta: Dict[str, str]) -> str:
     lines += ["", f"Where the added time goes, per run, against what {TIME_RATIO:g}x allows (ms). From the stage "
               "clocks: the kernel's CPU (the calling thread), the write's wall; the rest is everything else the "
               "covariance adds to the wall time (finding the written offsets, waiting for a core or for the memory "
-              "map); beside it, the CPU of the thread that faults the cross terms' fresh pages in during the loop "
-              "(it shares the 2 cores with the reader and the kernel). The floor: the bytes the covariance adds to "
-              "the file written alone, from one warm buffer by the package's writer, in the runs' directory, with "
-              "the fsync (best of 3, after the runs): no run writing them there takes less.",
+              "map; negative where the kernel's added CPU hides behind the reader's stages, as on the deep "
+              "field's cutouts); beside it, the CPU of the thread that faults the cross terms' fresh pages in "
+              "during the loop (it shares the 2 cores with the reader and the kernel). The floor: the bytes the "
+              "covariance adds to the file written alone, from one warm buffer by the package's writer, in the "
+              "runs' directory, with the fsync (best of 3, after the runs): no run writing them there takes less.",
               "", f"| case | frames | allowed at {TIME_RATIO:g}x | added | kernel CPU | write | rest "
               "| cross terms' pages, CPU of their thread | bytes added to the file, MB | floor: writing them alone |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

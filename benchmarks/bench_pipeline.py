@@ -88,7 +88,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -582,7 +582,10 @@ def run_cases(cfg: argparse.Namespace, cases: List[Tuple[str, List[Path], float,
             cov_extra = ["--detector", str(DETECTOR), "--covariance"]
             rounds = _repeat.interleaved(cfg.repeat, [stage_run, functools.partial(stage_run, extra=cov_extra)],
                                          [f"new-{tag}-stages", f"new-{tag}-covariance"])
-            plain, cov = (_repeat.median_run([r[i] for r in rounds if len(r) > i]) for i in (0, 1))
+            plain = _repeat.median_run([r[0] for r in rounds])
+            cov_runs = [r[1] for r in rounds if len(r) > 1]
+            cov = _repeat.median_run(cov_runs) if cov_runs else replace(
+                plain, status="failed", result={"error": "not run: the run without covariance failed"})
             cov.case = f"{case} with covariance"
             cov.result["pair_ratios"] = sorted(r[1].result["drizzle_s"] / r[0].result["drizzle_s"] for r in rounds
                                                if len(r) == 2 and all(x.status == "ok" for x in r))

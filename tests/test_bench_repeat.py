@@ -67,19 +67,19 @@ def test_repeated_runs_k_tags_and_stops_at_a_failure():
 def test_interleaved_rounds_run_every_case_in_turn_and_stop_at_a_failure():
     calls = []
 
-    def case(name, fail_at=None):
+    def case(fail_at=None):
         def execute(tag):
             calls.append(tag)
             return Run(status="failed" if tag == fail_at else "ok", result={"drizzle_s": 0.1})
         return execute
 
-    rounds = _repeat.interleaved(3, [case("a"), case("b")], ["a", "b"])
+    rounds = _repeat.interleaved(3, [case(), case()], ["a", "b"])
     assert calls == ["a", "b", "a-r2", "b-r2", "a-r3", "b-r3"]  # interleaved, not all of a first
     assert [len(r) for r in rounds] == [2, 2, 2]
     calls.clear()
-    rounds = _repeat.interleaved(3, [case("a"), case("b", fail_at="b-r2")], ["a", "b"])
+    rounds = _repeat.interleaved(3, [case(), case(fail_at="b-r2")], ["a", "b"])
     assert calls == ["a", "b", "a-r2", "b-r2"]  # nothing after the failure
     assert rounds[-1][-1].status == "failed"
     assert _repeat.median_run([r[1] for r in rounds]).status == "failed"
     with pytest.raises(ValueError, match="2 cases but 1 tags"):
-        _repeat.interleaved(1, [case("a"), case("b")], ["a"])
+        _repeat.interleaved(1, [case(), case()], ["a"])
