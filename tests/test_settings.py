@@ -4,6 +4,7 @@ and a new described field reaches all of them with no edit anywhere else."""
 
 import argparse
 import dataclasses
+import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,8 @@ def test_every_field_is_validated_templated_offered_and_recorded(d, tmp_path):
     lines = Drizzle3DConfig(**BASE).yaml_text().splitlines()
     at = [i for i, ln in enumerate(lines) if ln.startswith(f"{d.name}:")]
     assert len(at) == 1
-    comment = " ".join(ln[2:] for ln in lines[:at[0]][-3:] if ln.startswith("# "))
+    above = list(itertools.takewhile(lambda ln: ln.startswith("# "), reversed(lines[:at[0]])))
+    comment = " ".join(ln[2:] for ln in reversed(above))  # the whole comment just above the key
     assert s.help[:40] in comment
     # command line: an option of ``run`` whose help names the unit and the default, or config-file only
     if s.cli is None:

@@ -359,8 +359,9 @@ class Drizzle3DConfig:
     covariance: bool = field(default=False, metadata=setting(
         group="accumulate", rule=Bool(),
         help="accumulate the covariance of neighbouring voxels (COVARIANCE HDUs; exact aperture errors "
-             "with covariance.aperture_variance); costs memory: one cube of float64 per stencil offset; "
-             "never tiled (an error with tile_arcmin; the whole cube must fit in memory)",
+             "with covariance.aperture_variance); costs one float64 cube per stencil offset in memory, up to ~1.8x "
+             "the kernel's time per frame and a float64 COVARIANCE image (a 30' D3 cube: 331 MB); never "
+             "tiled (an error with tile_arcmin; the whole cube must fit in memory)",
         header=Fits("COVAR", "covariance HDUs written"), cli=Cli("--covariance", store=True)))
     combine_detectors: bool = field(default=False, metadata=setting(
         group="detector", rule=Bool(),
