@@ -26,15 +26,16 @@ FLOOR_PIECE = 4 * 1024 * 1024
 
 def write_floor_s(directory, nbytes: int, repeat: int = 3) -> Optional[float]:
     """Best of ``repeat`` times (s) to write ``nbytes`` from one warm buffer to a new file in
-    ``directory`` and ``fsync`` it, through the package's writer (``directio.PlacedWriter``: straight
-    to the disk where ``O_DIRECT`` works, as the COVARIANCE image of a large cube goes). Nothing is
-    computed, so no run writing these bytes there can take less. None when ``nbytes`` <= 0."""
+    ``directory`` and ``fsync`` it, through the package's writer as the COVARIANCE image uses it
+    (``directio.PlacedWriter``: straight to the disk from ``directio.DIRECT_MIN_BYTES`` where
+    ``O_DIRECT`` works, else through the page cache). Nothing is computed, so no run writing these
+    bytes there can take less. None when ``nbytes`` <= 0."""
     from spxquery.drizzle3d import directio
 
     if nbytes <= 0:
         return None
     buf = bytearray(FLOOR_PIECE)
-    direct = directio.supported(directory)
+    direct = nbytes >= directio.DIRECT_MIN_BYTES  # the image's own choice (covariance.write_image)
     best = float("inf")
     for _ in range(repeat):
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-floor.") as f:

@@ -300,14 +300,15 @@ def write_image(f, cube, terms: np.ndarray | None = None) -> int:
     its byte count and leaves ``f`` at its end. Per plane and band of rows,
     ``_core.fits_covariance_band`` reads each voxel's terms once (GIL released) into one reused
     buffer of at most :data:`WRITE_BUFFER_BYTES` (or one row), and a :class:`.directio.PlacedWriter`
-    places each offset's block at its offset-major position in the file: for an image of at least
-    :data:`.directio.DIRECT_MIN_BYTES` (or within a cube written directly, whose writer it then
-    uses) its whole 4 KiB blocks straight to the disk (``O_DIRECT``; the image's blocks are
-    allocated first, :func:`.vmhints.preallocate`, so the file stays contiguous), the few bytes at its ends through
-    the page cache (an offset's blocks follow each other from band to band: only the ends of each
-    offset's image). Otherwise all goes through the page cache and the disk write of
-    the file's dirty pages starts after each band (:func:`.vmhints.start_writeback`). Either way
-    the ``fsync`` ending the save waits for little, not for the whole ~330 MB of a 30' D3 cube."""
+    places each offset's block at its offset-major position in the file (the image's blocks are
+    allocated first, :func:`.vmhints.preallocate`, so the file stays contiguous although written out
+    of order): for an image of at least :data:`.directio.DIRECT_MIN_BYTES` (or within a cube written
+    directly, whose writer it then uses) its whole 4 KiB blocks straight to the disk (``O_DIRECT``),
+    the few bytes at its ends through the page cache (an offset's blocks follow each other from band
+    to band: only the ends of each offset's image). Otherwise all goes through the page cache and the
+    disk write of the file's dirty pages starts after each band (:func:`.vmhints.start_writeback`).
+    Either way the ``fsync`` ending the save waits for little, not for the whole ~330 MB of a 30' D3
+    cube."""
     nz, ny, nx = cube.weight_total.shape
     columns = _columns(cube, terms)
     offsets = np.ascontiguousarray(file_offsets(cube, columns)[1:])

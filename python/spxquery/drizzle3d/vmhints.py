@@ -27,6 +27,7 @@ without ``fallocate``) they do nothing: hints change the time, never the bytes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import mmap
@@ -146,10 +147,7 @@ def populate_async(a: np.ndarray, min_bytes: int = POPULATE_MIN_BYTES,
         return None
 
     def run() -> None:
-        if stage_name is None:
-            populate(a)
-            return
-        with stagetimes.stage(stage_name):
+        with stagetimes.stage(stage_name) if stage_name is not None else contextlib.nullcontext():
             populate(a)
 
     thread = threading.Thread(target=run, name="spxdrizzle-populate", daemon=True)
